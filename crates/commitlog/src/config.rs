@@ -1,0 +1,70 @@
+//! Commitlog configuration: where it lives, segment and index geometry, and the flush policy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{CommitLogError, Result};
+use crate::record::HEADER_LEN;
+
+/// When appended records become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Default. An append's durability callback fires only after fdatasync; concurrent requests share one
+    /// fsync (group commit).
+    Sync,
+    /// Weaker, opt-in: callbacks fire once the bytes are in the page cache and the IO thread fdatasyncs every
+    /// `interval`. Acknowledged records can be lost if a majority of replicas loses power together.
+    Async {
+        /// Time between background flushes.
+        interval: Duration,
+    },
+}
+
+/// Configuration of one commitlog directory.
+#[derive(Debug, Clone)]
+pub struct CommitLogConfig {
+    /// Root directory; `data/`, `index/`, `vote`, `purged` and `committed` live below it.
+    pub dir: PathBuf,
+    /// Bytes per data segment (default 1 GiB). Must be identical on every replica of a group, because record
+    /// positions (and so message physical offsets) depend on it.
+    pub segment_bytes: u64,
+    /// Dense-index slots per index file (32 bytes each; default 1 Mi slots = 32 MiB).
+    pub index_slots_per_file: u64,
+    /// Durability policy.
+    pub flush: FlushPolicy,
+}
+
+impl CommitLogConfig {
+    /// Defaults for `dir`: 1 GiB segments, 1 Mi index slots per file, sync flush.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CommitLogConfig { dir: dir.into(), segment_bytes: 1 << 30, index_slots_per_file: 1 << 20, flush: FlushPolicy::Sync }
+    }
+
+    /// Checks cross-field rules.
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_bytes < 2 * HEADER_LEN as u64 || self.segment_bytes > (1 << 40) {
+            return Err(CommitLogError::InvalidConfig(format!(
+                "segment_bytes {} must be within {}..=2^40",
+                self.segment_bytes,
+                2 * HEADER_LEN
+            )));
+        }
+        if self.index_slots_per_file < 1 || self.index_slots_per_file > (1 << 26) {
+            return Err(CommitLogError::InvalidConfig(format!(
+                "index_slots_per_file {} must be within 1..=2^26",
+                self.index_slots_per_file
+            )));
+        }
+        if let FlushPolicy::Async { interval } = self.flush {
+            if interval.is_zero() {
+                return Err(CommitLogError::InvalidConfig("async flush interval must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest record (header included) a segment can hold.
+    pub fn record_bytes_max(&self) -> u64 {
+        self.segment_bytes.min(u32::MAX as u64)
+    }
+}

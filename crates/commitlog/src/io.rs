@@ -1,0 +1,182 @@
+//! The IO thread: the only place that writes, truncates, purges or fsyncs files.
+//!
+//! It blocks for the first job, then drains whatever else is queued. Appends are written in arrival order
+//! and their durability callbacks are collected; one fdatasync per dirty segment then completes all of
+//! them (group commit). Any other job first flushes and completes the appends queued ahead of it, so file
+//! operations keep the order in which they were submitted. Keeping this off the tokio workers means an
+//! fsync stall never blocks the async runtime.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tracing::error;
+
+use crate::config::FlushPolicy;
+use crate::error::{CommitLogError, Result};
+use crate::fsutil;
+use crate::record::{LogPoint, RecordMeta};
+use crate::store::{RecordLocation, Store};
+
+/// Called once the records of an append are durable (or with the error that prevented it).
+pub type DurableCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
+pub(crate) enum Job {
+    Append {
+        buf: Vec<u8>,
+        records: Vec<(RecordMeta, u32)>,
+        written: oneshot::Sender<Result<Vec<RecordLocation>>>,
+        durable: DurableCallback,
+    },
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Purge {
+        upto: LogPoint,
+        next_pos_hint: Option<u64>,
+        done: oneshot::Sender<Result<()>>,
+    },
+    SaveMeta {
+        name: &'static str,
+        payload: Vec<u8>,
+        durable: bool,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Flush {
+        done: DurableCallback,
+    },
+}
+
+/// Jobs drained per batch at most: bounds the work between two fsyncs.
+const BATCH_JOBS_MAX: usize = 4096;
+
+pub(crate) struct IoThread {
+    store: Store,
+    pending: Vec<DurableCallback>,
+    /// Set after a failed write or fsync: the page cache state is unknown, so nothing more is acknowledged.
+    poisoned: Option<String>,
+}
+
+impl IoThread {
+    pub fn new(store: Store) -> Self {
+        IoThread { store, pending: Vec::new(), poisoned: None }
+    }
+
+    pub fn run(mut self, rx: Receiver<Job>) {
+        let policy = self.store.cfg.flush;
+        let mut next_flush = Instant::now();
+        loop {
+            let first = match policy {
+                FlushPolicy::Sync => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                },
+                FlushPolicy::Async { interval } => {
+                    let wait = next_flush.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(j) => j,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.flush_pending();
+                            next_flush = Instant::now() + interval;
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            self.handle(first);
+            for _ in 1..BATCH_JOBS_MAX {
+                match rx.try_recv() {
+                    Ok(j) => self.handle(j),
+                    Err(_) => break,
+                }
+            }
+            if policy == FlushPolicy::Sync {
+                self.flush_pending();
+            }
+        }
+        self.flush_pending();
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(CommitLogError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: &CommitLogError) {
+        error!(error = %e, "commitlog IO failed; refusing further writes");
+        self.poisoned.get_or_insert_with(|| e.to_string());
+    }
+
+    /// fdatasyncs dirty segments and completes every collected callback with the outcome.
+    fn flush_pending(&mut self) {
+        let r = self.check().and_then(|_| self.store.flush());
+        if let Err(e) = &r {
+            self.poison(e);
+        }
+        for cb in self.pending.drain(..) {
+            cb(match &r {
+                Ok(()) => Ok(()),
+                Err(e) => Err(CommitLogError::Poisoned(e.to_string())),
+            });
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Append { buf, records, written, durable } => {
+                let r = self.check().and_then(|_| self.store.append(&buf, &records));
+                match r {
+                    Ok(locs) => {
+                        let _ = written.send(Ok(locs));
+                        match self.store.cfg.flush {
+                            FlushPolicy::Sync => self.pending.push(durable),
+                            FlushPolicy::Async { .. } => durable(Ok(())),
+                        }
+                    }
+                    Err(e) => {
+                        // A failed pwrite may have left partial bytes: nothing after it can be trusted.
+                        if matches!(e, CommitLogError::Io { .. }) {
+                            self.poison(&e);
+                        }
+                        durable(Err(CommitLogError::Poisoned(e.to_string())));
+                        let _ = written.send(Err(e));
+                    }
+                }
+            }
+            Job::Flush { done } => match self.store.cfg.flush {
+                FlushPolicy::Sync => self.pending.push(done),
+                FlushPolicy::Async { .. } => {
+                    self.flush_pending();
+                    done(self.check());
+                }
+            },
+            Job::Truncate { from, done } => {
+                self.flush_pending();
+                let r = self.check().and_then(|_| self.store.truncate(from));
+                if let Err(e) = &r {
+                    self.poison(e);
+                }
+                let _ = done.send(r);
+            }
+            Job::Purge { upto, next_pos_hint, done } => {
+                self.flush_pending();
+                let r = self.check().and_then(|_| self.store.purge(upto, next_pos_hint));
+                if let Err(e) = &r {
+                    self.poison(e);
+                }
+                let _ = done.send(r);
+            }
+            Job::SaveMeta { name, payload, durable, done } => {
+                self.flush_pending();
+                let r = self.check().and_then(|_| {
+                    fsutil::write_atomic(&self.store.cfg.dir, name, &fsutil::encode_meta_file(&payload), durable)
+                });
+                let _ = done.send(r);
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Data segments and index files: fixed-size, preallocated files written with `pwrite` on the IO thread
+//! and read through a shared read-only `mmap` by any thread.
+//!
+//! Readers hold `Arc`s to these files, so a purge that unlinks a file never invalidates an in-flight read:
+//! the mapping lives until the last `Arc` (and every `Bytes` sliced from it) is dropped.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{Mmap, MmapOptions};
+
+use crate::error::{CommitLogError, Result};
+use crate::fsutil;
+use crate::record::RecordKind;
+
+/// A fixed-size file mapped for reading and written through its descriptor.
+pub(crate) struct MappedFile {
+    /// The number in the file name: a byte offset for data segments, a Raft index for index files.
+    pub base: u64,
+    pub path: PathBuf,
+    file: File,
+    map: Mmap,
+}
+
+impl MappedFile {
+    /// Creates and preallocates a new file of `len` bytes and makes its existence durable.
+    pub fn create(dir: &Path, base: u64, len: u64) -> Result<Arc<Self>> {
+        let path = dir.join(fsutil::file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| CommitLogError::io("create", &path, e))?;
+        fsutil::preallocate(&file, &path, len)?;
+        file.sync_all().map_err(|e| CommitLogError::io("fsync", &path, e))?;
+        fsutil::fsync_dir(dir)?;
+        Self::map(base, path, file, len)
+    }
+
+    /// Opens an existing file. A file shorter than `len` is extended when `extend_short` is set (a crash
+    /// during preallocation of the newest file), and is corruption otherwise.
+    pub fn open(path: PathBuf, base: u64, len: u64, extend_short: bool) -> Result<Arc<Self>> {
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| CommitLogError::io("open", &path, e))?;
+        let actual = file.metadata().map_err(|e| CommitLogError::io("stat", &path, e))?.len();
+        if actual != len {
+            if actual < len && extend_short {
+                fsutil::preallocate(&file, &path, len)?;
+                file.sync_all().map_err(|e| CommitLogError::io("fsync", &path, e))?;
+            } else {
+                return Err(CommitLogError::Corrupt {
+                    file: path,
+                    offset: actual,
+                    reason: format!("file is {actual} bytes, configured size is {len}"),
+                });
+            }
+        }
+        Self::map(base, path, file, len)
+    }
+
+    fn map(base: u64, path: PathBuf, file: File, len: u64) -> Result<Arc<Self>> {
+        // SAFETY: the mapping is read-only. The store only rewrites bytes that no reader may hold (the
+        // uncommitted tail after a truncate); committed bytes are immutable until their file is unlinked.
+        let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }.map_err(|e| CommitLogError::io("mmap", &path, e))?;
+        Ok(Arc::new(MappedFile { base, path, file, map }))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        debug_assert!(offset + buf.len() as u64 <= self.len());
+        self.file.write_all_at(buf, offset).map_err(|e| CommitLogError::io("write", &self.path, e))
+    }
+
+    pub fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        fsutil::zero_range(&self.file, &self.path, offset, len)
+    }
+
+    pub fn sync_data(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| CommitLogError::io("fdatasync", &self.path, e))
+    }
+
+    /// A zero-copy `Bytes` over `[offset, offset + len)` that keeps the mapping alive.
+    pub fn slice(self: &Arc<Self>, offset: u64, len: usize) -> Bytes {
+        debug_assert!(offset as usize + len <= self.map.len());
+        Bytes::from_owner(MappedSlice { file: Arc::clone(self), start: offset as usize, len })
+    }
+}
+
+struct MappedSlice {
+    file: Arc<MappedFile>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.file.map[self.start..self.start + self.len]
+    }
+}
+
+/// Bytes of one dense-index slot.
+pub const SLOT_LEN: usize = 32;
+const SLOT_TAG: u32 = 0x4944_5800;
+
+/// One dense-index slot: where a Raft index lives in the data segments, with its log id.
+///
+/// Layout (little-endian): `pos u64 | len u32 | tag u32 ("IDX" << 8 | kind) | term u64 | node u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Absolute byte position of the record in the log (segment base + offset in segment).
+    pub pos: u64,
+    /// Record length including the header.
+    pub len: u32,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Term of the record.
+    pub term: u64,
+    /// Leader node id of the record.
+    pub node: u64,
+}
+
+impl Slot {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pos.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&(SLOT_TAG | self.kind as u32).to_le_bytes());
+        out.extend_from_slice(&self.term.to_le_bytes());
+        out.extend_from_slice(&self.node.to_le_bytes());
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Slot> {
+        let tag = u32::from_le_bytes(b[12..16].try_into().ok()?);
+        if tag & 0xFFFF_FF00 != SLOT_TAG {
+            return None;
+        }
+        Some(Slot {
+            pos: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            len: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            kind: RecordKind::from_u8((tag & 0xFF) as u8)?,
+            term: u64::from_le_bytes(b[16..24].try_into().ok()?),
+            node: u64::from_le_bytes(b[24..32].try_into().ok()?),
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! openraft glue for raftmq: a broker group is one Raft group whose log is the commitlog.
+//!
+//! - [`types`]: the type configuration and the entry payload ([`types::Command`]).
+//! - [`log_store`]: `RaftLogStorage` implemented by the commitlog itself (no second log).
+//! - [`state_machine`]: consume queues (20-byte units pointing into the log), topics, consumer offsets,
+//!   checkpoints and metadata-only snapshots at the retention boundary.
+//! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
+//! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching.
+//!
+//! openraft types stay behind this crate: the broker uses [`node::RaftNode`] and the types re-exported here.
+
+pub mod error;
+pub mod types;

@@ -9,5 +9,8 @@
 //!
 //! openraft types stay behind this crate: the broker uses [`node::RaftNode`] and the types re-exported here.
 
+pub mod consume_queue;
 pub mod error;
+pub mod log_store;
+pub mod state_machine;
 pub mod types;

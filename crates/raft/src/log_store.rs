@@ -1,0 +1,229 @@
+//! openraft's `RaftLogStorage` implemented by the commitlog itself: every Raft entry (blank, normal,
+//! membership) is one commitlog record, so the message log and the Raft log are the same bytes.
+//!
+//! # Correctness
+//! - `append` returns once the entries are readable; openraft's flush callback fires from the commitlog's
+//!   IO thread only after fdatasync (sync flush) — never earlier.
+//! - `truncate` is durable before it returns; `purge` persists the purge mark before unlinking anything.
+//! - A purge that reaches past the last entry (a follower that installed a snapshot) restarts the log at
+//!   the byte position the snapshot recorded for the next entry, so replicas stay byte-identical.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, StorageError, StorageIOError, Vote};
+use raftmq_commitlog::{CommitLog, CommitLogReader, LogPoint, RecordBatch, RecordKind, RecordMeta, StoredRecord, HEADER_LEN};
+
+use crate::types::{Command, Entry, LogId, NodeId, TypeConfig};
+
+const VOTE_FILE: &str = "vote";
+const COMMITTED_FILE: &str = "committed";
+
+/// Bytes of entries returned to one replication request at most (openraft only caps entry counts; the
+/// AppendEntries timeout equals the heartbeat interval, so RPCs must stay small).
+pub const REPLICATION_BYTES_MAX: usize = 1 << 20;
+
+/// Where the log must continue after a purge past its end: set by the state machine when it installs a
+/// snapshot (or restores a checkpoint), read by `purge`.
+#[derive(Debug, Default, Clone)]
+pub struct PurgeHint(Arc<Mutex<Option<(u64, u64)>>>);
+
+impl PurgeHint {
+    /// Records that the entry after `index` starts at byte `next_pos`.
+    pub fn set(&self, index: u64, next_pos: u64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, next_pos));
+    }
+
+    fn get(&self, index: u64) -> Option<u64> {
+        match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((i, pos)) if i == index => Some(pos),
+            _ => None,
+        }
+    }
+}
+
+/// The Raft log store over a [`CommitLog`].
+#[derive(Clone)]
+pub struct LogStore {
+    log: CommitLog,
+    reader: LogReader,
+    hint: PurgeHint,
+}
+
+/// Concurrent reader of the Raft log (one per replication stream).
+#[derive(Clone)]
+pub struct LogReader {
+    reader: CommitLogReader,
+}
+
+fn log_id(meta: &RecordMeta) -> LogId {
+    LogId::new(CommittedLeaderId::new(meta.term, meta.node), meta.index)
+}
+
+fn point(id: &LogId) -> LogPoint {
+    LogPoint { index: id.index, term: id.leader_id.term, node: id.leader_id.node_id }
+}
+
+fn point_log_id(p: &LogPoint) -> LogId {
+    LogId::new(CommittedLeaderId::new(p.term, p.node), p.index)
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+/// Turns a stored record back into an entry. Normal entries decode zero-copy and learn their messages'
+/// physical offsets from the record position.
+pub fn decode_entry(r: &StoredRecord) -> Result<Entry, StorageError<NodeId>> {
+    let id = log_id(&r.meta);
+    let payload = match r.meta.kind {
+        RecordKind::Blank => EntryPayload::Blank,
+        RecordKind::Normal => {
+            let body_pos = r.pos + HEADER_LEN as u64;
+            EntryPayload::Normal(Command::decode(&r.body, Some(body_pos)).map_err(|e| io_err(ErrorSubject::Log(id), ErrorVerb::Read, e))?)
+        }
+        RecordKind::Membership => {
+            EntryPayload::Membership(bincode::deserialize(&r.body).map_err(|e| io_err(ErrorSubject::Log(id), ErrorVerb::Read, e))?)
+        }
+    };
+    Ok(Entry { log_id: id, payload })
+}
+
+fn encode_entry(e: &Entry, batch: &mut RecordBatch) -> Result<(), StorageError<NodeId>> {
+    let kind = match &e.payload {
+        EntryPayload::Blank => RecordKind::Blank,
+        EntryPayload::Normal(_) => RecordKind::Normal,
+        EntryPayload::Membership(_) => RecordKind::Membership,
+    };
+    let meta = RecordMeta { index: e.log_id.index, term: e.log_id.leader_id.term, node: e.log_id.leader_id.node_id, kind };
+    let mut result = Ok(());
+    batch.push_with(meta, |out| {
+        result = match &e.payload {
+            EntryPayload::Blank => Ok(()),
+            EntryPayload::Normal(cmd) => cmd.encode(out).map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err)),
+            EntryPayload::Membership(m) => {
+                bincode::serialize_into(&mut *out, m).map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))
+            }
+        }
+    });
+    result
+}
+
+impl LogStore {
+    /// Wraps an opened commitlog. `hint` is shared with the state machine.
+    pub fn new(log: CommitLog, hint: PurgeHint) -> Self {
+        let reader = LogReader { reader: log.reader() };
+        LogStore { log, reader, hint }
+    }
+
+    /// The commitlog reader, for serving message bodies by physical offset.
+    pub fn commitlog_reader(&self) -> CommitLogReader {
+        self.reader.reader.clone()
+    }
+}
+
+impl LogReader {
+    fn read(&self, start: u64, end: u64, bytes_max: usize) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let records = self.reader.read_range(start, end, bytes_max).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        records.iter().map(decode_entry).collect()
+    }
+}
+
+fn range_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let (start, end) = range_bounds(&range);
+        self.read(start, end, usize::MAX)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        // Never empty for a non-empty present range: read_range returns at least one record.
+        self.read(start, end, REPLICATION_BYTES_MAX)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let st = self.reader.reader.state();
+        let last_purged_log_id = st.purged.map(|p| point_log_id(&p.point));
+        let last_log_id = st.last.map(|p| point_log_id(&p)).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = bincode::serialize(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.log.save_meta(VOTE_FILE, bytes, true).await.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        match self.log.read_meta(VOTE_FILE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))? {
+            Some(b) => Ok(Some(bincode::deserialize(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
+        // Advisory (no fsync): a stale value only shortens the re-apply at start-up.
+        let bytes = bincode::serialize(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.log.save_meta(COMMITTED_FILE, bytes, false).await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {
+        match self.log.read_meta(COMMITTED_FILE).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))? {
+            Some(b) => Ok(bincode::deserialize(&b).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?),
+            None => Ok(None),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = RecordBatch::new();
+        for e in entries {
+            encode_entry(&e, &mut batch)?;
+        }
+        self.log
+            .append(batch, Box::new(move |r| callback.log_io_completed(r.map_err(|e| e.into_io()))))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        self.log.truncate(log_id.index).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        let hint = self.hint.get(log_id.index);
+        self.log.purge(point(&log_id), hint).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}

@@ -1,0 +1,543 @@
+//! The Raft state machine: broker metadata replicated through the log.
+//!
+//! Applying a committed entry builds consume-queue units that point into the commitlog (bodies are never
+//! copied), advances per-queue offsets, records consumer-group offsets and topic configuration. DLedger
+//! replicated none of the metadata, which is why RocketMQ consumers re-consume after a failover; here
+//! offsets and topics ride in the log like messages do.
+//!
+//! # Persistence
+//! At deterministic indexes (`index % checkpoint_every == 0`, the same on every replica) the state machine
+//! takes a *checkpoint*: a copy of the small metadata. A dedicated flush thread msyncs the consume-queue
+//! files and then atomically writes the checkpoint file, so a restart restores the newest checkpoint and
+//! openraft re-applies only the tail after it.
+//!
+//! # Snapshots
+//! Snapshots carry metadata only (no bodies, no consume-queue units), taken at the retention boundary
+//! (a checkpoint index P). A node that installs one gets metadata@P and then the whole retained log P+1..
+//! through normal replication, so it ends with the same consume queues and the same log bytes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, StorageError, StorageIOError, StoredMembership};
+use raftmq_commitlog::CommitLogReader;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tracing::{debug, info};
+
+use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
+use crate::log_store::PurgeHint;
+use crate::types::{Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig};
+
+const CHECKPOINT_FILE: &str = "checkpoint";
+const SNAPSHOT_FILE: &str = "snapshot";
+
+/// State-machine configuration.
+#[derive(Debug, Clone)]
+pub struct StateMachineConfig {
+    /// Directory for consume queues, checkpoints and the current snapshot.
+    pub dir: PathBuf,
+    /// Units per consume-queue file (RocketMQ: 300,000).
+    pub cq_units_per_file: u64,
+    /// Checkpoint every this many log indexes. Must be the same on every replica.
+    pub checkpoint_every: u64,
+    /// In-memory checkpoints kept for building snapshots at a retention boundary.
+    pub checkpoints_kept: usize,
+}
+
+impl StateMachineConfig {
+    /// Defaults for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateMachineConfig { dir: dir.into(), cq_units_per_file: 300_000, checkpoint_every: 1024, checkpoints_kept: 64 }
+    }
+}
+
+/// Per topic-queue state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// Offset of the next message.
+    pub next_offset: u64,
+    /// First offset this replica serves.
+    pub min_offset: u64,
+}
+
+/// The replicated metadata: everything a checkpoint or snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Last applied log id.
+    pub last_applied: Option<LogId>,
+    /// Membership as of `last_applied`.
+    pub membership: StoredMembership<NodeId, Node>,
+    /// Byte position right after the record of `last_applied`: where the next entry's record starts
+    /// (before any segment roll), identical on every replica.
+    pub log_end_pos: u64,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// Queue states by topic, then queue id.
+    pub queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
+    /// Consumer offsets by group, topic, queue id.
+    pub consumer_offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, Node>,
+    data: Vec<u8>,
+}
+
+struct CurrentSnapshot {
+    meta: SnapshotMeta<NodeId, Node>,
+    data: Vec<u8>,
+}
+
+enum FlushJob {
+    Checkpoint { files: Vec<Arc<CqFile>>, meta: Box<Metadata>, done: Option<oneshot::Sender<Result<(), String>>> },
+}
+
+/// State shared between the state-machine worker, the snapshot builder and readers (the broker).
+pub struct SmShared {
+    cfg: StateMachineConfig,
+    meta: RwLock<Metadata>,
+    queues: RwLock<BTreeMap<(String, u32), Arc<ConsumeQueue>>>,
+    checkpoints: Mutex<VecDeque<Arc<Metadata>>>,
+    current: Mutex<Option<CurrentSnapshot>>,
+    boundary: AtomicU64,
+    snapshot_seq: AtomicU64,
+    log: CommitLogReader,
+    hint: PurgeHint,
+    flush_tx: Mutex<mpsc::Sender<FlushJob>>,
+}
+
+/// The openraft state machine. Moved into openraft's worker; read through [`StateMachine::shared`].
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+    dirty: Vec<Arc<CqFile>>,
+}
+
+/// Builds snapshots at the retention boundary.
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())).into()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut framed = Vec::with_capacity(bytes.len() + 8);
+    framed.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    framed.extend_from_slice(bytes);
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&framed)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+fn read_framed(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let b = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+    if b.len() < 8 {
+        return Err(bad("shorter than its header"));
+    }
+    let crc = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+    if b.len() != len + 8 || crc32fast::hash(&b[8..]) != crc {
+        return Err(bad("length or crc mismatch"));
+    }
+    Ok(Some(b[8..].to_vec()))
+}
+
+fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>) {
+    while let Ok(job) = rx.recv() {
+        match job {
+            FlushJob::Checkpoint { files, meta, done } => {
+                let r = (|| -> Result<(), String> {
+                    for f in &files {
+                        f.flush().map_err(|e| format!("msync consume queue: {e}"))?;
+                    }
+                    let bytes = bincode::serialize(&*meta).map_err(|e| e.to_string())?;
+                    write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| format!("write checkpoint: {e}"))
+                })();
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "checkpoint failed");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(r);
+                }
+            }
+        }
+    }
+}
+
+impl SmShared {
+    fn queue_dir(&self, topic: &str, queue_id: u32) -> PathBuf {
+        self.cfg.dir.join("consumequeue").join(topic_dir_name(topic)).join(queue_id.to_string())
+    }
+
+    fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> std::io::Result<Arc<ConsumeQueue>> {
+        let q = ConsumeQueue::open(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset)?;
+        let q = Arc::new(q);
+        write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
+        Ok(q)
+    }
+
+    /// The consume queue of a topic-queue, if it exists.
+    pub fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
+        read_lock(&self.queues).get(&(topic.to_string(), queue_id)).cloned()
+    }
+
+    /// A copy of the current metadata (cheap enough for admin paths; hot paths use the accessors).
+    pub fn metadata(&self) -> Metadata {
+        read_lock(&self.meta).clone()
+    }
+
+    /// Reads metadata under the lock without copying it.
+    pub fn with_metadata<R>(&self, f: impl FnOnce(&Metadata) -> R) -> R {
+        f(&read_lock(&self.meta))
+    }
+
+    /// The committed offset of a consumer group on a queue.
+    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        read_lock(&self.meta).consumer_offsets.get(group)?.get(topic)?.get(&queue_id).copied()
+    }
+
+    /// Last applied log index.
+    pub fn last_applied_index(&self) -> Option<u64> {
+        read_lock(&self.meta).last_applied.map(|l| l.index)
+    }
+
+    /// The commitlog reader, for message bytes by physical offset.
+    pub fn commitlog(&self) -> &CommitLogReader {
+        &self.log
+    }
+
+    /// Sets the newest index a snapshot may be built at (the retention boundary). `u64::MAX` means "the
+    /// current state".
+    pub fn set_snapshot_boundary(&self, index: u64) {
+        self.boundary.store(index, Ordering::Release);
+    }
+
+    /// Checkpoint indexes currently held in memory, oldest first.
+    pub fn checkpoint_indexes(&self) -> Vec<u64> {
+        lock(&self.checkpoints).iter().filter_map(|c| c.last_applied.map(|l| l.index)).collect()
+    }
+
+    /// Retention: after the log was purged so that it starts at byte `first_pos`, raise every queue's
+    /// min offset past units pointing below it and delete consume-queue files wholly below.
+    pub fn advance_min_offsets(&self, first_pos: u64) -> std::io::Result<()> {
+        let queues: Vec<((String, u32), Arc<ConsumeQueue>)> = read_lock(&self.queues).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        for ((topic, qid), q) in queues {
+            let min = q.first_offset_at_or_after(first_pos);
+            q.advance_min(min)?;
+            if let Some(st) = write_lock(&self.meta).queues.get_mut(&topic).and_then(|m| m.get_mut(&qid)) {
+                st.min_offset = st.min_offset.max(min);
+            }
+        }
+        Ok(())
+    }
+
+    /// Byte position after the record of `index`, if the record is present. Entries applied by openraft
+    /// are always present (apply reads them from the log); only test harnesses apply unlogged entries.
+    fn end_pos_of(&self, index: u64) -> Result<Option<u64>, StorageError<NodeId>> {
+        Ok(self.log.read(index).map_err(|e| sm_err(ErrorVerb::Read, e))?.map(|r| r.pos + r.len as u64))
+    }
+
+    /// The current metadata with `log_end_pos` brought up to `last_applied`.
+    fn metadata_now(&self) -> Result<Metadata, StorageError<NodeId>> {
+        let mut m = self.metadata();
+        if let Some(l) = m.last_applied {
+            if let Some(end) = self.end_pos_of(l.index)? {
+                m.log_end_pos = end;
+            }
+        }
+        Ok(m)
+    }
+
+    fn publish_snapshot(&self, meta: SnapshotMeta<NodeId, Node>, data: Vec<u8>) -> Result<(), StorageError<NodeId>> {
+        let mut cur = lock(&self.current);
+        // Monotonic: a stale build never replaces a newer (for example installed) snapshot.
+        if cur.as_ref().is_some_and(|c| c.meta.last_log_id >= meta.last_log_id) {
+            return Ok(());
+        }
+        let file = SnapshotFile { meta: meta.clone(), data: data.clone() };
+        let bytes = bincode::serialize(&file).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        write_atomic(&self.cfg.dir, SNAPSHOT_FILE, &bytes).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        *cur = Some(CurrentSnapshot { meta, data });
+        Ok(())
+    }
+
+    fn current_snapshot(&self) -> Option<Snapshot<TypeConfig>> {
+        lock(&self.current).as_ref().map(|c| Snapshot { meta: c.meta.clone(), snapshot: Box::new(Cursor::new(c.data.clone())) })
+    }
+}
+
+impl StateMachine {
+    /// Opens the state machine in `cfg.dir`, restoring the newest checkpoint and the current snapshot.
+    /// `log` reads the commitlog; `hint` tells the log store where to continue after a purge past its end.
+    pub fn open(cfg: StateMachineConfig, log: CommitLogReader, hint: PurgeHint) -> Result<StateMachine, StorageError<NodeId>> {
+        if cfg.checkpoint_every == 0 || cfg.cq_units_per_file == 0 {
+            return Err(sm_err(ErrorVerb::Read, "checkpoint_every and cq_units_per_file must be positive"));
+        }
+        fs::create_dir_all(&cfg.dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let meta: Metadata = match read_framed(&cfg.dir.join(CHECKPOINT_FILE)).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            Some(b) => bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => Metadata::default(),
+        };
+        let current = match read_framed(&cfg.dir.join(SNAPSHOT_FILE)).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            Some(b) => {
+                let f: SnapshotFile = bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                Some(CurrentSnapshot { meta: f.meta, data: f.data })
+            }
+            None => None,
+        };
+        if let Some(l) = meta.last_applied {
+            hint.set(l.index, meta.log_end_pos);
+        }
+        let (tx, rx) = mpsc::channel();
+        let dir = cfg.dir.clone();
+        std::thread::Builder::new()
+            .name("sm-flush".into())
+            .spawn(move || flush_thread(dir, rx))
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let shared = Arc::new(SmShared {
+            cfg,
+            meta: RwLock::new(Metadata::default()),
+            queues: RwLock::new(BTreeMap::new()),
+            checkpoints: Mutex::new(VecDeque::new()),
+            current: Mutex::new(current),
+            boundary: AtomicU64::new(u64::MAX),
+            snapshot_seq: AtomicU64::new(0),
+            log,
+            hint,
+            flush_tx: Mutex::new(tx),
+        });
+        for (topic, qs) in &meta.queues {
+            for (qid, st) in qs {
+                shared.open_queue(topic, *qid, *st).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            }
+        }
+        if meta.last_applied.is_some() {
+            lock(&shared.checkpoints).push_back(Arc::new(meta.clone()));
+        }
+        info!(applied = ?meta.last_applied, queues = meta.queues.values().map(|q| q.len()).sum::<usize>(), "state machine restored");
+        *write_lock(&shared.meta) = meta;
+        Ok(StateMachine { shared, dirty: Vec::new() })
+    }
+
+    /// Shared state for readers.
+    pub fn shared(&self) -> Arc<SmShared> {
+        Arc::clone(&self.shared)
+    }
+
+    fn apply_produce(&mut self, meta: &mut Metadata, queues: &[QueueAppend]) -> Result<Vec<QueueAppendResult>, StorageError<NodeId>> {
+        let mut results = Vec::with_capacity(queues.len());
+        for qa in queues {
+            let Some(topic) = meta.topics.get(&qa.topic) else {
+                results.push(QueueAppendResult::Rejected(format!("topic {} does not exist", qa.topic)));
+                continue;
+            };
+            if qa.queue_id >= topic.write_queues {
+                results.push(QueueAppendResult::Rejected(format!("queue {} out of range for {} ({} write queues)", qa.queue_id, qa.topic, topic.write_queues)));
+                continue;
+            }
+            let st = meta.queues.entry(qa.topic.clone()).or_default().entry(qa.queue_id).or_default();
+            let q = match self.shared.queue(&qa.topic, qa.queue_id) {
+                Some(q) => q,
+                None => self.shared.open_queue(&qa.topic, qa.queue_id, *st).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+            };
+            let mut positions = Vec::with_capacity(qa.messages.len());
+            for m in &qa.messages {
+                let phys_offset = m.phys_offset.ok_or_else(|| sm_err(ErrorVerb::Write, "produce entry applied without physical offsets"))?;
+                let size = u32::try_from(m.data.len()).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                let unit = CqUnit { phys_offset, size, tags_code: m.tags_code };
+                if let Some(f) = q.write(st.next_offset, &unit).map_err(|e| sm_err(ErrorVerb::Write, e))? {
+                    self.dirty.push(f);
+                }
+                positions.push(MessagePosition { queue_offset: st.next_offset, phys_offset });
+                st.next_offset += 1;
+            }
+            q.publish(st.next_offset);
+            results.push(QueueAppendResult::Stored(positions));
+        }
+        Ok(results)
+    }
+
+    fn checkpoint(&mut self, meta: &Metadata) {
+        let snapshot = Arc::new(meta.clone());
+        {
+            let mut cps = lock(&self.shared.checkpoints);
+            cps.push_back(Arc::clone(&snapshot));
+            while cps.len() > self.shared.cfg.checkpoints_kept.max(1) {
+                cps.pop_front();
+            }
+        }
+        let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: Box::new(meta.clone()), done: None };
+        let _ = lock(&self.shared.flush_tx).send(job);
+    }
+
+    /// Persists a checkpoint of the current state and waits for it (used after installing a snapshot).
+    async fn checkpoint_now(&mut self) -> Result<(), StorageError<NodeId>> {
+        let meta = self.shared.metadata_now()?;
+        let (tx, rx) = oneshot::channel();
+        let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: Box::new(meta), done: Some(tx) };
+        lock(&self.shared.flush_tx).send(job).map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?;
+        rx.await.map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?.map_err(|e| sm_err(ErrorVerb::Write, e))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let boundary = self.shared.boundary.load(Ordering::Acquire);
+        let chosen = if boundary == u64::MAX {
+            Some(Arc::new(self.shared.metadata_now()?))
+        } else {
+            let cps = lock(&self.shared.checkpoints);
+            cps.iter().rev().find(|c| c.last_applied.is_some_and(|l| l.index <= boundary)).cloned()
+        };
+        let Some(state) = chosen else {
+            // Nothing old enough: offer the current snapshot again (openraft ignores one that is not newer).
+            if let Some(s) = self.shared.current_snapshot() {
+                return Ok(s);
+            }
+            return Err(sm_err(ErrorVerb::Read, format!("no checkpoint at or below snapshot boundary {boundary}")));
+        };
+        let data = bincode::serialize(&*state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::AcqRel);
+        let idx = state.last_applied.map(|l| l.index.to_string()).unwrap_or_else(|| "none".into());
+        let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id: format!("{idx}-{seq}") };
+        self.shared.publish_snapshot(meta.clone(), data.clone())?;
+        debug!(snapshot = %meta.snapshot_id, "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let m = read_lock(&self.shared.meta);
+        Ok((m.last_applied, m.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let shared = Arc::clone(&self.shared);
+        let every = shared.cfg.checkpoint_every;
+        let mut out = Vec::new();
+        let mut meta = write_lock(&shared.meta);
+        for entry in entries {
+            let resp = match &entry.payload {
+                EntryPayload::Blank => CommandResponse::Done,
+                EntryPayload::Membership(m) => {
+                    meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    CommandResponse::Done
+                }
+                EntryPayload::Normal(Command::Produce(queues)) => CommandResponse::Produced(self.apply_produce(&mut meta, queues)?),
+                EntryPayload::Normal(Command::CommitOffsets(commits)) => {
+                    for c in commits {
+                        meta.consumer_offsets.entry(c.group.clone()).or_default().entry(c.topic.clone()).or_default().insert(c.queue_id, c.offset);
+                    }
+                    CommandResponse::Done
+                }
+                EntryPayload::Normal(Command::UpsertTopic(t)) => {
+                    let qs = meta.queues.entry(t.name.clone()).or_default();
+                    for q in 0..t.read_queues.max(t.write_queues) {
+                        qs.entry(q).or_default();
+                    }
+                    meta.topics.insert(t.name.clone(), t.clone());
+                    CommandResponse::Done
+                }
+            };
+            meta.last_applied = Some(entry.log_id);
+            if entry.log_id.index % every == 0 {
+                if let Some(end) = shared.end_pos_of(entry.log_id.index)? {
+                    meta.log_end_pos = end;
+                }
+                let snapshot = meta.clone();
+                self.checkpoint(&snapshot);
+            }
+            out.push(resp);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: Arc::clone(&self.shared) }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, Node>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let mut state: Metadata = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        if state.last_applied != meta.last_log_id {
+            return Err(sm_err(ErrorVerb::Read, "snapshot data and meta disagree on the last log id"));
+        }
+        // This replica holds nothing below the snapshot: every queue starts at its next offset.
+        for qs in state.queues.values_mut() {
+            for st in qs.values_mut() {
+                st.min_offset = st.next_offset;
+            }
+        }
+        let shared = Arc::clone(&self.shared);
+        let cq_root = shared.cfg.dir.join("consumequeue");
+        self.dirty.clear();
+        write_lock(&shared.queues).clear();
+        let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(cq_root)).await;
+        for (topic, qs) in &state.queues {
+            for (qid, st) in qs {
+                shared.open_queue(topic, *qid, *st).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            }
+        }
+        if let Some(l) = state.last_applied {
+            shared.hint.set(l.index, state.log_end_pos);
+        }
+        {
+            let mut cps = lock(&shared.checkpoints);
+            cps.clear();
+            cps.push_back(Arc::new(state.clone()));
+        }
+        *write_lock(&shared.meta) = state;
+        self.checkpoint_now().await?;
+        shared.publish_snapshot(meta.clone(), data)?;
+        info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.shared.current_snapshot())
+    }
+}

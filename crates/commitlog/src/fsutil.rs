@@ -38,9 +38,9 @@ pub fn zero_range(file: &File, path: &Path, offset: u64, len: u64) -> Result<()>
     }
     let fd = file.as_raw_fd();
     // SAFETY: fallocate on a valid, owned descriptor; no memory is passed.
-    let punched = unsafe {
-        libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, len as libc::off_t)
-    } == 0;
+    let punched =
+        unsafe { libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, len as libc::off_t) }
+            == 0;
     if punched {
         // SAFETY: as above.
         let rc = unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, len as libc::off_t) };
@@ -70,12 +70,8 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], durable: bool) -> R
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| CommitLogError::io("create", &tmp, e))?;
+        let mut f =
+            OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| CommitLogError::io("create", &tmp, e))?;
         f.write_all(contents).map_err(|e| CommitLogError::io("write", &tmp, e))?;
         if durable {
             f.sync_all().map_err(|e| CommitLogError::io("fsync", &tmp, e))?;

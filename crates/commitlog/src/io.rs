@@ -172,9 +172,9 @@ impl IoThread {
             }
             Job::SaveMeta { name, payload, durable, done } => {
                 self.flush_pending();
-                let r = self.check().and_then(|_| {
-                    fsutil::write_atomic(&self.store.cfg.dir, name, &fsutil::encode_meta_file(&payload), durable)
-                });
+                let r = self
+                    .check()
+                    .and_then(|_| fsutil::write_atomic(&self.store.cfg.dir, name, &fsutil::encode_meta_file(&payload), durable));
                 let _ = done.send(r);
             }
         }

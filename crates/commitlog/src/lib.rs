@@ -150,20 +150,25 @@ impl CommitLogReader {
         let seg = self.shared.segment_bytes;
         let base = slot.pos - slot.pos % seg;
         let Some(file) = v.segments.get(&base) else {
-            return Err(CommitLogError::Corrupt { file: base.to_string().into(), offset: 0, reason: format!("segment for index {index} is missing") });
+            return Err(CommitLogError::Corrupt {
+                file: base.to_string().into(),
+                offset: 0,
+                reason: format!("segment for index {index} is missing"),
+            });
         };
         let off = slot.pos - base;
         let end = off + slot.len as u64;
         if end > seg {
-            return Err(CommitLogError::Corrupt { file: file.path.clone(), offset: off, reason: format!("index slot for {index} runs past the segment end") });
+            return Err(CommitLogError::Corrupt {
+                file: file.path.clone(),
+                offset: off,
+                reason: format!("index slot for {index} runs past the segment end"),
+            });
         }
         match record::decode_at(&file.bytes()[off as usize..end as usize]) {
-            record::Decoded::Record { meta, len } if meta.index == index && len == slot.len as usize => Ok(Some(StoredRecord {
-                meta,
-                pos: slot.pos,
-                len: slot.len,
-                body: file.slice(off + HEADER_LEN as u64, len - HEADER_LEN),
-            })),
+            record::Decoded::Record { meta, len } if meta.index == index && len == slot.len as usize => {
+                Ok(Some(StoredRecord { meta, pos: slot.pos, len: slot.len, body: file.slice(off + HEADER_LEN as u64, len - HEADER_LEN) }))
+            }
             other => Err(CommitLogError::Corrupt {
                 file: file.path.clone(),
                 offset: off,
@@ -279,10 +284,14 @@ impl CommitLog {
     /// Writes `batch` and waits until it is durable.
     pub async fn append_durable(&self, batch: RecordBatch) -> Result<Vec<RecordLocation>> {
         let (tx, rx) = oneshot::channel();
-        let locs = self.append(batch, Box::new(move |r| {
-            let _ = tx.send(r);
-        }))
-        .await?;
+        let locs = self
+            .append(
+                batch,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )
+            .await?;
         rx.await.map_err(|_| CommitLogError::Closed)??;
         Ok(locs)
     }
@@ -290,9 +299,11 @@ impl CommitLog {
     /// Waits until everything submitted before is durable.
     pub async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Flush { done: Box::new(move |r| {
-            let _ = tx.send(r);
-        }) })?;
+        self.send(Job::Flush {
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })?;
         rx.await.map_err(|_| CommitLogError::Closed)?
     }
 

@@ -142,7 +142,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Decodes and verifies whatever starts at `buf[0]`; `buf` runs to the end of the segment.
 pub fn decode_at(buf: &[u8]) -> Decoded {
     if buf.len() < PAD_HEADER_LEN {
-        return if buf.iter().all(|&b| b == 0) { Decoded::Empty } else { Decoded::Invalid("garbage in a tail too short for a header".into()) };
+        return if buf.iter().all(|&b| b == 0) {
+            Decoded::Empty
+        } else {
+            Decoded::Invalid("garbage in a tail too short for a header".into())
+        };
     }
     let magic = u32_at(buf, 0);
     let len = u32_at(buf, 4) as usize;

@@ -29,12 +29,8 @@ impl MappedFile {
     /// Creates and preallocates a new file of `len` bytes and makes its existence durable.
     pub fn create(dir: &Path, base: u64, len: u64) -> Result<Arc<Self>> {
         let path = dir.join(fsutil::file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| CommitLogError::io("create", &path, e))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| CommitLogError::io("create", &path, e))?;
         fsutil::preallocate(&file, &path, len)?;
         file.sync_all().map_err(|e| CommitLogError::io("fsync", &path, e))?;
         fsutil::fsync_dir(dir)?;

@@ -130,7 +130,11 @@ impl Store {
         }
         if let Some((base, path)) = files.first() {
             if base % seg != 0 {
-                return Err(CommitLogError::Corrupt { file: path.clone(), offset: 0, reason: format!("segment name is not a multiple of segment size {seg}") });
+                return Err(CommitLogError::Corrupt {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: format!("segment name is not a multiple of segment size {seg}"),
+                });
             }
         }
         let start_pos = match self.view.purged {
@@ -198,7 +202,10 @@ impl Store {
                 match verdict {
                     Ok((meta, len)) => {
                         first.get_or_insert(meta.index);
-                        pending_slots.push((meta.index, Slot { pos: base + off, len: len as u32, kind: meta.kind, term: meta.term, node: meta.node }));
+                        pending_slots.push((
+                            meta.index,
+                            Slot { pos: base + off, len: len as u32, kind: meta.kind, term: meta.term, node: meta.node },
+                        ));
                         if pending_slots.len() >= 4096 {
                             self.write_slots(&pending_slots)?;
                             pending_slots.clear();
@@ -469,11 +476,7 @@ impl Store {
             return Ok(());
         }
         let everything = self.view.last.is_none_or(|l| upto.index >= l.index);
-        let next_pos = if everything {
-            next_pos_hint.unwrap_or(self.view.write_pos)
-        } else {
-            self.slot(upto.index + 1)?.pos
-        };
+        let next_pos = if everything { next_pos_hint.unwrap_or(self.view.write_pos) } else { self.slot(upto.index + 1)?.pos };
         let mark = PurgedMark { point: upto, next_pos };
         fsutil::write_atomic(&self.cfg.dir, PURGED_FILE, &fsutil::encode_meta_file(&mark.encode()), true)?;
         self.view.purged = Some(mark);
@@ -490,13 +493,7 @@ impl Store {
         self.publish_positions();
         let keep_from = self.seg_base(next_pos);
         let rebase = everything && next_pos != old_write_pos;
-        let doomed: Vec<u64> = self
-            .view
-            .segments
-            .keys()
-            .copied()
-            .filter(|b| *b < keep_from || (rebase && *b >= keep_from))
-            .collect();
+        let doomed: Vec<u64> = self.view.segments.keys().copied().filter(|b| *b < keep_from || (rebase && *b >= keep_from)).collect();
         for base in &doomed {
             if let Some(f) = self.view.segments.remove(base) {
                 fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
@@ -526,7 +523,11 @@ impl Store {
 pub(crate) fn read_slot(view: &View, per: u64, index: u64) -> Result<Slot> {
     let first = index - index % per;
     let Some(f) = view.index_files.get(&first) else {
-        return Err(CommitLogError::Corrupt { file: PathBuf::from(fsutil::file_name(first)), offset: 0, reason: format!("index file for {index} is missing") });
+        return Err(CommitLogError::Corrupt {
+            file: PathBuf::from(fsutil::file_name(first)),
+            offset: 0,
+            reason: format!("index file for {index} is missing"),
+        });
     };
     let at = ((index - first) as usize) * SLOT_LEN;
     Slot::decode(&f.bytes()[at..at + SLOT_LEN]).ok_or_else(|| CommitLogError::Corrupt {

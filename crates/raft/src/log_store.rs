@@ -146,7 +146,10 @@ fn range_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError<NodeId>> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         let (start, end) = range_bounds(&range);
         self.read(start, end, usize::MAX)
     }
@@ -158,7 +161,10 @@ impl RaftLogReader<TypeConfig> for LogReader {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError<NodeId>> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         self.reader.try_get_log_entries(range).await
     }
 }

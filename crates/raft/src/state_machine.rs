@@ -33,7 +33,9 @@ use tracing::{debug, info};
 
 use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
 use crate::log_store::PurgeHint;
-use crate::types::{Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig};
+use crate::types::{
+    Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig,
+};
 
 const CHECKPOINT_FILE: &str = "checkpoint";
 const SNAPSHOT_FILE: &str = "snapshot";
@@ -253,7 +255,8 @@ impl SmShared {
     /// Retention: after the log was purged so that it starts at byte `first_pos`, raise every queue's
     /// min offset past units pointing below it and delete consume-queue files wholly below.
     pub fn advance_min_offsets(&self, first_pos: u64) -> std::io::Result<()> {
-        let queues: Vec<((String, u32), Arc<ConsumeQueue>)> = read_lock(&self.queues).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let queues: Vec<((String, u32), Arc<ConsumeQueue>)> =
+            read_lock(&self.queues).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         for ((topic, qid), q) in queues {
             let min = q.first_offset_at_or_after(first_pos);
             q.advance_min(min)?;
@@ -365,7 +368,10 @@ impl StateMachine {
                 continue;
             };
             if qa.queue_id >= topic.write_queues {
-                results.push(QueueAppendResult::Rejected(format!("queue {} out of range for {} ({} write queues)", qa.queue_id, qa.topic, topic.write_queues)));
+                results.push(QueueAppendResult::Rejected(format!(
+                    "queue {} out of range for {} ({} write queues)",
+                    qa.queue_id, qa.topic, topic.write_queues
+                )));
                 continue;
             }
             let st = meta.queues.entry(qa.topic.clone()).or_default().entry(qa.queue_id).or_default();
@@ -375,7 +381,8 @@ impl StateMachine {
             };
             let mut positions = Vec::with_capacity(qa.messages.len());
             for m in &qa.messages {
-                let phys_offset = m.phys_offset.ok_or_else(|| sm_err(ErrorVerb::Write, "produce entry applied without physical offsets"))?;
+                let phys_offset =
+                    m.phys_offset.ok_or_else(|| sm_err(ErrorVerb::Write, "produce entry applied without physical offsets"))?;
                 let size = u32::try_from(m.data.len()).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 let unit = CqUnit { phys_offset, size, tags_code: m.tags_code };
                 if let Some(f) = q.write(st.next_offset, &unit).map_err(|e| sm_err(ErrorVerb::Write, e))? {
@@ -432,7 +439,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let data = bincode::serialize(&*state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::AcqRel);
         let idx = state.last_applied.map(|l| l.index.to_string()).unwrap_or_else(|| "none".into());
-        let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id: format!("{idx}-{seq}") };
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+            snapshot_id: format!("{idx}-{seq}"),
+        };
         self.shared.publish_snapshot(meta.clone(), data.clone())?;
         debug!(snapshot = %meta.snapshot_id, "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -466,7 +477,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Command::Produce(queues)) => CommandResponse::Produced(self.apply_produce(&mut meta, queues)?),
                 EntryPayload::Normal(Command::CommitOffsets(commits)) => {
                     for c in commits {
-                        meta.consumer_offsets.entry(c.group.clone()).or_default().entry(c.topic.clone()).or_default().insert(c.queue_id, c.offset);
+                        meta.consumer_offsets
+                            .entry(c.group.clone())
+                            .or_default()
+                            .entry(c.topic.clone())
+                            .or_default()
+                            .insert(c.queue_id, c.offset);
                     }
                     CommandResponse::Done
                 }
@@ -500,7 +516,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, Node>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
         let mut state: Metadata = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         if state.last_applied != meta.last_log_id {

@@ -212,11 +212,7 @@ impl Command {
                         let len = b.get_u32_le() as usize;
                         need(&b, len)?;
                         let at = body.len() - b.remaining();
-                        messages.push(Message {
-                            tags_code,
-                            data: body.slice(at..at + len),
-                            phys_offset: body_pos.map(|p| p + at as u64),
-                        });
+                        messages.push(Message { tags_code, data: body.slice(at..at + len), phys_offset: body_pos.map(|p| p + at as u64) });
                         b.advance(len);
                     }
                     queues.push(QueueAppend { topic, queue_id, messages });

@@ -9,8 +9,13 @@
 //!
 //! openraft types stay behind this crate: the broker uses [`node::RaftNode`] and the types re-exported here.
 
+// openraft's storage traits return its `StorageError` (over 200 bytes); helpers share that signature.
+#![allow(clippy::result_large_err)]
+
 pub mod consume_queue;
 pub mod error;
 pub mod log_store;
+pub mod node;
 pub mod state_machine;
+pub mod transport;
 pub mod types;

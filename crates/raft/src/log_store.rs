@@ -50,7 +50,12 @@ pub struct LogStore {
     log: CommitLog,
     reader: LogReader,
     hint: PurgeHint,
+    committed_saved_at: Option<std::time::Instant>,
 }
+
+/// `committed` is advisory (it only bounds the re-apply at start-up), and openraft saves it before every
+/// apply batch: writing it at most this often keeps a file rename off most commits.
+const COMMITTED_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Concurrent reader of the Raft log (one per replication stream).
 #[derive(Clone)]
@@ -115,7 +120,7 @@ impl LogStore {
     /// Wraps an opened commitlog. `hint` is shared with the state machine.
     pub fn new(log: CommitLog, hint: PurgeHint) -> Self {
         let reader = LogReader { reader: log.reader() };
-        LogStore { log, reader, hint }
+        LogStore { log, reader, hint, committed_saved_at: None }
     }
 
     /// The commitlog reader, for serving message bodies by physical offset.
@@ -196,7 +201,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
-        // Advisory (no fsync): a stale value only shortens the re-apply at start-up.
+        // Advisory (no fsync, throttled): a stale value only shortens the re-apply at start-up.
+        if self.committed_saved_at.is_some_and(|t| t.elapsed() < COMMITTED_SAVE_INTERVAL) {
+            return Ok(());
+        }
+        self.committed_saved_at = Some(std::time::Instant::now());
         let bytes = bincode::serialize(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.log.save_meta(COMMITTED_FILE, bytes, false).await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
@@ -214,8 +223,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = RecordBatch::new();
+        let mut first_index = None;
         for e in entries {
+            first_index.get_or_insert(e.log_id.index);
             encode_entry(&e, &mut batch)?;
+        }
+        // The first append after a snapshot install continues at the leader's byte position. openraft runs
+        // the purge without waiting for the state machine's install, so the position is applied here: the
+        // leader sends these entries only after the install was acknowledged, when the hint is set.
+        let st = self.reader.reader.state();
+        if let (None, Some(mark), Some(first)) = (st.last, st.purged, first_index) {
+            if first == mark.point.index + 1 {
+                if let Some(pos) = self.hint.get(mark.point.index).filter(|p| *p != st.write_pos) {
+                    self.log.rebase(pos).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                }
+            }
         }
         self.log
             .append(batch, Box::new(move |r| callback.log_io_completed(r.map_err(|e| e.into_io()))))

@@ -49,6 +49,9 @@ pub enum CommitLogError {
     /// An earlier write or fsync failed; the store refuses further writes (its page-cache state is unknown).
     #[error("commitlog is failed after an earlier IO error: {0}")]
     Poisoned(String),
+    /// The operation does not fit the log's current state.
+    #[error("invalid commitlog state: {0}")]
+    InvalidState(String),
     /// The IO thread has stopped (the store was closed).
     #[error("commitlog IO thread is not running")]
     Closed,

@@ -37,6 +37,10 @@ pub(crate) enum Job {
         next_pos_hint: Option<u64>,
         done: oneshot::Sender<Result<()>>,
     },
+    Rebase {
+        next_pos: u64,
+        done: oneshot::Sender<Result<()>>,
+    },
     SaveMeta {
         name: &'static str,
         payload: Vec<u8>,
@@ -166,6 +170,14 @@ impl IoThread {
                 self.flush_pending();
                 let r = self.check().and_then(|_| self.store.purge(upto, next_pos_hint));
                 if let Err(e) = &r {
+                    self.poison(e);
+                }
+                let _ = done.send(r);
+            }
+            Job::Rebase { next_pos, done } => {
+                self.flush_pending();
+                let r = self.check().and_then(|_| self.store.rebase(next_pos));
+                if let Err(e @ CommitLogError::Io { .. }) = &r {
                     self.poison(e);
                 }
                 let _ = done.send(r);

@@ -325,6 +325,12 @@ impl CommitLog {
         self.call(|done| Job::Purge { upto, next_pos_hint, done }).await
     }
 
+    /// Moves the write position of an empty, purged log to `next_pos`: the byte position the group's
+    /// other replicas have for the next record. Fails if the log holds records or was never purged.
+    pub async fn rebase(&self, next_pos: u64) -> Result<()> {
+        self.call(|done| Job::Rebase { next_pos, done }).await
+    }
+
     /// Atomically replaces the small metadata file `name` (temp file, fsync, rename, fsync dir when
     /// `durable`), ordered after every job submitted before it.
     pub async fn save_meta(&self, name: &'static str, payload: Vec<u8>, durable: bool) -> Result<()> {

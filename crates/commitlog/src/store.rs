@@ -166,6 +166,17 @@ impl Store {
 
         // Scan forward from the first retained byte.
         let purged_index = self.view.purged.map(|p| p.point.index);
+        // Map the existing index files before the scan rewrites their slots (creating them again would fail
+        // with EEXIST), and remove those that hold only purged slots.
+        let per = self.cfg.index_slots_per_file;
+        for (first_idx, path) in fsutil::list_numbered(&self.index_dir)? {
+            if purged_index.is_some_and(|p| first_idx + per <= p + 1) {
+                fs::remove_file(&path).map_err(|e| CommitLogError::io("unlink", &path, e))?;
+            } else {
+                let f = MappedFile::open(path, first_idx, per * SLOT_LEN as u64, true)?;
+                self.view.index_files.insert(first_idx, f);
+            }
+        }
         let mut last: Option<RecordMeta> = None;
         let mut first: Option<u64> = None;
         let bases: Vec<u64> = self.view.segments.keys().copied().collect();
@@ -241,16 +252,6 @@ impl Store {
         if let (Some(p), Some(f)) = (self.view.purged, first) {
             debug_assert_eq!(f, p.point.index + 1);
         }
-        // Remove index files that hold only purged slots.
-        let per = self.cfg.index_slots_per_file;
-        for (first_idx, path) in fsutil::list_numbered(&self.index_dir)? {
-            if purged_index.is_some_and(|p| first_idx + per <= p + 1) {
-                fs::remove_file(&path).map_err(|e| CommitLogError::io("unlink", &path, e))?;
-            } else if !self.view.index_files.contains_key(&first_idx) {
-                let f = MappedFile::open(path, first_idx, per * SLOT_LEN as u64, true)?;
-                self.view.index_files.insert(first_idx, f);
-            }
-        }
         info!(dir = %self.cfg.dir.display(), first = ?self.view.first, last = ?self.view.last, write_pos = self.view.write_pos, "commitlog recovered");
         Ok(())
     }
@@ -272,6 +273,15 @@ impl Store {
     fn segment_for_write(&mut self, base: u64) -> Result<Arc<MappedFile>> {
         if let Some(f) = self.view.segments.get(&base) {
             return Ok(Arc::clone(f));
+        }
+        // A record that exactly fills a segment moves on without `roll`: seal the previous segment here, so
+        // it is never left with unsynced bytes behind a newer (durably created) segment.
+        if let Some(prev) = base.checked_sub(self.seg_bytes()) {
+            if self.dirty.remove(&prev) {
+                if let Some(f) = self.view.segments.get(&prev) {
+                    f.sync_data()?;
+                }
+            }
         }
         let f = MappedFile::create(&self.data_dir, base, self.seg_bytes())?;
         self.view.segments.insert(base, Arc::clone(&f));
@@ -361,6 +371,12 @@ impl Store {
                 self.roll()?;
                 run_start_buf = at;
                 run_start_pos = self.view.write_pos;
+            } else if in_seg == 0 && at > run_start_buf {
+                // The previous record filled its segment exactly: this one starts the next segment, so the
+                // run so far must not be written past the end of the previous segment's file.
+                self.write_run(run_start_pos, &buf[run_start_buf..at])?;
+                run_start_buf = at;
+                run_start_pos = self.view.write_pos;
             }
             let pos = self.view.write_pos;
             locations.push(RecordLocation { pos, len: *len });
@@ -432,16 +448,27 @@ impl Store {
         }
         let first = self.view.first.unwrap_or(from);
         let from = from.max(first);
-        let cut = self.slot(from)?.pos;
         let old_end = self.view.write_pos;
-        // Readers stop seeing the records before any byte changes.
-        self.view.last = if from == first {
-            self.view.first = None;
-            None
+        // The log now ends where the last retained record ends (or where it starts), not necessarily at the
+        // first removed record: if that one had rolled to a new segment, the next record must go back into
+        // the padded tail, so that positions depend only on the retained records (as on other replicas).
+        let (last, cut) = if from == first {
+            (
+                None,
+                match self.view.purged {
+                    Some(p) => p.next_pos,
+                    None => self.slot(from)?.pos,
+                },
+            )
         } else {
             let s = self.slot(from - 1)?;
-            Some(LogPoint { index: from - 1, term: s.term, node: s.node })
+            (Some(LogPoint { index: from - 1, term: s.term, node: s.node }), s.pos + s.len as u64)
         };
+        // Readers stop seeing the records before any byte changes.
+        if last.is_none() {
+            self.view.first = None;
+        }
+        self.view.last = last;
         self.view.write_pos = cut;
         self.publish_positions();
         // Newest segments first, so a crash never leaves a hole in front of surviving records.
@@ -493,7 +520,7 @@ impl Store {
         self.publish_positions();
         let keep_from = self.seg_base(next_pos);
         let rebase = everything && next_pos != old_write_pos;
-        let doomed: Vec<u64> = self.view.segments.keys().copied().filter(|b| *b < keep_from || (rebase && *b >= keep_from)).collect();
+        let doomed: Vec<u64> = self.view.segments.keys().copied().filter(|b| rebase || *b < keep_from).collect();
         for base in &doomed {
             if let Some(f) = self.view.segments.remove(base) {
                 fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
@@ -514,6 +541,40 @@ impl Store {
             // The log restarts at the leader's position; the bytes before it in this segment stay zero.
             self.segment_for_write(keep_from)?;
         }
+        self.publish();
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Moves the write position of an empty, purged log to `next_pos` (rewriting the purge mark first).
+    /// A follower that installed a snapshot continues at the leader's byte position this way.
+    pub fn rebase(&mut self, next_pos: u64) -> Result<()> {
+        let Some(mark) = self.view.purged else {
+            return Err(CommitLogError::InvalidState("rebase of a log that was never purged".into()));
+        };
+        if self.view.last.is_some() {
+            return Err(CommitLogError::InvalidState("rebase of a log that holds records".into()));
+        }
+        if self.view.write_pos == next_pos {
+            return Ok(());
+        }
+        let mark = PurgedMark { point: mark.point, next_pos };
+        fsutil::write_atomic(&self.cfg.dir, PURGED_FILE, &fsutil::encode_meta_file(&mark.encode()), true)?;
+        self.view.purged = Some(mark);
+        self.view.write_pos = next_pos;
+        self.publish_positions();
+        let doomed: Vec<u64> = self.view.segments.keys().copied().collect();
+        for base in &doomed {
+            if let Some(f) = self.view.segments.remove(base) {
+                fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
+                self.dirty.remove(base);
+            }
+        }
+        if !doomed.is_empty() {
+            fsutil::fsync_dir(&self.data_dir)?;
+        }
+        self.segment_for_write(self.seg_base(next_pos))?;
         self.publish();
         Ok(())
     }

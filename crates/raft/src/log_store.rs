@@ -25,22 +25,72 @@ const COMMITTED_FILE: &str = "committed";
 /// AppendEntries timeout equals the heartbeat interval, so RPCs must stay small).
 pub const REPLICATION_BYTES_MAX: usize = 1 << 20;
 
-/// Where the log must continue after a purge past its end: set by the state machine when it installs a
-/// snapshot (or restores a checkpoint), read by `purge`.
-#[derive(Debug, Default, Clone)]
-pub struct PurgeHint(Arc<Mutex<Option<(u64, u64)>>>);
+/// What the log store and the state machine must tell each other.
+///
+/// - **Where the log continues** after a purge past its end: set by the state machine when it installs a
+///   snapshot (or restores a checkpoint); the log store applies it at the next append.
+/// - **How far the state machine is durable** (its newest persisted checkpoint or installed snapshot). A
+///   purge waits until this reaches the purge index: openraft 0.9 runs `purge` right after queueing a
+///   snapshot install, without waiting for it, and a crash between the two would otherwise leave a log
+///   purged past anything the state machine can restore.
+#[derive(Debug, Clone)]
+pub struct StoreLink {
+    next_pos: Arc<Mutex<Option<(u64, u64)>>>,
+    durable: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    guard_purges: bool,
+}
 
-impl PurgeHint {
-    /// Records that the entry after `index` starts at byte `next_pos`.
-    pub fn set(&self, index: u64, next_pos: u64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, next_pos));
+impl Default for StoreLink {
+    fn default() -> Self {
+        StoreLink { next_pos: Arc::default(), durable: Arc::new(tokio::sync::watch::channel(None).0), guard_purges: true }
+    }
+}
+
+/// How long a purge waits for the state machine to persist the purge index before failing.
+pub const PURGE_DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl StoreLink {
+    /// A link whose purges do not wait for state-machine durability: only for harnesses (openraft's
+    /// storage Suite) that purge logs no state machine ever applied.
+    pub fn unguarded() -> Self {
+        StoreLink { guard_purges: false, ..Self::default() }
     }
 
-    fn get(&self, index: u64) -> Option<u64> {
-        match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+    /// Records that the entry after `index` starts at byte `next_pos`.
+    pub fn set_next_pos(&self, index: u64, next_pos: u64) {
+        *self.next_pos.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, next_pos));
+    }
+
+    fn next_pos(&self, index: u64) -> Option<u64> {
+        match *self.next_pos.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((i, pos)) if i == index => Some(pos),
             _ => None,
         }
+    }
+
+    /// Records that the state machine's state at `index` is durable (monotonic).
+    pub fn set_durable(&self, index: u64) {
+        self.durable.send_if_modified(|d| {
+            if d.is_none_or(|v| v < index) {
+                *d = Some(index);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The newest durable state-machine index.
+    pub fn durable(&self) -> Option<u64> {
+        *self.durable.borrow()
+    }
+
+    async fn wait_durable(&self, index: u64) -> bool {
+        if !self.guard_purges {
+            return true;
+        }
+        let mut rx = self.durable.subscribe();
+        tokio::time::timeout(PURGE_DURABLE_WAIT, rx.wait_for(|d| d.is_some_and(|v| v >= index))).await.is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -49,7 +99,7 @@ impl PurgeHint {
 pub struct LogStore {
     log: CommitLog,
     reader: LogReader,
-    hint: PurgeHint,
+    link: StoreLink,
     committed_saved_at: Option<std::time::Instant>,
 }
 
@@ -118,9 +168,9 @@ fn encode_entry(e: &Entry, batch: &mut RecordBatch) -> Result<(), StorageError<N
 
 impl LogStore {
     /// Wraps an opened commitlog. `hint` is shared with the state machine.
-    pub fn new(log: CommitLog, hint: PurgeHint) -> Self {
+    pub fn new(log: CommitLog, link: StoreLink) -> Self {
         let reader = LogReader { reader: log.reader() };
-        LogStore { log, reader, hint, committed_saved_at: None }
+        LogStore { log, reader, link, committed_saved_at: None }
     }
 
     /// The commitlog reader, for serving message bodies by physical offset.
@@ -234,7 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let st = self.reader.reader.state();
         if let (None, Some(mark), Some(first)) = (st.last, st.purged, first_index) {
             if first == mark.point.index + 1 {
-                if let Some(pos) = self.hint.get(mark.point.index).filter(|p| *p != st.write_pos) {
+                if let Some(pos) = self.link.next_pos(mark.point.index).filter(|p| *p != st.write_pos) {
                     self.log.rebase(pos).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
                 }
             }
@@ -251,7 +301,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
-        let hint = self.hint.get(log_id.index);
+        if !self.link.wait_durable(log_id.index).await {
+            let why = format!("state machine not durable at {} within {:?}", log_id.index, PURGE_DURABLE_WAIT);
+            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Delete, std::io::Error::other(why)));
+        }
+        let hint = self.link.next_pos(log_id.index);
         self.log.purge(point(&log_id), hint).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }

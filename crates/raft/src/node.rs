@@ -18,7 +18,7 @@ use raftmq_commitlog::{CommitLog, CommitLogConfig, CommitLogReader, FlushPolicy}
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::log_store::{LogStore, PurgeHint};
+use crate::log_store::{LogStore, StoreLink};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::transport::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory};
 use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft};
@@ -240,12 +240,12 @@ impl RaftNode {
         log_cfg.flush = cfg.flush;
         let log =
             tokio::task::spawn_blocking(move || CommitLog::open(log_cfg)).await.map_err(|e| start_err(&e))?.map_err(|e| start_err(&e))?;
-        let hint = PurgeHint::default();
+        let link = StoreLink::default();
         let mut sm_cfg = StateMachineConfig::new(cfg.data_dir.join("state"));
         sm_cfg.checkpoint_every = cfg.checkpoint_every;
         sm_cfg.cq_units_per_file = cfg.cq_units_per_file;
-        let (reader, hint2) = (log.reader(), hint.clone());
-        let sm = tokio::task::spawn_blocking(move || StateMachine::open(sm_cfg, reader, hint2))
+        let (reader, link2) = (log.reader(), link.clone());
+        let sm = tokio::task::spawn_blocking(move || StateMachine::open(sm_cfg, reader, link2))
             .await
             .map_err(|e| start_err(&e))?
             .map_err(|e| start_err(&e))?;
@@ -267,9 +267,7 @@ impl RaftNode {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
-        let raft = Raft::new(cfg.id, config, TcpNetworkFactory, LogStore::new(log.clone(), hint), sm)
-            .await
-            .map_err(|e| start_err(&e))?;
+        let raft = Raft::new(cfg.id, config, TcpNetworkFactory, LogStore::new(log.clone(), link), sm).await.map_err(|e| start_err(&e))?;
         let server = RaftServer::start(listener, raft.clone(), Arc::new(RaftControl::new(raft.clone())));
 
         let (role_tx, role_rx) = watch::channel(RoleState { role: Role::Learner, term: 0, leader: None, leader_addr: None, ready: false });

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
-use crate::log_store::PurgeHint;
+use crate::log_store::StoreLink;
 use crate::types::{
     Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig,
 };
@@ -112,7 +112,7 @@ pub struct SmShared {
     boundary: AtomicU64,
     snapshot_seq: AtomicU64,
     log: CommitLogReader,
-    hint: PurgeHint,
+    link: StoreLink,
     flush_tx: Mutex<mpsc::Sender<FlushJob>>,
 }
 
@@ -177,7 +177,7 @@ fn read_framed(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(b[8..].to_vec()))
 }
 
-fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>) {
+fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink) {
     while let Ok(job) = rx.recv() {
         match job {
             FlushJob::Checkpoint { files, meta, done } => {
@@ -188,8 +188,10 @@ fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>) {
                     let bytes = bincode::serialize(&*meta).map_err(|e| e.to_string())?;
                     write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| format!("write checkpoint: {e}"))
                 })();
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "checkpoint failed");
+                match (&r, meta.last_applied) {
+                    (Err(e), _) => tracing::error!(error = %e, "checkpoint failed"),
+                    (Ok(()), Some(l)) => link.set_durable(l.index),
+                    (Ok(()), None) => {}
                 }
                 if let Some(done) = done {
                     let _ = done.send(r);
@@ -304,8 +306,9 @@ impl SmShared {
 
 impl StateMachine {
     /// Opens the state machine in `cfg.dir`, restoring the newest checkpoint and the current snapshot.
-    /// `log` reads the commitlog; `hint` tells the log store where to continue after a purge past its end.
-    pub fn open(cfg: StateMachineConfig, log: CommitLogReader, hint: PurgeHint) -> Result<StateMachine, StorageError<NodeId>> {
+    /// `log` reads the commitlog; `link` tells the log store where to continue after a purge past its end
+    /// and how far this state is durable.
+    pub fn open(cfg: StateMachineConfig, log: CommitLogReader, link: StoreLink) -> Result<StateMachine, StorageError<NodeId>> {
         if cfg.checkpoint_every == 0 || cfg.cq_units_per_file == 0 {
             return Err(sm_err(ErrorVerb::Read, "checkpoint_every and cq_units_per_file must be positive"));
         }
@@ -322,13 +325,15 @@ impl StateMachine {
             None => None,
         };
         if let Some(l) = meta.last_applied {
-            hint.set(l.index, meta.log_end_pos);
+            link.set_next_pos(l.index, meta.log_end_pos);
+            link.set_durable(l.index);
         }
         let (tx, rx) = mpsc::channel();
         let dir = cfg.dir.clone();
+        let flushed = link.clone();
         std::thread::Builder::new()
             .name("sm-flush".into())
-            .spawn(move || flush_thread(dir, rx))
+            .spawn(move || flush_thread(dir, rx, flushed))
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let shared = Arc::new(SmShared {
             cfg,
@@ -339,7 +344,7 @@ impl StateMachine {
             boundary: AtomicU64::new(u64::MAX),
             snapshot_seq: AtomicU64::new(0),
             log,
-            hint,
+            link,
             flush_tx: Mutex::new(tx),
         });
         for (topic, qs) in &meta.queues {
@@ -543,7 +548,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         if let Some(l) = state.last_applied {
-            shared.hint.set(l.index, state.log_end_pos);
+            shared.link.set_next_pos(l.index, state.log_end_pos);
         }
         {
             let mut cps = lock(&shared.checkpoints);

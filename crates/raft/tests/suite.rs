@@ -5,7 +5,7 @@
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use raftmq_commitlog::{CommitLog, CommitLogConfig};
-use raftmq_raft::log_store::{LogStore, PurgeHint};
+use raftmq_raft::log_store::{LogStore, StoreLink};
 use raftmq_raft::state_machine::{StateMachine, StateMachineConfig};
 use raftmq_raft::types::{NodeId, TypeConfig};
 use tempfile::TempDir;
@@ -19,12 +19,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         cfg.segment_bytes = 4096;
         cfg.index_slots_per_file = 16;
         let log = CommitLog::open(cfg).expect("open commitlog");
-        let hint = PurgeHint::default();
+        // The Suite purges logs no state machine applied, so purges must not wait for state durability.
+        let link = StoreLink::unguarded();
         let mut sm_cfg = StateMachineConfig::new(dir.path().join("sm"));
         sm_cfg.checkpoint_every = 1;
         sm_cfg.cq_units_per_file = 64;
-        let sm = StateMachine::open(sm_cfg, log.reader(), hint.clone())?;
-        Ok((dir, LogStore::new(log, hint), sm))
+        let sm = StateMachine::open(sm_cfg, log.reader(), link.clone())?;
+        Ok((dir, LogStore::new(log, link), sm))
     }
 }
 

@@ -193,6 +193,15 @@ impl Store {
                     break;
                 }
                 let verdict = match decode_at(rest) {
+                    Decoded::Pad { .. } if is_last => {
+                        // Padding with no segment after it: a crash inside truncate (later segments already
+                        // unlinked) or inside a roll. Nothing can follow it, so drop it: the next record must
+                        // be placed from the end of the last one, as on every other replica.
+                        warn!(file = %file.path.display(), offset = off, "removing padding without a successor segment");
+                        file.zero(off, seg - off)?;
+                        file.sync_data()?;
+                        break 'segments;
+                    }
                     Decoded::Pad { .. } => {
                         self.view.write_pos = base + seg;
                         continue 'segments;

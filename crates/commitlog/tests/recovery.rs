@@ -488,6 +488,31 @@ async fn truncate_of_a_rolled_record_rewinds_into_the_padded_tail() {
     assert!(data_files(dir.path()) == data_files(other.path()), "data files differ from a replica without the truncated records");
 }
 
+/// A crash inside that truncate, after the later segment was unlinked but before the padding was cleared:
+/// recovery drops padding that has no successor, so the next record still lands where other replicas put it.
+#[tokio::test]
+async fn crash_mid_truncate_leaves_no_replica_specific_position() {
+    let dir = tmp();
+    let cfg = config(dir.path(), SEG, PER);
+    let log = open(&cfg);
+    let old = write_records(&log, 1, &[190; 3], |_| 1).await;
+    assert_eq!(old[2].pos, 512);
+    log.close();
+    // The crash point: segment 512 is gone, segment 0 still ends with padding after record 2.
+    fs::remove_file(segment_path(dir.path(), 512)).unwrap();
+    let log = open(&cfg);
+    let st = log.reader().state();
+    assert_eq!(st.last, Some(old[1].meta.point()));
+    assert_eq!(st.write_pos, 380, "the orphan padding is dropped");
+    let new = write_records(&log, 3, &[45], |_| 2).await;
+    assert_eq!(new[0].pos, 380);
+    log.close();
+    let log = open(&cfg);
+    assert_all(&log, &old[..2]);
+    assert_all(&log, &new);
+    log.close();
+}
+
 /// Same, when the rolled record was the first one after a purge beyond the end of the log.
 #[tokio::test]
 async fn truncate_of_a_rolled_first_record_rewinds_to_the_purge_point() {

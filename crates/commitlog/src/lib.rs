@@ -34,7 +34,7 @@ pub use config::{CommitLogConfig, FlushPolicy};
 pub use error::{CommitLogError, Result};
 pub use io::DurableCallback;
 pub use record::{LogPoint, RecordKind, RecordMeta, HEADER_LEN};
-pub use store::{PurgedMark, RecordLocation};
+pub use store::{PurgedMark, RecordLocation, Stats};
 
 use io::{IoThread, Job};
 use store::{read_slot, Store, View};
@@ -109,6 +109,7 @@ pub struct StoredRecord {
 
 struct Shared {
     view: Arc<RwLock<View>>,
+    stats: Arc<Stats>,
     segment_bytes: u64,
     index_slots_per_file: u64,
 }
@@ -128,6 +129,11 @@ impl CommitLogReader {
     pub fn state(&self) -> LogState {
         let v = self.view();
         LogState { purged: v.purged, first: v.first, last: v.last, write_pos: v.write_pos }
+    }
+
+    /// IO-thread counters (appends, records, group flushes).
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
     }
 
     /// Segment size of this log.
@@ -238,6 +244,7 @@ impl CommitLog {
         let store = Store::open(cfg)?;
         let shared = Arc::new(Shared {
             view: Arc::clone(&store.shared),
+            stats: Arc::clone(&store.stats),
             segment_bytes: store.cfg.segment_bytes,
             index_slots_per_file: store.cfg.index_slots_per_file,
         });

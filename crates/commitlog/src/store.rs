@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
@@ -44,6 +45,17 @@ impl PurgedMark {
     }
 }
 
+/// Counters of the IO thread, for benchmarks and for tests of the flush policy.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Append jobs written.
+    pub appends: AtomicU64,
+    /// Records written.
+    pub records: AtomicU64,
+    /// Group flushes that fdatasynced at least one segment (roll-time seals are not counted).
+    pub flushes: AtomicU64,
+}
+
 /// What readers see. Published by the IO thread after each change, under a short write lock.
 #[derive(Clone, Default)]
 pub(crate) struct View {
@@ -64,6 +76,7 @@ pub(crate) struct Store {
     index_dir: PathBuf,
     pub view: View,
     pub shared: Arc<RwLock<View>>,
+    pub stats: Arc<Stats>,
     dirty: BTreeSet<u64>,
     slot_buf: Vec<u8>,
 }
@@ -97,6 +110,7 @@ impl Store {
             index_dir,
             view: View { purged, ..View::default() },
             shared: Arc::new(RwLock::new(View::default())),
+            stats: Arc::default(),
             dirty: BTreeSet::new(),
             slot_buf: Vec::new(),
         };
@@ -400,6 +414,8 @@ impl Store {
         }
         self.view.last = records.last().map(|(m, _)| m.point());
         self.publish_positions();
+        self.stats.appends.fetch_add(1, Ordering::Relaxed);
+        self.stats.records.fetch_add(locations.len() as u64, Ordering::Relaxed);
         Ok(locations)
     }
 
@@ -437,10 +453,15 @@ impl Store {
 
     /// fdatasyncs every segment written since the last flush.
     pub fn flush(&mut self) -> Result<()> {
+        let mut synced = false;
         while let Some(base) = self.dirty.pop_first() {
             if let Some(f) = self.view.segments.get(&base) {
                 f.sync_data()?;
+                synced = true;
             }
+        }
+        if synced {
+            self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

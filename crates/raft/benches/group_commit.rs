@@ -3,7 +3,8 @@
 //! same run (sequential 4 KiB write + fdatasync, and 1 MiB writes + fdatasync).
 //!
 //! `cargo bench -p raftmq-raft --bench group_commit`. Env: `RAFTMQ_BENCH_DIR` (default /var/tmp; avoid
-//! tmpfs), `RAFTMQ_BENCH_SECS` per case (default 3), `RAFTMQ_BENCH_WRITERS` (default "1,16,64,256").
+//! tmpfs), `RAFTMQ_BENCH_SECS` per case (default 3), `RAFTMQ_BENCH_WRITERS` (default "1,16,64,256"),
+//! `RAFTMQ_BENCH_INFLIGHT` (produce entries in flight; default "1", a list runs a fresh group for each).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -47,11 +48,12 @@ fn raw_disk(dir: &Path) -> (f64, f64) {
     (fsyncs, mbs)
 }
 
-async fn group(root: &Path) -> (Vec<Arc<RaftNode>>, Arc<RaftNode>) {
+async fn group(root: &Path, inflight: usize) -> (Vec<Arc<RaftNode>>, Arc<RaftNode>) {
     let mut nodes = Vec::new();
     for id in 1..=3 {
         let mut c = NodeConfig::new(id, "127.0.0.1:0", root.join(format!("n{id}")));
         c.segment_bytes = 256 << 20;
+        c.batch_inflight_max = inflight;
         nodes.push(Arc::new(RaftNode::start(c).await.expect("start")));
     }
     let members: BTreeMap<u64, String> = nodes.iter().map(|n| (n.id(), n.raft_addr().to_string())).collect();
@@ -115,21 +117,27 @@ fn main() {
     let (fsyncs, disk_mbs) = raw_disk(dir.path());
     println!("raw disk: {fsyncs:.0} x (4 KiB write + fdatasync)/s, {disk_mbs:.1} MB/s sequential (1 MiB write + fdatasync)");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let (nodes, leader) = group(dir.path()).await;
-        println!("{:>6} {:>8} {:>12} {:>10} {:>14} {:>12}", "size", "writers", "msgs/s", "MB/s", "msgs/entry", "MB/s / disk");
-        for size in [128usize, 1024] {
-            for &w in &writers {
-                let before = leader.commitlog().state().last.map(|l| l.index).unwrap_or(0);
-                let (rate, mbs) = run_case(&leader, size, w, secs).await;
-                let entries = leader.commitlog().state().last.map(|l| l.index).unwrap_or(0) - before;
-                let per_entry = rate * secs as f64 / entries.max(1) as f64;
-                println!("{size:>6} {w:>8} {rate:>12.0} {mbs:>10.2} {per_entry:>14.1} {:>12.3}", mbs / disk_mbs);
+    let inflights: Vec<usize> =
+        std::env::var("RAFTMQ_BENCH_INFLIGHT").unwrap_or_else(|_| "1".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    for inflight in inflights {
+        let root = dir.path().join(format!("inflight-{inflight}"));
+        rt.block_on(async {
+            let (nodes, leader) = group(&root, inflight).await;
+            println!("-- batch_inflight_max = {inflight}");
+            println!("{:>6} {:>8} {:>12} {:>10} {:>14} {:>12}", "size", "writers", "msgs/s", "MB/s", "msgs/entry", "MB/s / disk");
+            for size in [128usize, 1024] {
+                for &w in &writers {
+                    let before = leader.commitlog().state().last.map(|l| l.index).unwrap_or(0);
+                    let (rate, mbs) = run_case(&leader, size, w, secs).await;
+                    let entries = leader.commitlog().state().last.map(|l| l.index).unwrap_or(0) - before;
+                    let per_entry = rate * secs as f64 / entries.max(1) as f64;
+                    println!("{size:>6} {w:>8} {rate:>12.0} {mbs:>10.2} {per_entry:>14.1} {:>12.3}", mbs / disk_mbs);
+                }
             }
-        }
-        println!("(msgs/entry: messages per Raft entry, i.e. per leader fdatasync)");
-        for n in nodes {
-            n.shutdown().await;
-        }
-    });
+            println!("(msgs/entry: messages per Raft entry, i.e. per leader fdatasync)");
+            for n in nodes {
+                n.shutdown().await;
+            }
+        });
+    }
 }

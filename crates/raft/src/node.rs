@@ -4,7 +4,8 @@
 //!
 //! openraft 0.9 fsyncs every entry serially and turns each `client_write` into one entry, so produce
 //! requests are coalesced here: a batcher drains whatever is queued (up to `batch_bytes_max`) into one
-//! entry, with at most `batch_inflight_max` entries awaiting commit. Batches grow with load; no linger.
+//! entry, with at most `batch_inflight_max` entries awaiting commit (default 1). Batches grow with load;
+//! no linger timer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -327,6 +327,32 @@ fn new_node_replaces_dead_one_via_snapshot_and_log_and_ends_identical() {
 }
 
 #[test]
+fn learner_catches_up_and_is_promoted() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = start_group(dir.path()).await;
+        let leader = wait_leader(&nodes, Duration::from_secs(5)).await;
+        let mut acked = produce_all(&leader, 0..200).await;
+        let learner = start(dir.path(), 4, "127.0.0.1:0").await;
+        leader.add_learner(4, learner.raft_addr().to_string()).await.expect("add learner");
+        leader.wait_caught_up(4, Duration::from_secs(20)).await.expect("catch up");
+        assert_eq!(learner.role().borrow().role, Role::Learner);
+        assert_eq!(leader.status().voters, [1u64, 2, 3].into());
+        leader.promote(4).await.expect("promote");
+        assert_eq!(leader.status().voters, [1u64, 2, 3, 4].into());
+        wait_until("learner becomes a follower", Duration::from_secs(10), || learner.role().borrow().role == Role::Follower).await;
+        nodes.push(Arc::clone(&learner));
+        acked.extend(produce_all(&leader, 200..250).await);
+        wait_applied(&nodes, &leader).await;
+        assert_acked_present(&learner, &acked);
+        assert_logs_identical(&learner, &leader);
+        for n in nodes {
+            n.shutdown().await;
+        }
+    });
+}
+
+#[test]
 fn transfer_leader_moves_leadership() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();

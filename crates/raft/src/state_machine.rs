@@ -114,6 +114,8 @@ pub struct SmShared {
     log: CommitLogReader,
     link: StoreLink,
     flush_tx: Mutex<mpsc::Sender<FlushJob>>,
+    /// Woken when a consume queue is created, for long polls on queues that did not exist yet.
+    pub queue_created: tokio::sync::Notify,
 }
 
 /// The openraft state machine. Moved into openraft's worker; read through [`StateMachine::shared`].
@@ -210,6 +212,7 @@ impl SmShared {
         let q = ConsumeQueue::open(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset)?;
         let q = Arc::new(q);
         write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
+        self.queue_created.notify_waiters();
         Ok(q)
     }
 
@@ -346,6 +349,7 @@ impl StateMachine {
             log,
             link,
             flush_tx: Mutex::new(tx),
+            queue_created: tokio::sync::Notify::new(),
         });
         for (topic, qs) in &meta.queues {
             for (qid, st) in qs {

@@ -1,0 +1,239 @@
+//! Broker node configuration: one commented TOML file per node (see `cluster/local/*.toml`), with
+//! RocketMQ's key names where RocketMQ has the setting. The CLI applies flag and `RAFTMQ_*` environment
+//! overrides on top before [`BrokerConfig::validate`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One member of the broker group's Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// Raft node id; never reused for a wiped node.
+    pub id: u64,
+    /// Raft transport address (`host:port`).
+    pub raft_addr: String,
+    /// RocketMQ client address (`host:port`) that producers and consumers use.
+    pub client_addr: String,
+}
+
+/// How appended messages become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FlushDiskType {
+    /// fdatasync before acknowledging (default).
+    SyncFlush,
+    /// Acknowledge from the page cache, fdatasync every `flushIntervalCommitLog` ms. Weaker: acknowledged
+    /// messages can be lost if a majority of nodes loses power together.
+    AsyncFlush,
+}
+
+/// Configuration of one broker node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Cluster name (RocketMQ `brokerClusterName`).
+    #[serde(default = "default_cluster")]
+    pub broker_cluster_name: String,
+    /// Broker group name, shared by all members of the Raft group (RocketMQ `brokerName`).
+    pub broker_name: String,
+    /// This node's Raft id; must appear in `peers`.
+    pub node_id: u64,
+    /// Nameserver addresses separated by `;` (RocketMQ `namesrvAddr`).
+    #[serde(default)]
+    pub namesrv_addr: String,
+    /// Data directory (RocketMQ `storePathRootDir`).
+    pub store_path_root_dir: PathBuf,
+    /// Durability mode (RocketMQ `flushDiskType`).
+    #[serde(default = "default_flush")]
+    pub flush_disk_type: FlushDiskType,
+    /// Async flush interval in ms (RocketMQ `flushIntervalCommitLog`).
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval_commit_log: u64,
+    /// Commitlog segment size in bytes (RocketMQ `mappedFileSizeCommitLog`); identical on all members.
+    #[serde(default = "default_segment")]
+    pub mapped_file_size_commit_log: u64,
+    /// Largest message body accepted, in bytes (RocketMQ `maxMessageSize`).
+    #[serde(default = "default_max_message")]
+    pub max_message_size: usize,
+    /// Create unknown topics on first send from the `TBW102` defaults (RocketMQ `autoCreateTopicEnable`).
+    #[serde(default = "default_true")]
+    pub auto_create_topic_enable: bool,
+    /// Queues of an auto-created topic (RocketMQ `defaultTopicQueueNums`).
+    #[serde(default = "default_queue_nums")]
+    pub default_topic_queue_nums: u32,
+    /// Longest a pull may be held, ms (RocketMQ clients ask for 15000).
+    #[serde(default = "default_suspend")]
+    pub long_polling_max_ms: u64,
+    /// Raft heartbeat interval, ms.
+    #[serde(default = "default_heartbeat")]
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout lower bound, ms.
+    #[serde(default = "default_election_min")]
+    pub raft_election_min_ms: u64,
+    /// Raft election timeout upper bound, ms.
+    #[serde(default = "default_election_max")]
+    pub raft_election_max_ms: u64,
+    /// Initialize the Raft group from this node when it is pristine (set on exactly one member).
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Members of the Raft group.
+    pub peers: Vec<Peer>,
+}
+
+fn default_cluster() -> String {
+    "DefaultCluster".into()
+}
+fn default_flush() -> FlushDiskType {
+    FlushDiskType::SyncFlush
+}
+fn default_flush_interval() -> u64 {
+    500
+}
+fn default_segment() -> u64 {
+    1 << 30
+}
+fn default_max_message() -> usize {
+    4 << 20
+}
+fn default_true() -> bool {
+    true
+}
+fn default_queue_nums() -> u32 {
+    4
+}
+fn default_suspend() -> u64 {
+    15_000
+}
+fn default_heartbeat() -> u64 {
+    100
+}
+fn default_election_min() -> u64 {
+    400
+}
+fn default_election_max() -> u64 {
+    800
+}
+
+/// A configuration that breaks a rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid broker config: {0}")]
+pub struct ConfigError(pub String);
+
+impl BrokerConfig {
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// This node's peer entry.
+    pub fn me(&self) -> Result<&Peer, ConfigError> {
+        self.peers.iter().find(|p| p.id == self.node_id).ok_or_else(|| ConfigError(format!("nodeId {} is not in peers", self.node_id)))
+    }
+
+    /// Nameserver addresses.
+    pub fn namesrv_addrs(&self) -> Vec<String> {
+        self.namesrv_addr.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+
+    /// The client address of the member whose Raft address is `raft_addr`.
+    pub fn client_addr_of_raft(&self, raft_addr: &str) -> Option<&str> {
+        self.peers.iter().find(|p| p.raft_addr == raft_addr).map(|p| p.client_addr.as_str())
+    }
+
+    /// The client address of member `id`.
+    pub fn client_addr_of(&self, id: u64) -> Option<&str> {
+        self.peers.iter().find(|p| p.id == id).map(|p| p.client_addr.as_str())
+    }
+
+    /// Long-poll limit.
+    pub fn long_polling_max(&self) -> Duration {
+        Duration::from_millis(self.long_polling_max_ms)
+    }
+
+    /// Checks cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if self.broker_name.is_empty() || self.broker_name.len() > 127 {
+            return bad("brokerName must be 1..=127 bytes".into());
+        }
+        self.me()?;
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() {
+            return bad("peer ids must be unique".into());
+        }
+        if ids.contains(&0) {
+            return bad("peer id 0 is reserved (brokerId 0 means the leader in routes)".into());
+        }
+        for p in &self.peers {
+            for (what, a) in [("raftAddr", &p.raft_addr), ("clientAddr", &p.client_addr)] {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return bad(format!("peer {} {what} {a:?} is not ip:port", p.id));
+                }
+            }
+        }
+        if self.raft_election_min_ms <= self.raft_heartbeat_ms || self.raft_election_max_ms <= self.raft_election_min_ms {
+            return bad("need raftHeartbeatMs < raftElectionMinMs < raftElectionMaxMs".into());
+        }
+        if self.max_message_size == 0 || self.max_message_size as u64 + 4096 > self.mapped_file_size_commit_log {
+            return bad("maxMessageSize must be positive and fit a commitlog segment with room to spare".into());
+        }
+        if self.default_topic_queue_nums == 0 || self.default_topic_queue_nums > 1024 {
+            return bad("defaultTopicQueueNums must be within 1..=1024".into());
+        }
+        if self.flush_disk_type == FlushDiskType::AsyncFlush && self.flush_interval_commit_log == 0 {
+            return bad("flushIntervalCommitLog must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+brokerName = "broker-a"
+nodeId = 2
+namesrvAddr = "127.0.0.1:9876; 127.0.0.1:9877"
+storePathRootDir = "/tmp/x"
+[[peers]]
+id = 1
+raftAddr = "127.0.0.1:10912"
+clientAddr = "127.0.0.1:10911"
+[[peers]]
+id = 2
+raftAddr = "127.0.0.1:10922"
+clientAddr = "127.0.0.1:10921"
+"#;
+
+    #[test]
+    fn parses_with_rocketmq_defaults() {
+        let c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.broker_cluster_name, "DefaultCluster");
+        assert_eq!(c.flush_disk_type, FlushDiskType::SyncFlush);
+        assert_eq!(c.max_message_size, 4 << 20);
+        assert_eq!(c.namesrv_addrs(), vec!["127.0.0.1:9876", "127.0.0.1:9877"]);
+        assert_eq!(c.me().unwrap().client_addr, "127.0.0.1:10921");
+        assert_eq!(c.client_addr_of_raft("127.0.0.1:10912"), Some("127.0.0.1:10911"));
+    }
+
+    #[test]
+    fn rejects_bad_configs_with_a_reason() {
+        assert!(BrokerConfig::from_toml(&SAMPLE.replace("nodeId = 2", "nodeId = 3"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("nodeId 3"));
+        assert!(BrokerConfig::from_toml(&format!("typo = 1\n{SAMPLE}")).is_err(), "unknown keys are errors");
+        let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        c.raft_election_min_ms = 50;
+        assert!(c.validate().is_err());
+    }
+}

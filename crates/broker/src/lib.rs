@@ -1,0 +1,14 @@
+//! A raftmq broker node: one member of a broker group's Raft group plus a RocketMQ remoting server on its
+//! client port.
+//!
+//! - [`config`]: the node's TOML configuration.
+//! - [`store`]: RocketMQ message-store semantics (put, get, offsets, long polling) over the Raft member.
+//! - [`topics`]: topic validation and reserved names.
+//! - [`consumers`]: consumer and producer groups from heartbeats, subscriptions, expiry.
+//! - [`locks`]: queue locks for orderly consumers.
+
+pub mod config;
+pub mod consumers;
+pub mod locks;
+pub mod store;
+pub mod topics;

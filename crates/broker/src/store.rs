@@ -1,0 +1,366 @@
+//! The broker's message store: RocketMQ's `MessageStore` semantics over a Raft group member.
+//!
+//! Puts go through [`RaftNode::produce`] (batched into Raft entries, acknowledged after quorum fsync and
+//! apply). Gets read the local consume queue — which only ever holds committed entries, on leader and
+//! followers alike — and slice message bytes zero-copy out of the mapped commitlog. Statuses and
+//! `nextBeginOffset` rules follow RocketMQ's `DefaultMessageStore.getMessage`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftmq_raft::consume_queue::{ConsumeQueue, CqUnit};
+use raftmq_raft::node::{RaftNode, WriteError};
+use raftmq_raft::types::{Command, Message, OffsetCommit, QueueAppend, QueueAppendResult, TopicConfig};
+
+/// Byte offset of QUEUEOFFSET inside a stored message (RocketMQ V1 layout).
+pub const QUEUE_OFFSET_AT: usize = 20;
+/// Byte offset of PHYSICALOFFSET inside a stored message.
+pub const PHYSICAL_OFFSET_AT: usize = 28;
+const SYSFLAG_AT: usize = 36;
+const BORN_HOST_AT: usize = 52;
+const BORNHOST_V6_FLAG: i32 = 0x10;
+/// MAGICCODE of V1 stored messages.
+const MESSAGE_MAGIC_V1: i32 = 0xDAA3_20A7_u32 as i32;
+
+/// Why a get found no message (RocketMQ's `GetMessageStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetStatus {
+    /// Messages returned.
+    Found,
+    /// Units were scanned but none matched the filter.
+    NoMatchedMessage,
+    /// The queue holds no message at all.
+    NoMessageInQueue,
+    /// The offset is below the queue's first retained offset.
+    OffsetTooSmall,
+    /// The offset equals the queue's max offset: nothing new yet.
+    OffsetOverflowOne,
+    /// The offset is beyond the max offset.
+    OffsetOverflowBadly,
+}
+
+/// One message of a get: its queue offset and its bytes, already patched with the queue offset and
+/// physical offset (stored with zeros, since both are assigned when the entry commits).
+#[derive(Debug, Clone)]
+pub struct GotMessage {
+    /// Offset in the consume queue.
+    pub queue_offset: u64,
+    /// Commitlog offset.
+    pub phys_offset: u64,
+    /// Store timestamp (ms).
+    pub store_timestamp: i64,
+    /// The message bytes in three zero-copy parts: before the offsets, the 16 patched offset bytes, after.
+    pub parts: [Bytes; 3],
+}
+
+impl GotMessage {
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    /// True for an empty message (never produced by the store).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The message as one contiguous buffer (copies).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut v = Vec::with_capacity(self.len());
+        for p in &self.parts {
+            v.extend_from_slice(p);
+        }
+        Bytes::from(v)
+    }
+}
+
+/// Result of a get.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    /// Status.
+    pub status: GetStatus,
+    /// Where the consumer should continue.
+    pub next_begin_offset: u64,
+    /// Queue min offset.
+    pub min_offset: u64,
+    /// Queue max offset (next offset to be assigned).
+    pub max_offset: u64,
+    /// Messages found.
+    pub messages: Vec<GotMessage>,
+}
+
+/// Put outcome: per message, its queue offset and physical offset.
+pub type PutResult = Result<Vec<(u64, u64)>, PutError>;
+
+/// Why a put was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PutError {
+    /// Raft refused or lost the write.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The state machine rejected it (topic or queue missing at apply time).
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// Message store over one Raft group member.
+#[derive(Clone)]
+pub struct MessageStore {
+    node: Arc<RaftNode>,
+}
+
+/// Reads STORETIMESTAMP from a stored message (its position depends on the born-host address family).
+pub fn store_timestamp_of(msg: &[u8]) -> Option<i64> {
+    let sysflag = i32::from_be_bytes(msg.get(SYSFLAG_AT..SYSFLAG_AT + 4)?.try_into().ok()?);
+    let born_host_len = if sysflag & BORNHOST_V6_FLAG != 0 { 20 } else { 8 };
+    let at = BORN_HOST_AT + born_host_len;
+    Some(i64::from_be_bytes(msg.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl MessageStore {
+    /// A store over `node`.
+    pub fn new(node: Arc<RaftNode>) -> Self {
+        MessageStore { node }
+    }
+
+    /// The Raft member.
+    pub fn node(&self) -> &Arc<RaftNode> {
+        &self.node
+    }
+
+    /// Stores encoded messages into one topic-queue atomically (one Raft entry); all or nothing.
+    pub async fn put(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>) -> PutResult {
+        let q = QueueAppend {
+            topic: topic.to_string(),
+            queue_id,
+            messages: messages.into_iter().map(|(tags_code, data)| Message { tags_code, data, phys_offset: None }).collect(),
+        };
+        let mut results = self.node.produce(vec![q]).await?;
+        match results.pop() {
+            Some(QueueAppendResult::Stored(p)) => Ok(p.into_iter().map(|p| (p.queue_offset, p.phys_offset)).collect()),
+            Some(QueueAppendResult::Rejected(why)) => Err(PutError::Rejected(why)),
+            None => Err(PutError::Rejected("empty result".into())),
+        }
+    }
+
+    /// Creates or updates a topic through the log.
+    pub async fn upsert_topic(&self, topic: TopicConfig) -> Result<(), WriteError> {
+        self.node.write(Command::UpsertTopic(topic)).await.map(|_| ())
+    }
+
+    /// Commits consumer offsets through the log.
+    pub async fn commit_offsets(&self, commits: Vec<OffsetCommit>) -> Result<(), WriteError> {
+        self.node.write(Command::CommitOffsets(commits)).await.map(|_| ())
+    }
+
+    /// The replicated configuration of a topic.
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.node.state().with_metadata(|m| m.topics.get(name).cloned())
+    }
+
+    /// All topics.
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        self.node.state().with_metadata(|m| m.topics.values().cloned().collect())
+    }
+
+    /// A consume queue, if it exists.
+    pub fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
+        self.node.state().queue(topic, queue_id)
+    }
+
+    /// Max offset (next to be assigned) of a queue; 0 if it has none yet.
+    pub fn max_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        self.queue(topic, queue_id).map(|q| q.max_offset()).unwrap_or(0)
+    }
+
+    /// Min offset of a queue; 0 if it has none yet.
+    pub fn min_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        self.queue(topic, queue_id).map(|q| q.min_offset()).unwrap_or(0)
+    }
+
+    /// A group's committed offset on a queue.
+    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        self.node.state().consumer_offset(group, topic, queue_id)
+    }
+
+    fn message_at(&self, unit: &CqUnit, queue_offset: u64) -> Option<GotMessage> {
+        let data = self.node.commitlog().read_at(unit.phys_offset, unit.size as usize)?;
+        if data.len() < PHYSICAL_OFFSET_AT + 8 {
+            return None;
+        }
+        let mut patched = Vec::with_capacity(16);
+        patched.extend_from_slice(&(queue_offset as i64).to_be_bytes());
+        patched.extend_from_slice(&(unit.phys_offset as i64).to_be_bytes());
+        let store_timestamp = store_timestamp_of(&data).unwrap_or(0);
+        Some(GotMessage {
+            queue_offset,
+            phys_offset: unit.phys_offset,
+            store_timestamp,
+            parts: [data.slice(..QUEUE_OFFSET_AT), Bytes::from(patched), data.slice(PHYSICAL_OFFSET_AT + 8..)],
+        })
+    }
+
+    /// Reads up to `max_nums` messages (and about `max_bytes`) from `offset`, keeping those `filter`
+    /// accepts by tag hash. Never blocks.
+    pub fn get(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_nums: usize,
+        max_bytes: usize,
+        filter: impl Fn(i64) -> bool,
+    ) -> GetResult {
+        let Some(q) = self.queue(topic, queue_id) else {
+            return GetResult {
+                status: GetStatus::NoMessageInQueue,
+                next_begin_offset: 0,
+                min_offset: 0,
+                max_offset: 0,
+                messages: Vec::new(),
+            };
+        };
+        let (min, max) = (q.min_offset(), q.max_offset());
+        let result = |status, next| GetResult { status, next_begin_offset: next, min_offset: min, max_offset: max, messages: Vec::new() };
+        if max == 0 {
+            return result(GetStatus::NoMessageInQueue, 0);
+        }
+        if offset < min {
+            return result(GetStatus::OffsetTooSmall, min);
+        }
+        if offset == max {
+            return result(GetStatus::OffsetOverflowOne, offset);
+        }
+        if offset > max {
+            return result(GetStatus::OffsetOverflowBadly, if min == 0 { min } else { max });
+        }
+        let max_nums = max_nums.clamp(1, 1024);
+        // Scan a bounded window so a selective filter cannot make one pull read the whole queue.
+        let scan = (max_nums * 16).max(256);
+        let units = q.read(offset, scan);
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = offset;
+        for (i, unit) in units.iter().enumerate() {
+            if messages.len() >= max_nums || (bytes >= max_bytes && !messages.is_empty()) {
+                break;
+            }
+            next = offset + i as u64 + 1;
+            if !filter(unit.tags_code) {
+                continue;
+            }
+            match self.message_at(unit, offset + i as u64) {
+                Some(m) => {
+                    bytes += m.len();
+                    messages.push(m);
+                }
+                // Purged underneath us: the consumer must move on.
+                None => return result(GetStatus::OffsetTooSmall, q.min_offset().max(next)),
+            }
+        }
+        let status = if messages.is_empty() { GetStatus::NoMatchedMessage } else { GetStatus::Found };
+        GetResult { status, next_begin_offset: next, min_offset: min, max_offset: q.max_offset(), messages }
+    }
+
+    /// Waits until `topic`/`queue_id` has messages at or beyond `offset`, or `timeout` passes.
+    pub async fn wait_for_message(&self, topic: &str, queue_id: u32, offset: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let shared = Arc::clone(self.node.state());
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            match self.queue(topic, queue_id) {
+                Some(q) => {
+                    let notified = q.notify.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if q.max_offset() > offset {
+                        return;
+                    }
+                    let _ = tokio::time::timeout(deadline - now, notified).await;
+                }
+                None => {
+                    let created = shared.queue_created.notified();
+                    tokio::pin!(created);
+                    created.as_mut().enable();
+                    if self.queue(topic, queue_id).is_some() {
+                        continue;
+                    }
+                    let _ = tokio::time::timeout(deadline - now, created).await;
+                }
+            }
+        }
+    }
+
+    /// The first offset whose message was stored at or after `timestamp_ms` (`upper` = false) or the last
+    /// at or before it (`upper` = true); RocketMQ's SEARCH_OFFSET_BY_TIMESTAMP.
+    pub fn offset_by_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64, upper: bool) -> u64 {
+        let Some(q) = self.queue(topic, queue_id) else { return 0 };
+        let ts = |o: u64| {
+            q.get(o).and_then(|u| self.node.commitlog().read_at(u.phys_offset, u.size as usize)).and_then(|d| store_timestamp_of(&d))
+        };
+        let (min, max) = (q.min_offset(), q.max_offset());
+        if min >= max {
+            return min;
+        }
+        // Binary search over store timestamps, which grow with the log (one leader clock per term).
+        let (mut lo, mut hi) = (min, max);
+        if upper {
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match ts(mid) {
+                    Some(t) if t <= timestamp_ms => lo = mid + 1,
+                    _ => hi = mid,
+                }
+            }
+            lo.saturating_sub(1).max(min)
+        } else {
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match ts(mid) {
+                    Some(t) if t < timestamp_ms => lo = mid + 1,
+                    _ => hi = mid,
+                }
+            }
+            lo
+        }
+    }
+
+    /// Store timestamp of the first retained message of a queue.
+    pub fn earliest_store_time(&self, topic: &str, queue_id: u32) -> Option<i64> {
+        let q = self.queue(topic, queue_id)?;
+        let u = q.get(q.min_offset())?;
+        store_timestamp_of(&self.node.commitlog().read_at(u.phys_offset, u.size as usize)?)
+    }
+
+    /// The stored message at a commitlog offset (VIEW_MESSAGE_BY_ID, CONSUMER_SEND_MSG_BACK).
+    pub fn message_by_phys_offset(&self, phys_offset: u64) -> Option<Bytes> {
+        // The offset may come from a client (a decoded msgId): check it is a message start.
+        let head = self.node.commitlog().read_at(phys_offset, 8)?;
+        let size = i32::from_be_bytes(head[..4].try_into().ok()?);
+        let magic = i32::from_be_bytes(head[4..8].try_into().ok()?);
+        if magic != MESSAGE_MAGIC_V1 || size < (PHYSICAL_OFFSET_AT + 8) as i32 {
+            return None;
+        }
+        self.node.commitlog().read_at(phys_offset, size as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_timestamp_follows_the_born_host_family() {
+        let mut m = vec![0u8; 100];
+        m[60..68].copy_from_slice(&1234i64.to_be_bytes());
+        assert_eq!(store_timestamp_of(&m), Some(1234));
+        m[SYSFLAG_AT..SYSFLAG_AT + 4].copy_from_slice(&BORNHOST_V6_FLAG.to_be_bytes());
+        m[72..80].copy_from_slice(&99i64.to_be_bytes());
+        assert_eq!(store_timestamp_of(&m), Some(99));
+        assert_eq!(store_timestamp_of(&m[..10]), None);
+    }
+}

@@ -1,0 +1,236 @@
+//! The route table: which broker groups exist, their members' client addresses (the Raft leader of each
+//! group as brokerId 0), and which groups serve which topics. Filled by broker registrations; brokers
+//! silent for longer than their registration timeout are dropped by [`RouteTable::expire`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use raftmq_remoting::body::{BrokerData, ClusterInfo, QueueData, RegisterBrokerBody, TopicRouteData, MASTER_ID};
+use raftmq_remoting::header::RegisterBrokerRequestHeader;
+
+/// How long a broker stays routable without registering again (RocketMQ: 120 s).
+pub const BROKER_EXPIRY_DEFAULT: Duration = Duration::from_secs(120);
+/// Template topic producers fall back to.
+const AUTO_CREATE_TOPIC: &str = "TBW102";
+const RETRY_PREFIX: &str = "%RETRY%";
+const PERM_READ_WRITE: i32 = 6;
+const DEFAULT_QUEUE_NUMS: i32 = 4;
+
+struct Live {
+    broker_name: String,
+    last_update: Instant,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct Tables {
+    brokers: BTreeMap<String, BrokerData>,
+    clusters: BTreeMap<String, BTreeSet<String>>,
+    topics: BTreeMap<String, BTreeMap<String, QueueData>>,
+    live: HashMap<String, Live>,
+}
+
+/// The nameserver's routing state. Thread-safe.
+#[derive(Default)]
+pub struct RouteTable {
+    tables: RwLock<Tables>,
+}
+
+impl RouteTable {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a registration. Returns the group's current master address.
+    pub fn register(&self, h: &RegisterBrokerRequestHeader, body: &RegisterBrokerBody) -> Option<String> {
+        let mut t = self.write();
+        t.clusters.entry(h.cluster_name.clone()).or_default().insert(h.broker_name.clone());
+        let b = t.brokers.entry(h.broker_name.clone()).or_insert_with(|| BrokerData {
+            cluster: h.cluster_name.clone(),
+            broker_name: h.broker_name.clone(),
+            ..BrokerData::default()
+        });
+        b.cluster = h.cluster_name.clone();
+        // One address holds one id: a follower that became leader (or the reverse) moves its address.
+        b.broker_addrs.retain(|id, addr| *addr != h.broker_addr || *id == h.broker_id);
+        b.broker_addrs.insert(h.broker_id, h.broker_addr.clone());
+        let master = b.master_addr().map(String::from);
+        if h.broker_id == MASTER_ID {
+            // The leader's topic table is authoritative for its group (topics are replicated by Raft).
+            let table = &body.topic_config_serialize_wrapper.topic_config_table;
+            for (topic, qs) in t.topics.iter_mut() {
+                if !table.contains_key(topic) {
+                    qs.remove(&h.broker_name);
+                }
+            }
+            for (name, cfg) in table {
+                t.topics.entry(name.clone()).or_default().insert(
+                    h.broker_name.clone(),
+                    QueueData {
+                        broker_name: h.broker_name.clone(),
+                        read_queue_nums: cfg.read_queue_nums,
+                        write_queue_nums: cfg.write_queue_nums,
+                        perm: cfg.perm,
+                        topic_sys_flag: cfg.topic_sys_flag,
+                    },
+                );
+            }
+            // Topics no group serves any more disappear.
+            t.topics.retain(|_, qs| !qs.is_empty());
+        }
+        let timeout = h.heartbeat_timeout_millis.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms as u64)).unwrap_or(BROKER_EXPIRY_DEFAULT);
+        t.live.insert(h.broker_addr.clone(), Live { broker_name: h.broker_name.clone(), last_update: Instant::now(), timeout });
+        master
+    }
+
+    /// Removes one broker address (UNREGISTER_BROKER or expiry).
+    pub fn unregister(&self, broker_name: &str, broker_addr: &str) {
+        let mut t = self.write();
+        remove_addr(&mut t, broker_name, broker_addr);
+    }
+
+    /// Drops brokers that did not register within their timeout; returns the addresses dropped.
+    pub fn expire(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut t = self.write();
+        let dead: Vec<(String, String)> =
+            t.live.iter().filter(|(_, l)| now.duration_since(l.last_update) > l.timeout).map(|(a, l)| (a.clone(), l.broker_name.clone())).collect();
+        for (addr, name) in &dead {
+            remove_addr(&mut t, name, addr);
+        }
+        dead.into_iter().map(|(a, _)| a).collect()
+    }
+
+    /// The route of `topic`. Unknown `%RETRY%<group>` and `TBW102` topics are served by every broker group
+    /// (clients subscribe to their retry topic and fall back to TBW102's route automatically).
+    pub fn route(&self, topic: &str) -> Option<TopicRouteData> {
+        let t = self.read();
+        let queue_datas: Vec<QueueData> = match t.topics.get(topic) {
+            Some(qs) => qs.values().filter(|q| t.brokers.get(&q.broker_name).is_some_and(|b| !b.broker_addrs.is_empty())).cloned().collect(),
+            None if topic.starts_with(RETRY_PREFIX) || topic == AUTO_CREATE_TOPIC => {
+                let nums = if topic == AUTO_CREATE_TOPIC { DEFAULT_QUEUE_NUMS } else { 1 };
+                t.brokers
+                    .values()
+                    .filter(|b| !b.broker_addrs.is_empty())
+                    .map(|b| QueueData { broker_name: b.broker_name.clone(), read_queue_nums: nums, write_queue_nums: nums, perm: PERM_READ_WRITE, topic_sys_flag: 0 })
+                    .collect()
+            }
+            None => return None,
+        };
+        if queue_datas.is_empty() {
+            return None;
+        }
+        let broker_datas = queue_datas.iter().filter_map(|q| t.brokers.get(&q.broker_name).cloned()).collect();
+        Some(TopicRouteData { queue_datas, broker_datas, ..TopicRouteData::default() })
+    }
+
+    /// Clusters and broker groups (GET_BROKER_CLUSTER_INFO).
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let t = self.read();
+        ClusterInfo { broker_addr_table: t.brokers.clone(), cluster_addr_table: t.clusters.clone() }
+    }
+
+    /// Every topic some live group serves.
+    pub fn topics(&self) -> Vec<String> {
+        self.read().topics.keys().cloned().collect()
+    }
+}
+
+fn remove_addr(t: &mut Tables, broker_name: &str, broker_addr: &str) {
+    t.live.remove(broker_addr);
+    let mut gone = false;
+    if let Some(b) = t.brokers.get_mut(broker_name) {
+        b.broker_addrs.retain(|_, a| a != broker_addr);
+        gone = b.broker_addrs.is_empty();
+    }
+    if gone {
+        t.brokers.remove(broker_name);
+        for names in t.clusters.values_mut() {
+            names.remove(broker_name);
+        }
+        t.clusters.retain(|_, n| !n.is_empty());
+        for qs in t.topics.values_mut() {
+            qs.remove(broker_name);
+        }
+        t.topics.retain(|_, qs| !qs.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_remoting::body::TopicConfig;
+
+    fn header(addr: &str, id: i64) -> RegisterBrokerRequestHeader {
+        RegisterBrokerRequestHeader {
+            broker_name: "broker-a".into(),
+            broker_addr: addr.into(),
+            cluster_name: "DefaultCluster".into(),
+            ha_server_addr: String::new(),
+            broker_id: id,
+            ..Default::default()
+        }
+    }
+
+    fn body(topics: &[&str]) -> RegisterBrokerBody {
+        let mut b = RegisterBrokerBody::default();
+        for t in topics {
+            b.topic_config_serialize_wrapper.topic_config_table.insert(
+                t.to_string(),
+                TopicConfig { topic_name: t.to_string(), read_queue_nums: 4, write_queue_nums: 4, perm: 6, ..Default::default() },
+            );
+        }
+        b
+    }
+
+    #[test]
+    fn leader_is_broker_id_zero_and_moves_with_leadership() {
+        let r = RouteTable::default();
+        r.register(&header("127.0.0.1:10911", 0), &body(&["T"]));
+        r.register(&header("127.0.0.1:10921", 2), &body(&["T"]));
+        let route = r.route("T").unwrap();
+        assert_eq!(route.broker_datas[0].master_addr(), Some("127.0.0.1:10911"));
+        // Node 2 wins an election and re-registers at once as id 0; the old leader later as its own id.
+        assert_eq!(r.register(&header("127.0.0.1:10921", 0), &body(&["T"])).as_deref(), Some("127.0.0.1:10921"));
+        let addrs = &r.route("T").unwrap().broker_datas[0].broker_addrs;
+        assert_eq!(addrs.get(&0).map(String::as_str), Some("127.0.0.1:10921"));
+        assert_eq!(addrs.len(), 1, "node 2's follower entry moved to id 0");
+        r.register(&header("127.0.0.1:10911", 1), &body(&["T"]));
+        assert_eq!(r.route("T").unwrap().broker_datas[0].broker_addrs.len(), 2);
+    }
+
+    #[test]
+    fn unknown_topics_have_no_route_but_retry_and_template_topics_do() {
+        let r = RouteTable::default();
+        assert!(r.route("T").is_none());
+        r.register(&header("127.0.0.1:10911", 0), &body(&["T"]));
+        assert!(r.route("Other").is_none());
+        let retry = r.route("%RETRY%g").unwrap();
+        assert_eq!(retry.queue_datas[0].read_queue_nums, 1);
+        assert_eq!(r.route("TBW102").unwrap().queue_datas[0].write_queue_nums, 4);
+        // The leader's table is authoritative: a topic it no longer lists disappears.
+        r.register(&header("127.0.0.1:10911", 0), &body(&["U"]));
+        assert!(r.route("T").is_none());
+        assert!(r.route("U").is_some());
+    }
+
+    #[test]
+    fn expiry_and_unregister_remove_brokers() {
+        let r = RouteTable::default();
+        let mut h = header("127.0.0.1:10911", 0);
+        h.heartbeat_timeout_millis = Some(1);
+        r.register(&h, &body(&["T"]));
+        r.register(&header("127.0.0.1:10921", 2), &body(&["T"]));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(r.expire(), vec!["127.0.0.1:10911".to_string()]);
+        assert_eq!(r.route("T").unwrap().broker_datas[0].master_addr(), None, "no leader registered now");
+        r.unregister("broker-a", "127.0.0.1:10921");
+        assert!(r.route("T").is_none());
+        assert!(r.cluster_info().cluster_addr_table.is_empty());
+    }
+}

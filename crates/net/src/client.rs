@@ -1,0 +1,121 @@
+//! A client connection: requests are multiplexed by `opaque` and matched to their responses; requests the
+//! server initiates (e.g. NOTIFY_CONSUMER_IDS_CHANGED) go to an optional callback.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use raftmq_remoting::frame::{RemotingCodec, RemotingCommand};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tracing::debug;
+
+use crate::{write_frame, NetError, Response};
+
+/// Called with each request the server sends on this connection.
+pub type ServerRequestCallback = Arc<dyn Fn(RemotingCommand) + Send + Sync>;
+
+type Pending = Arc<Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>>;
+
+/// One multiplexed connection to a broker or nameserver. Cheap to clone.
+#[derive(Clone)]
+pub struct RemotingClient {
+    addr: String,
+    tx: mpsc::Sender<Response>,
+    pending: Pending,
+    next_opaque: Arc<AtomicI32>,
+    closed: Arc<AtomicBool>,
+}
+
+const FRAME_BYTES_MAX: usize = 16 << 20;
+
+impl RemotingClient {
+    /// Connects to `addr` within `timeout`.
+    pub async fn connect(addr: &str, timeout: Duration, on_request: Option<ServerRequestCallback>) -> Result<RemotingClient, NetError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| NetError::Timeout(timeout))??;
+        stream.set_nodelay(true)?;
+        let (rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Response>(1024);
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (p, c, peer) = (Arc::clone(&pending), Arc::clone(&closed), addr.to_string());
+        tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                if let Err(e) = write_frame(&mut wr, &out.cmd, &out.body_parts, FRAME_BYTES_MAX).await {
+                    debug!(%peer, error = %e, "client write failed");
+                    break;
+                }
+            }
+            c.store(true, Ordering::Release);
+        });
+        let (c, peer) = (Arc::clone(&closed), addr.to_string());
+        tokio::spawn(async move {
+            let mut frames = FramedRead::new(rd, RemotingCodec::with_frame_bytes_max(FRAME_BYTES_MAX));
+            while let Some(f) = frames.next().await {
+                match f {
+                    Ok(cmd) if cmd.is_response() => {
+                        let waiter = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&cmd.opaque);
+                        if let Some(w) = waiter {
+                            let _ = w.send(cmd);
+                        }
+                    }
+                    Ok(cmd) => {
+                        if let Some(cb) = &on_request {
+                            cb(cmd);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(%peer, error = %e, "undecodable frame from server; closing");
+                        break;
+                    }
+                }
+            }
+            c.store(true, Ordering::Release);
+            // Fail every waiting request at once instead of letting each time out.
+            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        Ok(RemotingClient { addr: addr.to_string(), tx, pending, next_opaque: Arc::new(AtomicI32::new(1)), closed })
+    }
+
+    /// The server address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// True once the connection failed or closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    fn opaque(&self) -> i32 {
+        self.next_opaque.fetch_add(1, Ordering::Relaxed) & i32::MAX
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn invoke(&self, mut cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand, NetError> {
+        if self.is_closed() {
+            return Err(NetError::Closed);
+        }
+        cmd.opaque = self.opaque();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(cmd.opaque, tx);
+        let opaque = cmd.opaque;
+        let result = tokio::time::timeout(timeout, async {
+            self.tx.send(cmd.into()).await.map_err(|_| NetError::Closed)?;
+            rx.await.map_err(|_| NetError::Closed)
+        })
+        .await;
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&opaque);
+        result.map_err(|_| NetError::Timeout(timeout))?
+    }
+
+    /// Sends a oneway request (no response).
+    pub async fn invoke_oneway(&self, mut cmd: RemotingCommand) -> Result<(), NetError> {
+        cmd.opaque = self.opaque();
+        cmd = cmd.mark_oneway();
+        self.tx.send(cmd.into()).await.map_err(|_| NetError::Closed)
+    }
+}

@@ -16,7 +16,7 @@ pub trait ClientLink: Send + Sync {
 
 /// RocketMQ's Java `String.hashCode` of a tag: the consume queue's `tagsCode`.
 pub fn tag_hash(tag: &str) -> i64 {
-    tag.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32)) as i64
+    i64::from(raftmq_remoting::message::java_string_hash(tag))
 }
 
 /// A parsed subscription expression (`*`, or tags joined by `||`).

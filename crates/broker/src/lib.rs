@@ -6,9 +6,17 @@
 //! - [`topics`]: topic validation and reserved names.
 //! - [`consumers`]: consumer and producer groups from heartbeats, subscriptions, expiry.
 //! - [`locks`]: queue locks for orderly consumers.
+//! - [`broker`]: the running node — startup, nameserver registration, request dispatch; the processors
+//!   live in `processor.rs` (pull, offsets, clients, topics) and `send.rs` (sends and send-back).
 
+pub use broker::{Broker, BrokerError};
+pub use processor::RAFTMQ_NODE_STATUS;
+
+pub mod broker;
 pub mod config;
 pub mod consumers;
 pub mod locks;
+mod processor;
+mod send;
 pub mod store;
 pub mod topics;

@@ -13,15 +13,10 @@ use raftmq_raft::consume_queue::{ConsumeQueue, CqUnit};
 use raftmq_raft::node::{RaftNode, WriteError};
 use raftmq_raft::types::{Command, Message, OffsetCommit, QueueAppend, QueueAppendResult, TopicConfig};
 
-/// Byte offset of QUEUEOFFSET inside a stored message (RocketMQ V1 layout).
-pub const QUEUE_OFFSET_AT: usize = 20;
-/// Byte offset of PHYSICALOFFSET inside a stored message.
-pub const PHYSICAL_OFFSET_AT: usize = 28;
-const SYSFLAG_AT: usize = 36;
-const BORN_HOST_AT: usize = 52;
-const BORNHOST_V6_FLAG: i32 = 0x10;
-/// MAGICCODE of V1 stored messages.
-const MESSAGE_MAGIC_V1: i32 = 0xDAA3_20A7_u32 as i32;
+use raftmq_remoting::message::{
+    sys_flag, BORN_HOST_POSITION, MESSAGE_MAGIC_CODE_V1, PHYSICAL_OFFSET_POSITION as PHYSICAL_OFFSET_AT,
+    QUEUE_OFFSET_POSITION as QUEUE_OFFSET_AT, SYS_FLAG_POSITION,
+};
 
 /// Why a get found no message (RocketMQ's `GetMessageStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +107,9 @@ pub struct MessageStore {
 
 /// Reads STORETIMESTAMP from a stored message (its position depends on the born-host address family).
 pub fn store_timestamp_of(msg: &[u8]) -> Option<i64> {
-    let sysflag = i32::from_be_bytes(msg.get(SYSFLAG_AT..SYSFLAG_AT + 4)?.try_into().ok()?);
-    let born_host_len = if sysflag & BORNHOST_V6_FLAG != 0 { 20 } else { 8 };
-    let at = BORN_HOST_AT + born_host_len;
+    let sysflag = i32::from_be_bytes(msg.get(SYS_FLAG_POSITION..SYS_FLAG_POSITION + 4)?.try_into().ok()?);
+    let born_host_len = if sysflag & sys_flag::BORNHOST_V6 != 0 { 20 } else { 8 };
+    let at = BORN_HOST_POSITION + born_host_len;
     Some(i64::from_be_bytes(msg.get(at..at + 8)?.try_into().ok()?))
 }
 
@@ -342,7 +337,7 @@ impl MessageStore {
         let head = self.node.commitlog().read_at(phys_offset, 8)?;
         let size = i32::from_be_bytes(head[..4].try_into().ok()?);
         let magic = i32::from_be_bytes(head[4..8].try_into().ok()?);
-        if magic != MESSAGE_MAGIC_V1 || size < (PHYSICAL_OFFSET_AT + 8) as i32 {
+        if magic != MESSAGE_MAGIC_CODE_V1 || size < (PHYSICAL_OFFSET_AT + 8) as i32 {
             return None;
         }
         self.node.commitlog().read_at(phys_offset, size as usize)
@@ -358,7 +353,7 @@ mod tests {
         let mut m = vec![0u8; 100];
         m[60..68].copy_from_slice(&1234i64.to_be_bytes());
         assert_eq!(store_timestamp_of(&m), Some(1234));
-        m[SYSFLAG_AT..SYSFLAG_AT + 4].copy_from_slice(&BORNHOST_V6_FLAG.to_be_bytes());
+        m[SYS_FLAG_POSITION..SYS_FLAG_POSITION + 4].copy_from_slice(&sys_flag::BORNHOST_V6.to_be_bytes());
         m[72..80].copy_from_slice(&99i64.to_be_bytes());
         assert_eq!(store_timestamp_of(&m), Some(99));
         assert_eq!(store_timestamp_of(&m[..10]), None);

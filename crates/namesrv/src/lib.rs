@@ -14,7 +14,9 @@ use raftmq_net::server::HandlerFuture;
 use raftmq_net::{Conn, RemotingServer, RequestHandler, Response, ServerOptions};
 use raftmq_remoting::body::{decode_json_body, encode_json_body, KvTable, RegisterBrokerBody};
 use raftmq_remoting::frame::RemotingCommand;
-use raftmq_remoting::header::{CommandHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader};
+use raftmq_remoting::header::{
+    CommandHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader,
+};
 use raftmq_remoting::{RequestCode, ResponseCode};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -96,7 +98,9 @@ impl Handler {
                         Ok(body) => Some(RemotingCommand::success_to(req).with_body(body).into()),
                         Err(e) => error(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
                     },
-                    None => error(req, ResponseCode::TOPIC_NOT_EXIST, format!("No topic route info in name server for the topic: {}", h.topic)),
+                    None => {
+                        error(req, ResponseCode::TOPIC_NOT_EXIST, format!("No topic route info in name server for the topic: {}", h.topic))
+                    }
                 }
             }
             RequestCode::REGISTER_BROKER => {
@@ -105,7 +109,11 @@ impl Handler {
                     Err(e) => return error(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
                 };
                 if h.compressed {
-                    return error(req, ResponseCode::SYSTEM_ERROR, "compressed registration bodies are not supported; register with compressed=false".into());
+                    return error(
+                        req,
+                        ResponseCode::SYSTEM_ERROR,
+                        "compressed registration bodies are not supported; register with compressed=false".into(),
+                    );
                 }
                 let body: RegisterBrokerBody = if req.body.is_empty() {
                     RegisterBrokerBody::default()
@@ -135,7 +143,11 @@ impl Handler {
                 Ok(body) => Some(RemotingCommand::success_to(req).with_body(body).into()),
                 Err(e) => error(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
             },
-            other => error(req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by the raftmq nameserver", other.0)),
+            other => error(
+                req,
+                ResponseCode::REQUEST_CODE_NOT_SUPPORTED,
+                format!("request code {} is not supported by the raftmq nameserver", other.0),
+            ),
         }
     }
 }

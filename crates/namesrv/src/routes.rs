@@ -83,7 +83,8 @@ impl RouteTable {
             // Topics no group serves any more disappear.
             t.topics.retain(|_, qs| !qs.is_empty());
         }
-        let timeout = h.heartbeat_timeout_millis.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms as u64)).unwrap_or(BROKER_EXPIRY_DEFAULT);
+        let timeout =
+            h.heartbeat_timeout_millis.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms as u64)).unwrap_or(BROKER_EXPIRY_DEFAULT);
         t.live.insert(h.broker_addr.clone(), Live { broker_name: h.broker_name.clone(), last_update: Instant::now(), timeout });
         master
     }
@@ -98,8 +99,12 @@ impl RouteTable {
     pub fn expire(&self) -> Vec<String> {
         let now = Instant::now();
         let mut t = self.write();
-        let dead: Vec<(String, String)> =
-            t.live.iter().filter(|(_, l)| now.duration_since(l.last_update) > l.timeout).map(|(a, l)| (a.clone(), l.broker_name.clone())).collect();
+        let dead: Vec<(String, String)> = t
+            .live
+            .iter()
+            .filter(|(_, l)| now.duration_since(l.last_update) > l.timeout)
+            .map(|(a, l)| (a.clone(), l.broker_name.clone()))
+            .collect();
         for (addr, name) in &dead {
             remove_addr(&mut t, name, addr);
         }
@@ -111,13 +116,21 @@ impl RouteTable {
     pub fn route(&self, topic: &str) -> Option<TopicRouteData> {
         let t = self.read();
         let queue_datas: Vec<QueueData> = match t.topics.get(topic) {
-            Some(qs) => qs.values().filter(|q| t.brokers.get(&q.broker_name).is_some_and(|b| !b.broker_addrs.is_empty())).cloned().collect(),
+            Some(qs) => {
+                qs.values().filter(|q| t.brokers.get(&q.broker_name).is_some_and(|b| !b.broker_addrs.is_empty())).cloned().collect()
+            }
             None if topic.starts_with(RETRY_PREFIX) || topic == AUTO_CREATE_TOPIC => {
                 let nums = if topic == AUTO_CREATE_TOPIC { DEFAULT_QUEUE_NUMS } else { 1 };
                 t.brokers
                     .values()
                     .filter(|b| !b.broker_addrs.is_empty())
-                    .map(|b| QueueData { broker_name: b.broker_name.clone(), read_queue_nums: nums, write_queue_nums: nums, perm: PERM_READ_WRITE, topic_sys_flag: 0 })
+                    .map(|b| QueueData {
+                        broker_name: b.broker_name.clone(),
+                        read_queue_nums: nums,
+                        write_queue_nums: nums,
+                        perm: PERM_READ_WRITE,
+                        topic_sys_flag: 0,
+                    })
                     .collect()
             }
             None => return None,

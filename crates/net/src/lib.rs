@@ -50,7 +50,12 @@ impl From<RemotingCommand> for Response {
 }
 
 /// Writes one frame: length prefix, header, `cmd.body`, then `parts`, with vectored writes.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, cmd: &RemotingCommand, parts: &[Bytes], frame_bytes_max: usize) -> Result<(), NetError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cmd: &RemotingCommand,
+    parts: &[Bytes],
+    frame_bytes_max: usize,
+) -> Result<(), NetError> {
     let header = cmd.encode_header().map_err(|e| NetError::Codec(e.to_string()))?;
     let body_len = cmd.body.len() + parts.iter().map(|p| p.len()).sum::<usize>();
     let total = 4 + header.len() + body_len;

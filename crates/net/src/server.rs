@@ -146,7 +146,8 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reques
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Response>(opts.outbound_queue_max);
-    let conn = Conn { inner: Arc::new(ConnInner { id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed), peer, tx, closed: AtomicBool::new(false) }) };
+    let conn =
+        Conn { inner: Arc::new(ConnInner { id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed), peer, tx, closed: AtomicBool::new(false) }) };
     let frame_max = opts.frame_bytes_max;
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
@@ -186,7 +187,7 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reques
             drop(permit);
             if let (Some(mut resp), false) = (resp, oneway) {
                 resp.cmd.opaque = opaque;
-                resp.cmd.flag |= raftmq_remoting::frame::flag::RESPONSE;
+                resp.cmd.flag |= raftmq_remoting::codes::flag::RESPONSE;
                 if c.inner.tx.send(resp).await.is_err() {
                     debug!(peer = %c.peer(), "connection closed before the response was written");
                 }

@@ -1,0 +1,335 @@
+//! A running broker node: starts its Raft member and remoting server, registers with the nameservers
+//! (every 30 s and at once on a role change, the ready leader as brokerId 0), batches consumer-offset
+//! commits into Raft entries, expires idle clients, and dispatches requests to the processors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftmq_commitlog::FlushPolicy;
+use raftmq_net::server::HandlerFuture;
+use raftmq_net::{Conn, RemotingClient, RemotingServer, RequestHandler, ServerOptions};
+use raftmq_raft::node::{NodeConfig, RaftNode, Role, WriteError};
+use raftmq_raft::types::{OffsetCommit, TopicConfig};
+use raftmq_remoting::body::{encode_json_body, RegisterBrokerBody, TopicConfig as WireTopicConfig, TopicConfigSerializeWrapper};
+use raftmq_remoting::frame::RemotingCommand;
+use raftmq_remoting::header::RegisterBrokerRequestHeader;
+use raftmq_remoting::{RequestCode, ResponseCode};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, info, warn};
+
+use crate::config::{BrokerConfig, FlushDiskType};
+use crate::consumers::ClientManager;
+use crate::locks::QueueLocks;
+use crate::processor::{reply, RAFTMQ_NODE_STATUS};
+use crate::store::MessageStore;
+use crate::topics::{AUTO_CREATE_TOPIC, PERM_READ_WRITE};
+
+/// Registration period (RocketMQ `registerNameServerPeriod`).
+pub const REGISTER_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a nameserver keeps a silent broker (sent with every registration).
+pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Idle client expiry (RocketMQ `channelExpiredTimeout`).
+pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
+
+/// Broker start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Configuration rule broken.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The Raft member could not start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The client port could not be bound.
+    #[error("listen {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Batches consumer-offset commits: whatever is queued when an entry is proposed goes into it.
+pub(crate) struct OffsetCommitter {
+    tx: mpsc::Sender<(OffsetCommit, Option<oneshot::Sender<Result<(), WriteError>>>)>,
+}
+
+impl OffsetCommitter {
+    fn start(store: MessageStore) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(OffsetCommit, Option<oneshot::Sender<Result<(), WriteError>>>)>(8192);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(x) => batch.push(x),
+                        Err(_) => break,
+                    }
+                }
+                // Last commit per queue wins within a batch.
+                let mut latest: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
+                let mut waiters = Vec::new();
+                for (c, w) in batch {
+                    latest.insert((c.group, c.topic, c.queue_id), c.offset);
+                    waiters.extend(w);
+                }
+                let commits =
+                    latest.into_iter().map(|((group, topic, queue_id), offset)| OffsetCommit { group, topic, queue_id, offset }).collect();
+                let r = store.commit_offsets(commits).await;
+                for w in waiters {
+                    let _ = w.send(r.clone());
+                }
+            }
+        });
+        OffsetCommitter { tx }
+    }
+
+    /// Commits and waits until replicated.
+    pub(crate) async fn commit(&self, c: OffsetCommit) -> Result<(), WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((c, Some(tx))).await.map_err(|_| WriteError::Unknown("committer stopped".into()))?;
+        rx.await.map_err(|_| WriteError::Unknown("committer stopped".into()))?
+    }
+
+    /// Commits in the background (offsets piggybacked on pulls).
+    pub(crate) fn commit_detached(&self, c: OffsetCommit) {
+        let _ = self.tx.try_send((c, None));
+    }
+}
+
+/// State shared by the processors.
+pub struct BrokerInner {
+    pub(crate) cfg: BrokerConfig,
+    pub(crate) node: Arc<RaftNode>,
+    pub(crate) store: MessageStore,
+    pub(crate) clients: ClientManager,
+    pub(crate) locks: QueueLocks,
+    pub(crate) offsets: OffsetCommitter,
+    register_now: Notify,
+}
+
+/// A running broker node.
+pub struct Broker {
+    inner: Arc<BrokerInner>,
+    server: RemotingServer,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Starts the node: Raft member, remoting server, registration and housekeeping tasks.
+    pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
+        cfg.validate()?;
+        let me = cfg.me()?.clone();
+        let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
+        nc.segment_bytes = cfg.mapped_file_size_commit_log;
+        nc.flush = match cfg.flush_disk_type {
+            FlushDiskType::SyncFlush => FlushPolicy::Sync,
+            FlushDiskType::AsyncFlush => FlushPolicy::Async { interval: Duration::from_millis(cfg.flush_interval_commit_log) },
+        };
+        nc.heartbeat_ms = cfg.raft_heartbeat_ms;
+        nc.election_min_ms = cfg.raft_election_min_ms;
+        nc.election_max_ms = cfg.raft_election_max_ms;
+        let node = Arc::new(RaftNode::start(nc).await.map_err(|e| BrokerError::Raft(e.to_string()))?);
+        if cfg.bootstrap {
+            let members = cfg.peers.iter().map(|p| (p.id, p.raft_addr.clone())).collect();
+            node.initialize(members).await.map_err(|e| BrokerError::Raft(e.to_string()))?;
+        }
+        let store = MessageStore::new(Arc::clone(&node));
+        let inner = Arc::new(BrokerInner {
+            offsets: OffsetCommitter::start(store.clone()),
+            cfg,
+            node,
+            store,
+            clients: ClientManager::default(),
+            locks: QueueLocks::new(Duration::from_secs(60)),
+            register_now: Notify::new(),
+        });
+        let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), ServerOptions::default())
+            .await
+            .map_err(|source| BrokerError::Listen { addr: me.client_addr.clone(), source })?;
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(role_watch(Arc::clone(&inner))));
+        tasks.push(tokio::spawn(registration_loop(Arc::clone(&inner))));
+        let i = Arc::clone(&inner);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                i.clients.expire(CLIENT_EXPIRY);
+            }
+        }));
+        info!(broker = %inner.cfg.broker_name, node = inner.cfg.node_id, client = %server.local_addr(), raft = %me.raft_addr, "broker started");
+        Ok(Broker { inner, server, tasks })
+    }
+
+    /// The Raft member.
+    pub fn node(&self) -> &Arc<RaftNode> {
+        &self.inner.node
+    }
+
+    /// The client address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops serving and shuts the Raft member down.
+    pub async fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.server.shutdown();
+        self.inner.node.shutdown().await;
+    }
+}
+
+impl BrokerInner {
+    /// Asks the registration loop to register with every nameserver now.
+    pub(crate) fn registration_now(&self) {
+        self.register_now.notify_one();
+    }
+
+    /// Creates `topic` with `queues` queues through the log if it does not exist (leader only).
+    pub(crate) async fn ensure_topic(&self, topic: &str, queues: u32) -> bool {
+        if self.store.topic(topic).is_some() {
+            return true;
+        }
+        let t = TopicConfig { name: topic.to_string(), read_queues: queues, write_queues: queues, perm: PERM_READ_WRITE };
+        match self.store.upsert_topic(t).await {
+            Ok(()) => {
+                info!(topic, queues, "topic created");
+                self.registration_now();
+                true
+            }
+            Err(e) => {
+                warn!(topic, error = %e, "topic creation failed");
+                false
+            }
+        }
+    }
+
+    fn broker_id(&self) -> i64 {
+        let r = self.node.role().borrow().clone();
+        if r.role == Role::Leader && r.ready {
+            0
+        } else {
+            self.cfg.node_id as i64
+        }
+    }
+
+    async fn register_all(&self) {
+        let Ok(me) = self.cfg.me() else { return };
+        let mut wrapper = TopicConfigSerializeWrapper::default();
+        for t in self.store.topics() {
+            wrapper.topic_config_table.insert(
+                t.name.clone(),
+                WireTopicConfig {
+                    topic_name: t.name.clone(),
+                    read_queue_nums: t.read_queues as i32,
+                    write_queue_nums: t.write_queues as i32,
+                    perm: t.perm as i32,
+                    topic_filter_type: "SINGLE_TAG".into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let body = match encode_json_body(&RegisterBrokerBody { topic_config_serialize_wrapper: wrapper, filter_server_list: Vec::new() }) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot encode registration");
+                return;
+            }
+        };
+        let h = RegisterBrokerRequestHeader {
+            broker_name: self.cfg.broker_name.clone(),
+            broker_addr: me.client_addr.clone(),
+            cluster_name: self.cfg.broker_cluster_name.clone(),
+            ha_server_addr: me.raft_addr.clone(),
+            broker_id: self.broker_id(),
+            heartbeat_timeout_millis: Some(REGISTRATION_TIMEOUT.as_millis() as i64),
+            enable_acting_master: Some(false),
+            compressed: false,
+            body_crc32: crc32(&body),
+        };
+        for addr in self.cfg.namesrv_addrs() {
+            let cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
+            let r = async {
+                let c = RemotingClient::connect(&addr, Duration::from_secs(3), None).await?;
+                c.invoke(cmd, Duration::from_secs(3)).await
+            }
+            .await;
+            match r {
+                Ok(resp) if resp.code == ResponseCode::SUCCESS.0 => debug!(namesrv = %addr, broker_id = h.broker_id, "registered"),
+                Ok(resp) => warn!(namesrv = %addr, code = resp.code, remark = ?resp.remark, "registration refused"),
+                Err(e) => warn!(namesrv = %addr, error = %e, "registration failed"),
+            }
+        }
+    }
+}
+
+fn crc32(b: &[u8]) -> i32 {
+    crc32fast::hash(b) as i32
+}
+
+async fn registration_loop(inner: Arc<BrokerInner>) {
+    loop {
+        inner.register_all().await;
+        tokio::select! {
+            _ = tokio::time::sleep(REGISTER_INTERVAL) => {}
+            _ = inner.register_now.notified() => {}
+        }
+    }
+}
+
+/// On every role change: re-register at once; a newly ready leader creates the TBW102 template topic.
+async fn role_watch(inner: Arc<BrokerInner>) {
+    let mut rx = inner.node.role();
+    let mut was_ready_leader = false;
+    loop {
+        let r = rx.borrow_and_update().clone();
+        let ready_leader = r.role == Role::Leader && r.ready;
+        if ready_leader && !was_ready_leader && inner.cfg.auto_create_topic_enable {
+            inner.ensure_topic(AUTO_CREATE_TOPIC, inner.cfg.default_topic_queue_nums.max(8)).await;
+        }
+        was_ready_leader = ready_leader;
+        inner.registration_now();
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Handler(Arc<BrokerInner>);
+
+impl RequestHandler for Handler {
+    fn handle(&self, conn: Conn, req: RemotingCommand) -> HandlerFuture {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move {
+            let b = &inner;
+            match req.request_code() {
+                RequestCode::SEND_MESSAGE | RequestCode::SEND_MESSAGE_V2 | RequestCode::SEND_BATCH_MESSAGE => {
+                    b.send(conn.peer(), &req).await
+                }
+                RequestCode::CONSUMER_SEND_MSG_BACK => b.send_back(&req).await,
+                RequestCode::PULL_MESSAGE => b.pull(&req).await,
+                RequestCode::QUERY_CONSUMER_OFFSET => b.query_consumer_offset(&req).await,
+                RequestCode::UPDATE_CONSUMER_OFFSET => b.update_consumer_offset(&req).await,
+                RequestCode::GET_MAX_OFFSET => b.max_offset(&req),
+                RequestCode::GET_MIN_OFFSET => b.min_offset(&req),
+                RequestCode::SEARCH_OFFSET_BY_TIMESTAMP => b.search_offset(&req),
+                RequestCode::GET_EARLIEST_MSG_STORETIME => b.earliest_store_time(&req),
+                RequestCode::HEART_BEAT => b.heartbeat(&conn, &req).await,
+                RequestCode::UNREGISTER_CLIENT => b.unregister_client(&req),
+                RequestCode::GET_CONSUMER_LIST_BY_GROUP => b.consumer_list(&req),
+                RequestCode::LOCK_BATCH_MQ => b.lock_batch(&req),
+                RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req),
+                RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
+                code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
+                code => {
+                    reply(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by raftmq", code.0))
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,395 @@
+//! Request processors: RocketMQ remoting requests in, store and registry calls, responses out.
+//!
+//! Every failure is answered with the RocketMQ response code clients act on and a remark that says what
+//! was wrong; nothing about one bad request affects other clients or stored data. Writes are accepted only
+//! by the group's ready Raft leader: other members answer SERVICE_NOT_AVAILABLE (14), which producers
+//! retry on another broker, with the leader's client address in the remark.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftmq_net::{Conn, Response};
+use raftmq_raft::node::Role;
+use raftmq_raft::types::{OffsetCommit, TopicConfig};
+use raftmq_remoting::body::{
+    decode_json_body, encode_json_body, GetConsumerListByGroupResponseBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody,
+    MessageModel as WireMessageModel, MessageQueue,
+};
+use raftmq_remoting::frame::RemotingCommand;
+use raftmq_remoting::header::{
+    pull_sys_flag, CommandHeader, ConsumerGroupHeader, CreateTopicRequestHeader, GetEarliestMsgStoretimeResponseHeader,
+    GetMaxOffsetRequestHeader, OffsetResponseHeader, PullMessageRequestHeader, PullMessageResponseHeader, QueryConsumerOffsetRequestHeader,
+    QueueRequestHeader, SearchOffsetRequestHeader, UnregisterClientRequestHeader, UpdateConsumerOffsetRequestHeader,
+};
+use raftmq_remoting::{RequestCode, ResponseCode};
+use tracing::debug;
+
+use crate::broker::BrokerInner;
+use crate::consumers::{ClientLink, ConsumerHeartbeat, MessageModel, Subscription};
+use crate::locks::QueueKey;
+use crate::store::GetStatus;
+use crate::topics::{retry_topic, validate_topic, PERM_READ, PERM_READ_WRITE};
+
+/// raftmq-specific request: this node's Raft status as JSON (admin `status`).
+pub const RAFTMQ_NODE_STATUS: i32 = 10_900;
+/// Bytes of messages one pull returns at most (RocketMQ `maxTransferBytesOnMessageInMemory`).
+const PULL_BYTES_MAX: usize = 256 * 1024;
+
+pub(crate) type Reply = Option<Response>;
+
+pub(crate) fn reply(req: &RemotingCommand, code: ResponseCode, remark: impl Into<String>) -> Reply {
+    Some(RemotingCommand::response_to(req, code, Some(remark.into())).into())
+}
+
+pub(crate) fn ok(req: &RemotingCommand) -> RemotingCommand {
+    RemotingCommand::success_to(req)
+}
+
+fn header<H: CommandHeader>(req: &RemotingCommand) -> Result<H, Reply> {
+    H::from_ext_fields(&req.ext_fields).map_err(|e| reply(req, ResponseCode::SYSTEM_ERROR, format!("bad request header: {e}")))
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(req: &RemotingCommand, what: &'static str) -> Result<T, Reply> {
+    decode_json_body(what, &req.body).map_err(|e| reply(req, ResponseCode::SYSTEM_ERROR, format!("bad {what} body: {e}")))
+}
+
+fn with_json<T: serde::Serialize>(req: &RemotingCommand, cmd: RemotingCommand, value: &T) -> Reply {
+    match encode_json_body(value) {
+        Ok(body) => Some(cmd.with_body(body).into()),
+        Err(e) => reply(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
+    }
+}
+
+/// The connection of a client, as the consumer registry sees it.
+pub(crate) struct ConnLink(pub Conn);
+
+impl ClientLink for ConnLink {
+    fn notify_consumer_ids_changed(&self, group: &str) {
+        let h = ConsumerGroupHeader { consumer_group: group.to_string() };
+        let cmd = RemotingCommand::request(RequestCode::NOTIFY_CONSUMER_IDS_CHANGED, 0).with_header(&h).mark_oneway();
+        if !self.0.send(cmd.into()) {
+            debug!(peer = %self.0.peer(), group, "could not queue NOTIFY_CONSUMER_IDS_CHANGED");
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+impl BrokerInner {
+    /// Ok when this node may accept writes; otherwise the reply naming the leader.
+    pub(crate) fn check_leader(&self, req: &RemotingCommand) -> Result<(), Reply> {
+        let role = self.node.role().borrow().clone();
+        if role.role == Role::Leader && role.ready {
+            return Ok(());
+        }
+        let leader = role.leader.and_then(|id| self.cfg.client_addr_of(id)).map(String::from);
+        let remark = match (role.role, leader) {
+            (Role::Leader, _) => {
+                format!("broker {} is the new Raft leader and still applying earlier entries; retry shortly", self.cfg.broker_name)
+            }
+            (_, Some(addr)) => {
+                format!("broker {} node {} is not the Raft leader; the leader is at {addr}", self.cfg.broker_name, self.cfg.node_id)
+            }
+            (_, None) => format!(
+                "broker {} node {} is not the Raft leader and no leader is known (election in progress)",
+                self.cfg.broker_name, self.cfg.node_id
+            ),
+        };
+        Err(reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, remark))
+    }
+
+    fn readable_queue(&self, req: &RemotingCommand, topic: &str, queue_id: i32) -> Result<u32, Reply> {
+        let Some(t) = self.store.topic(topic) else {
+            return Err(reply(req, ResponseCode::TOPIC_NOT_EXIST, format!("topic[{topic}] not exist, apply first please!")));
+        };
+        if t.perm & PERM_READ == 0 {
+            return Err(reply(req, ResponseCode::NO_PERMISSION, format!("the topic[{topic}] pulling message is forbidden")));
+        }
+        if queue_id < 0 || queue_id as u32 >= t.read_queues.max(t.write_queues) {
+            return Err(reply(
+                req,
+                ResponseCode::SYSTEM_ERROR,
+                format!("queueId[{queue_id}] is illegal, topic:[{topic}] topicConfig.readQueueNums:[{}]", t.read_queues),
+            ));
+        }
+        Ok(queue_id as u32)
+    }
+
+    pub(crate) async fn pull(&self, req: &RemotingCommand) -> Reply {
+        let h: PullMessageRequestHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        let qid = match self.readable_queue(req, &h.topic, h.queue_id) {
+            Ok(q) => q,
+            Err(r) => return r,
+        };
+        if h.queue_offset < 0 {
+            return reply(req, ResponseCode::SYSTEM_ERROR, format!("queueOffset {} is negative", h.queue_offset));
+        }
+        // The subscription carried by the pull, else the one remembered from heartbeats (some clients send
+        // none), else everything; clients filter again by tag string.
+        let sub = match h.carried_subscription() {
+            Some(expr) => Subscription::parse(expr, h.sub_version),
+            None => self.clients.subscription(&h.consumer_group, &h.topic).unwrap_or_else(|| Subscription::parse("*", 0)),
+        };
+        if let Some(off) = h.carried_commit_offset().filter(|o| *o >= 0) {
+            if self.check_leader(req).is_ok() {
+                self.offsets.commit_detached(OffsetCommit {
+                    group: h.consumer_group.clone(),
+                    topic: h.topic.clone(),
+                    queue_id: qid,
+                    offset: off as u64,
+                });
+            }
+        }
+        let offset = h.queue_offset as u64;
+        let max_nums = h.max_msg_nums.clamp(1, 1024) as usize;
+        let max_bytes = h.max_msg_bytes.filter(|b| *b > 0).map(|b| b as usize).unwrap_or(PULL_BYTES_MAX);
+        let mut result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
+        let may_wait = h.sys_flag & pull_sys_flag::SUSPEND != 0 && h.suspend_timeout_millis > 0;
+        let nothing_yet =
+            matches!(result.status, GetStatus::OffsetOverflowOne) || (result.status == GetStatus::NoMessageInQueue && offset == 0);
+        if may_wait && nothing_yet {
+            let hold = Duration::from_millis(h.suspend_timeout_millis as u64).min(self.cfg.long_polling_max());
+            self.store.wait_for_message(&h.topic, qid, offset, hold).await;
+            result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
+        }
+        let code = match result.status {
+            GetStatus::Found => ResponseCode::SUCCESS,
+            GetStatus::NoMatchedMessage => ResponseCode::PULL_RETRY_IMMEDIATELY,
+            GetStatus::OffsetOverflowOne => ResponseCode::PULL_NOT_FOUND,
+            GetStatus::NoMessageInQueue if offset == 0 => ResponseCode::PULL_NOT_FOUND,
+            GetStatus::NoMessageInQueue | GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => ResponseCode::PULL_OFFSET_MOVED,
+        };
+        let rh = PullMessageResponseHeader {
+            suggest_which_broker_id: 0,
+            next_begin_offset: result.next_begin_offset as i64,
+            min_offset: result.min_offset as i64,
+            max_offset: result.max_offset as i64,
+            ..Default::default()
+        };
+        let remark = match code {
+            ResponseCode::SUCCESS => None,
+            ResponseCode::PULL_OFFSET_MOVED => Some(format!("offset {offset} is outside [{}, {}]", result.min_offset, result.max_offset)),
+            _ => Some("no new message".to_string()),
+        };
+        let cmd = RemotingCommand::response_to(req, code, remark).with_header(&rh);
+        let body_parts: Vec<Bytes> = result.messages.into_iter().flat_map(|m| m.parts).collect();
+        Some(Response { cmd, body_parts })
+    }
+
+    pub(crate) async fn query_consumer_offset(&self, req: &RemotingCommand) -> Reply {
+        let h: QueryConsumerOffsetRequestHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        if h.queue_id < 0 {
+            return reply(req, ResponseCode::SYSTEM_ERROR, "queueId is negative");
+        }
+        let qid = h.queue_id as u32;
+        if let Some(o) = self.store.consumer_offset(&h.consumer_group, &h.topic, qid) {
+            return Some(ok(req).with_header(&OffsetResponseHeader { offset: o as i64 }).into());
+        }
+        // RocketMQ's rule for a group without an offset: start at 0 while the queue still holds offset 0,
+        // so a new group does not skip what was produced before it first connected.
+        if h.set_zero_if_not_found != Some(false) && self.store.min_offset(&h.topic, qid) == 0 {
+            return Some(ok(req).with_header(&OffsetResponseHeader { offset: 0 }).into());
+        }
+        reply(req, ResponseCode::QUERY_NOT_FOUND, "Not found, V3_0_6_SNAPSHOT maybe this group consumer boot first")
+    }
+
+    pub(crate) async fn update_consumer_offset(&self, req: &RemotingCommand) -> Reply {
+        let h: UpdateConsumerOffsetRequestHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        if let Err(r) = self.check_leader(req) {
+            return r;
+        }
+        if h.queue_id < 0 || h.commit_offset < 0 {
+            return reply(req, ResponseCode::SYSTEM_ERROR, "queueId and commitOffset must not be negative");
+        }
+        let c = OffsetCommit { group: h.consumer_group, topic: h.topic, queue_id: h.queue_id as u32, offset: h.commit_offset as u64 };
+        match self.offsets.commit(c).await {
+            Ok(()) => Some(ok(req).into()),
+            Err(e) => reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("offset commit not replicated: {e}")),
+        }
+    }
+
+    pub(crate) fn max_offset(&self, req: &RemotingCommand) -> Reply {
+        match header::<GetMaxOffsetRequestHeader>(req) {
+            Ok(h) => Some(
+                ok(req)
+                    .with_header(&OffsetResponseHeader { offset: self.store.max_offset(&h.topic, h.queue_id.max(0) as u32) as i64 })
+                    .into(),
+            ),
+            Err(r) => r,
+        }
+    }
+
+    pub(crate) fn min_offset(&self, req: &RemotingCommand) -> Reply {
+        match header::<QueueRequestHeader>(req) {
+            Ok(h) => Some(
+                ok(req)
+                    .with_header(&OffsetResponseHeader { offset: self.store.min_offset(&h.topic, h.queue_id.max(0) as u32) as i64 })
+                    .into(),
+            ),
+            Err(r) => r,
+        }
+    }
+
+    pub(crate) fn search_offset(&self, req: &RemotingCommand) -> Reply {
+        match header::<SearchOffsetRequestHeader>(req) {
+            Ok(h) => {
+                let upper = matches!(h.boundary_type, raftmq_remoting::header::BoundaryType::Upper);
+                let o = self.store.offset_by_time(&h.topic, h.queue_id.max(0) as u32, h.timestamp, upper);
+                Some(ok(req).with_header(&OffsetResponseHeader { offset: o as i64 }).into())
+            }
+            Err(r) => r,
+        }
+    }
+
+    pub(crate) fn earliest_store_time(&self, req: &RemotingCommand) -> Reply {
+        match header::<QueueRequestHeader>(req) {
+            Ok(h) => match self.store.earliest_store_time(&h.topic, h.queue_id.max(0) as u32) {
+                Some(ts) => Some(ok(req).with_header(&GetEarliestMsgStoretimeResponseHeader { timestamp: ts }).into()),
+                None => reply(req, ResponseCode::SYSTEM_ERROR, format!("no message in {}:{}", h.topic, h.queue_id)),
+            },
+            Err(r) => r,
+        }
+    }
+
+    pub(crate) async fn heartbeat(&self, conn: &Conn, req: &RemotingCommand) -> Reply {
+        let hb: HeartbeatData = match json_body(req, "HeartbeatData") {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let link: Arc<dyn ClientLink> = Arc::new(ConnLink(conn.clone()));
+        for p in &hb.producer_data_set {
+            self.clients.producer_heartbeat(&hb.client_id, &p.group_name);
+        }
+        for c in &hb.consumer_data_set {
+            let model = match c.message_model {
+                WireMessageModel::Broadcasting => MessageModel::Broadcasting,
+                _ => MessageModel::Clustering,
+            };
+            let subscriptions =
+                c.subscription_data_set.iter().map(|s| (s.topic.clone(), Subscription::parse(&s.sub_string, s.sub_version))).collect();
+            self.clients.consumer_heartbeat(
+                &hb.client_id,
+                Arc::clone(&link),
+                ConsumerHeartbeat { group: c.group_name.clone(), model, subscriptions },
+            );
+            // Like RocketMQ, a consumer group gets its retry topic when it first shows up.
+            if model == MessageModel::Clustering && self.check_leader(req).is_ok() {
+                self.ensure_topic(&retry_topic(&c.group_name), 1).await;
+            }
+        }
+        Some(ok(req).into())
+    }
+
+    pub(crate) fn unregister_client(&self, req: &RemotingCommand) -> Reply {
+        let h: UnregisterClientRequestHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        if let Some(g) = h.consumer_group.as_deref().filter(|g| !g.is_empty()) {
+            self.clients.unregister_consumer(g, &h.client_id);
+        }
+        if let Some(g) = h.producer_group.as_deref().filter(|g| !g.is_empty()) {
+            self.clients.unregister_producer(g, &h.client_id);
+        }
+        Some(ok(req).into())
+    }
+
+    pub(crate) fn consumer_list(&self, req: &RemotingCommand) -> Reply {
+        let h: ConsumerGroupHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        let ids = self.clients.consumer_ids(&h.consumer_group);
+        if ids.is_empty() {
+            return reply(req, ResponseCode::SYSTEM_ERROR, format!("no consumer for this group, {}", h.consumer_group));
+        }
+        with_json(req, ok(req), &GetConsumerListByGroupResponseBody { consumer_id_list: ids })
+    }
+
+    fn queue_keys(mqs: &[MessageQueue]) -> Vec<QueueKey> {
+        mqs.iter()
+            .filter(|m| m.queue_id >= 0)
+            .map(|m| QueueKey { topic: m.topic.clone(), broker_name: m.broker_name.clone(), queue_id: m.queue_id as u32 })
+            .collect()
+    }
+
+    pub(crate) fn lock_batch(&self, req: &RemotingCommand) -> Reply {
+        let b: LockBatchRequestBody = match json_body(req, "LockBatchRequestBody") {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let locked = self.locks.lock(&b.consumer_group, &b.client_id, &Self::queue_keys(&b.mq_set));
+        let set =
+            locked.into_iter().map(|k| MessageQueue { topic: k.topic, broker_name: k.broker_name, queue_id: k.queue_id as i32 }).collect();
+        with_json(req, ok(req), &LockBatchResponseBody { lock_ok_mq_set: set })
+    }
+
+    pub(crate) fn unlock_batch(&self, req: &RemotingCommand) -> Reply {
+        let b: LockBatchRequestBody = match json_body(req, "UnlockBatchRequestBody") {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        self.locks.unlock(&b.consumer_group, &b.client_id, &Self::queue_keys(&b.mq_set));
+        Some(ok(req).into())
+    }
+
+    pub(crate) async fn create_topic(&self, req: &RemotingCommand) -> Reply {
+        let h: CreateTopicRequestHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        if let Err(why) = validate_topic(&h.topic) {
+            return reply(req, ResponseCode::SYSTEM_ERROR, why);
+        }
+        if h.read_queue_nums <= 0 || h.write_queue_nums <= 0 || h.read_queue_nums > 1024 || h.write_queue_nums > 1024 {
+            return reply(req, ResponseCode::SYSTEM_ERROR, "readQueueNums and writeQueueNums must be within 1..=1024");
+        }
+        if let Err(r) = self.check_leader(req) {
+            return r;
+        }
+        let t = TopicConfig {
+            name: h.topic,
+            read_queues: h.read_queue_nums as u32,
+            write_queues: h.write_queue_nums as u32,
+            perm: if h.perm > 0 { h.perm as u32 } else { PERM_READ_WRITE },
+        };
+        match self.store.upsert_topic(t).await {
+            Ok(()) => {
+                self.registration_now();
+                Some(ok(req).into())
+            }
+            Err(e) => reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("topic change not replicated: {e}")),
+        }
+    }
+
+    pub(crate) fn node_status(&self, req: &RemotingCommand) -> Reply {
+        let s = self.node.status();
+        let value = serde_json::json!({
+            "brokerName": self.cfg.broker_name,
+            "nodeId": s.id,
+            "clientAddr": self.cfg.me().map(|p| p.client_addr.clone()).unwrap_or_default(),
+            "role": format!("{:?}", s.role),
+            "ready": self.node.role().borrow().ready,
+            "term": s.term,
+            "leader": s.leader,
+            "lastLogIndex": s.last_log_index,
+            "commitIndex": s.commit_index,
+            "appliedIndex": s.applied_index,
+            "purgedIndex": s.purged_index,
+            "voters": s.voters,
+        });
+        with_json(req, ok(req), &value)
+    }
+}

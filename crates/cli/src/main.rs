@@ -1,0 +1,118 @@
+//! The `raftmq` binary: one executable for every role and for quick manual use.
+//!
+//! `raftmq namesrv`, `raftmq broker --config FILE`, `raftmq admin …` (cluster status, leader, topics),
+//! `raftmq produce` and `raftmq consume`. Logic lives in the library crates; this file parses arguments,
+//! sets up logging and runs.
+
+mod tools;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "raftmq", version, about = "Raft-replicated, RocketMQ-compatible message broker")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a nameserver.
+    Namesrv {
+        /// Address to listen on.
+        #[arg(long, env = "RAFTMQ_NAMESRV_LISTEN", default_value = "0.0.0.0:9876")]
+        listen: String,
+        /// Log file (default: stderr).
+        #[arg(long, env = "RAFTMQ_LOG_FILE")]
+        log_file: Option<PathBuf>,
+    },
+    /// Run a broker node.
+    Broker {
+        /// TOML configuration of this node.
+        #[arg(long, env = "RAFTMQ_BROKER_CONFIG")]
+        config: PathBuf,
+        /// Overrides `storePathRootDir`.
+        #[arg(long, env = "RAFTMQ_STORE_DIR")]
+        store_dir: Option<PathBuf>,
+        /// Overrides `namesrvAddr` (`;`-separated).
+        #[arg(long, env = "RAFTMQ_NAMESRV_ADDR")]
+        namesrv: Option<String>,
+        /// Log file (default: stderr).
+        #[arg(long, env = "RAFTMQ_LOG_FILE")]
+        log_file: Option<PathBuf>,
+    },
+    /// Inspect and administer a cluster.
+    Admin {
+        /// Nameserver address.
+        #[arg(long, env = "RAFTMQ_NAMESRV_ADDR", default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[command(subcommand)]
+        cmd: tools::AdminCmd,
+    },
+    /// Send test messages.
+    Produce(tools::ProduceArgs),
+    /// Consume messages and commit offsets.
+    Consume(tools::ConsumeArgs),
+}
+
+fn init_logging(file: Option<&PathBuf>) -> Result<()> {
+    let filter = EnvFilter::try_from_env("RAFTMQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            }
+            let f =
+                std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("open log {}", path.display()))?;
+            builder.with_writer(std::sync::Mutex::new(f)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Namesrv { listen, log_file } => {
+            init_logging(log_file.as_ref())?;
+            let _ns = raftmq_namesrv::NameServer::start(&listen).await.with_context(|| format!("listen on {listen}"))?;
+            shutdown_signal().await;
+            tracing::info!("nameserver stopping");
+            Ok(())
+        }
+        Cmd::Broker { config, store_dir, namesrv, log_file } => {
+            init_logging(log_file.as_ref())?;
+            let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
+            let mut cfg = raftmq_broker::config::BrokerConfig::from_toml(&text).with_context(|| format!("parse {}", config.display()))?;
+            if let Some(d) = store_dir {
+                cfg.store_path_root_dir = d;
+            }
+            if let Some(n) = namesrv {
+                cfg.namesrv_addr = n;
+            }
+            let broker = raftmq_broker::Broker::start(cfg).await?;
+            shutdown_signal().await;
+            tracing::info!("broker stopping");
+            broker.shutdown().await;
+            Ok(())
+        }
+        Cmd::Admin { namesrv, cmd } => tools::admin(&namesrv, cmd).await,
+        Cmd::Produce(a) => tools::produce(a).await,
+        Cmd::Consume(a) => tools::consume(a).await,
+    }
+}

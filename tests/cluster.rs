@@ -1,0 +1,170 @@
+//! Multi-process tests of a real cluster (a nameserver and three `raftmq broker` processes on loopback):
+//! produce/consume through the nameserver, kill -9 of the leader under load (every acknowledged message
+//! is then consumable at exactly the offset it was acknowledged with), a killed node restarting and
+//! catching up, and consumer offsets surviving failover.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use raftmq_remoting::ResponseCode;
+
+const TOPIC: &str = "TopicTest";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn produce_and_consume_through_the_nameserver() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_registered_leader(Duration::from_secs(10)).await;
+    let c = client(&cluster.node(leader).client_addr).await.expect("leader reachable");
+    for i in 0..40 {
+        let off = send(&c, TOPIC, i % 4, format!("m{i}").as_bytes()).await.expect("send");
+        assert_eq!(off, (i / 4) as i64, "queue offsets are dense per queue");
+    }
+    // The auto-created topic is routed by the nameserver after the leader re-registers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let route = loop {
+        if let Ok(Some(r)) = route(&cluster.namesrv, TOPIC).await {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "topic never routed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(route.queue_datas[0].write_queue_nums, 4);
+    assert_eq!(route.broker_datas[0].master_addr(), Some(cluster.node(leader).client_addr.as_str()));
+    assert_eq!(route.broker_datas[0].broker_addrs.len(), 3, "followers are published with their node ids");
+    // Every member serves the committed messages.
+    for n in &cluster.nodes {
+        let c = client(&n.client_addr).await.expect("node reachable");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while max_offset(&c, TOPIC, 0).await < 10 {
+            assert!(Instant::now() < deadline, "node {} did not apply", n.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for q in 0..4 {
+            let got = pull_all(&c, TOPIC, q).await;
+            let want: Vec<(i64, Vec<u8>)> =
+                (0..40).filter(|i| i % 4 == q).map(|i| ((i / 4) as i64, format!("m{i}").into_bytes())).collect();
+            assert_eq!(got, want, "node {} queue {q}", n.id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill9_under_load_loses_no_acknowledged_message_and_the_node_catches_up() {
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.wait_registered_leader(Duration::from_secs(10)).await;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client_addr.clone()).collect();
+    let acked: Arc<Mutex<Vec<(i32, i64, Vec<u8>, Instant)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let (addrs, acked, stop) = (addrs.clone(), Arc::clone(&acked), Arc::clone(&stop));
+        producers.push(tokio::spawn(async move {
+            let mut target = 0usize;
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(c) = client(&addrs[target % addrs.len()]).await else {
+                    target += 1;
+                    continue;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    // A fresh body per attempt: an uncertain send is never retried with the same value.
+                    seq += 1;
+                    let body = format!("p{p}-{seq}").into_bytes();
+                    let q = (seq % 4) as i32;
+                    match send(&c, TOPIC, q, &body).await {
+                        Ok(off) => acked.lock().unwrap().push((q, off, body, Instant::now())),
+                        Err(_) => {
+                            target += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    cluster.kill(old);
+    let new = cluster.leader(Duration::from_secs(15)).await;
+    assert_ne!(new, old);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked: Vec<(i32, i64, Vec<u8>, Instant)> = std::mem::take(&mut *acked.lock().unwrap());
+    let after = acked.iter().filter(|a| a.3 > killed_at).count();
+    let mut times: Vec<Instant> = acked.iter().map(|a| a.3).collect();
+    times.sort();
+    let stall = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    println!("{} acknowledged sends, {after} after the kill; longest gap between acks {stall:?}", acked.len());
+    assert!(after > 0, "no send was acknowledged after the failover");
+
+    let (new_addr, old_addr) = (cluster.node(new).client_addr.clone(), cluster.node(old).client_addr.clone());
+    let check_node = |id: u64, addr: String| {
+        let acked = &acked;
+        async move {
+            let c = client(&addr).await.expect("node reachable");
+            let mut queues: BTreeMap<i32, BTreeMap<i64, Vec<u8>>> = BTreeMap::new();
+            for q in 0..4 {
+                queues.insert(q, pull_all(&c, TOPIC, q).await.into_iter().collect());
+            }
+            for (q, off, body, _) in acked {
+                assert_eq!(queues[q].get(off), Some(body), "node {id}: acknowledged message missing or moved at {q}/{off}");
+            }
+            queues
+        }
+    };
+    let on_leader = check_node(new, new_addr).await;
+
+    // The killed node restarts from its own disk and catches up to identical queues.
+    cluster.start_node(old);
+    let c = loop {
+        if let Some(c) = client(&cluster.node(old).client_addr).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for q in 0..4 {
+        let want = on_leader[&q].len() as i64;
+        while max_offset(&c, TOPIC, q).await < want {
+            assert!(Instant::now() < deadline, "restarted node did not catch up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let on_restarted = check_node(old, old_addr).await;
+    assert_eq!(on_restarted, on_leader, "restarted node's queues differ from the leader's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_offsets_survive_failover() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_registered_leader(Duration::from_secs(10)).await;
+    let c = client(&cluster.node(leader).client_addr).await.expect("leader");
+    for i in 0..20 {
+        send(&c, TOPIC, i % 2, b"x").await.expect("send");
+    }
+    assert_eq!(commit_offset(&c, "g1", TOPIC, 0, 7).await, ResponseCode::SUCCESS.0);
+    assert_eq!(commit_offset(&c, "g1", TOPIC, 1, 9).await, ResponseCode::SUCCESS.0);
+    assert_eq!(query_offset(&c, "g1", TOPIC, 0).await, Some(7));
+    cluster.kill(leader);
+    let new = cluster.leader(Duration::from_secs(15)).await;
+    let c = client(&cluster.node(new).client_addr).await.expect("new leader");
+    assert_eq!(query_offset(&c, "g1", TOPIC, 0).await, Some(7), "committed offset rewound after failover");
+    assert_eq!(query_offset(&c, "g1", TOPIC, 1).await, Some(9));
+    assert_eq!(query_offset(&c, "other", TOPIC, 0).await, None, "unknown group has no offset");
+    // A follower refuses offset commits and names the leader.
+    let follower = cluster.nodes.iter().find(|n| n.id != new && n.id != leader).expect("a follower").id;
+    let f = client(&cluster.node(follower).client_addr).await.expect("follower");
+    let code = commit_offset(&f, "g1", TOPIC, 0, 8).await;
+    assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE.0);
+    let (code, _, _) = pull(&f, TOPIC, 0, 0).await;
+    assert_eq!(code, ResponseCode::SUCCESS.0, "followers serve committed messages");
+}

@@ -1,0 +1,282 @@
+//! Harness for multi-process tests: starts the real `raftmq` binary as a nameserver and a 3-node broker
+//! group on free loopback ports, kills nodes with SIGKILL, restarts them, and offers minimal remoting
+//! calls (send, pull, offsets) so tests observe exactly what clients see.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use raftmq_net::RemotingClient;
+use raftmq_remoting::body::{decode_json_body, TopicRouteData};
+use raftmq_remoting::header::{
+    GetMaxOffsetRequestHeader, GetRouteInfoRequestHeader, OffsetResponseHeader, PullMessageRequestHeader, PullMessageResponseHeader,
+    QueryConsumerOffsetRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader, UpdateConsumerOffsetRequestHeader,
+};
+use raftmq_remoting::message::{encode_properties, property, StoredMessages};
+use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub struct Node {
+    pub id: u64,
+    pub client_addr: String,
+    pub raft_addr: String,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub namesrv: String,
+    namesrv_child: Child,
+    pub nodes: Vec<Node>,
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_raftmq")
+}
+
+impl Cluster {
+    /// Starts a nameserver and a broker group of `n` nodes; waits until a leader is registered.
+    pub async fn start(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let namesrv = format!("127.0.0.1:{}", free_port());
+        let namesrv_child = Command::new(bin())
+            .args(["namesrv", "--listen", &namesrv, "--log-file"])
+            .arg(dir.path().join("namesrv.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn namesrv");
+        let peers: Vec<(u64, String, String)> =
+            (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
+        let mut nodes = Vec::new();
+        for (id, client, raft) in &peers {
+            let mut toml = format!(
+                "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{namesrv}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = {}\n",
+                dir.path().join(format!("n{id}")).display(),
+                *id == 1
+            );
+            for (pid, pc, pr) in &peers {
+                toml.push_str(&format!("[[peers]]\nid = {pid}\nraftAddr = \"{pr}\"\nclientAddr = \"{pc}\"\n"));
+            }
+            let config = dir.path().join(format!("n{id}.toml"));
+            std::fs::write(&config, toml).expect("write config");
+            nodes.push(Node { id: *id, client_addr: client.clone(), raft_addr: raft.clone(), config, child: None });
+        }
+        let mut c = Cluster { dir, namesrv, namesrv_child, nodes };
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c.wait_registered_leader(Duration::from_secs(30)).await;
+        c
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let log = self.dir.path().join(format!("n{id}.log"));
+        let node = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
+        assert!(node.child.is_none(), "node {id} already running");
+        let child = Command::new(bin())
+            .args(["broker", "--config"])
+            .arg(&node.config)
+            .arg("--log-file")
+            .arg(log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn broker");
+        node.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).expect("node")
+    }
+
+    /// The node the nameserver publishes as brokerId 0, once that node also reports itself leader.
+    pub async fn wait_registered_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(route)) = route(&self.namesrv, "TBW102").await {
+                if let Some(addr) = route.broker_datas.first().and_then(|b| b.master_addr()) {
+                    if let Some(n) = self.nodes.iter().find(|n| n.client_addr == addr && n.child.is_some()) {
+                        if node_role(addr).await.as_deref() == Some("Leader") {
+                            return n.id;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader registered with the nameserver; logs in {}", self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node that reports itself ready leader (asking nodes directly).
+    pub async fn leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Some(s) = node_status(&n.client_addr).await {
+                    if s["role"] == "Leader" && s["ready"] == true {
+                        return n.id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader; logs in {}", self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn keep_logs(self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = self.namesrv_child.kill();
+        let _ = self.namesrv_child.wait();
+    }
+}
+
+pub async fn client(addr: &str) -> Option<RemotingClient> {
+    RemotingClient::connect(addr, Duration::from_secs(1), None).await.ok()
+}
+
+pub async fn node_status(addr: &str) -> Option<serde_json::Value> {
+    let c = client(addr).await?;
+    let r = c.invoke(RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0), Duration::from_secs(1)).await.ok()?;
+    serde_json::from_slice(&r.body).ok()
+}
+
+async fn node_role(addr: &str) -> Option<String> {
+    node_status(addr).await.and_then(|s| s["role"].as_str().map(String::from))
+}
+
+pub async fn route(namesrv: &str, topic: &str) -> Result<Option<TopicRouteData>, String> {
+    let c = client(namesrv).await.ok_or("namesrv unreachable")?;
+    let h = GetRouteInfoRequestHeader { topic: topic.into(), ..Default::default() };
+    let r = c
+        .invoke(RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 0).with_header(&h), TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.code != ResponseCode::SUCCESS.0 {
+        return Ok(None);
+    }
+    decode_json_body("route", &r.body).map(Some).map_err(|e| e.to_string())
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A SEND_MESSAGE_V2 request.
+pub fn send_request(topic: &str, queue_id: i32, body: &[u8], tag: Option<&str>) -> RemotingCommand {
+    let mut props = String::new();
+    let mut list = vec![(property::WAIT_STORE_MSG_OK, "true")];
+    if let Some(t) = tag {
+        list.push((property::TAGS, t));
+    }
+    encode_properties(list, &mut props).expect("properties");
+    let h = SendMessageRequestHeader {
+        producer_group: "test_producer".into(),
+        topic: topic.into(),
+        default_topic: "TBW102".into(),
+        default_topic_queue_nums: 4,
+        queue_id,
+        born_timestamp: now_ms(),
+        properties: Some(props),
+        ..Default::default()
+    };
+    let mut cmd = RemotingCommand::request(RequestCode::SEND_MESSAGE_V2, 0).with_body(body.to_vec());
+    h.write_ext_fields_v2(&mut cmd.ext_fields);
+    cmd
+}
+
+/// Sends one message; `Ok(queue offset)` on SEND_OK, `Err((code, remark))` otherwise.
+pub async fn send(c: &RemotingClient, topic: &str, queue_id: i32, body: &[u8]) -> Result<i64, (i32, String)> {
+    let r = c.invoke(send_request(topic, queue_id, body, None), TIMEOUT).await.map_err(|e| (-1, e.to_string()))?;
+    if r.code != ResponseCode::SUCCESS.0 {
+        return Err((r.code, r.remark.unwrap_or_default()));
+    }
+    let h: SendMessageResponseHeader = r.decode_header().map_err(|e| (-2, e.to_string()))?;
+    Ok(h.queue_offset)
+}
+
+/// Pulls up to 32 messages from `offset` (no long polling); returns (code, next offset, [(offset, body)]).
+pub async fn pull(c: &RemotingClient, topic: &str, queue_id: i32, offset: i64) -> (i32, i64, Vec<(i64, Vec<u8>)>) {
+    let h = PullMessageRequestHeader {
+        consumer_group: "test_consumer".into(),
+        topic: topic.into(),
+        queue_id,
+        queue_offset: offset,
+        max_msg_nums: 32,
+        subscription: Some("*".into()),
+        ..Default::default()
+    };
+    let r = c.invoke(RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h), TIMEOUT).await.expect("pull");
+    let rh: PullMessageResponseHeader = r.decode_header().expect("pull header");
+    let msgs = StoredMessages::new(&r.body).map(|m| m.expect("stored message")).map(|m| (m.queue_offset, m.body.to_vec())).collect();
+    (r.code, rh.next_begin_offset, msgs)
+}
+
+/// Every message of a queue from offset 0.
+pub async fn pull_all(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (code, next, msgs) = pull(c, topic, queue_id, offset).await;
+        if code != ResponseCode::SUCCESS.0 || msgs.is_empty() {
+            return out;
+        }
+        out.extend(msgs);
+        offset = next;
+    }
+}
+
+pub async fn max_offset(c: &RemotingClient, topic: &str, queue_id: i32) -> i64 {
+    let h = GetMaxOffsetRequestHeader { topic: topic.into(), queue_id, ..Default::default() };
+    let r = c.invoke(RemotingCommand::request(RequestCode::GET_MAX_OFFSET, 0).with_header(&h), TIMEOUT).await.expect("max offset");
+    r.decode_header::<OffsetResponseHeader>().expect("offset").offset
+}
+
+pub async fn commit_offset(c: &RemotingClient, group: &str, topic: &str, queue_id: i32, offset: i64) -> i32 {
+    let h = UpdateConsumerOffsetRequestHeader { consumer_group: group.into(), topic: topic.into(), queue_id, commit_offset: offset };
+    c.invoke(RemotingCommand::request(RequestCode::UPDATE_CONSUMER_OFFSET, 0).with_header(&h), TIMEOUT).await.expect("commit").code
+}
+
+pub async fn query_offset(c: &RemotingClient, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
+    let h = QueryConsumerOffsetRequestHeader {
+        consumer_group: group.into(),
+        topic: topic.into(),
+        queue_id,
+        set_zero_if_not_found: Some(false),
+    };
+    let r = c.invoke(RemotingCommand::request(RequestCode::QUERY_CONSUMER_OFFSET, 0).with_header(&h), TIMEOUT).await.expect("query");
+    (r.code == ResponseCode::SUCCESS.0).then(|| r.decode_header::<OffsetResponseHeader>().expect("offset").offset)
+}
+
+pub fn addr_of(c: &Cluster, id: u64) -> SocketAddr {
+    c.node(id).client_addr.parse().expect("addr")
+}

@@ -15,7 +15,7 @@
 pub mod consume_queue;
 pub mod error;
 pub mod log_store;
+pub mod network;
 pub mod node;
 pub mod state_machine;
-pub mod transport;
 pub mod types;

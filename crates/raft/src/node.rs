@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::log_store::{LogStore, StoreLink};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
-use crate::transport::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory};
+use crate::network::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory};
 use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft};
 
 /// Configuration of one group member.

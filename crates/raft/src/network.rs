@@ -1,0 +1,874 @@
+//! Raft RPCs over plain TCP, on their own port, plus the small control RPCs that leader transfer needs on
+//! openraft 0.9 (which has no transfer API).
+//!
+//! # Wire format
+//! ```text
+//! frame := len u32 (little-endian, counts kind + body) | kind u8 | body (bincode 1)
+//! kind  := 1 AppendEntries | 2 Vote | 3 InstallSnapshot | 4 Control
+//! ```
+//! A length of 0 or above [`FRAME_BYTES_MAX`] is rejected before anything is allocated, on both sides. A response
+//! carries the request's kind and its body is `Result<Response, RaftError<..>>` (control: `Result<ControlResponse,
+//! String>`). Message bytes inside entries serialize as blobs (`Bytes`); snapshot chunks are written and read as
+//! blobs too (same bytes on the wire as openraft's own derive, without the per-byte cost).
+//!
+//! # Client ([`TcpNetworkFactory`], [`TcpNetwork`])
+//! One lazily opened connection per [`TcpNetwork`]. openraft drops an RPC future when its timeout fires, so the
+//! connection is taken out of the client for the duration of a call and put back only after a complete round trip:
+//! a half-written or half-read connection is dropped with the future and never carries the next RPC. Connect
+//! failures map to `RPCError::Unreachable` (openraft then backs off), IO and codec failures during a call to
+//! `RPCError::Network`, a remote `Err(RaftError)` to `RPCError::RemoteError`, and an AppendEntries batch whose frame
+//! would exceed the limit to `RPCError::PayloadTooLarge` (openraft retries at once with fewer entries).
+//!
+//! # Server ([`RaftServer`])
+//! One task per accepted connection, requests handled in order; a malformed frame, an unknown kind or an IO error
+//! closes only that connection. Raft requests go to a [`RaftRpcHandler`] (implemented by [`Raft`]), control
+//! requests to a [`ControlHandler`] (for a Raft node: [`RaftControl`]).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{SnapshotMeta, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, warn};
+
+use crate::types::{Node, NodeId, Raft, TypeConfig};
+
+/// Largest frame (kind byte + body) accepted or sent: 64 MiB.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+
+/// A frame body is read into a buffer growing from at most this size, so a peer announcing a large frame and
+/// then stalling does not pin the full announced size.
+const READ_PREALLOC_MAX: usize = 1 << 20;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// What a frame carries. A response has the kind of its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// `AppendEntriesRequest` / `Result<AppendEntriesResponse, RaftError>`.
+    AppendEntries = 1,
+    /// `VoteRequest` / `Result<VoteResponse, RaftError>`.
+    Vote = 2,
+    /// `InstallSnapshotRequest` / `Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>>`.
+    InstallSnapshot = 3,
+    /// [`ControlRequest`] / `Result<ControlResponse, String>`.
+    Control = 4,
+}
+
+impl FrameKind {
+    /// The kind with wire value `b`, if any.
+    pub fn from_byte(b: u8) -> Option<FrameKind> {
+        match b {
+            1 => Some(FrameKind::AppendEntries),
+            2 => Some(FrameKind::Vote),
+            3 => Some(FrameKind::InstallSnapshot),
+            4 => Some(FrameKind::Control),
+            _ => None,
+        }
+    }
+}
+
+/// Transport errors (of this module's own calls; openraft sees them wrapped in `RPCError`).
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// Socket error, including a connection closed mid-frame.
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    /// A frame is, or announces, more bytes than [`FRAME_BYTES_MAX`].
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Frame length (kind byte + body).
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A frame announced a length of zero.
+    #[error("empty frame")]
+    EmptyFrame,
+    /// The response's kind differs from the request's.
+    #[error("response kind {got} does not match request kind {expected}")]
+    KindMismatch {
+        /// Request kind.
+        expected: u8,
+        /// Response kind.
+        got: u8,
+    },
+    /// A body failed to serialize or deserialize, or a frame has an unknown kind.
+    #[error("codec: {0}")]
+    Decode(String),
+    /// The peer's handler answered with an error.
+    #[error("remote: {0}")]
+    Remote(String),
+    /// The call (or its connect) did not finish in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+fn codec_err(e: bincode::Error) -> NetworkError {
+    NetworkError::Decode(e.to_string())
+}
+
+/// Encodes one frame. The body size is computed first, so an oversized body fails without allocating for it.
+pub fn encode_frame<T: Serialize + ?Sized>(kind: FrameKind, body: &T) -> Result<Vec<u8>, NetworkError> {
+    let len = bincode::serialized_size(body).map_err(codec_err)?.saturating_add(1);
+    if len > FRAME_BYTES_MAX as u64 {
+        return Err(NetworkError::FrameTooLarge { len, max: FRAME_BYTES_MAX as u64 });
+    }
+    // len <= 64 MiB: fits u32 and usize.
+    let mut buf = Vec::with_capacity(4 + len as usize);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.push(kind as u8);
+    bincode::serialize_into(&mut buf, body).map_err(codec_err)?;
+    Ok(buf)
+}
+
+/// Reads one frame and returns its raw kind byte and body. The announced length is checked before any
+/// allocation; a connection closed mid-frame is an [`NetworkError::Io`] of kind `UnexpectedEof`.
+pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<(u8, Vec<u8>), NetworkError> {
+    let len = r.read_u32_le().await?;
+    if len == 0 {
+        return Err(NetworkError::EmptyFrame);
+    }
+    if len as usize > FRAME_BYTES_MAX {
+        return Err(NetworkError::FrameTooLarge { len: u64::from(len), max: FRAME_BYTES_MAX as u64 });
+    }
+    let kind = r.read_u8().await?;
+    let body_len = len as usize - 1;
+    let mut body = Vec::with_capacity(body_len.min(READ_PREALLOC_MAX));
+    let got = AsyncReadExt::take(&mut *r, body_len as u64).read_to_end(&mut body).await?;
+    if got != body_len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame body").into());
+    }
+    Ok((kind, body))
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, NetworkError> {
+    bincode::deserialize(body).map_err(codec_err)
+}
+
+/// Writes `frame` (a request of `kind`) and reads the matching response.
+async fn exchange<S, Resp>(conn: &mut BufReader<S>, kind: FrameKind, frame: &[u8]) -> Result<Resp, NetworkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Resp: DeserializeOwned,
+{
+    conn.get_mut().write_all(frame).await?;
+    let (got, body) = read_frame(conn).await?;
+    if got != kind as u8 {
+        return Err(NetworkError::KindMismatch { expected: kind as u8, got });
+    }
+    decode(&body)
+}
+
+async fn connect(addr: &str, timeout: Duration) -> Result<BufReader<TcpStream>, NetworkError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| NetworkError::Timeout)??;
+    stream.set_nodelay(true)?;
+    Ok(BufReader::new(stream))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Snapshot chunks as blobs
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `InstallSnapshotRequest` with `data` serialized as one blob: the same bincode bytes as openraft's derive
+/// (fields in the same order; bincode writes `Vec<u8>` and bytes alike), encoded without a per-byte loop.
+#[derive(Serialize)]
+struct SnapshotChunkRef<'a> {
+    vote: &'a Vote<NodeId>,
+    meta: &'a SnapshotMeta<NodeId, Node>,
+    offset: u64,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+    done: bool,
+}
+
+impl<'a> From<&'a InstallSnapshotRequest<TypeConfig>> for SnapshotChunkRef<'a> {
+    fn from(r: &'a InstallSnapshotRequest<TypeConfig>) -> Self {
+        SnapshotChunkRef { vote: &r.vote, meta: &r.meta, offset: r.offset, data: &r.data, done: r.done }
+    }
+}
+
+/// Decoding side of [`SnapshotChunkRef`].
+#[derive(Deserialize)]
+struct SnapshotChunk {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, Node>,
+    offset: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    done: bool,
+}
+
+impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
+    fn from(c: SnapshotChunk) -> Self {
+        InstallSnapshotRequest { vote: c.vote, meta: c.meta, offset: c.offset, data: c.data, done: c.done }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Control RPCs
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Control requests: the knobs leader transfer needs on openraft 0.9.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// Switch this node's leader heartbeats on or off.
+    SetHeartbeat(bool),
+    /// Switch this node's election timer on or off.
+    SetElect(bool),
+    /// Make this node campaign now (works even with elections switched off).
+    TriggerElect,
+    /// Liveness and identity.
+    Ping,
+}
+
+/// Control responses.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ControlResponse {
+    /// Done.
+    Ok,
+    /// Answer to [`ControlRequest::Ping`].
+    Pong {
+        /// The answering node's id.
+        id: NodeId,
+    },
+}
+
+/// A boxed, sendable future (the handler traits return these to stay object safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Executes control requests on a node.
+pub trait ControlHandler: Send + Sync + 'static {
+    /// Handles one request; an `Err` is sent back to the caller as [`NetworkError::Remote`].
+    fn handle(&self, req: ControlRequest) -> BoxFuture<'_, Result<ControlResponse, String>>;
+}
+
+/// The [`ControlHandler`] of a Raft node.
+#[derive(Clone)]
+pub struct RaftControl {
+    raft: Raft,
+}
+
+impl RaftControl {
+    /// Controls `raft`.
+    pub fn new(raft: Raft) -> Self {
+        RaftControl { raft }
+    }
+}
+
+impl ControlHandler for RaftControl {
+    fn handle(&self, req: ControlRequest) -> BoxFuture<'_, Result<ControlResponse, String>> {
+        Box::pin(async move {
+            match req {
+                ControlRequest::SetHeartbeat(on) => self.raft.runtime_config().heartbeat(on),
+                ControlRequest::SetElect(on) => self.raft.runtime_config().elect(on),
+                ControlRequest::TriggerElect => self.raft.trigger().elect().await.map_err(|e| e.to_string())?,
+                ControlRequest::Ping => {
+                    let id = self.raft.metrics().borrow().id;
+                    return Ok(ControlResponse::Pong { id });
+                }
+            }
+            Ok(ControlResponse::Ok)
+        })
+    }
+}
+
+/// Sends one control request to the Raft port at `addr` on a fresh connection. `timeout` bounds the whole call,
+/// connect included ([`NetworkError::Timeout`]); a refused connect is [`NetworkError::Io`], a handler error
+/// [`NetworkError::Remote`].
+pub async fn control_call(addr: &str, req: ControlRequest, timeout: Duration) -> Result<ControlResponse, NetworkError> {
+    let frame = encode_frame(FrameKind::Control, &req)?;
+    let call = async {
+        let mut conn = connect(addr, timeout).await?;
+        exchange::<_, Result<ControlResponse, String>>(&mut conn, FrameKind::Control, &frame).await?.map_err(NetworkError::Remote)
+    };
+    tokio::time::timeout(timeout, call).await.map_err(|_| NetworkError::Timeout)?
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Creates one [`TcpNetwork`] per target; nothing is connected until the first RPC.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpNetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for TcpNetworkFactory {
+    type Network = TcpNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> TcpNetwork {
+        TcpNetwork::new(target, node.clone())
+    }
+}
+
+/// The client for one peer, holding at most one idle connection.
+pub struct TcpNetwork {
+    target: NodeId,
+    node: Node,
+    /// Present only between calls, and only after a complete round trip.
+    conn: Option<BufReader<TcpStream>>,
+}
+
+/// Why a round trip failed, split the way openraft wants it.
+enum CallError {
+    /// Could not connect: openraft backs off.
+    Unreachable(NetworkError),
+    /// Failed on an open connection.
+    Network(NetworkError),
+}
+
+impl TcpNetwork {
+    /// A client for node `target` at `node.addr`; connects lazily.
+    pub fn new(target: NodeId, node: Node) -> Self {
+        TcpNetwork { target, node, conn: None }
+    }
+
+    /// One round trip. The connection is out of `self` while in flight and comes back only when healthy, so a
+    /// call dropped mid-flight (openraft's timeout) can never leave a half-used connection behind.
+    async fn round_trip<Resp: DeserializeOwned>(
+        &mut self,
+        kind: FrameKind,
+        frame: &[u8],
+        connect_timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => connect(&self.node.addr, connect_timeout).await.map_err(CallError::Unreachable)?,
+        };
+        let resp = exchange(&mut conn, kind, frame).await.map_err(CallError::Network)?;
+        self.conn = Some(conn);
+        Ok(resp)
+    }
+
+    /// Sends an encoded request and maps the outcome to openraft's error type.
+    async fn call<Resp, E>(
+        &mut self,
+        kind: FrameKind,
+        frame: &[u8],
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        // Connect within the soft ttl: a black-holed peer then reports Unreachable (and gets backed off)
+        // before openraft's hard timeout turns it into a plain Timeout.
+        match self.round_trip::<Result<Resp, RaftError<NodeId, E>>>(kind, frame, option.soft_ttl()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))),
+            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(CallError::Network(e)) => Err(RPCError::Network(openraft::error::NetworkError::new(&e))),
+        }
+    }
+}
+
+fn local_encode_err<E: std::error::Error>(e: NetworkError) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+    RPCError::Network(openraft::error::NetworkError::new(&e))
+}
+
+impl RaftNetwork<TypeConfig> for TcpNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let frame = match encode_frame(FrameKind::AppendEntries, &rpc) {
+            Ok(f) => f,
+            // Several entries: let openraft retry at once with half as many. A single oversized entry cannot be
+            // split; report it as a network error (retried on the next tick, not in a tight loop).
+            Err(e @ NetworkError::FrameTooLarge { .. }) if rpc.entries.len() > 1 => {
+                let hint = (rpc.entries.len() / 2) as u64;
+                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint).with_source_error(&e)));
+            }
+            Err(e) => return Err(local_encode_err(e)),
+        };
+        self.call(FrameKind::AppendEntries, &frame, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
+        let frame = encode_frame(FrameKind::InstallSnapshot, &SnapshotChunkRef::from(&rpc)).map_err(local_encode_err)?;
+        self.call(FrameKind::InstallSnapshot, &frame, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let frame = encode_frame(FrameKind::Vote, &rpc).map_err(local_encode_err)?;
+        self.call(FrameKind::Vote, &frame, &option).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Receives the Raft RPCs a [`RaftServer`] decodes. Implemented by [`Raft`]; tests plug in stubs.
+pub trait RaftRpcHandler: Send + Sync + 'static {
+    /// Handles an AppendEntries request.
+    fn append_entries(
+        &self,
+        req: AppendEntriesRequest<TypeConfig>,
+    ) -> BoxFuture<'_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
+    /// Handles a Vote request.
+    fn vote(&self, req: VoteRequest<NodeId>) -> BoxFuture<'_, Result<VoteResponse<NodeId>, RaftError<NodeId>>>;
+    /// Handles one snapshot chunk.
+    fn install_snapshot(
+        &self,
+        req: InstallSnapshotRequest<TypeConfig>,
+    ) -> BoxFuture<'_, Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>;
+}
+
+impl RaftRpcHandler for Raft {
+    fn append_entries(
+        &self,
+        req: AppendEntriesRequest<TypeConfig>,
+    ) -> BoxFuture<'_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+        Box::pin(Raft::append_entries(self, req))
+    }
+
+    fn vote(&self, req: VoteRequest<NodeId>) -> BoxFuture<'_, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+        Box::pin(Raft::vote(self, req))
+    }
+
+    fn install_snapshot(
+        &self,
+        req: InstallSnapshotRequest<TypeConfig>,
+    ) -> BoxFuture<'_, Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+        Box::pin(Raft::install_snapshot(self, req))
+    }
+}
+
+/// Where a server sends decoded requests.
+#[derive(Clone)]
+struct Handlers {
+    rpc: Arc<dyn RaftRpcHandler>,
+    control: Arc<dyn ControlHandler>,
+}
+
+impl Handlers {
+    /// Handles one request frame and returns the response frame. An error closes the connection.
+    async fn dispatch(&self, kind: u8, body: Vec<u8>) -> Result<Vec<u8>, NetworkError> {
+        let Some(kind) = FrameKind::from_byte(kind) else {
+            return Err(NetworkError::Decode(format!("unknown frame kind {kind}")));
+        };
+        // Each arm frees the request frame before the handler runs: it may hold up to 64 MiB.
+        match kind {
+            FrameKind::AppendEntries => {
+                let req = decode(&body)?;
+                drop(body);
+                encode_frame(kind, &self.rpc.append_entries(req).await)
+            }
+            FrameKind::Vote => {
+                let req = decode(&body)?;
+                drop(body);
+                encode_frame(kind, &self.rpc.vote(req).await)
+            }
+            FrameKind::InstallSnapshot => {
+                let req: SnapshotChunk = decode(&body)?;
+                drop(body);
+                encode_frame(kind, &self.rpc.install_snapshot(req.into()).await)
+            }
+            FrameKind::Control => {
+                let req = decode(&body)?;
+                drop(body);
+                encode_frame(kind, &self.control.handle(req).await)
+            }
+        }
+    }
+}
+
+/// The Raft RPC server of a node. [`RaftServer::shutdown`], [`RaftServer::stop`] or dropping it aborts the accept
+/// loop and, with it, every connection task. Must be started inside a Tokio runtime.
+pub struct RaftServer {
+    accept: JoinHandle<()>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl RaftServer {
+    /// Serves `raft`'s RPCs and the control RPCs (usually `Arc::new(RaftControl::new(raft.clone()))`) on
+    /// `listener`.
+    pub fn start(listener: TcpListener, raft: Raft, control: Arc<dyn ControlHandler>) -> RaftServer {
+        Self::start_with(listener, Arc::new(raft), control)
+    }
+
+    /// Serves RPCs on `listener` with arbitrary handlers.
+    pub fn start_with(listener: TcpListener, rpc: Arc<dyn RaftRpcHandler>, control: Arc<dyn ControlHandler>) -> RaftServer {
+        let local_addr = listener.local_addr().ok();
+        let accept = tokio::spawn(accept_loop(listener, Handlers { rpc, control }));
+        RaftServer { accept, local_addr }
+    }
+
+    /// The address the listener was bound to, if the OS reported it.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Stops serving: aborts the accept loop and all connections (asynchronously; see [`RaftServer::stop`]).
+    pub fn shutdown(&self) {
+        self.accept.abort();
+    }
+
+    /// Stops serving and waits until the accept loop is gone, so the listening port is closed on return.
+    pub async fn stop(mut self) {
+        self.accept.abort();
+        // The loop never ends on its own: the only outcome is a cancellation (or a panic), both meaning "gone".
+        let _ = (&mut self.accept).await;
+    }
+}
+
+impl Drop for RaftServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, handlers: Handlers) {
+    // Connection tasks live in this set, owned by this task: aborting the task drops the set, which aborts them all.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    conns.spawn(serve_connection(stream, peer, handlers.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "raft rpc accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                }
+            },
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        warn!(error = %e, "raft rpc connection task panicked");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, handlers: Handlers) {
+    match connection_loop(stream, &handlers).await {
+        Ok(()) => debug!(%peer, "raft rpc connection closed by peer"),
+        Err(NetworkError::Io(e)) => debug!(%peer, error = %e, "raft rpc connection closed on io error"),
+        Err(e) => warn!(%peer, error = %e, "raft rpc connection closed: bad request"),
+    }
+}
+
+/// Serves requests on one connection, one at a time, until the peer closes it or an error occurs.
+async fn connection_loop(stream: TcpStream, handlers: &Handlers) -> Result<(), NetworkError> {
+    stream.set_nodelay(true)?;
+    let mut conn = BufReader::new(stream);
+    loop {
+        // A clean close happens between frames; inside one it is an error.
+        if conn.fill_buf().await?.is_empty() {
+            return Ok(());
+        }
+        let (kind, body) = read_frame(&mut conn).await?;
+        let resp = handlers.dispatch(kind, body).await?;
+        conn.get_mut().write_all(&resp).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use openraft::error::Fatal;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::types::{Command, Entry, Message, QueueAppend};
+
+    /// Answers control requests without a Raft node.
+    struct StubControl;
+
+    impl ControlHandler for StubControl {
+        fn handle(&self, req: ControlRequest) -> BoxFuture<'_, Result<ControlResponse, String>> {
+            Box::pin(async move {
+                match req {
+                    ControlRequest::Ping => Ok(ControlResponse::Pong { id: 7 }),
+                    ControlRequest::TriggerElect => Err("not now".to_string()),
+                    ControlRequest::SetHeartbeat(_) | ControlRequest::SetElect(_) => Ok(ControlResponse::Ok),
+                }
+            })
+        }
+    }
+
+    /// Raft RPCs without a Raft node: votes echo the request (and stall when `last_log_id.index == 99`),
+    /// appends fail remotely, snapshot chunks are recorded.
+    #[derive(Default)]
+    struct StubRaft {
+        chunks: Mutex<Vec<InstallSnapshotRequest<TypeConfig>>>,
+    }
+
+    impl RaftRpcHandler for StubRaft {
+        fn append_entries(
+            &self,
+            _req: AppendEntriesRequest<TypeConfig>,
+        ) -> BoxFuture<'_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+            Box::pin(async { Err(RaftError::Fatal(Fatal::Stopped)) })
+        }
+
+        fn vote(&self, req: VoteRequest<NodeId>) -> BoxFuture<'_, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+            Box::pin(async move {
+                if req.last_log_id.map(|l| l.index) == Some(99) {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                Ok(VoteResponse::new(req.vote, req.last_log_id, true))
+            })
+        }
+
+        fn install_snapshot(
+            &self,
+            req: InstallSnapshotRequest<TypeConfig>,
+        ) -> BoxFuture<'_, Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+            Box::pin(async move {
+                let vote = req.vote;
+                self.chunks.lock().unwrap().push(req);
+                Ok(InstallSnapshotResponse { vote })
+            })
+        }
+    }
+
+    async fn stub_server() -> (RaftServer, String, Arc<StubRaft>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stub = Arc::new(StubRaft::default());
+        let server = RaftServer::start_with(listener, stub.clone(), Arc::new(StubControl));
+        (server, addr, stub)
+    }
+
+    async fn closed_addr() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn vote_req(term: u64, last_index: u64) -> VoteRequest<NodeId> {
+        VoteRequest::new(Vote::new(term, 2), Some(log_id(last_index)))
+    }
+
+    fn opt() -> RPCOption {
+        RPCOption::new(Duration::from_secs(2))
+    }
+
+    fn produce_entry(index: u64, data: Bytes) -> Entry {
+        let msg = Message { tags_code: 0, data, phys_offset: None };
+        let cmd = Command::Produce(vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg] }]);
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(cmd) }
+    }
+
+    async fn client(addr: &str) -> TcpNetwork {
+        TcpNetworkFactory.new_client(1, &Node::new(addr)).await
+    }
+
+    /// True once the peer has closed `s` (EOF or reset) within two seconds.
+    async fn closed_by_peer(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let req = vote_req(3, 4);
+        let f = encode_frame(FrameKind::Vote, &req).unwrap();
+        assert_eq!(u32::from_le_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+        assert_eq!(f[4], FrameKind::Vote as u8);
+        let (kind, body) = read_frame(&mut &f[..]).await.unwrap();
+        assert_eq!(FrameKind::from_byte(kind), Some(FrameKind::Vote));
+        assert_eq!(decode::<VoteRequest<NodeId>>(&body).unwrap(), req);
+
+        // Two frames back to back on one stream.
+        let mut two = encode_frame(FrameKind::Control, &ControlRequest::SetElect(true)).unwrap();
+        two.extend(encode_frame(FrameKind::Control, &Ok::<_, String>(ControlResponse::Pong { id: 3 })).unwrap());
+        let mut r = &two[..];
+        let (_, b1) = read_frame(&mut r).await.unwrap();
+        let (_, b2) = read_frame(&mut r).await.unwrap();
+        assert_eq!(decode::<ControlRequest>(&b1).unwrap(), ControlRequest::SetElect(true));
+        assert_eq!(decode::<Result<ControlResponse, String>>(&b2).unwrap(), Ok(ControlResponse::Pong { id: 3 }));
+        assert!(r.is_empty());
+
+        // A frame cut short is an IO error, not a short body.
+        assert!(matches!(read_frame(&mut &f[..f.len() - 1]).await, Err(NetworkError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    #[tokio::test]
+    async fn bad_lengths_are_rejected_before_allocating() {
+        // Only the 4 length bytes exist: an error other than EOF proves nothing past the prefix was read.
+        let over = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
+        assert!(
+            matches!(read_frame(&mut &over[..]).await, Err(NetworkError::FrameTooLarge { len, .. }) if len == FRAME_BYTES_MAX as u64 + 1)
+        );
+        let huge = u32::MAX.to_le_bytes();
+        assert!(matches!(read_frame(&mut &huge[..]).await, Err(NetworkError::FrameTooLarge { .. })));
+        assert!(matches!(read_frame(&mut &[0u8, 0, 0, 0][..]).await, Err(NetworkError::EmptyFrame)));
+
+        // Encoding side: the size check runs before the frame buffer exists (the zeroed blob is never touched).
+        let blob = serde_bytes::ByteBuf::from(vec![0u8; FRAME_BYTES_MAX]);
+        assert!(matches!(encode_frame(FrameKind::InstallSnapshot, &blob), Err(NetworkError::FrameTooLarge { .. })));
+    }
+
+    #[tokio::test]
+    async fn snapshot_chunks_are_blobs_with_openraft_wire_bytes() {
+        let req = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new(2, 1),
+            meta: SnapshotMeta { last_log_id: Some(log_id(10)), snapshot_id: "s-10".into(), ..Default::default() },
+            offset: 4096,
+            data: (0..=255u8).cycle().take(10_000).collect(),
+            done: true,
+        };
+        let ours = bincode::serialize(&SnapshotChunkRef::from(&req)).unwrap();
+        assert_eq!(ours, bincode::serialize(&req).unwrap(), "same bytes as openraft's derive");
+        let back: InstallSnapshotRequest<TypeConfig> = decode::<SnapshotChunk>(&ours).unwrap().into();
+        assert_eq!(back, req);
+
+        let (_server, addr, stub) = stub_server().await;
+        let resp = client(&addr).await.install_snapshot(req.clone(), opt()).await.unwrap();
+        assert_eq!(resp.vote, req.vote);
+        assert_eq!(stub.chunks.lock().unwrap().as_slice(), &[req]);
+    }
+
+    #[tokio::test]
+    async fn garbage_closes_its_connection_and_the_server_keeps_serving() {
+        let (_server, addr, _) = stub_server().await;
+        // A well-formed connection opened before the garbage arrives.
+        let mut good = client(&addr).await;
+        assert!(good.vote(vote_req(1, 1), opt()).await.unwrap().vote_granted);
+
+        let garbage: [&[u8]; 4] = [
+            &[5, 0, 0, 0, FrameKind::Control as u8, 0xde, 0xad, 0xbe, 0xef], // body does not decode
+            &[1, 0, 0, 0, 9],                                                // unknown kind
+            &[0, 0, 0, 0],                                                   // empty frame
+            &[0xff, 0xff, 0xff, 0xff],                                       // oversized length
+        ];
+        for g in garbage {
+            let mut bad = TcpStream::connect(&addr).await.unwrap();
+            bad.write_all(g).await.unwrap();
+            assert!(closed_by_peer(&mut bad).await, "server closes the connection after {g:?}");
+        }
+
+        // The earlier connection and new ones are still served.
+        assert_eq!(good.vote(vote_req(2, 3), opt()).await.unwrap().vote, Vote::new(2, 2));
+        assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2)).await.unwrap(), ControlResponse::Pong { id: 7 });
+    }
+
+    #[tokio::test]
+    async fn control_call_round_trips() {
+        let (server, addr, _) = stub_server().await;
+        assert_eq!(server.local_addr().map(|a| a.to_string()), Some(addr.clone()));
+        let t = Duration::from_secs(2);
+        assert_eq!(control_call(&addr, ControlRequest::Ping, t).await.unwrap(), ControlResponse::Pong { id: 7 });
+        assert_eq!(control_call(&addr, ControlRequest::SetHeartbeat(false), t).await.unwrap(), ControlResponse::Ok);
+        assert_eq!(control_call(&addr, ControlRequest::SetElect(true), t).await.unwrap(), ControlResponse::Ok);
+        assert!(matches!(control_call(&addr, ControlRequest::TriggerElect, t).await, Err(NetworkError::Remote(m)) if m == "not now"));
+        // Nobody listening: refused at once.
+        assert!(matches!(control_call(&closed_addr().await, ControlRequest::Ping, t).await, Err(NetworkError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn unreachable_peer_fails_fast_with_unreachable() {
+        let mut net = client(&closed_addr().await).await;
+        let started = Instant::now();
+        let r = net.vote(vote_req(1, 1), RPCOption::new(Duration::from_secs(5))).await;
+        assert!(matches!(r, Err(RPCError::Unreachable(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(net.conn.is_none());
+    }
+
+    #[tokio::test]
+    async fn healthy_connection_is_reused_and_remote_errors_keep_it() {
+        let (_server, addr, _) = stub_server().await;
+        let mut net = client(&addr).await;
+        assert!(net.conn.is_none(), "connects lazily");
+        let resp = net.vote(vote_req(4, 5), opt()).await.unwrap();
+        assert_eq!((resp.vote, resp.last_log_id), (Vote::new(4, 2), Some(log_id(5))));
+        let local = net.conn.as_ref().unwrap().get_ref().local_addr().unwrap();
+
+        let req = AppendEntriesRequest { vote: Vote::new(4, 2), prev_log_id: None, entries: vec![], leader_commit: None };
+        match net.append_entries(req, opt()).await {
+            Err(RPCError::RemoteError(e)) => {
+                assert_eq!(e.target, 1);
+                assert_eq!(e.target_node, Some(Node::new(&addr)));
+                assert!(matches!(e.source, RaftError::Fatal(Fatal::Stopped)));
+            }
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        assert_eq!(net.conn.as_ref().unwrap().get_ref().local_addr().unwrap(), local, "same connection");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_never_leaves_its_connection_for_the_next() {
+        let (_server, addr, _) = stub_server().await;
+        let mut net = client(&addr).await;
+        net.vote(vote_req(1, 1), opt()).await.unwrap();
+        // The server stalls on this one; the caller gives up (as openraft does on timeout) mid-call.
+        assert!(tokio::time::timeout(Duration::from_millis(200), net.vote(vote_req(2, 99), opt())).await.is_err());
+        assert!(net.conn.is_none(), "the half-used connection went with the dropped future");
+        // On a fresh connection the next call gets its own answer, not the stale one.
+        let resp = tokio::time::timeout(Duration::from_secs(2), net.vote(vote_req(3, 7), opt())).await.unwrap().unwrap();
+        assert_eq!((resp.vote, resp.last_log_id), (Vote::new(3, 2), Some(log_id(7))));
+    }
+
+    #[tokio::test]
+    async fn oversized_append_asks_for_fewer_entries_before_connecting() {
+        // Zeroed blobs are only measured, never touched; nobody listens, so any connect would say Unreachable.
+        let mut net = client(&closed_addr().await).await;
+        let big = || Bytes::from(vec![0u8; 40 << 20]);
+        let two = AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            entries: vec![produce_entry(1, big()), produce_entry(2, big())],
+            leader_commit: None,
+        };
+        match net.append_entries(two, opt()).await {
+            Err(RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 1),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        let one = AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            entries: vec![produce_entry(1, Bytes::from(vec![0u8; FRAME_BYTES_MAX]))],
+            leader_commit: None,
+        };
+        assert!(matches!(net.append_entries(one, opt()).await, Err(RPCError::Network(_))));
+    }
+
+    #[tokio::test]
+    async fn stopping_the_server_closes_listener_and_connections() {
+        let (server, addr, _) = stub_server().await;
+        let mut net = client(&addr).await;
+        net.vote(vote_req(1, 1), opt()).await.unwrap();
+        let mut raw = TcpStream::connect(&addr).await.unwrap();
+        server.stop().await;
+        assert!(TcpStream::connect(&addr).await.is_err(), "listener closed");
+        assert!(closed_by_peer(&mut raw).await, "idle connection closed");
+        assert!(matches!(net.vote(vote_req(2, 2), opt()).await, Err(RPCError::Network(_))));
+    }
+}

@@ -34,10 +34,38 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test"
+set +e
 cargo test --workspace 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"
 status=${PIPESTATUS[0]}
+set -e
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "${CARGO_TARGET_DIR}/last-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "${CARGO_TARGET_DIR}/last-test.log" | awk '{s+=$1} END {print s+0}')
+
+if [ "$status" -eq 0 ]; then
+  # Interop with an unmodified RocketMQ client: PyPI rocketmq 0.4.4 (bundled C++ client) in a venv.
+  log "interop: PyPI rocketmq 0.4.4 against a 3-node cluster"
+  VENV="${RAFTMQ_VENV:-/var/tmp/raftmq-venv}"
+  if ! [ -x "$VENV/bin/python" ]; then
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+      if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv python3-pip
+      rm -rf "$VENV"
+      python3 -m venv "$VENV"
+    fi
+  fi
+  "$VENV/bin/pip" install -q rocketmq==0.4.4 pytest
+  set +e
+  (cd "${TMPDIR:-/tmp}" && RAFTMQ_BIN="${CARGO_TARGET_DIR}/debug/raftmq" "$VENV/bin/pytest" -q -p no:cacheprovider "$OLDPWD/tests/interop") 2>&1 | tee "${CARGO_TARGET_DIR}/last-interop.log"
+  pystatus=${PIPESTATUS[0]}
+  set -e
+  p=$(grep -Eo '[0-9]+ passed' "${CARGO_TARGET_DIR}/last-interop.log" | awk '{s+=$1} END {print s+0}')
+  f=$(grep -Eo '[0-9]+ failed' "${CARGO_TARGET_DIR}/last-interop.log" | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p))
+  failed=$((failed + f))
+  if [ "$pystatus" -ne 0 ]; then status=$pystatus; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
+fi
+
 echo
 echo "${passed} passed, ${failed} failed"
 exit "$status"

@@ -15,6 +15,9 @@ use raftmq_remoting::ResponseCode;
 
 const TOPIC: &str = "TopicTest";
 
+/// An acknowledged send: queue, queue offset, body, when the ack arrived.
+type Ack = (i32, i64, Vec<u8>, Instant);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn produce_and_consume_through_the_nameserver() {
     let cluster = Cluster::start(3).await;
@@ -58,7 +61,7 @@ async fn leader_kill9_under_load_loses_no_acknowledged_message_and_the_node_catc
     let mut cluster = Cluster::start(3).await;
     let old = cluster.wait_registered_leader(Duration::from_secs(10)).await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client_addr.clone()).collect();
-    let acked: Arc<Mutex<Vec<(i32, i64, Vec<u8>, Instant)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Ack>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut producers = Vec::new();
     for p in 0..4 {
@@ -98,7 +101,7 @@ async fn leader_kill9_under_load_loses_no_acknowledged_message_and_the_node_catc
     for p in producers {
         p.await.unwrap();
     }
-    let acked: Vec<(i32, i64, Vec<u8>, Instant)> = std::mem::take(&mut *acked.lock().unwrap());
+    let acked: Vec<Ack> = std::mem::take(&mut *acked.lock().unwrap());
     let after = acked.iter().filter(|a| a.3 > killed_at).count();
     let mut times: Vec<Instant> = acked.iter().map(|a| a.3).collect();
     times.sort();

@@ -51,14 +51,17 @@ pub enum BrokerError {
     },
 }
 
+/// One offset commit and, when the caller waits, where to report the outcome.
+type CommitRequest = (OffsetCommit, Option<oneshot::Sender<Result<(), WriteError>>>);
+
 /// Batches consumer-offset commits: whatever is queued when an entry is proposed goes into it.
 pub(crate) struct OffsetCommitter {
-    tx: mpsc::Sender<(OffsetCommit, Option<oneshot::Sender<Result<(), WriteError>>>)>,
+    tx: mpsc::Sender<CommitRequest>,
 }
 
 impl OffsetCommitter {
     fn start(store: MessageStore) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(OffsetCommit, Option<oneshot::Sender<Result<(), WriteError>>>)>(8192);
+        let (tx, mut rx) = mpsc::channel::<CommitRequest>(8192);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::log_store::{LogStore, StoreLink};
-use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::network::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory};
+use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft};
 
 /// Configuration of one group member.

@@ -1,0 +1,810 @@
+//! JSON command bodies (reference §5.8, §5.9, §5.13, §5.14, §7): heartbeats, queue locks, consumer lists,
+//! topic routes, cluster info and broker registration. Pure serde types plus [`decode_json_body`] and
+//! [`encode_json_body`]; no broker rules. Field names are the ones Java's fastjson reads and writes.
+//!
+//! Reading is lenient, because real clients differ:
+//! - enums arrive as names (Java, Rust clients) or ordinals (C++) — both are accepted ([`ConsumeType`],
+//!   [`MessageModel`], [`ConsumeFromWhere`]); an unknown value is kept, not rejected;
+//! - integers (`subVersion`, `queueId`, …) may be JSON numbers or numeric strings, booleans may be `0`/`1`
+//!   or strings, and `null` where a list or string is expected means empty;
+//! - absent fields take their defaults and unknown fields are ignored;
+//! - fastjson writes maps with non-string keys unquoted (`"brokerAddrs":{0:"addr"}`) when talking to old
+//!   clients; [`decode_json_body`] retries such input after quoting bare object keys.
+//!
+//! Writing is strict and standard: [`TopicRouteData`] always emits every field, `null`s included, with quoted
+//! keys (interop rule 6); the mxsm Rust client rejects a route without `enableActingMaster`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::{RemotingError, Result};
+
+/// Parses a JSON body of type `T`, named `what` in errors. Input that standard JSON rejects is retried once
+/// with fastjson's unquoted object keys quoted (see [`quote_bare_keys`]).
+///
+/// # Errors
+/// [`RemotingError::BodyJson`] with the first parse error.
+pub fn decode_json_body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T> {
+    match serde_json::from_slice::<T>(body) {
+        Ok(v) => Ok(v),
+        Err(first) => match quote_bare_keys(body) {
+            Some(fixed) => serde_json::from_slice::<T>(&fixed).map_err(|_| RemotingError::BodyJson { what, source: first }),
+            None => Err(RemotingError::BodyJson { what, source: first }),
+        },
+    }
+}
+
+/// Serialises a body as standard JSON.
+///
+/// # Errors
+/// [`RemotingError::Unencodable`] if serde fails (not expected for the types of this module).
+pub fn encode_json_body<T: Serialize>(value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|e| RemotingError::Unencodable { field: "body", reason: e.to_string() })
+}
+
+/// Rewrites fastjson output whose object keys are bare tokens (`{0:"a",1:"b"}`) into standard JSON by
+/// quoting every bare key. Returns `None` when there was nothing to quote. Strings, arrays and values are
+/// left alone; the result is not validated (the JSON parser does that).
+pub fn quote_bare_keys(input: &[u8]) -> Option<Vec<u8>> {
+    // Containers currently open: true for an object.
+    let mut stack: Vec<bool> = Vec::new();
+    let mut expect_key = false;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut changed = false;
+    let mut out = Vec::with_capacity(input.len() + 16);
+    let mut i = 0;
+    while i < input.len() {
+        let c = input[i];
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'"' => {
+                in_string = true;
+                expect_key = false;
+                out.push(c);
+            }
+            b'{' => {
+                stack.push(true);
+                expect_key = true;
+                out.push(c);
+            }
+            b'[' => {
+                stack.push(false);
+                expect_key = false;
+                out.push(c);
+            }
+            b'}' | b']' => {
+                stack.pop();
+                expect_key = false;
+                out.push(c);
+            }
+            b',' => {
+                expect_key = stack.last().copied().unwrap_or(false);
+                out.push(c);
+            }
+            b':' => {
+                expect_key = false;
+                out.push(c);
+            }
+            c if c.is_ascii_whitespace() => out.push(c),
+            _ if expect_key => {
+                let start = i;
+                while i < input.len() && !matches!(input[i], b':' | b',' | b'}' | b'"') && !input[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                out.push(b'"');
+                out.extend_from_slice(&input[start..i]);
+                out.push(b'"');
+                changed = true;
+                expect_key = false;
+                continue;
+            }
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    changed.then_some(out)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Lenient scalar readers
+// ---------------------------------------------------------------------------------------------------------
+
+/// Any JSON scalar, as received.
+enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number, boolean or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Int(i128::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Int(i128::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Scalar, E> {
+                Ok(Scalar::Text(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Scalar {
+    fn int<E: de::Error>(self, what: &str) -> std::result::Result<Option<i128>, E> {
+        match self {
+            Scalar::Null => Ok(None),
+            Scalar::Int(v) => Ok(Some(v)),
+            Scalar::Bool(b) => Ok(Some(i128::from(b))),
+            Scalar::Float(f) if f.fract() == 0.0 && f.abs() < 9.3e18 => Ok(Some(f as i128)),
+            Scalar::Text(s) if s.trim().is_empty() => Ok(None),
+            Scalar::Text(s) => s.trim().parse::<i128>().map(Some).map_err(|_| E::custom(format!("{what}: {s:?} is not an integer"))),
+            Scalar::Float(f) => Err(E::custom(format!("{what}: {f} is not an integer"))),
+        }
+    }
+}
+
+fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    let v = Scalar::deserialize(d)?.int::<D::Error>("integer")?.unwrap_or(0);
+    i64::try_from(v).map_err(|_| de::Error::custom(format!("{v} out of 64-bit range")))
+}
+
+fn lenient_i32<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<i32, D::Error> {
+    let v = Scalar::deserialize(d)?.int::<D::Error>("integer")?.unwrap_or(0);
+    i32::try_from(v).map_err(|_| de::Error::custom(format!("{v} out of 32-bit range")))
+}
+
+fn lenient_opt_i64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<i64>, D::Error> {
+    match Scalar::deserialize(d)?.int::<D::Error>("integer")? {
+        None => Ok(None),
+        Some(v) => i64::try_from(v).map(Some).map_err(|_| de::Error::custom(format!("{v} out of 64-bit range"))),
+    }
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(lenient_opt_bool(d)?.unwrap_or(false))
+}
+
+fn lenient_opt_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<bool>, D::Error> {
+    match Scalar::deserialize(d)? {
+        Scalar::Null => Ok(None),
+        Scalar::Bool(b) => Ok(Some(b)),
+        Scalar::Int(v) => Ok(Some(v != 0)),
+        Scalar::Float(f) => Ok(Some(f != 0.0)),
+        Scalar::Text(s) if s.trim().is_empty() => Ok(None),
+        Scalar::Text(s) => crate::header::parse_bool(&s).map(Some).ok_or_else(|| de::Error::custom(format!("{s:?} is not a boolean"))),
+    }
+}
+
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(lenient_opt_string(d)?.unwrap_or_default())
+}
+
+fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Null => None,
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Int(v) => Some(v.to_string()),
+        Scalar::Float(f) => Some(f.to_string()),
+        Scalar::Text(s) => Some(s),
+    })
+}
+
+/// A list where `null` means empty.
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> std::result::Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A map where `null` means empty.
+fn null_as_empty_map<'de, D, K, V>(d: D) -> std::result::Result<BTreeMap<K, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Ord,
+    V: Deserialize<'de>,
+{
+    Ok(Option::<BTreeMap<K, V>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A list of integers, each a number or a numeric string; `null` means empty.
+fn lenient_i32_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<i32>, D::Error> {
+    struct Item(i32);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            lenient_i32(d).map(Item)
+        }
+    }
+    Ok(Option::<Vec<Item>>::deserialize(d)?.unwrap_or_default().into_iter().map(|i| i.0).collect())
+}
+
+/// A list of strings; elements may be numbers; `null` means empty.
+fn lenient_string_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    struct Item(String);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            lenient_string(d).map(Item)
+        }
+    }
+    Ok(Option::<Vec<Item>>::deserialize(d)?.unwrap_or_default().into_iter().map(|i| i.0).collect())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Name-or-ordinal enums
+// ---------------------------------------------------------------------------------------------------------
+
+macro_rules! name_or_ordinal_enum {
+    ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $variant:ident = ($name:literal, $ord:literal),)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+        pub enum $ty {
+            $( $(#[$vmeta])* $variant, )*
+            /// A name or ordinal this crate does not know, kept as received (ordinals in decimal).
+            Unknown(String),
+        }
+
+        impl $ty {
+            /// The Java enum name.
+            pub fn name(&self) -> &str {
+                match self {
+                    $( $ty::$variant => $name, )*
+                    $ty::Unknown(s) => s,
+                }
+            }
+
+            /// The Java ordinal, if known.
+            pub fn ordinal(&self) -> Option<i64> {
+                match self {
+                    $( $ty::$variant => Some($ord), )*
+                    $ty::Unknown(_) => None,
+                }
+            }
+
+            /// Parses a name (case-sensitive, as Java) or a decimal ordinal; never fails.
+            pub fn parse(s: &str) -> Self {
+                match s.trim() {
+                    $( $name => $ty::$variant, )*
+                    t => match t.parse::<i64>() {
+                        Ok(n) => Self::from_ordinal(n),
+                        Err(_) => $ty::Unknown(s.to_owned()),
+                    },
+                }
+            }
+
+            /// Maps an ordinal; never fails.
+            pub fn from_ordinal(n: i64) -> Self {
+                match n {
+                    $( $ord => $ty::$variant, )*
+                    other => $ty::Unknown(other.to_string()),
+                }
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                Ok(match Scalar::deserialize(d)? {
+                    Scalar::Text(s) => $ty::parse(&s),
+                    Scalar::Int(n) => i64::try_from(n).map($ty::from_ordinal).unwrap_or_else(|_| $ty::Unknown(n.to_string())),
+                    Scalar::Null => $ty::Unknown(String::new()),
+                    Scalar::Bool(b) => $ty::Unknown(b.to_string()),
+                    Scalar::Float(f) => $ty::Unknown(f.to_string()),
+                })
+            }
+        }
+    };
+}
+
+name_or_ordinal_enum! {
+    /// `ConsumeType`.
+    ConsumeType {
+        /// Pull consumer.
+        ConsumeActively = ("CONSUME_ACTIVELY", 0),
+        /// Push consumer (the default).
+        #[default]
+        ConsumePassively = ("CONSUME_PASSIVELY", 1),
+        /// POP consumer (5.x).
+        ConsumePop = ("CONSUME_POP", 2),
+    }
+}
+
+name_or_ordinal_enum! {
+    /// `MessageModel`.
+    MessageModel {
+        /// Every consumer gets every message.
+        Broadcasting = ("BROADCASTING", 0),
+        /// The group shares the queues (the default).
+        #[default]
+        Clustering = ("CLUSTERING", 1),
+    }
+}
+
+name_or_ordinal_enum! {
+    /// `ConsumeFromWhere`: where a new group starts (decided client-side).
+    ConsumeFromWhere {
+        /// Last offset (the default).
+        #[default]
+        ConsumeFromLastOffset = ("CONSUME_FROM_LAST_OFFSET", 0),
+        /// Deprecated.
+        ConsumeFromLastOffsetAndFromMinWhenBootFirst = ("CONSUME_FROM_LAST_OFFSET_AND_FROM_MIN_WHEN_BOOT_FIRST", 1),
+        /// Deprecated.
+        ConsumeFromMinOffset = ("CONSUME_FROM_MIN_OFFSET", 2),
+        /// Deprecated.
+        ConsumeFromMaxOffset = ("CONSUME_FROM_MAX_OFFSET", 3),
+        /// First offset.
+        ConsumeFromFirstOffset = ("CONSUME_FROM_FIRST_OFFSET", 4),
+        /// By timestamp.
+        ConsumeFromTimestamp = ("CONSUME_FROM_TIMESTAMP", 5),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// HEART_BEAT
+// ---------------------------------------------------------------------------------------------------------
+
+/// HEART_BEAT (34) body (reference §5.8).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatData {
+    /// `clientID`.
+    #[serde(rename = "clientID", default, deserialize_with = "lenient_string")]
+    pub client_id: String,
+    /// `producerDataSet`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub producer_data_set: Vec<ProducerData>,
+    /// `consumerDataSet`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub consumer_data_set: Vec<ConsumerData>,
+    /// `heartbeatFingerprint` (5.x).
+    #[serde(default, deserialize_with = "lenient_opt_i64", skip_serializing_if = "Option::is_none")]
+    pub heartbeat_fingerprint: Option<i64>,
+    /// `isWithoutSub` (5.x; fastjson may also spell it `withoutSub`).
+    #[serde(
+        rename = "isWithoutSub",
+        alias = "withoutSub",
+        default,
+        deserialize_with = "lenient_opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub is_without_sub: Option<bool>,
+}
+
+/// One producer group of a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerData {
+    /// `groupName`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub group_name: String,
+}
+
+/// One consumer group of a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerData {
+    /// `groupName`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub group_name: String,
+    /// `consumeType`.
+    #[serde(default)]
+    pub consume_type: ConsumeType,
+    /// `messageModel`.
+    #[serde(default)]
+    pub message_model: MessageModel,
+    /// `consumeFromWhere`.
+    #[serde(default)]
+    pub consume_from_where: ConsumeFromWhere,
+    /// `subscriptionDataSet`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub subscription_data_set: Vec<SubscriptionData>,
+    /// `unitMode`.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub unit_mode: bool,
+}
+
+/// The expression type of plain tag subscriptions.
+pub const EXPRESSION_TYPE_TAG: &str = "TAG";
+
+fn expression_type_tag() -> String {
+    EXPRESSION_TYPE_TAG.to_owned()
+}
+
+/// One subscription of a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionData {
+    /// `classFilterMode`.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub class_filter_mode: bool,
+    /// `topic`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub topic: String,
+    /// `subString`: the expression (`*`, `TagA || TagB`, or SQL92).
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub sub_string: String,
+    /// `tagsSet`.
+    #[serde(default, deserialize_with = "lenient_string_list")]
+    pub tags_set: Vec<String>,
+    /// `codeSet`: Java `String.hashCode` of each tag.
+    #[serde(default, deserialize_with = "lenient_i32_list")]
+    pub code_set: Vec<i32>,
+    /// `subVersion`: a number or a numeric string on the wire.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub sub_version: i64,
+    /// `expressionType`: `TAG` (default) or `SQL92`.
+    #[serde(default = "expression_type_tag", deserialize_with = "lenient_string")]
+    pub expression_type: String,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Queues, locks, consumer lists
+// ---------------------------------------------------------------------------------------------------------
+
+/// A message queue: topic, broker group and queue id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageQueue {
+    /// `topic`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub topic: String,
+    /// `brokerName`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub broker_name: String,
+    /// `queueId`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub queue_id: i32,
+}
+
+/// LOCK_BATCH_MQ (41) and UNLOCK_BATCH_MQ (42) request body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockBatchRequestBody {
+    /// `consumerGroup`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub consumer_group: String,
+    /// `clientId`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub client_id: String,
+    /// `onlyThisBroker`.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub only_this_broker: bool,
+    /// `mqSet`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub mq_set: Vec<MessageQueue>,
+}
+
+/// UNLOCK_BATCH_MQ request body: the same shape as the lock request.
+pub type UnlockBatchRequestBody = LockBatchRequestBody;
+
+/// LOCK_BATCH_MQ response body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LockBatchResponseBody {
+    /// `lockOKMQSet`: the queues now locked by the requester.
+    #[serde(rename = "lockOKMQSet", default, deserialize_with = "null_as_empty")]
+    pub lock_ok_mq_set: Vec<MessageQueue>,
+}
+
+/// GET_CONSUMER_LIST_BY_GROUP (38) response body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetConsumerListByGroupResponseBody {
+    /// `consumerIdList`: client ids of the group's live consumers.
+    #[serde(default, deserialize_with = "lenient_string_list")]
+    pub consumer_id_list: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Routes and clusters
+// ---------------------------------------------------------------------------------------------------------
+
+/// The broker id a group's writable member is published under (`MixAll.MASTER_ID`); raftmq publishes each
+/// group's current Raft leader with it.
+pub const MASTER_ID: i64 = 0;
+
+/// Per broker group: how many queues a topic has there and with what permission.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueData {
+    /// `brokerName`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub broker_name: String,
+    /// `readQueueNums`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub read_queue_nums: i32,
+    /// `writeQueueNums`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub write_queue_nums: i32,
+    /// `perm` ([`crate::header::perm`]).
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub perm: i32,
+    /// `topicSysFlag`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub topic_sys_flag: i32,
+}
+
+/// Per broker group: its cluster and the addresses of its members by broker id.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerData {
+    /// `cluster`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub cluster: String,
+    /// `brokerName`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub broker_name: String,
+    /// `brokerAddrs`: broker id → `ip:port`; [`MASTER_ID`] is the one producers write to. Written with quoted
+    /// keys (`{"0":"…"}`).
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub broker_addrs: BTreeMap<i64, String>,
+    /// `zoneName`; written as `null` when absent.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub zone_name: Option<String>,
+    /// `enableActingMaster`; always written (the mxsm client requires it).
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub enable_acting_master: bool,
+}
+
+impl BrokerData {
+    /// The address of the member with id [`MASTER_ID`].
+    pub fn master_addr(&self) -> Option<&str> {
+        self.broker_addrs.get(&MASTER_ID).map(String::as_str)
+    }
+}
+
+/// GET_ROUTEINFO_BY_TOPIC (105) response body (reference §7). Serialises every field, `null`s included.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRouteData {
+    /// `orderTopicConf`; usually `null`.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub order_topic_conf: Option<String>,
+    /// `queueDatas`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub queue_datas: Vec<QueueData>,
+    /// `brokerDatas`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub broker_datas: Vec<BrokerData>,
+    /// `filterServerTable`: broker address → filter servers; raftmq emits `{}`.
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub filter_server_table: BTreeMap<String, Vec<String>>,
+    /// `topicQueueMappingByBroker` (static topics); raftmq emits `null`. Kept as raw JSON when read.
+    #[serde(default)]
+    pub topic_queue_mapping_by_broker: Option<serde_json::Value>,
+}
+
+/// GET_BROKER_CLUSTER_INFO (106) response body (reference §5.14).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInfo {
+    /// `brokerAddrTable`: broker name → broker data.
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub broker_addr_table: BTreeMap<String, BrokerData>,
+    /// `clusterAddrTable`: cluster name → broker names.
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub cluster_addr_table: BTreeMap<String, BTreeSet<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Broker registration (only for mixing with Java components)
+// ---------------------------------------------------------------------------------------------------------
+
+/// A topic's configuration as brokers register it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicConfig {
+    /// `topicName`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub topic_name: String,
+    /// `readQueueNums`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub read_queue_nums: i32,
+    /// `writeQueueNums`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub write_queue_nums: i32,
+    /// `perm`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub perm: i32,
+    /// `topicFilterType` (`SINGLE_TAG`).
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub topic_filter_type: String,
+    /// `topicSysFlag`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub topic_sys_flag: i32,
+    /// `order`.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub order: bool,
+    /// `attributes`.
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// `topicConfigSerializeWrapper` of a registration.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicConfigSerializeWrapper {
+    /// `topicConfigTable`: topic → config.
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub topic_config_table: BTreeMap<String, TopicConfig>,
+    /// `dataVersion`, kept as raw JSON (`{"timestamp":…,"counter":…,"stateVersion":…}`).
+    #[serde(default)]
+    pub data_version: Option<serde_json::Value>,
+    /// `topicQueueMappingInfoMap`, kept as raw JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_queue_mapping_info_map: Option<serde_json::Value>,
+}
+
+/// REGISTER_BROKER (103) body in its JSON form (`compressed = false`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterBrokerBody {
+    /// `topicConfigSerializeWrapper`.
+    #[serde(default)]
+    pub topic_config_serialize_wrapper: TopicConfigSerializeWrapper,
+    /// `filterServerList`.
+    #[serde(default, deserialize_with = "lenient_string_list")]
+    pub filter_server_list: Vec<String>,
+}
+
+/// A `KVTable` body (`{"table":{…}}`), as the REGISTER_BROKER response carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KvTable {
+    /// `table`.
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub table: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_emits_every_field_with_quoted_keys() {
+        let route = TopicRouteData {
+            queue_datas: vec![QueueData {
+                broker_name: "broker-a".into(),
+                read_queue_nums: 4,
+                write_queue_nums: 4,
+                perm: 6,
+                topic_sys_flag: 0,
+            }],
+            broker_datas: vec![BrokerData {
+                cluster: "DefaultCluster".into(),
+                broker_name: "broker-a".into(),
+                broker_addrs: [(0, "10.0.0.1:10911".to_string()), (1, "10.0.0.2:10911".to_string())].into_iter().collect(),
+                zone_name: None,
+                enable_acting_master: false,
+            }],
+            ..Default::default()
+        };
+        let json = String::from_utf8(encode_json_body(&route).unwrap().to_vec()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"orderTopicConf":null,"queueDatas":[{"brokerName":"broker-a","readQueueNums":4,"writeQueueNums":4,"perm":6,"topicSysFlag":0}],"brokerDatas":[{"cluster":"DefaultCluster","brokerName":"broker-a","brokerAddrs":{"0":"10.0.0.1:10911","1":"10.0.0.2:10911"},"zoneName":null,"enableActingMaster":false}],"filterServerTable":{},"topicQueueMappingByBroker":null}"#
+        );
+        let back: TopicRouteData = decode_json_body("TopicRouteData", json.as_bytes()).unwrap();
+        assert_eq!(back, route);
+        assert_eq!(back.broker_datas[0].master_addr(), Some("10.0.0.1:10911"));
+    }
+
+    #[test]
+    fn fastjson_unquoted_numeric_keys_are_accepted() {
+        let java = br#"{"brokerDatas":[{"brokerAddrs":{0:"10.0.0.1:10911",1:"10.0.0.2:10911"},"brokerName":"broker-a","cluster":"c"}],"queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}]}"#;
+        let route: TopicRouteData = decode_json_body("TopicRouteData", java).unwrap();
+        assert_eq!(route.broker_datas[0].broker_addrs[&1], "10.0.0.2:10911");
+        assert!(!route.broker_datas[0].enable_acting_master);
+        // Values in arrays and strings containing ':' or ',' are untouched.
+        let fixed = quote_bare_keys(br#"{1:[1,2,{3:"a,b:c"}],"x":{ -1 : 2}}"#).unwrap();
+        assert_eq!(fixed, br#"{"1":[1,2,{"3":"a,b:c"}],"x":{ "-1" : 2}}"#);
+        assert_eq!(quote_bare_keys(br#"{"a":[1,2]}"#), None);
+    }
+
+    #[test]
+    fn heartbeat_java_and_cpp_forms() {
+        let java = br#"{"clientID":"10.0.0.5@123","consumerDataSet":[{"consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"G","messageModel":"CLUSTERING","subscriptionDataSet":[{"classFilterMode":false,"codeSet":[2598919],"expressionType":"TAG","subString":"TagA","subVersion":1700000000000,"tagsSet":["TagA"],"topic":"T"}],"unitMode":false}],"heartbeatFingerprint":0,"producerDataSet":[{"groupName":"CLIENT_INNER_PRODUCER"}],"withoutSub":false}"#;
+        let hb: HeartbeatData = decode_json_body("HeartbeatData", java).unwrap();
+        let c = &hb.consumer_data_set[0];
+        assert_eq!(c.consume_type, ConsumeType::ConsumePassively);
+        assert_eq!(c.consume_from_where, ConsumeFromWhere::ConsumeFromFirstOffset);
+        assert_eq!(c.subscription_data_set[0].sub_version, 1_700_000_000_000);
+        assert_eq!(hb.is_without_sub, Some(false));
+
+        let cpp = br#"{"clientID":"x","consumerDataSet":[{"consumeFromWhere":4,"consumeType":1,"groupName":"G","messageModel":1,"subscriptionDataSet":[{"classFilterMode":false,"codeSet":["2598919"],"subString":"*","subVersion":"1700000000000","tagsSet":null,"topic":"T"}],"unitMode":"0"}],"producerDataSet":null}"#;
+        let hb2: HeartbeatData = decode_json_body("HeartbeatData", cpp).unwrap();
+        let c2 = &hb2.consumer_data_set[0];
+        assert_eq!(c2.consume_type, ConsumeType::ConsumePassively);
+        assert_eq!(c2.message_model, MessageModel::Clustering);
+        assert_eq!(c2.consume_from_where, ConsumeFromWhere::ConsumeFromFirstOffset);
+        let s = &c2.subscription_data_set[0];
+        assert_eq!(s.sub_version, 1_700_000_000_000);
+        assert_eq!(s.code_set, vec![2_598_919]);
+        assert_eq!(s.expression_type, "TAG");
+        assert!(hb2.producer_data_set.is_empty());
+
+        // Unknown enum values are kept, and the output uses Java names.
+        let odd: ConsumerData = serde_json::from_str(r#"{"consumeType":"CONSUME_SOMEHOW","messageModel":7}"#).unwrap();
+        assert_eq!(odd.consume_type, ConsumeType::Unknown("CONSUME_SOMEHOW".into()));
+        assert_eq!(odd.message_model, MessageModel::Unknown("7".into()));
+        let out = serde_json::to_string(&c2).unwrap();
+        assert!(out.contains(r#""consumeType":"CONSUME_PASSIVELY""#), "{out}");
+    }
+
+    #[test]
+    fn locks_and_lists() {
+        let body = br#"{"consumerGroup":"G","clientId":"c1","onlyThisBroker":false,"mqSet":[{"topic":"T","brokerName":"b","queueId":1},{"topic":"T","brokerName":"b","queueId":"2"}]}"#;
+        let req: LockBatchRequestBody = decode_json_body("LockBatchRequestBody", body).unwrap();
+        assert_eq!(req.mq_set[1].queue_id, 2);
+        let resp = LockBatchResponseBody { lock_ok_mq_set: req.mq_set.clone() };
+        let json = encode_json_body(&resp).unwrap();
+        assert!(json.starts_with(br#"{"lockOKMQSet":[{"topic":"T","brokerName":"b","queueId":1}"#));
+        let list = GetConsumerListByGroupResponseBody { consumer_id_list: vec!["a".into(), "b".into()] };
+        assert_eq!(&encode_json_body(&list).unwrap()[..], br#"{"consumerIdList":["a","b"]}"#);
+    }
+
+    #[test]
+    fn cluster_info_round_trip() {
+        let mut info = ClusterInfo::default();
+        info.broker_addr_table.insert(
+            "broker-a".into(),
+            BrokerData {
+                cluster: "C".into(),
+                broker_name: "broker-a".into(),
+                broker_addrs: [(0, "h:1".into())].into(),
+                ..Default::default()
+            },
+        );
+        info.cluster_addr_table.insert("C".into(), ["broker-a".to_string()].into());
+        let json = encode_json_body(&info).unwrap();
+        assert_eq!(decode_json_body::<ClusterInfo>("ClusterInfo", &json).unwrap(), info);
+    }
+
+    #[test]
+    fn register_broker_body_from_java() {
+        let java = br#"{"filterServerList":[],"topicConfigSerializeWrapper":{"dataVersion":{"counter":3,"stateVersion":0,"timestamp":1700000000000},"topicConfigTable":{"T":{"attributes":{},"order":false,"perm":6,"readQueueNums":4,"topicFilterType":"SINGLE_TAG","topicName":"T","topicSysFlag":0,"writeQueueNums":4}}}}"#;
+        let b: RegisterBrokerBody = decode_json_body("RegisterBrokerBody", java).unwrap();
+        assert_eq!(b.topic_config_serialize_wrapper.topic_config_table["T"].write_queue_nums, 4);
+    }
+}

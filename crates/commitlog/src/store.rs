@@ -451,6 +451,21 @@ impl Store {
         Ok(())
     }
 
+    /// Unlinks the data segments `bases`, in the order given, then fsyncs the directory. Readers keep
+    /// their mappings of unlinked files.
+    fn unlink_segments(&mut self, bases: &[u64]) -> Result<()> {
+        for base in bases {
+            if let Some(f) = self.view.segments.remove(base) {
+                fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
+                self.dirty.remove(base);
+            }
+        }
+        if !bases.is_empty() {
+            fsutil::fsync_dir(&self.data_dir)?;
+        }
+        Ok(())
+    }
+
     /// fdatasyncs every segment written since the last flush.
     pub fn flush(&mut self) -> Result<()> {
         let mut synced = false;
@@ -504,15 +519,7 @@ impl Store {
         // Newest segments first, so a crash never leaves a hole in front of surviving records.
         let cut_base = self.seg_base(cut);
         let later: Vec<u64> = self.view.segments.range(cut_base + 1..).map(|(b, _)| *b).rev().collect();
-        for base in &later {
-            if let Some(f) = self.view.segments.remove(base) {
-                fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
-                self.dirty.remove(base);
-            }
-        }
-        if !later.is_empty() {
-            fsutil::fsync_dir(&self.data_dir)?;
-        }
+        self.unlink_segments(&later)?;
         if let Some(f) = self.view.segments.get(&cut_base).cloned() {
             let end = old_end.min(cut_base + self.seg_bytes()).max(cut);
             // Zero through the segment end when later segments existed, so their padding goes too.
@@ -551,21 +558,13 @@ impl Store {
         let keep_from = self.seg_base(next_pos);
         let rebase = everything && next_pos != old_write_pos;
         let doomed: Vec<u64> = self.view.segments.keys().copied().filter(|b| rebase || *b < keep_from).collect();
-        for base in &doomed {
-            if let Some(f) = self.view.segments.remove(base) {
-                fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
-                self.dirty.remove(base);
-            }
-        }
+        self.unlink_segments(&doomed)?;
         let per = self.cfg.index_slots_per_file;
         let doomed_idx: Vec<u64> = self.view.index_files.keys().copied().filter(|f| f + per <= upto.index + 1).collect();
         for first in &doomed_idx {
             if let Some(f) = self.view.index_files.remove(first) {
                 fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
             }
-        }
-        if !doomed.is_empty() {
-            fsutil::fsync_dir(&self.data_dir)?;
         }
         if rebase {
             // The log restarts at the leader's position; the bytes before it in this segment stay zero.
@@ -595,15 +594,7 @@ impl Store {
         self.view.write_pos = next_pos;
         self.publish_positions();
         let doomed: Vec<u64> = self.view.segments.keys().copied().collect();
-        for base in &doomed {
-            if let Some(f) = self.view.segments.remove(base) {
-                fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
-                self.dirty.remove(base);
-            }
-        }
-        if !doomed.is_empty() {
-            fsutil::fsync_dir(&self.data_dir)?;
-        }
+        self.unlink_segments(&doomed)?;
         self.segment_for_write(self.seg_base(next_pos))?;
         self.publish();
         Ok(())

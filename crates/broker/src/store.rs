@@ -349,13 +349,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn store_timestamp_follows_the_born_host_family() {
-        let mut m = vec![0u8; 100];
-        m[60..68].copy_from_slice(&1234i64.to_be_bytes());
-        assert_eq!(store_timestamp_of(&m), Some(1234));
-        m[SYS_FLAG_POSITION..SYS_FLAG_POSITION + 4].copy_from_slice(&sys_flag::BORNHOST_V6.to_be_bytes());
-        m[72..80].copy_from_slice(&99i64.to_be_bytes());
-        assert_eq!(store_timestamp_of(&m), Some(99));
-        assert_eq!(store_timestamp_of(&m[..10]), None);
+    fn store_timestamp_is_read_from_an_encoded_message() {
+        use raftmq_remoting::message::{encode_stored_message, MessageToStore};
+        let host = "127.0.0.1:10911".parse().unwrap();
+        let m = MessageToStore {
+            topic: "T",
+            queue_id: 1,
+            flag: 0,
+            queue_offset: 0,
+            physical_offset: 0,
+            sys_flag: 0,
+            born_timestamp: 42,
+            born_host: host,
+            store_timestamp: 1_700_000_000_123,
+            store_host: host,
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body: b"body",
+            properties: "",
+        };
+        let mut out = Vec::new();
+        encode_stored_message(&m, &mut out).unwrap();
+        assert_eq!(store_timestamp_of(&out), Some(1_700_000_000_123));
+        // With an IPv6 born host the field moves 12 bytes further.
+        let mut v6 = vec![0u8; 100];
+        v6[SYS_FLAG_POSITION..SYS_FLAG_POSITION + 4].copy_from_slice(&sys_flag::BORNHOST_V6.to_be_bytes());
+        v6[68..76].copy_from_slice(&99i64.to_be_bytes());
+        assert_eq!(store_timestamp_of(&v6), Some(99));
+        assert_eq!(store_timestamp_of(&out[..10]), None);
     }
 }

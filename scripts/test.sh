@@ -38,8 +38,10 @@ set +e
 cargo test --workspace 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"
 status=${PIPESTATUS[0]}
 set -e
-passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "${CARGO_TARGET_DIR}/last-test.log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "${CARGO_TARGET_DIR}/last-test.log" | awk '{s+=$1} END {print s+0}')
+# Sums field N of the lines matching a pattern (0 when nothing matches; grep's "no match" is not an error).
+sum_field() { { grep -Eo "$1" "$3" || true; } | awk -v n="$2" '{s+=$n} END {print s+0}'; }
+passed=$(sum_field '^test result: ok\. [0-9]+ passed' 4 "${CARGO_TARGET_DIR}/last-test.log")
+failed=$(sum_field '[0-9]+ failed' 1 "${CARGO_TARGET_DIR}/last-test.log")
 
 if [ "$status" -eq 0 ]; then
   # Interop with an unmodified RocketMQ client: PyPI rocketmq 0.4.4 (bundled C++ client) in a venv.
@@ -59,8 +61,8 @@ if [ "$status" -eq 0 ]; then
   (cd "${TMPDIR:-/tmp}" && RAFTMQ_BIN="${CARGO_TARGET_DIR}/debug/raftmq" "$VENV/bin/pytest" -q -p no:cacheprovider "$OLDPWD/tests/interop") 2>&1 | tee "${CARGO_TARGET_DIR}/last-interop.log"
   pystatus=${PIPESTATUS[0]}
   set -e
-  p=$(grep -Eo '[0-9]+ passed' "${CARGO_TARGET_DIR}/last-interop.log" | awk '{s+=$1} END {print s+0}')
-  f=$(grep -Eo '[0-9]+ failed' "${CARGO_TARGET_DIR}/last-interop.log" | awk '{s+=$1} END {print s+0}')
+  p=$(sum_field '[0-9]+ passed' 1 "${CARGO_TARGET_DIR}/last-interop.log")
+  f=$(sum_field '[0-9]+ failed' 1 "${CARGO_TARGET_DIR}/last-interop.log")
   passed=$((passed + p))
   failed=$((failed + f))
   if [ "$pystatus" -ne 0 ]; then status=$pystatus; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi

@@ -66,6 +66,19 @@ if [ "$status" -eq 0 ]; then
   passed=$((passed + p))
   failed=$((failed + f))
   if [ "$pystatus" -ne 0 ]; then status=$pystatus; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
+
+  # Interop with the unmodified crates.io rocketmq-client-rust =1.0.0 (a separate crate: ~280 dependencies,
+  # built once into its own persistent target dir).
+  log "interop: crates.io rocketmq-client-rust 1.0.0 against a 3-node cluster"
+  set +e
+  scripts/interop-rust.sh "${CARGO_TARGET_DIR}/debug/raftmq" 2>&1 | tee "${CARGO_TARGET_DIR}/last-interop-rust.log"
+  rsstatus=${PIPESTATUS[0]}
+  set -e
+  p=$(sum_field '^[0-9]+ passed, [0-9]+ failed' 1 "${CARGO_TARGET_DIR}/last-interop-rust.log")
+  f=$(sum_field '^[0-9]+ passed, [0-9]+ failed' 3 "${CARGO_TARGET_DIR}/last-interop-rust.log")
+  passed=$((passed + p))
+  failed=$((failed + f))
+  if [ "$rsstatus" -ne 0 ]; then status=$rsstatus; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
 fi
 
 echo

@@ -43,6 +43,23 @@ sum_field() { { grep -Eo "$1" "$3" || true; } | awk -v n="$2" '{s+=$n} END {prin
 passed=$(sum_field '^test result: ok\. [0-9]+ passed' 4 "${CARGO_TARGET_DIR}/last-test.log")
 failed=$(sum_field '[0-9]+ failed' 1 "${CARGO_TARGET_DIR}/last-test.log")
 
+# Runs a test suite given as a command, logs its output to last-<name>.log and adds its counts to the totals:
+# run_suite NAME PASS_RE PASS_FIELD FAIL_RE FAIL_FIELD COMMAND...
+run_suite() {
+  local name=$1 pass_re=$2 pass_field=$3 fail_re=$4 fail_field=$5
+  shift 5
+  local logf="${CARGO_TARGET_DIR}/last-${name}.log" rc p f
+  set +e
+  "$@" 2>&1 | tee "$logf"
+  rc=${PIPESTATUS[0]}
+  set -e
+  p=$(sum_field "$pass_re" "$pass_field" "$logf")
+  f=$(sum_field "$fail_re" "$fail_field" "$logf")
+  passed=$((passed + p))
+  failed=$((failed + f))
+  if [ "$rc" -ne 0 ]; then status=$rc; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
+}
+
 if [ "$status" -eq 0 ]; then
   # Interop with an unmodified RocketMQ client: PyPI rocketmq 0.4.4 (bundled C++ client) in a venv.
   log "interop: PyPI rocketmq 0.4.4 against a 3-node cluster"
@@ -57,28 +74,15 @@ if [ "$status" -eq 0 ]; then
     fi
   fi
   "$VENV/bin/pip" install -q rocketmq==0.4.4 pytest
-  set +e
-  (cd "${TMPDIR:-/tmp}" && RAFTMQ_BIN="${CARGO_TARGET_DIR}/debug/raftmq" "$VENV/bin/pytest" -q -p no:cacheprovider "$OLDPWD/tests/interop") 2>&1 | tee "${CARGO_TARGET_DIR}/last-interop.log"
-  pystatus=${PIPESTATUS[0]}
-  set -e
-  p=$(sum_field '[0-9]+ passed' 1 "${CARGO_TARGET_DIR}/last-interop.log")
-  f=$(sum_field '[0-9]+ failed' 1 "${CARGO_TARGET_DIR}/last-interop.log")
-  passed=$((passed + p))
-  failed=$((failed + f))
-  if [ "$pystatus" -ne 0 ]; then status=$pystatus; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
+  repo=$(pwd)
+  run_suite interop-python '[0-9]+ passed' 1 '[0-9]+ failed' 1 \
+    bash -c "cd \"\${TMPDIR:-/tmp}\" && RAFTMQ_BIN='${CARGO_TARGET_DIR}/debug/raftmq' '$VENV/bin/pytest' -q -p no:cacheprovider '$repo/tests/interop'"
 
   # Interop with the unmodified crates.io rocketmq-client-rust =1.0.0 (a separate crate: ~280 dependencies,
   # built once into its own persistent target dir).
   log "interop: crates.io rocketmq-client-rust 1.0.0 against a 3-node cluster"
-  set +e
-  scripts/interop-rust.sh "${CARGO_TARGET_DIR}/debug/raftmq" 2>&1 | tee "${CARGO_TARGET_DIR}/last-interop-rust.log"
-  rsstatus=${PIPESTATUS[0]}
-  set -e
-  p=$(sum_field '^[0-9]+ passed, [0-9]+ failed' 1 "${CARGO_TARGET_DIR}/last-interop-rust.log")
-  f=$(sum_field '^[0-9]+ passed, [0-9]+ failed' 3 "${CARGO_TARGET_DIR}/last-interop-rust.log")
-  passed=$((passed + p))
-  failed=$((failed + f))
-  if [ "$rsstatus" -ne 0 ]; then status=$rsstatus; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
+  run_suite interop-rust '^[0-9]+ passed, [0-9]+ failed' 1 '^[0-9]+ passed, [0-9]+ failed' 3 \
+    scripts/interop-rust.sh "${CARGO_TARGET_DIR}/debug/raftmq"
 fi
 
 echo

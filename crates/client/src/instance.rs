@@ -1,0 +1,508 @@
+//! The per-process client instance (RocketMQ's `MQClientInstance`): one connection per broker address with
+//! requests multiplexed by `opaque`, nameserver failover, the route cache with leader hints, heartbeats to
+//! every broker, periodic route refresh, and the hand-off of NOTIFY_CONSUMER_IDS_CHANGED to consumers.
+//!
+//! Producers and consumers built with equal [`ClientConfig`]s share one instance; the background tasks stop
+//! when the last of them shuts down.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use raftmq_net::client::ServerRequestCallback;
+use raftmq_net::RemotingClient;
+use raftmq_remoting::body::{decode_json_body, encode_json_body, ConsumerData, HeartbeatData, ProducerData, TopicRouteData};
+use raftmq_remoting::header::{ConsumerGroupHeader, GetRouteInfoRequestHeader, UnregisterClientRequestHeader};
+use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Result};
+
+/// What the instance needs from a registered consumer.
+pub(crate) trait ConsumerHook: Send + Sync {
+    /// The consumer's heartbeat entry.
+    fn consumer_data(&self) -> ConsumerData;
+    /// Asks the consumer to rebalance soon (a broker said the group changed).
+    fn trigger_rebalance(&self);
+}
+
+/// How long a leader learnt from a broker's remark overrides the nameserver's route.
+const LEADER_HINT_TTL: Duration = Duration::from_secs(30);
+
+struct LeaderHint {
+    addr: String,
+    since: Instant,
+}
+
+struct Inner {
+    config: ClientConfig,
+    client_id: String,
+    namesrv_index: Mutex<usize>,
+    connections: Mutex<HashMap<String, RemotingClient>>,
+    routes: RwLock<HashMap<String, TopicRouteData>>,
+    leader_hints: Mutex<HashMap<String, LeaderHint>>,
+    producers: Mutex<BTreeSet<String>>,
+    consumers: Mutex<BTreeMap<String, Arc<dyn ConsumerHook>>>,
+    users: Mutex<usize>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+/// A shared client instance. Cheap to clone.
+#[derive(Clone)]
+pub struct ClientInstance {
+    inner: Arc<Inner>,
+}
+
+type Registry = Mutex<HashMap<(Vec<String>, String), Weak<Inner>>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+impl ClientInstance {
+    /// The instance for `config` (nameservers + instance name), created on first use. Must be called inside a
+    /// tokio runtime; the background tasks run on it.
+    pub fn get_or_create(config: &ClientConfig) -> Result<ClientInstance> {
+        if config.namesrv_addrs.is_empty() {
+            return Err(ClientError::State("no nameserver address configured".into()));
+        }
+        let key = (config.namesrv_addrs.clone(), config.instance_name.clone());
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(inner) = reg.get(&key).and_then(Weak::upgrade).filter(|i| !i.closed.load(Ordering::Acquire)) {
+            if inner.config != *config {
+                return Err(ClientError::State(format!(
+                    "instance {} already exists with other settings; give this client another instance name",
+                    inner.client_id
+                )));
+            }
+            return Ok(ClientInstance { inner });
+        }
+        let inner = Arc::new(Inner {
+            client_id: config.client_id(),
+            config: config.clone(),
+            namesrv_index: Mutex::new(0),
+            connections: Mutex::default(),
+            routes: RwLock::default(),
+            leader_hints: Mutex::default(),
+            producers: Mutex::default(),
+            consumers: Mutex::default(),
+            users: Mutex::new(0),
+            tasks: Mutex::default(),
+            closed: AtomicBool::new(false),
+        });
+        reg.insert(key, Arc::downgrade(&inner));
+        let instance = ClientInstance { inner };
+        instance.spawn_background();
+        Ok(instance)
+    }
+
+    fn spawn_background(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let routes_every = self.inner.config.poll_name_server_interval;
+        let refresh = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(routes_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                ClientInstance { inner }.refresh_all_routes().await;
+            }
+        });
+        let weak = Arc::downgrade(&self.inner);
+        let heartbeat_every = self.inner.config.heartbeat_broker_interval;
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                ClientInstance { inner }.heartbeat_all().await;
+            }
+        });
+        self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend([refresh, heartbeat]);
+    }
+
+    /// `ip@instance_name`.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn acquire(&self) {
+        *self.inner.users.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    /// Drops one user; the last one stops the background tasks and closes the connections.
+    pub(crate) fn release(&self) {
+        let mut users = self.inner.users.lock().unwrap_or_else(|e| e.into_inner());
+        *users = users.saturating_sub(1);
+        if *users == 0 {
+            self.inner.closed.store(true, Ordering::Release);
+            for t in self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                t.abort();
+            }
+            self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    // ---- connections -------------------------------------------------------------------------------
+
+    /// The connection to `addr`, made on first use and remade after it broke.
+    pub(crate) async fn connection(&self, addr: &str) -> Result<RemotingClient> {
+        if let Some(c) = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()).get(addr).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(ClientError::State("client instance is shut down".into()));
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let on_request: ServerRequestCallback = Arc::new(move |cmd| {
+            if let Some(inner) = weak.upgrade() {
+                ClientInstance { inner }.on_server_request(cmd);
+            }
+        });
+        let c = RemotingClient::connect(addr, self.inner.config.connect_timeout, Some(on_request))
+            .await
+            .map_err(|e| ClientError::net(addr, e))?;
+        let mut conns = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+        // Another task may have connected meanwhile; keep one connection per address.
+        match conns.get(addr).filter(|c| !c.is_closed()) {
+            Some(existing) => Ok(existing.clone()),
+            None => {
+                conns.insert(addr.to_string(), c.clone());
+                Ok(c)
+            }
+        }
+    }
+
+    /// Sends a request to `addr` and waits for the response (any response code).
+    pub(crate) async fn invoke(&self, addr: &str, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+        let c = self.connection(addr).await?;
+        c.invoke(cmd, timeout).await.map_err(|e| ClientError::net(addr, e))
+    }
+
+    /// Sends a request and turns any code but SUCCESS into [`ClientError::Broker`].
+    pub(crate) async fn invoke_ok(&self, addr: &str, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+        let resp = self.invoke(addr, cmd, timeout).await?;
+        check_success(addr, resp)
+    }
+
+    /// Sends a oneway request to `addr`.
+    pub(crate) async fn invoke_oneway(&self, addr: &str, cmd: RemotingCommand) -> Result<()> {
+        let c = self.connection(addr).await?;
+        c.invoke_oneway(cmd).await.map_err(|e| ClientError::net(addr, e))
+    }
+
+    /// Sends a request to the nameservers, starting with the one that last answered and failing over to the
+    /// others on connection errors and timeouts.
+    pub(crate) async fn invoke_namesrv(&self, cmd: RemotingCommand) -> Result<RemotingCommand> {
+        let addrs = &self.inner.config.namesrv_addrs;
+        let start = *self.inner.namesrv_index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = None;
+        for i in 0..addrs.len() {
+            let idx = (start + i) % addrs.len();
+            match self.invoke(&addrs[idx], cmd.clone(), self.inner.config.request_timeout).await {
+                Ok(resp) => {
+                    *self.inner.namesrv_index.lock().unwrap_or_else(|e| e.into_inner()) = idx;
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    debug!(namesrv = %addrs[idx], error = %e, "nameserver request failed; trying the next");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::State("no nameserver address configured".into())))
+    }
+
+    /// Sends a request that only the group's leader may serve (offset commits, send-back, locks): to the
+    /// leader the route or a hint names, following "the leader is at X" replies, and trying the other members
+    /// when the presumed leader cannot be reached (they answer with the new leader). Returns the final
+    /// response, whatever its code.
+    pub(crate) async fn invoke_on_leader(&self, broker_name: &str, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+        let deadline = Instant::now() + timeout;
+        let members: Vec<String> = self.member_addrs(broker_name).into_iter().map(|(_, a)| a).collect();
+        let mut addr =
+            self.leader_addr(broker_name).or_else(|| members.first().cloned()).ok_or_else(|| ClientError::NoRoute(broker_name.into()))?;
+        let mut last = None;
+        for hop in 0..(members.len() + 3) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match self.invoke(&addr, cmd.clone(), remaining).await {
+                Ok(resp) if resp.code == ResponseCode::SERVICE_NOT_AVAILABLE.0 => {
+                    match resp.remark.as_deref().and_then(|r| self.note_leader_hint(broker_name, r)).filter(|h| *h != addr) {
+                        Some(leader) => addr = leader,
+                        None => return Ok(resp),
+                    }
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_definite() => {
+                    self.forget_leader_hint(broker_name, &addr);
+                    match members.iter().filter(|a| **a != addr).nth(hop % members.len().max(1)) {
+                        Some(next) => addr = next.clone(),
+                        None => return Err(e),
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Timeout { addr, timeout }))
+    }
+
+    /// Sends a read request any member can serve (pulls, offsets, consumer lists): the leader first, then the
+    /// other members when a member cannot be reached.
+    pub(crate) async fn invoke_on_any_member(&self, broker_name: &str, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+        let mut addrs: Vec<String> = self.leader_addr(broker_name).into_iter().collect();
+        for (_, a) in self.member_addrs(broker_name) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        let mut last = None;
+        for addr in addrs {
+            // Reads are idempotent, so a broken or silent member is simply skipped.
+            match self.invoke(&addr, cmd.clone(), timeout).await {
+                Ok(resp) => return Ok(resp),
+                Err(e @ (ClientError::Connection { .. } | ClientError::Timeout { .. })) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::NoRoute(broker_name.into())))
+    }
+
+    // ---- routes ------------------------------------------------------------------------------------
+
+    /// Fetches the route of `topic` from the nameservers and caches it; `None` when no broker serves it.
+    pub async fn update_route(&self, topic: &str) -> Result<Option<TopicRouteData>> {
+        let h = GetRouteInfoRequestHeader { topic: topic.to_string(), ..Default::default() };
+        let resp = self.invoke_namesrv(RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 0).with_header(&h)).await?;
+        if resp.code == ResponseCode::TOPIC_NOT_EXIST.0 {
+            return Ok(None);
+        }
+        let resp = check_success("nameserver", resp)?;
+        let route: TopicRouteData = decode_json_body("TopicRouteData", &resp.body)?;
+        self.expire_hints(&route);
+        self.inner.routes.write().unwrap_or_else(|e| e.into_inner()).insert(topic.to_string(), route.clone());
+        Ok(Some(route))
+    }
+
+    /// The cached route of `topic`.
+    pub fn cached_route(&self, topic: &str) -> Option<TopicRouteData> {
+        self.inner.routes.read().unwrap_or_else(|e| e.into_inner()).get(topic).cloned()
+    }
+
+    /// The cached route, fetched when absent.
+    pub async fn route(&self, topic: &str) -> Result<Option<TopicRouteData>> {
+        match self.cached_route(topic) {
+            Some(r) => Ok(Some(r)),
+            None => self.update_route(topic).await,
+        }
+    }
+
+    async fn refresh_all_routes(&self) {
+        let topics: Vec<String> = self.inner.routes.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        for t in topics {
+            if let Err(e) = self.update_route(&t).await {
+                debug!(topic = %t, error = %e, "route refresh failed");
+            }
+        }
+    }
+
+    /// The address to write to for `broker_name`: a fresh leader hint, else the route's brokerId 0.
+    pub(crate) fn leader_addr(&self, broker_name: &str) -> Option<String> {
+        if let Some(h) = self.inner.leader_hints.lock().unwrap_or_else(|e| e.into_inner()).get(broker_name) {
+            if h.since.elapsed() < LEADER_HINT_TTL {
+                return Some(h.addr.clone());
+            }
+        }
+        self.member_addrs(broker_name).into_iter().find(|(id, _)| *id == 0).map(|(_, a)| a)
+    }
+
+    /// Every member address the cached routes list for `broker_name`, by broker id.
+    pub(crate) fn member_addrs(&self, broker_name: &str) -> Vec<(i64, String)> {
+        let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: BTreeMap<i64, String> = BTreeMap::new();
+        for r in routes.values() {
+            for b in r.broker_datas.iter().filter(|b| b.broker_name == broker_name) {
+                for (id, addr) in &b.broker_addrs {
+                    out.entry(*id).or_insert_with(|| addr.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Every broker address in the cached routes.
+    pub(crate) fn all_broker_addrs(&self) -> BTreeSet<String> {
+        let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: BTreeSet<String> =
+            routes.values().flat_map(|r| r.broker_datas.iter()).flat_map(|b| b.broker_addrs.values().cloned()).collect();
+        out.extend(self.inner.leader_hints.lock().unwrap_or_else(|e| e.into_inner()).values().map(|h| h.addr.clone()));
+        out
+    }
+
+    /// Remembers the leader a broker named in a not-leader remark. Returns the address when the remark had one.
+    pub(crate) fn note_leader_hint(&self, broker_name: &str, remark: &str) -> Option<String> {
+        let addr = parse_leader_hint(remark)?;
+        self.inner
+            .leader_hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(broker_name.to_string(), LeaderHint { addr: addr.clone(), since: Instant::now() });
+        Some(addr)
+    }
+
+    /// Forgets a hint that turned out wrong (its address failed).
+    pub(crate) fn forget_leader_hint(&self, broker_name: &str, addr: &str) {
+        let mut hints = self.inner.leader_hints.lock().unwrap_or_else(|e| e.into_inner());
+        if hints.get(broker_name).is_some_and(|h| h.addr == addr) {
+            hints.remove(broker_name);
+        }
+    }
+
+    /// A hint is dropped once the nameserver publishes the same leader, or after [`LEADER_HINT_TTL`].
+    fn expire_hints(&self, route: &TopicRouteData) {
+        let mut hints = self.inner.leader_hints.lock().unwrap_or_else(|e| e.into_inner());
+        hints.retain(|name, h| {
+            let published = route.broker_datas.iter().find(|b| &b.broker_name == name).and_then(|b| b.master_addr());
+            published != Some(h.addr.as_str()) && h.since.elapsed() < LEADER_HINT_TTL
+        });
+    }
+
+    // ---- heartbeats and registration ---------------------------------------------------------------
+
+    pub(crate) fn register_producer(&self, group: &str) -> Result<()> {
+        if !self.inner.producers.lock().unwrap_or_else(|e| e.into_inner()).insert(group.to_string()) {
+            return Err(ClientError::State(format!(
+                "producer group {group} is already registered in instance {}; use another instance name",
+                self.client_id()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unregister_producer(&self, group: &str) {
+        self.inner.producers.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
+    }
+
+    pub(crate) fn register_consumer(&self, group: &str, hook: Arc<dyn ConsumerHook>) -> Result<()> {
+        let mut consumers = self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        if consumers.contains_key(group) {
+            return Err(ClientError::State(format!(
+                "consumer group {group} is already registered in instance {}; use another instance name",
+                self.client_id()
+            )));
+        }
+        consumers.insert(group.to_string(), hook);
+        Ok(())
+    }
+
+    /// Removes the consumer and tells every broker, so the rest of the group rebalances at once.
+    pub(crate) async fn unregister_consumer(&self, group: &str) {
+        self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
+        let h = UnregisterClientRequestHeader {
+            client_id: self.client_id().to_string(),
+            producer_group: None,
+            consumer_group: Some(group.to_string()),
+        };
+        for addr in self.all_broker_addrs() {
+            let cmd = RemotingCommand::request(RequestCode::UNREGISTER_CLIENT, 0).with_header(&h);
+            if let Err(e) = self.invoke(&addr, cmd, self.inner.config.request_timeout).await {
+                debug!(broker = %addr, error = %e, "unregister failed");
+            }
+        }
+    }
+
+    fn heartbeat_data(&self) -> HeartbeatData {
+        let producers = self.inner.producers.lock().unwrap_or_else(|e| e.into_inner());
+        let consumers: Vec<Arc<dyn ConsumerHook>> =
+            self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        HeartbeatData {
+            client_id: self.client_id().to_string(),
+            producer_data_set: producers.iter().map(|g| ProducerData { group_name: g.clone() }).collect(),
+            consumer_data_set: consumers.iter().map(|c| c.consumer_data()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Sends a heartbeat to every broker of every cached route (all members, so that any of them can answer
+    /// GET_CONSUMER_LIST_BY_GROUP after a failover).
+    pub async fn heartbeat_all(&self) {
+        let hb = self.heartbeat_data();
+        if hb.producer_data_set.is_empty() && hb.consumer_data_set.is_empty() {
+            return;
+        }
+        let body = match encode_json_body(&hb) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "heartbeat not encodable");
+                return;
+            }
+        };
+        let calls = self.all_broker_addrs().into_iter().map(|addr| {
+            let cmd = RemotingCommand::request(RequestCode::HEART_BEAT, 0).with_body(body.clone());
+            async move {
+                if let Err(e) = self.invoke_ok(&addr, cmd, self.inner.config.request_timeout).await {
+                    debug!(broker = %addr, error = %e, "heartbeat failed");
+                }
+            }
+        });
+        join_all(calls).await;
+    }
+
+    fn on_server_request(&self, cmd: RemotingCommand) {
+        if cmd.code == RequestCode::NOTIFY_CONSUMER_IDS_CHANGED.0 {
+            if let Ok(h) = cmd.decode_header::<ConsumerGroupHeader>() {
+                let hook = self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner()).get(&h.consumer_group).cloned();
+                if let Some(hook) = hook {
+                    debug!(group = %h.consumer_group, "consumer ids changed; rebalancing");
+                    hook.trigger_rebalance();
+                }
+            }
+        } else {
+            debug!(code = cmd.code, "ignoring server request");
+        }
+    }
+}
+
+/// Turns a non-SUCCESS response into [`ClientError::Broker`].
+pub(crate) fn check_success(addr: &str, resp: RemotingCommand) -> Result<RemotingCommand> {
+    if resp.code == ResponseCode::SUCCESS.0 {
+        Ok(resp)
+    } else {
+        Err(ClientError::Broker { addr: addr.to_string(), code: resp.code, remark: resp.remark.unwrap_or_default() })
+    }
+}
+
+/// The leader address in a raftmq not-leader remark (`… the leader is at 10.0.0.2:10911`).
+pub(crate) fn parse_leader_hint(remark: &str) -> Option<String> {
+    let rest = remark.split("the leader is at ").nth(1)?;
+    let addr: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != ',' && *c != ';').collect();
+    addr.contains(':').then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_hint_is_parsed_from_the_brokers_remark() {
+        let r = "broker broker-a node 2 is not the Raft leader; the leader is at 127.0.0.1:10911";
+        assert_eq!(parse_leader_hint(r).as_deref(), Some("127.0.0.1:10911"));
+        assert_eq!(parse_leader_hint("broker broker-a node 2 is not the Raft leader and no leader is known (election in progress)"), None);
+        assert_eq!(parse_leader_hint("the leader is at nowhere"), None);
+    }
+}

@@ -1,0 +1,38 @@
+//! `raftmq-client`: the Rust client of raftmq. It speaks RocketMQ's remoting protocol, so it works against
+//! raftmq broker groups (whose Raft leader is published as brokerId 0) and against Apache RocketMQ 4.x brokers.
+//!
+//! - [`Producer`]: sync, async, oneway, batch and ordered sends with RocketMQ's retry rules.
+//! - [`PullConsumer`]: pull by queue and offset, store offsets yourself.
+//! - [`PushConsumer`]: long-polling consumer groups (clustering or broadcasting), rebalancing, concurrent or
+//!   orderly listeners, retries through the group's retry topic, offsets committed every 5 s.
+//! - [`Admin`]: topics, cluster and consumer-group progress.
+//! - [`blocking`]: the same for code without an async runtime.
+//!
+//! ```no_run
+//! use raftmq_client::{ClientConfig, Message, Producer, ProducerOptions};
+//! # async fn demo() -> raftmq_client::Result<()> {
+//! let producer = Producer::start(ClientConfig::new("127.0.0.1:9876"), ProducerOptions::new("my-producers")).await?;
+//! let result = producer.send(Message::new("orders", "hello").with_tags("created")).await?;
+//! println!("{result}");
+//! producer.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod instance;
+pub mod latency;
+pub mod message;
+pub mod producer;
+pub mod pull;
+pub mod selector;
+
+pub use config::ClientConfig;
+pub use error::{ClientError, Result};
+pub use filter::Subscription;
+pub use instance::ClientInstance;
+pub use message::{Message, MessageExt, MessageQueue, SendResult, SendStatus};
+pub use producer::{Producer, ProducerOptions, SendFuture};
+pub use pull::{PullConsumer, PullResult, PullStatus};
+pub use selector::{MessageQueueSelector, SelectByHash, SelectByRandom};

@@ -1,0 +1,650 @@
+//! The producer: sync, async (future or callback), oneway, batch and ordered (selector) sends, with
+//! RocketMQ's retry rules, leader-hint redirects and optional latency fault tolerance.
+//!
+//! Retries: a send makes up to `1 + retries` attempts within `send_timeout` in total. An attempt is a
+//! request to the broker believed to lead its group. A reply "not the leader; the leader is at X" is not an
+//! attempt: it certainly stored nothing, so the client follows the hint at once. When the presumed leader
+//! cannot be reached the next attempt goes to it via another member of the group, whose reply names the new
+//! leader (or says an election is in progress, which is waited out with a short backoff).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use raftmq_remoting::body::TopicRouteData;
+use raftmq_remoting::header::{perm, SendMessageRequestHeader, SendMessageResponseHeader, DEFAULT_TOPIC};
+use raftmq_remoting::message::{
+    compress_body_zlib, encode_batch_message, properties_to_string, property, sys_flag, BatchMessage, UniqIdGenerator, ZLIB_LEVEL_DEFAULT,
+};
+use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Result};
+use crate::instance::ClientInstance;
+use crate::latency::LatencyFaultTolerance;
+use crate::message::{Message, MessageQueue, SendResult, SendStatus};
+use crate::selector::MessageQueueSelector;
+
+/// RocketMQ's default maximum message size (4 MiB).
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// Producer settings (RocketMQ's `DefaultMQProducer` fields of the same meaning).
+#[derive(Debug, Clone)]
+pub struct ProducerOptions {
+    /// Producer group.
+    pub group: String,
+    /// Total time budget of one send, retries included (3 s).
+    pub send_timeout: Duration,
+    /// Retries after a failed attempt, for sync and async sends (2). Oneway sends never retry.
+    pub retries: u32,
+    /// Bodies longer than this are zlib-compressed (4096 bytes); `usize::MAX` turns compression off.
+    pub compress_over: usize,
+    /// zlib level (5, as Java producers).
+    pub compress_level: u32,
+    /// Largest body (or batch) accepted, checked before sending (4 MiB).
+    pub max_message_size: usize,
+    /// RocketMQ's latency fault tolerance: avoid broker groups whose sends were slow or failed (off).
+    pub latency_fault_tolerance: bool,
+    /// Async sends allowed in flight before `send_async` fails fast (10000).
+    pub max_async_in_flight: usize,
+    /// Queues a topic gets when it is created on first send from the TBW102 template (4).
+    pub default_topic_queue_nums: i32,
+}
+
+impl ProducerOptions {
+    /// Defaults for `group`.
+    pub fn new(group: impl Into<String>) -> ProducerOptions {
+        ProducerOptions {
+            group: group.into(),
+            send_timeout: Duration::from_secs(3),
+            retries: 2,
+            compress_over: 4096,
+            compress_level: ZLIB_LEVEL_DEFAULT,
+            max_message_size: MESSAGE_BYTES_MAX_DEFAULT,
+            latency_fault_tolerance: false,
+            max_async_in_flight: 10_000,
+            default_topic_queue_nums: 4,
+        }
+    }
+}
+
+/// A started producer. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<ProducerInner>,
+}
+
+struct ProducerInner {
+    opts: ProducerOptions,
+    client: ClientInstance,
+    ids: Mutex<UniqIdGenerator>,
+    round_robin: AtomicUsize,
+    faults: LatencyFaultTolerance,
+    async_permits: Arc<Semaphore>,
+    running: AtomicBool,
+}
+
+/// A message encoded once and re-sent unchanged by every attempt.
+struct Prepared {
+    topic: String,
+    body: Bytes,
+    sys_flag: i32,
+    flag: i32,
+    properties: String,
+    batch: bool,
+    msg_id: String,
+}
+
+/// Where a send may go.
+#[derive(Clone)]
+enum Target {
+    /// Any writable queue, round-robin (avoiding the broker that just failed).
+    Any,
+    /// This queue only (ordered sends and explicit queues).
+    Queue(MessageQueue),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// RocketMQ's topic rules: 1–127 characters of `[%|a-zA-Z0-9_-]`, not the auto-create template.
+pub(crate) fn validate_topic(topic: &str) -> Result<()> {
+    if topic.is_empty() {
+        return Err(ClientError::InvalidMessage("topic is empty".into()));
+    }
+    if topic.len() > 127 {
+        return Err(ClientError::InvalidMessage(format!("topic is {} characters long; the maximum is 127", topic.len())));
+    }
+    if let Some(c) = topic.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '|' | '_' | '-'))) {
+        return Err(ClientError::InvalidMessage(format!("topic {topic:?} contains {c:?}; allowed are [%|a-zA-Z0-9_-]")));
+    }
+    if topic == DEFAULT_TOPIC {
+        return Err(ClientError::InvalidMessage(format!("{DEFAULT_TOPIC} is the auto-create template; it cannot take messages")));
+    }
+    Ok(())
+}
+
+/// Writable queues of `topic` in route order (brokers by name, queue ids ascending) — the order selectors see.
+fn writable_queues(topic: &str, route: &TopicRouteData, cap_per_broker: Option<i32>) -> Vec<MessageQueue> {
+    let mut datas = route.queue_datas.clone();
+    datas.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
+    let mut out = Vec::new();
+    for q in datas.iter().filter(|q| q.perm & perm::WRITE != 0) {
+        let has_broker = route.broker_datas.iter().any(|b| b.broker_name == q.broker_name && !b.broker_addrs.is_empty());
+        if !has_broker {
+            continue;
+        }
+        let n = cap_per_broker.map_or(q.write_queue_nums, |cap| q.write_queue_nums.min(cap));
+        out.extend((0..n).map(|queue_id| MessageQueue { topic: topic.to_string(), broker_name: q.broker_name.clone(), queue_id }));
+    }
+    out
+}
+
+fn send_status(code: i32) -> Option<SendStatus> {
+    match ResponseCode(code) {
+        ResponseCode::SUCCESS => Some(SendStatus::SendOk),
+        ResponseCode::FLUSH_DISK_TIMEOUT => Some(SendStatus::FlushDiskTimeout),
+        ResponseCode::FLUSH_SLAVE_TIMEOUT => Some(SendStatus::FlushSlaveTimeout),
+        ResponseCode::SLAVE_NOT_AVAILABLE => Some(SendStatus::SlaveNotAvailable),
+        _ => None,
+    }
+}
+
+/// Broker codes after which RocketMQ's producer tries again (possibly elsewhere).
+fn retryable_code(code: i32) -> bool {
+    matches!(
+        ResponseCode(code),
+        ResponseCode::TOPIC_NOT_EXIST | ResponseCode::SERVICE_NOT_AVAILABLE | ResponseCode::SYSTEM_ERROR | ResponseCode::NO_PERMISSION
+    ) || code == ResponseCode::SYSTEM_BUSY.0
+}
+
+impl Producer {
+    /// Starts a producer of `opts.group` on the shared client instance for `config`.
+    pub async fn start(config: ClientConfig, opts: ProducerOptions) -> Result<Producer> {
+        if opts.group.is_empty() {
+            return Err(ClientError::State("producer group is empty".into()));
+        }
+        let client = ClientInstance::get_or_create(&config)?;
+        client.register_producer(&opts.group)?;
+        client.acquire();
+        let ip = config.resolve_client_ip();
+        let seed = rand::random::<i32>();
+        Ok(Producer {
+            inner: Arc::new(ProducerInner {
+                ids: Mutex::new(UniqIdGenerator::new(ip, std::process::id(), seed)),
+                round_robin: AtomicUsize::new(rand::random::<u16>() as usize),
+                faults: LatencyFaultTolerance::new(),
+                async_permits: Arc::new(Semaphore::new(opts.max_async_in_flight)),
+                running: AtomicBool::new(true),
+                opts,
+                client,
+            }),
+        })
+    }
+
+    /// Waits for async sends in flight (up to the send timeout), then unregisters. Further sends fail.
+    pub async fn shutdown(&self) {
+        if !self.inner.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let all = self.inner.opts.max_async_in_flight as u32;
+        let _ = tokio::time::timeout(self.inner.opts.send_timeout, self.inner.async_permits.acquire_many(all)).await;
+        self.inner.client.unregister_producer(&self.inner.opts.group);
+        self.inner.client.release();
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &ProducerOptions {
+        &self.inner.opts
+    }
+
+    /// The shared client instance.
+    pub fn client(&self) -> &ClientInstance {
+        &self.inner.client
+    }
+
+    /// Sends and waits for the broker's answer, retrying as the options say.
+    pub async fn send(&self, msg: Message) -> Result<SendResult> {
+        let prepared = self.inner.prepare(msg)?;
+        self.inner.send_with_retries(&prepared, Target::Any).await
+    }
+
+    /// Sends to one queue; retries stay on that queue.
+    pub async fn send_to_queue(&self, msg: Message, queue: MessageQueue) -> Result<SendResult> {
+        if queue.topic != msg.topic {
+            return Err(ClientError::InvalidMessage(format!("queue of topic {} for a message of topic {}", queue.topic, msg.topic)));
+        }
+        let prepared = self.inner.prepare(msg)?;
+        self.inner.send_with_retries(&prepared, Target::Queue(queue)).await
+    }
+
+    /// Sends to the queue `selector` picks for `arg` (e.g. a sharding key), so that messages with the same
+    /// key keep their order. Retries stay on the selected queue.
+    pub async fn send_with_selector<A: ?Sized>(&self, msg: Message, selector: &dyn MessageQueueSelector<A>, arg: &A) -> Result<SendResult> {
+        let prepared = self.inner.prepare(msg.clone())?;
+        let queues = self.inner.queues_for(&msg.topic).await?;
+        let idx = selector.select(&queues, &msg, arg);
+        let queue = queues
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| ClientError::InvalidMessage(format!("selector chose queue index {idx} of {}", queues.len())))?;
+        self.inner.send_with_retries(&prepared, Target::Queue(queue)).await
+    }
+
+    /// The writable queues of `topic` as a selector sees them.
+    pub async fn fetch_publish_queues(&self, topic: &str) -> Result<Vec<MessageQueue>> {
+        self.inner.queues_for(topic).await
+    }
+
+    /// Starts a send in the background and returns its future at once; the send proceeds even if the future
+    /// is dropped. Fails fast (in the future) when `max_async_in_flight` sends are already running.
+    pub fn send_async(&self, msg: Message) -> SendFuture {
+        let permit = match Arc::clone(&self.inner.async_permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let n = self.inner.opts.max_async_in_flight;
+                return SendFuture::ready(Err(ClientError::State(format!("{n} async sends already in flight"))));
+            }
+        };
+        let inner = Arc::clone(&self.inner);
+        SendFuture::spawn(async move {
+            let _permit = permit;
+            let prepared = inner.prepare(msg)?;
+            inner.send_with_retries(&prepared, Target::Any).await
+        })
+    }
+
+    /// Like [`Producer::send_async`], calling `callback` with the outcome on a runtime worker.
+    pub fn send_with_callback<F>(&self, msg: Message, callback: F)
+    where
+        F: FnOnce(Result<SendResult>) + Send + 'static,
+    {
+        let fut = self.send_async(msg);
+        tokio::spawn(async move { callback(fut.await) });
+    }
+
+    /// Sends without waiting for (or receiving) an answer; no retries. Returns once the request is queued on
+    /// the connection.
+    pub async fn send_oneway(&self, msg: Message) -> Result<()> {
+        let prepared = self.inner.prepare(msg)?;
+        let queue = self.inner.select_queue(&prepared.topic, None).await?;
+        let addr = self.inner.client.leader_addr(&queue.broker_name).ok_or_else(|| ClientError::NoQueue(prepared.topic.clone()))?;
+        let cmd = self.inner.request(&prepared, &queue).mark_oneway();
+        self.inner.client.invoke_oneway(&addr, cmd).await
+    }
+
+    /// Sends messages of one topic as one batch: the broker stores all or none. Returns one result whose
+    /// `msg_id` lists the messages' ids comma-separated and whose `queue_offset` is the first message's.
+    pub async fn send_batch(&self, msgs: Vec<Message>) -> Result<SendResult> {
+        let prepared = self.inner.prepare_batch(msgs)?;
+        self.inner.send_with_retries(&prepared, Target::Any).await
+    }
+
+    /// Like [`Producer::send_batch`] to one queue.
+    pub async fn send_batch_to_queue(&self, msgs: Vec<Message>, queue: MessageQueue) -> Result<SendResult> {
+        let prepared = self.inner.prepare_batch(msgs)?;
+        if queue.topic != prepared.topic {
+            return Err(ClientError::InvalidMessage(format!("queue of topic {} for a batch of topic {}", queue.topic, prepared.topic)));
+        }
+        self.inner.send_with_retries(&prepared, Target::Queue(queue)).await
+    }
+}
+
+impl ProducerInner {
+    fn check_running(&self) -> Result<()> {
+        if self.running.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ClientError::State(format!("producer {} is shut down", self.opts.group)))
+        }
+    }
+
+    fn next_id(&self) -> String {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).next_id(now_ms())
+    }
+
+    fn check_size(&self, what: &str, len: usize) -> Result<()> {
+        if len == 0 {
+            return Err(ClientError::InvalidMessage(format!("{what} is empty")));
+        }
+        if len > self.opts.max_message_size {
+            return Err(ClientError::InvalidMessage(format!(
+                "{what} is {len} bytes; the maximum message size is {} bytes",
+                self.opts.max_message_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, mut msg: Message) -> Result<Prepared> {
+        self.check_running()?;
+        validate_topic(&msg.topic)?;
+        self.check_size("message body", msg.body.len())?;
+        // The id is fixed before the first attempt so that every retry carries the same one.
+        let msg_id = match msg.property(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX) {
+            Some(id) => id.to_string(),
+            None => {
+                let id = self.next_id();
+                msg.properties_mut().insert(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX.to_string(), id.clone());
+                id
+            }
+        };
+        let mut flags = 0;
+        let mut body = msg.body.clone();
+        if body.len() > self.opts.compress_over {
+            let compressed = compress_body_zlib(&body, self.opts.compress_level);
+            if compressed.len() < body.len() {
+                body = Bytes::from(compressed);
+                flags |= sys_flag::COMPRESSED | sys_flag::COMPRESSION_ZLIB;
+            }
+        }
+        let properties = properties_to_string(msg.properties())?;
+        Ok(Prepared { topic: msg.topic, body, sys_flag: flags, flag: msg.flag, properties, batch: false, msg_id })
+    }
+
+    fn prepare_batch(&self, msgs: Vec<Message>) -> Result<Prepared> {
+        self.check_running()?;
+        let first = msgs.first().ok_or_else(|| ClientError::InvalidMessage("batch is empty".into()))?;
+        let topic = first.topic.clone();
+        validate_topic(&topic)?;
+        if topic.starts_with("%RETRY%") {
+            return Err(ClientError::InvalidMessage("retry topics do not take batches".into()));
+        }
+        let mut body = Vec::new();
+        let mut ids = Vec::with_capacity(msgs.len());
+        for (i, mut m) in msgs.into_iter().enumerate() {
+            if m.topic != topic {
+                return Err(ClientError::InvalidMessage(format!("batch message {i} is for topic {}, the batch for {topic}", m.topic)));
+            }
+            if m.delay_level() > 0 {
+                return Err(ClientError::InvalidMessage(format!("batch message {i} has a delay level; batches cannot be delayed")));
+            }
+            if m.body.is_empty() {
+                return Err(ClientError::InvalidMessage(format!("batch message {i} has an empty body")));
+            }
+            let id = match m.property(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX) {
+                Some(id) => id.to_string(),
+                None => {
+                    let id = self.next_id();
+                    m.properties_mut().insert(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX.to_string(), id.clone());
+                    id
+                }
+            };
+            ids.push(id);
+            let props = properties_to_string(m.properties())?;
+            encode_batch_message(&BatchMessage { flag: m.flag, body: &m.body, properties: &props }, &mut body)?;
+        }
+        self.check_size("batch", body.len())?;
+        Ok(Prepared { topic, body: Bytes::from(body), sys_flag: 0, flag: 0, properties: String::new(), batch: true, msg_id: ids.join(",") })
+    }
+
+    fn request(&self, p: &Prepared, queue: &MessageQueue) -> RemotingCommand {
+        let h = SendMessageRequestHeader {
+            producer_group: self.opts.group.clone(),
+            topic: p.topic.clone(),
+            default_topic: DEFAULT_TOPIC.to_string(),
+            default_topic_queue_nums: self.opts.default_topic_queue_nums,
+            queue_id: queue.queue_id,
+            sys_flag: p.sys_flag,
+            born_timestamp: now_ms(),
+            flag: p.flag,
+            properties: Some(p.properties.clone()),
+            reconsume_times: Some(0),
+            unit_mode: Some(false),
+            batch: Some(p.batch),
+            max_reconsume_times: None,
+            broker_name: None,
+        };
+        let code = if p.batch { RequestCode::SEND_BATCH_MESSAGE } else { RequestCode::SEND_MESSAGE_V2 };
+        let mut cmd = RemotingCommand::request(code, 0).with_body(p.body.clone());
+        h.write_ext_fields_v2(&mut cmd.ext_fields);
+        cmd
+    }
+
+    /// The topic's writable queues; for a topic no broker has yet, the TBW102 template's (the broker creates
+    /// the topic on the first send).
+    async fn queues_for(&self, topic: &str) -> Result<Vec<MessageQueue>> {
+        if let Some(route) = self.client.route(topic).await? {
+            let queues = writable_queues(topic, &route, None);
+            if !queues.is_empty() {
+                return Ok(queues);
+            }
+        }
+        let template = self.client.route(DEFAULT_TOPIC).await?.ok_or_else(|| ClientError::NoRoute(topic.to_string()))?;
+        let queues = writable_queues(topic, &template, Some(self.opts.default_topic_queue_nums));
+        if queues.is_empty() {
+            return Err(ClientError::NoQueue(topic.to_string()));
+        }
+        Ok(queues)
+    }
+
+    /// Round-robin over the writable queues, skipping `avoid` (the group that just failed) and, with latency
+    /// fault tolerance, groups set aside; falls back to any queue rather than failing.
+    async fn select_queue(&self, topic: &str, avoid: Option<&str>) -> Result<MessageQueue> {
+        let queues = self.queues_for(topic).await?;
+        let n = queues.len();
+        for _ in 0..n {
+            let q = &queues[self.round_robin.fetch_add(1, Ordering::Relaxed) % n];
+            let avoided = avoid == Some(q.broker_name.as_str());
+            let set_aside = self.opts.latency_fault_tolerance && !self.faults.is_available(&q.broker_name);
+            if !avoided && !set_aside {
+                return Ok(q.clone());
+            }
+        }
+        if self.opts.latency_fault_tolerance {
+            if let Some(b) = self.faults.least_bad(queues.iter().map(|q| q.broker_name.as_str())) {
+                let on_b: Vec<&MessageQueue> = queues.iter().filter(|q| q.broker_name == b).collect();
+                return Ok(on_b[self.round_robin.fetch_add(1, Ordering::Relaxed) % on_b.len()].clone());
+            }
+        }
+        Ok(queues[self.round_robin.fetch_add(1, Ordering::Relaxed) % n].clone())
+    }
+
+    fn refresh_route_soon(&self, topic: &str) {
+        let client = self.client.clone();
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = client.update_route(&topic).await {
+                debug!(%topic, error = %e, "route refresh after a failed send failed");
+            }
+        });
+    }
+
+    /// Another member of `broker_name` than `not`, to ask who leads now.
+    fn other_member(&self, broker_name: &str, not: &str, turn: usize) -> Option<String> {
+        let others: Vec<String> = self.client.member_addrs(broker_name).into_iter().map(|(_, a)| a).filter(|a| a != not).collect();
+        (!others.is_empty()).then(|| others[turn % others.len()].clone())
+    }
+
+    async fn send_with_retries(&self, p: &Prepared, target: Target) -> Result<SendResult> {
+        let start = Instant::now();
+        let deadline = start + self.opts.send_timeout;
+        let mut attempts_left = self.opts.retries + 1;
+        let mut attempts = 0u32;
+        let mut definite = true;
+        let mut last_err: Option<ClientError> = None;
+        let mut avoid: Option<String> = None;
+        let mut redirect: Option<String> = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut hops = 0usize;
+        while attempts_left > 0 {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let queue = match &target {
+                Target::Queue(q) => q.clone(),
+                Target::Any => match self.select_queue(&p.topic, avoid.as_deref()).await {
+                    Ok(q) => q,
+                    Err(e) => return Err(e),
+                },
+            };
+            let Some(addr) = redirect.take().or_else(|| self.client.leader_addr(&queue.broker_name)) else {
+                // The route names no leader (yet): refresh and wait a little.
+                self.refresh_route_soon(&p.topic);
+                tokio::time::sleep(backoff.min(remaining)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                last_err.get_or_insert_with(|| ClientError::NoQueue(p.topic.clone()));
+                continue;
+            };
+            let cmd = self.request(p, &queue);
+            let t0 = Instant::now();
+            let outcome = self.client.invoke(&addr, cmd, remaining).await;
+            let err = match outcome {
+                Ok(resp) => match send_status(resp.code) {
+                    Some(status) => {
+                        self.faults.record(&queue.broker_name, t0.elapsed(), false);
+                        return self.result(p, &queue, &addr, status, &resp);
+                    }
+                    None => ClientError::Broker { addr: addr.clone(), code: resp.code, remark: resp.remark.unwrap_or_default() },
+                },
+                Err(e) => e,
+            };
+            hops += 1;
+            match &err {
+                ClientError::Broker { code, remark, .. } if *code == ResponseCode::SERVICE_NOT_AVAILABLE.0 => {
+                    // Not (or not yet) the leader: nothing was stored. Follow a hint, else wait out the election.
+                    match self.client.note_leader_hint(&queue.broker_name, remark).filter(|h| *h != addr) {
+                        Some(leader) if hops <= 4 => redirect = Some(leader),
+                        hint => {
+                            if hint.is_some() {
+                                redirect = hint;
+                            }
+                            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                        }
+                    }
+                    self.refresh_route_soon(&p.topic);
+                }
+                ClientError::Broker { code, .. } if retryable_code(*code) => {
+                    attempts += 1;
+                    attempts_left -= 1;
+                    self.faults.record(&queue.broker_name, t0.elapsed(), true);
+                    avoid = Some(queue.broker_name.clone());
+                    self.refresh_route_soon(&p.topic);
+                }
+                ClientError::Broker { .. } | ClientError::InvalidMessage(_) | ClientError::Protocol(_) | ClientError::State(_) => {
+                    return Err(err);
+                }
+                _ => {
+                    // Unreachable or silent leader. Ask another member next; it names the new leader.
+                    attempts += 1;
+                    attempts_left -= 1;
+                    definite &= err.is_definite();
+                    self.faults.record(&queue.broker_name, t0.elapsed(), true);
+                    self.client.forget_leader_hint(&queue.broker_name, &addr);
+                    redirect = self.other_member(&queue.broker_name, &addr, attempts as usize);
+                    avoid = Some(queue.broker_name.clone());
+                    self.refresh_route_soon(&p.topic);
+                }
+            }
+            debug!(topic = %p.topic, broker = %addr, error = %err, "send attempt failed");
+            last_err = Some(err);
+        }
+        Err(ClientError::RetriesExhausted {
+            attempts,
+            elapsed: start.elapsed(),
+            definite,
+            last: Box::new(last_err.unwrap_or_else(|| ClientError::Timeout { addr: p.topic.clone(), timeout: self.opts.send_timeout })),
+        })
+    }
+
+    fn result(&self, p: &Prepared, queue: &MessageQueue, addr: &str, status: SendStatus, resp: &RemotingCommand) -> Result<SendResult> {
+        let h: SendMessageResponseHeader =
+            resp.decode_header().map_err(|e| ClientError::Protocol(format!("send response from {addr}: {e}")))?;
+        let mut queue = queue.clone();
+        queue.queue_id = h.queue_id;
+        Ok(SendResult { status, msg_id: p.msg_id.clone(), offset_msg_id: h.msg_id, queue, queue_offset: h.queue_offset })
+    }
+}
+
+/// The outcome of [`Producer::send_async`]. The send runs whether or not this is awaited.
+pub struct SendFuture {
+    state: SendFutureState,
+}
+
+enum SendFutureState {
+    Ready(Option<Result<SendResult>>),
+    Running(tokio::task::JoinHandle<Result<SendResult>>),
+}
+
+impl SendFuture {
+    fn ready(r: Result<SendResult>) -> SendFuture {
+        SendFuture { state: SendFutureState::Ready(Some(r)) }
+    }
+
+    fn spawn(f: impl Future<Output = Result<SendResult>> + Send + 'static) -> SendFuture {
+        SendFuture { state: SendFutureState::Running(tokio::spawn(f)) }
+    }
+}
+
+impl Future for SendFuture {
+    type Output = Result<SendResult>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            SendFutureState::Ready(r) => {
+                Poll::Ready(r.take().unwrap_or_else(|| Err(ClientError::State("send future polled after completion".into()))))
+            }
+            SendFutureState::Running(h) => Pin::new(h).poll(cx).map(|r| match r {
+                Ok(r) => r,
+                Err(e) => Err(ClientError::State(format!("send task failed: {e}"))),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_remoting::body::{BrokerData, QueueData};
+
+    #[test]
+    fn topic_names_follow_rocketmq_rules() {
+        assert!(validate_topic("orders_2026-11").is_ok());
+        assert!(validate_topic("%RETRY%group").is_ok());
+        assert!(validate_topic("").is_err());
+        assert!(validate_topic(&"t".repeat(128)).is_err());
+        assert!(validate_topic("a b").is_err());
+        assert!(validate_topic("TBW102").is_err());
+    }
+
+    #[test]
+    fn writable_queues_skip_read_only_groups_and_groups_without_brokers() {
+        let route = TopicRouteData {
+            queue_datas: vec![
+                QueueData { broker_name: "b".into(), read_queue_nums: 2, write_queue_nums: 2, perm: 6, topic_sys_flag: 0 },
+                QueueData { broker_name: "a".into(), read_queue_nums: 8, write_queue_nums: 8, perm: 6, topic_sys_flag: 0 },
+                QueueData { broker_name: "ro".into(), read_queue_nums: 2, write_queue_nums: 2, perm: 4, topic_sys_flag: 0 },
+                QueueData { broker_name: "gone".into(), read_queue_nums: 2, write_queue_nums: 2, perm: 6, topic_sys_flag: 0 },
+            ],
+            broker_datas: ["a", "b", "ro"]
+                .iter()
+                .map(|n| BrokerData {
+                    broker_name: n.to_string(),
+                    broker_addrs: [(0, format!("{n}:1"))].into_iter().collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let q = writable_queues("t", &route, Some(4));
+        let names: Vec<(String, i32)> = q.iter().map(|q| (q.broker_name.clone(), q.queue_id)).collect();
+        assert_eq!(names, vec![("a".into(), 0), ("a".into(), 1), ("a".into(), 2), ("a".into(), 3), ("b".into(), 0), ("b".into(), 1)]);
+    }
+
+    #[test]
+    fn only_accepting_codes_are_send_statuses() {
+        assert_eq!(send_status(0), Some(SendStatus::SendOk));
+        assert_eq!(send_status(10), Some(SendStatus::FlushDiskTimeout));
+        assert_eq!(send_status(14), None);
+        assert!(retryable_code(17) && retryable_code(1) && !retryable_code(13));
+    }
+}

@@ -18,16 +18,20 @@
 //! # Ok(()) }
 //! ```
 
+pub mod allocate;
 pub mod config;
 pub mod error;
 pub mod filter;
 pub mod instance;
 pub mod latency;
 pub mod message;
+mod offset_store;
 pub mod producer;
 pub mod pull;
+pub mod push;
 pub mod selector;
 
+pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use filter::Subscription;
@@ -35,4 +39,8 @@ pub use instance::ClientInstance;
 pub use message::{Message, MessageExt, MessageQueue, SendResult, SendStatus};
 pub use producer::{Producer, ProducerOptions, SendFuture};
 pub use pull::{PullConsumer, PullResult, PullStatus};
+pub use push::{
+    ConcurrentListener, ConsumeConcurrentlyStatus, ConsumeContext, ConsumeFrom, ConsumeOrderlyStatus, MessageModel, OrderlyListener,
+    PushConsumer, PushConsumerOptions,
+};
 pub use selector::{MessageQueueSelector, SelectByHash, SelectByRandom};

@@ -54,6 +54,37 @@ async fn produce_and_consume_through_the_nameserver() {
             assert_eq!(got, want, "node {} queue {q}", n.id);
         }
     }
+    cli_produce_consume_and_admin(&cluster);
+}
+
+fn raftmq(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftmq")).args(args).output().expect("run raftmq");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The `raftmq produce|consume|admin` subcommands (built on raftmq-client) against the same cluster.
+fn cli_produce_consume_and_admin(cluster: &Cluster) {
+    let ns = cluster.namesrv.as_str();
+    let (ok, out) = raftmq(&["admin", "--namesrv", ns, "topic", "create", "CliTopic", "--queues", "2"]);
+    assert!(ok && out.contains("created CliTopic with 2 queues on broker-a"), "{out}");
+    let (ok, out) = raftmq(&["produce", "--namesrv", ns, "--topic", "CliTopic", "--count", "6", "--tag", "A", "--keys", "k1 k2"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("SEND_OK broker-a")).count(), 6, "{out}");
+    let (ok, out) = raftmq(&["produce", "--namesrv", ns, "--topic", "CliTopic", "--count", "4", "--tag", "B", "--batch", "2"]);
+    assert!(ok && out.lines().filter(|l| l.starts_with("SEND_OK")).count() == 2, "two batches of two: {out}");
+    let (ok, out) = raftmq(&["consume", "--namesrv", ns, "--topic", "CliTopic", "--group", "cli", "--count", "6", "--expression", "A"]);
+    assert!(ok && out.contains("consumed 6 message(s)"), "{out}");
+    assert!(out.contains("tags=A keys=k1 k2 body=message 0"), "{out}");
+    assert!(!out.contains("tags=B"), "the tag expression filters: {out}");
+    let (ok, out) = raftmq(&["admin", "--namesrv", ns, "group", "cli", "--topic", "CliTopic"]);
+    assert!(ok, "{out}");
+    let committed: Vec<&str> = out.lines().skip(1).map(|l| l.split_whitespace().nth(3).unwrap_or("")).collect();
+    assert_eq!(committed.len(), 2, "{out}");
+    assert!(committed.iter().all(|c| c.parse::<i64>().is_ok_and(|o| o >= 1)), "every queue has a committed offset: {out}");
+    let (ok, out) = raftmq(&["consume", "--namesrv", ns, "--topic", "CliTopic", "--group", "cli-b", "--count", "4", "--expression", "B"]);
+    assert!(ok && out.contains("consumed 4 message(s)") && !out.contains("tags=A"), "{out}");
+    let (ok, out) = raftmq(&["admin", "--namesrv", ns, "leader"]);
+    assert!(ok && out.trim().starts_with('n'), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

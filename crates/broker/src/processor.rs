@@ -32,7 +32,7 @@ use crate::store::GetStatus;
 use crate::topics::{retry_topic, validate_topic, PERM_READ, PERM_READ_WRITE};
 
 /// raftmq-specific request: this node's Raft status as JSON (admin `status`).
-pub const RAFTMQ_NODE_STATUS: i32 = 10_900;
+pub use raftmq_remoting::codes::RAFTMQ_NODE_STATUS;
 /// Bytes of messages one pull returns at most (RocketMQ `maxTransferBytesOnMessageInMemory`).
 const PULL_BYTES_MAX: usize = 256 * 1024;
 

@@ -1,24 +1,12 @@
-//! `raftmq admin`, `produce` and `consume`: small remoting clients for operators and quick manual use.
-//! They speak the same RocketMQ protocol as any client: routes from the nameserver, sends to each group's
-//! brokerId 0 (its Raft leader), pulls by queue offset.
+//! `raftmq admin`, `produce` and `consume`: thin command-line front ends over `raftmq-client` (its `Admin`,
+//! `Producer` and `PullConsumer`) for operators and quick manual use.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use raftmq_net::RemotingClient;
-use raftmq_remoting::body::{decode_json_body, ClusterInfo, TopicRouteData};
-use raftmq_remoting::header::{
-    CreateTopicRequestHeader, GetMaxOffsetRequestHeader, GetRouteInfoRequestHeader, OffsetResponseHeader, PullMessageRequestHeader,
-    PullMessageResponseHeader, QueryConsumerOffsetRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader,
-    UpdateConsumerOffsetRequestHeader,
-};
-use raftmq_remoting::message::{encode_properties, property, StoredMessages, UniqIdGenerator};
-use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
-
-const TIMEOUT: Duration = Duration::from_secs(5);
+use raftmq_client::{Admin, ClientConfig, Message, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, SelectByHash};
 
 /// Admin subcommands.
 #[derive(Subcommand)]
@@ -90,6 +78,12 @@ pub struct ProduceArgs {
     /// Producer group.
     #[arg(long, default_value = "raftmq_cli_producer")]
     group: String,
+    /// Send every message to the queue chosen by this key's hash (ordered messages).
+    #[arg(long)]
+    order_key: Option<String>,
+    /// Send the messages as batches of this size (one queue per batch, stored all or nothing).
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 /// `raftmq consume` arguments.
@@ -110,59 +104,34 @@ pub struct ConsumeArgs {
     /// Stop after this long without reaching `count`.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
+    /// Tag expression (`*` or `TagA || TagB`).
+    #[arg(long, default_value = "*")]
+    expression: String,
 }
 
-async fn connect(addr: &str) -> Result<RemotingClient> {
-    RemotingClient::connect(addr, TIMEOUT, None).await.with_context(|| format!("connect {addr}"))
-}
-
-async fn call(c: &RemotingClient, cmd: RemotingCommand) -> Result<RemotingCommand> {
-    c.invoke(cmd, TIMEOUT).await.with_context(|| format!("request to {}", c.addr()))
-}
-
-fn check(resp: &RemotingCommand, what: &str) -> Result<()> {
-    if resp.code != ResponseCode::SUCCESS.0 {
-        bail!("{what}: code {} {}", resp.code, resp.remark.as_deref().unwrap_or(""));
-    }
-    Ok(())
-}
-
-async fn route(ns: &RemotingClient, topic: &str) -> Result<Option<TopicRouteData>> {
-    let h = GetRouteInfoRequestHeader { topic: topic.into(), ..Default::default() };
-    let resp = call(ns, RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 0).with_header(&h)).await?;
-    if resp.code == ResponseCode::TOPIC_NOT_EXIST.0 {
-        return Ok(None);
-    }
-    check(&resp, "route")?;
-    Ok(Some(decode_json_body("TopicRouteData", &resp.body)?))
-}
-
-async fn cluster(ns: &RemotingClient) -> Result<ClusterInfo> {
-    let resp = call(ns, RemotingCommand::request(RequestCode::GET_BROKER_CLUSTER_INFO, 0)).await?;
-    check(&resp, "cluster info")?;
-    Ok(decode_json_body("ClusterInfo", &resp.body)?)
-}
-
-async fn node_status(addr: &str) -> Result<serde_json::Value> {
-    let c = connect(addr).await?;
-    let resp = call(&c, RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0)).await?;
-    check(&resp, "node status")?;
-    Ok(serde_json::from_slice(&resp.body)?)
+fn config(namesrv: &str) -> ClientConfig {
+    ClientConfig::new(namesrv).with_instance_name(format!("raftmq-cli-{}", std::process::id()))
 }
 
 /// Runs an admin command.
 pub async fn admin(namesrv: &str, cmd: AdminCmd) -> Result<()> {
-    let ns = connect(namesrv).await?;
+    let admin = Admin::start(config(namesrv)).await?;
+    let result = run_admin(&admin, cmd).await;
+    admin.shutdown().await;
+    result
+}
+
+async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
     match cmd {
         AdminCmd::Status => {
-            let info = cluster(&ns).await?;
+            let info = admin.cluster_info().await.context("cluster info")?;
             println!(
                 "{:<12} {:<6} {:<22} {:<10} {:>6} {:>8} {:>10} {:>10} {:>10}",
                 "group", "node", "address", "role", "ready", "term", "last", "commit", "applied"
             );
             for (name, b) in &info.broker_addr_table {
                 for (id, addr) in &b.broker_addrs {
-                    match node_status(addr).await {
+                    match admin.node_status(addr).await {
                         Ok(s) => println!(
                             "{:<12} {:<6} {:<22} {:<10} {:>6} {:>8} {:>10} {:>10} {:>10}",
                             name,
@@ -182,13 +151,13 @@ pub async fn admin(namesrv: &str, cmd: AdminCmd) -> Result<()> {
             Ok(())
         }
         AdminCmd::Leader { broker } => {
-            let info = cluster(&ns).await?;
+            let info = admin.cluster_info().await.context("cluster info")?;
             let b = match &broker {
                 Some(n) => info.broker_addr_table.get(n).ok_or_else(|| anyhow!("no broker group {n}"))?,
                 None => info.broker_addr_table.values().next().ok_or_else(|| anyhow!("no broker group registered"))?,
             };
             let addr = b.master_addr().ok_or_else(|| anyhow!("group {} has no leader registered", b.broker_name))?;
-            let s = node_status(addr).await?;
+            let s = admin.node_status(addr).await?;
             if s["role"] != "Leader" {
                 bail!("{addr} registered as leader but reports {}", s["role"]);
             }
@@ -196,218 +165,136 @@ pub async fn admin(namesrv: &str, cmd: AdminCmd) -> Result<()> {
             Ok(())
         }
         AdminCmd::Topic { cmd: TopicCmd::Create { name, queues } } => {
-            let info = cluster(&ns).await?;
-            for b in info.broker_addr_table.values() {
-                let addr = b.master_addr().ok_or_else(|| anyhow!("group {} has no leader", b.broker_name))?;
-                let h = CreateTopicRequestHeader {
-                    topic: name.clone(),
-                    default_topic: "TBW102".into(),
-                    read_queue_nums: queues,
-                    write_queue_nums: queues,
-                    perm: 6,
-                    topic_filter_type: "SINGLE_TAG".into(),
-                    ..Default::default()
-                };
-                let c = connect(addr).await?;
-                check(&call(&c, RemotingCommand::request(RequestCode::UPDATE_AND_CREATE_TOPIC, 0).with_header(&h)).await?, "create topic")?;
-                println!("created {name} with {queues} queues on {}", b.broker_name);
+            for group in admin.create_topic(&name, queues).await.context("create topic")? {
+                println!("created {name} with {queues} queues on {group}");
             }
             Ok(())
         }
         AdminCmd::Topic { cmd: TopicCmd::List } => {
-            let resp = call(&ns, RemotingCommand::request(RequestCode::GET_ALL_TOPIC_LIST_FROM_NAMESERVER, 0)).await?;
-            check(&resp, "topic list")?;
-            let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
-            for t in v["topicList"].as_array().into_iter().flatten() {
-                println!("{}", t.as_str().unwrap_or_default());
+            for t in admin.topic_list().await? {
+                println!("{t}");
             }
             Ok(())
         }
         AdminCmd::Topic { cmd: TopicCmd::Route { name } } => {
-            let r = route(&ns, &name).await?.ok_or_else(|| anyhow!("topic {name} has no route"))?;
+            let r = admin.topic_route(&name).await?.ok_or_else(|| anyhow!("topic {name} has no route"))?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
         AdminCmd::Group { group, topic } => {
-            let r = route(&ns, &topic).await?.ok_or_else(|| anyhow!("topic {topic} has no route"))?;
             println!("{:<12} {:>6} {:>12} {:>12} {:>10}", "group", "queue", "broker max", "consumer", "lag");
-            for q in &r.queue_datas {
-                let Some(addr) = r.broker_datas.iter().find(|b| b.broker_name == q.broker_name).and_then(|b| b.master_addr()) else {
-                    continue;
-                };
-                let c = connect(addr).await?;
-                for qid in 0..q.read_queue_nums {
-                    let mh = GetMaxOffsetRequestHeader { topic: topic.clone(), queue_id: qid, ..Default::default() };
-                    let max = call(&c, RemotingCommand::request(RequestCode::GET_MAX_OFFSET, 0).with_header(&mh)).await?;
-                    let max = max.decode_header::<OffsetResponseHeader>().map(|h| h.offset).unwrap_or(0);
-                    let qh = QueryConsumerOffsetRequestHeader {
-                        consumer_group: group.clone(),
-                        topic: topic.clone(),
-                        queue_id: qid,
-                        set_zero_if_not_found: Some(false),
-                    };
-                    let off = call(&c, RemotingCommand::request(RequestCode::QUERY_CONSUMER_OFFSET, 0).with_header(&qh)).await?;
-                    let off = if off.code == ResponseCode::SUCCESS.0 {
-                        off.decode_header::<OffsetResponseHeader>().map(|h| h.offset).ok()
-                    } else {
-                        None
-                    };
-                    let lag = off.map(|o| (max - o).max(0).to_string()).unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<12} {:>6} {:>12} {:>12} {:>10}",
-                        q.broker_name,
-                        qid,
-                        max,
-                        off.map(|o| o.to_string()).unwrap_or_else(|| "none".into()),
-                        lag
-                    );
-                }
+            for p in admin.group_progress(&group, &topic).await? {
+                println!(
+                    "{:<12} {:>6} {:>12} {:>12} {:>10}",
+                    p.queue.broker_name,
+                    p.queue.queue_id,
+                    p.broker_offset,
+                    p.consumer_offset.map(|o| o.to_string()).unwrap_or_else(|| "none".into()),
+                    p.lag().map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+                );
             }
             Ok(())
         }
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Sends `count` messages, round-robin over the topic's writable queues.
+/// Sends `count` messages (round-robin over the queues, or by `--order-key`, or in `--batch`es).
 pub async fn produce(a: ProduceArgs) -> Result<()> {
-    let ns = connect(&a.namesrv).await?;
-    // Unknown topics are created on first send from the TBW102 template, as RocketMQ producers do.
-    let r = match route(&ns, &a.topic).await? {
-        Some(r) => r,
-        None => route(&ns, "TBW102").await?.ok_or_else(|| anyhow!("no route for {} and none for TBW102", a.topic))?,
+    let producer = Producer::start(config(&a.namesrv), ProducerOptions::new(a.group.clone())).await?;
+    let message = |i: u64| {
+        let body = a.body.clone().unwrap_or_else(|| format!("message {i}"));
+        let mut m = Message::new(a.topic.clone(), body);
+        if let Some(t) = &a.tag {
+            m = m.with_tags(t.clone());
+        }
+        if let Some(k) = &a.keys {
+            m = m.with_keys(k.split(' '));
+        }
+        m
     };
-    let mut targets = Vec::new();
-    for q in &r.queue_datas {
-        if let Some(addr) = r.broker_datas.iter().find(|b| b.broker_name == q.broker_name).and_then(|b| b.master_addr()) {
-            let c = connect(addr).await?;
-            for qid in 0..q.write_queue_nums.clamp(1, 4) {
-                targets.push((q.broker_name.clone(), c.clone(), qid));
+    let mut failures = 0u64;
+    let mut report = |r: raftmq_client::Result<raftmq_client::SendResult>| match r {
+        Ok(r) => println!("{} {} queue={} offset={} msgId={}", r.status, r.queue.broker_name, r.queue.queue_id, r.queue_offset, r.msg_id),
+        Err(e) => {
+            failures += 1;
+            println!("FAILED {e}");
+        }
+    };
+    match a.batch {
+        Some(n) if n > 0 => {
+            let all: Vec<Message> = (0..a.count).map(message).collect();
+            for chunk in all.chunks(n) {
+                report(producer.send_batch(chunk.to_vec()).await);
+            }
+        }
+        _ => {
+            for i in 0..a.count {
+                let r = match &a.order_key {
+                    Some(k) => producer.send_with_selector(message(i), &SelectByHash, k.as_str()).await,
+                    None => producer.send(message(i)).await,
+                };
+                report(r);
             }
         }
     }
-    if targets.is_empty() {
-        bail!("no broker group with a leader serves {}", a.topic);
-    }
-    let mut ids = UniqIdGenerator::new(Ipv4Addr::LOCALHOST, std::process::id(), now_ms() as i32);
-    let mut failures = 0u64;
-    for i in 0..a.count {
-        let (broker, c, qid) = &targets[(i as usize) % targets.len()];
-        let body = a.body.clone().unwrap_or_else(|| format!("message {i}"));
-        let mut props = String::new();
-        let uniq = ids.next_id(now_ms());
-        let mut list: Vec<(&str, &str)> = vec![(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX, &uniq), (property::WAIT_STORE_MSG_OK, "true")];
-        if let Some(t) = &a.tag {
-            list.push((property::TAGS, t));
-        }
-        if let Some(k) = &a.keys {
-            list.push((property::KEYS, k));
-        }
-        encode_properties(list, &mut props)?;
-        let h = SendMessageRequestHeader {
-            producer_group: a.group.clone(),
-            topic: a.topic.clone(),
-            default_topic: "TBW102".into(),
-            default_topic_queue_nums: 4,
-            queue_id: *qid,
-            sys_flag: 0,
-            born_timestamp: now_ms(),
-            flag: 0,
-            properties: Some(props),
-            ..Default::default()
-        };
-        let mut cmd = RemotingCommand::request(RequestCode::SEND_MESSAGE_V2, 0).with_body(body.into_bytes());
-        h.write_ext_fields_v2(&mut cmd.ext_fields);
-        let resp = call(c, cmd).await?;
-        if resp.code == ResponseCode::SUCCESS.0 {
-            let rh: SendMessageResponseHeader = resp.decode_header()?;
-            println!("SEND_OK {broker} queue={} offset={} msgId={} uniqKey={uniq}", rh.queue_id, rh.queue_offset, rh.msg_id);
-        } else {
-            failures += 1;
-            println!("FAILED code={} {}", resp.code, resp.remark.unwrap_or_default());
-        }
-    }
+    producer.shutdown().await;
     if failures > 0 {
-        bail!("{failures} of {} sends failed", a.count);
+        bail!("{failures} send(s) failed");
     }
     Ok(())
 }
 
-/// Pulls from every queue of the topic until `count` messages arrived, then commits the offsets.
+/// Pulls from every queue of the topic from the group's committed offsets (0 for a new group) until `count`
+/// messages arrived, printing them, then commits the offsets reached.
 pub async fn consume(a: ConsumeArgs) -> Result<()> {
-    let ns = connect(&a.namesrv).await?;
-    let r = route(&ns, &a.topic).await?.ok_or_else(|| anyhow!("topic {} has no route", a.topic))?;
-    let mut queues = Vec::new();
-    for q in &r.queue_datas {
-        let Some(addr) = r.broker_datas.iter().find(|b| b.broker_name == q.broker_name).and_then(|b| b.master_addr()) else { continue };
-        let c = connect(addr).await?;
-        for qid in 0..q.read_queue_nums {
-            let qh = QueryConsumerOffsetRequestHeader {
-                consumer_group: a.group.clone(),
-                topic: a.topic.clone(),
-                queue_id: qid,
-                set_zero_if_not_found: Some(true),
-            };
-            let resp = call(&c, RemotingCommand::request(RequestCode::QUERY_CONSUMER_OFFSET, 0).with_header(&qh)).await?;
-            let start = if resp.code == ResponseCode::SUCCESS.0 { resp.decode_header::<OffsetResponseHeader>()?.offset } else { 0 };
-            queues.push((q.broker_name.clone(), c.clone(), qid, start));
-        }
+    let consumer = PullConsumer::start(config(&a.namesrv), a.group.clone()).await?;
+    let result = pull_until(&consumer, &a).await;
+    consumer.shutdown().await;
+    result
+}
+
+async fn pull_until(consumer: &PullConsumer, a: &ConsumeArgs) -> Result<()> {
+    let queues = consumer.fetch_subscribe_queues(&a.topic).await.with_context(|| format!("queues of {}", a.topic))?;
+    let mut next: BTreeMap<MessageQueue, i64> = BTreeMap::new();
+    for q in &queues {
+        next.insert(q.clone(), consumer.fetch_consume_offset(q).await?.unwrap_or(0));
     }
     let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
     let mut got = 0u64;
-    let mut next: BTreeMap<(String, i32), i64> = queues.iter().map(|(b, _, q, o)| ((b.clone(), *q), *o)).collect();
     while got < a.count && Instant::now() < deadline {
         let mut progressed = false;
-        for (broker, c, qid, _) in &queues {
-            let offset = next[&(broker.clone(), *qid)];
-            let h = PullMessageRequestHeader {
-                consumer_group: a.group.clone(),
-                topic: a.topic.clone(),
-                queue_id: *qid,
-                queue_offset: offset,
-                max_msg_nums: 32,
-                sys_flag: 0,
-                suspend_timeout_millis: 0,
-                subscription: Some("*".into()),
-                expression_type: Some("TAG".into()),
-                ..Default::default()
-            };
-            let resp = call(c, RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h)).await?;
-            let rh: PullMessageResponseHeader = resp.decode_header()?;
-            if resp.code == ResponseCode::SUCCESS.0 {
-                for m in StoredMessages::new(&resp.body) {
-                    let m = m?;
+        for q in &queues {
+            let r = consumer.pull(q, &a.expression, next[q], 32).await.with_context(|| format!("pull {q:?}"))?;
+            if r.status == PullStatus::Found {
+                for m in &r.messages {
                     println!(
-                        "{broker} queue={qid} offset={} tags={} keys={} body={}",
+                        "{} queue={} offset={} tags={} keys={} body={}",
+                        q.broker_name,
+                        q.queue_id,
                         m.queue_offset,
                         m.tags().unwrap_or(""),
-                        m.property(property::KEYS).unwrap_or(""),
-                        String::from_utf8_lossy(m.body)
+                        m.keys().join(" "),
+                        String::from_utf8_lossy(&m.body)
                     );
                     got += 1;
                     progressed = true;
+                    if got >= a.count {
+                        next.insert(q.clone(), m.queue_offset + 1);
+                        break;
+                    }
                 }
             }
-            next.insert((broker.clone(), *qid), rh.next_begin_offset);
             if got >= a.count {
                 break;
             }
+            next.insert(q.clone(), r.next_begin_offset);
         }
         if !progressed {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    for (broker, c, qid, _) in &queues {
-        let h = UpdateConsumerOffsetRequestHeader {
-            consumer_group: a.group.clone(),
-            topic: a.topic.clone(),
-            queue_id: *qid,
-            commit_offset: next[&(broker.clone(), *qid)],
-        };
-        check(&call(c, RemotingCommand::request(RequestCode::UPDATE_CONSUMER_OFFSET, 0).with_header(&h)).await?, "commit offset")?;
+    for (q, offset) in &next {
+        consumer.update_consume_offset(q, *offset).await.context("commit offset")?;
     }
     println!("consumed {got} message(s)");
     if got < a.count {

@@ -18,7 +18,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod allocate;
+pub mod blocking;
 pub mod config;
 pub mod error;
 pub mod filter;
@@ -31,6 +33,7 @@ pub mod pull;
 pub mod push;
 pub mod selector;
 
+pub use admin::{Admin, QueueProgress};
 pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};

@@ -466,6 +466,10 @@ impl fmt::Display for LanguageCode {
     }
 }
 
+/// raftmq's own request code, outside RocketMQ's range: the answering node's Raft status as a JSON body
+/// (role, term, leader, log indexes). Used by `raftmq admin status` and the client's `Admin::node_status`.
+pub const RAFTMQ_NODE_STATUS: i32 = 10_900;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,7 +520,3 @@ mod tests {
         assert_eq!(LanguageCode::Other("NODE".into()).code(), 7);
     }
 }
-
-/// raftmq's own request code, outside RocketMQ's range: the answering node's Raft status as a JSON body
-/// (role, term, leader, log indexes). Used by `raftmq admin status` and the client's `Admin::node_status`.
-pub const RAFTMQ_NODE_STATUS: i32 = 10_900;

@@ -256,7 +256,11 @@ struct ProcessQueue {
     last_locked: Mutex<Option<Instant>>,
     /// Wakes the orderly worker when messages arrive or the queue is dropped.
     wake: Notify,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Orderly mode: held while the listener consumes a batch of this queue, so that a queue moving to
+    /// another consumer is unlocked only between batches.
+    consume_lock: tokio::sync::Mutex<()>,
+    /// The pull task. (Listener calls are never aborted: they finish and see the queue dropped.)
+    pull_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// RocketMQ's `REBALANCE_LOCK_MAX_LIVE_TIME`: a lock not renewed this long is not trusted (the broker's lasts 60 s).
@@ -275,7 +279,8 @@ impl ProcessQueue {
             locked: AtomicBool::new(false),
             last_locked: Mutex::new(None),
             wake: Notify::new(),
-            tasks: Mutex::default(),
+            consume_lock: tokio::sync::Mutex::new(()),
+            pull_task: Mutex::new(None),
         }
     }
 
@@ -290,7 +295,11 @@ impl ProcessQueue {
     fn drop_queue(&self) {
         self.dropped.store(true, Ordering::Release);
         self.wake.notify_one();
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        self.stop_pulling();
+    }
+
+    fn stop_pulling(&self) {
+        if let Some(t) = self.pull_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             t.abort();
         }
     }
@@ -509,9 +518,7 @@ impl PushConsumer {
         let pqs: Vec<Arc<ProcessQueue>> = inner.table.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         // Stop pulling; queued listener calls see `running == false` and return without consuming.
         for pq in &pqs {
-            if let Some(pull) = pq.tasks.lock().unwrap_or_else(|e| e.into_inner()).first() {
-                pull.abort();
-            }
+            pq.stop_pulling();
             pq.wake.notify_one();
         }
         let all = inner.opts.consume_concurrency.max(1) as u32;
@@ -682,6 +689,11 @@ impl PushInner {
             let pq = self.table.lock().unwrap_or_else(|e| e.into_inner()).remove(q);
             if let Some(pq) = pq {
                 pq.drop_queue();
+                if self.is_orderly() {
+                    // Let a batch in progress finish (and commit its offset) before the lock is given up;
+                    // RocketMQ waits up to 1 s the same way.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), pq.consume_lock.lock()).await;
+                }
             }
             self.offsets.persist(&self.client, std::slice::from_ref(q)).await;
             self.offsets.remove(q);
@@ -710,11 +722,11 @@ impl PushInner {
             let pq = Arc::new(ProcessQueue::new(q.clone()));
             pq.set_locked(self.needs_locks());
             self.table.lock().unwrap_or_else(|e| e.into_inner()).insert(q.clone(), Arc::clone(&pq));
-            let mut tasks = vec![tokio::spawn(Arc::clone(self).pull_loop(Arc::clone(&pq), start))];
+            *pq.pull_task.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(tokio::spawn(Arc::clone(self).pull_loop(Arc::clone(&pq), start)));
             if self.is_orderly() {
-                tasks.push(tokio::spawn(Arc::clone(self).orderly_worker(Arc::clone(&pq))));
+                tokio::spawn(Arc::clone(self).orderly_worker(Arc::clone(&pq)));
             }
-            pq.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
             info!(group = %self.opts.group, queue = ?q, offset = start, "queue assigned");
         }
     }
@@ -942,6 +954,7 @@ impl PushInner {
                 pq.rollback();
                 return;
             };
+            let consuming = pq.consume_lock.lock().await;
             if !self.running() || pq.is_dropped() {
                 pq.rollback();
                 return;
@@ -960,7 +973,7 @@ impl PushInner {
                     if let Some(o) = pq.commit() {
                         self.offsets.update(&pq.queue, o, false);
                     }
-                    drop(permit);
+                    drop((consuming, permit));
                 }
                 ConsumeOrderlyStatus::SuspendCurrentQueueAMoment => {
                     let max = self.max_reconsume_times();
@@ -978,12 +991,12 @@ impl PushInner {
                             if let Some(o) = pq.commit() {
                                 self.offsets.update(&pq.queue, o, false);
                             }
-                            drop(permit);
+                            drop((consuming, permit));
                             continue;
                         }
                     }
                     pq.rollback();
-                    drop(permit);
+                    drop((consuming, permit));
                     tokio::time::sleep(self.opts.suspend_current_queue_time).await;
                 }
             }

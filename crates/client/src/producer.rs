@@ -514,9 +514,9 @@ impl ProducerInner {
                     match self.client.note_leader_hint(&queue.broker_name, remark).filter(|h| *h != addr) {
                         Some(leader) if hops <= 4 => redirect = Some(leader),
                         hint => {
-                            if hint.is_some() {
-                                redirect = hint;
-                            }
+                            // Ask again after the backoff: the hinted leader, or this member, which is alive and
+                            // learns the new leader when the election ends (the route may still name a dead one).
+                            redirect = hint.or_else(|| Some(addr.clone()));
                             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
                             backoff = (backoff * 2).min(Duration::from_millis(500));
                         }
@@ -540,7 +540,7 @@ impl ProducerInner {
                     definite &= err.is_definite();
                     self.faults.record(&queue.broker_name, t0.elapsed(), true);
                     self.client.forget_leader_hint(&queue.broker_name, &addr);
-                    redirect = self.other_member(&queue.broker_name, &addr, attempts as usize);
+                    redirect = self.other_member(&queue.broker_name, &addr, attempts.saturating_sub(1) as usize);
                     avoid = Some(queue.broker_name.clone());
                     self.refresh_route_soon(&p.topic);
                 }

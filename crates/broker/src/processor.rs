@@ -158,16 +158,27 @@ impl BrokerInner {
             self.store.wait_for_message(&h.topic, qid, offset, hold).await;
             result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
         }
+        let mut next_begin_offset = result.next_begin_offset as i64;
         let code = match result.status {
             GetStatus::Found => ResponseCode::SUCCESS,
             GetStatus::NoMatchedMessage => ResponseCode::PULL_RETRY_IMMEDIATELY,
             GetStatus::OffsetOverflowOne => ResponseCode::PULL_NOT_FOUND,
             GetStatus::NoMessageInQueue if offset == 0 => ResponseCode::PULL_NOT_FOUND,
-            GetStatus::NoMessageInQueue | GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => ResponseCode::PULL_OFFSET_MOVED,
+            GetStatus::NoMessageInQueue | GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => {
+                if self.check_leader(req).is_ok() {
+                    ResponseCode::PULL_OFFSET_MOVED
+                } else {
+                    // A member that is not the ready leader may simply be behind (restarted, catching up): its
+                    // view must never move a consumer. Like a RocketMQ slave without offsetCheckInSlave, answer
+                    // "retry" at the same offset and point the client at the leader (brokerId 0).
+                    next_begin_offset = offset as i64;
+                    ResponseCode::PULL_RETRY_IMMEDIATELY
+                }
+            }
         };
         let rh = PullMessageResponseHeader {
             suggest_which_broker_id: 0,
-            next_begin_offset: result.next_begin_offset as i64,
+            next_begin_offset,
             min_offset: result.min_offset as i64,
             max_offset: result.max_offset as i64,
             ..Default::default()

@@ -33,6 +33,9 @@ pub(crate) trait ConsumerHook: Send + Sync {
 /// How long a leader learnt from a broker's remark overrides the nameserver's route.
 const LEADER_HINT_TTL: Duration = Duration::from_secs(30);
 
+/// Failure-triggered refreshes of one topic's route are at least this far apart.
+const ROUTE_REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
+
 struct LeaderHint {
     addr: String,
     since: Instant,
@@ -45,6 +48,8 @@ struct Inner {
     connections: Mutex<HashMap<String, RemotingClient>>,
     routes: RwLock<HashMap<String, TopicRouteData>>,
     leader_hints: Mutex<HashMap<String, LeaderHint>>,
+    /// When each topic's route was last refreshed because of a failure (throttles refresh storms).
+    refreshed_after_failure: Mutex<HashMap<String, Instant>>,
     producers: Mutex<BTreeSet<String>>,
     consumers: Mutex<BTreeMap<String, Arc<dyn ConsumerHook>>>,
     users: Mutex<usize>,
@@ -90,6 +95,7 @@ impl ClientInstance {
             connections: Mutex::default(),
             routes: RwLock::default(),
             leader_hints: Mutex::default(),
+            refreshed_after_failure: Mutex::default(),
             producers: Mutex::default(),
             consumers: Mutex::default(),
             users: Mutex::new(0),
@@ -276,7 +282,12 @@ impl ClientInstance {
             // Reads are idempotent, so a broken or silent member is simply skipped.
             match self.invoke(&addr, cmd.clone(), timeout).await {
                 Ok(resp) => return Ok(resp),
-                Err(e @ (ClientError::Connection { .. } | ClientError::Timeout { .. })) => last = Some(e),
+                Err(e @ (ClientError::Connection { .. } | ClientError::Timeout { .. })) => {
+                    // The presumed leader is gone: forget what named it, so the next request asks the others.
+                    self.forget_leader_hint(broker_name, &addr);
+                    self.refresh_routes_naming(broker_name);
+                    last = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -304,12 +315,45 @@ impl ClientInstance {
         self.inner.routes.read().unwrap_or_else(|e| e.into_inner()).get(topic).cloned()
     }
 
+    /// Refreshes, in the background, every cached route that names `broker_name`.
+    pub(crate) fn refresh_routes_naming(&self, broker_name: &str) {
+        let topics: Vec<String> = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, r)| r.broker_datas.iter().any(|b| b.broker_name == broker_name))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in topics {
+            self.refresh_route_soon(&t);
+        }
+    }
+
     /// The cached route, fetched when absent.
     pub async fn route(&self, topic: &str) -> Result<Option<TopicRouteData>> {
         match self.cached_route(topic) {
             Some(r) => Ok(Some(r)),
             None => self.update_route(topic).await,
         }
+    }
+
+    /// Refreshes `topic`'s route in the background (after a failure that suggests the route is stale).
+    pub(crate) fn refresh_route_soon(&self, topic: &str) {
+        {
+            let mut last = self.inner.refreshed_after_failure.lock().unwrap_or_else(|e| e.into_inner());
+            if last.get(topic).is_some_and(|t| t.elapsed() < ROUTE_REFRESH_MIN_GAP) {
+                return;
+            }
+            last.insert(topic.to_string(), Instant::now());
+        }
+        let (client, topic) = (self.clone(), topic.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = client.update_route(&topic).await {
+                debug!(%topic, error = %e, "route refresh failed");
+            }
+        });
     }
 
     async fn refresh_all_routes(&self) {

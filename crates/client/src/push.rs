@@ -841,6 +841,12 @@ impl PushInner {
                             pq.put(&r.messages);
                             self.dispatch(&pq, r.messages);
                         }
+                        PullStatus::NoMatchedMsg if r.next_begin_offset == offset => {
+                            // "Retry" without progress: a member that is behind (e.g. just restarted) answered.
+                            // Pause briefly and look the leader up again instead of spinning on it.
+                            self.client.refresh_route_soon(&pq.queue.topic);
+                            tokio::time::sleep(self.opts.pull_error_backoff / 10).await;
+                        }
                         PullStatus::Found | PullStatus::NoMatchedMsg => {
                             // Everything in range was filtered out: move the consumed offset along if idle.
                             if pq.load().0 == 0 {
@@ -849,6 +855,10 @@ impl PushInner {
                         }
                         PullStatus::NoNewMsg => {}
                         PullStatus::OffsetIllegal => {
+                            if !self.offset_really_moved(&pq.queue, offset, r.next_begin_offset).await {
+                                tokio::time::sleep(self.opts.pull_error_backoff).await;
+                                continue;
+                            }
                             warn!(queue = ?pq.queue, offset, next = r.next_begin_offset, "pull offset illegal; correcting");
                             self.offsets.update(&pq.queue, r.next_begin_offset, false);
                             self.offsets.persist(&self.client, std::slice::from_ref(&pq.queue)).await;
@@ -860,6 +870,28 @@ impl PushInner {
                     debug!(queue = ?pq.queue, error = %e, "pull failed");
                     tokio::time::sleep(self.opts.pull_error_backoff).await;
                 }
+            }
+        }
+    }
+
+    /// Whether an OFFSET_MOVED answer may move this queue's offset. Moving forward (messages expired) is
+    /// taken as is; moving backward is only believed when the group leader confirms that `offset` lies past
+    /// the queue's end, because a member that is behind would otherwise rewind the consumer (and its
+    /// committed offset) and replay the queue.
+    async fn offset_really_moved(&self, q: &MessageQueue, offset: i64, next: i64) -> bool {
+        if next >= offset {
+            return true;
+        }
+        match max_offset(&self.client, q).await {
+            Ok(max) if max >= offset => {
+                debug!(queue = ?q, offset, next, leader_max = max, "ignoring OFFSET_MOVED from a member that is behind");
+                self.client.refresh_route_soon(&q.topic);
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                debug!(queue = ?q, error = %e, "cannot confirm OFFSET_MOVED with the leader; keeping the offset");
+                false
             }
         }
     }

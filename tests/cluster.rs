@@ -85,6 +85,12 @@ fn cli_produce_consume_and_admin(cluster: &Cluster) {
     assert!(ok && out.contains("consumed 4 message(s)") && !out.contains("tags=A"), "{out}");
     let (ok, out) = raftmq(&["admin", "--namesrv", ns, "leader"]);
     assert!(ok && out.trim().starts_with('n'), "{out}");
+    let old: u64 = out.trim()[1..].parse().expect("leader id");
+    let target = if old == 1 { 2 } else { 1 };
+    let (ok, out) = raftmq(&["admin", "--namesrv", ns, "transfer-leader", "--to", &format!("n{target}")]);
+    assert!(ok && out.trim() == format!("n{target}"), "{out}");
+    let (ok, out) = raftmq(&["admin", "--namesrv", ns, "transfer-leader", "--to", "n9"]);
+    assert!(!ok && out.contains("not a member"), "an unknown target is refused with a reason: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

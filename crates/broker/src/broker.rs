@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::config::{BrokerConfig, FlushDiskType};
 use crate::consumers::ClientManager;
 use crate::locks::QueueLocks;
-use crate::processor::{reply, RAFTMQ_NODE_STATUS};
+use crate::processor::{reply, RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
 use crate::store::MessageStore;
 use crate::topics::{AUTO_CREATE_TOPIC, PERM_READ_WRITE};
 
@@ -329,6 +329,7 @@ impl RequestHandler for Handler {
                 RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req),
                 RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
                 code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
+                code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(&req).await,
                 code => {
                     reply(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by raftmq", code.0))
                 }

@@ -32,7 +32,7 @@ use crate::store::GetStatus;
 use crate::topics::{retry_topic, validate_topic, PERM_READ, PERM_READ_WRITE};
 
 /// raftmq-specific request: this node's Raft status as JSON (admin `status`).
-pub use raftmq_remoting::codes::RAFTMQ_NODE_STATUS;
+pub use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
 /// Bytes of messages one pull returns at most (RocketMQ `maxTransferBytesOnMessageInMemory`).
 const PULL_BYTES_MAX: usize = 256 * 1024;
 
@@ -382,6 +382,27 @@ impl BrokerInner {
                 Some(ok(req).into())
             }
             Err(e) => reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("topic change not replicated: {e}")),
+        }
+    }
+
+    /// RAFTMQ_TRANSFER_LEADER: hands leadership to the member named by ext field `target`.
+    pub(crate) async fn transfer_leader(&self, req: &RemotingCommand) -> Reply {
+        let Some(target) = req.ext_fields.get("target").and_then(|t| t.trim().trim_start_matches('n').parse::<u64>().ok()) else {
+            return reply(req, ResponseCode::SYSTEM_ERROR, "ext field `target` must name a member id (e.g. 2 or n2)");
+        };
+        if !self.cfg.peers.iter().any(|p| p.id == target) {
+            return reply(
+                req,
+                ResponseCode::SYSTEM_ERROR,
+                format!("node {target} is not a member of broker group {}", self.cfg.broker_name),
+            );
+        }
+        if let Err(r) = self.check_leader(req) {
+            return r;
+        }
+        match self.node.transfer_leader(target, Duration::from_secs(10)).await {
+            Ok(()) => Some(ok(req).into()),
+            Err(e) => reply(req, ResponseCode::SYSTEM_ERROR, format!("leader transfer to node {target} failed: {e}")),
         }
     }
 

@@ -24,6 +24,15 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: TopicCmd,
     },
+    /// Hand a group's leadership to another member (e.g. before maintenance of the leader's host).
+    TransferLeader {
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+        /// The member to lead next: its node id (`2` or `n2`).
+        #[arg(long)]
+        to: String,
+    },
     /// Consumer-group progress and lag on a topic.
     Group {
         /// Consumer group.
@@ -162,6 +171,18 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                 bail!("{addr} registered as leader but reports {}", s["role"]);
             }
             println!("n{}", s["nodeId"]);
+            Ok(())
+        }
+        AdminCmd::TransferLeader { broker, to } => {
+            let target: u64 = to.trim_start_matches('n').parse().with_context(|| format!("--to {to}: expected a node id like 2 or n2"))?;
+            let info = admin.cluster_info().await.context("cluster info")?;
+            let b = match &broker {
+                Some(n) => info.broker_addr_table.get(n).ok_or_else(|| anyhow!("no broker group {n}"))?,
+                None => info.broker_addr_table.values().next().ok_or_else(|| anyhow!("no broker group registered"))?,
+            };
+            let addr = b.master_addr().ok_or_else(|| anyhow!("group {} has no leader registered", b.broker_name))?;
+            admin.transfer_leader(addr, target).await.with_context(|| format!("transfer leadership of {} to n{target}", b.broker_name))?;
+            println!("n{target}");
             Ok(())
         }
         AdminCmd::Topic { cmd: TopicCmd::Create { name, queues } } => {

@@ -2,7 +2,7 @@
 //! group's leader, per-queue consumer-group progress, and raftmq's node status.
 
 use raftmq_remoting::body::{decode_json_body, ClusterInfo, TopicRouteData};
-use raftmq_remoting::codes::RAFTMQ_NODE_STATUS;
+use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
 use raftmq_remoting::header::{perm, CreateTopicRequestHeader, DEFAULT_TOPIC};
 use raftmq_remoting::{RemotingCommand, RequestCode};
 use serde::Deserialize;
@@ -120,6 +120,14 @@ impl Admin {
             .await?;
         let resp = check_success(addr, resp)?;
         serde_json::from_slice(&resp.body).map_err(|e| ClientError::Protocol(format!("node status from {addr}: {e}")))
+    }
+
+    /// raftmq only: asks the leader at `leader_addr` to hand leadership to member `target` and waits until it
+    /// has (up to about 10 s).
+    pub async fn transfer_leader(&self, leader_addr: &str, target: u64) -> Result<()> {
+        let cmd = RemotingCommand::request(RequestCode(RAFTMQ_TRANSFER_LEADER), 0).with_ext("target", target.to_string());
+        let resp = self.client.invoke(leader_addr, cmd, std::time::Duration::from_secs(15)).await?;
+        check_success(leader_addr, resp).map(|_| ())
     }
 
     /// `group`'s committed offset and the broker's end offset of every queue of `topic`.

@@ -470,6 +470,10 @@ impl fmt::Display for LanguageCode {
 /// (role, term, leader, log indexes). Used by `raftmq admin status` and the client's `Admin::node_status`.
 pub const RAFTMQ_NODE_STATUS: i32 = 10_900;
 
+/// raftmq's own request code: ask the receiving node, which must be its group's leader, to hand leadership
+/// to the member whose id is in ext field `target`. Answers SUCCESS once the target leads.
+pub const RAFTMQ_TRANSFER_LEADER: i32 = 10_901;
+
 #[cfg(test)]
 mod tests {
     use super::*;

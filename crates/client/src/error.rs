@@ -88,13 +88,13 @@ impl ClientError {
 
     /// True when the request certainly had no effect: it was refused by the server, never left this process,
     /// or the connection could not be made. False when the outcome is unknown (timeouts, broken connections).
+    ///
+    /// A broker refusal is definite except SYSTEM_ERROR (1), which RocketMQ brokers also use for failures
+    /// whose outcome they cannot know (raftmq: "store outcome unknown" when Raft lost track of an entry).
     pub fn is_definite(&self) -> bool {
         match self {
-            ClientError::Broker { .. }
-            | ClientError::NoRoute(_)
-            | ClientError::NoQueue(_)
-            | ClientError::InvalidMessage(_)
-            | ClientError::State(_) => true,
+            ClientError::Broker { code, .. } => *code != raftmq_remoting::ResponseCode::SYSTEM_ERROR.0,
+            ClientError::NoRoute(_) | ClientError::NoQueue(_) | ClientError::InvalidMessage(_) | ClientError::State(_) => true,
             ClientError::Connection { source: NetError::Io(e), .. } => {
                 matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable)
             }

@@ -528,6 +528,7 @@ impl ProducerInner {
                 ClientError::Broker { code, .. } if retryable_code(*code) => {
                     attempts += 1;
                     attempts_left -= 1;
+                    definite &= err.is_definite();
                     self.faults.record(&queue.broker_name, t0.elapsed(), true);
                     avoid = Some(queue.broker_name.clone());
                     self.client.refresh_route_soon(&p.topic);

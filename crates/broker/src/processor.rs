@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftmq_net::{Conn, Response};
-use raftmq_raft::node::Role;
+use raftmq_raft::node::{Role, WriteError};
 use raftmq_raft::types::{OffsetCommit, TopicConfig};
 use raftmq_remoting::body::{
     decode_json_body, encode_json_body, GetConsumerListByGroupResponseBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody,
@@ -227,7 +227,14 @@ impl BrokerInner {
         let c = OffsetCommit { group: h.consumer_group, topic: h.topic, queue_id: h.queue_id as u32, offset: h.commit_offset as u64 };
         match self.offsets.commit(c).await {
             Ok(()) => Some(ok(req).into()),
-            Err(e) => reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("offset commit not replicated: {e}")),
+            // Refused before it was proposed: certainly not applied, and the client may follow the hint.
+            Err(e @ (WriteError::NotLeader { .. } | WriteError::Transferring { .. })) => self
+                .check_leader(req)
+                .err()
+                .flatten()
+                .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("offset commit not accepted: {e}"))),
+            // Proposed, outcome unknown: SYSTEM_ERROR, which clients must not read as "not applied".
+            Err(e) => reply(req, ResponseCode::SYSTEM_ERROR, format!("offset commit outcome unknown: {e}")),
         }
     }
 

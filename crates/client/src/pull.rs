@@ -261,6 +261,15 @@ impl PullConsumer {
         self.pull_inner(queue, expression, offset, max_nums, Some(wait)).await
     }
 
+    /// Checks the consumer runs and the queue's route is cached (leader lookups need it).
+    async fn ready_for(&self, queue: &MessageQueue) -> Result<()> {
+        self.check()?;
+        if self.client.cached_route(&queue.topic).is_none() {
+            self.client.update_route(&queue.topic).await?.ok_or_else(|| ClientError::NoRoute(queue.topic.clone()))?;
+        }
+        Ok(())
+    }
+
     async fn pull_inner(
         &self,
         queue: &MessageQueue,
@@ -269,10 +278,7 @@ impl PullConsumer {
         max_nums: i32,
         wait: Option<Duration>,
     ) -> Result<PullResult> {
-        self.check()?;
-        if self.client.cached_route(&queue.topic).is_none() {
-            self.client.update_route(&queue.topic).await?;
-        }
+        self.ready_for(queue).await?;
         let sub = Subscription::parse(&queue.topic, expression)?;
         let spec = PullSpec {
             group: &self.group,
@@ -289,28 +295,31 @@ impl PullConsumer {
 
     /// The group's committed offset for `queue`, `None` when it has none.
     pub async fn fetch_consume_offset(&self, queue: &MessageQueue) -> Result<Option<i64>> {
-        self.check()?;
+        self.ready_for(queue).await?;
         query_consumer_offset(&self.client, &self.group, queue).await
     }
 
     /// Commits the group's offset for `queue` (the next offset to consume).
     pub async fn update_consume_offset(&self, queue: &MessageQueue, offset: i64) -> Result<()> {
-        self.check()?;
+        self.ready_for(queue).await?;
         update_consumer_offset(&self.client, &self.group, queue, offset).await
     }
 
     /// The queue's smallest offset.
     pub async fn min_offset(&self, queue: &MessageQueue) -> Result<i64> {
+        self.ready_for(queue).await?;
         min_offset(&self.client, queue).await
     }
 
     /// The queue's next offset to be written.
     pub async fn max_offset(&self, queue: &MessageQueue) -> Result<i64> {
+        self.ready_for(queue).await?;
         max_offset(&self.client, queue).await
     }
 
     /// The first offset stored at or after `timestamp_ms`.
     pub async fn search_offset(&self, queue: &MessageQueue, timestamp_ms: i64) -> Result<i64> {
+        self.ready_for(queue).await?;
         search_offset(&self.client, queue, timestamp_ms).await
     }
 

@@ -83,6 +83,15 @@ if [ "$status" -eq 0 ]; then
   log "interop: crates.io rocketmq-client-rust 1.0.0 against a 3-node cluster"
   run_suite interop-rust '^[0-9]+ passed, [0-9]+ failed' 1 '^[0-9]+ passed, [0-9]+ failed' 3 \
     scripts/interop-rust.sh "${CARGO_TARGET_DIR}/debug/raftmq"
+
+  # Chaos: the quick Jepsen-style suite (network namespaces, nemeses, queue checker); fails on any anomaly
+  # or an incomplete final drain.
+  log "jepsen quick: partitions, kills, pauses, clocks, loss, slow links, leader transfers"
+  if [ "$(id -u)" -eq 0 ]; then
+    run_suite jepsen '^jepsen quick: [0-9]+ passed' 3 '^jepsen quick: [0-9]+ passed, [0-9]+ failed' 5 scripts/jepsen.sh --quick
+  else
+    echo "skipped: scripts/jepsen.sh needs root (network namespaces)"
+  fi
 fi
 
 echo

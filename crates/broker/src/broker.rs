@@ -111,6 +111,8 @@ pub struct BrokerInner {
     pub(crate) locks: QueueLocks,
     pub(crate) offsets: OffsetCommitter,
     register_now: Notify,
+    /// `unsafeAckBeforeQuorum` only: the next queue offset to hand out per (topic, queue).
+    pub(crate) unsafe_next_offsets: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
 }
 
 /// A running broker node.
@@ -124,6 +126,11 @@ impl Broker {
     /// Starts the node: Raft member, remoting server, registration and housekeeping tasks.
     pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
         cfg.validate()?;
+        if cfg.unsafe_ack_before_quorum {
+            tracing::error!(
+                "UNSAFE: unsafeAckBeforeQuorum is on; acknowledged messages WILL be lost on failover (chaos-checker tests only)"
+            );
+        }
         let me = cfg.me()?.clone();
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
         nc.segment_bytes = cfg.mapped_file_size_commit_log;
@@ -148,6 +155,7 @@ impl Broker {
             clients: ClientManager::default(),
             locks: QueueLocks::new(Duration::from_secs(60)),
             register_now: Notify::new(),
+            unsafe_next_offsets: std::sync::Mutex::default(),
         });
         let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), ServerOptions::default())
             .await

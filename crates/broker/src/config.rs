@@ -79,6 +79,11 @@ pub struct BrokerConfig {
     /// Initialize the Raft group from this node when it is pristine (set on exactly one member).
     #[serde(default)]
     pub bootstrap: bool,
+    /// **UNSAFE, for testing the chaos checker only**: the leader answers SEND_OK before the Raft group has
+    /// committed the message, with a guessed queue offset. Acknowledged messages are then lost when the
+    /// leader dies or is cut off; `raftmq-jepsen` must report that. Logged loudly at start-up.
+    #[serde(default)]
+    pub unsafe_ack_before_quorum: bool,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }

@@ -183,6 +183,9 @@ impl BrokerInner {
                 Err(r) => return r,
             }
         }
+        if self.cfg.unsafe_ack_before_quorum {
+            return self.unsafe_ack_before_quorum(req, &topic, queue_id, store_host, messages);
+        }
         let put = self.store.put(&topic, queue_id, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await;
         match put {
             Ok(positions) => {
@@ -197,6 +200,35 @@ impl BrokerInner {
             }
             Err(e) => self.put_error_reply(req, e),
         }
+    }
+
+    /// `unsafeAckBeforeQuorum` (chaos-checker tests only): proposes the write in the background and answers
+    /// at once with the queue offset the message would get if nothing went wrong. Never enable in production.
+    fn unsafe_ack_before_quorum(
+        &self,
+        req: &RemotingCommand,
+        topic: &str,
+        queue_id: u32,
+        store_host: SocketAddrV4,
+        messages: Vec<Outgoing>,
+    ) -> Reply {
+        let n = messages.len() as u64;
+        let first = {
+            let mut next = self.unsafe_next_offsets.lock().unwrap_or_else(|e| e.into_inner());
+            let e = next.entry((topic.to_string(), queue_id)).or_insert(0);
+            *e = (*e).max(self.store.max_offset(topic, queue_id));
+            let first = *e;
+            *e += n;
+            first
+        };
+        let store = self.store.clone();
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            let _ = store.put(&topic, queue_id, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await;
+        });
+        let msg_id = encode_offset_msg_id(SocketAddr::V4(store_host), 0);
+        let rh = SendMessageResponseHeader::new(msg_id, queue_id as i32, first as i64);
+        Some(RemotingCommand::success_to(req).with_header(&rh).into())
     }
 
     /// CONSUMER_SEND_MSG_BACK: stores a failed message into the group's retry topic, or its dead-letter

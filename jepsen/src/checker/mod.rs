@@ -1,0 +1,318 @@
+//! The queue checker: Jepsen's `jepsen.tests.kafka` analysis re-implemented for raftmq's single-queue appends, plus
+//! raftmq's own anomalies, availability and realtime lag.
+//!
+//! [`check`] takes a history (see [`crate::history`]) and returns a [`CheckResult`], which serializes to
+//! `results.json` and renders as a plain-text table with [`CheckResult::summary_table`].
+//!
+//! # Anomalies
+//!
+//! | name | verdict | meaning |
+//! | --- | --- | --- |
+//! | `inconsistent-offsets` | bad | two or more values at one offset of a key's version order |
+//! | `duplicate` | bad | one value at two or more offsets of a key |
+//! | `G1a` | bad | an ok poll returned a value whose send failed (counted per message) |
+//! | `phantom-read` | bad | a poll returned a value no send ever attempted (per message) |
+//! | `wrong-key` | bad | a poll returned a value from a key it was not sent to (per message) |
+//! | `lost-write` | bad | a must-have-committed message below the highest index some ok poll reached was never read by an ok poll |
+//! | `unseen` | bad after a complete final drain, info otherwise | a message of an ok send that no ok poll returned |
+//! | `ack-beyond-end` | bad | an ok send's offset ≥ its queue's final high watermark |
+//! | `poll-skip` / `nonmonotonic-poll` | bad | per consumer process across polls: the next read skipped / went back (assign and seek aware) |
+//! | `int-poll-skip` / `int-nonmonotonic-poll` | bad | within one poll |
+//! | `nonmonotonic-send` | bad | per producer process, a later send landed at or before an earlier one |
+//! | `int-nonmonotonic-send` | bad | within one batch |
+//! | `int-send-skip` | bad with atomic batches (default), allowed otherwise | another message landed inside a batch |
+//! | `realtime-send-order` | bad | A completed before B was invoked but A's offset is above B's |
+//! | `offset-gap` | bad with dense offsets (default), info otherwise | non-consecutive offsets in one poll; offsets below the final high watermark no ok poll returned (after a complete drain) |
+//! | `committed-offset-regression` | bad | a group's committed offset read lower than one already committed or read |
+//! | `stale-read` | info (bad with `linearizable_polls`) | an empty poll reported a high watermark ≤ an offset already acknowledged |
+//!
+//! The exact rules are documented on the functions in `anomalies.rs`.
+//!
+//! # Verdict
+//!
+//! [`Validity::Invalid`] iff some anomaly with verdict bad has a non-zero count; otherwise [`Validity::Unknown`] if
+//! there was no `final-drain` op, a `final-drain` op did not end ok, or there was no ok send or no ok poll; otherwise
+//! [`Validity::Valid`].
+
+mod anomalies;
+mod availability;
+mod index;
+mod lag;
+mod report;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use availability::{fault_windows, Availability, FaultWindow, Outage, Recovery};
+pub use index::Notes;
+pub use lag::{realtime_lag, LagPoint, LagSummary};
+pub use report::{AnomalyReport, CheckResult, DrainSummary, ErrorCause, Stats};
+
+use crate::history::{Key, Op, OpType, Process, Value};
+use anomalies::Findings;
+use index::{Index, Kind};
+
+/// Every anomaly the checker reports, in report order.
+pub const ANOMALIES: &[&str] = &[
+    "inconsistent-offsets",
+    "duplicate",
+    "G1a",
+    "phantom-read",
+    "wrong-key",
+    "lost-write",
+    "unseen",
+    "ack-beyond-end",
+    "poll-skip",
+    "nonmonotonic-poll",
+    "int-poll-skip",
+    "int-nonmonotonic-poll",
+    "nonmonotonic-send",
+    "int-nonmonotonic-send",
+    "int-send-skip",
+    "realtime-send-order",
+    "offset-gap",
+    "committed-offset-regression",
+    "stale-read",
+];
+
+/// What the broker promises, which decides some verdicts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckOptions {
+    /// Batches are appended atomically at consecutive offsets, so `int-send-skip` is bad (default true).
+    pub atomic_batches: bool,
+    /// Offsets of a queue are dense (RocketMQ consume queues), so `offset-gap` is bad (default true).
+    pub dense_offsets: bool,
+    /// Polls promise leader-linearizable reads, so `stale-read` is bad (default false).
+    pub linearizable_polls: bool,
+    /// Examples kept per anomaly (default 8).
+    pub max_examples: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions { atomic_batches: true, dense_offsets: true, linearizable_polls: false, max_examples: 8 }
+    }
+}
+
+/// The overall result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validity {
+    /// No bad anomaly, and the history was complete enough to tell.
+    Valid,
+    /// At least one bad anomaly.
+    Invalid,
+    /// No bad anomaly, but the final drain was missing or incomplete, or nothing was sent or polled.
+    Unknown,
+}
+
+impl Validity {
+    /// Process exit code: 0 valid, 1 invalid, 2 unknown.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Validity::Valid => 0,
+            Validity::Invalid => 1,
+            Validity::Unknown => 2,
+        }
+    }
+
+    /// `YES`, `NO` or `UNKNOWN`, for the final `VALID?` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Validity::Valid => "YES",
+            Validity::Invalid => "NO",
+            Validity::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for Validity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an anomaly affects the result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Any occurrence makes the run invalid.
+    Bad,
+    /// Reported only.
+    Info,
+    /// Permitted by the system's contract (reported only).
+    Allowed,
+}
+
+/// The verdict of an anomaly under `opts`; `drain_complete` decides `unseen`.
+pub fn verdict_of(name: &str, opts: &CheckOptions, drain_complete: bool) -> Verdict {
+    match name {
+        "unseen" if !drain_complete => Verdict::Info,
+        "int-send-skip" if !opts.atomic_batches => Verdict::Allowed,
+        "offset-gap" if !opts.dense_offsets => Verdict::Info,
+        "stale-read" if !opts.linearizable_polls => Verdict::Info,
+        _ => Verdict::Bad,
+    }
+}
+
+/// Checks a history. Never panics on malformed input: ops whose payload cannot be parsed are skipped and counted in
+/// [`CheckResult::malformed`], pairing problems in [`CheckResult::pairing`].
+pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
+    let ix = Index::build(history);
+    let mut found = Findings::new(opts.max_examples);
+    anomalies::version_order(&ix, &mut found);
+    anomalies::reads(&ix, &mut found);
+    anomalies::lost_write(&ix, &mut found);
+    let unseen_by_key = anomalies::unseen(&ix, &mut found);
+    anomalies::poll_skip(&ix, &mut found);
+    anomalies::int_poll(&ix, &mut found);
+    anomalies::sends(&ix, &mut found);
+    anomalies::realtime_send_order(&ix, &mut found);
+    let hws = anomalies::final_high_watermarks(&ix);
+    anomalies::ack_beyond_end(&ix, &hws, &mut found);
+    anomalies::final_holes(&ix, &hws, &mut found);
+    anomalies::committed_regression(&ix, &mut found);
+    anomalies::stale_read(&ix, &mut found);
+
+    let drain_complete = ix.drain.complete();
+    let anomalies: Vec<AnomalyReport> = ANOMALIES
+        .iter()
+        .map(|&name| {
+            let (count, examples) = found.take(name);
+            AnomalyReport { name: name.to_owned(), count, verdict: verdict_of(name, opts, drain_complete), examples }
+        })
+        .collect();
+    let bad: Vec<String> = anomalies.iter().filter(|a| a.count > 0 && a.verdict == Verdict::Bad).map(|a| a.name.clone()).collect();
+
+    // Counts.
+    let mut ops: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut causes: HashMap<(String, OpType, String), u64> = HashMap::new();
+    let (mut ok_sends, mut ok_polls) = (0u64, 0u64);
+    let (mut acked, mut polled): (HashSet<(Key, Value)>, u64) = (HashSet::new(), 0);
+    for p in &ix.ops {
+        *ops.entry(p.op.f().to_owned()).or_default().entry(p.ty.as_str().to_owned()).or_default() += 1;
+        if matches!(p.ty, OpType::Fail | OpType::Info) && p.process() != Process::Nemesis {
+            let err = match (p.op.error(), p.op.completion()) {
+                (Some(e), _) => e.to_owned(),
+                (None, None) => "never completed".to_owned(),
+                (None, Some(_)) => "(no error given)".to_owned(),
+            };
+            *causes.entry((p.op.f().to_owned(), p.ty, err)).or_default() += 1;
+        }
+        if anomalies::is_ok_send(p) {
+            ok_sends += 1;
+            if let Kind::Send(s) = &p.kind {
+                acked.extend(s.iter().map(|s| (s.key, s.value)));
+            }
+        }
+        if anomalies::is_ok_poll(p) {
+            ok_polls += 1;
+            polled += p.reads().iter().map(|(_, pairs)| pairs.len() as u64).sum::<u64>();
+        }
+    }
+    let mut error_causes: Vec<ErrorCause> =
+        causes.into_iter().map(|((f, ty, error), count)| ErrorCause { f, op_type: ty, error, count }).collect();
+    error_causes.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.f, a.op_type, &a.error).cmp(&(&b.f, b.op_type, &b.error))));
+
+    let mut unknown_reasons = Vec::new();
+    if ix.drain.ops == 0 {
+        unknown_reasons.push("no final-drain op".to_owned());
+    } else if !drain_complete {
+        unknown_reasons.push(format!(
+            "final drain incomplete: {} of {} drain workers did not reach the end",
+            ix.drain.ops - ix.drain.ok,
+            ix.drain.ops
+        ));
+    }
+    if ok_sends == 0 {
+        unknown_reasons.push("no ok send".to_owned());
+    }
+    if ok_polls == 0 {
+        unknown_reasons.push("no ok poll".to_owned());
+    }
+    let validity = if !bad.is_empty() {
+        Validity::Invalid
+    } else if !unknown_reasons.is_empty() {
+        Validity::Unknown
+    } else {
+        Validity::Valid
+    };
+
+    let lags = lag::compute(&ix);
+    CheckResult {
+        validity,
+        bad,
+        unknown_reasons,
+        anomalies,
+        ops,
+        error_causes,
+        final_drain: DrainSummary { ops: ix.drain.ops, ok: ix.drain.ok, complete: drain_complete, start: ix.drain.start },
+        unseen_by_key,
+        high_watermarks: hws.iter().map(|(&k, h)| (k, h.hw)).collect(),
+        availability: availability::compute(&ix),
+        lag: lag::summarize(&lags),
+        stats: Stats {
+            history_ops: history.len() as u64,
+            operations: ix.ops.len() as u64,
+            keys: ix.keys().len() as u64,
+            ok_sends,
+            ok_polls,
+            messages_acked: acked.len() as u64,
+            messages_polled: polled,
+        },
+        malformed: ix.malformed.clone(),
+        pairing: ix.pairing.clone(),
+        options: opts.clone(),
+    }
+}
+
+/// The number of acknowledged-but-not-yet-polled messages per key after an ok send or poll.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnseenPoint {
+    /// The op's completion time (ns).
+    pub time: u64,
+    /// Per key that has had an ok send: messages acknowledged by ok sends that no ok poll has returned so far.
+    pub unseen: BTreeMap<Key, u64>,
+}
+
+/// Jepsen's `unseen` series, for plotting: one point per ok send or ok poll, in completion order.
+pub fn unseen_series(history: &[Op]) -> Vec<UnseenPoint> {
+    let ix = Index::build(history);
+    let mut unseen: HashSet<(Key, Value)> = HashSet::new();
+    let mut polled: HashSet<(Key, Value)> = HashSet::new();
+    let mut counts: BTreeMap<Key, u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for p in &ix.ops {
+        if p.ty != OpType::Ok {
+            continue;
+        }
+        let Some(time) = p.op.complete_time() else { continue };
+        match &p.kind {
+            Kind::Send(sends) => {
+                for s in sends {
+                    counts.entry(s.key).or_insert(0);
+                    if !polled.contains(&(s.key, s.value)) && unseen.insert((s.key, s.value)) {
+                        *counts.entry(s.key).or_insert(0) += 1;
+                    }
+                }
+            }
+            Kind::Poll { reads, .. } => {
+                for (k, pairs) in reads {
+                    for &(_, v) in pairs {
+                        polled.insert((*k, v));
+                        if unseen.remove(&(*k, v)) {
+                            if let Some(c) = counts.get_mut(k) {
+                                *c -= 1;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => continue,
+        }
+        out.push(UnseenPoint { time, unseen: counts.clone() });
+    }
+    out
+}

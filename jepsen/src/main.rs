@@ -1,0 +1,168 @@
+//! `raftmq-jepsen`: chaos tests of a 3-node raftmq group in network namespaces.
+//!
+//! - `run`: set up, run the workload under faults, drain, check; prints the summary and, last,
+//!   `VALID? YES|NO|UNKNOWN` (exit code 0, 1 or 2).
+//! - `check HISTORY`: check a recorded `history.jsonl` again.
+//! - `plot DIR`: redraw the plots of a results folder.
+//! - `cleanup`: kill what a (crashed) harness started and remove its namespaces, bridge and rules.
+//!
+//! Needs root (namespaces, nftables, tc). `scripts/jepsen.sh` installs the Debian packages it uses.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use raftmq_jepsen::checker::{check, CheckOptions, CheckResult};
+use raftmq_jepsen::history::read_history;
+use raftmq_jepsen::nemesis::Family;
+use raftmq_jepsen::run::{run, RunConfig};
+use raftmq_jepsen::{cluster, plot};
+
+#[derive(Parser)]
+#[command(name = "raftmq-jepsen", about = "Jepsen-style chaos testing of raftmq")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a test.
+    Run(RunArgs),
+    /// Check a history file.
+    Check {
+        /// `history.jsonl`.
+        history: PathBuf,
+    },
+    /// Redraw the plots of a results folder.
+    Plot {
+        /// The results folder (holds history.jsonl).
+        dir: PathBuf,
+    },
+    /// Remove everything a harness started or created.
+    Cleanup,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The `raftmq` binary.
+    #[arg(long, env = "RAFTMQ_BIN")]
+    bin: PathBuf,
+    /// Nemesis families, comma-separated, or `all`: partition, kill, pause, clock, loss, slow, transfer.
+    #[arg(long, default_value = "partition,kill,pause,clock")]
+    nemesis: String,
+    /// Seed of the fault schedule and the workload generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds of faults.
+    #[arg(long, default_value_t = 300)]
+    time_limit: u64,
+    /// Mean seconds between faults.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    /// Target operations per second (all workers).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Results folder root.
+    #[arg(long, default_value = "jepsen/store")]
+    store: PathBuf,
+    /// Broker data root (must be a real disk, not tmpfs).
+    #[arg(long, default_value = "/var/tmp/raftmq-jepsen-data")]
+    data_root: PathBuf,
+    /// Run name (default: the nemesis list).
+    #[arg(long)]
+    name: Option<String>,
+    /// Short holds and windows for CI (faults held 2-6 s, 5 s recovery, 30 s drain limit).
+    #[arg(long)]
+    quick: bool,
+    /// Extra TOML for every broker (e.g. an `unsafe…` test switch).
+    #[arg(long, default_value = "")]
+    broker_extra: String,
+}
+
+fn verdict_line(r: &CheckResult) -> ExitCode {
+    println!("VALID? {}", r.validity.as_str());
+    ExitCode::from(r.validity.exit_code() as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("RAFTMQ_JEPSEN_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            println!("VALID? UNKNOWN");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Cleanup => {
+            cluster::cleanup();
+            println!("cleaned up");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { history } => {
+            let ops = read_history(&history).with_context(|| format!("reading {}", history.display()))?;
+            let r = check(&ops, &CheckOptions::default());
+            print!("{}", r.summary_table());
+            Ok(verdict_line(&r))
+        }
+        Cmd::Plot { dir } => {
+            let ops = read_history(dir.join("history.jsonl"))?;
+            let r = check(&ops, &CheckOptions::default());
+            plot::plot_all(&ops, &r, &dir)?;
+            println!("plots written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run(a) => {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("raftmq-jepsen run needs root (network namespaces, nftables, tc)");
+            }
+            let families = Family::parse_list(&a.nemesis)?;
+            let (hold, recovery, drain, warmup) = if a.quick {
+                ((Duration::from_secs(2), Duration::from_secs(6)), Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(3))
+            } else {
+                (
+                    (Duration::from_secs(5), Duration::from_secs(15)),
+                    Duration::from_secs(15),
+                    Duration::from_secs(60),
+                    Duration::from_secs(10),
+                )
+            };
+            let cfg = RunConfig {
+                bin: a.bin.canonicalize().with_context(|| format!("raftmq binary {}", a.bin.display()))?,
+                store: a.store,
+                data_root: a.data_root,
+                name: a.name.unwrap_or_else(|| a.nemesis.replace(',', "+")),
+                seed: a.seed,
+                families,
+                time_limit: Duration::from_secs(a.time_limit),
+                interval: Duration::from_secs(a.interval),
+                hold,
+                warmup,
+                recovery,
+                drain_limit: drain,
+                rate: a.rate,
+                queues: 4,
+                producers: 4,
+                consumers: 2,
+                broker_extra: a.broker_extra,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let outcome = runtime.block_on(run(cfg))?;
+            print!("{}", outcome.result.summary_table());
+            println!("results in {}", outcome.dir.display());
+            Ok(verdict_line(&outcome.result))
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The queue workload: producers send unique integer values to the queues of one topic (key = queue id),
+//! consumers poll assigned queues with their own offsets (Jepsen's `assign` semantics) and commit consumer
+//! offsets, and a final drain reads every queue to its end. Every operation goes into the history as an
+//! invocation and a completion.
+//!
+//! Error mapping is what the checker's soundness rests on: `fail` only where raftmq guarantees nothing was
+//! appended (the client refused it, the connection was refused, or the broker answered a pre-append refusal
+//! such as "not the leader"); everything uncertain (timeouts, broken connections, SYSTEM_ERROR "outcome
+//! unknown") is `info`. The producer makes no retries (`retries = 0`), so every duplicate the checker finds
+//! comes from the system, not from the harness.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use raftmq_client::{ClientConfig, ClientError, Message, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// Workload settings.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    /// Nameserver address.
+    pub namesrv: String,
+    /// Topic.
+    pub topic: String,
+    /// Broker group holding the topic.
+    pub broker_name: String,
+    /// Queues (keys 0..queues).
+    pub queues: u32,
+    /// Producer workers.
+    pub producers: usize,
+    /// Consumer workers.
+    pub consumers: usize,
+    /// Target operations per second over all workers.
+    pub rate: f64,
+    /// Largest batch (1 = no batches).
+    pub batch_max: usize,
+    /// Seed of every random choice of the generator.
+    pub seed: u64,
+    /// Body bytes per message (the value in decimal, padded).
+    pub body_bytes: usize,
+}
+
+/// Writes history ops as JSON Lines from one task, assigning `index` in write order and `time` from one
+/// monotonic clock.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<Value>,
+    start: Instant,
+}
+
+impl Recorder {
+    /// A recorder writing to `path`; returns it and the writer task (finishes when every clone is dropped).
+    pub fn create(path: &Path) -> Result<(Recorder, tokio::task::JoinHandle<std::io::Result<u64>>)> {
+        let file = std::fs::File::create(path)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut out = std::io::BufWriter::new(file);
+            let mut index = 0u64;
+            while let Some(mut op) = rx.blocking_recv() {
+                op["index"] = json!(index);
+                index += 1;
+                serde_json::to_writer(&mut out, &op)?;
+                out.write_all(b"\n")?;
+                if rx.is_empty() {
+                    out.flush()?;
+                }
+            }
+            out.flush()?;
+            Ok(index)
+        });
+        Ok((Recorder { tx, start: Instant::now() }, writer))
+    }
+
+    /// Nanoseconds since the recorder was made.
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Records one op (fields `process`, `type`, `f`, `value` and optional `error`, `extra`).
+    pub fn record(&self, mut op: Value) {
+        op["time"] = json!(self.now());
+        let _ = self.tx.send(op);
+    }
+
+    /// Records a nemesis op.
+    pub fn nemesis(&self, f: &str, value: Value) {
+        self.record(json!({"process": "nemesis", "type": "info", "f": f, "value": value}));
+    }
+}
+
+/// `fail` when nothing can have been stored, `info` otherwise (see the module docs).
+pub fn classify(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::InvalidMessage(_) | ClientError::State(_) | ClientError::NoRoute(_) | ClientError::NoQueue(_) => "fail",
+        ClientError::Broker { .. } | ClientError::Connection { .. } if e.is_definite() => "fail",
+        ClientError::RetriesExhausted { attempts, definite, last, .. } if *attempts <= 1 || *definite => classify(last),
+        _ => "info",
+    }
+}
+
+/// What the run learnt, for the final drain.
+#[derive(Default)]
+pub struct Progress {
+    /// Per key: the highest acknowledged offset + 1.
+    pub acked_end: Mutex<BTreeMap<u32, u64>>,
+    /// Per key: the highest polled offset + 1.
+    pub polled_end: Mutex<BTreeMap<u32, u64>>,
+}
+
+fn bump(map: &Mutex<BTreeMap<u32, u64>>, k: u32, end: u64) {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    let e = m.entry(k).or_insert(0);
+    *e = (*e).max(end);
+}
+
+fn queue(cfg: &WorkloadConfig, k: u32) -> MessageQueue {
+    MessageQueue { topic: cfg.topic.clone(), broker_name: cfg.broker_name.clone(), queue_id: k as i32 }
+}
+
+fn client_config(cfg: &WorkloadConfig, instance: String) -> ClientConfig {
+    let mut c = ClientConfig::new(&cfg.namesrv).with_instance_name(instance);
+    c.request_timeout = Duration::from_secs(3);
+    c.connect_timeout = Duration::from_secs(2);
+    c.poll_name_server_interval = Duration::from_secs(5);
+    c
+}
+
+/// Values are the decimal body prefix.
+fn parse_value(body: &[u8]) -> Option<u64> {
+    let digits: Vec<u8> = body.iter().copied().take_while(u8::is_ascii_digit).collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Runs the workload until `stop` is set. Process ids: worker w starts as w and moves on by the number of
+/// workers after each `info` or crash, as Jepsen's do.
+pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
+    let counter = Arc::new(AtomicU64::new(1));
+    let workers = cfg.producers + cfg.consumers;
+    let mut handles = Vec::new();
+    for w in 0..cfg.producers {
+        let (cfg, rec, stop, progress, counter) =
+            (cfg.clone(), rec.clone(), Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&counter));
+        handles.push(tokio::spawn(async move { producer(w, workers, cfg, rec, stop, progress, counter).await }));
+    }
+    for c in 0..cfg.consumers {
+        let w = cfg.producers + c;
+        let (cfg, rec, stop, progress) = (cfg.clone(), rec.clone(), Arc::clone(&stop), Arc::clone(&progress));
+        handles.push(tokio::spawn(async move { consumer(w, c, workers, cfg, rec, stop, progress).await }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn pace(rng: &mut ChaCha8Rng, cfg: &WorkloadConfig) -> Duration {
+    let workers = (cfg.producers + cfg.consumers).max(1) as f64;
+    let mean = workers / cfg.rate.max(1.0);
+    Duration::from_secs_f64(rng.gen_range(0.0..2.0 * mean))
+}
+
+async fn producer(
+    w: usize,
+    workers: usize,
+    cfg: WorkloadConfig,
+    rec: Recorder,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    counter: Arc<AtomicU64>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ ((w as u64 + 1) * 0x9E37_79B9));
+    let mut opts = ProducerOptions::new(format!("jepsen-p{w}"));
+    opts.retries = 0;
+    opts.send_timeout = Duration::from_secs(5);
+    let producer = loop {
+        match Producer::start(client_config(&cfg, format!("jepsen-p{w}")), opts.clone()).await {
+            Ok(p) => break p,
+            Err(_) if !stop.load(Ordering::Acquire) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(_) => return,
+        }
+    };
+    let mut process = w as u64;
+    let mut last_crash = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        tokio::time::sleep(pace(&mut rng, &cfg)).await;
+        if last_crash.elapsed() > Duration::from_secs(30) && rng.gen_bool(0.05) {
+            rec.record(json!({"process": process, "type": "info", "f": "crash", "value": null}));
+            process += workers as u64;
+            last_crash = Instant::now();
+            continue;
+        }
+        let k = rng.gen_range(0..cfg.queues);
+        let n = if cfg.batch_max > 1 && rng.gen_bool(0.25) { rng.gen_range(2..=cfg.batch_max) } else { 1 };
+        let values: Vec<u64> = (0..n).map(|_| counter.fetch_add(1, Ordering::Relaxed)).collect();
+        let invoke: Vec<Value> = values.iter().map(|v| json!(["send", k, v])).collect();
+        rec.record(json!({"process": process, "type": "invoke", "f": "send", "value": invoke}));
+        let msgs: Vec<Message> = values
+            .iter()
+            .map(|v| {
+                let mut body = v.to_string();
+                body.push(' ');
+                while body.len() < cfg.body_bytes {
+                    body.push('.');
+                }
+                Message::new(cfg.topic.clone(), body).with_property("jepsen_producer", w.to_string())
+            })
+            .collect();
+        let result = if n == 1 {
+            producer.send_to_queue(msgs.into_iter().next().unwrap_or_else(|| Message::new("", "")), queue(&cfg, k)).await
+        } else {
+            producer.send_batch_to_queue(msgs, queue(&cfg, k)).await
+        };
+        match result {
+            Ok(r) => {
+                let first = r.queue_offset.max(0) as u64;
+                let done: Vec<Value> = values.iter().enumerate().map(|(i, v)| json!(["send", k, [first + i as u64, v]])).collect();
+                bump(&progress.acked_end, k, first + n as u64);
+                rec.record(json!({"process": process, "type": "ok", "f": "send", "value": done}));
+            }
+            Err(e) => {
+                let kind = classify(&e);
+                rec.record(json!({"process": process, "type": kind, "f": "send", "value": invoke, "error": e.to_string()}));
+                if kind == "info" {
+                    process += workers as u64;
+                }
+            }
+        }
+    }
+    producer.shutdown().await;
+}
+
+struct ConsumerState {
+    assigned: BTreeSet<u32>,
+    next: BTreeMap<u32, u64>,
+    committed: BTreeMap<u32, u64>,
+}
+
+async fn consumer(w: usize, c: usize, workers: usize, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ ((w as u64 + 101) * 0x85EB_CA6B));
+    let group = format!("jepsen-c{c}");
+    let pc = loop {
+        match PullConsumer::start(client_config(&cfg, format!("jepsen-c{c}")), group.clone()).await {
+            Ok(p) => break p,
+            Err(_) if !stop.load(Ordering::Acquire) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(_) => return,
+        }
+    };
+    let mut process = w as u64;
+    let all: Vec<u32> = (0..cfg.queues).collect();
+    let mut st = ConsumerState { assigned: BTreeSet::new(), next: BTreeMap::new(), committed: BTreeMap::new() };
+    assign(&pc, &cfg, &rec, &mut process, workers, &group, &mut st, all.clone(), "committed").await;
+    let mut last_commit = Instant::now();
+    let mut last_crash = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        tokio::time::sleep(pace(&mut rng, &cfg)).await;
+        if last_crash.elapsed() > Duration::from_secs(30) && rng.gen_bool(0.05) {
+            rec.record(json!({"process": process, "type": "info", "f": "crash", "value": null}));
+            process += workers as u64;
+            last_crash = Instant::now();
+            assign(&pc, &cfg, &rec, &mut process, workers, &group, &mut st, all.clone(), "committed").await;
+            continue;
+        }
+        if rng.gen_range(0..64) == 0 || st.assigned.is_empty() {
+            let mut keys: Vec<u32> = all.iter().copied().filter(|_| rng.gen_bool(0.6)).collect();
+            if keys.is_empty() {
+                keys.push(rng.gen_range(0..cfg.queues));
+            }
+            let seek = ["keep", "committed", "beginning"][rng.gen_range(0..3)];
+            assign(&pc, &cfg, &rec, &mut process, workers, &group, &mut st, keys, seek).await;
+            continue;
+        }
+        if last_commit.elapsed() > Duration::from_secs(1) {
+            commit(&pc, &cfg, &rec, &mut process, workers, &group, &mut st).await;
+            last_commit = Instant::now();
+            continue;
+        }
+        let keys: Vec<u32> = st.assigned.iter().copied().collect();
+        let k = keys[rng.gen_range(0..keys.len())];
+        poll(&pc, &cfg, &rec, &mut process, workers, &mut st, k, &progress).await;
+    }
+    pc.shutdown().await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn assign(
+    pc: &PullConsumer,
+    cfg: &WorkloadConfig,
+    rec: &Recorder,
+    process: &mut u64,
+    workers: usize,
+    group: &str,
+    st: &mut ConsumerState,
+    keys: Vec<u32>,
+    seek: &str,
+) {
+    let value = json!({"keys": keys, "seek": seek, "group": group});
+    rec.record(json!({"process": *process, "type": "invoke", "f": "assign", "value": value}));
+    let mut committed = Vec::new();
+    let mut next = BTreeMap::new();
+    for k in &keys {
+        let start = match seek {
+            "beginning" => 0,
+            "keep" => st.next.get(k).copied().unwrap_or(0),
+            _ => match pc.fetch_consume_offset(&queue(cfg, *k)).await {
+                Ok(Some(o)) => {
+                    committed.push(json!([k, o]));
+                    o.max(0) as u64
+                }
+                Ok(None) => 0,
+                Err(e) => {
+                    rec.record(json!({"process": *process, "type": "info", "f": "assign", "value": value, "error": e.to_string()}));
+                    *process += workers as u64;
+                    return;
+                }
+            },
+        };
+        next.insert(*k, start);
+    }
+    st.assigned = keys.iter().copied().collect();
+    st.next.extend(next);
+    rec.record(json!({"process": *process, "type": "ok", "f": "assign", "value": value, "extra": {"committed": committed}}));
+}
+
+async fn commit(
+    pc: &PullConsumer,
+    cfg: &WorkloadConfig,
+    rec: &Recorder,
+    process: &mut u64,
+    workers: usize,
+    group: &str,
+    st: &mut ConsumerState,
+) {
+    // Commits only move forward per key: each group has this one committer.
+    let offsets: Vec<(u32, u64)> = st
+        .assigned
+        .iter()
+        .filter_map(|k| st.next.get(k).map(|o| (*k, *o)))
+        .filter(|(k, o)| *o > st.committed.get(k).copied().unwrap_or(0))
+        .collect();
+    if offsets.is_empty() {
+        return;
+    }
+    let value = json!({"group": group, "offsets": offsets.iter().map(|(k, o)| json!([k, o])).collect::<Vec<_>>()});
+    rec.record(json!({"process": *process, "type": "invoke", "f": "commit", "value": value}));
+    for (i, (k, o)) in offsets.iter().enumerate() {
+        if let Err(e) = pc.update_consume_offset(&queue(cfg, *k), *o as i64).await {
+            // Earlier keys of this op are committed, this one maybe: the op as a whole is uncertain.
+            let kind = if i == 0 { classify(&e) } else { "info" };
+            rec.record(json!({"process": *process, "type": kind, "f": "commit", "value": value, "error": e.to_string()}));
+            if kind == "info" {
+                *process += workers as u64;
+            }
+            for (k2, o2) in &offsets[..i] {
+                st.committed.insert(*k2, *o2);
+            }
+            return;
+        }
+    }
+    for (k, o) in offsets {
+        st.committed.insert(k, o);
+    }
+    rec.record(json!({"process": *process, "type": "ok", "f": "commit", "value": value}));
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn poll(
+    pc: &PullConsumer,
+    cfg: &WorkloadConfig,
+    rec: &Recorder,
+    process: &mut u64,
+    workers: usize,
+    st: &mut ConsumerState,
+    k: u32,
+    progress: &Progress,
+) -> bool {
+    rec.record(json!({"process": *process, "type": "invoke", "f": "poll", "value": [["poll"]]}));
+    let offset = st.next.get(&k).copied().unwrap_or(0);
+    match pc.pull_blocking(&queue(cfg, k), "*", offset as i64, 32, Duration::from_millis(500)).await {
+        Ok(r) => {
+            let mut reads = Vec::new();
+            for m in &r.messages {
+                match parse_value(&m.body) {
+                    Some(v) => reads.push(json!([m.queue_offset, v])),
+                    // Not a workload value: record it as value 0 so the checker reports a phantom read.
+                    None => reads.push(json!([m.queue_offset, 0])),
+                }
+            }
+            if let Some(last) = r.messages.last() {
+                bump(&progress.polled_end, k, last.queue_offset as u64 + 1);
+            }
+            let next = if r.status == PullStatus::OffsetIllegal || !r.messages.is_empty() || r.status == PullStatus::NoMatchedMsg {
+                r.next_begin_offset.max(0) as u64
+            } else {
+                offset
+            };
+            st.next.insert(k, next);
+            rec.record(json!({
+                "process": *process, "type": "ok", "f": "poll",
+                "value": [["poll", [[k, reads]]]],
+                "extra": {"next": [[k, next]], "max": [[k, r.max_offset]], "status": format!("{:?}", r.status)}
+            }));
+            true
+        }
+        Err(e) => {
+            rec.record(json!({"process": *process, "type": "info", "f": "poll", "value": [["poll"]], "error": e.to_string()}));
+            *process += workers as u64;
+            false
+        }
+    }
+}
+
+/// Jepsen's final polls: a fresh client and process per drain worker assigns every queue from offset 0 and
+/// polls until each queue's polled end reaches the highest acknowledged and the highest polled offset and
+/// the broker's own end. Records a `final-drain` op: `ok` when complete, `info` when it gave up.
+pub async fn final_drain(cfg: WorkloadConfig, rec: Recorder, progress: Arc<Progress>, time_limit: Duration, process: u64) -> bool {
+    rec.record(json!({"process": process, "type": "invoke", "f": "final-drain", "value": null}));
+    // The drain's own polls run as other processes, so the final-drain op pairs up on `process`.
+    let mut proc_id = process + 1;
+    let workers = 1;
+    let pc = match PullConsumer::start(client_config(&cfg, format!("jepsen-drain-{process}")), "jepsen-drain").await {
+        Ok(p) => p,
+        Err(e) => {
+            rec.record(json!({"process": process, "type": "info", "f": "final-drain", "value": null, "error": e.to_string()}));
+            return false;
+        }
+    };
+    let all: Vec<u32> = (0..cfg.queues).collect();
+    let mut st = ConsumerState { assigned: BTreeSet::new(), next: BTreeMap::new(), committed: BTreeMap::new() };
+    let deadline = Instant::now() + time_limit;
+    let mut targets: BTreeMap<u32, u64> = BTreeMap::new();
+    while st.assigned.len() < all.len() && Instant::now() < deadline {
+        assign(&pc, &cfg, &rec, &mut proc_id, workers, "jepsen-drain", &mut st, all.clone(), "beginning").await;
+    }
+    for k in &all {
+        let acked = progress.acked_end.lock().unwrap_or_else(|e| e.into_inner()).get(k).copied().unwrap_or(0);
+        let polled = progress.polled_end.lock().unwrap_or_else(|e| e.into_inner()).get(k).copied().unwrap_or(0);
+        targets.insert(*k, acked.max(polled));
+    }
+    // The broker's end counts too: values sent with an unknown outcome may be there.
+    for k in &all {
+        while Instant::now() < deadline {
+            match pc.max_offset(&queue(&cfg, *k)).await {
+                Ok(max) => {
+                    let t = targets.entry(*k).or_insert(0);
+                    *t = (*t).max(max.max(0) as u64);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    let mut done = false;
+    while Instant::now() < deadline {
+        let pending: Vec<u32> = all.iter().copied().filter(|k| st.next.get(k).copied().unwrap_or(0) < targets[k]).collect();
+        if pending.is_empty() {
+            done = true;
+            break;
+        }
+        for k in pending {
+            if !poll(&pc, &cfg, &rec, &mut proc_id, workers, &mut st, k, &Progress::default()).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    pc.shutdown().await;
+    if done {
+        rec.record(json!({"process": process, "type": "ok", "f": "final-drain", "value": {"ends": targets}}));
+    } else {
+        let missing: BTreeMap<u32, (u64, u64)> = all
+            .iter()
+            .filter(|k| st.next.get(k).copied().unwrap_or(0) < targets[k])
+            .map(|k| (*k, (st.next.get(k).copied().unwrap_or(0), targets[k])))
+            .collect();
+        rec.record(json!({"process": process, "type": "info", "f": "final-drain", "value": {"ends": targets}, "error": format!("gave up after {time_limit:?}; (polled, target) per key: {missing:?}")}));
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_client::ClientError;
+
+    fn broker(code: i32) -> ClientError {
+        ClientError::Broker { addr: "b".into(), code, remark: String::new() }
+    }
+
+    fn exhausted(attempts: u32, definite: bool, last: ClientError) -> ClientError {
+        ClientError::RetriesExhausted { attempts, elapsed: Duration::ZERO, definite, last: Box::new(last) }
+    }
+
+    #[test]
+    fn only_certain_refusals_are_fail() {
+        assert_eq!(classify(&broker(14)), "fail", "not the leader: refused before proposing");
+        assert_eq!(classify(&broker(13)), "fail");
+        assert_eq!(classify(&broker(1)), "info", "SYSTEM_ERROR may be 'store outcome unknown'");
+        assert_eq!(classify(&ClientError::Timeout { addr: "b".into(), timeout: Duration::from_secs(1) }), "info");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify(&ClientError::Connection { addr: "b".into(), source: refused.into() }), "fail");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(classify(&ClientError::Connection { addr: "b".into(), source: reset.into() }), "info");
+        assert_eq!(classify(&ClientError::InvalidMessage("x".into())), "fail");
+        assert_eq!(classify(&exhausted(1, false, broker(14))), "fail", "one attempt: its own classification");
+        assert_eq!(classify(&exhausted(2, false, broker(14))), "info", "an earlier attempt may have stored it");
+        assert_eq!(classify(&exhausted(3, true, broker(14))), "fail");
+    }
+
+    #[test]
+    fn values_are_the_decimal_body_prefix() {
+        assert_eq!(parse_value(b"1234 ....."), Some(1234));
+        assert_eq!(parse_value(b"canary"), None);
+    }
+}

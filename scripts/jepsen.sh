@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Chaos tests of a 3-node raftmq group in network namespaces (see docs/jepsen.md).
+#
+#   scripts/jepsen.sh --quick                 CI suite: fixed seeds, several nemesis families, ~2-3 minutes;
+#                                             exits non-zero unless every run is VALID? YES
+#   scripts/jepsen.sh [run options]           one run, e.g. --nemesis all --time-limit 300 --seed 3
+#                                             (options of `raftmq-jepsen run`; release build)
+#   scripts/jepsen.sh cleanup                 remove namespaces, bridge, rules and processes of a crashed run
+#
+# Needs root. Installs iproute2, nftables and faketime from Debian when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/jepsen.sh needs root (network namespaces, nftables, tc)" >&2
+  exit 2
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/raftmq-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v tc >/dev/null 2>&1 || need+=(iproute2)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+mode=full
+if [ "${1:-}" = "--quick" ]; then mode=quick; shift; fi
+if [ "${1:-}" = "cleanup" ]; then mode=cleanup; shift; fi
+
+# Quick runs use the debug build the test suite already made; full runs use release binaries.
+if [ "$mode" = full ]; then profile=release; flag=--release; else profile=debug; flag=; fi
+cargo build -q $flag -p raftmq-cli -p raftmq-jepsen
+BIN="$CARGO_TARGET_DIR/$profile/raftmq"
+JEPSEN="$CARGO_TARGET_DIR/$profile/raftmq-jepsen"
+
+if [ "$mode" = cleanup ]; then
+  exec "$JEPSEN" cleanup
+fi
+# A run killed half-way leaves namespaces behind: always start clean.
+"$JEPSEN" cleanup >/dev/null
+
+if [ "$mode" = full ]; then
+  exec "$JEPSEN" run --bin "$BIN" "$@"
+fi
+
+store="${RAFTMQ_JEPSEN_STORE:-${TMPDIR:-/tmp}/raftmq-jepsen-quick}"
+failures=0
+runs=0
+quick_run() {
+  runs=$((runs + 1))
+  echo "=== jepsen quick: $*"
+  set +e
+  "$JEPSEN" run --bin "$BIN" --quick --store "$store" "$@" 2>&1 | tee "$store.last.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ]; then failures=$((failures + 1)); echo "FAILED: $* (exit $rc)"; else echo "ok - jepsen $*"; fi
+}
+mkdir -p "$store"
+quick_run --name quick-crash --nemesis partition,kill,pause,clock --seed 11 --time-limit 60 --interval 4
+quick_run --name quick-net --nemesis loss,slow,transfer,partition --seed 12 --time-limit 40 --interval 4
+# Testing the tester: with the broker acknowledging before a quorum has the message, leader kills and
+# partitions must make the checker report lost acknowledged messages (VALID? NO, exit code 1).
+unsafe_run() {
+  runs=$((runs + 1))
+  echo "=== jepsen quick (must be INVALID): $*"
+  set +e
+  "$JEPSEN" run --bin "$BIN" --quick --store "$store" "$@" 2>&1 | tee "$store.last.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  dir=$(sed -n 's/^results in //p' "$store.last.log" | tail -1)
+  found=$(python3 - "$dir/results.json" <<'PY' 2>/dev/null || echo ""
+import json, sys
+r = json.load(open(sys.argv[1]))
+hits = [a["name"] for a in r["anomalies"] if a["count"] > 0 and a["name"] in ("lost-write", "unseen", "ack-beyond-end", "inconsistent-offsets")]
+print(",".join(hits))
+PY
+)
+  if [ "$rc" -eq 1 ] && [ -n "$found" ]; then
+    echo "ok - the checker caught unsafeAckBeforeQuorum: $found"
+  else
+    failures=$((failures + 1)); echo "FAILED: unsafe run exited $rc with anomalies '$found' (expected exit 1 and lost acknowledged messages)"
+  fi
+}
+unsafe_run --name quick-unsafe-ack --nemesis kill --seed 13 --time-limit 30 --interval 3 --broker-extra 'unsafeAckBeforeQuorum = true'
+echo "jepsen quick: $((runs - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -3,6 +3,8 @@
 #
 #   scripts/jepsen.sh --quick                 CI suite: fixed seeds, several nemesis families, ~2-3 minutes;
 #                                             exits non-zero unless every run is VALID? YES
+#   scripts/jepsen.sh --suite [SEED]          the full suite: every nemesis family alone, then all combined,
+#                                             5 minutes of faults each (~55 minutes; release build)
 #   scripts/jepsen.sh [run options]           one run, e.g. --nemesis all --time-limit 300 --seed 3
 #                                             (options of `raftmq-jepsen run`; release build)
 #   scripts/jepsen.sh cleanup                 remove namespaces, bridge, rules and processes of a crashed run
@@ -31,10 +33,11 @@ fi
 
 mode=full
 if [ "${1:-}" = "--quick" ]; then mode=quick; shift; fi
+if [ "${1:-}" = "--suite" ]; then mode=suite; shift; fi
 if [ "${1:-}" = "cleanup" ]; then mode=cleanup; shift; fi
 
 # Quick runs use the debug build the test suite already made; full runs use release binaries.
-if [ "$mode" = full ]; then profile=release; flag=--release; else profile=debug; flag=; fi
+if [ "$mode" = full ] || [ "$mode" = suite ]; then profile=release; flag=--release; else profile=debug; flag=; fi
 cargo build -q $flag -p raftmq-cli -p raftmq-jepsen
 BIN="$CARGO_TARGET_DIR/$profile/raftmq"
 JEPSEN="$CARGO_TARGET_DIR/$profile/raftmq-jepsen"
@@ -47,6 +50,26 @@ fi
 
 if [ "$mode" = full ]; then
   exec "$JEPSEN" run --bin "$BIN" "$@"
+fi
+
+if [ "$mode" = suite ]; then
+  seed="${1:-1}"
+  summary="${RAFTMQ_JEPSEN_STORE:-jepsen/store}/suite-$seed.txt"
+  mkdir -p "$(dirname "$summary")"
+  : > "$summary"
+  bad=0
+  for nemesis in partition kill pause clock loss slow transfer all; do
+    echo "=== suite: $nemesis (seed $seed)"
+    set +e
+    "$JEPSEN" run --bin "$BIN" --nemesis "$nemesis" --seed "$seed" --time-limit 300 \
+      --store "${RAFTMQ_JEPSEN_STORE:-jepsen/store}" 2>&1 | tee "$summary.$nemesis.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    echo "$nemesis seed=$seed $(tail -1 "$summary.$nemesis.log") $(sed -n 's/^results in //p' "$summary.$nemesis.log")" >> "$summary"
+    [ "$rc" -eq 0 ] || bad=$((bad + 1))
+  done
+  cat "$summary"
+  exit $(( bad > 0 ? 1 : 0 ))
 fi
 
 store="${RAFTMQ_JEPSEN_STORE:-${TMPDIR:-/tmp}/raftmq-jepsen-quick}"

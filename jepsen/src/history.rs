@@ -40,8 +40,8 @@
 //! # Pairing
 //!
 //! [`pair_ops`] matches each invocation with its completion (same process, same `f`). A process has at most one
-//! outstanding op, except that a `final-drain` may enclose other ops of the same process. An invocation that never
-//! completes counts as `info`.
+//! outstanding op, except that a `final-drain` may enclose other ops of the same process (pairing per `f` also
+//! tolerates other overlapping helper ops). An invocation that never completes counts as `info`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -853,7 +853,8 @@ pub struct Pairing {
     /// its completion, or the point where it was abandoned (a new invocation of its process, or the end of the
     /// history).
     pub pairs: Vec<(Option<usize>, Option<usize>)>,
-    /// Problems found (first 32): completions without invocation, invocations overtaken by another.
+    /// Problems found (first 32): ok/fail completions without invocation, invocations overtaken by another of the
+    /// same process and `f`.
     pub notes: Vec<String>,
     /// Total number of problems.
     pub note_count: usize,
@@ -883,44 +884,33 @@ impl Pairing {
 /// The `f` of the drain wrapper op, which may enclose other ops of its process.
 pub const FINAL_DRAIN: &str = "final-drain";
 
-/// Pairs invocations with completions per process. A completion matches the outstanding invocation of its process
-/// with the same `f`; a completion with no such invocation stands alone (normal for nemesis ops and `crash`); an
-/// invocation overtaken by another invocation of its process (other than a `final-drain`), or still outstanding at
-/// the end, becomes an operation without completion (type `info`).
+/// Pairs invocations with completions per process and `f`. A completion matches the outstanding invocation of its
+/// process with the same `f`; a completion with no such invocation stands alone (normal for nemesis ops and `crash`).
+/// An invocation overtaken by another invocation of the same process and `f`, or still outstanding at the end,
+/// becomes an operation without completion (type `info`).
+///
+/// A well-formed history has at most one outstanding op per process; keying on `f` as well lets a `final-drain`
+/// wrapper (or an asynchronous helper op such as a `commit`) overlap the process's other ops without disturbing them.
 pub fn pair_ops(history: &[Op]) -> Pairing {
     let mut pairing = Pairing::default();
-    // Per process: outstanding invocation positions (normally at most one, plus an enclosing final-drain).
-    let mut outstanding: HashMap<Process, Vec<usize>> = HashMap::new();
+    // Outstanding invocation position per (process, f).
+    let mut outstanding: HashMap<(Process, &str), usize> = HashMap::new();
     // (end position, tiebreak, invoke, completion)
     let mut ended: Vec<(usize, usize, Option<usize>, Option<usize>)> = Vec::with_capacity(history.len() / 2 + 1);
     for (pos, op) in history.iter().enumerate() {
+        let key = (op.process, op.f.as_str());
         if op.op_type == OpType::Invoke {
-            let open = outstanding.entry(op.process).or_default();
-            if op.f != FINAL_DRAIN {
-                let mut i = 0;
-                while i < open.len() {
-                    let prev = open[i];
-                    if history[prev].f != FINAL_DRAIN {
-                        open.remove(i);
-                        ended.push((pos, prev, Some(prev), None));
-                        pairing.note(format!(
-                            "op {} (process {}, {}) invoked while op {} ({}) was outstanding; the latter counts as info",
-                            op.index, op.process, op.f, history[prev].index, history[prev].f
-                        ));
-                    } else {
-                        i += 1;
-                    }
-                }
+            if let Some(prev) = outstanding.insert(key, pos) {
+                ended.push((pos, prev, Some(prev), None));
+                pairing.note(format!(
+                    "op {} (process {}, {}) invoked while op {} was outstanding; the latter counts as info",
+                    op.index, op.process, op.f, history[prev].index
+                ));
             }
-            open.push(pos);
             continue;
         }
-        let open = outstanding.entry(op.process).or_default();
-        match open.iter().rposition(|&i| history[i].f == op.f) {
-            Some(at) => {
-                let inv = open.remove(at);
-                ended.push((pos, inv, Some(inv), Some(pos)));
-            }
+        match outstanding.remove(&key) {
+            Some(inv) => ended.push((pos, inv, Some(inv), Some(pos))),
             None => {
                 if op.op_type != OpType::Info && op.process != Process::Nemesis {
                     pairing.note(format!(
@@ -933,11 +923,7 @@ pub fn pair_ops(history: &[Op]) -> Pairing {
         }
     }
     let end = history.len();
-    for (_, open) in outstanding {
-        for inv in open {
-            ended.push((end, inv, Some(inv), None));
-        }
-    }
+    ended.extend(outstanding.into_values().map(|inv| (end, inv, Some(inv), None)));
     ended.sort_unstable_by_key(|&(e, t, _, _)| (e, t));
     pairing.pairs = ended.into_iter().map(|(_, _, i, c)| (i, c)).collect();
     pairing

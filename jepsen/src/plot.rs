@@ -2,16 +2,16 @@
 //! `latency.svg` (every completed send and poll, by outcome, log scale), `throughput.svg` (ok sends and polls
 //! per second), `unseen.svg` (acknowledged messages no poll has returned yet, over time).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::checker::CheckResult;
-use crate::history::{Mop, Op, OpType, Process};
+use crate::checker::{self, CheckResult};
+use crate::history::{Op, OpType, Process};
 
-/// A fault window in seconds since the start, with its label.
+/// A fault window in seconds since the start, labelled with its family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultWindow {
     /// Start (s).
@@ -22,56 +22,17 @@ pub struct FaultWindow {
     pub label: String,
 }
 
-fn family_of_start(f: &str) -> Option<&'static str> {
-    Some(match f {
-        "start-partition" => "partition",
-        "kill" => "kill",
-        "pause" => "pause",
-        "bump-clock" | "strobe-clock" => "clock",
-        "start-loss" => "loss",
-        "start-slow" => "slow",
-        _ => return None,
-    })
-}
-
-fn family_of_stop(f: &str) -> Option<&'static str> {
-    Some(match f {
-        "stop-partition" => "partition",
-        "start" => "kill",
-        "resume" => "pause",
-        "reset-clock" => "clock",
-        "stop-loss" => "loss",
-        "stop-slow" => "slow",
-        _ => return None,
-    })
-}
-
-/// The fault windows of a history (a start op to its stop op or the final `heal`). Leader transfers are
-/// instants and get a short window so they show.
-pub fn fault_windows(ops: &[Op]) -> Vec<FaultWindow> {
-    let mut open: BTreeMap<&'static str, f64> = BTreeMap::new();
-    let mut out = Vec::new();
-    for op in ops.iter().filter(|o| o.process == Process::Nemesis) {
-        let t = op.time as f64 / 1e9;
-        if let Some(fam) = family_of_start(&op.f) {
-            open.insert(fam, t);
-        } else if let Some(fam) = family_of_stop(&op.f) {
-            if let Some(s) = open.remove(fam) {
-                out.push(FaultWindow { start: s, end: t, label: fam.to_string() });
-            }
-        } else if op.f == "transfer-leader" {
-            out.push(FaultWindow { start: t, end: t + 0.5, label: "transfer".into() });
-        } else if op.f == "heal" {
-            for (fam, s) in std::mem::take(&mut open) {
-                out.push(FaultWindow { start: s, end: t, label: fam.to_string() });
-            }
-        }
-    }
-    let end = ops.last().map(|o| o.time as f64 / 1e9).unwrap_or(0.0);
-    for (fam, s) in open {
-        out.push(FaultWindow { start: s, end, label: fam.to_string() });
-    }
-    out
+/// The checker's fault windows in seconds, labelled by family; a window still open at the end runs to
+/// `t_end`, and instant faults (leader transfers) get half a second so they show.
+fn windows_in_seconds(ops: &[Op], t_end: f64) -> Vec<FaultWindow> {
+    checker::fault_windows(ops)
+        .into_iter()
+        .map(|w| {
+            let start = w.start as f64 / 1e9;
+            let end = w.end.map(|e| e as f64 / 1e9).unwrap_or(t_end).max(start + 0.5);
+            FaultWindow { start, end, label: w.family }
+        })
+        .collect()
 }
 
 fn fault_color(label: &str) -> RGBColor {
@@ -139,9 +100,9 @@ where
 
 /// Writes the three plots into `dir`.
 pub fn plot_all(ops: &[Op], _result: &CheckResult, dir: &Path) -> Result<()> {
-    let windows = fault_windows(ops);
-    let done = completions(ops);
     let t_end = ops.last().map(|o| o.time as f64 / 1e9).unwrap_or(1.0).max(1.0);
+    let windows = windows_in_seconds(ops, t_end);
+    let done = completions(ops);
     latency(&done, &windows, t_end, &dir.join("latency.svg"))?;
     throughput(&done, &windows, t_end, &dir.join("throughput.svg"))?;
     unseen(ops, &windows, t_end, &dir.join("unseen.svg"))?;
@@ -217,38 +178,9 @@ fn throughput(done: &[Completed], windows: &[FaultWindow], t_end: f64, path: &Pa
     Ok(())
 }
 
-/// Acknowledged values not yet returned by any ok poll, sampled every 250 ms.
+/// Acknowledged messages no ok poll has returned yet (all keys), over time.
 fn unseen_series(ops: &[Op]) -> Vec<(f64, f64)> {
-    let mut acked: HashSet<u64> = HashSet::new();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut out = Vec::new();
-    let mut next_sample = 0.0;
-    for op in ops {
-        let t = op.time as f64 / 1e9;
-        while t >= next_sample {
-            out.push((next_sample, acked.difference(&seen).count() as f64));
-            next_sample += 0.25;
-        }
-        if op.op_type != OpType::Ok {
-            continue;
-        }
-        let Ok(mops) = op.mops() else { continue };
-        for m in mops {
-            match m {
-                Mop::Send { value, offset: Some(_), .. } => {
-                    acked.insert(value);
-                }
-                Mop::Poll { reads: Some(reads) } => {
-                    for (_, pairs) in reads {
-                        seen.extend(pairs.into_iter().map(|(_, v)| v));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    out.push((next_sample, acked.difference(&seen).count() as f64));
-    out
+    checker::unseen_series(ops).into_iter().map(|p| (p.time as f64 / 1e9, p.unseen.values().sum::<u64>() as f64)).collect()
 }
 
 fn unseen(ops: &[Op], windows: &[FaultWindow], t_end: f64, path: &Path) -> Result<()> {
@@ -285,26 +217,31 @@ mod tests {
     }
 
     #[test]
-    fn windows_pair_starts_with_stops_and_the_heal_closes_the_rest() {
-        let ops = vec![nem(1.0, "start-partition"), nem(3.0, "stop-partition"), nem(4.0, "kill"), nem(5.0, "pause"), nem(9.0, "heal")];
-        let w = fault_windows(&ops);
-        assert_eq!(w.len(), 3);
-        assert_eq!(w[0], FaultWindow { start: 1.0, end: 3.0, label: "partition".into() });
-        assert!(w.iter().any(|x| x.label == "kill" && x.start == 4.0 && x.end == 9.0));
-        assert!(w.iter().any(|x| x.label == "pause" && x.start == 5.0 && x.end == 9.0));
+    fn windows_are_in_seconds_and_instant_faults_show() {
+        let ops = vec![nem(1.0, "start-partition"), nem(3.0, "stop-partition"), nem(4.0, "kill"), nem(9.0, "heal")];
+        let w = windows_in_seconds(&ops, 10.0);
+        assert!(w.iter().any(|x| x.label == "partition" && x.start == 1.0 && x.end == 3.0), "{w:?}");
+        assert!(w.iter().any(|x| x.label == "kill" && x.start == 4.0 && x.end == 9.0), "{w:?}");
     }
 
     #[test]
-    fn unseen_counts_acked_values_until_polled() {
+    fn plots_are_written() {
         let w = |p: u64, t: f64, ty: OpType, f: &str, v: serde_json::Value| Op::new(0, (t * 1e9) as u64, Process::Worker(p), ty, f, v);
         let ops = vec![
             w(0, 0.1, OpType::Invoke, "send", json!([["send", 0, 7]])),
             w(0, 0.2, OpType::Ok, "send", json!([["send", 0, [0, 7]]])),
+            nem(0.3, "kill"),
             w(1, 0.6, OpType::Invoke, "poll", json!([["poll"]])),
             w(1, 0.7, OpType::Ok, "poll", json!([["poll", [[0, [[0, 7]]]]]])),
+            nem(0.8, "heal"),
         ];
-        let s = unseen_series(&ops);
-        assert_eq!(s.iter().find(|p| p.0 == 0.5).map(|p| p.1), Some(1.0));
-        assert_eq!(s.last().map(|p| p.1), Some(0.0));
+        assert_eq!(unseen_series(&ops).last().map(|p| p.1), Some(0.0));
+        let dir = tempfile::tempdir().unwrap();
+        let result = checker::check(&ops, &checker::CheckOptions::default());
+        plot_all(&ops, &result, dir.path()).unwrap();
+        for f in ["latency.svg", "throughput.svg", "unseen.svg"] {
+            let svg = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            assert!(svg.contains("<svg") && svg.contains("kill"), "{f} has the shaded kill window");
+        }
     }
 }

@@ -207,7 +207,7 @@ pub(crate) fn compute(ix: &Index) -> Availability {
         })
         .collect();
     let done: Vec<u64> = recoveries.iter().filter_map(|r| r.recovery).collect();
-    let mean_recovery = (!done.is_empty()).then(|| done.iter().sum::<u64>() / done.len() as u64);
+    let mean_recovery = (!done.is_empty()).then(|| (done.iter().map(|&d| u128::from(d)).sum::<u128>() / done.len() as u128) as u64);
     Availability {
         ok_sends: oks.len() as u64,
         longest_outage,

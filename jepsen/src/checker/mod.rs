@@ -26,7 +26,38 @@
 //! | `committed-offset-regression` | bad | a group's committed offset read lower than one already committed or read |
 //! | `stale-read` | info (bad with `linearizable_polls`) | an empty poll reported a high watermark ≤ an offset already acknowledged |
 //!
-//! The exact rules are documented on the functions in `anomalies.rs`.
+//! # Definitions
+//!
+//! * **Operations.** Invocations are paired with completions ([`crate::history::pair_ops`]); an invocation without
+//!   completion counts as `info`. Operations are processed in the order they ended.
+//! * **Must have committed.** A send that is ok, or info with at least one of its messages returned by an ok poll.
+//! * **Version order** of a key: every `(offset, value)` any poll returned (ok, info or fail: a broker must never
+//!   return unsafe data) plus the known-offset messages of must-have-committed sends. Offsets holding at least one
+//!   value get consecutive *dense indices* (holes are skipped, as in Jepsen).
+//! * **Dense index of a message.** A polled message: the index of the offset it was returned at. A sent message: the
+//!   index of its own offset if the version order holds it there, else the first index its value appears at. This is
+//!   Jepsen's value index whenever a value sits at one offset; with duplicates it avoids follow-on skip reports. An
+//!   unknown index makes a delta count as 1.
+//! * **Poll skip / nonmonotonic poll**, per worker process: the first message an op (of any type) reads from k is
+//!   compared with the last message the process's previous ok poll read from k (delta > 1: skip; < 1:
+//!   nonmonotonic). Only ok polls move the position. An ok `assign` forgets keys it does not list; `seek: keep` keeps
+//!   the position; `seek: beginning` expects the next read at the first index of the key; `seek: committed` with the
+//!   committed offset c read (`extra.committed`; a key missing there means c = 0) expects it at the first known
+//!   offset ≥ c; `seek: committed` without `extra.committed` forgets the key. An info or fail assign forgets every
+//!   key it does not list and every key it lists with a seek other than `keep`.
+//! * **Nonmonotonic send**, per worker process over ok/info sends (Jepsen): the first message a send puts on k
+//!   must come after the last message of the process's previous send to k; ok/info assigns forget other keys.
+//! * **Final drain.** `final-drain` ops; it is complete when there is at least one and all ended ok. Drain polls are
+//!   ok polls invoked at or after the first `final-drain` invocation.
+//! * **Final high watermark** of k (for `ack-beyond-end` and the final half of `offset-gap`): the larger of the
+//!   highest `extra.max` any drain poll reported for k and one past the highest offset drain polls returned; sends
+//!   completed before the last such drain poll was invoked are held to it. If the drain completed but no drain poll
+//!   mentioned k: one past the highest offset any ok poll returned, for sends completed before the drain started.
+//!   Without a final drain there is none (no check).
+//! * **Counting.** `phantom-read`, `wrong-key` and `G1a` count distinct (key, value) pairs; `unseen` and `lost-write`
+//!   messages; `realtime-send-order` the later send of each violating pair (one per send); `offset-gap` each
+//!   in-poll gap and each never-polled range; `committed-offset-regression` each (assign, key); the others each
+//!   case as in Jepsen.
 //!
 //! # Verdict
 //!

@@ -203,10 +203,11 @@ impl CheckResult {
                 (Some(mean), Some(max)) => {
                     let _ = write!(
                         line,
-                        "; mean recovery after heal {} (max {}, {recovered} of {} faults)",
+                        "; mean recovery after heal {} (max {}, {} of {} faults)",
                         dur(mean),
                         dur(max),
-                        av.recoveries.len()
+                        group(recovered as u64),
+                        group(av.recoveries.len() as u64)
                     );
                 }
                 _ => {

@@ -160,6 +160,21 @@ pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, prog
     }
 }
 
+/// Starts a client, retrying every 500 ms until it starts or the run is stopped.
+async fn start_until_stopped<T, F, Fut>(stop: &AtomicBool, mut start: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = raftmq_client::Result<T>>,
+{
+    loop {
+        match start().await {
+            Ok(c) => return Some(c),
+            Err(_) if !stop.load(Ordering::Acquire) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(_) => return None,
+        }
+    }
+}
+
 fn pace(rng: &mut ChaCha8Rng, cfg: &WorkloadConfig) -> Duration {
     let workers = (cfg.producers + cfg.consumers).max(1) as f64;
     let mean = workers / cfg.rate.max(1.0);
@@ -179,12 +194,9 @@ async fn producer(
     let mut opts = ProducerOptions::new(format!("jepsen-p{w}"));
     opts.retries = 0;
     opts.send_timeout = Duration::from_secs(5);
-    let producer = loop {
-        match Producer::start(client_config(&cfg, format!("jepsen-p{w}")), opts.clone()).await {
-            Ok(p) => break p,
-            Err(_) if !stop.load(Ordering::Acquire) => tokio::time::sleep(Duration::from_millis(500)).await,
-            Err(_) => return,
-        }
+    let Some(producer) = start_until_stopped(&stop, || Producer::start(client_config(&cfg, format!("jepsen-p{w}")), opts.clone())).await
+    else {
+        return;
     };
     let mut process = w as u64;
     let mut last_crash = Instant::now();
@@ -245,12 +257,9 @@ struct ConsumerState {
 async fn consumer(w: usize, c: usize, workers: usize, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ ((w as u64 + 101) * 0x85EB_CA6B));
     let group = format!("jepsen-c{c}");
-    let pc = loop {
-        match PullConsumer::start(client_config(&cfg, format!("jepsen-c{c}")), group.clone()).await {
-            Ok(p) => break p,
-            Err(_) if !stop.load(Ordering::Acquire) => tokio::time::sleep(Duration::from_millis(500)).await,
-            Err(_) => return,
-        }
+    let Some(pc) = start_until_stopped(&stop, || PullConsumer::start(client_config(&cfg, format!("jepsen-c{c}")), group.clone())).await
+    else {
+        return;
     };
     let mut process = w as u64;
     let all: Vec<u32> = (0..cfg.queues).collect();

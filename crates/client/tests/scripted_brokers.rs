@@ -253,3 +253,23 @@ async fn a_batch_is_one_request_with_an_id_per_message() {
     assert!(matches!(p.send_batch(vec![Message::new("T", "a").with_delay_level(3)]).await, Err(ClientError::InvalidMessage(_))));
     p.shutdown().await;
 }
+
+#[test]
+fn the_blocking_facade_sends_without_a_runtime_and_refuses_inside_one() {
+    // The scripted servers live on their own runtime thread; the test thread has no runtime.
+    let servers = tokio::runtime::Runtime::new().unwrap();
+    let (leader, ns) = servers.block_on(async {
+        let leader = serve(|req, _| ok(req, 3)).await;
+        let ns = namesrv(vec![(0, leader.addr.clone())]).await;
+        (leader, ns)
+    });
+    let config = ClientConfig::new(&ns.addr).with_instance_name("blocking");
+    let p = raftmq_client::blocking::Producer::start(config.clone(), ProducerOptions::new("pg-blocking")).expect("start");
+    let r = p.send(Message::new("T", "x")).expect("blocking send");
+    assert_eq!(r.queue_offset, 3);
+    assert_eq!(leader.sends.load(Ordering::SeqCst), 1);
+    // Inside an async runtime the facade answers with an error instead of deadlocking.
+    let inside = servers.block_on(async { raftmq_client::blocking::Producer::start(config, ProducerOptions::new("pg-inside")).err() });
+    assert!(matches!(inside, Some(ClientError::State(_))), "{inside:?}");
+    p.shutdown();
+}

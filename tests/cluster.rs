@@ -91,6 +91,17 @@ fn cli_produce_consume_and_admin(cluster: &Cluster) {
     assert!(ok && out.trim() == format!("n{target}"), "{out}");
     let (ok, out) = raftmq(&["admin", "--namesrv", ns, "transfer-leader", "--to", "n9"]);
     assert!(!ok && out.contains("not a member"), "an unknown target is refused with a reason: {out}");
+    // `raftmq bench`: a counted produce run, then a consume run that reads exactly those messages back.
+    let json = cluster.dir.path().join("bench.json");
+    let args =
+        ["bench", "produce", "--namesrv", ns, "--topic", "BenchT", "--producers", "2", "--inflight", "4", "--count", "300", "--quiet"];
+    let (ok, out) = raftmq(&[&args[..], &["--json", json.to_str().unwrap_or_default()]].concat());
+    assert!(ok, "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("bench json")).expect("json");
+    assert_eq!((r["acked"].as_u64(), r["errors"].as_u64()), (Some(300), Some(0)), "{r}");
+    assert!(r["latency"]["p99_us"].as_u64().unwrap_or(0) >= r["latency"]["p50_us"].as_u64().unwrap_or(u64::MAX), "{r}");
+    let (ok, out) = raftmq(&["bench", "consume", "--namesrv", ns, "--topic", "BenchT", "--duration", "20", "--quiet"]);
+    assert!(ok && out.contains("consume: 300 msgs"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

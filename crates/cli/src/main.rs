@@ -1,9 +1,10 @@
 //! The `raftmq` binary: one executable for every role and for quick manual use.
 //!
 //! `raftmq namesrv`, `raftmq broker --config FILE`, `raftmq admin …` (cluster status, leader, topics),
-//! `raftmq produce` and `raftmq consume`. Logic lives in the library crates; this file parses arguments,
+//! `raftmq produce`, `raftmq consume` and `raftmq bench produce|consume|e2e`. Logic lives in the library crates; this file parses arguments,
 //! sets up logging and runs.
 
+mod bench;
 mod tools;
 
 use std::path::PathBuf;
@@ -57,6 +58,11 @@ enum Cmd {
     Produce(tools::ProduceArgs),
     /// Consume messages and commit offsets.
     Consume(tools::ConsumeArgs),
+    /// Benchmarks: produce, consume, end-to-end latency.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
 }
 
 fn init_logging(file: Option<&PathBuf>) -> Result<()> {
@@ -114,5 +120,6 @@ async fn main() -> Result<()> {
         Cmd::Admin { namesrv, cmd } => tools::admin(&namesrv, cmd).await,
         Cmd::Produce(a) => tools::produce(a).await,
         Cmd::Consume(a) => tools::consume(a).await,
+        Cmd::Bench { cmd } => bench::run(cmd).await,
     }
 }

@@ -1,0 +1,420 @@
+//! `raftmq bench produce|consume|e2e`: load generation against any RocketMQ-protocol cluster with the Rust
+//! client. Latency goes into HDR histograms (µs); with `--rate` the load is open-loop and every latency is
+//! measured from the message's *intended* send time, so a stall shows up in the percentiles instead of
+//! silently slowing the generator down (coordinated omission). A progress line is printed every second and
+//! `--json FILE` writes the result.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use raftmq_client::{ClientConfig, Message, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+/// Bench subcommands.
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Send as fast as the window allows (or at `--rate`) and measure acknowledgement latency.
+    Produce(ProduceBench),
+    /// Read a topic from the start as fast as possible.
+    Consume(ConsumeBench),
+    /// Produce at a fixed rate while consuming; measure produce-to-consume latency.
+    E2e(ProduceBench),
+}
+
+/// Options shared by every bench.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Nameserver address.
+    #[arg(long, env = "RAFTMQ_NAMESRV_ADDR", default_value = "127.0.0.1:9876")]
+    pub namesrv: String,
+    /// Topic (created with 4 queues on first send when missing).
+    #[arg(long, default_value = "BenchTopic")]
+    pub topic: String,
+    /// Run this long (seconds), unless `--count` is reached first.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Stop after this many messages (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `bench produce` / `bench e2e` options.
+#[derive(Args, Clone)]
+pub struct ProduceBench {
+    #[command(flatten)]
+    pub common: Common,
+    /// Producers (each its own client instance and connection).
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Requests in flight per producer (1 = send, wait, repeat).
+    #[arg(long, default_value_t = 1)]
+    pub inflight: usize,
+    /// Message body bytes.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Messages per request (> 1: batch sends).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Target messages per second over all producers (0 = as fast as the window allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Consumer group of `e2e`.
+    #[arg(long, default_value = "bench_e2e")]
+    pub group: String,
+}
+
+/// `bench consume` options.
+#[derive(Args, Clone)]
+pub struct ConsumeBench {
+    #[command(flatten)]
+    pub common: Common,
+    /// Pull consumers; the topic's queues are split between them.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Messages per pull.
+    #[arg(long, default_value_t = 32)]
+    pub pull_batch: i32,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 h at 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "p50_us": h.value_at_quantile(0.50), "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999), "max_us": h.max(), "mean_us": h.mean().round() as u64,
+    })
+}
+
+fn config(namesrv: &str, name: String) -> ClientConfig {
+    ClientConfig::new(namesrv).with_instance_name(name)
+}
+
+fn progress(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Counters shared by the producer tasks.
+#[derive(Default)]
+struct SendStats {
+    acked: AtomicU64,
+    errors: AtomicU64,
+    hist: Mutex<Option<Histogram<u64>>>,
+}
+
+impl SendStats {
+    fn record(&self, local: &Histogram<u64>) {
+        let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+        match h.as_mut() {
+            Some(h) => {
+                let _ = h.add(local);
+            }
+            None => *h = Some(local.clone()),
+        }
+    }
+}
+
+/// Runs the producer side; returns when the duration or count is reached.
+async fn produce_load(
+    b: &ProduceBench,
+    stop: Arc<AtomicBool>,
+    stats: Arc<SendStats>,
+    e2e_stamp: bool,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    if b.size < 8 && e2e_stamp {
+        bail!("--size must be at least 8 for e2e (the body carries the send time)");
+    }
+    let per_producer_rate = if b.rate > 0.0 { b.rate / b.producers as f64 } else { 0.0 };
+    let limit = if b.common.count > 0 { b.common.count } else { u64::MAX };
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..b.producers {
+        let mut opts = ProducerOptions::new(format!("bench_producer_{p}"));
+        opts.compress_over = usize::MAX;
+        opts.max_async_in_flight = b.inflight.max(1) * 2;
+        let producer = Producer::start(config(&b.common.namesrv, format!("bench-p{p}-{}", std::process::id())), opts).await?;
+        let queues = producer.fetch_publish_queues(&b.common.topic).await?;
+        let (b, stop, stats, issued) = (b.clone(), Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&issued));
+        tasks.push(tokio::spawn(async move {
+            let window = Arc::new(Semaphore::new(b.inflight.max(1)));
+            let local = Arc::new(Mutex::new(histogram()));
+            let start = Instant::now();
+            let mut i: u64 = 0;
+            let filler = vec![b'x'; b.size];
+            while !stop.load(Ordering::Acquire) {
+                let n = b.batch.max(1) as u64;
+                if issued.fetch_add(n, Ordering::Relaxed) >= limit {
+                    break;
+                }
+                // Open loop: the intended send time comes from the schedule, not from when a slot freed up.
+                let intended = if per_producer_rate > 0.0 {
+                    let at = start + Duration::from_secs_f64(i as f64 / per_producer_rate);
+                    tokio::time::sleep_until(at.into()).await;
+                    at
+                } else {
+                    Instant::now()
+                };
+                i += n;
+                let Ok(permit) = Arc::clone(&window).acquire_owned().await else { break };
+                let body = |_: u64| {
+                    let mut v = filler.clone();
+                    if e2e_stamp {
+                        v[..8].copy_from_slice(&now_ns().to_be_bytes());
+                    }
+                    Message::new(b.common.topic.clone(), v).with_wait_store_msg_ok(true)
+                };
+                let q: MessageQueue = queues[(i as usize) % queues.len()].clone();
+                let (producer, stats, local) = (producer.clone(), Arc::clone(&stats), Arc::clone(&local));
+                let msgs: Vec<Message> = (0..n).map(body).collect();
+                tokio::spawn(async move {
+                    let r = if n == 1 {
+                        producer.send_to_queue(msgs.into_iter().next().unwrap_or_else(|| Message::new("", "")), q).await
+                    } else {
+                        producer.send_batch_to_queue(msgs, q).await
+                    };
+                    match r {
+                        Ok(_) => {
+                            stats.acked.fetch_add(n, Ordering::Relaxed);
+                            let us = intended.elapsed().as_micros().max(1) as u64;
+                            let _ = local.lock().unwrap_or_else(|e| e.into_inner()).record(us);
+                        }
+                        Err(_) => {
+                            stats.errors.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+            // Wait for the window to drain, then merge this producer's histogram.
+            let _ = window.acquire_many(b.inflight.max(1) as u32).await;
+            stats.record(&local.lock().unwrap_or_else(|e| e.into_inner()));
+            producer.shutdown().await;
+        }));
+    }
+    Ok(tasks)
+}
+
+/// `raftmq bench produce`.
+pub async fn produce(b: ProduceBench) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(SendStats::default());
+    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), false).await?;
+    let started = Instant::now();
+    let pb = progress(b.common.quiet);
+    let deadline = started + Duration::from_secs(b.common.duration);
+    let mut last = (Instant::now(), 0u64);
+    while Instant::now() < deadline && !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if last.0.elapsed() >= Duration::from_secs(1) {
+            let acked = stats.acked.load(Ordering::Relaxed);
+            let rate = (acked - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            pb.set_message(format!("acked {acked}  {rate:.0} msg/s  errors {}", stats.errors.load(Ordering::Relaxed)));
+            last = (Instant::now(), acked);
+        }
+    }
+    stop.store(true, Ordering::Release);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let acked = stats.acked.load(Ordering::Relaxed);
+    let h = stats.hist.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(histogram);
+    let result = json!({
+        "mode": "produce", "topic": b.common.topic, "producers": b.producers, "inflight": b.inflight, "size": b.size,
+        "batch": b.batch, "rate": b.rate, "elapsed_s": elapsed, "acked": acked, "errors": stats.errors.load(Ordering::Relaxed),
+        "msgs_per_s": acked as f64 / elapsed, "mb_per_s": acked as f64 * b.size as f64 / elapsed / 1e6,
+        "latency": percentiles(&h),
+    });
+    println!(
+        "produce: {acked} msgs in {elapsed:.1} s = {:.0} msg/s, {:.2} MB/s; latency p50 {} µs p99 {} µs p99.9 {} µs max {} µs; errors {}",
+        result["msgs_per_s"].as_f64().unwrap_or(0.0),
+        result["mb_per_s"].as_f64().unwrap_or(0.0),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        result["errors"]
+    );
+    write_json(&b.common.json, &result)
+}
+
+/// Reads `queues` from offset 0 until `limit` messages or the deadline; returns (messages, bytes).
+async fn drain_queues(
+    pc: &PullConsumer,
+    queues: &[MessageQueue],
+    pull_batch: i32,
+    limit: &AtomicU64,
+    deadline: Instant,
+) -> Result<(u64, u64)> {
+    let mut next: Vec<i64> = vec![0; queues.len()];
+    let (mut msgs, mut bytes) = (0u64, 0u64);
+    let mut idle_rounds = 0;
+    while Instant::now() < deadline && limit.load(Ordering::Relaxed) > 0 {
+        let mut progressed = false;
+        for (i, q) in queues.iter().enumerate() {
+            let r = pc.pull(q, "*", next[i], pull_batch).await?;
+            if r.status == PullStatus::Found {
+                progressed = true;
+                bytes += r.messages.iter().map(|m| m.body.len() as u64).sum::<u64>();
+                msgs += r.messages.len() as u64;
+                if limit.fetch_sub(r.messages.len() as u64, Ordering::Relaxed) <= r.messages.len() as u64 {
+                    limit.store(0, Ordering::Relaxed);
+                }
+            }
+            next[i] = r.next_begin_offset;
+        }
+        // Every queue answered "nothing new" a few times in a row: the topic is read to its end.
+        if !progressed {
+            idle_rounds += 1;
+            if idle_rounds > 3 {
+                break;
+            }
+        } else {
+            idle_rounds = 0;
+        }
+    }
+    Ok((msgs, bytes))
+}
+
+/// `raftmq bench consume`: reads the topic from offset 0 with pull consumers.
+pub async fn consume(b: ConsumeBench) -> Result<()> {
+    let probe = PullConsumer::start(config(&b.common.namesrv, format!("bench-probe-{}", std::process::id())), "bench_consume").await?;
+    let queues = probe.fetch_subscribe_queues(&b.common.topic).await?;
+    probe.shutdown().await;
+    let limit = Arc::new(AtomicU64::new(if b.common.count > 0 { b.common.count } else { u64::MAX }));
+    let deadline = Instant::now() + Duration::from_secs(b.common.duration);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..b.consumers.max(1) {
+        let mine: Vec<MessageQueue> =
+            queues.iter().enumerate().filter(|(i, _)| i % b.consumers.max(1) == c).map(|(_, q)| q.clone()).collect();
+        let pc = PullConsumer::start(config(&b.common.namesrv, format!("bench-c{c}-{}", std::process::id())), "bench_consume").await?;
+        let (limit, pull_batch) = (Arc::clone(&limit), b.pull_batch);
+        tasks.push(tokio::spawn(async move {
+            let r = drain_queues(&pc, &mine, pull_batch, &limit, deadline).await;
+            pc.shutdown().await;
+            r
+        }));
+    }
+    let (mut msgs, mut bytes) = (0, 0);
+    for t in tasks {
+        let (m, by) = t.await??;
+        msgs += m;
+        bytes += by;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let result = json!({
+        "mode": "consume", "topic": b.common.topic, "consumers": b.consumers, "elapsed_s": elapsed, "msgs": msgs,
+        "msgs_per_s": msgs as f64 / elapsed, "mb_per_s": bytes as f64 / elapsed / 1e6,
+    });
+    println!("consume: {msgs} msgs in {elapsed:.2} s = {:.0} msg/s, {:.2} MB/s", msgs as f64 / elapsed, bytes as f64 / elapsed / 1e6);
+    write_json(&b.common.json, &result)
+}
+
+/// `raftmq bench e2e`: produce (stamping the send time into the body) while a consumer reads the topic;
+/// latency is receive time minus send time (same host, same clock).
+pub async fn e2e(b: ProduceBench) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(SendStats::default());
+    // Consumer first, positioned at the current end of every queue.
+    let pc = PullConsumer::start(config(&b.common.namesrv, format!("bench-e2e-c-{}", std::process::id())), b.group.clone()).await?;
+    let warm =
+        Producer::start(config(&b.common.namesrv, format!("bench-e2e-w-{}", std::process::id())), ProducerOptions::new("bench_e2e_warm"))
+            .await?;
+    warm.send(Message::new(b.common.topic.clone(), vec![0u8; 8])).await.context("creating the topic")?;
+    warm.shutdown().await;
+    let queues = pc.fetch_subscribe_queues(&b.common.topic).await?;
+    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), true).await?;
+    let hist = Arc::new(Mutex::new(histogram()));
+    let deadline = Instant::now() + Duration::from_secs(b.common.duration);
+    let limit = AtomicU64::new(u64::MAX);
+    let mut starts = Vec::new();
+    for q in &queues {
+        starts.push(pc.max_offset(q).await?);
+    }
+    let started = Instant::now();
+    let consumer = {
+        let (pc, queues, hist) = (pc, queues.clone(), Arc::clone(&hist));
+        tokio::spawn(async move {
+            // Skip what was there before the run, then read until the deadline.
+            let mut next = starts;
+            while Instant::now() < deadline && limit.load(Ordering::Relaxed) > 0 {
+                for (i, q) in queues.iter().enumerate() {
+                    if let Ok(r) = pc.pull_blocking(q, "*", next[i], 32, Duration::from_millis(100)).await {
+                        let now = now_ns();
+                        for m in &r.messages {
+                            if let Some(stamp) = m.body.get(..8) {
+                                let sent = u64::from_be_bytes(stamp.try_into().unwrap_or([0; 8]));
+                                let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).record((now.saturating_sub(sent) / 1000).max(1));
+                            }
+                        }
+                        next[i] = r.next_begin_offset;
+                    }
+                }
+            }
+            pc.shutdown().await;
+        })
+    };
+    tokio::time::sleep_until(deadline.into()).await;
+    stop.store(true, Ordering::Release);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = consumer.await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let result = json!({
+        "mode": "e2e", "topic": b.common.topic, "producers": b.producers, "rate": b.rate, "size": b.size, "elapsed_s": elapsed,
+        "acked": stats.acked.load(Ordering::Relaxed), "received": h.len(), "latency": percentiles(&h),
+    });
+    println!(
+        "e2e: {} received; produce-to-consume latency p50 {} µs p99 {} µs p99.9 {} µs max {} µs",
+        h.len(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+    write_json(&b.common.json, &result)
+}
+
+/// Dispatches a bench subcommand.
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Produce(b) => produce(b).await,
+        BenchCmd::Consume(b) => consume(b).await,
+        BenchCmd::E2e(b) => e2e(b).await,
+    }
+}

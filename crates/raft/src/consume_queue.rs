@@ -51,7 +51,7 @@ impl CqUnit {
 }
 
 /// One mapped consume-queue file.
-pub(crate) struct CqFile {
+pub struct CqFile {
     /// Queue offset of the file's first unit.
     base: u64,
     path: PathBuf,
@@ -93,8 +93,9 @@ pub struct ConsumeQueue {
 
 impl ConsumeQueue {
     /// Opens the queue directory. Units in `[min_offset, max_offset)` are trusted (restored from a
-    /// checkpoint); anything beyond is overwritten by re-apply.
-    pub(crate) fn open(dir: PathBuf, units_per_file: u64, min_offset: u64, max_offset: u64) -> std::io::Result<ConsumeQueue> {
+    /// checkpoint); anything beyond is overwritten by re-apply. (Public for benchmarks; the state machine
+    /// owns its queues.)
+    pub fn open(dir: PathBuf, units_per_file: u64, min_offset: u64, max_offset: u64) -> std::io::Result<ConsumeQueue> {
         fs::create_dir_all(&dir)?;
         let mut files = BTreeMap::new();
         for ent in fs::read_dir(&dir)? {
@@ -136,7 +137,8 @@ impl ConsumeQueue {
     }
 
     /// Writes the unit for `offset` (not yet visible to readers). Returns the file it went to, newly dirty.
-    pub(crate) fn write(&self, offset: u64, unit: &CqUnit) -> std::io::Result<Option<Arc<CqFile>>> {
+    /// Only the state machine's apply path (and benchmarks) may write.
+    pub fn write(&self, offset: u64, unit: &CqUnit) -> std::io::Result<Option<Arc<CqFile>>> {
         let file = match self.file_for(offset) {
             Some(f) => f,
             None => {
@@ -156,7 +158,7 @@ impl ConsumeQueue {
     }
 
     /// Makes units below `max` visible and wakes waiting pulls.
-    pub(crate) fn publish(&self, max: u64) {
+    pub fn publish(&self, max: u64) {
         self.max_offset.store(max, Ordering::Release);
         self.notify.notify_waiters();
     }

@@ -131,9 +131,25 @@ struct SendStats {
     acked: AtomicU64,
     errors: AtomicU64,
     hist: Mutex<Option<Histogram<u64>>>,
+    /// (time of the last acknowledgement, longest gap between two consecutive acknowledgements): with a
+    /// steady `--rate`, the longest gap is how long sends stalled (e.g. across a leader failover).
+    gaps: Mutex<(Option<Instant>, Duration)>,
 }
 
 impl SendStats {
+    fn acked_now(&self) {
+        let now = Instant::now();
+        let mut g = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = g.0 {
+            g.1 = g.1.max(now.saturating_duration_since(last));
+        }
+        g.0 = Some(now);
+    }
+
+    fn longest_gap(&self) -> Duration {
+        self.gaps.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
     fn record(&self, local: &Histogram<u64>) {
         let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
         match h.as_mut() {
@@ -206,6 +222,7 @@ async fn produce_load(
                     match r {
                         Ok(_) => {
                             stats.acked.fetch_add(n, Ordering::Relaxed);
+                            stats.acked_now();
                             let us = intended.elapsed().as_micros().max(1) as u64;
                             let _ = local.lock().unwrap_or_else(|e| e.into_inner()).record(us);
                         }
@@ -255,17 +272,18 @@ pub async fn produce(b: ProduceBench) -> Result<()> {
         "mode": "produce", "topic": b.common.topic, "producers": b.producers, "inflight": b.inflight, "size": b.size,
         "batch": b.batch, "rate": b.rate, "elapsed_s": elapsed, "acked": acked, "errors": stats.errors.load(Ordering::Relaxed),
         "msgs_per_s": acked as f64 / elapsed, "mb_per_s": acked as f64 * b.size as f64 / elapsed / 1e6,
-        "latency": percentiles(&h),
+        "latency": percentiles(&h), "longest_ack_gap_ms": stats.longest_gap().as_secs_f64() * 1000.0,
     });
     println!(
-        "produce: {acked} msgs in {elapsed:.1} s = {:.0} msg/s, {:.2} MB/s; latency p50 {} µs p99 {} µs p99.9 {} µs max {} µs; errors {}",
+        "produce: {acked} msgs in {elapsed:.1} s = {:.0} msg/s, {:.2} MB/s; latency p50 {} µs p99 {} µs p99.9 {} µs max {} µs; errors {}; longest gap between acks {:.0} ms",
         result["msgs_per_s"].as_f64().unwrap_or(0.0),
         result["mb_per_s"].as_f64().unwrap_or(0.0),
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
         h.max(),
-        result["errors"]
+        result["errors"],
+        stats.longest_gap().as_secs_f64() * 1000.0
     );
     write_json(&b.common.json, &result)
 }

@@ -194,7 +194,25 @@ impl ClientInstance {
     /// Sends a request to `addr` and waits for the response (any response code).
     pub(crate) async fn invoke(&self, addr: &str, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
         let c = self.connection(addr).await?;
-        c.invoke(cmd, timeout).await.map_err(|e| ClientError::net(addr, e))
+        match c.invoke(cmd, timeout).await {
+            Ok(resp) => Ok(resp),
+            Err(e @ raftmq_net::NetError::Timeout(_)) => {
+                // A silent peer: the socket may sit in TCP retransmission backoff long after the network heals.
+                // Start over with a fresh connection on the next request.
+                self.drop_connection(addr, &c);
+                Err(ClientError::net(addr, e))
+            }
+            Err(e) => Err(ClientError::net(addr, e)),
+        }
+    }
+
+    fn drop_connection(&self, addr: &str, c: &RemotingClient) {
+        let mut conns = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if conns.get(addr).is_some_and(|cur| cur.same_connection(c)) {
+            conns.remove(addr);
+        }
+        drop(conns);
+        c.close();
     }
 
     /// Sends a request and turns any code but SUCCESS into [`ClientError::Broker`].

@@ -24,10 +24,12 @@ struct Scripted {
     script: Script,
     sends: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<RemotingCommand>>>,
+    conns: Arc<Mutex<std::collections::BTreeSet<u64>>>,
 }
 
 impl RequestHandler for Scripted {
-    fn handle(&self, _conn: Conn, req: RemotingCommand) -> HandlerFuture {
+    fn handle(&self, conn: Conn, req: RemotingCommand) -> HandlerFuture {
+        self.conns.lock().unwrap().insert(conn.id());
         let is_send = [RequestCode::SEND_MESSAGE_V2.0, RequestCode::SEND_BATCH_MESSAGE.0, RequestCode::SEND_MESSAGE.0].contains(&req.code);
         let n = if is_send { self.sends.fetch_add(1, Ordering::SeqCst) } else { 0 };
         if is_send {
@@ -51,15 +53,17 @@ struct Server {
     addr: String,
     sends: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<RemotingCommand>>>,
+    conns: Arc<Mutex<std::collections::BTreeSet<u64>>>,
     _server: RemotingServer,
 }
 
 async fn serve(script: impl Fn(&RemotingCommand, usize) -> Option<RemotingCommand> + Send + Sync + 'static) -> Server {
     let sends = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let handler = Scripted { script: Arc::new(script), sends: Arc::clone(&sends), seen: Arc::clone(&seen) };
+    let conns = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let handler = Scripted { script: Arc::new(script), sends: Arc::clone(&sends), seen: Arc::clone(&seen), conns: Arc::clone(&conns) };
     let server = RemotingServer::bind("127.0.0.1:0", Arc::new(handler), ServerOptions::default()).await.expect("bind");
-    Server { addr: server.local_addr().to_string(), sends, seen, _server: server }
+    Server { addr: server.local_addr().to_string(), sends, seen, conns, _server: server }
 }
 
 /// An address nothing listens on.
@@ -206,6 +210,24 @@ async fn a_silent_broker_costs_the_whole_budget_and_the_outcome_is_uncertain() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(2), "bounded by the send timeout: {took:?}");
     assert!(!e.is_definite(), "a timeout may have stored the message: {e}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_connection_is_replaced_by_a_fresh_one() {
+    // The first request is never answered (as behind a partition); the next one must not queue behind it
+    // on the same socket, where TCP retransmission backoff could hold it long after the network healed.
+    let broker = serve(|req, n| if n == 0 { None } else { ok(req, 5) }).await;
+    let ns = namesrv(vec![(0, broker.addr.clone())]).await;
+    let p = producer(&ns, "fresh", |o| {
+        o.send_timeout = Duration::from_millis(300);
+        o.retries = 0;
+    })
+    .await;
+    assert!(p.send(Message::new("T", "lost in the partition")).await.is_err());
+    let r = p.send(Message::new("T", "after the heal")).await.expect("second send");
+    assert_eq!(r.queue_offset, 5);
+    assert_eq!(broker.conns.lock().unwrap().len(), 2, "the second send used a new connection");
     p.shutdown().await;
 }
 

@@ -28,6 +28,7 @@ pub struct RemotingClient {
     pending: Pending,
     next_opaque: Arc<AtomicI32>,
     closed: Arc<AtomicBool>,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 const FRAME_BYTES_MAX: usize = 16 << 20;
@@ -42,7 +43,7 @@ impl RemotingClient {
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (p, c, peer) = (Arc::clone(&pending), Arc::clone(&closed), addr.to_string());
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 if let Err(e) = write_frame(&mut wr, &out.cmd, &out.body_parts, FRAME_BYTES_MAX).await {
                     debug!(%peer, error = %e, "client write failed");
@@ -52,7 +53,7 @@ impl RemotingClient {
             c.store(true, Ordering::Release);
         });
         let (c, peer) = (Arc::clone(&closed), addr.to_string());
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut frames = FramedRead::new(rd, RemotingCodec::with_frame_bytes_max(FRAME_BYTES_MAX));
             while let Some(f) = frames.next().await {
                 match f {
@@ -77,12 +78,29 @@ impl RemotingClient {
             // Fail every waiting request at once instead of letting each time out.
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
-        Ok(RemotingClient { addr: addr.to_string(), tx, pending, next_opaque: Arc::new(AtomicI32::new(1)), closed })
+        let tasks = Arc::new(Mutex::new(vec![writer.abort_handle(), reader.abort_handle()]));
+        Ok(RemotingClient { addr: addr.to_string(), tx, pending, next_opaque: Arc::new(AtomicI32::new(1)), closed, tasks })
     }
 
     /// The server address.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Closes the connection now (both directions); requests waiting on it fail with [`NetError::Closed`].
+    /// Used after a request timed out: the connection may be stuck behind TCP retransmission backoff (a
+    /// partition that dropped packets), and a fresh connection recovers as soon as the network does.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// True when both handles are clones of one connection.
+    pub fn same_connection(&self, other: &RemotingClient) -> bool {
+        Arc::ptr_eq(&self.closed, &other.closed)
     }
 
     /// True once the connection failed or closed.

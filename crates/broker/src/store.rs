@@ -231,21 +231,22 @@ impl MessageStore {
             return result(GetStatus::OffsetOverflowBadly, if min == 0 { min } else { max });
         }
         let max_nums = max_nums.clamp(1, 1024);
-        // Scan a bounded window so a selective filter cannot make one pull read the whole queue.
-        let scan = (max_nums * 16).max(256);
-        let units = q.read(offset, scan);
-        let mut messages = Vec::new();
+        // Scan a bounded window so a selective filter cannot make one pull read the whole queue; units are
+        // read one at a time, so an unfiltered pull touches only the units it returns.
+        let scan_end = offset.saturating_add((max_nums * 16).max(256) as u64).min(max);
+        let mut messages = Vec::with_capacity(max_nums.min((scan_end - offset) as usize));
         let mut bytes = 0usize;
         let mut next = offset;
-        for (i, unit) in units.iter().enumerate() {
+        for o in offset..scan_end {
             if messages.len() >= max_nums || (bytes >= max_bytes && !messages.is_empty()) {
                 break;
             }
-            next = offset + i as u64 + 1;
+            let Some(unit) = q.get(o) else { break };
+            next = o + 1;
             if !filter(unit.tags_code) {
                 continue;
             }
-            match self.message_at(unit, offset + i as u64) {
+            match self.message_at(&unit, o) {
                 Some(m) => {
                     bytes += m.len();
                     messages.push(m);

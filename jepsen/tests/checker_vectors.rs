@@ -1019,6 +1019,9 @@ fn availability_and_recovery() {
     assert_eq!(o.faults, vec!["partition leader n1".to_owned(), "kill n2".to_owned()]);
     let rec: Vec<(String, u64, Option<u64>)> = av.recoveries.iter().map(|r| (r.fault.clone(), r.healed_at, r.recovery)).collect();
     assert_eq!(rec, vec![("partition leader n1".to_owned(), 15, Some(3)), ("kill n2".to_owned(), 19, Some(2))]);
+    // The kill started before the partition's first ok send: that time is not the partition's recovery.
+    assert_eq!(av.recoveries.iter().map(|r| r.overlapped).collect::<Vec<_>>(), vec![true, false]);
+    assert_eq!((av.mean_recovery, av.max_recovery), (Some(2), Some(2)));
     assert_eq!(av.fault_windows.len(), 2);
     assert_eq!(r.ops["send"]["fail"], 6);
     assert!(r.summary_table().contains("longest send outage"));

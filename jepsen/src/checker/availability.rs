@@ -148,6 +148,9 @@ pub struct Recovery {
     pub first_ok_send: Option<u64>,
     /// `first_ok_send - healed_at` (ns).
     pub recovery: Option<u64>,
+    /// Another fault started (or was still running) between the heal and that first ok send, so the time is
+    /// not this fault's recovery; such entries are left out of the mean and the max.
+    pub overlapped: bool,
 }
 
 /// Availability of writes.
@@ -159,9 +162,9 @@ pub struct Availability {
     pub longest_outage: Option<Outage>,
     /// One entry per closed fault window.
     pub recoveries: Vec<Recovery>,
-    /// Mean of the recoveries that happened (ns).
+    /// Mean of the recoveries that happened, overlapped ones left out (ns).
     pub mean_recovery: Option<u64>,
-    /// Largest recovery (ns).
+    /// Largest recovery, overlapped ones left out (ns).
     pub max_recovery: Option<u64>,
     /// All fault windows.
     pub fault_windows: Vec<FaultWindow>,
@@ -203,10 +206,18 @@ pub(crate) fn compute(ix: &Index) -> Availability {
         .map(|(w, healed)| {
             let i = all_oks.partition_point(|&t| t < healed);
             let first_ok = all_oks.get(i).copied();
-            Recovery { fault: w.label.clone(), healed_at: healed, first_ok_send: first_ok, recovery: first_ok.map(|t| t - healed) }
+            let until = first_ok.unwrap_or(end);
+            let overlapped = windows.iter().any(|o| !std::ptr::eq(o, w) && o.start < until && o.end.is_none_or(|oe| oe > healed));
+            Recovery {
+                fault: w.label.clone(),
+                healed_at: healed,
+                first_ok_send: first_ok,
+                recovery: first_ok.map(|t| t - healed),
+                overlapped,
+            }
         })
         .collect();
-    let done: Vec<u64> = recoveries.iter().filter_map(|r| r.recovery).collect();
+    let done: Vec<u64> = recoveries.iter().filter(|r| !r.overlapped).filter_map(|r| r.recovery).collect();
     let mean_recovery = (!done.is_empty()).then(|| (done.iter().map(|&d| u128::from(d)).sum::<u128>() / done.len() as u128) as u64);
     Availability {
         ok_sends: oks.len() as u64,

@@ -1,0 +1,184 @@
+//! raftmq through its own client (`raftmq-client`): one fresh topic per size, created on the broker group's
+//! leader with `--queues` queues; sync sends with `Producer::send`, pipelined sends with `Producer::send_async`
+//! (one `Producer`, i.e. one client instance and connection, per logical producer); consume with a
+//! `PullConsumer` reading every queue from offset 0 to its end, one pull in flight per queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use raftmq_client::{Admin, ClientConfig, Message, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus};
+
+use crate::common::{self, Consumed, Report, Workload, SIZES};
+
+/// `bench-peers raftmq` options.
+#[derive(clap::Args, Debug)]
+pub struct Opts {
+    /// Nameserver address.
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    pub namesrv: String,
+    /// System label in the table (e.g. raftmq-sync, raftmq-async).
+    #[arg(long, default_value = "raftmq-sync")]
+    pub label: String,
+    /// Whether the brokers fdatasync before acknowledging (flushDiskType SYNC_FLUSH, the default). Default:
+    /// true, or false when the label contains "async".
+    #[arg(long)]
+    pub fsync_before_ack: Option<bool>,
+    /// Queues of each benchmark topic.
+    #[arg(long, default_value_t = 8)]
+    pub queues: i32,
+    /// Messages per pull when consuming.
+    #[arg(long, default_value_t = 32)]
+    pub pull_batch: i32,
+    #[command(flatten)]
+    pub work: Workload,
+}
+
+fn config(namesrv: &str, name: String) -> ClientConfig {
+    ClientConfig::new(namesrv).with_instance_name(name)
+}
+
+async fn start_producer(o: &Opts, name: &str, inflight: usize) -> Result<Producer> {
+    let mut opts = ProducerOptions::new(format!("bench_{name}"));
+    opts.compress_over = usize::MAX;
+    opts.max_async_in_flight = inflight.max(1) * 2;
+    // As generous as the peers' ack timeouts: a slow ack counts in the latency, not as an error.
+    opts.send_timeout = Duration::from_secs(30);
+    let instance = format!("bench-{}-{name}-{}", o.label, std::process::id());
+    Producer::start(config(&o.namesrv, instance), opts).await.with_context(|| format!("starting producer {name}"))
+}
+
+/// Creates `topic` with `queues` queues and waits until the nameserver routes all of them.
+async fn create_topic(admin: &Admin, topic: &str, queues: i32) -> Result<()> {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.create_topic(topic, queues).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < give_up => {
+                eprintln!("  creating {topic}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating topic {topic}")),
+        }
+    }
+    loop {
+        let route = admin.topic_route(topic).await?;
+        if route.is_some_and(|r| r.queue_datas.iter().map(|q| q.write_queue_nums).sum::<i32>() >= queues) {
+            return Ok(());
+        }
+        if Instant::now() > give_up {
+            bail!("topic {topic} was created but the nameserver does not route its {queues} queues after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads one queue from offset 0 to `end`; returns (messages, bytes).
+async fn drain_queue(pc: &PullConsumer, q: &MessageQueue, end: i64, batch: i32, deadline: Instant, idle: Duration) -> Result<(u64, u64)> {
+    let (mut offset, mut msgs, mut bytes) = (0i64, 0u64, 0u64);
+    let mut last_progress = Instant::now();
+    while offset < end {
+        if Instant::now() > deadline || last_progress.elapsed() > idle {
+            eprintln!("  queue {}: stopped at offset {offset} of {end} (timeout)", q.queue_id);
+            break;
+        }
+        let r = pc.pull(q, "*", offset, batch).await.with_context(|| format!("pulling queue {} at {offset}", q.queue_id))?;
+        match r.status {
+            PullStatus::Found => {
+                msgs += r.messages.len() as u64;
+                bytes += r.messages.iter().map(|m| m.body.len() as u64).sum::<u64>();
+                last_progress = Instant::now();
+            }
+            // A follower that has not applied the tail yet: ask again shortly.
+            PullStatus::NoNewMsg => tokio::time::sleep(Duration::from_millis(5)).await,
+            PullStatus::NoMatchedMsg | PullStatus::OffsetIllegal => {}
+        }
+        offset = offset.max(r.next_begin_offset);
+    }
+    Ok((msgs, bytes))
+}
+
+async fn consume(o: &Opts, topic: &str) -> Result<Consumed> {
+    let pc = PullConsumer::start(config(&o.namesrv, format!("bench-{}-consumer-{}", o.label, std::process::id())), "bench_consume")
+        .await
+        .context("starting the pull consumer")?;
+    let pc = Arc::new(pc);
+    let queues = pc.fetch_subscribe_queues(topic).await?;
+    let mut ends = Vec::new();
+    for q in &queues {
+        ends.push(pc.max_offset(q).await.with_context(|| format!("max offset of queue {}", q.queue_id))?);
+    }
+    let (limit, idle) = o.work.consume_limits();
+    let start = Instant::now();
+    let deadline = start + limit;
+    let mut tasks = Vec::new();
+    for (q, end) in queues.into_iter().zip(ends) {
+        let (pc, batch) = (Arc::clone(&pc), o.pull_batch);
+        tasks.push(tokio::spawn(async move { drain_queue(&pc, &q, end, batch, deadline, idle).await }));
+    }
+    let (mut msgs, mut bytes) = (0, 0);
+    for t in tasks {
+        let (m, b) = t.await.context("consumer task panicked")??;
+        msgs += m;
+        bytes += b;
+    }
+    let elapsed = start.elapsed();
+    pc.shutdown().await;
+    Ok(Consumed { msgs, bytes, elapsed })
+}
+
+/// Runs the three cases and the consume against a raftmq cluster.
+pub async fn run(o: Opts) -> Result<()> {
+    let fsync = o.fsync_before_ack.unwrap_or(!o.label.contains("async"));
+    let mut report = Report::new(&o.label, fsync);
+    let id = common::run_id();
+    let label: String = o.label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let topics: Vec<String> = SIZES.iter().map(|s| format!("bench_{label}_{id}_{s}")).collect();
+
+    let admin = Admin::start(config(&o.namesrv, format!("bench-{}-admin-{}", o.label, std::process::id()))).await?;
+    for t in &topics {
+        create_topic(&admin, t, o.queues).await?;
+    }
+    admin.shutdown().await;
+    eprintln!("[{}] topics {} ({} queues each)", o.label, topics.join(", "), o.queues);
+
+    let warm = start_producer(&o, "warmup", 1).await?;
+    for (t, size) in topics.iter().zip(SIZES) {
+        common::warm_up(o.work.warmup, size, |body| {
+            let (warm, t) = (warm.clone(), t.clone());
+            async move { warm.send(Message::new(t, body)).await.map(|_| ()).map_err(Into::into) }
+        })
+        .await?;
+        report.warmed_up(size, o.work.warmup);
+    }
+    warm.shutdown().await;
+
+    for case in o.work.cases() {
+        let topic = topics[SIZES.iter().position(|s| *s == case.size).unwrap_or(0)].clone();
+        let mut producers = Vec::new();
+        for p in 0..case.producers {
+            producers.push(start_producer(&o, &format!("p{p}"), case.inflight).await?);
+        }
+        let sync = case.inflight == 1;
+        let send = move |p: &Producer, body: Bytes| {
+            let msg = Message::new(topic.clone(), body);
+            let p = p.clone();
+            async move {
+                let r = if sync { p.send(msg).await } else { p.send_async(msg).await };
+                r.map(|_| ()).map_err(anyhow::Error::from)
+            }
+        };
+        let produced = common::produce(producers.clone(), case.inflight, case.size, o.work.case_duration(), send).await?;
+        for p in producers {
+            p.shutdown().await;
+        }
+        report.produced(&case, &produced);
+    }
+
+    for (t, size) in topics.iter().zip(SIZES) {
+        let c = consume(&o, t).await?;
+        report.consumed(size, &c);
+    }
+    report.finish(o.work.out.as_deref())
+}

@@ -35,6 +35,9 @@ enum Cmd {
     Check {
         /// `history.jsonl`.
         history: PathBuf,
+        /// Also write the full result (as `results.json`) here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Redraw the plots of a results folder.
     Plot {
@@ -110,9 +113,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("cleaned up");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Check { history } => {
+        Cmd::Check { history, json } => {
             let ops = read_history(&history).with_context(|| format!("reading {}", history.display()))?;
             let r = check(&ops, &CheckOptions::default());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            }
             print!("{}", r.summary_table());
             Ok(verdict_line(&r))
         }

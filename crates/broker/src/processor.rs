@@ -202,6 +202,17 @@ impl BrokerInner {
             return reply(req, ResponseCode::SYSTEM_ERROR, "queueId is negative");
         }
         let qid = h.queue_id as u32;
+        // Committed offsets must be read linearizably: a follower or a deposed leader (minority side of a
+        // partition) may hold an older value, and a consumer resuming from it would move backwards — the
+        // chaos checker's committed-offset-regression. Only the ready leader answers, after a read barrier.
+        if let Err(r) = self.check_leader(req) {
+            return r;
+        }
+        if let Err(e) = self.node.read_barrier().await {
+            return self.check_leader(req).err().flatten().or_else(|| {
+                reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("cannot confirm leadership for a consistent read: {e}"))
+            });
+        }
         if let Some(o) = self.store.consumer_offset(&h.consumer_group, &h.topic, qid) {
             return Some(ok(req).with_header(&OffsetResponseHeader { offset: o as i64 }).into());
         }

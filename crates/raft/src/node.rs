@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use raftmq_commitlog::{CommitLog, CommitLogConfig, CommitLogReader, FlushPolicy};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -363,6 +363,20 @@ impl RaftNode {
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
         self.fence.check()?;
         self.raft.client_write(cmd).await.map(|r| r.data).map_err(map_write_error)
+    }
+
+    /// A read barrier: confirms with a quorum that this node still leads and waits until everything committed
+    /// before the call is applied here. Reads of replicated state (consumer offsets, topics) made after it
+    /// return succeeds are linearizable; a deposed leader on the minority side of a partition fails it.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        self.fence.check()?;
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) })
+            }
+            Err(e) => Err(WriteError::Unknown(e.to_string())),
+        }
     }
 
     /// Current status figures.

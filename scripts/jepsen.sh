@@ -75,13 +75,18 @@ fi
 store="${RAFTMQ_JEPSEN_STORE:-${TMPDIR:-/tmp}/raftmq-jepsen-quick}"
 failures=0
 runs=0
-quick_run() {
+# Runs one quick test; sets rc to its exit code and dir to its results folder.
+run_one() {
   runs=$((runs + 1))
-  echo "=== jepsen quick: $*"
   set +e
   "$JEPSEN" run --bin "$BIN" --quick --store "$store" "$@" 2>&1 | tee "$store.last.log"
   rc=${PIPESTATUS[0]}
   set -e
+  dir=$(sed -n 's/^results in //p' "$store.last.log" | tail -1)
+}
+quick_run() {
+  echo "=== jepsen quick: $*"
+  run_one "$@"
   if [ "$rc" -ne 0 ]; then failures=$((failures + 1)); echo "FAILED: $* (exit $rc)"; else echo "ok - jepsen $*"; fi
 }
 mkdir -p "$store"
@@ -90,13 +95,8 @@ quick_run --name quick-net --nemesis loss,slow,transfer,partition --seed 12 --ti
 # Testing the tester: with the broker acknowledging before a quorum has the message, leader kills and
 # partitions must make the checker report lost acknowledged messages (VALID? NO, exit code 1).
 unsafe_run() {
-  runs=$((runs + 1))
   echo "=== jepsen quick (must be INVALID): $*"
-  set +e
-  "$JEPSEN" run --bin "$BIN" --quick --store "$store" "$@" 2>&1 | tee "$store.last.log"
-  rc=${PIPESTATUS[0]}
-  set -e
-  dir=$(sed -n 's/^results in //p' "$store.last.log" | tail -1)
+  run_one "$@"
   found=$(python3 - "$dir/results.json" <<'PY' 2>/dev/null || echo ""
 import json, sys
 r = json.load(open(sys.argv[1]))

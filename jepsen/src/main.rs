@@ -77,7 +77,7 @@ struct RunArgs {
     /// Run name (default: the nemesis list).
     #[arg(long)]
     name: Option<String>,
-    /// Short holds and windows for CI (faults held 2-6 s, 5 s recovery, 30 s drain limit).
+    /// Short holds and windows for CI (faults held 2-6 s, 5 s recovery, 60 s drain limit).
     #[arg(long)]
     quick: bool,
     /// Extra TOML for every broker (e.g. an `unsafe…` test switch).
@@ -136,7 +136,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             let families = Family::parse_list(&a.nemesis)?;
             let (hold, recovery, drain, warmup) = if a.quick {
-                ((Duration::from_secs(2), Duration::from_secs(6)), Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(3))
+                ((Duration::from_secs(2), Duration::from_secs(6)), Duration::from_secs(5), Duration::from_secs(60), Duration::from_secs(3))
             } else {
                 (
                     (Duration::from_secs(5), Duration::from_secs(15)),

@@ -175,6 +175,18 @@ where
     }
 }
 
+/// Jepsen's client crash, about every 30 s per worker: an `info` op, after which the worker continues as a
+/// new process. Returns true when it crashed.
+fn maybe_crash(rng: &mut ChaCha8Rng, last_crash: &mut Instant, rec: &Recorder, process: &mut u64, workers: usize) -> bool {
+    if last_crash.elapsed() <= Duration::from_secs(30) || !rng.gen_bool(0.05) {
+        return false;
+    }
+    rec.record(json!({"process": *process, "type": "info", "f": "crash", "value": null}));
+    *process += workers as u64;
+    *last_crash = Instant::now();
+    true
+}
+
 fn pace(rng: &mut ChaCha8Rng, cfg: &WorkloadConfig) -> Duration {
     let workers = (cfg.producers + cfg.consumers).max(1) as f64;
     let mean = workers / cfg.rate.max(1.0);
@@ -202,10 +214,7 @@ async fn producer(
     let mut last_crash = Instant::now();
     while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(pace(&mut rng, &cfg)).await;
-        if last_crash.elapsed() > Duration::from_secs(30) && rng.gen_bool(0.05) {
-            rec.record(json!({"process": process, "type": "info", "f": "crash", "value": null}));
-            process += workers as u64;
-            last_crash = Instant::now();
+        if maybe_crash(&mut rng, &mut last_crash, &rec, &mut process, workers) {
             continue;
         }
         let k = rng.gen_range(0..cfg.queues);
@@ -269,10 +278,7 @@ async fn consumer(w: usize, c: usize, workers: usize, cfg: WorkloadConfig, rec: 
     let mut last_crash = Instant::now();
     while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(pace(&mut rng, &cfg)).await;
-        if last_crash.elapsed() > Duration::from_secs(30) && rng.gen_bool(0.05) {
-            rec.record(json!({"process": process, "type": "info", "f": "crash", "value": null}));
-            process += workers as u64;
-            last_crash = Instant::now();
+        if maybe_crash(&mut rng, &mut last_crash, &rec, &mut process, workers) {
             assign(&pc, &cfg, &rec, &mut process, workers, &group, &mut st, all.clone(), "committed").await;
             continue;
         }

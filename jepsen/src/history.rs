@@ -181,7 +181,7 @@ pub struct JsonText(Box<RawValue>);
 impl JsonText {
     /// The JSON `null`.
     pub fn null() -> Self {
-        JsonText(RawValue::from_string("null".to_owned()).expect("null is valid JSON"))
+        JsonText(RawValue::NULL.to_owned())
     }
 
     /// Serializes any value (compact; a struct keeps its field order, a `serde_json::Value` object its map's order).

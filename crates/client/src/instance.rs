@@ -46,7 +46,8 @@ struct Inner {
     client_id: String,
     namesrv_index: Mutex<usize>,
     connections: Mutex<HashMap<String, RemotingClient>>,
-    routes: RwLock<HashMap<String, TopicRouteData>>,
+    /// Routes by topic; an `Arc` so the send path shares them instead of cloning (a new `Arc` = a new route).
+    routes: RwLock<HashMap<String, Arc<TopicRouteData>>>,
     leader_hints: Mutex<HashMap<String, LeaderHint>>,
     /// When each topic's route was last refreshed because of a failure (throttles refresh storms).
     refreshed_after_failure: Mutex<HashMap<String, Instant>>,
@@ -324,13 +325,27 @@ impl ClientInstance {
         let resp = check_success("nameserver", resp)?;
         let route: TopicRouteData = decode_json_body("TopicRouteData", &resp.body)?;
         self.expire_hints(&route);
-        self.inner.routes.write().unwrap_or_else(|e| e.into_inner()).insert(topic.to_string(), route.clone());
+        self.inner.routes.write().unwrap_or_else(|e| e.into_inner()).insert(topic.to_string(), Arc::new(route.clone()));
         Ok(Some(route))
     }
 
     /// The cached route of `topic`.
     pub fn cached_route(&self, topic: &str) -> Option<TopicRouteData> {
+        self.cached_route_shared(topic).map(|r| (*r).clone())
+    }
+
+    /// The cached route of `topic`, shared (no copy): for the send path.
+    pub(crate) fn cached_route_shared(&self, topic: &str) -> Option<Arc<TopicRouteData>> {
         self.inner.routes.read().unwrap_or_else(|e| e.into_inner()).get(topic).cloned()
+    }
+
+    /// The cached route, shared, fetched when absent.
+    pub(crate) async fn route_shared(&self, topic: &str) -> Result<Option<Arc<TopicRouteData>>> {
+        if let Some(r) = self.cached_route_shared(topic) {
+            return Ok(Some(r));
+        }
+        self.update_route(topic).await?;
+        Ok(self.cached_route_shared(topic))
     }
 
     /// Refreshes, in the background, every cached route that names `broker_name`.

@@ -7,6 +7,7 @@
 //! cannot be reached the next attempt goes to it via another member of the group, whose reply names the new
 //! leader (or says an election is in progress, which is waited out with a short backoff).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -93,7 +94,12 @@ struct ProducerInner {
     faults: LatencyFaultTolerance,
     async_permits: Arc<Semaphore>,
     running: AtomicBool,
+    /// Per topic: the route version the queues were computed from, and the writable queues.
+    publish_cache: Mutex<HashMap<String, PublishQueues>>,
 }
+
+/// A route version and the writable queues computed from it.
+type PublishQueues = (Arc<TopicRouteData>, Arc<Vec<MessageQueue>>);
 
 /// A message encoded once and re-sent unchanged by every attempt.
 struct Prepared {
@@ -188,6 +194,7 @@ impl Producer {
                 faults: LatencyFaultTolerance::new(),
                 async_permits: Arc::new(Semaphore::new(opts.max_async_in_flight)),
                 running: AtomicBool::new(true),
+                publish_cache: Mutex::default(),
                 opts,
                 client,
             }),
@@ -245,7 +252,7 @@ impl Producer {
 
     /// The writable queues of `topic` as a selector sees them.
     pub async fn fetch_publish_queues(&self, topic: &str) -> Result<Vec<MessageQueue>> {
-        self.inner.queues_for(topic).await
+        Ok(self.inner.queues_for(topic).await?.to_vec())
     }
 
     /// Starts a send in the background and returns its future at once; the send proceeds even if the future
@@ -415,19 +422,32 @@ impl ProducerInner {
 
     /// The topic's writable queues; for a topic no broker has yet, the TBW102 template's (the broker creates
     /// the topic on the first send).
-    async fn queues_for(&self, topic: &str) -> Result<Vec<MessageQueue>> {
-        if let Some(route) = self.client.route(topic).await? {
-            let queues = writable_queues(topic, &route, None);
+    async fn queues_for(&self, topic: &str) -> Result<Arc<Vec<MessageQueue>>> {
+        if let Some(route) = self.client.route_shared(topic).await? {
+            let queues = self.publish_queues(topic, &route, None);
             if !queues.is_empty() {
                 return Ok(queues);
             }
         }
-        let template = self.client.route(DEFAULT_TOPIC).await?.ok_or_else(|| ClientError::NoRoute(topic.to_string()))?;
-        let queues = writable_queues(topic, &template, Some(self.opts.default_topic_queue_nums));
+        let template = self.client.route_shared(DEFAULT_TOPIC).await?.ok_or_else(|| ClientError::NoRoute(topic.to_string()))?;
+        let queues = self.publish_queues(topic, &template, Some(self.opts.default_topic_queue_nums));
         if queues.is_empty() {
             return Err(ClientError::NoQueue(topic.to_string()));
         }
         Ok(queues)
+    }
+
+    /// `writable_queues`, computed once per route version (the route's `Arc`) and shared by every send.
+    fn publish_queues(&self, topic: &str, route: &Arc<TopicRouteData>, cap: Option<i32>) -> Arc<Vec<MessageQueue>> {
+        let mut cache = self.publish_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((r, q)) = cache.get(topic) {
+            if Arc::ptr_eq(r, route) {
+                return Arc::clone(q);
+            }
+        }
+        let queues = Arc::new(writable_queues(topic, route, cap));
+        cache.insert(topic.to_string(), (Arc::clone(route), Arc::clone(&queues)));
+        queues
     }
 
     /// Round-robin over the writable queues, skipping `avoid` (the group that just failed) and, with latency

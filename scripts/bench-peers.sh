@@ -8,13 +8,15 @@
 # the Rust bench crate in bench/ (binary bench-peers), stops it and deletes its data:
 #   raftmq-sync   3-node raftmq group from cluster/local/*.toml, flushDiskType SYNC_FLUSH (the default)
 #   raftmq-async  the same with flushDiskType ASYNC_FLUSH
+#   raftmq-sync-unbatched  raftmq-sync with the client's auto-batching off (one request per send)
 #   nats          3 nats-server -js processes (Debian nats-server), R3 file stream
 #   rabbitmq      3 RabbitMQ nodes (Debian rabbitmq-server) joined into one cluster, quorum queue, confirms
 # Cases per system (--duration seconds each): sync send 1 producer 128 B; pipelined send 4 producers x 256
 # in flight, 128 B and 1 KiB; then consume everything back. Prints one table (msgs/s, MB/s, p50/p99 ack
 # latency, fsync before ack, raftmq's ratio to each peer); --json FILE also writes it as a JSON list.
 #
-#   --systems LIST  comma-separated subset of raftmq-sync,raftmq-async,nats,rabbitmq (default: all four)
+#   --systems LIST  comma-separated subset of raftmq-sync,raftmq-sync-unbatched,raftmq-async,nats,rabbitmq
+#                   (default: all five)
 #   --no-build      use the existing raftmq and bench-peers binaries
 #   --install-only  install the missing Debian packages and exit
 #   -- ARGS         passed to every `bench-peers raftmq|nats|rabbitmq` (e.g. -- --producers 8 --inflight 64)
@@ -33,7 +35,7 @@ ROOT=$(pwd)
 
 JSON=""
 DURATION=10
-SYSTEMS="raftmq-sync,raftmq-async,nats,rabbitmq"
+SYSTEMS="raftmq-sync,raftmq-sync-unbatched,raftmq-async,nats,rabbitmq"
 BUILD=1
 INSTALL_ONLY=0
 EXTRA=()
@@ -48,7 +50,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --install-only) INSTALL_ONLY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -229,7 +231,11 @@ start_raftmq() {
   echo "  leader: $(raftmq_leader)" >&2
 }
 
-bench_raftmq() { "$BENCH_BIN" raftmq --namesrv "$RAFTMQ_NAMESRV" --label "$1" --duration "$DURATION" --out "$2" "${EXTRA[@]}"; }
+bench_raftmq() {
+  local flags=()
+  [ "$1" = raftmq-sync-unbatched ] && flags+=(--no-auto-batch)
+  "$BENCH_BIN" raftmq --namesrv "$RAFTMQ_NAMESRV" --label "$1" --duration "$DURATION" --out "$2" "${flags[@]}" "${EXTRA[@]}"
+}
 
 # --- NATS -----------------------------------------------------------------------------------------------------
 NATS_URLS=nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224
@@ -341,7 +347,7 @@ run_system() {
   (
     set -e
     case "$sys" in
-      raftmq-sync) start_raftmq "$dir" SYNC_FLUSH ;;
+      raftmq-sync|raftmq-sync-unbatched) start_raftmq "$dir" SYNC_FLUSH ;;
       raftmq-async) start_raftmq "$dir" ASYNC_FLUSH ;;
       nats) start_nats "$dir" ;;
       rabbitmq) start_rabbitmq "$dir" ;;
@@ -377,8 +383,8 @@ run_system() {
 IFS=, read -r -a WANT <<<"$SYSTEMS"
 for sys in "${WANT[@]}"; do
   case "$sys" in
-    raftmq-sync|raftmq-async|nats|rabbitmq) run_system "$sys" ;;
-    *) die "unknown system $sys (raftmq-sync, raftmq-async, nats, rabbitmq)" ;;
+    raftmq-sync|raftmq-sync-unbatched|raftmq-async|nats|rabbitmq) run_system "$sys" ;;
+    *) die "unknown system $sys (raftmq-sync, raftmq-sync-unbatched, raftmq-async, nats, rabbitmq)" ;;
   esac
 done
 

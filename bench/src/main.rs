@@ -21,6 +21,9 @@ mod table;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "bench-peers", about = "raftmq vs NATS JetStream vs RabbitMQ quorum queues: identical workloads, one table")]
 struct Cli {

@@ -28,6 +28,9 @@ pub struct Opts {
     /// Queues of each benchmark topic.
     #[arg(long, default_value_t = 8)]
     pub queues: i32,
+    /// Turn the producer's auto-batching off: every send is its own request.
+    #[arg(long)]
+    pub no_auto_batch: bool,
     /// Messages per pull when consuming.
     #[arg(long, default_value_t = 32)]
     pub pull_batch: i32,
@@ -43,6 +46,7 @@ async fn start_producer(o: &Opts, name: &str, inflight: usize) -> Result<Produce
     let mut opts = ProducerOptions::new(format!("bench_{name}"));
     opts.compress_over = usize::MAX;
     opts.max_async_in_flight = inflight.max(1) * 2;
+    opts.auto_batch = !o.no_auto_batch;
     // As generous as the peers' ack timeouts: a slow ack counts in the latency, not as an error.
     opts.send_timeout = Duration::from_secs(30);
     let instance = format!("bench-{}-{name}-{}", o.label, std::process::id());

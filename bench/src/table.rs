@@ -36,7 +36,12 @@ fn durability_note(system: &str, fsync: bool) -> String {
         (_, true) => "fsync before ack",
         (_, false) => "no fsync before ack",
     };
-    format!("{system}: {what}")
+    let client = match system {
+        s if s.contains("unbatched") => "; client auto-batching off: one request per send",
+        s if s.starts_with(RAFTMQ) => "; client auto-batching on: sends queued behind busy requests go as one batch request",
+        _ => "",
+    };
+    format!("{system}: {what}{client}")
 }
 
 fn thousands(v: f64) -> String {

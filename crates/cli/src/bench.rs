@@ -59,9 +59,12 @@ pub struct ProduceBench {
     /// Producers (each its own client instance and connection).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
-    /// Requests in flight per producer (1 = send, wait, repeat).
+    /// Sends in flight per producer (1 = send, wait, repeat).
     #[arg(long, default_value_t = 1)]
     pub inflight: usize,
+    /// Turn the producer's auto-batching off: every send is its own request.
+    #[arg(long)]
+    pub no_auto_batch: bool,
     /// Message body bytes.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
@@ -179,6 +182,7 @@ async fn produce_load(
         let mut opts = ProducerOptions::new(format!("bench_producer_{p}"));
         opts.compress_over = usize::MAX;
         opts.max_async_in_flight = b.inflight.max(1) * 2;
+        opts.auto_batch = !b.no_auto_batch;
         let producer = Producer::start(config(&b.common.namesrv, format!("bench-p{p}-{}", std::process::id())), opts).await?;
         let queues = producer.fetch_publish_queues(&b.common.topic).await?;
         let (b, stop, stats, issued) = (b.clone(), Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&issued));
@@ -269,7 +273,7 @@ pub async fn produce(b: ProduceBench) -> Result<()> {
     let acked = stats.acked.load(Ordering::Relaxed);
     let h = stats.hist.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(histogram);
     let result = json!({
-        "mode": "produce", "topic": b.common.topic, "producers": b.producers, "inflight": b.inflight, "size": b.size,
+        "mode": "produce", "topic": b.common.topic, "producers": b.producers, "inflight": b.inflight, "size": b.size, "auto_batch": !b.no_auto_batch,
         "batch": b.batch, "rate": b.rate, "elapsed_s": elapsed, "acked": acked, "errors": stats.errors.load(Ordering::Relaxed),
         "msgs_per_s": acked as f64 / elapsed, "mb_per_s": acked as f64 * b.size as f64 / elapsed / 1e6,
         "latency": percentiles(&h), "longest_ack_gap_ms": stats.longest_gap().as_secs_f64() * 1000.0,

@@ -13,6 +13,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "raftmq", version, about = "Raft-replicated, RocketMQ-compatible message broker")]
 struct Cli {

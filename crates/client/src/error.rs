@@ -77,6 +77,34 @@ impl ClientError {
         }
     }
 
+    /// The same error again, for every message of an auto-batched request (errors are not `Clone`: an IO
+    /// error is rebuilt from its kind and text).
+    pub(crate) fn duplicate(&self) -> ClientError {
+        let net = |e: &NetError| match e {
+            NetError::Io(io) => NetError::Io(std::io::Error::new(io.kind(), io.to_string())),
+            NetError::Codec(s) => NetError::Codec(s.clone()),
+            NetError::Timeout(d) => NetError::Timeout(*d),
+            NetError::Closed => NetError::Closed,
+        };
+        match self {
+            ClientError::Broker { addr, code, remark } => ClientError::Broker { addr: addr.clone(), code: *code, remark: remark.clone() },
+            ClientError::Timeout { addr, timeout } => ClientError::Timeout { addr: addr.clone(), timeout: *timeout },
+            ClientError::Connection { addr, source } => ClientError::Connection { addr: addr.clone(), source: net(source) },
+            ClientError::NoRoute(t) => ClientError::NoRoute(t.clone()),
+            ClientError::NoQueue(t) => ClientError::NoQueue(t.clone()),
+            ClientError::InvalidMessage(s) => ClientError::InvalidMessage(s.clone()),
+            ClientError::Protocol(s) => ClientError::Protocol(s.clone()),
+            ClientError::State(s) => ClientError::State(s.clone()),
+            ClientError::Io(e) => ClientError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            ClientError::RetriesExhausted { attempts, elapsed, definite, last } => ClientError::RetriesExhausted {
+                attempts: *attempts,
+                elapsed: *elapsed,
+                definite: *definite,
+                last: Box::new(last.duplicate()),
+            },
+        }
+    }
+
     /// The RocketMQ response code, when a server refused the request.
     pub fn response_code(&self) -> Option<i32> {
         match self {

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+mod accumulator;
 pub mod admin;
 pub mod allocate;
 pub mod blocking;

@@ -6,6 +6,12 @@
 //! attempt: it certainly stored nothing, so the client follows the hint at once. When the presumed leader
 //! cannot be reached the next attempt goes to it via another member of the group, whose reply names the new
 //! leader (or says an election is in progress, which is waited out with a short backoff).
+//!
+//! Auto-batching (on by default, [`ProducerOptions::auto_batch`]): a send that finds its lane's request
+//! slots all busy waits, and leaves with everything else that waited as one SEND_BATCH_MESSAGE when a slot
+//! frees; a send that finds a free slot goes at once. See `accumulator.rs`. The batch is stored all
+//! or nothing; each send still gets its own [`SendResult`] (its own id, offset id and queue offset) or its
+//! own copy of the batch's error.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,12 +25,14 @@ use bytes::Bytes;
 use raftmq_remoting::body::TopicRouteData;
 use raftmq_remoting::header::{perm, SendMessageRequestHeader, SendMessageResponseHeader, DEFAULT_TOPIC};
 use raftmq_remoting::message::{
-    compress_body_zlib, encode_batch_message, properties_to_string, property, sys_flag, BatchMessage, UniqIdGenerator, ZLIB_LEVEL_DEFAULT,
+    compress_body_zlib, encode_batch_message, properties_to_string, property, sys_flag, BatchMessage, UniqIdGenerator,
+    BATCH_RECORD_FIXED_LEN, ZLIB_LEVEL_DEFAULT,
 };
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tracing::debug;
 
+use crate::accumulator::{LaneKey, LaneLimits, Lanes};
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::instance::ClientInstance;
@@ -61,6 +69,15 @@ pub struct ProducerOptions {
     pub max_async_in_flight: usize,
     /// Queues a topic gets when it is created on first send from the TBW102 template (4).
     pub default_topic_queue_nums: i32,
+    /// Combine sends queued behind busy request slots into one batch request (true). Sends that are
+    /// compressed, delayed, batches already, or for a retry topic always go alone.
+    pub auto_batch: bool,
+    /// Requests outstanding per lane (a topic, or one explicit queue) before sends start to wait (4).
+    pub auto_batch_in_flight_max: usize,
+    /// Most bytes one automatic batch carries (256 KiB; never more than `max_message_size`).
+    pub auto_batch_bytes_max: usize,
+    /// Most messages one automatic batch carries (1000).
+    pub auto_batch_count_max: usize,
 }
 
 impl ProducerOptions {
@@ -76,6 +93,10 @@ impl ProducerOptions {
             latency_fault_tolerance: false,
             max_async_in_flight: 10_000,
             default_topic_queue_nums: 4,
+            auto_batch: true,
+            auto_batch_in_flight_max: 4,
+            auto_batch_bytes_max: 256 * 1024,
+            auto_batch_count_max: 1000,
         }
     }
 }
@@ -96,6 +117,8 @@ struct ProducerInner {
     running: AtomicBool,
     /// Per topic: the route version the queues were computed from, and the writable queues.
     publish_cache: Mutex<HashMap<String, PublishQueues>>,
+    /// Auto-batch lanes.
+    lanes: Lanes<Waiting>,
 }
 
 /// A route version and the writable queues computed from it.
@@ -109,7 +132,24 @@ struct Prepared {
     flag: i32,
     properties: String,
     batch: bool,
+    /// May travel inside an automatic batch.
+    batchable: bool,
     msg_id: String,
+}
+
+impl Prepared {
+    /// Bytes this message takes inside a batch body.
+    fn batch_record_len(&self) -> usize {
+        BATCH_RECORD_FIXED_LEN + self.body.len() + self.properties.len()
+    }
+}
+
+/// A send waiting in an auto-batch lane for a request slot.
+struct Waiting {
+    prepared: Prepared,
+    /// When its own send timeout runs out, counted from when it was submitted.
+    deadline: Instant,
+    done: oneshot::Sender<Result<SendResult>>,
 }
 
 /// Where a send may go.
@@ -187,6 +227,11 @@ impl Producer {
         client.acquire();
         let ip = config.resolve_client_ip();
         let seed = rand::random::<i32>();
+        let lane_limits = LaneLimits {
+            in_flight_max: opts.auto_batch_in_flight_max.max(1),
+            batch_bytes_max: opts.auto_batch_bytes_max.min(opts.max_message_size),
+            batch_count_max: opts.auto_batch_count_max.max(1),
+        };
         Ok(Producer {
             inner: Arc::new(ProducerInner {
                 ids: Mutex::new(UniqIdGenerator::new(ip, std::process::id(), seed)),
@@ -195,6 +240,7 @@ impl Producer {
                 async_permits: Arc::new(Semaphore::new(opts.max_async_in_flight)),
                 running: AtomicBool::new(true),
                 publish_cache: Mutex::default(),
+                lanes: Lanes::new(lane_limits),
                 opts,
                 client,
             }),
@@ -225,7 +271,7 @@ impl Producer {
     /// Sends and waits for the broker's answer, retrying as the options say.
     pub async fn send(&self, msg: Message) -> Result<SendResult> {
         let prepared = self.inner.prepare(msg)?;
-        self.inner.send_with_retries(&prepared, Target::Any).await
+        self.inner.send_laned(prepared, Target::Any).await
     }
 
     /// Sends to one queue; retries stay on that queue.
@@ -234,7 +280,7 @@ impl Producer {
             return Err(ClientError::InvalidMessage(format!("queue of topic {} for a message of topic {}", queue.topic, msg.topic)));
         }
         let prepared = self.inner.prepare(msg)?;
-        self.inner.send_with_retries(&prepared, Target::Queue(queue)).await
+        self.inner.send_laned(prepared, Target::Queue(queue)).await
     }
 
     /// Sends to the queue `selector` picks for `arg` (e.g. a sharding key), so that messages with the same
@@ -247,7 +293,7 @@ impl Producer {
             .get(idx)
             .cloned()
             .ok_or_else(|| ClientError::InvalidMessage(format!("selector chose queue index {idx} of {}", queues.len())))?;
-        self.inner.send_with_retries(&prepared, Target::Queue(queue)).await
+        self.inner.send_laned(prepared, Target::Queue(queue)).await
     }
 
     /// The writable queues of `topic` as a selector sees them.
@@ -269,7 +315,7 @@ impl Producer {
         SendFuture::spawn(async move {
             let _permit = permit;
             let prepared = inner.prepare(msg)?;
-            inner.send_with_retries(&prepared, Target::Any).await
+            inner.send_laned(prepared, Target::Any).await
         })
     }
 
@@ -358,7 +404,9 @@ impl ProducerInner {
             }
         }
         let properties = properties_to_string(msg.properties())?;
-        Ok(Prepared { topic: msg.topic, body, sys_flag: flags, flag: msg.flag, properties, batch: false, msg_id })
+        // What a broker refuses inside a batch: compressed bodies (no per-message sys flag), delays, retry topics.
+        let batchable = flags == 0 && msg.delay_level() == 0 && !msg.topic.starts_with("%RETRY%");
+        Ok(Prepared { topic: msg.topic, body, sys_flag: flags, flag: msg.flag, properties, batch: false, batchable, msg_id })
     }
 
     fn prepare_batch(&self, msgs: Vec<Message>) -> Result<Prepared> {
@@ -394,7 +442,16 @@ impl ProducerInner {
             encode_batch_message(&BatchMessage { flag: m.flag, body: &m.body, properties: &props }, &mut body)?;
         }
         self.check_size("batch", body.len())?;
-        Ok(Prepared { topic, body: Bytes::from(body), sys_flag: 0, flag: 0, properties: String::new(), batch: true, msg_id: ids.join(",") })
+        Ok(Prepared {
+            topic,
+            body: Bytes::from(body),
+            sys_flag: 0,
+            flag: 0,
+            properties: String::new(),
+            batch: true,
+            batchable: false,
+            msg_id: ids.join(","),
+        })
     }
 
     fn request(&self, p: &Prepared, queue: &MessageQueue) -> RemotingCommand {
@@ -479,8 +536,92 @@ impl ProducerInner {
     }
 
     async fn send_with_retries(&self, p: &Prepared, target: Target) -> Result<SendResult> {
+        self.send_until(p, &target, Instant::now() + self.opts.send_timeout).await
+    }
+
+    /// Sends `p` through its lane (see the module doc), or straight away when auto-batching is off or `p`
+    /// cannot travel in a batch.
+    async fn send_laned(self: &Arc<Self>, p: Prepared, target: Target) -> Result<SendResult> {
+        let deadline = Instant::now() + self.opts.send_timeout;
+        if !self.opts.auto_batch || !p.batchable {
+            return self.send_until(&p, &target, deadline).await;
+        }
+        let key = LaneKey {
+            topic: p.topic.clone(),
+            queue: match &target {
+                Target::Any => None,
+                Target::Queue(q) => Some((q.broker_name.clone(), q.queue_id)),
+            },
+        };
+        let bytes = p.batch_record_len();
+        let (done, outcome) = oneshot::channel();
+        match self.lanes.admit(&key, Waiting { prepared: p, deadline, done }, bytes) {
+            Ok(()) => outcome.await.unwrap_or_else(|_| Err(ClientError::State("the send was dropped before it completed".into()))),
+            Err(own) => {
+                // A free slot: send alone now. The guard hands the slot to whatever queued meanwhile, even if
+                // this future is dropped mid-send.
+                let _slot = LaneSlot { inner: Arc::clone(self), key, target: target.clone() };
+                self.send_until(&own.prepared, &target, deadline).await
+            }
+        }
+    }
+
+    /// Sends the sends that waited in a lane: alone if there is one, else as one batch request whose result
+    /// is split per message. A batch the broker refuses for its content is re-sent message by message, so
+    /// that only the offending message fails (the refusal stored nothing: batches are all or nothing).
+    async fn send_waiting(&self, mut batch: Vec<Waiting>, target: &Target) {
+        if batch.len() == 1 {
+            if let Some(w) = batch.pop() {
+                let r = self.send_until(&w.prepared, target, w.deadline).await;
+                let _ = w.done.send(r);
+            }
+            return;
+        }
+        let deadline = batch.iter().map(|w| w.deadline).min().unwrap_or_else(Instant::now);
+        let combined = match combine(&batch) {
+            Ok(p) => p,
+            Err(e) => {
+                for w in batch {
+                    let _ = w.done.send(Err(e.duplicate()));
+                }
+                return;
+            }
+        };
+        match self.send_until(&combined, target, deadline).await {
+            Ok(res) => {
+                let offset_ids: Vec<&str> = res.offset_msg_id.split(',').collect();
+                let whole = offset_ids.len() != batch.len();
+                for (i, w) in batch.into_iter().enumerate() {
+                    let offset_msg_id = if whole { res.offset_msg_id.clone() } else { offset_ids[i].to_string() };
+                    let _ = w.done.send(Ok(SendResult {
+                        status: res.status,
+                        msg_id: w.prepared.msg_id,
+                        offset_msg_id,
+                        queue: res.queue.clone(),
+                        queue_offset: res.queue_offset + i as i64,
+                    }));
+                }
+            }
+            Err(e)
+                if matches!(&e, ClientError::Broker { code, .. } if !retryable_code(*code))
+                    || matches!(e, ClientError::InvalidMessage(_)) =>
+            {
+                debug!(topic = %combined.topic, error = %e, n = batch.len(), "automatic batch refused; sending its messages one by one");
+                for w in batch {
+                    let r = self.send_until(&w.prepared, target, w.deadline).await;
+                    let _ = w.done.send(r);
+                }
+            }
+            Err(e) => {
+                for w in batch {
+                    let _ = w.done.send(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+
+    async fn send_until(&self, p: &Prepared, target: &Target, deadline: Instant) -> Result<SendResult> {
         let start = Instant::now();
-        let deadline = start + self.opts.send_timeout;
         let mut attempts_left = self.opts.retries + 1;
         let mut attempts = 0u32;
         let mut definite = true;
@@ -497,7 +638,7 @@ impl ProducerInner {
             if remaining.is_zero() {
                 break;
             }
-            let queue = match &target {
+            let queue = match target {
                 Target::Queue(q) => q.clone(),
                 Target::Any => match self.select_queue(&p.topic, avoid.as_deref()).await {
                     Ok(q) => q,
@@ -586,6 +727,55 @@ impl ProducerInner {
         let mut queue = queue.clone();
         queue.queue_id = h.queue_id;
         Ok(SendResult { status, msg_id: p.msg_id.clone(), offset_msg_id: h.msg_id, queue, queue_offset: h.queue_offset })
+    }
+}
+
+/// One batch request carrying every waiting send, in order.
+fn combine(batch: &[Waiting]) -> Result<Prepared> {
+    let mut body = Vec::with_capacity(batch.iter().map(|w| w.prepared.batch_record_len()).sum());
+    for w in batch {
+        let p = &w.prepared;
+        encode_batch_message(&BatchMessage { flag: p.flag, body: &p.body, properties: &p.properties }, &mut body)?;
+    }
+    let topic = batch.first().map(|w| w.prepared.topic.clone()).unwrap_or_default();
+    let msg_id = batch.iter().map(|w| w.prepared.msg_id.as_str()).collect::<Vec<_>>().join(",");
+    Ok(Prepared { topic, body: Bytes::from(body), sys_flag: 0, flag: 0, properties: String::new(), batch: true, batchable: false, msg_id })
+}
+
+/// A lane's request slot, held while a send is outstanding. Released on drop: the lane's next batch (if
+/// any sends waited) starts on it in a task of its own.
+struct LaneSlot {
+    inner: Arc<ProducerInner>,
+    key: LaneKey,
+    target: Target,
+}
+
+impl Drop for LaneSlot {
+    fn drop(&mut self) {
+        let Some(batch) = self.inner.lanes.finish(&self.key) else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(run_lane(Arc::clone(&self.inner), self.key.clone(), self.target.clone(), batch));
+            }
+            Err(_) => {
+                // No runtime left to send with (the application is shutting down): fail what waited.
+                for w in batch.into_iter().chain(self.inner.lanes.drain_all()) {
+                    let _ = w.done.send(Err(ClientError::State("no runtime left to send with".into())));
+                }
+            }
+        }
+    }
+}
+
+/// Sends a lane's batches until nothing waits, then releases the slot.
+async fn run_lane(inner: Arc<ProducerInner>, key: LaneKey, target: Target, first: Vec<Waiting>) {
+    let mut batch = first;
+    loop {
+        inner.send_waiting(batch, &target).await;
+        match inner.lanes.finish(&key) {
+            Some(next) => batch = next,
+            None => return,
+        }
     }
 }
 

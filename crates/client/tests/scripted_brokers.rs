@@ -295,3 +295,100 @@ fn the_blocking_facade_sends_without_a_runtime_and_refuses_inside_one() {
     assert!(matches!(inside, Some(ClientError::State(_))), "{inside:?}");
     p.shutdown();
 }
+
+/// Messages of a request in order: one for a single send, each batch record for a batch.
+fn uniq_keys_of(req: &RemotingCommand) -> Vec<String> {
+    if req.code == RequestCode::SEND_BATCH_MESSAGE.0 {
+        BatchMessages::new(&req.body)
+            .map(|m| get_property(m.expect("batch record").properties, property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX).unwrap_or("").to_string())
+            .collect()
+    } else {
+        vec![uniq_key(req)]
+    }
+}
+
+/// Accepts every send; request `n` gets queue offset `100 n` and offset ids `ID<n>-<i>` for its messages.
+fn accept_numbered(req: &RemotingCommand, n: usize) -> Option<RemotingCommand> {
+    let h = SendMessageRequestHeader::decode_for(req.request_code(), &req.ext_fields).expect("send header");
+    let count = uniq_keys_of(req).len();
+    let ids: Vec<String> = (0..count).map(|i| format!("ID{n}-{i}")).collect();
+    let rh = SendMessageResponseHeader::new(ids.join(","), h.queue_id, 100 * n as i64);
+    Some(RemotingCommand::response(ResponseCode::SUCCESS, None).with_header(&rh))
+}
+
+#[tokio::test]
+async fn sends_queued_behind_a_busy_slot_travel_as_one_batch_and_each_gets_its_own_result() {
+    let leader = serve(accept_numbered).await;
+    let ns = namesrv(vec![(0, leader.addr.clone())]).await;
+    let p = producer(&ns, "auto-batch", |o| o.auto_batch_in_flight_max = 1).await;
+    p.send(Message::new("T", "warm")).await.expect("warm-up");
+    let futures: Vec<_> = (0..50).map(|i| p.send_async(Message::new("T", format!("m{i}")).with_tags("A"))).collect();
+    let mut results = Vec::new();
+    for f in futures {
+        results.push(f.await.expect("send"));
+    }
+    let seen = leader.seen.lock().unwrap().clone();
+    // Where the broker saw each message: request number and position inside it.
+    let mut placed = std::collections::HashMap::new();
+    for (n, req) in seen.iter().enumerate() {
+        for (i, key) in uniq_keys_of(req).into_iter().enumerate() {
+            assert!(placed.insert(key, (n, i)).is_none(), "a message was sent twice");
+        }
+    }
+    assert_eq!(placed.len(), 51, "every message reached the broker exactly once");
+    assert!(seen.len() < 20, "50 concurrent sends with one slot took {} requests", seen.len());
+    assert!(seen.iter().any(|r| r.code == RequestCode::SEND_BATCH_MESSAGE.0), "nothing was batched");
+    for r in &results {
+        let (n, i) = placed[&r.msg_id];
+        assert_eq!(r.offset_msg_id, format!("ID{n}-{i}"), "{r:?}");
+        assert_eq!(r.queue_offset, 100 * n as i64 + i as i64, "{r:?}");
+    }
+    // Batches keep submission order.
+    let order: Vec<usize> = results.iter().map(|r| placed[&r.msg_id].0 * 1000 + placed[&r.msg_id].1).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_resent_one_by_one_so_only_the_offending_message_fails() {
+    let leader = serve(|req, n| {
+        if req.code == RequestCode::SEND_BATCH_MESSAGE.0 || &req.body[..] == b"bad" {
+            refuse(ResponseCode::MESSAGE_ILLEGAL, "the message is illegal")
+        } else {
+            accept_numbered(req, n)
+        }
+    })
+    .await;
+    let ns = namesrv(vec![(0, leader.addr.clone())]).await;
+    let p = producer(&ns, "auto-batch-refused", |o| o.auto_batch_in_flight_max = 1).await;
+    let bodies: Vec<&str> = vec!["a", "b", "bad", "c", "d"];
+    let futures: Vec<_> = bodies.iter().map(|b| p.send_async(Message::new("T", *b))).collect();
+    let mut outcomes = Vec::new();
+    for f in futures {
+        outcomes.push(f.await.map_err(|e| e.response_code()));
+    }
+    let failed: Vec<&str> = bodies.iter().zip(&outcomes).filter(|(_, o)| o.is_err()).map(|(b, _)| *b).collect();
+    assert_eq!(failed, vec!["bad"], "{outcomes:?}");
+    assert_eq!(outcomes[2], Err(Some(ResponseCode::MESSAGE_ILLEGAL.0)));
+    assert!(leader.seen.lock().unwrap().iter().any(|r| r.code == RequestCode::SEND_BATCH_MESSAGE.0), "the test never batched");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_auto_batch_off_every_send_is_its_own_request() {
+    let leader = serve(accept_numbered).await;
+    let ns = namesrv(vec![(0, leader.addr.clone())]).await;
+    let p = producer(&ns, "no-auto-batch", |o| {
+        o.auto_batch = false;
+        o.auto_batch_in_flight_max = 1;
+    })
+    .await;
+    let futures: Vec<_> = (0..20).map(|i| p.send_async(Message::new("T", format!("m{i}")))).collect();
+    for f in futures {
+        f.await.expect("send");
+    }
+    let seen = leader.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|r| r.code == RequestCode::SEND_MESSAGE_V2.0));
+    p.shutdown().await;
+}

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::debug;
 
-use crate::{write_frame, NetError, Response};
+use crate::{write_queued, NetError, Response};
 
 /// Called with each request the server sends on this connection.
 pub type ServerRequestCallback = Arc<dyn Fn(RemotingCommand) + Send + Sync>;
@@ -44,11 +44,8 @@ impl RemotingClient {
         let closed = Arc::new(AtomicBool::new(false));
         let (p, c, peer) = (Arc::clone(&pending), Arc::clone(&closed), addr.to_string());
         let writer = tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                if let Err(e) = write_frame(&mut wr, &out.cmd, &out.body_parts, FRAME_BYTES_MAX).await {
-                    debug!(%peer, error = %e, "client write failed");
-                    break;
-                }
+            if let Err(e) = write_queued(&mut wr, &mut rx, FRAME_BYTES_MAX).await {
+                debug!(%peer, error = %e, "client write failed");
             }
             c.store(true, Ordering::Release);
         });

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
-use crate::{write_frame, Response};
+use crate::{write_queued, Response};
 
 /// Boxed handler future.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
@@ -150,11 +150,8 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reques
         Conn { inner: Arc::new(ConnInner { id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed), peer, tx, closed: AtomicBool::new(false) }) };
     let frame_max = opts.frame_bytes_max;
     let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            if let Err(e) = write_frame(&mut wr, &out.cmd, &out.body_parts, frame_max).await {
-                debug!(%peer, error = %e, "write failed; closing");
-                break;
-            }
+        if let Err(e) = write_queued(&mut wr, &mut rx, frame_max).await {
+            debug!(%peer, error = %e, "write failed; closing");
         }
     });
     let permits = Arc::new(Semaphore::new(opts.inflight_per_conn_max));

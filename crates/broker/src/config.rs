@@ -115,11 +115,14 @@ fn default_suspend() -> u64 {
 fn default_heartbeat() -> u64 {
     100
 }
+// 300/600 rather than openraft's 150/300: a leader's heartbeat can stall behind an fsync or a busy
+// scheduler (0.9 has no PreVote to absorb a spurious election), and failover ≈ max + U[min, max) stays
+// near 1.1 s.
 fn default_election_min() -> u64 {
-    400
+    300
 }
 fn default_election_max() -> u64 {
-    800
+    600
 }
 
 /// A configuration that breaks a rule.

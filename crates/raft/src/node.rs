@@ -57,7 +57,7 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults: 1 GiB segments, sync flush, heartbeat 100 ms, election 400–800 ms, 1 MiB batches.
+    /// Defaults: 1 GiB segments, sync flush, heartbeat 100 ms, election 300–600 ms, 1 MiB batches.
     pub fn new(id: NodeId, raft_addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         NodeConfig {
             id,
@@ -69,8 +69,8 @@ impl NodeConfig {
             checkpoint_every: 1024,
             cq_units_per_file: 300_000,
             heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            election_min_ms: 300,
+            election_max_ms: 600,
             batch_bytes_max: 1 << 20,
             batch_inflight_max: 1,
         }

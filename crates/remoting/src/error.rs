@@ -44,10 +44,11 @@ pub enum RemotingError {
         /// The byte as read.
         serialize_type: u8,
     },
-    /// A JSON header is not valid JSON or not an object.
+    /// A JSON header is not valid JSON, not an object, or has a field of the wrong type.
     #[error("malformed JSON header: {source}")]
     HeaderJson {
-        /// The parser's error.
+        /// What was wrong and at which byte of the header (the header parser reports through serde_json's
+        /// error type).
         #[source]
         source: serde_json::Error,
     },

@@ -12,6 +12,7 @@
 //! strings, numbers, booleans or `null`, `extFields` itself may be `null` or absent, unknown keys are ignored
 //! and a trailing newline is fine. Encoding a response always writes a JSON header with string values
 //! (interop rules 1 and 2), whatever the request used; requests are written in their `serialize_type`.
+//! The JSON header codec is hand-written (submodule `json`): one header per message makes it a hot path.
 //!
 //! Callers: the broker and nameserver connection loops (through [`RemotingCodec`]) and raftmq's client.
 
@@ -19,14 +20,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::codes::{flag, version, LanguageCode, RequestCode, ResponseCode};
 use crate::error::{RemotingError, Result};
 use crate::header::CommandHeader;
+
+mod json;
 
 /// The custom header fields of a command: Java's `Map<String, String> extFields`. Sorted, so encoding is
 /// deterministic.
@@ -40,6 +40,9 @@ pub const FRAME_PREFIX_LEN: usize = 8;
 
 /// Largest header length the 24-bit header-length field can express.
 pub const HEADER_BYTES_MAX: usize = 0x00FF_FFFF;
+
+/// Smallest read buffer the decoder grows to, so one socket read can bring in many small frames.
+pub const READ_BUFFER_MIN: usize = 64 * 1024;
 
 /// Most `extFields` entries a decoded header may carry. Real headers carry fewer than 30; the cap keeps a
 /// hostile frame of tiny entries from costing many times its size in map nodes.
@@ -281,32 +284,9 @@ impl RemotingCommand {
     }
 
     fn encode_json_header(&self) -> Result<Vec<u8>> {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            code: i32,
-            language: &'a str,
-            version: i32,
-            opaque: i32,
-            flag: i32,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            remark: Option<&'a str>,
-            #[serde(rename = "extFields", skip_serializing_if = "BTreeMap::is_empty")]
-            ext_fields: &'a ExtFields,
-            // Always present: the mxsm Rust client requires it when it decodes a header.
-            #[serde(rename = "serializeTypeCurrentRPC")]
-            serialize_type: &'static str,
-        }
-        let out = Out {
-            code: self.code,
-            language: self.language.name(),
-            version: self.version,
-            opaque: self.opaque,
-            flag: self.flag,
-            remark: self.remark.as_deref(),
-            ext_fields: &self.ext_fields,
-            serialize_type: SerializeType::Json.json_name(),
-        };
-        serde_json::to_vec(&out).map_err(|e| RemotingError::Unencodable { field: "header", reason: e.to_string() })
+        let mut out = Vec::with_capacity(json::size_hint(self));
+        json::write_header(self, &mut out);
+        Ok(out)
     }
 
     fn encode_binary_header(&self) -> Result<Vec<u8>> {
@@ -353,21 +333,62 @@ impl RemotingCommand {
     /// [`RemotingError::FrameTooLarge`] when the frame would exceed `frame_bytes_max` (nothing is written);
     /// [`RemotingError::Unencodable`] as for [`RemotingCommand::encode_header`].
     pub fn encode(&self, dst: &mut BytesMut, frame_bytes_max: usize) -> Result<()> {
-        let header = self.encode_header()?;
-        if header.len() > HEADER_BYTES_MAX {
-            return Err(RemotingError::Unencodable { field: "header", reason: format!("{} bytes exceed the 24-bit length", header.len()) });
+        match self.encoding() {
+            SerializeType::Json => self.encode_json_frame(dst, frame_bytes_max),
+            SerializeType::RocketMq => {
+                let header = self.encode_binary_header()?;
+                let frame_bytes = Self::frame_bytes(header.len(), self.body.len(), frame_bytes_max)?;
+                dst.reserve(frame_bytes);
+                dst.put_slice(&Self::prefix(SerializeType::RocketMq, frame_bytes, header.len()));
+                dst.put_slice(&header);
+                dst.put_slice(&self.body);
+                Ok(())
+            }
         }
-        let frame_bytes = FRAME_PREFIX_LEN as u64 + header.len() as u64 + self.body.len() as u64;
+    }
+
+    /// Writes the JSON header straight into `dst` behind a placeholder prefix (no intermediate buffer), then
+    /// fills the prefix in once the header's length is known. On error `dst` is truncated back to its old
+    /// length, so nothing is written.
+    fn encode_json_frame(&self, dst: &mut BytesMut, frame_bytes_max: usize) -> Result<()> {
+        let start = dst.len();
+        let hint = FRAME_PREFIX_LEN + json::size_hint(self);
+        // Room for the body too, unless the body alone already breaks the cap (then the frame is refused).
+        dst.reserve(if hint.saturating_add(self.body.len()) <= frame_bytes_max { hint + self.body.len() } else { hint });
+        dst.put_slice(&[0; FRAME_PREFIX_LEN]);
+        json::write_header(self, dst);
+        let header_len = dst.len() - start - FRAME_PREFIX_LEN;
+        let frame_bytes = match Self::frame_bytes(header_len, self.body.len(), frame_bytes_max) {
+            Ok(frame_bytes) => frame_bytes,
+            Err(e) => {
+                dst.truncate(start);
+                return Err(e);
+            }
+        };
+        dst[start..start + FRAME_PREFIX_LEN].copy_from_slice(&Self::prefix(SerializeType::Json, frame_bytes, header_len));
+        dst.put_slice(&self.body);
+        Ok(())
+    }
+
+    /// The whole frame's size, after checking it against the 24-bit header length, `frame_bytes_max` and the
+    /// i32 length prefix.
+    fn frame_bytes(header_len: usize, body_len: usize, frame_bytes_max: usize) -> Result<usize> {
+        if header_len > HEADER_BYTES_MAX {
+            return Err(RemotingError::Unencodable { field: "header", reason: format!("{header_len} bytes exceed the 24-bit length") });
+        }
+        let frame_bytes = FRAME_PREFIX_LEN as u64 + header_len as u64 + body_len as u64;
         if frame_bytes > frame_bytes_max as u64 || frame_bytes > i32::MAX as u64 {
             return Err(RemotingError::FrameTooLarge { frame_bytes, frame_bytes_max });
         }
-        dst.reserve(frame_bytes as usize);
-        // Fits: frame_bytes <= i32::MAX checked above.
-        dst.put_i32((frame_bytes - 4) as i32);
-        dst.put_u32((u32::from(self.encoding().code()) << 24) | header.len() as u32);
-        dst.put_slice(&header);
-        dst.put_slice(&self.body);
-        Ok(())
+        Ok(frame_bytes as usize)
+    }
+
+    /// The length prefix and header-length word of a frame checked by [`RemotingCommand::frame_bytes`].
+    fn prefix(serialize_type: SerializeType, frame_bytes: usize, header_len: usize) -> [u8; FRAME_PREFIX_LEN] {
+        // Fit: frame_bytes <= i32::MAX and header_len <= 24 bits were checked.
+        let length = ((frame_bytes - 4) as i32).to_be_bytes();
+        let word = ((u32::from(serialize_type.code()) << 24) | header_len as u32).to_be_bytes();
+        [length[0], length[1], length[2], length[3], word[0], word[1], word[2], word[3]]
     }
 
     /// The frame as one buffer, with the default cap.
@@ -381,7 +402,8 @@ impl RemotingCommand {
     }
 
     /// Decodes one frame from the front of `src`, consuming it. `Ok(None)` when more bytes are needed; then
-    /// `src` is grown to exactly the frame's size, which is checked against `frame_bytes_max` first.
+    /// `src` is grown to hold the frame (checked against `frame_bytes_max` first), and to at least
+    /// [`READ_BUFFER_MIN`] bytes within that cap.
     ///
     /// # Errors
     /// [`RemotingError::FrameTooLarge`] / [`RemotingError::FrameLengthInvalid`] for a bad length prefix
@@ -400,8 +422,10 @@ impl RemotingCommand {
         let frame_bytes = frame_bytes as usize;
         if src.len() < frame_bytes {
             if src.capacity() < frame_bytes {
-                // Grow to exactly one frame: `reserve` may double the old capacity, which could exceed the cap.
-                let mut grown = BytesMut::with_capacity(frame_bytes);
+                // Grow explicitly (`reserve` may double an old capacity past the cap), but not below
+                // READ_BUFFER_MIN (or the cap): later buffers inherit this allocation's size, and an
+                // exactly-one-frame buffer would turn every later frame into its own read syscall.
+                let mut grown = BytesMut::with_capacity(frame_bytes.max(READ_BUFFER_MIN.min(frame_bytes_max)));
                 grown.extend_from_slice(src);
                 *src = grown;
             }
@@ -431,7 +455,7 @@ impl RemotingCommand {
         }
         let header = &frame[4..4 + header_len];
         let mut cmd = match serialize_type {
-            SerializeType::Json => decode_json_header(header)?,
+            SerializeType::Json => json::decode(header)?,
             SerializeType::RocketMq => decode_binary_header(header)?,
         };
         cmd.body = frame.slice(4 + header_len..);
@@ -441,146 +465,6 @@ impl RemotingCommand {
 
 fn len_i32(field: &'static str, len: usize) -> Result<i32> {
     i32::try_from(len).map_err(|_| RemotingError::Unencodable { field, reason: format!("{len} bytes exceed i32") })
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// JSON header decoding (lenient)
-// ---------------------------------------------------------------------------------------------------------
-
-/// An integer that may arrive as a JSON number or a numeric string. Values in `i32::MAX+1 ..= u32::MAX`
-/// wrap, because some clients treat `opaque` as unsigned.
-struct LenientI32(i32);
-
-impl<'de> Deserialize<'de> for LenientI32 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = LenientI32;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a 32-bit integer or a numeric string")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<LenientI32, E> {
-                wrap_i32(v).ok_or_else(|| E::custom(format!("integer {v} out of 32-bit range")))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<LenientI32, E> {
-                i64::try_from(v).ok().and_then(wrap_i32).ok_or_else(|| E::custom(format!("integer {v} out of 32-bit range")))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<LenientI32, E> {
-                if v.fract() == 0.0 && v >= i64::MIN as f64 && v <= i64::MAX as f64 {
-                    self.visit_i64(v as i64)
-                } else {
-                    Err(E::custom(format!("number {v} is not an integer")))
-                }
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<LenientI32, E> {
-                v.trim().parse::<i64>().ok().and_then(wrap_i32).ok_or_else(|| E::custom("string is not a 32-bit integer"))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-fn wrap_i32(v: i64) -> Option<LenientI32> {
-    if let Ok(x) = i32::try_from(v) {
-        Some(LenientI32(x))
-    } else if let Ok(x) = u32::try_from(v) {
-        Some(LenientI32(x as i32))
-    } else {
-        None
-    }
-}
-
-/// Normalises a raw JSON value to header text: strings unescaped, numbers as written, booleans as
-/// `"true"`/`"false"`, nested arrays/objects as their JSON text. `null` becomes `None` (treated as absent,
-/// like Java's null map value). Works on the raw slice, so no value allocates more than its own text.
-fn normalise_raw(raw: &RawValue) -> std::result::Result<Option<String>, serde_json::Error> {
-    let text = raw.get();
-    match text.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<String>(text).map(Some),
-        Some(b'n') => Ok(None),
-        Some(b't') => Ok(Some("true".to_owned())),
-        Some(b'f') => Ok(Some("false".to_owned())),
-        _ => Ok(Some(text.to_owned())),
-    }
-}
-
-/// A header value normalised to text ([`normalise_raw`]).
-struct LenientText(Option<String>);
-
-impl<'de> Deserialize<'de> for LenientText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let raw = <&RawValue>::deserialize(d)?;
-        normalise_raw(raw).map(LenientText).map_err(de::Error::custom)
-    }
-}
-
-/// `extFields` as an object of lenient values, or `null`. On a repeated key the last value wins.
-struct LenientExtFields(ExtFields);
-
-impl<'de> Deserialize<'de> for LenientExtFields {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LenientExtFields;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object or null")
-            }
-            fn visit_unit<E: de::Error>(self) -> std::result::Result<LenientExtFields, E> {
-                Ok(LenientExtFields(ExtFields::new()))
-            }
-            fn visit_none<E: de::Error>(self) -> std::result::Result<LenientExtFields, E> {
-                Ok(LenientExtFields(ExtFields::new()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<LenientExtFields, A::Error> {
-                let mut out = ExtFields::new();
-                let mut entries = 0usize;
-                while let Some((k, v)) = map.next_entry::<String, LenientText>()? {
-                    entries += 1;
-                    if entries > EXT_FIELDS_MAX {
-                        return Err(de::Error::custom(format!("more than {EXT_FIELDS_MAX} extFields entries")));
-                    }
-                    match v.0 {
-                        Some(v) => {
-                            out.insert(k, v);
-                        }
-                        None => {
-                            out.remove(&k);
-                        }
-                    }
-                }
-                Ok(LenientExtFields(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-#[derive(Deserialize)]
-struct JsonHeaderIn {
-    code: Option<LenientI32>,
-    language: Option<LenientText>,
-    version: Option<LenientI32>,
-    opaque: Option<LenientI32>,
-    flag: Option<LenientI32>,
-    remark: Option<LenientText>,
-    #[serde(rename = "extFields")]
-    ext_fields: Option<LenientExtFields>,
-}
-
-fn decode_json_header(header: &[u8]) -> Result<RemotingCommand> {
-    let h: JsonHeaderIn = serde_json::from_slice(header).map_err(|source| RemotingError::HeaderJson { source })?;
-    let code = h.code.ok_or(RemotingError::MissingField { key: "code", name: "code" })?.0;
-    Ok(RemotingCommand {
-        code,
-        language: h.language.and_then(|l| l.0).map(|l| LanguageCode::from_name(&l)).unwrap_or(LanguageCode::Other(String::new())),
-        version: h.version.map_or(0, |v| v.0),
-        opaque: h.opaque.map_or(0, |v| v.0),
-        flag: h.flag.map_or(0, |v| v.0),
-        remark: h.remark.and_then(|r| r.0),
-        ext_fields: h.ext_fields.map(|e| e.0).unwrap_or_default(),
-        body: Bytes::new(),
-        serialize_type: SerializeType::Json,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -214,12 +214,24 @@ fn oversize_and_bad_prefixes_fail_before_allocating() {
     buf.put_i32(i32::MAX);
     assert!(matches!(RemotingCodec::new().decode(&mut buf), Err(RemotingError::FrameTooLarge { .. })));
 
-    // Exactly at the cap is accepted, and the buffer grows to exactly one frame.
+    // Exactly at the cap is accepted, and the buffer grows to the cap, not past it.
     let mut buf = BytesMut::with_capacity(8);
     buf.put_i32(1020);
     buf.put_u32(2);
     assert!(codec.decode(&mut buf).unwrap().is_none());
     assert_eq!(buf.capacity(), 1024);
+}
+
+#[test]
+fn a_partial_small_frame_grows_the_buffer_to_a_full_read_chunk() {
+    // Later buffers inherit the allocation's size; a one-frame buffer would cost a read syscall per frame.
+    let mut codec = RemotingCodec::new();
+    let mut buf = BytesMut::with_capacity(8);
+    buf.put_i32(100);
+    buf.put_u32(2);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(buf.capacity() >= raftmq_remoting::frame::READ_BUFFER_MIN, "capacity {}", buf.capacity());
+    assert_eq!(buf.len(), 8, "nothing consumed");
 }
 
 #[test]

@@ -8,21 +8,29 @@
 //!   term, in O(1).
 //! - **Reads** are zero-copy [`bytes::Bytes`] over a shared `mmap`, verified against the record CRC.
 //! - **Writes** all go through one IO thread ([`io`]) with group commit; see [`FlushPolicy`] for durability.
-//! - **Recovery** ([`store`]) verifies every retained record, cuts a torn tail of the last segment, refuses to
-//!   start on damage inside a sealed segment, and finishes an interrupted purge.
+//! - **Recovery** ([`store`]) trusts the prefix named by a valid recovery [`checkpoint`] (durable data and
+//!   index slots, written by the IO thread about once a second, on segment rolls and on close) after
+//!   spot-checking it against the files, and verifies every record after it: it cuts a torn tail of the
+//!   last segment, refuses to start on damage inside a sealed segment, and finishes an interrupted purge.
+//!   Without a usable checkpoint it verifies every retained record. Reads verify each record's CRC either
+//!   way. See [`RecoveryReport`]. A background scrub then re-verifies the trusted prefix at a bounded
+//!   rate and logs (and counts in [`Stats`]) any damage it finds.
 //!
 //! The crate knows nothing of openraft: `raftmq-raft` maps entries to [`RecordMeta`] + body.
 
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 mod fsutil;
 pub mod io;
 pub mod record;
+mod scrub;
 mod segment;
 pub mod store;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -34,7 +42,7 @@ pub use config::{CommitLogConfig, FlushPolicy};
 pub use error::{CommitLogError, Result};
 pub use io::DurableCallback;
 pub use record::{LogPoint, RecordKind, RecordMeta, HEADER_LEN};
-pub use store::{PurgedMark, RecordLocation, Stats};
+pub use store::{PurgedMark, RecordLocation, RecoveryReport, Stats};
 
 use io::{IoThread, Job};
 use store::{read_slot, Store, View};
@@ -110,6 +118,7 @@ pub struct StoredRecord {
 struct Shared {
     view: Arc<RwLock<View>>,
     stats: Arc<Stats>,
+    recovery: RecoveryReport,
     segment_bytes: u64,
     index_slots_per_file: u64,
 }
@@ -134,6 +143,11 @@ impl CommitLogReader {
     /// IO-thread counters (appends, records, group flushes).
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// How the open that created this log recovered it: from which checkpoint, and how much it verified.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.shared.recovery
     }
 
     /// Segment size of this log.
@@ -223,12 +237,27 @@ impl CommitLogReader {
     }
 }
 
+/// The threads of one open log, shared by its handles.
+struct Threads {
+    io: Mutex<Option<JoinHandle<()>>>,
+    scrub: Mutex<Option<JoinHandle<()>>>,
+    stop_scrub: Arc<AtomicBool>,
+}
+
+impl Drop for Threads {
+    /// The last handle is gone without `close`: the IO thread ends once it has drained its queue, and the
+    /// scrub is told to stop.
+    fn drop(&mut self) {
+        self.stop_scrub.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Handle to a commitlog. Cloneable; every clone submits jobs to the same IO thread, in call order.
 #[derive(Clone)]
 pub struct CommitLog {
     tx: mpsc::Sender<Job>,
     reader: CommitLogReader,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    threads: Arc<Threads>,
     dir: std::path::PathBuf,
 }
 
@@ -241,20 +270,34 @@ impl CommitLog {
     /// file and offset; IO errors as they come.
     pub fn open(cfg: CommitLogConfig) -> Result<CommitLog> {
         let dir = cfg.dir.clone();
+        let scrub_rate = cfg.scrub_bytes_per_sec;
         let store = Store::open(cfg)?;
         let shared = Arc::new(Shared {
             view: Arc::clone(&store.shared),
             stats: Arc::clone(&store.stats),
+            recovery: store.recovery.clone(),
             segment_bytes: store.cfg.segment_bytes,
             index_slots_per_file: store.cfg.index_slots_per_file,
         });
+        let trusted = store.recovery.checkpoint;
         let (tx, rx) = mpsc::channel();
         let io = IoThread::new(store);
-        let thread = std::thread::Builder::new()
+        let io = std::thread::Builder::new()
             .name("commitlog-io".into())
             .spawn(move || io.run(rx))
             .map_err(|e| CommitLogError::io("spawn IO thread", &dir, e))?;
-        Ok(CommitLog { tx, reader: CommitLogReader { shared }, thread: Arc::new(Mutex::new(Some(thread))), dir })
+        let reader = CommitLogReader { shared };
+        let threads = Arc::new(Threads { io: Mutex::new(Some(io)), scrub: Mutex::new(None), stop_scrub: Arc::default() });
+        let log = CommitLog { tx, reader, threads, dir };
+        match trusted {
+            Some(upto) if scrub_rate > 0 => {
+                let scrub = scrub::spawn(log.reader(), upto.index, scrub_rate, Arc::clone(&log.threads.stop_scrub))
+                    .map_err(|e| CommitLogError::io("spawn scrub thread", &log.dir, e))?;
+                *log.threads.scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(scrub);
+            }
+            _ => log.reader.shared.stats.scrub_done.store(true, Ordering::Release),
+        }
+        Ok(log)
     }
 
     /// A reader sharing this log.
@@ -349,13 +392,17 @@ impl CommitLog {
         fsutil::read_meta_file(&self.dir.join(name))
     }
 
-    /// Stops the IO thread after it has flushed everything, once every clone is closed or dropped.
+    /// Stops the scrub, and the IO thread after it has flushed everything and written a checkpoint, once
+    /// every clone is closed or dropped.
     pub fn close(self) {
-        let thread = Arc::clone(&self.thread);
+        let threads = Arc::clone(&self.threads);
         drop(self);
-        if Arc::strong_count(&thread) == 1 {
-            if let Some(h) = thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                let _ = h.join();
+        if Arc::strong_count(&threads) == 1 {
+            threads.stop_scrub.store(true, Ordering::Relaxed);
+            for slot in [&threads.scrub, &threads.io] {
+                if let Some(h) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = h.join();
+                }
             }
         }
     }

@@ -5,7 +5,9 @@
 //! the mapping lives until the last `Arc` (and every `Bytes` sliced from it) is dropped.
 
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -81,6 +83,43 @@ impl MappedFile {
         fsutil::zero_range(&self.file, &self.path, offset, len)
     }
 
+    /// Whether everything from `offset` to the end reads as zeros. Only the ranges the filesystem reports
+    /// as data (SEEK_DATA / SEEK_HOLE: written extents, or pages in the page cache) are read, so the
+    /// unwritten rest of a preallocated segment costs nothing instead of a page fault per page. All ranges
+    /// are asked for before any is read: reading pulls zero pages (and their readahead) into the page
+    /// cache, which the filesystem would then report as data. Where it cannot say, everything is read.
+    pub fn is_zero_from(&self, offset: u64) -> Result<bool> {
+        let fd = self.file.as_raw_fd();
+        let end = self.len();
+        let mut ranges = Vec::new();
+        let mut at = offset;
+        while at < end {
+            // SAFETY: lseek on a valid, owned descriptor; the store only uses positional IO on it.
+            let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::ENXIO) => break,
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+                        ranges.push((at, end));
+                        break;
+                    }
+                    _ => return Err(CommitLogError::io("seek data", &self.path, err)),
+                }
+            }
+            let data = (data as u64).max(at);
+            if data >= end {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+            let hole = if hole < 0 { end } else { (hole as u64).clamp(data + 1, end) };
+            ranges.push((data, hole));
+            at = hole;
+        }
+        Ok(ranges.into_iter().all(|(from, to)| self.map[from as usize..to as usize].iter().all(|&b| b == 0)))
+    }
+
     pub fn sync_data(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| CommitLogError::io("fdatasync", &self.path, e))
     }
@@ -146,5 +185,29 @@ impl Slot {
             term: u64::from_le_bytes(b[16..24].try_into().ok()?),
             node: u64::from_le_bytes(b[24..32].try_into().ok()?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_zero_from_sees_every_non_zero_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = MappedFile::create(dir.path(), 0, 1 << 20).unwrap();
+        assert!(f.is_zero_from(0).unwrap(), "a fresh preallocated file");
+        // Zeros written early on (a written extent) and one byte far behind them, only in the page cache.
+        f.write_at(100, &[0u8; 5000]).unwrap();
+        f.write_at(700_000, &[0, 0, 5]).unwrap();
+        for (from, zero) in [(0, false), (100, false), (700_002, false), (700_003, true), (1 << 20, true)] {
+            assert_eq!(f.is_zero_from(from).unwrap(), zero, "from {from}, in the page cache");
+        }
+        f.sync_data().unwrap();
+        assert!(!f.is_zero_from(6000).unwrap(), "written back");
+        f.zero(700_000, 3).unwrap();
+        assert!(f.is_zero_from(0).unwrap(), "after zeroing");
+        f.write_at((1 << 20) - 1, &[9]).unwrap();
+        assert!(!f.is_zero_from(0).unwrap(), "the last byte");
     }
 }

@@ -1,18 +1,19 @@
-//! The store's state and every operation that changes files: recovery on open, append, truncate, purge
-//! and flush. It runs only on the IO thread (`io.rs`); readers see its results through [`View`].
+//! The store's state and every operation that changes files: recovery on open, append, truncate, purge,
+//! flush and checkpoint. It runs only on the IO thread (`io.rs`); readers see its results through [`View`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
 
+use crate::checkpoint::{Checkpoint, CheckpointFile, SlotState, Slots, VerifiedPrefix};
 use crate::config::CommitLogConfig;
 use crate::error::{CommitLogError, Result};
 use crate::fsutil;
-use crate::record::{decode_at, encode_pad, Decoded, LogPoint, RecordMeta, PAD_HEADER_LEN};
+use crate::record::{decode_at, encode_pad, Decoded, LogPoint, RecordMeta, HEADER_LEN, PAD_HEADER_LEN};
 use crate::segment::{MappedFile, Slot, SLOT_LEN};
 
 pub(crate) const PURGED_FILE: &str = "purged";
@@ -45,7 +46,7 @@ impl PurgedMark {
     }
 }
 
-/// Counters of the IO thread, for benchmarks and for tests of the flush policy.
+/// Counters of the IO thread and the scrub, for benchmarks, operations and tests.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Append jobs written.
@@ -54,6 +55,35 @@ pub struct Stats {
     pub records: AtomicU64,
     /// Group flushes that fdatasynced at least one segment (roll-time seals are not counted).
     pub flushes: AtomicU64,
+    /// Recovery checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Records the background scrub verified.
+    pub scrubbed: AtomicU64,
+    /// Records the background scrub found damaged (each also logged with its file and offset).
+    pub scrub_errors: AtomicU64,
+    /// Set when the scrub has finished, or at open when there is nothing to scrub.
+    pub scrub_done: AtomicBool,
+}
+
+/// How the last open recovered the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The last record of the checkpoint recovery trusted: it and everything before it were not re-read.
+    /// `None` when every retained record was verified.
+    pub checkpoint: Option<LogPoint>,
+    /// Why a checkpoint found on disk was not used (then everything was verified).
+    pub rejected: Option<String>,
+    /// Byte position where verification started.
+    pub scanned_from: u64,
+    /// Records read and verified.
+    pub records_scanned: u64,
+}
+
+/// The part of the log recovery takes from a checkpoint without reading it.
+struct Trusted {
+    first: u64,
+    last: RecordMeta,
+    end: u64,
 }
 
 /// What readers see. Published by the IO thread after each change, under a short write lock.
@@ -78,7 +108,13 @@ pub(crate) struct Store {
     pub shared: Arc<RwLock<View>>,
     pub stats: Arc<Stats>,
     dirty: BTreeSet<u64>,
+    /// Index files written since the last checkpoint (by first index): fdatasynced before the next one.
+    dirty_index: BTreeSet<u64>,
     slot_buf: Vec<u8>,
+    ckpt: CheckpointFile,
+    /// A segment was created since the last checkpoint: write one at the next opportunity.
+    checkpoint_due: bool,
+    pub recovery: RecoveryReport,
 }
 
 /// Where each appended record landed.
@@ -104,6 +140,7 @@ impl Store {
             Some(b) => Some(PurgedMark::decode(&b, &purged_path)?),
             None => None,
         };
+        let (ckpt, slots) = CheckpointFile::open(&cfg.dir, cfg.segment_bytes, cfg.index_slots_per_file)?;
         let mut store = Store {
             cfg,
             data_dir,
@@ -112,9 +149,13 @@ impl Store {
             shared: Arc::new(RwLock::new(View::default())),
             stats: Arc::default(),
             dirty: BTreeSet::new(),
+            dirty_index: BTreeSet::new(),
             slot_buf: Vec::new(),
+            ckpt,
+            checkpoint_due: false,
+            recovery: RecoveryReport::default(),
         };
-        store.recover()?;
+        store.recover(&slots)?;
         store.publish();
         Ok(store)
     }
@@ -127,9 +168,10 @@ impl Store {
         pos - pos % self.seg_bytes()
     }
 
-    /// Scans and verifies the data segments, cuts a torn tail, finishes an interrupted purge and rebuilds
-    /// the dense index for the retained records.
-    fn recover(&mut self) -> Result<()> {
+    /// Verifies the data segments from the checkpoint on (from the first retained byte without a usable
+    /// checkpoint), cuts a torn tail, finishes an interrupted purge and rebuilds the dense index for the
+    /// records it verified.
+    fn recover(&mut self, slots: &Slots) -> Result<()> {
         let seg = self.seg_bytes();
         let files = fsutil::list_numbered(&self.data_dir)?;
         // Segments must be the configured size and follow each other without gaps.
@@ -191,15 +233,43 @@ impl Store {
                 self.view.index_files.insert(first_idx, f);
             }
         }
-        let mut last: Option<RecordMeta> = None;
-        let mut first: Option<u64> = None;
-        let bases: Vec<u64> = self.view.segments.keys().copied().collect();
+        // Records before a usable checkpoint's position are durable, were written whole and have durable
+        // index slots: they are taken as they are. Everything after it is verified as without a checkpoint.
+        let mut report = RecoveryReport::default();
+        let mut trusted = None;
+        if let Some((slot, c)) = slots.newest() {
+            if c.prefix.is_some() {
+                match self.validate_checkpoint(&c, start_pos) {
+                    Ok(t) => trusted = Some(t),
+                    Err(reason) => {
+                        warn!(dir = %self.cfg.dir.display(), slot, seq = c.seq, reason = %reason, "not using the recovery checkpoint; verifying every record");
+                        report.rejected = Some(reason);
+                    }
+                }
+            }
+        }
+        for (slot, s) in slots.slots.iter().enumerate() {
+            if let SlotState::Damaged(reason) = s {
+                warn!(dir = %self.cfg.dir.display(), slot, reason = %reason, "damaged recovery checkpoint slot ignored");
+            }
+        }
+        let (scan_from, mut first, mut last) = match &trusted {
+            Some(t) => (t.end, Some(t.first), Some(t.last)),
+            None => (start_pos, None, None),
+        };
+        report.checkpoint = trusted.as_ref().map(|t| t.last.point());
+        report.scanned_from = scan_from;
+        self.view.write_pos = scan_from;
+        let scan_base = self.seg_base(scan_from);
+        let last_base = self.view.segments.keys().next_back().copied();
+        let bases: Vec<u64> = self.view.segments.range(scan_base..).map(|(b, _)| *b).collect();
+        let mut accepted_in_last = false;
         let mut pending_slots: Vec<(u64, Slot)> = Vec::new();
-        'segments: for (si, &base) in bases.iter().enumerate() {
-            let is_last = si + 1 == bases.len();
+        'segments: for &base in &bases {
+            let is_last = Some(base) == last_base;
             let file = Arc::clone(&self.view.segments[&base]);
             let bytes = file.bytes();
-            let mut off = if base == keep_from { start_pos - base } else { 0 };
+            let mut off = if base == scan_base { scan_from - base } else { 0 };
             while (off as usize) < bytes.len() {
                 let rest = &bytes[off as usize..];
                 if rest.len() < PAD_HEADER_LEN && rest.iter().all(|&b| b == 0) {
@@ -235,6 +305,8 @@ impl Store {
                 };
                 match verdict {
                     Ok((meta, len)) => {
+                        report.records_scanned += 1;
+                        accepted_in_last |= is_last;
                         first.get_or_insert(meta.index);
                         pending_slots.push((
                             meta.index,
@@ -254,7 +326,7 @@ impl Store {
                         if let Some(r) = reason {
                             warn!(file = %file.path.display(), offset = off, reason = %r, bytes = cut, "cutting torn tail");
                         }
-                        if bytes[off as usize..].iter().any(|&b| b != 0) {
+                        if !file.is_zero_from(off)? {
                             file.zero(off, cut)?;
                             file.sync_data()?;
                         }
@@ -275,8 +347,122 @@ impl Store {
         if let (Some(p), Some(f)) = (self.view.purged, first) {
             debug_assert_eq!(f, p.point.index + 1);
         }
-        info!(dir = %self.cfg.dir.display(), first = ?self.view.first, last = ?self.view.last, write_pos = self.view.write_pos, "commitlog recovered");
+        // Records accepted in the last segment may exist only in the page cache of a killed process: the
+        // first checkpoint after start fdatasyncs them before naming them. (Sealed segments were
+        // fdatasynced before their successor was created.)
+        if let (true, Some(b)) = (accepted_in_last, last_base) {
+            self.dirty.insert(b);
+        }
+        // A checkpoint that was not used may name bytes the scan has just cut or that are not the log: it
+        // must never be read again, not even as the older slot.
+        if report.rejected.is_some() {
+            self.ckpt.write_both(None)?;
+        }
+        info!(
+            dir = %self.cfg.dir.display(),
+            first = ?self.view.first,
+            last = ?self.view.last,
+            write_pos = self.view.write_pos,
+            checkpoint = ?report.checkpoint,
+            scanned_from = report.scanned_from,
+            records_scanned = report.records_scanned,
+            "commitlog recovered"
+        );
+        self.recovery = report;
         Ok(())
+    }
+
+    /// Checks a checkpoint against the files: geometry, purge mark, segments present, and the index slots
+    /// at both ends of the trusted range and of every index file in it pointing at records whose headers
+    /// and CRCs match. Returns what recovery may take without reading, or why the checkpoint is unusable.
+    fn validate_checkpoint(&self, c: &Checkpoint, start_pos: u64) -> std::result::Result<Trusted, String> {
+        let seg = self.seg_bytes();
+        let per = self.cfg.index_slots_per_file;
+        let Some(p) = c.prefix else { return Err("the checkpoint names no record".into()) };
+        if (c.segment_bytes, c.index_slots_per_file) != (seg, per) {
+            return Err(format!(
+                "written for segment_bytes {} and index_slots_per_file {}, configured {seg} and {per}",
+                c.segment_bytes, c.index_slots_per_file
+            ));
+        }
+        let len = p.last_len as u64;
+        if len < HEADER_LEN as u64 || p.last_pos % seg + len > seg || p.last_pos.checked_add(len) != Some(p.verified_pos) {
+            return Err(format!(
+                "last record at {} of {} bytes does not end at verified_pos {} inside one segment",
+                p.last_pos, p.last_len, p.verified_pos
+            ));
+        }
+        if let Some(m) = self.view.purged {
+            if p.last.index <= m.point.index || p.last_pos < m.next_pos {
+                return Err(format!(
+                    "names index {} at {}, not after the purge mark (index {}, position {})",
+                    p.last.index, p.last_pos, m.point.index, m.next_pos
+                ));
+            }
+        }
+        if p.last_pos < start_pos {
+            return Err(format!("names position {} before the first retained byte {start_pos}", p.last_pos));
+        }
+        // Segments are contiguous (checked above), so these two being present means all between are.
+        for pos in [start_pos, p.last_pos] {
+            let base = self.seg_base(pos);
+            if !self.view.segments.contains_key(&base) {
+                return Err(format!("segment {} holding position {pos} is missing", fsutil::file_name(base)));
+            }
+        }
+        // The slot of `index` must point inside the trusted range at a record with the same identity.
+        let check = |index: u64| -> std::result::Result<Slot, String> {
+            let s = read_slot(&self.view, per, index).map_err(|e| e.to_string())?;
+            let base = self.seg_base(s.pos);
+            let off = s.pos - base;
+            if s.pos < start_pos || s.pos > p.last_pos || off + s.len as u64 > seg {
+                return Err(format!("index slot of {index} points at {}+{}, outside {start_pos}..={}", s.pos, s.len, p.last_pos));
+            }
+            let Some(file) = self.view.segments.get(&base) else {
+                return Err(format!("segment {} for index {index} is missing", fsutil::file_name(base)));
+            };
+            match decode_at(&file.bytes()[off as usize..(off + s.len as u64) as usize]) {
+                Decoded::Record { meta, len }
+                    if meta == (RecordMeta { index, term: s.term, node: s.node, kind: s.kind }) && len == s.len as usize =>
+                {
+                    Ok(s)
+                }
+                other => Err(format!("index slot of {index} points at {} which holds {other:?}", s.pos)),
+            }
+        };
+        let s = check(p.last.index)?;
+        if (s.pos, s.len, s.term, s.node, s.kind) != (p.last_pos, p.last_len, p.last.term, p.last.node, p.last.kind) {
+            return Err(format!("index slot of {} ({s:?}) disagrees with the checkpoint ({p:?})", p.last.index));
+        }
+        let first = match self.view.purged {
+            Some(m) => m.point.index + 1,
+            None => {
+                let base = self.seg_base(start_pos);
+                match decode_at(&self.view.segments[&base].bytes()[(start_pos - base) as usize..]) {
+                    Decoded::Record { meta, .. } if meta.index <= p.last.index => meta.index,
+                    other => return Err(format!("the first retained byte {start_pos} holds {other:?}")),
+                }
+            }
+        };
+        // Spot checks, two slots per index file: a lost, zeroed or foreign index file is noticed without
+        // reading every slot. Positions must also increase from file to file.
+        let mut prev_end = start_pos;
+        let mut file_first = first - first % per;
+        while file_first <= p.last.index {
+            let lo = file_first.max(first);
+            let hi = (file_first + per - 1).min(p.last.index);
+            let a = check(lo)?;
+            let b = if hi > lo { check(hi)? } else { a };
+            if a.pos < prev_end || (hi > lo && b.pos < a.pos + a.len as u64) {
+                return Err(format!("index slots of {lo} and {hi} are out of order"));
+            }
+            if lo == first && self.view.purged.is_none() && a.pos != start_pos {
+                return Err(format!("index slot of the first record {first} points at {}, not at {start_pos}", a.pos));
+            }
+            prev_end = b.pos + b.len as u64;
+            file_first += per;
+        }
+        Ok(Trusted { first, last: p.last, end: p.verified_pos })
     }
 
     /// Publishes the writer's view to readers.
@@ -307,6 +493,7 @@ impl Store {
             }
         }
         let f = MappedFile::create(&self.data_dir, base, self.seg_bytes())?;
+        self.checkpoint_due = true;
         self.view.segments.insert(base, Arc::clone(&f));
         self.shared.write().unwrap_or_else(|p| p.into_inner()).segments.insert(base, Arc::clone(&f));
         Ok(f)
@@ -324,8 +511,8 @@ impl Store {
         Ok(f)
     }
 
-    /// Writes dense-index slots for consecutive indexes. Index files are not fsynced: recovery rebuilds
-    /// them from the verified data segments.
+    /// Writes dense-index slots for consecutive indexes. Index files are fdatasynced only before a
+    /// checkpoint names their slots; recovery rebuilds every slot after the checkpoint.
     fn write_slots(&mut self, slots: &[(u64, Slot)]) -> Result<()> {
         let per = self.cfg.index_slots_per_file;
         let mut i = 0;
@@ -343,6 +530,7 @@ impl Store {
             let r = file.write_at((first_index - file.base) * SLOT_LEN as u64, &buf);
             self.slot_buf = buf;
             r?;
+            self.dirty_index.insert(file.base);
             i += n;
         }
         Ok(())
@@ -481,6 +669,42 @@ impl Store {
         Ok(())
     }
 
+    /// True when the checkpoint does not name the last record.
+    pub fn needs_checkpoint(&self) -> bool {
+        self.view.last.is_some_and(|l| self.ckpt.prefix().is_none_or(|p| p.last.point() != l))
+    }
+
+    /// True when a segment was created since the last checkpoint (which then should not wait).
+    pub fn checkpoint_due(&self) -> bool {
+        self.checkpoint_due
+    }
+
+    /// Makes the log durable up to its last record and names that record in the checkpoint: fdatasync of
+    /// the dirty segments, then of the index files written since the last checkpoint, then the checkpoint.
+    /// Does nothing when the checkpoint already names the last record.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.checkpoint_due = false;
+        let Some(last) = self.view.last else { return Ok(()) };
+        if !self.needs_checkpoint() {
+            return Ok(());
+        }
+        let s = self.slot(last.index)?;
+        self.flush()?;
+        while let Some(first) = self.dirty_index.pop_first() {
+            if let Some(f) = self.view.index_files.get(&first) {
+                f.sync_data()?;
+            }
+        }
+        self.ckpt.write(Some(VerifiedPrefix {
+            verified_pos: s.pos + s.len as u64,
+            last_pos: s.pos,
+            last_len: s.len,
+            last: RecordMeta { index: last.index, term: s.term, node: s.node, kind: s.kind },
+        }))?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn slot(&self, index: u64) -> Result<Slot> {
         read_slot(&self.view, self.cfg.index_slots_per_file, index)
     }
@@ -497,18 +721,25 @@ impl Store {
         // The log now ends where the last retained record ends (or where it starts), not necessarily at the
         // first removed record: if that one had rolled to a new segment, the next record must go back into
         // the padded tail, so that positions depend only on the retained records (as on other replicas).
-        let (last, cut) = if from == first {
-            (
-                None,
-                match self.view.purged {
-                    Some(p) => p.next_pos,
-                    None => self.slot(from)?.pos,
-                },
-            )
-        } else {
-            let s = self.slot(from - 1)?;
-            (Some(LogPoint { index: from - 1, term: s.term, node: s.node }), s.pos + s.len as u64)
+        let kept = if from == first { None } else { Some(self.slot(from - 1)?) };
+        let cut = match (kept, self.view.purged) {
+            (Some(s), _) => s.pos + s.len as u64,
+            (None, Some(p)) => p.next_pos,
+            (None, None) => self.slot(from)?.pos,
         };
+        let last = kept.map(|s| LogPoint { index: from - 1, term: s.term, node: s.node });
+        // Raft may truncate below the checkpoint (uncommitted entries). Before any byte changes, the
+        // checkpoint moves back to the last kept record, which the old one already vouched for (or is
+        // invalidated when nothing is kept), in both slots so that no slot names a removed record.
+        if self.ckpt.prefix().is_some_and(|p| p.last.index >= from) {
+            let prefix = kept.map(|s| VerifiedPrefix {
+                verified_pos: cut,
+                last_pos: s.pos,
+                last_len: s.len,
+                last: RecordMeta { index: from - 1, term: s.term, node: s.node, kind: s.kind },
+            });
+            self.ckpt.write_both(prefix)?;
+        }
         // Readers stop seeing the records before any byte changes.
         if last.is_none() {
             self.view.first = None;
@@ -542,6 +773,11 @@ impl Store {
         let everything = self.view.last.is_none_or(|l| upto.index >= l.index);
         let next_pos = if everything { next_pos_hint.unwrap_or(self.view.write_pos) } else { self.slot(upto.index + 1)?.pos };
         let mark = PurgedMark { point: upto, next_pos };
+        // A checkpoint at or below the purge point would name bytes that stop being the log (recovery
+        // would also ignore it, by the purge mark written next).
+        if self.ckpt.prefix().is_some_and(|p| p.last.index <= upto.index) {
+            self.ckpt.write_both(None)?;
+        }
         fsutil::write_atomic(&self.cfg.dir, PURGED_FILE, &fsutil::encode_meta_file(&mark.encode()), true)?;
         self.view.purged = Some(mark);
         if everything {
@@ -564,6 +800,7 @@ impl Store {
         for first in &doomed_idx {
             if let Some(f) = self.view.index_files.remove(first) {
                 fs::remove_file(&f.path).map_err(|e| CommitLogError::io("unlink", &f.path, e))?;
+                self.dirty_index.remove(first);
             }
         }
         if rebase {
@@ -589,6 +826,10 @@ impl Store {
             return Ok(());
         }
         let mark = PurgedMark { point: mark.point, next_pos };
+        // An empty log has no checkpoint (truncate and purge invalidated it); keep it that way.
+        if self.ckpt.prefix().is_some() {
+            self.ckpt.write_both(None)?;
+        }
         fsutil::write_atomic(&self.cfg.dir, PURGED_FILE, &fsutil::encode_meta_file(&mark.encode()), true)?;
         self.view.purged = Some(mark);
         self.view.write_pos = next_pos;

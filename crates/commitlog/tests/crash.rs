@@ -9,7 +9,10 @@
 //! index) and that indexes are contiguous from 1. Rounds alternate between three directories with different
 //! segment sizes, so kills land during segment rolls as well as inside segments, and each round starts by
 //! recovering the previous round's crash. Every fourth round kills the child early (0-40 ms after spawn),
-//! possibly while it is still recovering.
+//! possibly while it is still recovering. The child writes recovery checkpoints on every segment roll and,
+//! in every other round, every millisecond, so kills also land while checkpoints are written; the parent
+//! checks that recovery after a kill used a checkpoint naming a record of the log, and that a reopen after a
+//! clean close re-reads nothing.
 
 mod common;
 
@@ -23,7 +26,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::config;
-use raftmq_commitlog::{CommitLog, RecordBatch, RecordKind, RecordMeta};
+use raftmq_commitlog::{CommitLog, RecordBatch, RecordKind, RecordMeta, RecoveryReport};
 use rand::Rng;
 
 const DIR_ENV: &str = "RAFTMQ_CRASH_CHILD_DIR";
@@ -31,6 +34,7 @@ const SEG_ENV: &str = "RAFTMQ_CRASH_CHILD_SEG";
 /// The highest index acknowledged in earlier rounds: the child refuses to start if its log lacks it, so a
 /// recovery that dropped it cannot go unnoticed by re-creating the (index-derived) record.
 const ACKED_ENV: &str = "RAFTMQ_CRASH_CHILD_ACKED";
+const CKPT_MS_ENV: &str = "RAFTMQ_CRASH_CHILD_CHECKPOINT_MS";
 const WRITERS: usize = 8;
 const SLOTS_PER_INDEX_FILE: u64 = 64;
 
@@ -52,9 +56,12 @@ fn crash_body(index: u64) -> Vec<u8> {
 fn child_writer() {
     let Ok(dir) = std::env::var(DIR_ENV) else { return };
     let seg: u64 = std::env::var(SEG_ENV).expect("segment size").parse().expect("segment size");
+    let ckpt_ms: u64 = std::env::var(CKPT_MS_ENV).expect("checkpoint interval").parse().expect("checkpoint interval");
+    let mut cfg = config(Path::new(&dir), seg, SLOTS_PER_INDEX_FILE);
+    cfg.checkpoint_interval = Duration::from_millis(ckpt_ms);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let log = match CommitLog::open(config(Path::new(&dir), seg, SLOTS_PER_INDEX_FILE)) {
+        let log = match CommitLog::open(cfg) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("child: open failed: {e}");
@@ -111,21 +118,29 @@ fn child_writer() {
 }
 
 /// Reopens the log in `dir` and checks records `1..=last` are all present and intact, `last >= acked`.
-/// Returns the last index and the write position.
-fn verify(dir: &Path, seg: u64, acked: u64, ctx: &str) -> (u64, u64) {
-    let first = verify_once(dir, seg, acked, ctx);
-    // Recovery is idempotent: a second open (nothing appended in between) finds the same log.
-    let again = verify_once(dir, seg, acked, &format!("{ctx}, second reopen"));
+/// Returns the last index, the write position, and whether recovery after the kill used a checkpoint.
+fn verify(dir: &Path, seg: u64, acked: u64, ctx: &str) -> (u64, u64, bool) {
+    let (first, report) = verify_once(dir, seg, acked, ctx);
+    if let Some(c) = report.checkpoint {
+        assert!(c.index <= first.0 && c == crash_meta(c.index).point(), "{ctx}: checkpoint {c:?} is not a record of the log");
+    }
+    // Recovery is idempotent: a second open (nothing appended in between) finds the same log, and after the
+    // clean close of the first one it trusts a checkpoint naming the last record and re-reads nothing.
+    let (again, second) = verify_once(dir, seg, acked, &format!("{ctx}, second reopen"));
     assert_eq!(first, again, "{ctx}: a second reopen changed the log");
-    first
+    if first.0 > 0 {
+        assert_eq!((second.checkpoint, second.records_scanned), (Some(crash_meta(first.0).point()), 0), "{ctx}: {second:?}");
+    }
+    (first.0, first.1, report.checkpoint.is_some())
 }
 
-fn verify_once(dir: &Path, seg: u64, acked: u64, ctx: &str) -> (u64, u64) {
+fn verify_once(dir: &Path, seg: u64, acked: u64, ctx: &str) -> ((u64, u64), RecoveryReport) {
     let log = match CommitLog::open(config(dir, seg, SLOTS_PER_INDEX_FILE)) {
         Ok(l) => l,
         Err(e) => panic!("{ctx}: reopen after the kill failed: {e}"),
     };
     let reader = log.reader();
+    let report = reader.recovery().clone();
     let st = reader.state();
     let last = st.last.map_or(0, |l| l.index);
     assert!(last >= acked, "{ctx}: record {acked} was acknowledged but the log ends at {last}");
@@ -150,7 +165,7 @@ fn verify_once(dir: &Path, seg: u64, acked: u64, ctx: &str) -> (u64, u64) {
     }
     assert!(reader.read(last + 1).unwrap().is_none(), "{ctx}: record after the last");
     log.close();
-    (last, st.write_pos)
+    ((last, st.write_pos), report)
 }
 
 #[test]
@@ -165,6 +180,7 @@ fn kill_during_appends_loses_no_acknowledged_record() {
     let rounds = 24;
     let mut total_acks = 0usize;
     let mut early_kills = 0usize;
+    let mut rounds_from_checkpoint = 0usize;
     for round in 0..rounds {
         let seg = segs[round % segs.len()];
         let dir = root.path().join(format!("seg-{seg}"));
@@ -174,6 +190,7 @@ fn kill_during_appends_loses_no_acknowledged_record() {
             .env(DIR_ENV, &dir)
             .env(SEG_ENV, seg.to_string())
             .env(ACKED_ENV, acked_max.get(&seg).copied().unwrap_or(0).to_string())
+            .env(CKPT_MS_ENV, if round % 2 == 0 { "1" } else { "1000" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(File::create(&stderr_path).unwrap()))
@@ -225,12 +242,17 @@ fn kill_during_appends_loses_no_acknowledged_record() {
         early_kills += usize::from(early_kill);
         assert!(acks.iter().all(|&a| a > prev), "round {round}: acknowledged an index that an earlier round already wrote");
         let ctx = format!("round {round} (segment {seg} B, {} acks this round, max ack {max})", acks.len());
-        let (last, _) = verify(&dir, seg, max.max(prev), &ctx);
+        let (last, _, used_checkpoint) = verify(&dir, seg, max.max(prev), &ctx);
+        rounds_from_checkpoint += usize::from(used_checkpoint);
         acked_max.insert(seg, max.max(prev));
         // Unacknowledged records may or may not have survived; whatever survived is intact (checked above).
         assert!(last >= max);
     }
     let elapsed = started.elapsed();
-    eprintln!("{rounds} crash rounds ({early_kills} killed early), {total_acks} acknowledged appends, {elapsed:?}");
+    eprintln!(
+        "{rounds} crash rounds ({early_kills} killed early, {rounds_from_checkpoint} recovered from a checkpoint), \
+         {total_acks} acknowledged appends, {elapsed:?}"
+    );
+    assert!(rounds_from_checkpoint >= rounds / 2, "only {rounds_from_checkpoint} of {rounds} recoveries after a kill used a checkpoint");
     assert!(total_acks >= rounds - early_kills, "every round that waited for it acknowledged at least one record");
 }

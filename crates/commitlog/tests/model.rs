@@ -2,10 +2,13 @@
 //!
 //! Random sequences of appends (1..5 records with bodies of 0..300 bytes, sometimes starting at or below the
 //! purge point, sometimes sized to fill a segment exactly), truncates, purges (within the log or beyond its
-//! end, with or without a position hint), rebases of an emptied log, and reopens (close + open) run against the real log with tiny geometry (512-byte segments, 8 index slots per
-//! file) and against a `BTreeMap` model. After every operation the reader's first/last/purge mark and every
-//! present record (meta, body, contiguous positions) must match the model, and indexes outside the model's
-//! range must read as absent.
+//! end, with or without a position hint), rebases of an emptied log, and reopens (close + open) run against
+//! the real log with tiny geometry (512-byte segments, 8 index slots per file) and against a `BTreeMap`
+//! model. Reopens recover with the checkpoint the close wrote, with one saved earlier (what a crash after
+//! it leaves), without a checkpoint, or with a damaged one; each is also compared with a full scan of a
+//! copy without checkpoint, slot for slot. After every operation the reader's first/last/purge mark and
+//! every present record (meta, body, contiguous positions) must match the model, and indexes outside the
+//! model's range must read as absent.
 
 mod common;
 
@@ -13,6 +16,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
+use raftmq_commitlog::checkpoint::{RECORD_LEN, SLOT_BYTES};
 use raftmq_commitlog::{CommitLog, CommitLogConfig, CommitLogError, LogPoint, RecordBatch, RecordKind, RecordMeta, HEADER_LEN};
 
 const SEG: u64 = 512;
@@ -43,7 +47,22 @@ enum Op {
     Rebase {
         delta: i64,
     },
-    Reopen,
+    /// Keep a copy of the checkpoint file as it is now.
+    SaveCheckpoint,
+    Reopen(Reopen),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reopen {
+    /// With the checkpoint the close wrote.
+    Clean,
+    /// With the checkpoint file saved by the last `SaveCheckpoint`, as a crash after it would leave it
+    /// (unless a truncate has cut records since: that rewrites the checkpoint durably first).
+    Saved,
+    /// Without a checkpoint file.
+    Removed,
+    /// With one byte of the checkpoint file (in either slot) flipped.
+    Damaged(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -58,7 +77,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..12).prop_map(|back| Op::Truncate { back }),
         2 => (0u64..16, proptest::option::of(0u64..1500)).prop_map(|(fwd, hint)| Op::Purge { fwd, hint }),
         1 => (-600i64..1500).prop_map(|delta| Op::Rebase { delta }),
-        1 => Just(Op::Reopen),
+        1 => Just(Op::SaveCheckpoint),
+        2 => prop_oneof![
+            Just(Reopen::Clean),
+            Just(Reopen::Saved),
+            Just(Reopen::Removed),
+            (0usize..2 * RECORD_LEN).prop_map(Reopen::Damaged),
+        ]
+        .prop_map(Op::Reopen),
     ]
 }
 
@@ -149,6 +175,7 @@ fn check(log: &CommitLog, model: &Model, ctx: &str) -> Result<(), TestCaseError>
 async fn run(cfg: CommitLogConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut log = open(&cfg);
     let mut model = Model { term: 1, ..Model::default() };
+    let mut saved: Option<Vec<u8>> = None;
     check(&log, &model, "fresh")?;
     for (step, op) in ops.into_iter().enumerate() {
         let ctx = format!("step {step} {op:?}");
@@ -205,6 +232,7 @@ async fn run(cfg: CommitLogConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 log.truncate(from).await.map_err(|e| TestCaseError::fail(format!("{ctx}: {e}")))?;
                 let cut = model.records.split_off(&from);
                 if !cut.is_empty() {
+                    saved = None;
                     model.write_pos = match model.records.last_key_value() {
                         Some((_, (_, b, pos))) => pos + (HEADER_LEN + b.len()) as u64,
                         None => model.start_pos,
@@ -247,17 +275,35 @@ async fn run(cfg: CommitLogConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(matches!(r, Err(CommitLogError::InvalidState(_))), "{}: expected InvalidState, got {:?}", ctx, r);
                 }
             }
-            Op::Reopen => {
+            Op::SaveCheckpoint => saved = std::fs::read(checkpoint_path(&cfg.dir)).ok(),
+            Op::Reopen(how) => {
                 log.close();
-                log = open(&cfg);
+                let path = checkpoint_path(&cfg.dir);
+                match how {
+                    Reopen::Clean => {}
+                    Reopen::Saved => {
+                        if let Some(b) = &saved {
+                            std::fs::write(&path, b).unwrap();
+                        }
+                    }
+                    Reopen::Removed => std::fs::remove_file(&path).unwrap(),
+                    Reopen::Damaged(at) => {
+                        let at = if at < RECORD_LEN { at } else { SLOT_BYTES as usize + at - RECORD_LEN };
+                        edit_file(&path, |b| b[at] ^= 0x24);
+                    }
+                }
+                log = assert_same_view_as_full_scan(&cfg).0;
             }
         }
         check(&log, &model, &ctx)?;
     }
     log.close();
-    // Whatever the sequence, the final state survives one more reopen.
-    let log = open(&cfg);
+    // Whatever the sequence, the final state survives one more reopen, which reads nothing.
+    let (log, _) = assert_same_view_as_full_scan(&cfg);
     check(&log, &model, "final reopen")?;
+    let rep = log.reader().recovery().clone();
+    prop_assert_eq!(rep.checkpoint, model.last(), "final reopen: {:?}", rep);
+    prop_assert_eq!(rep.records_scanned, 0, "final reopen: {:?}", rep);
     log.close();
     Ok(())
 }

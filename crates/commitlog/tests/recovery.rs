@@ -7,6 +7,8 @@
 //! position hint), `rebase` of an emptied log, appends at or below the purge point, truncates of records
 //! that had rolled to a new segment, durable metadata (the vote), segment rolls at
 //! every boundary case, oversized records, index rebuild, and byte-identical data files for identical input.
+//! Torn tails and sealed-segment damage are checked twice: with a recovery checkpoint behind the damaged
+//! record (the state a crash leaves) and without any checkpoint (a full scan).
 //!
 //! Tiny segments (512 bytes) and index files (8 slots) make every boundary case reachable with a few records.
 
@@ -17,7 +19,7 @@ use std::path::Path;
 
 use common::*;
 use raftmq_commitlog::record::{encode_record, PAD_MAGIC, RECORD_MAGIC};
-use raftmq_commitlog::{CommitLog, CommitLogError, LogPoint, RecordBatch, RecordMeta, HEADER_LEN};
+use raftmq_commitlog::{CommitLog, CommitLogConfig, CommitLogError, LogPoint, RecordBatch, RecordMeta, HEADER_LEN};
 use tempfile::TempDir;
 
 const SEG: u64 = 512;
@@ -67,16 +69,47 @@ enum Damage {
     Garbage,
 }
 
+/// What the recovery checkpoint names when a test damages the log.
+#[derive(Clone, Copy, Debug)]
+enum Ckpt {
+    /// The record before the damaged one (as after a crash: the damaged record was never checkpointed).
+    Behind,
+    /// No checkpoint file: a full scan.
+    Absent,
+}
+
+/// Writes records of the given lengths; the checkpoint file is then the one written when all but the last
+/// record were present (`Behind`, nothing for a single record) or removed (`Absent`).
+async fn write_with_checkpoint_behind_last(cfg: &CommitLogConfig, lens: &[usize], term: impl Fn(u64) -> u64, ckpt: Ckpt) -> Vec<Rec> {
+    let log = open(cfg);
+    let (head, tail) = lens.split_at(lens.len() - 1);
+    let mut recs = write_records(&log, 1, head, &term).await;
+    log.close();
+    let saved = fs::read(checkpoint_path(&cfg.dir)).unwrap();
+    assert_eq!(checkpoint_prefix(&cfg.dir).map(|p| p.last.index), recs.last().map(|r| r.meta.index), "checkpoint after close");
+    let log = open(cfg);
+    recs.extend(write_records(&log, lens.len() as u64, tail, &term).await);
+    log.close();
+    match ckpt {
+        Ckpt::Behind => fs::write(checkpoint_path(&cfg.dir), saved).unwrap(),
+        Ckpt::Absent => fs::remove_file(checkpoint_path(&cfg.dir)).unwrap(),
+    }
+    recs
+}
+
 /// Writes records of the given lengths, then for every byte `cut` of the last record and both kinds of
 /// damage: copies the log, damages `[cut, end of record)`, reopens and checks that exactly the earlier
 /// records remain, that the next index can be appended at the torn record's position (the cut bytes are
 /// gone, not merely overwritten), and that the result survives another reopen.
 async fn torn_tail_at_every_byte(lens: &[usize]) {
+    torn_tail_at_every_byte_with(lens, Ckpt::Behind).await;
+    torn_tail_at_every_byte_with(lens, Ckpt::Absent).await;
+}
+
+async fn torn_tail_at_every_byte_with(lens: &[usize], ckpt: Ckpt) {
     let base = tmp();
     let cfg = config(base.path(), SEG, PER);
-    let log = open(&cfg);
-    let recs = write_records(&log, 1, lens, |i| 1 + i / 4).await;
-    log.close();
+    let recs = write_with_checkpoint_behind_last(&cfg, lens, |i| 1 + i / 4, ckpt).await;
 
     let (torn, kept) = recs.split_last().unwrap();
     let torn_len = *lens.last().unwrap() as u64;
@@ -99,9 +132,15 @@ async fn torn_tail_at_every_byte(lens: &[usize]) {
                 }
             });
             let cfg = config(work.path(), SEG, PER);
-            let ctx = format!("cut at byte {cut} of {torn_len}, {damage:?}");
+            let ctx = format!("cut at byte {cut} of {torn_len}, {damage:?}, checkpoint {ckpt:?}");
 
             let log = open(&cfg);
+            let expect_ckpt = match ckpt {
+                Ckpt::Behind => kept.last().map(|r| r.meta.point()),
+                Ckpt::Absent => None,
+            };
+            assert_eq!(log.reader().recovery().checkpoint, expect_ckpt, "{ctx}: {:?}", log.reader().recovery());
+            assert_eq!(log.reader().recovery().records_scanned, if expect_ckpt.is_some() { 0 } else { kept.len() as u64 }, "{ctx}");
             let st = log.reader().state();
             assert_eq!(st.last, kept.last().map(|r| r.meta.point()), "{ctx}: last");
             assert_eq!(st.first, kept.first().map(|r| r.meta.index), "{ctx}: first");
@@ -298,23 +337,50 @@ async fn lost_index_files_are_rebuilt_from_the_data() {
 // ---------------------------------------------------------------------------------------------------------
 
 /// 13 records of 100 bytes: segments 0 and 512 are sealed (5 records + 12 bytes of padding each), segment
-/// 1024 holds records 11..=13.
-async fn sealed_fixture() -> (TempDir, Vec<Rec>) {
+/// 1024 holds records 11..=13. With `Ckpt::Behind` the checkpoint names record 1 (written at a close after
+/// it), so every other record lies after the checkpoint and is verified on open.
+async fn sealed_fixture(ckpt: Ckpt) -> (TempDir, Vec<Rec>) {
     let dir = tmp();
-    let log = open(&config(dir.path(), SEG, PER));
-    let recs = write_records(&log, 1, &[100; 13], |_| 2).await;
+    let cfg = config(dir.path(), SEG, PER);
+    let log = open(&cfg);
+    let mut recs = write_records(&log, 1, &[100], |_| 2).await;
     log.close();
+    let saved = fs::read(checkpoint_path(dir.path())).unwrap();
+    let log = open(&cfg);
+    recs.extend(write_records(&log, 2, &[100; 12], |_| 2).await);
+    log.close();
+    match ckpt {
+        Ckpt::Behind => fs::write(checkpoint_path(dir.path()), saved).unwrap(),
+        Ckpt::Absent => fs::remove_file(checkpoint_path(dir.path())).unwrap(),
+    }
     assert_eq!(numbered(dir.path(), "data"), vec![0, 512, 1024]);
     (dir, recs)
 }
 
 /// Damages a sealed segment with `f`, then checks that open fails with `Corrupt` naming that segment and
-/// `offset`, and that the failed open changed no byte of any segment.
-async fn assert_corrupt_on_open(seg_base: u64, offset: u64, f: impl FnOnce(&mut Vec<u8>)) {
-    let (dir, _) = sealed_fixture().await;
+/// `offset`, and that the failed open changed no byte of any segment; with a checkpoint behind the damage
+/// and without one.
+async fn assert_corrupt_on_open(seg_base: u64, offset: u64, f: impl Fn(&mut Vec<u8>)) {
+    for ckpt in [Ckpt::Behind, Ckpt::Absent] {
+        assert_corrupt_on_open_with(ckpt, seg_base, offset, &f).await;
+    }
+}
+
+async fn assert_corrupt_on_open_with(ckpt: Ckpt, seg_base: u64, offset: u64, f: impl Fn(&mut Vec<u8>)) {
+    let (dir, _) = sealed_fixture(ckpt).await;
+    if let Ckpt::Behind = ckpt {
+        // Undamaged, this fixture recovers from the checkpoint and verifies records 2..=13.
+        let copy = tmp();
+        copy_dir(dir.path(), copy.path());
+        let log = open(&config(copy.path(), SEG, PER));
+        assert_eq!(log.reader().recovery().checkpoint.map(|c| c.index), Some(1));
+        assert_eq!(log.reader().recovery().records_scanned, 12);
+        log.close();
+    }
     let path = segment_path(dir.path(), seg_base);
     edit_file(&path, f);
     let before = data_files(dir.path());
+    let ckpt_before = fs::read(checkpoint_path(dir.path())).ok();
     match open_err(&config(dir.path(), SEG, PER)) {
         CommitLogError::Corrupt { file, offset: got, reason } => {
             assert_eq!(file, path, "Corrupt must name the damaged segment ({reason})");
@@ -326,6 +392,10 @@ async fn assert_corrupt_on_open(seg_base: u64, offset: u64, f: impl FnOnce(&mut 
         e => panic!("expected Corrupt, got {e}"),
     }
     assert_eq!(data_files(dir.path()), before, "a refused open must not repair (cut) anything");
+    match ckpt {
+        Ckpt::Behind => assert_eq!(fs::read(checkpoint_path(dir.path())).ok(), ckpt_before, "a refused open keeps the checkpoint"),
+        Ckpt::Absent => assert_eq!(checkpoint_prefix(dir.path()), None, "a refused open writes no checkpoint"),
+    }
 }
 
 #[tokio::test]
@@ -338,7 +408,7 @@ async fn flipped_body_byte_in_first_sealed_segment() {
 async fn flipped_header_bytes_in_middle_sealed_segment() {
     // Record 8 is at offset 200 of segment 512: damage its magic, its length, its crc, its term.
     for at in [0usize, 5, 9, 21] {
-        assert_corrupt_on_open(512, 200, move |b| b[200 + at] ^= 0x40).await;
+        assert_corrupt_on_open(512, 200, |b| b[200 + at] ^= 0x40).await;
     }
 }
 

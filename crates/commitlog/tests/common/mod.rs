@@ -1,5 +1,6 @@
 //! Helpers shared by the commitlog integration tests: tiny-geometry configs, records whose bodies are
-//! derived from their index (so any damage is visible), directory copies and byte-level file surgery.
+//! derived from their index (so any damage is visible), directory copies, byte-level file surgery, the
+//! recovery checkpoint on disk, and the comparison of a checkpointed recovery with a full scan.
 
 #![allow(dead_code)]
 
@@ -7,7 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use raftmq_commitlog::{
-    CommitLog, CommitLogConfig, CommitLogError, FlushPolicy, RecordBatch, RecordKind, RecordLocation, RecordMeta, HEADER_LEN,
+    checkpoint, CommitLog, CommitLogConfig, CommitLogError, FlushPolicy, LogState, RecordBatch, RecordKind, RecordLocation, RecordMeta,
+    HEADER_LEN,
 };
 
 /// Node id every test record carries.
@@ -150,4 +152,73 @@ pub fn edit_file(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
 /// Every data segment of `dir` as (base, bytes).
 pub fn data_files(dir: &Path) -> Vec<(u64, Vec<u8>)> {
     numbered(dir, "data").into_iter().map(|b| (b, fs::read(segment_path(dir, b)).unwrap())).collect()
+}
+
+/// Path of the recovery checkpoint file.
+pub fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join(checkpoint::CHECKPOINT_FILE)
+}
+
+/// The two slots of the checkpoint file as they are on disk.
+pub fn checkpoint_slots(dir: &Path) -> checkpoint::Slots {
+    checkpoint::Slots::decode(&fs::read(checkpoint_path(dir)).unwrap_or_default())
+}
+
+/// What the current checkpoint on disk vouches for (`None`: no file, no valid slot, or an invalidation).
+pub fn checkpoint_prefix(dir: &Path) -> Option<checkpoint::VerifiedPrefix> {
+    checkpoint_slots(dir).newest().and_then(|(_, c)| c.prefix)
+}
+
+/// Everything a reader can observe of a log, for comparing two recoveries of the same files.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub state: LogState,
+    /// Every present record: meta, position, length, body.
+    pub records: Vec<(RecordMeta, u64, u32, Vec<u8>)>,
+    /// The raw dense-index slots of every present record.
+    pub slots: Vec<Vec<u8>>,
+}
+
+/// Reads every present record and its index slot.
+pub fn observe(log: &CommitLog, slots_per_file: u64) -> Observed {
+    let r = log.reader();
+    let state = r.state();
+    let mut records = Vec::new();
+    let mut slots = Vec::new();
+    if let (Some(first), Some(last)) = (state.first, state.last) {
+        for i in first..=last.index {
+            let rec = match r.read(i) {
+                Ok(Some(rec)) => rec,
+                other => panic!("record {i} of {first}..={}: {other:?}", last.index),
+            };
+            records.push((rec.meta, rec.pos, rec.len, rec.body.to_vec()));
+            let file_first = i - i % slots_per_file;
+            let bytes = fs::read(index_path(log.dir(), file_first)).unwrap();
+            let at = ((i - file_first) * 32) as usize;
+            slots.push(bytes[at..at + 32].to_vec());
+        }
+        let range = r.read_range(0, u64::MAX, usize::MAX).unwrap();
+        assert_eq!(range.len(), records.len(), "read_range sees every present record");
+        assert!(r.read(last.index + 1).unwrap().is_none(), "a record after the last");
+    }
+    Observed { state, records, slots }
+}
+
+/// Opens `cfg` (recovering with whatever checkpoint it has) and a copy of its directory without the
+/// checkpoint (a full scan), and asserts both show exactly the same log. Returns the first log, open, and
+/// what it observed.
+pub fn assert_same_view_as_full_scan(cfg: &CommitLogConfig) -> (CommitLog, Observed) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&cfg.dir, copy.path());
+    let _ = fs::remove_file(checkpoint_path(copy.path()));
+    let log = open(cfg);
+    let with = observe(&log, cfg.index_slots_per_file);
+    let mut full_cfg = cfg.clone();
+    full_cfg.dir = copy.path().to_path_buf();
+    let full = open(&full_cfg);
+    assert_eq!(full.reader().recovery().checkpoint, None, "the copy without a checkpoint scans everything");
+    let without = observe(&full, cfg.index_slots_per_file);
+    full.close();
+    assert_eq!(with, without, "recovery with the checkpoint ({:?}) differs from a full scan", log.reader().recovery());
+    (log, with)
 }

@@ -31,8 +31,12 @@ pub struct Opts {
     /// Turn the producer's auto-batching off: every send is its own request.
     #[arg(long)]
     pub no_auto_batch: bool,
-    /// Messages per pull when consuming.
-    #[arg(long, default_value_t = 32)]
+    /// Auto-batch requests in flight per lane (the client default when not given).
+    #[arg(long)]
+    pub auto_batch_in_flight: Option<usize>,
+    /// Messages per pull when consuming: 1000, as the NATS consumer's batch and RabbitMQ's prefetch (the
+    /// broker also caps a pull at 256 KiB and 1024 messages; RocketMQ's own default is 32).
+    #[arg(long, default_value_t = 1000)]
     pub pull_batch: i32,
     #[command(flatten)]
     pub work: Workload,
@@ -47,6 +51,9 @@ async fn start_producer(o: &Opts, name: &str, inflight: usize) -> Result<Produce
     opts.compress_over = usize::MAX;
     opts.max_async_in_flight = inflight.max(1) * 2;
     opts.auto_batch = !o.no_auto_batch;
+    if let Some(n) = o.auto_batch_in_flight {
+        opts.auto_batch_in_flight_max = n;
+    }
     // As generous as the peers' ack timeouts: a slow ack counts in the latency, not as an error.
     opts.send_timeout = Duration::from_secs(30);
     let instance = format!("bench-{}-{name}-{}", o.label, std::process::id());

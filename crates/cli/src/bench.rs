@@ -198,15 +198,14 @@ async fn produce_load(
                     break;
                 }
                 // Open loop: the intended send time comes from the schedule, not from when a slot freed up.
-                let intended = if per_producer_rate > 0.0 {
-                    let at = start + Duration::from_secs_f64(i as f64 / per_producer_rate);
+                // Closed loop (no rate): a send starts when its slot frees, so that is when its clock starts.
+                let scheduled = (per_producer_rate > 0.0).then(|| start + Duration::from_secs_f64(i as f64 / per_producer_rate));
+                if let Some(at) = scheduled {
                     tokio::time::sleep_until(at.into()).await;
-                    at
-                } else {
-                    Instant::now()
-                };
+                }
                 i += n;
                 let Ok(permit) = Arc::clone(&window).acquire_owned().await else { break };
+                let intended = scheduled.unwrap_or_else(Instant::now);
                 let body = |_: u64| {
                     let mut v = filler.clone();
                     if e2e_stamp {

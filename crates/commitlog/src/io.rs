@@ -10,8 +10,13 @@
 //! they never delay an acknowledgement that was ready): at most every `checkpoint_interval` while records
 //! arrive, at once after a segment roll, after an idle interval for the last records, and on close. One
 //! costs an fdatasync of the index pages written since the previous one plus one of a 4 KiB slot.
+//!
+//! When it is idle in sync mode (a batch was flushed and no job is queued), it zero-fills the active
+//! segment ahead of the write position, one fdatasynced chunk at a time, looking for a job between chunks:
+//! appends then write into blocks whose extents are already converted, so their fdatasync commits less
+//! to the filesystem journal, and an append waits for at most one chunk.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -89,24 +94,57 @@ impl IoThread {
         }
     }
 
+    /// Whether an idle moment should go to zero-filling. Only in sync mode: there every acknowledgement
+    /// waits for an fdatasync, which the zero-fill makes cheaper. In async mode no acknowledgement waits
+    /// for one and the interval flush already spreads the extent conversion over many appends, so the
+    /// zeros would only add disk writes.
+    fn prefill_wanted(&self) -> bool {
+        matches!(self.store.cfg.flush, FlushPolicy::Sync) && self.poisoned.is_none() && self.store.prefill_next().is_some()
+    }
+
+    /// One idle step: a checkpoint first if one is due (so the zero-fill never delays it by more than a
+    /// chunk), then one chunk of zeros.
+    fn idle_step(&mut self) {
+        self.maybe_checkpoint(false);
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Err(e) = self.store.prefill() {
+            self.poison(&e);
+        }
+    }
+
     pub fn run(mut self, rx: Receiver<Job>) {
         let policy = self.store.cfg.flush;
         let mut next_flush = Instant::now();
         loop {
-            let first = match self.deadline(next_flush) {
-                None => match rx.recv() {
+            let first = if self.prefill_wanted() {
+                // Nothing is pending here (sync mode flushed the last batch): a queued job goes first, as
+                // it would have from a blocking receive.
+                match rx.try_recv() {
                     Ok(j) => j,
-                    Err(_) => break,
-                },
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.async_tick(&mut next_flush);
-                        self.maybe_checkpoint(false);
+                    Err(TryRecvError::Empty) => {
+                        self.idle_step();
                         continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.deadline(next_flush) {
+                    None => match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => break,
+                    },
+                    Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(j) => j,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.async_tick(&mut next_flush);
+                            self.maybe_checkpoint(false);
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                }
             };
             self.handle(first);
             for _ in 1..BATCH_JOBS_MAX {

@@ -8,6 +8,8 @@
 //!   term, in O(1).
 //! - **Reads** are zero-copy [`bytes::Bytes`] over a shared `mmap`, verified against the record CRC.
 //! - **Writes** all go through one IO thread ([`io`]) with group commit; see [`FlushPolicy`] for durability.
+//!   While it is idle in sync mode, it zero-fills the last segment a little ahead of the write position
+//!   (see [`CommitLogConfig::prefill_ahead_bytes`]), so acknowledging fdatasyncs need not convert extents.
 //! - **Recovery** ([`store`]) trusts the prefix named by a valid recovery [`checkpoint`] (durable data and
 //!   index slots, written by the IO thread about once a second, on segment rolls and on close) after
 //!   spot-checking it against the files, and verifies every record after it: it cuts a torn tail of the

@@ -1,5 +1,5 @@
 //! The store's state and every operation that changes files: recovery on open, append, truncate, purge,
-//! flush and checkpoint. It runs only on the IO thread (`io.rs`); readers see its results through [`View`].
+//! flush, checkpoint and the zero-fill ahead of the write position. It runs only on the IO thread (`io.rs`); readers see its results through [`View`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -63,6 +63,8 @@ pub struct Stats {
     pub scrub_errors: AtomicU64,
     /// Set when the scrub has finished, or at open when there is nothing to scrub.
     pub scrub_done: AtomicBool,
+    /// Zero bytes written (and fdatasynced) ahead of the write position while the IO thread was idle.
+    pub prefilled_bytes: AtomicU64,
 }
 
 /// How the last open recovered the log.
@@ -114,8 +116,18 @@ pub(crate) struct Store {
     ckpt: CheckpointFile,
     /// A segment was created since the last checkpoint: write one at the next opportunity.
     checkpoint_due: bool,
+    /// Bytes of the active segment from the write position (rounded up to a page) to here are written,
+    /// fdatasynced zeros. Below the write position it means nothing, so a roll resets it implicitly.
+    prefilled_upto: u64,
+    /// A chunk of zeros for the prefill, allocated on first use.
+    zeros: Vec<u8>,
     pub recovery: RecoveryReport,
 }
+
+/// Bytes zero-filled per step: an append that arrives meanwhile waits for at most one such write and
+/// its fdatasync.
+pub(crate) const PREFILL_CHUNK: u64 = 256 << 10;
+const PAGE: u64 = 4096;
 
 /// Where each appended record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +165,8 @@ impl Store {
             slot_buf: Vec::new(),
             ckpt,
             checkpoint_due: false,
+            prefilled_upto: 0,
+            zeros: Vec::new(),
             recovery: RecoveryReport::default(),
         };
         store.recover(&slots)?;
@@ -669,6 +683,50 @@ impl Store {
         Ok(())
     }
 
+    /// The next range `[from, to)` of the active segment to zero-fill, if a whole chunk (or the rest of the
+    /// segment) is missing from the target `write_pos + prefill_ahead_bytes`. Waiting for a whole chunk
+    /// keeps small appends from each costing an extra write and fdatasync. Never below the write position
+    /// (its page already holds record bytes), never past the segment end, never in a segment that does not
+    /// exist yet (an append creates it, with the checkpoint bookkeeping that goes with that).
+    pub fn prefill_next(&self) -> Option<(u64, u64)> {
+        let ahead = self.cfg.prefill_ahead_bytes;
+        if ahead == 0 {
+            return None;
+        }
+        let pos = self.view.write_pos;
+        let base = self.seg_base(pos);
+        if !self.view.segments.contains_key(&base) {
+            return None;
+        }
+        let seg_end = base + self.seg_bytes();
+        // Pages are those of the file: a segment base need not be a multiple of the page size.
+        let from = self.prefilled_upto.max(base + (pos - base).div_ceil(PAGE) * PAGE);
+        let target = pos.saturating_add(ahead).min(seg_end);
+        let chunk = PREFILL_CHUNK.min(ahead);
+        if from >= target || (target - from < chunk && target < seg_end) {
+            return None;
+        }
+        Some((from, target.min(from + chunk)))
+    }
+
+    /// Zero-fills the next chunk ahead of the write position and fdatasyncs it, so the appends that land
+    /// there write into converted extents. Runs only on the idle IO thread, which also does every append:
+    /// no record byte can be written concurrently. The segment is left out of the dirty set: the chunk's
+    /// own fdatasync made it durable. Returns whether there was anything to do.
+    pub fn prefill(&mut self) -> Result<bool> {
+        let Some((from, to)) = self.prefill_next() else { return Ok(false) };
+        let base = self.seg_base(self.view.write_pos);
+        let Some(f) = self.view.segments.get(&base).cloned() else { return Ok(false) };
+        if self.zeros.is_empty() {
+            self.zeros = vec![0; PREFILL_CHUNK as usize];
+        }
+        f.write_at(from - base, &self.zeros[..(to - from) as usize])?;
+        f.sync_data()?;
+        self.prefilled_upto = to;
+        self.stats.prefilled_bytes.fetch_add(to - from, Ordering::Relaxed);
+        Ok(true)
+    }
+
     /// True when the checkpoint does not name the last record.
     pub fn needs_checkpoint(&self) -> bool {
         self.view.last.is_some_and(|l| self.ckpt.prefix().is_none_or(|p| p.last.point() != l))
@@ -759,6 +817,8 @@ impl Store {
             f.sync_data()?;
             self.dirty.remove(&cut_base);
         }
+        // The zeroing punched and re-allocated [cut, end): unwritten extents again, to be prefilled anew.
+        self.prefilled_upto = cut;
         self.publish();
         Ok(())
     }
@@ -789,6 +849,8 @@ impl Store {
         let old_write_pos = self.view.write_pos;
         if everything {
             self.view.write_pos = next_pos;
+            // A rebase unlinks every segment: the new one starts unprefilled.
+            self.prefilled_upto = next_pos;
         }
         self.publish_positions();
         let keep_from = self.seg_base(next_pos);
@@ -833,6 +895,7 @@ impl Store {
         fsutil::write_atomic(&self.cfg.dir, PURGED_FILE, &fsutil::encode_meta_file(&mark.encode()), true)?;
         self.view.purged = Some(mark);
         self.view.write_pos = next_pos;
+        self.prefilled_upto = next_pos;
         self.publish_positions();
         let doomed: Vec<u64> = self.view.segments.keys().copied().collect();
         self.unlink_segments(&doomed)?;

@@ -134,6 +134,7 @@ impl Broker {
         let me = cfg.me()?.clone();
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
         nc.segment_bytes = cfg.mapped_file_size_commit_log;
+        nc.prefill_ahead_bytes = cfg.commit_log_prefill_ahead_bytes;
         nc.flush = match cfg.flush_disk_type {
             FlushDiskType::SyncFlush => FlushPolicy::Sync,
             FlushDiskType::AsyncFlush => FlushPolicy::Async { interval: Duration::from_millis(cfg.flush_interval_commit_log) },

@@ -55,6 +55,11 @@ pub struct BrokerConfig {
     /// Commitlog segment size in bytes (RocketMQ `mappedFileSizeCommitLog`); identical on all members.
     #[serde(default = "default_segment")]
     pub mapped_file_size_commit_log: u64,
+    /// Bytes of the active commitlog segment zero-filled ahead of the write position while the IO thread is
+    /// idle (sync flush only; 0 = off). Appends into written blocks fdatasync faster on ext4/XFS than into
+    /// preallocated (unwritten) ones; costs extra disk writes when the disk is the bottleneck.
+    #[serde(default = "default_prefill")]
+    pub commit_log_prefill_ahead_bytes: u64,
     /// Largest message body accepted, in bytes (RocketMQ `maxMessageSize`).
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
@@ -99,6 +104,9 @@ fn default_flush_interval() -> u64 {
 }
 fn default_segment() -> u64 {
     1 << 30
+}
+fn default_prefill() -> u64 {
+    8 << 20
 }
 fn default_max_message() -> usize {
     4 << 20

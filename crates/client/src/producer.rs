@@ -620,7 +620,19 @@ impl ProducerInner {
         }
     }
 
-    async fn send_until(&self, p: &Prepared, target: &Target, deadline: Instant) -> Result<SendResult> {
+    /// [`ProducerInner::send_until_inline`], boxed: the retry loop's state is over 3 KiB, and every future
+    /// awaiting it inline (and every task spawned with one) would copy that around by value — a profile of
+    /// a pipelined load had a quarter of the client's CPU in such memcpys.
+    fn send_until<'a>(
+        &'a self,
+        p: &'a Prepared,
+        target: &'a Target,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = Result<SendResult>> + Send + 'a>> {
+        Box::pin(self.send_until_inline(p, target, deadline))
+    }
+
+    async fn send_until_inline(&self, p: &Prepared, target: &Target, deadline: Instant) -> Result<SendResult> {
         let start = Instant::now();
         let mut attempts_left = self.opts.retries + 1;
         let mut attempts = 0u32;

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Commitlog segment size (identical on every member).
     pub segment_bytes: u64,
+    /// Zero-fill ahead of the commitlog write position when idle (see `CommitLogConfig::prefill_ahead_bytes`).
+    pub prefill_ahead_bytes: u64,
     /// Dense-index slots per index file.
     pub index_slots_per_file: u64,
     /// Flush policy of the commitlog.
@@ -64,6 +66,7 @@ impl NodeConfig {
             raft_addr: raft_addr.into(),
             data_dir: data_dir.into(),
             segment_bytes: 1 << 30,
+            prefill_ahead_bytes: 8 << 20,
             index_slots_per_file: 1 << 20,
             flush: FlushPolicy::Sync,
             checkpoint_every: 1024,
@@ -238,6 +241,7 @@ impl RaftNode {
         cfg.raft_addr = listener.local_addr().map_err(|e| start_err(&e))?.to_string();
         let mut log_cfg = CommitLogConfig::new(cfg.data_dir.join("commitlog"));
         log_cfg.segment_bytes = cfg.segment_bytes;
+        log_cfg.prefill_ahead_bytes = cfg.prefill_ahead_bytes;
         log_cfg.index_slots_per_file = cfg.index_slots_per_file;
         log_cfg.flush = cfg.flush;
         let log =

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{CommitLogError, Result};
 use crate::fsutil;
-use crate::record::{RecordKind, RecordMeta};
+use crate::record::{u32_at, u64_at, RecordKind, RecordMeta};
 
 /// File name of the checkpoint inside the commitlog directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
@@ -71,16 +71,6 @@ pub struct Checkpoint {
     pub index_slots_per_file: u64,
     /// What it vouches for; `None` for an invalidation.
     pub prefix: Option<VerifiedPrefix>,
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl Checkpoint {

@@ -129,11 +129,13 @@ pub enum Decoded {
     Invalid(String),
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+/// Little-endian u32 at `at` (the caller checked the bounds). Shared by every on-disk layout of the crate.
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+/// Little-endian u64 at `at` (the caller checked the bounds).
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)

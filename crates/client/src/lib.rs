@@ -1,7 +1,8 @@
 //! `raftmq-client`: the Rust client of raftmq. It speaks RocketMQ's remoting protocol, so it works against
 //! raftmq broker groups (whose Raft leader is published as brokerId 0) and against Apache RocketMQ 4.x brokers.
 //!
-//! - [`Producer`]: sync, async, oneway, batch and ordered sends with RocketMQ's retry rules.
+//! - [`Producer`]: sync, async, oneway, batch and ordered sends with RocketMQ's retry rules; concurrent sends
+//!   are combined into batch requests automatically (`ProducerOptions::auto_batch`).
 //! - [`PullConsumer`]: pull by queue and offset, store offsets yourself.
 //! - [`PushConsumer`]: long-polling consumer groups (clustering or broadcasting), rebalancing, concurrent or
 //!   orderly listeners, retries through the group's retry topic, offsets committed every 5 s.

@@ -750,8 +750,17 @@ fn combine(batch: &[Waiting]) -> Result<Prepared> {
         encode_batch_message(&BatchMessage { flag: p.flag, body: &p.body, properties: &p.properties }, &mut body)?;
     }
     let topic = batch.first().map(|w| w.prepared.topic.clone()).unwrap_or_default();
-    let msg_id = batch.iter().map(|w| w.prepared.msg_id.as_str()).collect::<Vec<_>>().join(",");
-    Ok(Prepared { topic, body: Bytes::from(body), sys_flag: 0, flag: 0, properties: String::new(), batch: true, batchable: false, msg_id })
+    // No joined id: every waiting send keeps its own, and the combined result's id is never read.
+    Ok(Prepared {
+        topic,
+        body: Bytes::from(body),
+        sys_flag: 0,
+        flag: 0,
+        properties: String::new(),
+        batch: true,
+        batchable: false,
+        msg_id: String::new(),
+    })
 }
 
 /// A lane's request slot, held while a send is outstanding. Released on drop: the lane's next batch (if

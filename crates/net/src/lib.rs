@@ -3,7 +3,9 @@
 //! multiplexes requests by `opaque`. Framing is `raftmq-remoting`'s; this crate only moves frames.
 //!
 //! Responses may carry extra body parts ([`Response::body_parts`]) written after the command's own body
-//! with vectored writes, so pulled message bytes go from the commitlog mapping to the socket uncopied.
+//! with vectored writes, so pulled message bytes go from the commitlog mapping to the socket uncopied (parts
+//! up to 4 KiB are copied next to their header instead). Frames queued on a connection leave together in one
+//! vectored write.
 
 pub mod client;
 pub mod server;

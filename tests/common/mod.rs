@@ -121,9 +121,28 @@ impl Cluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no leader registered with the nameserver; logs in {}", self.dir.path().display());
+            if Instant::now() >= deadline {
+                // The directory (and its logs) is deleted when the panic unwinds: put the logs' tails in the message.
+                panic!("no leader registered with the nameserver\n{}", self.log_tails(40));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The last `lines` lines of the nameserver's and every node's log, for failure messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let names = std::iter::once("namesrv".to_string()).chain(self.nodes.iter().map(|n| format!("n{}", n.id)));
+        for name in names {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {name}.log (last {} of {} lines)\n", lines.min(all.len()), all.len()));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// The node that reports itself ready leader (asking nodes directly).

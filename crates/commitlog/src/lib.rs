@@ -119,6 +119,7 @@ pub struct StoredRecord {
 
 struct Shared {
     view: Arc<RwLock<View>>,
+    durable: Arc<store::DurableMark>,
     stats: Arc<Stats>,
     recovery: RecoveryReport,
     segment_bytes: u64,
@@ -140,6 +141,22 @@ impl CommitLogReader {
     pub fn state(&self) -> LogState {
         let v = self.view();
         LogState { purged: v.purged, first: v.first, last: v.last, write_pos: v.write_pos }
+    }
+
+    /// The newest index that is durable on this node's disk together with every record before it
+    /// (fdatasynced by a flush, or found by recovery and fdatasynced at open); `None` before any record.
+    /// Lowered by a truncate. With [`FlushPolicy::Sync`] every record is durable before its append's
+    /// durability callback fires; with [`FlushPolicy::Async`] this trails the appends by up to the flush
+    /// interval.
+    pub fn durable_index(&self) -> Option<u64> {
+        self.shared.durable.get()
+    }
+
+    /// Blocks until [`CommitLogReader::durable_index`] reaches `index`, for at most `timeout`; returns
+    /// whether it did. For threads that must not persist anything derived from a record before the record
+    /// itself is durable (state-machine checkpoints).
+    pub fn wait_durable(&self, index: u64, timeout: std::time::Duration) -> bool {
+        self.shared.durable.wait_for(index, timeout)
     }
 
     /// IO-thread counters (appends, records, group flushes).
@@ -276,6 +293,7 @@ impl CommitLog {
         let store = Store::open(cfg)?;
         let shared = Arc::new(Shared {
             view: Arc::clone(&store.shared),
+            durable: Arc::clone(&store.durable),
             stats: Arc::clone(&store.stats),
             recovery: store.recovery.clone(),
             segment_bytes: store.cfg.segment_bytes,

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -67,6 +68,50 @@ pub struct Stats {
     pub prefilled_bytes: AtomicU64,
 }
 
+/// The newest index whose record, and every record before it, is durable on this node's disk
+/// (fdatasynced, or recovered and fdatasynced at open). Set by the IO thread after each flush, lowered by
+/// a truncate; read by the state machine, whose checkpoints must never cover a record the log could still
+/// lose at a power cut.
+#[derive(Debug, Default)]
+pub(crate) struct DurableMark {
+    index: Mutex<Option<u64>>,
+    changed: Condvar,
+}
+
+impl DurableMark {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        *self.lock()
+    }
+
+    fn set(&self, index: Option<u64>) {
+        let mut g = self.lock();
+        if *g != index {
+            *g = index;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until the mark reaches `index`, for at most `timeout`; returns whether it did.
+    pub fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        loop {
+            if g.is_some_and(|d| d >= index) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self.changed.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
 /// How the last open recovered the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -109,6 +154,8 @@ pub(crate) struct Store {
     pub view: View,
     pub shared: Arc<RwLock<View>>,
     pub stats: Arc<Stats>,
+    /// How far the log is durable; see [`DurableMark`].
+    pub durable: Arc<DurableMark>,
     dirty: BTreeSet<u64>,
     /// Index files written since the last checkpoint (by first index): fdatasynced before the next one.
     dirty_index: BTreeSet<u64>,
@@ -160,6 +207,7 @@ impl Store {
             view: View { purged, ..View::default() },
             shared: Arc::new(RwLock::new(View::default())),
             stats: Arc::default(),
+            durable: Arc::default(),
             dirty: BTreeSet::new(),
             dirty_index: BTreeSet::new(),
             slot_buf: Vec::new(),
@@ -170,6 +218,9 @@ impl Store {
             recovery: RecoveryReport::default(),
         };
         store.recover(&slots)?;
+        // What recovery accepted may exist only in the page cache of a killed process: make it durable now,
+        // so that the durable mark can start at the last record.
+        store.flush()?;
         store.publish();
         Ok(store)
     }
@@ -680,6 +731,8 @@ impl Store {
         if synced {
             self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         }
+        // Sealed segments were fdatasynced at their roll: now every present record is durable.
+        self.durable.set(self.view.last.map(|l| l.index).or(self.view.purged.map(|p| p.point.index)));
         Ok(())
     }
 
@@ -798,6 +851,10 @@ impl Store {
             });
             self.ckpt.write_both(prefix)?;
         }
+        // Nothing from `from` on is durable any more (it is about to stop being the log).
+        if self.durable.get().is_some_and(|d| d >= from) {
+            self.durable.set(from.checked_sub(1));
+        }
         // Readers stop seeing the records before any byte changes.
         if last.is_none() {
             self.view.first = None;
@@ -838,6 +895,15 @@ impl Store {
         if self.ckpt.prefix().is_some_and(|p| p.last.index <= upto.index) {
             self.ckpt.write_both(None)?;
         }
+        let old_write_pos = self.view.write_pos;
+        let rebase = everything && next_pos != old_write_pos;
+        if rebase {
+            // Every segment goes before the mark that moves the log elsewhere: a crash in between leaves an
+            // empty log at the old position (purged again by openraft at start-up from the snapshot state),
+            // never old segments that recovery would scan from the new position as if they were the log.
+            let all: Vec<u64> = self.view.segments.keys().copied().collect();
+            self.unlink_segments(&all)?;
+        }
         fsutil::write_atomic(&self.cfg.dir, PURGED_FILE, &fsutil::encode_meta_file(&mark.encode()), true)?;
         self.view.purged = Some(mark);
         if everything {
@@ -846,15 +912,15 @@ impl Store {
         } else {
             self.view.first = Some(upto.index + 1);
         }
-        let old_write_pos = self.view.write_pos;
         if everything {
+            // A snapshot covers everything through `upto`: nothing below it is the log's to lose any more.
+            self.durable.set(Some(self.durable.get().map_or(upto.index, |d| d.max(upto.index))));
             self.view.write_pos = next_pos;
             // A rebase unlinks every segment: the new one starts unprefilled.
             self.prefilled_upto = next_pos;
         }
         self.publish_positions();
         let keep_from = self.seg_base(next_pos);
-        let rebase = everything && next_pos != old_write_pos;
         let doomed: Vec<u64> = self.view.segments.keys().copied().filter(|b| rebase || *b < keep_from).collect();
         self.unlink_segments(&doomed)?;
         let per = self.cfg.index_slots_per_file;
@@ -892,13 +958,16 @@ impl Store {
         if self.ckpt.prefix().is_some() {
             self.ckpt.write_both(None)?;
         }
+        // The old segments go before the new mark is written: a crash in between leaves an empty log at the
+        // old position (rebased again at the next append), never old segments that recovery would scan
+        // from the new position as if they were the log.
+        let doomed: Vec<u64> = self.view.segments.keys().copied().collect();
+        self.unlink_segments(&doomed)?;
         fsutil::write_atomic(&self.cfg.dir, PURGED_FILE, &fsutil::encode_meta_file(&mark.encode()), true)?;
         self.view.purged = Some(mark);
         self.view.write_pos = next_pos;
         self.prefilled_upto = next_pos;
         self.publish_positions();
-        let doomed: Vec<u64> = self.view.segments.keys().copied().collect();
-        self.unlink_segments(&doomed)?;
         self.segment_for_write(self.seg_base(next_pos))?;
         self.publish();
         Ok(())

@@ -33,16 +33,26 @@ pub const REPLICATION_BYTES_MAX: usize = 1 << 20;
 ///   purge waits until this reaches the purge index: openraft 0.9 runs `purge` right after queueing a
 ///   snapshot install, without waiting for it, and a crash between the two would otherwise leave a log
 ///   purged past anything the state machine can restore.
+/// - **Whether the state at an index came from a snapshot** (installed now, or restored at start-up from
+///   what an install persisted). Only such a state may lie beyond the end of the local log: a purge past
+///   the last record is refused otherwise, because it would unlink every segment that the consume queues
+///   point into (a log behind its own state machine is a durability bug or a lying disk, never routine).
 #[derive(Debug, Clone)]
 pub struct StoreLink {
     next_pos: Arc<Mutex<Option<(u64, u64)>>>,
     durable: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    snapshot_state: Arc<std::sync::atomic::AtomicU64>,
     guard_purges: bool,
 }
 
 impl Default for StoreLink {
     fn default() -> Self {
-        StoreLink { next_pos: Arc::default(), durable: Arc::new(tokio::sync::watch::channel(None).0), guard_purges: true }
+        StoreLink {
+            next_pos: Arc::default(),
+            durable: Arc::new(tokio::sync::watch::channel(None).0),
+            snapshot_state: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            guard_purges: true,
+        }
     }
 }
 
@@ -83,6 +93,15 @@ impl StoreLink {
     /// The newest durable state-machine index.
     pub fn durable(&self) -> Option<u64> {
         *self.durable.borrow()
+    }
+
+    /// Records that the state machine's state at `index` came from a snapshot (see the type's doc).
+    pub fn set_snapshot_state(&self, index: u64) {
+        self.snapshot_state.store(index, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_snapshot_state(&self, index: u64) -> bool {
+        !self.guard_purges || self.snapshot_state.load(std::sync::atomic::Ordering::Acquire) == index
     }
 
     async fn wait_durable(&self, index: u64) -> bool {
@@ -255,15 +274,50 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if self.committed_saved_at.is_some_and(|t| t.elapsed() < COMMITTED_SAVE_INTERVAL) {
             return Ok(());
         }
+        // Never ahead of what this node's log holds durably: after a power cut openraft re-applies up to
+        // `committed` from the local log, and an entry missing there would stop the node from starting.
+        // The save job fdatasyncs the log before it writes (IO-thread order), so this normally holds; it
+        // is checked here, where the promise is made.
+        let Some(c) = committed else { return Ok(()) };
+        let durable = self.reader.reader.durable_index();
+        if durable.is_none_or(|d| c.index > d) {
+            self.log.flush().await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+            if self.reader.reader.durable_index().is_none_or(|d| c.index > d) {
+                tracing::warn!(committed = c.index, durable = ?self.reader.reader.durable_index(), "committed index not saved: the local log is not durable that far");
+                return Ok(());
+            }
+        }
         self.committed_saved_at = Some(std::time::Instant::now());
         let bytes = bincode::serialize(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.log.save_meta(COMMITTED_FILE, bytes, false).await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {
-        match self.log.read_meta(COMMITTED_FILE).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))? {
-            Some(b) => Ok(bincode::deserialize(&b).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?),
-            None => Ok(None),
+        // Advisory: a damaged or unreadable file (it is written without fsync, so a power cut may leave it
+        // empty or torn), or one naming an entry this log does not hold, is treated as absent. openraft then
+        // re-applies only from the state machine's checkpoint, and learns the commit index from the leader.
+        let saved = match self.log.read_meta(COMMITTED_FILE) {
+            Ok(Some(b)) => match bincode::deserialize::<Option<LogId>>(&b) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring undecodable committed file");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring damaged committed file");
+                None
+            }
+        };
+        let Some(c) = saved else { return Ok(None) };
+        match self.reader.reader.read(c.index) {
+            Ok(Some(r)) if log_id(&r.meta) == c => Ok(Some(c)),
+            _ => {
+                let st = self.reader.reader.state();
+                tracing::warn!(committed = %c, last = ?st.last, "ignoring a committed index the local log does not hold");
+                Ok(None)
+            }
         }
     }
 
@@ -304,6 +358,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if !self.link.wait_durable(log_id.index).await {
             let why = format!("state machine not durable at {} within {:?}", log_id.index, PURGE_DURABLE_WAIT);
             return Err(io_err(ErrorSubject::Logs, ErrorVerb::Delete, std::io::Error::other(why)));
+        }
+        let st = self.reader.reader.state();
+        let end = st.last.map(|l| l.index).or(st.purged.map(|p| p.point.index));
+        if end.is_none_or(|e| log_id.index > e) && !self.link.is_snapshot_state(log_id.index) {
+            let why = format!(
+                "refusing to purge through {} past the end of the log ({end:?}): the state machine is ahead of its log and \
+                 did not come from a snapshot; this node's log lost entries its state machine had applied",
+                log_id.index
+            );
+            tracing::error!(%why, "purge refused");
+            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Delete, std::io::Error::new(std::io::ErrorKind::InvalidData, why)));
         }
         let hint = self.link.next_pos(log_id.index);
         self.log.purge(point(&log_id), hint).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))

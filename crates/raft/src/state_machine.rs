@@ -99,8 +99,20 @@ struct CurrentSnapshot {
 }
 
 enum FlushJob {
-    Checkpoint { files: Vec<Arc<CqFile>>, meta: Box<Metadata>, done: Option<oneshot::Sender<Result<(), String>>> },
+    Checkpoint {
+        files: Vec<Arc<CqFile>>,
+        meta: Arc<Metadata>,
+        /// The checkpoint was derived from the local log through `meta.last_applied`: it may be written
+        /// only once the log is durable that far. False for a state installed from a snapshot, which no
+        /// local record backs.
+        from_log: bool,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
 }
+
+/// How long a checkpoint waits for the commitlog to become durable through its index before it is put
+/// off to the next one (async flush: one flush interval at most, unless the log is failing).
+const CHECKPOINT_LOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// State shared between the state-machine worker, the snapshot builder and readers (the broker).
 pub struct SmShared {
@@ -179,10 +191,32 @@ fn read_framed(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(b[8..].to_vec()))
 }
 
-fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink) {
+/// Persists checkpoints in order. A checkpoint derived from the log waits until the log is durable
+/// through its index: openraft 0.9 applies an entry once it is committed, which on a node with an async
+/// flush policy can be before the local log fdatasynced it, and a checkpoint ahead of the log would, after
+/// a power cut, make openraft purge the log up to it (see `LogStore::purge`). One that cannot wait is put
+/// off: its consume-queue files are carried to the next checkpoint, and nothing is reported durable.
+fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, log: CommitLogReader) {
+    let mut carried: Vec<Arc<CqFile>> = Vec::new();
     while let Ok(job) = rx.recv() {
         match job {
-            FlushJob::Checkpoint { files, meta, done } => {
+            FlushJob::Checkpoint { mut files, meta, from_log, done } => {
+                if !carried.is_empty() {
+                    carried.append(&mut files);
+                    files = std::mem::take(&mut carried);
+                }
+                let behind = match meta.last_applied {
+                    Some(l) if from_log && !log.wait_durable(l.index, CHECKPOINT_LOG_WAIT) => Some(l.index),
+                    _ => None,
+                };
+                if let Some(index) = behind {
+                    tracing::warn!(index, durable = ?log.durable_index(), "checkpoint put off: the commitlog is not durable that far");
+                    carried = files;
+                    if let Some(done) = done {
+                        let _ = done.send(Err(format!("commitlog not durable through {index}")));
+                    }
+                    continue;
+                }
                 let r = (|| -> Result<(), String> {
                     for f in &files {
                         f.flush().map_err(|e| format!("msync consume queue: {e}"))?;
@@ -330,13 +364,19 @@ impl StateMachine {
         if let Some(l) = meta.last_applied {
             link.set_next_pos(l.index, meta.log_end_pos);
             link.set_durable(l.index);
+            // Restored a state that an installed snapshot wrote (and the log may not reach yet): the one
+            // case where openraft's start-up purge past the end of the log is right.
+            if current.as_ref().is_some_and(|c| c.meta.last_log_id == meta.last_applied) {
+                link.set_snapshot_state(l.index);
+            }
         }
         let (tx, rx) = mpsc::channel();
         let dir = cfg.dir.clone();
         let flushed = link.clone();
+        let flush_log = log.clone();
         std::thread::Builder::new()
             .name("sm-flush".into())
-            .spawn(move || flush_thread(dir, rx, flushed))
+            .spawn(move || flush_thread(dir, rx, flushed, flush_log))
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let shared = Arc::new(SmShared {
             cfg,
@@ -406,8 +446,9 @@ impl StateMachine {
         Ok(results)
     }
 
-    fn checkpoint(&mut self, meta: &Metadata) {
-        let snapshot = Arc::new(meta.clone());
+    /// Keeps `snapshot` for snapshot building and queues it for persisting: one copy of the metadata
+    /// serves both.
+    fn checkpoint(&mut self, snapshot: Arc<Metadata>) {
         {
             let mut cps = lock(&self.shared.checkpoints);
             cps.push_back(Arc::clone(&snapshot));
@@ -415,7 +456,7 @@ impl StateMachine {
                 cps.pop_front();
             }
         }
-        let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: Box::new(meta.clone()), done: None };
+        let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: snapshot, from_log: true, done: None };
         let _ = lock(&self.shared.flush_tx).send(job);
     }
 
@@ -423,7 +464,7 @@ impl StateMachine {
     async fn checkpoint_now(&mut self) -> Result<(), StorageError<NodeId>> {
         let meta = self.shared.metadata_now()?;
         let (tx, rx) = oneshot::channel();
-        let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: Box::new(meta), done: Some(tx) };
+        let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: Arc::new(meta), from_log: false, done: Some(tx) };
         lock(&self.shared.flush_tx).send(job).map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?;
         rx.await.map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?.map_err(|e| sm_err(ErrorVerb::Write, e))
     }
@@ -509,8 +550,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if let Some(end) = shared.end_pos_of(entry.log_id.index)? {
                     meta.log_end_pos = end;
                 }
-                let snapshot = meta.clone();
-                self.checkpoint(&snapshot);
+                let snapshot = Arc::new(meta.clone());
+                self.checkpoint(snapshot);
             }
             out.push(resp);
         }
@@ -553,6 +594,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if let Some(l) = state.last_applied {
             shared.link.set_next_pos(l.index, state.log_end_pos);
+            shared.link.set_snapshot_state(l.index);
         }
         {
             let mut cps = lock(&shared.checkpoints);
@@ -560,8 +602,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             cps.push_back(Arc::new(state.clone()));
         }
         *write_lock(&shared.meta) = state;
-        self.checkpoint_now().await?;
+        // The snapshot file first, then the checkpoint (which reports the state durable and so lets the log
+        // store purge): a restart that finds the checkpoint at the snapshot's index knows its state came
+        // from the snapshot, which is what allows openraft's start-up purge past the end of the log.
         shared.publish_snapshot(meta.clone(), data)?;
+        self.checkpoint_now().await?;
         info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }

@@ -46,7 +46,19 @@ fn bin() -> &'static str {
 impl Cluster {
     /// Starts a nameserver and a broker group of `n` nodes; waits until a leader is registered.
     pub async fn start(n: u64) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cluster::prepare(n, "");
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c.wait_registered_leader(Duration::from_secs(30)).await;
+        c
+    }
+
+    /// Starts the nameserver and writes the configs of `n` nodes (each with `extra` TOML lines; store in
+    /// `store_dir(id)`), without starting the nodes: for tests that prepare each node's store first.
+    pub fn prepare(n: u64, extra: &str) -> Cluster {
+        // RAFTMQ_KEEP_TEST_DIRS=1 keeps every cluster's directory (logs, stores) for a post-mortem.
+        let dir = tempfile::Builder::new().keep(std::env::var_os("RAFTMQ_KEEP_TEST_DIRS").is_some()).tempdir().expect("tempdir");
         let namesrv = format!("127.0.0.1:{}", free_port());
         let namesrv_child = Command::new(bin())
             .args(["namesrv", "--listen", &namesrv, "--log-file"])
@@ -64,6 +76,7 @@ impl Cluster {
                 dir.path().join(format!("n{id}")).display(),
                 *id == 1
             );
+            toml.push_str(extra);
             for (pid, pc, pr) in &peers {
                 toml.push_str(&format!("[[peers]]\nid = {pid}\nraftAddr = \"{pr}\"\nclientAddr = \"{pc}\"\n"));
             }
@@ -71,12 +84,12 @@ impl Cluster {
             std::fs::write(&config, toml).expect("write config");
             nodes.push(Node { id: *id, client_addr: client.clone(), raft_addr: raft.clone(), config, child: None });
         }
-        let mut c = Cluster { dir, namesrv, namesrv_child, nodes };
-        for id in 1..=n {
-            c.start_node(id);
-        }
-        c.wait_registered_leader(Duration::from_secs(30)).await;
-        c
+        Cluster { dir, namesrv, namesrv_child, nodes }
+    }
+
+    /// The store directory of node `id` (`storePathRootDir`).
+    pub fn store_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}"))
     }
 
     pub fn start_node(&mut self, id: u64) {

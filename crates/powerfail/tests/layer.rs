@@ -310,3 +310,43 @@ fn dir_ops_max_refuses_with_enospc() {
     cut(fs);
     assert_eq!(names(&e.backing), ["f0", "f1", "f2"]);
 }
+
+#[test]
+fn handles_max_refuses_with_emfile() {
+    let Some(e) = env(&[("a", b"1"), ("b", b"2"), ("c", b"3")]) else { return };
+    let limits = Limits { handles_max: 2, ..Limits::default() };
+    let fs = PowerFailFs::mount_with(&e.backing, &e.mnt, limits).unwrap();
+    let a = File::open(e.mnt.join("a")).unwrap();
+    let b = File::open(e.mnt.join("b")).unwrap();
+    let err = File::open(e.mnt.join("c")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+    drop(a);
+    // The kernel sends the release of a closed file in the background: wait for it (bounded).
+    let mut read = fs::read(e.mnt.join("c"));
+    for _ in 0..200 {
+        if read.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        read = fs::read(e.mnt.join("c"));
+    }
+    assert_eq!(read.unwrap(), b"3", "a closed handle frees its place");
+    drop(b);
+    fs.unmount().unwrap();
+}
+
+#[test]
+fn cut_with_a_file_still_open_rolls_back_and_reports_busy_after_unmount_wait_max() {
+    let Some(e) = env(&[("f", b"old")]) else { return };
+    let limits = Limits { unmount_wait_max: std::time::Duration::from_millis(200), ..Limits::default() };
+    let fs = PowerFailFs::mount_with(&e.backing, &e.mnt, limits).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(e.mnt.join("f")).unwrap();
+    f.write_all_at(b"new", 0).unwrap();
+    let err = fs.cut_power().unwrap_err();
+    assert!(matches!(err, raftmq_powerfail::PowerFailError::Busy(_)), "{err}");
+    assert_eq!(fs::read(e.backing.join("f")).unwrap(), b"old", "rolled back all the same");
+    // Without a writeback cache every write reaches the layer, which refuses it now.
+    assert_eq!(f.write_at(b"late", 0).unwrap_err().raw_os_error(), Some(libc::EIO), "after the cut every request fails");
+    drop(f);
+    assert_eq!(fs::read(e.backing.join("f")).unwrap(), b"old", "nothing written after the cut");
+}

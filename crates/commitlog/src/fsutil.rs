@@ -97,8 +97,11 @@ pub fn zero_range(file: &File, path: &Path, offset: u64, len: u64) -> Result<()>
     Ok(())
 }
 
-/// Replaces `dir/name` with `contents` atomically: write a temp file, optionally fsync it, rename it into
-/// place, and (when `durable`) fsync the directory. A crash leaves either the old or the new file.
+/// Replaces `dir/name` with `contents` atomically: write a temp file, fsync it, rename it into place, and
+/// (when `durable`) fsync the directory. A crash leaves either the old or the new file. Without `durable`
+/// the replacement may be lost at a power failure, but the temp file is still fsynced before the rename:
+/// any later fsync of the directory (another file's durable save) makes the rename durable, and the name
+/// must never point at contents that were not on disk (a torn file fails its CRC and stops startup).
 pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], durable: bool) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
@@ -106,9 +109,7 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], durable: bool) -> R
         let mut f =
             OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| CommitLogError::io("create", &tmp, e))?;
         f.write_all(contents).map_err(|e| CommitLogError::io("write", &tmp, e))?;
-        if durable {
-            f.sync_all().map_err(|e| CommitLogError::io("fsync", &tmp, e))?;
-        }
+        f.sync_all().map_err(|e| CommitLogError::io("fsync", &tmp, e))?;
     }
     fs::rename(&tmp, &dst).map_err(|e| CommitLogError::io("rename", &dst, e))?;
     if durable {

@@ -350,3 +350,40 @@ fn power_cut_after_the_first_durable_append_keeps_the_new_log() {
     assert_eq!(last, 1);
     layer.unmount().unwrap();
 }
+
+/// A metadata file saved without durability (`committed`) may come back old or missing after a power
+/// failure, but never torn: a later durable save in the same directory (the vote) fsyncs the directory,
+/// which makes the rename durable, so the renamed file's contents must already be on disk by then, or
+/// the node finds a file that fails its CRC and cannot start.
+#[test]
+fn power_cut_never_leaves_a_torn_advisory_meta_file() {
+    if let Err(why) = raftmq_powerfail::available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (root.path().join("backing"), root.path().join("mnt"));
+    std::fs::create_dir(&backing).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let dir = mnt.join("log");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let layer = PowerFailFs::mount(&backing, &mnt).unwrap();
+    let log = CommitLog::open(config(&dir, 4096, SLOTS_PER_INDEX_FILE)).unwrap();
+    rt.block_on(async {
+        log.save_meta("committed", b"commit 1".to_vec(), false).await.unwrap();
+        log.save_meta("vote", b"vote 1".to_vec(), true).await.unwrap();
+        log.save_meta("committed", b"commit 2".to_vec(), false).await.unwrap();
+    });
+    log.close();
+    let report = layer.cut_power().unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    let layer = PowerFailFs::mount(&backing, &mnt).unwrap();
+    let log = CommitLog::open(config(&dir, 4096, SLOTS_PER_INDEX_FILE)).unwrap();
+    assert_eq!(log.read_meta("vote").unwrap().as_deref(), Some(&b"vote 1"[..]));
+    match log.read_meta("committed") {
+        Ok(Some(v)) => assert!(v == b"commit 1" || v == b"commit 2", "{v:?}"),
+        other => panic!("committed after the cut ({report:?}): {other:?}"),
+    }
+    log.close();
+    layer.unmount().unwrap();
+}

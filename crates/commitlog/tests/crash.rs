@@ -387,3 +387,42 @@ fn power_cut_never_leaves_a_torn_advisory_meta_file() {
     log.close();
     layer.unmount().unwrap();
 }
+
+/// The in-process form, as a test whose writer cannot be killed uses it: the power is cut under an open
+/// log with appends acknowledged before the cut. The next sync fails, so nothing is acknowledged after the
+/// cut; after closing the log and remounting, every record acknowledged before the cut is there.
+#[test]
+fn power_cut_under_an_open_log_keeps_what_was_acknowledged_and_acknowledges_nothing_after() {
+    if let Err(why) = raftmq_powerfail::available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (root.path().join("backing"), root.path().join("mnt"));
+    std::fs::create_dir(&backing).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let dir = mnt.join("log");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let layer = PowerFailFs::mount(&backing, &mnt).unwrap();
+    let log = CommitLog::open(config(&dir, 1024, SLOTS_PER_INDEX_FILE)).unwrap();
+    let batch = |i: u64| {
+        let mut b = RecordBatch::new();
+        b.push(crash_meta(i), &crash_body(i));
+        b
+    };
+    for i in 1..=20 {
+        rt.block_on(log.append_durable(batch(i))).unwrap();
+    }
+    let report = layer.cut();
+    assert!(report.failed.is_empty(), "{report:?}");
+    match rt.block_on(log.append_durable(batch(21))) {
+        Ok(locs) => panic!("append 21 acknowledged after the power cut: {locs:?}"),
+        Err(e) => eprintln!("append after the cut failed as it must: {e}"),
+    }
+    log.close();
+    layer.unmount().unwrap();
+    let layer = PowerFailFs::mount(&backing, &mnt).unwrap();
+    let (last, _, _) = verify(&dir, 1024, 20, &format!("after the cut ({report:?})"));
+    assert!(last <= 21, "{last}");
+    layer.unmount().unwrap();
+}

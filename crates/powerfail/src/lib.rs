@@ -203,19 +203,29 @@ impl PowerFailFs {
         fs::lock(&self.shared).pending()
     }
 
-    /// Cuts the power: every change not yet durable is taken back in the backing tree, every later
-    /// request fails with EIO, and the layer unmounts. Kill the processes using the mount first.
+    /// Cuts the power and unmounts: [`PowerFailFs::cut`], then [`PowerFailFs::unmount`]. Kill the
+    /// processes using the mount first.
     ///
     /// # Errors
     /// [`PowerFailError::Busy`] when the unmount does not complete because the mount is still in use
     /// (the rollback has happened all the same).
     pub fn cut_power(mut self) -> Result<CutReport, PowerFailError> {
-        let report = fs::lock(&self.shared).cut();
+        let report = self.cut();
         self.stop()?;
         Ok(report)
     }
 
-    /// Unmounts cleanly: everything written stands, as after an orderly shutdown.
+    /// The moment of the power failure, for writers that live in this process and cannot be killed:
+    /// every change not yet durable is taken back in the backing tree, and from now on every request to
+    /// the mount fails with EIO (a sync after the cut fails, so nothing written before it can be
+    /// acknowledged after it). The mount stays in place, so a writer still running creates no stray files
+    /// under the mountpoint; stop it, then [`PowerFailFs::unmount`]. A second call returns an empty report.
+    pub fn cut(&self) -> CutReport {
+        fs::lock(&self.shared).cut()
+    }
+
+    /// Unmounts: after [`PowerFailFs::cut`] the backing tree stays as the cut left it; otherwise everything
+    /// written stands, as after an orderly shutdown.
     ///
     /// # Errors
     /// [`PowerFailError::Busy`] as for [`PowerFailFs::cut_power`].

@@ -455,3 +455,22 @@ fn random_operations_match_the_durability_model() {
         }
     }
 }
+
+#[test]
+fn cut_while_a_writer_is_open_keeps_the_mount_failing_requests_until_unmount() {
+    let Some(e) = env(&[("f", b"old")]) else { return };
+    let fs = mount(&e);
+    let f = OpenOptions::new().read(true).write(true).open(e.mnt.join("f")).unwrap();
+    f.write_all_at(b"new", 0).unwrap();
+    let r = fs.cut();
+    assert_eq!(r.files_rolled_back, 1, "{r:?}");
+    assert_eq!(fs::read(e.backing.join("f")).unwrap(), b"old");
+    assert_eq!(f.sync_all().unwrap_err().raw_os_error(), Some(libc::EIO), "a sync after the cut fails");
+    let err = File::create(e.mnt.join("stray")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fs.cut(), CutReport::default(), "a second cut has nothing to take back");
+    drop(f);
+    fs.unmount().unwrap();
+    assert_eq!(names(&e.mnt), Vec::<String>::new(), "nothing was created under the mountpoint");
+    assert_eq!(names(&e.backing), ["f"]);
+}

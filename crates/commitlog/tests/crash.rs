@@ -284,7 +284,7 @@ fn power_cut_after_kill_loses_no_acknowledged_record() {
     let segs = [1024u64, 4096, 64 * 1024];
     let mut acked_max: HashMap<u64, u64> = HashMap::new();
     let started = Instant::now();
-    let rounds = 12;
+    let rounds = 24;
     let (mut total_acks, mut early_kills, mut rounds_from_checkpoint) = (0usize, 0usize, 0usize);
     let (mut files_rolled_back, mut bytes_restored, mut dir_ops_undone) = (0usize, 0u64, 0usize);
     for round in 0..rounds {

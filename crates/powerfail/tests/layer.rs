@@ -474,3 +474,17 @@ fn cut_while_a_writer_is_open_keeps_the_mount_failing_requests_until_unmount() {
     assert_eq!(names(&e.mnt), Vec::<String>::new(), "nothing was created under the mountpoint");
     assert_eq!(names(&e.backing), ["f"]);
 }
+
+#[test]
+fn a_lost_entry_is_found_in_its_directory_after_that_directory_was_durably_renamed() {
+    let Some(e) = env(&[]) else { return };
+    let fs = mount(&e);
+    fs::create_dir(e.mnt.join("d")).unwrap();
+    fsync_dir(&e.mnt);
+    fs::write(e.mnt.join("d/f"), b"never durable").unwrap();
+    fs::rename(e.mnt.join("d"), e.mnt.join("e")).unwrap();
+    fsync_dir(&e.mnt);
+    cut(fs);
+    assert_eq!(names(&e.backing), ["e"], "the rename was made durable");
+    assert!(names(&e.backing.join("e")).is_empty(), "the file's entry never was");
+}

@@ -15,6 +15,39 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     f.sync_all().map_err(|e| CommitLogError::io("fsync dir", dir, e))
 }
 
+/// Creates `dir` and its missing ancestors so that each exists durably: a new directory's entry is durable
+/// only once its parent is fsynced (an fsync of the directory itself, or of files in it, does not cover
+/// it), and everything inside a directory whose entry is lost is lost with it at a power failure. The
+/// parent of `dir` is fsynced even when `dir` exists, because a process that created it may have died
+/// before doing so.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    let parent_of = |d: &Path| match d.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.is_dir() {
+        missing.push(at);
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(CommitLogError::io("create dir", d, e)),
+        }
+        fsync_dir(&parent_of(d))?;
+    }
+    if missing.is_empty() {
+        fsync_dir(&parent_of(dir))?;
+    }
+    Ok(())
+}
+
 /// Allocates `len` bytes of disk for `file` so later writes never need block allocation or size updates
 /// (fdatasync then has no size metadata to flush). Falls back to `set_len` where fallocate is unsupported.
 pub fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
@@ -64,8 +97,11 @@ pub fn zero_range(file: &File, path: &Path, offset: u64, len: u64) -> Result<()>
     Ok(())
 }
 
-/// Replaces `dir/name` with `contents` atomically: write a temp file, optionally fsync it, rename it into
-/// place, and (when `durable`) fsync the directory. A crash leaves either the old or the new file.
+/// Replaces `dir/name` with `contents` atomically: write a temp file, fsync it, rename it into place, and
+/// (when `durable`) fsync the directory. A crash leaves either the old or the new file. Without `durable`
+/// the replacement may be lost at a power failure, but the temp file is still fsynced before the rename:
+/// any later fsync of the directory (another file's durable save) makes the rename durable, and the name
+/// must never point at contents that were not on disk (a torn file fails its CRC and stops startup).
 pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], durable: bool) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
@@ -73,9 +109,7 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], durable: bool) -> R
         let mut f =
             OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| CommitLogError::io("create", &tmp, e))?;
         f.write_all(contents).map_err(|e| CommitLogError::io("write", &tmp, e))?;
-        if durable {
-            f.sync_all().map_err(|e| CommitLogError::io("fsync", &tmp, e))?;
-        }
+        f.sync_all().map_err(|e| CommitLogError::io("fsync", &tmp, e))?;
     }
     fs::rename(&tmp, &dst).map_err(|e| CommitLogError::io("rename", &dst, e))?;
     if durable {

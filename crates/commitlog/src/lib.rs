@@ -402,7 +402,8 @@ impl CommitLog {
     }
 
     /// Atomically replaces the small metadata file `name` (temp file, fsync, rename, fsync dir when
-    /// `durable`), ordered after every job submitted before it.
+    /// `durable`), ordered after every job submitted before it. Without `durable` a power failure may
+    /// bring back the old file (or none), never a torn one.
     pub async fn save_meta(&self, name: &'static str, payload: Vec<u8>, durable: bool) -> Result<()> {
         self.call(|done| Job::SaveMeta { name, payload, durable, done }).await
     }

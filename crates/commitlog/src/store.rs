@@ -191,8 +191,14 @@ impl Store {
         cfg.validate()?;
         let data_dir = cfg.dir.join("data");
         let index_dir = cfg.dir.join("index");
-        for d in [&cfg.dir, &data_dir, &index_dir] {
-            fs::create_dir_all(d).map_err(|e| CommitLogError::io("create dir", d, e))?;
+        // Durably: a segment fsynced into a directory whose own entry is lost at a power failure is lost.
+        fsutil::create_dir_durable(&cfg.dir)?;
+        for d in [&data_dir, &index_dir] {
+            match fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(CommitLogError::io("create dir", d, e)),
+            }
         }
         let purged_path = cfg.dir.join(PURGED_FILE);
         let purged = match fsutil::read_meta_file(&purged_path)? {
@@ -200,6 +206,9 @@ impl Store {
             None => None,
         };
         let (ckpt, slots) = CheckpointFile::open(&cfg.dir, cfg.segment_bytes, cfg.index_slots_per_file)?;
+        // Makes the entries of `data`, `index` and `checkpoint` durable (they may be new, or left by a
+        // process that died before this fsync).
+        fsutil::fsync_dir(&cfg.dir)?;
         let mut store = Store {
             cfg,
             data_dir,

@@ -156,6 +156,13 @@ impl Shared {
         self.nodes.get(&ino).map(|n| n.key).ok_or(libc::ENOENT)
     }
 
+    /// Checks the journal's room for one more directory operation on the entries `(dir key, path)` and
+    /// has it hold a descriptor of each entry's directory.
+    fn prepare(&mut self, entries: &[(FileKey, &Path)]) -> R<()> {
+        let dirs: Vec<(FileKey, &Path)> = entries.iter().map(|(k, p)| (*k, p.parent().unwrap_or(p))).collect();
+        self.journal()?.prepare_dir_op(&dirs).map_err(errno)
+    }
+
     /// The node for a backing file found at `parent/name`, created on first sight; counts a lookup.
     fn remember(&mut self, parent: u64, name: &OsStr, m: &fs::Metadata) -> FileAttr {
         let key = key_of(m);
@@ -284,7 +291,7 @@ impl Shared {
     fn mkdir(&mut self, parent: u64, name: &OsStr, mode: u32, umask: u32) -> R<FileAttr> {
         let p = self.child(parent, name)?;
         let dir = self.dir_key(parent)?;
-        self.journal()?.check_dir_op().map_err(errno)?;
+        self.prepare(&[(dir, &p)])?;
         fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(&p).map_err(errno)?;
         let m = fs::symlink_metadata(&p).map_err(errno)?;
         self.journal()?.created(dir, &p, key_of(&m), true);
@@ -294,7 +301,7 @@ impl Shared {
     fn symlink(&mut self, parent: u64, name: &OsStr, target: &Path) -> R<FileAttr> {
         let p = self.child(parent, name)?;
         let dir = self.dir_key(parent)?;
-        self.journal()?.check_dir_op().map_err(errno)?;
+        self.prepare(&[(dir, &p)])?;
         std::os::unix::fs::symlink(target, &p).map_err(errno)?;
         let m = fs::symlink_metadata(&p).map_err(errno)?;
         self.journal()?.created(dir, &p, key_of(&m), false);
@@ -306,7 +313,7 @@ impl Shared {
     fn create(&mut self, parent: u64, name: &OsStr, mode: u32, umask: u32, flags: i32, open: bool) -> R<(FileAttr, u64)> {
         let p = self.child(parent, name)?;
         let dir = self.dir_key(parent)?;
-        self.journal()?.check_dir_op().map_err(errno)?;
+        self.prepare(&[(dir, &p)])?;
         let fresh = OpenOptions::new().read(true).write(true).create_new(true).mode(mode & !umask & 0o7777).open(&p);
         let file = match fresh {
             Ok(f) => {
@@ -355,7 +362,7 @@ impl Shared {
     fn remove(&mut self, parent: u64, name: &OsStr, dir: bool) -> R<()> {
         let p = self.child(parent, name)?;
         let dkey = self.dir_key(parent)?;
-        self.journal()?.check_dir_op().map_err(errno)?;
+        self.prepare(&[(dkey, &p)])?;
         let m = fs::symlink_metadata(&p).map_err(errno)?;
         match (dir, m.is_dir()) {
             (false, true) => return Err(libc::EISDIR),
@@ -376,7 +383,7 @@ impl Shared {
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
         let (fkey, tkey) = (self.dir_key(parent)?, self.dir_key(newparent)?);
-        self.journal()?.check_dir_op().map_err(errno)?;
+        self.prepare(&[(fkey, &from), (tkey, &to)])?;
         let src = fs::symlink_metadata(&from).map_err(errno)?;
         if from == to {
             return Ok(());

@@ -13,14 +13,17 @@
 //!   real once the removal is durable (or at a clean unmount).
 //!
 //! [`Journal::rollback`] is the power cut: file contents first (through descriptors, so renames do not
-//! matter), then directory operations newest first. Each step checks that the tree is as the operation
-//! left it and reports the steps it could not apply instead of guessing. The journal never fsyncs the
+//! matter), then directory operations newest first. An entry is found through a descriptor of its
+//! directory (one per directory with pending operations), so a later rename of that directory does not
+//! lose it. Each step checks that the tree is as the operation left it and reports the steps it could
+//! not apply instead of guessing. The journal never fsyncs the
 //! backing files: the machine does not really lose power, so only the journal decides what survives.
 //!
 //! Called by the FUSE layer (`fs.rs`) under its lock; no FUSE types here.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -58,16 +61,30 @@ struct FileUndo {
     pages: BTreeMap<u64, Option<Box<[u8]>>>,
 }
 
-/// A directory change and how to take it back. Paths are relative to the backing root, as the operation
-/// left them.
+/// A directory entry's place: a descriptor of its directory (valid whatever that directory is called by
+/// the time of the cut) and its name in it.
+#[derive(Debug, Clone)]
+struct Place {
+    dir: Arc<File>,
+    name: OsString,
+}
+
+impl Place {
+    /// A path that reaches the entry through the directory's descriptor.
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd())).join(&self.name)
+    }
+}
+
+/// A directory change and how to take it back.
 #[derive(Debug)]
 enum DirOp {
-    /// A file, directory or symlink appeared at `path` (undo: remove it, if it is still that inode).
-    Created { path: PathBuf, key: FileKey, is_dir: bool },
-    /// `path` was removed; its inode waits at `stash` (undo: move it back).
-    Removed { path: PathBuf, stash: PathBuf },
+    /// A file, directory or symlink appeared at `at` (undo: remove it, if it is still that inode).
+    Created { at: Place, key: FileKey, is_dir: bool },
+    /// `at` was removed; its inode waits at `stash` (undo: move it back).
+    Removed { at: Place, stash: PathBuf },
     /// `from` was renamed to `to`; what `to` named before waits at `replaced` (undo: both moves back).
-    Renamed { from: PathBuf, to: PathBuf, replaced: Option<PathBuf> },
+    Renamed { from: Place, to: Place, replaced: Option<PathBuf> },
 }
 
 struct DirEntryOp {
@@ -82,6 +99,8 @@ pub(crate) struct Journal {
     limits: Limits,
     files: HashMap<FileKey, FileUndo>,
     dir_ops: Vec<DirEntryOp>,
+    /// Descriptors of the directories that pending operations refer to.
+    dir_fds: HashMap<FileKey, Arc<File>>,
     undo_bytes: u64,
     next_stash: u64,
 }
@@ -100,7 +119,7 @@ impl Journal {
             fs::remove_dir_all(&stash)?;
         }
         fs::create_dir(&stash)?;
-        Ok(Journal { root, limits, files: HashMap::new(), dir_ops: Vec::new(), undo_bytes: 0, next_stash: 0 })
+        Ok(Journal { root, limits, files: HashMap::new(), dir_ops: Vec::new(), dir_fds: HashMap::new(), undo_bytes: 0, next_stash: 0 })
     }
 
     /// Saved bytes (contents plus per-page bookkeeping) at the moment.
@@ -193,10 +212,17 @@ impl Journal {
         }
     }
 
-    /// Whether one more directory operation fits (`dir_ops_max`); check before changing the tree.
-    pub fn check_dir_op(&self) -> io::Result<()> {
+    /// Whether one more directory operation fits (`dir_ops_max`), with a descriptor at hand of each
+    /// directory it touches (key, path); call before changing the tree.
+    pub fn prepare_dir_op(&mut self, dirs: &[(FileKey, &Path)]) -> io::Result<()> {
         if self.dir_ops.len() >= self.limits.dir_ops_max {
             return Err(enospc("dir_ops_max"));
+        }
+        for (key, path) in dirs {
+            if !self.dir_fds.contains_key(key) {
+                let f = File::open(path)?;
+                self.dir_fds.insert(*key, Arc::new(f));
+            }
         }
         Ok(())
     }
@@ -207,30 +233,51 @@ impl Journal {
         self.root.join(STASH_DIR).join(self.next_stash.to_string())
     }
 
-    fn rel(&self, p: &Path) -> PathBuf {
-        p.strip_prefix(&self.root).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+    /// The place of `path` (absolute) in directory `dir`, prepared by [`Journal::prepare_dir_op`].
+    fn place(&mut self, dir: FileKey, path: &Path) -> Option<Place> {
+        let name = path.file_name()?.to_owned();
+        let dir = match self.dir_fds.get(&dir) {
+            Some(f) => Arc::clone(f),
+            None => {
+                // Not prepared (a bug of the caller): open it now.
+                let f = Arc::new(File::open(path.parent()?).ok()?);
+                self.dir_fds.insert(dir, Arc::clone(&f));
+                f
+            }
+        };
+        Some(Place { dir, name })
+    }
+
+    fn push(&mut self, op: Option<DirOp>, pending: Vec<FileKey>, what: &Path) {
+        match op {
+            Some(op) => self.dir_ops.push(DirEntryOp { op, pending }),
+            None => warn!(path = %what.display(), "directory operation not journaled: no descriptor of its directory"),
+        }
     }
 
     /// `path` (absolute) was created in directory `dir`.
     pub fn created(&mut self, dir: FileKey, path: &Path, key: FileKey, is_dir: bool) {
-        let op = DirOp::Created { path: self.rel(path), key, is_dir };
-        self.dir_ops.push(DirEntryOp { op, pending: vec![dir] });
+        let op = self.place(dir, path).map(|at| DirOp::Created { at, key, is_dir });
+        self.push(op, vec![dir], path);
     }
 
     /// `path` (absolute) was removed from directory `dir` by moving it to `stash`.
     pub fn removed(&mut self, dir: FileKey, path: &Path, stash: &Path) {
-        let op = DirOp::Removed { path: self.rel(path), stash: self.rel(stash) };
-        self.dir_ops.push(DirEntryOp { op, pending: vec![dir] });
+        let op = self.place(dir, path).map(|at| DirOp::Removed { at, stash: stash.to_path_buf() });
+        self.push(op, vec![dir], path);
     }
 
     /// `from` in `from_dir` was renamed to `to` in `to_dir`, the old `to` moved to `replaced`.
     pub fn renamed(&mut self, from_dir: FileKey, from: &Path, to_dir: FileKey, to: &Path, replaced: Option<&Path>) {
-        let op = DirOp::Renamed { from: self.rel(from), to: self.rel(to), replaced: replaced.map(|r| self.rel(r)) };
+        let op = match (self.place(from_dir, from), self.place(to_dir, to)) {
+            (Some(from), Some(to)) => Some(DirOp::Renamed { from, to, replaced: replaced.map(Path::to_path_buf) }),
+            _ => None,
+        };
         let mut pending = vec![from_dir];
         if to_dir != from_dir {
             pending.push(to_dir);
         }
-        self.dir_ops.push(DirEntryOp { op, pending });
+        self.push(op, pending, from);
     }
 
     /// An fsync of directory `dir`: the operations on its entries are durable once no other directory
@@ -246,6 +293,8 @@ impl Journal {
             }
         }
         self.dir_ops = kept;
+        // Descriptors no pending operation refers to any more.
+        self.dir_fds.retain(|_, f| Arc::strong_count(f) > 1);
     }
 
     fn finalize(&self, op: DirOp) {
@@ -254,7 +303,7 @@ impl Journal {
             DirOp::Renamed { replaced: Some(r), .. } => r,
             _ => return,
         };
-        remove_any(&self.root.join(&stash));
+        remove_any(&stash);
     }
 
     /// A clean unmount: everything stands. Removals are carried out for real.
@@ -291,22 +340,21 @@ impl Journal {
     }
 
     fn undo(&self, op: &DirOp) -> Result<(), String> {
-        let abs = |p: &PathBuf| self.root.join(p);
         match op {
-            DirOp::Created { path, key, is_dir } => {
-                let p = abs(path);
-                let m = fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            DirOp::Created { at, key, is_dir } => {
+                let p = at.path();
+                let m = fs::symlink_metadata(&p).map_err(|e| format!("{:?}: {e}", at.name))?;
                 if key_of(&m) != *key {
-                    return Err(format!("{} is another inode now", p.display()));
+                    return Err(format!("{:?} is another inode now", at.name));
                 }
                 let r = if *is_dir { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
-                r.map_err(|e| format!("remove {}: {e}", p.display()))
+                r.map_err(|e| format!("remove {:?}: {e}", at.name))
             }
-            DirOp::Removed { path, stash } => move_back(&abs(stash), &abs(path)),
+            DirOp::Removed { at, stash } => move_back(stash, &at.path()),
             DirOp::Renamed { from, to, replaced } => {
-                move_back(&abs(to), &abs(from))?;
+                move_back(&to.path(), &from.path())?;
                 match replaced {
-                    Some(r) => move_back(&abs(r), &abs(to)),
+                    Some(r) => move_back(r, &to.path()),
                     None => Ok(()),
                 }
             }

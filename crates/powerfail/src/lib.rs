@@ -33,7 +33,7 @@
 //! ```
 //!
 //! Processes using the mount must be gone (killed) before the cut: the layer fails every request after it
-//! with EIO, and the unmount waits for the last open file on the mount (at most [`Limits::unmount_wait`]).
+//! with EIO, and the unmount waits for the last open file on the mount (at most [`Limits::unmount_wait_max`]).
 //! Run the FUSE server in the test process (it is a thread) and the writers in children. Not modelled:
 //! hard links (refused with EPERM), torn writes inside a page (a write is kept or lost whole), reordering
 //! of writes within one file between two syncs (they are all lost together), extended attributes.
@@ -66,12 +66,12 @@ pub struct Limits {
     /// Open file and directory handles on the mount (EMFILE beyond it).
     pub handles_max: usize,
     /// How long an unmount waits for the last user of the mount to go away.
-    pub unmount_wait: Duration,
+    pub unmount_wait_max: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { undo_bytes_max: 1 << 30, dir_ops_max: 1 << 20, handles_max: 65_536, unmount_wait: Duration::from_secs(10) }
+        Limits { undo_bytes_max: 1 << 30, dir_ops_max: 1 << 20, handles_max: 65_536, unmount_wait_max: Duration::from_secs(10) }
     }
 }
 
@@ -149,7 +149,7 @@ pub struct PowerFailFs {
     shared: Arc<Mutex<fs::Shared>>,
     thread: Option<JoinHandle<io::Result<()>>>,
     unmounter: Option<fuser::SessionUnmounter>,
-    unmount_wait: Duration,
+    unmount_wait_max: Duration,
 }
 
 impl PowerFailFs {
@@ -184,7 +184,13 @@ impl PowerFailFs {
             .name("powerfail-fuse".into())
             .spawn(move || session.run())
             .map_err(io_err("spawn FUSE thread for", &mnt))?;
-        Ok(PowerFailFs { mountpoint: mnt, shared, thread: Some(thread), unmounter: Some(unmounter), unmount_wait: limits.unmount_wait })
+        Ok(PowerFailFs {
+            mountpoint: mnt,
+            shared,
+            thread: Some(thread),
+            unmounter: Some(unmounter),
+            unmount_wait_max: limits.unmount_wait_max,
+        })
     }
 
     /// Where the layer is mounted (canonical).
@@ -197,19 +203,29 @@ impl PowerFailFs {
         fs::lock(&self.shared).pending()
     }
 
-    /// Cuts the power: every change not yet durable is taken back in the backing tree, every later
-    /// request fails with EIO, and the layer unmounts. Kill the processes using the mount first.
+    /// Cuts the power and unmounts: [`PowerFailFs::cut`], then [`PowerFailFs::unmount`]. Kill the
+    /// processes using the mount first.
     ///
     /// # Errors
     /// [`PowerFailError::Busy`] when the unmount does not complete because the mount is still in use
     /// (the rollback has happened all the same).
     pub fn cut_power(mut self) -> Result<CutReport, PowerFailError> {
-        let report = fs::lock(&self.shared).cut();
+        let report = self.cut();
         self.stop()?;
         Ok(report)
     }
 
-    /// Unmounts cleanly: everything written stands, as after an orderly shutdown.
+    /// The moment of the power failure, for writers that live in this process and cannot be killed:
+    /// every change not yet durable is taken back in the backing tree, and from now on every request to
+    /// the mount fails with EIO (a sync after the cut fails, so nothing written before it can be
+    /// acknowledged after it). The mount stays in place, so a writer still running creates no stray files
+    /// under the mountpoint; stop it, then [`PowerFailFs::unmount`]. A second call returns an empty report.
+    pub fn cut(&self) -> CutReport {
+        fs::lock(&self.shared).cut()
+    }
+
+    /// Unmounts: after [`PowerFailFs::cut`] the backing tree stays as the cut left it; otherwise everything
+    /// written stands, as after an orderly shutdown.
     ///
     /// # Errors
     /// [`PowerFailError::Busy`] as for [`PowerFailFs::cut_power`].
@@ -228,7 +244,7 @@ impl PowerFailFs {
         if let Some(mut u) = self.unmounter.take() {
             let _ = u.unmount();
         }
-        let deadline = Instant::now() + self.unmount_wait;
+        let deadline = Instant::now() + self.unmount_wait_max;
         while !thread.is_finished() {
             if Instant::now() >= deadline {
                 return Err(PowerFailError::Busy(self.mountpoint.clone()));

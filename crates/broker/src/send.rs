@@ -62,6 +62,10 @@ impl BrokerInner {
                 .err()
                 .flatten()
                 .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, "leadership moved; retry")),
+            // Refused before it was proposed (the checks below normally answer first).
+            PutError::Write(e @ WriteError::EntryTooLarge { .. }) => {
+                reply(req, ResponseCode::MESSAGE_ILLEGAL, format!("the request is too large for one Raft entry (entryBytesMax): {e}"))
+            }
             // The entry may or may not have committed: SYSTEM_ERROR is retried by producers, which may
             // then store the message twice (at-least-once), never lose an acknowledged one.
             PutError::Write(WriteError::Unknown(why)) => reply(req, ResponseCode::SYSTEM_ERROR, format!("store outcome unknown: {why}")),

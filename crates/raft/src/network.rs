@@ -346,6 +346,9 @@ enum CallError {
 /// What a round trip of a Raft RPC brings back: the remote handler's result, or why there is none.
 type Outcome<Resp, E> = Result<Result<Resp, RaftError<NodeId, E>>, CallError>;
 
+/// What a [`Transfer`]'s task ends with: its outcome and, after a healthy exchange, the connection.
+type TransferEnd = (Outcome<AppendEntriesResponse<NodeId>, Infallible>, Option<Conn>);
+
 /// An AppendEntries request that carries entries, running in a task of its own so that it can outlive
 /// openraft's timeout, which 0.9 fixes at the heartbeat interval whatever the payload. The task gives up
 /// only after [`append_timeout`] for its frame size.
@@ -362,7 +365,7 @@ struct Transfer {
     /// The last entry sent.
     last: Option<LogId>,
     /// The outcome and, after a healthy exchange, the connection for reuse.
-    task: JoinHandle<(Outcome<AppendEntriesResponse<NodeId>, Infallible>, Option<Conn>)>,
+    task: JoinHandle<TransferEnd>,
 }
 
 impl Transfer {
@@ -1183,7 +1186,8 @@ mod tests {
         *stub.heartbeat_reply.lock().unwrap() = Some(AppendEntriesResponse::Success);
         let mut net = client(&addr).await;
         assert!(append_as_openraft(&mut net, &append_req(None, 1..=1), Duration::from_millis(100)).await.is_none());
-        let heartbeat = append_req(None, 1..=0);
+        let mut heartbeat = append_req(None, 1..=1);
+        heartbeat.entries.clear();
         let resp = append_as_openraft(&mut net, &heartbeat, Duration::from_secs(5)).await.expect("heartbeat answered");
         assert_eq!(resp.unwrap(), AppendEntriesResponse::Success);
         assert!(net.transfer.is_some(), "the transfer is still running");

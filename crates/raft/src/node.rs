@@ -58,7 +58,8 @@ pub struct NodeConfig {
     pub checkpoint_every: u64,
     /// Units per consume-queue file.
     pub cq_units_per_file: u64,
-    /// Leader heartbeat (also openraft 0.9's AppendEntries timeout), ms.
+    /// Leader heartbeat (also openraft 0.9's AppendEntries timeout; the transport lets a transfer of entries
+    /// run longer, see [`crate::network::append_timeout`]), ms.
     pub heartbeat_ms: u64,
     /// Election timeout range, ms.
     pub election_min_ms: u64,

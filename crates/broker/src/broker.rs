@@ -140,6 +140,8 @@ impl Broker {
             FlushDiskType::AsyncFlush => FlushPolicy::Async { interval: Duration::from_millis(cfg.flush_interval_commit_log) },
         };
         nc.heartbeat_ms = cfg.raft_heartbeat_ms;
+        nc.entry_bytes_max = cfg.entry_bytes_max;
+        nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
         let node = Arc::new(RaftNode::start(nc).await.map_err(|e| BrokerError::Raft(e.to_string()))?);

@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use raftmq_raft::node::{ENTRY_BYTES_LIMIT, ENTRY_BYTES_MAX_DEFAULT};
+use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
+use raftmq_remoting::message::{PROPERTIES_BYTES_MAX, STORED_MESSAGE_FIXED_LEN, TOPIC_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 
 /// One member of the broker group's Raft group.
@@ -63,6 +66,12 @@ pub struct BrokerConfig {
     /// Largest message body accepted, in bytes (RocketMQ `maxMessageSize`).
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
+    /// Largest Raft entry, in bytes: the messages of one send request (a batch included) in the stored layout
+    /// go into one entry, and a request that would make a larger one is refused with MESSAGE_ILLEGAL (13).
+    /// At least what one message of `maxMessageSize` needs, at most 16 MiB, and with its record header within
+    /// a commitlog segment.
+    #[serde(default = "default_entry_bytes_max")]
+    pub entry_bytes_max: usize,
     /// Create unknown topics on first send from the `TBW102` defaults (RocketMQ `autoCreateTopicEnable`).
     #[serde(default = "default_true")]
     pub auto_create_topic_enable: bool,
@@ -111,6 +120,9 @@ fn default_prefill() -> u64 {
 fn default_max_message() -> usize {
     4 << 20
 }
+fn default_entry_bytes_max() -> usize {
+    ENTRY_BYTES_MAX_DEFAULT
+}
 fn default_true() -> bool {
     true
 }
@@ -131,6 +143,13 @@ fn default_election_min() -> u64 {
 }
 fn default_election_max() -> u64 {
     600
+}
+
+/// Bytes of the Raft entry of one message with a body of `body_bytes`, the longest topic and the longest
+/// properties, in the stored layout.
+pub fn single_message_entry_bytes(body_bytes: usize) -> usize {
+    let stored = STORED_MESSAGE_FIXED_LEN + TOPIC_BYTES_MAX + PROPERTIES_BYTES_MAX + body_bytes;
+    PRODUCE_HEADER_BYTES + produce_queue_len(TOPIC_BYTES_MAX, [stored])
 }
 
 /// A configuration that breaks a rule.
@@ -198,6 +217,22 @@ impl BrokerConfig {
         if self.max_message_size == 0 || self.max_message_size as u64 + 4096 > self.mapped_file_size_commit_log {
             return bad("maxMessageSize must be positive and fit a commitlog segment with room to spare".into());
         }
+        let one_message = single_message_entry_bytes(self.max_message_size);
+        if self.entry_bytes_max < one_message || self.entry_bytes_max > ENTRY_BYTES_LIMIT {
+            return bad(format!(
+                "entryBytesMax {} must be within {one_message}..={ENTRY_BYTES_LIMIT}: at least the entry of one message of \
+                 maxMessageSize {} with the longest topic and properties",
+                self.entry_bytes_max, self.max_message_size
+            ));
+        }
+        if self.entry_bytes_max as u64 + raftmq_commitlog::HEADER_LEN as u64 > self.mapped_file_size_commit_log {
+            return bad(format!(
+                "entryBytesMax {} plus the {}-byte record header must fit a commitlog segment (mappedFileSizeCommitLog {})",
+                self.entry_bytes_max,
+                raftmq_commitlog::HEADER_LEN,
+                self.mapped_file_size_commit_log
+            ));
+        }
         if self.default_topic_queue_nums == 0 || self.default_topic_queue_nums > 1024 {
             return bad("defaultTopicQueueNums must be within 1..=1024".into());
         }
@@ -251,5 +286,41 @@ clientAddr = "127.0.0.1:10921"
         let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
         c.raft_election_min_ms = 50;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn entry_limit_is_checked_against_message_size_segment_and_frame() {
+        let base = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(base.entry_bytes_max, ENTRY_BYTES_MAX_DEFAULT);
+        // The multi-process tests' 8 MiB segments take the defaults.
+        let mut c = base.clone();
+        c.mapped_file_size_commit_log = 8 << 20;
+        c.validate().unwrap();
+        let complaint = |c: &BrokerConfig| c.validate().unwrap_err().0;
+        // One message of maxMessageSize must fit: exactly at the bound is fine, a byte less is not.
+        let mut c = base.clone();
+        c.entry_bytes_max = single_message_entry_bytes(c.max_message_size);
+        c.validate().unwrap();
+        c.entry_bytes_max -= 1;
+        assert!(complaint(&c).contains("maxMessageSize"), "{}", complaint(&c));
+        let mut c = base.clone();
+        c.max_message_size = 6 << 20;
+        assert!(complaint(&c).contains("entryBytesMax"), "a larger maxMessageSize needs a larger entry limit");
+        c.entry_bytes_max = 7 << 20;
+        c.validate().unwrap();
+        // At most the limit a Raft frame allows.
+        let mut c = base.clone();
+        c.entry_bytes_max = ENTRY_BYTES_LIMIT;
+        c.validate().unwrap();
+        c.entry_bytes_max = ENTRY_BYTES_LIMIT + 1;
+        assert!(complaint(&c).contains("entryBytesMax"));
+        // Within a segment, record header included.
+        let mut c = base.clone();
+        c.mapped_file_size_commit_log = c.entry_bytes_max as u64 + raftmq_commitlog::HEADER_LEN as u64;
+        c.validate().unwrap();
+        c.mapped_file_size_commit_log -= 1;
+        assert!(complaint(&c).contains("mappedFileSizeCommitLog"), "{}", complaint(&c));
+        let parsed = BrokerConfig::from_toml(&format!("entryBytesMax = 5000000\n{SAMPLE}")).unwrap();
+        assert_eq!(parsed.entry_bytes_max, 5_000_000);
     }
 }

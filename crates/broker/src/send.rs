@@ -22,6 +22,7 @@ use crate::processor::{reply, Reply};
 use crate::store::PutError;
 use crate::topics::{dlq_topic, retry_topic, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX};
 use raftmq_raft::node::WriteError;
+use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
 
 /// Messages one SEND_BATCH_MESSAGE may carry.
 const BATCH_MESSAGES_MAX: usize = 10_000;
@@ -62,11 +63,36 @@ impl BrokerInner {
                 .err()
                 .flatten()
                 .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, "leadership moved; retry")),
+            // Refused before it was proposed (the checks below normally answer first).
+            PutError::Write(e @ WriteError::EntryTooLarge { .. }) => {
+                reply(req, ResponseCode::MESSAGE_ILLEGAL, format!("the request is too large for one Raft entry (entryBytesMax): {e}"))
+            }
             // The entry may or may not have committed: SYSTEM_ERROR is retried by producers, which may
             // then store the message twice (at-least-once), never lose an acknowledged one.
             PutError::Write(WriteError::Unknown(why)) => reply(req, ResponseCode::SYSTEM_ERROR, format!("store outcome unknown: {why}")),
             PutError::Rejected(why) => reply(req, ResponseCode::SYSTEM_ERROR, format!("store rejected the message: {why}")),
         }
+    }
+
+    /// MESSAGE_ILLEGAL when `message_lens` (stored-layout sizes) for `topic` make a Raft entry above
+    /// `entryBytesMax`: the messages of one request are one entry, stored all or nothing.
+    fn check_entry_size(
+        &self,
+        req: &RemotingCommand,
+        topic: &str,
+        message_lens: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<(), Reply> {
+        let count = message_lens.len();
+        let bytes = PRODUCE_HEADER_BYTES + produce_queue_len(topic.len(), message_lens);
+        let max = self.cfg.entry_bytes_max;
+        if bytes > max {
+            return Err(reply(
+                req,
+                ResponseCode::MESSAGE_ILLEGAL,
+                format!("the request's {count} message(s) take {bytes} bytes as one stored entry, above entryBytesMax {max}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Handles codes 10, 310 and 320.
@@ -183,6 +209,9 @@ impl BrokerInner {
                 Err(r) => return r,
             }
         }
+        if let Err(r) = self.check_entry_size(req, &topic, messages.iter().map(|m| m.data.len())) {
+            return r;
+        }
         if self.cfg.unsafe_ack_before_quorum {
             return self.unsafe_ack_before_quorum(req, &topic, queue_id, store_host, messages);
         }
@@ -285,6 +314,9 @@ impl BrokerInner {
         let mut out = Vec::new();
         if let Err(e) = encode_stored_message(&m, &mut out) {
             return reply(req, ResponseCode::MESSAGE_ILLEGAL, e.to_string());
+        }
+        if let Err(r) = self.check_entry_size(req, &topic, std::iter::once(out.len())) {
+            return r;
         }
         let tags = tags_code(get_property(&properties, property::TAGS));
         match self.store.put(&topic, 0, vec![(tags, Bytes::from(out))]).await {

@@ -22,7 +22,8 @@ const VOTE_FILE: &str = "vote";
 const COMMITTED_FILE: &str = "committed";
 
 /// Bytes of entries returned to one replication request at most (openraft only caps entry counts; the
-/// AppendEntries timeout equals the heartbeat interval, so RPCs must stay small).
+/// AppendEntries timeout equals the heartbeat interval, so RPCs should stay small). A single entry above it is
+/// still returned, alone; the transport gives its transfer a deadline that grows with its size.
 pub const REPLICATION_BYTES_MAX: usize = 1 << 20;
 
 /// What the log store and the state machine must tell each other.

@@ -19,6 +19,13 @@
 //! `RPCError::Network`, a remote `Err(RaftError)` to `RPCError::RemoteError`, and an AppendEntries batch whose frame
 //! would exceed the limit to `RPCError::PayloadTooLarge` (openraft retries at once with fewer entries).
 //!
+//! openraft 0.9 drops every AppendEntries after one heartbeat interval, whatever it carries, and sends it again;
+//! a large entry on a real link would time out forever. So an AppendEntries with entries runs as a [`Transfer`]
+//! in a task of its own, with a deadline that grows with the frame ([`append_timeout`]); a re-sent request of the
+//! same leader from the same log position waits for it (and gets its answer, [`answer_for`]) instead of sending
+//! the bytes again, and first sends the follower the request without its entries, so that the follower keeps
+//! hearing from its leader. Heartbeats (no entries) never wait behind a transfer.
+//!
 //! # Server ([`RaftServer`])
 //! One task per accepted connection, requests handled in order; a malformed frame, an unknown kind or an IO error
 //! closes only that connection. Raft requests go to a [`RaftRpcHandler`] (implemented by [`Raft`]), control
@@ -31,7 +38,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{Infallible, InstallSnapshotError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
@@ -44,7 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, warn};
 
-use crate::types::{Node, NodeId, Raft, TypeConfig};
+use crate::types::{LogId, Node, NodeId, Raft, TypeConfig};
 
 /// Largest frame (kind byte + body) accepted or sent: 64 MiB.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -316,13 +323,17 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetworkFactory {
     }
 }
 
-/// The client for one peer, holding at most one idle connection.
+/// The client for one peer, holding at most one idle connection and at most one [`Transfer`].
 pub struct TcpNetwork {
     target: NodeId,
     node: Node,
     /// Present only between calls, and only after a complete round trip.
-    conn: Option<BufReader<TcpStream>>,
+    conn: Option<Conn>,
+    /// The AppendEntries with entries that is (or was) in flight; see [`Transfer`].
+    transfer: Option<Transfer>,
 }
+
+type Conn = BufReader<TcpStream>;
 
 /// Why a round trip failed, split the way openraft wants it.
 enum CallError {
@@ -332,10 +343,94 @@ enum CallError {
     Network(NetworkError),
 }
 
+/// What a round trip of a Raft RPC brings back: the remote handler's result, or why there is none.
+type Outcome<Resp, E> = Result<Result<Resp, RaftError<NodeId, E>>, CallError>;
+
+/// What a [`Transfer`]'s task ends with: its outcome and, after a healthy exchange, the connection.
+type TransferEnd = (Outcome<AppendEntriesResponse<NodeId>, Infallible>, Option<Conn>);
+
+/// An AppendEntries request that carries entries, running in a task of its own so that it can outlive
+/// openraft's timeout, which 0.9 fixes at the heartbeat interval whatever the payload. The task gives up
+/// only after [`append_timeout`] for its frame size.
+///
+/// openraft re-sends the same entries at once after a timeout. A request from the same leader (`vote`)
+/// continuing the log at the same point (`prev`) carries the same entries, or a prefix or an extension of
+/// them (a leader never rewrites its own log), so it waits for this transfer instead of sending the bytes
+/// again, and the transfer's answer is translated to it ([`answer_for`]). A leader that waits for a
+/// transfer this way is as a leader that receives a delayed response: Raft does not depend on when an
+/// acknowledgement arrives, only on what it acknowledges.
+struct Transfer {
+    vote: Vote<NodeId>,
+    prev: Option<LogId>,
+    /// The last entry sent.
+    last: Option<LogId>,
+    /// The outcome and, after a healthy exchange, the connection for reuse.
+    task: JoinHandle<TransferEnd>,
+}
+
+impl Transfer {
+    /// True when the transfer carries (a prefix of) what `rpc` carries or more.
+    fn serves(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        self.vote == rpc.vote && self.prev == rpc.prev_log_id
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        // A replication stream that ends (leadership lost, member removed) or a superseded request stops here.
+        self.task.abort();
+    }
+}
+
+/// The slowest a peer is assumed to take in a frame, send it, and store it (network and the follower's
+/// fdatasync together): 8 MiB/s. Sizes the timeout of an AppendEntries transfer ([`append_timeout`]).
+pub const REPLICATION_BYTES_PER_SEC_MIN: u64 = 8 << 20;
+
+/// How long an AppendEntries transfer of `frame_bytes` may take: openraft's timeout (the heartbeat interval)
+/// plus the frame at [`REPLICATION_BYTES_PER_SEC_MIN`]. A 4 MiB frame gets the heartbeat + 0.5 s, a 64 MiB
+/// frame (the largest, [`FRAME_BYTES_MAX`]) the heartbeat + 8 s.
+pub fn append_timeout(rpc_timeout: Duration, frame_bytes: usize) -> Duration {
+    let transfer = Duration::from_secs_f64(frame_bytes as f64 / REPLICATION_BYTES_PER_SEC_MIN as f64);
+    rpc_timeout.saturating_add(transfer)
+}
+
+/// The answer to a request for entries up to `want`, given the answer to a transfer of the same leader's
+/// entries from the same point up to `sent` ([`Transfer::serves`]).
+fn answer_for(resp: AppendEntriesResponse<NodeId>, sent: Option<LogId>, want: Option<LogId>) -> AppendEntriesResponse<NodeId> {
+    let matched = match resp {
+        AppendEntriesResponse::Success => sent,
+        AppendEntriesResponse::PartialSuccess(m) => m,
+        // Conflict (on `prev`, which both share) and HigherVote hold for any request from this point.
+        other => return other,
+    };
+    if matched >= want {
+        AppendEntriesResponse::Success
+    } else {
+        AppendEntriesResponse::PartialSuccess(matched)
+    }
+}
+
+/// One round trip on `conn`, or on a new connection to `addr` (connected within `connect_timeout`). The
+/// connection comes back only after a complete, healthy exchange.
+async fn round_trip_on<Resp: DeserializeOwned>(
+    conn: Option<Conn>,
+    addr: &str,
+    kind: FrameKind,
+    frame: &[u8],
+    connect_timeout: Duration,
+) -> Result<(Resp, Conn), CallError> {
+    let mut conn = match conn {
+        Some(c) => c,
+        None => connect(addr, connect_timeout).await.map_err(CallError::Unreachable)?,
+    };
+    let resp = exchange(&mut conn, kind, frame).await.map_err(CallError::Network)?;
+    Ok((resp, conn))
+}
+
 impl TcpNetwork {
     /// A client for node `target` at `node.addr`; connects lazily.
     pub fn new(target: NodeId, node: Node) -> Self {
-        TcpNetwork { target, node, conn: None }
+        TcpNetwork { target, node, conn: None, transfer: None }
     }
 
     /// One round trip. The connection is out of `self` while in flight and comes back only when healthy, so a
@@ -346,13 +441,22 @@ impl TcpNetwork {
         frame: &[u8],
         connect_timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => connect(&self.node.addr, connect_timeout).await.map_err(CallError::Unreachable)?,
-        };
-        let resp = exchange(&mut conn, kind, frame).await.map_err(CallError::Network)?;
+        let (resp, conn) = round_trip_on(self.conn.take(), &self.node.addr, kind, frame, connect_timeout).await?;
         self.conn = Some(conn);
         Ok(resp)
+    }
+
+    /// Maps a round trip's outcome to openraft's error type.
+    fn rpc_result<Resp, E>(&self, outcome: Outcome<Resp, E>) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+    {
+        match outcome {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))),
+            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(CallError::Network(e)) => Err(RPCError::Network(openraft::error::NetworkError::new(&e))),
+        }
     }
 
     /// Sends an encoded request and maps the outcome to openraft's error type.
@@ -368,11 +472,60 @@ impl TcpNetwork {
     {
         // Connect within the soft ttl: a black-holed peer then reports Unreachable (and gets backed off)
         // before openraft's hard timeout turns it into a plain Timeout.
-        match self.round_trip::<Result<Resp, RaftError<NodeId, E>>>(kind, frame, option.soft_ttl()).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))),
-            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
-            Err(CallError::Network(e)) => Err(RPCError::Network(openraft::error::NetworkError::new(&e))),
+        let outcome = self.round_trip::<Result<Resp, RaftError<NodeId, E>>>(kind, frame, option.soft_ttl()).await;
+        self.rpc_result(outcome)
+    }
+
+    /// Starts a [`Transfer`] of `rpc` (encoded as `frame`) on the idle connection, if any.
+    fn start_transfer(&mut self, rpc: &AppendEntriesRequest<TypeConfig>, frame: Vec<u8>, option: &RPCOption) {
+        let conn = self.conn.take();
+        let addr = self.node.addr.clone();
+        let connect_timeout = option.soft_ttl();
+        let deadline = append_timeout(option.hard_ttl(), frame.len());
+        let task = tokio::spawn(async move {
+            let call = round_trip_on::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(
+                conn,
+                &addr,
+                FrameKind::AppendEntries,
+                &frame,
+                connect_timeout,
+            );
+            match tokio::time::timeout(deadline, call).await {
+                Ok(Ok((resp, conn))) => (Ok(resp), Some(conn)),
+                Ok(Err(e)) => (Err(e), None),
+                Err(_) => (Err(CallError::Network(NetworkError::Timeout)), None),
+            }
+        });
+        let last = rpc.entries.last().map(|e| e.log_id);
+        self.transfer = Some(Transfer { vote: rpc.vote, prev: rpc.prev_log_id, last, task });
+    }
+
+    /// While a transfer is still running for a re-sent request: an AppendEntries without entries (the
+    /// request's header) tells the follower that its leader is alive, as openraft's own heartbeats would if
+    /// 0.9 did not hold them back while entries are due. A `Conflict` or `HigherVote` answer ends the transfer
+    /// and is the answer; anything else leaves the decision to the transfer.
+    async fn keep_alive(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<Option<AppendEntriesResponse<NodeId>>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let header = AppendEntriesRequest::<TypeConfig> {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            leader_commit: rpc.leader_commit,
+            entries: Vec::new(),
+        };
+        let frame = encode_frame(FrameKind::AppendEntries, &header).map_err(local_encode_err)?;
+        match self.call::<AppendEntriesResponse<NodeId>, Infallible>(FrameKind::AppendEntries, &frame, option).await {
+            Ok(r @ (AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_))) => {
+                self.transfer = None;
+                Ok(Some(r))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => {
+                debug!(target = self.target, error = %e, "keep-alive during a transfer failed");
+                Ok(None)
+            }
         }
     }
 }
@@ -387,17 +540,49 @@ impl RaftNetwork<TypeConfig> for TcpNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let frame = match encode_frame(FrameKind::AppendEntries, &rpc) {
-            Ok(f) => f,
-            // Several entries: let openraft retry at once with half as many. A single oversized entry cannot be
-            // split; report it as a network error (retried on the next tick, not in a tight loop).
-            Err(e @ NetworkError::FrameTooLarge { .. }) if rpc.entries.len() > 1 => {
-                let hint = (rpc.entries.len() / 2) as u64;
-                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint).with_source_error(&e)));
+        if rpc.entries.is_empty() {
+            // A heartbeat: sent at once on its own connection, never queued behind a transfer.
+            let frame = encode_frame(FrameKind::AppendEntries, &rpc).map_err(local_encode_err)?;
+            return self.call(FrameKind::AppendEntries, &frame, &option).await;
+        }
+        if self.transfer.as_ref().is_some_and(|t| !t.serves(&rpc)) {
+            self.transfer = None;
+        }
+        match &self.transfer {
+            Some(t) if !t.task.is_finished() => {
+                if let Some(answer) = self.keep_alive(&rpc, &option).await? {
+                    return Ok(answer);
+                }
             }
-            Err(e) => return Err(local_encode_err(e)),
+            Some(_) => {}
+            None => {
+                let frame = match encode_frame(FrameKind::AppendEntries, &rpc) {
+                    Ok(f) => f,
+                    // Several entries: let openraft retry at once with half as many. A single oversized entry
+                    // cannot be split; report it as a network error (retried on the next tick, not in a tight
+                    // loop). The node's entry limit keeps every entry well inside a frame.
+                    Err(e @ NetworkError::FrameTooLarge { .. }) if rpc.entries.len() > 1 => {
+                        let hint = (rpc.entries.len() / 2) as u64;
+                        return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint).with_source_error(&e)));
+                    }
+                    Err(e) => return Err(local_encode_err(e)),
+                };
+                self.start_transfer(&rpc, frame, &option);
+            }
+        }
+        let Some(t) = self.transfer.as_mut() else {
+            return Err(local_encode_err(NetworkError::Decode("no transfer in flight".into())));
         };
-        self.call(FrameKind::AppendEntries, &frame, &option).await
+        // If openraft's timeout drops this future here, the transfer stays in `self` for the re-sent request.
+        let joined = (&mut t.task).await;
+        let sent = t.last;
+        self.transfer = None;
+        let (outcome, conn) = joined.unwrap_or_else(|e| (Err(CallError::Network(NetworkError::Io(io::Error::other(e.to_string())))), None));
+        if self.conn.is_none() {
+            self.conn = conn;
+        }
+        let resp = self.rpc_result(outcome)?;
+        Ok(answer_for(resp, sent, rpc.entries.last().map(|e| e.log_id)))
     }
 
     async fn install_snapshot(
@@ -598,7 +783,7 @@ mod tests {
 
     use bytes::Bytes;
     use openraft::error::Fatal;
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
     use crate::types::{Command, Entry, Message, QueueAppend};
@@ -619,18 +804,49 @@ mod tests {
     }
 
     /// Raft RPCs without a Raft node: votes echo the request (and stall when `last_log_id.index == 99`),
-    /// appends fail remotely, snapshot chunks are recorded.
+    /// snapshot chunks are recorded; appends with entries are recorded and succeed after `append_delay`,
+    /// appends without entries are counted and answered with `heartbeat_reply` (by default a remote error).
     #[derive(Default)]
     struct StubRaft {
         chunks: Mutex<Vec<InstallSnapshotRequest<TypeConfig>>>,
+        appends: Mutex<Vec<(Option<LogId>, Option<LogId>)>>,
+        append_delay: Mutex<Duration>,
+        heartbeats: Mutex<usize>,
+        heartbeat_reply: Mutex<Option<AppendEntriesResponse<NodeId>>>,
+    }
+
+    impl StubRaft {
+        /// (prev, last) of every append with entries received.
+        fn appends(&self) -> Vec<(Option<LogId>, Option<LogId>)> {
+            self.appends.lock().unwrap().clone()
+        }
+
+        fn heartbeats(&self) -> usize {
+            *self.heartbeats.lock().unwrap()
+        }
     }
 
     impl RaftRpcHandler for StubRaft {
         fn append_entries(
             &self,
-            _req: AppendEntriesRequest<TypeConfig>,
+            req: AppendEntriesRequest<TypeConfig>,
         ) -> BoxFuture<'_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-            Box::pin(async { Err(RaftError::Fatal(Fatal::Stopped)) })
+            Box::pin(async move {
+                if req.entries.is_empty() {
+                    *self.heartbeats.lock().unwrap() += 1;
+                    return match &*self.heartbeat_reply.lock().unwrap() {
+                        None => Err(RaftError::Fatal(Fatal::Stopped)),
+                        Some(AppendEntriesResponse::Success) => Ok(AppendEntriesResponse::Success),
+                        Some(AppendEntriesResponse::Conflict) => Ok(AppendEntriesResponse::Conflict),
+                        Some(AppendEntriesResponse::PartialSuccess(m)) => Ok(AppendEntriesResponse::PartialSuccess(*m)),
+                        Some(AppendEntriesResponse::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(*v)),
+                    };
+                }
+                self.appends.lock().unwrap().push((req.prev_log_id, req.entries.last().map(|e| e.log_id)));
+                let delay = *self.append_delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
+                Ok(AppendEntriesResponse::Success)
+            })
         }
 
         fn vote(&self, req: VoteRequest<NodeId>) -> BoxFuture<'_, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
@@ -667,7 +883,7 @@ mod tests {
         listener.local_addr().unwrap().to_string()
     }
 
-    fn log_id(index: u64) -> LogId<NodeId> {
+    fn log_id(index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(1, 1), index)
     }
 
@@ -683,6 +899,23 @@ mod tests {
         let msg = Message { tags_code: 0, data, phys_offset: None };
         let cmd = Command::Produce(vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg] }]);
         Entry { log_id: log_id(index), payload: EntryPayload::Normal(cmd) }
+    }
+
+    /// An AppendEntries of leader (1, 1) after `prev` with one 4 MiB produce entry per index in `indexes`: a
+    /// transfer of such a frame may take the heartbeat interval + 0.5 s per entry.
+    fn append_req(prev: Option<LogId>, indexes: std::ops::RangeInclusive<u64>) -> AppendEntriesRequest<TypeConfig> {
+        let data = Bytes::from(vec![7u8; 4 << 20]);
+        let entries = indexes.map(|i| produce_entry(i, data.clone())).collect();
+        AppendEntriesRequest { vote: Vote::new_committed(1, 1), prev_log_id: prev, entries, leader_commit: None }
+    }
+
+    /// openraft 0.9's call: the heartbeat interval as the hard ttl, and the future dropped when it runs out.
+    async fn append_as_openraft(
+        net: &mut TcpNetwork,
+        req: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Option<Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>>> {
+        tokio::time::timeout(ttl, net.append_entries(req.clone(), RPCOption::new(ttl))).await.ok()
     }
 
     async fn client(addr: &str) -> TcpNetwork {
@@ -870,5 +1103,94 @@ mod tests {
         assert!(TcpStream::connect(&addr).await.is_err(), "listener closed");
         assert!(closed_by_peer(&mut raw).await, "idle connection closed");
         assert!(matches!(net.vote(vote_req(2, 2), opt()).await, Err(RPCError::Network(_))));
+    }
+
+    #[test]
+    fn append_timeout_grows_with_the_frame() {
+        let hb = Duration::from_millis(100);
+        assert_eq!(append_timeout(hb, 0), hb);
+        assert_eq!(append_timeout(hb, 4 << 20), Duration::from_millis(600));
+        assert_eq!(append_timeout(hb, FRAME_BYTES_MAX), Duration::from_millis(8100));
+        assert!(append_timeout(hb, 1 << 20) < append_timeout(hb, (1 << 20) + 1));
+        assert_eq!(append_timeout(Duration::MAX, 1), Duration::MAX);
+    }
+
+    #[test]
+    fn a_transfer_answer_is_translated_to_the_resent_request() {
+        use AppendEntriesResponse::*;
+        let (two, three) = (Some(log_id(2)), Some(log_id(3)));
+        assert_eq!(answer_for(Success, two, two), Success);
+        assert_eq!(answer_for(Success, three, two), Success, "the transfer stored more than asked");
+        assert_eq!(answer_for(Success, two, three), PartialSuccess(two), "the follower has up to 2 only");
+        assert_eq!(answer_for(PartialSuccess(Some(log_id(1))), three, three), PartialSuccess(Some(log_id(1))));
+        assert_eq!(answer_for(PartialSuccess(three), three, two), Success);
+        assert_eq!(answer_for(Conflict, two, three), Conflict);
+        assert_eq!(answer_for(HigherVote(Vote::new(5, 2)), two, three), HigherVote(Vote::new(5, 2)));
+    }
+
+    #[tokio::test]
+    async fn a_transfer_outlives_openraft_timeout_and_answers_the_resent_request() {
+        let (_server, addr, stub) = stub_server().await;
+        // The follower needs four heartbeat intervals to take the entries in (within their transfer timeout).
+        *stub.append_delay.lock().unwrap() = Duration::from_millis(400);
+        *stub.heartbeat_reply.lock().unwrap() = Some(AppendEntriesResponse::Success);
+        let mut net = client(&addr).await;
+        let req = append_req(None, 1..=2);
+        let mut attempts = 0;
+        let resp = loop {
+            attempts += 1;
+            assert!(attempts <= 50, "no answer after {attempts} attempts: every attempt timed out");
+            if let Some(r) = append_as_openraft(&mut net, &req, Duration::from_millis(100)).await {
+                break r;
+            }
+        };
+        assert_eq!(resp.unwrap(), AppendEntriesResponse::Success);
+        assert!(attempts > 1, "answered within one heartbeat interval: the test proves nothing");
+        assert_eq!(stub.appends(), vec![(None, Some(log_id(2)))], "the entries were sent once");
+        assert!(stub.heartbeats() >= 1, "re-sent requests told the follower its leader is alive");
+        assert!(net.transfer.is_none() && net.conn.is_some(), "the connection is reused after the transfer");
+    }
+
+    #[tokio::test]
+    async fn a_resent_request_for_more_entries_learns_what_the_transfer_stored() {
+        let (_server, addr, stub) = stub_server().await;
+        *stub.append_delay.lock().unwrap() = Duration::from_millis(300);
+        let mut net = client(&addr).await;
+        assert!(append_as_openraft(&mut net, &append_req(None, 1..=2), Duration::from_millis(50)).await.is_none());
+        // openraft re-sends from the same point with a new entry appended meanwhile.
+        let resp = append_as_openraft(&mut net, &append_req(None, 1..=3), Duration::from_secs(5)).await.expect("answered");
+        assert_eq!(resp.unwrap(), AppendEntriesResponse::PartialSuccess(Some(log_id(2))));
+        // A request from another point is a transfer of its own.
+        let resp = append_as_openraft(&mut net, &append_req(Some(log_id(2)), 3..=3), Duration::from_secs(5)).await.expect("answered");
+        assert_eq!(resp.unwrap(), AppendEntriesResponse::Success);
+        assert_eq!(stub.appends(), vec![(None, Some(log_id(2))), (Some(log_id(2)), Some(log_id(3)))]);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_the_keep_alive_ends_the_transfer() {
+        let (_server, addr, stub) = stub_server().await;
+        *stub.append_delay.lock().unwrap() = Duration::from_secs(30);
+        *stub.heartbeat_reply.lock().unwrap() = Some(AppendEntriesResponse::Conflict);
+        let mut net = client(&addr).await;
+        let req = append_req(Some(log_id(5)), 6..=6);
+        assert!(append_as_openraft(&mut net, &req, Duration::from_millis(100)).await.is_none());
+        let resp = append_as_openraft(&mut net, &req, Duration::from_secs(5)).await.expect("answered by the keep-alive");
+        assert_eq!(resp.unwrap(), AppendEntriesResponse::Conflict);
+        assert!(net.transfer.is_none(), "the transfer was dropped");
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_not_held_behind_a_transfer() {
+        let (_server, addr, stub) = stub_server().await;
+        *stub.append_delay.lock().unwrap() = Duration::from_secs(30);
+        *stub.heartbeat_reply.lock().unwrap() = Some(AppendEntriesResponse::Success);
+        let mut net = client(&addr).await;
+        assert!(append_as_openraft(&mut net, &append_req(None, 1..=1), Duration::from_millis(100)).await.is_none());
+        let mut heartbeat = append_req(None, 1..=1);
+        heartbeat.entries.clear();
+        let resp = append_as_openraft(&mut net, &heartbeat, Duration::from_secs(5)).await.expect("heartbeat answered");
+        assert_eq!(resp.unwrap(), AppendEntriesResponse::Success);
+        assert!(net.transfer.is_some(), "the transfer is still running");
+        assert_eq!(stub.heartbeats(), 1);
     }
 }

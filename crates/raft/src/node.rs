@@ -6,6 +6,11 @@
 //! requests are coalesced here: a batcher drains whatever is queued (up to `batch_bytes_max`) into one
 //! entry, with at most `batch_inflight_max` entries awaiting commit (default 1). Batches grow with load;
 //! no linger timer.
+//!
+//! Every entry is at most `entry_bytes_max` encoded bytes: a write that alone would be larger is refused
+//! ([`WriteError::EntryTooLarge`]) before anything is proposed, and the batcher leaves a request that would
+//! push its entry over the limit for the next entry. The limit keeps an entry inside one commitlog segment
+//! (a larger record is a storage error, which stops openraft) and inside one Raft transport frame.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -15,14 +20,22 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
-use raftmq_commitlog::{CommitLog, CommitLogConfig, CommitLogReader, FlushPolicy};
+use raftmq_commitlog::{CommitLog, CommitLogConfig, CommitLogReader, FlushPolicy, HEADER_LEN};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::log_store::{LogStore, StoreLink};
-use crate::network::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory};
+use crate::network::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
-use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft};
+use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft, PRODUCE_HEADER_BYTES};
+
+/// The largest `entry_bytes_max` a node accepts: 16 MiB, the RocketMQ remoting frame cap, so no single request
+/// is refused for the entry limit alone. On the Raft wire an entry takes at most twice its encoded size plus a
+/// few bytes (bincode's lengths are 8 bytes where the log body's are 2 or 4), so one entry of this size,
+/// together with up to `REPLICATION_BYTES_MAX` of smaller entries before it, fits one transport frame.
+pub const ENTRY_BYTES_LIMIT: usize = 16 << 20;
+
+const _: () = assert!(2 * (ENTRY_BYTES_LIMIT + crate::log_store::REPLICATION_BYTES_MAX) + (1 << 20) <= FRAME_BYTES_MAX);
 
 /// Configuration of one group member.
 #[derive(Debug, Clone)]
@@ -45,21 +58,28 @@ pub struct NodeConfig {
     pub checkpoint_every: u64,
     /// Units per consume-queue file.
     pub cq_units_per_file: u64,
-    /// Leader heartbeat (also openraft 0.9's AppendEntries timeout), ms.
+    /// Leader heartbeat (also openraft 0.9's AppendEntries timeout; the transport lets a transfer of entries
+    /// run longer, see [`crate::network::append_timeout`]), ms.
     pub heartbeat_ms: u64,
     /// Election timeout range, ms.
     pub election_min_ms: u64,
     /// Election timeout upper bound, ms.
     pub election_max_ms: u64,
-    /// Bytes of produce requests coalesced into one entry at most (plus one request).
+    /// Bytes of produce requests the batcher aims for per entry: it stops draining once an entry holds this
+    /// much. At most `entry_bytes_max`.
     pub batch_bytes_max: usize,
+    /// Largest entry, in encoded bytes ([`Command::encoded_len`]): larger writes are refused with
+    /// [`WriteError::EntryTooLarge`], and batches never exceed it. Must fit a commitlog segment with its record
+    /// header, and be at most [`ENTRY_BYTES_LIMIT`].
+    pub entry_bytes_max: usize,
     /// Produce entries awaiting commit at once. 1 is best on openraft 0.9, whose appends and replication
     /// run serially: a second entry in flight only halves the batches (see docs/benchmarks.md).
     pub batch_inflight_max: usize,
 }
 
 impl NodeConfig {
-    /// Defaults: 1 GiB segments, sync flush, heartbeat 100 ms, election 300–600 ms, 1 MiB batches.
+    /// Defaults: 1 GiB segments, sync flush, heartbeat 100 ms, election 300–600 ms, 1 MiB batches, 6 MiB
+    /// entries at most.
     pub fn new(id: NodeId, raft_addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         NodeConfig {
             id,
@@ -75,14 +95,47 @@ impl NodeConfig {
             election_min_ms: 300,
             election_max_ms: 600,
             batch_bytes_max: 1 << 20,
+            entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
             batch_inflight_max: 1,
         }
     }
+
+    /// Checks the rules between fields.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming the rule broken.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |m: String| Err(NodeError::Config(m));
+        if self.entry_bytes_max == 0 || self.entry_bytes_max > ENTRY_BYTES_LIMIT {
+            return bad(format!("entry_bytes_max {} must be within 1..={ENTRY_BYTES_LIMIT}", self.entry_bytes_max));
+        }
+        if self.entry_bytes_max as u64 + HEADER_LEN as u64 > self.segment_bytes.min(u64::from(u32::MAX)) {
+            return bad(format!(
+                "entry_bytes_max {} plus the {HEADER_LEN}-byte record header must fit a commitlog segment of {} bytes",
+                self.entry_bytes_max, self.segment_bytes
+            ));
+        }
+        if self.batch_bytes_max == 0 || self.batch_bytes_max > self.entry_bytes_max {
+            return bad(format!("batch_bytes_max {} must be within 1..=entry_bytes_max ({})", self.batch_bytes_max, self.entry_bytes_max));
+        }
+        if self.batch_inflight_max == 0 {
+            return bad("batch_inflight_max must be at least 1".into());
+        }
+        Ok(())
+    }
 }
+
+/// Default [`NodeConfig::entry_bytes_max`]: 6 MiB. Room for any request a RocketMQ client sends with the
+/// default `maxMessageSize` of 4 MiB (a body, or a whole batch, of at most 4 MiB) in the stored layout, and
+/// small enough for the 8 MiB segments the multi-process tests use.
+pub const ENTRY_BYTES_MAX_DEFAULT: usize = 6 << 20;
 
 /// Errors of node operations.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The configuration breaks a rule ([`NodeConfig::validate`]).
+    #[error("invalid node config: {0}")]
+    Config(String),
     /// Startup failed.
     #[error("start: {0}")]
     Start(String),
@@ -116,6 +169,15 @@ pub enum WriteError {
     Transferring {
         /// The new leader-to-be.
         target: NodeId,
+    },
+    /// The write alone would make an entry of `bytes` encoded bytes, above `entry_bytes_max`. Nothing was
+    /// appended.
+    #[error("an entry of {bytes} bytes exceeds the entry limit of {max} bytes")]
+    EntryTooLarge {
+        /// Encoded size of the entry the write would make.
+        bytes: usize,
+        /// The node's `entry_bytes_max`.
+        max: usize,
     },
     /// The outcome is unknown (the node stopped or leadership changed while the entry was in flight).
     #[error("write outcome unknown: {0}")]
@@ -234,6 +296,7 @@ impl RaftNode {
     /// Starts a member: binds the Raft port, opens and recovers storage, starts openraft.
     pub async fn start(cfg: NodeConfig) -> Result<RaftNode, NodeError> {
         let start_err = |e: &dyn std::fmt::Display| NodeError::Start(e.to_string());
+        cfg.validate()?;
         let mut cfg = cfg;
         let listener =
             tokio::net::TcpListener::bind(&cfg.raft_addr).await.map_err(|e| start_err(&format!("bind {}: {e}", cfg.raft_addr)))?;
@@ -303,7 +366,7 @@ impl RaftNode {
         });
 
         let (produce_tx, produce_rx) = mpsc::channel(4096);
-        tokio::spawn(produce_batcher(raft.clone(), produce_rx, cfg.batch_bytes_max, cfg.batch_inflight_max.max(1)));
+        tokio::spawn(produce_batcher(raft.clone(), produce_rx, cfg.batch_bytes_max, cfg.entry_bytes_max, cfg.batch_inflight_max));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
         Ok(RaftNode { id: cfg.id, cfg, raft, sm: shared, log, server, role_rx, produce_tx, fence: Arc::new(Fence::default()) })
     }
@@ -354,18 +417,35 @@ impl RaftNode {
     }
 
     /// Proposes messages for one or more topic-queues; resolves with per-queue positions once committed
-    /// and applied. Concurrent calls are coalesced into one entry.
+    /// and applied. Concurrent calls are coalesced into one entry; the messages of one call always share an
+    /// entry (all or nothing).
+    ///
+    /// # Errors
+    /// [`WriteError::EntryTooLarge`] when the call alone would make an entry above `entry_bytes_max`; the
+    /// others as documented on [`WriteError`].
     pub async fn produce(&self, queues: Vec<QueueAppend>) -> Result<Vec<QueueAppendResult>, WriteError> {
         self.fence.check()?;
-        let bytes = queues.iter().map(|q| q.topic.len() + 10 + q.messages.iter().map(|m| m.data.len() + 12).sum::<usize>()).sum();
+        let bytes = queues.iter().map(QueueAppend::encoded_len).sum::<usize>();
+        let entry_bytes = PRODUCE_HEADER_BYTES + bytes;
+        if entry_bytes > self.cfg.entry_bytes_max {
+            return Err(WriteError::EntryTooLarge { bytes: entry_bytes, max: self.cfg.entry_bytes_max });
+        }
         let (reply, rx) = oneshot::channel();
         self.produce_tx.send(ProduceRequest { queues, bytes, reply }).await.map_err(|_| WriteError::Unknown("node stopped".into()))?;
         rx.await.map_err(|_| WriteError::Unknown("node stopped".into()))?
     }
 
     /// Proposes one command (topics, offsets) as its own entry and waits until applied.
+    ///
+    /// # Errors
+    /// [`WriteError::EntryTooLarge`] when the command's entry would exceed `entry_bytes_max`; the others as
+    /// documented on [`WriteError`].
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
         self.fence.check()?;
+        let bytes = cmd.encoded_len();
+        if bytes > self.cfg.entry_bytes_max {
+            return Err(WriteError::EntryTooLarge { bytes, max: self.cfg.entry_bytes_max });
+        }
         self.raft.client_write(cmd).await.map(|r| r.data).map_err(map_write_error)
     }
 
@@ -565,24 +645,47 @@ impl RaftNode {
     }
 }
 
-/// Coalesces produce requests into entries: waits for a request, drains what is queued up to
-/// `bytes_max`, proposes one entry, and answers each request from its slice of the result.
-async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, bytes_max: usize, inflight_max: usize) {
+/// The requests of one entry: `first`, then whatever is queued, in order, until the entry holds `bytes_target`
+/// or the next request would take it over `bytes_max`; that request is left in `carry` to open the next entry.
+/// The entry's encoded size (`PRODUCE_HEADER_BYTES` + the requests' bytes) is at most `bytes_max` whenever
+/// `first` alone fits, which [`RaftNode::produce`] ensures.
+fn fill_entry(
+    first: ProduceRequest,
+    rx: &mut mpsc::Receiver<ProduceRequest>,
+    carry: &mut Option<ProduceRequest>,
+    bytes_target: usize,
+    bytes_max: usize,
+) -> Vec<ProduceRequest> {
+    let mut bytes = PRODUCE_HEADER_BYTES + first.bytes;
+    debug_assert!(bytes <= bytes_max, "produce() admitted a request of {bytes} bytes over the entry limit {bytes_max}");
+    let mut reqs = vec![first];
+    while bytes < bytes_target {
+        let Ok(r) = rx.try_recv() else { break };
+        if bytes + r.bytes > bytes_max {
+            *carry = Some(r);
+            break;
+        }
+        bytes += r.bytes;
+        reqs.push(r);
+    }
+    reqs
+}
+
+/// Coalesces produce requests into entries: waits for a request, drains what is queued ([`fill_entry`]),
+/// proposes one entry, and answers each request from its slice of the result.
+async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, bytes_target: usize, bytes_max: usize, inflight_max: usize) {
     let permits = Arc::new(Semaphore::new(inflight_max));
+    let mut carry = None;
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
-        let Some(first) = rx.recv().await else { break };
-        let mut bytes = first.bytes;
-        let mut reqs = vec![first];
-        while bytes < bytes_max {
-            match rx.try_recv() {
-                Ok(r) => {
-                    bytes += r.bytes;
-                    reqs.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        let first = match carry.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let reqs = fill_entry(first, &mut rx, &mut carry, bytes_target, bytes_max);
         let mut all = Vec::new();
         let mut waiters = Vec::with_capacity(reqs.len());
         for r in reqs {
@@ -622,5 +725,81 @@ async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, byt
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued request of `bytes` encoded bytes (its content does not matter to batching).
+    fn req(bytes: usize) -> ProduceRequest {
+        ProduceRequest { queues: Vec::new(), bytes, reply: oneshot::channel().0 }
+    }
+
+    fn sizes(reqs: &[ProduceRequest]) -> Vec<usize> {
+        reqs.iter().map(|r| r.bytes).collect()
+    }
+
+    #[test]
+    fn an_entry_never_exceeds_the_limit_and_the_overflow_opens_the_next() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for b in [400, 400, 400, 95] {
+            tx.try_send(req(b)).unwrap();
+        }
+        let mut carry = None;
+        // Target 1000, limit 1000: the third 400 would make 5 + 1200 bytes.
+        let first = rx.try_recv().unwrap();
+        let e1 = fill_entry(first, &mut rx, &mut carry, 1000, 1000);
+        assert_eq!(sizes(&e1), [400, 400]);
+        assert_eq!(carry.as_ref().map(|r| r.bytes), Some(400), "the request that did not fit waits, first in line");
+        let e2 = fill_entry(carry.take().unwrap(), &mut rx, &mut carry, 1000, 1000);
+        assert_eq!(sizes(&e2), [400, 95], "5 + 495 bytes");
+        assert!(carry.is_none());
+    }
+
+    #[test]
+    fn an_entry_may_fill_exactly_to_the_limit_and_stops_at_the_target() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for b in [500, 495, 1] {
+            tx.try_send(req(b)).unwrap();
+        }
+        let mut carry = None;
+        let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, 2000, 1000);
+        assert_eq!(sizes(&e), [500, 495], "5 + 995 = the limit");
+        assert_eq!(carry.as_ref().map(|r| r.bytes), Some(1));
+        // The target stops draining even where the limit would allow more.
+        let (tx, mut rx) = mpsc::channel(16);
+        for b in [300, 300, 300] {
+            tx.try_send(req(b)).unwrap();
+        }
+        let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, 500, 1000);
+        assert_eq!(sizes(&e), [300, 300]);
+        assert_eq!(rx.try_recv().map(|r| r.bytes).ok(), Some(300), "left queued, not carried");
+    }
+
+    #[test]
+    fn config_rules_name_what_is_wrong() {
+        let base = NodeConfig::new(1, "127.0.0.1:0", "/nonexistent");
+        base.validate().unwrap();
+        let broken = |f: &dyn Fn(&mut NodeConfig), needle: &str| {
+            let mut c = base.clone();
+            f(&mut c);
+            match c.validate() {
+                Err(NodeError::Config(m)) => assert!(m.contains(needle), "{m:?} does not mention {needle:?}"),
+                other => panic!("accepted ({other:?}); expected a complaint about {needle}"),
+            }
+        };
+        broken(&|c| c.entry_bytes_max = ENTRY_BYTES_LIMIT + 1, "entry_bytes_max");
+        broken(&|c| c.entry_bytes_max = 0, "entry_bytes_max");
+        broken(&|c| c.segment_bytes = c.entry_bytes_max as u64, "segment");
+        broken(&|c| c.batch_bytes_max = c.entry_bytes_max + 1, "batch_bytes_max");
+        broken(&|c| c.batch_inflight_max = 0, "batch_inflight_max");
+        // At the limits.
+        let mut c = base.clone();
+        c.entry_bytes_max = ENTRY_BYTES_LIMIT;
+        c.segment_bytes = (ENTRY_BYTES_LIMIT + HEADER_LEN) as u64;
+        c.batch_bytes_max = ENTRY_BYTES_LIMIT;
+        c.validate().unwrap();
     }
 }

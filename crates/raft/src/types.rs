@@ -137,16 +137,32 @@ const TAG_PRODUCE: u8 = 1;
 const TAG_COMMIT_OFFSETS: u8 = 2;
 const TAG_UPSERT_TOPIC: u8 = 3;
 
+/// Encoded bytes of a produce entry besides its queues: the tag and the queue count.
+pub const PRODUCE_HEADER_BYTES: usize = 5;
+
 /// Longest topic name the codec accepts (RocketMQ's limit is 127 bytes; the codec allows u16).
 pub const TOPIC_BYTES_MAX: usize = u16::MAX as usize;
 
+impl QueueAppend {
+    /// Bytes this queue's part takes in a produce entry's log body: topic length, topic, queue id, message
+    /// count, then per message its tag hash, length and bytes.
+    pub fn encoded_len(&self) -> usize {
+        produce_queue_len(self.topic.len(), self.messages.iter().map(|m| m.data.len()))
+    }
+}
+
+/// Bytes a queue part with a topic of `topic_len` bytes and messages of `message_lens` bytes takes in a
+/// produce entry ([`QueueAppend::encoded_len`] without building one).
+pub fn produce_queue_len(topic_len: usize, message_lens: impl IntoIterator<Item = usize>) -> usize {
+    10 + topic_len + message_lens.into_iter().map(|len| 12 + len).sum::<usize>()
+}
+
 impl Command {
-    /// Encoded body size, for byte-bounded batching.
+    /// Encoded body size: exact for produce entries (the entry limit and byte-bounded batching use it), within
+    /// a few bytes for the others.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Command::Produce(qs) => {
-                5 + qs.iter().map(|q| 10 + q.topic.len() + q.messages.iter().map(|m| 12 + m.data.len()).sum::<usize>()).sum::<usize>()
-            }
+            Command::Produce(qs) => PRODUCE_HEADER_BYTES + qs.iter().map(QueueAppend::encoded_len).sum::<usize>(),
             Command::CommitOffsets(v) => 1 + v.iter().map(|c| 32 + c.group.len() + c.topic.len()).sum::<usize>(),
             Command::UpsertTopic(t) => 1 + 24 + t.name.len(),
         }
@@ -272,6 +288,32 @@ mod tests {
             cmd.encode(&mut out).unwrap();
             assert!(out.len() <= cmd.encoded_len() + 16);
             assert_eq!(Command::decode(&Bytes::from(out), None).unwrap(), cmd);
+        }
+    }
+
+    /// Bytes of `cmd` inside an entry on the Raft wire (bincode), which the transport frames.
+    fn wire_len(cmd: &Command) -> usize {
+        let entry = openraft::Entry::<TypeConfig> {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX),
+            payload: openraft::EntryPayload::Normal(cmd.clone()),
+        };
+        bincode::serialized_size(&entry).unwrap() as usize
+    }
+
+    #[test]
+    fn an_entry_takes_at_most_twice_its_log_size_on_the_wire() {
+        // The shapes that expand most: empty messages, one-message queues with one-byte topics, empty queues.
+        let msg = |len: usize| Message { tags_code: -1, data: Bytes::from(vec![1u8; len]), phys_offset: None };
+        let shapes = [
+            Command::Produce(vec![QueueAppend { topic: "t".into(), queue_id: 1, messages: (0..1000).map(|_| msg(0)).collect() }]),
+            Command::Produce((0..1000).map(|_| QueueAppend { topic: "t".into(), queue_id: 1, messages: vec![msg(0)] }).collect()),
+            Command::Produce((0..1000).map(|_| QueueAppend { topic: String::new(), queue_id: 1, messages: vec![] }).collect()),
+            Command::Produce(vec![]),
+            Command::Produce(vec![QueueAppend { topic: "T".repeat(127), queue_id: 1, messages: vec![msg(1 << 20)] }]),
+        ];
+        for cmd in &shapes {
+            let (log, wire) = (cmd.encoded_len(), wire_len(cmd));
+            assert!(wire <= 2 * log + 64, "{log} log bytes take {wire} on the wire");
         }
     }
 

@@ -22,6 +22,9 @@ const QUEUES: u32 = 4;
 fn node_cfg(root: &Path, id: u64, addr: &str) -> NodeConfig {
     let mut c = NodeConfig::new(id, addr, root.join(format!("n{id}")));
     c.segment_bytes = 64 * 1024;
+    // Entries must fit a segment.
+    c.entry_bytes_max = 32 * 1024;
+    c.batch_bytes_max = 32 * 1024;
     c.index_slots_per_file = 256;
     c.checkpoint_every = 16;
     c.cq_units_per_file = 128;

@@ -402,8 +402,8 @@ impl RemotingCommand {
     }
 
     /// Decodes one frame from the front of `src`, consuming it. `Ok(None)` when more bytes are needed; then
-    /// `src` is grown to hold the frame (checked against `frame_bytes_max` first), and to at least
-    /// [`READ_BUFFER_MIN`] bytes within that cap.
+    /// `src` grows with the bytes that arrived, never to the announced length at once: see
+    /// [`partial_frame_capacity`]. A length prefix over `frame_bytes_max` is refused before anything grows.
     ///
     /// # Errors
     /// [`RemotingError::FrameTooLarge`] / [`RemotingError::FrameLengthInvalid`] for a bad length prefix
@@ -421,14 +421,7 @@ impl RemotingCommand {
         }
         let frame_bytes = frame_bytes as usize;
         if src.len() < frame_bytes {
-            if src.capacity() < frame_bytes {
-                // Grow explicitly (`reserve` may double an old capacity past the cap), but not below
-                // READ_BUFFER_MIN (or the cap): later buffers inherit this allocation's size, and an
-                // exactly-one-frame buffer would turn every later frame into its own read syscall.
-                let mut grown = BytesMut::with_capacity(frame_bytes.max(READ_BUFFER_MIN.min(frame_bytes_max)));
-                grown.extend_from_slice(src);
-                *src = grown;
-            }
+            grow_for_partial_frame(src, frame_bytes, frame_bytes_max);
             return Ok(None);
         }
         let mut frame = src.split_to(frame_bytes).freeze();
@@ -461,6 +454,36 @@ impl RemotingCommand {
         cmd.body = frame.slice(4 + header_len..);
         Ok(cmd)
     }
+}
+
+/// The capacity a buffer holding `buffered` bytes of a `frame_bytes` frame grows to when it must grow: twice
+/// what has arrived, at least [`READ_BUFFER_MIN`] (within `frame_bytes_max`, so a small frame's buffer still
+/// takes in its successors with one read), and never past the frame. A peer that announces 16 MiB and sends
+/// 10 bytes therefore costs [`READ_BUFFER_MIN`], not 16 MiB; one that sends the whole frame costs at most
+/// twice its bytes in transit, and doubling keeps the copying linear in the frame's size.
+pub fn partial_frame_capacity(buffered: usize, frame_bytes: usize, frame_bytes_max: usize) -> usize {
+    frame_bytes.min(buffered.saturating_mul(2)).max(READ_BUFFER_MIN.min(frame_bytes_max))
+}
+
+/// Grows `src` (holding the start of a `frame_bytes` frame) to [`partial_frame_capacity`] when its free
+/// space is below what the next read should take in: the rest of the frame, or [`READ_BUFFER_MIN`] when
+/// more remains. Growing only then (not whenever twice the buffered bytes exceeds the capacity) keeps the
+/// number of copies logarithmic. A full buffer always grows, so the reader never has to `reserve` (which may
+/// double an old capacity past the cap); the new buffer is allocated explicitly for the same reason.
+fn grow_for_partial_frame(src: &mut BytesMut, frame_bytes: usize, frame_bytes_max: usize) {
+    debug_assert!(src.len() < frame_bytes && frame_bytes <= frame_bytes_max);
+    let spare = src.capacity() - src.len();
+    if spare >= (frame_bytes - src.len()).min(READ_BUFFER_MIN) {
+        return;
+    }
+    let capacity = partial_frame_capacity(src.len(), frame_bytes, frame_bytes_max);
+    if capacity <= src.capacity() {
+        // Some free space below a full read chunk, but the buffer already holds what the bound allows.
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(capacity);
+    grown.extend_from_slice(src);
+    *src = grown;
 }
 
 fn len_i32(field: &'static str, len: usize) -> Result<i32> {

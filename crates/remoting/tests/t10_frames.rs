@@ -235,6 +235,39 @@ fn a_partial_small_frame_grows_the_buffer_to_a_full_read_chunk() {
 }
 
 #[test]
+fn a_large_frame_grows_the_buffer_with_the_bytes_that_arrive() {
+    // The buffer holds at most twice what arrived (at least one read chunk), whatever the prefix announces,
+    // and the frame still decodes whole when its last byte arrives.
+    let read_chunk = raftmq_remoting::frame::READ_BUFFER_MIN;
+    let body = vec![0xA5u8; 3 << 20];
+    let cmd = RemotingCommand::request(RequestCode::SEND_MESSAGE_V2, 9).with_body(body.clone());
+    let wire = cmd.to_bytes().unwrap();
+    let mut codec = RemotingCodec::new();
+    let mut buf = BytesMut::new();
+    let (mut fed, mut grows, mut last_capacity) = (0usize, 0usize, 0usize);
+    let mut decoded = None;
+    while decoded.is_none() {
+        // Like a socket read: fill the free space (at least one byte), never past what was sent.
+        let room = (buf.capacity() - buf.len()).max(1);
+        let n = room.min(wire.len() - fed);
+        buf.put_slice(&wire[fed..fed + n]);
+        fed += n;
+        decoded = codec.decode(&mut buf).unwrap();
+        if decoded.is_none() {
+            assert!(buf.capacity() <= read_chunk.max(2 * buf.len()), "capacity {} holding {} bytes", buf.capacity(), buf.len());
+            if buf.capacity() != last_capacity {
+                grows += 1;
+                last_capacity = buf.capacity();
+            }
+        }
+    }
+    assert_eq!(fed, wire.len());
+    assert_eq!(decoded.unwrap().body, body);
+    // Doubling: about log2(3 MiB / 64 KiB) + 1 buffers, not one per read.
+    assert!(grows <= 8, "{grows} buffers");
+}
+
+#[test]
 fn partial_prefix_and_header_word() {
     let mut codec = RemotingCodec::new();
     for n in 0..4 {

@@ -176,11 +176,23 @@ fn a_huge_length_prefix_allocates_nothing() {
     let (r, usage) = measure(|| RemotingCommand::decode(&mut buf, raftmq_remoting::FRAME_BYTES_MAX_DEFAULT).map(|c| c.is_some()));
     assert!(r.is_err());
     assert_eq!(usage.count, 0, "{usage:?}");
-    // Under the cap, a partial frame grows the buffer to exactly one frame, once.
+    // Under the cap, a partial frame grows the buffer by one read chunk, not to the announced length.
     let mut buf = BytesMut::from(&1_000_000i32.to_be_bytes()[..]);
     let (r, usage) = measure(|| RemotingCommand::decode(&mut buf, raftmq_remoting::FRAME_BYTES_MAX_DEFAULT).map(|c| c.is_some()));
     assert!(!r.unwrap());
-    assert_eq!((usage.count, usage.max_single), (1, 1_000_004), "{usage:?}");
+    assert_eq!((usage.count, usage.max_single), (1, raftmq_remoting::frame::READ_BUFFER_MIN), "{usage:?}");
+}
+
+#[test]
+fn a_16_mib_announcement_with_10_bytes_costs_one_read_chunk() {
+    let frame_bytes_max = raftmq_remoting::FRAME_BYTES_MAX_DEFAULT;
+    let mut buf = BytesMut::new();
+    buf.put_i32(frame_bytes_max as i32 - 4);
+    buf.put_slice(&[0u8; 10]);
+    let (r, usage) = measure(|| RemotingCommand::decode(&mut buf, frame_bytes_max).map(|c| c.is_some()));
+    assert!(!r.unwrap(), "partial frame");
+    assert!(usage.max_single <= raftmq_remoting::frame::READ_BUFFER_MIN, "{usage:?}");
+    assert!(usage.peak_live <= raftmq_remoting::frame::READ_BUFFER_MIN as isize, "{usage:?}");
 }
 
 #[test]

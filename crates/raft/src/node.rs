@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::log_store::{LogStore, StoreLink};
-use crate::network::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory};
+use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft};
 
@@ -193,6 +193,7 @@ pub struct RaftNode {
     role_rx: watch::Receiver<RoleState>,
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
+    isolation: Isolation,
 }
 
 #[derive(Default)]
@@ -273,8 +274,10 @@ impl RaftNode {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
-        let raft = Raft::new(cfg.id, config, TcpNetworkFactory, LogStore::new(log.clone(), link), sm).await.map_err(|e| start_err(&e))?;
-        let server = RaftServer::start(listener, raft.clone(), Arc::new(RaftControl::new(raft.clone())));
+        let isolation = Isolation::default();
+        let network = TcpNetworkFactory::with_isolation(isolation.clone());
+        let raft = Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| start_err(&e))?;
+        let server = RaftServer::start_with(listener, Arc::new(raft.clone()), Arc::new(RaftControl::new(raft.clone())), isolation.clone());
 
         let (role_tx, role_rx) = watch::channel(RoleState { role: Role::Learner, term: 0, leader: None, leader_addr: None, ready: false });
         let mut metrics = raft.metrics();
@@ -305,7 +308,7 @@ impl RaftNode {
         let (produce_tx, produce_rx) = mpsc::channel(4096);
         tokio::spawn(produce_batcher(raft.clone(), produce_rx, cfg.batch_bytes_max, cfg.batch_inflight_max.max(1)));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
-        Ok(RaftNode { id: cfg.id, cfg, raft, sm: shared, log, server, role_rx, produce_tx, fence: Arc::new(Fence::default()) })
+        Ok(RaftNode { id: cfg.id, cfg, raft, sm: shared, log, server, role_rx, produce_tx, fence: Arc::new(Fence::default()), isolation })
     }
 
     /// This member's id.
@@ -381,6 +384,14 @@ impl RaftNode {
             }
             Err(e) => Err(WriteError::Unknown(e.to_string())),
         }
+    }
+
+    /// Fault injection for tests: while `on`, every Raft RPC this member sends or receives fails, as if a
+    /// partition cut its Raft port off (control RPCs still pass). A leader cut off keeps believing it leads
+    /// (openraft 0.9 has no step-down on quorum loss) — exactly the deposed leader the broker must not trust.
+    pub fn set_isolated(&self, on: bool) {
+        warn!(node = self.id, isolated = on, "raft isolation switched (fault injection)");
+        self.isolation.set(on);
     }
 
     /// Current status figures.

@@ -22,6 +22,7 @@ use crate::processor::{reply, Reply};
 use crate::store::PutError;
 use crate::topics::{dlq_topic, retry_topic, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX};
 use raftmq_raft::node::WriteError;
+use tracing::warn;
 
 /// Messages one SEND_BATCH_MESSAGE may carry.
 const BATCH_MESSAGES_MAX: usize = 10_000;
@@ -242,8 +243,18 @@ impl BrokerInner {
         if let Err(r) = self.check_leader(req) {
             return r;
         }
-        let Some(raw) = (h.offset >= 0).then(|| self.store.message_by_phys_offset(h.offset as u64)).flatten() else {
-            return reply(req, ResponseCode::SYSTEM_ERROR, format!("look message by offset failed, {}", h.offset));
+        let found = match u64::try_from(h.offset) {
+            Ok(offset) => self.store.message_by_phys_offset(offset),
+            Err(_) => Ok(None),
+        };
+        let raw = match found {
+            Ok(Some(raw)) => raw,
+            // RocketMQ's answer; here it also covers an offset that is not a committed message's start.
+            Ok(None) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("look message by offset failed, {}", h.offset)),
+            Err(e) => {
+                warn!(offset = h.offset, error = %e, "send-back: stored record unreadable");
+                return reply(req, ResponseCode::SYSTEM_ERROR, format!("stored record holding offset {} is unreadable: {e}", h.offset));
+            }
         };
         let orig = match decode_stored_message(&raw) {
             Ok(m) => m,

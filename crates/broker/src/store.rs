@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raftmq_raft::consume_queue::{ConsumeQueue, CqUnit};
+use raftmq_raft::error::ReadError;
 use raftmq_raft::node::{RaftNode, WriteError};
 use raftmq_raft::types::{Command, Message, OffsetCommit, QueueAppend, QueueAppendResult, TopicConfig};
 
@@ -332,16 +333,20 @@ impl MessageStore {
         store_timestamp_of(&self.node.commitlog().read_at(u.phys_offset, u.size as usize)?)
     }
 
-    /// The stored message at a commitlog offset (VIEW_MESSAGE_BY_ID, CONSUMER_SEND_MSG_BACK).
-    pub fn message_by_phys_offset(&self, phys_offset: u64) -> Option<Bytes> {
-        // The offset may come from a client (a decoded msgId): check it is a message start.
-        let head = self.node.commitlog().read_at(phys_offset, 8)?;
-        let size = i32::from_be_bytes(head[..4].try_into().ok()?);
-        let magic = i32::from_be_bytes(head[4..8].try_into().ok()?);
-        if magic != MESSAGE_MAGIC_CODE_V1 || size < (PHYSICAL_OFFSET_AT + 8) as i32 {
-            return None;
+    /// The stored message starting at a commitlog offset (CONSUMER_SEND_MSG_BACK, VIEW_MESSAGE_BY_ID), only
+    /// if it is committed: the offset comes from a client, so the whole record holding it is read through
+    /// the index, CRC-verified and decoded, and the offset must be the start of one of its messages.
+    ///
+    /// # Errors
+    /// [`ReadError`] when that record fails to read, verify or decode.
+    pub fn message_by_phys_offset(&self, phys_offset: u64) -> Result<Option<Bytes>, ReadError> {
+        let Some(data) = self.node.state().applied_message_at(phys_offset)? else { return Ok(None) };
+        let size = data.get(..4).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes);
+        let magic = data.get(4..8).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes);
+        if magic != Some(MESSAGE_MAGIC_CODE_V1) || size != i32::try_from(data.len()).ok() || data.len() < PHYSICAL_OFFSET_AT + 8 {
+            return Ok(None);
         }
-        self.node.commitlog().read_at(phys_offset, size as usize)
+        Ok(Some(data))
     }
 }
 

@@ -3,3 +3,4 @@
 
 mod common;
 mod deposed_leader;
+mod send_back;

@@ -350,6 +350,7 @@ impl RequestHandler for Handler {
                     b.send(conn.peer(), &req).await
                 }
                 RequestCode::CONSUMER_SEND_MSG_BACK => b.send_back(&req).await,
+                RequestCode::END_TRANSACTION => b.end_transaction(&req),
                 RequestCode::PULL_MESSAGE => b.pull(&req).await,
                 RequestCode::QUERY_CONSUMER_OFFSET => b.query_consumer_offset(&req).await,
                 RequestCode::UPDATE_CONSUMER_OFFSET => b.update_consumer_offset(&req).await,

@@ -4,3 +4,4 @@
 mod common;
 mod deposed_leader;
 mod send_back;
+mod transactions;

@@ -116,6 +116,7 @@ pub struct BrokerInner {
     pub(crate) offsets: OffsetCommitter,
     register_now: Notify,
     /// `unsafeAckBeforeQuorum` only: the next queue offset to hand out per (topic, queue).
+    #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_next_offsets: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
 }
 
@@ -160,6 +161,7 @@ impl Broker {
             clients: ClientManager::default(),
             locks: QueueLocks::new(Duration::from_secs(60)),
             register_now: Notify::new(),
+            #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
         let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), ServerOptions::default())

@@ -206,6 +206,7 @@ impl BrokerInner {
                 Err(r) => return r,
             }
         }
+        #[cfg(feature = "unsafe-ack-before-quorum")]
         if self.cfg.unsafe_ack_before_quorum {
             return self.unsafe_ack_before_quorum(req, &topic, queue_id, store_host, messages);
         }
@@ -265,7 +266,9 @@ impl BrokerInner {
     }
 
     /// `unsafeAckBeforeQuorum` (chaos-checker tests only): proposes the write in the background and answers
-    /// at once with the queue offset the message would get if nothing went wrong. Never enable in production.
+    /// at once with the queue offset the message would get if nothing went wrong. Compiled only with the
+    /// `unsafe-ack-before-quorum` feature.
+    #[cfg(feature = "unsafe-ack-before-quorum")]
     fn unsafe_ack_before_quorum(
         &self,
         req: &RemotingCommand,

@@ -176,6 +176,17 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
 }
 
+/// A queued produce request; await it for the per-queue positions once committed and applied.
+pub struct ProduceTicket(oneshot::Receiver<Result<Vec<QueueAppendResult>, WriteError>>);
+
+impl std::future::Future for ProduceTicket {
+    type Output = Result<Vec<QueueAppendResult>, WriteError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(WriteError::Unknown("node stopped".into()))))
+    }
+}
+
 struct ProduceRequest {
     queues: Vec<QueueAppend>,
     bytes: usize,
@@ -359,11 +370,18 @@ impl RaftNode {
     /// Proposes messages for one or more topic-queues; resolves with per-queue positions once committed
     /// and applied. Concurrent calls are coalesced into one entry.
     pub async fn produce(&self, queues: Vec<QueueAppend>) -> Result<Vec<QueueAppendResult>, WriteError> {
+        self.submit_produce(queues).await?.await
+    }
+
+    /// The first half of [`RaftNode::produce`]: queues the request for the batcher and returns once it is
+    /// queued. Requests enter the log in the order their submissions return, so a caller that must order
+    /// writes (the broker's store clock) submits under its own lock and awaits the outcome outside it.
+    pub async fn submit_produce(&self, queues: Vec<QueueAppend>) -> Result<ProduceTicket, WriteError> {
         self.fence.check()?;
         let bytes = queues.iter().map(|q| q.topic.len() + 10 + q.messages.iter().map(|m| m.data.len() + 12).sum::<usize>()).sum();
         let (reply, rx) = oneshot::channel();
         self.produce_tx.send(ProduceRequest { queues, bytes, reply }).await.map_err(|_| WriteError::Unknown("node stopped".into()))?;
-        rx.await.map_err(|_| WriteError::Unknown("node stopped".into()))?
+        Ok(ProduceTicket(rx))
     }
 
     /// Proposes one command (topics, offsets) as its own entry and waits until applied.

@@ -4,4 +4,5 @@
 mod common;
 mod deposed_leader;
 mod send_back;
+mod timestamps;
 mod transactions;

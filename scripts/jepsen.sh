@@ -38,9 +38,20 @@ if [ "${1:-}" = "cleanup" ]; then mode=cleanup; shift; fi
 
 # Quick runs use the debug build the test suite already made; full runs use release binaries.
 if [ "$mode" = full ] || [ "$mode" = suite ]; then profile=release; flag=--release; else profile=debug; flag=; fi
-cargo build -q $flag -p raftmq-cli -p raftmq-jepsen
 BIN="$CARGO_TARGET_DIR/$profile/raftmq"
 JEPSEN="$CARGO_TARGET_DIR/$profile/raftmq-jepsen"
+# "Testing the tester" needs a broker that acknowledges before a quorum: `unsafeAckBeforeQuorum` exists only
+# in builds with the cargo feature `unsafe-ack-before-quorum`. Built first and copied aside, because the
+# feature changes the binary at the same path; the ordinary build below then restores the safe `raftmq`.
+BIN_UNSAFE="$CARGO_TARGET_DIR/$profile/raftmq-unsafe-ack"
+wants_unsafe=no
+if [ "$mode" = quick ]; then wants_unsafe=yes; fi
+for a in "$@"; do case "$a" in *unsafeAckBeforeQuorum*) wants_unsafe=yes ;; esac; done
+if [ "$mode" != cleanup ] && [ "$wants_unsafe" = yes ]; then
+  cargo build -q $flag -p raftmq-cli --features unsafe-ack-before-quorum
+  cp "$BIN" "$BIN_UNSAFE"
+fi
+cargo build -q $flag -p raftmq-cli -p raftmq-jepsen
 
 if [ "$mode" = cleanup ]; then
   exec "$JEPSEN" cleanup
@@ -49,6 +60,7 @@ fi
 "$JEPSEN" cleanup >/dev/null
 
 if [ "$mode" = full ]; then
+  if [ "$wants_unsafe" = yes ]; then BIN="$BIN_UNSAFE"; fi
   exec "$JEPSEN" run --bin "$BIN" "$@"
 fi
 
@@ -75,11 +87,12 @@ fi
 store="${RAFTMQ_JEPSEN_STORE:-${TMPDIR:-/tmp}/raftmq-jepsen-quick}"
 failures=0
 runs=0
-# Runs one quick test; sets rc to its exit code and dir to its results folder.
+# Runs one quick test with broker binary $run_bin (default: the safe one); sets rc to its exit code and dir
+# to its results folder.
 run_one() {
   runs=$((runs + 1))
   set +e
-  "$JEPSEN" run --bin "$BIN" --quick --store "$store" "$@" 2>&1 | tee "$store.last.log"
+  "$JEPSEN" run --bin "${run_bin:-$BIN}" --quick --store "$store" "$@" 2>&1 | tee "$store.last.log"
   rc=${PIPESTATUS[0]}
   set -e
   dir=$(sed -n 's/^results in //p' "$store.last.log" | tail -1)
@@ -96,7 +109,7 @@ quick_run --name quick-net --nemesis loss,slow,transfer,partition --seed 12 --ti
 # partitions must make the checker report lost acknowledged messages (VALID? NO, exit code 1).
 unsafe_run() {
   echo "=== jepsen quick (must be INVALID): $*"
-  run_one "$@"
+  run_bin="$BIN_UNSAFE" run_one "$@"
   found=$(python3 - "$dir/results.json" <<'PY' 2>/dev/null || echo ""
 import json, sys
 r = json.load(open(sys.argv[1]))

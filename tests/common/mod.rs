@@ -58,7 +58,7 @@ impl Cluster {
     /// `store_dir(id)`), without starting the nodes: for tests that prepare each node's store first.
     pub fn prepare(n: u64, extra: &str) -> Cluster {
         // RAFTMQ_KEEP_TEST_DIRS=1 keeps every cluster's directory (logs, stores) for a post-mortem.
-        let dir = tempfile::Builder::new().keep(std::env::var_os("RAFTMQ_KEEP_TEST_DIRS").is_some()).tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new().disable_cleanup(std::env::var_os("RAFTMQ_KEEP_TEST_DIRS").is_some()).tempdir().expect("tempdir");
         let namesrv = format!("127.0.0.1:{}", free_port());
         let namesrv_child = Command::new(bin())
             .args(["namesrv", "--listen", &namesrv, "--log-file"])

@@ -1,6 +1,7 @@
 //! A running broker node: starts its Raft member and remoting server, registers with the nameservers
-//! (every 30 s and at once on a role change, the ready leader as brokerId 0), batches consumer-offset
-//! commits into Raft entries, expires idle clients, and dispatches requests to the processors.
+//! (every 30 s and at once on a role change, with its Raft term; as brokerId 0 only the ready leader whose
+//! leadership a quorum has just confirmed), batches consumer-offset commits into Raft entries, expires idle
+//! clients, and dispatches requests to the processors.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ use crate::topics::{AUTO_CREATE_TOPIC, PERM_READ_WRITE};
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a nameserver keeps a silent broker (sent with every registration).
 pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a registration waits for a quorum to confirm this node's leadership before it registers as a
+/// slave instead.
+pub const LEADERSHIP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle client expiry (RocketMQ `channelExpiredTimeout`).
 pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
 
@@ -112,6 +116,7 @@ pub struct BrokerInner {
     pub(crate) offsets: OffsetCommitter,
     register_now: Notify,
     /// `unsafeAckBeforeQuorum` only: the next queue offset to hand out per (topic, queue).
+    #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_next_offsets: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
 }
 
@@ -158,6 +163,7 @@ impl Broker {
             clients: ClientManager::default(),
             locks: QueueLocks::new(Duration::from_secs(60)),
             register_now: Notify::new(),
+            #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
         let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), ServerOptions::default())
@@ -186,6 +192,12 @@ impl Broker {
     /// The client address.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Registers with every nameserver now and waits for the answers (the broker also does this every 30 s
+    /// and on every role change). Returns the brokerId it registered as.
+    pub async fn register_now(&self) -> i64 {
+        self.inner.register_all().await
     }
 
     /// Stops serving and shuts the Raft member down.
@@ -223,17 +235,31 @@ impl BrokerInner {
         }
     }
 
-    fn broker_id(&self) -> i64 {
+    /// The brokerId and Raft term to register with. openraft 0.9 does not step down a leader that lost its
+    /// quorum, so "I am the ready leader" is confirmed by a read barrier (a heartbeat round a quorum must
+    /// answer) before claiming brokerId 0; a deposed leader registers as a slave under its node id.
+    async fn registration_identity(&self) -> (i64, u64) {
         let r = self.node.role().borrow().clone();
-        if r.role == Role::Leader && r.ready {
-            0
-        } else {
-            self.cfg.node_id as i64
+        let slave = (self.cfg.node_id as i64, r.term);
+        if r.role != Role::Leader || !r.ready {
+            return slave;
+        }
+        match tokio::time::timeout(LEADERSHIP_CONFIRM_TIMEOUT, self.node.read_barrier()).await {
+            Ok(Ok(())) => (0, r.term),
+            Ok(Err(e)) => {
+                warn!(term = r.term, error = %e, "leadership not confirmed by a quorum; registering as a slave");
+                slave
+            }
+            Err(_) => {
+                warn!(term = r.term, "leadership confirmation timed out; registering as a slave");
+                slave
+            }
         }
     }
 
-    async fn register_all(&self) {
-        let Ok(me) = self.cfg.me() else { return };
+    async fn register_all(&self) -> i64 {
+        let (broker_id, term) = self.registration_identity().await;
+        let Ok(me) = self.cfg.me() else { return broker_id };
         let mut wrapper = TopicConfigSerializeWrapper::default();
         for t in self.store.topics() {
             wrapper.topic_config_table.insert(
@@ -252,7 +278,7 @@ impl BrokerInner {
             Ok(b) => b,
             Err(e) => {
                 warn!(error = %e, "cannot encode registration");
-                return;
+                return broker_id;
             }
         };
         let h = RegisterBrokerRequestHeader {
@@ -260,11 +286,12 @@ impl BrokerInner {
             broker_addr: me.client_addr.clone(),
             cluster_name: self.cfg.broker_cluster_name.clone(),
             ha_server_addr: me.raft_addr.clone(),
-            broker_id: self.broker_id(),
+            broker_id,
             heartbeat_timeout_millis: Some(REGISTRATION_TIMEOUT.as_millis() as i64),
             enable_acting_master: Some(false),
             compressed: false,
             body_crc32: crc32(&body),
+            raft_term: i64::try_from(term).ok(),
         };
         for addr in self.cfg.namesrv_addrs() {
             let cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
@@ -279,6 +306,7 @@ impl BrokerInner {
                 Err(e) => warn!(namesrv = %addr, error = %e, "registration failed"),
             }
         }
+        broker_id
     }
 }
 
@@ -326,6 +354,7 @@ impl RequestHandler for Handler {
                     b.send(conn.peer(), &req).await
                 }
                 RequestCode::CONSUMER_SEND_MSG_BACK => b.send_back(&req).await,
+                RequestCode::END_TRANSACTION => b.end_transaction(&req),
                 RequestCode::PULL_MESSAGE => b.pull(&req).await,
                 RequestCode::QUERY_CONSUMER_OFFSET => b.query_consumer_offset(&req).await,
                 RequestCode::UPDATE_CONSUMER_OFFSET => b.update_consumer_offset(&req).await,

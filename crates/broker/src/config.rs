@@ -95,7 +95,9 @@ pub struct BrokerConfig {
     pub bootstrap: bool,
     /// **UNSAFE, for testing the chaos checker only**: the leader answers SEND_OK before the Raft group has
     /// committed the message, with a guessed queue offset. Acknowledged messages are then lost when the
-    /// leader dies or is cut off; `raftmq-jepsen` must report that. Logged loudly at start-up.
+    /// leader dies or is cut off; `raftmq-jepsen` must report that. Logged loudly at start-up. Only builds
+    /// with the `unsafe-ack-before-quorum` cargo feature accept `true`; [`BrokerConfig::validate`] refuses it
+    /// everywhere else.
     #[serde(default)]
     pub unsafe_ack_before_quorum: bool,
     /// Members of the Raft group.
@@ -239,6 +241,11 @@ impl BrokerConfig {
         if self.flush_disk_type == FlushDiskType::AsyncFlush && self.flush_interval_commit_log == 0 {
             return bad("flushIntervalCommitLog must be positive".into());
         }
+        if self.unsafe_ack_before_quorum && !cfg!(feature = "unsafe-ack-before-quorum") {
+            return bad("unsafeAckBeforeQuorum loses acknowledged messages and exists only in chaos-test builds \
+                        (cargo feature `unsafe-ack-before-quorum`, built by scripts/jepsen.sh); remove the key"
+                .into());
+        }
         Ok(())
     }
 }
@@ -322,5 +329,18 @@ clientAddr = "127.0.0.1:10921"
         assert!(complaint(&c).contains("mappedFileSizeCommitLog"), "{}", complaint(&c));
         let parsed = BrokerConfig::from_toml(&format!("entryBytesMax = 5000000\n{SAMPLE}")).unwrap();
         assert_eq!(parsed.entry_bytes_max, 5_000_000);
+    }
+
+    #[test]
+    fn the_unsafe_ack_switch_exists_only_in_chaos_test_builds() {
+        let c = BrokerConfig::from_toml(&format!("unsafeAckBeforeQuorum = true\n{SAMPLE}")).unwrap();
+        if cfg!(feature = "unsafe-ack-before-quorum") {
+            c.validate().unwrap();
+        } else {
+            let e = c.validate().unwrap_err();
+            assert!(e.0.contains("unsafe-ack-before-quorum"), "{e}");
+        }
+        let off = BrokerConfig::from_toml(&format!("unsafeAckBeforeQuorum = false\n{SAMPLE}")).unwrap();
+        off.validate().unwrap();
     }
 }

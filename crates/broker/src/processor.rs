@@ -61,6 +61,15 @@ fn with_json<T: serde::Serialize>(req: &RemotingCommand, cmd: RemotingCommand, v
     }
 }
 
+/// True for the get outcomes that, answered by the leader, move a consumer to another offset.
+fn moves_consumer(status: GetStatus, offset: u64) -> bool {
+    match status {
+        GetStatus::NoMessageInQueue => offset != 0,
+        GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => true,
+        GetStatus::Found | GetStatus::NoMatchedMessage | GetStatus::OffsetOverflowOne => false,
+    }
+}
+
 /// The connection of a client, as the consumer registry sees it.
 pub(crate) struct ConnLink(pub Conn);
 
@@ -158,20 +167,31 @@ impl BrokerInner {
             self.store.wait_for_message(&h.topic, qid, offset, hold).await;
             result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
         }
+        // PULL_OFFSET_MOVED makes the client jump to nextBeginOffset and commit it: irreversible. Only a leader
+        // whose leadership a quorum confirms right now may say so (openraft 0.9 keeps a deposed leader in the
+        // Leader role), and it judges the offset on the state the read barrier brought up to date.
+        let mut confirmed = false;
+        if moves_consumer(result.status, offset) && self.check_leader(req).is_ok() && self.node.read_barrier().await.is_ok() {
+            confirmed = true;
+            result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
+        }
         let mut next_begin_offset = result.next_begin_offset as i64;
+        let mut unconfirmed = false;
         let code = match result.status {
             GetStatus::Found => ResponseCode::SUCCESS,
             GetStatus::NoMatchedMessage => ResponseCode::PULL_RETRY_IMMEDIATELY,
             GetStatus::OffsetOverflowOne => ResponseCode::PULL_NOT_FOUND,
             GetStatus::NoMessageInQueue if offset == 0 => ResponseCode::PULL_NOT_FOUND,
             GetStatus::NoMessageInQueue | GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => {
-                if self.check_leader(req).is_ok() {
+                if confirmed {
                     ResponseCode::PULL_OFFSET_MOVED
                 } else {
-                    // A member that is not the ready leader may simply be behind (restarted, catching up): its
-                    // view must never move a consumer. Like a RocketMQ slave without offsetCheckInSlave, answer
-                    // "retry" at the same offset and point the client at the leader (brokerId 0).
+                    // A member that is not the confirmed leader may simply be behind (restarted, catching up) or
+                    // deposed without knowing it: its view must never move a consumer. Like a RocketMQ slave
+                    // without offsetCheckInSlave, answer "retry" at the same offset and point the client at the
+                    // leader (brokerId 0).
                     next_begin_offset = offset as i64;
+                    unconfirmed = true;
                     ResponseCode::PULL_RETRY_IMMEDIATELY
                 }
             }
@@ -186,6 +206,10 @@ impl BrokerInner {
         let remark = match code {
             ResponseCode::SUCCESS => None,
             ResponseCode::PULL_OFFSET_MOVED => Some(format!("offset {offset} is outside [{}, {}]", result.min_offset, result.max_offset)),
+            _ if unconfirmed => Some(format!(
+                "offset {offset} is outside [{}, {}] on node {}, which is not the quorum-confirmed leader; retry, at brokerId 0",
+                result.min_offset, result.max_offset, self.cfg.node_id
+            )),
             _ => Some("no new message".to_string()),
         };
         let cmd = RemotingCommand::response_to(req, code, remark).with_header(&rh);

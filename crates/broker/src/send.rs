@@ -1,16 +1,25 @@
-//! SEND_MESSAGE (10), SEND_MESSAGE_V2 (310), SEND_BATCH_MESSAGE (320) and CONSUMER_SEND_MSG_BACK (36).
+//! SEND_MESSAGE (10), SEND_MESSAGE_V2 (310), SEND_BATCH_MESSAGE (320), CONSUMER_SEND_MSG_BACK (36) and
+//! END_TRANSACTION (37).
 //!
 //! The leader validates the request, encodes each message in RocketMQ's stored layout (queue offset and
 //! physical offset left zero: they are assigned when the Raft entry commits and patched in on reads) and
 //! proposes all messages of one request as one entry, so a batch is stored all or nothing. The reply —
 //! msgId (offsetMsgId), queueId, queueOffset — is sent only after a quorum has the entry on disk.
+//!
+//! Not implemented yet, and said so: transactional half messages (`TRAN_MSG` / sysFlag PREPARED) are refused
+//! with NO_PERMISSION, as RocketMQ's `rejectTransactionMessage` does, because storing one as a normal
+//! message would deliver it at once and make a rollback impossible; END_TRANSACTION is answered
+//! REQUEST_CODE_NOT_SUPPORTED. Delay levels (`DELAY`) and 5.x timer properties are stored with the message
+//! and ignored: such messages, and send-back retries, are delivered at once (docs/protocol.md).
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use raftmq_remoting::frame::RemotingCommand;
-use raftmq_remoting::header::{ConsumerSendMsgBackRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader};
+use raftmq_remoting::header::{
+    ConsumerSendMsgBackRequestHeader, EndTransactionRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader,
+};
 use raftmq_remoting::message::{
     decode_batch, decode_properties, encode_offset_msg_id, encode_stored_message, get_property, properties_to_string, property, sys_flag,
     tags_code, MessageToStore,
@@ -23,6 +32,7 @@ use crate::store::PutError;
 use crate::topics::{dlq_topic, retry_topic, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX};
 use raftmq_raft::node::WriteError;
 use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
+use tracing::warn;
 
 /// Messages one SEND_BATCH_MESSAGE may carry.
 const BATCH_MESSAGES_MAX: usize = 10_000;
@@ -39,6 +49,13 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
         // Stored messages use IPv4 hosts (clients such as the C++ decoder read nothing else).
         SocketAddr::V6(a) => SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), a.port()),
     }
+}
+
+/// A transactional half message: RocketMQ decides by the `TRAN_MSG` property (Java's `Boolean.parseBoolean`);
+/// the client also sets the PREPARED transaction bits in the header's sysFlag.
+fn is_half_message(sys_flag: i32, properties: &str) -> bool {
+    sys_flag::transaction_value(sys_flag) == sys_flag::TRANSACTION_PREPARED_TYPE
+        || get_property(properties, property::TRANSACTION_PREPARED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 struct Outgoing {
@@ -107,6 +124,9 @@ impl BrokerInner {
         }
         if NOT_ALLOWED_SEND.contains(&h.topic.as_str()) {
             return reply(req, ResponseCode::NO_PERMISSION, format!("Sending message to topic[{}] is forbidden.", h.topic));
+        }
+        if is_half_message(h.sys_flag, h.properties.as_deref().unwrap_or("")) {
+            return self.refuse_half_message(req);
         }
         if let Err(r) = self.check_leader(req) {
             return r;
@@ -197,6 +217,9 @@ impl BrokerInner {
             if batch.is_empty() {
                 return reply(req, ResponseCode::MESSAGE_ILLEGAL, "the batch holds no message");
             }
+            if batch.iter().any(|m| is_half_message(0, m.properties)) {
+                return self.refuse_half_message(req);
+            }
             for m in batch {
                 match encode(m.body, m.properties, m.flag) {
                     Ok(o) => messages.push(o),
@@ -212,6 +235,7 @@ impl BrokerInner {
         if let Err(r) = self.check_entry_size(req, &topic, messages.iter().map(|m| m.data.len())) {
             return r;
         }
+        #[cfg(feature = "unsafe-ack-before-quorum")]
         if self.cfg.unsafe_ack_before_quorum {
             return self.unsafe_ack_before_quorum(req, &topic, queue_id, store_host, messages);
         }
@@ -231,8 +255,49 @@ impl BrokerInner {
         }
     }
 
+    /// RocketMQ's answer with `rejectTransactionMessage = true` (16, which the Java producer reports after
+    /// trying the other brokers), plus why.
+    fn refuse_half_message(&self, req: &RemotingCommand) -> Reply {
+        let addr = self.cfg.me().map(|p| p.client_addr.clone()).unwrap_or_default();
+        reply(
+            req,
+            ResponseCode::NO_PERMISSION,
+            format!(
+                "the broker[{addr}] sending transaction message is forbidden: raftmq does not implement transactional \
+                 messages yet (a half message would be delivered at once and could not be rolled back)"
+            ),
+        )
+    }
+
+    /// END_TRANSACTION (37): there is never a half message to commit or roll back, since sends of half
+    /// messages are refused. Clients send 37 oneway (no answer goes back), so the request is also logged.
+    pub(crate) fn end_transaction(&self, req: &RemotingCommand) -> Reply {
+        let h = match EndTransactionRequestHeader::from_ext_fields(&req.ext_fields) {
+            Ok(h) => h,
+            Err(e) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("bad END_TRANSACTION header: {e}")),
+        };
+        warn!(
+            group = %h.producer_group,
+            msg_id = %h.msg_id,
+            commit_log_offset = h.commit_log_offset,
+            commit_or_rollback = h.commit_or_rollback,
+            "END_TRANSACTION for a transaction raftmq never stored (transactional messages are not supported)"
+        );
+        reply(
+            req,
+            ResponseCode::REQUEST_CODE_NOT_SUPPORTED,
+            format!(
+                "transactional messages are not supported by raftmq: half messages are refused at send, so there is no \
+                 prepared message {} at commitLogOffset {} to commit or roll back",
+                h.msg_id, h.commit_log_offset
+            ),
+        )
+    }
+
     /// `unsafeAckBeforeQuorum` (chaos-checker tests only): proposes the write in the background and answers
-    /// at once with the queue offset the message would get if nothing went wrong. Never enable in production.
+    /// at once with the queue offset the message would get if nothing went wrong. Compiled only with the
+    /// `unsafe-ack-before-quorum` feature.
+    #[cfg(feature = "unsafe-ack-before-quorum")]
     fn unsafe_ack_before_quorum(
         &self,
         req: &RemotingCommand,
@@ -271,8 +336,18 @@ impl BrokerInner {
         if let Err(r) = self.check_leader(req) {
             return r;
         }
-        let Some(raw) = (h.offset >= 0).then(|| self.store.message_by_phys_offset(h.offset as u64)).flatten() else {
-            return reply(req, ResponseCode::SYSTEM_ERROR, format!("look message by offset failed, {}", h.offset));
+        let found = match u64::try_from(h.offset) {
+            Ok(offset) => self.store.message_by_phys_offset(offset),
+            Err(_) => Ok(None),
+        };
+        let raw = match found {
+            Ok(Some(raw)) => raw,
+            // RocketMQ's answer; here it also covers an offset that is not a committed message's start.
+            Ok(None) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("look message by offset failed, {}", h.offset)),
+            Err(e) => {
+                warn!(offset = h.offset, error = %e, "send-back: stored record unreadable");
+                return reply(req, ResponseCode::SYSTEM_ERROR, format!("stored record holding offset {} is unreadable: {e}", h.offset));
+            }
         };
         let orig = match decode_stored_message(&raw) {
             Ok(m) => m,

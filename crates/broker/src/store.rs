@@ -1,16 +1,21 @@
 //! The broker's message store: RocketMQ's `MessageStore` semantics over a Raft group member.
 //!
-//! Puts go through [`RaftNode::produce`] (batched into Raft entries, acknowledged after quorum fsync and
-//! apply). Gets read the local consume queue — which only ever holds committed entries, on leader and
+//! Puts go through [`RaftNode::submit_produce`] (batched into Raft entries, acknowledged after quorum fsync
+//! and apply). Each put is stamped with its STORETIMESTAMP under the store clock's lock, in the order it
+//! enters the log, from a clock that never goes back — also not across leaders: a new leader starts above
+//! the newest committed store timestamp. Store timestamps are therefore non-decreasing along the log and
+//! along every queue, which SEARCH_OFFSET_BY_TIMESTAMP's binary search needs (RocketMQ likewise stamps
+//! under its put lock). Gets read the local consume queue — which only ever holds committed entries, on leader and
 //! followers alike — and slice message bytes zero-copy out of the mapped commitlog. Statuses and
 //! `nextBeginOffset` rules follow RocketMQ's `DefaultMessageStore.getMessage`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use raftmq_raft::consume_queue::{ConsumeQueue, CqUnit};
-use raftmq_raft::node::{RaftNode, WriteError};
+use raftmq_raft::error::ReadError;
+use raftmq_raft::node::{RaftNode, Role, WriteError};
 use raftmq_raft::types::{Command, Message, OffsetCommit, QueueAppend, QueueAppendResult, TopicConfig};
 
 use raftmq_remoting::message::{
@@ -99,24 +104,52 @@ pub enum PutError {
     Rejected(String),
 }
 
-/// Message store over one Raft group member.
+/// Message store over one Raft group member. Clones share the store clock.
 #[derive(Clone)]
 pub struct MessageStore {
     node: Arc<RaftNode>,
+    clock: Arc<tokio::sync::Mutex<StoreClock>>,
+}
+
+/// The leader's STORETIMESTAMP source: `max(wall clock, last stamp)`, floored once per term at the newest
+/// store timestamp the group committed before this node led.
+#[derive(Debug, Default)]
+struct StoreClock {
+    /// The term `last` was floored in; 0 = never.
+    term: u64,
+    last: i64,
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn store_timestamp_at(msg: &[u8]) -> Option<usize> {
+    let sysflag = i32::from_be_bytes(msg.get(SYS_FLAG_POSITION..SYS_FLAG_POSITION + 4)?.try_into().ok()?);
+    let born_host_len = if sysflag & sys_flag::BORNHOST_V6 != 0 { 20 } else { 8 };
+    let at = BORN_HOST_POSITION + born_host_len;
+    (msg.len() >= at + 8).then_some(at)
 }
 
 /// Reads STORETIMESTAMP from a stored message (its position depends on the born-host address family).
 pub fn store_timestamp_of(msg: &[u8]) -> Option<i64> {
-    let sysflag = i32::from_be_bytes(msg.get(SYS_FLAG_POSITION..SYS_FLAG_POSITION + 4)?.try_into().ok()?);
-    let born_host_len = if sysflag & sys_flag::BORNHOST_V6 != 0 { 20 } else { 8 };
-    let at = BORN_HOST_POSITION + born_host_len;
-    Some(i64::from_be_bytes(msg.get(at..at + 8)?.try_into().ok()?))
+    let at = store_timestamp_at(msg)?;
+    Some(i64::from_be_bytes(msg[at..at + 8].try_into().ok()?))
+}
+
+/// `msg` with its STORETIMESTAMP set to `ts` (in place when `msg` is not shared). A message too short to
+/// hold the field is returned unchanged (the encoder never makes one).
+fn with_store_timestamp(msg: Bytes, ts: i64) -> Bytes {
+    let Some(at) = store_timestamp_at(&msg) else { return msg };
+    let mut m = msg.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    m[at..at + 8].copy_from_slice(&ts.to_be_bytes());
+    m.freeze()
 }
 
 impl MessageStore {
     /// A store over `node`.
     pub fn new(node: Arc<RaftNode>) -> Self {
-        MessageStore { node }
+        MessageStore { node, clock: Arc::default() }
     }
 
     /// The Raft member.
@@ -124,19 +157,57 @@ impl MessageStore {
         &self.node
     }
 
-    /// Stores encoded messages into one topic-queue atomically (one Raft entry); all or nothing.
+    /// Stores encoded messages into one topic-queue atomically (one Raft entry); all or nothing. Their
+    /// STORETIMESTAMP is overwritten by the store clock (see the module docs).
     pub async fn put(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>) -> PutResult {
-        let q = QueueAppend {
-            topic: topic.to_string(),
-            queue_id,
-            messages: messages.into_iter().map(|(tags_code, data)| Message { tags_code, data, phys_offset: None }).collect(),
+        let ticket = {
+            let mut clock = self.clock.lock().await;
+            let r = self.node.role().borrow().clone();
+            if r.term != clock.term && r.role == Role::Leader && r.ready {
+                // Ready: every entry of earlier terms that will ever commit is applied, so the newest queue
+                // tails hold the newest committed store timestamp.
+                clock.last = clock.last.max(self.newest_store_timestamp());
+                clock.term = r.term;
+            }
+            let ts = wall_ms().max(clock.last);
+            clock.last = ts;
+            let q = QueueAppend {
+                topic: topic.to_string(),
+                queue_id,
+                messages: messages
+                    .into_iter()
+                    .map(|(tags_code, data)| Message { tags_code, data: with_store_timestamp(data, ts), phys_offset: None })
+                    .collect(),
+            };
+            // Submitted under the lock: log order is stamp order.
+            self.node.submit_produce(vec![q]).await?
         };
-        let mut results = self.node.produce(vec![q]).await?;
+        let mut results = ticket.await?;
         match results.pop() {
             Some(QueueAppendResult::Stored(p)) => Ok(p.into_iter().map(|p| (p.queue_offset, p.phys_offset)).collect()),
             Some(QueueAppendResult::Rejected(why)) => Err(PutError::Rejected(why)),
             None => Err(PutError::Rejected("empty result".into())),
         }
+    }
+
+    /// The largest store timestamp among the last messages of all queues: O(queues), once per term.
+    fn newest_store_timestamp(&self) -> i64 {
+        let mut newest = 0;
+        for t in self.topics() {
+            for qid in 0..t.read_queues.max(t.write_queues) {
+                let Some(q) = self.queue(&t.name, qid) else { continue };
+                let max = q.max_offset();
+                if max == 0 || max <= q.min_offset() {
+                    continue;
+                }
+                let ts = q
+                    .get(max - 1)
+                    .and_then(|u| self.node.commitlog().read_at(u.phys_offset, u.size as usize))
+                    .and_then(|d| store_timestamp_of(&d));
+                newest = newest.max(ts.unwrap_or(0));
+            }
+        }
+        newest
     }
 
     /// Creates or updates a topic through the log.
@@ -332,16 +403,20 @@ impl MessageStore {
         store_timestamp_of(&self.node.commitlog().read_at(u.phys_offset, u.size as usize)?)
     }
 
-    /// The stored message at a commitlog offset (VIEW_MESSAGE_BY_ID, CONSUMER_SEND_MSG_BACK).
-    pub fn message_by_phys_offset(&self, phys_offset: u64) -> Option<Bytes> {
-        // The offset may come from a client (a decoded msgId): check it is a message start.
-        let head = self.node.commitlog().read_at(phys_offset, 8)?;
-        let size = i32::from_be_bytes(head[..4].try_into().ok()?);
-        let magic = i32::from_be_bytes(head[4..8].try_into().ok()?);
-        if magic != MESSAGE_MAGIC_CODE_V1 || size < (PHYSICAL_OFFSET_AT + 8) as i32 {
-            return None;
+    /// The stored message starting at a commitlog offset (CONSUMER_SEND_MSG_BACK, VIEW_MESSAGE_BY_ID), only
+    /// if it is committed: the offset comes from a client, so the whole record holding it is read through
+    /// the index, CRC-verified and decoded, and the offset must be the start of one of its messages.
+    ///
+    /// # Errors
+    /// [`ReadError`] when that record fails to read, verify or decode.
+    pub fn message_by_phys_offset(&self, phys_offset: u64) -> Result<Option<Bytes>, ReadError> {
+        let Some(data) = self.node.state().applied_message_at(phys_offset)? else { return Ok(None) };
+        let size = data.get(..4).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes);
+        let magic = data.get(4..8).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes);
+        if magic != Some(MESSAGE_MAGIC_CODE_V1) || size != i32::try_from(data.len()).ok() || data.len() < PHYSICAL_OFFSET_AT + 8 {
+            return Ok(None);
         }
-        self.node.commitlog().read_at(phys_offset, size as usize)
+        Ok(Some(data))
     }
 }
 

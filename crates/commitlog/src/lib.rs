@@ -216,6 +216,35 @@ impl CommitLogReader {
         }
     }
 
+    /// Reads and verifies the present record whose bytes contain the absolute position `pos`, found by a
+    /// binary search of the dense index (record positions grow with the index). `Ok(None)` when no present
+    /// record contains `pos`: purged, beyond the last record, or in a segment's tail padding. For positions
+    /// that come from outside (a client's msgId), where [`CommitLogReader::read_at`] would trust anything.
+    pub fn read_containing(&self, pos: u64) -> Result<Option<StoredRecord>> {
+        let v = self.view();
+        let (Some(first), Some(last)) = (v.first, v.last) else { return Ok(None) };
+        let per = self.shared.index_slots_per_file;
+        // The first index whose record starts after `pos`; the one before it is the candidate.
+        let (mut lo, mut hi) = (first, last.index + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if read_slot(&v, per, mid)?.pos <= pos {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == first {
+            return Ok(None);
+        }
+        let index = lo - 1;
+        let slot = read_slot(&v, per, index)?;
+        if pos >= slot.pos + u64::from(slot.len) {
+            return Ok(None);
+        }
+        self.read_in(&v, index)
+    }
+
     /// Reads present records in `[start, end)`, in order, stopping once `bytes_max` is reached (always at
     /// least one record when any is present).
     pub fn read_range(&self, start: u64, end: u64, bytes_max: usize) -> Result<Vec<StoredRecord>> {
@@ -239,8 +268,10 @@ impl CommitLogReader {
     }
 
     /// Zero-copy bytes at an absolute log position, for serving message bodies by physical offset.
-    /// `Ok(None)` if that range is not inside a retained segment. No CRC check: callers read ranges inside
-    /// records that were verified when they were applied.
+    /// `None` if that range is not inside a retained segment. No CRC check and no commit check: the range
+    /// may lie in a record that is not committed (and may be truncated) or span records. Only for ranges
+    /// taken from consume-queue units, which point inside applied records verified when they were applied;
+    /// a position from anywhere else goes through [`CommitLogReader::read_containing`].
     pub fn read_at(&self, pos: u64, len: usize) -> Option<Bytes> {
         let v = self.view();
         let seg = self.shared.segment_bytes;

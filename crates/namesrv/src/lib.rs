@@ -123,7 +123,13 @@ impl Handler {
                         Err(e) => return error(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
                     }
                 };
-                let master = self.routes.register(&h, &body);
+                let master = match self.routes.register(&h, &body) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(broker = %h.broker_addr, error = %e, "registration refused");
+                        return error(req, ResponseCode::SYSTEM_ERROR, e.to_string());
+                    }
+                };
                 let resp = RegisterBrokerResponseHeader { ha_server_addr: None, master_addr: master };
                 let kv = encode_json_body(&KvTable::default()).unwrap_or_default();
                 Some(RemotingCommand::success_to(req).with_header(&resp).with_body(kv).into())

@@ -22,3 +22,19 @@ pub enum PayloadError {
     #[error("bincode: {0}")]
     Bincode(String),
 }
+
+/// Why a message could not be read by physical offset.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The log failed to read or verify the record (its kind says whether IO or corruption).
+    #[error(transparent)]
+    Log(#[from] raftmq_commitlog::CommitLogError),
+    /// The record verified but its body does not decode.
+    #[error("log record {index}: {source}")]
+    Payload {
+        /// Raft index of the record.
+        index: u64,
+        /// The decode failure.
+        source: PayloadError,
+    },
+}

@@ -35,6 +35,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -311,15 +312,40 @@ pub async fn control_call(addr: &str, req: ControlRequest, timeout: Duration) ->
 // Client
 // ---------------------------------------------------------------------------------------------------------------
 
+/// Fault injection: cuts a node's Raft traffic (both directions) while on. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Isolation(Arc<AtomicBool>);
+
+impl Isolation {
+    /// Switches the partition on or off.
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Release);
+    }
+
+    /// True while the node is cut off.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Creates one [`TcpNetwork`] per target; nothing is connected until the first RPC.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TcpNetworkFactory;
+#[derive(Debug, Clone, Default)]
+pub struct TcpNetworkFactory {
+    isolation: Isolation,
+}
+
+impl TcpNetworkFactory {
+    /// A factory whose clients fail every RPC while `isolation` is on.
+    pub fn with_isolation(isolation: Isolation) -> Self {
+        TcpNetworkFactory { isolation }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetworkFactory {
     type Network = TcpNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> TcpNetwork {
-        TcpNetwork::new(target, node.clone())
+        TcpNetwork { isolation: self.isolation.clone(), ..TcpNetwork::new(target, node.clone()) }
     }
 }
 
@@ -331,6 +357,7 @@ pub struct TcpNetwork {
     conn: Option<Conn>,
     /// The AppendEntries with entries that is (or was) in flight; see [`Transfer`].
     transfer: Option<Transfer>,
+    isolation: Isolation,
 }
 
 type Conn = BufReader<TcpStream>;
@@ -430,7 +457,7 @@ async fn round_trip_on<Resp: DeserializeOwned>(
 impl TcpNetwork {
     /// A client for node `target` at `node.addr`; connects lazily.
     pub fn new(target: NodeId, node: Node) -> Self {
-        TcpNetwork { target, node, conn: None, transfer: None }
+        TcpNetwork { target, node, conn: None, transfer: None, isolation: Isolation::default() }
     }
 
     /// One round trip. The connection is out of `self` while in flight and comes back only when healthy, so a
@@ -441,6 +468,11 @@ impl TcpNetwork {
         frame: &[u8],
         connect_timeout: Duration,
     ) -> Result<Resp, CallError> {
+        if self.isolation.is_on() {
+            self.conn = None;
+            let cut = io::Error::new(io::ErrorKind::NotConnected, "raft traffic of this node is cut off (fault injection)");
+            return Err(CallError::Unreachable(cut.into()));
+        }
         let (resp, conn) = round_trip_on(self.conn.take(), &self.node.addr, kind, frame, connect_timeout).await?;
         self.conn = Some(conn);
         Ok(resp)
@@ -540,8 +572,10 @@ impl RaftNetwork<TypeConfig> for TcpNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        if rpc.entries.is_empty() {
-            // A heartbeat: sent at once on its own connection, never queued behind a transfer.
+        if rpc.entries.is_empty() || self.isolation.is_on() {
+            // A heartbeat: sent at once on its own connection, never queued behind a transfer. (An isolated
+            // node's calls all fail in `call`, transfers included.)
+            self.transfer = self.transfer.take().filter(|_| !self.isolation.is_on());
             let frame = encode_frame(FrameKind::AppendEntries, &rpc).map_err(local_encode_err)?;
             return self.call(FrameKind::AppendEntries, &frame, &option).await;
         }
@@ -649,6 +683,7 @@ impl RaftRpcHandler for Raft {
 struct Handlers {
     rpc: Arc<dyn RaftRpcHandler>,
     control: Arc<dyn ControlHandler>,
+    isolation: Isolation,
 }
 
 impl Handlers {
@@ -657,6 +692,9 @@ impl Handlers {
         let Some(kind) = FrameKind::from_byte(kind) else {
             return Err(NetworkError::Decode(format!("unknown frame kind {kind}")));
         };
+        if kind != FrameKind::Control && self.isolation.is_on() {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "raft traffic of this node is cut off (fault injection)").into());
+        }
         // Each arm frees the request frame before the handler runs: it may hold up to 64 MiB.
         match kind {
             FrameKind::AppendEntries => {
@@ -694,13 +732,18 @@ impl RaftServer {
     /// Serves `raft`'s RPCs and the control RPCs (usually `Arc::new(RaftControl::new(raft.clone()))`) on
     /// `listener`.
     pub fn start(listener: TcpListener, raft: Raft, control: Arc<dyn ControlHandler>) -> RaftServer {
-        Self::start_with(listener, Arc::new(raft), control)
+        Self::start_with(listener, Arc::new(raft), control, Isolation::default())
     }
 
-    /// Serves RPCs on `listener` with arbitrary handlers.
-    pub fn start_with(listener: TcpListener, rpc: Arc<dyn RaftRpcHandler>, control: Arc<dyn ControlHandler>) -> RaftServer {
+    /// Serves RPCs on `listener` with arbitrary handlers; Raft requests are refused while `isolation` is on.
+    pub fn start_with(
+        listener: TcpListener,
+        rpc: Arc<dyn RaftRpcHandler>,
+        control: Arc<dyn ControlHandler>,
+        isolation: Isolation,
+    ) -> RaftServer {
         let local_addr = listener.local_addr().ok();
-        let accept = tokio::spawn(accept_loop(listener, Handlers { rpc, control }));
+        let accept = tokio::spawn(accept_loop(listener, Handlers { rpc, control, isolation }));
         RaftServer { accept, local_addr }
     }
 
@@ -874,7 +917,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stub = Arc::new(StubRaft::default());
-        let server = RaftServer::start_with(listener, stub.clone(), Arc::new(StubControl));
+        let server = RaftServer::start_with(listener, stub.clone(), Arc::new(StubControl), Isolation::default());
         (server, addr, stub)
     }
 
@@ -919,7 +962,7 @@ mod tests {
     }
 
     async fn client(addr: &str) -> TcpNetwork {
-        TcpNetworkFactory.new_client(1, &Node::new(addr)).await
+        TcpNetworkFactory::default().new_client(1, &Node::new(addr)).await
     }
 
     /// True once the peer has closed `s` (EOF or reset) within two seconds.
@@ -1023,6 +1066,27 @@ mod tests {
         assert!(matches!(control_call(&addr, ControlRequest::TriggerElect, t).await, Err(NetworkError::Remote(m)) if m == "not now"));
         // Nobody listening: refused at once.
         assert!(matches!(control_call(&closed_addr().await, ControlRequest::Ping, t).await, Err(NetworkError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn isolation_cuts_raft_traffic_both_ways_but_not_control() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Isolation::default();
+        let _server = RaftServer::start_with(listener, Arc::new(StubRaft::default()), Arc::new(StubControl), cut.clone());
+        let mut net = client(&addr).await;
+        assert!(net.vote(vote_req(1, 1), opt()).await.unwrap().vote_granted);
+        cut.set(true);
+        // Inbound: the server drops the request and the connection.
+        assert!(matches!(net.vote(vote_req(2, 2), opt()).await, Err(RPCError::Network(_))));
+        assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2)).await.unwrap(), ControlResponse::Pong { id: 7 });
+        // Outbound: a client sharing the switch fails before connecting.
+        let (_other, other_addr, _) = stub_server().await;
+        let mut out = TcpNetworkFactory::with_isolation(cut.clone()).new_client(2, &Node::new(&other_addr)).await;
+        assert!(matches!(out.vote(vote_req(1, 1), opt()).await, Err(RPCError::Unreachable(_))));
+        cut.set(false);
+        assert!(out.vote(vote_req(3, 3), opt()).await.unwrap().vote_granted);
+        assert!(net.vote(vote_req(4, 4), opt()).await.unwrap().vote_granted);
     }
 
     #[tokio::test]

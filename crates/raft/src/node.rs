@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::log_store::{LogStore, StoreLink};
-use crate::network::{control_call, ControlRequest, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
+use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft, PRODUCE_HEADER_BYTES};
 
@@ -238,6 +238,17 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
 }
 
+/// A queued produce request; await it for the per-queue positions once committed and applied.
+pub struct ProduceTicket(oneshot::Receiver<Result<Vec<QueueAppendResult>, WriteError>>);
+
+impl std::future::Future for ProduceTicket {
+    type Output = Result<Vec<QueueAppendResult>, WriteError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(WriteError::Unknown("node stopped".into()))))
+    }
+}
+
 struct ProduceRequest {
     queues: Vec<QueueAppend>,
     bytes: usize,
@@ -255,6 +266,7 @@ pub struct RaftNode {
     role_rx: watch::Receiver<RoleState>,
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
+    isolation: Isolation,
 }
 
 #[derive(Default)]
@@ -336,8 +348,10 @@ impl RaftNode {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
-        let raft = Raft::new(cfg.id, config, TcpNetworkFactory, LogStore::new(log.clone(), link), sm).await.map_err(|e| start_err(&e))?;
-        let server = RaftServer::start(listener, raft.clone(), Arc::new(RaftControl::new(raft.clone())));
+        let isolation = Isolation::default();
+        let network = TcpNetworkFactory::with_isolation(isolation.clone());
+        let raft = Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| start_err(&e))?;
+        let server = RaftServer::start_with(listener, Arc::new(raft.clone()), Arc::new(RaftControl::new(raft.clone())), isolation.clone());
 
         let (role_tx, role_rx) = watch::channel(RoleState { role: Role::Learner, term: 0, leader: None, leader_addr: None, ready: false });
         let mut metrics = raft.metrics();
@@ -368,7 +382,7 @@ impl RaftNode {
         let (produce_tx, produce_rx) = mpsc::channel(4096);
         tokio::spawn(produce_batcher(raft.clone(), produce_rx, cfg.batch_bytes_max, cfg.entry_bytes_max, cfg.batch_inflight_max));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
-        Ok(RaftNode { id: cfg.id, cfg, raft, sm: shared, log, server, role_rx, produce_tx, fence: Arc::new(Fence::default()) })
+        Ok(RaftNode { id: cfg.id, cfg, raft, sm: shared, log, server, role_rx, produce_tx, fence: Arc::new(Fence::default()), isolation })
     }
 
     /// This member's id.
@@ -424,6 +438,13 @@ impl RaftNode {
     /// [`WriteError::EntryTooLarge`] when the call alone would make an entry above `entry_bytes_max`; the
     /// others as documented on [`WriteError`].
     pub async fn produce(&self, queues: Vec<QueueAppend>) -> Result<Vec<QueueAppendResult>, WriteError> {
+        self.submit_produce(queues).await?.await
+    }
+
+    /// The first half of [`RaftNode::produce`]: queues the request for the batcher and returns once it is
+    /// queued. Requests enter the log in the order their submissions return, so a caller that must order
+    /// writes (the broker's store clock) submits under its own lock and awaits the outcome outside it.
+    pub async fn submit_produce(&self, queues: Vec<QueueAppend>) -> Result<ProduceTicket, WriteError> {
         self.fence.check()?;
         let bytes = queues.iter().map(QueueAppend::encoded_len).sum::<usize>();
         let entry_bytes = PRODUCE_HEADER_BYTES + bytes;
@@ -432,7 +453,7 @@ impl RaftNode {
         }
         let (reply, rx) = oneshot::channel();
         self.produce_tx.send(ProduceRequest { queues, bytes, reply }).await.map_err(|_| WriteError::Unknown("node stopped".into()))?;
-        rx.await.map_err(|_| WriteError::Unknown("node stopped".into()))?
+        Ok(ProduceTicket(rx))
     }
 
     /// Proposes one command (topics, offsets) as its own entry and waits until applied.
@@ -461,6 +482,14 @@ impl RaftNode {
             }
             Err(e) => Err(WriteError::Unknown(e.to_string())),
         }
+    }
+
+    /// Fault injection for tests: while `on`, every Raft RPC this member sends or receives fails, as if a
+    /// partition cut its Raft port off (control RPCs still pass). A leader cut off keeps believing it leads
+    /// (openraft 0.9 has no step-down on quorum loss) — exactly the deposed leader the broker must not trust.
+    pub fn set_isolated(&self, on: bool) {
+        warn!(node = self.id, isolated = on, "raft isolation switched (fault injection)");
+        self.isolation.set(on);
     }
 
     /// Current status figures.

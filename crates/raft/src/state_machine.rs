@@ -24,14 +24,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, StorageError, StorageIOError, StoredMembership};
-use raftmq_commitlog::CommitLogReader;
+use raftmq_commitlog::{CommitLogReader, RecordKind, HEADER_LEN};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
+use crate::error::ReadError;
 use crate::log_store::StoreLink;
 use crate::types::{
     Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig,
@@ -278,6 +280,24 @@ impl SmShared {
     /// The commitlog reader, for message bytes by physical offset.
     pub fn commitlog(&self) -> &CommitLogReader {
         &self.log
+    }
+
+    /// The message whose bytes start exactly at `phys_offset`, if it belongs to an applied — hence
+    /// committed — produce entry. The whole record is read through the index and its CRC verified, and the
+    /// entry decoded to find a message starting there: the offset may come from a client (a decoded
+    /// msgId) and point anywhere, including into an appended but uncommitted record or inside a body.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the record holding the offset fails to read, verify or decode.
+    pub fn applied_message_at(&self, phys_offset: u64) -> Result<Option<Bytes>, ReadError> {
+        let Some(rec) = self.log.read_containing(phys_offset)? else { return Ok(None) };
+        if rec.meta.kind != RecordKind::Normal || self.last_applied_index().is_none_or(|a| rec.meta.index > a) {
+            return Ok(None);
+        }
+        let body_pos = rec.pos + HEADER_LEN as u64;
+        let cmd = Command::decode(&rec.body, Some(body_pos)).map_err(|source| ReadError::Payload { index: rec.meta.index, source })?;
+        let Command::Produce(queues) = cmd else { return Ok(None) };
+        Ok(queues.into_iter().flat_map(|q| q.messages).find(|m| m.phys_offset == Some(phys_offset)).map(|m| m.data))
     }
 
     /// Sets the newest index a snapshot may be built at (the retention boundary). `u64::MAX` means "the

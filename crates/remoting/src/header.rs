@@ -856,6 +856,10 @@ pub struct RegisterBrokerRequestHeader {
     pub compressed: bool,
     /// `bodyCrc32`. Default 0.
     pub body_crc32: i32,
+    /// `raftTerm` (raftmq extension; Java nameservers ignore unknown keys): the Raft term in which the
+    /// broker registers. A raftmq nameserver keeps the brokerId-0 registration of the highest term while it
+    /// is alive, so a deposed leader cannot take the route back. Absent from non-raftmq brokers.
+    pub raft_term: Option<i64>,
 }
 
 impl CommandHeader for RegisterBrokerRequestHeader {
@@ -871,6 +875,7 @@ impl CommandHeader for RegisterBrokerRequestHeader {
             enable_acting_master: f.opt_bool("enableActingMaster")?,
             compressed: f.bool_or("compressed", false)?,
             body_crc32: f.opt_i32("bodyCrc32")?.unwrap_or(0),
+            raft_term: f.opt_i64("raftTerm")?,
         })
     }
 
@@ -884,6 +889,7 @@ impl CommandHeader for RegisterBrokerRequestHeader {
         put_opt(out, "enableActingMaster", self.enable_acting_master);
         put(out, "compressed", self.compressed);
         put(out, "bodyCrc32", self.body_crc32);
+        put_opt(out, "raftTerm", self.raft_term);
     }
 }
 

@@ -109,6 +109,7 @@ proptest! {
         round_trip(&RegisterBrokerRequestHeader {
             broker_name: name.clone(), broker_addr: addr.clone(), cluster_name: name.clone(), ha_server_addr: addr.clone(),
             broker_id: id, heartbeat_timeout_millis: Some(id), enable_acting_master: Some(b), compressed: b, body_crc32: n,
+            raft_term: Some(id),
         })?;
         round_trip(&RegisterBrokerResponseHeader { ha_server_addr: o.clone(), master_addr: Some(addr.clone()) })?;
         let (broker_name, cluster_name) = (name.clone(), name.clone());

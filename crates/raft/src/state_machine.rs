@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
+use crate::error::{FailureCell, StoreFailure};
 use crate::log_store::StoreLink;
 use crate::types::{
     Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig,
@@ -51,12 +52,21 @@ pub struct StateMachineConfig {
     pub checkpoint_every: u64,
     /// In-memory checkpoints kept for building snapshots at a retention boundary.
     pub checkpoints_kept: usize,
+    /// Where the state machine records a storage failure (a consume-queue file that cannot be allocated,
+    /// a failed msync or checkpoint write). After one, it applies nothing more and takes no checkpoint.
+    pub failure: FailureCell,
 }
 
 impl StateMachineConfig {
     /// Defaults for `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StateMachineConfig { dir: dir.into(), cq_units_per_file: 300_000, checkpoint_every: 1024, checkpoints_kept: 64 }
+        StateMachineConfig {
+            dir: dir.into(),
+            cq_units_per_file: 300_000,
+            checkpoint_every: 1024,
+            checkpoints_kept: 64,
+            failure: FailureCell::default(),
+        }
     }
 }
 
@@ -99,7 +109,7 @@ struct CurrentSnapshot {
 }
 
 enum FlushJob {
-    Checkpoint { files: Vec<Arc<CqFile>>, meta: Box<Metadata>, done: Option<oneshot::Sender<Result<(), String>>> },
+    Checkpoint { files: Vec<Arc<CqFile>>, meta: Box<Metadata>, done: Option<oneshot::Sender<Result<(), StoreFailure>>> },
 }
 
 /// State shared between the state-machine worker, the snapshot builder and readers (the broker).
@@ -179,19 +189,31 @@ fn read_framed(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(b[8..].to_vec()))
 }
 
-fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink) {
+/// Persists checkpoints in order. The first failure is recorded in `failure` and is final: a failed
+/// msync may have marked pages clean that never reached the disk, so no later checkpoint could vouch for
+/// the units before it. Later jobs fail with the same error; the state machine stops applying.
+fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, failure: FailureCell) {
     while let Ok(job) = rx.recv() {
         match job {
             FlushJob::Checkpoint { files, meta, done } => {
-                let r = (|| -> Result<(), String> {
-                    for f in &files {
-                        f.flush().map_err(|e| format!("msync consume queue: {e}"))?;
-                    }
-                    let bytes = bincode::serialize(&*meta).map_err(|e| e.to_string())?;
-                    write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| format!("write checkpoint: {e}"))
-                })();
+                let r = failure.get().map_or_else(
+                    || {
+                        for f in &files {
+                            f.flush()?;
+                        }
+                        let path = dir.join(CHECKPOINT_FILE);
+                        let bytes = bincode::serialize(&*meta)
+                            .map_err(|e| StoreFailure::io("encode checkpoint", &path, &std::io::Error::other(e.to_string())))?;
+                        write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| StoreFailure::io("write checkpoint", &path, &e))
+                    },
+                    Err,
+                );
                 match (&r, meta.last_applied) {
-                    (Err(e), _) => tracing::error!(error = %e, "checkpoint failed"),
+                    (Err(e), _) => {
+                        if failure.set(e.clone()) {
+                            tracing::error!(error = %e, kind = ?e.kind, errno = ?e.errno, "checkpoint failed; the state machine stops");
+                        }
+                    }
                     (Ok(()), Some(l)) => link.set_durable(l.index),
                     (Ok(()), None) => {}
                 }
@@ -208,12 +230,26 @@ impl SmShared {
         self.cfg.dir.join("consumequeue").join(topic_dir_name(topic)).join(queue_id.to_string())
     }
 
-    fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> std::io::Result<Arc<ConsumeQueue>> {
+    fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> Result<Arc<ConsumeQueue>, StoreFailure> {
         let q = ConsumeQueue::open(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset)?;
         let q = Arc::new(q);
         write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
         self.queue_created.notify_waiters();
         Ok(q)
+    }
+
+    /// Records a storage failure (the first one wins) and turns it into openraft's error, which stops
+    /// the Raft core.
+    fn fail(&self, verb: ErrorVerb, f: StoreFailure) -> StorageError<NodeId> {
+        if self.cfg.failure.set(f.clone()) {
+            tracing::error!(error = %f, kind = ?f.kind, errno = ?f.errno, "state machine storage failed; it stops applying");
+        }
+        sm_err(verb, f)
+    }
+
+    /// The storage failure that stopped the state machine, if any.
+    pub fn failure(&self) -> Option<StoreFailure> {
+        self.cfg.failure.get()
     }
 
     /// The consume queue of a topic-queue, if it exists.
@@ -259,7 +295,7 @@ impl SmShared {
 
     /// Retention: after the log was purged so that it starts at byte `first_pos`, raise every queue's
     /// min offset past units pointing below it and delete consume-queue files wholly below.
-    pub fn advance_min_offsets(&self, first_pos: u64) -> std::io::Result<()> {
+    pub fn advance_min_offsets(&self, first_pos: u64) -> Result<(), StoreFailure> {
         let queues: Vec<((String, u32), Arc<ConsumeQueue>)> =
             read_lock(&self.queues).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         for ((topic, qid), q) in queues {
@@ -334,9 +370,10 @@ impl StateMachine {
         let (tx, rx) = mpsc::channel();
         let dir = cfg.dir.clone();
         let flushed = link.clone();
+        let failure = cfg.failure.clone();
         std::thread::Builder::new()
             .name("sm-flush".into())
-            .spawn(move || flush_thread(dir, rx, flushed))
+            .spawn(move || flush_thread(dir, rx, flushed, failure))
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let shared = Arc::new(SmShared {
             cfg,
@@ -353,7 +390,7 @@ impl StateMachine {
         });
         for (topic, qs) in &meta.queues {
             for (qid, st) in qs {
-                shared.open_queue(topic, *qid, *st).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                shared.open_queue(topic, *qid, *st).map_err(|e| shared.fail(ErrorVerb::Read, e))?;
             }
         }
         if meta.last_applied.is_some() {
@@ -386,7 +423,7 @@ impl StateMachine {
             let st = meta.queues.entry(qa.topic.clone()).or_default().entry(qa.queue_id).or_default();
             let q = match self.shared.queue(&qa.topic, qa.queue_id) {
                 Some(q) => q,
-                None => self.shared.open_queue(&qa.topic, qa.queue_id, *st).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                None => self.shared.open_queue(&qa.topic, qa.queue_id, *st).map_err(|e| self.shared.fail(ErrorVerb::Write, e))?,
             };
             let mut positions = Vec::with_capacity(qa.messages.len());
             for m in &qa.messages {
@@ -394,7 +431,7 @@ impl StateMachine {
                     m.phys_offset.ok_or_else(|| sm_err(ErrorVerb::Write, "produce entry applied without physical offsets"))?;
                 let size = u32::try_from(m.data.len()).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 let unit = CqUnit { phys_offset, size, tags_code: m.tags_code };
-                if let Some(f) = q.write(st.next_offset, &unit).map_err(|e| sm_err(ErrorVerb::Write, e))? {
+                if let Some(f) = q.write(st.next_offset, &unit).map_err(|e| self.shared.fail(ErrorVerb::Write, e))? {
                     self.dirty.push(f);
                 }
                 positions.push(MessagePosition { queue_offset: st.next_offset, phys_offset });
@@ -425,7 +462,7 @@ impl StateMachine {
         let (tx, rx) = oneshot::channel();
         let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: Box::new(meta), done: Some(tx) };
         lock(&self.shared.flush_tx).send(job).map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?;
-        rx.await.map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?.map_err(|e| sm_err(ErrorVerb::Write, e))
+        rx.await.map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?.map_err(|e| self.shared.fail(ErrorVerb::Write, e))
     }
 }
 
@@ -473,6 +510,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let shared = Arc::clone(&self.shared);
+        // After a storage failure nothing more is applied: openraft stops, and a restart re-applies.
+        if let Some(f) = shared.failure() {
+            return Err(sm_err(ErrorVerb::Write, f));
+        }
         let every = shared.cfg.checkpoint_every;
         let mut out = Vec::new();
         let mut meta = write_lock(&shared.meta);
@@ -548,7 +589,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(cq_root)).await;
         for (topic, qs) in &state.queues {
             for (qid, st) in qs {
-                shared.open_queue(topic, *qid, *st).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                shared.open_queue(topic, *qid, *st).map_err(|e| shared.fail(ErrorVerb::Write, e))?;
             }
         }
         if let Some(l) = state.last_applied {

@@ -46,7 +46,14 @@ fn bin() -> &'static str {
 impl Cluster {
     /// Starts a nameserver and a broker group of `n` nodes; waits until a leader is registered.
     pub async fn start(n: u64) -> Cluster {
+        Cluster::start_with_stores(n, None).await
+    }
+
+    /// Like [`Cluster::start`], with node `id`'s store in `stores.join(format!("n{id}"))` when given
+    /// (for example on a filesystem the test mounted) instead of the cluster's temporary directory.
+    pub async fn start_with_stores(n: u64, stores: Option<&std::path::Path>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let store_root = stores.map(PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
         let namesrv = format!("127.0.0.1:{}", free_port());
         let namesrv_child = Command::new(bin())
             .args(["namesrv", "--listen", &namesrv, "--log-file"])
@@ -61,7 +68,7 @@ impl Cluster {
         for (id, client, raft) in &peers {
             let mut toml = format!(
                 "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{namesrv}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = {}\n",
-                dir.path().join(format!("n{id}")).display(),
+                store_root.join(format!("n{id}")).display(),
                 *id == 1
             );
             for (pid, pc, pr) in &peers {
@@ -101,6 +108,23 @@ impl Cluster {
         if let Some(mut c) = node.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Waits until node `id`'s process exits by itself and returns its status (None on timeout).
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = node.child.as_mut().expect("node running");
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                node.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -217,6 +217,7 @@ pub struct RaftNode {
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
     failure: FailureCell,
+    failures: Failures,
 }
 
 #[derive(Default)]
@@ -234,7 +235,24 @@ impl Fence {
     }
 }
 
-fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>, failure: &FailureCell) -> WriteError {
+/// Where a storage failure is looked up: the node's recorded cause, else the commitlog's or the state
+/// machine's directly (the node's cell is filled by a task, which may not have run yet when a write
+/// fails because of it).
+#[derive(Clone)]
+struct Failures {
+    node: FailureCell,
+    log: CommitLogReader,
+    log_dir: PathBuf,
+    sm: FailureCell,
+}
+
+impl Failures {
+    fn get(&self) -> Option<StoreFailure> {
+        self.node.get().or_else(|| self.log.failure().map(|e| StoreFailure::from_commitlog(&e, &self.log_dir))).or_else(|| self.sm.get())
+    }
+}
+
+fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>, failure: &Failures) -> WriteError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
@@ -365,6 +383,8 @@ impl RaftNode {
         let raft =
             Raft::new(cfg.id, config, TcpNetworkFactory, LogStore::new(log.clone(), link), sm).await.map_err(|e| stored_cause(&log, &e))?;
         let failure = FailureCell::default();
+        let failures =
+            Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
         tokio::spawn(watch_failures(raft.clone(), log.reader(), sm_failure.clone(), failure.clone(), cfg.data_dir.clone()));
         let server = RaftServer::start(listener, raft.clone(), Arc::new(RaftControl::new(raft.clone())));
 
@@ -395,9 +415,21 @@ impl RaftNode {
         });
 
         let (produce_tx, produce_rx) = mpsc::channel(4096);
-        tokio::spawn(produce_batcher(raft.clone(), produce_rx, cfg.batch_bytes_max, cfg.batch_inflight_max.max(1), failure.clone()));
+        tokio::spawn(produce_batcher(raft.clone(), produce_rx, cfg.batch_bytes_max, cfg.batch_inflight_max.max(1), failures.clone()));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
-        Ok(RaftNode { id: cfg.id, cfg, raft, sm: shared, log, server, role_rx, produce_tx, fence: Arc::new(Fence::default()), failure })
+        Ok(RaftNode {
+            id: cfg.id,
+            cfg,
+            raft,
+            sm: shared,
+            log,
+            server,
+            role_rx,
+            produce_tx,
+            fence: Arc::new(Fence::default()),
+            failure,
+            failures,
+        })
     }
 
     /// This member's id.
@@ -437,7 +469,7 @@ impl RaftNode {
 
     /// The storage failure that stopped this node, if one did.
     pub fn failure(&self) -> Option<StoreFailure> {
-        self.failure.get()
+        self.failures.get()
     }
 
     /// Resolves with the storage failure that stops this node: the commitlog's IO thread failed (a
@@ -452,7 +484,7 @@ impl RaftNode {
     /// An openraft error as a node error: the recorded storage failure when there is one (openraft's
     /// own errors keep only text), else the error's text.
     fn raft_err(&self, e: impl std::fmt::Display) -> NodeError {
-        match self.failure.get() {
+        match self.failures.get() {
             Some(f) => NodeError::Store(f),
             None => NodeError::Raft(e.to_string()),
         }
@@ -460,7 +492,7 @@ impl RaftNode {
 
     /// Refuses writes once the store has failed: nothing is proposed, so nothing is appended.
     fn check_store(&self) -> Result<(), WriteError> {
-        match self.failure.get() {
+        match self.failures.get() {
             Some(f) => Err(WriteError::Stopped { failure: Some(f) }),
             None => Ok(()),
         }
@@ -486,15 +518,15 @@ impl RaftNode {
         self.produce_tx
             .send(ProduceRequest { queues, bytes, reply })
             .await
-            .map_err(|_| WriteError::Stopped { failure: self.failure.get() })?;
-        rx.await.map_err(|_| WriteError::Unknown { why: "node stopped".into(), failure: self.failure.get() })?
+            .map_err(|_| WriteError::Stopped { failure: self.failures.get() })?;
+        rx.await.map_err(|_| WriteError::Unknown { why: "node stopped".into(), failure: self.failures.get() })?
     }
 
     /// Proposes one command (topics, offsets) as its own entry and waits until applied.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
         self.check_store()?;
         self.fence.check()?;
-        self.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| map_write_error(e, &self.failure))
+        self.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| map_write_error(e, &self.failures))
     }
 
     /// A read barrier: confirms with a quorum that this node still leads and waits until everything committed
@@ -507,7 +539,7 @@ impl RaftNode {
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) })
             }
-            Err(e) => Err(WriteError::Unknown { why: e.to_string(), failure: self.failure.get() }),
+            Err(e) => Err(WriteError::Unknown { why: e.to_string(), failure: self.failures.get() }),
         }
     }
 
@@ -691,7 +723,7 @@ impl RaftNode {
 
 /// Coalesces produce requests into entries: waits for a request, drains what is queued up to
 /// `bytes_max`, proposes one entry, and answers each request from its slice of the result.
-async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, bytes_max: usize, inflight_max: usize, failure: FailureCell) {
+async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, bytes_max: usize, inflight_max: usize, failure: Failures) {
     let permits = Arc::new(Semaphore::new(inflight_max));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };

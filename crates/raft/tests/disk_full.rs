@@ -4,7 +4,9 @@
 //!   raising SIGBUS on the first unit written through the mapping;
 //! - a single-node group that fills its disk with produce requests reports the failure (kind, errno,
 //!   file) through `RaftNode::failed`, refuses further writes as "not stored", and after the filesystem
-//!   is grown and the node restarted, every acknowledged message is read back at its acknowledged offset.
+//!   is grown and the node restarted, every acknowledged message is read back at its acknowledged offset;
+//! - a checkpoint that cannot be written (no tmpfs needed: its temporary file's name is taken by a
+//!   directory) stops the node with the cause, instead of only being logged while the node goes on.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -225,5 +227,35 @@ async fn a_node_that_fills_its_disk_reports_enospc_and_loses_nothing_acknowledge
     let next = produce(&node, 9999).await.expect("writes resume");
     assert!(next >= acked.len() as u64);
     assert!(node.failure().is_none());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_cannot_be_written_stops_the_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("n1");
+    let node = RaftNode::start(node_cfg(&dir)).await.expect("start");
+    node.initialize(BTreeMap::from([(1, node.raft_addr().to_string())])).await.expect("initialize");
+    wait_ready(&node).await;
+    node.write(Command::UpsertTopic(TopicConfig { name: TOPIC.into(), read_queues: 1, write_queues: 1, perm: 6 }))
+        .await
+        .expect("create topic");
+    // The checkpoint is written to `checkpoint.tmp` and renamed: a directory of that name makes it fail.
+    std::fs::create_dir(dir.join("state").join("checkpoint.tmp")).expect("block the checkpoint");
+    // checkpoint_every = 16: enough entries for at least one checkpoint.
+    for i in 0..40u64 {
+        if produce(&node, i).await.is_err() {
+            break;
+        }
+    }
+    let failure = tokio::time::timeout(Duration::from_secs(10), node.failed()).await.expect("the failed checkpoint stops the node");
+    println!("failure: {failure}");
+    assert_eq!(failure.op, "write checkpoint");
+    assert_eq!(failure.path, dir.join("state").join("checkpoint"));
+    assert_eq!(failure.kind, std::io::ErrorKind::IsADirectory, "{failure:?}");
+    match produce(&node, 1000).await {
+        Err(WriteError::Stopped { failure: Some(f) }) => assert_eq!(f, failure),
+        other => panic!("writes are refused once the state machine failed: {other:?}"),
+    }
     node.shutdown().await;
 }

@@ -39,6 +39,8 @@ pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
 /// supervisor should restart it once the cause (free space, a broken disk) is dealt with. Documented in
 /// docs/operations.md.
 pub const EXIT_STORE_FAILED: i32 = 74;
+/// Longest the binary waits for a clean shutdown after a storage failure before it exits anyway.
+pub const SHUTDOWN_AFTER_FAILURE_MAX: Duration = Duration::from_secs(5);
 
 /// Broker start-up errors.
 #[derive(Debug, thiserror::Error)]

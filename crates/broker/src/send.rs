@@ -64,7 +64,10 @@ impl BrokerInner {
                 .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, "leadership moved; retry")),
             // The entry may or may not have committed: SYSTEM_ERROR is retried by producers, which may
             // then store the message twice (at-least-once), never lose an acknowledged one.
-            PutError::Write(e @ WriteError::Unknown { .. }) => reply(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
+            PutError::Write(WriteError::Unknown { why, failure }) => {
+                let cause = failure.map(|f| format!(" (storage failed: {f})")).unwrap_or_default();
+                reply(req, ResponseCode::SYSTEM_ERROR, format!("store outcome unknown: {why}{cause}"))
+            }
             // Definitely not stored: SERVICE_NOT_AVAILABLE (as RocketMQ answers for a full disk or a stopped
             // store), which producers retry on another broker without any risk of a duplicate.
             PutError::Write(e @ WriteError::Stopped { .. }) => reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, e.to_string()),

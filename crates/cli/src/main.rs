@@ -145,7 +145,7 @@ async fn main() -> Result<()> {
                 f = broker.failed() => {
                     // Stop answering clients and release what can be released, but never hang: the store is
                     // broken and a supervisor restarts the process.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), broker.shutdown()).await;
+                    let _ = tokio::time::timeout(raftmq_broker::SHUTDOWN_AFTER_FAILURE_MAX, broker.shutdown()).await;
                     exit_store_failed(&f, "run")
                 }
             }

@@ -81,9 +81,14 @@ fn allocate(file: &fs::File, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// fsyncs a directory, so entries created in it are durable.
-fn fsync_dir(dir: &Path) -> Result<(), StoreFailure> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreFailure::io("fsync consume-queue dir", dir, &e))
+/// fsyncs a file or directory, so its data and the entries created in it are durable. One that no longer
+/// exists needs nothing: retention or a snapshot install removed it after it was queued for a flush.
+fn fsync_path(path: &Path, op: &str) -> Result<(), StoreFailure> {
+    match fs::File::open(path).and_then(|f| f.sync_all()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreFailure::io(op, path, &e)),
+    }
 }
 
 impl CqFile {
@@ -135,9 +140,9 @@ impl CqFile {
         }
         let mut unsynced = self.unsynced_dirs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(dirs) = unsynced.as_ref() {
-            fs::File::open(&self.path).and_then(|f| f.sync_all()).map_err(|e| StoreFailure::io("fsync consume queue", &self.path, &e))?;
+            fsync_path(&self.path, "fsync consume queue")?;
             for d in dirs {
-                fsync_dir(d)?;
+                fsync_path(d, "fsync consume-queue dir")?;
             }
             *unsynced = None;
         }
@@ -323,6 +328,21 @@ mod tests {
         let q = ConsumeQueue::open(dir.path().join("q"), 4, 8, 10).unwrap();
         assert_eq!(q.get(8), Some(CqUnit { phys_offset: 800, size: 18, tags_code: -8 }));
         assert_eq!(fs::read_dir(dir.path().join("q")).unwrap().count(), 1, "files below min offset are removed");
+    }
+
+    #[test]
+    fn a_new_file_removed_before_its_first_flush_flushes_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::open(dir.path().join("cq").join("T").join("0"), 4, 0, 0).unwrap();
+        let f = q.write(0, &CqUnit { phys_offset: 0, size: 1, tags_code: 0 }).unwrap().expect("newly dirty");
+        q.publish(1);
+        // Retention removes the file while its checkpoint job is still queued.
+        q.advance_min(4).unwrap();
+        assert!(!f.path.exists());
+        f.flush().expect("nothing left to make durable");
+        let g = q.write(4, &CqUnit { phys_offset: 9, size: 1, tags_code: 0 }).unwrap().expect("a new file");
+        g.flush().expect("flush: msync, fsync of the file and its directories");
+        assert!(g.unsynced_dirs.lock().unwrap().is_none(), "fsynced once");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!    fails with ENOSPC and the process exits with the same status. (The old code mapped the file sparse
 //!    and acknowledged the message; a later write to a page the disk could not back raised SIGBUS, at
 //!    every replay too — `crates/raft/tests/disk_full.rs` shows that signal.) After freeing space the
-//!    restarted broker serves that message.
+//!    restarted broker serves that message. Restarted before space is freed, it exits the same way again
+//!    while re-applying that entry.
 
 mod common;
 
@@ -142,6 +143,11 @@ async fn a_broker_whose_disk_fills_exits_with_the_store_failure_status_and_loses
         "fallocate consume queue",
         "consume-queue file",
     );
+
+    // Restarted on the still-full disk, re-applying the committed entry fails the same way: a clean exit
+    // again, not a crash loop of SIGBUS.
+    cluster.start_node(1);
+    assert_store_failure_exit(cluster.wait_exit(1, Duration::from_secs(30)), &cluster, fs.path(), "fallocate consume queue", "replay");
 
     // Space freed: the committed message is applied on restart.
     std::fs::remove_file(fs.path().join("filler")).expect("free space");

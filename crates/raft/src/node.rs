@@ -6,6 +6,11 @@
 //! requests are coalesced here: a batcher drains whatever is queued (up to `batch_bytes_max`) into one
 //! entry, with at most `batch_inflight_max` entries awaiting commit (default 1). Batches grow with load;
 //! no linger timer.
+//!
+//! A storage failure — the commitlog's IO thread poisoned, the state machine unable to write a consume
+//! queue or a checkpoint, openraft's core stopped on an error — is reported once, with its cause (kind,
+//! errno, file), through [`RaftNode::failed`]; writes are refused from then on as [`WriteError::Stopped`]
+//! (nothing appended). The node cannot recover in place: its owner exits and is restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! A full disk, on a small tmpfs each test mounts (root only; without it the tests print why and pass):
+//! A full disk, on a small tmpfs or loop-mounted ext4 image each test mounts (root only; without it the
+//! tests print why and pass):
 //!
 //! - a consume-queue file created on a full disk fails with `ENOSPC` instead of being mapped sparse and
 //!   raising SIGBUS on the first unit written through the mapping;
@@ -22,18 +23,52 @@ use raftmq_raft::types::{Command, Message, QueueAppend, QueueAppendResult, Topic
 
 const TOPIC: &str = "TopicTest";
 
-/// A tmpfs of a given size mounted on a fresh temporary directory; unmounted on drop.
+/// A small filesystem mounted on a fresh temporary directory (a tmpfs, or an ext4 image on a loop
+/// device); unmounted on drop.
 struct Tmpfs {
     dir: tempfile::TempDir,
+    /// The ext4 image's directory (outside the mount).
+    image: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
+    /// Mounts a fresh ext4 image of `mib` MiB (no reserved blocks) through a loop device, or prints why
+    /// it cannot and returns `None`.
+    fn ext4(mib: u64) -> Option<Tmpfs> {
+        let image = tempfile::tempdir().expect("tempdir");
+        let img = image.path().join("fs.img");
+        std::fs::File::create(&img).and_then(|f| f.set_len(mib << 20)).expect("image file");
+        match Shell::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&img).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!("SKIPPED: mkfs.ext4 failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+                return None;
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: no mkfs.ext4: {e}");
+                return None;
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        match Shell::new("mount").args(["-o", "loop"]).arg(&img).arg(dir.path()).output() {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir, image: Some(image) }),
+            Ok(o) => {
+                eprintln!("SKIPPED: cannot loop-mount an ext4 image (needs root): {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
     /// Mounts a tmpfs of `size` (`mount -o size=`), or prints why it cannot and returns `None`.
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Shell::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).output();
         match out {
-            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) if o.status.success() => Some(Tmpfs { dir, image: None }),
             Ok(o) => {
                 eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {}", String::from_utf8_lossy(&o.stderr).trim());
                 None
@@ -48,17 +83,17 @@ impl Tmpfs {
     fn path(&self) -> &Path {
         self.dir.path()
     }
-
-    /// Grows (or shrinks) the filesystem in place: "freeing space" without touching its files.
-    fn resize(&self, size: &str) {
-        let st = Shell::new("mount").args(["-o", &format!("remount,size={size}")]).arg(self.path()).status().expect("remount");
-        assert!(st.success(), "remount {size}");
-    }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Shell::new("umount").arg("-l").arg(self.dir.path()).status();
+        // Lazily only if busy (threads of a stopped node may still hold mappings): a loop device is
+        // detached once its filesystem is really unmounted.
+        let quiet = || std::process::Stdio::null();
+        if !Shell::new("umount").arg(self.dir.path()).stderr(quiet()).status().is_ok_and(|s| s.success()) {
+            let _ = Shell::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
+        let _ = self.image.take();
     }
 }
 
@@ -171,8 +206,22 @@ fn read_back(node: &RaftNode, offset: u64) -> Option<Bytes> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_fills_its_disk_reports_enospc_and_loses_nothing_acknowledged() {
-    let Some(fs) = Tmpfs::mount("3m") else { return };
+async fn a_node_that_fills_its_tmpfs_reports_enospc_and_loses_nothing_acknowledged() {
+    let Some(fs) = Tmpfs::mount("4m") else { return };
+    fill_disk_and_recover(&fs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fills_its_ext4_reports_enospc_and_loses_nothing_acknowledged() {
+    let Some(fs) = Tmpfs::ext4(16) else { return };
+    fill_disk_and_recover(&fs).await;
+}
+
+/// Produces 16 KiB messages on a single-node group until its store fails; then frees a 1 MiB ballast
+/// file, restarts, and reads every acknowledged message back.
+async fn fill_disk_and_recover(fs: &Tmpfs) {
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 1 << 20]).expect("ballast");
     let dir: PathBuf = fs.path().join("n1");
     let node = Arc::new(RaftNode::start(node_cfg(&dir)).await.expect("start"));
     node.initialize(BTreeMap::from([(1, node.raft_addr().to_string())])).await.expect("initialize");
@@ -217,7 +266,7 @@ async fn a_node_that_fills_its_disk_reports_enospc_and_loses_nothing_acknowledge
     drop(node);
 
     // Space freed: the node recovers and serves every acknowledged message at its acknowledged offset.
-    fs.resize("16m");
+    std::fs::remove_file(&ballast).expect("free space");
     let node = RaftNode::start(node_cfg(&dir)).await.expect("restart with room");
     wait_ready(&node).await;
     for (i, off) in &acked {

@@ -46,7 +46,13 @@ fn bin() -> &'static str {
 impl Cluster {
     /// Starts a nameserver and a broker group of `n` nodes; waits until a leader is registered.
     pub async fn start(n: u64) -> Cluster {
-        let mut c = Cluster::prepare(n, "");
+        Cluster::start_with_stores(n, None).await
+    }
+
+    /// Like [`Cluster::start`], with node `id`'s store in `stores.join(format!("n{id}"))` when given
+    /// (for example on a filesystem the test mounted) instead of the cluster's temporary directory.
+    pub async fn start_with_stores(n: u64, stores: Option<&std::path::Path>) -> Cluster {
+        let mut c = Cluster::prepare_with_stores(n, "", stores);
         for id in 1..=n {
             c.start_node(id);
         }
@@ -55,10 +61,15 @@ impl Cluster {
     }
 
     /// Starts the nameserver and writes the configs of `n` nodes (each with `extra` TOML lines; store in
-    /// `store_dir(id)`), without starting the nodes: for tests that prepare each node's store first.
+    /// [`Cluster::store_dir`]), without starting the nodes: for tests that prepare each node's store first.
     pub fn prepare(n: u64, extra: &str) -> Cluster {
+        Cluster::prepare_with_stores(n, extra, None)
+    }
+
+    fn prepare_with_stores(n: u64, extra: &str, stores: Option<&std::path::Path>) -> Cluster {
         // RAFTMQ_KEEP_TEST_DIRS=1 keeps every cluster's directory (logs, stores) for a post-mortem.
         let dir = tempfile::Builder::new().disable_cleanup(std::env::var_os("RAFTMQ_KEEP_TEST_DIRS").is_some()).tempdir().expect("tempdir");
+        let store_root = stores.map(PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
         let namesrv = format!("127.0.0.1:{}", free_port());
         let namesrv_child = Command::new(bin())
             .args(["namesrv", "--listen", &namesrv, "--log-file"])
@@ -73,7 +84,7 @@ impl Cluster {
         for (id, client, raft) in &peers {
             let mut toml = format!(
                 "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{namesrv}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = {}\n",
-                dir.path().join(format!("n{id}")).display(),
+                store_root.join(format!("n{id}")).display(),
                 *id == 1
             );
             toml.push_str(extra);
@@ -87,7 +98,7 @@ impl Cluster {
         Cluster { dir, namesrv, namesrv_child, nodes }
     }
 
-    /// The store directory of node `id` (`storePathRootDir`).
+    /// The store directory of node `id` (`storePathRootDir`) of a cluster made without `stores`.
     pub fn store_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("n{id}"))
     }
@@ -114,6 +125,23 @@ impl Cluster {
         if let Some(mut c) = node.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Waits until node `id`'s process exits by itself and returns its status (None on timeout).
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = node.child.as_mut().expect("node running");
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                node.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

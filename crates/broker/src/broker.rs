@@ -1,7 +1,9 @@
 //! A running broker node: starts its Raft member and remoting server, registers with the nameservers
 //! (every 30 s and at once on a role change, with its Raft term; as brokerId 0 only the ready leader whose
-//! leadership a quorum has just confirmed), batches consumer-offset commits into Raft entries, expires idle
-//! clients, and dispatches requests to the processors.
+//! leadership a quorum has just confirmed; never again once the Raft core has stopped), batches
+//! consumer-offset commits into Raft entries, expires idle clients, and dispatches requests to the
+//! processors. A storage failure is reported through [`Broker::failed`]; the binary then exits with
+//! [`EXIT_STORE_FAILED`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +12,8 @@ use std::time::Duration;
 use raftmq_commitlog::FlushPolicy;
 use raftmq_net::server::HandlerFuture;
 use raftmq_net::{Conn, RemotingClient, RemotingServer, RequestHandler, ServerOptions};
-use raftmq_raft::node::{NodeConfig, RaftNode, Role, WriteError};
+use raftmq_raft::error::StoreFailure;
+use raftmq_raft::node::{NodeConfig, NodeError, RaftNode, Role, WriteError};
 use raftmq_raft::types::{OffsetCommit, TopicConfig};
 use raftmq_remoting::body::{encode_json_body, RegisterBrokerBody, TopicConfig as WireTopicConfig, TopicConfigSerializeWrapper};
 use raftmq_remoting::frame::RemotingCommand;
@@ -35,6 +38,13 @@ pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 pub const LEADERSHIP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle client expiry (RocketMQ `channelExpiredTimeout`).
 pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
+/// Exit status of a broker process whose store failed (disk full, a failed write or fsync, unreadable
+/// data, the Raft core stopped on an error): sysexits' `EX_IOERR`. The node cannot recover in place; a
+/// supervisor should restart it once the cause (free space, a broken disk) is dealt with. Documented in
+/// docs/operations.md.
+pub const EXIT_STORE_FAILED: i32 = 74;
+/// Longest the binary waits for a clean shutdown after a storage failure before it exits anyway.
+pub const SHUTDOWN_AFTER_FAILURE_MAX: Duration = Duration::from_secs(5);
 
 /// Broker start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +52,9 @@ pub enum BrokerError {
     /// Configuration rule broken.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The Raft member could not start.
+    /// The Raft member could not start (a storage cause is [`NodeError::Store`]).
     #[error("raft: {0}")]
-    Raft(String),
+    Node(#[from] NodeError),
     /// The client port could not be bound.
     #[error("listen {addr}: {source}")]
     Listen {
@@ -96,8 +106,8 @@ impl OffsetCommitter {
     /// Commits and waits until replicated.
     pub(crate) async fn commit(&self, c: OffsetCommit) -> Result<(), WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((c, Some(tx))).await.map_err(|_| WriteError::Unknown("committer stopped".into()))?;
-        rx.await.map_err(|_| WriteError::Unknown("committer stopped".into()))?
+        self.tx.send((c, Some(tx))).await.map_err(|_| WriteError::Stopped { failure: None })?;
+        rx.await.map_err(|_| WriteError::unknown("committer stopped"))?
     }
 
     /// Commits in the background (offsets piggybacked on pulls).
@@ -149,10 +159,10 @@ impl Broker {
         nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
-        let node = Arc::new(RaftNode::start(nc).await.map_err(|e| BrokerError::Raft(e.to_string()))?);
+        let node = Arc::new(RaftNode::start(nc).await?);
         if cfg.bootstrap {
             let members = cfg.peers.iter().map(|p| (p.id, p.raft_addr.clone())).collect();
-            node.initialize(members).await.map_err(|e| BrokerError::Raft(e.to_string()))?;
+            node.initialize(members).await?;
         }
         let store = MessageStore::new(Arc::clone(&node));
         let inner = Arc::new(BrokerInner {
@@ -198,6 +208,12 @@ impl Broker {
     /// and on every role change). Returns the brokerId it registered as.
     pub async fn register_now(&self) -> i64 {
         self.inner.register_all().await
+    }
+
+    /// Resolves with the storage failure that stops this node (see [`RaftNode::failed`]). The process
+    /// should then exit with [`EXIT_STORE_FAILED`]; registration has already stopped.
+    pub async fn failed(&self) -> StoreFailure {
+        self.inner.node.failed().await
     }
 
     /// Stops serving and shuts the Raft member down.
@@ -314,12 +330,20 @@ fn crc32(b: &[u8]) -> i32 {
     crc32fast::hash(b) as i32
 }
 
+/// Registers every `REGISTER_INTERVAL` and on request, until the Raft core stops: a node whose store
+/// failed must not be advertised (the nameserver then drops it after `REGISTRATION_TIMEOUT`).
 async fn registration_loop(inner: Arc<BrokerInner>) {
+    let stopped = |inner: &BrokerInner| inner.node.role().borrow().role == Role::Shutdown || inner.node.failure().is_some();
     loop {
+        if stopped(&inner) {
+            info!("raft core stopped: no longer registering with the nameservers");
+            return;
+        }
         inner.register_all().await;
         tokio::select! {
             _ = tokio::time::sleep(REGISTER_INTERVAL) => {}
             _ = inner.register_now.notified() => {}
+            _ = inner.node.failed() => {}
         }
     }
 }

@@ -13,8 +13,10 @@
 // request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-pub use broker::{Broker, BrokerError};
+pub use broker::{Broker, BrokerError, EXIT_STORE_FAILED, SHUTDOWN_AFTER_FAILURE_MAX};
 pub use processor::RAFTMQ_NODE_STATUS;
+pub use raftmq_raft::error::StoreFailure;
+pub use raftmq_raft::node::NodeError;
 
 pub mod broker;
 pub mod config;

@@ -263,7 +263,7 @@ impl BrokerInner {
         match self.offsets.commit(c).await {
             Ok(()) => Some(ok(req).into()),
             // Refused before it was proposed: certainly not applied, and the client may follow the hint.
-            Err(e @ (WriteError::NotLeader { .. } | WriteError::Transferring { .. })) => self
+            Err(e @ (WriteError::NotLeader { .. } | WriteError::Transferring { .. } | WriteError::Stopped { .. })) => self
                 .check_leader(req)
                 .err()
                 .flatten()

@@ -58,6 +58,30 @@ fn is_half_message(sys_flag: i32, properties: &str) -> bool {
         || get_property(properties, property::TRANSACTION_PREPARED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
+/// The response code and remark for a put that was not stored, or whose outcome is unknown. Two codes,
+/// two meanings: SYSTEM_ERROR only when the entry may have committed; SERVICE_NOT_AVAILABLE when it
+/// certainly was not stored.
+fn put_error_code(e: PutError) -> (ResponseCode, String) {
+    match e {
+        // Refused before it was proposed (the request checks normally answer first).
+        PutError::Write(e @ WriteError::EntryTooLarge { .. }) => {
+            (ResponseCode::MESSAGE_ILLEGAL, format!("the request is too large for one Raft entry (entryBytesMax): {e}"))
+        }
+        // The entry may or may not have committed: SYSTEM_ERROR is retried by producers, which may then
+        // store the message twice (at-least-once), never lose an acknowledged one.
+        PutError::Write(WriteError::Unknown { why, failure }) => {
+            let cause = failure.map(|f| format!(" (storage failed: {f})")).unwrap_or_default();
+            (ResponseCode::SYSTEM_ERROR, format!("store outcome unknown: {why}{cause}"))
+        }
+        // Definitely not stored: SERVICE_NOT_AVAILABLE (as RocketMQ answers for a full disk or a stopped
+        // store), which producers retry on another broker without any risk of a duplicate.
+        PutError::Write(e @ (WriteError::Stopped { .. } | WriteError::NotLeader { .. } | WriteError::Transferring { .. })) => {
+            (ResponseCode::SERVICE_NOT_AVAILABLE, e.to_string())
+        }
+        PutError::Rejected(why) => (ResponseCode::SERVICE_NOT_AVAILABLE, format!("not stored: the store rejected the message: {why}")),
+    }
+}
+
 struct Outgoing {
     tags_code: i64,
     data: Bytes,
@@ -80,14 +104,10 @@ impl BrokerInner {
                 .err()
                 .flatten()
                 .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, "leadership moved; retry")),
-            // Refused before it was proposed (the checks below normally answer first).
-            PutError::Write(e @ WriteError::EntryTooLarge { .. }) => {
-                reply(req, ResponseCode::MESSAGE_ILLEGAL, format!("the request is too large for one Raft entry (entryBytesMax): {e}"))
+            e => {
+                let (code, remark) = put_error_code(e);
+                reply(req, code, remark)
             }
-            // The entry may or may not have committed: SYSTEM_ERROR is retried by producers, which may
-            // then store the message twice (at-least-once), never lose an acknowledged one.
-            PutError::Write(WriteError::Unknown(why)) => reply(req, ResponseCode::SYSTEM_ERROR, format!("store outcome unknown: {why}")),
-            PutError::Rejected(why) => reply(req, ResponseCode::SYSTEM_ERROR, format!("store rejected the message: {why}")),
         }
     }
 
@@ -398,5 +418,33 @@ impl BrokerInner {
             Ok(_) => Some(RemotingCommand::success_to(req).into()),
             Err(e) => self.put_error_reply(req, e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_raft::error::StoreFailure;
+
+    fn disk_full() -> StoreFailure {
+        StoreFailure::io(
+            "fallocate consume queue",
+            "/data/state/consumequeue/T/0/00000000000000000000",
+            &std::io::Error::from_raw_os_error(28),
+        )
+    }
+
+    #[test]
+    fn not_stored_and_outcome_unknown_get_different_codes() {
+        let (code, remark) = put_error_code(PutError::Rejected("topic T does not exist".into()));
+        assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE, "a rejection is certainly not stored: {remark}");
+        assert!(remark.contains("topic T does not exist"), "{remark}");
+        let (code, remark) = put_error_code(PutError::Write(WriteError::Stopped { failure: Some(disk_full()) }));
+        assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE);
+        assert!(remark.starts_with("not stored") && remark.contains("os error 28") && remark.contains("consumequeue"), "{remark}");
+        let (code, remark) =
+            put_error_code(PutError::Write(WriteError::Unknown { why: "raft dropped the write".into(), failure: Some(disk_full()) }));
+        assert_eq!(code, ResponseCode::SYSTEM_ERROR, "only an unknown outcome is SYSTEM_ERROR");
+        assert!(remark.starts_with("store outcome unknown") && remark.contains("No space left on device"), "{remark}");
     }
 }

@@ -93,6 +93,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Ends the process after a storage failure with [`raftmq_broker::EXIT_STORE_FAILED`] and one error line
+/// naming the operation, the file and the OS error.
+fn exit_store_failed(f: &raftmq_broker::StoreFailure, phase: &str) -> ! {
+    tracing::error!(
+        phase,
+        op = %f.op,
+        path = %f.path.display(),
+        errno = f.errno.unwrap_or(0),
+        kind = ?f.kind,
+        disk_full = f.is_disk_full(),
+        exit_code = raftmq_broker::EXIT_STORE_FAILED,
+        "store failed, exiting: {f}"
+    );
+    eprintln!("raftmq broker: store failed: {f}; exiting with status {}", raftmq_broker::EXIT_STORE_FAILED);
+    std::process::exit(raftmq_broker::EXIT_STORE_FAILED)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -114,11 +131,24 @@ async fn main() -> Result<()> {
             if let Some(n) = namesrv {
                 cfg.namesrv_addr = n;
             }
-            let broker = raftmq_broker::Broker::start(cfg).await?;
-            shutdown_signal().await;
-            tracing::info!("broker stopping");
-            broker.shutdown().await;
-            Ok(())
+            let broker = match raftmq_broker::Broker::start(cfg).await {
+                Ok(b) => b,
+                Err(raftmq_broker::BrokerError::Node(raftmq_broker::NodeError::Store(f))) => exit_store_failed(&f, "start"),
+                Err(e) => return Err(e.into()),
+            };
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    tracing::info!("broker stopping");
+                    broker.shutdown().await;
+                    Ok(())
+                }
+                f = broker.failed() => {
+                    // Stop answering clients and release what can be released, but never hang: the store is
+                    // broken and a supervisor restarts the process.
+                    let _ = tokio::time::timeout(raftmq_broker::SHUTDOWN_AFTER_FAILURE_MAX, broker.shutdown()).await;
+                    exit_store_failed(&f, "run")
+                }
+            }
         }
         Cmd::Admin { namesrv, cmd } => tools::admin(&namesrv, cmd).await,
         Cmd::Produce(a) => tools::produce(a).await,

@@ -62,6 +62,29 @@ impl CommitLogError {
         CommitLogError::Io { op, path: path.into(), source }
     }
 
+    /// A copy of this error for reporting: IO errors keep their kind and OS error number (`io::Error` is
+    /// not `Clone`), other variants keep their text.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            CommitLogError::Io { op, path, source } => {
+                let source = match source.raw_os_error() {
+                    Some(errno) => io::Error::from_raw_os_error(errno),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                };
+                CommitLogError::Io { op, path: path.clone(), source }
+            }
+            CommitLogError::Corrupt { file, offset, reason } => {
+                CommitLogError::Corrupt { file: file.clone(), offset: *offset, reason: reason.clone() }
+            }
+            CommitLogError::NonContiguous { expected, got } => CommitLogError::NonContiguous { expected: *expected, got: *got },
+            CommitLogError::RecordTooLarge { len, max } => CommitLogError::RecordTooLarge { len: *len, max: *max },
+            CommitLogError::InvalidConfig(s) => CommitLogError::InvalidConfig(s.clone()),
+            CommitLogError::Poisoned(s) => CommitLogError::Poisoned(s.clone()),
+            CommitLogError::InvalidState(s) => CommitLogError::InvalidState(s.clone()),
+            CommitLogError::Closed => CommitLogError::Closed,
+        }
+    }
+
     /// Converts into an `io::Error` for callers (such as openraft's flush callback) that only take those.
     pub fn into_io(self) -> io::Error {
         match self {

@@ -65,21 +65,26 @@ pub(crate) enum Job {
 /// Jobs drained per batch at most: bounds the work between two fsyncs.
 const BATCH_JOBS_MAX: usize = 4096;
 
+/// The error that poisoned the IO thread, published for the log's owner (which must stop the node).
+pub(crate) type FailureWatch = std::sync::Arc<tokio::sync::watch::Sender<Option<std::sync::Arc<CommitLogError>>>>;
+
 pub(crate) struct IoThread {
     store: Store,
     pending: Vec<DurableCallback>,
     /// Set after a failed write or fsync: the page cache state is unknown, so nothing more is acknowledged.
     poisoned: Option<String>,
+    /// Where the first poisoning error is published (kind, errno and file kept).
+    failure: FailureWatch,
     /// Earliest time of the next checkpoint that is not forced by a roll or a close.
     next_checkpoint: Instant,
 }
 
 impl IoThread {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, failure: FailureWatch) -> Self {
         // A checkpoint that recovery left behind the last record is brought up to date at once; a current
         // one waits a whole interval.
         let next_checkpoint = if store.needs_checkpoint() { Instant::now() } else { Instant::now() + store.cfg.checkpoint_interval };
-        IoThread { store, pending: Vec::new(), poisoned: None, next_checkpoint }
+        IoThread { store, pending: Vec::new(), poisoned: None, failure, next_checkpoint }
     }
 
     /// When the loop must wake up without a job: for an async flush, or for a checkpoint that is waiting
@@ -212,7 +217,12 @@ impl IoThread {
 
     fn poison(&mut self, e: &CommitLogError) {
         error!(error = %e, "commitlog IO failed; refusing further writes");
-        self.poisoned.get_or_insert_with(|| e.to_string());
+        if self.poisoned.is_none() {
+            self.poisoned = Some(e.to_string());
+            // Published before any callback learns of the failure, so whoever sees a failed append can
+            // find its cause here.
+            self.failure.send_replace(Some(std::sync::Arc::new(e.duplicate())));
+        }
     }
 
     /// fdatasyncs dirty segments and completes every collected callback with the outcome.

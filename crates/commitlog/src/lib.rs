@@ -120,6 +120,7 @@ pub struct StoredRecord {
 struct Shared {
     view: Arc<RwLock<View>>,
     durable: Arc<store::DurableMark>,
+    failure: io::FailureWatch,
     stats: Arc<Stats>,
     recovery: RecoveryReport,
     segment_bytes: u64,
@@ -135,6 +136,17 @@ pub struct CommitLogReader {
 impl CommitLogReader {
     fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
         self.shared.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error that stopped the IO thread, if one did: after a failed write, allocation or fsync the
+    /// log refuses every further write, and its owner should stop. IO errors keep their kind and errno.
+    pub fn failure(&self) -> Option<Arc<CommitLogError>> {
+        self.shared.failure.borrow().clone()
+    }
+
+    /// A watch of [`CommitLogReader::failure`].
+    pub fn watch_failure(&self) -> tokio::sync::watch::Receiver<Option<Arc<CommitLogError>>> {
+        self.shared.failure.subscribe()
     }
 
     /// The current positions of the log.
@@ -322,9 +334,11 @@ impl CommitLog {
         let dir = cfg.dir.clone();
         let scrub_rate = cfg.scrub_bytes_per_sec;
         let store = Store::open(cfg)?;
+        let failure: io::FailureWatch = Arc::new(tokio::sync::watch::channel(None).0);
         let shared = Arc::new(Shared {
             view: Arc::clone(&store.shared),
             durable: Arc::clone(&store.durable),
+            failure: Arc::clone(&failure),
             stats: Arc::clone(&store.stats),
             recovery: store.recovery.clone(),
             segment_bytes: store.cfg.segment_bytes,
@@ -332,7 +346,7 @@ impl CommitLog {
         });
         let trusted = store.recovery.checkpoint;
         let (tx, rx) = mpsc::channel();
-        let io = IoThread::new(store);
+        let io = IoThread::new(store, failure);
         let io = std::thread::Builder::new()
             .name("commitlog-io".into())
             .spawn(move || io.run(rx))

@@ -6,6 +6,7 @@
 //!   checkpoints and metadata-only snapshots at the retention boundary.
 //! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
 //! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching.
+//! - [`error`]: payload errors and [`error::StoreFailure`], the storage failure that stops a node.
 //!
 //! openraft types stay behind this crate: the broker uses [`node::RaftNode`] and the types re-exported here.
 

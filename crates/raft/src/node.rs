@@ -11,6 +11,11 @@
 //! ([`WriteError::EntryTooLarge`]) before anything is proposed, and the batcher leaves a request that would
 //! push its entry over the limit for the next entry. The limit keeps an entry inside one commitlog segment
 //! (a larger record is a storage error, which stops openraft) and inside one Raft transport frame.
+//!
+//! A storage failure — the commitlog's IO thread poisoned, the state machine unable to write a consume
+//! queue or a checkpoint, openraft's core stopped on an error — is reported once, with its cause (kind,
+//! errno, file), through [`RaftNode::failed`]; writes are refused from then on as [`WriteError::Stopped`]
+//! (nothing appended). The node cannot recover in place: its owner exits and is restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -24,6 +29,7 @@ use raftmq_commitlog::{CommitLog, CommitLogConfig, CommitLogReader, FlushPolicy,
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::error::{FailureCell, StoreFailure};
 use crate::log_store::{LogStore, StoreLink};
 use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
@@ -139,6 +145,9 @@ pub enum NodeError {
     /// Startup failed.
     #[error("start: {0}")]
     Start(String),
+    /// The store failed (at start-up or since): the node must stop. Keeps the IO error's kind and errno.
+    #[error("storage failed: {0}")]
+    Store(StoreFailure),
     /// A Raft operation failed.
     #[error("raft: {0}")]
     Raft(String),
@@ -179,9 +188,28 @@ pub enum WriteError {
         /// The node's `entry_bytes_max`.
         max: usize,
     },
+    /// This node's Raft core has stopped (its store failed, or it is shutting down) before the write
+    /// reached it. Nothing was appended: retrying elsewhere cannot duplicate it.
+    #[error("not stored: this node has stopped{}", failure.as_ref().map(|f| format!(" after a storage failure: {f}")).unwrap_or_default())]
+    Stopped {
+        /// The storage failure that stopped it, if that was the reason.
+        failure: Option<StoreFailure>,
+    },
     /// The outcome is unknown (the node stopped or leadership changed while the entry was in flight).
-    #[error("write outcome unknown: {0}")]
-    Unknown(String),
+    #[error("write outcome unknown: {why}{}", failure.as_ref().map(|f| format!(" (storage failed: {f})")).unwrap_or_default())]
+    Unknown {
+        /// What happened.
+        why: String,
+        /// The storage failure that stopped this node meanwhile, if any.
+        failure: Option<StoreFailure>,
+    },
+}
+
+impl WriteError {
+    /// An unknown outcome with no storage failure involved.
+    pub fn unknown(why: impl Into<String>) -> Self {
+        WriteError::Unknown { why: why.into(), failure: None }
+    }
 }
 
 /// A member's role as the broker layer sees it.
@@ -239,13 +267,13 @@ pub struct NodeStatus {
 }
 
 /// A queued produce request; await it for the per-queue positions once committed and applied.
-pub struct ProduceTicket(oneshot::Receiver<Result<Vec<QueueAppendResult>, WriteError>>);
+pub struct ProduceTicket(oneshot::Receiver<Result<Vec<QueueAppendResult>, WriteError>>, Failures);
 
 impl std::future::Future for ProduceTicket {
     type Output = Result<Vec<QueueAppendResult>, WriteError>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(WriteError::Unknown("node stopped".into()))))
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(WriteError::Unknown { why: "node stopped".into(), failure: self.1.get() })))
     }
 }
 
@@ -267,6 +295,8 @@ pub struct RaftNode {
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
     isolation: Isolation,
+    failure: FailureCell,
+    failures: Failures,
 }
 
 #[derive(Default)]
@@ -284,13 +314,80 @@ impl Fence {
     }
 }
 
-fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> WriteError {
+/// Where a storage failure is looked up: the node's recorded cause, else the commitlog's or the state
+/// machine's directly (the node's cell is filled by a task, which may not have run yet when a write
+/// fails because of it).
+#[derive(Clone)]
+struct Failures {
+    node: FailureCell,
+    log: CommitLogReader,
+    log_dir: PathBuf,
+    sm: FailureCell,
+}
+
+impl Failures {
+    fn get(&self) -> Option<StoreFailure> {
+        self.node.get().or_else(|| self.log.failure().map(|e| StoreFailure::from_commitlog(&e, &self.log_dir))).or_else(|| self.sm.get())
+    }
+}
+
+fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>, failure: &Failures) -> WriteError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
         }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteError::Unknown(e.to_string()),
-        RaftError::Fatal(f) => WriteError::Unknown(f.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteError::unknown(e.to_string()),
+        RaftError::Fatal(f) => WriteError::Unknown { why: f.to_string(), failure: failure.get() },
+    }
+}
+
+/// The storage failure that stopped the node, once known: the commitlog's IO thread or the state
+/// machine recorded one, or openraft's core stopped with an error (it then reads the recorded cause,
+/// which both record before openraft can see the error). Ends after the first failure, or when the core
+/// stops cleanly (shutdown).
+async fn watch_failures(raft: Raft, log: CommitLogReader, sm: FailureCell, node: FailureCell, data_dir: PathBuf) {
+    let mut log_rx = log.watch_failure();
+    let mut sm_rx = sm.subscribe();
+    let mut metrics = raft.metrics();
+    let cause =
+        |log: &CommitLogReader| log.failure().map(|e| StoreFailure::from_commitlog(&e, &data_dir.join("commitlog"))).or_else(|| sm.get());
+    loop {
+        if let Some(f) = cause(&log) {
+            node.set(f);
+            return;
+        }
+        let running = metrics.borrow_and_update().running_state.clone();
+        match running {
+            Ok(()) => {}
+            Err(openraft::error::Fatal::Stopped) => return,
+            Err(fatal) => {
+                let f = cause(&log).unwrap_or_else(|| StoreFailure {
+                    op: "raft core stopped".into(),
+                    path: data_dir.clone(),
+                    kind: std::io::ErrorKind::Other,
+                    errno: None,
+                    message: fatal.to_string(),
+                });
+                node.set(f);
+                return;
+            }
+        }
+        tokio::select! {
+            r = log_rx.changed() => if r.is_err() { std::future::pending::<()>().await },
+            r = sm_rx.changed() => if r.is_err() { std::future::pending::<()>().await },
+            r = metrics.changed() => if r.is_err() {
+                // The core task ended without saying why (a panic): treat it as a failure.
+                let f = cause(&log).unwrap_or_else(|| StoreFailure {
+                    op: "raft core ended".into(),
+                    path: data_dir.clone(),
+                    kind: std::io::ErrorKind::Other,
+                    errno: None,
+                    message: "the Raft core task ended unexpectedly".into(),
+                });
+                node.set(f);
+                return;
+            },
+        }
     }
 }
 
@@ -319,17 +416,32 @@ impl RaftNode {
         log_cfg.prefill_ahead_bytes = cfg.prefill_ahead_bytes;
         log_cfg.index_slots_per_file = cfg.index_slots_per_file;
         log_cfg.flush = cfg.flush;
-        let log =
-            tokio::task::spawn_blocking(move || CommitLog::open(log_cfg)).await.map_err(|e| start_err(&e))?.map_err(|e| start_err(&e))?;
+        let log_dir = log_cfg.dir.clone();
+        let log = tokio::task::spawn_blocking(move || CommitLog::open(log_cfg)).await.map_err(|e| start_err(&e))?.map_err(|e| match e {
+            // IO errors (a full disk while recovery allocates) stop the node with their kind and file.
+            raftmq_commitlog::CommitLogError::Io { .. } | raftmq_commitlog::CommitLogError::Corrupt { .. } => {
+                NodeError::Store(StoreFailure::from_commitlog(&e, &log_dir))
+            }
+            e => start_err(&e),
+        })?;
         let link = StoreLink::default();
         let mut sm_cfg = StateMachineConfig::new(cfg.data_dir.join("state"));
         sm_cfg.checkpoint_every = cfg.checkpoint_every;
         sm_cfg.cq_units_per_file = cfg.cq_units_per_file;
+        let sm_failure = sm_cfg.failure.clone();
+        // A start-up error caused by storage (re-applying onto a full disk) carries the recorded cause.
+        let stored_cause = |log: &CommitLog, e: &dyn std::fmt::Display| match log.reader().failure() {
+            Some(f) => NodeError::Store(StoreFailure::from_commitlog(&f, log.dir())),
+            None => match sm_failure.get() {
+                Some(f) => NodeError::Store(f),
+                None => start_err(e),
+            },
+        };
         let (reader, link2) = (log.reader(), link.clone());
         let sm = tokio::task::spawn_blocking(move || StateMachine::open(sm_cfg, reader, link2))
             .await
             .map_err(|e| start_err(&e))?
-            .map_err(|e| start_err(&e))?;
+            .map_err(|e| stored_cause(&log, &e))?;
         let shared = sm.shared();
         if let Some(p) = log.reader().state().purged {
             shared.set_snapshot_boundary(p.point.index);
@@ -350,7 +462,12 @@ impl RaftNode {
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
         let isolation = Isolation::default();
         let network = TcpNetworkFactory::with_isolation(isolation.clone());
-        let raft = Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| start_err(&e))?;
+        let raft =
+            Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| stored_cause(&log, &e))?;
+        let failure = FailureCell::default();
+        let failures =
+            Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
+        tokio::spawn(watch_failures(raft.clone(), log.reader(), sm_failure.clone(), failure.clone(), cfg.data_dir.clone()));
         let server = RaftServer::start_with(listener, Arc::new(raft.clone()), Arc::new(RaftControl::new(raft.clone())), isolation.clone());
 
         let (role_tx, role_rx) = watch::channel(RoleState { role: Role::Learner, term: 0, leader: None, leader_addr: None, ready: false });
@@ -380,9 +497,29 @@ impl RaftNode {
         });
 
         let (produce_tx, produce_rx) = mpsc::channel(4096);
-        tokio::spawn(produce_batcher(raft.clone(), produce_rx, cfg.batch_bytes_max, cfg.entry_bytes_max, cfg.batch_inflight_max));
+        tokio::spawn(produce_batcher(
+            raft.clone(),
+            produce_rx,
+            cfg.batch_bytes_max,
+            cfg.entry_bytes_max,
+            cfg.batch_inflight_max,
+            failures.clone(),
+        ));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
-        Ok(RaftNode { id: cfg.id, cfg, raft, sm: shared, log, server, role_rx, produce_tx, fence: Arc::new(Fence::default()), isolation })
+        Ok(RaftNode {
+            id: cfg.id,
+            cfg,
+            raft,
+            sm: shared,
+            log,
+            server,
+            role_rx,
+            produce_tx,
+            fence: Arc::new(Fence::default()),
+            isolation,
+            failure,
+            failures,
+        })
     }
 
     /// This member's id.
@@ -420,14 +557,45 @@ impl RaftNode {
         self.role_rx.clone()
     }
 
+    /// The storage failure that stopped this node, if one did.
+    pub fn failure(&self) -> Option<StoreFailure> {
+        self.failures.get()
+    }
+
+    /// Resolves with the storage failure that stops this node: the commitlog's IO thread failed (a
+    /// segment that cannot be allocated, a failed write or fsync), the state machine could not write a
+    /// consume queue or a checkpoint, or openraft's core stopped with an error. The node cannot recover
+    /// by itself; its owner should exit so that a supervisor restarts it. Never resolves after a clean
+    /// [`RaftNode::shutdown`].
+    pub async fn failed(&self) -> StoreFailure {
+        self.failure.wait().await
+    }
+
+    /// An openraft error as a node error: the recorded storage failure when there is one (openraft's
+    /// own errors keep only text), else the error's text.
+    fn raft_err(&self, e: impl std::fmt::Display) -> NodeError {
+        match self.failures.get() {
+            Some(f) => NodeError::Store(f),
+            None => NodeError::Raft(e.to_string()),
+        }
+    }
+
+    /// Refuses writes once the store has failed: nothing is proposed, so nothing is appended.
+    fn check_store(&self) -> Result<(), WriteError> {
+        match self.failures.get() {
+            Some(f) => Err(WriteError::Stopped { failure: Some(f) }),
+            None => Ok(()),
+        }
+    }
+
     /// Bootstraps the group on this (pristine) node with `members` (id → Raft address). A no-op when the
     /// node is already initialized. Call on exactly one node.
     pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), NodeError> {
-        if self.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+        if self.raft.is_initialized().await.map_err(|e| self.raft_err(e))? {
             return Ok(());
         }
         let nodes: BTreeMap<NodeId, Node> = members.into_iter().map(|(id, addr)| (id, Node { addr })).collect();
-        self.raft.initialize(nodes).await.map_err(|e| NodeError::Raft(e.to_string()))
+        self.raft.initialize(nodes).await.map_err(|e| self.raft_err(e))
     }
 
     /// Proposes messages for one or more topic-queues; resolves with per-queue positions once committed
@@ -445,6 +613,7 @@ impl RaftNode {
     /// queued. Requests enter the log in the order their submissions return, so a caller that must order
     /// writes (the broker's store clock) submits under its own lock and awaits the outcome outside it.
     pub async fn submit_produce(&self, queues: Vec<QueueAppend>) -> Result<ProduceTicket, WriteError> {
+        self.check_store()?;
         self.fence.check()?;
         let bytes = queues.iter().map(QueueAppend::encoded_len).sum::<usize>();
         let entry_bytes = PRODUCE_HEADER_BYTES + bytes;
@@ -452,8 +621,11 @@ impl RaftNode {
             return Err(WriteError::EntryTooLarge { bytes: entry_bytes, max: self.cfg.entry_bytes_max });
         }
         let (reply, rx) = oneshot::channel();
-        self.produce_tx.send(ProduceRequest { queues, bytes, reply }).await.map_err(|_| WriteError::Unknown("node stopped".into()))?;
-        Ok(ProduceTicket(rx))
+        self.produce_tx
+            .send(ProduceRequest { queues, bytes, reply })
+            .await
+            .map_err(|_| WriteError::Stopped { failure: self.failures.get() })?;
+        Ok(ProduceTicket(rx, self.failures.clone()))
     }
 
     /// Proposes one command (topics, offsets) as its own entry and waits until applied.
@@ -462,12 +634,13 @@ impl RaftNode {
     /// [`WriteError::EntryTooLarge`] when the command's entry would exceed `entry_bytes_max`; the others as
     /// documented on [`WriteError`].
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
+        self.check_store()?;
         self.fence.check()?;
         let bytes = cmd.encoded_len();
         if bytes > self.cfg.entry_bytes_max {
             return Err(WriteError::EntryTooLarge { bytes, max: self.cfg.entry_bytes_max });
         }
-        self.raft.client_write(cmd).await.map(|r| r.data).map_err(map_write_error)
+        self.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| map_write_error(e, &self.failures))
     }
 
     /// A read barrier: confirms with a quorum that this node still leads and waits until everything committed
@@ -480,7 +653,7 @@ impl RaftNode {
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) })
             }
-            Err(e) => Err(WriteError::Unknown(e.to_string())),
+            Err(e) => Err(WriteError::Unknown { why: e.to_string(), failure: self.failures.get() }),
         }
     }
 
@@ -531,7 +704,7 @@ impl RaftNode {
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), NodeError> {
         self.raft.add_learner(id, Node { addr }, false).await.map(|_| ()).map_err(|e| match e.forward_to_leader() {
             Some(f) => NodeError::NotLeader { leader: f.leader_id },
-            None => NodeError::Raft(e.to_string()),
+            None => self.raft_err(e),
         })
     }
 
@@ -549,7 +722,7 @@ impl RaftNode {
     /// Makes learner `id` a voter.
     pub async fn promote(&self, id: NodeId) -> Result<(), NodeError> {
         let ids: BTreeSet<NodeId> = [id].into();
-        self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map(|_| ()).map_err(|e| NodeError::Raft(e.to_string()))
+        self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map(|_| ()).map_err(|e| self.raft_err(e))
     }
 
     /// Replaces voter `dead` by a new member `new_id` (a fresh id, never a reused one): adds it as a
@@ -564,11 +737,7 @@ impl RaftNode {
         let mut next = voters;
         next.remove(&dead);
         next.insert(new_id);
-        self.raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(next), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| NodeError::Raft(e.to_string()))
+        self.raft.change_membership(ChangeMembers::ReplaceAllVoters(next), false).await.map(|_| ()).map_err(|e| self.raft_err(e))
     }
 
     /// Moves leadership to `target` (openraft 0.9 has no API for it): fence writes here, stop this
@@ -636,7 +805,7 @@ impl RaftNode {
         let limit = upto.min(applied);
         let Some(p) = self.sm.checkpoint_indexes().into_iter().rev().find(|i| *i <= limit) else { return Ok(None) };
         self.sm.set_snapshot_boundary(p);
-        self.raft.trigger().snapshot().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.raft.trigger().snapshot().await.map_err(|e| self.raft_err(e))?;
         let m = self
             .raft
             .wait(Some(timeout))
@@ -644,7 +813,7 @@ impl RaftNode {
             .await
             .map_err(|e| NodeError::Timeout(e.to_string()))?;
         let snap = m.snapshot.map(|s| s.index).unwrap_or(p);
-        self.raft.trigger().purge_log(snap).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.raft.trigger().purge_log(snap).await.map_err(|e| self.raft_err(e))?;
         self.raft
             .wait(Some(timeout))
             .metrics(|m| m.purged.is_some_and(|l| l.index >= snap), "purged")
@@ -654,8 +823,8 @@ impl RaftNode {
             let sm = Arc::clone(&self.sm);
             tokio::task::spawn_blocking(move || sm.advance_min_offsets(mark.next_pos))
                 .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
+                .map_err(|e| self.raft_err(e))?
+                .map_err(NodeError::Store)?;
         }
         info!(index = snap, "log compacted");
         Ok(Some(snap))
@@ -702,7 +871,7 @@ fn fill_entry(
 
 /// Coalesces produce requests into entries: waits for a request, drains what is queued ([`fill_entry`]),
 /// proposes one entry, and answers each request from its slice of the result.
-async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, bytes_target: usize, bytes_max: usize, inflight_max: usize) {
+async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, bytes_target: usize, bytes_max: usize, inflight_max: usize, failure: Failures) {
     let permits = Arc::new(Semaphore::new(inflight_max));
     let mut carry = None;
     loop {
@@ -723,14 +892,15 @@ async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, byt
         }
         match raft.client_write_ff(Command::Produce(all)).await {
             Ok(resp) => {
+                let failure = failure.clone();
                 tokio::spawn(async move {
                     let outcome = match resp.await {
                         Ok(Ok(r)) => match r.data {
                             CommandResponse::Produced(results) => Ok(results),
-                            other => Err(WriteError::Unknown(format!("unexpected response {other:?}"))),
+                            other => Err(WriteError::unknown(format!("unexpected response {other:?}"))),
                         },
-                        Ok(Err(e)) => Err(map_write_error(RaftError::APIError(e))),
-                        Err(_) => Err(WriteError::Unknown("raft dropped the write".into())),
+                        Ok(Err(e)) => Err(map_write_error(RaftError::APIError(e), &failure)),
+                        Err(_) => Err(WriteError::Unknown { why: "raft dropped the write".into(), failure: failure.get() }),
                     };
                     drop(permit);
                     match outcome {
@@ -748,9 +918,14 @@ async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, byt
                     }
                 });
             }
+            // The core did not take the entry (it has stopped): nothing was appended.
             Err(fatal) => {
+                let failure = failure.get();
+                if failure.is_none() {
+                    warn!(error = %fatal, "raft core stopped; produce refused");
+                }
                 for (_, reply) in waiters {
-                    let _ = reply.send(Err(WriteError::Unknown(fatal.to_string())));
+                    let _ = reply.send(Err(WriteError::Stopped { failure: failure.clone() }));
                 }
             }
         }

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
-use crate::error::ReadError;
+use crate::error::{FailureCell, ReadError, StoreFailure};
 use crate::log_store::StoreLink;
 use crate::types::{
     Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig,
@@ -53,12 +53,21 @@ pub struct StateMachineConfig {
     pub checkpoint_every: u64,
     /// In-memory checkpoints kept for building snapshots at a retention boundary.
     pub checkpoints_kept: usize,
+    /// Where the state machine records a storage failure (a consume-queue file that cannot be allocated,
+    /// a failed msync or checkpoint write). After one, it applies nothing more and takes no checkpoint.
+    pub failure: FailureCell,
 }
 
 impl StateMachineConfig {
     /// Defaults for `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StateMachineConfig { dir: dir.into(), cq_units_per_file: 300_000, checkpoint_every: 1024, checkpoints_kept: 64 }
+        StateMachineConfig {
+            dir: dir.into(),
+            cq_units_per_file: 300_000,
+            checkpoint_every: 1024,
+            checkpoints_kept: 64,
+            failure: FailureCell::default(),
+        }
     }
 }
 
@@ -108,7 +117,7 @@ enum FlushJob {
         /// only once the log is durable that far. False for a state installed from a snapshot, which no
         /// local record backs.
         from_log: bool,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: Option<oneshot::Sender<Result<(), StoreFailure>>>,
     },
 }
 
@@ -193,12 +202,18 @@ fn read_framed(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(b[8..].to_vec()))
 }
 
-/// Persists checkpoints in order. A checkpoint derived from the log waits until the log is durable
-/// through its index: openraft 0.9 applies an entry once it is committed, which on a node with an async
-/// flush policy can be before the local log fdatasynced it, and a checkpoint ahead of the log would, after
-/// a power cut, make openraft purge the log up to it (see `LogStore::purge`). One that cannot wait is put
-/// off: its consume-queue files are carried to the next checkpoint, and nothing is reported durable.
-fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, log: CommitLogReader) {
+/// Persists checkpoints in order.
+///
+/// A checkpoint derived from the log waits until the log is durable through its index: openraft 0.9
+/// applies an entry once it is committed, which on a node with an async flush policy can be before the
+/// local log fdatasynced it, and a checkpoint ahead of the log would, after a power cut, make openraft
+/// purge the log up to it (see `LogStore::purge`). One that cannot wait is put off: its consume-queue files
+/// are carried to the next checkpoint, and nothing is reported durable.
+///
+/// The first failure is recorded in `failure` and is final: a failed msync may have marked pages clean
+/// that never reached the disk, so no later checkpoint could vouch for the units before it. Later jobs
+/// fail with the same error; the state machine stops applying.
+fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, failure: FailureCell, log: CommitLogReader) {
     let mut carried: Vec<Arc<CqFile>> = Vec::new();
     while let Ok(job) = rx.recv() {
         match job {
@@ -208,26 +223,33 @@ fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, log
                     files = std::mem::take(&mut carried);
                 }
                 let behind = match meta.last_applied {
-                    Some(l) if from_log && !log.wait_durable(l.index, CHECKPOINT_LOG_WAIT) => Some(l.index),
+                    Some(l) if from_log && failure.get().is_none() && !log.wait_durable(l.index, CHECKPOINT_LOG_WAIT) => Some(l.index),
                     _ => None,
                 };
                 if let Some(index) = behind {
                     tracing::warn!(index, durable = ?log.durable_index(), "checkpoint put off: the commitlog is not durable that far");
+                    debug_assert!(done.is_none(), "only snapshot installs wait for a checkpoint, and they are not from the log");
                     carried = files;
-                    if let Some(done) = done {
-                        let _ = done.send(Err(format!("commitlog not durable through {index}")));
-                    }
                     continue;
                 }
-                let r = (|| -> Result<(), String> {
-                    for f in &files {
-                        f.flush().map_err(|e| format!("msync consume queue: {e}"))?;
-                    }
-                    let bytes = bincode::serialize(&*meta).map_err(|e| e.to_string())?;
-                    write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| format!("write checkpoint: {e}"))
-                })();
+                let r = failure.get().map_or_else(
+                    || {
+                        for f in &files {
+                            f.flush()?;
+                        }
+                        let path = dir.join(CHECKPOINT_FILE);
+                        let bytes = bincode::serialize(&*meta)
+                            .map_err(|e| StoreFailure::io("encode checkpoint", &path, &std::io::Error::other(e.to_string())))?;
+                        write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| StoreFailure::io("write checkpoint", &path, &e))
+                    },
+                    Err,
+                );
                 match (&r, meta.last_applied) {
-                    (Err(e), _) => tracing::error!(error = %e, "checkpoint failed"),
+                    (Err(e), _) => {
+                        if failure.set(e.clone()) {
+                            tracing::error!(error = %e, kind = ?e.kind, errno = ?e.errno, "checkpoint failed; the state machine stops");
+                        }
+                    }
                     (Ok(()), Some(l)) => link.set_durable(l.index),
                     (Ok(()), None) => {}
                 }
@@ -244,12 +266,26 @@ impl SmShared {
         self.cfg.dir.join("consumequeue").join(topic_dir_name(topic)).join(queue_id.to_string())
     }
 
-    fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> std::io::Result<Arc<ConsumeQueue>> {
+    fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> Result<Arc<ConsumeQueue>, StoreFailure> {
         let q = ConsumeQueue::open(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset)?;
         let q = Arc::new(q);
         write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
         self.queue_created.notify_waiters();
         Ok(q)
+    }
+
+    /// Records a storage failure (the first one wins) and turns it into openraft's error, which stops
+    /// the Raft core.
+    fn fail(&self, verb: ErrorVerb, f: StoreFailure) -> StorageError<NodeId> {
+        if self.cfg.failure.set(f.clone()) {
+            tracing::error!(error = %f, kind = ?f.kind, errno = ?f.errno, "state machine storage failed; it stops applying");
+        }
+        sm_err(verb, f)
+    }
+
+    /// The storage failure that stopped the state machine, if any.
+    pub fn failure(&self) -> Option<StoreFailure> {
+        self.cfg.failure.get()
     }
 
     /// The consume queue of a topic-queue, if it exists.
@@ -313,7 +349,7 @@ impl SmShared {
 
     /// Retention: after the log was purged so that it starts at byte `first_pos`, raise every queue's
     /// min offset past units pointing below it and delete consume-queue files wholly below.
-    pub fn advance_min_offsets(&self, first_pos: u64) -> std::io::Result<()> {
+    pub fn advance_min_offsets(&self, first_pos: u64) -> Result<(), StoreFailure> {
         let queues: Vec<((String, u32), Arc<ConsumeQueue>)> =
             read_lock(&self.queues).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         for ((topic, qid), q) in queues {
@@ -393,10 +429,11 @@ impl StateMachine {
         let (tx, rx) = mpsc::channel();
         let dir = cfg.dir.clone();
         let flushed = link.clone();
+        let failure = cfg.failure.clone();
         let flush_log = log.clone();
         std::thread::Builder::new()
             .name("sm-flush".into())
-            .spawn(move || flush_thread(dir, rx, flushed, flush_log))
+            .spawn(move || flush_thread(dir, rx, flushed, failure, flush_log))
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let shared = Arc::new(SmShared {
             cfg,
@@ -413,7 +450,7 @@ impl StateMachine {
         });
         for (topic, qs) in &meta.queues {
             for (qid, st) in qs {
-                shared.open_queue(topic, *qid, *st).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                shared.open_queue(topic, *qid, *st).map_err(|e| shared.fail(ErrorVerb::Read, e))?;
             }
         }
         if meta.last_applied.is_some() {
@@ -446,7 +483,7 @@ impl StateMachine {
             let st = meta.queues.entry(qa.topic.clone()).or_default().entry(qa.queue_id).or_default();
             let q = match self.shared.queue(&qa.topic, qa.queue_id) {
                 Some(q) => q,
-                None => self.shared.open_queue(&qa.topic, qa.queue_id, *st).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                None => self.shared.open_queue(&qa.topic, qa.queue_id, *st).map_err(|e| self.shared.fail(ErrorVerb::Write, e))?,
             };
             let mut positions = Vec::with_capacity(qa.messages.len());
             for m in &qa.messages {
@@ -454,7 +491,7 @@ impl StateMachine {
                     m.phys_offset.ok_or_else(|| sm_err(ErrorVerb::Write, "produce entry applied without physical offsets"))?;
                 let size = u32::try_from(m.data.len()).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 let unit = CqUnit { phys_offset, size, tags_code: m.tags_code };
-                if let Some(f) = q.write(st.next_offset, &unit).map_err(|e| sm_err(ErrorVerb::Write, e))? {
+                if let Some(f) = q.write(st.next_offset, &unit).map_err(|e| self.shared.fail(ErrorVerb::Write, e))? {
                     self.dirty.push(f);
                 }
                 positions.push(MessagePosition { queue_offset: st.next_offset, phys_offset });
@@ -486,7 +523,7 @@ impl StateMachine {
         let (tx, rx) = oneshot::channel();
         let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: Arc::new(meta), from_log: false, done: Some(tx) };
         lock(&self.shared.flush_tx).send(job).map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?;
-        rx.await.map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?.map_err(|e| sm_err(ErrorVerb::Write, e))
+        rx.await.map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?.map_err(|e| self.shared.fail(ErrorVerb::Write, e))
     }
 }
 
@@ -534,6 +571,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let shared = Arc::clone(&self.shared);
+        // After a storage failure nothing more is applied: openraft stops, and a restart re-applies.
+        if let Some(f) = shared.failure() {
+            return Err(sm_err(ErrorVerb::Write, f));
+        }
         let every = shared.cfg.checkpoint_every;
         let mut out = Vec::new();
         let mut meta = write_lock(&shared.meta);
@@ -609,7 +650,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(cq_root)).await;
         for (topic, qs) in &state.queues {
             for (qid, st) in qs {
-                shared.open_queue(topic, *qid, *st).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                shared.open_queue(topic, *qid, *st).map_err(|e| shared.fail(ErrorVerb::Write, e))?;
             }
         }
         if let Some(l) = state.last_applied {

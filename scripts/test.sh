@@ -34,6 +34,8 @@ cargo fmt --all -- --check
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The chaos harness's unsafe broker variant (feature-gated code the line above does not compile).
+cargo clippy -p raftmq-broker --features unsafe-ack-before-quorum --lib -- -D warnings
 
 log "cargo test"
 set +e

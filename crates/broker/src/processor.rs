@@ -442,7 +442,11 @@ impl BrokerInner {
         if let Err(r) = self.check_leader(req) {
             return r;
         }
-        match self.node.transfer_leader(target, Duration::from_secs(10)).await {
+        let result = self.node.transfer_leader(target, Duration::from_secs(10)).await;
+        // A registration during the transfer saw writes fenced and went out as a slave; a transfer that
+        // failed leaves the role unchanged, so no role change would correct the route before the next tick.
+        self.registration_now();
+        match result {
             Ok(()) => Some(ok(req).into()),
             Err(e) => reply(req, ResponseCode::SYSTEM_ERROR, format!("leader transfer to node {target} failed: {e}")),
         }

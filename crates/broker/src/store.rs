@@ -162,12 +162,16 @@ impl MessageStore {
     pub async fn put(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>) -> PutResult {
         let ticket = {
             let mut clock = self.clock.lock().await;
-            let r = self.node.role().borrow().clone();
-            if r.term != clock.term && r.role == Role::Leader && r.ready {
+            let (term, ready_leader) = {
+                let rx = self.node.role();
+                let r = rx.borrow();
+                (r.term, r.role == Role::Leader && r.ready)
+            };
+            if term != clock.term && ready_leader {
                 // Ready: every entry of earlier terms that will ever commit is applied, so the newest queue
                 // tails hold the newest committed store timestamp.
                 clock.last = clock.last.max(self.newest_store_timestamp());
-                clock.term = r.term;
+                clock.term = term;
             }
             let ts = wall_ms().max(clock.last);
             clock.last = ts;

@@ -211,7 +211,7 @@ impl Broker {
     }
 
     /// Resolves with the storage failure that stops this node (see [`RaftNode::failed`]). The process
-    /// should then exit with [`EXIT_STORE_FAILED`]; registration has already stopped.
+    /// should then exit with [`EXIT_STORE_FAILED`]; the registration loop stops by itself at the same moment.
     pub async fn failed(&self) -> StoreFailure {
         self.inner.node.failed().await
     }

@@ -1,9 +1,8 @@
 //! Large entries in a 3-node group over loopback TCP: an entry of the maximum size commits on every member
 //! while the leader stays in place (openraft 0.9 times AppendEntries out after one heartbeat interval, so the
-//! transport keeps a large transfer alive past that) — also when the transfer outlasts the followers' election
-//! timeout, a 4 MiB message replicates with the default limits, a
-//! write above the entry limit is refused before anything is appended, and the batcher never builds an entry
-//! above the limit.
+//! transport keeps a large transfer alive past that), also when the transfer outlasts the followers' election
+//! timeout; a 4 MiB message replicates with the default limits; a write above the entry limit is refused
+//! before anything is appended; and the batcher never builds an entry above the limit.
 //!
 //! Loopback moves 16 MiB in a few milliseconds, faster than any real link, so the large-entry test puts a
 //! bandwidth-limited TCP proxy in front of every Raft port (members dial each other through the proxies).

@@ -384,8 +384,10 @@ type TransferEnd = (Outcome<AppendEntriesResponse<NodeId>, Infallible>, Option<C
 /// continuing the log at the same point (`prev`) carries the same entries, or a prefix or an extension of
 /// them (a leader never rewrites its own log), so it waits for this transfer instead of sending the bytes
 /// again, and the transfer's answer is translated to it ([`answer_for`]). A leader that waits for a
-/// transfer this way is as a leader that receives a delayed response: Raft does not depend on when an
-/// acknowledgement arrives, only on what it acknowledges.
+/// transfer this way is like a leader that receives a delayed response: Raft does not depend on when an
+/// acknowledgement arrives, only on what it acknowledges. (openraft records the re-sent request's send time
+/// as the acknowledgement's time; in 0.9 that only feeds the `millis_since_quorum_ack` metric, which raftmq
+/// does not use.)
 struct Transfer {
     vote: Vote<NodeId>,
     prev: Option<LogId>,

@@ -1,8 +1,8 @@
 //! Large entries in a 3-node group over loopback TCP: an entry of the maximum size commits on every member
 //! while the leader stays in place (openraft 0.9 times AppendEntries out after one heartbeat interval, so the
-//! transport keeps a large transfer alive past that), a 4 MiB message replicates with the default limits, a
-//! write above the entry limit is refused before anything is appended, and the batcher never builds an entry
-//! above the limit.
+//! transport keeps a large transfer alive past that), also when the transfer outlasts the followers' election
+//! timeout; a 4 MiB message replicates with the default limits; a write above the entry limit is refused
+//! before anything is appended; and the batcher never builds an entry above the limit.
 //!
 //! Loopback moves 16 MiB in a few milliseconds, faster than any real link, so the large-entry test puts a
 //! bandwidth-limited TCP proxy in front of every Raft port (members dial each other through the proxies).
@@ -30,8 +30,18 @@ const ENTRY_BYTES: usize = 16 << 20;
 /// A 1 Gbit/s link that is half busy.
 const LINK_BYTES_PER_SEC: u64 = 64 << 20;
 
-fn node_cfg(root: &Path, id: u64, entry_bytes_max: usize) -> NodeConfig {
+/// The most idle time a proxied link turns into credit.
+const LINK_CREDIT: Duration = Duration::from_millis(10);
+
+/// Raft timers (heartbeat, election min, election max) in ms.
+type Timers = (u64, u64, u64);
+
+/// The node defaults.
+const TIMERS: Timers = (100, 300, 600);
+
+fn node_cfg(root: &Path, id: u64, entry_bytes_max: usize, (heartbeat, election_min, election_max): Timers) -> NodeConfig {
     let mut c = NodeConfig::new(id, "127.0.0.1:0", root.join(format!("n{id}")));
+    (c.heartbeat_ms, c.election_min_ms, c.election_max_ms) = (heartbeat, election_min, election_max);
     c.entry_bytes_max = entry_bytes_max;
     c.batch_bytes_max = c.batch_bytes_max.min(entry_bytes_max);
     c.segment_bytes = 64 << 20;
@@ -42,18 +52,21 @@ fn node_cfg(root: &Path, id: u64, entry_bytes_max: usize) -> NodeConfig {
     c
 }
 
-/// Copies `from` to `to`, at most `bytes_per_sec` on average.
+/// Copies `from` to `to` at `bytes_per_sec`: each chunk leaves when the link has carried the ones before it.
+/// Idle time earns at most [`LINK_CREDIT`] of credit, which absorbs the timer's millisecond granularity
+/// without allowing bursts.
 async fn copy_throttled(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, bytes_per_sec: u64) {
-    let started = tokio::time::Instant::now();
-    let mut sent = 0u64;
+    let mut link_free_at = tokio::time::Instant::now();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        sent += n as u64;
-        tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64)).await;
+        let now = tokio::time::Instant::now();
+        link_free_at =
+            link_free_at.max(now.checked_sub(LINK_CREDIT).unwrap_or(now)) + Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
+        tokio::time::sleep_until(link_free_at).await;
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
@@ -86,12 +99,13 @@ async fn throttled_proxy(target: String, bytes_per_sec: u64, tasks: &mut JoinSet
 async fn start_group(
     root: &Path,
     entry_bytes_max: usize,
+    timers: Timers,
     link_bytes_per_sec: Option<u64>,
     proxies: &mut JoinSet<()>,
 ) -> Vec<Arc<RaftNode>> {
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        nodes.push(Arc::new(RaftNode::start(node_cfg(root, id, entry_bytes_max)).await.expect("start node")));
+        nodes.push(Arc::new(RaftNode::start(node_cfg(root, id, entry_bytes_max, timers)).await.expect("start node")));
     }
     let mut members: BTreeMap<u64, String> = BTreeMap::new();
     for n in &nodes {
@@ -169,33 +183,46 @@ async fn produce_one(leader: &RaftNode, queues: Vec<QueueAppend>) -> (u64, u64) 
     (p[0].queue_offset, p[0].phys_offset)
 }
 
+/// Produces one entry of [`ENTRY_BYTES`] over proxied links and checks that it commits on every member while
+/// the leader keeps its term.
+async fn max_size_entry_commits_over(link_bytes_per_sec: u64, timers: Timers) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxies = JoinSet::new();
+    let nodes = start_group(dir.path(), ENTRY_BYTES, timers, Some(link_bytes_per_sec), &mut proxies).await;
+    let leader = wait_leader(&nodes, Duration::from_secs(5)).await;
+    let term = leader.role().borrow().term;
+    let queues = entry_of(ENTRY_BYTES);
+    let data = queues[0].messages[0].data.clone();
+    let (queue_offset, phys_offset) = produce_one(&leader, queues).await;
+    assert_eq!(queue_offset, 0);
+    assert_replicated(&nodes, &leader, queue_offset, phys_offset, &data).await;
+    let after = leader.role().borrow().clone();
+    println!("term before {term}, after {}", after.term);
+    assert_eq!((after.role, after.term), (Role::Leader, term), "leadership moved while the entry replicated");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
 #[test]
 fn max_size_entry_commits_on_every_member_over_a_real_link() {
-    runtime().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let mut proxies = JoinSet::new();
-        let nodes = start_group(dir.path(), ENTRY_BYTES, Some(LINK_BYTES_PER_SEC), &mut proxies).await;
-        let leader = wait_leader(&nodes, Duration::from_secs(5)).await;
-        let term = leader.role().borrow().term;
-        let queues = entry_of(ENTRY_BYTES);
-        let data = queues[0].messages[0].data.clone();
-        let (queue_offset, phys_offset) = produce_one(&leader, queues).await;
-        assert_eq!(queue_offset, 0);
-        assert_replicated(&nodes, &leader, queue_offset, phys_offset, &data).await;
-        let after = leader.role().borrow().clone();
-        println!("term before {term}, after {}", after.term);
-        assert_eq!((after.role, after.term), (Role::Leader, term), "leadership moved while the entry replicated");
-        for n in nodes {
-            n.shutdown().await;
-        }
-    });
+    runtime().block_on(max_size_entry_commits_over(LINK_BYTES_PER_SEC, TIMERS));
+}
+
+/// With 50 ms heartbeats and 150–300 ms elections, a follower that hears nothing campaigns after 450–600 ms
+/// (leader lease + election timeout); 16 MiB at 32 MiB/s takes longer than that, but stays well within the
+/// transfer's deadline (50 ms + 2 s). Only the keep-alives sent with openraft's re-sent requests hold the
+/// followers.
+#[test]
+fn a_transfer_longer_than_the_election_timeout_keeps_the_leader() {
+    runtime().block_on(max_size_entry_commits_over(32 << 20, (50, 150, 300)));
 }
 
 #[test]
 fn a_four_mib_message_replicates_with_the_default_limits() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = start_group(dir.path(), ENTRY_BYTES_MAX_DEFAULT, None, &mut JoinSet::new()).await;
+        let nodes = start_group(dir.path(), ENTRY_BYTES_MAX_DEFAULT, TIMERS, None, &mut JoinSet::new()).await;
         let leader = wait_leader(&nodes, Duration::from_secs(5)).await;
         let data = Bytes::from(vec![b'm'; 4 << 20]);
         let queues = vec![QueueAppend {
@@ -216,7 +243,7 @@ fn writes_over_the_entry_limit_are_refused_before_anything_is_appended() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let max = 1 << 20;
-        let nodes = start_group(dir.path(), max, None, &mut JoinSet::new()).await;
+        let nodes = start_group(dir.path(), max, TIMERS, None, &mut JoinSet::new()).await;
         let leader = wait_leader(&nodes, Duration::from_secs(5)).await;
         let last = leader.status().last_log_index;
         let r = leader.produce(entry_of(max + 1)).await;
@@ -240,7 +267,7 @@ fn concurrent_produces_never_make_an_entry_over_the_limit() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let max = 1 << 20;
-        let nodes = start_group(dir.path(), max, None, &mut JoinSet::new()).await;
+        let nodes = start_group(dir.path(), max, TIMERS, None, &mut JoinSet::new()).await;
         let leader = wait_leader(&nodes, Duration::from_secs(5)).await;
         let first_new = leader.status().last_log_index.unwrap_or(0) + 1;
         // Each request is 40% of the limit: the old batcher admitted a third one past it.

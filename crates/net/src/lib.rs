@@ -6,6 +6,9 @@
 //! with vectored writes, so pulled message bytes go from the commitlog mapping to the socket uncopied (parts
 //! up to 4 KiB are copied next to their header instead). Frames queued on a connection leave together in one
 //! vectored write.
+//!
+//! The server bounds what a peer can make it hold: connections, requests and request bytes in flight per
+//! connection and in total (reads pause past a cap), idle time; see [`server`] and [`ServerOptions`].
 
 pub mod client;
 pub mod server;
@@ -17,7 +20,7 @@ use raftmq_remoting::frame::RemotingCommand;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use client::RemotingClient;
-pub use server::{Conn, RemotingServer, RequestHandler, ServerOptions};
+pub use server::{Conn, OptionsError, RemotingServer, RequestHandler, ServerOptions, ServerStats};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]

@@ -1,20 +1,36 @@
 //! The remoting server: one reader and one writer task per connection; each request runs in its own
-//! task, bounded per connection, and its response is queued to the writer. Oneway requests get no
-//! response. A frame that cannot be decoded closes that connection only.
+//! task and its response is queued to the writer. Oneway requests get no response. A frame that cannot be
+//! decoded closes that connection only.
+//!
+//! Every resource a peer can make the server hold is bounded ([`ServerOptions`]):
+//! - connections: past `connections_max` a new connection is accepted and closed at once (counted; logged
+//!   at warn once per burst), existing ones unaffected;
+//! - requests in flight (received, response not yet queued): at most `conn_inflight_requests_max` and
+//!   `conn_inflight_bytes_max` frame bytes per connection, and `server_inflight_bytes_max` frame bytes over
+//!   all connections. Past a cap the server stops reading that connection (TCP backpressure) until responses
+//!   drain; nothing is dropped;
+//! - idleness: a connection with no frame received and no request in flight for `conn_idle_ms_max` is
+//!   closed (RocketMQ's `serverChannelMaxIdleTimeSeconds`, 120 s; clients heartbeat every 30 s);
+//! - a partial frame's read buffer grows with the bytes that arrive (`raftmq-remoting`'s decoder), so an
+//!   announced length costs nothing until its bytes come.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use raftmq_remoting::frame::{RemotingCodec, RemotingCommand};
+use raftmq_remoting::RemotingError;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::FramedRead;
-use tracing::{debug, warn};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, FramedRead};
+use tracing::{debug, info, warn};
 
 use crate::{write_queued, Response};
 
@@ -30,20 +46,186 @@ pub trait RequestHandler: Send + Sync + 'static {
     fn on_close(&self, _conn: &Conn) {}
 }
 
-/// Server limits.
-#[derive(Debug, Clone)]
+/// Default [`ServerOptions::connections_max`].
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+/// Default [`ServerOptions::conn_inflight_requests_max`].
+pub const CONN_INFLIGHT_REQUESTS_MAX_DEFAULT: usize = 1024;
+/// Default [`ServerOptions::conn_inflight_bytes_max`]: four maximal frames.
+pub const CONN_INFLIGHT_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// Default [`ServerOptions::server_inflight_bytes_max`].
+pub const SERVER_INFLIGHT_BYTES_MAX_DEFAULT: usize = 512 << 20;
+/// Default [`ServerOptions::conn_idle_ms_max`]: RocketMQ's `serverChannelMaxIdleTimeSeconds` (120 s).
+pub const CONN_IDLE_MS_MAX_DEFAULT: u64 = 120_000;
+
+/// Server limits. [`ServerOptions::validate`] states the rules between them; [`RemotingServer::bind`]
+/// refuses options that break one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerOptions {
-    /// Largest frame accepted or sent.
+    /// Largest frame accepted or sent, length prefix included.
     pub frame_bytes_max: usize,
-    /// Requests of one connection being processed at once; more wait (back-pressure on that client).
-    pub inflight_per_conn_max: usize,
+    /// Open connections; one more is accepted and closed at once.
+    pub connections_max: usize,
+    /// Requests of one connection received and not yet answered; past it the connection is not read.
+    pub conn_inflight_requests_max: usize,
+    /// Frame bytes of one connection's requests received and not yet answered; past it the connection is
+    /// not read. At least `frame_bytes_max`, so a single frame always fits.
+    pub conn_inflight_bytes_max: usize,
+    /// Frame bytes of all connections' requests received and not yet answered; past it the connection whose
+    /// frame would exceed it is not read. At least `conn_inflight_bytes_max`.
+    pub server_inflight_bytes_max: usize,
+    /// A connection that received no frame and had no request in flight for this long is closed.
+    pub conn_idle_ms_max: u64,
     /// Frames queued for writing per connection.
     pub outbound_queue_max: usize,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { frame_bytes_max: 16 << 20, inflight_per_conn_max: 1024, outbound_queue_max: 4096 }
+        ServerOptions {
+            frame_bytes_max: raftmq_remoting::FRAME_BYTES_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            conn_inflight_requests_max: CONN_INFLIGHT_REQUESTS_MAX_DEFAULT,
+            conn_inflight_bytes_max: CONN_INFLIGHT_BYTES_MAX_DEFAULT,
+            server_inflight_bytes_max: SERVER_INFLIGHT_BYTES_MAX_DEFAULT,
+            conn_idle_ms_max: CONN_IDLE_MS_MAX_DEFAULT,
+            outbound_queue_max: 4096,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Checks the rules between the limits.
+    ///
+    /// # Errors
+    /// [`OptionsError`] naming the broken rule: every limit positive; `frame_bytes_max` at least
+    /// 64 bytes and at most `u32::MAX`; `frame_bytes_max <= conn_inflight_bytes_max <=
+    /// server_inflight_bytes_max` (otherwise one frame could wait for bytes that never free up);
+    /// `server_inflight_bytes_max` within what a semaphore can count.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let bad = |why: String| Err(OptionsError(why));
+        for (name, v) in [
+            ("connections_max", self.connections_max),
+            ("conn_inflight_requests_max", self.conn_inflight_requests_max),
+            ("outbound_queue_max", self.outbound_queue_max),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.conn_idle_ms_max == 0 {
+            return bad("conn_idle_ms_max must be positive".into());
+        }
+        if self.frame_bytes_max < 64 || self.frame_bytes_max > u32::MAX as usize {
+            return bad(format!("frame_bytes_max {} must be within 64..={}", self.frame_bytes_max, u32::MAX));
+        }
+        if self.conn_inflight_bytes_max < self.frame_bytes_max {
+            return bad(format!(
+                "conn_inflight_bytes_max {} must be at least frame_bytes_max {}",
+                self.conn_inflight_bytes_max, self.frame_bytes_max
+            ));
+        }
+        if self.server_inflight_bytes_max < self.conn_inflight_bytes_max {
+            return bad(format!(
+                "server_inflight_bytes_max {} must be at least conn_inflight_bytes_max {}",
+                self.server_inflight_bytes_max, self.conn_inflight_bytes_max
+            ));
+        }
+        if self.server_inflight_bytes_max > Semaphore::MAX_PERMITS || self.conn_inflight_requests_max > Semaphore::MAX_PERMITS {
+            return bad(format!("in-flight limits must be at most {}", Semaphore::MAX_PERMITS));
+        }
+        Ok(())
+    }
+
+    /// The idle limit as a duration.
+    pub fn conn_idle_max(&self) -> Duration {
+        Duration::from_millis(self.conn_idle_ms_max)
+    }
+}
+
+/// Server limits that break a rule of [`ServerOptions::validate`]; the text names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server options: {0}")]
+pub struct OptionsError(pub String);
+
+/// Counters and gauges of one server, readable while it runs (through [`RemotingServer::stats`]).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    connections_open: AtomicUsize,
+    connections_accepted_total: AtomicU64,
+    connections_refused_total: AtomicU64,
+    connections_idle_closed_total: AtomicU64,
+    reads_stalled_total: AtomicU64,
+    inflight_bytes: AtomicUsize,
+}
+
+impl ServerStats {
+    /// Connections being served now.
+    pub fn connections_open(&self) -> usize {
+        self.connections_open.load(Ordering::Acquire)
+    }
+    /// Connections accepted and served since start.
+    pub fn connections_accepted_total(&self) -> u64 {
+        self.connections_accepted_total.load(Ordering::Relaxed)
+    }
+    /// Connections closed on accept because `connections_max` were open.
+    pub fn connections_refused_total(&self) -> u64 {
+        self.connections_refused_total.load(Ordering::Relaxed)
+    }
+    /// Connections closed for idleness.
+    pub fn connections_idle_closed_total(&self) -> u64 {
+        self.connections_idle_closed_total.load(Ordering::Relaxed)
+    }
+    /// Times a connection's reading paused because a request or byte cap was reached.
+    pub fn reads_stalled_total(&self) -> u64 {
+        self.reads_stalled_total.load(Ordering::Relaxed)
+    }
+    /// Frame bytes of requests received and not yet answered, over all connections.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    opts: ServerOptions,
+    stats: Arc<ServerStats>,
+    inflight_bytes: Arc<Semaphore>,
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConn(Arc<Shared>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request's share of its connection's and the server's in-flight budgets, released on drop.
+struct Admission {
+    _request: OwnedSemaphorePermit,
+    _conn_bytes: OwnedSemaphorePermit,
+    _server_bytes: OwnedSemaphorePermit,
+    bytes: usize,
+    stats: Arc<ServerStats>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.stats.inflight_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// The remoting codec, also reporting each frame's size on the wire (what in-flight budgets count).
+struct SizedCodec(RemotingCodec);
+
+impl Decoder for SizedCodec {
+    type Item = (RemotingCommand, usize);
+    type Error = RemotingError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, RemotingError> {
+        let before = src.len();
+        Ok(self.0.decode(src)?.map(|cmd| (cmd, before - src.len())))
     }
 }
 
@@ -94,21 +276,34 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// A running server. Dropping it stops accepting and closes every connection.
 pub struct RemotingServer {
     local_addr: SocketAddr,
+    stats: Arc<ServerStats>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RemotingServer {
     /// Binds `addr` and serves `handler`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for options that break a rule of [`ServerOptions::validate`]; bind errors.
     pub async fn bind(addr: &str, handler: Arc<dyn RequestHandler>, opts: ServerOptions) -> std::io::Result<RemotingServer> {
+        opts.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, handler, opts));
-        Ok(RemotingServer { local_addr, task })
+        let stats = Arc::new(ServerStats::default());
+        let shared =
+            Arc::new(Shared { inflight_bytes: Arc::new(Semaphore::new(opts.server_inflight_bytes_max)), opts, stats: Arc::clone(&stats) });
+        let task = tokio::spawn(accept_loop(listener, handler, shared));
+        Ok(RemotingServer { local_addr, stats, task })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Counters and gauges of this server.
+    pub fn stats(&self) -> &Arc<ServerStats> {
+        &self.stats
     }
 
     /// Stops the server and its connections.
@@ -123,18 +318,37 @@ impl Drop for RemotingServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, handler: Arc<dyn RequestHandler>, opts: ServerOptions) {
+async fn accept_loop(listener: TcpListener, handler: Arc<dyn RequestHandler>, shared: Arc<Shared>) {
     // Connection tasks live here: aborting the accept task drops the set and aborts them all.
     let mut conns = JoinSet::new();
+    // While refusing: the refusal count when this burst began (one warning per burst, not per connection).
+    let mut burst_began_at: Option<u64> = None;
+    let stats = Arc::clone(&shared.stats);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(serve_conn(stream, peer, Arc::clone(&handler), opts.clone()));
+                    let open = stats.connections_open();
+                    if open >= shared.opts.connections_max {
+                        let refused = stats.connections_refused_total.fetch_add(1, Ordering::Relaxed);
+                        if burst_began_at.is_none() {
+                            warn!(%peer, open, connections_max = shared.opts.connections_max, "connection limit reached; closing new connections until one ends");
+                            burst_began_at = Some(refused);
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                    if let Some(began) = burst_began_at.take() {
+                        info!(refused = stats.connections_refused_total() - began, "accepting connections again");
+                    }
+                    stats.connections_open.fetch_add(1, Ordering::AcqRel);
+                    stats.connections_accepted_total.fetch_add(1, Ordering::Relaxed);
+                    let open = OpenConn(Arc::clone(&shared));
+                    conns.spawn(serve_conn(stream, peer, Arc::clone(&handler), open));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -142,7 +356,9 @@ async fn accept_loop(listener: TcpListener, handler: Arc<dyn RequestHandler>, op
     }
 }
 
-async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn RequestHandler>, opts: ServerOptions) {
+async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn RequestHandler>, open: OpenConn) {
+    let shared = Arc::clone(&open.0);
+    let opts = &shared.opts;
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Response>(opts.outbound_queue_max);
@@ -154,34 +370,55 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reques
             debug!(%peer, error = %e, "write failed; closing");
         }
     });
-    let permits = Arc::new(Semaphore::new(opts.inflight_per_conn_max));
-    let mut frames = FramedRead::new(rd, RemotingCodec::with_frame_bytes_max(frame_max));
+    let budget = ConnBudget {
+        requests: Arc::new(Semaphore::new(opts.conn_inflight_requests_max)),
+        bytes: Arc::new(Semaphore::new(opts.conn_inflight_bytes_max)),
+        shared: Arc::clone(&shared),
+    };
+    let mut frames = FramedRead::new(rd, SizedCodec(RemotingCodec::with_frame_bytes_max(frame_max)));
     let mut tasks = JoinSet::new();
+    let idle_max = opts.conn_idle_max();
+    let mut idle_deadline = Instant::now() + idle_max;
     loop {
         let next = tokio::select! {
             f = frames.next() => f,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                // The connection was busy until this request finished.
+                idle_deadline = Instant::now() + idle_max;
+                continue;
+            }
+            () = tokio::time::sleep_until(idle_deadline) => {
+                if tasks.is_empty() {
+                    shared.stats.connections_idle_closed_total.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, idle_ms = opts.conn_idle_ms_max, "closing an idle connection");
+                    break;
+                }
+                idle_deadline = Instant::now() + idle_max;
+                continue;
+            }
         };
-        let cmd = match next {
-            Some(Ok(cmd)) => cmd,
+        let (cmd, frame_bytes) = match next {
+            Some(Ok(f)) => f,
             Some(Err(e)) => {
                 warn!(%peer, error = %e, "undecodable frame; closing the connection");
                 break;
             }
             None => break,
         };
+        idle_deadline = Instant::now() + idle_max;
         if cmd.is_response() {
             // Answers to server-initiated requests; none of ours expects one yet.
             debug!(%peer, opaque = cmd.opaque, code = cmd.code, "ignoring a response frame from a client");
             continue;
         }
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+        // Not reading while over a cap is the backpressure: the peer's sends stall in TCP, nothing is dropped.
+        let Some(admission) = budget.admit(frame_bytes, peer).await else { break };
+        idle_deadline = Instant::now() + idle_max;
         let (h, c) = (Arc::clone(&handler), conn.clone());
         tasks.spawn(async move {
             let oneway = cmd.is_oneway();
             let opaque = cmd.opaque;
             let resp = h.handle(c.clone(), cmd).await;
-            drop(permit);
             if let (Some(mut resp), false) = (resp, oneway) {
                 resp.cmd.opaque = opaque;
                 resp.cmd.flag |= raftmq_remoting::codes::flag::RESPONSE;
@@ -189,6 +426,9 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reques
                     debug!(peer = %c.peer(), "connection closed before the response was written");
                 }
             }
+            // Released once the response is queued: a peer that does not read its responses fills the
+            // outbound queue, holds its budget and so stops being read.
+            drop(admission);
         });
     }
     conn.inner.closed.store(true, Ordering::Release);
@@ -198,7 +438,59 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reques
     tasks.abort_all();
     drop(conn);
     let abort = writer.abort_handle();
-    if tokio::time::timeout(std::time::Duration::from_secs(2), writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
         abort.abort();
+    }
+    drop(open);
+}
+
+/// One connection's in-flight budgets, and the server's.
+struct ConnBudget {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+impl ConnBudget {
+    /// Takes one request and `frame_bytes` from the connection's budgets and the server's, waiting while any
+    /// is exhausted. `None` only if a semaphore closed (never: they are not closed).
+    async fn admit(&self, frame_bytes: usize, peer: SocketAddr) -> Option<Admission> {
+        // `validate` guarantees frame_bytes <= frame_bytes_max <= conn_inflight_bytes_max <=
+        // server_inflight_bytes_max <= u32::MAX, so a single frame always fits an empty budget.
+        debug_assert!(frame_bytes <= self.shared.opts.frame_bytes_max);
+        let n = u32::try_from(frame_bytes.min(self.shared.opts.conn_inflight_bytes_max)).ok()?;
+        let mut stalled = false;
+        let mut stall = |what: &'static str| {
+            if !stalled {
+                stalled = true;
+                self.shared.stats.reads_stalled_total.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, cap = what, frame_bytes, "in-flight cap reached; pausing reads from this connection");
+            }
+        };
+        let request = match Arc::clone(&self.requests).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                stall("conn_inflight_requests_max");
+                Arc::clone(&self.requests).acquire_owned().await.ok()?
+            }
+        };
+        let conn_bytes = match Arc::clone(&self.bytes).try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                stall("conn_inflight_bytes_max");
+                Arc::clone(&self.bytes).acquire_many_owned(n).await.ok()?
+            }
+        };
+        let server = &self.shared.inflight_bytes;
+        let server_bytes = match Arc::clone(server).try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                stall("server_inflight_bytes_max");
+                Arc::clone(server).acquire_many_owned(n).await.ok()?
+            }
+        };
+        let stats = Arc::clone(&self.shared.stats);
+        stats.inflight_bytes.fetch_add(n as usize, Ordering::Relaxed);
+        Some(Admission { _request: request, _conn_bytes: conn_bytes, _server_bytes: server_bytes, bytes: n as usize, stats })
     }
 }

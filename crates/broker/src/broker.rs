@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use raftmq_commitlog::FlushPolicy;
 use raftmq_net::server::HandlerFuture;
-use raftmq_net::{Conn, RemotingClient, RemotingServer, RequestHandler, ServerOptions};
+use raftmq_net::{Conn, RemotingClient, RemotingServer, RequestHandler};
 use raftmq_raft::node::{NodeConfig, RaftNode, Role, WriteError};
 use raftmq_raft::types::{OffsetCommit, TopicConfig};
 use raftmq_remoting::body::{encode_json_body, RegisterBrokerBody, TopicConfig as WireTopicConfig, TopicConfigSerializeWrapper};
@@ -148,6 +148,7 @@ impl Broker {
             node.initialize(members).await.map_err(|e| BrokerError::Raft(e.to_string()))?;
         }
         let store = MessageStore::new(Arc::clone(&node));
+        let server_options = cfg.server_options();
         let inner = Arc::new(BrokerInner {
             offsets: OffsetCommitter::start(store.clone()),
             cfg,
@@ -158,7 +159,7 @@ impl Broker {
             register_now: Notify::new(),
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
-        let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), ServerOptions::default())
+        let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), server_options)
             .await
             .map_err(|source| BrokerError::Listen { addr: me.client_addr.clone(), source })?;
         let mut tasks = Vec::new();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use raftmq_commitlog::FlushPolicy;
 use raftmq_net::server::HandlerFuture;
-use raftmq_net::{Conn, RemotingClient, RemotingServer, RequestHandler, ServerOptions};
+use raftmq_net::{Conn, RemotingClient, RemotingServer, RequestHandler};
 use raftmq_raft::error::StoreFailure;
 use raftmq_raft::node::{NodeConfig, NodeError, RaftNode, Role, WriteError};
 use raftmq_raft::types::{OffsetCommit, TopicConfig};
@@ -165,6 +165,7 @@ impl Broker {
             node.initialize(members).await?;
         }
         let store = MessageStore::new(Arc::clone(&node));
+        let server_options = cfg.server_options();
         let inner = Arc::new(BrokerInner {
             offsets: OffsetCommitter::start(store.clone()),
             cfg,
@@ -176,7 +177,7 @@ impl Broker {
             #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
-        let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), ServerOptions::default())
+        let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), server_options)
             .await
             .map_err(|source| BrokerError::Listen { addr: me.client_addr.clone(), source })?;
         let mut tasks = Vec::new();

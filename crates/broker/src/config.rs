@@ -100,6 +100,25 @@ pub struct BrokerConfig {
     /// everywhere else.
     #[serde(default)]
     pub unsafe_ack_before_quorum: bool,
+    /// Client connections served at once; one more is accepted and closed at once (raftmq; RocketMQ has
+    /// no cap).
+    #[serde(default = "default_connections_max")]
+    pub connections_max: usize,
+    /// Requests of one connection received and not yet answered; past it that connection is not read.
+    #[serde(default = "default_conn_inflight_requests_max")]
+    pub conn_inflight_requests_max: usize,
+    /// Frame bytes of one connection's requests received and not yet answered; past it that connection is
+    /// not read. At least one maximal frame (16 MiB).
+    #[serde(default = "default_conn_inflight_bytes_max")]
+    pub conn_inflight_bytes_max: usize,
+    /// Frame bytes of all connections' requests received and not yet answered; past it the connection whose
+    /// request would exceed it is not read. At least `connInflightBytesMax`.
+    #[serde(default = "default_server_inflight_bytes_max")]
+    pub server_inflight_bytes_max: usize,
+    /// A client connection with no frame received and no request in flight for this long is closed
+    /// (RocketMQ `serverChannelMaxIdleTimeSeconds` × 1000; clients heartbeat every 30 s).
+    #[serde(default = "default_conn_idle_ms_max")]
+    pub conn_idle_ms_max: u64,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
@@ -154,6 +173,22 @@ pub fn single_message_entry_bytes(body_bytes: usize) -> usize {
     PRODUCE_HEADER_BYTES + produce_queue_len(TOPIC_BYTES_MAX, [stored])
 }
 
+fn default_connections_max() -> usize {
+    raftmq_net::server::CONNECTIONS_MAX_DEFAULT
+}
+fn default_conn_inflight_requests_max() -> usize {
+    raftmq_net::server::CONN_INFLIGHT_REQUESTS_MAX_DEFAULT
+}
+fn default_conn_inflight_bytes_max() -> usize {
+    raftmq_net::server::CONN_INFLIGHT_BYTES_MAX_DEFAULT
+}
+fn default_server_inflight_bytes_max() -> usize {
+    raftmq_net::server::SERVER_INFLIGHT_BYTES_MAX_DEFAULT
+}
+fn default_conn_idle_ms_max() -> u64 {
+    raftmq_net::server::CONN_IDLE_MS_MAX_DEFAULT
+}
+
 /// A configuration that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid broker config: {0}")]
@@ -188,6 +223,18 @@ impl BrokerConfig {
     /// Long-poll limit.
     pub fn long_polling_max(&self) -> Duration {
         Duration::from_millis(self.long_polling_max_ms)
+    }
+
+    /// The client-facing remoting server's limits.
+    pub fn server_options(&self) -> raftmq_net::ServerOptions {
+        raftmq_net::ServerOptions {
+            connections_max: self.connections_max,
+            conn_inflight_requests_max: self.conn_inflight_requests_max,
+            conn_inflight_bytes_max: self.conn_inflight_bytes_max,
+            server_inflight_bytes_max: self.server_inflight_bytes_max,
+            conn_idle_ms_max: self.conn_idle_ms_max,
+            ..raftmq_net::ServerOptions::default()
+        }
     }
 
     /// Checks cross-field rules.
@@ -245,6 +292,9 @@ impl BrokerConfig {
             return bad("unsafeAckBeforeQuorum loses acknowledged messages and exists only in chaos-test builds \
                         (cargo feature `unsafe-ack-before-quorum`, built by scripts/jepsen.sh); remove the key"
                 .into());
+        }
+        if let Err(e) = self.server_options().validate() {
+            return bad(format!("connection limits (connectionsMax, connInflightRequestsMax, connInflightBytesMax, serverInflightBytesMax, connIdleMsMax): {e}"));
         }
         Ok(())
     }
@@ -342,5 +392,20 @@ clientAddr = "127.0.0.1:10921"
         }
         let off = BrokerConfig::from_toml(&format!("unsafeAckBeforeQuorum = false\n{SAMPLE}")).unwrap();
         off.validate().unwrap();
+    }
+
+    #[test]
+    fn connection_limits_default_to_the_servers_and_are_checked() {
+        let c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.server_options(), raftmq_net::ServerOptions::default());
+        assert_eq!(c.conn_idle_ms_max, 120_000, "RocketMQ's serverChannelMaxIdleTimeSeconds");
+        let c = BrokerConfig::from_toml(&format!("connectionsMax = 50\nconnIdleMsMax = 30000\n{SAMPLE}")).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.server_options().connections_max, c.server_options().conn_idle_ms_max), (50, 30_000));
+        // A per-connection byte budget below one frame could never admit a maximal frame.
+        let c = BrokerConfig::from_toml(&format!("connInflightBytesMax = 1048576\n{SAMPLE}")).unwrap();
+        assert!(c.validate().unwrap_err().0.contains("conn_inflight_bytes_max"));
+        let c = BrokerConfig::from_toml(&format!("connectionsMax = 0\n{SAMPLE}")).unwrap();
+        assert!(c.validate().is_err());
     }
 }

@@ -33,6 +33,8 @@ enum Cmd {
         /// Log file (default: stderr).
         #[arg(long, env = "RAFTMQ_LOG_FILE")]
         log_file: Option<PathBuf>,
+        #[command(flatten)]
+        limits: NamesrvLimits,
     },
     /// Run a broker node.
     Broker {
@@ -66,6 +68,39 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
+}
+
+/// The nameserver's connection limits (the broker's are keys of its TOML file).
+#[derive(clap::Args)]
+struct NamesrvLimits {
+    /// Connections served at once; one more is accepted and closed at once.
+    #[arg(long, env = "RAFTMQ_NAMESRV_CONNECTIONS_MAX", default_value_t = raftmq_net::server::CONNECTIONS_MAX_DEFAULT)]
+    connections_max: usize,
+    /// Requests of one connection in flight; past it that connection is not read.
+    #[arg(long, env = "RAFTMQ_NAMESRV_CONN_INFLIGHT_REQUESTS_MAX", default_value_t = raftmq_net::server::CONN_INFLIGHT_REQUESTS_MAX_DEFAULT)]
+    conn_inflight_requests_max: usize,
+    /// Request bytes of one connection in flight (at least 16 MiB); past it that connection is not read.
+    #[arg(long, env = "RAFTMQ_NAMESRV_CONN_INFLIGHT_BYTES_MAX", default_value_t = raftmq_net::server::CONN_INFLIGHT_BYTES_MAX_DEFAULT)]
+    conn_inflight_bytes_max: usize,
+    /// Request bytes of all connections in flight; past it reading pauses.
+    #[arg(long, env = "RAFTMQ_NAMESRV_SERVER_INFLIGHT_BYTES_MAX", default_value_t = raftmq_net::server::SERVER_INFLIGHT_BYTES_MAX_DEFAULT)]
+    server_inflight_bytes_max: usize,
+    /// A connection idle this long (no frame, nothing in flight) is closed, ms.
+    #[arg(long, env = "RAFTMQ_NAMESRV_CONN_IDLE_MS_MAX", default_value_t = raftmq_net::server::CONN_IDLE_MS_MAX_DEFAULT)]
+    conn_idle_ms_max: u64,
+}
+
+impl NamesrvLimits {
+    fn options(&self) -> raftmq_net::ServerOptions {
+        raftmq_net::ServerOptions {
+            connections_max: self.connections_max,
+            conn_inflight_requests_max: self.conn_inflight_requests_max,
+            conn_inflight_bytes_max: self.conn_inflight_bytes_max,
+            server_inflight_bytes_max: self.server_inflight_bytes_max,
+            conn_idle_ms_max: self.conn_idle_ms_max,
+            ..raftmq_net::ServerOptions::default()
+        }
+    }
 }
 
 fn init_logging(file: Option<&PathBuf>) -> Result<()> {
@@ -114,9 +149,11 @@ fn exit_store_failed(f: &raftmq_broker::StoreFailure, phase: &str) -> ! {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Namesrv { listen, log_file } => {
+        Cmd::Namesrv { listen, log_file, limits } => {
             init_logging(log_file.as_ref())?;
-            let _ns = raftmq_namesrv::NameServer::start(&listen).await.with_context(|| format!("listen on {listen}"))?;
+            let opts = limits.options();
+            opts.validate().context("connection limits")?;
+            let _ns = raftmq_namesrv::NameServer::start_with(&listen, opts).await.with_context(|| format!("listen on {listen}"))?;
             shutdown_signal().await;
             tracing::info!("nameserver stopping");
             Ok(())
@@ -154,5 +191,23 @@ async fn main() -> Result<()> {
         Cmd::Produce(a) => tools::produce(a).await,
         Cmd::Consume(a) => tools::consume(a).await,
         Cmd::Bench { cmd } => bench::run(cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_the_nameserver_takes_its_limits() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["raftmq", "namesrv", "--connections-max", "5", "--conn-idle-ms-max", "1000"]).expect("parses");
+        let Cmd::Namesrv { limits, .. } = cli.cmd else { panic!("namesrv") };
+        let opts = limits.options();
+        assert_eq!((opts.connections_max, opts.conn_idle_ms_max), (5, 1000));
+        assert_eq!(opts.conn_inflight_bytes_max, raftmq_net::server::CONN_INFLIGHT_BYTES_MAX_DEFAULT);
+        opts.validate().expect("valid");
     }
 }

@@ -85,7 +85,6 @@ impl ClientError {
             NetError::Codec(s) => NetError::Codec(s.clone()),
             NetError::Timeout(d) => NetError::Timeout(*d),
             NetError::Closed => NetError::Closed,
-            NetError::InvalidOptions(s) => NetError::InvalidOptions(s.clone()),
         };
         match self {
             ClientError::Broker { addr, code, remark } => ClientError::Broker { addr: addr.clone(), code: *code, remark: remark.clone() },

@@ -34,10 +34,18 @@ pub struct NameServer {
 }
 
 impl NameServer {
-    /// Listens on `listen` and serves until dropped.
+    /// Listens on `listen` and serves until dropped, with the default connection limits.
     pub async fn start(listen: &str) -> std::io::Result<NameServer> {
+        Self::start_with(listen, ServerOptions::default()).await
+    }
+
+    /// Listens on `listen` with connection limits `opts` and serves until dropped.
+    ///
+    /// # Errors
+    /// `InvalidInput` for limits that break a rule of [`ServerOptions::validate`]; bind errors.
+    pub async fn start_with(listen: &str, opts: ServerOptions) -> std::io::Result<NameServer> {
         let routes = Arc::new(RouteTable::default());
-        let server = RemotingServer::bind(listen, Arc::new(Handler { routes: Arc::clone(&routes) }), ServerOptions::default()).await?;
+        let server = RemotingServer::bind(listen, Arc::new(Handler { routes: Arc::clone(&routes) }), opts).await?;
         let r = Arc::clone(&routes);
         let scanner = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SCAN_INTERVAL);

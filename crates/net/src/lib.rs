@@ -20,7 +20,7 @@ use raftmq_remoting::frame::RemotingCommand;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use client::RemotingClient;
-pub use server::{Conn, RemotingServer, RequestHandler, ServerOptions, ServerStats};
+pub use server::{Conn, OptionsError, RemotingServer, RequestHandler, ServerOptions, ServerStats};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,6 @@ pub enum NetError {
     /// The connection is closed.
     #[error("connection closed")]
     Closed,
-    /// Server limits that break a rule of [`ServerOptions::validate`].
-    #[error("invalid server options: {0}")]
-    InvalidOptions(String),
 }
 
 /// A response (or a server-initiated request) and optional extra body parts.

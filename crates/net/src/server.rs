@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
-use crate::{write_queued, NetError, Response};
+use crate::{write_queued, Response};
 
 /// Boxed handler future.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
@@ -97,12 +97,12 @@ impl ServerOptions {
     /// Checks the rules between the limits.
     ///
     /// # Errors
-    /// [`NetError::InvalidOptions`] naming the broken rule: every limit positive; `frame_bytes_max` at least
+    /// [`OptionsError`] naming the broken rule: every limit positive; `frame_bytes_max` at least
     /// 64 bytes and at most `u32::MAX`; `frame_bytes_max <= conn_inflight_bytes_max <=
     /// server_inflight_bytes_max` (otherwise one frame could wait for bytes that never free up);
     /// `server_inflight_bytes_max` within what a semaphore can count.
-    pub fn validate(&self) -> Result<(), NetError> {
-        let bad = |why: String| Err(NetError::InvalidOptions(why));
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let bad = |why: String| Err(OptionsError(why));
         for (name, v) in [
             ("connections_max", self.connections_max),
             ("conn_inflight_requests_max", self.conn_inflight_requests_max),
@@ -141,6 +141,11 @@ impl ServerOptions {
         Duration::from_millis(self.conn_idle_ms_max)
     }
 }
+
+/// Server limits that break a rule of [`ServerOptions::validate`]; the text names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server options: {0}")]
+pub struct OptionsError(pub String);
 
 /// Counters and gauges of one server, readable while it runs (through [`RemotingServer::stats`]).
 #[derive(Debug, Default)]

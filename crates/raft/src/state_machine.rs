@@ -405,7 +405,9 @@ impl StateMachine {
         if cfg.checkpoint_every == 0 || cfg.cq_units_per_file == 0 {
             return Err(sm_err(ErrorVerb::Read, "checkpoint_every and cq_units_per_file must be positive"));
         }
-        fs::create_dir_all(&cfg.dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        // Durably: a `state/` directory whose entry a power cut takes back takes the checkpoint, the
+        // installed snapshot and every consume queue with it.
+        raftmq_commitlog::create_dir_durable(&cfg.dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let meta: Metadata = match read_framed(&cfg.dir.join(CHECKPOINT_FILE)).map_err(|e| sm_err(ErrorVerb::Read, e))? {
             Some(b) => bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => Metadata::default(),

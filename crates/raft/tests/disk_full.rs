@@ -171,6 +171,9 @@ fn node_cfg(dir: &Path) -> NodeConfig {
     c.index_slots_per_file = 4096;
     c.checkpoint_every = 16;
     c.cq_units_per_file = 1024;
+    // Entries must fit the small segments (NodeConfig::validate); the messages here are 16 KiB.
+    c.entry_bytes_max = 128 * 1024;
+    c.batch_bytes_max = 128 * 1024;
     c
 }
 

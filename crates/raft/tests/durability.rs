@@ -28,6 +28,9 @@ fn cfg(root: &Path, flush: FlushPolicy) -> NodeConfig {
     c.index_slots_per_file = 256;
     c.checkpoint_every = 4;
     c.cq_units_per_file = 128;
+    // Entries must fit the small segments (NodeConfig::validate).
+    c.entry_bytes_max = 32 * 1024;
+    c.batch_bytes_max = 32 * 1024;
     c.flush = flush;
     c
 }

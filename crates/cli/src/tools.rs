@@ -130,6 +130,29 @@ pub async fn admin(namesrv: &str, cmd: AdminCmd) -> Result<()> {
     result
 }
 
+/// How long admin commands wait for a group's leader to be registered: an election or a leader transfer
+/// leaves the nameserver without a brokerId 0 for about a second, until the new leader has confirmed its
+/// leadership with a quorum and registered.
+const LEADER_REGISTRATION_WAIT: Duration = Duration::from_secs(10);
+
+/// The group (`broker`, or the first registered) and the client address its leader registered, waiting
+/// up to [`LEADER_REGISTRATION_WAIT`] while none is registered.
+async fn registered_leader(admin: &Admin, broker: Option<&str>) -> Result<(String, String)> {
+    let deadline = Instant::now() + LEADER_REGISTRATION_WAIT;
+    loop {
+        let info = admin.cluster_info().await.context("cluster info")?;
+        let b = match broker {
+            Some(n) => info.broker_addr_table.get(n).ok_or_else(|| anyhow!("no broker group {n}"))?,
+            None => info.broker_addr_table.values().next().ok_or_else(|| anyhow!("no broker group registered"))?,
+        };
+        match b.master_addr() {
+            Some(addr) => return Ok((b.broker_name.clone(), addr.to_string())),
+            None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            None => bail!("group {} has no leader registered (waited {LEADER_REGISTRATION_WAIT:?})", b.broker_name),
+        }
+    }
+}
+
 async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
     match cmd {
         AdminCmd::Status => {
@@ -160,13 +183,8 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
             Ok(())
         }
         AdminCmd::Leader { broker } => {
-            let info = admin.cluster_info().await.context("cluster info")?;
-            let b = match &broker {
-                Some(n) => info.broker_addr_table.get(n).ok_or_else(|| anyhow!("no broker group {n}"))?,
-                None => info.broker_addr_table.values().next().ok_or_else(|| anyhow!("no broker group registered"))?,
-            };
-            let addr = b.master_addr().ok_or_else(|| anyhow!("group {} has no leader registered", b.broker_name))?;
-            let s = admin.node_status(addr).await?;
+            let (_, addr) = registered_leader(admin, broker.as_deref()).await?;
+            let s = admin.node_status(&addr).await?;
             if s["role"] != "Leader" {
                 bail!("{addr} registered as leader but reports {}", s["role"]);
             }
@@ -175,13 +193,8 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
         }
         AdminCmd::TransferLeader { broker, to } => {
             let target: u64 = to.trim_start_matches('n').parse().with_context(|| format!("--to {to}: expected a node id like 2 or n2"))?;
-            let info = admin.cluster_info().await.context("cluster info")?;
-            let b = match &broker {
-                Some(n) => info.broker_addr_table.get(n).ok_or_else(|| anyhow!("no broker group {n}"))?,
-                None => info.broker_addr_table.values().next().ok_or_else(|| anyhow!("no broker group registered"))?,
-            };
-            let addr = b.master_addr().ok_or_else(|| anyhow!("group {} has no leader registered", b.broker_name))?;
-            admin.transfer_leader(addr, target).await.with_context(|| format!("transfer leadership of {} to n{target}", b.broker_name))?;
+            let (group, addr) = registered_leader(admin, broker.as_deref()).await?;
+            admin.transfer_leader(&addr, target).await.with_context(|| format!("transfer leadership of {group} to n{target}"))?;
             println!("n{target}");
             Ok(())
         }

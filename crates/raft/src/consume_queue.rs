@@ -2,16 +2,18 @@
 //! message size i32, tag hash i64; big-endian as in RocketMQ) that point into the commitlog instead of
 //! copying message bodies.
 //!
-//! Files are `consumequeue/<topic>/<queueId>/<20-digit first byte offset>`, fixed-size, preallocated and
-//! mapped. Only the state-machine worker writes; any thread reads units below the published `max_offset`.
+//! Files are `consumequeue/<topic>/<queueId>/<20-digit first byte offset>`, fixed-size and preallocated.
+//! They are mapped on use through [`MappedFiles`], an LRU shared by all queues and bounded by
+//! `mapped_files_max`, and hold no descriptor. Only the state-machine worker writes; any thread reads
+//! units below the published `max_offset`.
 //! Durability comes from checkpoints (`state_machine.rs`): units are msynced before a checkpoint that
 //! covers them is written, and re-apply after a restart rewrites identical units.
 
-use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use memmap2::{MmapOptions, MmapRaw};
 use tokio::sync::Notify;
@@ -50,33 +52,151 @@ impl CqUnit {
     }
 }
 
-/// One mapped consume-queue file.
+/// One consume-queue file on disk: its identity and whether units were written since its last flush. It
+/// holds no descriptor and no mapping; those live in [`MappedFiles`] while the file is in use.
 pub struct CqFile {
     /// Queue offset of the file's first unit.
     base: u64,
     path: PathBuf,
-    map: MmapRaw,
     dirty: AtomicBool,
 }
 
 impl CqFile {
-    fn open(dir: &Path, base: u64, units: u64) -> std::io::Result<Arc<CqFile>> {
-        let path = dir.join(format!("{:020}", base * CQ_UNIT_LEN as u64));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    /// Makes the units written since the last flush durable (fdatasync; the kernel writes back the pages
+    /// dirtied through any mapping of the file, mapped now or not).
+    pub fn flush(&self) -> std::io::Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = File::open(&self.path).and_then(|f| f.sync_data()) {
+                self.dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A mapping of one consume-queue file. Readers and the writer hold an `Arc` while they touch it, so the
+/// cache may drop its reference (unmap) at any time without invalidating them.
+struct CqMap {
+    map: MmapRaw,
+}
+
+impl CqMap {
+    fn open(path: &Path, units: u64) -> std::io::Result<Arc<CqMap>> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let len = units * CQ_UNIT_LEN as u64;
         if file.metadata()?.len() < len {
             file.set_len(len)?;
         }
+        // The descriptor is closed when `file` drops: a mapping does not need it.
         let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
-        Ok(Arc::new(CqFile { base, path, map, dirty: AtomicBool::new(false) }))
+        Ok(Arc::new(CqMap { map }))
+    }
+}
+
+/// Counters of a [`MappedFiles`] cache.
+#[derive(Debug, Default)]
+pub struct MappedFilesStats {
+    /// Files mapped (first use or after an eviction).
+    pub maps: AtomicU64,
+    /// Mappings the cache dropped to stay within its bound.
+    pub evictions: AtomicU64,
+}
+
+struct Lru {
+    tick: u64,
+    /// (queue id, file base) → mapping and its last use.
+    entries: HashMap<(u64, u64), (Arc<CqMap>, u64)>,
+    /// Last use → key, oldest first.
+    order: BTreeMap<u64, (u64, u64)>,
+}
+
+/// The consume-queue files mapped at once, shared by every queue of a state machine and bounded by
+/// `files_max` (broker config `mappedFilesMax`): the least recently mapped file is unmapped when another
+/// one is needed. With 100 k queues a mapping per file would exceed Linux's default
+/// `vm.max_map_count` (65 530) and fail; the cache keeps mappings to the files in use.
+pub struct MappedFiles {
+    files_max: usize,
+    next_queue_id: AtomicU64,
+    lru: Mutex<Lru>,
+    /// Counters.
+    pub stats: MappedFilesStats,
+}
+
+impl MappedFiles {
+    /// An empty cache holding at most `files_max` (at least 1) mappings.
+    pub fn new(files_max: usize) -> Arc<MappedFiles> {
+        Arc::new(MappedFiles {
+            files_max: files_max.max(1),
+            next_queue_id: AtomicU64::new(0),
+            lru: Mutex::new(Lru { tick: 0, entries: HashMap::new(), order: BTreeMap::new() }),
+            stats: MappedFilesStats::default(),
+        })
     }
 
-    /// msyncs the file if units were written since the last flush.
-    pub fn flush(&self) -> std::io::Result<()> {
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            self.map.flush()?;
+    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Mappings the cache holds now.
+    pub fn len(&self) -> usize {
+        self.lru().entries.len()
+    }
+
+    /// True when nothing is mapped by the cache.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The mapping of `path`, mapping it (and creating the file when needed) on a miss.
+    fn get(&self, key: (u64, u64), path: &Path, units: u64) -> std::io::Result<Arc<CqMap>> {
+        {
+            let mut l = self.lru();
+            l.tick += 1;
+            let tick = l.tick;
+            if let Some((m, used)) = l.entries.get_mut(&key) {
+                let (m, old) = (Arc::clone(m), std::mem::replace(used, tick));
+                l.order.remove(&old);
+                l.order.insert(tick, key);
+                return Ok(m);
+            }
         }
-        Ok(())
+        // Map outside the lock; a racing mapper of the same file loses and uses the first mapping.
+        let fresh = CqMap::open(path, units)?;
+        self.stats.maps.fetch_add(1, Ordering::Relaxed);
+        let mut l = self.lru();
+        l.tick += 1;
+        let tick = l.tick;
+        if let Some((m, used)) = l.entries.get_mut(&key) {
+            let (m, old) = (Arc::clone(m), std::mem::replace(used, tick));
+            l.order.remove(&old);
+            l.order.insert(tick, key);
+            return Ok(m);
+        }
+        while l.entries.len() >= self.files_max {
+            let Some((_, victim)) = l.order.pop_first() else { break };
+            l.entries.remove(&victim);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        l.entries.insert(key, (Arc::clone(&fresh), tick));
+        l.order.insert(tick, key);
+        Ok(fresh)
+    }
+
+    fn remove(&self, key: (u64, u64)) {
+        let mut l = self.lru();
+        if let Some((_, used)) = l.entries.remove(&key) {
+            l.order.remove(&used);
+        }
+    }
+
+    fn remove_queue(&self, queue: u64) {
+        let mut l = self.lru();
+        let doomed: Vec<((u64, u64), u64)> = l.entries.iter().filter(|(k, _)| k.0 == queue).map(|(k, (_, used))| (*k, *used)).collect();
+        for (k, used) in doomed {
+            l.entries.remove(&k);
+            l.order.remove(&used);
+        }
     }
 }
 
@@ -84,18 +204,42 @@ impl CqFile {
 pub struct ConsumeQueue {
     dir: PathBuf,
     units_per_file: u64,
+    /// This queue's key in `maps`.
+    id: u64,
+    maps: Arc<MappedFiles>,
+    /// Every file of the queue on disk, by base offset.
     files: RwLock<BTreeMap<u64, Arc<CqFile>>>,
+    /// The mapping used last, without keeping it mapped: hits skip the shared cache's lock.
+    last: Mutex<Option<(u64, Weak<CqMap>)>>,
     min_offset: AtomicU64,
     max_offset: AtomicU64,
     /// Woken whenever units are published: long-polling pulls wait on it.
     pub notify: Notify,
 }
 
+impl Drop for ConsumeQueue {
+    fn drop(&mut self) {
+        self.maps.remove_queue(self.id);
+    }
+}
+
 impl ConsumeQueue {
-    /// Opens the queue directory. Units in `[min_offset, max_offset)` are trusted (restored from a
-    /// checkpoint); anything beyond is overwritten by re-apply. (Public for benchmarks; the state machine
-    /// owns its queues.)
+    /// Opens the queue directory with a cache of its own (benchmarks and tests; the state machine shares
+    /// one cache among all its queues, see [`ConsumeQueue::open_shared`]).
     pub fn open(dir: PathBuf, units_per_file: u64, min_offset: u64, max_offset: u64) -> std::io::Result<ConsumeQueue> {
+        Self::open_shared(dir, units_per_file, min_offset, max_offset, &MappedFiles::new(64))
+    }
+
+    /// Opens the queue directory; files are mapped through `maps` when used. Units in
+    /// `[min_offset, max_offset)` are trusted (restored from a checkpoint); anything beyond is overwritten
+    /// by re-apply.
+    pub fn open_shared(
+        dir: PathBuf,
+        units_per_file: u64,
+        min_offset: u64,
+        max_offset: u64,
+        maps: &Arc<MappedFiles>,
+    ) -> std::io::Result<ConsumeQueue> {
         fs::create_dir_all(&dir)?;
         let mut files = BTreeMap::new();
         for ent in fs::read_dir(&dir)? {
@@ -109,12 +253,15 @@ impl ConsumeQueue {
                 fs::remove_file(ent.path())?;
                 continue;
             }
-            files.insert(base, CqFile::open(&dir, base, units_per_file)?);
+            files.insert(base, Arc::new(CqFile { base, path: ent.path(), dirty: AtomicBool::new(false) }));
         }
         Ok(ConsumeQueue {
             dir,
             units_per_file,
+            id: maps.next_queue_id.fetch_add(1, Ordering::Relaxed),
+            maps: Arc::clone(maps),
             files: RwLock::new(files),
+            last: Mutex::new(None),
             min_offset: AtomicU64::new(min_offset),
             max_offset: AtomicU64::new(max_offset),
             notify: Notify::new(),
@@ -131,28 +278,52 @@ impl ConsumeQueue {
         self.max_offset.load(Ordering::Acquire)
     }
 
-    fn file_for(&self, offset: u64) -> Option<Arc<CqFile>> {
-        let base = offset - offset % self.units_per_file;
+    fn base_of(&self, offset: u64) -> u64 {
+        offset - offset % self.units_per_file
+    }
+
+    fn file_at(&self, base: u64) -> Option<Arc<CqFile>> {
         self.files.read().unwrap_or_else(|p| p.into_inner()).get(&base).cloned()
+    }
+
+    fn path_of(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{:020}", base * CQ_UNIT_LEN as u64))
+    }
+
+    /// The mapping of the file starting at `base` (which must exist or be being created).
+    fn map_of(&self, base: u64, path: &Path) -> std::io::Result<Arc<CqMap>> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = last.as_ref().filter(|(b, _)| *b == base).and_then(|(_, w)| w.upgrade()) {
+            return Ok(m);
+        }
+        let m = self.maps.get((self.id, base), path, self.units_per_file)?;
+        *last = Some((base, Arc::downgrade(&m)));
+        Ok(m)
     }
 
     /// Writes the unit for `offset` (not yet visible to readers). Returns the file it went to, newly dirty.
     /// Only the state machine's apply path (and benchmarks) may write.
     pub fn write(&self, offset: u64, unit: &CqUnit) -> std::io::Result<Option<Arc<CqFile>>> {
-        let file = match self.file_for(offset) {
+        let base = self.base_of(offset);
+        let file = match self.file_at(base) {
             Some(f) => f,
             None => {
-                let base = offset - offset % self.units_per_file;
-                let f = CqFile::open(&self.dir, base, self.units_per_file)?;
+                let path = self.path_of(base);
+                // Create (and size) the file before readers can learn of it.
+                self.map_of(base, &path)?;
+                let f = Arc::new(CqFile { base, path, dirty: AtomicBool::new(false) });
                 self.files.write().unwrap_or_else(|p| p.into_inner()).insert(base, Arc::clone(&f));
                 f
             }
         };
+        let map = self.map_of(base, &file.path)?;
         let at = ((offset - file.base) as usize) * CQ_UNIT_LEN;
         let bytes = unit.encode();
-        // SAFETY: `at + 20` is inside the mapping (offset lies in this file's range). Only the state-machine
-        // worker writes, and readers never read units at or above `max_offset`, which is published after.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), file.map.as_mut_ptr().add(at), CQ_UNIT_LEN) };
+        debug_assert!(at + CQ_UNIT_LEN <= map.map.len());
+        // SAFETY: `at + 20` is inside the mapping (offset lies in this file's range), which `map` keeps alive.
+        // Only the state-machine worker writes, and readers never read units at or above `max_offset`, which
+        // is published after.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.map.as_mut_ptr().add(at), CQ_UNIT_LEN) };
         let newly_dirty = !file.dirty.swap(true, Ordering::AcqRel);
         Ok(newly_dirty.then_some(file))
     }
@@ -163,15 +334,25 @@ impl ConsumeQueue {
         self.notify.notify_waiters();
     }
 
-    /// Reads the unit at `offset`, if it lies in `[min_offset, max_offset)`.
+    /// Reads the unit at `offset`, if it lies in `[min_offset, max_offset)`. `None` as well when its file
+    /// cannot be mapped (logged).
     pub fn get(&self, offset: u64) -> Option<CqUnit> {
         if offset < self.min_offset() || offset >= self.max_offset() {
             return None;
         }
-        let file = self.file_for(offset)?;
-        let at = ((offset - file.base) as usize) * CQ_UNIT_LEN;
-        // SAFETY: inside the mapping; the unit was fully written before `max_offset` was published.
-        let b = unsafe { std::slice::from_raw_parts(file.map.as_ptr().add(at), CQ_UNIT_LEN) };
+        let base = self.base_of(offset);
+        let file = self.file_at(base)?;
+        let map = match self.map_of(base, &file.path) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(file = %file.path.display(), error = %e, "cannot map consume-queue file");
+                return None;
+            }
+        };
+        let at = ((offset - base) as usize) * CQ_UNIT_LEN;
+        // SAFETY: inside the mapping, which `map` keeps alive; the unit was fully written before `max_offset`
+        // was published.
+        let b = unsafe { std::slice::from_raw_parts(map.map.as_ptr().add(at), CQ_UNIT_LEN) };
         Some(CqUnit::decode(b))
     }
 
@@ -189,6 +370,7 @@ impl ConsumeQueue {
         let doomed: Vec<u64> = files.keys().copied().filter(|b| b + self.units_per_file <= min).collect();
         for b in doomed {
             if let Some(f) = files.remove(&b) {
+                self.maps.remove((self.id, b));
                 fs::remove_file(&f.path)?;
             }
         }
@@ -250,6 +432,42 @@ mod tests {
         let q = ConsumeQueue::open(dir.path().join("q"), 4, 8, 10).unwrap();
         assert_eq!(q.get(8), Some(CqUnit { phys_offset: 800, size: 18, tags_code: -8 }));
         assert_eq!(fs::read_dir(dir.path().join("q")).unwrap().count(), 1, "files below min offset are removed");
+    }
+
+    #[test]
+    fn mapped_files_stay_within_their_bound_across_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let maps = MappedFiles::new(3);
+        // 4 queues × 3 files each (4 units per file): 12 files, at most 3 mapped at any time.
+        let queues: Vec<ConsumeQueue> =
+            (0..4).map(|i| ConsumeQueue::open_shared(dir.path().join(format!("q{i}")), 4, 0, 0, &maps).unwrap()).collect();
+        for o in 0..12u64 {
+            for (i, q) in queues.iter().enumerate() {
+                q.write(o, &CqUnit { phys_offset: o, size: i as u32, tags_code: 0 }).unwrap();
+                assert!(maps.len() <= 3, "{} files mapped", maps.len());
+            }
+        }
+        for q in &queues {
+            q.publish(12);
+        }
+        for o in (0..12u64).rev() {
+            for (i, q) in queues.iter().enumerate() {
+                assert_eq!(q.get(o), Some(CqUnit { phys_offset: o, size: i as u32, tags_code: 0 }), "queue {i} offset {o}");
+                assert!(maps.len() <= 3);
+            }
+        }
+        assert!(maps.stats.evictions.load(Ordering::Relaxed) > 12, "cold files were unmapped and mapped again");
+        // A flush after its file was unmapped still makes the units durable, and they survive a reopen.
+        let files: Vec<Arc<CqFile>> = queues[0].files.read().unwrap().values().cloned().collect();
+        assert_eq!(files.len(), 3);
+        for f in &files {
+            f.flush().unwrap();
+        }
+        drop(queues);
+        assert!(maps.is_empty(), "a dropped queue leaves nothing mapped");
+        let q = ConsumeQueue::open_shared(dir.path().join("q0"), 4, 0, 12, &maps).unwrap();
+        assert_eq!(q.get(5), Some(CqUnit { phys_offset: 5, size: 0, tags_code: 0 }));
+        assert_eq!(maps.len(), 1, "opening maps nothing; a read maps one file");
     }
 
     #[test]

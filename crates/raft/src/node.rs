@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub checkpoint_every: u64,
     /// Units per consume-queue file.
     pub cq_units_per_file: u64,
+    /// Consume-queue files mapped at once (an LRU over all queues).
+    pub mapped_files_max: usize,
     /// Leader heartbeat (also openraft 0.9's AppendEntries timeout), ms.
     pub heartbeat_ms: u64,
     /// Election timeout range, ms.
@@ -71,6 +73,7 @@ impl NodeConfig {
             flush: FlushPolicy::Sync,
             checkpoint_every: 1024,
             cq_units_per_file: 300_000,
+            mapped_files_max: 4096,
             heartbeat_ms: 100,
             election_min_ms: 300,
             election_max_ms: 600,
@@ -250,6 +253,7 @@ impl RaftNode {
         let mut sm_cfg = StateMachineConfig::new(cfg.data_dir.join("state"));
         sm_cfg.checkpoint_every = cfg.checkpoint_every;
         sm_cfg.cq_units_per_file = cfg.cq_units_per_file;
+        sm_cfg.mapped_files_max = cfg.mapped_files_max;
         let (reader, link2) = (log.reader(), link.clone());
         let sm = tokio::task::spawn_blocking(move || StateMachine::open(sm_cfg, reader, link2))
             .await

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
+use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit, MappedFiles};
 use crate::log_store::StoreLink;
 use crate::types::{
     Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig,
@@ -51,12 +51,14 @@ pub struct StateMachineConfig {
     pub checkpoint_every: u64,
     /// In-memory checkpoints kept for building snapshots at a retention boundary.
     pub checkpoints_kept: usize,
+    /// Consume-queue files mapped at once (LRU over all queues); local, need not match other replicas.
+    pub mapped_files_max: usize,
 }
 
 impl StateMachineConfig {
     /// Defaults for `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StateMachineConfig { dir: dir.into(), cq_units_per_file: 300_000, checkpoint_every: 1024, checkpoints_kept: 64 }
+        StateMachineConfig { dir: dir.into(), cq_units_per_file: 300_000, checkpoint_every: 1024, checkpoints_kept: 64, mapped_files_max: 4096 }
     }
 }
 
@@ -107,6 +109,7 @@ pub struct SmShared {
     cfg: StateMachineConfig,
     meta: RwLock<Metadata>,
     queues: RwLock<BTreeMap<(String, u32), Arc<ConsumeQueue>>>,
+    maps: Arc<MappedFiles>,
     checkpoints: Mutex<VecDeque<Arc<Metadata>>>,
     current: Mutex<Option<CurrentSnapshot>>,
     boundary: AtomicU64,
@@ -209,11 +212,17 @@ impl SmShared {
     }
 
     fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> std::io::Result<Arc<ConsumeQueue>> {
-        let q = ConsumeQueue::open(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset)?;
+        let q =
+            ConsumeQueue::open_shared(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset, &self.maps)?;
         let q = Arc::new(q);
         write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
         self.queue_created.notify_waiters();
         Ok(q)
+    }
+
+    /// The cache of mapped consume-queue files.
+    pub fn mapped_files(&self) -> &Arc<MappedFiles> {
+        &self.maps
     }
 
     /// The consume queue of a topic-queue, if it exists.
@@ -338,8 +347,10 @@ impl StateMachine {
             .name("sm-flush".into())
             .spawn(move || flush_thread(dir, rx, flushed))
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let maps = MappedFiles::new(cfg.mapped_files_max);
         let shared = Arc::new(SmShared {
             cfg,
+            maps,
             meta: RwLock::new(Metadata::default()),
             queues: RwLock::new(BTreeMap::new()),
             checkpoints: Mutex::new(VecDeque::new()),

@@ -19,11 +19,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use crate::config::{BrokerConfig, FlushDiskType};
-use crate::consumers::ClientManager;
+use crate::consumers::{ClientLimits, ClientManager};
 use crate::locks::QueueLocks;
 use crate::processor::{reply, RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
 use crate::store::MessageStore;
-use crate::topics::{AUTO_CREATE_TOPIC, PERM_READ_WRITE};
+use crate::topics::{validate_group, validate_topic, AUTO_CREATE_TOPIC, PERM_READ_WRITE};
 
 /// Registration period (RocketMQ `registerNameServerPeriod`).
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(30);
@@ -31,6 +31,8 @@ pub const REGISTER_INTERVAL: Duration = Duration::from_secs(30);
 pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Idle client expiry (RocketMQ `channelExpiredTimeout`).
 pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
+/// A queue lock not renewed for this long is free (RocketMQ `rebalance.lockMaxLiveTime`).
+pub const LOCK_TTL: Duration = Duration::from_secs(60);
 
 /// Broker start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,7 @@ impl Broker {
             FlushDiskType::SyncFlush => FlushPolicy::Sync,
             FlushDiskType::AsyncFlush => FlushPolicy::Async { interval: Duration::from_millis(cfg.flush_interval_commit_log) },
         };
+        nc.mapped_files_max = cfg.mapped_files_max;
         nc.heartbeat_ms = cfg.raft_heartbeat_ms;
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
@@ -148,13 +151,19 @@ impl Broker {
             node.initialize(members).await.map_err(|e| BrokerError::Raft(e.to_string()))?;
         }
         let store = MessageStore::new(Arc::clone(&node));
+        let limits = ClientLimits {
+            consumer_groups_max: cfg.consumer_groups_max,
+            producer_groups_max: cfg.producer_groups_max,
+            clients_per_group_max: cfg.clients_per_group_max,
+            subscriptions_per_group_max: cfg.subscriptions_per_group_max,
+        };
         let inner = Arc::new(BrokerInner {
             offsets: OffsetCommitter::start(store.clone()),
+            clients: ClientManager::new(limits),
+            locks: QueueLocks::new(LOCK_TTL, cfg.locks_max),
             cfg,
             node,
             store,
-            clients: ClientManager::default(),
-            locks: QueueLocks::new(Duration::from_secs(60)),
             register_now: Notify::new(),
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
@@ -170,6 +179,7 @@ impl Broker {
             loop {
                 tick.tick().await;
                 i.clients.expire(CLIENT_EXPIRY);
+                i.locks.sweep();
             }
         }));
         info!(broker = %inner.cfg.broker_name, node = inner.cfg.node_id, client = %server.local_addr(), raft = %me.raft_addr, "broker started");
@@ -202,21 +212,54 @@ impl BrokerInner {
         self.register_now.notify_one();
     }
 
-    /// Creates `topic` with `queues` queues through the log if it does not exist (leader only).
-    pub(crate) async fn ensure_topic(&self, topic: &str, queues: u32) -> bool {
-        if self.store.topic(topic).is_some() {
-            return true;
+    /// Ok when the topic table has room for one more topic (`topicsMax`); checked before proposing, so
+    /// concurrent creations can overshoot by at most the number in flight.
+    pub(crate) fn check_topic_room(&self, topic: &str) -> Result<(), (ResponseCode, String)> {
+        let n = self.store.topic_count();
+        if n >= self.cfg.topics_max {
+            return Err((
+                ResponseCode::SYSTEM_ERROR,
+                format!("cannot create topic {topic}: the broker already holds {n} topics (topicsMax {})", self.cfg.topics_max),
+            ));
         }
+        Ok(())
+    }
+
+    /// Ok when `group` may have its retry and dead-letter topics created: a valid name, and, with
+    /// `autoCreateTopicEnable` off, a group with live consumers (a subscription group this broker knows from
+    /// heartbeats; that registry is bounded by `consumerGroupsMax`).
+    pub(crate) fn check_group_may_own_topics(&self, group: &str) -> Result<(), (ResponseCode, String)> {
+        validate_group(group).map_err(|why| (ResponseCode::SYSTEM_ERROR, why))?;
+        if !self.cfg.auto_create_topic_enable && !self.clients.has_consumer_group(group) {
+            return Err((
+                ResponseCode::SUBSCRIPTION_GROUP_NOT_EXIST,
+                format!(
+                    "subscription group [{group}] does not exist: no consumer of it sent a heartbeat to this broker and \
+                     autoCreateTopicEnable is off"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates `topic` with `queues` queues through the log if it does not exist (leader only), after
+    /// checking its name and `topicsMax`; returns its configuration, or the code and remark for the client.
+    pub(crate) async fn ensure_topic(&self, topic: &str, queues: u32) -> Result<TopicConfig, (ResponseCode, String)> {
+        if let Some(t) = self.store.topic(topic) {
+            return Ok(t);
+        }
+        validate_topic(topic).map_err(|why| (ResponseCode::SYSTEM_ERROR, why))?;
+        self.check_topic_room(topic)?;
         let t = TopicConfig { name: topic.to_string(), read_queues: queues, write_queues: queues, perm: PERM_READ_WRITE };
-        match self.store.upsert_topic(t).await {
+        match self.store.upsert_topic(t.clone()).await {
             Ok(()) => {
                 info!(topic, queues, "topic created");
                 self.registration_now();
-                true
+                Ok(self.store.topic(topic).unwrap_or(t))
             }
             Err(e) => {
                 warn!(topic, error = %e, "topic creation failed");
-                false
+                Err((ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create topic {topic}: {e}; retry")))
             }
         }
     }
@@ -302,7 +345,9 @@ async fn role_watch(inner: Arc<BrokerInner>) {
         let r = rx.borrow_and_update().clone();
         let ready_leader = r.role == Role::Leader && r.ready;
         if ready_leader && !was_ready_leader && inner.cfg.auto_create_topic_enable {
-            inner.ensure_topic(AUTO_CREATE_TOPIC, inner.cfg.default_topic_queue_nums.max(8)).await;
+            if let Err((_, why)) = inner.ensure_topic(AUTO_CREATE_TOPIC, inner.cfg.default_topic_queue_nums.max(8)).await {
+                warn!(topic = AUTO_CREATE_TOPIC, why, "template topic not created");
+            }
         }
         was_ready_leader = ready_leader;
         inner.registration_now();

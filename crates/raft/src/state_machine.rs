@@ -58,7 +58,13 @@ pub struct StateMachineConfig {
 impl StateMachineConfig {
     /// Defaults for `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StateMachineConfig { dir: dir.into(), cq_units_per_file: 300_000, checkpoint_every: 1024, checkpoints_kept: 64, mapped_files_max: 4096 }
+        StateMachineConfig {
+            dir: dir.into(),
+            cq_units_per_file: 300_000,
+            checkpoint_every: 1024,
+            checkpoints_kept: 64,
+            mapped_files_max: 4096,
+        }
     }
 }
 
@@ -212,8 +218,13 @@ impl SmShared {
     }
 
     fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> std::io::Result<Arc<ConsumeQueue>> {
-        let q =
-            ConsumeQueue::open_shared(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset, &self.maps)?;
+        let q = ConsumeQueue::open_shared(
+            self.queue_dir(topic, queue_id),
+            self.cfg.cq_units_per_file,
+            st.min_offset,
+            st.next_offset,
+            &self.maps,
+        )?;
         let q = Arc::new(q);
         write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
         self.queue_created.notify_waiters();

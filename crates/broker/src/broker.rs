@@ -14,7 +14,7 @@ use raftmq_raft::types::{OffsetCommit, TopicConfig};
 use raftmq_remoting::body::{encode_json_body, RegisterBrokerBody, TopicConfig as WireTopicConfig, TopicConfigSerializeWrapper};
 use raftmq_remoting::frame::RemotingCommand;
 use raftmq_remoting::header::RegisterBrokerRequestHeader;
-use raftmq_remoting::{RequestCode, ResponseCode};
+use raftmq_remoting::{RequestCode, ResponseCode, FRAME_BYTES_MAX_DEFAULT};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
@@ -275,24 +275,10 @@ impl BrokerInner {
 
     async fn register_all(&self) {
         let Ok(me) = self.cfg.me() else { return };
-        let mut wrapper = TopicConfigSerializeWrapper::default();
-        for t in self.store.topics() {
-            wrapper.topic_config_table.insert(
-                t.name.clone(),
-                WireTopicConfig {
-                    topic_name: t.name.clone(),
-                    read_queue_nums: t.read_queues as i32,
-                    write_queue_nums: t.write_queues as i32,
-                    perm: t.perm as i32,
-                    topic_filter_type: "SINGLE_TAG".into(),
-                    ..Default::default()
-                },
-            );
-        }
-        let body = match encode_json_body(&RegisterBrokerBody { topic_config_serialize_wrapper: wrapper, filter_server_list: Vec::new() }) {
+        let body = match registration_body(self.store.topics()) {
             Ok(b) => b,
             Err(e) => {
-                warn!(error = %e, "cannot encode registration");
+                tracing::error!(error = %e, "cannot register with the nameservers: lower the topic count");
                 return;
             }
         };
@@ -321,6 +307,40 @@ impl BrokerInner {
             }
         }
     }
+}
+
+/// Largest registration body sent: the 16 MiB remoting frame limit less room for the header.
+pub const REGISTRATION_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX_DEFAULT - (64 << 10);
+
+/// The REGISTER_BROKER body carrying the whole topic table (JSON, as Java brokers send with
+/// `compressed = false`). `topicsMax` keeps it below [`REGISTRATION_BODY_BYTES_MAX`] (see the test); a
+/// table that still outgrows it (topics created concurrently at the limit) is an error, not a frame the
+/// nameserver would drop.
+fn registration_body(topics: Vec<TopicConfig>) -> Result<bytes::Bytes, String> {
+    let mut wrapper = TopicConfigSerializeWrapper::default();
+    for t in topics {
+        wrapper.topic_config_table.insert(
+            t.name.clone(),
+            WireTopicConfig {
+                topic_name: t.name,
+                read_queue_nums: t.read_queues as i32,
+                write_queue_nums: t.write_queues as i32,
+                perm: t.perm as i32,
+                topic_filter_type: "SINGLE_TAG".into(),
+                ..Default::default()
+            },
+        );
+    }
+    let n = wrapper.topic_config_table.len();
+    let body = encode_json_body(&RegisterBrokerBody { topic_config_serialize_wrapper: wrapper, filter_server_list: Vec::new() })
+        .map_err(|e| e.to_string())?;
+    if body.len() > REGISTRATION_BODY_BYTES_MAX {
+        return Err(format!(
+            "the registration of {n} topics is {} bytes, more than {REGISTRATION_BODY_BYTES_MAX} (the remoting frame limit)",
+            body.len()
+        ));
+    }
+    Ok(body)
 }
 
 fn crc32(b: &[u8]) -> i32 {
@@ -389,5 +409,30 @@ impl RequestHandler for Handler {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TOPICS_MAX_LIMIT;
+    use crate::topics::TOPIC_BYTES_MAX;
+
+    fn topic(i: usize, name_bytes: usize) -> TopicConfig {
+        let mut name = format!("{i:08}");
+        name.push_str(&"x".repeat(name_bytes - name.len()));
+        TopicConfig { name, read_queues: 1024, write_queues: 1024, perm: PERM_READ_WRITE }
+    }
+
+    #[test]
+    fn the_largest_allowed_topic_table_fits_one_registration() {
+        // The worst case topicsMax allows: every topic with a 127-byte name and 1024 queues.
+        let worst: Vec<TopicConfig> = (0..TOPICS_MAX_LIMIT).map(|i| topic(i, TOPIC_BYTES_MAX)).collect();
+        let body = registration_body(worst).expect("fits");
+        assert!(body.len() <= REGISTRATION_BODY_BYTES_MAX, "{} bytes", body.len());
+        // Without the bound the body outgrows the frame limit, and is refused here instead of being sent.
+        let beyond: Vec<TopicConfig> = (0..TOPICS_MAX_LIMIT * 13 / 10).map(|i| topic(i, TOPIC_BYTES_MAX)).collect();
+        let e = registration_body(beyond).unwrap_err();
+        assert!(e.contains("the registration of 42598 topics is") && e.contains("frame limit"), "{e}");
     }
 }

@@ -82,8 +82,10 @@ struct CqMap {
 }
 
 impl CqMap {
-    fn open(path: &Path, units: u64) -> std::io::Result<Arc<CqMap>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    /// Maps the file at `path`, creating it only when `create` is set (the writer): a reader racing a
+    /// retention purge must not bring a deleted file back.
+    fn open(path: &Path, units: u64, create: bool) -> std::io::Result<Arc<CqMap>> {
+        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
         let len = units * CQ_UNIT_LEN as u64;
         if file.metadata()?.len() < len {
             file.set_len(len)?;
@@ -149,7 +151,7 @@ impl MappedFiles {
     }
 
     /// The mapping of `path`, mapping it (and creating the file when needed) on a miss.
-    fn get(&self, key: (u64, u64), path: &Path, units: u64) -> std::io::Result<Arc<CqMap>> {
+    fn get(&self, key: (u64, u64), path: &Path, units: u64, create: bool) -> std::io::Result<Arc<CqMap>> {
         {
             let mut l = self.lru();
             l.tick += 1;
@@ -162,7 +164,7 @@ impl MappedFiles {
             }
         }
         // Map outside the lock; a racing mapper of the same file loses and uses the first mapping.
-        let fresh = CqMap::open(path, units)?;
+        let fresh = CqMap::open(path, units, create)?;
         self.stats.maps.fetch_add(1, Ordering::Relaxed);
         let mut l = self.lru();
         l.tick += 1;
@@ -291,12 +293,12 @@ impl ConsumeQueue {
     }
 
     /// The mapping of the file starting at `base` (which must exist or be being created).
-    fn map_of(&self, base: u64, path: &Path) -> std::io::Result<Arc<CqMap>> {
+    fn map_of(&self, base: u64, path: &Path, create: bool) -> std::io::Result<Arc<CqMap>> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = last.as_ref().filter(|(b, _)| *b == base).and_then(|(_, w)| w.upgrade()) {
             return Ok(m);
         }
-        let m = self.maps.get((self.id, base), path, self.units_per_file)?;
+        let m = self.maps.get((self.id, base), path, self.units_per_file, create)?;
         *last = Some((base, Arc::downgrade(&m)));
         Ok(m)
     }
@@ -310,13 +312,13 @@ impl ConsumeQueue {
             None => {
                 let path = self.path_of(base);
                 // Create (and size) the file before readers can learn of it.
-                self.map_of(base, &path)?;
+                self.map_of(base, &path, true)?;
                 let f = Arc::new(CqFile { base, path, dirty: AtomicBool::new(false) });
                 self.files.write().unwrap_or_else(|p| p.into_inner()).insert(base, Arc::clone(&f));
                 f
             }
         };
-        let map = self.map_of(base, &file.path)?;
+        let map = self.map_of(base, &file.path, true)?;
         let at = ((offset - file.base) as usize) * CQ_UNIT_LEN;
         let bytes = unit.encode();
         debug_assert!(at + CQ_UNIT_LEN <= map.map.len());
@@ -342,8 +344,10 @@ impl ConsumeQueue {
         }
         let base = self.base_of(offset);
         let file = self.file_at(base)?;
-        let map = match self.map_of(base, &file.path) {
+        let map = match self.map_of(base, &file.path, false) {
             Ok(m) => m,
+            // Purged by retention since the offset was checked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!(file = %file.path.display(), error = %e, "cannot map consume-queue file");
                 return None;
@@ -468,6 +472,23 @@ mod tests {
         let q = ConsumeQueue::open_shared(dir.path().join("q0"), 4, 0, 12, &maps).unwrap();
         assert_eq!(q.get(5), Some(CqUnit { phys_offset: 5, size: 0, tags_code: 0 }));
         assert_eq!(maps.len(), 1, "opening maps nothing; a read maps one file");
+    }
+
+    #[test]
+    fn a_reader_never_recreates_a_purged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let maps = MappedFiles::new(1);
+        let a = ConsumeQueue::open_shared(dir.path().join("a"), 4, 0, 0, &maps).unwrap();
+        let b = ConsumeQueue::open_shared(dir.path().join("b"), 4, 0, 0, &maps).unwrap();
+        a.write(0, &CqUnit { phys_offset: 1, size: 2, tags_code: 3 }).unwrap();
+        a.publish(1);
+        b.write(0, &CqUnit { phys_offset: 4, size: 5, tags_code: 6 }).unwrap();
+        // a's file is unmapped now; a purge deletes it between a reader's range check and its mapping.
+        let path = a.files.read().unwrap()[&0].path.clone();
+        fs::remove_file(&path).unwrap();
+        *a.last.lock().unwrap() = None;
+        assert_eq!(a.get(0), None);
+        assert!(!path.exists(), "the reader brought a purged file back");
     }
 
     #[test]

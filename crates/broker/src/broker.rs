@@ -18,16 +18,16 @@ use raftmq_raft::types::{OffsetCommit, TopicConfig};
 use raftmq_remoting::body::{encode_json_body, RegisterBrokerBody, TopicConfig as WireTopicConfig, TopicConfigSerializeWrapper};
 use raftmq_remoting::frame::RemotingCommand;
 use raftmq_remoting::header::RegisterBrokerRequestHeader;
-use raftmq_remoting::{RequestCode, ResponseCode};
+use raftmq_remoting::{RequestCode, ResponseCode, FRAME_BYTES_MAX_DEFAULT};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use crate::config::{BrokerConfig, FlushDiskType};
-use crate::consumers::ClientManager;
+use crate::consumers::{ClientLimits, ClientManager};
 use crate::locks::QueueLocks;
 use crate::processor::{reply, RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
 use crate::store::MessageStore;
-use crate::topics::{AUTO_CREATE_TOPIC, PERM_READ_WRITE};
+use crate::topics::{validate_group, validate_topic, AUTO_CREATE_TOPIC, PERM_READ_WRITE};
 
 /// Registration period (RocketMQ `registerNameServerPeriod`).
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(30);
@@ -45,6 +45,8 @@ pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
 pub const EXIT_STORE_FAILED: i32 = 74;
 /// Longest the binary waits for a clean shutdown after a storage failure before it exits anyway.
 pub const SHUTDOWN_AFTER_FAILURE_MAX: Duration = Duration::from_secs(5);
+/// A queue lock not renewed for this long is free (RocketMQ `rebalance.lockMaxLiveTime`).
+pub const LOCK_TTL: Duration = Duration::from_secs(60);
 
 /// Broker start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +156,7 @@ impl Broker {
             FlushDiskType::SyncFlush => FlushPolicy::Sync,
             FlushDiskType::AsyncFlush => FlushPolicy::Async { interval: Duration::from_millis(cfg.flush_interval_commit_log) },
         };
+        nc.mapped_files_max = cfg.mapped_files_max;
         nc.heartbeat_ms = cfg.raft_heartbeat_ms;
         nc.entry_bytes_max = cfg.entry_bytes_max;
         nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
@@ -166,13 +169,19 @@ impl Broker {
         }
         let store = MessageStore::new(Arc::clone(&node));
         let server_options = cfg.server_options();
+        let limits = ClientLimits {
+            consumer_groups_max: cfg.consumer_groups_max,
+            producer_groups_max: cfg.producer_groups_max,
+            clients_per_group_max: cfg.clients_per_group_max,
+            subscriptions_per_group_max: cfg.subscriptions_per_group_max,
+        };
         let inner = Arc::new(BrokerInner {
             offsets: OffsetCommitter::start(store.clone()),
+            clients: ClientManager::new(limits),
+            locks: QueueLocks::new(LOCK_TTL, cfg.locks_max),
             cfg,
             node,
             store,
-            clients: ClientManager::default(),
-            locks: QueueLocks::new(Duration::from_secs(60)),
             register_now: Notify::new(),
             #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_next_offsets: std::sync::Mutex::default(),
@@ -189,6 +198,7 @@ impl Broker {
             loop {
                 tick.tick().await;
                 i.clients.expire(CLIENT_EXPIRY);
+                i.locks.sweep();
             }
         }));
         info!(broker = %inner.cfg.broker_name, node = inner.cfg.node_id, client = %server.local_addr(), raft = %me.raft_addr, "broker started");
@@ -233,21 +243,54 @@ impl BrokerInner {
         self.register_now.notify_one();
     }
 
-    /// Creates `topic` with `queues` queues through the log if it does not exist (leader only).
-    pub(crate) async fn ensure_topic(&self, topic: &str, queues: u32) -> bool {
-        if self.store.topic(topic).is_some() {
-            return true;
+    /// Ok when the topic table has room for one more topic (`topicsMax`); checked before proposing, so
+    /// concurrent creations can overshoot by at most the number in flight.
+    pub(crate) fn check_topic_room(&self, topic: &str) -> Result<(), (ResponseCode, String)> {
+        let n = self.store.topic_count();
+        if n >= self.cfg.topics_max {
+            return Err((
+                ResponseCode::SYSTEM_ERROR,
+                format!("cannot create topic {topic}: the broker already holds {n} topics (topicsMax {})", self.cfg.topics_max),
+            ));
         }
+        Ok(())
+    }
+
+    /// Ok when `group` may have its retry and dead-letter topics created: a valid name, and, with
+    /// `autoCreateTopicEnable` off, a group with live consumers (a subscription group this broker knows from
+    /// heartbeats; that registry is bounded by `consumerGroupsMax`).
+    pub(crate) fn check_group_may_own_topics(&self, group: &str) -> Result<(), (ResponseCode, String)> {
+        validate_group(group).map_err(|why| (ResponseCode::SYSTEM_ERROR, why))?;
+        if !self.cfg.auto_create_topic_enable && !self.clients.has_consumer_group(group) {
+            return Err((
+                ResponseCode::SUBSCRIPTION_GROUP_NOT_EXIST,
+                format!(
+                    "subscription group [{group}] does not exist: no consumer of it sent a heartbeat to this broker and \
+                     autoCreateTopicEnable is off"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates `topic` with `queues` queues through the log if it does not exist (leader only), after
+    /// checking its name and `topicsMax`; returns its configuration, or the code and remark for the client.
+    pub(crate) async fn ensure_topic(&self, topic: &str, queues: u32) -> Result<TopicConfig, (ResponseCode, String)> {
+        if let Some(t) = self.store.topic(topic) {
+            return Ok(t);
+        }
+        validate_topic(topic).map_err(|why| (ResponseCode::SYSTEM_ERROR, why))?;
+        self.check_topic_room(topic)?;
         let t = TopicConfig { name: topic.to_string(), read_queues: queues, write_queues: queues, perm: PERM_READ_WRITE };
-        match self.store.upsert_topic(t).await {
+        match self.store.upsert_topic(t.clone()).await {
             Ok(()) => {
                 info!(topic, queues, "topic created");
                 self.registration_now();
-                true
+                Ok(self.store.topic(topic).unwrap_or(t))
             }
             Err(e) => {
                 warn!(topic, error = %e, "topic creation failed");
-                false
+                Err((ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create topic {topic}: {e}; retry")))
             }
         }
     }
@@ -277,24 +320,10 @@ impl BrokerInner {
     async fn register_all(&self) -> i64 {
         let (broker_id, term) = self.registration_identity().await;
         let Ok(me) = self.cfg.me() else { return broker_id };
-        let mut wrapper = TopicConfigSerializeWrapper::default();
-        for t in self.store.topics() {
-            wrapper.topic_config_table.insert(
-                t.name.clone(),
-                WireTopicConfig {
-                    topic_name: t.name.clone(),
-                    read_queue_nums: t.read_queues as i32,
-                    write_queue_nums: t.write_queues as i32,
-                    perm: t.perm as i32,
-                    topic_filter_type: "SINGLE_TAG".into(),
-                    ..Default::default()
-                },
-            );
-        }
-        let body = match encode_json_body(&RegisterBrokerBody { topic_config_serialize_wrapper: wrapper, filter_server_list: Vec::new() }) {
+        let body = match registration_body(self.store.topics()) {
             Ok(b) => b,
             Err(e) => {
-                warn!(error = %e, "cannot encode registration");
+                tracing::error!(error = %e, "cannot register with the nameservers: lower the topic count");
                 return broker_id;
             }
         };
@@ -327,6 +356,40 @@ impl BrokerInner {
     }
 }
 
+/// Largest registration body sent: the 16 MiB remoting frame limit less room for the header.
+pub const REGISTRATION_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX_DEFAULT - (64 << 10);
+
+/// The REGISTER_BROKER body carrying the whole topic table (JSON, as Java brokers send with
+/// `compressed = false`). `topicsMax` keeps it below [`REGISTRATION_BODY_BYTES_MAX`] (see the test); a
+/// table that still outgrows it (topics created concurrently at the limit) is an error, not a frame the
+/// nameserver would drop.
+fn registration_body(topics: Vec<TopicConfig>) -> Result<bytes::Bytes, String> {
+    let mut wrapper = TopicConfigSerializeWrapper::default();
+    for t in topics {
+        wrapper.topic_config_table.insert(
+            t.name.clone(),
+            WireTopicConfig {
+                topic_name: t.name,
+                read_queue_nums: t.read_queues as i32,
+                write_queue_nums: t.write_queues as i32,
+                perm: t.perm as i32,
+                topic_filter_type: "SINGLE_TAG".into(),
+                ..Default::default()
+            },
+        );
+    }
+    let n = wrapper.topic_config_table.len();
+    let body = encode_json_body(&RegisterBrokerBody { topic_config_serialize_wrapper: wrapper, filter_server_list: Vec::new() })
+        .map_err(|e| e.to_string())?;
+    if body.len() > REGISTRATION_BODY_BYTES_MAX {
+        return Err(format!(
+            "the registration of {n} topics is {} bytes, more than {REGISTRATION_BODY_BYTES_MAX} (the remoting frame limit)",
+            body.len()
+        ));
+    }
+    Ok(body)
+}
+
 fn crc32(b: &[u8]) -> i32 {
     crc32fast::hash(b) as i32
 }
@@ -357,7 +420,9 @@ async fn role_watch(inner: Arc<BrokerInner>) {
         let r = rx.borrow_and_update().clone();
         let ready_leader = r.role == Role::Leader && r.ready;
         if ready_leader && !was_ready_leader && inner.cfg.auto_create_topic_enable {
-            inner.ensure_topic(AUTO_CREATE_TOPIC, inner.cfg.default_topic_queue_nums.max(8)).await;
+            if let Err((_, why)) = inner.ensure_topic(AUTO_CREATE_TOPIC, inner.cfg.default_topic_queue_nums.max(8)).await {
+                warn!(topic = AUTO_CREATE_TOPIC, why, "template topic not created");
+            }
         }
         was_ready_leader = ready_leader;
         inner.registration_now();
@@ -400,5 +465,30 @@ impl RequestHandler for Handler {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TOPICS_MAX_LIMIT;
+    use crate::topics::TOPIC_BYTES_MAX;
+
+    fn topic(i: usize, name_bytes: usize) -> TopicConfig {
+        let mut name = format!("{i:08}");
+        name.push_str(&"x".repeat(name_bytes - name.len()));
+        TopicConfig { name, read_queues: 1024, write_queues: 1024, perm: PERM_READ_WRITE }
+    }
+
+    #[test]
+    fn the_largest_allowed_topic_table_fits_one_registration() {
+        // The worst case topicsMax allows: every topic with a 127-byte name and 1024 queues.
+        let worst: Vec<TopicConfig> = (0..TOPICS_MAX_LIMIT).map(|i| topic(i, TOPIC_BYTES_MAX)).collect();
+        let body = registration_body(worst).expect("fits");
+        assert!(body.len() <= REGISTRATION_BODY_BYTES_MAX, "{} bytes", body.len());
+        // Without the bound the body outgrows the frame limit, and is refused here instead of being sent.
+        let beyond: Vec<TopicConfig> = (0..TOPICS_MAX_LIMIT * 13 / 10).map(|i| topic(i, TOPIC_BYTES_MAX)).collect();
+        let e = registration_body(beyond).unwrap_err();
+        assert!(e.contains("the registration of 42598 topics is") && e.contains("frame limit"), "{e}");
     }
 }

@@ -119,9 +119,39 @@ pub struct BrokerConfig {
     /// (RocketMQ `serverChannelMaxIdleTimeSeconds` × 1000; clients heartbeat every 30 s).
     #[serde(default = "default_conn_idle_ms_max")]
     pub conn_idle_ms_max: u64,
+    /// Most topics, retry and dead-letter topics included (checked before a topic is proposed; at most
+    /// [`TOPICS_MAX_LIMIT`], so that the nameserver registration carrying the whole topic table stays
+    /// within the 16 MiB frame limit).
+    #[serde(default = "default_topics_max")]
+    pub topics_max: usize,
+    /// Most consumer groups with committed offsets (per group, offsets exist only for existing queues).
+    #[serde(default = "default_groups_max")]
+    pub offset_groups_max: usize,
+    /// Most consumer groups with live clients (heartbeats).
+    #[serde(default = "default_groups_max")]
+    pub consumer_groups_max: usize,
+    /// Most producer groups with live clients (heartbeats).
+    #[serde(default = "default_groups_max")]
+    pub producer_groups_max: usize,
+    /// Most clients per consumer or producer group.
+    #[serde(default = "default_per_group_max")]
+    pub clients_per_group_max: usize,
+    /// Most subscribed topics per consumer group.
+    #[serde(default = "default_per_group_max")]
+    pub subscriptions_per_group_max: usize,
+    /// Most queue locks held at once (orderly consumers), over all groups.
+    #[serde(default = "default_locks_max")]
+    pub locks_max: usize,
+    /// Most consume-queue files mapped at once; colder ones are unmapped and mapped again on use.
+    #[serde(default = "default_mapped_files_max")]
+    pub mapped_files_max: usize,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
+
+/// Largest accepted `topicsMax`: a registration of this many topics with 127-byte names encodes to less
+/// than the 16 MiB remoting frame limit (tested in `broker.rs`).
+pub const TOPICS_MAX_LIMIT: usize = 32_768;
 
 fn default_cluster() -> String {
     "DefaultCluster".into()
@@ -152,6 +182,21 @@ fn default_queue_nums() -> u32 {
 }
 fn default_suspend() -> u64 {
     15_000
+}
+fn default_topics_max() -> usize {
+    TOPICS_MAX_LIMIT
+}
+fn default_groups_max() -> usize {
+    10_000
+}
+fn default_per_group_max() -> usize {
+    1_024
+}
+fn default_locks_max() -> usize {
+    100_000
+}
+fn default_mapped_files_max() -> usize {
+    4_096
 }
 fn default_heartbeat() -> u64 {
     100
@@ -285,6 +330,22 @@ impl BrokerConfig {
         if self.default_topic_queue_nums == 0 || self.default_topic_queue_nums > 1024 {
             return bad("defaultTopicQueueNums must be within 1..=1024".into());
         }
+        if self.topics_max == 0 || self.topics_max > TOPICS_MAX_LIMIT {
+            return bad(format!("topicsMax must be within 1..={TOPICS_MAX_LIMIT} (the nameserver registration must fit one frame)"));
+        }
+        for (key, v) in [
+            ("offsetGroupsMax", self.offset_groups_max),
+            ("consumerGroupsMax", self.consumer_groups_max),
+            ("producerGroupsMax", self.producer_groups_max),
+            ("clientsPerGroupMax", self.clients_per_group_max),
+            ("subscriptionsPerGroupMax", self.subscriptions_per_group_max),
+            ("locksMax", self.locks_max),
+            ("mappedFilesMax", self.mapped_files_max),
+        ] {
+            if v == 0 {
+                return bad(format!("{key} must be positive"));
+            }
+        }
         if self.flush_disk_type == FlushDiskType::AsyncFlush && self.flush_interval_commit_log == 0 {
             return bad("flushIntervalCommitLog must be positive".into());
         }
@@ -343,6 +404,13 @@ clientAddr = "127.0.0.1:10921"
         let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
         c.raft_election_min_ms = 50;
         assert!(c.validate().is_err());
+        let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!((c.topics_max, c.locks_max, c.mapped_files_max), (TOPICS_MAX_LIMIT, 100_000, 4_096));
+        c.topics_max = TOPICS_MAX_LIMIT + 1;
+        assert!(c.validate().unwrap_err().0.contains("topicsMax"));
+        let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        c.locks_max = 0;
+        assert!(c.validate().unwrap_err().0.contains("locksMax must be positive"));
     }
 
     #[test]

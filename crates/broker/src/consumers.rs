@@ -1,6 +1,10 @@
 //! Who is connected: consumer groups with their clients and subscriptions (from HEART_BEAT), producer
 //! groups, and expiry of idle clients. Membership changes of a consumer group are pushed to the group's
 //! clients (NOTIFY_CONSUMER_IDS_CHANGED) so they rebalance at once.
+//!
+//! Every table is bounded ([`ClientLimits`]): a heartbeat that would add a group, a client or subscriptions
+//! past a limit is refused as a whole (nothing of it is recorded) with a remark naming the limit, while
+//! heartbeats of clients already known are always accepted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -82,34 +86,88 @@ pub struct ConsumerHeartbeat {
     pub subscriptions: Vec<(String, Subscription)>,
 }
 
+/// Bounds of the client registry (broker config keys in parentheses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Consumer groups with live clients (`consumerGroupsMax`).
+    pub consumer_groups_max: usize,
+    /// Producer groups with live clients (`producerGroupsMax`).
+    pub producer_groups_max: usize,
+    /// Clients per consumer or producer group (`clientsPerGroupMax`).
+    pub clients_per_group_max: usize,
+    /// Subscribed topics per consumer group (`subscriptionsPerGroupMax`).
+    pub subscriptions_per_group_max: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            consumer_groups_max: 10_000,
+            producer_groups_max: 10_000,
+            clients_per_group_max: 1_024,
+            subscriptions_per_group_max: 1_024,
+        }
+    }
+}
+
 /// Consumer and producer registry.
 #[derive(Default)]
 pub struct ClientManager {
+    limits: ClientLimits,
     consumers: Mutex<HashMap<String, GroupEntry>>,
     producers: Mutex<HashMap<String, BTreeMap<String, Instant>>>,
 }
 
 impl ClientManager {
+    /// An empty registry bounded by `limits`.
+    pub fn new(limits: ClientLimits) -> Self {
+        ClientManager { limits, ..ClientManager::default() }
+    }
+
+    /// Whether `group` has live consumers (the broker's notion of an existing subscription group).
+    pub fn has_consumer_group(&self, group: &str) -> bool {
+        self.lock_consumers().contains_key(group)
+    }
+
     fn lock_consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, GroupEntry>> {
         self.consumers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a consumer heartbeat; notifies the group's clients when a client joined.
-    pub fn consumer_heartbeat(&self, client_id: &str, link: Arc<dyn ClientLink>, hb: ConsumerHeartbeat) {
+    /// Records a consumer heartbeat; notifies the group's clients when a client joined. The heartbeat's
+    /// subscriptions replace the group's (RocketMQ's `ConsumerGroupInfo.updateSubscription`).
+    ///
+    /// # Errors
+    /// The remark for the client when the heartbeat would exceed a limit; nothing was recorded.
+    pub fn consumer_heartbeat(&self, client_id: &str, link: Arc<dyn ClientLink>, hb: ConsumerHeartbeat) -> Result<(), String> {
+        let l = self.limits;
         let mut joined = None;
         {
             let mut groups = self.lock_consumers();
+            if !groups.contains_key(&hb.group) && groups.len() >= l.consumer_groups_max {
+                return Err(format!("the broker already tracks {} consumer groups (consumerGroupsMax)", groups.len()));
+            }
+            let subscriptions: HashMap<String, Subscription> = hb.subscriptions.into_iter().collect();
+            if subscriptions.len() > l.subscriptions_per_group_max {
+                return Err(format!(
+                    "the heartbeat subscribes group {} to {} topics; at most {} (subscriptionsPerGroupMax)",
+                    hb.group,
+                    subscriptions.len(),
+                    l.subscriptions_per_group_max
+                ));
+            }
+            let clients = groups.get(&hb.group).map_or(0, |g| g.clients.len());
+            let is_new = groups.get(&hb.group).is_none_or(|g| !g.clients.contains_key(client_id));
+            if is_new && clients >= l.clients_per_group_max {
+                return Err(format!("consumer group {} already has {clients} clients (clientsPerGroupMax)", hb.group));
+            }
             let g = groups.entry(hb.group.clone()).or_insert_with(|| GroupEntry {
                 model: hb.model,
                 clients: BTreeMap::new(),
                 subscriptions: HashMap::new(),
             });
             g.model = hb.model;
-            let is_new = !g.clients.contains_key(client_id);
             g.clients.insert(client_id.to_string(), ClientEntry { link, last_seen: Instant::now() });
-            for (topic, sub) in hb.subscriptions {
-                g.subscriptions.insert(topic, sub);
-            }
+            g.subscriptions = subscriptions;
             if is_new {
                 joined = Some(g.clients.values().map(|c| Arc::clone(&c.link)).collect::<Vec<_>>());
             }
@@ -119,16 +177,30 @@ impl ClientManager {
                 l.notify_consumer_ids_changed(&hb.group);
             }
         }
+        Ok(())
     }
 
     /// Records a producer heartbeat.
-    pub fn producer_heartbeat(&self, client_id: &str, group: &str) {
-        self.producers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(group.to_string())
-            .or_default()
-            .insert(client_id.to_string(), Instant::now());
+    ///
+    /// # Errors
+    /// The remark for the client when the heartbeat would exceed a limit; nothing was recorded.
+    pub fn producer_heartbeat(&self, client_id: &str, group: &str) -> Result<(), String> {
+        let l = self.limits;
+        let mut p = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        if !p.contains_key(group) && p.len() >= l.producer_groups_max {
+            return Err(format!("the broker already tracks {} producer groups (producerGroupsMax)", p.len()));
+        }
+        let clients = p.entry(group.to_string()).or_default();
+        if !clients.contains_key(client_id) && clients.len() >= l.clients_per_group_max {
+            return Err(format!("producer group {group} already has {} clients (clientsPerGroupMax)", clients.len()));
+        }
+        clients.insert(client_id.to_string(), Instant::now());
+        Ok(())
+    }
+
+    /// Producer groups currently known.
+    pub fn producer_group_count(&self) -> usize {
+        self.producers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Removes a client from a consumer group (UNREGISTER_CLIENT or connection close) and notifies the rest.
@@ -253,10 +325,10 @@ mod tests {
     fn joins_and_leaves_notify_the_group() {
         let m = ClientManager::default();
         let (a, b) = (Arc::new(Link::default()), Arc::new(Link::default()));
-        m.consumer_heartbeat("a", a.clone(), hb("g"));
-        m.consumer_heartbeat("a", a.clone(), hb("g"));
+        m.consumer_heartbeat("a", a.clone(), hb("g")).unwrap();
+        m.consumer_heartbeat("a", a.clone(), hb("g")).unwrap();
         assert_eq!(a.notified.load(Ordering::SeqCst), 1, "a repeated heartbeat is not a change");
-        m.consumer_heartbeat("b", b.clone(), hb("g"));
+        m.consumer_heartbeat("b", b.clone(), hb("g")).unwrap();
         assert_eq!(m.consumer_ids("g"), vec!["a", "b"]);
         assert_eq!(a.notified.load(Ordering::SeqCst), 2);
         assert!(m.subscription("g", "T").unwrap().matches(tag_hash("b")));
@@ -265,5 +337,38 @@ mod tests {
         b.closed.store(true, Ordering::SeqCst);
         m.expire(Duration::from_secs(120));
         assert!(m.consumer_ids("g").is_empty());
+    }
+
+    #[test]
+    fn tables_stop_at_their_limits_and_known_clients_still_get_in() {
+        let limits =
+            ClientLimits { consumer_groups_max: 2, producer_groups_max: 2, clients_per_group_max: 2, subscriptions_per_group_max: 3 };
+        let m = ClientManager::new(limits);
+        let link = || -> Arc<dyn ClientLink> { Arc::new(Link::default()) };
+        m.consumer_heartbeat("a", link(), hb("g1")).unwrap();
+        m.consumer_heartbeat("a", link(), hb("g2")).unwrap();
+        let e = m.consumer_heartbeat("a", link(), hb("g3")).unwrap_err();
+        assert!(e.contains("2 consumer groups (consumerGroupsMax)"), "{e}");
+        assert!(!m.has_consumer_group("g3"));
+        m.consumer_heartbeat("b", link(), hb("g1")).unwrap();
+        let e = m.consumer_heartbeat("c", link(), hb("g1")).unwrap_err();
+        assert!(e.contains("already has 2 clients (clientsPerGroupMax)"), "{e}");
+        m.consumer_heartbeat("b", link(), hb("g1")).expect("a known client at the limit renews");
+        let mut many = hb("g1");
+        many.subscriptions = (0..4).map(|i| (format!("T{i}"), Subscription::parse("*", 0))).collect();
+        let e = m.consumer_heartbeat("a", link(), many.clone()).unwrap_err();
+        assert!(e.contains("to 4 topics; at most 3 (subscriptionsPerGroupMax)"), "{e}");
+        many.subscriptions.truncate(3);
+        m.consumer_heartbeat("a", link(), many).unwrap();
+        assert!(m.subscription("g1", "T").is_none(), "a heartbeat's subscriptions replace the group's");
+        assert!(m.subscription("g1", "T2").is_some());
+
+        m.producer_heartbeat("p", "pg1").unwrap();
+        m.producer_heartbeat("p", "pg2").unwrap();
+        assert!(m.producer_heartbeat("p", "pg3").unwrap_err().contains("producerGroupsMax"));
+        m.producer_heartbeat("q", "pg1").unwrap();
+        assert!(m.producer_heartbeat("r", "pg1").unwrap_err().contains("clientsPerGroupMax"));
+        m.producer_heartbeat("q", "pg1").unwrap();
+        assert_eq!(m.producer_group_count(), 2);
     }
 }

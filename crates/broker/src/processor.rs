@@ -29,10 +29,14 @@ use crate::broker::BrokerInner;
 use crate::consumers::{ClientLink, ConsumerHeartbeat, MessageModel, Subscription};
 use crate::locks::QueueKey;
 use crate::store::GetStatus;
-use crate::topics::{retry_topic, validate_topic, PERM_READ, PERM_READ_WRITE};
+use crate::topics::{retry_topic, validate_group, validate_topic, PERM_READ, PERM_READ_WRITE};
 
 /// raftmq-specific request: this node's Raft status as JSON (admin `status`).
 pub use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
+/// Longest client id a heartbeat or lock request may carry (RocketMQ's are `ip@instance[@unit]`).
+pub(crate) const CLIENT_ID_BYTES_MAX: usize = 1024;
+/// Longest subscription expression a heartbeat may carry.
+pub(crate) const SUBSCRIPTION_BYTES_MAX: usize = 16 * 1024;
 /// Bytes of messages one pull returns at most (RocketMQ `maxTransferBytesOnMessageInMemory`).
 const PULL_BYTES_MAX: usize = 256 * 1024;
 
@@ -127,6 +131,29 @@ impl BrokerInner {
         Ok(queue_id as u32)
     }
 
+    /// Ok (the queue id) when `group` may commit an offset on `topic`/`queue_id`: a valid group name, an
+    /// existing topic and queue, and room in the offset table (`offsetGroupsMax`) for a group new to it.
+    /// Per group, offsets exist only for existing queues, so the table is bounded by
+    /// `offsetGroupsMax` × the queues of at most `topicsMax` topics.
+    fn check_offset_commit(&self, group: &str, topic: &str, queue_id: i32) -> Result<u32, (ResponseCode, String)> {
+        validate_group(group).map_err(|why| (ResponseCode::SYSTEM_ERROR, why))?;
+        let Some(t) = self.store.topic(topic) else {
+            return Err((ResponseCode::TOPIC_NOT_EXIST, format!("topic[{topic}] not exist, apply first please!")));
+        };
+        let queues = t.read_queues.max(t.write_queues);
+        if queue_id < 0 || queue_id as u32 >= queues {
+            return Err((ResponseCode::SYSTEM_ERROR, format!("queueId[{queue_id}] is illegal, topic:[{topic}] has {queues} queues")));
+        }
+        let (groups, known) = self.store.offset_groups(group);
+        if !known && groups >= self.cfg.offset_groups_max {
+            return Err((
+                ResponseCode::SYSTEM_ERROR,
+                format!("cannot store offsets of group {group}: the broker holds offsets of {groups} groups (offsetGroupsMax)"),
+            ));
+        }
+        Ok(queue_id as u32)
+    }
+
     pub(crate) async fn pull(&self, req: &RemotingCommand) -> Reply {
         let h: PullMessageRequestHeader = match header(req) {
             Ok(h) => h,
@@ -146,7 +173,8 @@ impl BrokerInner {
             None => self.clients.subscription(&h.consumer_group, &h.topic).unwrap_or_else(|| Subscription::parse("*", 0)),
         };
         if let Some(off) = h.carried_commit_offset().filter(|o| *o >= 0) {
-            if self.check_leader(req).is_ok() {
+            // A piggybacked commit is best effort: one the offset table cannot take is dropped silently.
+            if self.check_leader(req).is_ok() && self.check_offset_commit(&h.consumer_group, &h.topic, h.queue_id).is_ok() {
                 self.offsets.commit_detached(OffsetCommit {
                     group: h.consumer_group.clone(),
                     topic: h.topic.clone(),
@@ -256,10 +284,16 @@ impl BrokerInner {
         if let Err(r) = self.check_leader(req) {
             return r;
         }
-        if h.queue_id < 0 || h.commit_offset < 0 {
-            return reply(req, ResponseCode::SYSTEM_ERROR, "queueId and commitOffset must not be negative");
+        if h.commit_offset < 0 {
+            return reply(req, ResponseCode::SYSTEM_ERROR, "commitOffset must not be negative");
         }
-        let c = OffsetCommit { group: h.consumer_group, topic: h.topic, queue_id: h.queue_id as u32, offset: h.commit_offset as u64 };
+        // Only offsets of existing queues are replicated: anything else would grow the replicated offset
+        // table from client input alone.
+        let queue_id = match self.check_offset_commit(&h.consumer_group, &h.topic, h.queue_id) {
+            Ok(q) => q,
+            Err((code, why)) => return reply(req, code, why),
+        };
+        let c = OffsetCommit { group: h.consumer_group, topic: h.topic, queue_id, offset: h.commit_offset as u64 };
         match self.offsets.commit(c).await {
             Ok(()) => Some(ok(req).into()),
             // Refused before it was proposed: certainly not applied, and the client may follow the hint.
@@ -321,9 +355,33 @@ impl BrokerInner {
             Ok(b) => b,
             Err(r) => return r,
         };
+        // Names are checked before anything of the heartbeat is recorded.
+        if hb.client_id.is_empty() || hb.client_id.len() > CLIENT_ID_BYTES_MAX {
+            return reply(req, ResponseCode::SYSTEM_ERROR, format!("clientID must be 1..={CLIENT_ID_BYTES_MAX} bytes"));
+        }
+        for group in hb.producer_data_set.iter().map(|p| &p.group_name).chain(hb.consumer_data_set.iter().map(|c| &c.group_name)) {
+            if let Err(why) = validate_group(group) {
+                return reply(req, ResponseCode::SYSTEM_ERROR, why);
+            }
+        }
+        for s in hb.consumer_data_set.iter().flat_map(|c| &c.subscription_data_set) {
+            if let Err(why) = validate_topic(&s.topic) {
+                return reply(req, ResponseCode::SYSTEM_ERROR, format!("subscription: {why}"));
+            }
+            if s.sub_string.len() > SUBSCRIPTION_BYTES_MAX {
+                return reply(
+                    req,
+                    ResponseCode::SYSTEM_ERROR,
+                    format!("the subscription expression of topic {} is longer than {SUBSCRIPTION_BYTES_MAX} bytes", s.topic),
+                );
+            }
+        }
+        let mut refused = Vec::new();
         let link: Arc<dyn ClientLink> = Arc::new(ConnLink(conn.clone()));
         for p in &hb.producer_data_set {
-            self.clients.producer_heartbeat(&hb.client_id, &p.group_name);
+            if let Err(why) = self.clients.producer_heartbeat(&hb.client_id, &p.group_name) {
+                refused.push(why);
+            }
         }
         for c in &hb.consumer_data_set {
             let model = match c.message_model {
@@ -332,15 +390,25 @@ impl BrokerInner {
             };
             let subscriptions =
                 c.subscription_data_set.iter().map(|s| (s.topic.clone(), Subscription::parse(&s.sub_string, s.sub_version))).collect();
-            self.clients.consumer_heartbeat(
+            let recorded = self.clients.consumer_heartbeat(
                 &hb.client_id,
                 Arc::clone(&link),
                 ConsumerHeartbeat { group: c.group_name.clone(), model, subscriptions },
             );
-            // Like RocketMQ, a consumer group gets its retry topic when it first shows up.
-            if model == MessageModel::Clustering && self.check_leader(req).is_ok() {
-                self.ensure_topic(&retry_topic(&c.group_name), 1).await;
+            if let Err(why) = recorded {
+                refused.push(why);
+                continue;
             }
+            // Like RocketMQ, a consumer group gets its retry topic when it first shows up (the group is now
+            // known, and its name was checked above).
+            if model == MessageModel::Clustering && self.check_leader(req).is_ok() {
+                if let Err((_, why)) = self.ensure_topic(&retry_topic(&c.group_name), 1).await {
+                    debug!(group = %c.group_name, why, "retry topic not created");
+                }
+            }
+        }
+        if !refused.is_empty() {
+            return reply(req, ResponseCode::SYSTEM_ERROR, refused.join("; "));
         }
         Some(ok(req).into())
     }
@@ -378,12 +446,28 @@ impl BrokerInner {
             .collect()
     }
 
+    /// The queues of `mqs` that exist on this broker group: only those can be locked.
+    fn existing_queue_keys(&self, mqs: &[MessageQueue]) -> Vec<QueueKey> {
+        let mut keys = Self::queue_keys(mqs);
+        keys.retain(|k| {
+            k.broker_name == self.cfg.broker_name
+                && self.store.topic(&k.topic).is_some_and(|t| k.queue_id < t.read_queues.max(t.write_queues))
+        });
+        keys
+    }
+
     pub(crate) fn lock_batch(&self, req: &RemotingCommand) -> Reply {
         let b: LockBatchRequestBody = match json_body(req, "LockBatchRequestBody") {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let locked = self.locks.lock(&b.consumer_group, &b.client_id, &Self::queue_keys(&b.mq_set));
+        if let Err(why) = validate_group(&b.consumer_group) {
+            return reply(req, ResponseCode::SYSTEM_ERROR, why);
+        }
+        if b.client_id.is_empty() || b.client_id.len() > CLIENT_ID_BYTES_MAX {
+            return reply(req, ResponseCode::SYSTEM_ERROR, format!("clientId must be 1..={CLIENT_ID_BYTES_MAX} bytes"));
+        }
+        let locked = self.locks.lock(&b.consumer_group, &b.client_id, &self.existing_queue_keys(&b.mq_set));
         let set =
             locked.into_iter().map(|k| MessageQueue { topic: k.topic, broker_name: k.broker_name, queue_id: k.queue_id as i32 }).collect();
         with_json(req, ok(req), &LockBatchResponseBody { lock_ok_mq_set: set })
@@ -411,6 +495,11 @@ impl BrokerInner {
         }
         if let Err(r) = self.check_leader(req) {
             return r;
+        }
+        if self.store.topic(&h.topic).is_none() {
+            if let Err((code, why)) = self.check_topic_room(&h.topic) {
+                return reply(req, code, why);
+            }
         }
         let t = TopicConfig {
             name: h.topic,

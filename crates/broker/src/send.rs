@@ -29,7 +29,9 @@ use raftmq_remoting::{decode_stored_message, CommandHeader, RequestCode, Respons
 use crate::broker::BrokerInner;
 use crate::processor::{reply, Reply};
 use crate::store::PutError;
-use crate::topics::{dlq_topic, retry_topic, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX};
+use crate::topics::{
+    dlq_topic, group_of_retry_or_dlq, retry_topic, validate_group, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX,
+};
 use raftmq_raft::node::WriteError;
 use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
 use tracing::warn;
@@ -162,21 +164,27 @@ impl BrokerInner {
         }
         let config = match self.store.topic(&topic) {
             Some(t) => t,
-            None if self.cfg.auto_create_topic_enable || topic.starts_with(RETRY_PREFIX) || topic.starts_with("%DLQ%") => {
+            None => {
+                // Retry and dead-letter topics are born for a group that may own them; other topics only
+                // with auto-create on. Either way the name and `topicsMax` are checked in `ensure_topic`.
+                let allowed = match group_of_retry_or_dlq(&topic) {
+                    Some(group) => self.check_group_may_own_topics(group),
+                    None if self.cfg.auto_create_topic_enable => Ok(()),
+                    None => Err((ResponseCode::TOPIC_NOT_EXIST, format!("topic[{topic}] not exist, apply first please!"))),
+                };
+                if let Err((code, why)) = allowed {
+                    return reply(req, code, why);
+                }
                 let queues = if topic.starts_with('%') {
                     1
                 } else {
                     (h.default_topic_queue_nums.max(1) as u32).min(self.cfg.default_topic_queue_nums.max(1))
                 };
-                if !self.ensure_topic(&topic, queues).await {
-                    return reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create topic {topic}; retry"));
-                }
-                match self.store.topic(&topic) {
-                    Some(t) => t,
-                    None => return reply(req, ResponseCode::SYSTEM_ERROR, format!("topic {topic} vanished after creation")),
+                match self.ensure_topic(&topic, queues).await {
+                    Ok(t) => t,
+                    Err((code, why)) => return reply(req, code, why),
                 }
             }
-            None => return reply(req, ResponseCode::TOPIC_NOT_EXIST, format!("topic[{topic}] not exist, apply first please!")),
         };
         if config.perm & PERM_WRITE == 0 {
             return reply(req, ResponseCode::NO_PERMISSION, format!("the topic[{topic}] sending message is forbidden"));
@@ -353,6 +361,9 @@ impl BrokerInner {
             Ok(h) => h,
             Err(e) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("bad header: {e}")),
         };
+        if let Err(why) = validate_group(&h.group) {
+            return reply(req, ResponseCode::SYSTEM_ERROR, why);
+        }
         if let Err(r) = self.check_leader(req) {
             return r;
         }
@@ -376,8 +387,13 @@ impl BrokerInner {
         let max = h.max_reconsume_times.unwrap_or(MAX_RECONSUME_TIMES_DEFAULT);
         let dead = orig.reconsume_times >= max || h.delay_level < 0;
         let topic = if dead { dlq_topic(&h.group) } else { retry_topic(&h.group) };
-        if !self.ensure_topic(&topic, 1).await {
-            return reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create topic {topic}; retry"));
+        if self.store.topic(&topic).is_none() {
+            if let Err((code, why)) = self.check_group_may_own_topics(&h.group) {
+                return reply(req, code, why);
+            }
+            if let Err((code, why)) = self.ensure_topic(&topic, 1).await {
+                return reply(req, code, why);
+            }
         }
         let mut props = decode_properties(orig.properties);
         props.entry(property::RETRY_TOPIC.to_string()).or_insert_with(|| orig.topic.to_string());

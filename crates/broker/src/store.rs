@@ -229,6 +229,16 @@ impl MessageStore {
         self.node.state().with_metadata(|m| m.topics.get(name).cloned())
     }
 
+    /// Number of topics.
+    pub fn topic_count(&self) -> usize {
+        self.node.state().with_metadata(|m| m.topics.len())
+    }
+
+    /// Number of consumer groups with committed offsets, and whether `group` is one of them.
+    pub fn offset_groups(&self, group: &str) -> (usize, bool) {
+        self.node.state().with_metadata(|m| (m.consumer_offsets.len(), m.consumer_offsets.contains_key(group)))
+    }
+
     /// All topics.
     pub fn topics(&self) -> Vec<TopicConfig> {
         self.node.state().with_metadata(|m| m.topics.values().cloned().collect())

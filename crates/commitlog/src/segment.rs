@@ -3,13 +3,17 @@
 //!
 //! Readers hold `Arc`s to these files, so a purge that unlinks a file never invalidates an in-flight read:
 //! the mapping lives until the last `Arc` (and every `Bytes` sliced from it) is dropped.
+//!
+//! The descriptor is needed only for writes and syncs: the store releases it once a file is sealed and
+//! synced ([`MappedFile::release_fd`]) and it is reopened if that file is ever written again (a truncate back
+//! into it), so a long log holds two descriptors (active segment and index file), not one per file.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
@@ -23,7 +27,8 @@ pub(crate) struct MappedFile {
     /// The number in the file name: a byte offset for data segments, a Raft index for index files.
     pub base: u64,
     pub path: PathBuf,
-    file: File,
+    /// Open while the file is being written; `None` once released (reopened on the next write or sync).
+    file: Mutex<Option<File>>,
     map: Mmap,
 }
 
@@ -63,7 +68,33 @@ impl MappedFile {
         // SAFETY: the mapping is read-only. The store only rewrites bytes that no reader may hold (the
         // uncommitted tail after a truncate); committed bytes are immutable until their file is unlinked.
         let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }.map_err(|e| CommitLogError::io("mmap", &path, e))?;
-        Ok(Arc::new(MappedFile { base, path, file, map }))
+        Ok(Arc::new(MappedFile { base, path, file: Mutex::new(Some(file)), map }))
+    }
+
+    /// Runs `f` on the file's descriptor, reopening the file if its descriptor was released.
+    fn with_file<R>(&self, f: impl FnOnce(&File) -> Result<R>) -> Result<R> {
+        let mut g = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let file =
+                OpenOptions::new().read(true).write(true).open(&self.path).map_err(|e| CommitLogError::io("reopen", &self.path, e))?;
+            *g = Some(file);
+        }
+        match g.as_ref() {
+            Some(file) => f(file),
+            None => Err(CommitLogError::io("reopen", &self.path, io::Error::other("descriptor vanished"))),
+        }
+    }
+
+    /// Closes the descriptor (the mapping stays). Only for a file whose writes were all synced: a sync
+    /// through a later descriptor could miss a writeback error that happened before it was opened.
+    pub fn release_fd(&self) {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Whether the descriptor is open.
+    #[cfg(test)]
+    pub fn has_fd(&self) -> bool {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -76,11 +107,11 @@ impl MappedFile {
 
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         debug_assert!(offset + buf.len() as u64 <= self.len());
-        self.file.write_all_at(buf, offset).map_err(|e| CommitLogError::io("write", &self.path, e))
+        self.with_file(|f| f.write_all_at(buf, offset).map_err(|e| CommitLogError::io("write", &self.path, e)))
     }
 
     pub fn zero(&self, offset: u64, len: u64) -> Result<()> {
-        fsutil::zero_range(&self.file, &self.path, offset, len)
+        self.with_file(|f| fsutil::zero_range(f, &self.path, offset, len))
     }
 
     /// Whether everything from `offset` to the end reads as zeros. Only the ranges the filesystem reports
@@ -89,7 +120,10 @@ impl MappedFile {
     /// are asked for before any is read: reading pulls zero pages (and their readahead) into the page
     /// cache, which the filesystem would then report as data. Where it cannot say, everything is read.
     pub fn is_zero_from(&self, offset: u64) -> Result<bool> {
-        let fd = self.file.as_raw_fd();
+        self.with_file(|f| self.is_zero_from_fd(f.as_raw_fd(), offset))
+    }
+
+    fn is_zero_from_fd(&self, fd: std::os::unix::io::RawFd, offset: u64) -> Result<bool> {
         let end = self.len();
         let mut ranges = Vec::new();
         let mut at = offset;
@@ -121,7 +155,7 @@ impl MappedFile {
     }
 
     pub fn sync_data(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| CommitLogError::io("fdatasync", &self.path, e))
+        self.with_file(|f| f.sync_data().map_err(|e| CommitLogError::io("fdatasync", &self.path, e)))
     }
 
     /// A zero-copy `Bytes` over `[offset, offset + len)` that keeps the mapping alive.
@@ -209,5 +243,13 @@ mod tests {
         assert!(f.is_zero_from(0).unwrap(), "after zeroing");
         f.write_at((1 << 20) - 1, &[9]).unwrap();
         assert!(!f.is_zero_from(0).unwrap(), "the last byte");
+        // A released descriptor is reopened by the next write, and the mapping never went away.
+        f.sync_data().unwrap();
+        f.release_fd();
+        assert!(!f.has_fd());
+        assert_eq!(f.bytes()[(1 << 20) - 1], 9);
+        f.write_at(0, &[7]).unwrap();
+        assert!(f.has_fd());
+        assert_eq!(f.bytes()[0], 7);
     }
 }

@@ -230,6 +230,7 @@ impl Store {
         // What recovery accepted may exist only in the page cache of a killed process: make it durable now,
         // so that the durable mark can start at the last record.
         store.flush()?;
+        store.release_sealed_fds();
         store.publish();
         Ok(store)
     }
@@ -570,7 +571,25 @@ impl Store {
         self.checkpoint_due = true;
         self.view.segments.insert(base, Arc::clone(&f));
         self.shared.write().unwrap_or_else(|p| p.into_inner()).segments.insert(base, Arc::clone(&f));
+        self.release_sealed_fds();
         Ok(f)
+    }
+
+    /// Closes the descriptors of every file but the newest segment and index file, except files with
+    /// unsynced writes: those keep theirs until synced (the next roll or open calls this again).
+    fn release_sealed_fds(&self) {
+        let newest = self.view.segments.keys().next_back().copied();
+        for (base, f) in &self.view.segments {
+            if Some(*base) != newest && !self.dirty.contains(base) {
+                f.release_fd();
+            }
+        }
+        let newest = self.view.index_files.keys().next_back().copied();
+        for (first, f) in &self.view.index_files {
+            if Some(*first) != newest && !self.dirty_index.contains(first) {
+                f.release_fd();
+            }
+        }
     }
 
     fn index_file_for(&mut self, index: u64) -> Result<Arc<MappedFile>> {
@@ -582,6 +601,7 @@ impl Store {
         let f = MappedFile::create(&self.index_dir, first, per * SLOT_LEN as u64)?;
         self.view.index_files.insert(first, Arc::clone(&f));
         self.shared.write().unwrap_or_else(|p| p.into_inner()).index_files.insert(first, Arc::clone(&f));
+        self.release_sealed_fds();
         Ok(f)
     }
 

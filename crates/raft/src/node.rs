@@ -64,6 +64,8 @@ pub struct NodeConfig {
     pub checkpoint_every: u64,
     /// Units per consume-queue file.
     pub cq_units_per_file: u64,
+    /// Consume-queue files mapped at once (an LRU over all queues).
+    pub mapped_files_max: usize,
     /// Leader heartbeat (also openraft 0.9's AppendEntries timeout; the transport lets a transfer of entries
     /// run longer, see [`crate::network::append_timeout`]), ms.
     pub heartbeat_ms: u64,
@@ -97,6 +99,7 @@ impl NodeConfig {
             flush: FlushPolicy::Sync,
             checkpoint_every: 1024,
             cq_units_per_file: 300_000,
+            mapped_files_max: 4096,
             heartbeat_ms: 100,
             election_min_ms: 300,
             election_max_ms: 600,
@@ -428,6 +431,7 @@ impl RaftNode {
         let mut sm_cfg = StateMachineConfig::new(cfg.data_dir.join("state"));
         sm_cfg.checkpoint_every = cfg.checkpoint_every;
         sm_cfg.cq_units_per_file = cfg.cq_units_per_file;
+        sm_cfg.mapped_files_max = cfg.mapped_files_max;
         let sm_failure = sm_cfg.failure.clone();
         // A start-up error caused by storage (re-applying onto a full disk) carries the recorded cause.
         let stored_cause = |log: &CommitLog, e: &dyn std::fmt::Display| match log.reader().failure() {

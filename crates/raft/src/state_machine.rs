@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit};
+use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit, MappedFiles};
 use crate::error::{FailureCell, ReadError, StoreFailure};
 use crate::log_store::StoreLink;
 use crate::types::{
@@ -56,6 +56,8 @@ pub struct StateMachineConfig {
     /// Where the state machine records a storage failure (a consume-queue file that cannot be allocated,
     /// a failed msync or checkpoint write). After one, it applies nothing more and takes no checkpoint.
     pub failure: FailureCell,
+    /// Consume-queue files mapped at once (LRU over all queues); local, need not match other replicas.
+    pub mapped_files_max: usize,
 }
 
 impl StateMachineConfig {
@@ -67,6 +69,7 @@ impl StateMachineConfig {
             checkpoint_every: 1024,
             checkpoints_kept: 64,
             failure: FailureCell::default(),
+            mapped_files_max: 4096,
         }
     }
 }
@@ -130,6 +133,7 @@ pub struct SmShared {
     cfg: StateMachineConfig,
     meta: RwLock<Metadata>,
     queues: RwLock<BTreeMap<(String, u32), Arc<ConsumeQueue>>>,
+    maps: Arc<MappedFiles>,
     checkpoints: Mutex<VecDeque<Arc<Metadata>>>,
     current: Mutex<Option<CurrentSnapshot>>,
     boundary: AtomicU64,
@@ -267,7 +271,13 @@ impl SmShared {
     }
 
     fn open_queue(&self, topic: &str, queue_id: u32, st: QueueState) -> Result<Arc<ConsumeQueue>, StoreFailure> {
-        let q = ConsumeQueue::open(self.queue_dir(topic, queue_id), self.cfg.cq_units_per_file, st.min_offset, st.next_offset)?;
+        let q = ConsumeQueue::open_shared(
+            self.queue_dir(topic, queue_id),
+            self.cfg.cq_units_per_file,
+            st.min_offset,
+            st.next_offset,
+            &self.maps,
+        )?;
         let q = Arc::new(q);
         write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
         self.queue_created.notify_waiters();
@@ -286,6 +296,11 @@ impl SmShared {
     /// The storage failure that stopped the state machine, if any.
     pub fn failure(&self) -> Option<StoreFailure> {
         self.cfg.failure.get()
+    }
+
+    /// The cache of mapped consume-queue files.
+    pub fn mapped_files(&self) -> &Arc<MappedFiles> {
+        &self.maps
     }
 
     /// The consume queue of a topic-queue, if it exists.
@@ -437,8 +452,10 @@ impl StateMachine {
             .name("sm-flush".into())
             .spawn(move || flush_thread(dir, rx, flushed, failure, flush_log))
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let maps = MappedFiles::new(cfg.mapped_files_max);
         let shared = Arc::new(SmShared {
             cfg,
+            maps,
             meta: RwLock::new(Metadata::default()),
             queues: RwLock::new(BTreeMap::new()),
             checkpoints: Mutex::new(VecDeque::new()),

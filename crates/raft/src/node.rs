@@ -276,7 +276,9 @@ impl std::future::Future for ProduceTicket {
     type Output = Result<Vec<QueueAppendResult>, WriteError>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(WriteError::Unknown { why: "node stopped".into(), failure: self.1.get() })))
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(WriteError::Unknown { why: "node stopped".into(), failure: self.1.get() })))
     }
 }
 
@@ -466,8 +468,7 @@ impl RaftNode {
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
         let isolation = Isolation::default();
         let network = TcpNetworkFactory::with_isolation(isolation.clone());
-        let raft =
-            Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| stored_cause(&log, &e))?;
+        let raft = Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| stored_cause(&log, &e))?;
         let failure = FailureCell::default();
         let failures =
             Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
@@ -875,7 +876,14 @@ fn fill_entry(
 
 /// Coalesces produce requests into entries: waits for a request, drains what is queued ([`fill_entry`]),
 /// proposes one entry, and answers each request from its slice of the result.
-async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, bytes_target: usize, bytes_max: usize, inflight_max: usize, failure: Failures) {
+async fn produce_batcher(
+    raft: Raft,
+    mut rx: mpsc::Receiver<ProduceRequest>,
+    bytes_target: usize,
+    bytes_max: usize,
+    inflight_max: usize,
+    failure: Failures,
+) {
     let permits = Arc::new(Semaphore::new(inflight_max));
     let mut carry = None;
     loop {

@@ -1295,3 +1295,46 @@ async fn zero_copy_read_survives_a_purge_of_its_segment() {
     assert_eq!(&held_at[..], &recs[0].body[..10]);
     log.close();
 }
+
+/// A purge past the last record that moves the log backwards (a follower whose log ran past the leader's
+/// position for the snapshot's next entry) can be cut short between writing the purge mark and unlinking
+/// the old segments. With the mark written first, the old segments left after the new position were scanned
+/// from there on the next open, which found no record that follows the mark inside a sealed segment and
+/// refused to start. The segments now go first, so an interrupted purge leaves the old log (or an empty
+/// one) under the old mark, and the purge openraft repeats at start-up completes it.
+///
+/// The interruption is made real: the first segment is immutable (`chattr +i`), so its unlink fails and
+/// the purge stops there with an error, as a crash would. Needs root and a filesystem with `chattr`.
+#[tokio::test]
+async fn a_purge_that_moves_the_log_can_be_interrupted_and_repeated() {
+    let upto = LogPoint { index: 40, term: 9, node: NODE };
+    let hint = 700; // inside segment 512, before the old segments 1024 and 1536
+    let dir = tmp();
+    let cfg = config(dir.path(), SEG, PER);
+    let (log, _) = purge_fixture(dir.path()).await;
+    let first = dir.path().join("data").join(format!("{:020}", 0));
+    let chattr = |flag: &str| std::process::Command::new("chattr").arg(flag).arg(&first).status().is_ok_and(|s| s.success());
+    if !chattr("+i") {
+        eprintln!("skipped: chattr +i is not available here (needs root and a filesystem that supports it)");
+        log.close();
+        return;
+    }
+    let r = log.purge(upto, Some(hint)).await;
+    assert!(chattr("-i"), "chattr -i");
+    assert!(r.is_err(), "the unlink of an immutable segment fails the purge");
+    log.close();
+
+    let log = match CommitLog::open(cfg.clone()) {
+        Ok(l) => l,
+        Err(e) => panic!("an interrupted purge left a log that does not open: {e}"),
+    };
+    log.purge(upto, Some(hint)).await.expect("the repeated purge");
+    let b41 = body(41, 0, 60);
+    let loc = append(&log, meta(41, 9), &b41).await;
+    assert_eq!(loc.pos, hint, "the repeated purge moved the log to the hint");
+    log.close();
+    let log = open(&cfg);
+    assert_eq!(assert_record(&log, meta(41, 9), &b41), hint);
+    assert_eq!(log.reader().state().first, Some(41));
+    log.close();
+}

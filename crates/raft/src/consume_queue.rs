@@ -139,23 +139,22 @@ impl CqMap {
     /// retention purge must not bring a deleted file back. Every block is allocated before the mapping
     /// (also for an existing file, which an older version may have left sparse); a file this call
     /// created and could not allocate (disk full) is removed again.
-    fn open(path: &Path, units: u64, create: bool) -> std::io::Result<Arc<CqMap>> {
+    fn open(path: &Path, units: u64, create: bool) -> Result<Arc<CqMap>, StoreFailure> {
+        let reopen = || OpenOptions::new().read(true).write(true).open(path).map_err(|e| StoreFailure::io("open consume queue", path, &e));
         let (file, created) = match OpenOptions::new().read(true).write(true).create_new(create).open(path) {
             Ok(f) => (f, create),
-            Err(e) if create && e.kind() == std::io::ErrorKind::AlreadyExists => {
-                (OpenOptions::new().read(true).write(true).open(path)?, false)
-            }
-            Err(e) => return Err(e),
+            Err(e) if create && e.kind() == std::io::ErrorKind::AlreadyExists => (reopen()?, false),
+            Err(e) => return Err(StoreFailure::io(if create { "create consume queue" } else { "open consume queue" }, path, &e)),
         };
         let len = units * CQ_UNIT_LEN as u64;
         if let Err(e) = allocate(&file, len) {
             if created {
                 let _ = fs::remove_file(path);
             }
-            return Err(e);
+            return Err(StoreFailure::io("fallocate consume queue", path, &e));
         }
         // The descriptor is closed when `file` drops: a mapping does not need it.
-        let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
+        let map = MmapOptions::new().len(len as usize).map_raw(&file).map_err(|e| StoreFailure::io("mmap consume queue", path, &e))?;
         Ok(Arc::new(CqMap { map }))
     }
 }
@@ -215,7 +214,7 @@ impl MappedFiles {
     }
 
     /// The mapping of `path`, mapping it (and creating the file when needed) on a miss.
-    fn get(&self, key: (u64, u64), path: &Path, units: u64, create: bool) -> std::io::Result<Arc<CqMap>> {
+    fn get(&self, key: (u64, u64), path: &Path, units: u64, create: bool) -> Result<Arc<CqMap>, StoreFailure> {
         {
             let mut l = self.lru();
             l.tick += 1;
@@ -367,7 +366,7 @@ impl ConsumeQueue {
     }
 
     /// The mapping of the file starting at `base` (which must exist or be being created).
-    fn map_of(&self, base: u64, path: &Path, create: bool) -> std::io::Result<Arc<CqMap>> {
+    fn map_of(&self, base: u64, path: &Path, create: bool) -> Result<Arc<CqMap>, StoreFailure> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = last.as_ref().filter(|(b, _)| *b == base).and_then(|(_, w)| w.upgrade()) {
             return Ok(m);
@@ -390,7 +389,7 @@ impl ConsumeQueue {
             None => {
                 let path = self.path_of(base);
                 // Create (and allocate) the file before readers can learn of it.
-                self.map_of(base, &path, true).map_err(|e| StoreFailure::io("create consume queue", &path, &e))?;
+                self.map_of(base, &path, true)?;
                 // Its entry lives in the queue directory; that directory, the topic directory and
                 // `consumequeue/` may be new too, so their parents are fsynced as well at the first flush:
                 // `<queueId>` in `<topic>`, `<topic>` in `consumequeue`, `consumequeue` in the state directory.
@@ -400,7 +399,7 @@ impl ConsumeQueue {
                 f
             }
         };
-        let map = self.map_of(base, &file.path, true).map_err(|e| StoreFailure::io("map consume queue", &file.path, &e))?;
+        let map = self.map_of(base, &file.path, true)?;
         let at = ((offset - file.base) as usize) * CQ_UNIT_LEN;
         let bytes = unit.encode();
         debug_assert!(at + CQ_UNIT_LEN <= map.map.len());
@@ -429,7 +428,7 @@ impl ConsumeQueue {
         let map = match self.map_of(base, &file.path, false) {
             Ok(m) => m,
             // Purged by retention since the offset was checked.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!(file = %file.path.display(), error = %e, "cannot map consume-queue file");
                 return None;

@@ -67,7 +67,7 @@ impl StateMachineConfig {
             dir: dir.into(),
             cq_units_per_file: 300_000,
             checkpoint_every: 1024,
-            checkpoints_kept: 64,
+            checkpoints_kept: 16,
             failure: FailureCell::default(),
             mapped_files_max: 4096,
         }

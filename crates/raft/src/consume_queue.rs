@@ -176,6 +176,19 @@ struct Lru {
     order: BTreeMap<u64, (u64, u64)>,
 }
 
+impl Lru {
+    /// Advances the clock; returns the mapping of `key` marked as used now, if it is cached.
+    fn touch(&mut self, key: (u64, u64)) -> Option<Arc<CqMap>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (m, used) = self.entries.get_mut(&key)?;
+        let (m, old) = (Arc::clone(m), std::mem::replace(used, tick));
+        self.order.remove(&old);
+        self.order.insert(tick, key);
+        Some(m)
+    }
+}
+
 /// The consume-queue files mapped at once, shared by every queue of a state machine and bounded by
 /// `files_max` (broker config `mappedFilesMax`): the least recently mapped file is unmapped when another
 /// one is needed. With 100 k queues a mapping per file would exceed Linux's default
@@ -215,27 +228,14 @@ impl MappedFiles {
 
     /// The mapping of `path`, mapping it (and creating the file when needed) on a miss.
     fn get(&self, key: (u64, u64), path: &Path, units: u64, create: bool) -> Result<Arc<CqMap>, StoreFailure> {
-        {
-            let mut l = self.lru();
-            l.tick += 1;
-            let tick = l.tick;
-            if let Some((m, used)) = l.entries.get_mut(&key) {
-                let (m, old) = (Arc::clone(m), std::mem::replace(used, tick));
-                l.order.remove(&old);
-                l.order.insert(tick, key);
-                return Ok(m);
-            }
+        if let Some(m) = self.lru().touch(key) {
+            return Ok(m);
         }
         // Map outside the lock; a racing mapper of the same file loses and uses the first mapping.
         let fresh = CqMap::open(path, units, create)?;
         self.stats.maps.fetch_add(1, Ordering::Relaxed);
         let mut l = self.lru();
-        l.tick += 1;
-        let tick = l.tick;
-        if let Some((m, used)) = l.entries.get_mut(&key) {
-            let (m, old) = (Arc::clone(m), std::mem::replace(used, tick));
-            l.order.remove(&old);
-            l.order.insert(tick, key);
+        if let Some(m) = l.touch(key) {
             return Ok(m);
         }
         while l.entries.len() >= self.files_max {
@@ -243,6 +243,7 @@ impl MappedFiles {
             l.entries.remove(&victim);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
+        let tick = l.tick;
         l.entries.insert(key, (Arc::clone(&fresh), tick));
         l.order.insert(tick, key);
         Ok(fresh)

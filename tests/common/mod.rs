@@ -197,7 +197,7 @@ impl Cluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no leader; logs in {}", self.dir.path().display());
+            assert!(Instant::now() < deadline, "no leader; logs in {}\n{}", self.dir.path().display(), self.log_tails(40));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -377,6 +377,13 @@ impl ConsumeQueue {
         Ok(m)
     }
 
+    /// The mapping used last, if it is the file starting at `base` and still mapped: the pull path's hit,
+    /// which needs neither the file table nor the shared cache.
+    fn last_map(&self, base: u64) -> Option<Arc<CqMap>> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().filter(|(b, _)| *b == base).and_then(|(_, w)| w.upgrade())
+    }
+
     /// Writes the unit for `offset` (not yet visible to readers). Returns the file it went to, newly dirty.
     /// Only the state machine's apply path (and benchmarks) may write.
     ///
@@ -425,14 +432,19 @@ impl ConsumeQueue {
             return None;
         }
         let base = self.base_of(offset);
-        let file = self.file_at(base)?;
-        let map = match self.map_of(base, &file.path, false) {
-            Ok(m) => m,
-            // Purged by retention since the offset was checked.
-            Err(e) if e.kind == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(file = %file.path.display(), error = %e, "cannot map consume-queue file");
-                return None;
+        let map = match self.last_map(base) {
+            Some(m) => m,
+            None => {
+                let file = self.file_at(base)?;
+                match self.map_of(base, &file.path, false) {
+                    Ok(m) => m,
+                    // Purged by retention since the offset was checked.
+                    Err(e) if e.kind == std::io::ErrorKind::NotFound => return None,
+                    Err(e) => {
+                        tracing::warn!(file = %file.path.display(), error = %e, "cannot map consume-queue file");
+                        return None;
+                    }
+                }
             }
         };
         let at = ((offset - base) as usize) * CQ_UNIT_LEN;

@@ -105,24 +105,35 @@ quick_run() {
 mkdir -p "$store"
 quick_run --name quick-crash --nemesis partition,kill,pause,clock --seed 11 --time-limit 60 --interval 4
 quick_run --name quick-net --nemesis loss,slow,transfer,partition --seed 12 --time-limit 40 --interval 4
-# Testing the tester: with the broker acknowledging before a quorum has the message, leader kills and
-# partitions must make the checker report lost acknowledged messages (VALID? NO, exit code 1).
+# Testing the tester: with the broker acknowledging before a quorum has the message, leader kills must make
+# the checker report lost acknowledged messages (VALID? NO, exit code 1). Whether a 30 s schedule kills a
+# leader while it holds acknowledged entries no follower has is a matter of timing (about one run in three
+# does not), so the run is repeated with the next seed, up to three schedules, until one is caught; the
+# checker's verdict is not relaxed.
 unsafe_run() {
-  echo "=== jepsen quick (must be INVALID): $*"
-  run_bin="$BIN_UNSAFE" run_one "$@"
-  found=$(python3 - "$dir/results.json" <<'PY' 2>/dev/null || echo ""
+  local seed found="" attempt
+  for attempt in 1 2 3; do
+    seed=$((12 + attempt))
+    echo "=== jepsen quick (must be INVALID, schedule $attempt of 3): --seed $seed $*"
+    run_bin="$BIN_UNSAFE" run_one --seed "$seed" "$@"
+    runs=$((runs - 1))
+    found=$(python3 - "$dir/results.json" <<'PY' 2>/dev/null || echo ""
 import json, sys
 r = json.load(open(sys.argv[1]))
 hits = [a["name"] for a in r["anomalies"] if a["count"] > 0 and a["name"] in ("lost-write", "unseen", "ack-beyond-end", "inconsistent-offsets")]
 print(",".join(hits))
 PY
 )
-  if [ "$rc" -eq 1 ] && [ -n "$found" ]; then
-    echo "ok - the checker caught unsafeAckBeforeQuorum: $found"
-  else
-    failures=$((failures + 1)); echo "FAILED: unsafe run exited $rc with anomalies '$found' (expected exit 1 and lost acknowledged messages)"
-  fi
+    if [ "$rc" -eq 1 ] && [ -n "$found" ]; then
+      runs=$((runs + 1))
+      echo "ok - the checker caught unsafeAckBeforeQuorum (schedule $attempt, seed $seed): $found"
+      return
+    fi
+    echo "not caught with seed $seed (exit $rc, anomalies '$found')"
+  done
+  runs=$((runs + 1))
+  failures=$((failures + 1)); echo "FAILED: three unsafe runs exited without lost acknowledged messages (expected exit 1)"
 }
-unsafe_run --name quick-unsafe-ack --nemesis kill --seed 13 --time-limit 30 --interval 3 --broker-extra 'unsafeAckBeforeQuorum = true'
+unsafe_run --name quick-unsafe-ack --nemesis kill --time-limit 30 --interval 3 --broker-extra 'unsafeAckBeforeQuorum = true'
 echo "jepsen quick: $((runs - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -20,8 +20,27 @@ use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// First port and count of the range child processes are given to listen on: below the kernel's
+/// ephemeral range (32768–60999 by default).
+const PORTS_FROM: u32 = 20_000;
+const PORTS_COUNT: u32 = 12_000;
+
+/// A loopback port for a child process to listen on. Not one from port 0: a port the kernel chose and this
+/// process released is in the ephemeral range, where any outgoing connection (the brokers' Raft and client
+/// connections) may take it as its source port before the child binds it; the child then fails to start
+/// and the group has no quorum. Ports come from a fixed range outside it instead, from a start that
+/// differs per process, each checked by binding it, and none is handed out twice by this process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..PORTS_COUNT {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (PORTS_FROM + start.wrapping_add(n) % PORTS_COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS_FROM}..{}", PORTS_FROM + PORTS_COUNT)
 }
 
 pub struct Node {
@@ -105,6 +124,9 @@ impl Cluster {
 
     pub fn start_node(&mut self, id: u64) {
         let log = self.dir.path().join(format!("n{id}.log"));
+        // A start-up error (a port that cannot be bound, a bad config) goes to stderr, not the log file.
+        let stderr =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("n{id}.stderr"))).expect("stderr file");
         let node = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
         assert!(node.child.is_none(), "node {id} already running");
         let child = Command::new(bin())
@@ -113,7 +135,7 @@ impl Cluster {
             .arg("--log-file")
             .arg(log)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn broker");
         node.child = Some(child);
@@ -181,6 +203,10 @@ impl Cluster {
             for l in &all[all.len().saturating_sub(lines)..] {
                 out.push_str(l);
                 out.push('\n');
+            }
+            let stderr = std::fs::read_to_string(self.dir.path().join(format!("{name}.stderr"))).unwrap_or_default();
+            if !stderr.trim().is_empty() {
+                out.push_str(&format!("--- {name}.stderr\n{stderr}\n"));
             }
         }
         out

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::config::{BrokerConfig, FlushDiskType};
 use crate::consumers::{ClientLimits, ClientManager};
 use crate::locks::QueueLocks;
-use crate::processor::{reply, RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
+use crate::processor::{reply, RAFTMQ_NODE_STATUS, RAFTMQ_SET_DELAY_LEVELS, RAFTMQ_TRANSFER_LEADER};
 use crate::store::MessageStore;
 use crate::topics::{validate_group, validate_topic, AUTO_CREATE_TOPIC, PERM_READ_WRITE};
 
@@ -127,6 +127,8 @@ pub struct BrokerInner {
     pub(crate) locks: QueueLocks,
     pub(crate) offsets: OffsetCommitter,
     register_now: Notify,
+    /// The connection requests are forwarded to the leader on (followers only), by leader address.
+    pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
     /// `unsafeAckBeforeQuorum` only: the next queue offset to hand out per (topic, queue).
     #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_next_offsets: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
@@ -167,7 +169,7 @@ impl Broker {
             let members = cfg.peers.iter().map(|p| (p.id, p.raft_addr.clone())).collect();
             node.initialize(members).await?;
         }
-        let store = MessageStore::new(Arc::clone(&node));
+        let store = MessageStore::new(Arc::clone(&node), cfg.clock_jump_warn_ms.min(i64::MAX as u64) as i64);
         let server_options = cfg.server_options();
         let limits = ClientLimits {
             consumer_groups_max: cfg.consumer_groups_max,
@@ -183,6 +185,7 @@ impl Broker {
             node,
             store,
             register_now: Notify::new(),
+            leader_link: tokio::sync::Mutex::new(None),
             #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
@@ -192,6 +195,7 @@ impl Broker {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(role_watch(Arc::clone(&inner))));
         tasks.push(tokio::spawn(registration_loop(Arc::clone(&inner))));
+        tasks.push(tokio::spawn(crate::schedule::delivery_loop(Arc::clone(&inner))));
         let i = Arc::clone(&inner);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -459,6 +463,7 @@ impl RequestHandler for Handler {
                 RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req),
                 RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
                 code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
+                code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(&req).await,
                 code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(&req).await,
                 code => {
                     reply(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by raftmq", code.0))

@@ -145,8 +145,31 @@ pub struct BrokerConfig {
     /// Most consume-queue files mapped at once; colder ones are unmapped and mapped again on use.
     #[serde(default = "default_mapped_files_max")]
     pub mapped_files_max: usize,
+    /// Delay of each level (RocketMQ `messageDelayLevel`, e.g. `"1s 5s 10s 30s 1m … 2h"`; units ms, s, m, h,
+    /// d). It changes the meaning of stored messages, so the group's table is replicated state: the first
+    /// leader of a group whose state holds no table proposes this one; later a differing value here is
+    /// only logged, and `raftmq admin delay-levels set` changes the replicated table.
+    #[serde(default = "default_delay_levels")]
+    pub message_delay_level: String,
+    /// A new leader whose first store-clock stamp is more than this many ms past the group's last stamped
+    /// time logs a warning (its clock may be wrong; scheduled messages due in between are delivered at once).
+    #[serde(default = "default_clock_jump_warn_ms")]
+    pub clock_jump_warn_ms: u64,
+    /// Most scheduled messages one delivery entry carries (`scheduleDeliverBatchMax`).
+    #[serde(default = "default_schedule_deliver_batch_max")]
+    pub schedule_deliver_batch_max: usize,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
+}
+
+fn default_delay_levels() -> String {
+    raftmq_raft::types::DEFAULT_DELAY_LEVELS.into()
+}
+fn default_clock_jump_warn_ms() -> u64 {
+    60_000
+}
+fn default_schedule_deliver_batch_max() -> usize {
+    1_024
 }
 
 /// Largest accepted `topicsMax`: a registration of this many topics with 127-byte names encodes to less
@@ -285,6 +308,12 @@ impl BrokerConfig {
     /// Checks cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
+        if let Err(why) = raftmq_raft::types::parse_delay_levels(&self.message_delay_level) {
+            return bad(format!("messageDelayLevel: {why}"));
+        }
+        if self.schedule_deliver_batch_max == 0 || self.schedule_deliver_batch_max > 65_536 {
+            return bad("scheduleDeliverBatchMax must be 1..=65536".into());
+        }
         if self.broker_name.is_empty() || self.broker_name.len() > 127 {
             return bad("brokerName must be 1..=127 bytes".into());
         }

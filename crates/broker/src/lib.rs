@@ -23,6 +23,7 @@ pub mod config;
 pub mod consumers;
 pub mod locks;
 mod processor;
+mod schedule;
 mod send;
 pub mod store;
 pub mod topics;

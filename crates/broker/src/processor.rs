@@ -32,7 +32,7 @@ use crate::store::GetStatus;
 use crate::topics::{retry_topic, validate_group, validate_topic, PERM_READ, PERM_READ_WRITE};
 
 /// raftmq-specific request: this node's Raft status as JSON (admin `status`).
-pub use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
+pub use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_SET_DELAY_LEVELS, RAFTMQ_TRANSFER_LEADER};
 /// Longest client id a heartbeat or lock request may carry (RocketMQ's are `ip@instance[@unit]`).
 pub(crate) const CLIENT_ID_BYTES_MAX: usize = 1024;
 /// Longest subscription expression a heartbeat may carry.
@@ -41,6 +41,11 @@ pub(crate) const SUBSCRIPTION_BYTES_MAX: usize = 16 * 1024;
 const PULL_BYTES_MAX: usize = 256 * 1024;
 
 pub(crate) type Reply = Option<Response>;
+
+/// Extension field a follower adds to a request it forwards to the leader (its node id).
+pub(crate) const FORWARDED_FIELD: &str = "raftmqForwardedBy";
+/// How long a forwarded request may take (connect, then answer).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) fn reply(req: &RemotingCommand, code: ResponseCode, remark: impl Into<String>) -> Reply {
     Some(RemotingCommand::response_to(req, code, Some(remark.into())).into())
@@ -112,6 +117,51 @@ impl BrokerInner {
             ),
         };
         Err(reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, remark))
+    }
+
+    /// Relays a request this follower cannot serve to the leader and answers with the leader's response
+    /// (one hop: a request that was already forwarded gets `not_leader`, this node's own refusal). Used for
+    /// CONSUMER_SEND_MSG_BACK, which the C++ clients (PyPI `rocketmq`) send to the message's store host —
+    /// any replica — and whose failure makes them drop the message.
+    pub(crate) async fn forward_to_leader(&self, req: &RemotingCommand, not_leader: Reply) -> Reply {
+        if req.ext_fields.contains_key(FORWARDED_FIELD) {
+            return not_leader;
+        }
+        let leader = self.node.role().borrow().leader.and_then(|id| self.cfg.client_addr_of(id)).map(String::from);
+        let Some(addr) = leader.filter(|a| Some(a.as_str()) != self.cfg.me().ok().map(|p| p.client_addr.as_str())) else {
+            return not_leader;
+        };
+        let client = {
+            let mut link = self.leader_link.lock().await;
+            match link.as_ref() {
+                Some((a, c)) if *a == addr && !c.is_closed() => c.clone(),
+                _ => match raftmq_net::RemotingClient::connect(&addr, FORWARD_TIMEOUT, None).await {
+                    Ok(c) => {
+                        *link = Some((addr.clone(), c.clone()));
+                        c
+                    }
+                    Err(e) => {
+                        tracing::warn!(leader = %addr, error = %e, "cannot reach the leader to forward a request");
+                        return not_leader;
+                    }
+                },
+            }
+        };
+        let mut fwd = req.clone();
+        fwd.ext_fields.insert(FORWARDED_FIELD.into(), self.cfg.node_id.to_string());
+        match client.invoke(fwd, FORWARD_TIMEOUT).await {
+            Ok(resp) => {
+                let mut out = RemotingCommand::response_to(req, ResponseCode(resp.code), resp.remark);
+                out.ext_fields = resp.ext_fields;
+                out.body = resp.body;
+                Some(out.into())
+            }
+            Err(e) => reply(
+                req,
+                ResponseCode::SYSTEM_ERROR,
+                format!("forwarded to the leader at {addr}, whose answer did not arrive ({e}); the outcome is unknown"),
+            ),
+        }
     }
 
     fn readable_queue(&self, req: &RemotingCommand, topic: &str, queue_id: i32) -> Result<u32, Reply> {
@@ -541,6 +591,29 @@ impl BrokerInner {
         }
     }
 
+    /// Replaces the replicated delay-level table. Messages already staged keep the due time they were
+    /// stamped with; the table decides the delay of later sends and send-backs.
+    pub(crate) async fn set_delay_levels(&self, req: &RemotingCommand) -> Reply {
+        let Some(text) = req.ext_fields.get("levels") else {
+            return reply(req, ResponseCode::SYSTEM_ERROR, "ext field `levels` must hold the table, e.g. \"1s 5s 10s 30s 1m\"");
+        };
+        let levels = match raftmq_raft::types::parse_delay_levels(text) {
+            Ok(l) => l,
+            Err(why) => return reply(req, ResponseCode::SYSTEM_ERROR, why),
+        };
+        if let Err(r) = self.check_leader(req) {
+            return r;
+        }
+        match self.node.write(raftmq_raft::types::Command::SetDelayLevels(levels)).await {
+            Ok(raftmq_raft::types::CommandResponse::Refused(why)) => reply(req, ResponseCode::SYSTEM_ERROR, why),
+            Ok(_) => match self.ensure_schedule_topic().await {
+                Ok(()) => Some(ok(req).into()),
+                Err((code, why)) => reply(req, code, why),
+            },
+            Err(e) => reply(req, ResponseCode::SYSTEM_ERROR, format!("the table was not stored: {e}")),
+        }
+    }
+
     pub(crate) fn node_status(&self, req: &RemotingCommand) -> Reply {
         let s = self.node.status();
         let value = serde_json::json!({
@@ -556,6 +629,9 @@ impl BrokerInner {
             "appliedIndex": s.applied_index,
             "purgedIndex": s.purged_index,
             "voters": s.voters,
+            "clockMs": self.store.replicated_now_ms(),
+            "clockJumps": self.store.clock_jumps(),
+            "schedule": self.schedule_status(),
         });
         with_json(req, ok(req), &value)
     }

@@ -28,11 +28,13 @@ use raftmq_remoting::{decode_stored_message, CommandHeader, RequestCode, Respons
 
 use crate::broker::BrokerInner;
 use crate::processor::{reply, Reply};
+use crate::schedule::{delay_level_of, staged_properties};
 use crate::store::PutError;
 use crate::topics::{
     dlq_topic, group_of_retry_or_dlq, retry_topic, validate_group, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX,
 };
 use raftmq_raft::node::WriteError;
+use raftmq_raft::types::SCHEDULE_TOPIC;
 use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
 use tracing::warn;
 
@@ -201,6 +203,31 @@ impl BrokerInner {
         } else {
             h.queue_id as u32
         };
+        // A delay level stages the message in the schedule topic (see schedule.rs); batches cannot carry one.
+        let single_props = h.properties.as_deref().unwrap_or("");
+        let staging = if code == RequestCode::SEND_BATCH_MESSAGE {
+            None
+        } else {
+            match delay_level_of(single_props) {
+                Ok(None) => None,
+                Ok(Some(level)) => self.staging(level),
+                Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
+            }
+        };
+        let staged_props;
+        let (store_topic, store_queue, properties_of_single) = match staging {
+            Some(s) => {
+                if let Err((code, why)) = self.ensure_schedule_topic().await {
+                    return reply(req, code, why);
+                }
+                staged_props = match staged_properties(single_props, &topic, queue_id, s.level) {
+                    Ok(p) => p,
+                    Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
+                };
+                (SCHEDULE_TOPIC.to_string(), s.queue_id(), staged_props.as_str())
+            }
+            None => (topic.clone(), queue_id, single_props),
+        };
         let store_host = self.store_host();
         let born_host = v4(born);
         let store_ts = now_ms();
@@ -217,8 +244,8 @@ impl BrokerInner {
                 ));
             }
             let m = MessageToStore {
-                topic: &topic,
-                queue_id: queue_id as i32,
+                topic: &store_topic,
+                queue_id: store_queue as i32,
                 flag,
                 queue_offset: 0,
                 physical_offset: 0,
@@ -248,6 +275,15 @@ impl BrokerInner {
             if batch.iter().any(|m| is_half_message(0, m.properties)) {
                 return self.refuse_half_message(req);
             }
+            if let Some(i) = batch.iter().position(|m| !matches!(delay_level_of(m.properties), Ok(None))) {
+                return reply(
+                    req,
+                    ResponseCode::MESSAGE_ILLEGAL,
+                    format!(
+                        "message {i} of the batch has a DELAY property: delay levels are not supported for batch sends (as in RocketMQ)"
+                    ),
+                );
+            }
             for m in batch {
                 match encode(m.body, m.properties, m.flag) {
                     Ok(o) => messages.push(o),
@@ -255,19 +291,22 @@ impl BrokerInner {
                 }
             }
         } else {
-            match encode(&req.body, h.properties.as_deref().unwrap_or(""), h.flag) {
+            match encode(&req.body, properties_of_single, h.flag) {
                 Ok(o) => messages.push(o),
                 Err(r) => return r,
             }
         }
-        if let Err(r) = self.check_entry_size(req, &topic, messages.iter().map(|m| m.data.len())) {
+        if let Err(r) = self.check_entry_size(req, &store_topic, messages.iter().map(|m| m.data.len())) {
             return r;
         }
         #[cfg(feature = "unsafe-ack-before-quorum")]
-        if self.cfg.unsafe_ack_before_quorum {
+        if self.cfg.unsafe_ack_before_quorum && staging.is_none() {
             return self.unsafe_ack_before_quorum(req, &topic, queue_id, store_host, messages);
         }
-        let put = self.store.put(&topic, queue_id, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await;
+        let put = match staging {
+            Some(s) => self.store.put_delayed(&store_topic, store_queue, messages.into_iter().map(|m| m.data).collect(), s.delay_ms).await,
+            None => self.store.put(&store_topic, store_queue, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await,
+        };
         match put {
             Ok(positions) => {
                 let msg_id = positions
@@ -275,6 +314,7 @@ impl BrokerInner {
                     .map(|(_, phys)| encode_offset_msg_id(SocketAddr::V4(store_host), *phys as i64))
                     .collect::<Vec<_>>()
                     .join(",");
+                // As RocketMQ: the requested (real) queue, and for a staged message its schedule-queue offset.
                 let first = positions.first().map(|(q, _)| *q as i64).unwrap_or(0);
                 let rh = SendMessageResponseHeader::new(msg_id, queue_id as i32, first);
                 Some(RemotingCommand::success_to(req).with_header(&rh).into())
@@ -353,9 +393,10 @@ impl BrokerInner {
         Some(RemotingCommand::success_to(req).with_header(&rh).into())
     }
 
-    /// CONSUMER_SEND_MSG_BACK: stores a failed message into the group's retry topic, or its dead-letter
-    /// topic once it was retried `maxReconsumeTimes` times. Delivery is immediate; the delay-level schedule
-    /// is not implemented yet.
+    /// CONSUMER_SEND_MSG_BACK: stores a failed message for the group's retry topic after the retry
+    /// schedule's delay (level 3 + reconsumeTimes: 10 s, 30 s, 1 min … 2 h with the default table), or into
+    /// its dead-letter topic at once when it was retried `maxReconsumeTimes` times. A follower forwards the
+    /// request to the leader.
     pub(crate) async fn send_back(&self, req: &RemotingCommand) -> Reply {
         let h = match ConsumerSendMsgBackRequestHeader::from_ext_fields(&req.ext_fields) {
             Ok(h) => h,
@@ -365,7 +406,7 @@ impl BrokerInner {
             return reply(req, ResponseCode::SYSTEM_ERROR, why);
         }
         if let Err(r) = self.check_leader(req) {
-            return r;
+            return self.forward_to_leader(req, r).await;
         }
         let found = match u64::try_from(h.offset) {
             Ok(offset) => self.store.message_by_phys_offset(offset),
@@ -387,6 +428,13 @@ impl BrokerInner {
         let max = h.max_reconsume_times.unwrap_or(MAX_RECONSUME_TIMES_DEFAULT);
         let dead = orig.reconsume_times >= max || h.delay_level < 0;
         let topic = if dead { dlq_topic(&h.group) } else { retry_topic(&h.group) };
+        // RocketMQ's retry schedule: level 3 + reconsumeTimes unless the consumer asked for one.
+        let staging = if dead {
+            None
+        } else {
+            let level = if h.delay_level > 0 { h.delay_level } else { 3i32.saturating_add(orig.reconsume_times.max(0)) };
+            self.staging(level)
+        };
         if self.store.topic(&topic).is_none() {
             if let Err((code, why)) = self.check_group_may_own_topics(&h.group) {
                 return reply(req, code, why);
@@ -406,9 +454,21 @@ impl BrokerInner {
             Ok(p) => p,
             Err(e) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, e.to_string()),
         };
+        let (store_topic, store_queue, properties) = match staging {
+            Some(s) => {
+                if let Err((code, why)) = self.ensure_schedule_topic().await {
+                    return reply(req, code, why);
+                }
+                match staged_properties(&properties, &topic, 0, s.level) {
+                    Ok(p) => (SCHEDULE_TOPIC.to_string(), s.queue_id(), p),
+                    Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
+                }
+            }
+            None => (topic.clone(), 0, properties),
+        };
         let m = MessageToStore {
-            topic: &topic,
-            queue_id: 0,
+            topic: &store_topic,
+            queue_id: store_queue as i32,
             flag: orig.flag,
             queue_offset: 0,
             physical_offset: 0,
@@ -426,11 +486,15 @@ impl BrokerInner {
         if let Err(e) = encode_stored_message(&m, &mut out) {
             return reply(req, ResponseCode::MESSAGE_ILLEGAL, e.to_string());
         }
-        if let Err(r) = self.check_entry_size(req, &topic, std::iter::once(out.len())) {
+        if let Err(r) = self.check_entry_size(req, &store_topic, std::iter::once(out.len())) {
             return r;
         }
         let tags = tags_code(get_property(&properties, property::TAGS));
-        match self.store.put(&topic, 0, vec![(tags, Bytes::from(out))]).await {
+        let put = match staging {
+            Some(s) => self.store.put_delayed(&store_topic, store_queue, vec![Bytes::from(out)], s.delay_ms).await,
+            None => self.store.put(&store_topic, store_queue, vec![(tags, Bytes::from(out))]).await,
+        };
+        match put {
             Ok(_) => Some(RemotingCommand::success_to(req).into()),
             Err(e) => self.put_error_reply(req, e),
         }

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use raftmq_raft::consume_queue::{ConsumeQueue, CqUnit};
 use raftmq_raft::error::ReadError;
 use raftmq_raft::node::{RaftNode, Role, WriteError};
-use raftmq_raft::types::{Command, Message, OffsetCommit, QueueAppend, QueueAppendResult, TopicConfig};
+use raftmq_raft::types::{Command, Delivery, Message, OffsetCommit, QueueAppend, QueueAppendResult, TopicConfig};
 
 use raftmq_remoting::message::{
     sys_flag, BORN_HOST_POSITION, MESSAGE_MAGIC_CODE_V1, PHYSICAL_OFFSET_POSITION as PHYSICAL_OFFSET_AT,
@@ -109,6 +109,9 @@ pub enum PutError {
 pub struct MessageStore {
     node: Arc<RaftNode>,
     clock: Arc<tokio::sync::Mutex<StoreClock>>,
+    /// A new leader's first stamp more than this past the last stamped time is logged as a warning.
+    clock_jump_warn_ms: i64,
+    clock_jumps: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The leader's STORETIMESTAMP source: `max(wall clock, last stamp)`, floored once per term at the newest
@@ -120,7 +123,7 @@ struct StoreClock {
     last: i64,
 }
 
-fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -139,7 +142,7 @@ pub fn store_timestamp_of(msg: &[u8]) -> Option<i64> {
 
 /// `msg` with its STORETIMESTAMP set to `ts` (in place when `msg` is not shared). A message too short to
 /// hold the field is returned unchanged (the encoder never makes one).
-fn with_store_timestamp(msg: Bytes, ts: i64) -> Bytes {
+pub(crate) fn with_store_timestamp(msg: Bytes, ts: i64) -> Bytes {
     let Some(at) = store_timestamp_at(&msg) else { return msg };
     let mut m = msg.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     m[at..at + 8].copy_from_slice(&ts.to_be_bytes());
@@ -148,8 +151,8 @@ fn with_store_timestamp(msg: Bytes, ts: i64) -> Bytes {
 
 impl MessageStore {
     /// A store over `node`.
-    pub fn new(node: Arc<RaftNode>) -> Self {
-        MessageStore { node, clock: Arc::default() }
+    pub fn new(node: Arc<RaftNode>, clock_jump_warn_ms: i64) -> Self {
+        MessageStore { node, clock: Arc::default(), clock_jump_warn_ms, clock_jumps: Arc::default() }
     }
 
     /// The Raft member.
@@ -160,6 +163,49 @@ impl MessageStore {
     /// Stores encoded messages into one topic-queue atomically (one Raft entry); all or nothing. Their
     /// STORETIMESTAMP is overwritten by the store clock (see the module docs).
     pub async fn put(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>) -> PutResult {
+        self.put_with_due(topic, queue_id, messages, None).await
+    }
+
+    /// [`MessageStore::put`] of messages staged for delayed delivery: each unit's tag code is the due time,
+    /// the store timestamp plus `delay_ms` (RocketMQ's layout of `SCHEDULE_TOPIC_XXXX`).
+    pub async fn put_delayed(&self, topic: &str, queue_id: u32, messages: Vec<Bytes>, delay_ms: u64) -> PutResult {
+        let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX);
+        self.put_with_due(topic, queue_id, messages.into_iter().map(|m| (0, m)).collect(), Some(delay)).await
+    }
+
+    async fn put_with_due(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>, due_after: Option<i64>) -> PutResult {
+        let mut results = self
+            .put_stamped(|ts| {
+                let q = QueueAppend {
+                    topic: topic.to_string(),
+                    queue_id,
+                    messages: messages
+                        .into_iter()
+                        .map(|(tags_code, data)| Message {
+                            tags_code: due_after.map_or(tags_code, |d| ts.saturating_add(d)),
+                            data: with_store_timestamp(data, ts),
+                            phys_offset: None,
+                        })
+                        .collect(),
+                };
+                (vec![q], Vec::new())
+            })
+            .await?;
+        match results.pop() {
+            Some(QueueAppendResult::Stored(p)) => Ok(p.into_iter().map(|p| (p.queue_offset, p.phys_offset)).collect()),
+            Some(QueueAppendResult::Rejected(why)) => Err(PutError::Rejected(why)),
+            None => Err(PutError::Rejected("empty result".into())),
+        }
+    }
+
+    /// Proposes what `build` makes from the store clock's next stamp (ms): queue parts whose messages carry
+    /// that STORETIMESTAMP, and deliveries of scheduled messages among them. The entry carries the stamp
+    /// as the replicated state's time. Stamped and submitted under the clock's lock, so log order is stamp
+    /// order.
+    pub async fn put_stamped(
+        &self,
+        build: impl FnOnce(i64) -> (Vec<QueueAppend>, Vec<Delivery>),
+    ) -> Result<Vec<QueueAppendResult>, PutError> {
         let ticket = {
             let mut clock = self.clock.lock().await;
             let (term, ready_leader) = {
@@ -168,30 +214,44 @@ impl MessageStore {
                 (r.term, r.role == Role::Leader && r.ready)
             };
             if term != clock.term && ready_leader {
-                // Ready: every entry of earlier terms that will ever commit is applied, so the newest queue
-                // tails hold the newest committed store timestamp.
-                clock.last = clock.last.max(self.newest_store_timestamp());
+                // Ready: every entry of earlier terms that will ever commit is applied, so the replicated
+                // clock (and, for entries older than it, the newest queue tails) hold the newest committed
+                // store timestamp.
+                let replicated = self.replicated_now_ms();
+                let floor = replicated.max(self.newest_store_timestamp());
+                let wall = wall_ms();
+                if replicated > 0 && wall - replicated > self.clock_jump_warn_ms {
+                    self.clock_jumps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        term,
+                        last_stamp_ms = replicated,
+                        wall_ms = wall,
+                        jump_ms = wall - replicated,
+                        warn_ms = self.clock_jump_warn_ms,
+                        "this new leader's clock is far ahead of the last stamped time: scheduled messages due in between \
+                         are delivered now (a clock that is wrong delivers them early)"
+                    );
+                }
+                clock.last = clock.last.max(floor);
                 clock.term = term;
             }
             let ts = wall_ms().max(clock.last);
             clock.last = ts;
-            let q = QueueAppend {
-                topic: topic.to_string(),
-                queue_id,
-                messages: messages
-                    .into_iter()
-                    .map(|(tags_code, data)| Message { tags_code, data: with_store_timestamp(data, ts), phys_offset: None })
-                    .collect(),
-            };
+            let (queues, deliveries) = build(ts);
             // Submitted under the lock: log order is stamp order.
-            self.node.submit_produce(vec![q]).await?
+            self.node.submit_produce_at(ts, queues, deliveries).await?
         };
-        let mut results = ticket.await?;
-        match results.pop() {
-            Some(QueueAppendResult::Stored(p)) => Ok(p.into_iter().map(|p| (p.queue_offset, p.phys_offset)).collect()),
-            Some(QueueAppendResult::Rejected(why)) => Err(PutError::Rejected(why)),
-            None => Err(PutError::Rejected("empty result".into())),
-        }
+        Ok(ticket.await?)
+    }
+
+    /// The replicated clock: the newest time stamped into an applied entry (ms; 0 before the first).
+    pub fn replicated_now_ms(&self) -> i64 {
+        self.node.state().with_metadata(|m| m.state.clock.now_ms)
+    }
+
+    /// New leaders whose first stamp jumped more than `clockJumpWarnMs` past the last stamped time.
+    pub fn clock_jumps(&self) -> u64 {
+        self.clock_jumps.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The largest store timestamp among the last messages of all queues: O(queues), once per term.
@@ -226,22 +286,22 @@ impl MessageStore {
 
     /// The replicated configuration of a topic.
     pub fn topic(&self, name: &str) -> Option<TopicConfig> {
-        self.node.state().with_metadata(|m| m.topics.get(name).cloned())
+        self.node.state().with_metadata(|m| m.state.topics.get(name).cloned())
     }
 
     /// Number of topics.
     pub fn topic_count(&self) -> usize {
-        self.node.state().with_metadata(|m| m.topics.len())
+        self.node.state().with_metadata(|m| m.state.topics.len())
     }
 
     /// Number of consumer groups with committed offsets, and whether `group` is one of them.
     pub fn offset_groups(&self, group: &str) -> (usize, bool) {
-        self.node.state().with_metadata(|m| (m.consumer_offsets.len(), m.consumer_offsets.contains_key(group)))
+        self.node.state().with_metadata(|m| (m.state.consumer_offsets.len(), m.state.consumer_offsets.contains_key(group)))
     }
 
     /// All topics.
     pub fn topics(&self) -> Vec<TopicConfig> {
-        self.node.state().with_metadata(|m| m.topics.values().cloned().collect())
+        self.node.state().with_metadata(|m| m.state.topics.values().cloned().collect())
     }
 
     /// A consume queue, if it exists.

@@ -56,13 +56,13 @@ impl Node {
     }
 
     fn topics(&self) -> Vec<String> {
-        self.broker.node().state().with_metadata(|m| m.topics.keys().cloned().collect())
+        self.broker.node().state().with_metadata(|m| m.state.topics.keys().cloned().collect())
     }
 
     fn offsets(&self) -> Vec<(String, String, u32, u64)> {
         self.broker.node().state().with_metadata(|m| {
             let mut v = Vec::new();
-            for (g, ts) in &m.consumer_offsets {
+            for (g, ts) in &m.state.consumer_offsets {
                 for (t, qs) in ts {
                     for (q, o) in qs {
                         v.push((g.clone(), t.clone(), *q, *o));

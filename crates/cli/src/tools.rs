@@ -33,6 +33,21 @@ pub enum AdminCmd {
         #[arg(long)]
         to: String,
     },
+    /// Scheduled messages: the delay-level table and, per level, pending messages and the next due time.
+    Schedule {
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Replace a group's replicated delay-level table (RocketMQ `messageDelayLevel` syntax, e.g.
+    /// "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h").
+    DelayLevels {
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+        /// The new table.
+        levels: String,
+    },
     /// Consumer-group progress and lag on a topic.
     Group {
         /// Consumer group.
@@ -189,6 +204,33 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                 bail!("{addr} registered as leader but reports {}", s["role"]);
             }
             println!("n{}", s["nodeId"]);
+            Ok(())
+        }
+        AdminCmd::Schedule { broker } => {
+            let (group, addr) = registered_leader(admin, broker.as_deref()).await?;
+            let s = admin.node_status(&addr).await?;
+            let sched = &s["schedule"];
+            println!("group {group}  store clock {} ms  delay levels: {}", s["clockMs"], sched["delayLevels"].as_str().unwrap_or("?"));
+            println!("{:>6} {:>12} {:>10} {:>26}", "level", "delay", "pending", "next due");
+            for p in sched["pending"].as_array().into_iter().flatten() {
+                let due = p["nextDueMs"].as_i64().map(|ms| {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+                    format!("{ms} (in {} ms)", ms - now)
+                });
+                println!(
+                    "{:>6} {:>12} {:>10} {:>26}",
+                    p["level"].to_string(),
+                    p["delayMs"].as_u64().map(|d| format!("{d} ms")).unwrap_or_default(),
+                    p["pending"].to_string(),
+                    due.unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
+        AdminCmd::DelayLevels { broker, levels } => {
+            let (group, addr) = registered_leader(admin, broker.as_deref()).await?;
+            admin.set_delay_levels(&addr, &levels).await.with_context(|| format!("set the delay levels of {group}"))?;
+            println!("{group}: {levels}");
             Ok(())
         }
         AdminCmd::TransferLeader { broker, to } => {

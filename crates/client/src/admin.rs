@@ -2,7 +2,7 @@
 //! group's leader, per-queue consumer-group progress, and raftmq's node status.
 
 use raftmq_remoting::body::{decode_json_body, ClusterInfo, TopicRouteData};
-use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_TRANSFER_LEADER};
+use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_SET_DELAY_LEVELS, RAFTMQ_TRANSFER_LEADER};
 use raftmq_remoting::header::{perm, CreateTopicRequestHeader, DEFAULT_TOPIC};
 use raftmq_remoting::{RemotingCommand, RequestCode};
 use serde::Deserialize;
@@ -127,6 +127,14 @@ impl Admin {
     pub async fn transfer_leader(&self, leader_addr: &str, target: u64) -> Result<()> {
         let cmd = RemotingCommand::request(RequestCode(RAFTMQ_TRANSFER_LEADER), 0).with_ext("target", target.to_string());
         let resp = self.client.invoke(leader_addr, cmd, std::time::Duration::from_secs(15)).await?;
+        check_success(leader_addr, resp).map(|_| ())
+    }
+
+    /// raftmq only: replaces the delay-level table of the group whose leader is at `leader_addr`
+    /// (`levels` in RocketMQ `messageDelayLevel` syntax).
+    pub async fn set_delay_levels(&self, leader_addr: &str, levels: &str) -> Result<()> {
+        let cmd = RemotingCommand::request(RequestCode(RAFTMQ_SET_DELAY_LEVELS), 0).with_ext("levels", levels);
+        let resp = self.client.invoke(leader_addr, cmd, self.client.config().request_timeout).await?;
         check_success(leader_addr, resp).map(|_| ())
     }
 

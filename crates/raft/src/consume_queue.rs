@@ -23,39 +23,7 @@ use tokio::sync::Notify;
 
 use crate::error::StoreFailure;
 
-/// Bytes of one consume-queue unit (RocketMQ's `CQ_STORE_UNIT_SIZE`).
-pub const CQ_UNIT_LEN: usize = 20;
-
-/// One consume-queue unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CqUnit {
-    /// Absolute commitlog offset of the message bytes.
-    pub phys_offset: u64,
-    /// Message size in bytes.
-    pub size: u32,
-    /// Tag hash.
-    pub tags_code: i64,
-}
-
-impl CqUnit {
-    fn encode(&self) -> [u8; CQ_UNIT_LEN] {
-        let mut b = [0u8; CQ_UNIT_LEN];
-        b[..8].copy_from_slice(&self.phys_offset.to_be_bytes());
-        b[8..12].copy_from_slice(&self.size.to_be_bytes());
-        b[12..].copy_from_slice(&self.tags_code.to_be_bytes());
-        b
-    }
-
-    fn decode(b: &[u8]) -> CqUnit {
-        let mut p = [0u8; 8];
-        p.copy_from_slice(&b[..8]);
-        let mut s = [0u8; 4];
-        s.copy_from_slice(&b[8..12]);
-        let mut t = [0u8; 8];
-        t.copy_from_slice(&b[12..20]);
-        CqUnit { phys_offset: u64::from_be_bytes(p), size: u32::from_be_bytes(s), tags_code: i64::from_be_bytes(t) }
-    }
-}
+pub use raftmq_state::{CqUnit, CQ_UNIT_LEN};
 
 /// One consume-queue file on disk: its identity and whether units were written since its last flush. It
 /// holds no descriptor and no mapping; those live in [`MappedFiles`] while the file is in use.
@@ -450,7 +418,7 @@ impl ConsumeQueue {
         let at = ((offset - base) as usize) * CQ_UNIT_LEN;
         // SAFETY: inside the mapping, which `map` keeps alive; the unit was fully written before `max_offset`
         // was published.
-        let b = unsafe { std::slice::from_raw_parts(map.map.as_ptr().add(at), CQ_UNIT_LEN) };
+        let b = unsafe { &*(map.map.as_ptr().add(at) as *const [u8; CQ_UNIT_LEN]) };
         Some(CqUnit::decode(b))
     }
 

@@ -33,7 +33,9 @@ use crate::error::{FailureCell, StoreFailure};
 use crate::log_store::{LogStore, StoreLink};
 use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
-use crate::types::{Command, CommandResponse, Node, NodeId, QueueAppend, QueueAppendResult, Raft, PRODUCE_HEADER_BYTES};
+use crate::types::{
+    Command, CommandResponse, Delivery, Node, NodeId, Produce, QueueAppend, QueueAppendResult, Raft, DELIVERY_BYTES, PRODUCE_HEADER_BYTES,
+};
 
 /// The largest `entry_bytes_max` a node accepts: 16 MiB, the RocketMQ remoting frame cap, so no single request
 /// is refused for the entry limit alone. On the Raft wire an entry takes at most twice its encoded size plus a
@@ -283,7 +285,12 @@ impl std::future::Future for ProduceTicket {
 }
 
 struct ProduceRequest {
+    /// The proposer's store clock (see [`RaftNode::submit_produce_at`]).
+    time_ms: i64,
     queues: Vec<QueueAppend>,
+    /// Deliveries of scheduled messages, with `part` relative to `queues`.
+    deliveries: Vec<Delivery>,
+    /// Encoded bytes of the queues and deliveries.
     bytes: usize,
     reply: oneshot::Sender<Result<Vec<QueueAppendResult>, WriteError>>,
 }
@@ -611,23 +618,31 @@ impl RaftNode {
     /// [`WriteError::EntryTooLarge`] when the call alone would make an entry above `entry_bytes_max`; the
     /// others as documented on [`WriteError`].
     pub async fn produce(&self, queues: Vec<QueueAppend>) -> Result<Vec<QueueAppendResult>, WriteError> {
-        self.submit_produce(queues).await?.await
+        self.submit_produce_at(0, queues, Vec::new()).await?.await
     }
 
-    /// The first half of [`RaftNode::produce`]: queues the request for the batcher and returns once it is
-    /// queued. Requests enter the log in the order their submissions return, so a caller that must order
-    /// writes (the broker's store clock) submits under its own lock and awaits the outcome outside it.
-    pub async fn submit_produce(&self, queues: Vec<QueueAppend>) -> Result<ProduceTicket, WriteError> {
+    /// The first half of [`RaftNode::produce`], stamped and with deliveries: queues the request for the
+    /// batcher and returns once it is queued. Requests enter the log in the order their submissions
+    /// return, so a caller that must order writes (the broker's store clock) submits under its own lock and
+    /// awaits the outcome outside it. `time_ms` is the caller's store clock: the entry carries the largest
+    /// time of the requests it holds, and it is the replicated state's only source of time. `deliveries`
+    /// name copies of scheduled messages among `queues` (`part` indexes `queues`).
+    pub async fn submit_produce_at(
+        &self,
+        time_ms: i64,
+        queues: Vec<QueueAppend>,
+        deliveries: Vec<Delivery>,
+    ) -> Result<ProduceTicket, WriteError> {
         self.check_store()?;
         self.fence.check()?;
-        let bytes = queues.iter().map(QueueAppend::encoded_len).sum::<usize>();
+        let bytes = queues.iter().map(QueueAppend::encoded_len).sum::<usize>() + deliveries.len() * DELIVERY_BYTES;
         let entry_bytes = PRODUCE_HEADER_BYTES + bytes;
         if entry_bytes > self.cfg.entry_bytes_max {
             return Err(WriteError::EntryTooLarge { bytes: entry_bytes, max: self.cfg.entry_bytes_max });
         }
         let (reply, rx) = oneshot::channel();
         self.produce_tx
-            .send(ProduceRequest { queues, bytes, reply })
+            .send(ProduceRequest { time_ms, queues, deliveries, bytes, reply })
             .await
             .map_err(|_| WriteError::Stopped { failure: self.failures.get() })?;
         Ok(ProduceTicket(rx, self.failures.clone()))
@@ -896,13 +911,16 @@ async fn produce_batcher(
             },
         };
         let reqs = fill_entry(first, &mut rx, &mut carry, bytes_target, bytes_max);
-        let mut all = Vec::new();
+        let mut entry = Produce::default();
         let mut waiters = Vec::with_capacity(reqs.len());
         for r in reqs {
+            let base = entry.queues.len() as u32;
+            entry.time_ms = entry.time_ms.max(r.time_ms);
+            entry.deliveries.extend(r.deliveries.into_iter().map(|d| Delivery { part: d.part + base, ..d }));
             waiters.push((r.queues.len(), r.reply));
-            all.extend(r.queues);
+            entry.queues.extend(r.queues);
         }
-        match raft.client_write_ff(Command::Produce(all)).await {
+        match raft.client_write_ff(Command::ProduceAt(entry)).await {
             Ok(resp) => {
                 let failure = failure.clone();
                 tokio::spawn(async move {
@@ -950,7 +968,7 @@ mod tests {
 
     /// A queued request of `bytes` encoded bytes (its content does not matter to batching).
     fn req(bytes: usize) -> ProduceRequest {
-        ProduceRequest { queues: Vec::new(), bytes, reply: oneshot::channel().0 }
+        ProduceRequest { time_ms: 0, queues: Vec::new(), deliveries: Vec::new(), bytes, reply: oneshot::channel().0 }
     }
 
     fn sizes(reqs: &[ProduceRequest]) -> Vec<usize> {
@@ -964,25 +982,26 @@ mod tests {
             tx.try_send(req(b)).unwrap();
         }
         let mut carry = None;
-        // Target 1000, limit 1000: the third 400 would make 5 + 1200 bytes.
+        // Target 1000, limit 1000: the third 400 would make 17 + 1200 bytes.
         let first = rx.try_recv().unwrap();
         let e1 = fill_entry(first, &mut rx, &mut carry, 1000, 1000);
         assert_eq!(sizes(&e1), [400, 400]);
         assert_eq!(carry.as_ref().map(|r| r.bytes), Some(400), "the request that did not fit waits, first in line");
         let e2 = fill_entry(carry.take().unwrap(), &mut rx, &mut carry, 1000, 1000);
-        assert_eq!(sizes(&e2), [400, 95], "5 + 495 bytes");
+        assert_eq!(sizes(&e2), [400, 95], "17 + 495 bytes");
         assert!(carry.is_none());
     }
 
     #[test]
     fn an_entry_may_fill_exactly_to_the_limit_and_stops_at_the_target() {
         let (tx, mut rx) = mpsc::channel(16);
-        for b in [500, 495, 1] {
+        assert_eq!(PRODUCE_HEADER_BYTES, 17);
+        for b in [500, 483, 1] {
             tx.try_send(req(b)).unwrap();
         }
         let mut carry = None;
         let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, 2000, 1000);
-        assert_eq!(sizes(&e), [500, 495], "5 + 995 = the limit");
+        assert_eq!(sizes(&e), [500, 483], "17 + 983 = the limit");
         assert_eq!(carry.as_ref().map(|r| r.bytes), Some(1));
         // The target stops draining even where the limit would allow more.
         let (tx, mut rx) = mpsc::channel(16);

@@ -1,9 +1,9 @@
-//! The Raft state machine: broker metadata replicated through the log.
+//! The openraft state-machine adapter: applies committed entries to the replicated broker state and keeps
+//! that state on disk.
 //!
-//! Applying a committed entry builds consume-queue units that point into the commitlog (bodies are never
-//! copied), advances per-queue offsets, records consumer-group offsets and topic configuration. DLedger
-//! replicated none of the metadata, which is why RocketMQ consumers re-consume after a failover; here
-//! offsets and topics ride in the log like messages do.
+//! What an entry *does* lives in `raftmq-state` ([`BrokerState::apply`]); this file supplies its consume-
+//! queue files (through [`raftmq_state::QueueStore`]) and Raft's own bookkeeping (last applied log id,
+//! membership, log end position), and persists the whole as checkpoints and snapshots.
 //!
 //! # Persistence
 //! At deterministic indexes (`index % checkpoint_every == 0`, the same on every replica) the state machine
@@ -32,12 +32,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, CqUnit, MappedFiles};
+use crate::consume_queue::{topic_dir_name, ConsumeQueue, CqFile, MappedFiles};
 use crate::error::{FailureCell, ReadError, StoreFailure};
 use crate::log_store::StoreLink;
-use crate::types::{
-    Command, CommandResponse, Entry, LogId, MessagePosition, Node, NodeId, QueueAppend, QueueAppendResult, TopicConfig, TypeConfig,
-};
+use crate::types::{Command, CommandResponse, Entry, LogId, Node, NodeId, TypeConfig};
+pub use raftmq_state::QueueState;
+use raftmq_state::{ApplyError, BrokerState, QueueStore};
 
 const CHECKPOINT_FILE: &str = "checkpoint";
 const SNAPSHOT_FILE: &str = "snapshot";
@@ -74,15 +74,6 @@ impl StateMachineConfig {
     }
 }
 
-/// Per topic-queue state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueState {
-    /// Offset of the next message.
-    pub next_offset: u64,
-    /// First offset this replica serves.
-    pub min_offset: u64,
-}
-
 /// The replicated metadata: everything a checkpoint or snapshot holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -93,12 +84,55 @@ pub struct Metadata {
     /// Byte position right after the record of `last_applied`: where the next entry's record starts
     /// (before any segment roll), identical on every replica.
     pub log_end_pos: u64,
-    /// Topics by name.
-    pub topics: BTreeMap<String, TopicConfig>,
-    /// Queue states by topic, then queue id.
-    pub queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
-    /// Consumer offsets by group, topic, queue id.
-    pub consumer_offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+    /// The replicated broker state (topics, queues, offsets, clock, schedule).
+    pub state: BrokerState,
+}
+
+/// First bytes of a versioned checkpoint or snapshot body. A legacy (version 1) body is the bincode of
+/// [`MetadataV1`] and starts with the tag of an `Option` (0 or 1), never with 0xFF.
+const STATE_MAGIC: [u8; 4] = [0xFF, b'R', b'M', b'S'];
+/// The version this code writes: 2 = [`Metadata`] with [`BrokerState`].
+const STATE_VERSION: u8 = 2;
+
+/// The metadata layout written before the replicated state had its own crate (checkpoints and snapshots
+/// of data directories made by earlier versions).
+#[derive(Deserialize)]
+struct MetadataV1 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, Node>,
+    log_end_pos: u64,
+    topics: BTreeMap<String, raftmq_state::TopicConfig>,
+    queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
+    consumer_offsets: raftmq_state::ConsumerOffsets,
+}
+
+impl Metadata {
+    /// The versioned encoding of checkpoints and snapshots.
+    pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&STATE_MAGIC);
+        out.push(STATE_VERSION);
+        bincode::serialize_into(&mut out, self)?;
+        Ok(out)
+    }
+
+    /// Decodes a checkpoint or snapshot body of this or an earlier version.
+    pub fn decode(bytes: &[u8]) -> Result<Metadata, String> {
+        if let Some(rest) = bytes.strip_prefix(&STATE_MAGIC[..]) {
+            return match rest.split_first() {
+                Some((&STATE_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
+                Some((v, _)) => Err(format!("state version {v} is newer than this raftmq understands ({STATE_VERSION})")),
+                None => Err("state body truncated after its magic".into()),
+            };
+        }
+        let v1: MetadataV1 = bincode::deserialize(bytes).map_err(|e| format!("legacy state: {e}"))?;
+        Ok(Metadata {
+            last_applied: v1.last_applied,
+            membership: v1.membership,
+            log_end_pos: v1.log_end_pos,
+            state: BrokerState { topics: v1.topics, queues: v1.queues, consumer_offsets: v1.consumer_offsets, ..BrokerState::default() },
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,7 +276,8 @@ fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, fai
                             f.flush()?;
                         }
                         let path = dir.join(CHECKPOINT_FILE);
-                        let bytes = bincode::serialize(&*meta)
+                        let bytes = meta
+                            .encode()
                             .map_err(|e| StoreFailure::io("encode checkpoint", &path, &std::io::Error::other(e.to_string())))?;
                         write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| StoreFailure::io("write checkpoint", &path, &e))
                     },
@@ -320,7 +355,7 @@ impl SmShared {
 
     /// The committed offset of a consumer group on a queue.
     pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
-        read_lock(&self.meta).consumer_offsets.get(group)?.get(topic)?.get(&queue_id).copied()
+        read_lock(&self.meta).state.consumer_offsets.get(group)?.get(topic)?.get(&queue_id).copied()
     }
 
     /// Last applied log index.
@@ -347,8 +382,7 @@ impl SmShared {
         }
         let body_pos = rec.pos + HEADER_LEN as u64;
         let cmd = Command::decode(&rec.body, Some(body_pos)).map_err(|source| ReadError::Payload { index: rec.meta.index, source })?;
-        let Command::Produce(queues) = cmd else { return Ok(None) };
-        Ok(queues.into_iter().flat_map(|q| q.messages).find(|m| m.phys_offset == Some(phys_offset)).map(|m| m.data))
+        Ok(cmd.produced().iter().flat_map(|q| &q.messages).find(|m| m.phys_offset == Some(phys_offset)).map(|m| m.data.clone()))
     }
 
     /// Sets the newest index a snapshot may be built at (the retention boundary). `u64::MAX` means "the
@@ -370,7 +404,7 @@ impl SmShared {
         for ((topic, qid), q) in queues {
             let min = q.first_offset_at_or_after(first_pos);
             q.advance_min(min)?;
-            if let Some(st) = write_lock(&self.meta).queues.get_mut(&topic).and_then(|m| m.get_mut(&qid)) {
+            if let Some(st) = write_lock(&self.meta).state.queues.get_mut(&topic).and_then(|m| m.get_mut(&qid)) {
                 st.min_offset = st.min_offset.max(min);
             }
         }
@@ -424,7 +458,7 @@ impl StateMachine {
         // installed snapshot and every consume queue with it.
         raftmq_commitlog::create_dir_durable(&cfg.dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let meta: Metadata = match read_framed(&cfg.dir.join(CHECKPOINT_FILE)).map_err(|e| sm_err(ErrorVerb::Read, e))? {
-            Some(b) => bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            Some(b) => Metadata::decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => Metadata::default(),
         };
         let current = match read_framed(&cfg.dir.join(SNAPSHOT_FILE)).map_err(|e| sm_err(ErrorVerb::Read, e))? {
@@ -467,7 +501,7 @@ impl StateMachine {
             flush_tx: Mutex::new(tx),
             queue_created: tokio::sync::Notify::new(),
         });
-        for (topic, qs) in &meta.queues {
+        for (topic, qs) in &meta.state.queues {
             for (qid, st) in qs {
                 shared.open_queue(topic, *qid, *st).map_err(|e| shared.fail(ErrorVerb::Read, e))?;
             }
@@ -475,7 +509,7 @@ impl StateMachine {
         if meta.last_applied.is_some() {
             lock(&shared.checkpoints).push_back(Arc::new(meta.clone()));
         }
-        info!(applied = ?meta.last_applied, queues = meta.queues.values().map(|q| q.len()).sum::<usize>(), "state machine restored");
+        info!(applied = ?meta.last_applied, queues = meta.state.queues.values().map(|q| q.len()).sum::<usize>(), "state machine restored");
         *write_lock(&shared.meta) = meta;
         Ok(StateMachine { shared, dirty: Vec::new() })
     }
@@ -483,43 +517,6 @@ impl StateMachine {
     /// Shared state for readers.
     pub fn shared(&self) -> Arc<SmShared> {
         Arc::clone(&self.shared)
-    }
-
-    fn apply_produce(&mut self, meta: &mut Metadata, queues: &[QueueAppend]) -> Result<Vec<QueueAppendResult>, StorageError<NodeId>> {
-        let mut results = Vec::with_capacity(queues.len());
-        for qa in queues {
-            let Some(topic) = meta.topics.get(&qa.topic) else {
-                results.push(QueueAppendResult::Rejected(format!("topic {} does not exist", qa.topic)));
-                continue;
-            };
-            if qa.queue_id >= topic.write_queues {
-                results.push(QueueAppendResult::Rejected(format!(
-                    "queue {} out of range for {} ({} write queues)",
-                    qa.queue_id, qa.topic, topic.write_queues
-                )));
-                continue;
-            }
-            let st = meta.queues.entry(qa.topic.clone()).or_default().entry(qa.queue_id).or_default();
-            let q = match self.shared.queue(&qa.topic, qa.queue_id) {
-                Some(q) => q,
-                None => self.shared.open_queue(&qa.topic, qa.queue_id, *st).map_err(|e| self.shared.fail(ErrorVerb::Write, e))?,
-            };
-            let mut positions = Vec::with_capacity(qa.messages.len());
-            for m in &qa.messages {
-                let phys_offset =
-                    m.phys_offset.ok_or_else(|| sm_err(ErrorVerb::Write, "produce entry applied without physical offsets"))?;
-                let size = u32::try_from(m.data.len()).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                let unit = CqUnit { phys_offset, size, tags_code: m.tags_code };
-                if let Some(f) = q.write(st.next_offset, &unit).map_err(|e| self.shared.fail(ErrorVerb::Write, e))? {
-                    self.dirty.push(f);
-                }
-                positions.push(MessagePosition { queue_offset: st.next_offset, phys_offset });
-                st.next_offset += 1;
-            }
-            q.publish(st.next_offset);
-            results.push(QueueAppendResult::Stored(positions));
-        }
-        Ok(results)
     }
 
     /// Keeps `snapshot` for snapshot building and queues it for persisting: one copy of the metadata
@@ -546,6 +543,55 @@ impl StateMachine {
     }
 }
 
+/// The consume-queue files as `apply` sees them: opens a queue on first use and collects the files written
+/// since the last checkpoint (they are msynced before it). Remembers the last queue written, so a run of
+/// messages for one queue costs no lookup per message.
+struct CqWriter<'a> {
+    shared: &'a SmShared,
+    dirty: &'a mut Vec<Arc<CqFile>>,
+    last: Option<(String, u32, Arc<ConsumeQueue>)>,
+}
+
+impl CqWriter<'_> {
+    fn queue(&mut self, topic: &str, queue_id: u32, st: QueueState) -> Result<Arc<ConsumeQueue>, StoreFailure> {
+        if let Some((t, id, q)) = &self.last {
+            if *id == queue_id && t == topic {
+                return Ok(Arc::clone(q));
+            }
+        }
+        let q = match self.shared.queue(topic, queue_id) {
+            Some(q) => q,
+            None => self.shared.open_queue(topic, queue_id, st)?,
+        };
+        self.last = Some((topic.to_string(), queue_id, Arc::clone(&q)));
+        Ok(q)
+    }
+}
+
+impl QueueStore for CqWriter<'_> {
+    type Error = StoreFailure;
+
+    fn write(&mut self, topic: &str, queue_id: u32, queue: QueueState, at: u64, unit: raftmq_state::CqUnit) -> Result<(), StoreFailure> {
+        let q = self.queue(topic, queue_id, queue)?;
+        if let Some(f) = q.write(at, &unit)? {
+            self.dirty.push(f);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, topic: &str, queue_id: u32, next_offset: u64) {
+        // Always the queue just written (a part publishes after its writes), so never a lookup.
+        match &self.last {
+            Some((t, id, q)) if *id == queue_id && t == topic => q.publish(next_offset),
+            _ => {
+                if let Some(q) = self.shared.queue(topic, queue_id) {
+                    q.publish(next_offset);
+                }
+            }
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let boundary = self.shared.boundary.load(Ordering::Acquire);
@@ -562,7 +608,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }
             return Err(sm_err(ErrorVerb::Read, format!("no checkpoint at or below snapshot boundary {boundary}")));
         };
-        let data = bincode::serialize(&*state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let data = state.encode().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::AcqRel);
         let idx = state.last_applied.map(|l| l.index.to_string()).unwrap_or_else(|| "none".into());
         let meta = SnapshotMeta {
@@ -604,25 +650,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     CommandResponse::Done
                 }
-                EntryPayload::Normal(Command::Produce(queues)) => CommandResponse::Produced(self.apply_produce(&mut meta, queues)?),
-                EntryPayload::Normal(Command::CommitOffsets(commits)) => {
-                    for c in commits {
-                        meta.consumer_offsets
-                            .entry(c.group.clone())
-                            .or_default()
-                            .entry(c.topic.clone())
-                            .or_default()
-                            .insert(c.queue_id, c.offset);
-                    }
-                    CommandResponse::Done
-                }
-                EntryPayload::Normal(Command::UpsertTopic(t)) => {
-                    let qs = meta.queues.entry(t.name.clone()).or_default();
-                    for q in 0..t.read_queues.max(t.write_queues) {
-                        qs.entry(q).or_default();
-                    }
-                    meta.topics.insert(t.name.clone(), t.clone());
-                    CommandResponse::Done
+                EntryPayload::Normal(cmd) => {
+                    let mut queues = CqWriter { shared: &shared, dirty: &mut self.dirty, last: None };
+                    meta.state.apply(cmd, &mut queues).map_err(|e| match e {
+                        ApplyError::Store(f) => shared.fail(ErrorVerb::Write, f),
+                        e @ ApplyError::Unlogged => sm_err(ErrorVerb::Write, e),
+                    })?
                 }
             };
             meta.last_applied = Some(entry.log_id);
@@ -652,12 +685,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let mut state: Metadata = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let mut state = Metadata::decode(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         if state.last_applied != meta.last_log_id {
             return Err(sm_err(ErrorVerb::Read, "snapshot data and meta disagree on the last log id"));
         }
         // This replica holds nothing below the snapshot: every queue starts at its next offset.
-        for qs in state.queues.values_mut() {
+        for qs in state.state.queues.values_mut() {
             for st in qs.values_mut() {
                 st.min_offset = st.next_offset;
             }
@@ -667,7 +700,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.dirty.clear();
         write_lock(&shared.queues).clear();
         let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(cq_root)).await;
-        for (topic, qs) in &state.queues {
+        for (topic, qs) in &state.state.queues {
             for (qid, st) in qs {
                 shared.open_queue(topic, *qid, *st).map_err(|e| shared.fail(ErrorVerb::Write, e))?;
             }

@@ -473,6 +473,9 @@ pub const RAFTMQ_NODE_STATUS: i32 = 10_900;
 /// raftmq's own request code: ask the receiving node, which must be its group's leader, to hand leadership
 /// to the member whose id is in ext field `target`. Answers SUCCESS once the target leads.
 pub const RAFTMQ_TRANSFER_LEADER: i32 = 10_901;
+/// raftmq only: replace the group's replicated delay-level table (ext field `levels`, RocketMQ
+/// `messageDelayLevel` syntax); leader only.
+pub const RAFTMQ_SET_DELAY_LEVELS: i32 = 10_902;
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,11 @@ pub struct Group {
 impl Group {
     /// Starts a nameserver and three brokers (node 1 bootstraps); waits for a ready leader.
     pub async fn start() -> Group {
+        Group::start_with("").await
+    }
+
+    /// [`Group::start`] with `extra` TOML lines in every node's configuration.
+    pub async fn start_with(extra: &str) -> Group {
         let dir = tempfile::tempdir().expect("tempdir");
         let namesrv = NameServer::start("127.0.0.1:0").await.expect("namesrv");
         let ns = namesrv.local_addr().to_string();
@@ -49,6 +54,7 @@ impl Group {
                 dir.path().join(format!("n{id}")).display(),
                 *id == 1
             );
+            toml.push_str(extra);
             for (pid, pc, pr) in &peers {
                 toml.push_str(&format!("[[peers]]\nid = {pid}\nraftAddr = \"{pr}\"\nclientAddr = \"{pc}\"\n"));
             }

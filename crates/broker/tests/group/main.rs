@@ -3,6 +3,7 @@
 
 mod common;
 mod deposed_leader;
+mod schedule;
 mod send_back;
 mod timestamps;
 mod transactions;

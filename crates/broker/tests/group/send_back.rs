@@ -90,8 +90,10 @@ fn send_back_copies_only_a_committed_message_at_its_start() {
             if last > applied {
                 let rec = node.commitlog().read(last).expect("read").expect("present");
                 if rec.meta.kind == RecordKind::Normal {
-                    if let Ok(Command::Produce(qs)) = Command::decode(&rec.body, Some(rec.pos + HEADER_LEN as u64)) {
-                        break qs[0].messages[0].phys_offset.expect("position");
+                    if let Ok(cmd) = Command::decode(&rec.body, Some(rec.pos + HEADER_LEN as u64)) {
+                        if let Some(q) = cmd.produced().first() {
+                            break q.messages[0].phys_offset.expect("position");
+                        }
                     }
                 }
             }

@@ -58,7 +58,7 @@ fn store_timestamps_never_decrease_so_the_time_search_is_exact() {
         let g = Group::start().await;
         let leader = g.wait_leader(None, Duration::from_secs(20)).await;
         let node = g.brokers[leader].node().clone();
-        let store = MessageStore::new(node.clone());
+        let store = MessageStore::new(node.clone(), 60_000);
         store.upsert_topic(TopicConfig { name: T.into(), read_queues: 2, write_queues: 2, perm: 6 }).await.expect("topic");
         // An earlier leader whose clock ran an hour ahead left this in the log (written raw, unstamped).
         let ahead = now_ms() + 3_600_000;

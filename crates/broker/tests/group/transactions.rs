@@ -44,10 +44,6 @@ fn half_messages_are_refused_and_end_transaction_is_answered() {
         let remark = r.remark.unwrap_or_default();
         assert!(remark.contains("transactional messages are not supported") && remark.contains("1234"), "{remark}");
 
-        // A delay level is stored and delivered at once (documented; the schedule is not implemented yet).
-        let (off, _) = send_cmd(&c, send_request(TOPIC, 2, b"delayed", &[(property::DELAY_TIME_LEVEL, "3")], 0)).await.expect("delay send");
-        let (code, _, _) = pull(&c, TOPIC, 2, off).await;
-        assert_eq!(code, ResponseCode::SUCCESS.0);
         g.shutdown().await;
     });
 }

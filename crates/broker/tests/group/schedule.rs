@@ -1,0 +1,186 @@
+//! Delay levels end to end in one process: a delayed send is staged, not readable in its real queue
+//! before its due time, then delivered exactly once with its msgId, tags and properties (DELAY removed,
+//! REAL_TOPIC/REAL_QID kept) — also when the leader that staged it is stopped before it is due. Levels
+//! above the table clamp to the last; a malformed level and a delayed batch are refused with 13.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{now_ms, send_cmd, send_request, Group, TIMEOUT, TOPIC};
+use raftmq_net::RemotingClient;
+use raftmq_remoting::header::PullMessageRequestHeader;
+use raftmq_remoting::message::{decode_properties, property, StoredMessages};
+use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
+
+/// Level n waits n seconds (levels 1..=3).
+const LEVELS: &str = "messageDelayLevel = \"1s 2s 3s\"\n";
+
+#[derive(Debug)]
+struct Pulled {
+    offset: i64,
+    body: Vec<u8>,
+    store_timestamp: i64,
+    properties: std::collections::BTreeMap<String, String>,
+}
+
+async fn pull_messages(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<Pulled> {
+    let h = PullMessageRequestHeader {
+        consumer_group: "test_consumer".into(),
+        topic: topic.into(),
+        queue_id,
+        queue_offset: 0,
+        max_msg_nums: 32,
+        subscription: Some("*".into()),
+        ..Default::default()
+    };
+    let r = c.invoke(RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h), TIMEOUT).await.expect("pull");
+    if r.code != ResponseCode::SUCCESS.0 {
+        return Vec::new();
+    }
+    StoredMessages::new(&r.body)
+        .map(|m| m.expect("stored message"))
+        .map(|m| Pulled {
+            offset: m.queue_offset,
+            body: m.body.to_vec(),
+            store_timestamp: m.store_timestamp,
+            properties: decode_properties(m.properties),
+        })
+        .collect()
+}
+
+/// Waits until the group's replicated level table is the test's (the first leader proposes it).
+async fn wait_levels(g: &Group, leader: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.brokers[leader].node().state().with_metadata(|m| m.state.schedule.levels.clone()) != vec![1000, 2000, 3000] {
+        assert!(Instant::now() < deadline, "the configured delay levels were not proposed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the real queue until it holds `n` messages; returns them and when they were first all seen.
+async fn wait_delivered(c: &RemotingClient, queue_id: i32, n: usize, within: Duration) -> (Vec<Pulled>, i64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = pull_messages(c, TOPIC, queue_id).await;
+        if got.len() >= n {
+            return (got, now_ms());
+        }
+        assert!(Instant::now() < deadline, "{} of {n} delayed messages delivered", got.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_delayed_message_is_delivered_once_at_its_time_with_its_identity() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start_with(LEVELS).await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        wait_levels(&g, leader).await;
+        let c = g.client(leader).await;
+        let props = [
+            (property::DELAY_TIME_LEVEL, "2"),
+            (property::TAGS, "TagD"),
+            (property::KEYS, "order-1"),
+            (property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX, "UNIQ-1"),
+        ];
+        let sent_at = now_ms();
+        let (staged_offset, msg_id) = send_cmd(&c, send_request(TOPIC, 1, b"pay or cancel", &props, 0)).await.expect("delayed send");
+        assert_eq!(staged_offset, 0, "the first message of level 2's schedule queue");
+        assert!(!msg_id.is_empty());
+        // Not readable in its real queue before it is due.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(pull_messages(&c, TOPIC, 1).await.is_empty(), "delivered before its 2 s delay");
+        let (got, seen) = wait_delivered(&c, 1, 1, Duration::from_secs(5)).await;
+        assert_eq!(got.len(), 1);
+        let m = &got[0];
+        assert_eq!((m.offset, m.body.as_slice()), (0, &b"pay or cancel"[..]));
+        assert!(m.store_timestamp >= sent_at + 2000, "stamped {} ms after the send", m.store_timestamp - sent_at);
+        assert!(seen - sent_at < 2000 + 1500, "delivered {} ms after the send", seen - sent_at);
+        assert_eq!(m.properties.get(property::TAGS).map(String::as_str), Some("TagD"));
+        assert_eq!(m.properties.get(property::KEYS).map(String::as_str), Some("order-1"));
+        assert_eq!(m.properties.get(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX).map(String::as_str), Some("UNIQ-1"));
+        assert_eq!(m.properties.get(property::REAL_TOPIC).map(String::as_str), Some(TOPIC));
+        assert_eq!(m.properties.get(property::REAL_QUEUE_ID).map(String::as_str), Some("1"));
+        assert!(!m.properties.contains_key(property::DELAY_TIME_LEVEL), "{:?}", m.properties);
+        // Exactly once, on every replica.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..3 {
+            let ci = g.client(i).await;
+            assert_eq!(pull_messages(&ci, TOPIC, 1).await.len(), 1, "node {i}");
+        }
+        // Level 99 clamps to the last level (3 s); a level that is no number is refused.
+        let sent_at = now_ms();
+        send_cmd(&c, send_request(TOPIC, 2, b"clamped", &[(property::DELAY_TIME_LEVEL, "99")], 0)).await.expect("clamped send");
+        let (got, _) = wait_delivered(&c, 2, 1, Duration::from_secs(6)).await;
+        assert!(got[0].store_timestamp >= sent_at + 3000, "level 99 waited {} ms", got[0].store_timestamp - sent_at);
+        let (code, remark) =
+            send_cmd(&c, send_request(TOPIC, 2, b"x", &[(property::DELAY_TIME_LEVEL, "soon")], 0)).await.expect_err("bad level");
+        assert_eq!(code, ResponseCode::MESSAGE_ILLEGAL.0);
+        assert!(remark.contains("DELAY") && remark.contains("soon"), "{remark}");
+        g.shutdown().await;
+    });
+}
+
+#[test]
+fn scheduled_messages_survive_the_loss_of_the_leader_that_staged_them() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start_with(LEVELS).await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        wait_levels(&g, leader).await;
+        let c = g.client(leader).await;
+        let sent_at = now_ms();
+        for i in 0..20 {
+            let level = (i % 3 + 1).to_string();
+            let body = format!("m{i}");
+            send_cmd(&c, send_request(TOPIC, 3, body.as_bytes(), &[(property::DELAY_TIME_LEVEL, level.as_str())], 0)).await.expect("send");
+        }
+        // The staging leader stops before anything of level 2 or 3 is due.
+        g.brokers[leader].shutdown().await;
+        let next = g.wait_leader(Some(leader), Duration::from_secs(20)).await;
+        let c = g.client(next).await;
+        let (got, _) = wait_delivered(&c, 3, 20, Duration::from_secs(15)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let got_again = pull_messages(&c, TOPIC, 3).await;
+        assert_eq!(
+            got_again.len(),
+            20,
+            "a scheduled message was delivered twice: {:?}",
+            got_again.iter().map(|m| String::from_utf8_lossy(&m.body).to_string()).collect::<Vec<_>>()
+        );
+        let mut bodies: Vec<String> = got.iter().map(|m| String::from_utf8_lossy(&m.body).to_string()).collect();
+        bodies.sort();
+        let mut want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        want.sort();
+        assert_eq!(bodies, want);
+        for m in &got {
+            let i: i64 = String::from_utf8_lossy(&m.body)[1..].parse().unwrap();
+            let delay = (i % 3 + 1) * 1000;
+            assert!(
+                m.store_timestamp >= sent_at + delay,
+                "m{i} stamped {} ms after the sends, before its {delay} ms",
+                m.store_timestamp - sent_at
+            );
+        }
+        g.shutdown().await;
+    });
+}
+
+#[test]
+fn a_batch_with_a_delay_level_is_refused() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start().await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        let c = g.client(leader).await;
+        let mut body = Vec::new();
+        for props in ["", "DELAY\u{1}2\u{2}"] {
+            let m = raftmq_remoting::message::BatchMessage { flag: 0, body: b"b", properties: props };
+            raftmq_remoting::message::encode_batch_message(&m, &mut body).expect("batch element");
+        }
+        let mut cmd = send_request(TOPIC, 0, &[], &[], 0);
+        cmd.code = RequestCode::SEND_BATCH_MESSAGE.0;
+        cmd.body = body.into();
+        let (code, remark) = send_cmd(&c, cmd).await.expect_err("a delayed batch was accepted");
+        assert_eq!(code, ResponseCode::MESSAGE_ILLEGAL.0);
+        assert!(remark.contains("message 1") && remark.contains("DELAY"), "{remark}");
+        g.shutdown().await;
+    });
+}

@@ -1,0 +1,225 @@
+//! Delay levels and the delivery of staged messages: the replicated half of scheduled messages.
+//!
+//! A message sent with a delay level is stored once, at send, in the schedule topic
+//! [`SCHEDULE_TOPIC`] queue `level − 1`, with its due time (the store clock at send plus the level's
+//! delay) as the consume-queue unit's tag code. Within one queue every message has the same delay, so the
+//! queue is in due order and one cursor per queue — the next undelivered offset — is the whole schedule
+//! (RocketMQ's `delayOffset.json`, here replicated instead of copied every 10 s).
+//!
+//! The leader delivers: once a queue's head is due by its store clock it proposes a produce entry holding
+//! a copy of the staged message for the real queue and a [`Delivery`] naming the staged offset. Applying it
+//! indexes the copy only if the staged offset is the queue's cursor and the entry's stamped time has
+//! reached the due time, then advances the cursor. A delivery re-proposed by a new leader, or one a deposed
+//! leader got committed late, finds the cursor past it and indexes nothing: every staged message reaches
+//! its real queue exactly once, never before its due time as stamped.
+//!
+//! The level table changes the meaning of stored messages, so it is replicated state
+//! ([`crate::Command::SetDelayLevels`]), not local configuration.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Delivery;
+use crate::queues::QueueState;
+
+/// The topic delayed messages are staged in (RocketMQ's `SCHEDULE_TOPIC_XXXX`); queue = level − 1.
+pub const SCHEDULE_TOPIC: &str = "SCHEDULE_TOPIC_XXXX";
+
+/// RocketMQ's default `messageDelayLevel`.
+pub const DEFAULT_DELAY_LEVELS: &str = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h";
+
+/// Most levels a table may have (RocketMQ has 18 by default; the schedule topic has one queue per level).
+pub const DELAY_LEVELS_MAX: usize = 64;
+
+/// Longest delay one level may have: 40 days, the longest delay raftmq takes.
+pub const LEVEL_DELAY_MS_MAX: u64 = 40 * 24 * 3600 * 1000;
+
+/// Parses a RocketMQ `messageDelayLevel` string (`"1s 5s 1m 2h 1d"`: space-separated numbers with a unit
+/// `ms`, `s`, `m`, `h` or `d`) into milliseconds per level.
+///
+/// # Errors
+/// A remark naming the bad element, an empty table or one longer than [`DELAY_LEVELS_MAX`].
+pub fn parse_delay_levels(s: &str) -> Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    for item in s.split_whitespace() {
+        let split =
+            item.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("delay level {item:?} has no unit (ms, s, m, h or d)"))?;
+        let (num, unit) = item.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("delay level {item:?} does not start with a number"))?;
+        let mul = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(format!("delay level {item:?} has unknown unit {unit:?} (ms, s, m, h or d)")),
+        };
+        out.push(n.checked_mul(mul).ok_or_else(|| format!("delay level {item:?} overflows"))?);
+    }
+    validate_delay_levels(&out)?;
+    Ok(out)
+}
+
+/// Checks a level table: 1 to [`DELAY_LEVELS_MAX`] levels, each at most [`LEVEL_DELAY_MS_MAX`].
+///
+/// # Errors
+/// A remark saying what is wrong.
+pub fn validate_delay_levels(levels: &[u64]) -> Result<(), String> {
+    if levels.is_empty() {
+        return Err("the delay-level table is empty".into());
+    }
+    if levels.len() > DELAY_LEVELS_MAX {
+        return Err(format!("{} delay levels, above the limit of {DELAY_LEVELS_MAX}", levels.len()));
+    }
+    if let Some((i, d)) = levels.iter().enumerate().find(|(_, d)| **d > LEVEL_DELAY_MS_MAX) {
+        return Err(format!("delay level {} is {d} ms, above the 40-day maximum of {LEVEL_DELAY_MS_MAX} ms", i + 1));
+    }
+    Ok(())
+}
+
+/// Formats a table back in `messageDelayLevel` syntax, with the largest unit that divides each delay.
+pub fn format_delay_levels(levels: &[u64]) -> String {
+    levels
+        .iter()
+        .map(|&ms| match ms {
+            0 => "0s".to_string(),
+            ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+            ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+            ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+            ms => format!("{ms}ms"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The replicated schedule: the level table and, per schedule queue, the next undelivered offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Delay of each level in ms (level n is element n − 1); empty until set, meaning RocketMQ's default.
+    pub levels: Vec<u64>,
+    /// Next undelivered offset per schedule queue; absent = 0.
+    pub cursors: BTreeMap<u32, u64>,
+}
+
+impl Schedule {
+    /// The level table in force.
+    pub fn delay_levels(&self) -> Vec<u64> {
+        if self.levels.is_empty() {
+            parse_delay_levels(DEFAULT_DELAY_LEVELS).unwrap_or_default()
+        } else {
+            self.levels.clone()
+        }
+    }
+
+    /// Number of levels in force.
+    pub fn level_count(&self) -> u32 {
+        if self.levels.is_empty() {
+            18
+        } else {
+            self.levels.len() as u32
+        }
+    }
+
+    /// The delay of `level` in ms, clamped to the last level as RocketMQ does; `None` for level ≤ 0.
+    pub fn delay_of(&self, level: i32) -> Option<(u32, u64)> {
+        if level <= 0 {
+            return None;
+        }
+        let levels = self.delay_levels();
+        let level = (level as u32).min(levels.len() as u32);
+        Some((level, levels[level as usize - 1]))
+    }
+
+    /// The next undelivered offset of schedule queue `q`.
+    pub fn cursor(&self, q: u32) -> u64 {
+        self.cursors.get(&q).copied().unwrap_or(0)
+    }
+
+    /// Applies a table change.
+    ///
+    /// # Errors
+    /// The remark of [`validate_delay_levels`]; the table is left unchanged.
+    pub(crate) fn set_levels(&mut self, levels: &[u64]) -> Result<(), String> {
+        validate_delay_levels(levels)?;
+        self.levels = levels.to_vec();
+        Ok(())
+    }
+
+    /// Decides the deliveries of one entry stamped `now_ms`: advances the cursor past each one that is the
+    /// next of its queue, staged (below the queue's next offset) and due, and returns the (part, index) of
+    /// the copies that must not be indexed — all the others.
+    pub(crate) fn accept(
+        &mut self,
+        deliveries: &[Delivery],
+        now_ms: i64,
+        staged: Option<&BTreeMap<u32, QueueState>>,
+    ) -> BTreeSet<(u32, u32)> {
+        let mut refused = BTreeSet::new();
+        for d in deliveries {
+            let cursor = self.cursor(d.schedule_queue);
+            let stored = staged.and_then(|qs| qs.get(&d.schedule_queue)).map_or(0, |s| s.next_offset);
+            if d.staged_offset == cursor && cursor < stored && d.due_ms <= now_ms {
+                self.cursors.insert(d.schedule_queue, cursor + 1);
+            } else {
+                refused.insert((d.part, d.index));
+            }
+        }
+        refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rocketmq_default_table_has_eighteen_levels_from_1s_to_2h() {
+        let t = parse_delay_levels(DEFAULT_DELAY_LEVELS).unwrap();
+        assert_eq!(t.len(), 18);
+        assert_eq!((t[0], t[2], t[17]), (1000, 10_000, 7_200_000));
+        assert_eq!(format_delay_levels(&t), DEFAULT_DELAY_LEVELS);
+    }
+
+    #[test]
+    fn bad_tables_are_named() {
+        assert!(parse_delay_levels("").unwrap_err().contains("empty"));
+        assert!(parse_delay_levels("1s 5x").unwrap_err().contains("\"5x\""));
+        assert!(parse_delay_levels("10").unwrap_err().contains("no unit"));
+        assert!(parse_delay_levels("41d").unwrap_err().contains("40-day"));
+        assert_eq!(parse_delay_levels("40d 250ms").unwrap(), vec![LEVEL_DELAY_MS_MAX, 250]);
+        let too_many = vec!["1s"; DELAY_LEVELS_MAX + 1].join(" ");
+        assert!(parse_delay_levels(&too_many).unwrap_err().contains("limit"));
+        assert_eq!(parse_delay_levels(&vec!["1s"; DELAY_LEVELS_MAX].join(" ")).unwrap().len(), DELAY_LEVELS_MAX);
+    }
+
+    #[test]
+    fn levels_clamp_to_the_last_and_non_positive_means_no_delay() {
+        let s = Schedule::default();
+        assert_eq!(s.delay_of(0), None);
+        assert_eq!(s.delay_of(-1), None);
+        assert_eq!(s.delay_of(3), Some((3, 10_000)));
+        assert_eq!(s.delay_of(99), Some((18, 7_200_000)));
+    }
+
+    #[test]
+    fn a_delivery_counts_once_in_order_and_never_early() {
+        let mut s = Schedule::default();
+        let staged: BTreeMap<u32, QueueState> = [(2, QueueState { next_offset: 3, min_offset: 0 })].into();
+        let d = |off, due, index| Delivery { schedule_queue: 2, staged_offset: off, due_ms: due, part: 0, index };
+        // Not due yet at 99.
+        assert_eq!(s.accept(&[d(0, 100, 0)], 99, Some(&staged)), [(0, 0)].into());
+        assert_eq!(s.cursor(2), 0);
+        // Out of order (1 before 0) is refused; 0 then 1 in one entry is taken.
+        assert_eq!(s.accept(&[d(1, 100, 0)], 100, Some(&staged)), [(0, 0)].into());
+        assert!(s.accept(&[d(0, 100, 0), d(1, 100, 1)], 100, Some(&staged)).is_empty());
+        assert_eq!(s.cursor(2), 2);
+        // A repeat of an earlier delivery (a new leader's re-proposal) is refused.
+        assert_eq!(s.accept(&[d(1, 100, 0)], 200, Some(&staged)), [(0, 0)].into());
+        // Nothing past what was staged.
+        assert!(s.accept(&[d(2, 100, 0)], 200, Some(&staged)).is_empty());
+        assert_eq!(s.accept(&[d(3, 100, 0)], 200, Some(&staged)), [(0, 0)].into());
+        assert_eq!(s.cursor(2), 3);
+    }
+}

@@ -819,10 +819,12 @@ impl RaftNode {
 
     /// Compacts the log up to the newest checkpoint at or below `upto` (and the applied index): builds the
     /// metadata snapshot there, purges the log through it and raises consume-queue min offsets. Returns
-    /// the purge index, or `None` when no checkpoint is old enough.
+    /// the purge index, or `None` when no checkpoint is old enough. Never purges an entry holding a
+    /// scheduled message that is not delivered yet ([`SmShared::retention_pin_index`]).
     pub async fn compact(&self, upto: u64, timeout: Duration) -> Result<Option<u64>, NodeError> {
         let applied = self.sm.last_applied_index().unwrap_or(0);
-        let limit = upto.min(applied);
+        let pin = self.sm.retention_pin_index().unwrap_or(u64::MAX);
+        let limit = upto.min(applied).min(pin);
         let Some(p) = self.sm.checkpoint_indexes().into_iter().rev().find(|i| *i <= limit) else { return Ok(None) };
         self.sm.set_snapshot_boundary(p);
         self.raft.trigger().snapshot().await.map_err(|e| self.raft_err(e))?;

@@ -391,6 +391,27 @@ impl SmShared {
         self.boundary.store(index, Ordering::Release);
     }
 
+    /// The newest log index retention may purge through without taking a message the state still needs:
+    /// one below the entry holding the oldest staged message not yet delivered (its bytes are copied at
+    /// delivery, and a node that joins from a snapshot must replay its staging). `None` = no pin.
+    pub fn retention_pin_index(&self) -> Option<u64> {
+        let oldest = {
+            let m = read_lock(&self.meta);
+            let staged = m.state.queues.get(raftmq_state::SCHEDULE_TOPIC)?;
+            staged
+                .iter()
+                .filter(|(q, st)| m.state.schedule.cursor(**q) < st.next_offset)
+                .filter_map(|(q, _)| self.queue(raftmq_state::SCHEDULE_TOPIC, *q)?.get(m.state.schedule.cursor(*q)))
+                .map(|u| u.phys_offset)
+                .min()?
+        };
+        match self.log.read_containing(oldest) {
+            Ok(Some(rec)) => Some(rec.meta.index.saturating_sub(1)),
+            // Unreadable or gone: pin everything rather than purge blind.
+            _ => Some(0),
+        }
+    }
+
     /// Checkpoint indexes currently held in memory, oldest first.
     pub fn checkpoint_indexes(&self) -> Vec<u64> {
         lock(&self.checkpoints).iter().filter_map(|c| c.last_applied.map(|l| l.index)).collect()

@@ -17,6 +17,8 @@ const LEVELS: &str = "messageDelayLevel = \"1s 2s 3s\"\n";
 #[derive(Debug)]
 struct Pulled {
     offset: i64,
+    phys: i64,
+    reconsume_times: i32,
     body: Vec<u8>,
     store_timestamp: i64,
     properties: std::collections::BTreeMap<String, String>,
@@ -40,6 +42,8 @@ async fn pull_messages(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<Pu
         .map(|m| m.expect("stored message"))
         .map(|m| Pulled {
             offset: m.queue_offset,
+            phys: m.physical_offset,
+            reconsume_times: m.reconsume_times,
             body: m.body.to_vec(),
             store_timestamp: m.store_timestamp,
             properties: decode_properties(m.properties),
@@ -58,9 +62,13 @@ async fn wait_levels(g: &Group, leader: usize) {
 
 /// Polls the real queue until it holds `n` messages; returns them and when they were first all seen.
 async fn wait_delivered(c: &RemotingClient, queue_id: i32, n: usize, within: Duration) -> (Vec<Pulled>, i64) {
+    wait_in(c, TOPIC, queue_id, n, within).await
+}
+
+async fn wait_in(c: &RemotingClient, topic: &str, queue_id: i32, n: usize, within: Duration) -> (Vec<Pulled>, i64) {
     let deadline = Instant::now() + within;
     loop {
-        let got = pull_messages(c, TOPIC, queue_id).await;
+        let got = pull_messages(c, topic, queue_id).await;
         if got.len() >= n {
             return (got, now_ms());
         }
@@ -181,6 +189,92 @@ fn a_batch_with_a_delay_level_is_refused() {
         let (code, remark) = send_cmd(&c, cmd).await.expect_err("a delayed batch was accepted");
         assert_eq!(code, ResponseCode::MESSAGE_ILLEGAL.0);
         assert!(remark.contains("message 1") && remark.contains("DELAY"), "{remark}");
+        g.shutdown().await;
+    });
+}
+
+#[test]
+fn retention_never_purges_a_message_that_is_still_scheduled() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start_with("messageDelayLevel = \"1s 1h\"\n").await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.brokers[leader].node().state().with_metadata(|m| m.state.schedule.levels.clone()) != vec![1000, 3_600_000] {
+            assert!(Instant::now() < deadline, "levels not proposed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = g.client(leader).await;
+        let (_, msg_id) = send_cmd(&c, send_request(TOPIC, 0, b"in an hour", &[(property::DELAY_TIME_LEVEL, "2")], 0)).await.expect("send");
+        let staged_at = raftmq_remoting::message::decode_offset_msg_id(&msg_id).expect("msgId").commit_log_offset as u64;
+        // Enough entries after it for checkpoints (every 1024 indexes) well past its entry.
+        for i in 0..2100 {
+            send_cmd(&c, send_request(TOPIC, 1, format!("plain {i}").as_bytes(), &[], 0)).await.expect("plain send");
+        }
+        let node = g.brokers[leader].node().clone();
+        let staged_index = node.commitlog().read_containing(staged_at).expect("read").expect("present").meta.index;
+        let applied = node.state().last_applied_index().expect("applied");
+        assert!(node.state().checkpoint_indexes().iter().any(|i| *i > staged_index), "premise: a checkpoint past the staged entry");
+        let purged = node.compact(applied, Duration::from_secs(10)).await.expect("compact");
+        assert!(purged.is_none_or(|p| p < staged_index), "purged through {purged:?}, past the staged message's entry {staged_index}");
+        assert!(node.commitlog().read_at(staged_at, 4).is_some(), "the staged message's bytes are gone");
+        g.shutdown().await;
+    });
+}
+
+fn send_back(offset: i64, max: i32) -> RemotingCommand {
+    let h = raftmq_remoting::header::ConsumerSendMsgBackRequestHeader {
+        offset,
+        group: "g".into(),
+        delay_level: 0,
+        origin_msg_id: None,
+        origin_topic: None,
+        unit_mode: false,
+        max_reconsume_times: Some(max),
+    };
+    RemotingCommand::request(RequestCode::CONSUMER_SEND_MSG_BACK, 0).with_header(&h)
+}
+
+/// The retry schedule with a scaled table (level 3 = 1 s, level 4 = 2 s) and maxReconsumeTimes 2: the first
+/// send-back waits level 3, the second level 4, the third goes to the DLQ at once. Send-backs go to a
+/// follower, which forwards them to the leader (PyPI's client sends 36 to the message's store host).
+#[test]
+fn send_backs_follow_the_retry_schedule_then_the_dlq_also_through_a_follower() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start_with("messageDelayLevel = \"100ms 200ms 1s 2s\"\n").await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.brokers[leader].node().state().with_metadata(|m| m.state.schedule.levels.len()) != 4 {
+            assert!(Instant::now() < deadline, "levels not proposed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = g.client(leader).await;
+        let follower = (leader + 1) % 3;
+        let f = g.client(follower).await;
+        let (_, msg_id) = send_cmd(&c, send_request(TOPIC, 0, b"fails", &[], 0)).await.expect("send");
+        let phys = raftmq_remoting::message::decode_offset_msg_id(&msg_id).expect("msgId").commit_log_offset;
+        let retry = "%RETRY%g";
+        let mut from = phys;
+        for (round, wait_ms) in [(1, 1000), (2, 2000)] {
+            // The follower may not have applied the message yet: it answers from the leader anyway.
+            let t0 = now_ms();
+            let r = f.invoke(send_back(from, 2), TIMEOUT).await.expect("36");
+            assert_eq!(r.code, ResponseCode::SUCCESS.0, "round {round}: {:?}", r.remark);
+            tokio::time::sleep(Duration::from_millis(wait_ms as u64 / 2)).await;
+            assert_eq!(pull_messages(&c, retry, 0).await.len(), round - 1, "round {round}: retried before its level's delay");
+            let (got, _) = wait_in(&c, retry, 0, round, Duration::from_secs(6)).await;
+            let m = &got[round - 1];
+            assert_eq!(m.body, b"fails");
+            assert_eq!(m.reconsume_times, round as i32);
+            assert_eq!(m.properties.get(property::RETRY_TOPIC).map(String::as_str), Some(TOPIC));
+            assert!(m.store_timestamp >= t0 + wait_ms, "round {round}: stamped {} ms after the send-back", m.store_timestamp - t0);
+            from = m.phys;
+        }
+        // reconsumeTimes 2 = max: dead-lettered at once.
+        let r = f.invoke(send_back(from, 2), TIMEOUT).await.expect("36");
+        assert_eq!(r.code, ResponseCode::SUCCESS.0, "{:?}", r.remark);
+        let (dlq, _) = wait_in(&c, "%DLQ%g", 0, 1, Duration::from_millis(900)).await;
+        assert_eq!(dlq[0].body, b"fails");
+        assert_eq!(pull_messages(&c, retry, 0).await.len(), 2, "no third retry");
         g.shutdown().await;
     });
 }

@@ -26,7 +26,7 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, root):
+    def __init__(self, root, extra=""):
         self.root = root
         self.namesrv = f"127.0.0.1:{free_port()}"
         self.procs = {}
@@ -37,7 +37,7 @@ class Cluster:
         for node_id, client, _raft in self.peers:
             cfg = (f'brokerName = "broker-a"\nnodeId = {node_id}\nnamesrvAddr = "{self.namesrv}"\n'
                    f'storePathRootDir = "{root}/n{node_id}"\nmappedFileSizeCommitLog = 8388608\n'
-                   f'bootstrap = {"true" if node_id == 1 else "false"}\n')
+                   f'bootstrap = {"true" if node_id == 1 else "false"}\n' + extra)
             for pid, pclient, praft in self.peers:
                 cfg += f'[[peers]]\nid = {pid}\nraftAddr = "{praft}"\nclientAddr = "{pclient}"\n'
             path = f"{root}/n{node_id}.toml"
@@ -67,17 +67,100 @@ class Cluster:
             p.wait()
 
 
-@pytest.fixture
-def cluster():
+def start_cluster(extra=""):
     if not BIN or not os.path.exists(BIN):
         pytest.fail("RAFTMQ_BIN must point at the raftmq binary")
     root = tempfile.mkdtemp(prefix="raftmq-py-")
     # The C++ client writes its logs under $HOME/logs.
     os.environ["HOME"] = root
-    c = Cluster(root)
+    c = Cluster(root, extra)
     c.leader()
+    return c
+
+
+@pytest.fixture
+def cluster():
+    c = start_cluster()
     yield c
     c.stop()
+
+
+# Level n waits n seconds: delays and the retry schedule (level 3 + reconsumeTimes) in test time.
+SCALED_LEVELS = 'messageDelayLevel = "1s 2s 3s 4s 5s 6s 7s 8s 9s 10s 11s 12s 13s 14s 15s 16s 17s 18s"\n'
+
+
+@pytest.fixture
+def scaled_cluster():
+    c = start_cluster(SCALED_LEVELS)
+    # The first leader proposes the table; wait until it is in force.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        r = subprocess.run([BIN, "admin", "--namesrv", c.namesrv, "schedule"], capture_output=True, text=True)
+        if r.returncode == 0 and "delay levels: 1s 2s 3s" in r.stdout:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the scaled delay levels never took effect; logs in {c.root}")
+    yield c
+    c.stop()
+
+
+def test_delay_level_and_retry_schedule(scaled_cluster):
+    """set_delay_time_level(2) arrives after 2 s, not before; a RECONSUME_LATER is retried after level
+    3 + reconsumeTimes (3 s here), through the CONSUMER_SEND_MSG_BACK the C++ client sends to the store host."""
+    from rocketmq.client import Message, Producer, PushConsumer, SendStatus
+
+    topic = "PyDelayTopic"
+    producer = Producer("PID_delay")
+    producer.set_namesrv_addr(scaled_cluster.namesrv)
+    producer.start()
+    seen = {}
+
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else v
+
+    def on_message(m):
+        body = text(m.body)
+        seen.setdefault(body, []).append(time.time())
+        if body == "retry-me" and len(seen[body]) == 1:
+            # The client's way of saying RECONSUME_LATER.
+            raise RuntimeError("not yet")
+
+    # The topic exists (and its route is known) before the consumer starts.
+    warm = Message(topic)
+    warm.set_body("warm-up")
+    assert producer.send_sync(warm).status == SendStatus.OK
+    consumer = PushConsumer("CID_delay")
+    consumer.set_namesrv_addr(scaled_cluster.namesrv)
+    consumer.subscribe(topic, on_message)
+    consumer.start()
+    deadline = time.time() + 30
+    while "warm-up" not in seen and time.time() < deadline:
+        time.sleep(0.1)
+    assert "warm-up" in seen, "the consumer never received the warm-up message"
+
+    delayed = Message(topic)
+    delayed.set_body("later")
+    delayed.set_delay_time_level(2)
+    sent = time.time()
+    assert producer.send_sync(delayed).status == SendStatus.OK
+    retry = Message(topic)
+    retry.set_body("retry-me")
+    assert producer.send_sync(retry).status == SendStatus.OK
+    deadline = time.time() + 40
+    while (len(seen.get("retry-me", [])) < 2 or "later" not in seen) and time.time() < deadline:
+        time.sleep(0.1)
+    consumer.shutdown()
+    producer.shutdown()
+    print(f"seen: { {k: [round(t - sent, 2) for t in v] for k, v in seen.items()} }")
+    assert "later" in seen, "the delayed message never arrived"
+    waited = seen["later"][0] - sent
+    assert 1.9 <= waited < 10, f"delay level 2 (2 s) arrived after {waited:.2f} s"
+    assert len(seen["later"]) == 1, f"the delayed message arrived {len(seen['later'])} times"
+    times = seen.get("retry-me", [])
+    assert len(times) >= 2, f"RECONSUME_LATER was never retried (received {len(times)} time(s))"
+    gap = times[1] - times[0]
+    assert 2.9 <= gap < 15, f"the first retry came {gap:.2f} s after RECONSUME_LATER, expected level 3 = 3 s"
 
 
 def test_send_sync_across_a_leader_kill_and_push_consumer_receives_everything(cluster):

@@ -440,6 +440,20 @@ clientAddr = "127.0.0.1:10921"
         let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
         c.locks_max = 0;
         assert!(c.validate().unwrap_err().0.contains("locksMax must be positive"));
+        // Scheduling: the level table and the delivery batch, at and past their limits.
+        let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!((c.schedule_deliver_batch_max, c.clock_jump_warn_ms), (1024, 60_000));
+        c.schedule_deliver_batch_max = 65_536;
+        c.validate().unwrap();
+        c.schedule_deliver_batch_max = 65_537;
+        assert!(c.validate().unwrap_err().0.contains("scheduleDeliverBatchMax"));
+        let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        c.message_delay_level = "1s 5x".into();
+        assert!(c.validate().unwrap_err().0.contains("messageDelayLevel: delay level \"5x\""));
+        c.message_delay_level = vec!["1s"; 64].join(" ");
+        c.validate().unwrap();
+        c.message_delay_level = vec!["1s"; 65].join(" ");
+        assert!(c.validate().unwrap_err().0.contains("65 delay levels"));
     }
 
     #[test]

@@ -108,6 +108,10 @@ pub struct ProduceArgs {
     /// Send the messages as batches of this size (one queue per batch, stored all or nothing).
     #[arg(long)]
     batch: Option<usize>,
+    /// Deliver each message after this delay level's delay (RocketMQ `DELAY`; 1 = 1 s … 18 = 2 h with the
+    /// default table, see `raftmq admin schedule`). Not with `--batch`.
+    #[arg(long, conflicts_with = "batch")]
+    delay_level: Option<u32>,
 }
 
 /// `raftmq consume` arguments.
@@ -285,6 +289,9 @@ pub async fn produce(a: ProduceArgs) -> Result<()> {
         }
         if let Some(k) = &a.keys {
             m = m.with_keys(k.split(' '));
+        }
+        if let Some(level) = a.delay_level {
+            m = m.with_delay_level(level);
         }
         m
     };

@@ -62,8 +62,9 @@ impl Message {
         self
     }
 
-    /// Sets RocketMQ's delay level (1 = 1 s … 18 = 2 h); 0 clears it. Stored as the `DELAY` property; a raftmq
-    /// broker currently delivers delayed messages at once (see docs/protocol.md).
+    /// Sets RocketMQ's delay level (1 = 1 s … 18 = 2 h with the default table; a level above the broker's
+    /// table means its last level); 0 clears it. Stored as the `DELAY` property: the broker stages the
+    /// message and delivers it to its topic once the level's delay has passed (docs/protocol.md).
     pub fn with_delay_level(mut self, level: u32) -> Message {
         if level == 0 {
             self.properties.remove(property::DELAY_TIME_LEVEL);

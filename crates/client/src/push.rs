@@ -267,8 +267,17 @@ struct ProcessQueue {
 const LOCK_TRUSTED_FOR: Duration = Duration::from_secs(30);
 /// Lock renewal period (RocketMQ: 20 s).
 const LOCK_RENEW_EVERY: Duration = Duration::from_secs(20);
-/// Retry of a batch whose send-back failed (RocketMQ: 5 s).
-const RECONSUME_LOCALLY_AFTER: Duration = Duration::from_secs(5);
+/// RocketMQ's default delay-level table in seconds (`messageDelayLevel`), for retries the client schedules
+/// itself.
+const DEFAULT_LEVEL_SECS: [u64; 18] = [1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200];
+
+/// When a message whose send-back failed is consumed again locally: the broker's retry schedule (level
+/// 3 + reconsumeTimes before this failure, on the default table), so a broker that cannot take the
+/// send-back changes where the retry happens, not when. `reconsume_times` is the count after this failure.
+pub(crate) fn local_retry_delay(reconsume_times: i32) -> Duration {
+    let level = (2 + reconsume_times.max(1) as usize).min(DEFAULT_LEVEL_SECS.len());
+    Duration::from_secs(DEFAULT_LEVEL_SECS[level - 1])
+}
 
 impl ProcessQueue {
     fn new(queue: MessageQueue) -> ProcessQueue {
@@ -932,10 +941,11 @@ impl PushInner {
             } else {
                 for m in &msgs {
                     if let Err(e) = self.send_back(m, 0).await {
-                        warn!(msg_id = %m.msg_id, error = %e, "send-back failed; consuming again locally in 5 s");
-                        done.retain(|o| *o != m.queue_offset);
                         let mut m = m.clone();
                         m.reconsume_times += 1;
+                        let after = local_retry_delay(m.reconsume_times);
+                        warn!(msg_id = %m.msg_id, error = %e, after_ms = after.as_millis() as u64, "send-back failed; consuming again locally on the retry schedule");
+                        done.retain(|o| *o != m.queue_offset);
                         again.push(m);
                     }
                 }
@@ -947,11 +957,16 @@ impl PushInner {
             let offset = pq.remove(&done);
             self.offsets.update(&pq.queue, offset, true);
         }
-        if !again.is_empty() {
+        // One timer per distinct delay (messages of one batch usually share their reconsume count).
+        let mut by_delay: std::collections::BTreeMap<Duration, Vec<MessageExt>> = std::collections::BTreeMap::new();
+        for m in again {
+            by_delay.entry(local_retry_delay(m.reconsume_times)).or_default().push(m);
+        }
+        for (after, msgs) in by_delay {
             let (inner, l, pq) = (Arc::clone(&self), Arc::clone(&l), Arc::clone(&pq));
             tokio::spawn(async move {
-                tokio::time::sleep(RECONSUME_LOCALLY_AFTER).await;
-                inner.consume_concurrently_later(l, pq, again).await;
+                tokio::time::sleep(after).await;
+                inner.consume_concurrently_later(l, pq, msgs).await;
             });
         }
     }
@@ -1050,5 +1065,20 @@ impl PushInner {
         let cmd = RemotingCommand::request(RequestCode::CONSUMER_SEND_MSG_BACK, 0).with_header(&h);
         let resp = self.client.invoke_on_leader(&m.broker_name, cmd, self.client.config().request_timeout).await?;
         check_success(&m.broker_name, resp).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn local_retries_follow_the_broker_schedule() {
+        // reconsumeTimes after the failure 1 → level 3 (10 s), 2 → 30 s, 3 → 1 min, 16 → 2 h, beyond → 2 h.
+        assert_eq!(local_retry_delay(1), Duration::from_secs(10));
+        assert_eq!(local_retry_delay(2), Duration::from_secs(30));
+        assert_eq!(local_retry_delay(3), Duration::from_secs(60));
+        assert_eq!(local_retry_delay(16), Duration::from_secs(7200));
+        assert_eq!(local_retry_delay(40), Duration::from_secs(7200));
     }
 }

@@ -160,7 +160,11 @@ mod tests {
         let CommandResponse::Produced(r) = s.apply(&cmd, &mut q).unwrap() else { panic!() };
         assert!(matches!(&r[0], QueueAppendResult::Rejected(w) if w.contains("X does not exist")));
         assert!(matches!(&r[1], QueueAppendResult::Rejected(w) if w.contains("out of range")));
-        assert_eq!(r[2], QueueAppendResult::Stored(vec![MessagePosition { queue_offset: 0, phys_offset: 0 }]));
+        assert_eq!(
+            r[2],
+            QueueAppendResult::Stored(vec![MessagePosition { queue_offset: 0, phys_offset: 8 }]),
+            "the third message of the entry"
+        );
         assert_eq!(q.units.len(), 1);
         assert_eq!(s.clock.now_ms, 5);
     }

@@ -155,6 +155,18 @@ pub struct BrokerConfig {
     /// time logs a warning (its clock may be wrong; scheduled messages due in between are delivered at once).
     #[serde(default = "default_clock_jump_warn_ms")]
     pub clock_jump_warn_ms: u64,
+    /// Longest timer delay accepted, seconds (RocketMQ 5 `timerMaxDelaySec`; its default is 3 days). At
+    /// most [`TIMER_MAX_DELAY_SEC_LIMIT`] (49 days, within the longest timer line).
+    #[serde(default = "default_timer_max_delay_sec")]
+    pub timer_max_delay_sec: u64,
+    /// A `TIMER_DELIVER_MS` this many ms in the past or less is delivered at once; further in the past it
+    /// is refused with 13 MESSAGE_ILLEGAL (a wrong client clock, or a stale resend).
+    #[serde(default = "default_timer_past_tolerance_ms")]
+    pub timer_past_tolerance_ms: u64,
+    /// Most timer messages pending at once; a timer send beyond it gets 14 SERVICE_NOT_AVAILABLE
+    /// (`timerMessagesMax`; RocketMQ's nearest is `timerCongestNumEachSlot`).
+    #[serde(default = "default_timer_messages_max")]
+    pub timer_messages_max: u64,
     /// Most scheduled messages one delivery entry carries (`scheduleDeliverBatchMax`).
     #[serde(default = "default_schedule_deliver_batch_max")]
     pub schedule_deliver_batch_max: usize,
@@ -162,6 +174,18 @@ pub struct BrokerConfig {
     pub peers: Vec<Peer>,
 }
 
+/// Largest accepted `timerMaxDelaySec`: 49 days.
+pub const TIMER_MAX_DELAY_SEC_LIMIT: u64 = 49 * 24 * 3600;
+
+fn default_timer_max_delay_sec() -> u64 {
+    40 * 24 * 3600
+}
+fn default_timer_past_tolerance_ms() -> u64 {
+    60_000
+}
+fn default_timer_messages_max() -> u64 {
+    100_000_000
+}
 fn default_delay_levels() -> String {
     raftmq_raft::types::DEFAULT_DELAY_LEVELS.into()
 }
@@ -314,6 +338,9 @@ impl BrokerConfig {
         if self.schedule_deliver_batch_max == 0 || self.schedule_deliver_batch_max > 65_536 {
             return bad("scheduleDeliverBatchMax must be 1..=65536".into());
         }
+        if self.timer_max_delay_sec == 0 || self.timer_max_delay_sec > TIMER_MAX_DELAY_SEC_LIMIT {
+            return bad(format!("timerMaxDelaySec must be 1..={TIMER_MAX_DELAY_SEC_LIMIT} (49 days)"));
+        }
         if self.broker_name.is_empty() || self.broker_name.len() > 127 {
             return bad("brokerName must be 1..=127 bytes".into());
         }
@@ -454,6 +481,12 @@ clientAddr = "127.0.0.1:10921"
         c.validate().unwrap();
         c.message_delay_level = vec!["1s"; 65].join(" ");
         assert!(c.validate().unwrap_err().0.contains("65 delay levels"));
+        let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.timer_max_delay_sec, 3_456_000, "40 days");
+        c.timer_max_delay_sec = TIMER_MAX_DELAY_SEC_LIMIT;
+        c.validate().unwrap();
+        c.timer_max_delay_sec = TIMER_MAX_DELAY_SEC_LIMIT + 1;
+        assert!(c.validate().unwrap_err().0.contains("timerMaxDelaySec"));
     }
 
     #[test]

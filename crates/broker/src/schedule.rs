@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use raftmq_raft::node::Role;
 use raftmq_raft::types::{
-    format_delay_levels, parse_delay_levels, Command, CommandResponse, Delivery, Message, QueueAppend, DELIVERY_BYTES,
-    PRODUCE_HEADER_BYTES, SCHEDULE_TOPIC,
+    format_delay_levels, parse_delay_levels, timer_level_delay_ms, timer_level_for, Action, Command, CommandResponse, Delivery, Message,
+    QueueAppend, Source, DELIVERY_BYTES, PRODUCE_HEADER_BYTES, SCHEDULE_TOPIC, TIMER_LEVELS, TIMER_TOPIC,
 };
 use raftmq_remoting::message::{
     decode_properties, encode_stored_message, get_property, properties_to_string, property, sys_flag, tags_code, MessageToStore,
@@ -76,7 +76,104 @@ pub(crate) fn staged_properties(properties: &str, real_topic: &str, real_queue: 
     properties_to_string(&props).map_err(|e| e.to_string())
 }
 
+/// When a message with 5.x timer properties is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerDue {
+    /// Due now or in the tolerated past: stored in its topic at once.
+    Now,
+    /// Due at this store-clock time (ms): staged in the timer queues.
+    At(i64),
+}
+
+/// The timer a properties block asks for, checked as RocketMQ 5 does (`TIMER_DELAY_SEC` first, then
+/// `TIMER_DELAY_MS`, then `TIMER_DELIVER_MS`; a message carrying `TIMER_OUT_MS` was already timed and is
+/// not timed again). `now_ms` is the broker's receipt time.
+///
+/// # Errors
+/// The remark for 13 MESSAGE_ILLEGAL naming the property and why: not a number, a negative delay, a
+/// delay above `max_delay_ms`, or a delivery time more than `past_tolerance_ms` in the past.
+pub(crate) fn timer_due_of(properties: &str, now_ms: i64, max_delay_ms: i64, past_tolerance_ms: i64) -> Result<Option<TimerDue>, String> {
+    if get_property(properties, property::TIMER_OUT_MS).is_some() {
+        return Ok(None);
+    }
+    let parse = |name: &str| -> Result<Option<i64>, String> {
+        match get_property(properties, name) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| format!("the {name} property {v:?} is not a number")),
+        }
+    };
+    let (name, due) = if let Some(sec) = parse(property::TIMER_DELAY_SEC)? {
+        if sec < 0 {
+            return Err(format!("the {} property {sec} is a negative delay", property::TIMER_DELAY_SEC));
+        }
+        (property::TIMER_DELAY_SEC, now_ms.saturating_add(sec.saturating_mul(1000)))
+    } else if let Some(ms) = parse(property::TIMER_DELAY_MS)? {
+        if ms < 0 {
+            return Err(format!("the {} property {ms} is a negative delay", property::TIMER_DELAY_MS));
+        }
+        (property::TIMER_DELAY_MS, now_ms.saturating_add(ms))
+    } else if let Some(at) = parse(property::TIMER_DELIVER_MS)? {
+        (property::TIMER_DELIVER_MS, at)
+    } else {
+        return Ok(None);
+    };
+    if due.saturating_sub(now_ms) > max_delay_ms {
+        return Err(format!(
+            "timer message illegal: {name} asks for a delivery {} ms from now, above the max delay of {max_delay_ms} ms (timerMaxDelaySec)",
+            due.saturating_sub(now_ms)
+        ));
+    }
+    if due < now_ms.saturating_sub(past_tolerance_ms) {
+        return Err(format!(
+            "timer message illegal: {name} asks for a delivery {} ms in the past, more than the {past_tolerance_ms} ms tolerated (timerPastToleranceMs)",
+            now_ms - due
+        ));
+    }
+    Ok(Some(if due <= now_ms { TimerDue::Now } else { TimerDue::At(due) }))
+}
+
+/// The properties of a timer's staged copy: the original ones with `REAL_TOPIC`, `REAL_QID` and
+/// `TIMER_OUT_MS` (the due time) set.
+pub(crate) fn timer_staged_properties(properties: &str, real_topic: &str, real_queue: u32, due_ms: i64) -> Result<String, String> {
+    let mut props = decode_properties(properties);
+    props.insert(property::REAL_TOPIC.to_string(), real_topic.to_string());
+    props.insert(property::REAL_QUEUE_ID.to_string(), real_queue.to_string());
+    props.insert(property::TIMER_OUT_MS.to_string(), due_ms.to_string());
+    properties_to_string(&props).map_err(|e| e.to_string())
+}
+
+/// One message a delivery pass takes out of its staging queue.
+enum Taken {
+    /// Due: its copy for the real queue.
+    Copy(Delivery, QueueAppend),
+    /// A timer not due yet: moves to the timer queue for the time left at the entry's stamp.
+    Move { source_queue: u32, offset: u64, eligible: i64, due: i64, phys_offset: u64, size: u32 },
+}
+
 impl BrokerInner {
+    /// Makes the timer topic exist with its delay lines (leader only).
+    pub(crate) async fn ensure_timer_topic(&self) -> Result<(), (ResponseCode, String)> {
+        match self.store.topic(TIMER_TOPIC) {
+            Some(t) if t.write_queues >= TIMER_LEVELS => Ok(()),
+            _ => {
+                let t = raftmq_raft::types::TopicConfig {
+                    name: TIMER_TOPIC.into(),
+                    read_queues: TIMER_LEVELS,
+                    write_queues: TIMER_LEVELS,
+                    perm: PERM_READ_WRITE,
+                };
+                self.store.upsert_topic(t).await.map_err(|e| {
+                    (ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create the timer topic {TIMER_TOPIC}: {e}; retry"))
+                })
+            }
+        }
+    }
+
+    /// Timer messages pending (staged, not delivered).
+    pub(crate) fn timers_pending(&self) -> u64 {
+        self.node.state().with_metadata(|m| m.state.timers_pending())
+    }
+
     /// The staging of a message at delay `level` under the replicated level table.
     pub(crate) fn staging(&self, level: i32) -> Option<Staging> {
         let (level, delay_ms) = self.node.state().with_metadata(|m| m.state.schedule.delay_of(level))?;
@@ -126,7 +223,30 @@ impl BrokerInner {
                 "nextDueMs": next_due,
             }));
         }
-        serde_json::json!({ "delayLevels": format_delay_levels(&levels), "pending": pending })
+        let (timer_cursors, timer_queues) = self
+            .node
+            .state()
+            .with_metadata(|m| (m.state.schedule.timer_cursors.clone(), m.state.queues.get(TIMER_TOPIC).cloned().unwrap_or_default()));
+        let mut timers = Vec::new();
+        for (q, st) in &timer_queues {
+            let cursor = timer_cursors.get(q).copied().unwrap_or(0);
+            if st.next_offset <= cursor {
+                continue;
+            }
+            let eligible = self.store.queue(TIMER_TOPIC, *q).and_then(|cq| cq.get(cursor.max(cq.min_offset()))).map(|u| u.tags_code);
+            timers.push(serde_json::json!({
+                "line": q,
+                "delayMs": timer_level_delay_ms(*q),
+                "pending": st.next_offset - cursor,
+                "nextEligibleMs": eligible,
+            }));
+        }
+        serde_json::json!({
+            "delayLevels": format_delay_levels(&levels),
+            "pending": pending,
+            "timersPending": self.timers_pending(),
+            "timerLines": timers,
+        })
     }
 
     /// Proposes this node's `messageDelayLevel` when the group has no table yet and it differs from the
@@ -152,46 +272,86 @@ impl BrokerInner {
         }
     }
 
-    /// One pass over the level heads: delivers what is due, at most `scheduleDeliverBatchMax` messages and
-    /// one entry's bytes. Returns how many were delivered and, when none was due, how long until the
-    /// earliest head is.
+    /// One pass over the heads of the level and timer queues: takes what is due (copies) or eligible
+    /// (timer moves), at most `scheduleDeliverBatchMax` messages and one entry's bytes. Returns how many
+    /// were taken and, when none was, how long until the earliest head is due or eligible.
     async fn deliver_due(&self) -> Result<(usize, Option<u64>), String> {
         let now = crate::store::wall_ms().max(self.store.replicated_now_ms());
-        let (levels, cursors) = self.node.state().with_metadata(|m| (m.state.schedule.level_count(), m.state.schedule.cursors.clone()));
+        let (levels, cursors, timer_cursors) = self
+            .node
+            .state()
+            .with_metadata(|m| (m.state.schedule.level_count(), m.state.schedule.cursors.clone(), m.state.schedule.timer_cursors.clone()));
         let budget = self.cfg.entry_bytes_max.saturating_sub(PRODUCE_HEADER_BYTES);
         let mut bytes = 0usize;
-        let mut items: Vec<(Delivery, QueueAppend)> = Vec::new();
+        let mut taken: Vec<Taken> = Vec::new();
         let mut next_due: Option<i64> = None;
         let mut topics_needed: BTreeMap<String, u32> = BTreeMap::new();
-        'levels: for q in 0..levels {
-            let Some(cq) = self.store.queue(SCHEDULE_TOPIC, q) else { continue };
-            let mut offset = cursors.get(&q).copied().unwrap_or(0).max(cq.min_offset());
+        let queues = (0..levels).map(|q| (Source::Level, q)).chain((0..TIMER_LEVELS).map(|q| (Source::Timer, q)));
+        'queues: for (source, q) in queues {
+            let (topic, cursor) = match source {
+                Source::Level => (SCHEDULE_TOPIC, cursors.get(&q).copied().unwrap_or(0)),
+                Source::Timer => (TIMER_TOPIC, timer_cursors.get(&q).copied().unwrap_or(0)),
+            };
+            let Some(cq) = self.store.queue(topic, q) else { continue };
+            let mut offset = cursor.max(cq.min_offset());
             while offset < cq.max_offset() {
-                if items.len() >= self.cfg.schedule_deliver_batch_max {
-                    break 'levels;
+                if taken.len() >= self.cfg.schedule_deliver_batch_max {
+                    break 'queues;
                 }
                 let Some(unit) = cq.get(offset) else { break };
+                // Levels: the tag code is the due time; timers: when the unit is eligible for its next hop.
                 if unit.tags_code > now {
                     next_due = Some(next_due.map_or(unit.tags_code, |d| d.min(unit.tags_code)));
                     break;
                 }
-                let raw =
-                    self.node.commitlog().read_at(unit.phys_offset, unit.size as usize).ok_or_else(|| {
-                        format!("staged message {SCHEDULE_TOPIC}/{q}@{offset} (commitlog {}) unreadable", unit.phys_offset)
-                    })?;
-                let copy = self.delivery_copy(&raw).map_err(|e| format!("staged message {SCHEDULE_TOPIC}/{q}@{offset}: {e}"))?;
-                let len = copy.encoded_len() + DELIVERY_BYTES;
+                let raw = self
+                    .node
+                    .commitlog()
+                    .read_at(unit.phys_offset, unit.size as usize)
+                    .ok_or_else(|| format!("staged message {topic}/{q}@{offset} (commitlog {}) unreadable", unit.phys_offset))?;
+                let timer_due = match source {
+                    Source::Level => None,
+                    Source::Timer => Some(timer_out_of(&raw).map_err(|e| format!("staged timer {topic}/{q}@{offset}: {e}"))?),
+                };
+                let item = match timer_due {
+                    Some(due) if due > now => Taken::Move {
+                        source_queue: q,
+                        offset,
+                        eligible: unit.tags_code,
+                        due,
+                        phys_offset: unit.phys_offset,
+                        size: unit.size,
+                    },
+                    _ => {
+                        let copy = self.delivery_copy(&raw, source).map_err(|e| format!("staged message {topic}/{q}@{offset}: {e}"))?;
+                        topics_needed
+                            .entry(copy.topic.clone())
+                            .and_modify(|n| *n = (*n).max(copy.queue_id + 1))
+                            .or_insert(copy.queue_id + 1);
+                        let d = Delivery {
+                            source,
+                            schedule_queue: q,
+                            staged_offset: offset,
+                            due_ms: timer_due.unwrap_or(unit.tags_code),
+                            action: Action::Copy { part: 0, index: 0 },
+                        };
+                        Taken::Copy(d, copy)
+                    }
+                };
+                let len = DELIVERY_BYTES
+                    + match &item {
+                        Taken::Copy(_, copy) => copy.encoded_len(),
+                        Taken::Move { .. } => 0,
+                    };
                 if bytes + len > budget {
-                    break 'levels;
+                    break 'queues;
                 }
                 bytes += len;
-                topics_needed.entry(copy.topic.clone()).and_modify(|n| *n = (*n).max(copy.queue_id + 1)).or_insert(copy.queue_id + 1);
-                let d = Delivery { schedule_queue: q, staged_offset: offset, due_ms: unit.tags_code, part: items.len() as u32, index: 0 };
-                items.push((d, copy));
+                taken.push(item);
                 offset += 1;
             }
         }
-        if items.is_empty() {
+        if taken.is_empty() {
             return Ok((0, next_due.map(|d| (d - now).max(0) as u64)));
         }
         // A real topic deleted or never created (a retry topic is created at send-back) is created now, as
@@ -202,25 +362,43 @@ impl BrokerInner {
                 self.ensure_topic(topic, want).await.map_err(|(_, why)| why)?;
             }
         }
-        for (_, copy) in items.iter_mut() {
-            if let Some(t) = self.store.topic(&copy.topic) {
-                if copy.queue_id >= t.write_queues.max(1) {
+        for item in taken.iter_mut() {
+            if let Taken::Copy(_, copy) = item {
+                if let Some(t) = self.store.topic(&copy.topic) {
                     copy.queue_id %= t.write_queues.max(1);
                 }
             }
         }
-        let n = items.len();
+        let n = taken.len();
         let results = self
             .store
             .put_stamped(move |ts| {
-                let mut parts = Vec::with_capacity(items.len());
-                let mut deliveries = Vec::with_capacity(items.len());
-                for (d, mut part) in items {
-                    for m in &mut part.messages {
-                        m.data = with_store_timestamp(std::mem::take(&mut m.data), ts);
+                let mut parts = Vec::with_capacity(taken.len());
+                let mut deliveries = Vec::with_capacity(taken.len());
+                for item in taken {
+                    match item {
+                        Taken::Copy(mut d, mut part) => {
+                            for m in &mut part.messages {
+                                m.data = with_store_timestamp(std::mem::take(&mut m.data), ts);
+                            }
+                            d.action = Action::Copy { part: parts.len() as u32, index: 0 };
+                            parts.push(part);
+                            deliveries.push(d);
+                        }
+                        Taken::Move { source_queue, offset, eligible, due, phys_offset, size } => {
+                            // The time left at this entry's stamp picks the line; eligibility follows from
+                            // the stamp, so every line stays in eligibility order.
+                            let to_queue = timer_level_for(due - ts);
+                            let eligible_ms = ts.saturating_add(timer_level_delay_ms(to_queue));
+                            deliveries.push(Delivery {
+                                source: Source::Timer,
+                                schedule_queue: source_queue,
+                                staged_offset: offset,
+                                due_ms: eligible,
+                                action: Action::Move { to_queue, eligible_ms, phys_offset, size },
+                            });
+                        }
                     }
-                    parts.push(part);
-                    deliveries.push(d);
                 }
                 (parts, deliveries)
             })
@@ -233,18 +411,23 @@ impl BrokerInner {
                 raftmq_raft::types::QueueAppendResult::Rejected(_) => 0,
             })
             .sum();
-        debug!(proposed = n, indexed, "scheduled messages delivered");
+        debug!(taken = n, indexed, "scheduled messages delivered or moved");
         Ok((n, None))
     }
 
     /// The copy of a staged message for its real queue, in the stored layout (store timestamp set when
-    /// it is stamped).
-    fn delivery_copy(&self, raw: &[u8]) -> Result<QueueAppend, String> {
+    /// it is stamped). A level's copy keeps `REAL_TOPIC`/`REAL_QID` (RocketMQ 4.x); a timer's drops them
+    /// and keeps `TIMER_OUT_MS` (RocketMQ 5).
+    fn delivery_copy(&self, raw: &[u8], source: Source) -> Result<QueueAppend, String> {
         let m = decode_stored_message(raw).map_err(|e| e.to_string())?;
         let mut props = decode_properties(m.properties);
         let real_topic = props.get(property::REAL_TOPIC).cloned().ok_or("no REAL_TOPIC property")?;
         let real_queue: u32 = props.get(property::REAL_QUEUE_ID).and_then(|q| q.parse().ok()).ok_or("no REAL_QID property")?;
         props.remove(property::DELAY_TIME_LEVEL);
+        if source == Source::Timer {
+            props.remove(property::REAL_TOPIC);
+            props.remove(property::REAL_QUEUE_ID);
+        }
         let properties = properties_to_string(&props).map_err(|e| e.to_string())?;
         let v4 = |a: SocketAddr| match a {
             SocketAddr::V4(a) => a,
@@ -278,6 +461,13 @@ impl BrokerInner {
             }],
         })
     }
+}
+
+/// The due time (`TIMER_OUT_MS`) of a staged timer message.
+fn timer_out_of(raw: &[u8]) -> Result<i64, String> {
+    let m = decode_stored_message(raw).map_err(|e| e.to_string())?;
+    let v = get_property(m.properties, property::TIMER_OUT_MS).ok_or("no TIMER_OUT_MS property")?;
+    v.parse().map_err(|_| format!("TIMER_OUT_MS {v:?} is not a number"))
 }
 
 /// The leader's delivery loop: runs for the broker's lifetime, active while this node is the ready leader.

@@ -28,14 +28,14 @@ use raftmq_remoting::{decode_stored_message, CommandHeader, RequestCode, Respons
 
 use crate::broker::BrokerInner;
 use crate::processor::{reply, Reply};
-use crate::schedule::{delay_level_of, staged_properties};
+use crate::schedule::{delay_level_of, staged_properties, timer_due_of, timer_staged_properties, TimerDue};
 use crate::store::PutError;
 use crate::topics::{
     dlq_topic, group_of_retry_or_dlq, retry_topic, validate_group, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX,
 };
 use raftmq_raft::node::WriteError;
-use raftmq_raft::types::SCHEDULE_TOPIC;
 use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
+use raftmq_raft::types::{SCHEDULE_TOPIC, TIMER_TOPIC};
 use tracing::warn;
 
 /// Messages one SEND_BATCH_MESSAGE may carry.
@@ -92,6 +92,10 @@ struct Outgoing {
 }
 
 impl BrokerInner {
+    fn timer_max_delay_ms(&self) -> i64 {
+        i64::try_from(self.cfg.timer_max_delay_sec.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+
     fn store_host(&self) -> SocketAddrV4 {
         self.cfg
             .me()
@@ -214,19 +218,53 @@ impl BrokerInner {
                 Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
             }
         };
+        // Without a delay level, 5.x timer properties stage it in the timer lines (due in the future) or
+        // change nothing (due now or in the tolerated past).
+        let timer = if code == RequestCode::SEND_BATCH_MESSAGE || staging.is_some() {
+            None
+        } else {
+            match timer_due_of(single_props, now_ms(), self.timer_max_delay_ms(), self.cfg.timer_past_tolerance_ms as i64) {
+                Ok(Some(TimerDue::At(due))) => Some(due),
+                Ok(_) => None,
+                Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
+            }
+        };
         let staged_props;
-        let (store_topic, store_queue, properties_of_single) = match staging {
-            Some(s) => {
-                if let Err((code, why)) = self.ensure_schedule_topic().await {
+        let (store_topic, store_queue, properties_of_single) = match (staging, timer) {
+            (None, Some(due)) => {
+                let pending = self.timers_pending();
+                if pending >= self.cfg.timer_messages_max {
+                    return reply(
+                        req,
+                        ResponseCode::SERVICE_NOT_AVAILABLE,
+                        format!(
+                            "not stored: {pending} timer messages are pending, the limit (timerMessagesMax {})",
+                            self.cfg.timer_messages_max
+                        ),
+                    );
+                }
+                if let Err((code, why)) = self.ensure_timer_topic().await {
                     return reply(req, code, why);
                 }
-                staged_props = match staged_properties(single_props, &topic, queue_id, s.level) {
+                staged_props = match timer_staged_properties(single_props, &topic, queue_id, due) {
                     Ok(p) => p,
                     Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
                 };
-                (SCHEDULE_TOPIC.to_string(), s.queue_id(), staged_props.as_str())
+                (TIMER_TOPIC.to_string(), 0, staged_props.as_str())
             }
-            None => (topic.clone(), queue_id, single_props),
+            _ => match staging {
+                Some(s) => {
+                    if let Err((code, why)) = self.ensure_schedule_topic().await {
+                        return reply(req, code, why);
+                    }
+                    staged_props = match staged_properties(single_props, &topic, queue_id, s.level) {
+                        Ok(p) => p,
+                        Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
+                    };
+                    (SCHEDULE_TOPIC.to_string(), s.queue_id(), staged_props.as_str())
+                }
+                None => (topic.clone(), queue_id, single_props),
+            },
         };
         let store_host = self.store_host();
         let born_host = v4(born);
@@ -300,12 +338,15 @@ impl BrokerInner {
             return r;
         }
         #[cfg(feature = "unsafe-ack-before-quorum")]
-        if self.cfg.unsafe_ack_before_quorum && staging.is_none() {
+        if self.cfg.unsafe_ack_before_quorum && staging.is_none() && timer.is_none() {
             return self.unsafe_ack_before_quorum(req, &topic, queue_id, store_host, messages);
         }
-        let put = match staging {
-            Some(s) => self.store.put_delayed(&store_topic, store_queue, messages.into_iter().map(|m| m.data).collect(), s.delay_ms).await,
-            None => self.store.put(&store_topic, store_queue, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await,
+        let put = match (staging, timer) {
+            (Some(s), _) => {
+                self.store.put_delayed(&store_topic, store_queue, messages.into_iter().map(|m| m.data).collect(), s.delay_ms).await
+            }
+            (None, Some(due)) => self.store.put_timer(&store_topic, messages.into_iter().map(|m| m.data).collect(), due).await,
+            (None, None) => self.store.put(&store_topic, store_queue, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await,
         };
         match put {
             Ok(positions) => {

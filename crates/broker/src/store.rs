@@ -173,6 +173,32 @@ impl MessageStore {
         self.put_with_due(topic, queue_id, messages.into_iter().map(|m| (0, m)).collect(), Some(delay)).await
     }
 
+    /// Stages timer messages due at `due_ms` (store-clock ms) in the timer line for the time left at the
+    /// entry's stamp; each unit's tag code is when it becomes eligible there (see `raftmq_state::schedule`).
+    /// The positions returned are in that line.
+    pub async fn put_timer(&self, topic: &str, messages: Vec<Bytes>, due_ms: i64) -> PutResult {
+        let mut results = self
+            .put_stamped(|ts| {
+                let line = raftmq_raft::types::timer_level_for(due_ms - ts);
+                let eligible = ts.saturating_add(raftmq_raft::types::timer_level_delay_ms(line));
+                let q = QueueAppend {
+                    topic: topic.to_string(),
+                    queue_id: line,
+                    messages: messages
+                        .into_iter()
+                        .map(|data| Message { tags_code: eligible, data: with_store_timestamp(data, ts), phys_offset: None })
+                        .collect(),
+                };
+                (vec![q], Vec::new())
+            })
+            .await?;
+        match results.pop() {
+            Some(QueueAppendResult::Stored(p)) => Ok(p.into_iter().map(|p| (p.queue_offset, p.phys_offset)).collect()),
+            Some(QueueAppendResult::Rejected(why)) => Err(PutError::Rejected(why)),
+            None => Err(PutError::Rejected("empty result".into())),
+        }
+    }
+
     async fn put_with_due(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>, due_after: Option<i64>) -> PutResult {
         let mut results = self
             .put_stamped(|ts| {

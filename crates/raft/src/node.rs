@@ -34,7 +34,7 @@ use crate::log_store::{LogStore, StoreLink};
 use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
-    Command, CommandResponse, Delivery, Node, NodeId, Produce, QueueAppend, QueueAppendResult, Raft, DELIVERY_BYTES, PRODUCE_HEADER_BYTES,
+    Action, Command, CommandResponse, Delivery, Node, NodeId, Produce, QueueAppend, QueueAppendResult, Raft, PRODUCE_HEADER_BYTES,
 };
 
 /// The largest `entry_bytes_max` a node accepts: 16 MiB, the RocketMQ remoting frame cap, so no single request
@@ -288,7 +288,7 @@ struct ProduceRequest {
     /// The proposer's store clock (see [`RaftNode::submit_produce_at`]).
     time_ms: i64,
     queues: Vec<QueueAppend>,
-    /// Deliveries of scheduled messages, with `part` relative to `queues`.
+    /// Deliveries of scheduled messages, copies' `part` relative to `queues`.
     deliveries: Vec<Delivery>,
     /// Encoded bytes of the queues and deliveries.
     bytes: usize,
@@ -635,7 +635,8 @@ impl RaftNode {
     ) -> Result<ProduceTicket, WriteError> {
         self.check_store()?;
         self.fence.check()?;
-        let bytes = queues.iter().map(QueueAppend::encoded_len).sum::<usize>() + deliveries.len() * DELIVERY_BYTES;
+        let bytes =
+            queues.iter().map(QueueAppend::encoded_len).sum::<usize>() + deliveries.iter().map(Delivery::encoded_len).sum::<usize>();
         let entry_bytes = PRODUCE_HEADER_BYTES + bytes;
         if entry_bytes > self.cfg.entry_bytes_max {
             return Err(WriteError::EntryTooLarge { bytes: entry_bytes, max: self.cfg.entry_bytes_max });
@@ -918,7 +919,10 @@ async fn produce_batcher(
         for r in reqs {
             let base = entry.queues.len() as u32;
             entry.time_ms = entry.time_ms.max(r.time_ms);
-            entry.deliveries.extend(r.deliveries.into_iter().map(|d| Delivery { part: d.part + base, ..d }));
+            entry.deliveries.extend(r.deliveries.into_iter().map(|d| match d.action {
+                Action::Copy { part, index } => Delivery { action: Action::Copy { part: part + base, index }, ..d },
+                Action::Move { .. } => d,
+            }));
             waiters.push((r.queues.len(), r.reply));
             entry.queues.extend(r.queues);
         }

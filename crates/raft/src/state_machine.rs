@@ -392,19 +392,51 @@ impl SmShared {
     }
 
     /// The newest log index retention may purge through without taking a message the state still needs:
-    /// one below the entry holding the oldest staged message not yet delivered (its bytes are copied at
-    /// delivery, and a node that joins from a snapshot must replay its staging). `None` = no pin.
+    /// one below the entry holding the oldest staged (delay-level or timer) message not yet delivered (its
+    /// bytes are copied at delivery, and a node that joins from a snapshot must replay its staging).
+    /// `None` = no pin. A 40-day timer therefore pins 40 days of log (see docs/operations.md).
     pub fn retention_pin_index(&self) -> Option<u64> {
-        let oldest = {
+        let (levels, timers) = {
             let m = read_lock(&self.meta);
-            let staged = m.state.queues.get(raftmq_state::SCHEDULE_TOPIC)?;
-            staged
-                .iter()
-                .filter(|(q, st)| m.state.schedule.cursor(**q) < st.next_offset)
-                .filter_map(|(q, _)| self.queue(raftmq_state::SCHEDULE_TOPIC, *q)?.get(m.state.schedule.cursor(*q)))
-                .map(|u| u.phys_offset)
-                .min()?
+            let pending = |topic: &str, cursor: &dyn Fn(u32) -> u64| -> Vec<(u32, u64, u64)> {
+                m.state
+                    .queues
+                    .get(topic)
+                    .into_iter()
+                    .flatten()
+                    .map(|(q, st)| (*q, cursor(*q), st.next_offset))
+                    .filter(|(_, c, n)| c < n)
+                    .collect()
+            };
+            (
+                pending(raftmq_state::SCHEDULE_TOPIC, &|q| m.state.schedule.cursor(q)),
+                pending(raftmq_state::TIMER_TOPIC, &|q| m.state.schedule.timer_cursor(q)),
+            )
         };
+        // A level queue is in staging order: its head is its oldest message. A timer line is not (moves
+        // append old bytes): every pending unit is looked at (compaction is rare; memory stays constant).
+        let mut oldest: Option<u64> = None;
+        let mut see = |pos: u64| oldest = Some(oldest.map_or(pos, |o| o.min(pos)));
+        for (q, cursor, _) in levels {
+            if let Some(u) = self.queue(raftmq_state::SCHEDULE_TOPIC, q).and_then(|cq| cq.get(cursor)) {
+                see(u.phys_offset);
+            }
+        }
+        for (q, cursor, next) in timers {
+            let Some(cq) = self.queue(raftmq_state::TIMER_TOPIC, q) else { continue };
+            let mut at = cursor;
+            while at < next {
+                let units = cq.read(at, 4096);
+                if units.is_empty() {
+                    break;
+                }
+                at += units.len() as u64;
+                for u in units {
+                    see(u.phys_offset);
+                }
+            }
+        }
+        let oldest = oldest?;
         match self.log.read_containing(oldest) {
             Ok(Some(rec)) => Some(rec.meta.index.saturating_sub(1)),
             // Unreadable or gone: pin everything rather than purge blind.

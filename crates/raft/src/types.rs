@@ -4,7 +4,10 @@
 use std::io::Cursor;
 
 pub use raftmq_state::command::*;
-pub use raftmq_state::schedule::{format_delay_levels, parse_delay_levels, DEFAULT_DELAY_LEVELS, SCHEDULE_TOPIC};
+pub use raftmq_state::schedule::{
+    format_delay_levels, parse_delay_levels, timer_level_delay_ms, timer_level_for, DEFAULT_DELAY_LEVELS, SCHEDULE_TOPIC, TIMER_LEVELS,
+    TIMER_TICK_MS, TIMER_TOPIC,
+};
 
 openraft::declare_raft_types!(
     /// openraft type configuration of a raftmq broker group.
@@ -59,7 +62,26 @@ mod tests {
                 time_ms: 1,
                 queues: vec![QueueAppend { topic: "t".into(), queue_id: 1, messages: (0..1000).map(|_| msg(0)).collect() }],
                 deliveries: (0..1000)
-                    .map(|i| Delivery { schedule_queue: 1, staged_offset: i, due_ms: 1, part: 0, index: i as u32 })
+                    .map(|i| Delivery {
+                        source: Source::Level,
+                        schedule_queue: 1,
+                        staged_offset: i,
+                        due_ms: 1,
+                        action: Action::Copy { part: 0, index: i as u32 },
+                    })
+                    .collect(),
+            }),
+            Command::ProduceAt(Produce {
+                time_ms: 1,
+                queues: vec![],
+                deliveries: (0..1000)
+                    .map(|i| Delivery {
+                        source: Source::Timer,
+                        schedule_queue: 1,
+                        staged_offset: i,
+                        due_ms: 1,
+                        action: Action::Move { to_queue: 0, eligible_ms: 2, phys_offset: 3, size: 4 },
+                    })
                     .collect(),
             }),
         ];

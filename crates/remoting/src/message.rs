@@ -164,6 +164,8 @@ pub mod property {
     pub const TIMER_DELAY_SEC: &str = "TIMER_DELAY_SEC";
     /// Timer delay in ms (5.x).
     pub const TIMER_DELAY_MS: &str = "TIMER_DELAY_MS";
+    /// Due time the broker fixed for a timer message (5.x); its presence marks a message already timed.
+    pub const TIMER_OUT_MS: &str = "TIMER_OUT_MS";
     /// Cluster name.
     pub const CLUSTER: &str = "CLUSTER";
     /// Inner-batch message count.

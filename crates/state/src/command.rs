@@ -9,8 +9,10 @@
 //! tag 1 Produce (legacy):  parts
 //! tag 2 CommitOffsets:     bincode(Vec<OffsetCommit>)
 //! tag 3 UpsertTopic:       bincode(TopicConfig)
-//! tag 4 ProduceAt:         time_ms i64 | ndeliveries u32 | { schedule_queue u32 | staged_offset u64 | due_ms i64
-//!                          | part u32 | index u32 } | parts
+//! tag 4 ProduceAt:         time_ms i64 | ndeliveries u32 | { delivery } | parts
+//! delivery := source u8 (0 level, 1 timer) | schedule_queue u32 | staged_offset u64 | due_ms i64 |
+//!             ( 0 u8 | part u32 | index u32                                            copy to the real queue
+//!             | 1 u8 | to_queue u32 | eligible_ms i64 | phys_offset u64 | size u32 )   move to a timer queue
 //! tag 5 SetDelayLevels:    bincode(Vec<u64>)           (delay of each level in ms)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
 //! ```
@@ -75,20 +77,68 @@ pub struct TopicConfig {
     pub perm: u32,
 }
 
-/// One scheduled message delivered by a [`Produce`] entry: the staged message it comes from and which
-/// message of the entry is its copy for the real queue.
+/// Which staging queues a [`Delivery`] takes a message from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Source {
+    /// A delay-level queue of the schedule topic (queue = level − 1).
+    Level,
+    /// A timer queue (queue k delays by `TIMER_TICK_MS << k`).
+    Timer,
+}
+
+/// What a [`Delivery`] does with the staged message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Its copy for the real queue is message `index` of queue part `part` of the entry.
+    Copy {
+        /// The queue part of the entry holding the copy.
+        part: u32,
+        /// The copy's index among that part's messages.
+        index: u32,
+    },
+    /// It moves, by reference, to timer queue `to_queue`: a unit pointing at the same bytes, eligible at
+    /// `eligible_ms` (a timer's next, shorter hop; no bytes are copied).
+    Move {
+        /// The timer queue it moves to.
+        to_queue: u32,
+        /// When it becomes eligible there (the unit's tag code).
+        eligible_ms: i64,
+        /// Commitlog offset of the staged message's bytes.
+        phys_offset: u64,
+        /// Their length.
+        size: u32,
+    },
+}
+
+/// One staged message taken out of its staging queue by a [`Produce`] entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
-    /// Queue of the schedule topic the staged message sits in (delay level − 1).
+    /// Which staging queues.
+    pub source: Source,
+    /// The staging queue it sits in.
     pub schedule_queue: u32,
-    /// Its offset there. The copy is indexed only if this is the queue's next undelivered offset.
+    /// Its offset there. Taken only if this is the queue's next undelivered offset.
     pub staged_offset: u64,
-    /// Its due time (ms, the store clock's): the copy is indexed only if the entry's time has reached it.
+    /// Taken only if the entry's time has reached this: the due time for a copy, the time the staged unit
+    /// became eligible for a move.
     pub due_ms: i64,
-    /// The queue part of the entry holding the copy.
-    pub part: u32,
-    /// The copy's index among that part's messages.
-    pub index: u32,
+    /// Copy to the real queue, or move to a shorter timer queue.
+    pub action: Action,
+}
+
+/// Encoded bytes of a copy [`Delivery`].
+pub const DELIVERY_COPY_BYTES: usize = 30;
+/// Encoded bytes of a move [`Delivery`] (the largest kind).
+pub const DELIVERY_BYTES: usize = 46;
+
+impl Delivery {
+    /// Encoded bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self.action {
+            Action::Copy { .. } => DELIVERY_COPY_BYTES,
+            Action::Move { .. } => DELIVERY_BYTES,
+        }
+    }
 }
 
 /// A produce entry stamped with the leader's store clock.
@@ -159,9 +209,6 @@ const TAG_SET_DELAY_LEVELS: u8 = 5;
 /// count.
 pub const PRODUCE_HEADER_BYTES: usize = 17;
 
-/// Encoded bytes of one [`Delivery`].
-pub const DELIVERY_BYTES: usize = 28;
-
 /// Longest topic name the codec accepts (RocketMQ's limit is 127 bytes; the codec allows u16).
 pub const TOPIC_BYTES_MAX: usize = u16::MAX as usize;
 
@@ -182,7 +229,9 @@ pub fn produce_queue_len(topic_len: usize, message_lens: impl IntoIterator<Item 
 impl Produce {
     /// Exact encoded body size.
     pub fn encoded_len(&self) -> usize {
-        PRODUCE_HEADER_BYTES + self.deliveries.len() * DELIVERY_BYTES + self.queues.iter().map(QueueAppend::encoded_len).sum::<usize>()
+        PRODUCE_HEADER_BYTES
+            + self.deliveries.iter().map(Delivery::encoded_len).sum::<usize>()
+            + self.queues.iter().map(QueueAppend::encoded_len).sum::<usize>()
     }
 }
 
@@ -214,11 +263,27 @@ impl Command {
                 out.put_i64_le(p.time_ms);
                 out.put_u32_le(len_u32(p.deliveries.len())?);
                 for d in &p.deliveries {
+                    out.put_u8(match d.source {
+                        Source::Level => 0,
+                        Source::Timer => 1,
+                    });
                     out.put_u32_le(d.schedule_queue);
                     out.put_u64_le(d.staged_offset);
                     out.put_i64_le(d.due_ms);
-                    out.put_u32_le(d.part);
-                    out.put_u32_le(d.index);
+                    match d.action {
+                        Action::Copy { part, index } => {
+                            out.put_u8(0);
+                            out.put_u32_le(part);
+                            out.put_u32_le(index);
+                        }
+                        Action::Move { to_queue, eligible_ms, phys_offset, size } => {
+                            out.put_u8(1);
+                            out.put_u32_le(to_queue);
+                            out.put_i64_le(eligible_ms);
+                            out.put_u64_le(phys_offset);
+                            out.put_u32_le(size);
+                        }
+                    }
                 }
                 encode_parts(&p.queues, out)?;
             }
@@ -255,16 +320,30 @@ impl Command {
                 need(&b, 12)?;
                 let time_ms = b.get_i64_le();
                 let n = b.get_u32_le() as usize;
-                need(&b, n.saturating_mul(DELIVERY_BYTES))?;
+                need(&b, n.saturating_mul(DELIVERY_COPY_BYTES))?;
                 let mut deliveries = Vec::with_capacity(n);
                 for _ in 0..n {
-                    deliveries.push(Delivery {
-                        schedule_queue: b.get_u32_le(),
-                        staged_offset: b.get_u64_le(),
-                        due_ms: b.get_i64_le(),
-                        part: b.get_u32_le(),
-                        index: b.get_u32_le(),
-                    });
+                    need(&b, DELIVERY_COPY_BYTES)?;
+                    let source = match b.get_u8() {
+                        0 => Source::Level,
+                        1 => Source::Timer,
+                        other => return Err(PayloadError::UnknownTag(other)),
+                    };
+                    let (schedule_queue, staged_offset, due_ms) = (b.get_u32_le(), b.get_u64_le(), b.get_i64_le());
+                    let action = match b.get_u8() {
+                        0 => Action::Copy { part: b.get_u32_le(), index: b.get_u32_le() },
+                        1 => {
+                            need(&b, DELIVERY_BYTES - DELIVERY_COPY_BYTES + 8)?;
+                            Action::Move {
+                                to_queue: b.get_u32_le(),
+                                eligible_ms: b.get_i64_le(),
+                                phys_offset: b.get_u64_le(),
+                                size: b.get_u32_le(),
+                            }
+                        }
+                        other => return Err(PayloadError::UnknownTag(other)),
+                    };
+                    deliveries.push(Delivery { source, schedule_queue, staged_offset, due_ms, action });
                 }
                 let queues = decode_parts(body, &mut b, body_pos)?;
                 Ok(Command::ProduceAt(Produce { time_ms, queues, deliveries }))
@@ -402,18 +481,33 @@ mod tests {
         let cmd = Command::ProduceAt(Produce {
             time_ms: 1_700_000_000_123,
             queues: vec![part(&[b"hello"]), part(&[])],
-            deliveries: vec![Delivery { schedule_queue: 2, staged_offset: 9, due_ms: 5, part: 0, index: 0 }],
+            deliveries: vec![
+                Delivery {
+                    source: Source::Level,
+                    schedule_queue: 2,
+                    staged_offset: 9,
+                    due_ms: 5,
+                    action: Action::Copy { part: 0, index: 0 },
+                },
+                Delivery {
+                    source: Source::Timer,
+                    schedule_queue: 7,
+                    staged_offset: 1,
+                    due_ms: -5,
+                    action: Action::Move { to_queue: 3, eligible_ms: 99, phys_offset: 1 << 40, size: 77 },
+                },
+            ],
         });
         let mut out = Vec::new();
         cmd.encode(&mut out).unwrap();
         assert_eq!(out.len(), cmd.encoded_len());
         let back = Command::decode(&Bytes::from(out), Some(0)).unwrap();
         let Command::ProduceAt(p) = &back else { panic!() };
-        // tag 1 + time 8 + nd 4 + delivery 28 + nq 4 + tlen 2 + "T" 1 + qid 4 + nm 4 + tags 8 + len 4 = 68
-        assert_eq!(p.queues[0].messages[0].phys_offset, Some(68));
+        // tag 1 + time 8 + nd 4 + copy 30 + move 46 + nq 4 + tlen 2 + "T" 1 + qid 4 + nm 4 + tags 8 + len 4 = 116
+        assert_eq!(p.queues[0].messages[0].phys_offset, Some(116));
         let mut expect = cmd.clone();
         if let Command::ProduceAt(p) = &mut expect {
-            p.queues[0].messages[0].phys_offset = Some(68);
+            p.queues[0].messages[0].phys_offset = Some(116);
         }
         assert_eq!(back, expect);
     }
@@ -453,7 +547,15 @@ mod tests {
             nd in 0usize..4,
         ) {
             let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
-            let deliveries = (0..nd).map(|i| Delivery { schedule_queue: i as u32, staged_offset: 1, due_ms: -1, part: 0, index: 0 }).collect();
+            let deliveries = (0..nd)
+                .map(|i| Delivery {
+                    source: if i % 2 == 0 { Source::Level } else { Source::Timer },
+                    schedule_queue: i as u32,
+                    staged_offset: 1,
+                    due_ms: -1,
+                    action: if i % 2 == 0 { Action::Copy { part: 0, index: 0 } } else { Action::Move { to_queue: 1, eligible_ms: 2, phys_offset: 3, size: 4 } },
+                })
+                .collect();
             let cmd = Command::ProduceAt(Produce { time_ms, queues: vec![part(&refs)], deliveries });
             let mut out = Vec::new();
             cmd.encode(&mut out).unwrap();

@@ -33,7 +33,7 @@ pub use command::{
 pub use error::PayloadError;
 pub use offsets::ConsumerOffsets;
 pub use queues::{ApplyError, QueueState, QueueStore};
-pub use schedule::{Schedule, SCHEDULE_TOPIC};
+pub use schedule::{Schedule, SCHEDULE_TOPIC, TIMER_TOPIC};
 pub use unit::{CqUnit, CQ_UNIT_LEN};
 
 /// The replicated broker state: everything a checkpoint or snapshot carries besides Raft's own bookkeeping.
@@ -65,7 +65,11 @@ impl BrokerState {
             }
             Command::ProduceAt(p) => {
                 self.clock.advance(p.time_ms);
-                let skip = self.schedule.accept(&p.deliveries, self.clock.now_ms, self.queues.get(SCHEDULE_TOPIC));
+                let (skip, moves) =
+                    self.schedule.accept(&p.deliveries, self.clock.now_ms, self.queues.get(SCHEDULE_TOPIC), self.queues.get(TIMER_TOPIC));
+                if !moves.is_empty() {
+                    queues::apply_moves(&mut self.queues, TIMER_TOPIC, &moves, store)?;
+                }
                 CommandResponse::Produced(queues::apply_produce(&self.topics, &mut self.queues, &p.queues, &skip, store)?)
             }
             Command::CommitOffsets(commits) => {
@@ -92,14 +96,24 @@ impl BrokerState {
         stored.saturating_sub(self.schedule.cursor(q))
     }
 
+    /// Timer messages not delivered yet (each sits in exactly one timer queue).
+    pub fn timers_pending(&self) -> u64 {
+        self.queues
+            .get(TIMER_TOPIC)
+            .map(|qs| qs.iter().map(|(q, st)| st.next_offset.saturating_sub(self.schedule.timer_cursor(*q))).sum())
+            .unwrap_or(0)
+    }
+
     /// Cheap structural checks run after every apply in debug builds.
     ///
     /// # Panics
     /// When a delivery cursor passed the end of its queue (an `apply` bug).
     pub fn check_invariants(&self) {
-        for (q, c) in &self.schedule.cursors {
-            let stored = self.queues.get(SCHEDULE_TOPIC).and_then(|qs| qs.get(q)).map_or(0, |s| s.next_offset);
-            assert!(*c <= stored, "schedule queue {q}: cursor {c} past the {stored} staged messages");
+        for (topic, cursors) in [(SCHEDULE_TOPIC, &self.schedule.cursors), (TIMER_TOPIC, &self.schedule.timer_cursors)] {
+            for (q, c) in cursors {
+                let stored = self.queues.get(topic).and_then(|qs| qs.get(q)).map_or(0, |s| s.next_offset);
+                assert!(*c <= stored, "{topic} queue {q}: cursor {c} past the {stored} staged messages");
+            }
         }
     }
 }
@@ -201,6 +215,49 @@ mod tests {
     }
 
     #[test]
+    fn a_timer_hops_by_reference_and_is_copied_once_when_due() {
+        let mut s = BrokerState::default();
+        let mut q = MemQueues::default();
+        let mut pos = 0;
+        for (name, n) in [("T", 1), (TIMER_TOPIC, schedule::TIMER_LEVELS)] {
+            s.apply(&Command::UpsertTopic(TopicConfig { name: name.into(), read_queues: n, write_queues: n, perm: 6 }), &mut q).unwrap();
+        }
+        // Staged at t=0 for T=100: queue 2 (64 ms), eligible at 64.
+        let stage = QueueAppend { topic: TIMER_TOPIC.into(), queue_id: 2, messages: vec![msg(64, 10)] };
+        s.apply(&logged(Command::ProduceAt(Produce { time_ms: 0, queues: vec![stage], deliveries: vec![] }), &mut pos), &mut q).unwrap();
+        let staged = q.units[&(TIMER_TOPIC.to_string(), 2)][&0];
+        assert_eq!(s.timers_pending(), 1);
+        // At 64, 36 ms remain: move to queue 1 (32 ms), eligible at 96; same bytes.
+        let hop = Delivery {
+            source: command::Source::Timer,
+            schedule_queue: 2,
+            staged_offset: 0,
+            due_ms: 64,
+            action: command::Action::Move { to_queue: 1, eligible_ms: 96, phys_offset: staged.phys_offset, size: staged.size },
+        };
+        s.apply(&Command::ProduceAt(Produce { time_ms: 64, queues: vec![], deliveries: vec![hop, hop] }), &mut q).unwrap();
+        assert_eq!(q.units[&(TIMER_TOPIC.to_string(), 1)][&0], CqUnit { tags_code: 96, ..staged });
+        assert_eq!((s.timers_pending(), s.schedule.timer_cursor(2)), (1, 1), "moved once, still pending");
+        // At 100 it is due: copied into T, no longer pending.
+        let copy = Delivery {
+            source: command::Source::Timer,
+            schedule_queue: 1,
+            staged_offset: 0,
+            due_ms: 100,
+            action: command::Action::Copy { part: 0, index: 0 },
+        };
+        let deliver = Produce {
+            time_ms: 100,
+            queues: vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg(0, 10)] }],
+            deliveries: vec![copy],
+        };
+        s.apply(&logged(Command::ProduceAt(deliver.clone()), &mut pos), &mut q).unwrap();
+        s.apply(&logged(Command::ProduceAt(deliver), &mut pos), &mut q).unwrap();
+        assert_eq!(s.queues["T"][&0].next_offset, 1, "copied once");
+        assert_eq!(s.timers_pending(), 0);
+    }
+
+    #[test]
     fn a_delivered_copy_is_indexed_once_into_its_real_queue() {
         let mut s = BrokerState::default();
         let mut q = MemQueues::default();
@@ -216,7 +273,13 @@ mod tests {
             Command::ProduceAt(Produce {
                 time_ms: t,
                 queues: vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg(0, 4)] }],
-                deliveries: vec![Delivery { schedule_queue: 2, staged_offset: 0, due_ms: 11_000, part: 0, index: 0 }],
+                deliveries: vec![Delivery {
+                    source: command::Source::Level,
+                    schedule_queue: 2,
+                    staged_offset: 0,
+                    due_ms: 11_000,
+                    action: command::Action::Copy { part: 0, index: 0 },
+                }],
             })
         };
         // Early: refused, nothing indexed into T.
@@ -233,14 +296,25 @@ mod tests {
     /// Random commands over a few topics, including stamped produces with deliveries of staged messages
     /// (valid, early, repeated, out of order) and level-table changes.
     fn arb_command() -> impl Strategy<Value = Command> {
-        let topic = prop_oneof![Just("A".to_string()), Just("B".to_string()), Just(SCHEDULE_TOPIC.to_string())];
+        let topic =
+            prop_oneof![Just("A".to_string()), Just("B".to_string()), Just(SCHEDULE_TOPIC.to_string()), Just(TIMER_TOPIC.to_string())];
         let part =
             (topic.clone(), 0u32..4, proptest::collection::vec((any::<i16>(), 0usize..8), 0..4)).prop_map(|(topic, queue_id, ms)| {
                 QueueAppend { topic, queue_id, messages: ms.into_iter().map(|(t, l)| msg(t as i64, l)).collect() }
             });
-        let delivery = (0u32..3, 0u64..6, 0i64..3000, 0u32..3, 0u32..3).prop_map(|(schedule_queue, staged_offset, due_ms, part, index)| {
-            Delivery { schedule_queue, staged_offset, due_ms, part, index }
-        });
+        let delivery = (any::<bool>(), 0u32..3, 0u64..6, 0i64..3000, 0u32..3, 0u32..3, any::<bool>(), 0i64..3000).prop_map(
+            |(timer, schedule_queue, staged_offset, due_ms, part, index, mv, eligible_ms)| Delivery {
+                source: if timer { command::Source::Timer } else { command::Source::Level },
+                schedule_queue,
+                staged_offset,
+                due_ms,
+                action: if mv {
+                    command::Action::Move { to_queue: part, eligible_ms, phys_offset: staged_offset * 7, size: index }
+                } else {
+                    command::Action::Copy { part, index }
+                },
+            },
+        );
         prop_oneof![
             3 => (0i64..3000, proptest::collection::vec(part.clone(), 0..3), proptest::collection::vec(delivery, 0..3))
                 .prop_map(|(time_ms, queues, deliveries)| Command::ProduceAt(Produce { time_ms, queues, deliveries })),

@@ -80,6 +80,24 @@ pub(crate) fn apply_produce<S: QueueStore>(
     Ok(results)
 }
 
+/// Writes the units timer moves add, each at the end of its timer queue (which exists: `accept` checked).
+pub(crate) fn apply_moves<S: QueueStore>(
+    queues: &mut BTreeMap<String, BTreeMap<u32, QueueState>>,
+    topic: &str,
+    moves: &[crate::schedule::MoveTo],
+    store: &mut S,
+) -> Result<(), ApplyError<S::Error>> {
+    let Some(qs) = queues.get_mut(topic) else { return Ok(()) };
+    for m in moves {
+        let Some(st) = qs.get_mut(&m.queue) else { continue };
+        let before = *st;
+        store.write(topic, m.queue, before, st.next_offset, m.unit).map_err(ApplyError::Store)?;
+        st.next_offset += 1;
+        store.publish(topic, m.queue, st.next_offset);
+    }
+    Ok(())
+}
+
 /// Why an entry could not be applied. Never caused by the entry's content as a client sent it: the state
 /// answers bad requests with responses; these stop the state machine.
 #[derive(Debug, thiserror::Error)]

@@ -278,3 +278,74 @@ fn send_backs_follow_the_retry_schedule_then_the_dlq_also_through_a_follower() {
         g.shutdown().await;
     });
 }
+
+/// 5.x timer properties: an arbitrary delay or delivery time, delivered once, not before its time, after
+/// hopping down the timer lines; checked at the edges (40 days accepted, one second more refused, the past
+/// beyond the tolerance refused, malformed values refused); and across the loss of the staging leader.
+#[test]
+fn timer_messages_are_delivered_once_at_their_time_also_across_a_leader_loss() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start().await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        let c = g.client(leader).await;
+        let illegal = |props: Vec<(&'static str, String)>| {
+            let c = &c;
+            async move {
+                let p: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let (code, remark) = send_cmd(c, send_request(TOPIC, 0, b"x", &p, 0)).await.expect_err("accepted");
+                assert_eq!(code, ResponseCode::MESSAGE_ILLEGAL.0, "{remark}");
+                remark
+            }
+        };
+        let forty_days = 40 * 24 * 3600;
+        let r = illegal(vec![(property::TIMER_DELAY_SEC, (forty_days + 1).to_string())]).await;
+        assert!(r.contains("TIMER_DELAY_SEC") && r.contains("max delay"), "{r}");
+        let r = illegal(vec![(property::TIMER_DELIVER_MS, (now_ms() - 600_000).to_string())]).await;
+        assert!(r.contains("TIMER_DELIVER_MS") && r.contains("in the past"), "{r}");
+        let r = illegal(vec![(property::TIMER_DELAY_MS, "soon".to_string())]).await;
+        assert!(r.contains("TIMER_DELAY_MS") && r.contains("not a number"), "{r}");
+        let r = illegal(vec![(property::TIMER_DELAY_MS, "-5".to_string())]).await;
+        assert!(r.contains("negative"), "{r}");
+        // 40 days exactly is taken, and waits in the 2^27-tick line.
+        send_cmd(&c, send_request(TOPIC, 0, b"in forty days", &[(property::TIMER_DELAY_SEC, &forty_days.to_string())], 0))
+            .await
+            .expect("a 40-day timer");
+        let pending = g.brokers[leader].node().state().with_metadata(|m| m.state.timers_pending());
+        assert_eq!(pending, 1);
+        // A delivery time in the tolerated past is delivered at once.
+        send_cmd(&c, send_request(TOPIC, 1, b"late", &[(property::TIMER_DELIVER_MS, &(now_ms() - 5_000).to_string())], 0))
+            .await
+            .expect("past within tolerance");
+        assert_eq!(pull_messages(&c, TOPIC, 1).await.len(), 1);
+
+        // Three timers: relative ms, relative s, absolute.
+        let sent = now_ms();
+        let due = [sent + 1500, sent + 2000, sent + 2600];
+        let cases: [(&str, String); 3] = [
+            (property::TIMER_DELAY_MS, "1500".into()),
+            (property::TIMER_DELAY_SEC, "2".into()),
+            (property::TIMER_DELIVER_MS, due[2].to_string()),
+        ];
+        for (i, (k, v)) in cases.iter().enumerate() {
+            send_cmd(&c, send_request(TOPIC, 2, format!("t{i}").as_bytes(), &[(k, v.as_str())], 0)).await.expect("timer send");
+        }
+        // The staging leader stops before any is due; the next one delivers all three, once each.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(pull_messages(&c, TOPIC, 2).await.is_empty(), "a timer was delivered early");
+        g.brokers[leader].shutdown().await;
+        let next = g.wait_leader(Some(leader), Duration::from_secs(20)).await;
+        let c = g.client(next).await;
+        let (got, _) = wait_in(&c, TOPIC, 2, 3, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(pull_messages(&c, TOPIC, 2).await.len(), 3, "a timer was delivered twice");
+        for m in &got {
+            let i: usize = String::from_utf8_lossy(&m.body)[1..].parse().unwrap();
+            let out: i64 = m.properties.get(property::TIMER_OUT_MS).expect("TIMER_OUT_MS kept").parse().unwrap();
+            assert!((out - due[i]).abs() <= 50, "t{i}: TIMER_OUT_MS {out}, asked {}", due[i]);
+            assert!(m.store_timestamp >= out, "t{i} stamped {} ms before its due time", out - m.store_timestamp);
+            assert!(!m.properties.contains_key(property::REAL_TOPIC), "{:?}", m.properties);
+        }
+        assert_eq!(g.brokers[next].node().state().with_metadata(|m| m.state.timers_pending()), 1, "the 40-day timer still waits");
+        g.shutdown().await;
+    });
+}

@@ -70,7 +70,7 @@ async fn produce(n: &RaftNode, count: u64) {
 fn checkpoint_on_disk(root: &Path) -> Option<Metadata> {
     let b = std::fs::read(root.join("n1/state/checkpoint")).ok()?;
     assert!(b.len() >= 8, "checkpoint file shorter than its header");
-    Some(bincode::deserialize(&b[8..]).expect("checkpoint decodes"))
+    Some(Metadata::decode(&b[8..]).expect("checkpoint decodes"))
 }
 
 fn applied_index(m: &Metadata) -> u64 {

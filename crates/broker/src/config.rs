@@ -100,6 +100,12 @@ pub struct BrokerConfig {
     /// everywhere else.
     #[serde(default)]
     pub unsafe_ack_before_quorum: bool,
+    /// **UNSAFE, for testing the chaos checker only**: the leader delivers scheduled messages (delay levels
+    /// and timers) this many ms before they are due, and writes delivery records that hide it from the
+    /// replicated state's check. `raftmq-jepsen` must report `scheduled-early`. Only builds with the
+    /// `unsafe-ack-before-quorum` cargo feature accept a non-zero value.
+    #[serde(default)]
+    pub unsafe_schedule_early_ms: u64,
     /// Client connections served at once; one more is accepted and closed at once (raftmq; RocketMQ has
     /// no cap).
     #[serde(default = "default_connections_max")]
@@ -407,6 +413,11 @@ impl BrokerConfig {
         }
         if self.unsafe_ack_before_quorum && !cfg!(feature = "unsafe-ack-before-quorum") {
             return bad("unsafeAckBeforeQuorum loses acknowledged messages and exists only in chaos-test builds \
+                        (cargo feature `unsafe-ack-before-quorum`, built by scripts/jepsen.sh); remove the key"
+                .into());
+        }
+        if self.unsafe_schedule_early_ms != 0 && !cfg!(feature = "unsafe-ack-before-quorum") {
+            return bad("unsafeScheduleEarlyMs delivers scheduled messages early and exists only in chaos-test builds \
                         (cargo feature `unsafe-ack-before-quorum`, built by scripts/jepsen.sh); remove the key"
                 .into());
         }

@@ -276,7 +276,9 @@ impl BrokerInner {
     /// (timer moves), at most `scheduleDeliverBatchMax` messages and one entry's bytes. Returns how many
     /// were taken and, when none was, how long until the earliest head is due or eligible.
     async fn deliver_due(&self) -> Result<(usize, Option<u64>), String> {
-        let now = crate::store::wall_ms().max(self.store.replicated_now_ms());
+        // Chaos-checker builds only: a deliberately broken schedule that delivers early.
+        let early = if cfg!(feature = "unsafe-ack-before-quorum") { self.cfg.unsafe_schedule_early_ms as i64 } else { 0 };
+        let now = crate::store::wall_ms().max(self.store.replicated_now_ms()) + early;
         let (levels, cursors, timer_cursors) = self
             .node
             .state()
@@ -381,11 +383,17 @@ impl BrokerInner {
                             for m in &mut part.messages {
                                 m.data = with_store_timestamp(std::mem::take(&mut m.data), ts);
                             }
+                            if early > 0 {
+                                // The broken schedule lies to the state's never-early check.
+                                d.due_ms = d.due_ms.min(ts);
+                            }
                             d.action = Action::Copy { part: parts.len() as u32, index: 0 };
                             parts.push(part);
                             deliveries.push(d);
                         }
                         Taken::Move { source_queue, offset, eligible, due, phys_offset, size } => {
+                            let eligible = if early > 0 { eligible.min(ts) } else { eligible };
+                            let due = due - early;
                             // The time left at this entry's stamp picks the line; eligibility follows from
                             // the stamp, so every line stays in eligibility order.
                             let to_queue = timer_level_for(due - ts);

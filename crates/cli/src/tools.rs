@@ -110,8 +110,39 @@ pub struct ProduceArgs {
     batch: Option<usize>,
     /// Deliver each message after this delay level's delay (RocketMQ `DELAY`; 1 = 1 s … 18 = 2 h with the
     /// default table, see `raftmq admin schedule`). Not with `--batch`.
-    #[arg(long, conflicts_with = "batch")]
+    #[arg(long, conflicts_with_all = ["batch", "delay", "deliver_at"])]
     delay_level: Option<u32>,
+    /// Deliver each message this long after the broker receives it (`1500ms`, `30s`, `10m`, `2h`, `40d`;
+    /// RocketMQ 5 `TIMER_DELAY_MS`). Not with `--batch`.
+    #[arg(long, conflicts_with_all = ["batch", "deliver_at"], value_parser = parse_delay)]
+    delay: Option<std::time::Duration>,
+    /// Deliver each message at this time (RFC 3339, e.g. `2026-12-24T18:00:00+01:00`; RocketMQ 5
+    /// `TIMER_DELIVER_MS`). Not with `--batch`.
+    #[arg(long, conflicts_with = "batch", value_parser = parse_rfc3339)]
+    deliver_at: Option<std::time::SystemTime>,
+}
+
+/// A delay such as `1500ms`, `30s`, `10m`, `2h` or `40d`.
+fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?}: a number and a unit (ms, s, m, h, d)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: a number and a unit (ms, s, m, h, d)"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    n.checked_mul(ms).map(std::time::Duration::from_millis).ok_or_else(|| format!("{s:?} overflows"))
+}
+
+/// An RFC 3339 timestamp.
+fn parse_rfc3339(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
+    let ms = u64::try_from(t.timestamp_millis()).map_err(|_| format!("{s:?} is before 1970"))?;
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
 /// `raftmq consume` arguments.
@@ -293,6 +324,12 @@ pub async fn produce(a: ProduceArgs) -> Result<()> {
         if let Some(level) = a.delay_level {
             m = m.with_delay_level(level);
         }
+        if let Some(d) = a.delay {
+            m = m.with_delay(d);
+        }
+        if let Some(at) = a.deliver_at {
+            m = m.with_delivery_time(at);
+        }
         m
     };
     let mut failures = 0u64;
@@ -384,4 +421,20 @@ async fn pull_until(consumer: &PullConsumer, a: &ConsumeArgs) -> Result<()> {
         bail!("only {got} of {} messages within {} s", a.count, a.timeout_secs);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_and_times_parse_with_their_units() {
+        assert_eq!(parse_delay("1500ms").unwrap(), std::time::Duration::from_millis(1500));
+        assert_eq!(parse_delay("40d").unwrap(), std::time::Duration::from_secs(40 * 86_400));
+        assert!(parse_delay("30").unwrap_err().contains("unit"));
+        assert!(parse_delay("3w").unwrap_err().contains("unknown unit"));
+        let t = parse_rfc3339("2026-12-24T18:00:00+01:00").unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(), 1_798_131_600_000);
+        assert!(parse_rfc3339("tomorrow").unwrap_err().contains("RFC 3339"));
+    }
 }

@@ -66,12 +66,39 @@ impl Message {
     /// table means its last level); 0 clears it. Stored as the `DELAY` property: the broker stages the
     /// message and delivers it to its topic once the level's delay has passed (docs/protocol.md).
     pub fn with_delay_level(mut self, level: u32) -> Message {
+        self.clear_schedule();
         if level == 0 {
             self.properties.remove(property::DELAY_TIME_LEVEL);
         } else {
             self.properties.insert(property::DELAY_TIME_LEVEL.to_string(), level.to_string());
         }
         self
+    }
+
+    /// Delivers the message `delay` after the broker receives it (RocketMQ 5's `TIMER_DELAY_MS`; raftmq
+    /// takes delays up to `timerMaxDelaySec`, 40 days by default, at millisecond precision). Clears any
+    /// delay level or delivery time set before.
+    pub fn with_delay(mut self, delay: std::time::Duration) -> Message {
+        self.clear_schedule();
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.properties.insert(property::TIMER_DELAY_MS.to_string(), ms.to_string());
+        self
+    }
+
+    /// Delivers the message at `at` (RocketMQ 5's `TIMER_DELIVER_MS`, by this machine's clock; the broker
+    /// refuses a time more than `timerPastToleranceMs` in the past or beyond `timerMaxDelaySec`). A time
+    /// before the epoch means "now". Clears any delay level or delay set before.
+    pub fn with_delivery_time(mut self, at: std::time::SystemTime) -> Message {
+        self.clear_schedule();
+        let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        self.properties.insert(property::TIMER_DELIVER_MS.to_string(), ms.to_string());
+        self
+    }
+
+    fn clear_schedule(&mut self) {
+        for p in [property::DELAY_TIME_LEVEL, property::TIMER_DELAY_MS, property::TIMER_DELAY_SEC, property::TIMER_DELIVER_MS] {
+            self.properties.remove(p);
+        }
     }
 
     /// Sets `waitStoreMsgOK`: whether the broker should answer only after the message is stored.
@@ -254,5 +281,22 @@ impl fmt::Display for SendResult {
             "{} {} queue={} offset={} msgId={}",
             self.status, self.queue.broker_name, self.queue.queue_id, self.queue_offset, self.msg_id
         )
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn one_schedule_at_a_time() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_800_000_000_123);
+        let m = Message::new("T", "b").with_delay_level(3).with_delay(std::time::Duration::from_millis(1500));
+        assert_eq!((m.property(property::TIMER_DELAY_MS), m.delay_level()), (Some("1500"), 0));
+        let m = m.with_delivery_time(at);
+        assert_eq!(m.property(property::TIMER_DELIVER_MS), Some("1800000000123"));
+        assert_eq!(m.property(property::TIMER_DELAY_MS), None);
+        let m = m.with_delay_level(2);
+        assert_eq!((m.delay_level(), m.property(property::TIMER_DELIVER_MS)), (2, None));
     }
 }

@@ -138,9 +138,14 @@ async fn wait_leader(nodes: &[Arc<RaftNode>], timeout: Duration) -> Arc<RaftNode
     }
 }
 
+/// The produce entry `RaftNode::produce` proposes for `queues` (stamped, no deliveries).
+fn stamped(queues: Vec<QueueAppend>) -> Command {
+    Command::ProduceAt(raftmq_raft::types::Produce { time_ms: 0, queues, deliveries: Vec::new() })
+}
+
 /// One message whose produce entry has exactly `entry_bytes` encoded bytes.
 fn entry_of(entry_bytes: usize) -> Vec<QueueAppend> {
-    let overhead = Command::Produce(vec![QueueAppend {
+    let overhead = stamped(vec![QueueAppend {
         topic: TOPIC.into(),
         queue_id: 0,
         messages: vec![Message { tags_code: 0, data: Bytes::new(), phys_offset: None }],
@@ -148,7 +153,7 @@ fn entry_of(entry_bytes: usize) -> Vec<QueueAppend> {
     .encoded_len();
     let data = Bytes::from((0..entry_bytes - overhead).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let q = vec![QueueAppend { topic: TOPIC.into(), queue_id: 0, messages: vec![Message { tags_code: 0, data, phys_offset: None }] }];
-    assert_eq!(Command::Produce(q.clone()).encoded_len(), entry_bytes);
+    assert_eq!(stamped(q.clone()).encoded_len(), entry_bytes);
     q
 }
 
@@ -174,7 +179,7 @@ async fn assert_replicated(nodes: &[Arc<RaftNode>], leader: &RaftNode, queue_off
 
 /// Produces `queues` at `leader` within a minute; returns (queue offset, physical offset) of its first message.
 async fn produce_one(leader: &RaftNode, queues: Vec<QueueAppend>) -> (u64, u64) {
-    let bytes = Command::Produce(queues.clone()).encoded_len();
+    let bytes = stamped(queues.clone()).encoded_len();
     let t0 = Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(60), leader.produce(queues)).await;
     println!("{bytes}-byte entry: {:?} after {:?}", r.as_ref().map(|r| r.as_ref().map(|_| "stored")), t0.elapsed());

@@ -1,4 +1,4 @@
-//! `raftmq bench produce|consume|e2e`: load generation against any RocketMQ-protocol cluster with the Rust
+//! `raftmq bench produce|consume|e2e|schedule`: load generation against any RocketMQ-protocol cluster with the Rust
 //! client. Latency goes into HDR histograms (µs); with `--rate` the load is open-loop and every latency is
 //! measured from the message's *intended* send time, so a stall shows up in the percentiles instead of
 //! silently slowing the generator down (coordinated omission). A progress line is printed every second and
@@ -26,6 +26,25 @@ pub enum BenchCmd {
     Consume(ConsumeBench),
     /// Produce at a fixed rate while consuming; measure produce-to-consume latency.
     E2e(ProduceBench),
+    /// Plain sends, then the same number of timer sends due over a window (scheduling throughput next to
+    /// plain sends in one run), the brokers' RSS with everything pending, then delivery lateness.
+    Schedule(ScheduleBench),
+}
+
+/// `bench schedule` options.
+#[derive(Args, Clone)]
+pub struct ScheduleBench {
+    #[command(flatten)]
+    pub produce: ProduceBench,
+    /// The first message is due this long after the scheduling phase ends (seconds).
+    #[arg(long, default_value_t = 10)]
+    pub lead: u64,
+    /// Due times are spread evenly over this window (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub window: u64,
+    /// Broker process ids whose resident memory (VmRSS) is reported before and after scheduling.
+    #[arg(long = "broker-pid")]
+    pub broker_pids: Vec<u32>,
 }
 
 /// Options shared by every bench.
@@ -165,11 +184,15 @@ impl SendStats {
 }
 
 /// Runs the producer side; returns when the duration or count is reached.
+/// Changes message `i` before it is sent (the schedule bench sets its delivery time).
+type Decorate = Arc<dyn Fn(u64, Message) -> Message + Send + Sync>;
+
 async fn produce_load(
     b: &ProduceBench,
     stop: Arc<AtomicBool>,
     stats: Arc<SendStats>,
     e2e_stamp: bool,
+    decorate: Option<Decorate>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     if b.size < 8 && e2e_stamp {
         bail!("--size must be at least 8 for e2e (the body carries the send time)");
@@ -185,7 +208,7 @@ async fn produce_load(
         opts.auto_batch = !b.no_auto_batch;
         let producer = Producer::start(config(&b.common.namesrv, format!("bench-p{p}-{}", std::process::id())), opts).await?;
         let queues = producer.fetch_publish_queues(&b.common.topic).await?;
-        let (b, stop, stats, issued) = (b.clone(), Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&issued));
+        let (b, stop, stats, issued, decorate) = (b.clone(), Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&issued), decorate.clone());
         tasks.push(tokio::spawn(async move {
             let window = Arc::new(Semaphore::new(b.inflight.max(1)));
             let local = Arc::new(Mutex::new(histogram()));
@@ -194,7 +217,8 @@ async fn produce_load(
             let filler = vec![b'x'; b.size];
             while !stop.load(Ordering::Acquire) {
                 let n = b.batch.max(1) as u64;
-                if issued.fetch_add(n, Ordering::Relaxed) >= limit {
+                let seq = issued.fetch_add(n, Ordering::Relaxed);
+                if seq >= limit {
                     break;
                 }
                 // Open loop: the intended send time comes from the schedule, not from when a slot freed up.
@@ -206,12 +230,16 @@ async fn produce_load(
                 i += n;
                 let Ok(permit) = Arc::clone(&window).acquire_owned().await else { break };
                 let intended = scheduled.unwrap_or_else(Instant::now);
-                let body = |_: u64| {
+                let body = |k: u64| {
                     let mut v = filler.clone();
                     if e2e_stamp {
                         v[..8].copy_from_slice(&now_ns().to_be_bytes());
                     }
-                    Message::new(b.common.topic.clone(), v).with_wait_store_msg_ok(true)
+                    let m = Message::new(b.common.topic.clone(), v).with_wait_store_msg_ok(true);
+                    match &decorate {
+                        Some(d) => d(seq + k, m),
+                        None => m,
+                    }
                 };
                 let q: MessageQueue = queues[(i as usize) % queues.len()].clone();
                 let (producer, stats, local) = (producer.clone(), Arc::clone(&stats), Arc::clone(&local));
@@ -249,7 +277,7 @@ async fn produce_load(
 pub async fn produce(b: ProduceBench) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(SendStats::default());
-    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), false).await?;
+    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), false, None).await?;
     let started = Instant::now();
     let pb = progress(b.common.quiet);
     let deadline = started + Duration::from_secs(b.common.duration);
@@ -377,7 +405,7 @@ pub async fn e2e(b: ProduceBench) -> Result<()> {
     warm.send(Message::new(b.common.topic.clone(), vec![0u8; 8])).await.context("creating the topic")?;
     warm.shutdown().await;
     let queues = pc.fetch_subscribe_queues(&b.common.topic).await?;
-    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), true).await?;
+    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), true, None).await?;
     let hist = Arc::new(Mutex::new(histogram()));
     let deadline = Instant::now() + Duration::from_secs(b.common.duration);
     let limit = AtomicU64::new(u64::MAX);
@@ -437,5 +465,129 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Produce(b) => produce(b).await,
         BenchCmd::Consume(b) => consume(b).await,
         BenchCmd::E2e(b) => e2e(b).await,
+        BenchCmd::Schedule(b) => schedule(b).await,
     }
+}
+
+fn now_ms() -> i64 {
+    (now_ns() / 1_000_000) as i64
+}
+
+/// VmRSS of a process in KiB (Linux `/proc`), if readable.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Sends `count` messages (decorated), waits for every acknowledgement; returns (acked, errors, seconds).
+async fn send_phase(b: &ProduceBench, decorate: Option<Decorate>, quiet: bool, what: &str) -> Result<(u64, u64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(SendStats::default());
+    let started = Instant::now();
+    let tasks = produce_load(b, Arc::clone(&stop), Arc::clone(&stats), false, decorate).await?;
+    let pb = progress(quiet);
+    let deadline = started + Duration::from_secs(b.common.duration);
+    while Instant::now() < deadline && !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pb.set_message(format!("{what}: acked {}", stats.acked.load(Ordering::Relaxed)));
+    }
+    stop.store(true, Ordering::Release);
+    for t in tasks {
+        let _ = t.await;
+    }
+    pb.finish_and_clear();
+    Ok((stats.acked.load(Ordering::Relaxed), stats.errors.load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
+}
+
+/// `raftmq bench schedule`.
+pub async fn schedule(b: ScheduleBench) -> Result<()> {
+    let n = b.produce.common.count;
+    if n == 0 {
+        bail!("--count is required: the number of plain sends and of timer sends");
+    }
+    if b.produce.size < 8 || b.produce.batch > 1 {
+        bail!("--size must be at least 8 (the body carries the due time) and --batch 1 (timers are not batched)");
+    }
+    let quiet = b.produce.common.quiet;
+    // Phase 1: plain sends, the reference.
+    let mut plain = b.produce.clone();
+    plain.common.topic = format!("{}Plain", b.produce.common.topic);
+    let (p_acked, p_err, p_secs) = send_phase(&plain, None, quiet, "plain").await?;
+    let rss_before: Vec<(u32, Option<u64>)> = b.broker_pids.iter().map(|p| (*p, rss_kib(*p))).collect();
+    // Phase 2: the same number of timer sends. The send rate is not known in advance, so due times are
+    // set from an estimate (the plain rate) and the lead absorbs the difference.
+    let est_secs = p_secs.max(0.001) * 1.5;
+    let first_due = now_ms() + (est_secs * 1000.0) as i64 + (b.lead * 1000) as i64;
+    let window_ms = (b.window * 1000) as i64;
+    let decorate: Decorate = Arc::new(move |i, m: Message| {
+        let due = first_due + (i as i64 % n as i64) * window_ms / n as i64;
+        let mut body = m.body.to_vec();
+        body[..8].copy_from_slice(&due.to_be_bytes());
+        let mut out = Message::new(m.topic.clone(), body).with_wait_store_msg_ok(true);
+        out = out.with_delivery_time(UNIX_EPOCH + Duration::from_millis(due as u64));
+        out
+    });
+    let (s_acked, s_err, s_secs) = send_phase(&b.produce, Some(decorate), quiet, "scheduling").await?;
+    let scheduled_end = now_ms();
+    let rss_after: Vec<(u32, Option<u64>)> = b.broker_pids.iter().map(|p| (*p, rss_kib(*p))).collect();
+    if scheduled_end > first_due {
+        println!("warning: scheduling ended {} ms after the first due time; raise --lead", scheduled_end - first_due);
+    }
+    // Phase 3: consume the deliveries; lateness = arrival (consumer clock) and store stamp, each minus due.
+    let pc =
+        PullConsumer::start(config(&b.produce.common.namesrv, format!("bench-sched-c-{}", std::process::id())), "bench_schedule").await?;
+    let queues = pc.fetch_subscribe_queues(&b.produce.common.topic).await?;
+    let mut next = vec![0i64; queues.len()];
+    let (mut arrival, mut stamped) = (histogram(), histogram());
+    let mut early = 0u64;
+    let deadline = Instant::now() + Duration::from_millis((first_due + window_ms - now_ms()).max(0) as u64) + Duration::from_secs(60);
+    let pb = progress(quiet);
+    while (arrival.len() < s_acked) && Instant::now() < deadline {
+        for (i, q) in queues.iter().enumerate() {
+            if let Ok(r) = pc.pull_blocking(q, "*", next[i], 32, Duration::from_millis(50)).await {
+                let now = now_ms();
+                for m in &r.messages {
+                    let Some(due) = m.body.get(..8).and_then(|s| s.try_into().ok()).map(i64::from_be_bytes) else { continue };
+                    if m.store_timestamp < due {
+                        early += 1;
+                    }
+                    let _ = arrival.record(((now - due).max(0) as u64 * 1000).max(1));
+                    let _ = stamped.record(((m.store_timestamp - due).max(0) as u64 * 1000).max(1));
+                }
+                next[i] = r.next_begin_offset;
+            }
+        }
+        pb.set_message(format!("delivered {} of {s_acked}", arrival.len()));
+    }
+    pb.finish_and_clear();
+    pc.shutdown().await;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let result = json!({
+        "mode": "schedule", "count": n, "size": b.produce.size, "producers": b.produce.producers, "inflight": b.produce.inflight,
+        "plain": { "acked": p_acked, "errors": p_err, "secs": p_secs, "msgs_per_s": p_acked as f64 / p_secs },
+        "scheduled": { "acked": s_acked, "errors": s_err, "secs": s_secs, "msgs_per_s": s_acked as f64 / s_secs },
+        "ratio": (s_acked as f64 / s_secs) / (p_acked as f64 / p_secs).max(1e-9),
+        "rss_kib_before": rss_before, "rss_kib_after": rss_after,
+        "delivered": arrival.len(), "early": early,
+        "lateness_arrival_ms": { "p50": ms(&arrival, 0.5), "p99": ms(&arrival, 0.99), "max": arrival.max() as f64 / 1000.0 },
+        "lateness_stamp_ms": { "p50": ms(&stamped, 0.5), "p99": ms(&stamped, 0.99), "max": stamped.max() as f64 / 1000.0 },
+    });
+    println!(
+        "schedule: plain {p_acked} in {p_secs:.1} s = {:.0} msg/s; timers {s_acked} in {s_secs:.1} s = {:.0} msg/s (ratio {:.2}); \
+         delivered {} of {s_acked}, early {early}; lateness at arrival p50 {:.1} ms p99 {:.1} ms max {:.1} ms, by store stamp p50 {:.1} ms p99 {:.1} ms max {:.1} ms; \
+         broker RSS KiB before {:?} after {:?}",
+        p_acked as f64 / p_secs,
+        s_acked as f64 / s_secs,
+        result["ratio"].as_f64().unwrap_or(0.0),
+        arrival.len(),
+        ms(&arrival, 0.5),
+        ms(&arrival, 0.99),
+        arrival.max() as f64 / 1000.0,
+        ms(&stamped, 0.5),
+        ms(&stamped, 0.99),
+        stamped.max() as f64 / 1000.0,
+        rss_before,
+        rss_after,
+    );
+    write_json(&b.produce.common.json, &result)
 }

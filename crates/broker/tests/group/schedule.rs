@@ -145,9 +145,25 @@ fn scheduled_messages_survive_the_loss_of_the_leader_that_staged_them() {
         g.brokers[leader].shutdown().await;
         let next = g.wait_leader(Some(leader), Duration::from_secs(20)).await;
         let c = g.client(next).await;
-        let (got, _) = wait_delivered(&c, 3, 20, Duration::from_secs(15)).await;
+        // Plain sends interleave with the deliveries in the same queue.
+        for i in 0..10 {
+            send_cmd(&c, send_request(TOPIC, 3, format!("plain{i}").as_bytes(), &[], 0)).await.expect("plain send");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let (got, _) = wait_delivered(&c, 3, 30, Duration::from_secs(15)).await;
+        // Copies are stamped by the same store clock as sends, in log order: store times never decrease
+        // along the queue, which SEARCH_OFFSET_BY_TIMESTAMP's binary search relies on.
+        for w in got.windows(2) {
+            assert!(
+                w[0].store_timestamp <= w[1].store_timestamp,
+                "store time goes back at offset {}: {:?}",
+                w[1].offset,
+                (w[0].store_timestamp, w[1].store_timestamp)
+            );
+        }
+        let got: Vec<Pulled> = got.into_iter().filter(|m| !m.body.starts_with(b"plain")).collect();
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let got_again = pull_messages(&c, TOPIC, 3).await;
+        let got_again: Vec<Pulled> = pull_messages(&c, TOPIC, 3).await.into_iter().filter(|m| !m.body.starts_with(b"plain")).collect();
         assert_eq!(
             got_again.len(),
             20,

@@ -106,8 +106,9 @@ def scaled_cluster():
 
 
 def test_delay_level_and_retry_schedule(scaled_cluster):
-    """set_delay_time_level(2) arrives after 2 s, not before; a RECONSUME_LATER is retried after level
-    3 + reconsumeTimes (3 s here), through the CONSUMER_SEND_MSG_BACK the C++ client sends to the store host."""
+    """set_delay_time_level(2) arrives after 2 s, not before; the RocketMQ 5 property TIMER_DELAY_MS set as a
+    plain property arrives after its 1.5 s; a RECONSUME_LATER is retried after level 3 + reconsumeTimes (3 s
+    here), through the CONSUMER_SEND_MSG_BACK the C++ client sends to the store host."""
     from rocketmq.client import Message, Producer, PushConsumer, SendStatus
 
     topic = "PyDelayTopic"
@@ -144,11 +145,16 @@ def test_delay_level_and_retry_schedule(scaled_cluster):
     delayed.set_delay_time_level(2)
     sent = time.time()
     assert producer.send_sync(delayed).status == SendStatus.OK
+    timer = Message(topic)
+    timer.set_body("timer")
+    timer.set_property("TIMER_DELAY_MS", "1500")
+    timer_sent = time.time()
+    assert producer.send_sync(timer).status == SendStatus.OK
     retry = Message(topic)
     retry.set_body("retry-me")
     assert producer.send_sync(retry).status == SendStatus.OK
     deadline = time.time() + 40
-    while (len(seen.get("retry-me", [])) < 2 or "later" not in seen) and time.time() < deadline:
+    while (len(seen.get("retry-me", [])) < 2 or "later" not in seen or "timer" not in seen) and time.time() < deadline:
         time.sleep(0.1)
     consumer.shutdown()
     producer.shutdown()
@@ -157,6 +163,10 @@ def test_delay_level_and_retry_schedule(scaled_cluster):
     waited = seen["later"][0] - sent
     assert 1.9 <= waited < 10, f"delay level 2 (2 s) arrived after {waited:.2f} s"
     assert len(seen["later"]) == 1, f"the delayed message arrived {len(seen['later'])} times"
+    assert "timer" in seen, "the TIMER_DELAY_MS message never arrived"
+    waited = seen["timer"][0] - timer_sent
+    assert 1.45 <= waited < 10, f"TIMER_DELAY_MS 1500 arrived after {waited:.2f} s"
+    assert len(seen["timer"]) == 1, f"the timer message arrived {len(seen['timer'])} times"
     times = seen.get("retry-me", [])
     assert len(times) >= 2, f"RECONSUME_LATER was never retried (received {len(times)} time(s))"
     gap = times[1] - times[0]

@@ -365,3 +365,25 @@ fn timer_messages_are_delivered_once_at_their_time_also_across_a_leader_loss() {
         g.shutdown().await;
     });
 }
+
+#[test]
+fn timer_sends_past_timer_messages_max_are_refused_as_not_stored() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start_with("timerMessagesMax = 2\n").await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        let c = g.client(leader).await;
+        for i in 0..2 {
+            send_cmd(&c, send_request(TOPIC, 0, format!("t{i}").as_bytes(), &[(property::TIMER_DELAY_SEC, "60")], 0))
+                .await
+                .expect("under the limit");
+        }
+        let (code, remark) =
+            send_cmd(&c, send_request(TOPIC, 0, b"t2", &[(property::TIMER_DELAY_SEC, "60")], 0)).await.expect_err("over the limit");
+        assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE.0, "{remark}");
+        assert!(remark.contains("timerMessagesMax 2"), "{remark}");
+        // Other sends go on.
+        send_cmd(&c, send_request(TOPIC, 0, b"plain", &[], 0)).await.expect("plain send");
+        send_cmd(&c, send_request(TOPIC, 0, b"level", &[(property::DELAY_TIME_LEVEL, "1")], 0)).await.expect("delay level");
+        g.shutdown().await;
+    });
+}

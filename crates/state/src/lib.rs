@@ -65,8 +65,19 @@ impl BrokerState {
             }
             Command::ProduceAt(p) => {
                 self.clock.advance(p.time_ms);
-                let (skip, moves) =
-                    self.schedule.accept(&p.deliveries, self.clock.now_ms, self.queues.get(SCHEDULE_TOPIC), self.queues.get(TIMER_TOPIC));
+                let topics = &self.topics;
+                let indexable = |part: u32, index: u32| {
+                    p.queues.get(part as usize).is_some_and(|qa| {
+                        (index as usize) < qa.messages.len() && topics.get(&qa.topic).is_some_and(|t| qa.queue_id < t.write_queues)
+                    })
+                };
+                let (skip, moves) = self.schedule.accept(
+                    &p.deliveries,
+                    self.clock.now_ms,
+                    self.queues.get(SCHEDULE_TOPIC),
+                    self.queues.get(TIMER_TOPIC),
+                    indexable,
+                );
                 if !moves.is_empty() {
                     queues::apply_moves(&mut self.queues, TIMER_TOPIC, &moves, store)?;
                 }
@@ -286,6 +297,13 @@ mod tests {
         let r = s.apply(&logged(deliver(10_999), &mut pos), &mut q).unwrap();
         assert_eq!(r, CommandResponse::Produced(vec![QueueAppendResult::Stored(vec![])]));
         assert_eq!(s.queues["T"][&0].next_offset, 0);
+        // Into a queue the topic does not have: refused, and the message stays pending (not lost).
+        let mut wrong_queue = deliver(11_000);
+        if let Command::ProduceAt(p) = &mut wrong_queue {
+            p.queues[0].queue_id = 7;
+        }
+        s.apply(&logged(wrong_queue, &mut pos), &mut q).unwrap();
+        assert_eq!(s.scheduled_pending(2), 1, "a copy that cannot be indexed does not take the message");
         // Due: indexed; a second proposal of the same delivery is not.
         s.apply(&logged(deliver(11_000), &mut pos), &mut q).unwrap();
         s.apply(&logged(deliver(12_000), &mut pos), &mut q).unwrap();

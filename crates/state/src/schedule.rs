@@ -205,7 +205,7 @@ impl Schedule {
     /// Decides the deliveries of one entry stamped `now_ms`: a delivery is taken when it names the next
     /// untaken offset of its staging queue, that offset holds a staged message (below the queue's next
     /// offset) and the entry's time has reached its `due_ms`; a move must also name an existing timer
-    /// queue. Advances the cursors past the taken ones and returns the (part, index) of the copies not to
+    /// queue, a copy a message the entry will index (`copy_indexable(part, index)`). Advances the cursors past the taken ones and returns the (part, index) of the copies not to
     /// index (all the others') and the units taken moves write, in order.
     pub(crate) fn accept(
         &mut self,
@@ -213,6 +213,7 @@ impl Schedule {
         now_ms: i64,
         staged: Option<&BTreeMap<u32, QueueState>>,
         timers: Option<&BTreeMap<u32, QueueState>>,
+        copy_indexable: impl Fn(u32, u32) -> bool,
     ) -> (BTreeSet<(u32, u32)>, Vec<MoveTo>) {
         let mut refused = BTreeSet::new();
         let mut moves = Vec::new();
@@ -224,9 +225,11 @@ impl Schedule {
             };
             let cursor = cursors.get(&d.schedule_queue).copied().unwrap_or(0);
             let stored = queues.and_then(|qs| qs.get(&d.schedule_queue)).map_or(0, |s| s.next_offset);
+            // A copy whose part would be rejected (no such topic or queue) must not take the message: the
+            // cursor would pass it and nothing would be indexed — a lost message.
             let move_ok = match d.action {
                 Action::Move { to_queue, .. } => to_queue < TIMER_LEVELS && timers.is_some_and(|t| t.contains_key(&to_queue)),
-                Action::Copy { .. } => true,
+                Action::Copy { part, index } => copy_indexable(part, index),
             };
             let taken = d.staged_offset == cursor && cursor < stored && d.due_ms <= now_ms && move_ok;
             if taken {
@@ -323,9 +326,9 @@ mod tests {
             action: Action::Move { to_queue: to, eligible_ms: 80, phys_offset: 4096, size: 300 },
         };
         // To a queue that does not exist: refused, cursor stays.
-        assert!(s.accept(&[mv(TIMER_LEVELS)], 60, None, Some(&timers)).1.is_empty());
+        assert!(s.accept(&[mv(TIMER_LEVELS)], 60, None, Some(&timers), |_, _| true).1.is_empty());
         assert_eq!(s.timer_cursor(5), 0);
-        let (refused, moves) = s.accept(&[mv(1), mv(1)], 60, None, Some(&timers));
+        let (refused, moves) = s.accept(&[mv(1), mv(1)], 60, None, Some(&timers), |_, _| true);
         assert!(refused.is_empty());
         assert_eq!(
             moves,
@@ -346,7 +349,7 @@ mod tests {
             due_ms: due,
             action: Action::Copy { part: 0, index },
         };
-        let refused = |s: &mut Schedule, ds: &[Delivery], now| s.accept(ds, now, Some(&staged), None).0;
+        let refused = |s: &mut Schedule, ds: &[Delivery], now| s.accept(ds, now, Some(&staged), None, |_, _| true).0;
         // Not due yet at 99.
         assert_eq!(refused(&mut s, &[d(0, 100, 0)], 99), [(0, 0)].into());
         assert_eq!(s.cursor(2), 0);

@@ -322,6 +322,16 @@ impl BrokerInner {
                     ),
                 );
             }
+            if let Some(i) = batch.iter().position(|m| !matches!(timer_due_of(m.properties, 0, i64::MAX, i64::MAX), Ok(None))) {
+                return reply(
+                    req,
+                    ResponseCode::MESSAGE_ILLEGAL,
+                    format!(
+                        "message {i} of the batch has a timer property (TIMER_DELIVER_MS, TIMER_DELAY_SEC or TIMER_DELAY_MS): \
+                         timers are not supported for batch sends"
+                    ),
+                );
+            }
             for m in batch {
                 match encode(m.body, m.properties, m.flag) {
                     Ok(o) => messages.push(o),

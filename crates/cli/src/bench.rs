@@ -549,6 +549,17 @@ pub async fn schedule(b: ScheduleBench) -> Result<()> {
                 for m in &r.messages {
                     let Some(due) = m.body.get(..8).and_then(|s| s.try_into().ok()).map(i64::from_be_bytes) else { continue };
                     if m.store_timestamp < due {
+                        if early < 5 {
+                            println!(
+                                "early: store {} due {} TIMER_OUT_MS {:?} TIMER_DELIVER_MS {:?} queue {} offset {}",
+                                m.store_timestamp,
+                                due,
+                                m.property("TIMER_OUT_MS"),
+                                m.property("TIMER_DELIVER_MS"),
+                                m.queue_id,
+                                m.queue_offset
+                            );
+                        }
                         early += 1;
                     }
                     let _ = arrival.record(((now - due).max(0) as u64 * 1000).max(1));

@@ -260,6 +260,19 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                     due.unwrap_or_else(|| "-".into())
                 );
             }
+            println!("timers pending: {}", sched["timersPending"]);
+            if let Some(lines) = sched["timerLines"].as_array().filter(|l| !l.is_empty()) {
+                println!("{:>6} {:>14} {:>10} {:>26}", "line", "delay", "pending", "next eligible");
+                for l in lines {
+                    println!(
+                        "{:>6} {:>14} {:>10} {:>26}",
+                        l["line"].to_string(),
+                        l["delayMs"].as_i64().map(|d| format!("{d} ms")).unwrap_or_default(),
+                        l["pending"].to_string(),
+                        l["nextEligibleMs"].to_string()
+                    );
+                }
+            }
             Ok(())
         }
         AdminCmd::DelayLevels { broker, levels } => {

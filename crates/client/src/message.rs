@@ -117,6 +117,12 @@ impl Message {
         self.property(property::KEYS).map(|k| k.split(' ').filter(|s| !s.is_empty()).collect()).unwrap_or_default()
     }
 
+    /// Whether the message asks for scheduled delivery (a delay level, a delay or a delivery time).
+    pub fn is_scheduled(&self) -> bool {
+        self.delay_level() > 0
+            || [property::TIMER_DELAY_MS, property::TIMER_DELAY_SEC, property::TIMER_DELIVER_MS].iter().any(|p| self.property(p).is_some())
+    }
+
     /// The delay level, 0 when none.
     pub fn delay_level(&self) -> u32 {
         self.property(property::DELAY_TIME_LEVEL).and_then(|v| v.parse().ok()).unwrap_or(0)

@@ -404,8 +404,9 @@ impl ProducerInner {
             }
         }
         let properties = properties_to_string(msg.properties())?;
-        // What a broker refuses inside a batch: compressed bodies (no per-message sys flag), delays, retry topics.
-        let batchable = flags == 0 && msg.delay_level() == 0 && !msg.topic.starts_with("%RETRY%");
+        // What a broker refuses inside a batch: compressed bodies (no per-message sys flag), delay levels and
+        // timers, retry topics.
+        let batchable = flags == 0 && !msg.is_scheduled() && !msg.topic.starts_with("%RETRY%");
         Ok(Prepared { topic: msg.topic, body, sys_flag: flags, flag: msg.flag, properties, batch: false, batchable, msg_id })
     }
 
@@ -423,8 +424,10 @@ impl ProducerInner {
             if m.topic != topic {
                 return Err(ClientError::InvalidMessage(format!("batch message {i} is for topic {}, the batch for {topic}", m.topic)));
             }
-            if m.delay_level() > 0 {
-                return Err(ClientError::InvalidMessage(format!("batch message {i} has a delay level; batches cannot be delayed")));
+            if m.is_scheduled() {
+                return Err(ClientError::InvalidMessage(format!(
+                    "batch message {i} has a delay level or a delivery time; batches cannot be scheduled"
+                )));
             }
             if m.body.is_empty() {
                 return Err(ClientError::InvalidMessage(format!("batch message {i} has an empty body")));

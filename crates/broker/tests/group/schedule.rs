@@ -189,7 +189,7 @@ fn scheduled_messages_survive_the_loss_of_the_leader_that_staged_them() {
 }
 
 #[test]
-fn a_batch_with_a_delay_level_is_refused() {
+fn a_batch_with_a_delay_level_or_a_timer_is_refused() {
     crate::common::runtime().block_on(async {
         let g = Group::start().await;
         let leader = g.wait_leader(None, Duration::from_secs(20)).await;
@@ -205,6 +205,18 @@ fn a_batch_with_a_delay_level_is_refused() {
         let (code, remark) = send_cmd(&c, cmd).await.expect_err("a delayed batch was accepted");
         assert_eq!(code, ResponseCode::MESSAGE_ILLEGAL.0);
         assert!(remark.contains("message 1") && remark.contains("DELAY"), "{remark}");
+        // The same for a timer property (the native client's auto-batching once let these through as plain).
+        let mut body = Vec::new();
+        for props in ["", "", "TIMER_DELAY_MS\u{1}5000\u{2}"] {
+            let m = raftmq_remoting::message::BatchMessage { flag: 0, body: b"b", properties: props };
+            raftmq_remoting::message::encode_batch_message(&m, &mut body).expect("batch element");
+        }
+        let mut cmd = send_request(TOPIC, 0, &[], &[], 0);
+        cmd.code = RequestCode::SEND_BATCH_MESSAGE.0;
+        cmd.body = body.into();
+        let (code, remark) = send_cmd(&c, cmd).await.expect_err("a timed batch was accepted");
+        assert_eq!(code, ResponseCode::MESSAGE_ILLEGAL.0);
+        assert!(remark.contains("message 2") && remark.contains("timer property"), "{remark}");
         g.shutdown().await;
     });
 }

@@ -473,10 +473,13 @@ fn now_ms() -> i64 {
     (now_ns() / 1_000_000) as i64
 }
 
-/// VmRSS of a process in KiB (Linux `/proc`), if readable.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// (VmRSS, RssAnon) of a process in KiB (Linux `/proc`), if readable. RssAnon is the process's own memory;
+/// the rest of VmRSS is mapped file pages (the commitlog and consume queues in the page cache).
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let field =
+        |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    Some((field("VmRSS:")?, field("RssAnon:")?))
 }
 
 /// Sends `count` messages (decorated), waits for every acknowledgement; returns (acked, errors, seconds).
@@ -513,7 +516,7 @@ pub async fn schedule(b: ScheduleBench) -> Result<()> {
     let mut plain = b.produce.clone();
     plain.common.topic = format!("{}Plain", b.produce.common.topic);
     let (p_acked, p_err, p_secs) = send_phase(&plain, None, quiet, "plain").await?;
-    let rss_before: Vec<(u32, Option<u64>)> = b.broker_pids.iter().map(|p| (*p, rss_kib(*p))).collect();
+    let rss_before: Vec<(u32, Option<(u64, u64)>)> = b.broker_pids.iter().map(|p| (*p, rss_kib(*p))).collect();
     // Phase 2: the same number of timer sends. The send rate is not known in advance, so due times are
     // set from an estimate (the plain rate) and the lead absorbs the difference.
     let est_secs = p_secs.max(0.001) * 1.5;
@@ -529,7 +532,7 @@ pub async fn schedule(b: ScheduleBench) -> Result<()> {
     });
     let (s_acked, s_err, s_secs) = send_phase(&b.produce, Some(decorate), quiet, "scheduling").await?;
     let scheduled_end = now_ms();
-    let rss_after: Vec<(u32, Option<u64>)> = b.broker_pids.iter().map(|p| (*p, rss_kib(*p))).collect();
+    let rss_after: Vec<(u32, Option<(u64, u64)>)> = b.broker_pids.iter().map(|p| (*p, rss_kib(*p))).collect();
     if scheduled_end > first_due {
         println!("warning: scheduling ended {} ms after the first due time; raise --lead", scheduled_end - first_due);
     }
@@ -586,7 +589,7 @@ pub async fn schedule(b: ScheduleBench) -> Result<()> {
     println!(
         "schedule: plain {p_acked} in {p_secs:.1} s = {:.0} msg/s; timers {s_acked} in {s_secs:.1} s = {:.0} msg/s (ratio {:.2}); \
          delivered {} of {s_acked}, early {early}; lateness at arrival p50 {:.1} ms p99 {:.1} ms max {:.1} ms, by store stamp p50 {:.1} ms p99 {:.1} ms max {:.1} ms; \
-         broker RSS KiB before {:?} after {:?}",
+         broker (pid, (VmRSS, RssAnon)) KiB before {:?} after {:?}",
         p_acked as f64 / p_secs,
         s_acked as f64 / s_secs,
         result["ratio"].as_f64().unwrap_or(0.0),

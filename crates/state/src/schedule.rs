@@ -179,7 +179,8 @@ impl Schedule {
         }
         let levels = self.delay_levels();
         let level = (level as u32).min(levels.len() as u32);
-        Some((level, levels[level as usize - 1]))
+        let delay = *levels.get((level as usize).checked_sub(1)?)?;
+        Some((level, delay))
     }
 
     /// The next undelivered offset of schedule queue `q`.

@@ -399,3 +399,25 @@ fn timer_sends_past_timer_messages_max_are_refused_as_not_stored() {
         g.shutdown().await;
     });
 }
+
+/// A new leader whose first stamp is more than `clockJumpWarnMs` past the last stamped time counts it
+/// (`clockJumps` in node status) — here with a 1 ms threshold and a 300 ms pause instead of a wrong clock.
+#[test]
+fn a_new_leaders_clock_jump_is_counted() {
+    crate::common::runtime().block_on(async {
+        let g = Group::start_with("clockJumpWarnMs = 1\n").await;
+        let leader = g.wait_leader(None, Duration::from_secs(20)).await;
+        let c = g.client(leader).await;
+        send_cmd(&c, send_request(TOPIC, 0, b"stamp", &[], 0)).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        g.brokers[leader].shutdown().await;
+        let next = g.wait_leader(Some(leader), Duration::from_secs(20)).await;
+        let c = g.client(next).await;
+        send_cmd(&c, send_request(TOPIC, 0, b"after", &[], 0)).await.expect("send on the new leader");
+        let status = c.invoke(RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0), TIMEOUT).await.expect("status");
+        let s: serde_json::Value = serde_json::from_slice(&status.body).expect("json");
+        assert_eq!(s["clockJumps"], 1, "{s}");
+        assert!(s["clockMs"].as_i64().unwrap_or(0) > 0, "{s}");
+        g.shutdown().await;
+    });
+}

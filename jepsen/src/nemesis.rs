@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::clock;
+use crate::clock::{self, SkewBounds};
 use crate::cluster::{client_addr, namesrv_addr, Cluster, HOST_IP};
 use crate::net;
 use crate::workload::Recorder;
@@ -54,7 +54,7 @@ impl FromStr for Family {
             "loss" => Family::Loss,
             "slow" => Family::Slow,
             "transfer" => Family::Transfer,
-            other => bail!("unknown nemesis {other:?} (partition, kill, pause, clock, loss, slow, transfer, all)"),
+            other => bail!("unknown nemesis {other:?} (partition, kill, pause, clock, loss, slow, transfer, all, none)"),
         })
     }
 }
@@ -77,10 +77,12 @@ impl Family {
         }
     }
 
-    /// Parses `partition,kill` or `all`.
+    /// Parses `partition,kill`, `all` or `none` (no faults: the workload alone).
     pub fn parse_list(s: &str) -> Result<Vec<Family>> {
-        if s.trim() == "all" {
-            return Ok(Family::ALL.to_vec());
+        match s.trim() {
+            "all" => return Ok(Family::ALL.to_vec()),
+            "none" => return Ok(Vec::new()),
+            _ => {}
         }
         let mut out: Vec<Family> = s.split(',').map(|p| p.trim().parse()).collect::<Result<_>>()?;
         out.sort();
@@ -161,8 +163,16 @@ async fn target_nodes(rng: &mut ChaCha8Rng, spec: &str, ids: &[u8]) -> (Vec<u8>,
     (nodes, leader)
 }
 
-/// Starts one fault of `family`; records it; returns what stopping it needs.
-async fn start(family: Family, rng: &mut ChaCha8Rng, cluster: &SharedCluster, rec: &Recorder, cfg: &ScheduleConfig) -> Result<Active> {
+/// Starts one fault of `family`; records it; returns what stopping it needs. Clock offsets are noted in
+/// `skew` before they are applied.
+async fn start(
+    family: Family,
+    rng: &mut ChaCha8Rng,
+    cluster: &SharedCluster,
+    rec: &Recorder,
+    cfg: &ScheduleConfig,
+    skew: &mut SkewBounds,
+) -> Result<Active> {
     let ids = cluster.lock().await.ids();
     match family {
         Family::Partition => {
@@ -230,6 +240,7 @@ async fn start(family: Family, rng: &mut ChaCha8Rng, cluster: &SharedCluster, re
                 let mut offsets = BTreeMap::new();
                 for id in &nodes {
                     let ms = clock::bump_ms(rng);
+                    skew.note(ms);
                     clock::set_offset(*id, ms)?;
                     offsets.insert(*id, ms);
                 }
@@ -237,6 +248,7 @@ async fn start(family: Family, rng: &mut ChaCha8Rng, cluster: &SharedCluster, re
                 Ok(Active::Clock(nodes, None))
             } else {
                 let (delta, period) = clock::strobe_params(rng);
+                skew.note(delta);
                 let stop = Arc::new(AtomicBool::new(false));
                 let (s, targets) = (Arc::clone(&stop), nodes.clone());
                 tokio::spawn(async move {
@@ -351,8 +363,9 @@ pub async fn heal_all(cluster: &SharedCluster, rec: &Recorder) {
     rec.nemesis("heal", Value::Null);
 }
 
-/// Runs the schedule until `time_limit`, then heals everything.
-pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedCluster, rec: Recorder) {
+/// Runs the schedule until `time_limit`, then heals everything. Returns the clock offsets it injected.
+pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedCluster, rec: Recorder) -> SkewBounds {
+    let mut skew = SkewBounds::default();
     let end = tokio::time::Instant::now() + cfg.time_limit;
     tokio::time::sleep(cfg.warmup.min(cfg.time_limit)).await;
     let mut deck: Vec<Family> = Vec::new();
@@ -367,9 +380,13 @@ pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedClust
             deck.shuffle(rng);
         }
         let family = deck.pop().unwrap_or(Family::Partition);
-        let active = match start(family, rng, &cluster, &rec, &cfg).await {
+        let active = match start(family, rng, &cluster, &rec, &cfg, &mut skew).await {
             Ok(a) => a,
             Err(e) => {
+                if family == Family::Clock {
+                    // Some node's clock may have moved without the offset being recorded.
+                    skew.unknown = true;
+                }
                 rec.nemesis(&format!("{}-failed", family.name()), json!({"error": e.to_string()}));
                 Active::None
             }
@@ -384,4 +401,5 @@ pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedClust
     }
     tokio::time::sleep_until(end).await;
     heal_all(&cluster, &rec).await;
+    skew
 }

@@ -16,7 +16,8 @@
 //! an offset in its staging queue, which is recorded as `extra.staged_offset`, never as the message's offset
 //! (`[null, v]` in the ok value). At the end the producers stop first and the consumers keep polling until
 //! every scheduled send is due (+ [`SCHEDULED_TAIL`]); the final drain then also waits, if an acknowledged
-//! scheduled message is still missing, until it must have been delivered (see [`final_drain`]).
+//! scheduled message is still missing, until it must have been delivered (see [`final_drain`]). One watcher per
+//! queue tails it without pause, so deliveries are observed promptly ([`watcher`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
@@ -219,7 +220,8 @@ fn parse_value(body: &[u8]) -> Option<u64> {
 /// that the lateness of the last scheduled messages is observed by consumers rather than by the drain.
 pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
     let counter = Arc::new(AtomicU64::new(1));
-    let workers = cfg.producers + cfg.consumers;
+    let watchers = if cfg.scheduled_share > 0.0 { cfg.queues as usize } else { 0 };
+    let workers = cfg.producers + cfg.consumers + watchers;
     let stop_consumers = Arc::new(AtomicBool::new(false));
     let mut producers = Vec::new();
     for w in 0..cfg.producers {
@@ -232,6 +234,11 @@ pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, prog
         let w = cfg.producers + c;
         let (cfg, rec, stop, progress) = (cfg.clone(), rec.clone(), Arc::clone(&stop_consumers), Arc::clone(&progress));
         consumers.push(tokio::spawn(async move { consumer(w, c, workers, cfg, rec, stop, progress).await }));
+    }
+    for i in 0..watchers {
+        let w = cfg.producers + cfg.consumers + i;
+        let (cfg, rec, stop, progress) = (cfg.clone(), rec.clone(), Arc::clone(&stop_consumers), Arc::clone(&progress));
+        consumers.push(tokio::spawn(async move { watcher(w, i as u32, workers, cfg, rec, stop, progress).await }));
     }
     for h in producers {
         let _ = h.await;
@@ -418,6 +425,28 @@ async fn consumer(w: usize, c: usize, workers: usize, cfg: WorkloadConfig, rec: 
         let keys: Vec<u32> = st.assigned.iter().copied().collect();
         let k = keys[rng.gen_range(0..keys.len())];
         poll(&pc, &cfg, &rec, &mut process, workers, &mut st, k, &progress).await;
+    }
+    pc.shutdown().await;
+}
+
+/// With scheduled sends, one watcher per queue follows it from the beginning with back-to-back long polls
+/// (no pacing, seeks or commits), so that a delivered scheduled message is observed within a poll's latency
+/// of becoming readable: the checker's lateness figures and `scheduled-early` use the first observation by
+/// any poll, and the paced consumers, which re-read whole queues after `seek beginning`, often lag by
+/// seconds.
+async fn watcher(w: usize, k: u32, workers: usize, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
+    let group = format!("jepsen-w{k}");
+    let Some(pc) = start_until_stopped(&stop, || PullConsumer::start(client_config(&cfg, format!("jepsen-w{k}")), group.clone())).await
+    else {
+        return;
+    };
+    let mut process = w as u64;
+    let mut st = ConsumerState { assigned: BTreeSet::new(), next: BTreeMap::new(), committed: BTreeMap::new() };
+    assign(&pc, &cfg, &rec, &mut process, workers, &group, &mut st, vec![k], "beginning").await;
+    while !stop.load(Ordering::Acquire) {
+        if poll(&pc, &cfg, &rec, &mut process, workers, &mut st, k, &progress).await.is_none() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     pc.shutdown().await;
 }

@@ -133,12 +133,13 @@ pub async fn find_leader(ids: &[u8]) -> Option<u8> {
 }
 
 /// What a started fault needs to be stopped.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Active {
     Partition,
     Killed(Vec<u8>),
     Paused(Vec<u8>),
-    Clock(Vec<u8>, Option<Arc<AtomicBool>>),
+    /// The nodes, and for a strobe its stop flag and task.
+    Clock(Vec<u8>, Option<(Arc<AtomicBool>, tokio::task::JoinHandle<()>)>),
     Loss,
     Slow(u8),
     None,
@@ -241,17 +242,22 @@ async fn start(
                 for id in &nodes {
                     let ms = clock::bump_ms(rng);
                     skew.note(ms);
-                    clock::set_offset(*id, ms)?;
                     offsets.insert(*id, ms);
                 }
+                // Recorded before it takes effect, so the history's window covers every moment a clock was off
+                // (the scheduled checks widen their early allowance inside it).
                 rec.nemesis("bump-clock", json!({"offsets-ms": offsets}));
+                for (id, ms) in &offsets {
+                    clock::set_offset(*id, *ms)?;
+                }
                 Ok(Active::Clock(nodes, None))
             } else {
                 let (delta, period) = clock::strobe_params(rng);
                 skew.note(delta);
                 let stop = Arc::new(AtomicBool::new(false));
                 let (s, targets) = (Arc::clone(&stop), nodes.clone());
-                tokio::spawn(async move {
+                rec.nemesis("strobe-clock", json!({"nodes": nodes, "delta-ms": delta, "period-us": period.as_micros() as u64}));
+                let task = tokio::spawn(async move {
                     let mut on = false;
                     while !s.load(Ordering::Acquire) {
                         on = !on;
@@ -261,8 +267,7 @@ async fn start(
                         tokio::time::sleep(period).await;
                     }
                 });
-                rec.nemesis("strobe-clock", json!({"nodes": nodes, "delta-ms": delta, "period-us": period.as_micros() as u64}));
-                Ok(Active::Clock(nodes, Some(stop)))
+                Ok(Active::Clock(nodes, Some((stop, task))))
             }
         }
         Family::Loss => {
@@ -325,9 +330,11 @@ async fn stop(active: Active, cluster: &SharedCluster, rec: &Recorder) {
             rec.nemesis("resume", json!({"nodes": nodes}));
         }
         Active::Clock(nodes, strobe) => {
-            if let Some(s) = strobe {
+            if let Some((s, task)) = strobe {
+                // Wait for the strobe task to end (it sleeps at most one period, ~1 s) so that no offset is
+                // written after the reset below: `reset-clock` must close the fault's window.
                 s.store(true, Ordering::Release);
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = task.await;
             }
             for n in &nodes {
                 let _ = clock::set_offset(*n, 0);

@@ -1056,6 +1056,12 @@ fn availability_and_recovery() {
 /// c's invocation is at t = 2 ns, the poll that returns it completes at t = read_after_ms + 11 ns.
 fn sched_base(read_after_ms: u64) -> H {
     let mut h = H::default();
+    sched_ops(&mut h, read_after_ms);
+    h
+}
+
+/// The ops of [`sched_base`], appended to `h`.
+fn sched_ops(h: &mut H, read_after_ms: u64) {
     h.send(0, X, &[(0, A)]);
     h.sched_send(0, OpType::Ok, X, C, 1000, 0);
     h.send(0, X, &[(1, B)]);
@@ -1063,7 +1069,6 @@ fn sched_base(read_after_ms: u64) -> H {
     h.poll(10, &[(X, &[(0, A), (1, B)])]);
     h.sleep_ms(read_after_ms);
     h.poll(10, &[(X, &[(2, C)])]);
-    h
 }
 
 /// A complete drain of x = a, b, c, `after_ms` later.
@@ -1125,23 +1130,43 @@ fn scheduled_early_is_bounded_by_the_allowance_and_the_clock_faults() {
     sched_drain(&mut h, 12_000);
     assert_eq!(h.check().validity, Validity::Valid);
 
-    // Clock faults widen the allowance by the largest offsets applied ahead and behind.
-    let with_nemesis = |faults: &[(&str, Json)]| {
-        let mut h = sched_base(700);
+    // A clock fault in force during the send widens the allowance by its largest offsets ahead and behind.
+    let with_nemesis = |faults: &[(&str, Json)], then_sleep_ms: u64| {
+        let mut h = H::default();
         for (f, v) in faults {
             h.nemesis(f, v.clone());
         }
+        h.sleep_ms(then_sleep_ms);
+        sched_ops(&mut h, 700);
         sched_drain(&mut h, 20_000);
         h.check()
     };
-    let r = with_nemesis(&[("bump-clock", json!({"offsets-ms": {"2": 50}}))]);
-    assert_eq!((r.count("scheduled-early"), r.scheduled.early_allowance_ms), (1, 250));
-    let r = with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": -60, "3": 90}})), ("strobe-clock", json!({"delta-ms": 40}))]);
-    assert_eq!((r.count("scheduled-early"), r.scheduled.early_allowance_ms), (0, 350), "{}", r.summary_table());
-    assert_eq!((r.scheduled.skew.ahead_ms, r.scheduled.skew.behind_ms), (90, 60));
-    let r = with_nemesis(&[("clock-failed", json!({"error": "faketime file"}))]);
-    assert_eq!((r.count("scheduled-early"), r.scheduled.early_allowance_ms), (0, 600_200));
+    let allowance = |r: &CheckResult| (r.count("scheduled-early"), r.scheduled.early_allowance_max_ms, r.scheduled.widened);
+    let r = with_nemesis(&[("bump-clock", json!({"offsets-ms": {"2": 50}}))], 0);
+    assert_eq!(allowance(&r), (1, 250, 1));
+    let r = with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": -60, "3": 90}})), ("strobe-clock", json!({"delta-ms": 40}))], 0);
+    assert_eq!(allowance(&r), (0, 350, 1), "{}", r.summary_table());
+    assert_eq!((r.scheduled.skew.ahead_ms, r.scheduled.skew.behind_ms, r.scheduled.clock_windows), (90, 60, 2));
+    assert!(r.summary_table().contains("early allowance 200ms (up to 350ms for 1 values near 2 clock faults"), "{}", r.summary_table());
+    let r = with_nemesis(&[("clock-failed", json!({"error": "faketime file"}))], 0);
+    assert_eq!(allowance(&r), (0, 600_200, 1));
     assert!(r.summary_table().contains("±300s assumed"), "{}", r.summary_table());
+    // A clock set back and reset before the send: no effect. One set ahead leaves the stamps ahead for as long as its
+    // offset after the reset: 5 s, so a send 1 s after the reset is covered, one 6 s after it is not.
+    let reset = ("reset-clock", json!({"nodes": [1, 2, 3]}));
+    assert_eq!(allowance(&with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": -5000}})), reset.clone()], 0)), (1, 200, 0));
+    assert_eq!(allowance(&with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": 5000}})), reset.clone()], 1000)), (0, 5200, 1));
+    assert_eq!(allowance(&with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": 5000}})), reset.clone()], 6000)), (1, 200, 0));
+    // A failed clock fault stays in force until the heal, and its unknown offset (300 s) ahead after it.
+    let failed = ("clock-failed", json!({"error": "x"}));
+    let heal = ("heal", Json::Null);
+    assert_eq!(allowance(&with_nemesis(&[failed.clone(), reset, heal.clone()], 200_000)), (0, 300_200, 1));
+    assert_eq!(allowance(&with_nemesis(&[failed, heal], 301_000)), (1, 200, 0));
+    // A fault that starts after the value was observed (1 s of slack before its record) does not widen it.
+    let mut h = sched_base(700);
+    h.sleep_ms(1100).nemesis("bump-clock", json!({"offsets-ms": {"1": -5000}}));
+    sched_drain(&mut h, 12_000);
+    assert_eq!(allowance(&h.check()), (1, 200, 0));
 
     // The bound is the poll's completion, not its invocation: a long poll invoked 0.5 s after the send and answered
     // at 1.1 s returned a message that may have been delivered at 1 s.

@@ -238,14 +238,24 @@ impl CheckResult {
         // Scheduled sends.
         let sc = &self.scheduled;
         if !sc.sends.is_empty() {
-            let skew = if sc.skew.unknown {
-                "clock offsets unknown: ±300s assumed".to_owned()
+            let clock = if sc.clock_windows == 0 {
+                "no clock faults".to_owned()
             } else {
-                format!("clock offsets +{}ms/-{}ms", sc.skew.ahead_ms, sc.skew.behind_ms)
+                let skew = if sc.skew.unknown {
+                    "offsets unknown: ±300s assumed".to_owned()
+                } else {
+                    format!("offsets +{}ms/-{}ms", group(sc.skew.ahead_ms), group(sc.skew.behind_ms))
+                };
+                format!(
+                    "up to {}ms for {} values near {} clock faults, {skew}",
+                    group(sc.early_allowance_max_ms),
+                    group(sc.widened),
+                    group(sc.clock_windows)
+                )
             };
             let _ = writeln!(
                 s,
-                "scheduled     sends {}; {} values read; early allowance {}ms ({skew})",
+                "scheduled     sends {}; {} values read; early allowance {}ms ({clock})",
                 types_text(&sc.sends),
                 group(sc.values_read),
                 group(sc.early_allowance_ms)

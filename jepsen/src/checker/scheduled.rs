@@ -17,17 +17,27 @@
 //!   delivered after it was invoked, so "invoked before due" proves nothing. With the completion, an early verdict
 //!   is never wrong (the message was certainly readable at the completion) — at the price of missing earliness
 //!   smaller than the poll's latency.
-//! * **Early allowance** A = ahead + behind + `schedule_jitter_ms` (default 200 ms). The broker delivers when its
-//!   store clock — `max(wall clock, last stamp)` — reaches the due time it stamped (docs/architecture.md,
-//!   "Time"). Every stamp and wall reading of a node whose clock the nemesis set ahead by at most `ahead` is at most
-//!   real time + `ahead`, so delivery happens no earlier than (stamped due − `ahead`); the stamped due is no earlier
-//!   than (receipt − `behind`) + d, where `behind` bounds clocks set back. Hence a correct broker delivers no
-//!   earlier than invocation + d − ahead − behind. `ahead`/`behind` are the largest offsets the clock nemesis
-//!   recorded in this history (`bump-clock` offsets, `strobe-clock` deltas); if a clock fault failed to start
-//!   (`clock-failed`) or its record cannot be read, both are [`crate::clock::MAX_SKEW_MS`] (300 s, the largest the
-//!   nemesis can inject). Without clock faults A is the jitter alone, which covers millisecond truncation of store
-//!   timestamps and the drift between the broker's wall clock and the harness's monotonic clock over a run.
-//! * **Horizon** of an acknowledged v = max(its send's completion + d, the last `heal`) + ahead + behind +
+//! * **Early allowance** A(v) = ahead(v) + behind(v) + `schedule_jitter_ms` (default 200 ms). The broker delivers
+//!   when its store clock — `max(wall clock, last stamp)` — reaches the due time it computed at receipt from its
+//!   wall clock (docs/architecture.md, "Time"). So a clock set back by N while v is received makes its due N early
+//!   (`behind`), and a clock set ahead by P makes the store clock, and every stamp, up to P ahead of real time from
+//!   the fault's start until P after its end (stamps never go back), delivering up to P early (`ahead`). Hence a
+//!   correct broker delivers v no earlier than invocation + d − ahead(v) − behind(v), where, over the clock
+//!   faults of the history (*windows*: from the `bump-clock`/`strobe-clock` op, less 1 s of slack, to the
+//!   `reset-clock` or `heal` that ends it):
+//!   - behind(v) = the largest offset set back by a window overlapping v's receipt, [send invocation, min(send
+//!     completion, observation)];
+//!   - ahead(v) = the largest offset set ahead (a strobe's delta) by a window that, extended by that offset,
+//!     overlaps [send invocation, observation], when the delivery happened.
+//!
+//!   A window's offsets are the largest of any of its nodes (which node led is not known). A `clock-failed` op, or
+//!   a clock record that cannot be read, opens a window of [`crate::clock::MAX_SKEW_MS`] (300 s, the largest the
+//!   nemesis injects) both ways that only `heal` ends (the harness resets a failed fault's nodes only then).
+//!   Outside clock faults A is the jitter alone, which covers millisecond truncation of store timestamps and the
+//!   drift between the broker's wall clock and the harness's monotonic clock over a run. Values whose allowance a
+//!   window widened are counted (`widened`): their early check is weaker.
+//! * **Horizon** of an acknowledged v = max(its send's completion + d, the last `heal`) + ahead + behind (here the
+//!   largest offsets of the whole history) +
 //!   `schedule_late_margin_ms` (default 10 s): by then a correct broker has delivered it (a clock set behind holds
 //!   deliveries back by as much, one set ahead leaves the stamped clock ahead after the reset and pushes later due
 //!   times by as much; faults are all healed at `heal`; the margin covers the delivery loop, the commit and
@@ -91,25 +101,49 @@ pub struct ScheduledSummary {
     pub sends: BTreeMap<String, u64>,
     /// Distinct scheduled values some ok poll returned.
     pub values_read: u64,
-    /// Clock offsets the history's clock nemesis applied.
+    /// Clock offsets the history's clock nemesis applied (largest over the run).
     pub skew: SkewBounds,
-    /// The early allowance A (ms).
+    /// Clock-fault windows.
+    pub clock_windows: u64,
+    /// The early allowance outside clock faults (ms): the jitter.
     pub early_allowance_ms: u64,
+    /// The largest early allowance applied to a value read (ms).
+    pub early_allowance_max_ms: u64,
+    /// Values read whose allowance a clock fault widened.
+    pub widened: u64,
     /// What the horizon adds to the due time (ms): ahead + behind + late margin.
     pub late_bound_ms: u64,
     /// Lateness figures.
     pub lateness: Lateness,
 }
 
-/// The clock offsets recorded by the nemesis: `bump-clock` `{"offsets-ms": {node: ms}}`, `strobe-clock`
-/// `{"delta-ms": ms}` (strobes between 0 and delta); `clock-failed` or an unreadable record makes them unknown.
-pub(crate) fn skew_of(ix: &Index) -> SkewBounds {
-    let mut skew = SkewBounds::default();
+/// Slack before a clock fault's recorded start (the harness of earlier versions recorded it after applying it).
+const WINDOW_SLACK_NS: u64 = 1_000_000_000;
+
+/// A clock fault as the history records it.
+#[derive(Clone, Copy, Debug)]
+struct ClockWindow {
+    /// Its start op's time less [`WINDOW_SLACK_NS`].
+    start: u64,
+    /// The `reset-clock` (or `heal`) that ended it; `None` = never.
+    end: Option<u64>,
+    /// Its offsets (ms).
+    skew: SkewBounds,
+}
+
+/// The clock-fault windows of the history and the largest offsets over all of them. `bump-clock`
+/// `{"offsets-ms": {node: ms}}` and `strobe-clock` `{"delta-ms": ms}` (strobing between 0 and delta) open a
+/// window that the next `reset-clock` or `heal` closes; `clock-failed`, or a record that cannot be read, opens one
+/// with unknown offsets that only `heal` closes.
+fn clock_windows(ix: &Index) -> (Vec<ClockWindow>, SkewBounds) {
+    let mut windows: Vec<ClockWindow> = Vec::new();
+    let mut run = SkewBounds::default();
     for op in ix.history {
-        if op.process != Process::Nemesis {
+        if op.process != Process::Nemesis || op.op_type == OpType::Invoke {
             continue;
         }
         let value = op.value.to_value().unwrap_or(serde_json::Value::Null);
+        let mut skew = SkewBounds::default();
         match op.f.as_str() {
             "bump-clock" => match value.get("offsets-ms").and_then(|o| o.as_object()) {
                 Some(offsets) => {
@@ -127,18 +161,50 @@ pub(crate) fn skew_of(ix: &Index) -> SkewBounds {
                 None => skew.unknown = true,
             },
             "clock-failed" => skew.unknown = true,
-            _ => {}
+            "reset-clock" | "heal" => {
+                let all = op.f == "heal";
+                for w in windows.iter_mut().filter(|w| w.end.is_none() && (all || !w.skew.unknown)) {
+                    w.end = Some(op.time);
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        run.ahead_ms = run.ahead_ms.max(skew.ahead_ms);
+        run.behind_ms = run.behind_ms.max(skew.behind_ms);
+        run.unknown |= skew.unknown;
+        windows.push(ClockWindow { start: op.time.saturating_sub(WINDOW_SLACK_NS), end: None, skew });
+    }
+    (windows, run)
+}
+
+/// ahead(v) + behind(v) (ms) for a value invoked at `invoked`, received by `received_by`, observed at `seen` (see the
+/// module docs).
+fn clock_allowance_ms(windows: &[ClockWindow], invoked: u64, received_by: u64, seen: u64) -> u64 {
+    let (mut ahead, mut behind) = (0u64, 0u64);
+    for w in windows {
+        let end = w.end.unwrap_or(u64::MAX);
+        if w.start <= received_by && end >= invoked {
+            behind = behind.max(w.skew.behind());
+        }
+        if w.start <= seen && end.saturating_add(w.skew.ahead().saturating_mul(1_000_000)) >= invoked {
+            ahead = ahead.max(w.skew.ahead());
         }
     }
-    skew
+    ahead + behind
 }
 
 /// Runs the scheduled checks; returns the summary.
 pub(crate) fn check(ix: &Index, opts: &CheckOptions, out: &mut Findings) -> ScheduledSummary {
-    let skew = skew_of(ix);
-    let allowance_ms = skew.ahead() + skew.behind() + opts.schedule_jitter_ms;
+    let (windows, skew) = clock_windows(ix);
     let late_bound_ms = skew.ahead() + skew.behind() + opts.schedule_late_margin_ms;
-    let mut summary = ScheduledSummary { skew, early_allowance_ms: allowance_ms, late_bound_ms, ..Default::default() };
+    let mut summary = ScheduledSummary {
+        skew,
+        clock_windows: windows.len() as u64,
+        early_allowance_ms: opts.schedule_jitter_ms,
+        late_bound_ms,
+        ..Default::default()
+    };
     if ix.scheduled.is_empty() {
         return summary;
     }
@@ -210,6 +276,11 @@ pub(crate) fn check(ix: &Index, opts: &CheckOptions, out: &mut Findings) -> Sche
             match (first.get(&s.value), p.op.invoke_time()) {
                 (Some(&(seen, reader)), Some(inv)) if d > 0 => {
                     let due = inv.saturating_add(d_ns);
+                    let received_by = p.op.complete_time().map_or(seen, |c| c.min(seen));
+                    let clock = clock_allowance_ms(&windows, inv, received_by, seen);
+                    let allowance_ms = clock + opts.schedule_jitter_ms;
+                    summary.early_allowance_max_ms = summary.early_allowance_max_ms.max(allowance_ms);
+                    summary.widened += u64::from(clock > 0);
                     if seen.saturating_add(allowance_ms.saturating_mul(1_000_000)) < due {
                         let early_ms = (due - seen) as f64 / 1e6;
                         out.add("scheduled-early", || {

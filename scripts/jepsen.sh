@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Chaos tests of a 3-node raftmq group in network namespaces (see docs/jepsen.md).
 #
-#   scripts/jepsen.sh --quick                 CI suite: fixed seeds, several nemesis families, ~2-3 minutes;
-#                                             exits non-zero unless every run is VALID? YES
+#   scripts/jepsen.sh --quick                 CI suite: fixed seeds, several nemesis families, ~4 minutes;
+#                                             exits non-zero unless the normal runs are VALID? YES and the
+#                                             injected-bug runs are caught (VALID? NO with the expected anomaly)
 #   scripts/jepsen.sh --suite [SEED]          the full suite: every nemesis family alone, then all combined,
 #                                             5 minutes of faults each (~55 minutes; release build)
 #   scripts/jepsen.sh [run options]           one run, e.g. --nemesis all --time-limit 300 --seed 3
@@ -40,13 +41,14 @@ if [ "${1:-}" = "cleanup" ]; then mode=cleanup; shift; fi
 if [ "$mode" = full ] || [ "$mode" = suite ]; then profile=release; flag=--release; else profile=debug; flag=; fi
 BIN="$CARGO_TARGET_DIR/$profile/raftmq"
 JEPSEN="$CARGO_TARGET_DIR/$profile/raftmq-jepsen"
-# "Testing the tester" needs a broker that acknowledges before a quorum: `unsafeAckBeforeQuorum` exists only
-# in builds with the cargo feature `unsafe-ack-before-quorum`. Built first and copied aside, because the
-# feature changes the binary at the same path; the ordinary build below then restores the safe `raftmq`.
+# "Testing the tester" needs a broker that acknowledges before a quorum (`unsafeAckBeforeQuorum`) or delivers
+# scheduled messages early (`unsafeScheduleEarlyMs`): both exist only in builds with the cargo feature
+# `unsafe-ack-before-quorum`. Built first and copied aside, because the feature changes the binary at the same
+# path; the ordinary build below then restores the safe `raftmq`.
 BIN_UNSAFE="$CARGO_TARGET_DIR/$profile/raftmq-unsafe-ack"
 wants_unsafe=no
 if [ "$mode" = quick ]; then wants_unsafe=yes; fi
-for a in "$@"; do case "$a" in *unsafeAckBeforeQuorum*) wants_unsafe=yes ;; esac; done
+for a in "$@"; do case "$a" in *unsafeAckBeforeQuorum* | *unsafeScheduleEarlyMs*) wants_unsafe=yes ;; esac; done
 if [ "$mode" != cleanup ] && [ "$wants_unsafe" = yes ]; then
   cargo build -q $flag -p raftmq-cli --features unsafe-ack-before-quorum
   cp "$BIN" "$BIN_UNSAFE"
@@ -103,8 +105,9 @@ quick_run() {
   if [ "$rc" -ne 0 ]; then failures=$((failures + 1)); echo "FAILED: $* (exit $rc)"; else echo "ok - jepsen $*"; fi
 }
 mkdir -p "$store"
-quick_run --name quick-crash --nemesis partition,kill,pause,clock --seed 11 --time-limit 60 --interval 4
-quick_run --name quick-net --nemesis loss,slow,transfer,partition --seed 12 --time-limit 40 --interval 4
+# A fifth of the sends are scheduled (1-20 s): the checker's scheduled-* anomalies must stay at zero too.
+quick_run --name quick-crash --nemesis partition,kill,pause,clock --seed 11 --time-limit 60 --interval 4 --scheduled-share 0.2
+quick_run --name quick-net --nemesis loss,slow,transfer,partition --seed 12 --time-limit 40 --interval 4 --scheduled-share 0.2
 # Testing the tester: with the broker acknowledging before a quorum has the message, leader kills must make
 # the checker report lost acknowledged messages (VALID? NO, exit code 1). Whether a 30 s schedule kills a
 # leader while it holds acknowledged entries no follower has is a matter of timing (about one run in three
@@ -135,5 +138,24 @@ PY
   failures=$((failures + 1)); echo "FAILED: three unsafe runs exited without lost acknowledged messages (expected exit 1)"
 }
 unsafe_run --name quick-unsafe-ack --nemesis kill --time-limit 30 --interval 3 --broker-extra 'unsafeAckBeforeQuorum = true'
+# Testing the tester, scheduled messages: the leader delivers every scheduled message 3 s before it is due. With
+# no faults (so the early allowance is the 200 ms jitter) and half the sends scheduled, the checker must report
+# scheduled-early (VALID? NO). Delays of 1-20 s and consumers polling all the time make this certain, not timing.
+early_run() {
+  echo "=== jepsen quick (must be INVALID with scheduled-early): $*"
+  run_bin="$BIN_UNSAFE" run_one "$@"
+  found=$(python3 - "$dir/results.json" <<'PY' 2>/dev/null || echo ""
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(",".join(f'{a["name"]} {a["count"]}' for a in r["anomalies"] if a["count"] > 0 and a["verdict"] == "bad"))
+PY
+)
+  case "$found" in
+    *scheduled-early*)
+      if [ "$rc" -eq 1 ]; then echo "ok - the checker caught unsafeScheduleEarlyMs: $found"; return; fi ;;
+  esac
+  failures=$((failures + 1)); echo "FAILED: unsafeScheduleEarlyMs not caught as scheduled-early (exit $rc, bad anomalies '$found')"
+}
+early_run --name quick-unsafe-early --nemesis none --seed 16 --time-limit 20 --scheduled-share 0.5 --broker-extra 'unsafeScheduleEarlyMs = 3000'
 echo "jepsen quick: $((runs - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

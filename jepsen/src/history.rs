@@ -27,6 +27,10 @@
 //!
 //! * `send`: a list of micro-operations ([`Mop`]), all to one key (an atomic batch). Invoke: `[["send",k,v], ...]`;
 //!   ok: `[["send",k,[offset,v]], ...]`; info/fail: the invoke form (`[null, v]` is accepted as "offset unknown").
+//!   A *scheduled* send (delivered to its queue only after a delay) has `extra` = `{"delay_ms":d, ...}` on its
+//!   invocation and completion ([`Op::delay_ms`]; the workload adds `"via":"timer"|"level"`, `"level"`, and on ok
+//!   `"staged_offset"`, the offset the broker acknowledged in its internal staging queue); its ok value gives the
+//!   offset as unknown (`[null, v]`), and an offset given there is ignored by the checker.
 //! * `poll`: invoke `[["poll"]]`; ok `[["poll",[[k,[[o,v],...]],...]]]`; `extra` = `{"next":[[k,o]...],
 //!   "max":[[k,o]...]}` ([`PollExtra`]). A Jepsen-style object `{"k":[[o,v]...]}` is accepted in place of the list.
 //! * `assign`: `{"keys":[k...],"seek":"keep"|"committed"|"beginning","group":"..."}` ([`Assign`]); a bare key list
@@ -373,6 +377,20 @@ impl Op {
     pub fn commit(&self) -> Result<Commit, HistoryError> {
         let v = self.value_json()?;
         Commit::from_json(&v).map_err(|m| self.payload_error(m))
+    }
+
+    /// The delay of a scheduled `send` (`extra.delay_ms`); `None` when `extra` has no `delay_ms`.
+    pub fn delay_ms(&self) -> Result<Option<u64>, HistoryError> {
+        match self.extra_json()? {
+            Some(Json::Object(m)) => match m.get("delay_ms") {
+                None | Some(Json::Null) => Ok(None),
+                Some(d) => d
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| self.payload_error(format!("extra.delay_ms must be a non-negative integer, got {d}"))),
+            },
+            _ => Ok(None),
+        }
     }
 
     /// The `next`/`max` offsets of a `poll` (empty when `extra` is absent).

@@ -53,7 +53,7 @@ struct RunArgs {
     /// The `raftmq` binary.
     #[arg(long, env = "RAFTMQ_BIN")]
     bin: PathBuf,
-    /// Nemesis families, comma-separated, or `all`: partition, kill, pause, clock, loss, slow, transfer.
+    /// Nemesis families, comma-separated, `all` or `none`: partition, kill, pause, clock, loss, slow, transfer.
     #[arg(long, default_value = "partition,kill,pause,clock")]
     nemesis: String,
     /// Seed of the fault schedule and the workload generator.
@@ -83,6 +83,10 @@ struct RunArgs {
     /// Extra TOML for every broker (e.g. an `unsafe…` test switch).
     #[arg(long, default_value = "")]
     broker_extra: String,
+    /// Share of producer operations (0..=1) that are scheduled sends: one message with a delay of 1-20 s
+    /// (mostly `TIMER_DELAY_MS`, a quarter `DELAY` levels 1-3), checked for loss, duplicates and early delivery.
+    #[arg(long, default_value_t = 0.0)]
+    scheduled_share: f64,
 }
 
 fn verdict_line(r: &CheckResult) -> ExitCode {
@@ -135,6 +139,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 bail!("raftmq-jepsen run needs root (network namespaces, nftables, tc)");
             }
             let families = Family::parse_list(&a.nemesis)?;
+            if !(0.0..=1.0).contains(&a.scheduled_share) {
+                bail!("--scheduled-share must be between 0 and 1, got {}", a.scheduled_share);
+            }
             let (hold, recovery, drain, warmup) = if a.quick {
                 ((Duration::from_secs(2), Duration::from_secs(6)), Duration::from_secs(5), Duration::from_secs(60), Duration::from_secs(3))
             } else {
@@ -163,6 +170,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 producers: 4,
                 consumers: 2,
                 broker_extra: a.broker_extra,
+                scheduled_share: a.scheduled_share,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let outcome = runtime.block_on(run(cfg))?;

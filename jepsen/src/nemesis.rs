@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::clock;
+use crate::clock::{self, SkewBounds};
 use crate::cluster::{client_addr, namesrv_addr, Cluster, HOST_IP};
 use crate::net;
 use crate::workload::Recorder;
@@ -54,7 +54,7 @@ impl FromStr for Family {
             "loss" => Family::Loss,
             "slow" => Family::Slow,
             "transfer" => Family::Transfer,
-            other => bail!("unknown nemesis {other:?} (partition, kill, pause, clock, loss, slow, transfer, all)"),
+            other => bail!("unknown nemesis {other:?} (partition, kill, pause, clock, loss, slow, transfer, all, none)"),
         })
     }
 }
@@ -77,10 +77,12 @@ impl Family {
         }
     }
 
-    /// Parses `partition,kill` or `all`.
+    /// Parses `partition,kill`, `all` or `none` (no faults: the workload alone).
     pub fn parse_list(s: &str) -> Result<Vec<Family>> {
-        if s.trim() == "all" {
-            return Ok(Family::ALL.to_vec());
+        match s.trim() {
+            "all" => return Ok(Family::ALL.to_vec()),
+            "none" => return Ok(Vec::new()),
+            _ => {}
         }
         let mut out: Vec<Family> = s.split(',').map(|p| p.trim().parse()).collect::<Result<_>>()?;
         out.sort();
@@ -131,12 +133,13 @@ pub async fn find_leader(ids: &[u8]) -> Option<u8> {
 }
 
 /// What a started fault needs to be stopped.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Active {
     Partition,
     Killed(Vec<u8>),
     Paused(Vec<u8>),
-    Clock(Vec<u8>, Option<Arc<AtomicBool>>),
+    /// The nodes, and for a strobe its stop flag and task.
+    Clock(Vec<u8>, Option<(Arc<AtomicBool>, tokio::task::JoinHandle<()>)>),
     Loss,
     Slow(u8),
     None,
@@ -161,8 +164,16 @@ async fn target_nodes(rng: &mut ChaCha8Rng, spec: &str, ids: &[u8]) -> (Vec<u8>,
     (nodes, leader)
 }
 
-/// Starts one fault of `family`; records it; returns what stopping it needs.
-async fn start(family: Family, rng: &mut ChaCha8Rng, cluster: &SharedCluster, rec: &Recorder, cfg: &ScheduleConfig) -> Result<Active> {
+/// Starts one fault of `family`; records it; returns what stopping it needs. Clock offsets are noted in
+/// `skew` before they are applied.
+async fn start(
+    family: Family,
+    rng: &mut ChaCha8Rng,
+    cluster: &SharedCluster,
+    rec: &Recorder,
+    cfg: &ScheduleConfig,
+    skew: &mut SkewBounds,
+) -> Result<Active> {
     let ids = cluster.lock().await.ids();
     match family {
         Family::Partition => {
@@ -230,16 +241,23 @@ async fn start(family: Family, rng: &mut ChaCha8Rng, cluster: &SharedCluster, re
                 let mut offsets = BTreeMap::new();
                 for id in &nodes {
                     let ms = clock::bump_ms(rng);
-                    clock::set_offset(*id, ms)?;
+                    skew.note(ms);
                     offsets.insert(*id, ms);
                 }
+                // Recorded before it takes effect, so the history's window covers every moment a clock was off
+                // (the scheduled checks widen their early allowance inside it).
                 rec.nemesis("bump-clock", json!({"offsets-ms": offsets}));
+                for (id, ms) in &offsets {
+                    clock::set_offset(*id, *ms)?;
+                }
                 Ok(Active::Clock(nodes, None))
             } else {
                 let (delta, period) = clock::strobe_params(rng);
+                skew.note(delta);
                 let stop = Arc::new(AtomicBool::new(false));
                 let (s, targets) = (Arc::clone(&stop), nodes.clone());
-                tokio::spawn(async move {
+                rec.nemesis("strobe-clock", json!({"nodes": nodes, "delta-ms": delta, "period-us": period.as_micros() as u64}));
+                let task = tokio::spawn(async move {
                     let mut on = false;
                     while !s.load(Ordering::Acquire) {
                         on = !on;
@@ -249,8 +267,7 @@ async fn start(family: Family, rng: &mut ChaCha8Rng, cluster: &SharedCluster, re
                         tokio::time::sleep(period).await;
                     }
                 });
-                rec.nemesis("strobe-clock", json!({"nodes": nodes, "delta-ms": delta, "period-us": period.as_micros() as u64}));
-                Ok(Active::Clock(nodes, Some(stop)))
+                Ok(Active::Clock(nodes, Some((stop, task))))
             }
         }
         Family::Loss => {
@@ -313,9 +330,11 @@ async fn stop(active: Active, cluster: &SharedCluster, rec: &Recorder) {
             rec.nemesis("resume", json!({"nodes": nodes}));
         }
         Active::Clock(nodes, strobe) => {
-            if let Some(s) = strobe {
+            if let Some((s, task)) = strobe {
+                // Wait for the strobe task to end (it sleeps at most one period, ~1 s) so that no offset is
+                // written after the reset below: `reset-clock` must close the fault's window.
                 s.store(true, Ordering::Release);
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = task.await;
             }
             for n in &nodes {
                 let _ = clock::set_offset(*n, 0);
@@ -351,8 +370,9 @@ pub async fn heal_all(cluster: &SharedCluster, rec: &Recorder) {
     rec.nemesis("heal", Value::Null);
 }
 
-/// Runs the schedule until `time_limit`, then heals everything.
-pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedCluster, rec: Recorder) {
+/// Runs the schedule until `time_limit`, then heals everything. Returns the clock offsets it injected.
+pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedCluster, rec: Recorder) -> SkewBounds {
+    let mut skew = SkewBounds::default();
     let end = tokio::time::Instant::now() + cfg.time_limit;
     tokio::time::sleep(cfg.warmup.min(cfg.time_limit)).await;
     let mut deck: Vec<Family> = Vec::new();
@@ -367,9 +387,13 @@ pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedClust
             deck.shuffle(rng);
         }
         let family = deck.pop().unwrap_or(Family::Partition);
-        let active = match start(family, rng, &cluster, &rec, &cfg).await {
+        let active = match start(family, rng, &cluster, &rec, &cfg, &mut skew).await {
             Ok(a) => a,
             Err(e) => {
+                if family == Family::Clock {
+                    // Some node's clock may have moved without the offset being recorded.
+                    skew.unknown = true;
+                }
                 rec.nemesis(&format!("{}-failed", family.name()), json!({"error": e.to_string()}));
                 Active::None
             }
@@ -384,4 +408,5 @@ pub async fn run(cfg: ScheduleConfig, rng: &mut ChaCha8Rng, cluster: SharedClust
     }
     tokio::time::sleep_until(end).await;
     heal_all(&cluster, &rec).await;
+    skew
 }

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::checker::{check, CheckOptions, CheckResult};
+use crate::checker::{check, CheckOptions, CheckResult, SCHEDULE_LATE_MARGIN_MS};
 use crate::cluster::{self, namesrv_addr, Cluster, ClusterSpec};
 use crate::history::read_history;
 use crate::nemesis::{self, Family, ScheduleConfig};
@@ -58,6 +58,8 @@ pub struct RunConfig {
     pub consumers: usize,
     /// Extra broker TOML (unsafe test switches).
     pub broker_extra: String,
+    /// Share of producer operations that are scheduled sends.
+    pub scheduled_share: f64,
 }
 
 /// The outcome: the results directory and the check result.
@@ -111,7 +113,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome> {
             "name": cfg.name, "seed": cfg.seed, "families": cfg.families.iter().map(|f| f.name()).collect::<Vec<_>>(),
             "time_limit_s": cfg.time_limit.as_secs_f64(), "interval_s": cfg.interval.as_secs_f64(), "rate": cfg.rate,
             "queues": cfg.queues, "producers": cfg.producers, "consumers": cfg.consumers, "broker_extra": cfg.broker_extra,
-            "bin": cfg.bin,
+            "scheduled_share": cfg.scheduled_share, "bin": cfg.bin,
         }))?,
     )?;
     cluster::cleanup();
@@ -148,6 +150,7 @@ async fn run_in_cluster(cfg: &RunConfig, dir: &Path, spec: ClusterSpec, netem: b
         batch_max: 3,
         seed: cfg.seed,
         body_bytes: 100,
+        scheduled_share: cfg.scheduled_share,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
@@ -162,13 +165,24 @@ async fn run_in_cluster(cfg: &RunConfig, dir: &Path, spec: ClusterSpec, netem: b
     };
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     eprintln!("faults for {:?}: {}", cfg.time_limit, cfg.families.iter().map(|f| f.name()).collect::<Vec<_>>().join(","));
-    nemesis::run(scfg, &mut rng, Arc::clone(&cluster), rec.clone()).await;
+    let skew = nemesis::run(scfg, &mut rng, Arc::clone(&cluster), rec.clone()).await;
     eprintln!("healed; recovery window {:?}", cfg.recovery);
     tokio::time::sleep(cfg.recovery).await;
     stop.store(true, Ordering::Release);
     let _ = workload.await;
     eprintln!("final drain (up to {:?})", cfg.drain_limit);
-    let drained = workload::final_drain(wcfg, rec.clone(), progress, cfg.drain_limit, 1_000_000).await;
+    // How long past its due time an acknowledged scheduled message may take to appear: the clock offsets the
+    // nemesis applied either way plus the checker's margin (the checker derives the same bound from the history).
+    let scheduled_late = Duration::from_millis(skew.ahead() + skew.behind() + SCHEDULE_LATE_MARGIN_MS);
+    if cfg.scheduled_share > 0.0 {
+        eprintln!(
+            "clock offsets applied: +{}ms / -{}ms{}",
+            skew.ahead_ms,
+            skew.behind_ms,
+            if skew.unknown { " (unknown: a clock fault failed)" } else { "" }
+        );
+    }
+    let drained = workload::final_drain(wcfg, rec.clone(), progress, cfg.drain_limit, 1_000_000, scheduled_late).await;
     eprintln!("final drain {}", if drained { "complete" } else { "INCOMPLETE" });
     drop(rec);
     writer.await.context("history writer")?.context("history writer")?;

@@ -8,8 +8,18 @@
 //! such as "not the leader"); everything uncertain (timeouts, broken connections, SYSTEM_ERROR "outcome
 //! unknown") is `info`. The producer makes no retries (`retries = 0`), so every duplicate the checker finds
 //! comes from the system, not from the harness.
+//!
+//! Scheduled sends: with `scheduled_share` > 0, that share of the producers' operations is one message (never
+//! a batch) carrying a delay the seeded generator picks ([`scheduled_delay`]): mostly the 5.x timer property
+//! `TIMER_DELAY_MS` (1–20 s), otherwise a `DELAY` level 1–3 (1 s, 5 s, 10 s in the default table). The send
+//! op's `extra` says so (`{"delay_ms":…,"via":"timer"|"level",…}`); the broker acknowledges such a send with
+//! an offset in its staging queue, which is recorded as `extra.staged_offset`, never as the message's offset
+//! (`[null, v]` in the ok value). At the end the producers stop first and the consumers keep polling until
+//! every scheduled send is due (+ [`SCHEDULED_TAIL`]); the final drain then also waits, if an acknowledged
+//! scheduled message is still missing, until it must have been delivered (see [`final_drain`]). One watcher per
+//! queue tails it without pause, so deliveries are observed promptly ([`watcher`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +56,65 @@ pub struct WorkloadConfig {
     pub seed: u64,
     /// Body bytes per message (the value in decimal, padded).
     pub body_bytes: usize,
+    /// Share of producer operations that are scheduled sends (0 = none).
+    pub scheduled_share: f64,
+}
+
+/// Shortest and longest timer delay of a scheduled send (ms).
+pub const SCHEDULED_TIMER_MS: (u64, u64) = (1_000, 20_000);
+/// Delay levels the workload uses and their delays in RocketMQ's default table (`1s 5s 10s …`), which the
+/// harness's brokers keep (it sets no `messageDelayLevel`).
+pub const SCHEDULED_LEVELS_MS: [u64; 3] = [1_000, 5_000, 10_000];
+/// Share of scheduled sends that use a delay level rather than `TIMER_DELAY_MS`.
+pub const SCHEDULED_LEVEL_SHARE: f64 = 0.25;
+/// A watcher's pause after an empty poll answered sooner than this.
+const WATCHER_BACKOFF: Duration = Duration::from_millis(50);
+/// How long the consumers keep polling after the last scheduled send is due, before the final drain.
+pub const SCHEDULED_TAIL: Duration = Duration::from_secs(2);
+
+/// How a scheduled send asks for its delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delay {
+    /// `TIMER_DELAY_MS` = ms.
+    Timer(u64),
+    /// `DELAY` = level (1-based), of [`SCHEDULED_LEVELS_MS`].
+    Level(u32),
+}
+
+impl Delay {
+    /// The delay in milliseconds.
+    pub fn ms(self) -> u64 {
+        match self {
+            Delay::Timer(ms) => ms,
+            Delay::Level(l) => SCHEDULED_LEVELS_MS[(l as usize).clamp(1, SCHEDULED_LEVELS_MS.len()) - 1],
+        }
+    }
+
+    /// The send op's `extra`.
+    pub fn extra(self) -> Value {
+        match self {
+            Delay::Timer(ms) => json!({"delay_ms": ms, "via": "timer"}),
+            Delay::Level(l) => json!({"delay_ms": self.ms(), "via": "level", "level": l}),
+        }
+    }
+
+    /// The message with the property that asks for this delay.
+    pub fn apply(self, m: Message) -> Message {
+        match self {
+            Delay::Timer(ms) => m.with_property("TIMER_DELAY_MS", ms.to_string()),
+            Delay::Level(l) => m.with_delay_level(l),
+        }
+    }
+}
+
+/// The generator's choice of delay for a scheduled send: a delay level 1–3 with probability
+/// [`SCHEDULED_LEVEL_SHARE`], else a timer delay uniform in [`SCHEDULED_TIMER_MS`].
+pub fn scheduled_delay(rng: &mut ChaCha8Rng) -> Delay {
+    if rng.gen_bool(SCHEDULED_LEVEL_SHARE) {
+        Delay::Level(rng.gen_range(1..=SCHEDULED_LEVELS_MS.len() as u32))
+    } else {
+        Delay::Timer(rng.gen_range(SCHEDULED_TIMER_MS.0..=SCHEDULED_TIMER_MS.1))
+    }
 }
 
 /// Writes history ops as JSON Lines from one task, assigning `index` in write order and `time` from one
@@ -113,6 +182,14 @@ pub struct Progress {
     pub acked_end: Mutex<BTreeMap<u32, u64>>,
     /// Per key: the highest polled offset + 1.
     pub polled_end: Mutex<BTreeMap<u32, u64>>,
+    /// Values returned by polls.
+    pub seen: Mutex<HashSet<u64>>,
+    /// Values of acknowledged scheduled sends.
+    pub scheduled_acked: Mutex<BTreeSet<u64>>,
+    /// The latest invocation time + delay of any scheduled send attempted (recorder ns).
+    pub scheduled_due: AtomicU64,
+    /// The latest completion time + delay of any acknowledged scheduled send (recorder ns).
+    pub scheduled_acked_due: AtomicU64,
 }
 
 fn bump(map: &Mutex<BTreeMap<u32, u64>>, k: u32, end: u64) {
@@ -140,22 +217,45 @@ fn parse_value(body: &[u8]) -> Option<u64> {
 }
 
 /// Runs the workload until `stop` is set. Process ids: worker w starts as w and moves on by the number of
-/// workers after each `info` or crash, as Jepsen's do.
+/// workers after each `info` or crash, as Jepsen's do. The producers stop first; the consumers keep polling
+/// until every scheduled send attempted is due (its invocation time + delay) plus [`SCHEDULED_TAIL`], so
+/// that the lateness of the last scheduled messages is observed by consumers rather than by the drain.
 pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
     let counter = Arc::new(AtomicU64::new(1));
-    let workers = cfg.producers + cfg.consumers;
-    let mut handles = Vec::new();
+    let watchers = if cfg.scheduled_share > 0.0 { cfg.queues as usize } else { 0 };
+    let workers = cfg.producers + cfg.consumers + watchers;
+    let stop_consumers = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
     for w in 0..cfg.producers {
         let (cfg, rec, stop, progress, counter) =
             (cfg.clone(), rec.clone(), Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&counter));
-        handles.push(tokio::spawn(async move { producer(w, workers, cfg, rec, stop, progress, counter).await }));
+        producers.push(tokio::spawn(async move { producer(w, workers, cfg, rec, stop, progress, counter).await }));
     }
+    let mut consumers = Vec::new();
     for c in 0..cfg.consumers {
         let w = cfg.producers + c;
-        let (cfg, rec, stop, progress) = (cfg.clone(), rec.clone(), Arc::clone(&stop), Arc::clone(&progress));
-        handles.push(tokio::spawn(async move { consumer(w, c, workers, cfg, rec, stop, progress).await }));
+        let (cfg, rec, stop, progress) = (cfg.clone(), rec.clone(), Arc::clone(&stop_consumers), Arc::clone(&progress));
+        consumers.push(tokio::spawn(async move { consumer(w, c, workers, cfg, rec, stop, progress).await }));
     }
-    for h in handles {
+    for i in 0..watchers {
+        let w = cfg.producers + cfg.consumers + i;
+        let (cfg, rec, stop, progress) = (cfg.clone(), rec.clone(), Arc::clone(&stop_consumers), Arc::clone(&progress));
+        consumers.push(tokio::spawn(async move { watcher(w, i as u32, workers, cfg, rec, stop, progress).await }));
+    }
+    for h in producers {
+        let _ = h.await;
+    }
+    let due = progress.scheduled_due.load(Ordering::Acquire);
+    if due > 0 {
+        let until = due + SCHEDULED_TAIL.as_nanos() as u64;
+        let now = rec.now();
+        if until > now {
+            eprintln!("consumers keep polling {:.1}s until the last scheduled send is due", (until - now) as f64 / 1e9);
+            tokio::time::sleep(Duration::from_nanos(until - now)).await;
+        }
+    }
+    stop_consumers.store(true, Ordering::Release);
+    for h in consumers {
         let _ = h.await;
     }
 }
@@ -218,10 +318,21 @@ async fn producer(
             continue;
         }
         let k = rng.gen_range(0..cfg.queues);
-        let n = if cfg.batch_max > 1 && rng.gen_bool(0.25) { rng.gen_range(2..=cfg.batch_max) } else { 1 };
+        // The draw is skipped without scheduled sends, so older seeds replay the same generator.
+        let delay =
+            if cfg.scheduled_share > 0.0 && rng.gen_bool(cfg.scheduled_share.min(1.0)) { Some(scheduled_delay(&mut rng)) } else { None };
+        // A scheduled send is always one message: batches cannot carry a delay.
+        let n = if delay.is_none() && cfg.batch_max > 1 && rng.gen_bool(0.25) { rng.gen_range(2..=cfg.batch_max) } else { 1 };
         let values: Vec<u64> = (0..n).map(|_| counter.fetch_add(1, Ordering::Relaxed)).collect();
         let invoke: Vec<Value> = values.iter().map(|v| json!(["send", k, v])).collect();
-        rec.record(json!({"process": process, "type": "invoke", "f": "send", "value": invoke}));
+        match delay {
+            Some(d) => {
+                rec.record(json!({"process": process, "type": "invoke", "f": "send", "value": invoke, "extra": d.extra()}));
+                let due = rec.now() + d.ms() * 1_000_000;
+                progress.scheduled_due.fetch_max(due, Ordering::AcqRel);
+            }
+            None => rec.record(json!({"process": process, "type": "invoke", "f": "send", "value": invoke})),
+        }
         let msgs: Vec<Message> = values
             .iter()
             .map(|v| {
@@ -230,7 +341,11 @@ async fn producer(
                 while body.len() < cfg.body_bytes {
                     body.push('.');
                 }
-                Message::new(cfg.topic.clone(), body).with_property("jepsen_producer", w.to_string())
+                let m = Message::new(cfg.topic.clone(), body).with_property("jepsen_producer", w.to_string());
+                match delay {
+                    Some(d) => d.apply(m),
+                    None => m,
+                }
             })
             .collect();
         let result = if n == 1 {
@@ -238,16 +353,29 @@ async fn producer(
         } else {
             producer.send_batch_to_queue(msgs, queue(&cfg, k)).await
         };
-        match result {
-            Ok(r) => {
+        match (result, delay) {
+            (Ok(r), Some(d)) => {
+                // The acknowledged offset is in the broker's staging queue, not in queue k: kept aside.
+                let mut extra = d.extra();
+                extra["staged_offset"] = json!(r.queue_offset);
+                let done: Vec<Value> = values.iter().map(|v| json!(["send", k, [null, v]])).collect();
+                rec.record(json!({"process": process, "type": "ok", "f": "send", "value": done, "extra": extra}));
+                progress.scheduled_acked.lock().unwrap_or_else(|e| e.into_inner()).extend(values.iter().copied());
+                progress.scheduled_acked_due.fetch_max(rec.now() + d.ms() * 1_000_000, Ordering::AcqRel);
+            }
+            (Ok(r), None) => {
                 let first = r.queue_offset.max(0) as u64;
                 let done: Vec<Value> = values.iter().enumerate().map(|(i, v)| json!(["send", k, [first + i as u64, v]])).collect();
                 bump(&progress.acked_end, k, first + n as u64);
                 rec.record(json!({"process": process, "type": "ok", "f": "send", "value": done}));
             }
-            Err(e) => {
+            (Err(e), delay) => {
                 let kind = classify(&e);
-                rec.record(json!({"process": process, "type": kind, "f": "send", "value": invoke, "error": e.to_string()}));
+                let mut op = json!({"process": process, "type": kind, "f": "send", "value": invoke, "error": e.to_string()});
+                if let Some(d) = delay {
+                    op["extra"] = d.extra();
+                }
+                rec.record(op);
                 if kind == "info" {
                     process += workers as u64;
                 }
@@ -299,6 +427,34 @@ async fn consumer(w: usize, c: usize, workers: usize, cfg: WorkloadConfig, rec: 
         let keys: Vec<u32> = st.assigned.iter().copied().collect();
         let k = keys[rng.gen_range(0..keys.len())];
         poll(&pc, &cfg, &rec, &mut process, workers, &mut st, k, &progress).await;
+    }
+    pc.shutdown().await;
+}
+
+/// With scheduled sends, one watcher per queue follows it from the beginning with back-to-back long polls
+/// (no pacing, seeks or commits), so that a delivered scheduled message is observed within a poll's latency
+/// of becoming readable: the checker's lateness figures and `scheduled-early` use the first observation by
+/// any poll, and the paced consumers, which re-read whole queues after `seek beginning`, often lag by
+/// seconds.
+async fn watcher(w: usize, k: u32, workers: usize, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
+    let group = format!("jepsen-w{k}");
+    let Some(pc) = start_until_stopped(&stop, || PullConsumer::start(client_config(&cfg, format!("jepsen-w{k}")), group.clone())).await
+    else {
+        return;
+    };
+    let mut process = w as u64;
+    let mut st = ConsumerState { assigned: BTreeSet::new(), next: BTreeMap::new(), committed: BTreeMap::new() };
+    assign(&pc, &cfg, &rec, &mut process, workers, &group, &mut st, vec![k], "beginning").await;
+    while !stop.load(Ordering::Acquire) {
+        let asked = Instant::now();
+        match poll(&pc, &cfg, &rec, &mut process, workers, &mut st, k, &progress).await {
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+            // A member behind the watcher's offset answers "retry" at once instead of holding the long poll
+            // (PULL_RETRY_IMMEDIATELY, e.g. a follower cut off by a partition): back off rather than spin. A
+            // quick-net run without this made 1 100 such polls in one second.
+            Some(p) if p.messages == 0 && asked.elapsed() < WATCHER_BACKOFF => tokio::time::sleep(WATCHER_BACKOFF).await,
+            Some(_) => {}
+        }
     }
     pc.shutdown().await;
 }
@@ -394,7 +550,7 @@ async fn poll(
     st: &mut ConsumerState,
     k: u32,
     progress: &Progress,
-) -> bool {
+) -> Option<Polled> {
     rec.record(json!({"process": *process, "type": "invoke", "f": "poll", "value": [["poll"]]}));
     let offset = st.next.get(&k).copied().unwrap_or(0);
     match pc.pull_blocking(&queue(cfg, k), "*", offset as i64, 32, Duration::from_millis(500)).await {
@@ -410,6 +566,10 @@ async fn poll(
             if let Some(last) = r.messages.last() {
                 bump(&progress.polled_end, k, last.queue_offset as u64 + 1);
             }
+            {
+                let mut seen = progress.seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.extend(r.messages.iter().filter_map(|m| parse_value(&m.body)));
+            }
             let next = if r.status == PullStatus::OffsetIllegal || !r.messages.is_empty() || r.status == PullStatus::NoMatchedMsg {
                 r.next_begin_offset.max(0) as u64
             } else {
@@ -421,20 +581,42 @@ async fn poll(
                 "value": [["poll", [[k, reads]]]],
                 "extra": {"next": [[k, next]], "max": [[k, r.max_offset]], "status": format!("{:?}", r.status)}
             }));
-            true
+            Some(Polled { messages: r.messages.len(), next, max: r.max_offset.max(0) as u64 })
         }
         Err(e) => {
             rec.record(json!({"process": *process, "type": "info", "f": "poll", "value": [["poll"]], "error": e.to_string()}));
             *process += workers as u64;
-            false
+            None
         }
     }
+}
+
+/// What an ok poll returned, in short.
+#[derive(Debug, Clone, Copy)]
+struct Polled {
+    messages: usize,
+    next: u64,
+    max: u64,
 }
 
 /// Jepsen's final polls: a fresh client and process per drain worker assigns every queue from offset 0 and
 /// polls until each queue's polled end reaches the highest acknowledged and the highest polled offset and
 /// the broker's own end. Records a `final-drain` op: `ok` when complete, `info` when it gave up.
-pub async fn final_drain(cfg: WorkloadConfig, rec: Recorder, progress: Arc<Progress>, time_limit: Duration, process: u64) -> bool {
+///
+/// Scheduled sends: if some acknowledged scheduled value has not been read by the drain once it reached
+/// those ends, it keeps polling every queue in rounds until it has, or until a round starts after the
+/// *horizon* — the latest acknowledged scheduled send's completion + delay (but not before the drain
+/// started) + `scheduled_late` — by which every acknowledged scheduled message must have been delivered
+/// (the checker's `scheduled-lost` uses the same bound, see `checker::scheduled`). The time limit is
+/// extended to the horizon + 30 s for that.
+pub async fn final_drain(
+    cfg: WorkloadConfig,
+    rec: Recorder,
+    progress: Arc<Progress>,
+    time_limit: Duration,
+    process: u64,
+    scheduled_late: Duration,
+) -> bool {
     rec.record(json!({"process": process, "type": "invoke", "f": "final-drain", "value": null}));
     // The drain's own polls run as other processes, so the final-drain op pairs up on `process`.
     let mut proc_id = process + 1;
@@ -448,8 +630,10 @@ pub async fn final_drain(cfg: WorkloadConfig, rec: Recorder, progress: Arc<Progr
     };
     let all: Vec<u32> = (0..cfg.queues).collect();
     let mut st = ConsumerState { assigned: BTreeSet::new(), next: BTreeMap::new(), committed: BTreeMap::new() };
-    let deadline = Instant::now() + time_limit;
+    let started = Instant::now();
+    let mut deadline = started + time_limit;
     let mut targets: BTreeMap<u32, u64> = BTreeMap::new();
+    let drained = Progress::default();
     while st.assigned.len() < all.len() && Instant::now() < deadline {
         assign(&pc, &cfg, &rec, &mut proc_id, workers, "jepsen-drain", &mut st, all.clone(), "beginning").await;
     }
@@ -479,9 +663,50 @@ pub async fn final_drain(cfg: WorkloadConfig, rec: Recorder, progress: Arc<Progr
             break;
         }
         for k in pending {
-            if !poll(&pc, &cfg, &rec, &mut proc_id, workers, &mut st, k, &Progress::default()).await {
+            if poll(&pc, &cfg, &rec, &mut proc_id, workers, &mut st, k, &drained).await.is_none() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+    let acked: Vec<u64> = progress.scheduled_acked.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+    let missing_scheduled = |drained: &Progress| -> usize {
+        let seen = drained.seen.lock().unwrap_or_else(|e| e.into_inner());
+        acked.iter().filter(|v| !seen.contains(v)).count()
+    };
+    if done && missing_scheduled(&drained) > 0 {
+        let acked_due = progress.scheduled_acked_due.load(Ordering::Acquire);
+        let horizon = acked_due.max(rec.now()) + scheduled_late.as_nanos() as u64;
+        let wait = Duration::from_nanos(horizon.saturating_sub(rec.now()));
+        deadline = deadline.max(Instant::now() + wait + Duration::from_secs(30));
+        eprintln!(
+            "final drain: {} acknowledged scheduled messages not read yet; polling every queue for up to {:.1}s",
+            missing_scheduled(&drained),
+            wait.as_secs_f64()
+        );
+        // Rounds over every queue; a round ends a queue when a poll returns nothing new or reaches the
+        // broker's end. Complete once everything is read, or after a whole round that began past the horizon.
+        done = false;
+        'rounds: while Instant::now() < deadline {
+            let round_start = rec.now();
+            for &k in &all {
+                loop {
+                    if Instant::now() >= deadline {
+                        break 'rounds;
+                    }
+                    match poll(&pc, &cfg, &rec, &mut proc_id, workers, &mut st, k, &drained).await {
+                        Some(p) if p.messages == 0 || p.next >= p.max => break,
+                        Some(_) => {}
+                        None => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+                let t = targets.entry(k).or_insert(0);
+                *t = (*t).max(st.next.get(&k).copied().unwrap_or(0));
+            }
+            if missing_scheduled(&drained) == 0 || round_start >= horizon {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     pc.shutdown().await;
@@ -493,7 +718,12 @@ pub async fn final_drain(cfg: WorkloadConfig, rec: Recorder, progress: Arc<Progr
             .filter(|k| st.next.get(k).copied().unwrap_or(0) < targets[k])
             .map(|k| (*k, (st.next.get(k).copied().unwrap_or(0), targets[k])))
             .collect();
-        rec.record(json!({"process": process, "type": "info", "f": "final-drain", "value": {"ends": targets}, "error": format!("gave up after {time_limit:?}; (polled, target) per key: {missing:?}")}));
+        let unread = missing_scheduled(&drained);
+        let error = format!(
+            "gave up after {:?}; (polled, target) per key: {missing:?}; acknowledged scheduled messages not read: {unread}",
+            deadline.saturating_duration_since(started)
+        );
+        rec.record(json!({"process": process, "type": "info", "f": "final-drain", "value": {"ends": targets}, "error": error}));
     }
     done
 }

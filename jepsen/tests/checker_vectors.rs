@@ -1,7 +1,7 @@
 //! Checker test vectors: Jepsen's `kafka_test.clj` scenarios re-expressed for raftmq's history format (keys x = 1,
 //! y = 2; values a, b, c, ... = 101, 102, 103, ...), one triggering history and one valid counterpart for every
 //! anomaly, verdict rules, availability, the history round trip, and properties over randomly generated valid
-//! histories (plus mutations that must be caught).
+//! histories (plus mutations that must be caught), also for scheduled sends (lost, duplicated, delivered early).
 //!
 //! Jepsen's transaction vectors (`g0-test`, `g1c-*`, `precommitted-read-test`) have no counterpart: raftmq has no
 //! multi-queue transactions.
@@ -25,10 +25,11 @@ const D: u64 = 104;
 const F: u64 = 106;
 const G: u64 = 107;
 
-/// A history under construction; every op's time is its index.
+/// A history under construction; every op's time is its index plus `t0` (moved on by [`H::sleep_ms`]).
 #[derive(Default)]
 struct H {
     ops: Vec<Op>,
+    t0: u64,
 }
 
 fn sends(k: u32, vs: &[u64]) -> Json {
@@ -48,8 +49,26 @@ fn poll_value(reads: &[(u32, &[(u64, u64)])]) -> Json {
 impl H {
     fn push(&mut self, process: Process, ty: OpType, f: &str, value: Json) -> &mut Op {
         let i = self.ops.len() as u64;
-        self.ops.push(Op::new(i, i, process, ty, f, value));
+        self.ops.push(Op::new(i, self.t0 + i, process, ty, f, value));
         self.ops.last_mut().unwrap()
+    }
+    /// Lets `ms` milliseconds pass before the next op.
+    fn sleep_ms(&mut self, ms: u64) -> &mut Self {
+        self.t0 += ms * 1_000_000;
+        self
+    }
+    /// Invoke + completion of a scheduled send of `v` to `k` with delay `delay_ms`; an ok completion acknowledges the
+    /// staging offset `staged` (recorded both as `extra.staged_offset` and, to prove it is ignored, as the offset).
+    fn sched_send(&mut self, p: u64, ty: OpType, k: u32, v: u64, delay_ms: u64, staged: u64) -> &mut Self {
+        self.op(p, OpType::Invoke, "send", sends(k, &[v])).extra = Some(json!({"delay_ms": delay_ms, "via": "timer"}).into());
+        let value = if ty == OpType::Ok { sends_at(k, &[(staged, v)]) } else { sends(k, &[v]) };
+        let extra = if ty == OpType::Ok {
+            json!({"delay_ms": delay_ms, "via": "timer", "staged_offset": staged})
+        } else {
+            json!({"delay_ms": delay_ms, "via": "timer"})
+        };
+        self.op(p, ty, "send", value).extra = Some(extra.into());
+        self
     }
     fn op(&mut self, p: u64, ty: OpType, f: &str, value: Json) -> &mut Op {
         self.push(Process::Worker(p), ty, f, value)
@@ -1029,6 +1048,250 @@ fn availability_and_recovery() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Scheduled sends: a triggering history and a valid counterpart for each scheduled anomaly, and the bounds.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// x: plain a@0; then c scheduled with a 1 s delay (acknowledged at staging offset 0, which a holds in x); then
+/// plain b@1 from the same producer; a consumer reads a, b, and `read_after_ms` later c, delivered at offset 2.
+/// c's invocation is at t = 2 ns, the poll that returns it completes at t = read_after_ms + 11 ns.
+fn sched_base(read_after_ms: u64) -> H {
+    let mut h = H::default();
+    sched_ops(&mut h, read_after_ms);
+    h
+}
+
+/// The ops of [`sched_base`], appended to `h`.
+fn sched_ops(h: &mut H, read_after_ms: u64) {
+    h.send(0, X, &[(0, A)]);
+    h.sched_send(0, OpType::Ok, X, C, 1000, 0);
+    h.send(0, X, &[(1, B)]);
+    h.assign(10, OpType::Ok, &[X], Seek::Beginning, None);
+    h.poll(10, &[(X, &[(0, A), (1, B)])]);
+    h.sleep_ms(read_after_ms);
+    h.poll(10, &[(X, &[(2, C)])]);
+}
+
+/// A complete drain of x = a, b, c, `after_ms` later.
+fn sched_drain(h: &mut H, after_ms: u64) {
+    h.sleep_ms(after_ms);
+    h.drain(90, &[(X, &[(0, A), (1, B), (2, C)])], &[(X, 3)]);
+}
+
+#[test]
+fn scheduled_send_is_valid_and_its_staging_offset_is_ignored() {
+    let mut h = sched_base(1200);
+    sched_drain(&mut h, 12_000);
+    let r = h.check();
+    assert_eq!(r.validity, Validity::Valid, "{}", r.summary_table());
+    assert!(r.anomalies.iter().all(|a| a.count == 0), "{}", r.summary_table());
+    let sc = &r.scheduled;
+    assert_eq!(sc.sends.get("ok"), Some(&1));
+    assert_eq!(sc.values_read, 1);
+    assert_eq!(sc.early_allowance_ms, 200);
+    assert_eq!(sc.late_bound_ms, 10_000);
+    // Observed at 1.2 s + 11 ns, due at 2 ns + 1 s.
+    assert_eq!((sc.lateness.measurements, sc.lateness.max, sc.lateness.p50), (1, 200_000_009, 200_000_009));
+    assert_eq!(sc.lateness.worst_value, Some(C));
+    assert!(r.summary_table().contains("lateness      p50 200.0ms"), "{}", r.summary_table());
+    assert_eq!(r.stats.messages_acked, 3);
+    // The 13 s between the last send and the drain (waiting for deliveries) is no send outage.
+    assert!(r.availability.longest_outage.as_ref().unwrap().duration < 1_000, "{:?}", r.availability.longest_outage);
+
+    // The same history with the delay left out of the record: c's staging offset is taken for a claim about x.
+    let mut plain = sched_base(1200);
+    sched_drain(&mut plain, 12_000);
+    for op in &mut plain.ops {
+        if op.f == "send" {
+            op.extra = None;
+        }
+    }
+    let r = plain.check();
+    assert_eq!(r.validity, Validity::Invalid);
+    for name in ["inconsistent-offsets", "duplicate", "nonmonotonic-send"] {
+        assert!(r.count(name) >= 1, "{name}: {}", r.summary_table());
+    }
+}
+
+#[test]
+fn scheduled_early_is_bounded_by_the_allowance_and_the_clock_faults() {
+    // Read 0.7 s after the send of a 1 s delay: 300 ms early, above the 200 ms allowance.
+    let mut h = sched_base(700);
+    sched_drain(&mut h, 12_000);
+    let r = h.check();
+    assert_only_bad(&r, &["scheduled-early"]);
+    let e = &examples(&r, "scheduled-early")[0];
+    assert_eq!((e["key"].clone(), e["value"].clone(), e["delay_ms"].clone()), (json!(X), json!(C), json!(1000)));
+    assert_eq!(e["allowance_ms"], json!(200));
+    assert!((e["early_ms"].as_f64().unwrap() - 300.0).abs() < 0.001, "{e}");
+    assert_eq!(op_index(&e["reader"]), 11);
+
+    // 100 ms early: within the allowance.
+    let mut h = sched_base(900);
+    sched_drain(&mut h, 12_000);
+    assert_eq!(h.check().validity, Validity::Valid);
+
+    // A clock fault in force during the send widens the allowance by its largest offsets ahead and behind.
+    let with_nemesis = |faults: &[(&str, Json)], then_sleep_ms: u64| {
+        let mut h = H::default();
+        for (f, v) in faults {
+            h.nemesis(f, v.clone());
+        }
+        h.sleep_ms(then_sleep_ms);
+        sched_ops(&mut h, 700);
+        sched_drain(&mut h, 20_000);
+        h.check()
+    };
+    let allowance = |r: &CheckResult| (r.count("scheduled-early"), r.scheduled.early_allowance_max_ms, r.scheduled.widened);
+    let r = with_nemesis(&[("bump-clock", json!({"offsets-ms": {"2": 50}}))], 0);
+    assert_eq!(allowance(&r), (1, 250, 1));
+    let r = with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": -60, "3": 90}})), ("strobe-clock", json!({"delta-ms": 40}))], 0);
+    assert_eq!(allowance(&r), (0, 350, 1), "{}", r.summary_table());
+    assert_eq!((r.scheduled.skew.ahead_ms, r.scheduled.skew.behind_ms, r.scheduled.clock_windows), (90, 60, 2));
+    assert!(r.summary_table().contains("early allowance 200ms (up to 350ms for 1 values near 2 clock faults"), "{}", r.summary_table());
+    let r = with_nemesis(&[("clock-failed", json!({"error": "faketime file"}))], 0);
+    assert_eq!(allowance(&r), (0, 600_200, 1));
+    assert!(r.summary_table().contains("±300s assumed"), "{}", r.summary_table());
+    // A clock set back and reset before the send: no effect. One set ahead leaves the stamps ahead for as long as its
+    // offset after the reset: 5 s, so a send 1 s after the reset is covered, one 6 s after it is not.
+    let reset = ("reset-clock", json!({"nodes": [1, 2, 3]}));
+    assert_eq!(allowance(&with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": -5000}})), reset.clone()], 0)), (1, 200, 0));
+    assert_eq!(allowance(&with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": 5000}})), reset.clone()], 1000)), (0, 5200, 1));
+    assert_eq!(allowance(&with_nemesis(&[("bump-clock", json!({"offsets-ms": {"1": 5000}})), reset.clone()], 6000)), (1, 200, 0));
+    // A failed clock fault stays in force until the heal, and its unknown offset (300 s) ahead after it.
+    let failed = ("clock-failed", json!({"error": "x"}));
+    let heal = ("heal", Json::Null);
+    assert_eq!(allowance(&with_nemesis(&[failed.clone(), reset, heal.clone()], 200_000)), (0, 300_200, 1));
+    assert_eq!(allowance(&with_nemesis(&[failed, heal], 301_000)), (1, 200, 0));
+    // A fault that starts after the value was observed (1 s of slack before its record) does not widen it.
+    let mut h = sched_base(700);
+    h.sleep_ms(1100).nemesis("bump-clock", json!({"offsets-ms": {"1": -5000}}));
+    sched_drain(&mut h, 12_000);
+    assert_eq!(allowance(&h.check()), (1, 200, 0));
+
+    // The bound is the poll's completion, not its invocation: a long poll invoked 0.5 s after the send and answered
+    // at 1.1 s returned a message that may have been delivered at 1 s.
+    let mut h = H::default();
+    h.sched_send(0, OpType::Ok, X, C, 1000, 0);
+    h.sleep_ms(500).poll_inv(10).sleep_ms(600).poll_done(10, OpType::Ok, &[(X, &[(0, C)])]);
+    h.sleep_ms(12_000);
+    h.drain(90, &[(X, &[(0, C)])], &[(X, 1)]);
+    assert_eq!(h.check().validity, Validity::Valid, "{}", h.check().summary_table());
+
+    // Unacknowledged sends are held to it too: a value that is read was stored.
+    let mut h = H::default();
+    h.sched_send(0, OpType::Info, X, C, 5000, 0);
+    h.sleep_ms(1000).poll(10, &[(X, &[(0, C)])]);
+    h.sleep_ms(12_000);
+    h.drain(90, &[(X, &[(0, C)])], &[(X, 1)]);
+    assert_only_bad(&h.check(), &["scheduled-early"]);
+}
+
+#[test]
+fn scheduled_lost_pending_and_incomplete_drain() {
+    // d: acknowledged, delay 1 s, never read. A drain 12 s later (past the 1 s + 10 s horizon) decides it.
+    let lost = |drain_after_ms: u64, faults: &[(&str, Json)]| {
+        let mut h = sched_base(1200);
+        for (f, v) in faults {
+            h.nemesis(f, v.clone());
+        }
+        h.sched_send(1, OpType::Ok, X, D, 1000, 1);
+        sched_drain(&mut h, drain_after_ms);
+        h.check()
+    };
+    let r = lost(12_000, &[]);
+    assert_only_bad(&r, &["scheduled-lost"]);
+    assert_eq!(fields(&r, "scheduled-lost", &["key", "value", "delay_ms"]), vec![json!({"key": X, "value": D, "delay_ms": 1000})]);
+    assert_eq!(r.count("unseen"), 0, "scheduled values are not `unseen`");
+
+    // A drain 5 s later ended before d had to be delivered: pending, and the result is unknown.
+    let r = lost(5_000, &[]);
+    assert_eq!((r.count("scheduled-lost"), r.count("scheduled-pending")), (0, 1));
+    assert_eq!(r.anomaly("scheduled-pending").unwrap().verdict, Verdict::Info);
+    assert_eq!(r.validity, Validity::Unknown);
+    assert!(r.unknown_reasons.iter().any(|u| u.contains("scheduled")), "{:?}", r.unknown_reasons);
+
+    // A clock set ahead by 5 s moves the horizon by as much; so does the last heal.
+    assert_eq!(lost(12_000, &[("bump-clock", json!({"offsets-ms": {"1": 5000}}))]).count("scheduled-pending"), 1);
+    assert_eq!(lost(17_000, &[("bump-clock", json!({"offsets-ms": {"1": 5000}}))]).count("scheduled-lost"), 1);
+    let mut h = sched_base(1200);
+    h.sched_send(1, OpType::Ok, X, D, 1000, 1);
+    h.sleep_ms(20_000).nemesis("heal", Json::Null);
+    sched_drain(&mut h, 5_000);
+    assert_eq!(h.check().count("scheduled-pending"), 1);
+
+    // Without a complete drain, an unread scheduled value is reported as info.
+    let mut h = sched_base(1200);
+    h.sched_send(1, OpType::Ok, X, D, 1000, 1);
+    h.sleep_ms(12_000).inv(90, "final-drain", Json::Null).op(90, OpType::Info, "final-drain", Json::Null);
+    let r = h.check();
+    assert_eq!(r.anomaly("scheduled-lost").unwrap().verdict, Verdict::Info);
+    assert_eq!((r.count("scheduled-lost"), r.validity), (1, Validity::Unknown));
+
+    // Unacknowledged (info) or failed scheduled sends that never appear are fine.
+    let mut h = sched_base(1200);
+    h.sched_send(1, OpType::Info, X, D, 1000, 1);
+    h.sched_send(2, OpType::Fail, X, F, 1000, 1);
+    sched_drain(&mut h, 12_000);
+    assert_eq!(h.check().validity, Validity::Valid, "{}", h.check().summary_table());
+}
+
+#[test]
+fn scheduled_duplicate_vs_one_offset() {
+    // c read at offsets 2 and 3 (its staging offset 0 plays no part).
+    let mut h = sched_base(1200);
+    h.poll(11, &[(X, &[(2, C), (3, C)])]);
+    h.sleep_ms(12_000);
+    h.drain(90, &[(X, &[(0, A), (1, B), (2, C), (3, C)])], &[(X, 4)]);
+    let r = h.check();
+    assert_only_bad(&r, &["scheduled-duplicate"]);
+    assert_eq!(fields(&r, "scheduled-duplicate", &["key", "value", "offsets"]), vec![json!({"key": X, "value": C, "offsets": [2, 3]})]);
+    assert_eq!(r.count("duplicate"), 0);
+
+    // Re-read at the same offset by two consumers: fine.
+    let mut h = sched_base(1200);
+    h.poll(11, &[(X, &[(2, C)])]);
+    sched_drain(&mut h, 12_000);
+    assert_eq!(h.check().validity, Validity::Valid);
+
+    // An unacknowledged scheduled send may appear once, not twice.
+    let info_send = |reads: &[(u64, u64)]| {
+        let mut h = H::default();
+        h.sched_send(0, OpType::Info, Y, G, 1000, 0);
+        h.sleep_ms(1500).poll(10, &[(Y, reads)]);
+        h.sleep_ms(12_000);
+        let max = reads.len() as u64;
+        h.drain(90, &[(Y, reads)], &[(Y, max)]);
+        h.check()
+    };
+    let r = info_send(&[(0, G)]);
+    assert!(r.bad.is_empty(), "{}", r.summary_table());
+    assert_eq!(r.unknown_reasons, vec!["no ok send".to_owned()], "only because nothing was acknowledged");
+    assert_only_bad(&info_send(&[(0, G), (1, G)]), &["scheduled-duplicate"]);
+}
+
+#[test]
+fn scheduled_values_still_count_for_plain_checks() {
+    // b (plain, acknowledged at 1) is never read, while c, delivered above it at 2, is: b is a lost write.
+    let mut h = H::default();
+    h.send(0, X, &[(0, A)]);
+    h.sched_send(0, OpType::Ok, X, C, 1000, 0);
+    h.send(0, X, &[(1, B)]);
+    h.sleep_ms(1200).poll(10, &[(X, &[(0, A)])]).poll(10, &[(X, &[(2, C)])]);
+    h.sleep_ms(12_000);
+    h.drain(90, &[(X, &[(0, A), (2, C)])], &[(X, 3)]);
+    let r = h.check();
+    assert!(r.count("lost-write") == 1 && r.count("unseen") == 1, "{}", r.summary_table());
+    assert_eq!(r.count("scheduled-lost") + r.count("scheduled-early"), 0);
+    // A failed scheduled send that is read is G1a.
+    let mut h = H::default();
+    h.sched_send(0, OpType::Fail, X, C, 1000, 0);
+    h.sleep_ms(1200).poll(10, &[(X, &[(0, C)])]);
+    h.sleep_ms(12_000);
+    h.drain(90, &[(X, &[(0, C)])], &[(X, 1)]);
+    assert_only_bad(&h.check(), &["G1a"]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // History format.
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -1319,6 +1582,134 @@ impl Model {
     }
 }
 
+/// A deliberate fault in a generated scheduled-send run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SchedBug {
+    None,
+    /// The victim is delivered one tick after its send, and a consumer reads it at once.
+    Early,
+    /// The victim (acknowledged) is never delivered.
+    Lost,
+    /// The victim is delivered twice.
+    Duplicate,
+}
+
+/// A random run of plain and scheduled sends, in ticks of 100 ms: each tick, first the scheduled messages due are
+/// appended to their key, then one action: a plain send (appended at once), a scheduled send (delay 1-20 s; ok,
+/// info or fail; an info one is stored or not; delivered 0-2 ticks after it is due), or a poll of one key that reads
+/// from the consumer's position to the end. A complete drain follows 11 s after the last send is due. The `victim`-th
+/// scheduled send (forced ok) gets `bug`; `applied` says whether there was one.
+struct SchedModel {
+    ops: Vec<Op>,
+    applied: bool,
+}
+
+/// Appends an op: (time, process, type, f, value, extra).
+type PushOp<'a> = dyn FnMut(u64, u64, OpType, &str, Json, Option<Json>) + 'a;
+
+fn sched_model(decisions: &[u32], bug: SchedBug, victim: usize) -> SchedModel {
+    const TICK: u64 = 100_000_000;
+    let mut d = Decisions { d: decisions, i: 0 };
+    let mut ops: Vec<Op> = Vec::new();
+    let mut push = |t: u64, p: u64, ty: OpType, f: &str, value: Json, extra: Option<Json>| {
+        let mut op = Op::new(ops.len() as u64, t, Process::Worker(p), ty, f, value);
+        op.extra = extra.map(Into::into);
+        ops.push(op);
+    };
+    let mut logs: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut next = [0u64; 2];
+    let mut pending: Vec<(u64, u32, u64)> = Vec::new();
+    let (mut value, mut scheduled, mut applied) = (1u64, 0usize, false);
+    let mut force_poll: Option<u32> = None;
+    let mut last_due = 0u64;
+    let poll = |p: u64, t: u64, k: u32, logs: &[Vec<u64>; 2], next: &mut [u64; 2], push: &mut PushOp| {
+        let log = &logs[k as usize];
+        let from = next[k as usize];
+        let pairs: Vec<Json> = (from..log.len() as u64).map(|o| json!([o, log[o as usize]])).collect();
+        next[k as usize] = log.len() as u64;
+        push(t, p, OpType::Invoke, "poll", json!([["poll"]]), None);
+        let extra = json!({"next": [[k, log.len()]], "max": [[k, log.len()]]});
+        push(t + 1, p, OpType::Ok, "poll", json!([["poll", [[k, pairs]]]]), Some(extra));
+    };
+    let mut tick = 0u64;
+    // One more tick when the last action asked for a poll.
+    for step in 0..decisions.len() + 1 {
+        if step == decisions.len() && force_poll.is_none() {
+            break;
+        }
+        tick += 1;
+        let t = tick * TICK;
+        pending.sort_unstable();
+        while pending.first().is_some_and(|&(due, _, _)| due <= tick) {
+            let (_, k, v) = pending.remove(0);
+            logs[k as usize].push(v);
+        }
+        if let Some(k) = force_poll.take() {
+            poll(100, t + 10, k, &logs, &mut next, &mut push);
+            continue;
+        }
+        let k = d.next(2);
+        match d.next(5) {
+            0 => {
+                push(t + 10, 0, OpType::Invoke, "send", sends(k, &[value]), None);
+                push(t + 11, 0, OpType::Ok, "send", sends_at(k, &[(logs[k as usize].len() as u64, value)]), None);
+                logs[k as usize].push(value);
+                value += 1;
+            }
+            1 => {
+                let delay_ms = 1000 + 100 * d.next(191) as u64;
+                let is_victim = scheduled == victim && bug != SchedBug::None;
+                scheduled += 1;
+                let ty = match d.next(6) {
+                    _ if is_victim => OpType::Ok,
+                    0 => OpType::Fail,
+                    1 => OpType::Info,
+                    _ => OpType::Ok,
+                };
+                let extra = json!({"delay_ms": delay_ms, "via": "timer"});
+                push(t + 10, 1, OpType::Invoke, "send", sends(k, &[value]), Some(extra.clone()));
+                let done = if ty == OpType::Ok { json!([["send", k, [null, value]]]) } else { sends(k, &[value]) };
+                push(t + 11, 1, ty, "send", done, Some(extra));
+                let stored = ty == OpType::Ok || (ty == OpType::Info && d.next(2) == 0);
+                let due = tick + delay_ms / 100 + 1 + d.next(3) as u64;
+                last_due = last_due.max(due + 2);
+                match (is_victim, bug) {
+                    (true, SchedBug::Early) => {
+                        pending.push((tick + 1, k, value));
+                        force_poll = Some(k);
+                    }
+                    (true, SchedBug::Lost) => {}
+                    (true, SchedBug::Duplicate) => {
+                        pending.push((due, k, value));
+                        pending.push((due + 2, k, value));
+                    }
+                    _ if stored => pending.push((due, k, value)),
+                    _ => {}
+                }
+                applied |= is_victim;
+                value += 1;
+            }
+            _ => poll(100, t + 10, k, &logs, &mut next, &mut push),
+        }
+    }
+    pending.sort_unstable();
+    for (due, k, v) in pending.drain(..) {
+        tick = tick.max(due);
+        logs[k as usize].push(v);
+    }
+    let t = (tick.max(last_due) + 110) * TICK;
+    push(t, 200, OpType::Invoke, "final-drain", Json::Null, None);
+    let a = Assign { keys: vec![0, 1], seek: Seek::Beginning, group: None };
+    push(t + 1, 200, OpType::Invoke, "assign", a.to_json(), None);
+    push(t + 2, 200, OpType::Ok, "assign", a.to_json(), None);
+    let mut from_zero = [0u64; 2];
+    for k in 0..2 {
+        poll(200, t + 3 + 2 * k as u64, k, &logs, &mut from_zero, &mut push);
+    }
+    push(t + 10, 200, OpType::Ok, "final-drain", Json::Null, None);
+    SchedModel { ops, applied }
+}
+
 fn ok_sent_messages(ops: &[Op]) -> Vec<(u32, u64, u64)> {
     ops.iter()
         .filter(|o| o.f == "send" && o.op_type == OpType::Ok)
@@ -1413,6 +1804,37 @@ proptest! {
         prop_assert_eq!(dup.count, 1, "{}", r.summary_table());
         prop_assert_eq!(&dup.examples[0]["offsets"], &json!([o, end]));
     }
+
+    #[test]
+    fn generated_scheduled_runs_are_valid(decisions in prop::collection::vec(any::<u32>(), 10..400)) {
+        let m = sched_model(&decisions, SchedBug::None, 0);
+        let r = check(&m.ops, &CheckOptions::default());
+        prop_assert!(r.bad.is_empty(), "{}", r.summary_table());
+        prop_assert_eq!(r.count("scheduled-pending"), 0);
+        prop_assert_eq!(r.malformed.count + r.pairing.count, 0);
+        if r.stats.ok_sends > 0 {
+            prop_assert_eq!(r.validity, Validity::Valid, "{}", r.summary_table());
+        }
+        prop_assert!(r.scheduled.lateness.min >= 0, "{}", r.summary_table());
+    }
+
+    #[test]
+    fn scheduled_bugs_are_caught(
+        decisions in prop::collection::vec(any::<u32>(), 10..400), victim in 0usize..6,
+        bug in prop_oneof![Just(SchedBug::Early), Just(SchedBug::Lost), Just(SchedBug::Duplicate)],
+    ) {
+        let m = sched_model(&decisions, bug, victim);
+        prop_assume!(m.applied);
+        let r = check(&m.ops, &CheckOptions::default());
+        let name = match bug {
+            SchedBug::Early => "scheduled-early",
+            SchedBug::Lost => "scheduled-lost",
+            _ => "scheduled-duplicate",
+        };
+        prop_assert_eq!(r.validity, Validity::Invalid);
+        prop_assert_eq!(&r.bad, &vec![name.to_owned()], "{}", r.summary_table());
+        prop_assert_eq!(r.count(name), 1, "{}", r.summary_table());
+    }
 }
 
 fn arb_json() -> impl Strategy<Value = Json> {
@@ -1476,7 +1898,7 @@ proptest! {
                 op
             })
             .collect();
-        for opts in [CheckOptions::default(), CheckOptions { atomic_batches: false, dense_offsets: false, linearizable_polls: true, max_examples: 1 }] {
+        for opts in [CheckOptions::default(), CheckOptions { atomic_batches: false, dense_offsets: false, linearizable_polls: true, max_examples: 1, ..CheckOptions::default() }] {
             let r = check(&ops, &opts);
             let _ = r.summary_table();
             prop_assert!(serde_json::to_string(&r).is_ok());

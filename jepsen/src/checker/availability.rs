@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::anomalies::is_ok_send;
-use super::index::Index;
+use super::index::{Index, Kind};
 use crate::history::{Op, OpType, Process};
 
 /// A period during which one fault family was active.
@@ -129,7 +129,9 @@ pub fn fault_windows(history: &[Op]) -> Vec<FaultWindow> {
 pub struct Outage {
     /// Start (ns): the previous ok send's completion, or the first op of the history.
     pub start: u64,
-    /// End (ns): the next ok send's completion, or the start of the final drain (the end of the history without one).
+    /// End (ns): the next ok send's completion, or the end of the last send (completion, else invocation) or the
+    /// start of the final drain, whichever is earlier (the end of the history without either). Sends stop before
+    /// the drain when the workload waits for scheduled messages to come due; that wait is no outage.
     pub end: u64,
     /// `end - start` (ns).
     pub duration: u64,
@@ -158,7 +160,7 @@ pub struct Recovery {
 pub struct Availability {
     /// Ok sends completed before the final drain (whole history without one).
     pub ok_sends: u64,
-    /// The longest stretch without an ok send, over [first op, drain start or last op].
+    /// The longest stretch without an ok send, over [first op, the end of the last send or the drain start].
     pub longest_outage: Option<Outage>,
     /// One entry per closed fault window.
     pub recoveries: Vec<Recovery>,
@@ -175,7 +177,9 @@ pub(crate) fn compute(ix: &Index) -> Availability {
     let (Some(first), Some(last)) = (ix.history.iter().map(|o| o.time).min(), ix.history.iter().map(|o| o.time).max()) else {
         return Availability { fault_windows: windows, ..Availability::default() };
     };
-    let end = ix.drain.start.unwrap_or(last).max(first);
+    let last_send =
+        ix.ops.iter().filter(|p| matches!(p.kind, Kind::Send(_))).filter_map(|p| p.op.complete_time().or(p.op.invoke_time())).max();
+    let end = ix.drain.start.unwrap_or(last).min(last_send.unwrap_or(last)).max(first);
     let mut all_oks: Vec<u64> = ix.ops.iter().filter(|p| is_ok_send(p)).filter_map(|p| p.op.complete_time()).collect();
     all_oks.sort_unstable();
     let oks: Vec<u64> = all_oks.iter().copied().filter(|&t| t >= first && t <= end).collect();

@@ -6,6 +6,10 @@
 //! return unsafe data) plus the known-offset sends of *must-have-committed* operations (ok, or info with at least one
 //! of its values read by an ok poll). Offsets with at least one value get consecutive *dense indices*; holes in the
 //! raw offsets are skipped, as in Jepsen.
+//!
+//! Scheduled sends (`extra.delay_ms`, see [`crate::history`]) are marked ([`POp::delay`]): the offset their
+//! acknowledgement carries is one in the broker's staging queue, so it never enters the version order; only the
+//! offsets polls return them at do.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -43,12 +47,19 @@ pub(crate) struct POp<'a> {
     pub op: Operation<'a>,
     pub ty: OpType,
     pub kind: Kind,
+    /// For a scheduled send, its delay in ms (0 when `delay_ms` was malformed: scheduled, delay unknown).
+    pub delay: Option<u64>,
 }
 
 impl<'a> POp<'a> {
     /// The process.
     pub fn process(&self) -> Process {
         self.op.process()
+    }
+
+    /// Is this a scheduled send?
+    pub fn is_scheduled(&self) -> bool {
+        self.delay.is_some()
     }
 
     /// The messages sent, grouped per key in order of first appearance.
@@ -190,6 +201,8 @@ pub(crate) struct Index<'a> {
     pub by_process: BTreeMap<Process, Vec<usize>>,
     /// Every value any send attempted (invocation or completion), to which keys.
     pub attempted: HashMap<Value, Attempt>,
+    /// Values of scheduled sends (invocation or completion), with the first such operation.
+    pub scheduled: HashMap<Value, usize>,
     /// The completion-side operation that sent (k, v).
     pub writer_of: HashMap<(Key, Value), usize>,
     /// The first ok poll that read (k, v).
@@ -215,6 +228,7 @@ impl<'a> Index<'a> {
 
         let mut by_process: BTreeMap<Process, Vec<usize>> = BTreeMap::new();
         let mut attempted: HashMap<Value, Attempt> = HashMap::new();
+        let mut scheduled: HashMap<Value, usize> = HashMap::new();
         let mut writer_of = HashMap::new();
         let mut ok_reader = HashMap::new();
         let mut drain = Drain::default();
@@ -234,16 +248,24 @@ impl<'a> Index<'a> {
                             a.keys.push(k);
                         }
                     };
+                    let mut values: Vec<Value> = Vec::new();
                     for s in sends {
                         note(s.key, s.value);
+                        values.push(s.value);
                     }
                     if let Some(inv) = p.op.invoke() {
                         if let Ok(mops) = inv.mops() {
                             for m in mops {
                                 if let Mop::Send { key, value, .. } = m {
                                     note(key, value);
+                                    values.push(value);
                                 }
                             }
+                        }
+                    }
+                    if p.is_scheduled() {
+                        for v in values {
+                            scheduled.entry(v).or_insert(id);
                         }
                     }
                 }
@@ -287,7 +309,8 @@ impl<'a> Index<'a> {
                         entries.extend(pairs.iter().map(|&(o, v)| (*k, o, v)));
                     }
                 }
-                Kind::Send(sends) if mhc[id] => {
+                // A scheduled send's acknowledged offset is a staging offset, not one of key k.
+                Kind::Send(sends) if mhc[id] && !p.is_scheduled() => {
                     entries.extend(sends.iter().filter_map(|s| s.offset.map(|o| (s.key, o, s.value))));
                 }
                 _ => {}
@@ -315,7 +338,7 @@ impl<'a> Index<'a> {
             logs.insert(k, log);
         }
 
-        Index { history, ops, by_process, attempted, writer_of, ok_reader, mhc, logs, drain, malformed, pairing: pairing_notes }
+        Index { history, ops, by_process, attempted, scheduled, writer_of, ok_reader, mhc, logs, drain, malformed, pairing: pairing_notes }
     }
 
     /// Is this ok poll part of the final drain (invoked at or after the first `final-drain` invocation)?
@@ -326,9 +349,9 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// The operations that are ok sends: `(op id, key, offset, value)` for every message with a known offset.
+    /// The messages of ok sends that are not scheduled, as `(op id, message)` (the offset may be unknown).
     pub fn ok_send_messages(&self) -> impl Iterator<Item = (usize, SendRec)> + '_ {
-        self.ops.iter().enumerate().filter(|(_, p)| p.ty == OpType::Ok).flat_map(|(id, p)| match &p.kind {
+        self.ops.iter().enumerate().filter(|(_, p)| p.ty == OpType::Ok && !p.is_scheduled()).flat_map(|(id, p)| match &p.kind {
             Kind::Send(sends) => sends.iter().map(move |s| (id, *s)).collect::<Vec<_>>(),
             _ => Vec::new(),
         })
@@ -414,7 +437,25 @@ fn parse_op<'a>(op: Operation<'a>, malformed: &mut Notes) -> POp<'a> {
             _ => Kind::Other,
         }
     };
-    POp { op, ty, kind }
+    let delay = if matches!(kind, Kind::Send(_)) { send_delay(&op, malformed) } else { None };
+    POp { op, ty, kind, delay }
+}
+
+/// The delay of a scheduled send: `extra.delay_ms` of the completion, else of the invocation. A `delay_ms` that is
+/// not a number still marks the send scheduled (its offset must not be trusted), with delay 0 = unknown.
+fn send_delay(op: &Operation, malformed: &mut Notes) -> Option<u64> {
+    let mut found = None;
+    for o in [op.completion(), op.invoke()].into_iter().flatten() {
+        match o.delay_ms() {
+            Ok(Some(d)) => return Some(d),
+            Ok(None) => {}
+            Err(e) => {
+                malformed.add(|| e.to_string());
+                found = Some(0);
+            }
+        }
+    }
+    found
 }
 
 fn parse_send(op: &Operation, malformed: &mut Notes) -> Kind {

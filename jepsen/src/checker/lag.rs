@@ -59,7 +59,8 @@ pub(crate) fn compute(ix: &Index) -> Vec<(LagPoint, bool)> {
         }
         let Some(t) = p.op.complete_time() else { continue };
         match &p.kind {
-            Kind::Send(_) => {
+            // A scheduled send's offset is in the staging queue: no proof about k.
+            Kind::Send(_) if !p.is_scheduled() => {
                 for (k, recs) in p.sends_by_key() {
                     if let Some(o) = recs.iter().filter_map(|r| r.offset).max() {
                         proofs.entry(k).or_default().push((o, t));

@@ -25,6 +25,10 @@
 //! | `offset-gap` | bad with dense offsets (default), info otherwise | non-consecutive offsets in one poll; offsets below the final high watermark no ok poll returned (after a complete drain) |
 //! | `committed-offset-regression` | bad | a group's committed offset read lower than one already committed or read |
 //! | `stale-read` | info (bad with `linearizable_polls`) | an empty poll reported a high watermark ≤ an offset already acknowledged |
+//! | `scheduled-lost` | bad after a complete final drain, info otherwise | an ok scheduled send's value no ok poll returned, though a drain poll of its key began after its horizon |
+//! | `scheduled-pending` | info (makes the result unknown) | the same, but the drain ended before its horizon |
+//! | `scheduled-duplicate` | bad | a scheduled value (ok, info or fail send) read at two or more offsets of its key |
+//! | `scheduled-early` | bad | a scheduled value first observed (poll completion) before its send's invocation + delay − allowance |
 //!
 //! # Definitions
 //!
@@ -54,6 +58,12 @@
 //!   completed before the last such drain poll was invoked are held to it. If the drain completed but no drain poll
 //!   mentioned k: one past the highest offset any ok poll returned, for sends completed before the drain started.
 //!   Without a final drain there is none (no check).
+//! * **Scheduled sends** (`extra.delay_ms`): their acknowledged offset is a staging offset and they land after their
+//!   delay, so they take no part in the version order through their sends, nor in `unseen`, `ack-beyond-end`,
+//!   `realtime-send-order`, `nonmonotonic-send`, the in-batch send checks, `stale-read`, realtime lag or the
+//!   `unseen` series; a scheduled value at two offsets is `scheduled-duplicate`, not `duplicate`. Their polls take
+//!   part in everything. Due time, observation, the early allowance under clock faults and the horizon are defined
+//!   in [`scheduled`](self::scheduled) (module docs).
 //! * **Counting.** `phantom-read`, `wrong-key` and `G1a` count distinct (key, value) pairs; `unseen` and `lost-write`
 //!   messages; `realtime-send-order` the later send of each violating pair (one per send); `offset-gap` each
 //!   in-poll gap and each never-polled range; `committed-offset-regression` each (assign, key); the others each
@@ -62,14 +72,15 @@
 //! # Verdict
 //!
 //! [`Validity::Invalid`] iff some anomaly with verdict bad has a non-zero count; otherwise [`Validity::Unknown`] if
-//! there was no `final-drain` op, a `final-drain` op did not end ok, or there was no ok send or no ok poll; otherwise
-//! [`Validity::Valid`].
+//! there was no `final-drain` op, a `final-drain` op did not end ok, there was no ok send or no ok poll, or some
+//! `scheduled-pending` case; otherwise [`Validity::Valid`].
 
 mod anomalies;
 mod availability;
 mod index;
 mod lag;
 mod report;
+mod scheduled;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -79,6 +90,7 @@ pub use availability::{fault_windows, Availability, FaultWindow, Outage, Recover
 pub use index::Notes;
 pub use lag::{realtime_lag, LagPoint, LagSummary};
 pub use report::{AnomalyReport, CheckResult, DrainSummary, ErrorCause, Stats};
+pub use scheduled::{Lateness, ScheduledSummary, SCHEDULE_JITTER_MS, SCHEDULE_LATE_MARGIN_MS};
 
 use crate::history::{Key, Op, OpType, Process, Value};
 use anomalies::Findings;
@@ -105,6 +117,10 @@ pub const ANOMALIES: &[&str] = &[
     "offset-gap",
     "committed-offset-regression",
     "stale-read",
+    "scheduled-lost",
+    "scheduled-pending",
+    "scheduled-duplicate",
+    "scheduled-early",
 ];
 
 /// What the broker promises, which decides some verdicts.
@@ -119,11 +135,24 @@ pub struct CheckOptions {
     pub linearizable_polls: bool,
     /// Examples kept per anomaly (default 8).
     pub max_examples: usize,
+    /// How much earlier than due a scheduled message may be observed without clock faults (ms, default
+    /// [`SCHEDULE_JITTER_MS`]); the clock faults of the history are added (see `scheduled`).
+    pub schedule_jitter_ms: u64,
+    /// How long past its due time (plus the clock faults' offsets) a scheduled message must have been delivered
+    /// (ms, default [`SCHEDULE_LATE_MARGIN_MS`]).
+    pub schedule_late_margin_ms: u64,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { atomic_batches: true, dense_offsets: true, linearizable_polls: false, max_examples: 8 }
+        CheckOptions {
+            atomic_batches: true,
+            dense_offsets: true,
+            linearizable_polls: false,
+            max_examples: 8,
+            schedule_jitter_ms: SCHEDULE_JITTER_MS,
+            schedule_late_margin_ms: SCHEDULE_LATE_MARGIN_MS,
+        }
     }
 }
 
@@ -180,7 +209,8 @@ pub enum Verdict {
 /// The verdict of an anomaly under `opts`; `drain_complete` decides `unseen`.
 pub fn verdict_of(name: &str, opts: &CheckOptions, drain_complete: bool) -> Verdict {
     match name {
-        "unseen" if !drain_complete => Verdict::Info,
+        "unseen" | "scheduled-lost" if !drain_complete => Verdict::Info,
+        "scheduled-pending" => Verdict::Info,
         "int-send-skip" if !opts.atomic_batches => Verdict::Allowed,
         "offset-gap" if !opts.dense_offsets => Verdict::Info,
         "stale-read" if !opts.linearizable_polls => Verdict::Info,
@@ -206,6 +236,7 @@ pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
     anomalies::final_holes(&ix, &hws, &mut found);
     anomalies::committed_regression(&ix, &mut found);
     anomalies::stale_read(&ix, &mut found);
+    let scheduled = scheduled::check(&ix, opts, &mut found);
 
     let drain_complete = ix.drain.complete();
     let anomalies: Vec<AnomalyReport> = ANOMALIES
@@ -263,6 +294,11 @@ pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
     if ok_polls == 0 {
         unknown_reasons.push("no ok poll".to_owned());
     }
+    let pending = anomalies.iter().find(|a| a.name == "scheduled-pending").map_or(0, |a| a.count);
+    if pending > 0 {
+        unknown_reasons
+            .push(format!("{pending} acknowledged scheduled messages unread, but the final drain ended before they had to be delivered"));
+    }
     let validity = if !bad.is_empty() {
         Validity::Invalid
     } else if !unknown_reasons.is_empty() {
@@ -284,6 +320,7 @@ pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
         high_watermarks: hws.iter().map(|(&k, h)| (k, h.hw)).collect(),
         availability: availability::compute(&ix),
         lag: lag::summarize(&lags),
+        scheduled,
         stats: Stats {
             history_ops: history.len() as u64,
             operations: ix.ops.len() as u64,
@@ -321,6 +358,8 @@ pub fn unseen_series(history: &[Op]) -> Vec<UnseenPoint> {
         }
         let Some(time) = p.op.complete_time() else { continue };
         match &p.kind {
+            // Scheduled sends are not due at once: they would count as unseen until delivered.
+            Kind::Send(_) if p.is_scheduled() => continue,
             Kind::Send(sends) => {
                 for s in sends {
                     counts.entry(s.key).or_insert(0);

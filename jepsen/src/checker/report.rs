@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{Availability, CheckOptions, LagSummary, Notes, Validity, Verdict};
+use super::{Availability, CheckOptions, LagSummary, Notes, ScheduledSummary, Validity, Verdict};
 use crate::history::{Key, Offset, OpType};
 
 /// One anomaly's outcome. Every anomaly of [`super::ANOMALIES`] is present, count 0 included.
@@ -94,6 +94,8 @@ pub struct CheckResult {
     pub availability: Availability,
     /// Realtime lag before the final drain.
     pub lag: LagSummary,
+    /// Scheduled sends: counts, the early allowance and lateness figures.
+    pub scheduled: ScheduledSummary,
     /// Sizes.
     pub stats: Stats,
     /// Operations whose payload could not be parsed (skipped by the checks).
@@ -232,6 +234,50 @@ impl CheckResult {
             None => "no measurements".to_owned(),
         };
         let _ = writeln!(s, "lag           {lag}");
+
+        // Scheduled sends.
+        let sc = &self.scheduled;
+        if !sc.sends.is_empty() {
+            let clock = if sc.clock_windows == 0 {
+                "no clock faults".to_owned()
+            } else {
+                let skew = if sc.skew.unknown {
+                    "offsets unknown: ±300s assumed".to_owned()
+                } else {
+                    format!("offsets +{}ms/-{}ms", group(sc.skew.ahead_ms), group(sc.skew.behind_ms))
+                };
+                format!(
+                    "up to {}ms for {} values near {} clock faults, {skew}",
+                    group(sc.early_allowance_max_ms),
+                    group(sc.widened),
+                    group(sc.clock_windows)
+                )
+            };
+            let _ = writeln!(
+                s,
+                "scheduled     sends {}; {} values read; early allowance {}ms ({clock})",
+                types_text(&sc.sends),
+                group(sc.values_read),
+                group(sc.early_allowance_ms)
+            );
+            let l = &sc.lateness;
+            let mut line = if l.measurements > 0 {
+                format!(
+                    "p50 {} p99 {} max {} (min {}) over {} values first read by consumers",
+                    sdur(l.p50),
+                    sdur(l.p99),
+                    sdur(l.max),
+                    sdur(l.min),
+                    group(l.measurements)
+                )
+            } else {
+                "no scheduled value read by consumers".to_owned()
+            };
+            if l.first_seen_by_drain > 0 {
+                let _ = write!(line, "; {} first read by the drain (max {})", group(l.first_seen_by_drain), sdur(l.drain_max.unwrap_or(0)));
+            }
+            let _ = writeln!(s, "lateness      {line}");
+        }
         if !self.unknown_reasons.is_empty() {
             let _ = writeln!(s, "unknown       {}", self.unknown_reasons.join("; "));
         }
@@ -285,6 +331,15 @@ fn dur(ns: u64) -> String {
         format!("{:.1}µs", ns as f64 / 1e3)
     } else {
         format!("{ns}ns")
+    }
+}
+
+/// Signed nanoseconds as a short duration.
+fn sdur(ns: i64) -> String {
+    if ns < 0 {
+        format!("-{}", dur(ns.unsigned_abs()))
+    } else {
+        dur(ns as u64)
     }
 }
 

@@ -223,7 +223,12 @@ impl BrokerInner {
         let timer = if code == RequestCode::SEND_BATCH_MESSAGE || staging.is_some() {
             None
         } else {
-            match timer_due_of(single_props, now_ms(), self.timer_max_delay_ms(), self.cfg.timer_past_tolerance_ms as i64) {
+            match timer_due_of(
+                single_props,
+                crate::store::wall_ms().max(self.store.replicated_now_ms()),
+                self.timer_max_delay_ms(),
+                self.cfg.timer_past_tolerance_ms as i64,
+            ) {
                 Ok(Some(TimerDue::At(due))) => Some(due),
                 Ok(_) => None,
                 Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),

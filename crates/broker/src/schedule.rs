@@ -420,6 +420,14 @@ impl BrokerInner {
             })
             .sum();
         debug!(taken = n, indexed, "scheduled messages delivered or moved");
+        // Every proposed delivery normally advances a cursor. If none did, the state refused them all (for
+        // example a real topic with no write queue): report it instead of proposing the same entry again at
+        // once, which would fill the log.
+        let advanced =
+            self.node.state().with_metadata(|m| m.state.schedule.cursors != cursors || m.state.schedule.timer_cursors != timer_cursors);
+        if !advanced {
+            return Err(format!("the group refused all {n} deliveries proposed (no cursor moved); retrying after a pause"));
+        }
         Ok((n, None))
     }
 

@@ -783,3 +783,85 @@ async fn steady_producer_loses_no_acknowledged_message_across_a_leader_kill() {
     );
     reader.shutdown().await;
 }
+
+/// The retry schedule end to end with the native push consumer and a scaled delay table (levels 3, 4, 5 =
+/// 1 s, 2 s, 3 s): a listener that always answers RECONSUME_LATER sees its message come back after ≈1 s,
+/// ≈2 s and ≈3 s (level 3 + reconsumeTimes, never sooner), and with `max_reconsume_times` = 3 the fourth
+/// RECONSUME_LATER puts it into `%DLQ%<group>` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconsume_later_follows_the_retry_schedule_then_dead_letters() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let mut cluster = Cluster::prepare(3, "messageDelayLevel = \"100ms 200ms 1s 2s 3s\"\n");
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_registered_leader(Duration::from_secs(30)).await;
+    let _keeper = LogKeeper::new(&cluster, "retry_schedule");
+    let logs = cluster.dir.path().to_path_buf();
+    wait_for("the scaled delay table", &logs, Duration::from_secs(20), || async {
+        let l = cluster.leader(Duration::from_secs(20)).await;
+        let s = node_status(&cluster.node(l).client_addr).await.unwrap_or_default();
+        if s["schedule"]["delayLevels"] == "100ms 200ms 1s 2s 3s" {
+            Ok(())
+        } else {
+            Err(s["schedule"].to_string())
+        }
+    })
+    .await;
+    const T: &str = "T_retry_schedule";
+    create_topic(&cluster, T, 1).await;
+    let producer = Producer::start(cfg(&cluster, "producer"), ProducerOptions::new("pg_retry_schedule")).await.expect("producer");
+    let deliveries: Arc<Mutex<Vec<(Instant, i32)>>> = Arc::default();
+    let listener = {
+        let deliveries = Arc::clone(&deliveries);
+        move |msgs: Vec<MessageExt>, _ctx: ConsumeContext| {
+            let mut d = deliveries.lock().unwrap();
+            for m in msgs {
+                d.push((Instant::now(), m.reconsume_times));
+            }
+            std::future::ready(ConsumeConcurrentlyStatus::ReconsumeLater)
+        }
+    };
+    let mut opts = PushConsumerOptions::new("cg_retry_schedule").subscribe(T, "*").with_consume_from(ConsumeFrom::FirstOffset);
+    opts.max_reconsume_times = Some(3);
+    let consumer = PushConsumer::start_concurrently(cfg(&cluster, "rs"), opts, listener).await.expect("consumer");
+    producer.send(Message::new(T, "fails every time")).await.expect("send");
+    let got = wait_for("four deliveries", &logs, Duration::from_secs(40), || async {
+        let d = deliveries.lock().unwrap();
+        if d.len() >= 4 {
+            Ok(d.clone())
+        } else {
+            Err(format!("{} deliveries so far", d.len()))
+        }
+    })
+    .await;
+    for (i, want_ms) in [(1, 1000u128), (2, 2000), (3, 3000)] {
+        let gap = got[i].0.duration_since(got[i - 1].0).as_millis();
+        assert!(gap >= want_ms - 50, "retry {i} came {gap} ms after the previous delivery, before level {}'s {want_ms} ms", 2 + i);
+        assert!(gap < want_ms + 5000, "retry {i} came {gap} ms after the previous delivery");
+        assert_eq!(got[i].1, i as i32, "reconsume_times of retry {i}");
+    }
+    // The fourth RECONSUME_LATER dead-letters it; nothing more is delivered.
+    let pc = PullConsumer::start(cfg(&cluster, "dlq-reader"), "dlq_reader").await.expect("pull consumer");
+    let dlq = wait_for("the message in the DLQ", &logs, Duration::from_secs(20), || async {
+        let queues = pc.fetch_subscribe_queues("%DLQ%cg_retry_schedule").await.map_err(|e| e.to_string())?;
+        let mut all = Vec::new();
+        for q in &queues {
+            all.extend(read_queue(&pc, q, &logs).await);
+        }
+        if all.is_empty() {
+            Err("empty".into())
+        } else {
+            Ok(all)
+        }
+    })
+    .await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(&dlq[0].body[..], b"fails every time");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(deliveries.lock().unwrap().len(), 4, "delivered again after the DLQ");
+    consumer.shutdown().await;
+    pc.shutdown().await;
+    producer.shutdown().await;
+}

@@ -6,11 +6,13 @@
 //! proposes all messages of one request as one entry, so a batch is stored all or nothing. The reply —
 //! msgId (offsetMsgId), queueId, queueOffset — is sent only after a quorum has the entry on disk.
 //!
+//! A send with a delay level (`DELAY`) or a 5.x timer property, and every send-back retry, is staged for
+//! scheduled delivery instead of stored in its topic (`schedule.rs`); batches cannot carry either.
+//!
 //! Not implemented yet, and said so: transactional half messages (`TRAN_MSG` / sysFlag PREPARED) are refused
 //! with NO_PERMISSION, as RocketMQ's `rejectTransactionMessage` does, because storing one as a normal
 //! message would deliver it at once and make a rollback impossible; END_TRANSACTION is answered
-//! REQUEST_CODE_NOT_SUPPORTED. Delay levels (`DELAY`) and 5.x timer properties are stored with the message
-//! and ignored: such messages, and send-back retries, are delivered at once (docs/protocol.md).
+//! REQUEST_CODE_NOT_SUPPORTED.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{SystemTime, UNIX_EPOCH};

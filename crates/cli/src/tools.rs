@@ -122,20 +122,9 @@ pub struct ProduceArgs {
     deliver_at: Option<std::time::SystemTime>,
 }
 
-/// A delay such as `1500ms`, `30s`, `10m`, `2h` or `40d`.
+/// A delay such as `1500ms`, `30s`, `10m`, `2h` or `40d` (the `messageDelayLevel` syntax).
 fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?}: a number and a unit (ms, s, m, h, d)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?}: a number and a unit (ms, s, m, h, d)"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
-    };
-    n.checked_mul(ms).map(std::time::Duration::from_millis).ok_or_else(|| format!("{s:?} overflows"))
+    raftmq_state::schedule::parse_duration_ms(s).map(std::time::Duration::from_millis)
 }
 
 /// An RFC 3339 timestamp.

@@ -396,44 +396,21 @@ impl SmShared {
     /// bytes are copied at delivery, and a node that joins from a snapshot must replay its staging).
     /// `None` = no pin. A 40-day timer therefore pins 40 days of log (see docs/operations.md).
     pub fn retention_pin_index(&self) -> Option<u64> {
-        let (levels, timers) = {
-            let m = read_lock(&self.meta);
-            let pending = |topic: &str, cursor: &dyn Fn(u32) -> u64| -> Vec<(u32, u64, u64)> {
-                m.state
-                    .queues
-                    .get(topic)
-                    .into_iter()
-                    .flatten()
-                    .map(|(q, st)| (*q, cursor(*q), st.next_offset))
-                    .filter(|(_, c, n)| c < n)
-                    .collect()
-            };
-            (
-                pending(raftmq_state::SCHEDULE_TOPIC, &|q| m.state.schedule.cursor(q)),
-                pending(raftmq_state::TIMER_TOPIC, &|q| m.state.schedule.timer_cursor(q)),
-            )
-        };
-        // A level queue is in staging order: its head is its oldest message. A timer line is not (moves
-        // append old bytes): every pending unit is looked at (compaction is rare; memory stays constant).
+        let ranges = read_lock(&self.meta).state.undelivered();
+        // A range in log order needs only its head; a timer line's every pending unit is looked at
+        // (compaction is rare; memory stays constant).
         let mut oldest: Option<u64> = None;
-        let mut see = |pos: u64| oldest = Some(oldest.map_or(pos, |o| o.min(pos)));
-        for (q, cursor, _) in levels {
-            if let Some(u) = self.queue(raftmq_state::SCHEDULE_TOPIC, q).and_then(|cq| cq.get(cursor)) {
-                see(u.phys_offset);
-            }
-        }
-        for (q, cursor, next) in timers {
-            let Some(cq) = self.queue(raftmq_state::TIMER_TOPIC, q) else { continue };
-            let mut at = cursor;
-            while at < next {
-                let units = cq.read(at, 4096);
+        for r in ranges {
+            let Some(cq) = self.queue(r.topic, r.queue) else { continue };
+            let mut at = r.from;
+            let end = if r.in_log_order { r.from + 1 } else { r.to };
+            while at < end {
+                let units = cq.read(at, 4096.min((end - at) as usize));
                 if units.is_empty() {
                     break;
                 }
                 at += units.len() as u64;
-                for u in units {
-                    see(u.phys_offset);
-                }
+                oldest = units.iter().map(|u| u.phys_offset).chain(oldest).min();
             }
         }
         let oldest = oldest?;

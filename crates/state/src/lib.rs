@@ -36,6 +36,22 @@ pub use queues::{ApplyError, QueueState, QueueStore};
 pub use schedule::{Schedule, SCHEDULE_TOPIC, TIMER_TOPIC};
 pub use unit::{CqUnit, CQ_UNIT_LEN};
 
+/// Offsets `from..to` of a staging queue hold messages not delivered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undelivered {
+    /// The staging topic ([`SCHEDULE_TOPIC`] or [`TIMER_TOPIC`]).
+    pub topic: &'static str,
+    /// Its queue.
+    pub queue: u32,
+    /// First undelivered offset.
+    pub from: u64,
+    /// End of the queue.
+    pub to: u64,
+    /// Units point into the log in increasing order (a delay level: its head is its oldest message); a
+    /// timer line's moved units are not.
+    pub in_log_order: bool,
+}
+
 /// The replicated broker state: everything a checkpoint or snapshot carries besides Raft's own bookkeeping.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerState {
@@ -105,6 +121,22 @@ impl BrokerState {
     pub fn scheduled_pending(&self, q: u32) -> u64 {
         let stored = self.queues.get(SCHEDULE_TOPIC).and_then(|qs| qs.get(&q)).map_or(0, |s| s.next_offset);
         stored.saturating_sub(self.schedule.cursor(q))
+    }
+
+    /// Every staging queue holding messages not delivered yet: what retention must keep.
+    pub fn undelivered(&self) -> Vec<Undelivered> {
+        let mut out = Vec::new();
+        for (topic, cursors, in_log_order) in
+            [(SCHEDULE_TOPIC, &self.schedule.cursors, true), (TIMER_TOPIC, &self.schedule.timer_cursors, false)]
+        {
+            for (q, st) in self.queues.get(topic).into_iter().flatten() {
+                let from = cursors.get(q).copied().unwrap_or(0);
+                if from < st.next_offset {
+                    out.push(Undelivered { topic, queue: *q, from, to: st.next_offset, in_log_order });
+                }
+            }
+        }
+        out
     }
 
     /// Timer messages not delivered yet (each sits in exactly one timer queue).

@@ -45,6 +45,12 @@ pub const SCHEDULE_TOPIC: &str = "SCHEDULE_TOPIC_XXXX";
 /// RocketMQ's default `messageDelayLevel`.
 pub const DEFAULT_DELAY_LEVELS: &str = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h";
 
+/// [`DEFAULT_DELAY_LEVELS`] in ms (a test keeps the two equal).
+pub const DEFAULT_DELAY_LEVELS_MS: [u64; 18] = [
+    1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000, 480_000, 540_000, 600_000, 1_200_000,
+    1_800_000, 3_600_000, 7_200_000,
+];
+
 /// Most levels a table may have (RocketMQ has 18 by default; the schedule topic has one queue per level).
 pub const DELAY_LEVELS_MAX: usize = 64;
 
@@ -82,24 +88,31 @@ pub fn timer_level_for(remaining_ms: i64) -> u32 {
 /// # Errors
 /// A remark naming the bad element, an empty table or one longer than [`DELAY_LEVELS_MAX`].
 pub fn parse_delay_levels(s: &str) -> Result<Vec<u64>, String> {
-    let mut out = Vec::new();
-    for item in s.split_whitespace() {
-        let split =
-            item.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("delay level {item:?} has no unit (ms, s, m, h or d)"))?;
-        let (num, unit) = item.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("delay level {item:?} does not start with a number"))?;
-        let mul = match unit {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(format!("delay level {item:?} has unknown unit {unit:?} (ms, s, m, h or d)")),
-        };
-        out.push(n.checked_mul(mul).ok_or_else(|| format!("delay level {item:?} overflows"))?);
-    }
+    let out = s
+        .split_whitespace()
+        .map(|item| parse_duration_ms(item).map_err(|e| format!("delay level {e}")))
+        .collect::<Result<Vec<u64>, String>>()?;
     validate_delay_levels(&out)?;
     Ok(out)
+}
+
+/// Parses one duration in `messageDelayLevel` syntax (`250ms`, `5s`, `2m`, `1h`, `40d`) into ms.
+///
+/// # Errors
+/// A remark quoting the item: no unit, an unknown unit, no leading number, or an overflow.
+pub fn parse_duration_ms(item: &str) -> Result<u64, String> {
+    let split = item.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{item:?} has no unit (ms, s, m, h or d)"))?;
+    let (num, unit) = item.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{item:?} does not start with a number"))?;
+    let mul = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{item:?} has unknown unit {unit:?} (ms, s, m, h or d)")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("{item:?} overflows"))
 }
 
 /// Checks a level table: 1 to [`DELAY_LEVELS_MAX`] levels, each at most [`LEVEL_DELAY_MS_MAX`].
@@ -156,20 +169,21 @@ pub(crate) struct MoveTo {
 impl Schedule {
     /// The level table in force.
     pub fn delay_levels(&self) -> Vec<u64> {
+        self.levels_in_force().to_vec()
+    }
+
+    /// The level table in force, borrowed.
+    fn levels_in_force(&self) -> &[u64] {
         if self.levels.is_empty() {
-            parse_delay_levels(DEFAULT_DELAY_LEVELS).unwrap_or_default()
+            &DEFAULT_DELAY_LEVELS_MS
         } else {
-            self.levels.clone()
+            &self.levels
         }
     }
 
     /// Number of levels in force.
     pub fn level_count(&self) -> u32 {
-        if self.levels.is_empty() {
-            18
-        } else {
-            self.levels.len() as u32
-        }
+        self.levels_in_force().len() as u32
     }
 
     /// The delay of `level` in ms, clamped to the last level as RocketMQ does; `None` for level ≤ 0.
@@ -177,7 +191,7 @@ impl Schedule {
         if level <= 0 {
             return None;
         }
-        let levels = self.delay_levels();
+        let levels = self.levels_in_force();
         let level = (level as u32).min(levels.len() as u32);
         let delay = *levels.get((level as usize).checked_sub(1)?)?;
         Some((level, delay))
@@ -257,7 +271,7 @@ mod tests {
     #[test]
     fn rocketmq_default_table_has_eighteen_levels_from_1s_to_2h() {
         let t = parse_delay_levels(DEFAULT_DELAY_LEVELS).unwrap();
-        assert_eq!(t.len(), 18);
+        assert_eq!(t, DEFAULT_DELAY_LEVELS_MS);
         assert_eq!((t[0], t[2], t[17]), (1000, 10_000, 7_200_000));
         assert_eq!(format_delay_levels(&t), DEFAULT_DELAY_LEVELS);
     }

@@ -26,7 +26,8 @@ use raftmq_raft::types::{
     QueueAppend, Source, DELIVERY_BYTES, PRODUCE_HEADER_BYTES, SCHEDULE_TOPIC, TIMER_LEVELS, TIMER_TOPIC,
 };
 use raftmq_remoting::message::{
-    decode_properties, encode_stored_message, get_property, properties_to_string, property, sys_flag, tags_code, MessageToStore,
+    decode_properties, encode_stored_message, get_property, iter_properties, properties_to_string, property, sys_flag, tags_code,
+    MessageToStore,
 };
 use raftmq_remoting::{decode_stored_message, ResponseCode};
 use tracing::{debug, info, warn};
@@ -53,26 +54,115 @@ impl Staging {
     }
 }
 
-/// The `DELAY` property of a properties block: `Ok(None)` when absent, zero or negative (no delay, as in
-/// RocketMQ); a level that is not a number is an error naming it.
-pub(crate) fn delay_level_of(properties: &str) -> Result<Option<i32>, String> {
-    match get_property(properties, property::DELAY_TIME_LEVEL) {
-        None => Ok(None),
-        Some(v) => match v.trim().parse::<i32>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            Ok(_) => Ok(None),
-            Err(_) => Err(format!("the DELAY property {v:?} is not a delay level (an integer)")),
-        },
+/// The scheduling properties of one message, read in one pass over its properties block (a plain send
+/// pays that one scan; the last occurrence of a key wins, as in `get_property`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ScheduleProps<'a> {
+    delay: Option<&'a str>,
+    timer_out: bool,
+    delay_sec: Option<&'a str>,
+    delay_ms: Option<&'a str>,
+    deliver_ms: Option<&'a str>,
+}
+
+impl<'a> ScheduleProps<'a> {
+    /// Reads `properties`.
+    pub(crate) fn of(properties: &'a str) -> ScheduleProps<'a> {
+        let mut p = ScheduleProps::default();
+        for (k, v) in iter_properties(properties) {
+            match k {
+                property::DELAY_TIME_LEVEL => p.delay = Some(v),
+                property::TIMER_OUT_MS => p.timer_out = true,
+                property::TIMER_DELAY_SEC => p.delay_sec = Some(v),
+                property::TIMER_DELAY_MS => p.delay_ms = Some(v),
+                property::TIMER_DELIVER_MS => p.deliver_ms = Some(v),
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// The `DELAY` level: `Ok(None)` when absent, zero or negative (no delay, as in RocketMQ).
+    ///
+    /// # Errors
+    /// A level that is not a number, named in the remark.
+    pub(crate) fn delay_level(&self) -> Result<Option<i32>, String> {
+        match self.delay {
+            None => Ok(None),
+            Some(v) => match v.trim().parse::<i32>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                Ok(_) => Ok(None),
+                Err(_) => Err(format!("the DELAY property {v:?} is not a delay level (an integer)")),
+            },
+        }
+    }
+
+    /// Whether a timer is asked for (a timer property on a message not already timed).
+    pub(crate) fn has_timer(&self) -> bool {
+        !self.timer_out && (self.delay_sec.is_some() || self.delay_ms.is_some() || self.deliver_ms.is_some())
+    }
+
+    /// The timer asked for, checked as RocketMQ 5 does (`TIMER_DELAY_SEC` first, then `TIMER_DELAY_MS`,
+    /// then `TIMER_DELIVER_MS`; a message carrying `TIMER_OUT_MS` was already timed and is not timed
+    /// again). `now_ms` gives the broker's receipt time; it is called only when a timer is asked for.
+    ///
+    /// # Errors
+    /// The remark for 13 MESSAGE_ILLEGAL naming the property and why: not a number, a negative delay, a
+    /// delay above `max_delay_ms`, or a delivery time more than `past_tolerance_ms` in the past.
+    pub(crate) fn timer_due(
+        &self,
+        now_ms: impl FnOnce() -> i64,
+        max_delay_ms: i64,
+        past_tolerance_ms: i64,
+    ) -> Result<Option<TimerDue>, String> {
+        if !self.has_timer() {
+            return Ok(None);
+        }
+        let parse = |name: &str, v: Option<&str>| -> Result<Option<i64>, String> {
+            match v {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| format!("the {name} property {v:?} is not a number")),
+            }
+        };
+        let now_ms = now_ms();
+        let (name, due) = if let Some(sec) = parse(property::TIMER_DELAY_SEC, self.delay_sec)? {
+            if sec < 0 {
+                return Err(format!("the {} property {sec} is a negative delay", property::TIMER_DELAY_SEC));
+            }
+            (property::TIMER_DELAY_SEC, now_ms.saturating_add(sec.saturating_mul(1000)))
+        } else if let Some(ms) = parse(property::TIMER_DELAY_MS, self.delay_ms)? {
+            if ms < 0 {
+                return Err(format!("the {} property {ms} is a negative delay", property::TIMER_DELAY_MS));
+            }
+            (property::TIMER_DELAY_MS, now_ms.saturating_add(ms))
+        } else if let Some(at) = parse(property::TIMER_DELIVER_MS, self.deliver_ms)? {
+            (property::TIMER_DELIVER_MS, at)
+        } else {
+            return Ok(None);
+        };
+        if due.saturating_sub(now_ms) > max_delay_ms {
+            return Err(format!(
+                "timer message illegal: {name} asks for a delivery {} ms from now, above the max delay of {max_delay_ms} ms (timerMaxDelaySec)",
+                due.saturating_sub(now_ms)
+            ));
+        }
+        if due < now_ms.saturating_sub(past_tolerance_ms) {
+            return Err(format!(
+                "timer message illegal: {name} asks for a delivery {} ms in the past, more than the {past_tolerance_ms} ms tolerated (timerPastToleranceMs)",
+                now_ms - due
+            ));
+        }
+        Ok(Some(if due <= now_ms { TimerDue::Now } else { TimerDue::At(due) }))
     }
 }
 
-/// The properties of the staged copy: the original ones with `REAL_TOPIC`, `REAL_QID` and the clamped
-/// `DELAY` level set.
-pub(crate) fn staged_properties(properties: &str, real_topic: &str, real_queue: u32, level: u32) -> Result<String, String> {
+/// The properties of a staged copy: the original ones with `REAL_TOPIC`, `REAL_QID` and `mark` set — the
+/// clamped `DELAY` level for a delay level, `TIMER_OUT_MS` (the due time) for a timer.
+pub(crate) fn staged_properties(properties: &str, real_topic: &str, real_queue: u32, mark: (&str, String)) -> Result<String, String> {
     let mut props = decode_properties(properties);
     props.insert(property::REAL_TOPIC.to_string(), real_topic.to_string());
     props.insert(property::REAL_QUEUE_ID.to_string(), real_queue.to_string());
-    props.insert(property::DELAY_TIME_LEVEL.to_string(), level.to_string());
+    props.insert(mark.0.to_string(), mark.1);
     properties_to_string(&props).map_err(|e| e.to_string())
 }
 
@@ -83,63 +173,6 @@ pub(crate) enum TimerDue {
     Now,
     /// Due at this store-clock time (ms): staged in the timer queues.
     At(i64),
-}
-
-/// The timer a properties block asks for, checked as RocketMQ 5 does (`TIMER_DELAY_SEC` first, then
-/// `TIMER_DELAY_MS`, then `TIMER_DELIVER_MS`; a message carrying `TIMER_OUT_MS` was already timed and is
-/// not timed again). `now_ms` is the broker's receipt time.
-///
-/// # Errors
-/// The remark for 13 MESSAGE_ILLEGAL naming the property and why: not a number, a negative delay, a
-/// delay above `max_delay_ms`, or a delivery time more than `past_tolerance_ms` in the past.
-pub(crate) fn timer_due_of(properties: &str, now_ms: i64, max_delay_ms: i64, past_tolerance_ms: i64) -> Result<Option<TimerDue>, String> {
-    if get_property(properties, property::TIMER_OUT_MS).is_some() {
-        return Ok(None);
-    }
-    let parse = |name: &str| -> Result<Option<i64>, String> {
-        match get_property(properties, name) {
-            None => Ok(None),
-            Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| format!("the {name} property {v:?} is not a number")),
-        }
-    };
-    let (name, due) = if let Some(sec) = parse(property::TIMER_DELAY_SEC)? {
-        if sec < 0 {
-            return Err(format!("the {} property {sec} is a negative delay", property::TIMER_DELAY_SEC));
-        }
-        (property::TIMER_DELAY_SEC, now_ms.saturating_add(sec.saturating_mul(1000)))
-    } else if let Some(ms) = parse(property::TIMER_DELAY_MS)? {
-        if ms < 0 {
-            return Err(format!("the {} property {ms} is a negative delay", property::TIMER_DELAY_MS));
-        }
-        (property::TIMER_DELAY_MS, now_ms.saturating_add(ms))
-    } else if let Some(at) = parse(property::TIMER_DELIVER_MS)? {
-        (property::TIMER_DELIVER_MS, at)
-    } else {
-        return Ok(None);
-    };
-    if due.saturating_sub(now_ms) > max_delay_ms {
-        return Err(format!(
-            "timer message illegal: {name} asks for a delivery {} ms from now, above the max delay of {max_delay_ms} ms (timerMaxDelaySec)",
-            due.saturating_sub(now_ms)
-        ));
-    }
-    if due < now_ms.saturating_sub(past_tolerance_ms) {
-        return Err(format!(
-            "timer message illegal: {name} asks for a delivery {} ms in the past, more than the {past_tolerance_ms} ms tolerated (timerPastToleranceMs)",
-            now_ms - due
-        ));
-    }
-    Ok(Some(if due <= now_ms { TimerDue::Now } else { TimerDue::At(due) }))
-}
-
-/// The properties of a timer's staged copy: the original ones with `REAL_TOPIC`, `REAL_QID` and
-/// `TIMER_OUT_MS` (the due time) set.
-pub(crate) fn timer_staged_properties(properties: &str, real_topic: &str, real_queue: u32, due_ms: i64) -> Result<String, String> {
-    let mut props = decode_properties(properties);
-    props.insert(property::REAL_TOPIC.to_string(), real_topic.to_string());
-    props.insert(property::REAL_QUEUE_ID.to_string(), real_queue.to_string());
-    props.insert(property::TIMER_OUT_MS.to_string(), due_ms.to_string());
-    properties_to_string(&props).map_err(|e| e.to_string())
 }
 
 /// One message a delivery pass takes out of its staging queue.
@@ -153,20 +186,20 @@ enum Taken {
 impl BrokerInner {
     /// Makes the timer topic exist with its delay lines (leader only).
     pub(crate) async fn ensure_timer_topic(&self) -> Result<(), (ResponseCode, String)> {
-        match self.store.topic(TIMER_TOPIC) {
-            Some(t) if t.write_queues >= TIMER_LEVELS => Ok(()),
-            _ => {
-                let t = raftmq_raft::types::TopicConfig {
-                    name: TIMER_TOPIC.into(),
-                    read_queues: TIMER_LEVELS,
-                    write_queues: TIMER_LEVELS,
-                    perm: PERM_READ_WRITE,
-                };
-                self.store.upsert_topic(t).await.map_err(|e| {
-                    (ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create the timer topic {TIMER_TOPIC}: {e}; retry"))
-                })
-            }
+        self.ensure_staging_topic(TIMER_TOPIC, TIMER_LEVELS).await
+    }
+
+    /// Makes a staging topic exist with at least `queues` queues (leader only): a system topic, so not
+    /// subject to `topicsMax` or auto-create, and grown when the level table grows.
+    async fn ensure_staging_topic(&self, name: &str, queues: u32) -> Result<(), (ResponseCode, String)> {
+        if self.store.topic(name).is_some_and(|t| t.write_queues >= queues) {
+            return Ok(());
         }
+        let t = raftmq_raft::types::TopicConfig { name: name.into(), read_queues: queues, write_queues: queues, perm: PERM_READ_WRITE };
+        self.store
+            .upsert_topic(t)
+            .await
+            .map_err(|e| (ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create the staging topic {name}: {e}; retry")))
     }
 
     /// Timer messages pending (staged, not delivered).
@@ -183,68 +216,32 @@ impl BrokerInner {
     /// Makes the schedule topic exist with a queue per level (leader only).
     pub(crate) async fn ensure_schedule_topic(&self) -> Result<(), (ResponseCode, String)> {
         let levels = self.node.state().with_metadata(|m| m.state.schedule.level_count());
-        match self.store.topic(SCHEDULE_TOPIC) {
-            Some(t) if t.write_queues >= levels => Ok(()),
-            _ => {
-                let t = raftmq_raft::types::TopicConfig {
-                    name: SCHEDULE_TOPIC.into(),
-                    read_queues: levels,
-                    write_queues: levels,
-                    perm: PERM_READ_WRITE,
-                };
-                self.store.upsert_topic(t).await.map_err(|e| {
-                    (ResponseCode::SERVICE_NOT_AVAILABLE, format!("could not create the schedule topic {SCHEDULE_TOPIC}: {e}; retry"))
-                })
-            }
-        }
+        self.ensure_staging_topic(SCHEDULE_TOPIC, levels).await
     }
 
     /// The schedule as the admin tools show it: the level table in force and, per level with messages
     /// staged, how many are pending and when the next is due (store-clock ms).
     pub(crate) fn schedule_status(&self) -> serde_json::Value {
-        let (levels, cursors, queues) = self.node.state().with_metadata(|m| {
-            (
-                m.state.schedule.delay_levels(),
-                m.state.schedule.cursors.clone(),
-                m.state.queues.get(SCHEDULE_TOPIC).cloned().unwrap_or_default(),
-            )
-        });
-        let mut pending = Vec::new();
-        for (q, st) in &queues {
-            let cursor = cursors.get(q).copied().unwrap_or(0);
-            if st.next_offset <= cursor {
-                continue;
+        let (levels, ranges) = self.node.state().with_metadata(|m| (m.state.schedule.delay_levels(), m.state.undelivered()));
+        let (mut pending, mut timers, mut timers_pending) = (Vec::new(), Vec::new(), 0);
+        for r in ranges {
+            // A level's head tag code is its next due time; a timer line's, its next eligible time.
+            let head = self.store.queue(r.topic, r.queue).and_then(|cq| cq.get(r.from.max(cq.min_offset()))).map(|u| u.tags_code);
+            if r.topic == TIMER_TOPIC {
+                timers_pending += r.to - r.from;
+                timers.push(serde_json::json!({
+                    "line": r.queue, "delayMs": timer_level_delay_ms(r.queue), "pending": r.to - r.from, "nextEligibleMs": head,
+                }));
+            } else {
+                pending.push(serde_json::json!({
+                    "level": r.queue + 1, "delayMs": levels.get(r.queue as usize).copied(), "pending": r.to - r.from, "nextDueMs": head,
+                }));
             }
-            let next_due = self.store.queue(SCHEDULE_TOPIC, *q).and_then(|cq| cq.get(cursor.max(cq.min_offset()))).map(|u| u.tags_code);
-            pending.push(serde_json::json!({
-                "level": q + 1,
-                "delayMs": levels.get(*q as usize).copied(),
-                "pending": st.next_offset - cursor,
-                "nextDueMs": next_due,
-            }));
-        }
-        let (timer_cursors, timer_queues) = self
-            .node
-            .state()
-            .with_metadata(|m| (m.state.schedule.timer_cursors.clone(), m.state.queues.get(TIMER_TOPIC).cloned().unwrap_or_default()));
-        let mut timers = Vec::new();
-        for (q, st) in &timer_queues {
-            let cursor = timer_cursors.get(q).copied().unwrap_or(0);
-            if st.next_offset <= cursor {
-                continue;
-            }
-            let eligible = self.store.queue(TIMER_TOPIC, *q).and_then(|cq| cq.get(cursor.max(cq.min_offset()))).map(|u| u.tags_code);
-            timers.push(serde_json::json!({
-                "line": q,
-                "delayMs": timer_level_delay_ms(*q),
-                "pending": st.next_offset - cursor,
-                "nextEligibleMs": eligible,
-            }));
         }
         serde_json::json!({
             "delayLevels": format_delay_levels(&levels),
             "pending": pending,
-            "timersPending": self.timers_pending(),
+            "timersPending": timers_pending,
             "timerLines": timers,
         })
     }

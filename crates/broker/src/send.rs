@@ -30,7 +30,7 @@ use raftmq_remoting::{decode_stored_message, CommandHeader, RequestCode, Respons
 
 use crate::broker::BrokerInner;
 use crate::processor::{reply, Reply};
-use crate::schedule::{delay_level_of, staged_properties, timer_due_of, timer_staged_properties, TimerDue};
+use crate::schedule::{staged_properties, ScheduleProps, TimerDue};
 use crate::store::PutError;
 use crate::topics::{
     dlq_topic, group_of_retry_or_dlq, retry_topic, validate_group, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX,
@@ -209,32 +209,30 @@ impl BrokerInner {
         } else {
             h.queue_id as u32
         };
-        // A delay level stages the message in the schedule topic (see schedule.rs); batches cannot carry one.
+        // A delay level stages the message in the schedule topic (see schedule.rs); without one, 5.x timer
+        // properties stage it in the timer lines (due in the future) or change nothing (due now or in the
+        // tolerated past). Batches can carry neither.
         let single_props = h.properties.as_deref().unwrap_or("");
-        let staging = if code == RequestCode::SEND_BATCH_MESSAGE {
-            None
+        let (staging, timer) = if code == RequestCode::SEND_BATCH_MESSAGE {
+            (None, None)
         } else {
-            match delay_level_of(single_props) {
+            let sched = ScheduleProps::of(single_props);
+            let staging = match sched.delay_level() {
                 Ok(None) => None,
                 Ok(Some(level)) => self.staging(level),
                 Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
-            }
-        };
-        // Without a delay level, 5.x timer properties stage it in the timer lines (due in the future) or
-        // change nothing (due now or in the tolerated past).
-        let timer = if code == RequestCode::SEND_BATCH_MESSAGE || staging.is_some() {
-            None
-        } else {
-            match timer_due_of(
-                single_props,
-                crate::store::wall_ms().max(self.store.replicated_now_ms()),
-                self.timer_max_delay_ms(),
-                self.cfg.timer_past_tolerance_ms as i64,
-            ) {
-                Ok(Some(TimerDue::At(due))) => Some(due),
-                Ok(_) => None,
-                Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
-            }
+            };
+            let timer = if staging.is_some() {
+                None
+            } else {
+                let receipt = || crate::store::wall_ms().max(self.store.replicated_now_ms());
+                match sched.timer_due(receipt, self.timer_max_delay_ms(), self.cfg.timer_past_tolerance_ms as i64) {
+                    Ok(Some(TimerDue::At(due))) => Some(due),
+                    Ok(_) => None,
+                    Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
+                }
+            };
+            (staging, timer)
         };
         let staged_props;
         let (store_topic, store_queue, properties_of_single) = match (staging, timer) {
@@ -253,7 +251,7 @@ impl BrokerInner {
                 if let Err((code, why)) = self.ensure_timer_topic().await {
                     return reply(req, code, why);
                 }
-                staged_props = match timer_staged_properties(single_props, &topic, queue_id, due) {
+                staged_props = match staged_properties(single_props, &topic, queue_id, (property::TIMER_OUT_MS, due.to_string())) {
                     Ok(p) => p,
                     Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
                 };
@@ -264,10 +262,11 @@ impl BrokerInner {
                     if let Err((code, why)) = self.ensure_schedule_topic().await {
                         return reply(req, code, why);
                     }
-                    staged_props = match staged_properties(single_props, &topic, queue_id, s.level) {
-                        Ok(p) => p,
-                        Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
-                    };
+                    staged_props =
+                        match staged_properties(single_props, &topic, queue_id, (property::DELAY_TIME_LEVEL, s.level.to_string())) {
+                            Ok(p) => p,
+                            Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
+                        };
                     (SCHEDULE_TOPIC.to_string(), s.queue_id(), staged_props.as_str())
                 }
                 None => (topic.clone(), queue_id, single_props),
@@ -320,7 +319,11 @@ impl BrokerInner {
             if batch.iter().any(|m| is_half_message(0, m.properties)) {
                 return self.refuse_half_message(req);
             }
-            if let Some(i) = batch.iter().position(|m| !matches!(delay_level_of(m.properties), Ok(None))) {
+            let scheduled = |m: &raftmq_remoting::message::BatchMessage<'_>| {
+                let p = ScheduleProps::of(m.properties);
+                (!matches!(p.delay_level(), Ok(None)), p.has_timer())
+            };
+            if let Some(i) = batch.iter().position(|m| scheduled(m).0) {
                 return reply(
                     req,
                     ResponseCode::MESSAGE_ILLEGAL,
@@ -329,7 +332,7 @@ impl BrokerInner {
                     ),
                 );
             }
-            if let Some(i) = batch.iter().position(|m| !matches!(timer_due_of(m.properties, 0, i64::MAX, i64::MAX), Ok(None))) {
+            if let Some(i) = batch.iter().position(|m| scheduled(m).1) {
                 return reply(
                     req,
                     ResponseCode::MESSAGE_ILLEGAL,
@@ -517,7 +520,7 @@ impl BrokerInner {
                 if let Err((code, why)) = self.ensure_schedule_topic().await {
                     return reply(req, code, why);
                 }
-                match staged_properties(&properties, &topic, 0, s.level) {
+                match staged_properties(&properties, &topic, 0, (property::DELAY_TIME_LEVEL, s.level.to_string())) {
                     Ok(p) => (SCHEDULE_TOPIC.to_string(), s.queue_id(), p),
                     Err(why) => return reply(req, ResponseCode::MESSAGE_ILLEGAL, why),
                 }

@@ -163,52 +163,40 @@ impl MessageStore {
     /// Stores encoded messages into one topic-queue atomically (one Raft entry); all or nothing. Their
     /// STORETIMESTAMP is overwritten by the store clock (see the module docs).
     pub async fn put(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>) -> PutResult {
-        self.put_with_due(topic, queue_id, messages, None).await
+        self.put_part(topic, messages, |_| (queue_id, None)).await
     }
 
     /// [`MessageStore::put`] of messages staged for delayed delivery: each unit's tag code is the due time,
     /// the store timestamp plus `delay_ms` (RocketMQ's layout of `SCHEDULE_TOPIC_XXXX`).
     pub async fn put_delayed(&self, topic: &str, queue_id: u32, messages: Vec<Bytes>, delay_ms: u64) -> PutResult {
         let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX);
-        self.put_with_due(topic, queue_id, messages.into_iter().map(|m| (0, m)).collect(), Some(delay)).await
+        self.put_part(topic, messages.into_iter().map(|m| (0, m)).collect(), |ts| (queue_id, Some(ts.saturating_add(delay)))).await
     }
 
     /// Stages timer messages due at `due_ms` (store-clock ms) in the timer line for the time left at the
     /// entry's stamp; each unit's tag code is when it becomes eligible there (see `raftmq_state::schedule`).
     /// The positions returned are in that line.
     pub async fn put_timer(&self, topic: &str, messages: Vec<Bytes>, due_ms: i64) -> PutResult {
-        let mut results = self
-            .put_stamped(|ts| {
-                let line = raftmq_raft::types::timer_level_for(due_ms - ts);
-                let eligible = ts.saturating_add(raftmq_raft::types::timer_level_delay_ms(line));
-                let q = QueueAppend {
-                    topic: topic.to_string(),
-                    queue_id: line,
-                    messages: messages
-                        .into_iter()
-                        .map(|data| Message { tags_code: eligible, data: with_store_timestamp(data, ts), phys_offset: None })
-                        .collect(),
-                };
-                (vec![q], Vec::new())
-            })
-            .await?;
-        match results.pop() {
-            Some(QueueAppendResult::Stored(p)) => Ok(p.into_iter().map(|p| (p.queue_offset, p.phys_offset)).collect()),
-            Some(QueueAppendResult::Rejected(why)) => Err(PutError::Rejected(why)),
-            None => Err(PutError::Rejected("empty result".into())),
-        }
+        self.put_part(topic, messages.into_iter().map(|m| (0, m)).collect(), |ts| {
+            let line = raftmq_raft::types::timer_level_for(due_ms - ts);
+            (line, Some(ts.saturating_add(raftmq_raft::types::timer_level_delay_ms(line))))
+        })
+        .await
     }
 
-    async fn put_with_due(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>, due_after: Option<i64>) -> PutResult {
+    /// Stores `messages` as one queue part of one entry. `place` decides, from the entry's stamp, the queue
+    /// and, when `Some`, the tag code of every unit (staging: a due or eligibility time).
+    async fn put_part(&self, topic: &str, messages: Vec<(i64, Bytes)>, place: impl FnOnce(i64) -> (u32, Option<i64>)) -> PutResult {
         let mut results = self
             .put_stamped(|ts| {
+                let (queue_id, tags) = place(ts);
                 let q = QueueAppend {
                     topic: topic.to_string(),
                     queue_id,
                     messages: messages
                         .into_iter()
                         .map(|(tags_code, data)| Message {
-                            tags_code: due_after.map_or(tags_code, |d| ts.saturating_add(d)),
+                            tags_code: tags.unwrap_or(tags_code),
                             data: with_store_timestamp(data, ts),
                             phys_offset: None,
                         })

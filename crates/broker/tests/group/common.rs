@@ -149,6 +149,31 @@ pub async fn pull(c: &RemotingClient, topic: &str, queue_id: i32, offset: i64) -
     (r.code, next, r.remark.unwrap_or_default())
 }
 
+/// A CONSUMER_SEND_MSG_BACK of the message at commitlog `offset` for group `g` (delay level 0: the broker's
+/// retry schedule), with the client's `maxReconsumeTimes` when given.
+pub fn send_back_request(offset: i64, max_reconsume_times: Option<i32>) -> RemotingCommand {
+    let h = raftmq_remoting::header::ConsumerSendMsgBackRequestHeader {
+        offset,
+        group: "g".into(),
+        delay_level: 0,
+        origin_msg_id: None,
+        origin_topic: None,
+        unit_mode: false,
+        max_reconsume_times,
+    };
+    RemotingCommand::request(RequestCode::CONSUMER_SEND_MSG_BACK, 0).with_header(&h)
+}
+
+/// Waits until the group's replicated delay-level table is `want` (ms per level; the first leader proposes
+/// its configured `messageDelayLevel`).
+pub async fn wait_delay_levels(g: &Group, leader: usize, want: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.brokers[leader].node().state().with_metadata(|m| m.state.schedule.levels.clone()) != want {
+        assert!(Instant::now() < deadline, "the configured delay levels {want:?} were not proposed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime")
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{now_ms, send_cmd, send_request, Group, TIMEOUT, TOPIC};
+use crate::common::{now_ms, send_back_request, send_cmd, send_request, wait_delay_levels, Group, TIMEOUT, TOPIC};
 use raftmq_net::RemotingClient;
 use raftmq_remoting::header::PullMessageRequestHeader;
 use raftmq_remoting::message::{decode_properties, property, StoredMessages};
@@ -53,11 +53,7 @@ async fn pull_messages(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<Pu
 
 /// Waits until the group's replicated level table is the test's (the first leader proposes it).
 async fn wait_levels(g: &Group, leader: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while g.brokers[leader].node().state().with_metadata(|m| m.state.schedule.levels.clone()) != vec![1000, 2000, 3000] {
-        assert!(Instant::now() < deadline, "the configured delay levels were not proposed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_delay_levels(g, leader, &[1000, 2000, 3000]).await
 }
 
 /// Polls the real queue until it holds `n` messages; returns them and when they were first all seen.
@@ -226,11 +222,7 @@ fn retention_never_purges_a_message_that_is_still_scheduled() {
     crate::common::runtime().block_on(async {
         let g = Group::start_with("messageDelayLevel = \"1s 1h\"\n").await;
         let leader = g.wait_leader(None, Duration::from_secs(20)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while g.brokers[leader].node().state().with_metadata(|m| m.state.schedule.levels.clone()) != vec![1000, 3_600_000] {
-            assert!(Instant::now() < deadline, "levels not proposed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_delay_levels(&g, leader, &[1000, 3_600_000]).await;
         let c = g.client(leader).await;
         let (_, msg_id) = send_cmd(&c, send_request(TOPIC, 0, b"in an hour", &[(property::DELAY_TIME_LEVEL, "2")], 0)).await.expect("send");
         let staged_at = raftmq_remoting::message::decode_offset_msg_id(&msg_id).expect("msgId").commit_log_offset as u64;
@@ -250,16 +242,7 @@ fn retention_never_purges_a_message_that_is_still_scheduled() {
 }
 
 fn send_back(offset: i64, max: i32) -> RemotingCommand {
-    let h = raftmq_remoting::header::ConsumerSendMsgBackRequestHeader {
-        offset,
-        group: "g".into(),
-        delay_level: 0,
-        origin_msg_id: None,
-        origin_topic: None,
-        unit_mode: false,
-        max_reconsume_times: Some(max),
-    };
-    RemotingCommand::request(RequestCode::CONSUMER_SEND_MSG_BACK, 0).with_header(&h)
+    send_back_request(offset, Some(max))
 }
 
 /// The retry schedule with a scaled table (level 3 = 1 s, level 4 = 2 s) and maxReconsumeTimes 2: the first
@@ -270,11 +253,7 @@ fn send_backs_follow_the_retry_schedule_then_the_dlq_also_through_a_follower() {
     crate::common::runtime().block_on(async {
         let g = Group::start_with("messageDelayLevel = \"100ms 200ms 1s 2s\"\n").await;
         let leader = g.wait_leader(None, Duration::from_secs(20)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while g.brokers[leader].node().state().with_metadata(|m| m.state.schedule.levels.len()) != 4 {
-            assert!(Instant::now() < deadline, "levels not proposed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_delay_levels(&g, leader, &[100, 200, 1000, 2000]).await;
         let c = g.client(leader).await;
         let follower = (leader + 1) % 3;
         let f = g.client(follower).await;

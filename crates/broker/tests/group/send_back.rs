@@ -5,24 +5,14 @@
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use crate::common::{send, Group, TIMEOUT, TOPIC};
+use crate::common::{send, send_back_request, Group, TIMEOUT, TOPIC};
 use raftmq_commitlog::{RecordKind, HEADER_LEN};
 use raftmq_raft::types::Command;
-use raftmq_remoting::header::ConsumerSendMsgBackRequestHeader;
 use raftmq_remoting::message::decode_offset_msg_id;
-use raftmq_remoting::{encode_stored_message, MessageToStore, RemotingCommand, RequestCode, ResponseCode};
+use raftmq_remoting::{encode_stored_message, MessageToStore, RemotingCommand, ResponseCode};
 
 fn send_back(offset: i64) -> RemotingCommand {
-    let h = ConsumerSendMsgBackRequestHeader {
-        offset,
-        group: "g".into(),
-        delay_level: 0,
-        origin_msg_id: None,
-        origin_topic: None,
-        unit_mode: false,
-        max_reconsume_times: None,
-    };
-    RemotingCommand::request(RequestCode::CONSUMER_SEND_MSG_BACK, 0).with_header(&h)
+    send_back_request(offset, None)
 }
 
 /// A stored message whose body is itself a complete stored message (what a client could craft).

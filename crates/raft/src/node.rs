@@ -612,7 +612,8 @@ impl RaftNode {
 
     /// Proposes messages for one or more topic-queues; resolves with per-queue positions once committed
     /// and applied. Concurrent calls are coalesced into one entry; the messages of one call always share an
-    /// entry (all or nothing).
+    /// entry (all or nothing). Carries no time of its own (stamp 0 never moves the replicated clock); the
+    /// broker stamps its writes through [`RaftNode::submit_produce_at`].
     ///
     /// # Errors
     /// [`WriteError::EntryTooLarge`] when the call alone would make an entry above `entry_bytes_max`; the

@@ -6,7 +6,9 @@ killed with SIGKILL in the middle, then receives everything with a `PushConsumer
 acknowledged message arrived with its keys and tags intact. Run by scripts/test.sh in a venv.
 """
 
+import glob
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 
 BIN = os.environ.get("RAFTMQ_BIN", "")
 TOPIC = "PyInteropTopic"
+CLIENT_HOME = []  # the C++ client's $HOME (its log directory), fixed by the first cluster of the process
 
 
 def free_port():
@@ -61,6 +64,28 @@ class Cluster:
         p.send_signal(signal.SIGKILL)
         p.wait()
 
+    def diagnostics(self):
+        """What a failure message needs: the cluster as the nameserver and the nodes see it, and each node's
+        role changes and registration warnings."""
+        out = []
+        for args in (["leader"], ["status"]):
+            r = subprocess.run([BIN, "admin", "--namesrv", self.namesrv, *args], capture_output=True, text=True)
+            out.append(f"$ raftmq admin {' '.join(args)} -> {r.returncode}\n{r.stdout}{r.stderr}")
+        for node_id, _, _ in self.peers:
+            try:
+                with open(f"{self.root}/n{node_id}.log", errors="replace") as f:
+                    lines = [l.rstrip()[:300] for l in f if re.search(r"(INFO|WARN|ERROR) raftmq_", l)
+                             and ("raft role" in l or "regist" in l or " ERROR " in l or "leadership" in l)]
+            except OSError as e:
+                lines = [str(e)]
+            out.append(f"n{node_id}.log (role changes, registrations, errors; last 15):\n" + "\n".join(lines[-15:]))
+        # The C++ client logs under the $HOME of the process's first test; it refreshes routes every 30 s.
+        for path in glob.glob(f"{CLIENT_HOME[0] if CLIENT_HOME else ''}/logs/rocketmq-cpp/*.log*"):
+            with open(path, errors="replace") as f:
+                lines = [l.rstrip()[:200] for l in f if "updateTopicRouteInfoFromNameServer" in l]
+            out.append(f"{path} (route refreshes; last 12):\n" + "\n".join(lines[-12:]))
+        return "\n".join(out)
+
     def stop(self):
         for p in self.procs.values():
             p.kill()
@@ -71,8 +96,10 @@ def start_cluster(extra=""):
     if not BIN or not os.path.exists(BIN):
         pytest.fail("RAFTMQ_BIN must point at the raftmq binary")
     root = tempfile.mkdtemp(prefix="raftmq-py-")
-    # The C++ client writes its logs under $HOME/logs.
+    # The C++ client writes its logs under $HOME/logs (the $HOME it first saw).
     os.environ["HOME"] = root
+    if not CLIENT_HOME:
+        CLIENT_HOME.append(root)
     c = Cluster(root, extra)
     c.leader()
     return c
@@ -182,12 +209,15 @@ def test_send_sync_across_a_leader_kill_and_push_consumer_receives_everything(cl
     producer.start()
     acked = {}
     total, killed, attempts = 60, False, 0
-    deadline = time.time() + 120
+    errors = {}
+    started = time.time()
+    deadline = started + 120
     i = 0
     while len(acked) < total and time.time() < deadline:
         if len(acked) == total // 2 and not killed:
-            cluster.kill(cluster.leader())
-            killed = True
+            victim = cluster.leader()
+            cluster.kill(victim)
+            killed = time.time()
         attempts += 1
         body = f"py-{i}"
         i += 1
@@ -197,15 +227,19 @@ def test_send_sync_across_a_leader_kill_and_push_consumer_receives_everything(cl
         msg.set_body(body)
         try:
             r = producer.send_sync(msg)
-        except Exception:
+        except Exception as e:
             # Uncertain: never re-sent with the same body; only acknowledged messages are checked.
+            errors[str(e)[:160]] = errors.get(str(e)[:160], 0) + 1
             time.sleep(0.5)
             continue
         if r.status == SendStatus.OK:
             acked[body] = (f"key-{body}", "TagA" if i % 2 else "TagB")
     producer.shutdown()
     assert killed, "the leader was never killed"
-    assert len(acked) == total, f"only {len(acked)} of {total} sends acknowledged in time ({attempts} attempts)"
+    assert len(acked) == total, (
+        f"only {len(acked)} of {total} sends acknowledged in time ({attempts} attempts; n{victim} killed "
+        f"{killed - started:.1f} s after the producer started); send errors {errors}; logs in {cluster.root}\n"
+        + cluster.diagnostics())
     new_leader = cluster.leader()
     print(f"{attempts} send attempts, {len(acked)} acknowledged, leader now n{new_leader}")
 

@@ -322,9 +322,10 @@ pub async fn pull(c: &RemotingClient, topic: &str, queue_id: i32, offset: i64) -
         ..Default::default()
     };
     let r = c.invoke(RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h), TIMEOUT).await.expect("pull");
-    let rh: PullMessageResponseHeader = r.decode_header().expect("pull header");
+    // Error answers (TOPIC_NOT_EXIST on a member that has not caught up, …) carry no pull header: -1.
+    let next = r.decode_header::<PullMessageResponseHeader>().map(|h| h.next_begin_offset).unwrap_or(-1);
     let msgs = StoredMessages::new(&r.body).map(|m| m.expect("stored message")).map(|m| (m.queue_offset, m.body.to_vec())).collect();
-    (r.code, rh.next_begin_offset, msgs)
+    (r.code, next, msgs)
 }
 
 /// Every message of a queue from offset 0.

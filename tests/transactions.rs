@@ -57,7 +57,11 @@ async fn half(c: &RemotingClient, body: &str) -> (i64, i64, String) {
         c,
         send_with(
             body,
-            &[(property::TRANSACTION_PREPARED, "true"), (property::PRODUCER_GROUP, GROUP), (property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX, &uniq)],
+            &[
+                (property::TRANSACTION_PREPARED, "true"),
+                (property::PRODUCER_GROUP, GROUP),
+                (property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX, &uniq),
+            ],
             sys_flag::TRANSACTION_PREPARED_TYPE,
         ),
     )
@@ -92,7 +96,8 @@ async fn producer(addr: &str, id: &str) -> (RemotingClient, Arc<Mutex<Vec<CheckT
         }
     });
     let c = RemotingClient::connect(addr, TIMEOUT, Some(cb)).await.expect("connect");
-    let hb = HeartbeatData { client_id: id.into(), producer_data_set: vec![ProducerData { group_name: GROUP.into() }], ..Default::default() };
+    let hb =
+        HeartbeatData { client_id: id.into(), producer_data_set: vec![ProducerData { group_name: GROUP.into() }], ..Default::default() };
     let r = c
         .invoke(RemotingCommand::request(RequestCode::HEART_BEAT, 0).with_body(encode_json_body(&hb).expect("heartbeat")), TIMEOUT)
         .await
@@ -167,11 +172,7 @@ async fn transactions_and_retried_sends_are_exact_across_a_leader_kill() {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !settled(&bodies(&cluster.node(new).client_addr).await) {
-        assert!(
-            Instant::now() < deadline,
-            "new leader holds {:?}, want {want:?} once each",
-            bodies(&cluster.node(new).client_addr).await
-        );
+        assert!(Instant::now() < deadline, "new leader holds {:?}, want {want:?} once each", bodies(&cluster.node(new).client_addr).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = node_status(&cluster.node(new).client_addr).await.expect("status");

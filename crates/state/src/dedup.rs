@@ -11,7 +11,8 @@
 //! unless `keys_max` forces the oldest bucket out first. Buckets are shared (`Arc`): a checkpoint's copy of
 //! the state costs one bucket's copy at most, not the whole window.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -43,11 +44,33 @@ impl Seen {
     }
 }
 
+/// Keys are XXH3 digests, already uniformly spread: their low 64 bits are the hash. Fixed (no random
+/// state), so a bucket's layout — and its serialized order — depends only on what was inserted.
+#[derive(Debug, Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used by `u128: Hash`; fold anything else in case std changes that.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type Keys = HashMap<u128, Seen, BuildHasherDefault<DigestHasher>>;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Bucket {
     /// Stamp of its first key.
     start_ms: i64,
-    keys: Arc<BTreeMap<u128, Seen>>,
+    keys: Arc<Keys>,
 }
 
 /// The replicated window of recent message ids.

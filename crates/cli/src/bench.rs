@@ -1,4 +1,4 @@
-//! `raftmq bench produce|consume|e2e|schedule`: load generation against any RocketMQ-protocol cluster with the Rust
+//! `raftmq bench produce|consume|e2e|schedule|dedup`: load generation against any RocketMQ-protocol cluster with the Rust
 //! client. Latency goes into HDR histograms (µs); with `--rate` the load is open-loop and every latency is
 //! measured from the message's *intended* send time, so a stall shows up in the percentiles instead of
 //! silently slowing the generator down (coordinated omission). A progress line is printed every second and
@@ -29,6 +29,24 @@ pub enum BenchCmd {
     /// Plain sends, then the same number of timer sends due over a window (scheduling throughput next to
     /// plain sends in one run), the brokers' RSS with everything pending, then delivery lateness.
     Schedule(ScheduleBench),
+    /// The cost of exactly-once produce in one run: phases of sends whose messages carry a client id
+    /// (de-duplicated by the broker) alternate with phases of sends without one (not de-duplicated), on the
+    /// same cluster and topic; reports both throughputs, their ratio, and the brokers' memory per
+    /// remembered id.
+    Dedup(DedupBench),
+}
+
+/// `bench dedup` options.
+#[derive(Args, Clone)]
+pub struct DedupBench {
+    #[command(flatten)]
+    pub produce: ProduceBench,
+    /// Keyed/unkeyed phase pairs (each phase sends `--count` messages).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Broker process ids whose resident memory is reported before and after the keyed phases.
+    #[arg(long = "broker-pid")]
+    pub broker_pids: Vec<u32>,
 }
 
 /// `bench schedule` options.
@@ -466,7 +484,57 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Consume(b) => consume(b).await,
         BenchCmd::E2e(b) => e2e(b).await,
         BenchCmd::Schedule(b) => schedule(b).await,
+        BenchCmd::Dedup(b) => dedup(b).await,
     }
+}
+
+/// `raftmq bench dedup`.
+pub async fn dedup(b: DedupBench) -> Result<()> {
+    let n = b.produce.common.count;
+    if n == 0 || b.rounds == 0 {
+        bail!("--count (messages per phase) and --rounds must be at least 1");
+    }
+    let quiet = b.produce.common.quiet;
+    // An empty client id: the broker does not de-duplicate the message (and the client keeps the id).
+    let unkeyed: Decorate = Arc::new(|_, m: Message| m.with_property("UNIQ_KEY", ""));
+    let rss = |pids: &[u32]| pids.iter().map(|p| (*p, rss_kib(*p))).collect::<Vec<_>>();
+    let rss_start = rss(&b.broker_pids);
+    let (mut keyed_rates, mut plain_rates, mut errors) = (Vec::new(), Vec::new(), 0u64);
+    for round in 0..b.rounds {
+        // Alternate which goes first so that drift (page cache, segment rolls) hits both alike.
+        let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for keyed in order {
+            let decorate = if keyed { None } else { Some(Arc::clone(&unkeyed)) };
+            let what = if keyed { "keyed" } else { "unkeyed" };
+            let (acked, err, secs) = send_phase(&b.produce, decorate, quiet, what).await?;
+            errors += err;
+            let rate = acked as f64 / secs.max(1e-9);
+            if !quiet {
+                println!("round {round} {what}: {acked} in {secs:.2} s = {rate:.0} msg/s ({err} errors)");
+            }
+            if keyed { keyed_rates.push(rate) } else { plain_rates.push(rate) }
+        }
+    }
+    let rss_end = rss(&b.broker_pids);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (k, p) = (mean(&keyed_rates), mean(&plain_rates));
+    let cost = 1.0 - k / p.max(1e-9);
+    let result = json!({
+        "mode": "dedup", "count_per_phase": n, "rounds": b.rounds, "size": b.produce.size, "producers": b.produce.producers,
+        "inflight": b.produce.inflight, "auto_batch": !b.produce.no_auto_batch, "errors": errors,
+        "keyed_msgs_per_s": keyed_rates, "unkeyed_msgs_per_s": plain_rates,
+        "keyed_mean": k, "unkeyed_mean": p, "cost": cost,
+        "keyed_messages": n * b.rounds as u64,
+        "rss_kib_start": rss_start, "rss_kib_end": rss_end,
+    });
+    println!(
+        "dedup: keyed {k:.0} msg/s, unkeyed {p:.0} msg/s (means of {} phases each; cost {:.1}%); {errors} errors; \
+         broker (pid, (VmRSS, RssAnon)) KiB start {rss_start:?} end {rss_end:?} after {} keyed messages",
+        b.rounds,
+        cost * 100.0,
+        n * b.rounds as u64,
+    );
+    write_json(&b.produce.common.json, &result)
 }
 
 fn now_ms() -> i64 {

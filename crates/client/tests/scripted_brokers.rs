@@ -539,7 +539,7 @@ async fn a_transaction_is_a_half_message_then_a_oneway_end_with_the_local_outcom
         assert_eq!((r.local_state, r.end_sent), (state, true));
         // The local transaction saw the message as sent, with its id.
         let executed = p.listener().executed.lock().unwrap()[i].clone();
-        assert_eq!(executed.property(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX), Some(uniq.as_str()));
+        assert_eq!(executed.msg_id(), Some(uniq.as_str()));
         assert_eq!(executed.property(property::TRANSACTION_ID), Some(uniq.as_str()));
         let ends = leader.wait_requests(RequestCode::END_TRANSACTION, i + 1).await;
         assert_eq!(ends.len(), i + 1, "one END per transaction");

@@ -129,6 +129,8 @@ pub struct BrokerInner {
     register_now: Notify,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
+    /// Sends answered from the de-duplication window instead of being stored again.
+    pub(crate) duplicates_answered: std::sync::atomic::AtomicU64,
     /// `unsafeAckBeforeQuorum` only: the next queue offset to hand out per (topic, queue).
     #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_next_offsets: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
@@ -186,25 +188,28 @@ impl Broker {
             store,
             register_now: Notify::new(),
             leader_link: tokio::sync::Mutex::new(None),
+            duplicates_answered: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
         let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), server_options)
             .await
             .map_err(|source| BrokerError::Listen { addr: me.client_addr.clone(), source })?;
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(role_watch(Arc::clone(&inner))));
-        tasks.push(tokio::spawn(registration_loop(Arc::clone(&inner))));
-        tasks.push(tokio::spawn(crate::schedule::delivery_loop(Arc::clone(&inner))));
         let i = Arc::clone(&inner);
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tick.tick().await;
-                i.clients.expire(CLIENT_EXPIRY);
-                i.locks.sweep();
-            }
-        }));
+        let tasks = vec![
+            tokio::spawn(role_watch(Arc::clone(&inner))),
+            tokio::spawn(registration_loop(Arc::clone(&inner))),
+            tokio::spawn(crate::schedule::delivery_loop(Arc::clone(&inner))),
+            tokio::spawn(crate::txn::check_loop(Arc::clone(&inner))),
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tick.tick().await;
+                    i.clients.expire(CLIENT_EXPIRY);
+                    i.locks.sweep();
+                }
+            }),
+        ];
         info!(broker = %inner.cfg.broker_name, node = inner.cfg.node_id, client = %server.local_addr(), raft = %me.raft_addr, "broker started");
         Ok(Broker { inner, server, tasks })
     }
@@ -448,7 +453,7 @@ impl RequestHandler for Handler {
                     b.send(conn.peer(), &req).await
                 }
                 RequestCode::CONSUMER_SEND_MSG_BACK => b.send_back(&req).await,
-                RequestCode::END_TRANSACTION => b.end_transaction(&req),
+                RequestCode::END_TRANSACTION => b.end_transaction(&req).await,
                 RequestCode::PULL_MESSAGE => b.pull(&req).await,
                 RequestCode::QUERY_CONSUMER_OFFSET => b.query_consumer_offset(&req).await,
                 RequestCode::UPDATE_CONSUMER_OFFSET => b.update_consumer_offset(&req).await,

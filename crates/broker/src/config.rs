@@ -176,6 +176,33 @@ pub struct BrokerConfig {
     /// Most scheduled messages one delivery entry carries (`scheduleDeliverBatchMax`).
     #[serde(default = "default_schedule_deliver_batch_max")]
     pub schedule_deliver_batch_max: usize,
+    /// A pending transaction is first checked back this many ms after its half message was stored
+    /// (RocketMQ `transactionTimeOut`), or after the producer's `CHECK_IMMUNITY_TIME_IN_SECONDS` if longer.
+    #[serde(default = "default_transaction_timeout")]
+    pub transaction_time_out: u64,
+    /// Then again every this many ms (RocketMQ `transactionCheckInterval`).
+    #[serde(default = "default_transaction_check_interval")]
+    pub transaction_check_interval: u64,
+    /// Check-backs before an undecided transaction is parked in `TRANS_CHECK_MAX_TIME_TOPIC`
+    /// (RocketMQ `transactionCheckMax`).
+    #[serde(default = "default_transaction_check_max")]
+    pub transaction_check_max: u32,
+    /// Most transactions pending at once; a half message beyond it gets 14 SERVICE_NOT_AVAILABLE
+    /// (`transactionPendingMax`).
+    #[serde(default = "default_transaction_pending_max")]
+    pub transaction_pending_max: usize,
+    /// Most check-backs (and parkings) one pass of the leader's check service makes
+    /// (`transactionCheckBatchMax`); the rest wait for the next pass, a second later.
+    #[serde(default = "default_transaction_check_batch_max")]
+    pub transaction_check_batch_max: usize,
+    /// How long a client message id (`UNIQ_KEY`) is remembered for de-duplicating retried sends, ms
+    /// (`dedupWindowMs`; 0 turns de-duplication off). Replicated: the leader proposes its value when the
+    /// group's differs, so set the same value on every node.
+    #[serde(default = "default_dedup_window_ms")]
+    pub dedup_window_ms: u64,
+    /// Most message ids the de-duplication window holds (`dedupKeysMax`); the oldest are forgotten first.
+    #[serde(default = "default_dedup_keys_max")]
+    pub dedup_keys_max: u64,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
@@ -200,6 +227,27 @@ fn default_clock_jump_warn_ms() -> u64 {
 }
 fn default_schedule_deliver_batch_max() -> usize {
     1_024
+}
+fn default_transaction_timeout() -> u64 {
+    6_000
+}
+fn default_transaction_check_interval() -> u64 {
+    60_000
+}
+fn default_transaction_check_max() -> u32 {
+    15
+}
+fn default_transaction_pending_max() -> usize {
+    100_000
+}
+fn default_transaction_check_batch_max() -> usize {
+    1_000
+}
+fn default_dedup_window_ms() -> u64 {
+    120_000
+}
+fn default_dedup_keys_max() -> u64 {
+    1_000_000
 }
 
 /// Largest accepted `topicsMax`: a registration of this many topics with 127-byte names encodes to less
@@ -343,6 +391,15 @@ impl BrokerConfig {
         }
         if self.schedule_deliver_batch_max == 0 || self.schedule_deliver_batch_max > 65_536 {
             return bad("scheduleDeliverBatchMax must be 1..=65536".into());
+        }
+        if self.transaction_check_interval == 0 || self.transaction_check_batch_max == 0 {
+            return bad("transactionCheckInterval and transactionCheckBatchMax must be at least 1".into());
+        }
+        if self.dedup_window_ms > raftmq_raft::types::DEDUP_WINDOW_MS_MAX as u64 {
+            return bad(format!("dedupWindowMs must be at most {} (one day)", raftmq_raft::types::DEDUP_WINDOW_MS_MAX));
+        }
+        if self.dedup_window_ms > 0 && !(1..=raftmq_raft::types::DEDUP_KEYS_MAX).contains(&self.dedup_keys_max) {
+            return bad(format!("dedupKeysMax must be 1..={}", raftmq_raft::types::DEDUP_KEYS_MAX));
         }
         if self.timer_max_delay_sec == 0 || self.timer_max_delay_sec > TIMER_MAX_DELAY_SEC_LIMIT {
             return bad(format!("timerMaxDelaySec must be 1..={TIMER_MAX_DELAY_SEC_LIMIT} (49 days)"));

@@ -1,5 +1,5 @@
 //! Who is connected: consumer groups with their clients and subscriptions (from HEART_BEAT), producer
-//! groups, and expiry of idle clients. Membership changes of a consumer group are pushed to the group's
+//! groups with their connections (transaction check-backs go to one of them), and expiry of idle clients. Membership changes of a consumer group are pushed to the group's
 //! clients (NOTIFY_CONSUMER_IDS_CHANGED) so they rebalance at once.
 //!
 //! Every table is bounded ([`ClientLimits`]): a heartbeat that would add a group, a client or subscriptions
@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 pub trait ClientLink: Send + Sync {
     /// Tells the client that the membership of `group` changed (oneway; best effort).
     fn notify_consumer_ids_changed(&self, group: &str);
+    /// Queues a server-initiated oneway request (e.g. CHECK_TRANSACTION_STATE); false when it could not be
+    /// queued (connection gone or its queue full).
+    fn send_oneway(&self, cmd: raftmq_remoting::frame::RemotingCommand) -> bool;
     /// True once the connection is gone.
     fn is_closed(&self) -> bool;
 }
@@ -115,7 +118,9 @@ impl Default for ClientLimits {
 pub struct ClientManager {
     limits: ClientLimits,
     consumers: Mutex<HashMap<String, GroupEntry>>,
-    producers: Mutex<HashMap<String, BTreeMap<String, Instant>>>,
+    producers: Mutex<HashMap<String, BTreeMap<String, ClientEntry>>>,
+    /// Round-robin position for [`ClientManager::producer_link`].
+    next_producer: std::sync::atomic::AtomicUsize,
 }
 
 impl ClientManager {
@@ -184,7 +189,7 @@ impl ClientManager {
     ///
     /// # Errors
     /// The remark for the client when the heartbeat would exceed a limit; nothing was recorded.
-    pub fn producer_heartbeat(&self, client_id: &str, group: &str) -> Result<(), String> {
+    pub fn producer_heartbeat(&self, client_id: &str, group: &str, link: Arc<dyn ClientLink>) -> Result<(), String> {
         let l = self.limits;
         let mut p = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         if !p.contains_key(group) && p.len() >= l.producer_groups_max {
@@ -194,8 +199,20 @@ impl ClientManager {
         if !clients.contains_key(client_id) && clients.len() >= l.clients_per_group_max {
             return Err(format!("producer group {group} already has {} clients (clientsPerGroupMax)", clients.len()));
         }
-        clients.insert(client_id.to_string(), Instant::now());
+        clients.insert(client_id.to_string(), ClientEntry { link, last_seen: Instant::now() });
         Ok(())
+    }
+
+    /// A live connection of producer group `group`, round-robin over its clients (RocketMQ's
+    /// `ProducerManager.getAvailableChannel`), for a transaction check-back.
+    pub fn producer_link(&self, group: &str) -> Option<Arc<dyn ClientLink>> {
+        let p = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<&ClientEntry> = p.get(group)?.values().filter(|c| !c.link.is_closed()).collect();
+        if live.is_empty() {
+            return None;
+        }
+        let i = self.next_producer.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % live.len();
+        Some(Arc::clone(&live[i].link))
     }
 
     /// Producer groups currently known.
@@ -272,7 +289,7 @@ impl ClientManager {
         }
         let mut p = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         for g in p.values_mut() {
-            g.retain(|_, seen| now.duration_since(*seen) < timeout);
+            g.retain(|_, c| now.duration_since(c.last_seen) < timeout && !c.link.is_closed());
         }
         p.retain(|_, g| !g.is_empty());
     }
@@ -295,6 +312,34 @@ mod tests {
         fn is_closed(&self) -> bool {
             self.closed.load(Ordering::SeqCst)
         }
+        fn send_oneway(&self, _cmd: raftmq_remoting::frame::RemotingCommand) -> bool {
+            self.notified.fetch_add(100, Ordering::SeqCst);
+            true
+        }
+    }
+
+    #[test]
+    fn a_check_back_goes_round_robin_to_live_producers_of_the_group() {
+        let m = ClientManager::default();
+        let (a, b) = (Arc::new(Link::default()), Arc::new(Link::default()));
+        m.producer_heartbeat("a", "pg", a.clone()).unwrap();
+        m.producer_heartbeat("b", "pg", b.clone()).unwrap();
+        assert!(m.producer_link("other").is_none());
+        for _ in 0..4 {
+            m.producer_link("pg")
+                .unwrap()
+                .send_oneway(raftmq_remoting::frame::RemotingCommand::oneway(raftmq_remoting::RequestCode::CHECK_TRANSACTION_STATE, 0));
+        }
+        assert_eq!((a.notified.load(Ordering::SeqCst), b.notified.load(Ordering::SeqCst)), (200, 200));
+        b.closed.store(true, Ordering::SeqCst);
+        for _ in 0..2 {
+            m.producer_link("pg")
+                .unwrap()
+                .send_oneway(raftmq_remoting::frame::RemotingCommand::oneway(raftmq_remoting::RequestCode::CHECK_TRANSACTION_STATE, 0));
+        }
+        assert_eq!(a.notified.load(Ordering::SeqCst), 400, "a closed connection is never chosen");
+        a.closed.store(true, Ordering::SeqCst);
+        assert!(m.producer_link("pg").is_none());
     }
 
     fn hb(group: &str) -> ConsumerHeartbeat {
@@ -363,12 +408,12 @@ mod tests {
         assert!(m.subscription("g1", "T").is_none(), "a heartbeat's subscriptions replace the group's");
         assert!(m.subscription("g1", "T2").is_some());
 
-        m.producer_heartbeat("p", "pg1").unwrap();
-        m.producer_heartbeat("p", "pg2").unwrap();
-        assert!(m.producer_heartbeat("p", "pg3").unwrap_err().contains("producerGroupsMax"));
-        m.producer_heartbeat("q", "pg1").unwrap();
-        assert!(m.producer_heartbeat("r", "pg1").unwrap_err().contains("clientsPerGroupMax"));
-        m.producer_heartbeat("q", "pg1").unwrap();
+        m.producer_heartbeat("p", "pg1", link()).unwrap();
+        m.producer_heartbeat("p", "pg2", link()).unwrap();
+        assert!(m.producer_heartbeat("p", "pg3", link()).unwrap_err().contains("producerGroupsMax"));
+        m.producer_heartbeat("q", "pg1", link()).unwrap();
+        assert!(m.producer_heartbeat("r", "pg1", link()).unwrap_err().contains("clientsPerGroupMax"));
+        m.producer_heartbeat("q", "pg1", link()).unwrap();
         assert_eq!(m.producer_group_count(), 2);
     }
 }

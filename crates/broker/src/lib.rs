@@ -7,7 +7,8 @@
 //! - [`consumers`]: consumer and producer groups from heartbeats, subscriptions, expiry.
 //! - [`locks`]: queue locks for orderly consumers.
 //! - [`broker`]: the running node — startup, nameserver registration, request dispatch; the processors
-//!   live in `processor.rs` (pull, offsets, clients, topics) and `send.rs` (sends and send-back).
+//!   live in `processor.rs` (pull, offsets, clients, topics), `send.rs` (sends and send-back), `schedule.rs`
+//!   (delayed and timer delivery) and `txn.rs` (transactions and the de-duplication window).
 
 // Processors return `Result<_, Reply>` where the error *is* the response to send: built once per failed
 // request, so its size does not matter.
@@ -27,3 +28,4 @@ mod schedule;
 mod send;
 pub mod store;
 pub mod topics;
+mod txn;

@@ -94,6 +94,10 @@ impl ClientLink for ConnLink {
     fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
+
+    fn send_oneway(&self, cmd: RemotingCommand) -> bool {
+        self.0.send(cmd.mark_oneway().into())
+    }
 }
 
 impl BrokerInner {
@@ -149,6 +153,13 @@ impl BrokerInner {
         };
         let mut fwd = req.clone();
         fwd.ext_fields.insert(FORWARDED_FIELD.into(), self.cfg.node_id.to_string());
+        if req.is_oneway() {
+            // Nobody waits for an answer (END_TRANSACTION is oneway): pass it on and return.
+            if let Err(e) = client.invoke_oneway(fwd).await {
+                tracing::warn!(leader = %addr, error = %e, "could not forward a oneway request to the leader");
+            }
+            return None;
+        }
         match client.invoke(fwd, FORWARD_TIMEOUT).await {
             Ok(resp) => {
                 let mut out = RemotingCommand::response_to(req, ResponseCode(resp.code), resp.remark);
@@ -429,7 +440,7 @@ impl BrokerInner {
         let mut refused = Vec::new();
         let link: Arc<dyn ClientLink> = Arc::new(ConnLink(conn.clone()));
         for p in &hb.producer_data_set {
-            if let Err(why) = self.clients.producer_heartbeat(&hb.client_id, &p.group_name) {
+            if let Err(why) = self.clients.producer_heartbeat(&hb.client_id, &p.group_name, Arc::clone(&link)) {
                 refused.push(why);
             }
         }
@@ -632,6 +643,7 @@ impl BrokerInner {
             "clockMs": self.store.replicated_now_ms(),
             "clockJumps": self.store.clock_jumps(),
             "schedule": self.schedule_status(),
+            "transactions": self.transaction_status(),
         });
         with_json(req, ok(req), &value)
     }

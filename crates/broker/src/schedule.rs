@@ -23,7 +23,7 @@ use bytes::Bytes;
 use raftmq_raft::node::Role;
 use raftmq_raft::types::{
     format_delay_levels, parse_delay_levels, timer_level_delay_ms, timer_level_for, Action, Command, CommandResponse, Delivery, Message,
-    QueueAppend, Source, DELIVERY_BYTES, PRODUCE_HEADER_BYTES, SCHEDULE_TOPIC, TIMER_LEVELS, TIMER_TOPIC,
+    Produce, QueueAppend, Source, DELIVERY_BYTES, PRODUCE_HEADER_BYTES, SCHEDULE_TOPIC, TIMER_LEVELS, TIMER_TOPIC,
 };
 use raftmq_remoting::message::{
     decode_properties, encode_stored_message, get_property, iter_properties, properties_to_string, property, sys_flag, tags_code,
@@ -191,7 +191,7 @@ impl BrokerInner {
 
     /// Makes a staging topic exist with at least `queues` queues (leader only): a system topic, so not
     /// subject to `topicsMax` or auto-create, and grown when the level table grows.
-    async fn ensure_staging_topic(&self, name: &str, queues: u32) -> Result<(), (ResponseCode, String)> {
+    pub(crate) async fn ensure_staging_topic(&self, name: &str, queues: u32) -> Result<(), (ResponseCode, String)> {
         if self.store.topic(name).is_some_and(|t| t.write_queues >= queues) {
             return Ok(());
         }
@@ -405,7 +405,7 @@ impl BrokerInner {
                         }
                     }
                 }
-                (parts, deliveries)
+                Produce { queues: parts, deliveries, ..Produce::default() }
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -7,21 +7,22 @@
 //! msgId (offsetMsgId), queueId, queueOffset — is sent only after a quorum has the entry on disk.
 //!
 //! A send with a delay level (`DELAY`) or a 5.x timer property, and every send-back retry, is staged for
-//! scheduled delivery instead of stored in its topic (`schedule.rs`); batches cannot carry either.
+//! scheduled delivery instead of stored in its topic (`schedule.rs`); batches cannot carry either. A
+//! transactional half message (`TRAN_MSG`) is stored in the half topic and becomes visible only when
+//! committed (`txn.rs`, which also handles END_TRANSACTION).
 //!
-//! Not implemented yet, and said so: transactional half messages (`TRAN_MSG` / sysFlag PREPARED) are refused
-//! with NO_PERMISSION, as RocketMQ's `rejectTransactionMessage` does, because storing one as a normal
-//! message would deliver it at once and make a rollback impossible; END_TRANSACTION is answered
-//! REQUEST_CODE_NOT_SUPPORTED.
+//! Exactly-once produce: every message carrying a client id (`UNIQ_KEY`) is proposed with its
+//! de-duplication key (a digest of the requested topic and the id). A retry whose key the replicated
+//! window still holds is answered with the original's msgId, queue and offset — from the applied window
+//! before proposing when every message of the request is known, or by `apply` when the retry raced the
+//! original — and nothing is stored twice.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use raftmq_remoting::frame::RemotingCommand;
-use raftmq_remoting::header::{
-    ConsumerSendMsgBackRequestHeader, EndTransactionRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader,
-};
+use raftmq_remoting::header::{ConsumerSendMsgBackRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader};
 use raftmq_remoting::message::{
     decode_batch, decode_properties, encode_offset_msg_id, encode_stored_message, get_property, properties_to_string, property, sys_flag,
     tags_code, MessageToStore,
@@ -35,9 +36,10 @@ use crate::store::PutError;
 use crate::topics::{
     dlq_topic, group_of_retry_or_dlq, retry_topic, validate_group, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX,
 };
+use crate::txn::HalfPlan;
 use raftmq_raft::node::WriteError;
-use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
-use raftmq_raft::types::{SCHEDULE_TOPIC, TIMER_TOPIC};
+use raftmq_raft::types::{produce_queue_len, MessagePosition, Op, OPS_HEADER_BYTES, OP_DEDUP_BYTES, PRODUCE_HEADER_BYTES};
+use raftmq_raft::types::{SCHEDULE_TOPIC, TIMER_TOPIC, TRANS_HALF_TOPIC};
 use tracing::warn;
 
 /// Messages one SEND_BATCH_MESSAGE may carry.
@@ -49,7 +51,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn v4(addr: SocketAddr) -> SocketAddrV4 {
+pub(crate) fn v4(addr: SocketAddr) -> SocketAddrV4 {
     match addr {
         SocketAddr::V4(a) => a,
         // Stored messages use IPv4 hosts (clients such as the C++ decoder read nothing else).
@@ -57,9 +59,19 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
     }
 }
 
+/// The de-duplication key of a message with client id `uniq_key` sent to `topic`: XXH3-128 of both,
+/// separated by a byte no topic name holds. Part of the replicated state: never change it.
+pub(crate) fn dedup_key(topic: &str, uniq_key: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(topic.as_bytes());
+    h.update(&[0]);
+    h.update(uniq_key.as_bytes());
+    h.digest128()
+}
+
 /// A transactional half message: RocketMQ decides by the `TRAN_MSG` property (Java's `Boolean.parseBoolean`);
 /// the client also sets the PREPARED transaction bits in the header's sysFlag.
-fn is_half_message(sys_flag: i32, properties: &str) -> bool {
+pub(crate) fn is_half_message(sys_flag: i32, properties: &str) -> bool {
     sys_flag::transaction_value(sys_flag) == sys_flag::TRANSACTION_PREPARED_TYPE
         || get_property(properties, property::TRANSACTION_PREPARED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
@@ -91,6 +103,8 @@ fn put_error_code(e: PutError) -> (ResponseCode, String) {
 struct Outgoing {
     tags_code: i64,
     data: Bytes,
+    /// De-duplication key (the message carried a client id and de-duplication is on).
+    key: Option<u128>,
 }
 
 impl BrokerInner {
@@ -98,7 +112,7 @@ impl BrokerInner {
         i64::try_from(self.cfg.timer_max_delay_sec.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 
-    fn store_host(&self) -> SocketAddrV4 {
+    pub(crate) fn store_host(&self) -> SocketAddrV4 {
         self.cfg
             .me()
             .ok()
@@ -107,7 +121,7 @@ impl BrokerInner {
             .unwrap_or_else(|| SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0))
     }
 
-    fn put_error_reply(&self, req: &RemotingCommand, e: PutError) -> Reply {
+    pub(crate) fn put_error_reply(&self, req: &RemotingCommand, e: PutError) -> Reply {
         match e {
             PutError::Write(WriteError::NotLeader { .. }) | PutError::Write(WriteError::Transferring { .. }) => self
                 .check_leader(req)
@@ -123,14 +137,16 @@ impl BrokerInner {
 
     /// MESSAGE_ILLEGAL when `message_lens` (stored-layout sizes) for `topic` make a Raft entry above
     /// `entryBytesMax`: the messages of one request are one entry, stored all or nothing.
-    fn check_entry_size(
+    pub(crate) fn check_entry_size(
         &self,
         req: &RemotingCommand,
         topic: &str,
         message_lens: impl ExactSizeIterator<Item = usize>,
+        ops_bytes: usize,
     ) -> Result<(), Reply> {
         let count = message_lens.len();
-        let bytes = PRODUCE_HEADER_BYTES + produce_queue_len(topic.len(), message_lens);
+        let ops = if ops_bytes > 0 { OPS_HEADER_BYTES + ops_bytes } else { 0 };
+        let bytes = PRODUCE_HEADER_BYTES + ops + produce_queue_len(topic.len(), message_lens);
         let max = self.cfg.entry_bytes_max;
         if bytes > max {
             return Err(reply(
@@ -155,8 +171,9 @@ impl BrokerInner {
         if NOT_ALLOWED_SEND.contains(&h.topic.as_str()) {
             return reply(req, ResponseCode::NO_PERMISSION, format!("Sending message to topic[{}] is forbidden.", h.topic));
         }
-        if is_half_message(h.sys_flag, h.properties.as_deref().unwrap_or("")) {
-            return self.refuse_half_message(req);
+        let half = is_half_message(h.sys_flag, h.properties.as_deref().unwrap_or(""));
+        if half && code == RequestCode::SEND_BATCH_MESSAGE {
+            return reply(req, ResponseCode::MESSAGE_ILLEGAL, "transactional (half) messages cannot be sent in a batch");
         }
         if let Err(r) = self.check_leader(req) {
             return r;
@@ -235,7 +252,18 @@ impl BrokerInner {
             (staging, timer)
         };
         let staged_props;
+        let mut half_plan: Option<HalfPlan> = None;
+        if half {
+            match self.plan_half(single_props, &topic, queue_id, staging.is_some() || timer.is_some()).await {
+                Ok(p) => half_plan = Some(p),
+                Err((code, why)) => return reply(req, code, why),
+            }
+        }
         let (store_topic, store_queue, properties_of_single) = match (staging, timer) {
+            _ if half_plan.is_some() => {
+                let plan = half_plan.as_ref().map(|p| p.properties.as_str()).unwrap_or_default();
+                (TRANS_HALF_TOPIC.to_string(), 0, plan)
+            }
             (None, Some(due)) => {
                 let pending = self.timers_pending();
                 if pending >= self.cfg.timer_messages_max {
@@ -276,7 +304,18 @@ impl BrokerInner {
         let born_host = v4(born);
         let store_ts = now_ms();
         let max = self.cfg.max_message_size;
-        let encode = |body: &[u8], properties: &str, flag: i32| -> Result<Outgoing, Reply> {
+        // A half message is stored with no transaction bits (RocketMQ resets them to NOT_TYPE); the commit
+        // sets COMMIT_TYPE on the copy.
+        let stored_sys_flag = {
+            let f = h.sys_flag & !(sys_flag::BORNHOST_V6 | sys_flag::STOREHOST_V6);
+            if half {
+                sys_flag::with_transaction_value(f, sys_flag::TRANSACTION_NOT_TYPE)
+            } else {
+                f
+            }
+        };
+        let dedup_on = self.cfg.dedup_window_ms > 0;
+        let encode = |body: &[u8], properties: &str, flag: i32, uniq_key: Option<&str>| -> Result<Outgoing, Reply> {
             if body.is_empty() {
                 return Err(reply(req, ResponseCode::MESSAGE_ILLEGAL, "the message body is empty"));
             }
@@ -293,7 +332,7 @@ impl BrokerInner {
                 flag,
                 queue_offset: 0,
                 physical_offset: 0,
-                sys_flag: h.sys_flag & !(sys_flag::BORNHOST_V6 | sys_flag::STOREHOST_V6),
+                sys_flag: stored_sys_flag,
                 born_timestamp: h.born_timestamp,
                 born_host,
                 store_timestamp: store_ts,
@@ -305,7 +344,8 @@ impl BrokerInner {
             };
             let mut out = Vec::new();
             encode_stored_message(&m, &mut out).map_err(|e| reply(req, ResponseCode::MESSAGE_ILLEGAL, e.to_string()))?;
-            Ok(Outgoing { tags_code: tags_code(get_property(properties, property::TAGS)), data: Bytes::from(out) })
+            let key = uniq_key.filter(|k| dedup_on && !k.is_empty()).map(|k| dedup_key(&h.topic, k));
+            Ok(Outgoing { tags_code: tags_code(get_property(properties, property::TAGS)), data: Bytes::from(out), key })
         };
         let mut messages = Vec::new();
         if code == RequestCode::SEND_BATCH_MESSAGE {
@@ -317,7 +357,7 @@ impl BrokerInner {
                 return reply(req, ResponseCode::MESSAGE_ILLEGAL, "the batch holds no message");
             }
             if batch.iter().any(|m| is_half_message(0, m.properties)) {
-                return self.refuse_half_message(req);
+                return reply(req, ResponseCode::MESSAGE_ILLEGAL, "transactional (half) messages cannot be sent in a batch");
             }
             let scheduled = |m: &raftmq_remoting::message::BatchMessage<'_>| {
                 let p = ScheduleProps::of(m.properties);
@@ -343,84 +383,95 @@ impl BrokerInner {
                 );
             }
             for m in batch {
-                match encode(m.body, m.properties, m.flag) {
+                match encode(m.body, m.properties, m.flag, get_property(m.properties, property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX)) {
                     Ok(o) => messages.push(o),
                     Err(r) => return r,
                 }
             }
         } else {
-            match encode(&req.body, properties_of_single, h.flag) {
+            match encode(&req.body, properties_of_single, h.flag, get_property(single_props, property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX)) {
                 Ok(o) => messages.push(o),
                 Err(r) => return r,
             }
         }
-        if let Err(r) = self.check_entry_size(req, &store_topic, messages.iter().map(|m| m.data.len())) {
+        let keys: Vec<(u32, u128)> = messages.iter().enumerate().filter_map(|(i, m)| m.key.map(|k| (i as u32, k))).collect();
+        let half_op_bytes = half_plan.as_ref().map_or(0, |p| p.op().encoded_len());
+        if let Err(r) =
+            self.check_entry_size(req, &store_topic, messages.iter().map(|m| m.data.len()), keys.len() * OP_DEDUP_BYTES + half_op_bytes)
+        {
             return r;
         }
+        // A request all of whose messages the window remembers is a retry: answer with the originals.
+        if !keys.is_empty() && keys.len() == messages.len() {
+            let seen: Vec<MessagePosition> = keys.iter().filter_map(|(_, k)| self.store.dedup_seen(*k).map(|s| s.position())).collect();
+            if seen.len() == keys.len() {
+                self.duplicates_answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return self.send_result(req, &seen, store_host, &store_topic, &topic, queue_id, half_plan.as_ref());
+            }
+        }
         #[cfg(feature = "unsafe-ack-before-quorum")]
-        if self.cfg.unsafe_ack_before_quorum && staging.is_none() && timer.is_none() {
+        if self.cfg.unsafe_ack_before_quorum && staging.is_none() && timer.is_none() && !half {
             return self.unsafe_ack_before_quorum(req, &topic, queue_id, store_host, messages);
         }
+        let mut ops: Vec<Op> = keys.iter().map(|(index, key)| Op::Dedup { part: 0, index: *index, key: *key }).collect();
+        if let Some(p) = &half_plan {
+            ops.push(p.op());
+        }
         let put = match (staging, timer) {
-            (Some(s), _) => {
-                self.store.put_delayed(&store_topic, store_queue, messages.into_iter().map(|m| m.data).collect(), s.delay_ms).await
+            _ if half_plan.is_some() => {
+                self.store.put_ops(&store_topic, store_queue, messages.into_iter().map(|m| (m.tags_code, m.data)).collect(), ops).await
             }
-            (None, Some(due)) => self.store.put_timer(&store_topic, messages.into_iter().map(|m| m.data).collect(), due).await,
-            (None, None) => self.store.put(&store_topic, store_queue, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await,
+            (Some(s), _) => {
+                self.store.put_delayed(&store_topic, store_queue, messages.into_iter().map(|m| m.data).collect(), s.delay_ms, ops).await
+            }
+            (None, Some(due)) => self.store.put_timer(&store_topic, messages.into_iter().map(|m| m.data).collect(), due, ops).await,
+            (None, None) => {
+                self.store.put_ops(&store_topic, store_queue, messages.into_iter().map(|m| (m.tags_code, m.data)).collect(), ops).await
+            }
         };
         match put {
             Ok(positions) => {
-                let msg_id = positions
-                    .iter()
-                    .map(|(_, phys)| encode_offset_msg_id(SocketAddr::V4(store_host), *phys as i64))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                // As RocketMQ: the requested (real) queue, and for a staged message its schedule-queue offset.
-                let first = positions.first().map(|(q, _)| *q as i64).unwrap_or(0);
-                let rh = SendMessageResponseHeader::new(msg_id, queue_id as i32, first);
-                Some(RemotingCommand::success_to(req).with_header(&rh).into())
+                if positions.iter().any(|p| p.duplicate) {
+                    self.duplicates_answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.send_result(req, &positions, store_host, &store_topic, &topic, queue_id, half_plan.as_ref())
             }
             Err(e) => self.put_error_reply(req, e),
         }
     }
 
-    /// RocketMQ's answer with `rejectTransactionMessage = true` (16, which the Java producer reports after
-    /// trying the other brokers), plus why.
-    fn refuse_half_message(&self, req: &RemotingCommand) -> Reply {
-        let addr = self.cfg.me().map(|p| p.client_addr.clone()).unwrap_or_default();
-        reply(
-            req,
-            ResponseCode::NO_PERMISSION,
-            format!(
-                "the broker[{addr}] sending transaction message is forbidden: raftmq does not implement transactional \
-                 messages yet (a half message would be delivered at once and could not be rolled back)"
-            ),
-        )
-    }
-
-    /// END_TRANSACTION (37): there is never a half message to commit or roll back, since sends of half
-    /// messages are refused. Clients send 37 oneway (no answer goes back), so the request is also logged.
-    pub(crate) fn end_transaction(&self, req: &RemotingCommand) -> Reply {
-        let h = match EndTransactionRequestHeader::from_ext_fields(&req.ext_fields) {
-            Ok(h) => h,
-            Err(e) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("bad END_TRANSACTION header: {e}")),
+    /// The SendResult for stored (or de-duplicated) `positions`: msgIds from their commitlog offsets; the
+    /// queue a plain message landed in (a duplicate's: the original's), or for a staged or half message the
+    /// requested real queue with the staging-queue offset, as RocketMQ answers; a half message's
+    /// `transactionId`.
+    #[allow(clippy::too_many_arguments)]
+    fn send_result(
+        &self,
+        req: &RemotingCommand,
+        positions: &[MessagePosition],
+        store_host: SocketAddrV4,
+        store_topic: &str,
+        topic: &str,
+        queue_id: u32,
+        half: Option<&HalfPlan>,
+    ) -> Reply {
+        // A duplicate's msgId is the original's, which names the broker that stored it (maybe a former
+        // leader): read its STOREHOST back (a rare path; the bytes are mapped).
+        let host_of = |p: &MessagePosition| {
+            if !p.duplicate {
+                return SocketAddr::V4(store_host);
+            }
+            match self.store.message_by_phys_offset(p.phys_offset) {
+                Ok(Some(raw)) => decode_stored_message(&raw).map(|m| m.store_host).unwrap_or(SocketAddr::V4(store_host)),
+                _ => SocketAddr::V4(store_host),
+            }
         };
-        warn!(
-            group = %h.producer_group,
-            msg_id = %h.msg_id,
-            commit_log_offset = h.commit_log_offset,
-            commit_or_rollback = h.commit_or_rollback,
-            "END_TRANSACTION for a transaction raftmq never stored (transactional messages are not supported)"
-        );
-        reply(
-            req,
-            ResponseCode::REQUEST_CODE_NOT_SUPPORTED,
-            format!(
-                "transactional messages are not supported by raftmq: half messages are refused at send, so there is no \
-                 prepared message {} at commitLogOffset {} to commit or roll back",
-                h.msg_id, h.commit_log_offset
-            ),
-        )
+        let msg_id = positions.iter().map(|p| encode_offset_msg_id(host_of(p), p.phys_offset as i64)).collect::<Vec<_>>().join(",");
+        let first = positions.first();
+        let queue = if store_topic == topic { first.map_or(queue_id, |p| p.queue_id) } else { queue_id };
+        let mut rh = SendMessageResponseHeader::new(msg_id, queue as i32, first.map_or(0, |p| p.queue_offset as i64));
+        rh.transaction_id = half.map(|p| p.transaction_id.clone());
+        Some(RemotingCommand::success_to(req).with_header(&rh).into())
     }
 
     /// `unsafeAckBeforeQuorum` (chaos-checker tests only): proposes the write in the background and answers
@@ -547,12 +598,12 @@ impl BrokerInner {
         if let Err(e) = encode_stored_message(&m, &mut out) {
             return reply(req, ResponseCode::MESSAGE_ILLEGAL, e.to_string());
         }
-        if let Err(r) = self.check_entry_size(req, &store_topic, std::iter::once(out.len())) {
+        if let Err(r) = self.check_entry_size(req, &store_topic, std::iter::once(out.len()), 0) {
             return r;
         }
         let tags = tags_code(get_property(&properties, property::TAGS));
         let put = match staging {
-            Some(s) => self.store.put_delayed(&store_topic, store_queue, vec![Bytes::from(out)], s.delay_ms).await,
+            Some(s) => self.store.put_delayed(&store_topic, store_queue, vec![Bytes::from(out)], s.delay_ms, Vec::new()).await,
             None => self.store.put(&store_topic, store_queue, vec![(tags, Bytes::from(out))]).await,
         };
         match put {

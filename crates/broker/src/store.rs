@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use raftmq_raft::consume_queue::{ConsumeQueue, CqUnit};
 use raftmq_raft::error::ReadError;
 use raftmq_raft::node::{RaftNode, Role, WriteError};
-use raftmq_raft::types::{Command, Delivery, Message, OffsetCommit, QueueAppend, QueueAppendResult, TopicConfig};
+use raftmq_raft::types::{Command, Message, MessagePosition, OffsetCommit, Op, Produce, QueueAppend, QueueAppendResult, TopicConfig};
 
 use raftmq_remoting::message::{
     sys_flag, BORN_HOST_POSITION, MESSAGE_MAGIC_CODE_V1, PHYSICAL_OFFSET_POSITION as PHYSICAL_OFFSET_AT,
@@ -90,8 +90,8 @@ pub struct GetResult {
     pub messages: Vec<GotMessage>,
 }
 
-/// Put outcome: per message, its queue offset and physical offset.
-pub type PutResult = Result<Vec<(u64, u64)>, PutError>;
+/// Put outcome: per message, where it landed (for a de-duplicated one: where the original landed).
+pub type PutResult = Result<Vec<MessagePosition>, PutError>;
 
 /// Why a put was not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,30 +163,47 @@ impl MessageStore {
     /// Stores encoded messages into one topic-queue atomically (one Raft entry); all or nothing. Their
     /// STORETIMESTAMP is overwritten by the store clock (see the module docs).
     pub async fn put(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>) -> PutResult {
-        self.put_part(topic, messages, |_| (queue_id, None)).await
+        self.put_part(topic, messages, Vec::new(), |_| (queue_id, None)).await
     }
 
-    /// [`MessageStore::put`] of messages staged for delayed delivery: each unit's tag code is the due time,
-    /// the store timestamp plus `delay_ms` (RocketMQ's layout of `SCHEDULE_TOPIC_XXXX`).
-    pub async fn put_delayed(&self, topic: &str, queue_id: u32, messages: Vec<Bytes>, delay_ms: u64) -> PutResult {
+    /// [`MessageStore::put`] with transaction or de-duplication ops naming its messages (part 0).
+    pub async fn put_ops(&self, topic: &str, queue_id: u32, messages: Vec<(i64, Bytes)>, ops: Vec<Op>) -> PutResult {
+        self.put_part(topic, messages, ops, |_| (queue_id, None)).await
+    }
+
+    /// [`MessageStore::put_ops`] of messages staged for delayed delivery: each unit's tag code is the due
+    /// time, the store timestamp plus `delay_ms` (RocketMQ's layout of `SCHEDULE_TOPIC_XXXX`).
+    pub async fn put_delayed(&self, topic: &str, queue_id: u32, messages: Vec<Bytes>, delay_ms: u64, ops: Vec<Op>) -> PutResult {
         let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX);
-        self.put_part(topic, messages.into_iter().map(|m| (0, m)).collect(), |ts| (queue_id, Some(ts.saturating_add(delay)))).await
+        self.put_part(topic, messages.into_iter().map(|m| (0, m)).collect(), ops, |ts| (queue_id, Some(ts.saturating_add(delay)))).await
     }
 
     /// Stages timer messages due at `due_ms` (store-clock ms) in the timer line for the time left at the
     /// entry's stamp; each unit's tag code is when it becomes eligible there (see `raftmq_state::schedule`).
     /// The positions returned are in that line.
-    pub async fn put_timer(&self, topic: &str, messages: Vec<Bytes>, due_ms: i64) -> PutResult {
-        self.put_part(topic, messages.into_iter().map(|m| (0, m)).collect(), |ts| {
+    pub async fn put_timer(&self, topic: &str, messages: Vec<Bytes>, due_ms: i64, ops: Vec<Op>) -> PutResult {
+        self.put_part(topic, messages.into_iter().map(|m| (0, m)).collect(), ops, |ts| {
             let line = raftmq_raft::types::timer_level_for(due_ms - ts);
             (line, Some(ts.saturating_add(raftmq_raft::types::timer_level_delay_ms(line))))
         })
         .await
     }
 
-    /// Stores `messages` as one queue part of one entry. `place` decides, from the entry's stamp, the queue
-    /// and, when `Some`, the tag code of every unit (staging: a due or eligibility time).
-    async fn put_part(&self, topic: &str, messages: Vec<(i64, Bytes)>, place: impl FnOnce(i64) -> (u32, Option<i64>)) -> PutResult {
+    /// Proposes an entry of ops alone (a rollback, check-back rounds), stamped like every write.
+    pub async fn put_ops_only(&self, ops: Vec<Op>) -> Result<(), PutError> {
+        self.put_stamped(|_| Produce { ops, ..Produce::default() }).await.map(|_| ())
+    }
+
+    /// Stores `messages` as one queue part of one entry, with `ops` naming them as part 0. `place`
+    /// decides, from the entry's stamp, the queue and, when `Some`, the tag code of every unit (staging: a
+    /// due or eligibility time).
+    async fn put_part(
+        &self,
+        topic: &str,
+        messages: Vec<(i64, Bytes)>,
+        ops: Vec<Op>,
+        place: impl FnOnce(i64) -> (u32, Option<i64>),
+    ) -> PutResult {
         let mut results = self
             .put_stamped(|ts| {
                 let (queue_id, tags) = place(ts);
@@ -202,24 +219,22 @@ impl MessageStore {
                         })
                         .collect(),
                 };
-                (vec![q], Vec::new())
+                Produce { queues: vec![q], ops, ..Produce::default() }
             })
             .await?;
         match results.pop() {
-            Some(QueueAppendResult::Stored(p)) => Ok(p.into_iter().map(|p| (p.queue_offset, p.phys_offset)).collect()),
+            Some(QueueAppendResult::Stored(p)) => Ok(p),
             Some(QueueAppendResult::Rejected(why)) => Err(PutError::Rejected(why)),
             None => Err(PutError::Rejected("empty result".into())),
         }
     }
 
-    /// Proposes what `build` makes from the store clock's next stamp (ms): queue parts whose messages carry
-    /// that STORETIMESTAMP, and deliveries of scheduled messages among them. The entry carries the stamp
+    /// Proposes what `build` makes from the store clock's next stamp (ms; its `time_ms` is ignored): queue
+    /// parts whose messages carry that STORETIMESTAMP, deliveries of scheduled messages among them, and
+    /// transaction and de-duplication ops. The entry carries the stamp
     /// as the replicated state's time. Stamped and submitted under the clock's lock, so log order is stamp
     /// order.
-    pub async fn put_stamped(
-        &self,
-        build: impl FnOnce(i64) -> (Vec<QueueAppend>, Vec<Delivery>),
-    ) -> Result<Vec<QueueAppendResult>, PutError> {
+    pub async fn put_stamped(&self, build: impl FnOnce(i64) -> Produce) -> Result<Vec<QueueAppendResult>, PutError> {
         let ticket = {
             let mut clock = self.clock.lock().await;
             let (term, ready_leader) = {
@@ -251,11 +266,16 @@ impl MessageStore {
             }
             let ts = wall_ms().max(clock.last);
             clock.last = ts;
-            let (queues, deliveries) = build(ts);
+            let p = build(ts);
             // Submitted under the lock: log order is stamp order.
-            self.node.submit_produce_at(ts, queues, deliveries).await?
+            self.node.submit_produce_at(ts, p.queues, p.deliveries, p.ops).await?
         };
         Ok(ticket.await?)
+    }
+
+    /// Where the first send with de-duplication key `key` landed, while the window remembers it.
+    pub fn dedup_seen(&self, key: u128) -> Option<raftmq_raft::types::Seen> {
+        self.node.state().with_metadata(|m| m.state.dedup.get(key))
     }
 
     /// The replicated clock: the newest time stamped into an applied entry (ms; 0 before the first).

@@ -34,7 +34,8 @@ use crate::log_store::{LogStore, StoreLink};
 use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
-    Action, Command, CommandResponse, Delivery, Node, NodeId, Produce, QueueAppend, QueueAppendResult, Raft, PRODUCE_HEADER_BYTES,
+    Action, Command, CommandResponse, Delivery, Node, NodeId, Op, Produce, QueueAppend, QueueAppendResult, Raft, OPS_HEADER_BYTES,
+    PRODUCE_HEADER_BYTES,
 };
 
 /// The largest `entry_bytes_max` a node accepts: 16 MiB, the RocketMQ remoting frame cap, so no single request
@@ -290,7 +291,9 @@ struct ProduceRequest {
     queues: Vec<QueueAppend>,
     /// Deliveries of scheduled messages, copies' `part` relative to `queues`.
     deliveries: Vec<Delivery>,
-    /// Encoded bytes of the queues and deliveries.
+    /// Transaction and de-duplication ops, `part` relative to `queues`.
+    ops: Vec<Op>,
+    /// Encoded bytes of the queues, deliveries and ops (with the op count when there are ops).
     bytes: usize,
     reply: oneshot::Sender<Result<Vec<QueueAppendResult>, WriteError>>,
 }
@@ -619,7 +622,7 @@ impl RaftNode {
     /// [`WriteError::EntryTooLarge`] when the call alone would make an entry above `entry_bytes_max`; the
     /// others as documented on [`WriteError`].
     pub async fn produce(&self, queues: Vec<QueueAppend>) -> Result<Vec<QueueAppendResult>, WriteError> {
-        self.submit_produce_at(0, queues, Vec::new()).await?.await
+        self.submit_produce_at(0, queues, Vec::new(), Vec::new()).await?.await
     }
 
     /// The first half of [`RaftNode::produce`], stamped and with deliveries: queues the request for the
@@ -627,24 +630,28 @@ impl RaftNode {
     /// return, so a caller that must order writes (the broker's store clock) submits under its own lock and
     /// awaits the outcome outside it. `time_ms` is the caller's store clock: the entry carries the largest
     /// time of the requests it holds, and it is the replicated state's only source of time. `deliveries`
-    /// name copies of scheduled messages among `queues` (`part` indexes `queues`).
+    /// name copies of scheduled messages among `queues`, `ops` the transaction and de-duplication records
+    /// of its messages (`part` indexes `queues` in both).
     pub async fn submit_produce_at(
         &self,
         time_ms: i64,
         queues: Vec<QueueAppend>,
         deliveries: Vec<Delivery>,
+        ops: Vec<Op>,
     ) -> Result<ProduceTicket, WriteError> {
         self.check_store()?;
         self.fence.check()?;
-        let bytes =
-            queues.iter().map(QueueAppend::encoded_len).sum::<usize>() + deliveries.iter().map(Delivery::encoded_len).sum::<usize>();
+        let ops_bytes = if ops.is_empty() { 0 } else { OPS_HEADER_BYTES + ops.iter().map(Op::encoded_len).sum::<usize>() };
+        let bytes = queues.iter().map(QueueAppend::encoded_len).sum::<usize>()
+            + deliveries.iter().map(Delivery::encoded_len).sum::<usize>()
+            + ops_bytes;
         let entry_bytes = PRODUCE_HEADER_BYTES + bytes;
         if entry_bytes > self.cfg.entry_bytes_max {
             return Err(WriteError::EntryTooLarge { bytes: entry_bytes, max: self.cfg.entry_bytes_max });
         }
         let (reply, rx) = oneshot::channel();
         self.produce_tx
-            .send(ProduceRequest { time_ms, queues, deliveries, bytes, reply })
+            .send(ProduceRequest { time_ms, queues, deliveries, ops, bytes, reply })
             .await
             .map_err(|_| WriteError::Stopped { failure: self.failures.get() })?;
         Ok(ProduceTicket(rx, self.failures.clone()))
@@ -924,6 +931,7 @@ async fn produce_batcher(
                 Action::Copy { part, index } => Delivery { action: Action::Copy { part: part + base, index }, ..d },
                 Action::Move { .. } => d,
             }));
+            entry.ops.extend(r.ops.into_iter().map(|op| op.rebased(base)));
             waiters.push((r.queues.len(), r.reply));
             entry.queues.extend(r.queues);
         }
@@ -975,7 +983,7 @@ mod tests {
 
     /// A queued request of `bytes` encoded bytes (its content does not matter to batching).
     fn req(bytes: usize) -> ProduceRequest {
-        ProduceRequest { time_ms: 0, queues: Vec::new(), deliveries: Vec::new(), bytes, reply: oneshot::channel().0 }
+        ProduceRequest { time_ms: 0, queues: Vec::new(), deliveries: Vec::new(), ops: Vec::new(), bytes, reply: oneshot::channel().0 }
     }
 
     fn sizes(reqs: &[ProduceRequest]) -> Vec<usize> {

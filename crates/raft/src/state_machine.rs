@@ -91,8 +91,22 @@ pub struct Metadata {
 /// First bytes of a versioned checkpoint or snapshot body. A legacy (version 1) body is the bincode of
 /// [`MetadataV1`] and starts with the tag of an `Option` (0 or 1), never with 0xFF.
 const STATE_MAGIC: [u8; 4] = [0xFF, b'R', b'M', b'S'];
-/// The version this code writes: 2 = [`Metadata`] with [`BrokerState`].
-const STATE_VERSION: u8 = 2;
+/// The version this code writes: 3 = [`Metadata`] with [`BrokerState`] including pending transactions and
+/// the de-duplication window; 2 = without them ([`MetadataV2`]).
+const STATE_VERSION: u8 = 3;
+
+/// The version 2 layout: [`BrokerState`] before transactions and de-duplication.
+#[derive(Deserialize)]
+struct MetadataV2 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, Node>,
+    log_end_pos: u64,
+    topics: BTreeMap<String, raftmq_state::TopicConfig>,
+    queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
+    consumer_offsets: raftmq_state::ConsumerOffsets,
+    clock: raftmq_state::Clock,
+    schedule: raftmq_state::Schedule,
+}
 
 /// The metadata layout written before the replicated state had its own crate (checkpoints and snapshots
 /// of data directories made by earlier versions).
@@ -121,6 +135,22 @@ impl Metadata {
         if let Some(rest) = bytes.strip_prefix(&STATE_MAGIC[..]) {
             return match rest.split_first() {
                 Some((&STATE_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
+                Some((2, body)) => {
+                    let v2: MetadataV2 = bincode::deserialize(body).map_err(|e| format!("version 2 state: {e}"))?;
+                    Ok(Metadata {
+                        last_applied: v2.last_applied,
+                        membership: v2.membership,
+                        log_end_pos: v2.log_end_pos,
+                        state: BrokerState {
+                            topics: v2.topics,
+                            queues: v2.queues,
+                            consumer_offsets: v2.consumer_offsets,
+                            clock: v2.clock,
+                            schedule: v2.schedule,
+                            ..BrokerState::default()
+                        },
+                    })
+                }
                 Some((v, _)) => Err(format!("state version {v} is newer than this raftmq understands ({STATE_VERSION})")),
                 None => Err("state body truncated after its magic".into()),
             };
@@ -396,10 +426,13 @@ impl SmShared {
     /// bytes are copied at delivery, and a node that joins from a snapshot must replay its staging).
     /// `None` = no pin. A 40-day timer therefore pins 40 days of log (see docs/operations.md).
     pub fn retention_pin_index(&self) -> Option<u64> {
-        let ranges = read_lock(&self.meta).state.undelivered();
+        let (ranges, oldest_half) = {
+            let m = read_lock(&self.meta);
+            (m.state.undelivered(), m.state.oldest_pending_half())
+        };
         // A range in log order needs only its head; a timer line's every pending unit is looked at
         // (compaction is rare; memory stays constant).
-        let mut oldest: Option<u64> = None;
+        let mut oldest: Option<u64> = oldest_half;
         for r in ranges {
             let Some(cq) = self.queue(r.topic, r.queue) else { continue };
             let mut at = r.from;

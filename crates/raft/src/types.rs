@@ -4,10 +4,12 @@
 use std::io::Cursor;
 
 pub use raftmq_state::command::*;
+pub use raftmq_state::dedup::{Seen, DEDUP_KEYS_MAX, DEDUP_WINDOW_MS_MAX};
 pub use raftmq_state::schedule::{
     format_delay_levels, parse_delay_levels, timer_level_delay_ms, timer_level_for, DEFAULT_DELAY_LEVELS, SCHEDULE_TOPIC, TIMER_LEVELS,
     TIMER_TICK_MS, TIMER_TOPIC,
 };
+pub use raftmq_state::txn::{PendingTxn, TRANS_CHECK_MAX_TIME_TOPIC, TRANS_HALF_TOPIC};
 
 openraft::declare_raft_types!(
     /// openraft type configuration of a raftmq broker group.
@@ -51,7 +53,7 @@ mod tests {
     fn an_entry_takes_at_most_twice_its_log_size_on_the_wire() {
         // The shapes that expand most: empty messages, one-message queues with one-byte topics, empty queues.
         let msg = |len: usize| Message { tags_code: -1, data: Bytes::from(vec![1u8; len]), phys_offset: None };
-        let at = |queues| Command::ProduceAt(Produce { time_ms: i64::MAX, queues, deliveries: vec![] });
+        let at = |queues| Command::ProduceAt(Produce { time_ms: i64::MAX, queues, deliveries: vec![], ops: vec![] });
         let shapes = [
             at(vec![QueueAppend { topic: "t".into(), queue_id: 1, messages: (0..1000).map(|_| msg(0)).collect() }]),
             at((0..1000).map(|_| QueueAppend { topic: "t".into(), queue_id: 1, messages: vec![msg(0)] }).collect()),
@@ -70,6 +72,33 @@ mod tests {
                         action: Action::Copy { part: 0, index: i as u32 },
                     })
                     .collect(),
+                ops: vec![],
+            }),
+            // The op shapes whose wire form is largest against their log form: many tiny ones.
+            Command::ProduceAt(Produce {
+                time_ms: 1,
+                queues: vec![QueueAppend { topic: "t".into(), queue_id: 1, messages: (0..1000).map(|_| msg(0)).collect() }],
+                deliveries: vec![],
+                ops: (0..1000u32)
+                    .flat_map(|i| {
+                        [
+                            Op::Dedup { part: 0, index: i, key: u128::from(i) },
+                            Op::Checked { half_phys: u64::from(i) },
+                            Op::Resolve { half_phys: 1, how: Resolution::Rollback },
+                            Op::Prepare {
+                                part: 0,
+                                index: i,
+                                half: HalfMessage {
+                                    producer_group: String::new(),
+                                    real_topic: String::new(),
+                                    real_queue: 0,
+                                    transaction_id: String::new(),
+                                    immunity_ms: 0,
+                                },
+                            },
+                        ]
+                    })
+                    .collect(),
             }),
             Command::ProduceAt(Produce {
                 time_ms: 1,
@@ -83,6 +112,7 @@ mod tests {
                         action: Action::Move { to_queue: 0, eligible_ms: 2, phys_offset: 3, size: 4 },
                     })
                     .collect(),
+                ops: vec![],
             }),
         ];
         for cmd in &shapes {

@@ -140,7 +140,7 @@ async fn wait_leader(nodes: &[Arc<RaftNode>], timeout: Duration) -> Arc<RaftNode
 
 /// The produce entry `RaftNode::produce` proposes for `queues` (stamped, no deliveries).
 fn stamped(queues: Vec<QueueAppend>) -> Command {
-    Command::ProduceAt(raftmq_raft::types::Produce { time_ms: 0, queues, deliveries: Vec::new() })
+    Command::ProduceAt(raftmq_raft::types::Produce { time_ms: 0, queues, deliveries: Vec::new(), ops: Vec::new() })
 }
 
 /// One message whose produce entry has exactly `entry_bytes` encoded bytes.

@@ -14,11 +14,22 @@
 //!             ( 0 u8 | part u32 | index u32                                            copy to the real queue
 //!             | 1 u8 | to_queue u32 | eligible_ms i64 | phys_offset u64 | size u32 )   move to a timer queue
 //! tag 5 SetDelayLevels:    bincode(Vec<u64>)           (delay of each level in ms)
+//! tag 6 ProduceAt with ops: time_ms i64 | ndeliveries u32 | { delivery } | nops u32 | { op } | parts
+//! op := 0 u8 | part u32 | index u32 | key u128                                  de-duplication key
+//!     | 1 u8 | part u32 | index u32 | real_queue u32 | immunity_ms i64 |
+//!       str producer_group | str real_topic | str transaction_id                half message (prepare)
+//!     | 2 u8 | half_phys u64 | part u32 | index u32                            commit (copy = part/index)
+//!     | 3 u8 | half_phys u64                                                   rollback
+//!     | 4 u8 | half_phys u64 | part u32 | index u32                            discard (parked copy)
+//!     | 5 u8 | half_phys u64                                                   check-back round made
+//!   str := len u16 | UTF-8 bytes
+//! tag 7 SetDedupWindow:    bincode(DedupSettings)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
 //! ```
 //! Versioning: a tag never changes meaning. Tag 1 is what raftmq wrote before time entered the log; it is
 //! still decoded (and applied without moving the replicated clock), never proposed by the broker. New
-//! record kinds get new tags.
+//! record kinds get new tags. A produce entry without ops is written as tag 4 (byte for byte what the
+//! previous version wrote); one with ops as tag 6.
 
 use bytes::{Buf, BufMut, Bytes};
 use serde::{Deserialize, Serialize};
@@ -141,6 +152,130 @@ impl Delivery {
     }
 }
 
+/// A half message's transaction, as the leader read it from the half send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HalfMessage {
+    /// The producer group (`PGROUP`) that may end it and is asked in check-backs.
+    pub producer_group: String,
+    /// The topic a commit makes it visible in.
+    pub real_topic: String,
+    /// The queue a commit makes it visible in.
+    pub real_queue: u32,
+    /// The client's message id (`UNIQ_KEY`), which is the transaction id.
+    pub transaction_id: String,
+    /// The producer's `CHECK_IMMUNITY_TIME_IN_SECONDS`, in ms (0 when it set none): no check-back earlier.
+    pub immunity_ms: i64,
+}
+
+/// How a pending transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    /// Committed: message `index` of part `part` is the message for the real queue.
+    Commit {
+        /// The queue part of the entry holding the committed message.
+        part: u32,
+        /// Its index among that part's messages.
+        index: u32,
+    },
+    /// Rolled back: nothing becomes visible.
+    Rollback,
+    /// Never decided within the check-back budget: message `index` of part `part` is its parked copy
+    /// (`TRANS_CHECK_MAX_TIME_TOPIC`).
+    Discard {
+        /// The queue part of the entry holding the parked copy.
+        part: u32,
+        /// Its index among that part's messages.
+        index: u32,
+    },
+}
+
+/// A record a produce entry carries besides its messages and deliveries: transactions and de-duplication
+/// (tag 6). `part`/`index` name a message of the same entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Message `index` of part `part` carries the client message id whose digest is `key`: it is indexed
+    /// only if `key` is not in the de-duplication window; otherwise the original position is reported.
+    Dedup {
+        /// The queue part.
+        part: u32,
+        /// The message's index in it.
+        index: u32,
+        /// Digest of (topic, client message id), computed by the leader.
+        key: u128,
+    },
+    /// Message `index` of part `part` (in the half topic) is a half message: pending once indexed.
+    Prepare {
+        /// The queue part.
+        part: u32,
+        /// The message's index in it.
+        index: u32,
+        /// Its transaction.
+        half: HalfMessage,
+    },
+    /// Ends the pending transaction whose half message is at commitlog offset `half_phys`; a no-op (and
+    /// the copy is not indexed) when it is not pending.
+    Resolve {
+        /// Commitlog offset of the half message.
+        half_phys: u64,
+        /// Commit, rollback or discard.
+        how: Resolution,
+    },
+    /// The leader made a check-back round for the pending transaction at `half_phys` (counted).
+    Checked {
+        /// Commitlog offset of the half message.
+        half_phys: u64,
+    },
+}
+
+/// Encoded bytes of a [`Op::Dedup`].
+pub const OP_DEDUP_BYTES: usize = 25;
+
+impl Op {
+    /// Encoded bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Op::Dedup { .. } => OP_DEDUP_BYTES,
+            Op::Prepare { half, .. } => 21 + 6 + half.producer_group.len() + half.real_topic.len() + half.transaction_id.len(),
+            Op::Resolve { how: Resolution::Rollback, .. } | Op::Checked { .. } => 9,
+            Op::Resolve { .. } => 17,
+        }
+    }
+
+    /// The (part, index) of the entry's message this op names, if any.
+    pub fn message(&self) -> Option<(u32, u32)> {
+        match self {
+            Op::Dedup { part, index, .. }
+            | Op::Prepare { part, index, .. }
+            | Op::Resolve { how: Resolution::Commit { part, index } | Resolution::Discard { part, index }, .. } => Some((*part, *index)),
+            Op::Resolve { how: Resolution::Rollback, .. } | Op::Checked { .. } => None,
+        }
+    }
+
+    /// The same op naming part `part + base` (when a batch of requests is merged into one entry).
+    pub fn rebased(self, base: u32) -> Op {
+        match self {
+            Op::Dedup { part, index, key } => Op::Dedup { part: part + base, index, key },
+            Op::Prepare { part, index, half } => Op::Prepare { part: part + base, index, half },
+            Op::Resolve { half_phys, how: Resolution::Commit { part, index } } => {
+                Op::Resolve { half_phys, how: Resolution::Commit { part: part + base, index } }
+            }
+            Op::Resolve { half_phys, how: Resolution::Discard { part, index } } => {
+                Op::Resolve { half_phys, how: Resolution::Discard { part: part + base, index } }
+            }
+            other => other,
+        }
+    }
+}
+
+/// The de-duplication window's replicated settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DedupSettings {
+    /// How long a client message id is remembered (ms); 0 turns de-duplication off.
+    pub window_ms: i64,
+    /// Most ids remembered; the oldest are forgotten first.
+    pub keys_max: u64,
+}
+
 /// A produce entry stamped with the leader's store clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Produce {
@@ -151,6 +286,8 @@ pub struct Produce {
     pub queues: Vec<QueueAppend>,
     /// Which messages deliver scheduled ones (their copies); the rest are plain.
     pub deliveries: Vec<Delivery>,
+    /// Transaction and de-duplication records (empty: the entry is encoded as tag 4).
+    pub ops: Vec<Op>,
 }
 
 /// The application payload of a Raft entry.
@@ -166,22 +303,28 @@ pub enum Command {
     ProduceAt(Produce),
     /// Replace the delay-level table (ms per level; level n is element n − 1).
     SetDelayLevels(Vec<u64>),
+    /// Replace the de-duplication window's settings.
+    SetDedupWindow(DedupSettings),
 }
 
 /// Where one produced message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessagePosition {
+    /// Its queue: the part's, or for a duplicate the queue the original went to.
+    pub queue_id: u32,
     /// Offset in its consume queue.
     pub queue_offset: u64,
     /// Absolute commitlog offset of the message bytes.
     pub phys_offset: u64,
+    /// Not indexed: the message id was in the de-duplication window, and this is the original's position.
+    pub duplicate: bool,
 }
 
 /// Outcome of one [`QueueAppend`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueAppendResult {
-    /// Stored; one position per indexed message, in order (a delivery copy that was not indexed because
-    /// its staged message was already delivered has none).
+    /// Stored; one position per indexed or de-duplicated message, in order (a delivery or commit copy that
+    /// was not indexed because its staged message or transaction was already taken has none).
     Stored(Vec<MessagePosition>),
     /// Not indexed (e.g. the topic or queue does not exist); the reason.
     Rejected(String),
@@ -204,6 +347,11 @@ const TAG_COMMIT_OFFSETS: u8 = 2;
 const TAG_UPSERT_TOPIC: u8 = 3;
 const TAG_PRODUCE_AT: u8 = 4;
 const TAG_SET_DELAY_LEVELS: u8 = 5;
+const TAG_PRODUCE_OPS: u8 = 6;
+const TAG_SET_DEDUP_WINDOW: u8 = 7;
+
+/// Encoded bytes a produce entry with ops adds to [`PRODUCE_HEADER_BYTES`]: the op count.
+pub const OPS_HEADER_BYTES: usize = 4;
 
 /// Encoded bytes of a produce entry besides its queues and deliveries: tag, time, delivery count, queue
 /// count.
@@ -229,7 +377,9 @@ pub fn produce_queue_len(topic_len: usize, message_lens: impl IntoIterator<Item 
 impl Produce {
     /// Exact encoded body size.
     pub fn encoded_len(&self) -> usize {
+        let ops = if self.ops.is_empty() { 0 } else { OPS_HEADER_BYTES + self.ops.iter().map(Op::encoded_len).sum::<usize>() };
         PRODUCE_HEADER_BYTES
+            + ops
             + self.deliveries.iter().map(Delivery::encoded_len).sum::<usize>()
             + self.queues.iter().map(QueueAppend::encoded_len).sum::<usize>()
     }
@@ -245,6 +395,7 @@ impl Command {
             Command::CommitOffsets(v) => 1 + v.iter().map(|c| 32 + c.group.len() + c.topic.len()).sum::<usize>(),
             Command::UpsertTopic(t) => 1 + 24 + t.name.len(),
             Command::SetDelayLevels(v) => 9 + 8 * v.len(),
+            Command::SetDedupWindow(_) => 17,
         }
     }
 
@@ -259,7 +410,7 @@ impl Command {
                 encode_parts(queues, out)?;
             }
             Command::ProduceAt(p) => {
-                out.put_u8(TAG_PRODUCE_AT);
+                out.put_u8(if p.ops.is_empty() { TAG_PRODUCE_AT } else { TAG_PRODUCE_OPS });
                 out.put_i64_le(p.time_ms);
                 out.put_u32_le(len_u32(p.deliveries.len())?);
                 for d in &p.deliveries {
@@ -285,6 +436,12 @@ impl Command {
                         }
                     }
                 }
+                if !p.ops.is_empty() {
+                    out.put_u32_le(len_u32(p.ops.len())?);
+                    for op in &p.ops {
+                        encode_op(op, out)?;
+                    }
+                }
                 encode_parts(&p.queues, out)?;
             }
             Command::CommitOffsets(v) => {
@@ -298,6 +455,10 @@ impl Command {
             Command::SetDelayLevels(v) => {
                 out.put_u8(TAG_SET_DELAY_LEVELS);
                 bincode::serialize_into(&mut *out, v).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::SetDedupWindow(d) => {
+                out.put_u8(TAG_SET_DEDUP_WINDOW);
+                bincode::serialize_into(&mut *out, d).map_err(|e| PayloadError::Bincode(e.to_string()))?;
             }
         }
         Ok(())
@@ -316,7 +477,7 @@ impl Command {
                 let queues = decode_parts(body, &mut b, body_pos)?;
                 Ok(Command::Produce(queues))
             }
-            TAG_PRODUCE_AT => {
+            tag @ (TAG_PRODUCE_AT | TAG_PRODUCE_OPS) => {
                 need(&b, 12)?;
                 let time_ms = b.get_i64_le();
                 let n = b.get_u32_le() as usize;
@@ -345,12 +506,24 @@ impl Command {
                     };
                     deliveries.push(Delivery { source, schedule_queue, staged_offset, due_ms, action });
                 }
+                let mut ops = Vec::new();
+                if tag == TAG_PRODUCE_OPS {
+                    need(&b, 4)?;
+                    let n = b.get_u32_le() as usize;
+                    // Each op takes at least 9 bytes: bound the allocation by what the body can hold.
+                    need(&b, n.saturating_mul(9))?;
+                    ops.reserve(n);
+                    for _ in 0..n {
+                        ops.push(decode_op(&mut b)?);
+                    }
+                }
                 let queues = decode_parts(body, &mut b, body_pos)?;
-                Ok(Command::ProduceAt(Produce { time_ms, queues, deliveries }))
+                Ok(Command::ProduceAt(Produce { time_ms, queues, deliveries, ops }))
             }
             TAG_COMMIT_OFFSETS => Ok(Command::CommitOffsets(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_UPSERT_TOPIC => Ok(Command::UpsertTopic(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_SET_DELAY_LEVELS => Ok(Command::SetDelayLevels(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
+            TAG_SET_DEDUP_WINDOW => Ok(Command::SetDedupWindow(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             other => Err(PayloadError::UnknownTag(other)),
         }
     }
@@ -363,6 +536,81 @@ impl Command {
             _ => &[],
         }
     }
+}
+
+fn encode_op(op: &Op, out: &mut Vec<u8>) -> Result<(), PayloadError> {
+    match op {
+        Op::Dedup { part, index, key } => {
+            out.put_u8(0);
+            out.put_u32_le(*part);
+            out.put_u32_le(*index);
+            out.put_u128_le(*key);
+        }
+        Op::Prepare { part, index, half } => {
+            out.put_u8(1);
+            out.put_u32_le(*part);
+            out.put_u32_le(*index);
+            out.put_u32_le(half.real_queue);
+            out.put_i64_le(half.immunity_ms);
+            for s in [&half.producer_group, &half.real_topic, &half.transaction_id] {
+                let len = u16::try_from(s.len()).map_err(|_| PayloadError::TooLong("transaction field"))?;
+                out.put_u16_le(len);
+                out.put_slice(s.as_bytes());
+            }
+        }
+        Op::Resolve { half_phys, how } => {
+            let (kind, copy) = match how {
+                Resolution::Commit { part, index } => (2, Some((part, index))),
+                Resolution::Rollback => (3, None),
+                Resolution::Discard { part, index } => (4, Some((part, index))),
+            };
+            out.put_u8(kind);
+            out.put_u64_le(*half_phys);
+            if let Some((part, index)) = copy {
+                out.put_u32_le(*part);
+                out.put_u32_le(*index);
+            }
+        }
+        Op::Checked { half_phys } => {
+            out.put_u8(5);
+            out.put_u64_le(*half_phys);
+        }
+    }
+    Ok(())
+}
+
+fn decode_op(b: &mut &[u8]) -> Result<Op, PayloadError> {
+    need(b, 9)?;
+    let kind = b.get_u8();
+    Ok(match kind {
+        0 => {
+            need(b, OP_DEDUP_BYTES - 1)?;
+            Op::Dedup { part: b.get_u32_le(), index: b.get_u32_le(), key: b.get_u128_le() }
+        }
+        1 => {
+            need(b, 20)?;
+            let (part, index, real_queue, immunity_ms) = (b.get_u32_le(), b.get_u32_le(), b.get_u32_le(), b.get_i64_le());
+            let mut text = || -> Result<String, PayloadError> {
+                need(b, 2)?;
+                let len = b.get_u16_le() as usize;
+                need(b, len)?;
+                let s = std::str::from_utf8(&b[..len]).map_err(|_| PayloadError::BadTopic)?.to_string();
+                b.advance(len);
+                Ok(s)
+            };
+            let (producer_group, real_topic, transaction_id) = (text()?, text()?, text()?);
+            Op::Prepare { part, index, half: HalfMessage { producer_group, real_topic, real_queue, transaction_id, immunity_ms } }
+        }
+        2 | 4 => {
+            need(b, 16)?;
+            let (half_phys, part, index) = (b.get_u64_le(), b.get_u32_le(), b.get_u32_le());
+            let how = if kind == 2 { Resolution::Commit { part, index } } else { Resolution::Discard { part, index } };
+            Op::Resolve { half_phys, how }
+        }
+        3 => Op::Resolve { half_phys: b.get_u64_le(), how: Resolution::Rollback },
+        5 => Op::Checked { half_phys: b.get_u64_le() },
+        other => return Err(PayloadError::UnknownTag(other)),
+    })
 }
 
 fn need(b: &&[u8], n: usize) -> Result<(), PayloadError> {
@@ -497,6 +745,7 @@ mod tests {
                     action: Action::Move { to_queue: 3, eligible_ms: 99, phys_offset: 1 << 40, size: 77 },
                 },
             ],
+            ops: vec![],
         });
         let mut out = Vec::new();
         cmd.encode(&mut out).unwrap();
@@ -524,6 +773,59 @@ mod tests {
             assert!(out.len() <= cmd.encoded_len() + 16);
             assert_eq!(Command::decode(&Bytes::from(out), None).unwrap(), cmd);
         }
+    }
+
+    fn all_ops() -> Vec<Op> {
+        vec![
+            Op::Dedup { part: 0, index: 0, key: u128::MAX - 5 },
+            Op::Prepare {
+                part: 1,
+                index: 0,
+                half: HalfMessage {
+                    producer_group: "PG".into(),
+                    real_topic: "Real".into(),
+                    real_queue: 3,
+                    transaction_id: "7F0000010000".into(),
+                    immunity_ms: 60_000,
+                },
+            },
+            Op::Resolve { half_phys: 1 << 33, how: Resolution::Commit { part: 0, index: 0 } },
+            Op::Resolve { half_phys: 9, how: Resolution::Rollback },
+            Op::Resolve { half_phys: 10, how: Resolution::Discard { part: 1, index: 0 } },
+            Op::Checked { half_phys: 11 },
+        ]
+    }
+
+    #[test]
+    fn ops_round_trip_as_tag_6_and_an_entry_without_ops_stays_tag_4() {
+        let mut p = Produce { time_ms: 77, queues: vec![part(&[b"abc"]), part(&[b"de"])], deliveries: vec![], ops: all_ops() };
+        let cmd = Command::ProduceAt(p.clone());
+        let mut out = Vec::new();
+        cmd.encode(&mut out).unwrap();
+        assert_eq!(out[0], TAG_PRODUCE_OPS);
+        assert_eq!(out.len(), cmd.encoded_len());
+        assert_eq!(Command::decode(&Bytes::from(out), None).unwrap(), cmd);
+        p.ops.clear();
+        let mut out = Vec::new();
+        Command::ProduceAt(p).encode(&mut out).unwrap();
+        assert_eq!(out[0], TAG_PRODUCE_AT, "no ops: the previous version's layout");
+        let set = Command::SetDedupWindow(DedupSettings { window_ms: 120_000, keys_max: 1 << 20 });
+        let mut out = Vec::new();
+        set.encode(&mut out).unwrap();
+        assert_eq!(Command::decode(&Bytes::from(out), None).unwrap(), set);
+    }
+
+    #[test]
+    fn a_truncated_or_unknown_op_is_an_error() {
+        let cmd = Command::ProduceAt(Produce { time_ms: 1, queues: vec![], deliveries: vec![], ops: all_ops() });
+        let mut out = Vec::new();
+        cmd.encode(&mut out).unwrap();
+        for cut in 1..out.len() {
+            assert!(Command::decode(&Bytes::copy_from_slice(&out[..cut]), None).is_err(), "cut at {cut}");
+        }
+        // The first op's kind byte sits after tag, time, delivery count and op count.
+        out[17] = 99;
+        assert_eq!(Command::decode(&Bytes::from(out), None), Err(PayloadError::UnknownTag(99)));
     }
 
     #[test]
@@ -556,7 +858,7 @@ mod tests {
                     action: if i % 2 == 0 { Action::Copy { part: 0, index: 0 } } else { Action::Move { to_queue: 1, eligible_ms: 2, phys_offset: 3, size: 4 } },
                 })
                 .collect();
-            let cmd = Command::ProduceAt(Produce { time_ms, queues: vec![part(&refs)], deliveries });
+            let cmd = Command::ProduceAt(Produce { time_ms, queues: vec![part(&refs)], deliveries, ops: vec![] });
             let mut out = Vec::new();
             cmd.encode(&mut out).unwrap();
             prop_assert_eq!(out.len(), cmd.encoded_len());

@@ -8,17 +8,20 @@
 //! which the property test at the end of this file checks, including across a checkpoint restore.
 //!
 //! One module per record kind: [`queues`] (produce), [`topics`], [`offsets`], [`clock`], [`schedule`]
-//! (delay levels and deliveries). [`command`] is the versioned log-body codec. Not here: openraft,
+//! (delay levels and deliveries), [`txn`] (pending transactions), [`dedup`] (the window of recent message
+//! ids). [`command`] is the versioned log-body codec. Not here: openraft,
 //! checkpoint and snapshot files, consume-queue files (all in `raftmq-raft`), and deciding *when* to
 //! deliver (the leader's broker, which proposes entries).
 
 pub mod clock;
 pub mod command;
+pub mod dedup;
 pub mod error;
 pub mod offsets;
 pub mod queues;
 pub mod schedule;
 pub mod topics;
+pub mod txn;
 pub mod unit;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,13 +30,16 @@ use serde::{Deserialize, Serialize};
 
 pub use clock::Clock;
 pub use command::{
-    produce_queue_len, Command, CommandResponse, Delivery, Message, MessagePosition, OffsetCommit, Produce, QueueAppend, QueueAppendResult,
-    TopicConfig, DELIVERY_BYTES, PRODUCE_HEADER_BYTES, TOPIC_BYTES_MAX,
+    produce_queue_len, Command, CommandResponse, DedupSettings, Delivery, HalfMessage, Message, MessagePosition, OffsetCommit, Op, Produce,
+    QueueAppend, QueueAppendResult, Resolution, TopicConfig, DELIVERY_BYTES, OPS_HEADER_BYTES, OP_DEDUP_BYTES, PRODUCE_HEADER_BYTES,
+    TOPIC_BYTES_MAX,
 };
+pub use dedup::{DedupWindow, Seen};
 pub use error::PayloadError;
 pub use offsets::ConsumerOffsets;
 pub use queues::{ApplyError, QueueState, QueueStore};
 pub use schedule::{Schedule, SCHEDULE_TOPIC, TIMER_TOPIC};
+pub use txn::{PendingTxn, Transactions, TRANS_CHECK_MAX_TIME_TOPIC, TRANS_HALF_TOPIC};
 pub use unit::{CqUnit, CQ_UNIT_LEN};
 
 /// Offsets `from..to` of a staging queue hold messages not delivered yet.
@@ -65,6 +71,10 @@ pub struct BrokerState {
     pub clock: Clock,
     /// Delay levels and delivery cursors.
     pub schedule: Schedule,
+    /// Pending transactions (half messages not yet committed, rolled back or parked).
+    pub transactions: Transactions,
+    /// Recent client message ids.
+    pub dedup: DedupWindow,
 }
 
 impl BrokerState {
@@ -77,10 +87,11 @@ impl BrokerState {
     pub fn apply<S: QueueStore>(&mut self, cmd: &Command, store: &mut S) -> Result<CommandResponse, ApplyError<S::Error>> {
         let resp = match cmd {
             Command::Produce(parts) => {
-                CommandResponse::Produced(queues::apply_produce(&self.topics, &mut self.queues, parts, &BTreeSet::new(), store)?)
+                CommandResponse::Produced(queues::apply_produce(&self.topics, &mut self.queues, parts, &mut queues::IndexAll, store)?)
             }
             Command::ProduceAt(p) => {
                 self.clock.advance(p.time_ms);
+                self.dedup.expire(self.clock.now_ms);
                 let topics = &self.topics;
                 let indexable = |part: u32, index: u32| {
                     p.queues.get(part as usize).is_some_and(|qa| {
@@ -97,7 +108,13 @@ impl BrokerState {
                 if !moves.is_empty() {
                     queues::apply_moves(&mut self.queues, TIMER_TOPIC, &moves, store)?;
                 }
-                CommandResponse::Produced(queues::apply_produce(&self.topics, &mut self.queues, &p.queues, &skip, store)?)
+                let results = if p.ops.is_empty() {
+                    queues::apply_produce(&self.topics, &mut self.queues, &p.queues, &mut &skip, store)?
+                } else {
+                    let mut ix = EntryOps::new(&p.ops, &skip, self.clock.now_ms, &mut self.transactions, &mut self.dedup);
+                    queues::apply_produce(&self.topics, &mut self.queues, &p.queues, &mut ix, store)?
+                };
+                CommandResponse::Produced(results)
             }
             Command::CommitOffsets(commits) => {
                 offsets::apply_commits(&mut self.consumer_offsets, commits);
@@ -108,6 +125,10 @@ impl BrokerState {
                 CommandResponse::Done
             }
             Command::SetDelayLevels(levels) => match self.schedule.set_levels(levels) {
+                Ok(()) => CommandResponse::Done,
+                Err(why) => CommandResponse::Refused(why),
+            },
+            Command::SetDedupWindow(settings) => match self.dedup.set(*settings) {
                 Ok(()) => CommandResponse::Done,
                 Err(why) => CommandResponse::Refused(why),
             },
@@ -147,6 +168,12 @@ impl BrokerState {
             .unwrap_or(0)
     }
 
+    /// The oldest commitlog offset replicated state still needs besides the staging queues: the oldest
+    /// pending half message (retention keeps the log from there).
+    pub fn oldest_pending_half(&self) -> Option<u64> {
+        self.transactions.oldest_phys()
+    }
+
     /// Cheap structural checks run after every apply in debug builds.
     ///
     /// # Panics
@@ -157,6 +184,83 @@ impl BrokerState {
                 let stored = self.queues.get(topic).and_then(|qs| qs.get(q)).map_or(0, |s| s.next_offset);
                 assert!(*c <= stored, "{topic} queue {q}: cursor {c} past the {stored} staged messages");
             }
+        }
+        self.dedup.check_invariants();
+    }
+}
+
+/// How the ops of one produce entry act on its messages as they are indexed (see [`txn`] and [`dedup`]).
+/// Rollbacks and check rounds act when the entry starts; de-duplication, half messages and commit or
+/// discard copies act message by message, in entry order, so a key sent twice within one entry is
+/// indexed once.
+struct EntryOps<'a> {
+    skip: &'a BTreeSet<(u32, u32)>,
+    now_ms: i64,
+    txns: &'a mut Transactions,
+    dedup: &'a mut DedupWindow,
+    keys: BTreeMap<(u32, u32), u128>,
+    prepares: BTreeMap<(u32, u32), &'a HalfMessage>,
+    /// Commit and discard copies: (part, index) → the half message they resolve.
+    copies: BTreeMap<(u32, u32), u64>,
+}
+
+impl<'a> EntryOps<'a> {
+    fn new(ops: &'a [Op], skip: &'a BTreeSet<(u32, u32)>, now_ms: i64, txns: &'a mut Transactions, dedup: &'a mut DedupWindow) -> Self {
+        let mut e = EntryOps { skip, now_ms, txns, dedup, keys: BTreeMap::new(), prepares: BTreeMap::new(), copies: BTreeMap::new() };
+        for op in ops {
+            match op {
+                Op::Dedup { part, index, key } => {
+                    e.keys.insert((*part, *index), *key);
+                }
+                Op::Prepare { part, index, half } => {
+                    e.prepares.insert((*part, *index), half);
+                }
+                Op::Resolve { half_phys, how: Resolution::Commit { part, index } | Resolution::Discard { part, index } } => {
+                    e.copies.insert((*part, *index), *half_phys);
+                }
+                Op::Resolve { half_phys, how: Resolution::Rollback } => {
+                    e.txns.remove(*half_phys);
+                }
+                Op::Checked { half_phys } => e.txns.checked(*half_phys, now_ms),
+            }
+        }
+        e
+    }
+}
+
+impl queues::Indexing for EntryOps<'_> {
+    fn before(&mut self, part: u32, index: u32) -> Option<Option<MessagePosition>> {
+        let at = (part, index);
+        if self.skip.contains(&at) {
+            return Some(None);
+        }
+        if let Some(half) = self.copies.get(&at) {
+            if !self.txns.contains(*half) {
+                return Some(None);
+            }
+        }
+        let key = self.keys.get(&at)?;
+        self.dedup.get(*key).map(|seen| Some(seen.position()))
+    }
+
+    fn indexed(&mut self, part: u32, index: u32, at: MessagePosition, size: u32) {
+        let key = (part, index);
+        if let Some(k) = self.keys.get(&key) {
+            self.dedup.insert(self.now_ms, *k, Seen { queue_id: at.queue_id, queue_offset: at.queue_offset, phys_offset: at.phys_offset });
+        }
+        if let Some(half) = self.prepares.get(&key) {
+            let txn = PendingTxn {
+                half: (*half).clone(),
+                half_queue_offset: at.queue_offset,
+                size,
+                stamped_ms: self.now_ms,
+                checks: 0,
+                last_check_ms: 0,
+            };
+            self.txns.prepare(at.phys_offset, txn);
+        }
+        if let Some(half) = self.copies.get(&key) {
+            self.txns.remove(*half);
         }
     }
 }
@@ -211,7 +315,12 @@ mod tests {
         let part = |topic: &str, qid| QueueAppend { topic: topic.into(), queue_id: qid, messages: vec![msg(1, 3)] };
         s.apply(&Command::UpsertTopic(TopicConfig { name: "T".into(), read_queues: 2, write_queues: 2, perm: 6 }), &mut q).unwrap();
         let cmd = logged(
-            Command::ProduceAt(Produce { time_ms: 5, queues: vec![part("X", 0), part("T", 2), part("T", 1)], deliveries: vec![] }),
+            Command::ProduceAt(Produce {
+                time_ms: 5,
+                queues: vec![part("X", 0), part("T", 2), part("T", 1)],
+                deliveries: vec![],
+                ops: vec![],
+            }),
             &mut pos,
         );
         let CommandResponse::Produced(r) = s.apply(&cmd, &mut q).unwrap() else { panic!() };
@@ -219,7 +328,7 @@ mod tests {
         assert!(matches!(&r[1], QueueAppendResult::Rejected(w) if w.contains("out of range")));
         assert_eq!(
             r[2],
-            QueueAppendResult::Stored(vec![MessagePosition { queue_offset: 0, phys_offset: 8 }]),
+            QueueAppendResult::Stored(vec![MessagePosition { queue_id: 1, queue_offset: 0, phys_offset: 8, duplicate: false }]),
             "the third message of the entry"
         );
         assert_eq!(q.units.len(), 1);
@@ -267,7 +376,11 @@ mod tests {
         }
         // Staged at t=0 for T=100: queue 2 (64 ms), eligible at 64.
         let stage = QueueAppend { topic: TIMER_TOPIC.into(), queue_id: 2, messages: vec![msg(64, 10)] };
-        s.apply(&logged(Command::ProduceAt(Produce { time_ms: 0, queues: vec![stage], deliveries: vec![] }), &mut pos), &mut q).unwrap();
+        s.apply(
+            &logged(Command::ProduceAt(Produce { time_ms: 0, queues: vec![stage], deliveries: vec![], ops: vec![] }), &mut pos),
+            &mut q,
+        )
+        .unwrap();
         let staged = q.units[&(TIMER_TOPIC.to_string(), 2)][&0];
         assert_eq!(s.timers_pending(), 1);
         // At 64, 36 ms remain: move to queue 1 (32 ms), eligible at 96; same bytes.
@@ -278,7 +391,7 @@ mod tests {
             due_ms: 64,
             action: command::Action::Move { to_queue: 1, eligible_ms: 96, phys_offset: staged.phys_offset, size: staged.size },
         };
-        s.apply(&Command::ProduceAt(Produce { time_ms: 64, queues: vec![], deliveries: vec![hop, hop] }), &mut q).unwrap();
+        s.apply(&Command::ProduceAt(Produce { time_ms: 64, queues: vec![], deliveries: vec![hop, hop], ops: vec![] }), &mut q).unwrap();
         assert_eq!(q.units[&(TIMER_TOPIC.to_string(), 1)][&0], CqUnit { tags_code: 96, ..staged });
         assert_eq!((s.timers_pending(), s.schedule.timer_cursor(2)), (1, 1), "moved once, still pending");
         // At 100 it is due: copied into T, no longer pending.
@@ -293,6 +406,7 @@ mod tests {
             time_ms: 100,
             queues: vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg(0, 10)] }],
             deliveries: vec![copy],
+            ops: vec![],
         };
         s.apply(&logged(Command::ProduceAt(deliver.clone()), &mut pos), &mut q).unwrap();
         s.apply(&logged(Command::ProduceAt(deliver), &mut pos), &mut q).unwrap();
@@ -310,7 +424,11 @@ mod tests {
         }
         // Staged at t=1000 with level 3 (10 s): due 11000.
         let stage = QueueAppend { topic: SCHEDULE_TOPIC.into(), queue_id: 2, messages: vec![msg(11_000, 4)] };
-        s.apply(&logged(Command::ProduceAt(Produce { time_ms: 1000, queues: vec![stage], deliveries: vec![] }), &mut pos), &mut q).unwrap();
+        s.apply(
+            &logged(Command::ProduceAt(Produce { time_ms: 1000, queues: vec![stage], deliveries: vec![], ops: vec![] }), &mut pos),
+            &mut q,
+        )
+        .unwrap();
         assert_eq!(s.scheduled_pending(2), 1);
         let deliver = |t| {
             Command::ProduceAt(Produce {
@@ -323,6 +441,7 @@ mod tests {
                     due_ms: 11_000,
                     action: command::Action::Copy { part: 0, index: 0 },
                 }],
+                ops: vec![],
             })
         };
         // Early: refused, nothing indexed into T.
@@ -343,11 +462,178 @@ mod tests {
         assert_eq!(s.scheduled_pending(2), 0);
     }
 
+    fn topic(s: &mut BrokerState, q: &mut MemQueues, name: &str, n: u32) {
+        s.apply(&Command::UpsertTopic(TopicConfig { name: name.into(), read_queues: n, write_queues: n, perm: 6 }), q).unwrap();
+    }
+
+    fn half(real_topic: &str) -> HalfMessage {
+        HalfMessage {
+            producer_group: "PG".into(),
+            real_topic: real_topic.into(),
+            real_queue: 0,
+            transaction_id: "TX".into(),
+            immunity_ms: 0,
+        }
+    }
+
+    /// Stores a half message at time `t`; returns its commitlog offset.
+    fn prepare(s: &mut BrokerState, q: &mut MemQueues, pos: &mut u64, t: i64) -> u64 {
+        let p = Produce {
+            time_ms: t,
+            queues: vec![QueueAppend { topic: TRANS_HALF_TOPIC.into(), queue_id: 0, messages: vec![msg(0, 5)] }],
+            deliveries: vec![],
+            ops: vec![Op::Prepare { part: 0, index: 0, half: half("T") }],
+        };
+        let CommandResponse::Produced(r) = s.apply(&logged(Command::ProduceAt(p), pos), q).unwrap() else { panic!() };
+        let QueueAppendResult::Stored(at) = &r[0] else { panic!("{r:?}") };
+        at[0].phys_offset
+    }
+
+    /// Ends the transaction at `half_phys` at time `t` (a commit carries its copy for T queue 0).
+    fn resolve(s: &mut BrokerState, q: &mut MemQueues, pos: &mut u64, t: i64, half_phys: u64, how: Resolution) -> CommandResponse {
+        let queues = match how {
+            Resolution::Rollback => vec![],
+            _ => vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg(0, 5)] }],
+        };
+        let p = Produce { time_ms: t, queues, deliveries: vec![], ops: vec![Op::Resolve { half_phys, how }] };
+        s.apply(&logged(Command::ProduceAt(p), pos), q).unwrap()
+    }
+
+    #[test]
+    fn a_half_message_is_pending_until_committed_once_and_never_visible_before() {
+        let (mut s, mut q, mut pos) = (BrokerState::default(), MemQueues::default(), 0);
+        topic(&mut s, &mut q, "T", 1);
+        topic(&mut s, &mut q, TRANS_HALF_TOPIC, 1);
+        let h = prepare(&mut s, &mut q, &mut pos, 100);
+        let t = s.transactions.get(h).unwrap();
+        assert_eq!((t.half_queue_offset, t.stamped_ms, t.checks, t.size), (0, 100, 0, 5));
+        assert_eq!(s.queues.get("T").map_or(0, |qs| qs[&0].next_offset), 0, "a half message is not in its real queue");
+        let commit = Resolution::Commit { part: 0, index: 0 };
+        let r = resolve(&mut s, &mut q, &mut pos, 200, h, commit);
+        assert!(matches!(&r, CommandResponse::Produced(v) if matches!(&v[0], QueueAppendResult::Stored(p) if p.len() == 1)), "{r:?}");
+        assert!(s.transactions.is_empty());
+        // The producer's END and its answer to a check both arrive: the second commit indexes nothing.
+        let r = resolve(&mut s, &mut q, &mut pos, 300, h, commit);
+        assert_eq!(r, CommandResponse::Produced(vec![QueueAppendResult::Stored(vec![])]));
+        assert_eq!(s.queues["T"][&0].next_offset, 1, "committed exactly once");
+    }
+
+    #[test]
+    fn a_rollback_discards_and_a_later_commit_is_a_no_op() {
+        let (mut s, mut q, mut pos) = (BrokerState::default(), MemQueues::default(), 0);
+        topic(&mut s, &mut q, "T", 1);
+        topic(&mut s, &mut q, TRANS_HALF_TOPIC, 1);
+        let h = prepare(&mut s, &mut q, &mut pos, 100);
+        resolve(&mut s, &mut q, &mut pos, 200, h, Resolution::Rollback);
+        assert!(s.transactions.is_empty());
+        resolve(&mut s, &mut q, &mut pos, 300, h, Resolution::Commit { part: 0, index: 0 });
+        assert_eq!(s.queues["T"][&0].next_offset, 0, "a rolled-back transaction never becomes visible");
+        // A rollback and a commit in one entry: the rollback wins, whatever the op order.
+        let h = prepare(&mut s, &mut q, &mut pos, 400);
+        let p = Produce {
+            time_ms: 500,
+            queues: vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg(0, 5)] }],
+            deliveries: vec![],
+            ops: vec![
+                Op::Resolve { half_phys: h, how: Resolution::Commit { part: 0, index: 0 } },
+                Op::Resolve { half_phys: h, how: Resolution::Rollback },
+            ],
+        };
+        s.apply(&logged(Command::ProduceAt(p), &mut pos), &mut q).unwrap();
+        assert_eq!(s.queues["T"][&0].next_offset, 0);
+        assert!(s.transactions.is_empty());
+    }
+
+    #[test]
+    fn check_rounds_are_counted_and_a_commit_whose_topic_is_gone_keeps_it_pending() {
+        let (mut s, mut q, mut pos) = (BrokerState::default(), MemQueues::default(), 0);
+        topic(&mut s, &mut q, TRANS_HALF_TOPIC, 1);
+        let h = prepare(&mut s, &mut q, &mut pos, 100);
+        for t in [6_100, 66_100] {
+            s.apply(&Command::ProduceAt(Produce { time_ms: t, ops: vec![Op::Checked { half_phys: h }], ..Produce::default() }), &mut q)
+                .unwrap();
+        }
+        let p = s.transactions.get(h).unwrap();
+        assert_eq!((p.checks, p.last_check_ms), (2, 66_100));
+        // T does not exist: the copy is refused and the transaction is not lost.
+        let r = resolve(&mut s, &mut q, &mut pos, 70_000, h, Resolution::Commit { part: 0, index: 0 });
+        assert!(matches!(&r, CommandResponse::Produced(v) if matches!(&v[0], QueueAppendResult::Rejected(_))), "{r:?}");
+        assert!(s.transactions.contains(h));
+        // Parked after the last check: the copy goes to the parking topic, the transaction ends.
+        topic(&mut s, &mut q, TRANS_CHECK_MAX_TIME_TOPIC, 1);
+        let p = Produce {
+            time_ms: 80_000,
+            queues: vec![QueueAppend { topic: TRANS_CHECK_MAX_TIME_TOPIC.into(), queue_id: 0, messages: vec![msg(0, 5)] }],
+            deliveries: vec![],
+            ops: vec![Op::Resolve { half_phys: h, how: Resolution::Discard { part: 0, index: 0 } }],
+        };
+        s.apply(&logged(Command::ProduceAt(p), &mut pos), &mut q).unwrap();
+        assert!(s.transactions.is_empty());
+        assert_eq!(s.queues[TRANS_CHECK_MAX_TIME_TOPIC][&0].next_offset, 1);
+        assert_eq!(s.oldest_pending_half(), None);
+    }
+
+    /// A send of one message to queue `queue` of T at `t` with de-duplication key `key`.
+    fn keyed(t: i64, queue: u32, keys: &[u128]) -> Command {
+        Command::ProduceAt(Produce {
+            time_ms: t,
+            queues: vec![QueueAppend { topic: "T".into(), queue_id: queue, messages: keys.iter().map(|_| msg(0, 3)).collect() }],
+            deliveries: vec![],
+            ops: keys.iter().enumerate().map(|(i, k)| Op::Dedup { part: 0, index: i as u32, key: *k }).collect(),
+        })
+    }
+
+    #[test]
+    fn a_retried_send_is_answered_with_the_original_position_and_stores_nothing() {
+        let (mut s, mut q, mut pos) = (BrokerState::default(), MemQueues::default(), 0);
+        topic(&mut s, &mut q, "T", 4);
+        s.apply(&Command::SetDedupWindow(DedupSettings { window_ms: 120_000, keys_max: 1000 }), &mut q).unwrap();
+        let first = s.apply(&logged(keyed(1_000, 2, &[42]), &mut pos), &mut q).unwrap();
+        let CommandResponse::Produced(r) = &first else { panic!() };
+        let QueueAppendResult::Stored(orig) = &r[0] else { panic!() };
+        // The retry went to another queue (clients pick the next one): the original's queue is reported.
+        let CommandResponse::Produced(r) = s.apply(&logged(keyed(50_000, 3, &[42]), &mut pos), &mut q).unwrap() else { panic!() };
+        assert_eq!(r[0], QueueAppendResult::Stored(vec![MessagePosition { duplicate: true, ..orig[0] }]));
+        assert_eq!(orig[0].queue_id, 2);
+        assert_eq!(s.queues["T"].get(&3).map_or(0, |st| st.next_offset), 0, "nothing stored for the retry");
+        // The same key twice in one entry (original and retry batched together): indexed once.
+        let CommandResponse::Produced(r) = s.apply(&logged(keyed(60_000, 0, &[7, 7]), &mut pos), &mut q).unwrap() else { panic!() };
+        let QueueAppendResult::Stored(p) = &r[0] else { panic!() };
+        assert_eq!((p.len(), p[1].duplicate, p[1].queue_offset), (2, true, p[0].queue_offset));
+        assert_eq!(s.queues["T"][&0].next_offset, 1);
+        // After the window the id is forgotten and a send with it is stored again.
+        s.apply(&logged(keyed(1_000 + 120_000 + 7_500 + 1, 2, &[42]), &mut pos), &mut q).unwrap();
+        assert_eq!(s.queues["T"][&2].next_offset, 2);
+    }
+
+    #[test]
+    fn a_retried_half_message_is_pending_once() {
+        let (mut s, mut q, mut pos) = (BrokerState::default(), MemQueues::default(), 0);
+        topic(&mut s, &mut q, TRANS_HALF_TOPIC, 1);
+        s.apply(&Command::SetDedupWindow(DedupSettings { window_ms: 120_000, keys_max: 1000 }), &mut q).unwrap();
+        for t in [100, 200] {
+            let p = Produce {
+                time_ms: t,
+                queues: vec![QueueAppend { topic: TRANS_HALF_TOPIC.into(), queue_id: 0, messages: vec![msg(0, 5)] }],
+                deliveries: vec![],
+                ops: vec![Op::Dedup { part: 0, index: 0, key: 9 }, Op::Prepare { part: 0, index: 0, half: half("T") }],
+            };
+            s.apply(&logged(Command::ProduceAt(p), &mut pos), &mut q).unwrap();
+        }
+        assert_eq!(s.transactions.len(), 1);
+        assert_eq!(s.queues[TRANS_HALF_TOPIC][&0].next_offset, 1);
+    }
+
     /// Random commands over a few topics, including stamped produces with deliveries of staged messages
     /// (valid, early, repeated, out of order) and level-table changes.
     fn arb_command() -> impl Strategy<Value = Command> {
-        let topic =
-            prop_oneof![Just("A".to_string()), Just("B".to_string()), Just(SCHEDULE_TOPIC.to_string()), Just(TIMER_TOPIC.to_string())];
+        let topic = prop_oneof![
+            Just("A".to_string()),
+            Just("B".to_string()),
+            Just(SCHEDULE_TOPIC.to_string()),
+            Just(TIMER_TOPIC.to_string()),
+            Just(TRANS_HALF_TOPIC.to_string())
+        ];
         let part =
             (topic.clone(), 0u32..4, proptest::collection::vec((any::<i16>(), 0usize..8), 0..4)).prop_map(|(topic, queue_id, ms)| {
                 QueueAppend { topic, queue_id, messages: ms.into_iter().map(|(t, l)| msg(t as i64, l)).collect() }
@@ -365,9 +651,20 @@ mod tests {
                 },
             },
         );
+        // Ops naming messages and half offsets that may or may not exist (offsets are small in these logs).
+        let op = (0u8..6, 0u32..3, 0u32..3, 0u64..4, 0u64..80).prop_map(|(kind, part, index, key, half_phys)| match kind {
+            0 | 1 => Op::Dedup { part, index, key: u128::from(key) },
+            2 => Op::Prepare { part, index, half: half(["A", "B"][index as usize % 2]) },
+            3 => Op::Resolve { half_phys, how: Resolution::Commit { part, index } },
+            4 => Op::Resolve { half_phys, how: if part == 0 { Resolution::Rollback } else { Resolution::Discard { part, index } } },
+            _ => Op::Checked { half_phys },
+        });
         prop_oneof![
             3 => (0i64..3000, proptest::collection::vec(part.clone(), 0..3), proptest::collection::vec(delivery, 0..3))
-                .prop_map(|(time_ms, queues, deliveries)| Command::ProduceAt(Produce { time_ms, queues, deliveries })),
+                .prop_map(|(time_ms, queues, deliveries)| Command::ProduceAt(Produce { time_ms, queues, deliveries, ops: vec![] })),
+            2 => (0i64..3000, proptest::collection::vec(part.clone(), 0..3), proptest::collection::vec(op, 0..4))
+                .prop_map(|(time_ms, queues, ops)| Command::ProduceAt(Produce { time_ms, queues, deliveries: vec![], ops })),
+            1 => (0i64..2000, 1u64..6).prop_map(|(window_ms, keys_max)| Command::SetDedupWindow(DedupSettings { window_ms, keys_max })),
             1 => proptest::collection::vec(part, 0..2).prop_map(Command::Produce),
             1 => (topic.clone(), 1u32..4, 1u32..4).prop_map(|(name, r, w)| Command::UpsertTopic(TopicConfig { name, read_queues: r, write_queues: w, perm: 6 })),
             1 => ("[gh]", topic, 0u32..4, 0u64..10).prop_map(|(group, topic, queue_id, offset)| Command::CommitOffsets(vec![OffsetCommit { group, topic, queue_id, offset }])),

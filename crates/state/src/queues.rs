@@ -36,13 +36,41 @@ pub trait QueueStore {
     fn publish(&mut self, topic: &str, queue_id: u32, next_offset: u64);
 }
 
-/// Indexes the parts of a produce entry. `skip` holds the (part, index) of messages not to index (refused
-/// deliveries); `phys_offset` of every message must be set (the entry was read back from the log).
+/// What the rest of the state says about each message of a produce entry as it is indexed, in entry order.
+pub(crate) trait Indexing {
+    /// Before message `index` of part `part` is indexed: `None` indexes it; `Some(None)` leaves it out
+    /// with no position (a refused delivery or commit copy); `Some(Some(p))` leaves it out and reports `p`
+    /// (a duplicate's original).
+    fn before(&mut self, part: u32, index: u32) -> Option<Option<MessagePosition>>;
+    /// Message `index` of part `part` was indexed at `at`, `size` bytes long.
+    fn indexed(&mut self, part: u32, index: u32, at: MessagePosition, size: u32);
+}
+
+/// Indexes every message (legacy entries and tests).
+pub(crate) struct IndexAll;
+
+impl Indexing for IndexAll {
+    fn before(&mut self, _: u32, _: u32) -> Option<Option<MessagePosition>> {
+        None
+    }
+    fn indexed(&mut self, _: u32, _: u32, _: MessagePosition, _: u32) {}
+}
+
+/// Leaves out the (part, index) in the set (refused deliveries), indexes the rest.
+impl Indexing for &BTreeSet<(u32, u32)> {
+    fn before(&mut self, part: u32, index: u32) -> Option<Option<MessagePosition>> {
+        self.contains(&(part, index)).then_some(None)
+    }
+    fn indexed(&mut self, _: u32, _: u32, _: MessagePosition, _: u32) {}
+}
+
+/// Indexes the parts of a produce entry, asking `ix` about each message; `phys_offset` of every message
+/// must be set (the entry was read back from the log).
 pub(crate) fn apply_produce<S: QueueStore>(
     topics: &BTreeMap<String, TopicConfig>,
     queues: &mut BTreeMap<String, BTreeMap<u32, QueueState>>,
     parts: &[QueueAppend],
-    skip: &BTreeSet<(u32, u32)>,
+    ix: &mut impl Indexing,
     store: &mut S,
 ) -> Result<Vec<QueueAppendResult>, ApplyError<S::Error>> {
     let mut results = Vec::with_capacity(parts.len());
@@ -62,15 +90,23 @@ pub(crate) fn apply_produce<S: QueueStore>(
         let before = *st;
         let mut positions = Vec::with_capacity(qa.messages.len());
         for (mi, m) in qa.messages.iter().enumerate() {
-            if skip.contains(&(pi as u32, mi as u32)) {
-                continue;
+            let (part, index) = (pi as u32, mi as u32);
+            match ix.before(part, index) {
+                Some(Some(original)) => {
+                    positions.push(original);
+                    continue;
+                }
+                Some(None) => continue,
+                None => {}
             }
             let phys_offset = m.phys_offset.ok_or(ApplyError::Unlogged)?;
             let size = u32::try_from(m.data.len()).map_err(|_| ApplyError::Unlogged)?;
             let unit = CqUnit { phys_offset, size, tags_code: m.tags_code };
             store.write(&qa.topic, qa.queue_id, before, st.next_offset, unit).map_err(ApplyError::Store)?;
-            positions.push(MessagePosition { queue_offset: st.next_offset, phys_offset });
+            let at = MessagePosition { queue_id: qa.queue_id, queue_offset: st.next_offset, phys_offset, duplicate: false };
+            positions.push(at);
             st.next_offset += 1;
+            ix.indexed(part, index, at, size);
         }
         if st.next_offset != before.next_offset {
             store.publish(&qa.topic, qa.queue_id, st.next_offset);

@@ -1,0 +1,236 @@
+//! The de-duplication window: client message ids (`UNIQ_KEY`) of recent sends, so that a send retried
+//! after a time-out or a failover is answered with the original's position instead of being stored twice.
+//!
+//! The leader digests (topic, message id) into a 128-bit key and puts it in the produce entry
+//! ([`crate::command::Op::Dedup`]); `apply` indexes the message only when the key is not in the window and
+//! otherwise reports the original position. The window is replicated state, identical on every replica,
+//! and its settings come through the log ([`crate::Command::SetDedupWindow`]).
+//!
+//! Layout: keys live in time buckets of `window_ms / 16` (or `keys_max / 16` keys, whichever fills
+//! first), newest last. A key is remembered for at least `window_ms` and at most one bucket span longer,
+//! unless `keys_max` forces the oldest bucket out first. Buckets are shared (`Arc`): a checkpoint's copy of
+//! the state costs one bucket's copy at most, not the whole window.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{DedupSettings, MessagePosition};
+
+/// Buckets a full window spans.
+pub const DEDUP_BUCKETS: u64 = 16;
+/// Longest window accepted (`dedupWindowMs`): one day.
+pub const DEDUP_WINDOW_MS_MAX: i64 = 24 * 3600 * 1000;
+/// Most keys a window may hold (`dedupKeysMax`).
+pub const DEDUP_KEYS_MAX: u64 = 20_000_000;
+
+/// Where the first send of a message id landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// Its queue.
+    pub queue_id: u32,
+    /// Its queue offset.
+    pub queue_offset: u64,
+    /// Its commitlog offset.
+    pub phys_offset: u64,
+}
+
+impl Seen {
+    /// The position a duplicate reports.
+    pub fn position(&self) -> MessagePosition {
+        MessagePosition { queue_id: self.queue_id, queue_offset: self.queue_offset, phys_offset: self.phys_offset, duplicate: true }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Bucket {
+    /// Stamp of its first key.
+    start_ms: i64,
+    keys: Arc<BTreeMap<u128, Seen>>,
+}
+
+/// The replicated window of recent message ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupWindow {
+    settings: DedupSettings,
+    /// Oldest first.
+    buckets: VecDeque<Bucket>,
+    len: u64,
+}
+
+impl DedupWindow {
+    /// The settings in force (window 0: off).
+    pub fn settings(&self) -> DedupSettings {
+        self.settings
+    }
+
+    /// Replaces the settings; a smaller window or key bound applies from the next entry on (keys over the
+    /// new bound are forgotten at once). `window_ms` 0 turns de-duplication off and forgets every key.
+    ///
+    /// # Errors
+    /// The reason, for settings out of bounds (nothing changes then).
+    pub fn set(&mut self, s: DedupSettings) -> Result<(), String> {
+        if !(0..=DEDUP_WINDOW_MS_MAX).contains(&s.window_ms) {
+            return Err(format!("dedup window {} ms is outside 0..={DEDUP_WINDOW_MS_MAX} ms", s.window_ms));
+        }
+        if s.window_ms > 0 && !(1..=DEDUP_KEYS_MAX).contains(&s.keys_max) {
+            return Err(format!("dedup keys_max {} is outside 1..={DEDUP_KEYS_MAX}", s.keys_max));
+        }
+        self.settings = s;
+        if s.window_ms == 0 {
+            self.buckets.clear();
+            self.len = 0;
+        }
+        self.trim();
+        Ok(())
+    }
+
+    /// Keys remembered.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where the first send with digest `key` landed, if it is still remembered.
+    pub fn get(&self, key: u128) -> Option<Seen> {
+        self.buckets.iter().rev().find_map(|b| b.keys.get(&key).copied())
+    }
+
+    fn span_ms(&self) -> i64 {
+        (self.settings.window_ms / DEDUP_BUCKETS as i64).max(1)
+    }
+
+    fn bucket_keys_max(&self) -> u64 {
+        (self.settings.keys_max / DEDUP_BUCKETS).max(1)
+    }
+
+    /// Forgets the buckets that ended more than `window_ms` before `now_ms`.
+    pub(crate) fn expire(&mut self, now_ms: i64) {
+        let (window, span) = (self.settings.window_ms, self.span_ms());
+        while let Some(b) = self.buckets.front() {
+            // A bucket holds keys stamped in [start, start + span) (or fewer, when it filled by count).
+            if b.start_ms.saturating_add(span).saturating_add(window) > now_ms {
+                break;
+            }
+            self.len -= b.keys.len() as u64;
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Remembers `key` as first sent at `now_ms` to `seen` (nothing while the window is off).
+    pub(crate) fn insert(&mut self, now_ms: i64, key: u128, seen: Seen) {
+        if self.settings.window_ms == 0 {
+            return;
+        }
+        let (span, cap) = (self.span_ms(), self.bucket_keys_max());
+        let roll = self.buckets.back().is_none_or(|b| now_ms >= b.start_ms.saturating_add(span) || b.keys.len() as u64 >= cap);
+        if roll {
+            self.buckets.push_back(Bucket { start_ms: now_ms, keys: Arc::default() });
+        }
+        if let Some(b) = self.buckets.back_mut() {
+            if Arc::make_mut(&mut b.keys).insert(key, seen).is_none() {
+                self.len += 1;
+            }
+        }
+        self.trim();
+    }
+
+    /// Drops the oldest buckets while more than `keys_max` keys are held.
+    fn trim(&mut self) {
+        while self.len > self.settings.keys_max && self.buckets.len() > 1 {
+            if let Some(b) = self.buckets.pop_front() {
+                self.len -= b.keys.len() as u64;
+            }
+        }
+    }
+
+    /// Structural checks (debug builds, after every apply).
+    ///
+    /// # Panics
+    /// When the key count disagrees with the buckets, or the bound is exceeded by more than one bucket.
+    pub fn check_invariants(&self) {
+        let n: u64 = self.buckets.iter().map(|b| b.keys.len() as u64).sum();
+        assert_eq!(n, self.len, "dedup window: count {} but buckets hold {n}", self.len);
+        if self.settings.window_ms > 0 {
+            assert!(self.len <= self.settings.keys_max.max(self.bucket_keys_max()), "dedup window over its bound: {}", self.len);
+        }
+        assert!(self.buckets.iter().zip(self.buckets.iter().skip(1)).all(|(a, b)| a.start_ms <= b.start_ms), "buckets out of order");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(q: u64) -> Seen {
+        Seen { queue_id: 1, queue_offset: q, phys_offset: q * 100 }
+    }
+
+    fn window(window_ms: i64, keys_max: u64) -> DedupWindow {
+        let mut w = DedupWindow::default();
+        w.set(DedupSettings { window_ms, keys_max }).unwrap();
+        w
+    }
+
+    #[test]
+    fn a_key_is_remembered_for_the_window_and_forgotten_after_it() {
+        let mut w = window(16_000, 1000);
+        w.insert(0, 7, seen(3));
+        w.expire(15_999);
+        assert_eq!(w.get(7), Some(seen(3)));
+        // The bucket [0, 1000) ends at 1000; its keys go once 1000 + 16 000 has passed.
+        w.expire(16_999);
+        assert_eq!(w.get(7), Some(seen(3)), "kept up to one bucket span longer than the window");
+        w.expire(17_000);
+        assert_eq!(w.get(7), None);
+        assert!(w.is_empty());
+        w.check_invariants();
+    }
+
+    #[test]
+    fn keys_max_is_a_hard_bound_and_the_oldest_go_first() {
+        let mut w = window(60_000, 32); // 2 keys per bucket
+        for k in 0..100u128 {
+            w.insert(k as i64, k, seen(k as u64));
+            w.check_invariants();
+            assert!(w.len() <= 32, "{} keys after {k}", w.len());
+        }
+        assert_eq!(w.get(99), Some(seen(99)));
+        assert_eq!(w.get(0), None, "the oldest were forgotten");
+        assert_eq!(w.len(), 32);
+    }
+
+    #[test]
+    fn off_remembers_nothing_and_turning_off_forgets_everything() {
+        let mut w = DedupWindow::default();
+        w.insert(0, 1, seen(1));
+        assert!(w.is_empty());
+        let mut w = window(1000, 10);
+        w.insert(0, 1, seen(1));
+        w.set(DedupSettings { window_ms: 0, keys_max: 0 }).unwrap();
+        assert_eq!(w.get(1), None);
+        assert!(w.set(DedupSettings { window_ms: -1, keys_max: 1 }).is_err());
+        assert!(w.set(DedupSettings { window_ms: 1000, keys_max: 0 }).is_err());
+        assert!(w.set(DedupSettings { window_ms: DEDUP_WINDOW_MS_MAX + 1, keys_max: 1 }).is_err());
+    }
+
+    #[test]
+    fn a_copy_shares_all_buckets_but_the_one_written_next() {
+        let mut w = window(16_000, 1_000_000);
+        for k in 0..1000u128 {
+            w.insert((k * 100) as i64, k, seen(k as u64));
+        }
+        let copy = w.clone();
+        w.insert(100_000, 5000, seen(5000));
+        // Every bucket but the newest is still the same allocation.
+        let shared = w.buckets.iter().zip(copy.buckets.iter()).filter(|(a, b)| Arc::ptr_eq(&a.keys, &b.keys)).count();
+        assert!(shared + 1 >= copy.buckets.len(), "{shared} of {} shared", copy.buckets.len());
+        assert_eq!(copy.get(5000), None);
+        assert_eq!(w.get(5000), Some(seen(5000)));
+    }
+}

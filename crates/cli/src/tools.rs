@@ -129,8 +129,9 @@ pub struct ProduceArgs {
     /// the broker's check-back, which this command then answers with commit (it waits for it).
     #[arg(long, value_enum, conflicts_with_all = ["batch", "order_key", "delay_level", "delay", "deliver_at"])]
     transaction: Option<TxnMode>,
-    /// With `--transaction unknown`: how long to wait for the broker's check-backs, in seconds (the first
-    /// comes after the broker's transactionTimeOut, 6 s by default, at its next check pass).
+    /// With `--transaction unknown`: how long to wait for the broker's check-backs, in seconds (a raftmq
+    /// broker checks back about `transactionTimeOut`, 6 s by default, after the half message; an Apache
+    /// RocketMQ 4.x broker at its next check pass after that, every 60 s).
     #[arg(long, default_value_t = 90)]
     check_timeout_secs: u64,
 }
@@ -509,7 +510,7 @@ async fn wait_for_check_backs(
 ) -> Result<()> {
     const PROGRESS_EVERY: Duration = Duration::from_secs(5);
     println!(
-        "waiting up to {} s for the broker to check back on {} transaction(s) (after its transactionTimeOut, at its next check pass)",
+        "waiting up to {} s for the broker to check back on {} transaction(s) (its transactionTimeOut after the half message)",
         timeout.as_secs(),
         pending.len()
     );

@@ -1,7 +1,8 @@
 //! Transactional messages: an order is published only if its local transaction commits. Three orders: one
-//! commits, one rolls back, and one leaves the outcome unknown, so the broker checks back later (after its
-//! `transactionTimeOut`, 6 s by default, at its next check pass) and `check_local` answers from the
-//! "database". The example waits for that check-back up to 90 s.
+//! commits, one rolls back, and one leaves the outcome unknown, so the broker checks back later (a raftmq
+//! broker `transactionTimeOut`, 6 s by default, after the half message; RocketMQ 4.x at its next check pass,
+//! up to 60 s later) and `check_local` answers from the "database". The example waits for that check-back up
+//! to 90 s.
 //!
 //! `cargo run -p raftmq-client --example transaction_producer -- [NAMESRV] [TOPIC]` (defaults 127.0.0.1:9876,
 //! TopicTest). Consume the topic afterwards: `order-1` and `order-3` arrive, `order-2` never does.

@@ -13,6 +13,10 @@
 //!   stored plus 5%).
 //! - `steady_producer_loses_no_acknowledged_message_across_a_leader_kill`: every acknowledged send is stored
 //!   at its acknowledged queue and offset; the longest gap between acknowledgements is reported.
+//! - `reconsume_later_follows_the_retry_schedule_then_dead_letters`: the retry schedule with a scaled table.
+//! - `transactions_commit_once_roll_back_never_and_unknown_is_resolved_by_check_back`: the transaction
+//!   producer against the broker's half messages, END_TRANSACTION and check-back; `raftmq produce
+//!   --transaction unknown` too.
 //!
 //! Each test starts its own cluster; the tests take turns (a process-wide lock) so that at most one cluster
 //! runs at a time on small machines. `RUST_LOG=raftmq_client=debug` shows the client's logs; when a test
@@ -32,7 +36,8 @@ use common::*;
 use raftmq_client::{
     ClientConfig, ClientError, ConcurrentListener, ConsumeConcurrentlyStatus, ConsumeContext, ConsumeFrom, ConsumeOrderlyStatus, Message,
     MessageExt, MessageModel, MessageQueue, MessageQueueSelector, Producer, ProducerOptions, PullConsumer, PullStatus, PushConsumer,
-    PushConsumerOptions, SelectByHash, SendResult, SendStatus,
+    PushConsumerOptions, SelectByHash, SendResult, SendStatus, TransactionListener, TransactionProducer, TransactionProducerOptions,
+    TxnState,
 };
 use raftmq_remoting::message::sys_flag;
 
@@ -864,4 +869,125 @@ async fn reconsume_later_follows_the_retry_schedule_then_dead_letters() {
     consumer.shutdown().await;
     pc.shutdown().await;
     producer.shutdown().await;
+}
+
+// ---- transactions ----------------------------------------------------------------------------------------
+
+/// The application side of `transactions_commit_once_roll_back_never_and_unknown_is_resolved_by_check_back`,
+/// with durable state as `check_local` needs it: `execute_local` records and returns its argument;
+/// `check_local` answers commit for a transaction recorded as unknown (the write happened, the sender could
+/// not tell in time), the recorded outcome for the others, and rollback for one never recorded.
+#[derive(Default)]
+struct TxnLedger {
+    outcomes: Mutex<HashMap<String, TxnState>>,
+    checked: Mutex<Vec<String>>,
+}
+
+impl TransactionListener for TxnLedger {
+    type Arg = TxnState;
+
+    fn execute_local(&self, msg: &Message, state: &TxnState) -> TxnState {
+        self.outcomes.lock().unwrap().insert(msg.msg_id().unwrap_or_default().to_string(), *state);
+        *state
+    }
+
+    fn check_local(&self, msg: &MessageExt) -> TxnState {
+        self.checked.lock().unwrap().push(msg.msg_id.clone());
+        match self.outcomes.lock().unwrap().get(&msg.msg_id) {
+            Some(TxnState::Unknown) => TxnState::Commit,
+            Some(s) => *s,
+            None => TxnState::Rollback,
+        }
+    }
+}
+
+/// Transactions end to end against a real broker group with a short `transactionTimeOut` and
+/// `transactionCheckInterval` (1 s each): a committed transaction's message is visible exactly once, a
+/// rolled-back one never, and an unknown one is committed by the broker's check-back (`check_local`), once.
+/// Then `raftmq produce --transaction unknown` does the same from the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_commit_once_roll_back_never_and_unknown_is_resolved_by_check_back() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let mut cluster = Cluster::prepare(3, "transactionTimeOut = 1000\ntransactionCheckInterval = 1000\ntransactionCheckMax = 15\n");
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_registered_leader(Duration::from_secs(30)).await;
+    let _keeper = LogKeeper::new(&cluster, "transactions");
+    let logs = cluster.dir.path().to_path_buf();
+    const T: &str = "T_transactions";
+    create_topic(&cluster, T, 2).await;
+    let opts = TransactionProducerOptions::new("pg_transactions");
+    let producer = TransactionProducer::start(cfg(&cluster, "txn-producer"), opts, TxnLedger::default()).await.expect("producer");
+    let mut ids = BTreeMap::new();
+    for (name, state) in [("commit", TxnState::Commit), ("rollback", TxnState::Rollback), ("unknown", TxnState::Unknown)] {
+        let msg = Message::new(T, name).with_tags("txn").with_keys([name]);
+        let r = producer.send_in_transaction(msg, &state).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((r.send.status, r.local_state, r.end_sent), (SendStatus::SendOk, state, true), "{name}: {r}");
+        assert_eq!(r.transaction_id, r.send.msg_id, "{name}");
+        ids.insert(name, r.transaction_id);
+    }
+    let pc = PullConsumer::start(cfg(&cluster, "txn-reader"), "txn_reader").await.expect("pull consumer");
+    let visible = |msgs: &[MessageExt]| -> BTreeMap<String, usize> {
+        let mut by_body = BTreeMap::new();
+        for m in msgs {
+            *by_body.entry(String::from_utf8_lossy(&m.body).into_owned()).or_default() += 1;
+        }
+        by_body
+    };
+    let msgs = wait_for("the committed and the checked-back messages", &logs, Duration::from_secs(60), || async {
+        let msgs = read_topic(&pc, T, &logs).await;
+        let v = visible(&msgs);
+        if v.contains_key("commit") && v.contains_key("unknown") {
+            Ok(msgs)
+        } else {
+            Err(format!("visible so far: {v:?}; checks: {:?}", producer.listener().checked.lock().unwrap()))
+        }
+    })
+    .await;
+    for m in &msgs {
+        let name = String::from_utf8_lossy(&m.body).into_owned();
+        assert_eq!(Some(&m.msg_id), ids.get(name.as_str()), "{name} keeps its message id");
+        assert_eq!((m.tags(), m.keys()), (Some("txn"), vec![name.as_str()]), "{name}");
+        // Delivered as an ordinary message of its topic: no half-message marks left but the commit bits.
+        assert_eq!(m.property("TRAN_MSG"), None, "{name}");
+        assert_eq!(sys_flag::transaction_value(m.sys_flag), sys_flag::TRANSACTION_COMMIT_TYPE, "{name}");
+    }
+    assert!(producer.listener().checked.lock().unwrap().contains(&ids["unknown"]), "the unknown one was checked back");
+    // Several check passes later: each committed message is still there once, the rolled-back one never
+    // appeared, and no transaction is checked any more (none is pending).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let checks = producer.listener().checked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let v = visible(&read_topic(&pc, T, &logs).await);
+    assert_eq!(v, BTreeMap::from([("commit".to_string(), 1), ("unknown".to_string(), 1)]), "visible after the check passes");
+    let checked = producer.listener().checked.lock().unwrap().clone();
+    assert_eq!(checked.len(), checks, "checked again after every transaction ended: {checked:?}");
+    let counts = producer.check_counts();
+    assert_eq!((counts.answered, counts.dropped), (checked.len() as u64, 0), "{counts:?}");
+    producer.shutdown().await;
+
+    // The CLI: --transaction unknown waits for the check-back and commits.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args(["produce", "--namesrv", &cluster.namesrv, "--topic", T, "--body", "from the cli", "--transaction", "unknown"])
+        .args(["--group", "pg_transactions_cli", "--check-timeout-secs", "60"])
+        .output()
+        .await
+        .expect("run raftmq produce");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("raftmq produce --transaction unknown:\n{stdout}");
+    assert!(out.status.success(), "raftmq produce --transaction unknown: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("decided=unknown") && stdout.contains("answered commit"), "{stdout}");
+    let v = wait_for("the CLI's transaction", &logs, Duration::from_secs(20), || async {
+        let v = visible(&read_topic(&pc, T, &logs).await);
+        if v.contains_key("from the cli") {
+            Ok(v)
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    assert_eq!(v["from the cli"], 1);
+    pc.shutdown().await;
 }

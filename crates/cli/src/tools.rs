@@ -1,12 +1,17 @@
 //! `raftmq admin`, `produce` and `consume`: thin command-line front ends over `raftmq-client` (its `Admin`,
-//! `Producer` and `PullConsumer`) for operators and quick manual use.
+//! `Producer`, `TransactionProducer` and `PullConsumer`) for operators and quick manual use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use raftmq_client::{Admin, ClientConfig, Message, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, SelectByHash};
+use raftmq_client::{
+    Admin, ClientConfig, Message, MessageExt, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, SelectByHash,
+    TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
+};
 
 /// Admin subcommands.
 #[derive(Subcommand)]
@@ -120,6 +125,36 @@ pub struct ProduceArgs {
     /// `TIMER_DELIVER_MS`). Not with `--batch`.
     #[arg(long, conflicts_with = "batch", value_parser = parse_rfc3339)]
     deliver_at: Option<std::time::SystemTime>,
+    /// Send each message as a transaction: a half message, then this local outcome. `unknown` leaves it to
+    /// the broker's check-back, which this command then answers with commit (it waits for it).
+    #[arg(long, value_enum, conflicts_with_all = ["batch", "order_key", "delay_level", "delay", "deliver_at"])]
+    transaction: Option<TxnMode>,
+    /// With `--transaction unknown`: how long to wait for the broker's check-backs, in seconds (a raftmq
+    /// broker checks back about `transactionTimeOut`, 6 s by default, after the half message; an Apache
+    /// RocketMQ 4.x broker at its next check pass after that, every 60 s).
+    #[arg(long, default_value_t = 90)]
+    check_timeout_secs: u64,
+}
+
+/// The local outcome `raftmq produce --transaction` reports for each message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum TxnMode {
+    /// Commit: the message becomes visible.
+    Commit,
+    /// Roll back: the message is discarded.
+    Rollback,
+    /// Unknown: the broker checks back, and the answer is commit.
+    Unknown,
+}
+
+impl TxnMode {
+    fn state(self) -> TxnState {
+        match self {
+            TxnMode::Commit => TxnState::Commit,
+            TxnMode::Rollback => TxnState::Rollback,
+            TxnMode::Unknown => TxnState::Unknown,
+        }
+    }
 }
 
 /// A delay such as `1500ms`, `30s`, `10m`, `2h` or `40d` (the `messageDelayLevel` syntax).
@@ -311,18 +346,28 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
     }
 }
 
-/// Sends `count` messages (round-robin over the queues, or by `--order-key`, or in `--batch`es).
+/// The message number `i` of `raftmq produce` as the arguments describe it.
+fn cli_message(a: &ProduceArgs, i: u64) -> Message {
+    let body = a.body.clone().unwrap_or_else(|| format!("message {i}"));
+    let mut m = Message::new(a.topic.clone(), body);
+    if let Some(t) = &a.tag {
+        m = m.with_tags(t.clone());
+    }
+    if let Some(k) = &a.keys {
+        m = m.with_keys(k.split(' '));
+    }
+    m
+}
+
+/// Sends `count` messages (round-robin over the queues, or by `--order-key`, or in `--batch`es, or as
+/// transactions).
 pub async fn produce(a: ProduceArgs) -> Result<()> {
+    if let Some(mode) = a.transaction {
+        return produce_transactional(&a, mode).await;
+    }
     let producer = Producer::start(config(&a.namesrv), ProducerOptions::new(a.group.clone())).await?;
     let message = |i: u64| {
-        let body = a.body.clone().unwrap_or_else(|| format!("message {i}"));
-        let mut m = Message::new(a.topic.clone(), body);
-        if let Some(t) = &a.tag {
-            m = m.with_tags(t.clone());
-        }
-        if let Some(k) = &a.keys {
-            m = m.with_keys(k.split(' '));
-        }
+        let mut m = cli_message(&a, i);
         if let Some(level) = a.delay_level {
             m = m.with_delay_level(level);
         }
@@ -364,6 +409,145 @@ pub async fn produce(a: ProduceArgs) -> Result<()> {
         bail!("{failures} send(s) failed");
     }
     Ok(())
+}
+
+/// The CLI's local transactions: each reports the `--transaction` outcome. A check-back is answered for the
+/// transactions this run sent (commit in `unknown` mode, else the outcome given) and `unknown` for any
+/// other of the group's (an earlier run's): this process cannot know what became of those.
+struct CliTransactions {
+    mode: TxnMode,
+    /// Transaction ids (UNIQ_KEY) this run sent, recorded when their local transaction ran.
+    sent: Mutex<BTreeSet<String>>,
+    /// Ids of this run whose check-back was answered, with the answer.
+    checked: Mutex<BTreeMap<String, TxnState>>,
+    /// Check-backs answered so far, this run's and others'.
+    checks: AtomicU64,
+}
+
+impl TransactionListener for CliTransactions {
+    type Arg = ();
+
+    fn execute_local(&self, msg: &Message, _: &()) -> TxnState {
+        if let Some(id) = msg.msg_id() {
+            self.sent.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string());
+        }
+        self.mode.state()
+    }
+
+    fn check_local(&self, msg: &MessageExt) -> TxnState {
+        let ours = self.sent.lock().unwrap_or_else(|e| e.into_inner()).contains(&msg.msg_id);
+        let answer = match (ours, self.mode) {
+            (false, _) => {
+                println!("check-back for transactionId={} (not sent by this run): answering unknown", msg.msg_id);
+                TxnState::Unknown
+            }
+            (true, TxnMode::Unknown) => TxnState::Commit,
+            (true, mode) => mode.state(),
+        };
+        if ours {
+            self.checked.lock().unwrap_or_else(|e| e.into_inner()).insert(msg.msg_id.clone(), answer);
+        }
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        answer
+    }
+}
+
+/// `raftmq produce --transaction`: each message as a half message, then the given local outcome; with
+/// `unknown`, waits until the broker checked back on every one and the answers (commit) were sent.
+async fn produce_transactional(a: &ProduceArgs, mode: TxnMode) -> Result<()> {
+    let listener = CliTransactions { mode, sent: Mutex::default(), checked: Mutex::default(), checks: AtomicU64::new(0) };
+    let opts = TransactionProducerOptions::new(a.group.clone());
+    let producer = TransactionProducer::start(config(&a.namesrv), opts, listener).await?;
+    let result = send_transactions(&producer, a, mode).await;
+    producer.shutdown().await;
+    result
+}
+
+async fn send_transactions(producer: &TransactionProducer<CliTransactions>, a: &ProduceArgs, mode: TxnMode) -> Result<()> {
+    let mut failures = 0u64;
+    let mut pending = BTreeSet::new();
+    for i in 0..a.count {
+        match producer.send_in_transaction(cli_message(a, i), &()).await {
+            Ok(r) => {
+                println!(
+                    "{} {} queue={} halfOffset={} transactionId={} decided={}{}",
+                    r.send.status,
+                    r.send.queue.broker_name,
+                    r.send.queue.queue_id,
+                    r.send.queue_offset,
+                    r.transaction_id,
+                    r.local_state,
+                    if r.end_sent { "" } else { " (END_TRANSACTION not sent; the broker will check back)" }
+                );
+                if r.local_state == TxnState::Unknown || !r.end_sent {
+                    pending.insert(r.transaction_id);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                println!("FAILED {e}");
+            }
+        }
+    }
+    if !pending.is_empty() {
+        wait_for_check_backs(producer, &pending, Duration::from_secs(a.check_timeout_secs)).await?;
+    }
+    if failures > 0 {
+        bail!("{failures} transaction(s) failed");
+    }
+    if mode == TxnMode::Unknown {
+        println!("all {} transaction(s) committed through the broker's check-back", pending.len());
+    }
+    Ok(())
+}
+
+/// Waits until every transaction in `pending` was checked back and the answer handed to the connection,
+/// printing each answer and a progress line every 5 s.
+async fn wait_for_check_backs(
+    producer: &TransactionProducer<CliTransactions>,
+    pending: &BTreeSet<String>,
+    timeout: Duration,
+) -> Result<()> {
+    const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+    println!(
+        "waiting up to {} s for the broker to check back on {} transaction(s) (its transactionTimeOut after the half message)",
+        timeout.as_secs(),
+        pending.len()
+    );
+    let start = Instant::now();
+    let mut last_progress = start;
+    let mut reported = BTreeSet::new();
+    loop {
+        let l = producer.listener();
+        let checked: BTreeMap<String, TxnState> = l.checked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // An answer counts once the worker handed every check_local result so far to the connection.
+        let all_sent = producer.check_counts().answered >= l.checks.load(Ordering::SeqCst);
+        if all_sent {
+            for (id, answer) in checked.iter().filter(|(id, _)| pending.contains(*id)) {
+                if reported.insert(id.clone()) {
+                    println!("check-back for transactionId={id} answered {answer} after {:.1} s", start.elapsed().as_secs_f64());
+                }
+            }
+            if reported.len() == pending.len() {
+                return Ok(());
+            }
+        }
+        if start.elapsed() >= timeout {
+            let missing: Vec<&String> = pending.iter().filter(|id| !reported.contains(*id)).collect();
+            bail!("no check-back within {} s for {} transaction(s): {missing:?}", timeout.as_secs(), missing.len());
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            println!(
+                "waiting for check-backs: {}/{} answered ({} s of {} s)",
+                reported.len(),
+                pending.len(),
+                start.elapsed().as_secs(),
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Pulls from every queue of the topic from the group's committed offsets (0 for a new group) until `count`
@@ -438,5 +622,66 @@ mod tests {
         let t = parse_rfc3339("2026-12-24T18:00:00+01:00").unwrap();
         assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(), 1_798_131_600_000);
         assert!(parse_rfc3339("tomorrow").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Produce {
+        #[command(flatten)]
+        a: ProduceArgs,
+    }
+
+    #[test]
+    fn transactions_take_an_outcome_and_exclude_batches_orders_and_schedules() {
+        use clap::Parser;
+        let p = Produce::try_parse_from(["produce", "--topic", "T", "--transaction", "unknown"]).expect("parses");
+        assert_eq!((p.a.transaction, p.a.check_timeout_secs), (Some(TxnMode::Unknown), 90));
+        let p = Produce::try_parse_from(["produce", "--topic", "T", "--transaction", "rollback", "--check-timeout-secs", "5"]).unwrap();
+        assert_eq!((p.a.transaction, p.a.check_timeout_secs), (Some(TxnMode::Rollback), 5));
+        assert!(Produce::try_parse_from(["produce", "--topic", "T", "--transaction", "maybe"]).is_err());
+        for extra in [["--batch", "2"], ["--order-key", "k"], ["--delay-level", "3"], ["--delay", "5s"]] {
+            let args = ["produce", "--topic", "T", "--transaction", "commit", extra[0], extra[1]];
+            assert!(Produce::try_parse_from(args).is_err(), "{extra:?} with --transaction");
+        }
+    }
+
+    fn checked(id: &str) -> MessageExt {
+        let host: std::net::SocketAddr = "127.0.0.1:10911".parse().unwrap();
+        MessageExt {
+            topic: "T".into(),
+            broker_name: "broker-a".into(),
+            queue_id: 0,
+            queue_offset: 0,
+            commit_log_offset: 0,
+            msg_id: id.into(),
+            offset_msg_id: String::new(),
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host: host,
+            store_timestamp: 0,
+            store_host: host,
+            reconsume_times: 0,
+            store_size: 0,
+            properties: BTreeMap::new(),
+            body: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_cli_commits_its_own_unknown_transactions_on_check_back_and_no_one_elses() {
+        for (mode, local, on_check) in [
+            (TxnMode::Unknown, TxnState::Unknown, TxnState::Commit),
+            (TxnMode::Commit, TxnState::Commit, TxnState::Commit),
+            (TxnMode::Rollback, TxnState::Rollback, TxnState::Rollback),
+        ] {
+            let l = CliTransactions { mode, sent: Mutex::default(), checked: Mutex::default(), checks: AtomicU64::new(0) };
+            let mut m = Message::new("T", "x");
+            m = m.with_property("UNIQ_KEY", "MINE");
+            assert_eq!(l.execute_local(&m, &()), local);
+            assert_eq!(l.check_local(&checked("MINE")), on_check, "{mode:?}");
+            assert_eq!(l.check_local(&checked("AN-EARLIER-RUNS")), TxnState::Unknown, "{mode:?}");
+            assert_eq!(l.checked.lock().unwrap().clone(), BTreeMap::from([("MINE".to_string(), on_check)]));
+            assert_eq!(l.checks.load(Ordering::SeqCst), 2);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The per-process client instance (RocketMQ's `MQClientInstance`): one connection per broker address with
 //! requests multiplexed by `opaque`, nameserver failover, the route cache with leader hints, heartbeats to
-//! every broker, periodic route refresh, and the hand-off of NOTIFY_CONSUMER_IDS_CHANGED to consumers.
+//! every broker, periodic route refresh, and the hand-off of server-initiated requests: NOTIFY_CONSUMER_IDS_CHANGED
+//! to consumers, CHECK_TRANSACTION_STATE to the transaction producer of the message's group (`transaction.rs`).
 //!
 //! Producers and consumers built with equal [`ClientConfig`]s share one instance; the background tasks stop
 //! when the last of them shuts down.
@@ -21,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
+use crate::transaction::{parse_check_request, CheckInbox};
 
 /// What the instance needs from a registered consumer.
 pub(crate) trait ConsumerHook: Send + Sync {
@@ -53,6 +55,12 @@ struct Inner {
     refreshed_after_failure: Mutex<HashMap<String, Instant>>,
     producers: Mutex<BTreeSet<String>>,
     consumers: Mutex<BTreeMap<String, Arc<dyn ConsumerHook>>>,
+    /// Transaction producers by group: where CHECK_TRANSACTION_STATE requests for that group go.
+    transaction_checks: Mutex<BTreeMap<String, CheckInbox>>,
+    /// The connection each broker address last got a heartbeat on (see [`ClientInstance::heartbeat_unknown_brokers`]).
+    heartbeated: Mutex<HashMap<String, RemotingClient>>,
+    /// A `heartbeat_unknown_brokers` pass is running.
+    heartbeat_pass_running: AtomicBool,
     users: Mutex<usize>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -99,6 +107,9 @@ impl ClientInstance {
             refreshed_after_failure: Mutex::default(),
             producers: Mutex::default(),
             consumers: Mutex::default(),
+            transaction_checks: Mutex::default(),
+            heartbeated: Mutex::default(),
+            heartbeat_pass_running: AtomicBool::new(false),
             users: Mutex::new(0),
             tasks: Mutex::default(),
             closed: AtomicBool::new(false),
@@ -159,6 +170,7 @@ impl ClientInstance {
                 t.abort();
             }
             self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.inner.heartbeated.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
     }
 
@@ -173,9 +185,10 @@ impl ClientInstance {
             return Err(ClientError::State("client instance is shut down".into()));
         }
         let weak = Arc::downgrade(&self.inner);
+        let from = addr.to_string();
         let on_request: ServerRequestCallback = Arc::new(move |cmd| {
             if let Some(inner) = weak.upgrade() {
-                ClientInstance { inner }.on_server_request(cmd);
+                ClientInstance { inner }.on_server_request(&from, cmd);
             }
         });
         let c = RemotingClient::connect(addr, self.inner.config.connect_timeout, Some(on_request))
@@ -475,6 +488,26 @@ impl ClientInstance {
         self.inner.producers.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
     }
 
+    /// Routes CHECK_TRANSACTION_STATE requests for `group` to `inbox`. The group must already be registered
+    /// as a producer (so that heartbeats carry it).
+    pub(crate) fn register_transaction_checks(&self, group: &str, inbox: CheckInbox) {
+        self.inner.transaction_checks.lock().unwrap_or_else(|e| e.into_inner()).insert(group.to_string(), inbox);
+    }
+
+    pub(crate) fn unregister_transaction_checks(&self, group: &str) {
+        self.inner.transaction_checks.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
+    }
+
+    /// The broker group `addr` belongs to, by the cached routes.
+    pub(crate) fn broker_name_of(&self, addr: &str) -> Option<String> {
+        let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes
+            .values()
+            .flat_map(|r| r.broker_datas.iter())
+            .find(|b| b.broker_addrs.values().any(|a| a == addr))
+            .map(|b| b.broker_name.clone())
+    }
+
     pub(crate) fn register_consumer(&self, group: &str, hook: Arc<dyn ConsumerHook>) -> Result<()> {
         let mut consumers = self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner());
         if consumers.contains_key(group) {
@@ -529,19 +562,67 @@ impl ClientInstance {
                 return;
             }
         };
-        let calls = self.all_broker_addrs().into_iter().map(|addr| {
+        self.heartbeat(self.all_broker_addrs(), &body).await;
+    }
+
+    /// Sends the heartbeat `body` to each of `addrs` at once, remembering the connection each one went on.
+    async fn heartbeat(&self, addrs: impl IntoIterator<Item = String>, body: &bytes::Bytes) {
+        let calls = addrs.into_iter().map(|addr| {
             let cmd = RemotingCommand::request(RequestCode::HEART_BEAT, 0).with_body(body.clone());
             async move {
-                if let Err(e) = self.invoke_ok(&addr, cmd, self.inner.config.request_timeout).await {
-                    debug!(broker = %addr, error = %e, "heartbeat failed");
+                let sent = async {
+                    let conn = self.connection(&addr).await?;
+                    self.invoke_ok(&addr, cmd, self.inner.config.request_timeout).await?;
+                    Ok::<_, ClientError>(conn)
+                };
+                match sent.await {
+                    Ok(conn) => {
+                        self.inner.heartbeated.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, conn);
+                    }
+                    Err(e) => debug!(broker = %addr, error = %e, "heartbeat failed"),
                 }
             }
         });
         join_all(calls).await;
     }
 
-    fn on_server_request(&self, cmd: RemotingCommand) {
-        if cmd.code == RequestCode::NOTIFY_CONSUMER_IDS_CHANGED.0 {
+    /// Heartbeats, in the background, every broker of the cached routes whose current connection (if any)
+    /// has not carried a heartbeat yet: brokers a send just made known, and brokers reconnected since.
+    /// A broker sends CHECK_TRANSACTION_STATE only on a connection it knows from a heartbeat of the
+    /// producer's group, so a transaction producer calls this after each half message instead of waiting
+    /// up to `heartbeat_broker_interval`. Cheap when nothing is missing; one pass runs at a time.
+    pub(crate) fn heartbeat_unknown_brokers(&self) {
+        let known = self.all_broker_addrs();
+        let missing: Vec<String> = {
+            let conns = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            let done = self.inner.heartbeated.lock().unwrap_or_else(|e| e.into_inner());
+            known
+                .into_iter()
+                .filter(|a| match (done.get(a), conns.get(a)) {
+                    (Some(hb), Some(cur)) => !cur.same_connection(hb) || cur.is_closed(),
+                    _ => true,
+                })
+                .collect()
+        };
+        if missing.is_empty() || self.inner.heartbeat_pass_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            match encode_json_body(&client.heartbeat_data()) {
+                Ok(body) => client.heartbeat(missing, &body).await,
+                Err(e) => warn!(error = %e, "heartbeat not encodable"),
+            }
+            client.inner.heartbeat_pass_running.store(false, Ordering::Release);
+        });
+    }
+
+    /// Handles a request a broker sent on the connection to `from`. Runs on that connection's reader task,
+    /// so it only parses and hands over; it never blocks and never panics on what the broker sent.
+    fn on_server_request(&self, from: &str, cmd: RemotingCommand) {
+        if cmd.code == RequestCode::CHECK_TRANSACTION_STATE.0 {
+            self.on_check_transaction_state(from, cmd);
+        } else if cmd.code == RequestCode::NOTIFY_CONSUMER_IDS_CHANGED.0 {
             if let Ok(h) = cmd.decode_header::<ConsumerGroupHeader>() {
                 let hook = self.inner.consumers.lock().unwrap_or_else(|e| e.into_inner()).get(&h.consumer_group).cloned();
                 if let Some(hook) = hook {
@@ -551,6 +632,29 @@ impl ClientInstance {
             }
         } else {
             debug!(code = cmd.code, "ignoring server request");
+        }
+    }
+
+    /// CHECK_TRANSACTION_STATE: finds the transaction producer by the message's `PGROUP` (any connection
+    /// of the process may carry it) and queues the check on that producer's bounded worker. A malformed
+    /// request, an unknown group or a full queue is logged and dropped: the broker checks again later.
+    fn on_check_transaction_state(&self, from: &str, cmd: RemotingCommand) {
+        let req = match parse_check_request(from, &cmd) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(broker = %from, error = %e, "ignoring a malformed CHECK_TRANSACTION_STATE");
+                return;
+            }
+        };
+        let inbox = self.inner.transaction_checks.lock().unwrap_or_else(|e| e.into_inner()).get(&req.group).cloned();
+        match inbox {
+            Some(inbox) => inbox.submit(req),
+            None => warn!(
+                broker = %from,
+                group = %req.group,
+                offset = req.header.commit_log_offset,
+                "CHECK_TRANSACTION_STATE for a group with no transaction producer here; ignored"
+            ),
         }
     }
 }

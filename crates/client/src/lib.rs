@@ -6,6 +6,8 @@
 //! - [`PullConsumer`]: pull by queue and offset, store offsets yourself.
 //! - [`PushConsumer`]: long-polling consumer groups (clustering or broadcasting), rebalancing, concurrent or
 //!   orderly listeners, retries through the group's retry topic, offsets committed every 5 s.
+//! - [`TransactionProducer`]: transactional messages — a half message, the local transaction, then commit
+//!   or rollback; answers the broker's check-backs through a [`TransactionListener`].
 //! - [`Admin`]: topics, cluster and consumer-group progress.
 //! - [`blocking`]: the same for code without an async runtime.
 //!
@@ -36,6 +38,7 @@ pub mod producer;
 pub mod pull;
 pub mod push;
 pub mod selector;
+pub mod transaction;
 
 pub use admin::{Admin, QueueProgress};
 pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
@@ -51,3 +54,4 @@ pub use push::{
     PushConsumer, PushConsumerOptions,
 };
 pub use selector::{MessageQueueSelector, SelectByHash, SelectByRandom};
+pub use transaction::{CheckCounts, TransactionListener, TransactionProducer, TransactionProducerOptions, TransactionSendResult, TxnState};

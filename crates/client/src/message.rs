@@ -128,6 +128,12 @@ impl Message {
         self.property(property::DELAY_TIME_LEVEL).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 
+    /// The message id (`UNIQ_KEY`) a producer gave it, once it was handed to one (a transaction listener
+    /// sees it; so does a message re-sent after a failed send, which keeps its id).
+    pub fn msg_id(&self) -> Option<&str> {
+        self.property(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX)
+    }
+
     /// `waitStoreMsgOK`.
     pub fn wait_store_msg_ok(&self) -> bool {
         self.property(property::WAIT_STORE_MSG_OK) != Some("false")

@@ -124,6 +124,15 @@ struct ProducerInner {
 /// A route version and the writable queues computed from it.
 type PublishQueues = (Arc<TopicRouteData>, Arc<Vec<MessageQueue>>);
 
+/// A send the broker accepted: the result, the broker address that accepted it and the response's
+/// `transactionId` (set for half messages). Transaction producers need the address and id for
+/// END_TRANSACTION; other callers keep only the result.
+pub(crate) struct Sent {
+    pub(crate) result: SendResult,
+    pub(crate) addr: String,
+    pub(crate) transaction_id: Option<String>,
+}
+
 /// A message encoded once and re-sent unchanged by every attempt.
 struct Prepared {
     topic: String,
@@ -338,6 +347,22 @@ impl Producer {
         self.inner.client.invoke_oneway(&addr, cmd).await
     }
 
+    /// Sends a transaction half message (`transaction.rs`): `msg` must already carry `TRAN_MSG` and `PGROUP`.
+    /// Gives it its UNIQ_KEY first (kept in `msg`, so the local transaction sees the id every attempt
+    /// carried), sets the PREPARED sys flag, never batches it, and retries like [`Producer::send`].
+    pub(crate) async fn send_half(&self, msg: &mut Message) -> Result<Sent> {
+        self.inner.check_running()?;
+        if msg.property(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX).is_none() {
+            let id = self.inner.next_id();
+            msg.properties_mut().insert(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX.to_string(), id);
+        }
+        let mut prepared = self.inner.prepare(msg.clone())?;
+        prepared.sys_flag |= sys_flag::TRANSACTION_PREPARED_TYPE;
+        prepared.batchable = false;
+        let deadline = Instant::now() + self.inner.opts.send_timeout;
+        Box::pin(self.inner.send_until_inline(&prepared, &Target::Any, deadline)).await
+    }
+
     /// Sends messages of one topic as one batch: the broker stores all or none. Returns one result whose
     /// `msg_id` lists the messages' ids comma-separated and whose `queue_offset` is the first message's.
     pub async fn send_batch(&self, msgs: Vec<Message>) -> Result<SendResult> {
@@ -405,8 +430,11 @@ impl ProducerInner {
         }
         let properties = properties_to_string(msg.properties())?;
         // What a broker refuses inside a batch: compressed bodies (no per-message sys flag), delay levels and
-        // timers, retry topics.
-        let batchable = flags == 0 && !msg.is_scheduled() && !msg.topic.starts_with("%RETRY%");
+        // timers, retry topics, transaction half messages.
+        let batchable = flags == 0
+            && !msg.is_scheduled()
+            && !msg.topic.starts_with("%RETRY%")
+            && msg.property(property::TRANSACTION_PREPARED).is_none();
         Ok(Prepared { topic: msg.topic, body, sys_flag: flags, flag: msg.flag, properties, batch: false, batchable, msg_id })
     }
 
@@ -632,10 +660,10 @@ impl ProducerInner {
         target: &'a Target,
         deadline: Instant,
     ) -> Pin<Box<dyn Future<Output = Result<SendResult>> + Send + 'a>> {
-        Box::pin(self.send_until_inline(p, target, deadline))
+        Box::pin(async move { self.send_until_inline(p, target, deadline).await.map(|s| s.result) })
     }
 
-    async fn send_until_inline(&self, p: &Prepared, target: &Target, deadline: Instant) -> Result<SendResult> {
+    async fn send_until_inline(&self, p: &Prepared, target: &Target, deadline: Instant) -> Result<Sent> {
         let start = Instant::now();
         let mut attempts_left = self.opts.retries + 1;
         let mut attempts = 0u32;
@@ -736,12 +764,16 @@ impl ProducerInner {
         })
     }
 
-    fn result(&self, p: &Prepared, queue: &MessageQueue, addr: &str, status: SendStatus, resp: &RemotingCommand) -> Result<SendResult> {
+    fn result(&self, p: &Prepared, queue: &MessageQueue, addr: &str, status: SendStatus, resp: &RemotingCommand) -> Result<Sent> {
         let h: SendMessageResponseHeader =
             resp.decode_header().map_err(|e| ClientError::Protocol(format!("send response from {addr}: {e}")))?;
         let mut queue = queue.clone();
         queue.queue_id = h.queue_id;
-        Ok(SendResult { status, msg_id: p.msg_id.clone(), offset_msg_id: h.msg_id, queue, queue_offset: h.queue_offset })
+        Ok(Sent {
+            result: SendResult { status, msg_id: p.msg_id.clone(), offset_msg_id: h.msg_id, queue, queue_offset: h.queue_offset },
+            addr: addr.to_string(),
+            transaction_id: h.transaction_id,
+        })
     }
 }
 

@@ -3,33 +3,50 @@
 //! never answers, or one that refuses. Each test counts the requests every server received, so the rules
 //! ("a hint is followed without using a retry", "an illegal message is not retried", "every retry carries
 //! the same message id") are checked exactly, without a real cluster's timing.
+//!
+//! The transaction producer's tests at the end also record oneway requests (END_TRANSACTION) and push
+//! CHECK_TRANSACTION_STATE to the client over its own connection, as a broker's check-back does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftmq_client::{ClientConfig, ClientError, Message, Producer, ProducerOptions, SendStatus};
+use raftmq_client::{
+    ClientConfig, ClientError, Message, MessageExt, Producer, ProducerOptions, SendStatus, TransactionListener, TransactionProducer,
+    TransactionProducerOptions, TxnState,
+};
 use raftmq_net::server::HandlerFuture;
 use raftmq_net::{Conn, RemotingServer, RequestHandler, Response, ServerOptions};
-use raftmq_remoting::body::{encode_json_body, BrokerData, QueueData, TopicRouteData};
-use raftmq_remoting::header::{SendMessageRequestHeader, SendMessageResponseHeader};
-use raftmq_remoting::message::{get_property, property, sys_flag, BatchMessages};
+use raftmq_remoting::body::{decode_json_body, encode_json_body, BrokerData, HeartbeatData, QueueData, TopicRouteData};
+use raftmq_remoting::header::{CommandHeader, EndTransactionRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader};
+use raftmq_remoting::message::{
+    encode_offset_msg_id, encode_stored_message, get_property, property, sys_flag, BatchMessages, MessageToStore,
+};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 type Script = Arc<dyn Fn(&RemotingCommand, usize) -> Option<RemotingCommand> + Send + Sync>;
 
 /// A server that answers with `script(request, n)` where `n` counts the send requests it got so far.
+/// Oneway requests are recorded and never answered.
 struct Scripted {
     script: Script,
     sends: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<RemotingCommand>>>,
     conns: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+    requests: Arc<Mutex<Vec<RemotingCommand>>>,
+    handles: Arc<Mutex<Vec<Conn>>>,
 }
 
 impl RequestHandler for Scripted {
     fn handle(&self, conn: Conn, req: RemotingCommand) -> HandlerFuture {
-        self.conns.lock().unwrap().insert(conn.id());
+        if self.conns.lock().unwrap().insert(conn.id()) {
+            self.handles.lock().unwrap().push(conn.clone());
+        }
+        self.requests.lock().unwrap().push(req.clone());
+        if req.is_oneway() {
+            return Box::pin(async { None });
+        }
         let is_send = [RequestCode::SEND_MESSAGE_V2.0, RequestCode::SEND_BATCH_MESSAGE.0, RequestCode::SEND_MESSAGE.0].contains(&req.code);
         let n = if is_send { self.sends.fetch_add(1, Ordering::SeqCst) } else { 0 };
         if is_send {
@@ -54,16 +71,56 @@ struct Server {
     sends: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<RemotingCommand>>>,
     conns: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+    /// Every request received, oneway ones included, in arrival order.
+    requests: Arc<Mutex<Vec<RemotingCommand>>>,
+    /// The client connections, for server-initiated requests.
+    handles: Arc<Mutex<Vec<Conn>>>,
     _server: RemotingServer,
+}
+
+impl Server {
+    /// The requests received so far with `code`.
+    fn requests_with(&self, code: RequestCode) -> Vec<RemotingCommand> {
+        self.requests.lock().unwrap().iter().filter(|r| r.code == code.0).cloned().collect()
+    }
+
+    /// Waits (up to 5 s) until at least `n` requests with `code` arrived and returns them.
+    async fn wait_requests(&self, code: RequestCode, n: usize) -> Vec<RemotingCommand> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.requests_with(code);
+            if got.len() >= n || Instant::now() > deadline {
+                assert!(got.len() >= n, "{} requests with code {}, expected {n}", got.len(), code.0);
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends `cmd` to the client on its most recent open connection.
+    fn push(&self, cmd: RemotingCommand) {
+        let handles = self.handles.lock().unwrap();
+        let conn = handles.iter().rev().find(|c| !c.is_closed()).expect("a client connection");
+        assert!(conn.send(Response::from(cmd)), "queued to the client");
+    }
 }
 
 async fn serve(script: impl Fn(&RemotingCommand, usize) -> Option<RemotingCommand> + Send + Sync + 'static) -> Server {
     let sends = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let conns = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
-    let handler = Scripted { script: Arc::new(script), sends: Arc::clone(&sends), seen: Arc::clone(&seen), conns: Arc::clone(&conns) };
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let handles = Arc::new(Mutex::new(Vec::new()));
+    let handler = Scripted {
+        script: Arc::new(script),
+        sends: Arc::clone(&sends),
+        seen: Arc::clone(&seen),
+        conns: Arc::clone(&conns),
+        requests: Arc::clone(&requests),
+        handles: Arc::clone(&handles),
+    };
     let server = RemotingServer::bind("127.0.0.1:0", Arc::new(handler), ServerOptions::default()).await.expect("bind");
-    Server { addr: server.local_addr().to_string(), sends, seen, conns, _server: server }
+    Server { addr: server.local_addr().to_string(), sends, seen, conns, requests, handles, _server: server }
 }
 
 /// An address nothing listens on.
@@ -390,5 +447,237 @@ async fn with_auto_batch_off_every_send_is_its_own_request() {
     let seen = leader.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 20);
     assert!(seen.iter().all(|r| r.code == RequestCode::SEND_MESSAGE_V2.0));
+    p.shutdown().await;
+}
+
+// ---- transactions ------------------------------------------------------------------------------------
+
+/// Where the scripted brokers say half messages are stored: request `n` at commitlog offset
+/// `HALF_PHYS_BASE + n`, half-queue offset `HALF_QUEUE_BASE + n`.
+const HALF_PHYS_BASE: i64 = 1_000_000;
+const HALF_QUEUE_BASE: i64 = 50;
+
+/// Takes half messages (and anything else) as a raftmq leader does: SEND_OK, the half record's offsetMsgId,
+/// the half-queue offset and `transactionId` = the message's UNIQ_KEY.
+fn accept_half(req: &RemotingCommand, n: usize) -> Option<RemotingCommand> {
+    if ![RequestCode::SEND_MESSAGE_V2.0, RequestCode::SEND_MESSAGE.0].contains(&req.code) {
+        return Some(RemotingCommand::response(ResponseCode::SUCCESS, None));
+    }
+    let h = SendMessageRequestHeader::decode_for(req.request_code(), &req.ext_fields).expect("send header");
+    let offset_msg_id = encode_offset_msg_id("127.0.0.1:10911".parse().unwrap(), HALF_PHYS_BASE + n as i64);
+    let mut rh = SendMessageResponseHeader::new(offset_msg_id, h.queue_id, HALF_QUEUE_BASE + n as i64);
+    rh.transaction_id = Some(uniq_key(req));
+    Some(RemotingCommand::response(ResponseCode::SUCCESS, None).with_header(&rh))
+}
+
+/// Records what it is asked. `execute_local` returns its argument (panics on `None`); `check_local`
+/// returns `check_answer` (panics on `None`).
+struct Recording {
+    executed: Mutex<Vec<Message>>,
+    checked: Mutex<Vec<MessageExt>>,
+    check_answer: Mutex<Option<TxnState>>,
+}
+
+impl Recording {
+    fn new(check_answer: TxnState) -> Recording {
+        Recording { executed: Mutex::default(), checked: Mutex::default(), check_answer: Mutex::new(Some(check_answer)) }
+    }
+}
+
+impl TransactionListener for Recording {
+    type Arg = Option<TxnState>;
+
+    fn execute_local(&self, msg: &Message, arg: &Option<TxnState>) -> TxnState {
+        self.executed.lock().unwrap().push(msg.clone());
+        arg.expect("the local transaction failed")
+    }
+
+    fn check_local(&self, msg: &MessageExt) -> TxnState {
+        self.checked.lock().unwrap().push(msg.clone());
+        let answer = *self.check_answer.lock().unwrap();
+        answer.expect("the check failed")
+    }
+}
+
+async fn txn_producer(ns: &Server, name: &str, listener: Recording) -> TransactionProducer<Recording> {
+    let opts = TransactionProducerOptions::new(format!("pg-{name}"));
+    TransactionProducer::start(ClientConfig::new(&ns.addr).with_instance_name(name), opts, listener).await.expect("start")
+}
+
+fn end_header(req: &RemotingCommand) -> EndTransactionRequestHeader {
+    assert!(req.is_oneway(), "END_TRANSACTION is oneway");
+    EndTransactionRequestHeader::from_ext_fields(&req.ext_fields).expect("END_TRANSACTION header")
+}
+
+#[tokio::test]
+async fn a_transaction_is_a_half_message_then_a_oneway_end_with_the_local_outcome() {
+    let leader = serve(accept_half).await;
+    let hint = leader.addr.clone();
+    // The route names a follower first: END must go where the half message was stored, the leader.
+    let follower = serve(move |_, _| not_leader(Some(&hint))).await;
+    let ns = namesrv(vec![(0, follower.addr.clone()), (2, leader.addr.clone())]).await;
+    let p = txn_producer(&ns, "txn-end", Recording::new(TxnState::Commit)).await;
+    let cases = [
+        (Some(TxnState::Commit), 8, TxnState::Commit),
+        (Some(TxnState::Rollback), 12, TxnState::Rollback),
+        (Some(TxnState::Unknown), 0, TxnState::Unknown),
+        (None, 0, TxnState::Unknown),
+    ];
+    for (i, (arg, code, state)) in cases.into_iter().enumerate() {
+        let msg = Message::new("T", format!("m{i}")).with_tags("A");
+        let r = p.send_in_transaction(msg, &arg).await.expect("half message stored");
+        let half = leader.seen.lock().unwrap()[i].clone();
+        assert_eq!(half.code, RequestCode::SEND_MESSAGE_V2.0, "a single send, never a batch");
+        let h = SendMessageRequestHeader::decode_for(half.request_code(), &half.ext_fields).unwrap();
+        assert_eq!(h.sys_flag & sys_flag::TRANSACTION_PREPARED_TYPE, sys_flag::TRANSACTION_PREPARED_TYPE);
+        let props = h.properties.clone().unwrap_or_default();
+        assert_eq!(get_property(&props, property::TRANSACTION_PREPARED), Some("true"));
+        assert_eq!(get_property(&props, property::PRODUCER_GROUP), Some("pg-txn-end"));
+        let uniq = uniq_key(&half);
+        assert_eq!((r.send.msg_id.as_str(), r.transaction_id.as_str()), (uniq.as_str(), uniq.as_str()));
+        assert_eq!(r.send.queue_offset, HALF_QUEUE_BASE + i as i64);
+        assert_eq!((r.local_state, r.end_sent), (state, true));
+        // The local transaction saw the message as sent, with its id.
+        let executed = p.listener().executed.lock().unwrap()[i].clone();
+        assert_eq!(executed.msg_id(), Some(uniq.as_str()));
+        assert_eq!(executed.property(property::TRANSACTION_ID), Some(uniq.as_str()));
+        let ends = leader.wait_requests(RequestCode::END_TRANSACTION, i + 1).await;
+        assert_eq!(ends.len(), i + 1, "one END per transaction");
+        let e = end_header(&ends[i]);
+        assert_eq!(e.producer_group, "pg-txn-end");
+        assert_eq!(e.tran_state_table_offset, HALF_QUEUE_BASE + i as i64, "the half-queue offset");
+        assert_eq!(e.commit_log_offset, HALF_PHYS_BASE + i as i64, "decoded from the offsetMsgId");
+        assert_eq!(e.commit_or_rollback, code);
+        assert!(!e.from_transaction_check);
+        assert_eq!((e.msg_id.as_str(), e.transaction_id.as_deref()), (uniq.as_str(), Some(uniq.as_str())));
+        if arg.is_none() {
+            assert!(ends[i].remark.as_deref().unwrap_or("").contains("panicked"), "{:?}", ends[i].remark);
+        }
+    }
+    assert!(follower.requests_with(RequestCode::END_TRANSACTION).is_empty(), "END went to the broker that took the half message");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_or_scheduled_half_message_never_runs_the_local_transaction() {
+    let leader = serve(|req, _| {
+        if req.code == RequestCode::SEND_MESSAGE_V2.0 {
+            refuse(ResponseCode::NO_PERMISSION, "the broker[127.0.0.1] sending transaction message is forbidden")
+        } else {
+            Some(RemotingCommand::response(ResponseCode::SUCCESS, None))
+        }
+    })
+    .await;
+    let ns = namesrv(vec![(0, leader.addr.clone())]).await;
+    let p = txn_producer(&ns, "txn-refused", Recording::new(TxnState::Commit)).await;
+    let e = p.send_in_transaction(Message::new("T", "x"), &Some(TxnState::Commit)).await.expect_err("refused");
+    assert_eq!(e.response_code(), Some(ResponseCode::NO_PERMISSION.0), "{e}");
+    let sends_after_refusal = leader.sends.load(Ordering::SeqCst);
+    let at = std::time::SystemTime::now() + Duration::from_secs(60);
+    for m in [
+        Message::new("T", "x").with_delay_level(3),
+        Message::new("T", "x").with_delay(Duration::from_secs(5)),
+        Message::new("T", "x").with_delivery_time(at),
+        Message::new("T", "x").with_property("TIMER_DELAY_SEC", "5"),
+    ] {
+        let e = p.send_in_transaction(m, &Some(TxnState::Commit)).await.expect_err("scheduled");
+        assert!(matches!(e, ClientError::InvalidMessage(_)) && e.to_string().contains("cannot be scheduled"), "{e}");
+    }
+    assert_eq!(leader.sends.load(Ordering::SeqCst), sends_after_refusal, "no scheduled half message left the client");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(p.listener().executed.lock().unwrap().is_empty(), "the local transaction never ran");
+    assert!(leader.requests_with(RequestCode::END_TRANSACTION).is_empty(), "nothing to end");
+    p.shutdown().await;
+}
+
+/// A CHECK_TRANSACTION_STATE request as a broker sends it: oneway, the header's offsets, the half message
+/// (already back on its real topic and queue) as the body.
+fn check_request(fields: &[(&str, &str)], body: Vec<u8>) -> RemotingCommand {
+    let mut cmd = RemotingCommand::request(RequestCode::CHECK_TRANSACTION_STATE, 0).with_body(body).mark_oneway();
+    for (k, v) in fields {
+        cmd.ext_fields.insert(k.to_string(), v.to_string());
+    }
+    cmd
+}
+
+fn stored_half(properties: &str) -> Vec<u8> {
+    let host: std::net::SocketAddrV4 = "127.0.0.1:10911".parse().unwrap();
+    let mut out = Vec::new();
+    encode_stored_message(
+        &MessageToStore {
+            topic: "T",
+            queue_id: 3,
+            flag: 0,
+            queue_offset: 777,
+            physical_offset: 4242,
+            sys_flag: 0,
+            born_timestamp: 1,
+            born_host: host,
+            store_timestamp: 2,
+            store_host: host,
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body: b"the order",
+            properties,
+        },
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_check_back_is_answered_with_the_check_local_state_and_the_checks_offsets() {
+    let leader = serve(accept_half).await;
+    let ns = namesrv(vec![(0, leader.addr.clone())]).await;
+    let p = txn_producer(&ns, "txn-check", Recording::new(TxnState::Rollback)).await;
+    let r = p.send_in_transaction(Message::new("T", "the order").with_keys(["k1"]), &Some(TxnState::Unknown)).await.expect("half");
+    assert_eq!(leader.wait_requests(RequestCode::END_TRANSACTION, 1).await.len(), 1);
+    // The half send made the broker known; the group's heartbeat follows at once, not 30 s later.
+    let hb = leader.wait_requests(RequestCode::HEART_BEAT, 1).await;
+    let hb: HeartbeatData = decode_json_body("HeartbeatData", &hb[0].body).expect("heartbeat body");
+    assert!(hb.producer_data_set.iter().any(|d| d.group_name == "pg-txn-check"), "{hb:?}");
+
+    let uniq = r.transaction_id.clone();
+    let props = format!("PGROUP\u{1}pg-txn-check\u{2}UNIQ_KEY\u{1}{uniq}\u{2}TRAN_MSG\u{1}true\u{2}KEYS\u{1}k1\u{2}");
+    let offsets = [("tranStateTableOffset", "777"), ("commitLogOffset", "4242")];
+    // Malformed or foreign checks are ignored: no answer, no harm.
+    leader.push(check_request(&[("commitLogOffset", "4242"), ("msgId", &uniq)], stored_half(&props)));
+    leader.push(check_request(&offsets, b"\x00\x00\x00\x20 not a stored message".to_vec()));
+    leader.push(check_request(&offsets, stored_half("UNIQ_KEY\u{1}X\u{2}")));
+    leader.push(check_request(&offsets, stored_half("PGROUP\u{1}another-group\u{2}UNIQ_KEY\u{1}X\u{2}")));
+    // The real one.
+    let fields = [
+        ("tranStateTableOffset", "777"),
+        ("commitLogOffset", "4242"),
+        ("msgId", uniq.as_str()),
+        ("transactionId", uniq.as_str()),
+        ("offsetMsgId", "7F00000100002A9F0000000000001092"),
+    ];
+    leader.push(check_request(&fields, stored_half(&props)));
+    let ends = leader.wait_requests(RequestCode::END_TRANSACTION, 2).await;
+    let e = end_header(&ends[1]);
+    assert!(e.from_transaction_check);
+    assert_eq!((e.tran_state_table_offset, e.commit_log_offset), (777, 4242), "copied from the check");
+    assert_eq!(e.commit_or_rollback, 12, "check_local said rollback");
+    assert_eq!((e.msg_id.as_str(), e.transaction_id.as_deref()), (uniq.as_str(), Some(uniq.as_str())));
+    assert_eq!(e.producer_group, "pg-txn-check");
+    let checked = p.listener().checked.lock().unwrap().clone();
+    assert_eq!(checked.len(), 1, "only the well-formed check of this group reached the listener");
+    assert_eq!((checked[0].topic.as_str(), checked[0].queue_id, checked[0].msg_id.as_str()), ("T", 3, uniq.as_str()));
+    assert_eq!((checked[0].keys(), &checked[0].body[..]), (vec!["k1"], &b"the order"[..]));
+
+    // A panicking check answers unknown, and the producer carries on.
+    *p.listener().check_answer.lock().unwrap() = None;
+    leader.push(check_request(&fields, stored_half(&props)));
+    let ends = leader.wait_requests(RequestCode::END_TRANSACTION, 3).await;
+    let e = end_header(&ends[2]);
+    assert_eq!((e.commit_or_rollback, e.from_transaction_check), (0, true));
+    assert!(ends[2].remark.as_deref().unwrap_or("").contains("the check failed"), "{:?}", ends[2].remark);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(leader.requests_with(RequestCode::END_TRANSACTION).len(), 3, "nothing answered the malformed checks");
+    let counts = p.check_counts();
+    assert_eq!((counts.received, counts.answered, counts.dropped), (2, 2, 0), "{counts:?}");
+    p.send_in_transaction(Message::new("T", "next"), &Some(TxnState::Commit)).await.expect("still sending");
     p.shutdown().await;
 }

@@ -403,8 +403,7 @@ impl BrokerInner {
         }
         // A request all of whose messages the window remembers is a retry: answer with the originals.
         if !keys.is_empty() && keys.len() == messages.len() {
-            let seen: Vec<MessagePosition> = keys.iter().filter_map(|(_, k)| self.store.dedup_seen(*k).map(|s| s.position())).collect();
-            if seen.len() == keys.len() {
+            if let Some(seen) = self.store.dedup_all_seen(keys.iter().map(|(_, k)| *k)) {
                 self.duplicates_answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return self.send_result(req, &seen, store_host, &store_topic, &topic, queue_id, half_plan.as_ref());
             }

@@ -273,9 +273,10 @@ impl MessageStore {
         Ok(ticket.await?)
     }
 
-    /// Where the first send with de-duplication key `key` landed, while the window remembers it.
-    pub fn dedup_seen(&self, key: u128) -> Option<raftmq_raft::types::Seen> {
-        self.node.state().with_metadata(|m| m.state.dedup.get(key))
+    /// Where the first sends with de-duplication keys `keys` landed, when the window remembers every one
+    /// of them (one lock; stops at the first unknown key, the common case of a new message).
+    pub fn dedup_all_seen(&self, keys: impl Iterator<Item = u128>) -> Option<Vec<MessagePosition>> {
+        self.node.state().with_metadata(|m| keys.map(|k| m.state.dedup.get(k).map(|s| s.position())).collect())
     }
 
     /// The replicated clock: the newest time stamped into an applied entry (ms; 0 before the first).

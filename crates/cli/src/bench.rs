@@ -495,8 +495,10 @@ pub async fn dedup(b: DedupBench) -> Result<()> {
         bail!("--count (messages per phase) and --rounds must be at least 1");
     }
     let quiet = b.produce.common.quiet;
-    // An empty client id: the broker does not de-duplicate the message (and the client keeps the id).
-    let unkeyed: Decorate = Arc::new(|_, m: Message| m.with_property("UNIQ_KEY", ""));
+    // An empty client id: the broker does not de-duplicate the message (and the client keeps the id). A
+    // padding property makes up the 32 characters of the id the keyed messages carry, so both phases send
+    // and store the same bytes and only the de-duplication differs.
+    let unkeyed: Decorate = Arc::new(|_, m: Message| m.with_property("UNIQ_KEY", "").with_property("_PAD", "x".repeat(26)));
     let rss = |pids: &[u32]| pids.iter().map(|p| (*p, rss_kib(*p))).collect::<Vec<_>>();
     let rss_start = rss(&b.broker_pids);
     let (mut keyed_rates, mut plain_rates, mut errors) = (Vec::new(), Vec::new(), 0u64);
@@ -512,7 +514,11 @@ pub async fn dedup(b: DedupBench) -> Result<()> {
             if !quiet {
                 println!("round {round} {what}: {acked} in {secs:.2} s = {rate:.0} msg/s ({err} errors)");
             }
-            if keyed { keyed_rates.push(rate) } else { plain_rates.push(rate) }
+            if keyed {
+                keyed_rates.push(rate)
+            } else {
+                plain_rates.push(rate)
+            }
         }
     }
     let rss_end = rss(&b.broker_pids);

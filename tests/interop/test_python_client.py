@@ -9,6 +9,7 @@ acknowledged message arrived with its keys and tags intact. Run by scripts/test.
 import glob
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,6 +91,9 @@ class Cluster:
         for p in self.procs.values():
             p.kill()
             p.wait()
+        # The stores (tens of MB per node, preallocated segments) go; the logs stay for a post-mortem.
+        for node_id, _, _ in self.peers:
+            shutil.rmtree(f"{self.root}/n{node_id}", ignore_errors=True)
 
 
 def start_cluster(extra=""):

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +16,7 @@ use raftmq_remoting::header::{
     GetMaxOffsetRequestHeader, GetRouteInfoRequestHeader, OffsetResponseHeader, PullMessageRequestHeader, PullMessageResponseHeader,
     QueryConsumerOffsetRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader, UpdateConsumerOffsetRequestHeader,
 };
-use raftmq_remoting::message::{encode_properties, property, StoredMessages};
+use raftmq_remoting::message::{decode_properties, encode_properties, property, StoredMessages};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -279,12 +280,17 @@ pub fn now_ms() -> i64 {
 
 /// A SEND_MESSAGE_V2 request.
 pub fn send_request(topic: &str, queue_id: i32, body: &[u8], tag: Option<&str>) -> RemotingCommand {
-    let mut props = String::new();
-    let mut list = vec![(property::WAIT_STORE_MSG_OK, "true")];
-    if let Some(t) = tag {
-        list.push((property::TAGS, t));
+    match tag {
+        Some(t) => send_request_with(topic, queue_id, body, &[(property::TAGS, t)]),
+        None => send_request_with(topic, queue_id, body, &[]),
     }
-    encode_properties(list, &mut props).expect("properties");
+}
+
+/// A SEND_MESSAGE_V2 request carrying `props` (a delay level, a timer, tags) besides WAIT.
+pub fn send_request_with(topic: &str, queue_id: i32, body: &[u8], props: &[(&str, &str)]) -> RemotingCommand {
+    let mut encoded = String::new();
+    let list = std::iter::once((property::WAIT_STORE_MSG_OK, "true")).chain(props.iter().copied());
+    encode_properties(list, &mut encoded).expect("properties");
     let h = SendMessageRequestHeader {
         producer_group: "test_producer".into(),
         topic: topic.into(),
@@ -292,7 +298,7 @@ pub fn send_request(topic: &str, queue_id: i32, body: &[u8], tag: Option<&str>) 
         default_topic_queue_nums: 4,
         queue_id,
         born_timestamp: now_ms(),
-        properties: Some(props),
+        properties: Some(encoded),
         ..Default::default()
     };
     let mut cmd = RemotingCommand::request(RequestCode::SEND_MESSAGE_V2, 0).with_body(body.to_vec());
@@ -302,7 +308,13 @@ pub fn send_request(topic: &str, queue_id: i32, body: &[u8], tag: Option<&str>) 
 
 /// Sends one message; `Ok(queue offset)` on SEND_OK, `Err((code, remark))` otherwise.
 pub async fn send(c: &RemotingClient, topic: &str, queue_id: i32, body: &[u8]) -> Result<i64, (i32, String)> {
-    let r = c.invoke(send_request(topic, queue_id, body, None), TIMEOUT).await.map_err(|e| (-1, e.to_string()))?;
+    send_cmd(c, send_request(topic, queue_id, body, None)).await
+}
+
+/// Sends a prepared SEND_MESSAGE_V2 request; `Ok(queue offset)` on SEND_OK (for a delayed or timed message,
+/// its offset in the staging queue), `Err((code, remark))` otherwise.
+pub async fn send_cmd(c: &RemotingClient, cmd: RemotingCommand) -> Result<i64, (i32, String)> {
+    let r = c.invoke(cmd, TIMEOUT).await.map_err(|e| (-1, e.to_string()))?;
     if r.code != ResponseCode::SUCCESS.0 {
         return Err((r.code, r.remark.unwrap_or_default()));
     }
@@ -310,8 +322,23 @@ pub async fn send(c: &RemotingClient, topic: &str, queue_id: i32, body: &[u8]) -
     Ok(h.queue_offset)
 }
 
+/// A pulled message: what the tests look at.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub offset: i64,
+    pub body: Vec<u8>,
+    pub store_timestamp: i64,
+    pub properties: BTreeMap<String, String>,
+}
+
 /// Pulls up to 32 messages from `offset` (no long polling); returns (code, next offset, [(offset, body)]).
 pub async fn pull(c: &RemotingClient, topic: &str, queue_id: i32, offset: i64) -> (i32, i64, Vec<(i64, Vec<u8>)>) {
+    let (code, next, msgs) = pull_messages(c, topic, queue_id, offset).await;
+    (code, next, msgs.into_iter().map(|m| (m.offset, m.body)).collect())
+}
+
+/// Like [`pull`], with each message's store timestamp and properties.
+pub async fn pull_messages(c: &RemotingClient, topic: &str, queue_id: i32, offset: i64) -> (i32, i64, Vec<Pulled>) {
     let h = PullMessageRequestHeader {
         consumer_group: "test_consumer".into(),
         topic: topic.into(),
@@ -324,16 +351,29 @@ pub async fn pull(c: &RemotingClient, topic: &str, queue_id: i32, offset: i64) -
     let r = c.invoke(RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h), TIMEOUT).await.expect("pull");
     // Error answers (TOPIC_NOT_EXIST on a member that has not caught up, …) carry no pull header: -1.
     let next = r.decode_header::<PullMessageResponseHeader>().map(|h| h.next_begin_offset).unwrap_or(-1);
-    let msgs = StoredMessages::new(&r.body).map(|m| m.expect("stored message")).map(|m| (m.queue_offset, m.body.to_vec())).collect();
+    let msgs = StoredMessages::new(&r.body)
+        .map(|m| m.expect("stored message"))
+        .map(|m| Pulled {
+            offset: m.queue_offset,
+            body: m.body.to_vec(),
+            store_timestamp: m.store_timestamp,
+            properties: decode_properties(m.properties),
+        })
+        .collect();
     (r.code, next, msgs)
 }
 
 /// Every message of a queue from offset 0.
 pub async fn pull_all(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<(i64, Vec<u8>)> {
+    pull_all_messages(c, topic, queue_id).await.into_iter().map(|m| (m.offset, m.body)).collect()
+}
+
+/// Like [`pull_all`], with each message's store timestamp and properties.
+pub async fn pull_all_messages(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<Pulled> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let (code, next, msgs) = pull(c, topic, queue_id, offset).await;
+        let (code, next, msgs) = pull_messages(c, topic, queue_id, offset).await;
         if code != ResponseCode::SUCCESS.0 || msgs.is_empty() {
             return out;
         }

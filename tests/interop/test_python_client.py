@@ -267,3 +267,55 @@ def test_send_sync_across_a_leader_kill_and_push_consumer_receives_everything(cl
     assert not missing, f"{len(missing)} acknowledged messages never delivered, e.g. {missing[:5]}"
     for body, (keys, tags) in acked.items():
         assert received[body] == (keys, tags), f"{body}: got {received[body]}, sent {(keys, tags)}"
+
+
+def test_a_half_message_from_a_client_without_transactions_stays_invisible_and_is_parked():
+    """The C++ client's C API has no transaction producer, but `set_property("TRAN_MSG", "true")` makes a half
+    message nobody ends. It must never reach consumers of its topic, and the broker's check-backs (which this
+    producer cannot answer) must end it: after transactionCheckMax rounds it is parked in
+    TRANS_CHECK_MAX_TIME_TOPIC, where a consumer can read it."""
+    from rocketmq.client import Message, Producer, PushConsumer, SendStatus
+
+    c = start_cluster("transactionTimeOut = 500\ntransactionCheckInterval = 500\ntransactionCheckMax = 2\n")
+    try:
+        topic = "PyHalfTopic"
+        producer = Producer("PID_half")
+        producer.set_namesrv_addr(c.namesrv)
+        producer.start()
+        received, parked = [], []
+
+        def text(v):
+            return v.decode() if isinstance(v, bytes) else v
+
+        def send(body, half=False):
+            m = Message(topic)
+            m.set_body(body)
+            if half:
+                m.set_property("TRAN_MSG", "true")
+                m.set_property("PGROUP", "PID_half")
+            r = producer.send_sync(m)
+            assert r.status == SendStatus.OK, f"{body}: {r.status}"
+
+        send("before")
+        send("half", half=True)
+        send("after")
+        consumer = PushConsumer("CID_half")
+        consumer.set_namesrv_addr(c.namesrv)
+        consumer.subscribe(topic, lambda m: received.append(text(m.body)))
+        consumer.start()
+        parking = PushConsumer("CID_parking")
+        parking.set_namesrv_addr(c.namesrv)
+        parking.subscribe("TRANS_CHECK_MAX_TIME_TOPIC", lambda m: parked.append(text(m.body)))
+        parking.start()
+        deadline = time.time() + 60
+        while not ({"before", "after"} <= set(received) and "half" in parked) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        consumer.shutdown()
+        parking.shutdown()
+        producer.shutdown()
+        assert {"before", "after"} <= set(received), f"plain messages not received: {received}; logs in {c.root}"
+        assert "half" not in received, f"a half message nobody committed was delivered: {received}"
+        assert parked == ["half"], f"the undecided half message was not parked once: {parked}; logs in {c.root}\n" + c.diagnostics()
+    finally:
+        c.stop()

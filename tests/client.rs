@@ -978,7 +978,7 @@ async fn transactions_commit_once_roll_back_never_and_unknown_is_resolved_by_che
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("raftmq produce --transaction unknown:\n{stdout}");
     assert!(out.status.success(), "raftmq produce --transaction unknown: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("decided=unknown") && stdout.contains("answered commit"), "{stdout}");
+    assert!(stdout.contains("local=unknown") && stdout.contains("answered commit"), "{stdout}");
     let v = wait_for("the CLI's transaction", &logs, Duration::from_secs(20), || async {
         let v = visible(&read_topic(&pc, T, &logs).await);
         if v.contains_key("from the cli") {

@@ -421,6 +421,43 @@ async fn registration_loop(inner: Arc<BrokerInner>) {
     }
 }
 
+/// Follows this node's role for a leader-only service loop (scheduled delivery, transaction check-backs).
+pub(crate) struct LeaderWatch {
+    role: tokio::sync::watch::Receiver<raftmq_raft::node::RoleState>,
+    term: u64,
+}
+
+impl LeaderWatch {
+    pub(crate) fn new(inner: &BrokerInner) -> LeaderWatch {
+        LeaderWatch { role: inner.node.role(), term: 0 }
+    }
+
+    /// Waits until this node is the ready leader. `Some(true)` the first time in a term (for per-term
+    /// work), `Some(false)` after that; `None` once the node is gone.
+    pub(crate) async fn leading(&mut self) -> Option<bool> {
+        loop {
+            let (leading, term) = {
+                let r = self.role.borrow_and_update();
+                (r.role == Role::Leader && r.ready, r.term)
+            };
+            if leading {
+                let new_term = term != self.term;
+                self.term = term;
+                return Some(new_term);
+            }
+            self.role.changed().await.ok()?;
+        }
+    }
+
+    /// Sleeps `d`, or less when the role changes.
+    pub(crate) async fn pause(&mut self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.role.changed() => {}
+        }
+    }
+}
+
 /// On every role change: re-register at once; a newly ready leader creates the TBW102 template topic.
 async fn role_watch(inner: Arc<BrokerInner>) {
     let mut rx = inner.node.role();

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftmq_raft::node::Role;
 use raftmq_raft::types::{
     format_delay_levels, parse_delay_levels, timer_level_delay_ms, timer_level_for, Action, Command, CommandResponse, Delivery, Message,
     Produce, QueueAppend, Source, DELIVERY_BYTES, PRODUCE_HEADER_BYTES, SCHEDULE_TOPIC, TIMER_LEVELS, TIMER_TOPIC,
@@ -485,32 +484,14 @@ fn timer_out_of(raw: &[u8]) -> Result<i64, String> {
 
 /// The leader's delivery loop: runs for the broker's lifetime, active while this node is the ready leader.
 pub(crate) async fn delivery_loop(inner: Arc<BrokerInner>) {
-    let mut role = inner.node.role();
-    let mut seeded_term = 0;
-    loop {
-        let (leading, term) = {
-            let r = role.borrow_and_update();
-            (r.role == Role::Leader && r.ready, r.term)
-        };
-        if !leading {
-            if role.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        if seeded_term != term {
-            seeded_term = term;
+    let mut leader = crate::broker::LeaderWatch::new(&inner);
+    while let Some(new_term) = leader.leading().await {
+        if new_term {
             inner.seed_delay_levels().await;
         }
         match inner.deliver_due().await {
             Ok((n, _)) if n > 0 => continue,
-            Ok((_, wait)) => {
-                let ms = wait.unwrap_or(POLL_MS_MAX).clamp(1, POLL_MS_MAX);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
-                    _ = role.changed() => {}
-                }
-            }
+            Ok((_, wait)) => leader.pause(Duration::from_millis(wait.unwrap_or(POLL_MS_MAX).clamp(1, POLL_MS_MAX))).await,
             Err(why) => {
                 warn!(why, "scheduled delivery failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftmq_raft::node::Role;
 use raftmq_raft::types::{
     Command, CommandResponse, DedupSettings, HalfMessage, Op, PendingTxn, Resolution, TRANS_CHECK_MAX_TIME_TOPIC, TRANS_HALF_TOPIC,
 };
@@ -383,21 +382,9 @@ impl BrokerInner {
 /// The leader's transaction service: on every new leadership the de-duplication settings are seeded;
 /// then, every [`CHECK_TICK`], due transactions are checked back or parked.
 pub(crate) async fn check_loop(inner: Arc<BrokerInner>) {
-    let mut role = inner.node.role();
-    let mut seeded_term = 0;
-    loop {
-        let (leading, term) = {
-            let r = role.borrow_and_update();
-            (r.role == Role::Leader && r.ready, r.term)
-        };
-        if !leading {
-            if role.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        if seeded_term != term {
-            seeded_term = term;
+    let mut leader = crate::broker::LeaderWatch::new(&inner);
+    while let Some(new_term) = leader.leading().await {
+        if new_term {
             inner.seed_dedup_window().await;
         }
         match inner.check_pass().await {
@@ -405,9 +392,6 @@ pub(crate) async fn check_loop(inner: Arc<BrokerInner>) {
             Ok(_) => {}
             Err(why) => warn!(why, "transaction check-back pass failed; retrying"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(CHECK_TICK) => {}
-            _ = role.changed() => {}
-        }
+        leader.pause(CHECK_TICK).await;
     }
 }

@@ -469,16 +469,7 @@ async fn send_transactions(producer: &TransactionProducer<CliTransactions>, a: &
     for i in 0..a.count {
         match producer.send_in_transaction(cli_message(a, i), &()).await {
             Ok(r) => {
-                println!(
-                    "{} {} queue={} halfOffset={} transactionId={} decided={}{}",
-                    r.send.status,
-                    r.send.queue.broker_name,
-                    r.send.queue.queue_id,
-                    r.send.queue_offset,
-                    r.transaction_id,
-                    r.local_state,
-                    if r.end_sent { "" } else { " (END_TRANSACTION not sent; the broker will check back)" }
-                );
+                println!("{r}{}", if r.end_sent { "" } else { " (END_TRANSACTION not sent; the broker will check back)" });
                 if r.local_state == TxnState::Unknown || !r.end_sent {
                     pending.insert(r.transaction_id);
                 }

@@ -149,6 +149,49 @@ pub async fn pull(c: &RemotingClient, topic: &str, queue_id: i32, offset: i64) -
     (r.code, next, r.remark.unwrap_or_default())
 }
 
+/// A message as a pull returned it.
+#[derive(Debug)]
+pub struct Pulled {
+    pub offset: i64,
+    pub phys: i64,
+    pub reconsume_times: i32,
+    pub body: Vec<u8>,
+    pub store_timestamp: i64,
+    pub sys_flag: i32,
+    pub prepared_offset: i64,
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// The first 32 messages of a queue from offset 0 (none when the pull is not SUCCESS).
+pub async fn pull_messages(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<Pulled> {
+    let h = PullMessageRequestHeader {
+        consumer_group: "test_consumer".into(),
+        topic: topic.into(),
+        queue_id,
+        queue_offset: 0,
+        max_msg_nums: 32,
+        subscription: Some("*".into()),
+        ..Default::default()
+    };
+    let r = c.invoke(RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h), TIMEOUT).await.expect("pull");
+    if r.code != ResponseCode::SUCCESS.0 {
+        return Vec::new();
+    }
+    raftmq_remoting::message::StoredMessages::new(&r.body)
+        .map(|m| m.expect("stored message"))
+        .map(|m| Pulled {
+            offset: m.queue_offset,
+            phys: m.physical_offset,
+            reconsume_times: m.reconsume_times,
+            body: m.body.to_vec(),
+            store_timestamp: m.store_timestamp,
+            sys_flag: m.sys_flag,
+            prepared_offset: m.prepared_transaction_offset,
+            properties: raftmq_remoting::message::decode_properties(m.properties),
+        })
+        .collect()
+}
+
 /// A CONSUMER_SEND_MSG_BACK of the message at commitlog `offset` for group `g` (delay level 0: the broker's
 /// retry schedule), with the client's `maxReconsumeTimes` when given.
 pub fn send_back_request(offset: i64, max_reconsume_times: Option<i32>) -> RemotingCommand {

@@ -5,51 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{now_ms, send_back_request, send_cmd, send_request, wait_delay_levels, Group, TIMEOUT, TOPIC};
+use crate::common::{now_ms, pull_messages, send_back_request, send_cmd, send_request, wait_delay_levels, Group, Pulled, TIMEOUT, TOPIC};
 use raftmq_net::RemotingClient;
-use raftmq_remoting::header::PullMessageRequestHeader;
-use raftmq_remoting::message::{decode_properties, property, StoredMessages};
+use raftmq_remoting::message::property;
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 /// Level n waits n seconds (levels 1..=3).
 const LEVELS: &str = "messageDelayLevel = \"1s 2s 3s\"\n";
-
-#[derive(Debug)]
-struct Pulled {
-    offset: i64,
-    phys: i64,
-    reconsume_times: i32,
-    body: Vec<u8>,
-    store_timestamp: i64,
-    properties: std::collections::BTreeMap<String, String>,
-}
-
-async fn pull_messages(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<Pulled> {
-    let h = PullMessageRequestHeader {
-        consumer_group: "test_consumer".into(),
-        topic: topic.into(),
-        queue_id,
-        queue_offset: 0,
-        max_msg_nums: 32,
-        subscription: Some("*".into()),
-        ..Default::default()
-    };
-    let r = c.invoke(RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h), TIMEOUT).await.expect("pull");
-    if r.code != ResponseCode::SUCCESS.0 {
-        return Vec::new();
-    }
-    StoredMessages::new(&r.body)
-        .map(|m| m.expect("stored message"))
-        .map(|m| Pulled {
-            offset: m.queue_offset,
-            phys: m.physical_offset,
-            reconsume_times: m.reconsume_times,
-            body: m.body.to_vec(),
-            store_timestamp: m.store_timestamp,
-            properties: decode_properties(m.properties),
-        })
-        .collect()
-}
 
 /// Waits until the group's replicated level table is the test's (the first leader proposes it).
 async fn wait_levels(g: &Group, leader: usize) {

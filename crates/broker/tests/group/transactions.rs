@@ -11,12 +11,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{pull, send_cmd, send_request, Group, TIMEOUT, TOPIC};
+use crate::common::{pull, pull_messages, send_cmd, send_request, Group, TIMEOUT, TOPIC};
 use raftmq_net::RemotingClient;
 use raftmq_remoting::body::{encode_json_body, HeartbeatData, ProducerData};
 use raftmq_remoting::header::{
-    transaction_type, CheckTransactionStateRequestHeader, CommandHeader, EndTransactionRequestHeader, PullMessageRequestHeader,
-    SendMessageResponseHeader,
+    transaction_type, CheckTransactionStateRequestHeader, CommandHeader, EndTransactionRequestHeader, SendMessageResponseHeader,
 };
 use raftmq_remoting::message::{decode_offset_msg_id, decode_properties, property, sys_flag, StoredMessages};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
@@ -66,41 +65,6 @@ async fn end(c: &RemotingClient, h: &EndTransactionRequestHeader) -> (i32, Strin
     (r.code, r.remark.unwrap_or_default())
 }
 
-#[derive(Debug)]
-struct Pulled {
-    offset: i64,
-    body: Vec<u8>,
-    sys_flag: i32,
-    prepared_offset: i64,
-    properties: std::collections::BTreeMap<String, String>,
-}
-
-async fn pull_all(c: &RemotingClient, topic: &str, queue_id: i32) -> Vec<Pulled> {
-    let h = PullMessageRequestHeader {
-        consumer_group: "test_consumer".into(),
-        topic: topic.into(),
-        queue_id,
-        queue_offset: 0,
-        max_msg_nums: 32,
-        subscription: Some("*".into()),
-        ..Default::default()
-    };
-    let r = c.invoke(RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h), TIMEOUT).await.expect("pull");
-    if r.code != ResponseCode::SUCCESS.0 {
-        return Vec::new();
-    }
-    StoredMessages::new(&r.body)
-        .map(|m| m.expect("stored message"))
-        .map(|m| Pulled {
-            offset: m.queue_offset,
-            body: m.body.to_vec(),
-            sys_flag: m.sys_flag,
-            prepared_offset: m.prepared_transaction_offset,
-            properties: decode_properties(m.properties),
-        })
-        .collect()
-}
-
 async fn pending(g: &Group, i: usize) -> usize {
     g.brokers[i].node().state().with_metadata(|m| m.state.transactions.len())
 }
@@ -146,12 +110,12 @@ fn a_half_message_is_invisible_until_committed_and_a_second_commit_adds_nothing(
         crate::common::send(&c, TOPIC, 0, b"creates the topic").await.expect("plain send");
         let half = send_half(&c, 1, b"order-1 paid", "7F000001TXN000000000000000000001").await;
         assert_eq!(half.transaction_id, "7F000001TXN000000000000000000001");
-        assert_eq!(pull_all(&c, TOPIC, 1).await.len(), 0, "a half message is visible");
+        assert_eq!(pull_messages(&c, TOPIC, 1).await.len(), 0, "a half message is visible");
         assert_eq!(pending(&g, leader).await, 1);
 
         let (code, remark) = end(&c, &end_header(&half, transaction_type::COMMIT, false)).await;
         assert_eq!(code, ResponseCode::SUCCESS.0, "{remark}");
-        let got = pull_all(&c, TOPIC, 1).await;
+        let got = pull_messages(&c, TOPIC, 1).await;
         assert_eq!(got.len(), 1);
         let m = &got[0];
         assert_eq!((m.offset, m.body.as_slice()), (0, &b"order-1 paid"[..]));
@@ -168,7 +132,7 @@ fn a_half_message_is_invisible_until_committed_and_a_second_commit_adds_nothing(
         let (code, remark) = end(&c, &end_header(&half, transaction_type::COMMIT, true)).await;
         assert_eq!(code, ResponseCode::SYSTEM_ERROR.0, "{remark}");
         assert!(remark.contains("no transaction is pending"), "{remark}");
-        assert_eq!(pull_all(&c, TOPIC, 1).await.len(), 1, "committed twice");
+        assert_eq!(pull_messages(&c, TOPIC, 1).await.len(), 1, "committed twice");
         assert_eq!(pending(&g, leader).await, 0);
 
         // Sent oneway to a follower (as clients do after a failover): forwarded, and it commits.
@@ -179,7 +143,7 @@ fn a_half_message_is_invisible_until_committed_and_a_second_commit_adds_nothing(
             RemotingCommand::request(RequestCode::END_TRANSACTION, 0).with_header(&end_header(&half, transaction_type::COMMIT, false));
         f.invoke_oneway(cmd).await.expect("oneway 37");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while pull_all(&c, TOPIC, 2).await.len() != 1 {
+        while pull_messages(&c, TOPIC, 2).await.len() != 1 {
             assert!(Instant::now() < deadline, "a oneway END sent to a follower did not commit");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -233,13 +197,13 @@ fn a_rollback_hides_it_for_good_and_bad_input_changes_nothing() {
         // Unknown (0): stays pending.
         let (code, _) = end(&c, &end_header(&half, transaction_type::NOT_TYPE, false)).await;
         assert_eq!(code, ResponseCode::SUCCESS.0);
-        assert_eq!((pending(&g, leader).await, pull_all(&c, TOPIC, 1).await.len()), (1, 0), "bad ENDs changed something");
+        assert_eq!((pending(&g, leader).await, pull_messages(&c, TOPIC, 1).await.len()), (1, 0), "bad ENDs changed something");
 
         let (code, remark) = end(&c, &end_header(&half, transaction_type::ROLLBACK, false)).await;
         assert_eq!(code, ResponseCode::SUCCESS.0, "{remark}");
         let (code, remark) = end(&c, &end_header(&half, transaction_type::COMMIT, false)).await;
         assert_eq!(code, ResponseCode::SYSTEM_ERROR.0, "a commit after the rollback: {remark}");
-        assert_eq!(pull_all(&c, TOPIC, 1).await.len(), 0, "a rolled-back message became visible");
+        assert_eq!(pull_messages(&c, TOPIC, 1).await.len(), 0, "a rolled-back message became visible");
         assert_eq!(pending(&g, leader).await, 0);
         g.shutdown().await;
     });
@@ -276,11 +240,11 @@ fn an_undecided_transaction_is_checked_back_on_the_producers_connection_then_par
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(checks.lock().unwrap().len(), 2, "transactionCheckMax 2 check-backs");
-        let parked = pull_all(&p, raftmq_raft::types::TRANS_CHECK_MAX_TIME_TOPIC, 0).await;
+        let parked = pull_messages(&p, raftmq_raft::types::TRANS_CHECK_MAX_TIME_TOPIC, 0).await;
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0].body, b"never decided");
         assert_eq!(parked[0].properties.get(property::REAL_TOPIC).map(String::as_str), Some(TOPIC));
-        assert_eq!(pull_all(&p, TOPIC, 3).await.len(), 0);
+        assert_eq!(pull_messages(&p, TOPIC, 3).await.len(), 0);
         g.shutdown().await;
     });
 }
@@ -312,7 +276,7 @@ fn a_new_leader_resumes_check_backs_and_commits_the_answer_once() {
         p.invoke_oneway(cmd).await.expect("37");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let got = pull_all(p, TOPIC, 1).await;
+            let got = pull_messages(p, TOPIC, 1).await;
             if !got.is_empty() {
                 assert_eq!(got.len(), 1);
                 assert_eq!(got[0].body, b"decided by check-back");
@@ -322,7 +286,7 @@ fn a_new_leader_resumes_check_backs_and_commits_the_answer_once() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(pull_all(p, TOPIC, 1).await.len(), 1, "the duplicated answer committed twice");
+        assert_eq!(pull_messages(p, TOPIC, 1).await.len(), 1, "the duplicated answer committed twice");
         assert_eq!(pending(&g, new).await, 0);
         g.shutdown().await;
     });

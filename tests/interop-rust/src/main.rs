@@ -6,6 +6,15 @@
 //! receives them with its `DefaultMQPushConsumer` (clustering, subscription "*") and checks bodies, tags and
 //! keys. Every child process is killed by a Drop guard (and by a watchdog if the whole run hangs).
 //!
+//! Then transactions, with the client's `TransactionMQProducer` and a `TransactionListener` as an application
+//! would use them, on a second topic with one queue (auto-created with the producer's `defaultTopicQueueNums`
+//! of 1) read by a second push consumer: a transaction committed by `execute_local_transaction` is delivered
+//! exactly once with its body, tags, keys and msgId; a rolled-back one is never delivered (checked once a
+//! committed marker sent after it on the same queue has arrived, plus a margin); one left `Unknown` stays
+//! invisible until the broker checks back (CHECK_TRANSACTION_STATE, 39), `check_local_transaction` commits it,
+//! and it is then delivered exactly once. The brokers run with `transactionTimeOut` and
+//! `transactionCheckInterval` of 2 s (RocketMQ: 6 s and 60 s) so that the check-back comes within the run.
+//!
 //! Output: one `ok - …` / `FAILED - …` line per check and a final `N passed, M failed` line; the exit code is
 //! 0 only when every check passed. On failure the temp dir (with `namesrv.log`, `n1.log` … `n3.log`) is kept
 //! and printed (`RAFTMQ_INTEROP_KEEP=1` keeps it on success too). `RAFTMQ_INTEROP_CLIENT_LOG=<tracing filter>`
@@ -22,11 +31,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rocketmq_client_rust::{
     ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQProducer,
-    DefaultMQPushConsumer, MQPushConsumer, MessageListenerConcurrently, SendStatus,
+    DefaultMQPushConsumer, LocalTransactionState, MQPushConsumer, MessageListenerConcurrently, SendStatus, TransactionListener,
+    TransactionMQProducer,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message;
+use rocketmq_model::common::message::MessageTrait;
 use rocketmq_observability::TelemetryRuntimeGuard;
 use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
 use rocketmq_runtime::RuntimeOwner;
@@ -39,6 +50,17 @@ const SEND_TIMEOUT_MS: u64 = 3000;
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the cluster may take to elect and register a leader.
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
+/// The brokers' `transactionTimeOut`: a pending transaction is first checked back this long after its half
+/// message (RocketMQ's default is 6 s).
+const TXN_TIMEOUT_MS: u64 = 2000;
+/// The brokers' `transactionCheckInterval`: later check-backs of a still-undecided transaction (default 60 s).
+const TXN_CHECK_INTERVAL_MS: u64 = 2000;
+/// How long the transactional messages that should arrive may take (the check-back included).
+const TXN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long to keep listening once they have all arrived, for duplicates and for the rolled-back message: more
+/// than one check interval plus the broker's 1 s check tick, so a check-back whose END was not taken, or a
+/// second commit, would show.
+const TXN_MARGIN: Duration = Duration::from_millis(TXN_CHECK_INTERVAL_MS + 2000);
 /// Hard limit for the whole run; the watchdog kills the cluster and exits non-zero after it.
 const WATCHDOG: Duration = Duration::from_secs(300);
 
@@ -82,7 +104,8 @@ impl Cluster {
         for (id, _, _) in &peers {
             let mut toml = format!(
                 "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{namesrv}\"\nstorePathRootDir = \"{}\"\n\
-                 mappedFileSizeCommitLog = 8388608\nbootstrap = {}\n",
+                 mappedFileSizeCommitLog = 8388608\nbootstrap = {}\n\
+                 transactionTimeOut = {TXN_TIMEOUT_MS}\ntransactionCheckInterval = {TXN_CHECK_INTERVAL_MS}\n",
                 cluster.path(&format!("n{id}")),
                 *id == 1
             );
@@ -321,6 +344,7 @@ fn run(bin: &Path, children: Children, report: &mut Report) -> Option<PathBuf> {
     let namesrv = cluster.namesrv.clone();
     let client_report = owner.block_on(async {
         exercise(&namesrv, client_runtime.clone(), report).await;
+        exercise_transactions(&namesrv, client_runtime.clone(), report).await;
         tokio::time::timeout(Duration::from_secs(20), client_runtime.shutdown()).await
     });
     match client_report {
@@ -473,4 +497,410 @@ async fn exercise(namesrv: &str, client_runtime: Arc<ClientRuntime>, report: &mu
     if tokio::time::timeout(Duration::from_secs(15), consumer.shutdown()).await.is_err() {
         eprintln!("# note: consumer shutdown did not finish within 15s");
     }
+}
+
+// --- transactions
+
+/// The transactions sent, told apart by their bodies (`rust-txn-<run>-<case>`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum TxnCase {
+    /// `execute_local_transaction` commits.
+    Commit,
+    /// `execute_local_transaction` rolls back.
+    Rollback,
+    /// `execute_local_transaction` answers `Unknown`; the check-back (`check_local_transaction`) commits.
+    Unknown,
+    /// Committed after the rollback, on the same queue: once it has arrived, the rollback would have too.
+    Marker,
+}
+
+impl TxnCase {
+    fn name(self) -> &'static str {
+        match self {
+            TxnCase::Commit => "commit",
+            TxnCase::Rollback => "rollback",
+            TxnCase::Unknown => "unknown",
+            TxnCase::Marker => "marker",
+        }
+    }
+
+    fn of_body(body: &str) -> Option<TxnCase> {
+        [TxnCase::Commit, TxnCase::Rollback, TxnCase::Unknown, TxnCase::Marker]
+            .into_iter()
+            .find(|c| body.starts_with("rust-txn-") && body.ends_with(&format!("-{}", c.name())))
+    }
+
+    /// What the local transaction reports right after the half message.
+    fn execute(self) -> LocalTransactionState {
+        match self {
+            TxnCase::Commit | TxnCase::Marker => LocalTransactionState::CommitMessage,
+            TxnCase::Rollback => LocalTransactionState::RollbackMessage,
+            TxnCase::Unknown => LocalTransactionState::Unknown,
+        }
+    }
+
+    /// What a check-back is answered (only `Unknown` should ever be checked back).
+    fn check(self) -> LocalTransactionState {
+        match self {
+            TxnCase::Unknown => LocalTransactionState::CommitMessage,
+            other => other.execute(),
+        }
+    }
+}
+
+/// One CHECK_TRANSACTION_STATE as the listener saw it.
+struct TxnCheck {
+    body: String,
+    at: Instant,
+    topic: String,
+    tags: Option<String>,
+    keys: Option<String>,
+    transaction_id: Option<String>,
+    check_times: Option<String>,
+}
+
+/// What the transaction listener was asked: executions per body and every check-back.
+#[derive(Default)]
+struct TxnLog {
+    executed: BTreeMap<String, usize>,
+    checks: Vec<TxnCheck>,
+}
+
+struct TxnListener {
+    log: Arc<Mutex<TxnLog>>,
+}
+
+impl TransactionListener for TxnListener {
+    fn execute_local_transaction(&self, msg: &dyn MessageTrait, _arg: Option<&(dyn std::any::Any + Send + Sync)>) -> LocalTransactionState {
+        let body = msg.get_body().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        let state = TxnCase::of_body(&body).map_or(LocalTransactionState::Unknown, TxnCase::execute);
+        *self.log.lock().unwrap_or_else(|e| e.into_inner()).executed.entry(body).or_insert(0) += 1;
+        state
+    }
+
+    fn check_local_transaction(&self, msg: &MessageExt) -> LocalTransactionState {
+        let body = msg.body().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let state = TxnCase::of_body(&body).map_or(LocalTransactionState::Unknown, TxnCase::check);
+        let inner = msg.message_inner();
+        let check = TxnCheck {
+            at: Instant::now(),
+            topic: msg.topic().to_string(),
+            tags: inner.tags().map(str::to_string),
+            keys: inner.keys().map(|k| k.join(" ")),
+            transaction_id: MessageTrait::transaction_id(msg).map(|t| t.to_string()),
+            check_times: msg.properties().get("TRANSACTION_CHECK_TIMES").map(|v| v.to_string()),
+            body,
+        };
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).checks.push(check);
+        state
+    }
+}
+
+/// A transaction the producer sent: what was sent and what the client reported.
+struct SentTxn {
+    body: String,
+    tags: String,
+    keys: String,
+    at: Instant,
+    /// The client's message id (`UNIQ_KEY`), which the consumer sees as the property `UNIQ_KEY`.
+    msg_id: String,
+    transaction_id: Option<String>,
+    queue: String,
+}
+
+/// One delivery of a transactional message: tags, keys, `UNIQ_KEY`, count, first arrival.
+struct TxnSeen {
+    tags: Option<String>,
+    keys: Option<String>,
+    uniq_key: Option<String>,
+    count: usize,
+    first_at: Instant,
+}
+
+struct TxnConsumerListener {
+    seen: Arc<Mutex<BTreeMap<String, TxnSeen>>>,
+}
+
+impl MessageListenerConcurrently for TxnConsumerListener {
+    fn consume_message(&self, msgs: &[&MessageExt], _context: &ConsumeConcurrentlyContext) -> ClientResult<ConsumeConcurrentlyStatus> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for m in msgs {
+            let body = m.body().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let inner = m.message_inner();
+            let entry = seen.entry(body).or_insert(TxnSeen { tags: None, keys: None, uniq_key: None, count: 0, first_at: Instant::now() });
+            entry.tags = inner.tags().map(str::to_string);
+            entry.keys = inner.keys().map(|k| k.join(" "));
+            entry.uniq_key = m.properties().get("UNIQ_KEY").map(|v| v.to_string());
+            entry.count += 1;
+        }
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+/// Sends one transaction with `send_message_in_transaction` (the listener decides it from the body).
+async fn send_txn(producer: &TransactionMQProducer, topic: &str, run_id: u128, case: TxnCase) -> Result<SentTxn, String> {
+    let body = format!("rust-txn-{run_id}-{}", case.name());
+    let tags = format!("Txn{}", case.name());
+    let keys = format!("txn-key-{}", case.name());
+    let msg = Message::builder().topic(topic).tags(tags.as_str()).key(keys.as_str()).body_slice(body.as_bytes()).build_unchecked();
+    let at = Instant::now();
+    let limit = Duration::from_millis(SEND_TIMEOUT_MS * 4);
+    let r = match tokio::time::timeout(limit, producer.send_message_in_transaction(msg, None::<()>)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(format!("{}: {e}", case.name())),
+        Err(_) => return Err(format!("{}: send_message_in_transaction did not return within {limit:?}", case.name())),
+    };
+    let Some(sr) = r.send_result else {
+        return Err(format!("{}: no SendResult", case.name()));
+    };
+    if sr.send_status != SendStatus::SendOk {
+        return Err(format!("{}: half message status {:?}", case.name(), sr.send_status));
+    }
+    if r.local_transaction_state != Some(case.execute()) {
+        return Err(format!(
+            "{}: local transaction state {:?}, the listener answered {:?}",
+            case.name(),
+            r.local_transaction_state,
+            case.execute()
+        ));
+    }
+    Ok(SentTxn {
+        body,
+        tags,
+        keys,
+        at,
+        msg_id: sr.msg_id.map(|m| m.to_string()).unwrap_or_default(),
+        transaction_id: sr.transaction_id,
+        queue: sr.message_queue.map(|q| format!("{}:{}", q.broker_name(), q.queue_id())).unwrap_or_default(),
+    })
+}
+
+/// Waits until every body in `bodies` has been delivered, or `deadline`.
+async fn wait_delivered(seen: &Mutex<BTreeMap<String, TxnSeen>>, bodies: &[&str], deadline: Instant) {
+    loop {
+        let all = {
+            let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+            bodies.iter().all(|b| s.contains_key(*b))
+        };
+        if all || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A committed transaction was delivered exactly once, intact; `Ok` describes it.
+fn delivered_once(seen: &BTreeMap<String, TxnSeen>, sent: &SentTxn) -> Result<String, String> {
+    let Some(s) = seen.get(&sent.body) else {
+        return Err(format!("{} was never delivered", sent.body));
+    };
+    if s.count != 1 {
+        return Err(format!("{} was delivered {} times", sent.body, s.count));
+    }
+    if s.tags.as_deref() != Some(sent.tags.as_str()) || s.keys.as_deref() != Some(sent.keys.as_str()) {
+        return Err(format!("{}: got tags {:?} keys {:?}, sent {:?} {:?}", sent.body, s.tags, s.keys, sent.tags, sent.keys));
+    }
+    if s.uniq_key.as_deref() != Some(sent.msg_id.as_str()) {
+        return Err(format!("{}: delivered with UNIQ_KEY {:?}, the producer's msgId was {:?}", sent.body, s.uniq_key, sent.msg_id));
+    }
+    Ok(format!("delivered once {:.1}s after the send, body/tags/keys/msgId intact", (s.first_at - sent.at).as_secs_f64()))
+}
+
+/// The transaction checks: commit, rollback, and unknown resolved by the broker's check-back.
+async fn exercise_transactions(namesrv: &str, client_runtime: Arc<ClientRuntime>, report: &mut Report) {
+    let run_id = now_ms() % 1_000_000_000;
+    let topic = format!("RustInteropTxn{run_id}");
+    let log = Arc::new(Mutex::new(TxnLog::default()));
+    let mut producer = TransactionMQProducer::builder(client_runtime.clone())
+        .producer_group(format!("PID_rust_interop_txn_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        // The topic is auto-created by the first half message with one queue, so that the marker lands behind
+        // the rolled-back transaction on the same queue.
+        .default_topic_queue_nums(1)
+        .transaction_listener(TxnListener { log: log.clone() })
+        .build();
+    let started = match tokio::time::timeout(Duration::from_secs(30), producer.start()).await {
+        Ok(Ok(())) => Ok(String::new()),
+        Ok(Err(e)) => Err(format!("start: {e}")),
+        Err(_) => Err("start did not finish within 30s".into()),
+    };
+    if !report.check("transaction producer starts (TransactionMQProducer + TransactionListener)", started) {
+        return;
+    }
+
+    // The committed transaction first (it creates the topic), then a consumer that is live before the rest.
+    let mut errors = Vec::new();
+    let mut sent: BTreeMap<TxnCase, SentTxn> = BTreeMap::new();
+    match send_txn(&producer, &topic, run_id, TxnCase::Commit).await {
+        Ok(s) => {
+            sent.insert(TxnCase::Commit, s);
+        }
+        Err(e) => errors.push(e),
+    }
+    let seen: Arc<Mutex<BTreeMap<String, TxnSeen>>> = Arc::default();
+    let mut consumer = DefaultMQPushConsumer::builder(client_runtime)
+        .consumer_group(format!("CID_rust_interop_txn_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        .message_model(MessageModel::Clustering)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .build();
+    let started = async {
+        consumer.subscribe(topic.as_str(), "*").await?;
+        consumer.register_message_listener_concurrently(TxnConsumerListener { seen: seen.clone() });
+        consumer.start().await
+    };
+    let started = match tokio::time::timeout(Duration::from_secs(30), started).await {
+        Ok(Ok(())) => Ok(String::new()),
+        Ok(Err(e)) => Err(format!("subscribe/start: {e}")),
+        Err(_) => Err("subscribe/start did not finish within 30s".into()),
+    };
+    let consuming = report.check(&format!("push consumer starts on the transactional topic {topic}"), started);
+    if consuming {
+        if let Some(c) = sent.get(&TxnCase::Commit) {
+            wait_delivered(&seen, &[c.body.as_str()], Instant::now() + TXN_DEADLINE).await;
+        }
+    }
+    for case in [TxnCase::Unknown, TxnCase::Rollback, TxnCase::Marker] {
+        match send_txn(&producer, &topic, run_id, case).await {
+            Ok(s) => {
+                sent.insert(case, s);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let executed = log.lock().unwrap_or_else(|e| e.into_inner()).executed.clone();
+    for s in sent.values() {
+        if executed.get(&s.body) != Some(&1) {
+            errors.push(format!("{}: execute_local_transaction ran {} times", s.body, executed.get(&s.body).unwrap_or(&0)));
+        }
+    }
+    let queues: BTreeSet<&str> = sent.values().map(|s| s.queue.as_str()).collect();
+    let outcome = if errors.is_empty() {
+        Ok(format!(
+            "4 half messages SEND_OK to queue(s) {queues:?}, execute_local_transaction ran once each and its state came back \
+             (commit, unknown, rollback, commit)"
+        ))
+    } else {
+        Err(errors.join("; "))
+    };
+    report.check("send_message_in_transaction ×4 (half message, local transaction, END_TRANSACTION)", outcome);
+    if !consuming || sent.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(15), consumer.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), producer.shutdown()).await;
+        return;
+    }
+
+    let awaited: Vec<&str> =
+        [TxnCase::Commit, TxnCase::Unknown, TxnCase::Marker].iter().filter_map(|c| sent.get(c)).map(|s| s.body.as_str()).collect();
+    wait_delivered(&seen, &awaited, Instant::now() + TXN_DEADLINE).await;
+    tokio::time::sleep(TXN_MARGIN).await;
+    let outcomes = {
+        let seen_now = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let log_now = log.lock().unwrap_or_else(|e| e.into_inner());
+        judge_transactions(&topic, &sent, &seen_now, &log_now)
+    };
+    for (name, outcome) in outcomes {
+        report.check(name, outcome);
+    }
+
+    if tokio::time::timeout(Duration::from_secs(15), consumer.shutdown()).await.is_err() {
+        eprintln!("# note: transactional consumer shutdown did not finish within 15s");
+    }
+    if tokio::time::timeout(Duration::from_secs(15), producer.shutdown()).await.is_err() {
+        eprintln!("# note: transaction producer shutdown did not finish within 15s");
+    }
+}
+
+/// The three transaction checks, judged from what was sent, delivered and checked back.
+fn judge_transactions(
+    topic: &str,
+    sent: &BTreeMap<TxnCase, SentTxn>,
+    seen_now: &BTreeMap<String, TxnSeen>,
+    log_now: &TxnLog,
+) -> Vec<(&'static str, Result<String, String>)> {
+    let checks_of = |body: &str| log_now.checks.iter().filter(|c| c.body == body).collect::<Vec<_>>();
+    let mut outcomes = Vec::new();
+
+    // 1. commit
+    let outcome = match sent.get(&TxnCase::Commit) {
+        None => Err("not sent".into()),
+        Some(s) => delivered_once(seen_now, s).and_then(|d| match checks_of(&s.body).len() {
+            0 => Ok(format!("{d}; never checked back")),
+            n => Err(format!("{d}, but it was checked back {n} times although its END_TRANSACTION (commit) was sent")),
+        }),
+    };
+    outcomes.push(("commit: execute_local_transaction commits → delivered exactly once", outcome));
+
+    // 2. rollback
+    let outcome = match (sent.get(&TxnCase::Rollback), sent.get(&TxnCase::Marker)) {
+        (Some(rb), Some(marker)) => {
+            let expected: BTreeSet<&str> = sent.iter().filter(|(c, _)| **c != TxnCase::Rollback).map(|(_, s)| s.body.as_str()).collect();
+            let unexpected: Vec<&String> = seen_now.keys().filter(|b| !expected.contains(b.as_str())).collect();
+            if let Some(s) = seen_now.get(&rb.body) {
+                Err(format!("the rolled-back {} was delivered {} times", rb.body, s.count))
+            } else if !unexpected.is_empty() {
+                Err(format!("unexpected deliveries on {topic}: {unexpected:?}"))
+            } else if let Err(e) = delivered_once(seen_now, marker) {
+                Err(format!("the marker committed after the rollback: {e}"))
+            } else if !checks_of(&rb.body).is_empty() {
+                Err(format!(
+                    "never delivered, but checked back {} times although its END_TRANSACTION (rollback) was sent",
+                    checks_of(&rb.body).len()
+                ))
+            } else {
+                let marker_at = seen_now.get(&marker.body).map(|s| s.first_at).unwrap_or_else(Instant::now);
+                Ok(format!(
+                    "not delivered, though the marker committed after it on the same queue arrived {:.1}s before the end of the \
+                     wait; never checked back",
+                    marker_at.elapsed().as_secs_f64()
+                ))
+            }
+        }
+        _ => Err("the rollback or the marker was not sent".into()),
+    };
+    outcomes.push(("rollback: execute_local_transaction rolls back → never delivered", outcome));
+
+    // 3. unknown, resolved by the check-back
+    let outcome = match sent.get(&TxnCase::Unknown) {
+        None => Err("not sent".into()),
+        Some(s) => {
+            let checks = checks_of(&s.body);
+            match checks.first() {
+                None => Err(format!(
+                    "no CHECK_TRANSACTION_STATE reached check_local_transaction within {:.0}s (delivered: {})",
+                    s.at.elapsed().as_secs_f64(),
+                    seen_now.contains_key(&s.body)
+                )),
+                Some(c) => {
+                    let after_ms = (c.at - s.at).as_millis();
+                    let first_seen = seen_now.get(&s.body).map(|d| d.first_at);
+                    if checks.len() != 1 {
+                        Err(format!("checked back {} times; the first answer (commit) should have ended it", checks.len()))
+                    } else if after_ms + 100 < u128::from(TXN_TIMEOUT_MS) {
+                        Err(format!("checked back {after_ms} ms after the send, before transactionTimeOut {TXN_TIMEOUT_MS} ms"))
+                    } else if c.topic != topic || c.tags.as_deref() != Some(s.tags.as_str()) || c.keys.as_deref() != Some(s.keys.as_str()) {
+                        Err(format!(
+                            "the check-back's message: topic {:?} tags {:?} keys {:?}; sent {topic:?} {:?} {:?}",
+                            c.topic, c.tags, c.keys, s.tags, s.keys
+                        ))
+                    } else if c.transaction_id.is_none() || c.transaction_id != s.transaction_id {
+                        Err(format!("the check-back's transaction id {:?}, the send's {:?}", c.transaction_id, s.transaction_id))
+                    } else if first_seen.is_some_and(|t| t < c.at) {
+                        Err("delivered before the check-back decided it (a half message must be invisible)".into())
+                    } else {
+                        delivered_once(seen_now, s).map(|d| {
+                            format!(
+                                "checked back once {:.1}s after the send (TRANSACTION_CHECK_TIMES {}; real topic, body, tags, keys, \
+                                 transaction id intact), invisible until then; {d}",
+                                after_ms as f64 / 1000.0,
+                                c.check_times.as_deref().unwrap_or("-")
+                            )
+                        })
+                    }
+                }
+            }
+        }
+    };
+    outcomes.push(("unknown: execute_local_transaction → Unknown, check-back commits → delivered exactly once", outcome));
+    outcomes
 }

@@ -37,6 +37,17 @@ if [ "${1:-}" = "--quick" ]; then mode=quick; shift; fi
 if [ "${1:-}" = "--suite" ]; then mode=suite; shift; fi
 if [ "${1:-}" = "cleanup" ]; then mode=cleanup; shift; fi
 
+# One run at a time per machine: every run uses the same namespaces, addresses and bridge, and starts by
+# cleaning them up, so a second run would tear down or talk to the first one's cluster (and both would report
+# the other's messages as anomalies). A second run waits for the lock.
+if [ "$mode" != cleanup ]; then
+  exec 9>/var/lock/raftmq-jepsen.lock
+  if ! flock -n 9; then
+    echo "another raftmq jepsen run holds /var/lock/raftmq-jepsen.lock; waiting for it to finish"
+    flock 9
+  fi
+fi
+
 # Quick runs use the debug build the test suite already made; full runs use release binaries.
 if [ "$mode" = full ] || [ "$mode" = suite ]; then profile=release; flag=--release; else profile=debug; flag=; fi
 BIN="$CARGO_TARGET_DIR/$profile/raftmq"

@@ -10,7 +10,7 @@
 //! | `time` | u64 | nanoseconds since the test started (monotonic clock) |
 //! | `process` | integer or `"nemesis"` | the logical process; a worker gets a new id after an indeterminate result |
 //! | `type` | `invoke` \| `ok` \| `fail` \| `info` | Jepsen's op types |
-//! | `f` | string | `send`, `poll`, `assign`, `commit`, `crash`, `final-drain`, or a nemesis function |
+//! | `f` | string | `send`, `poll`, `assign`, `commit`, `crash`, `txn-end`, `txn-check`, `final-drain`, or a nemesis function |
 //! | `value` | JSON | the payload, see below |
 //! | `node` | string, optional | the broker endpoint used |
 //! | `error` | string, optional | why an op failed or is indeterminate |
@@ -31,6 +31,19 @@
 //!   invocation and completion ([`Op::delay_ms`]; the workload adds `"via":"timer"|"level"`, `"level"`, and on ok
 //!   `"staged_offset"`, the offset the broker acknowledged in its internal staging queue); its ok value gives the
 //!   offset as unknown (`[null, v]`), and an offset given there is ignored by the checker.
+//! * transactional `send` (a half message, visible in its queue only once committed): `extra` = `{"txn":plan, ...}`
+//!   ([`Op::txn_plan`]) on its invocation and completion, where the plan (`commit`, `rollback`, `crash-commit`,
+//!   `crash-rollback`, `crash-silent`) is what the producer meant to do and is informational only: the checker
+//!   judges by the `txn-end` ops. Its ok value gives the offset as unknown (`[null, v]`; the broker acknowledged an
+//!   offset in its half queue, recorded as `extra.half_offset`, and `extra.commit_log_offset`); an offset given there
+//!   is ignored by the checker.
+//! * `txn-end`: an END_TRANSACTION for one transactional value ([`TxnEnd`]): `{"key":k,"value":v,
+//!   "decision":"commit"|"rollback","oneway":bool,"check":bool}` (`check`: answering a check-back). Invoked before
+//!   the request is written; ok = the broker answered SUCCESS (a commit is then stored in the real queue), fail =
+//!   the broker certainly changed nothing with this request, info = unknown (oneway, timeout, "outcome unknown").
+//! * `txn-check`: a single `info` op when the broker checked a transaction back ([`TxnCheck`]):
+//!   `{"key":k,"value":v,"answer":"commit"|"rollback"|"none"}`; an answer other than `none` is followed by a
+//!   `txn-end` with `check: true`.
 //! * `poll`: invoke `[["poll"]]`; ok `[["poll",[[k,[[o,v],...]],...]]]`; `extra` = `{"next":[[k,o]...],
 //!   "max":[[k,o]...]}` ([`PollExtra`]). A Jepsen-style object `{"k":[[o,v]...]}` is accepted in place of the list.
 //! * `assign`: `{"keys":[k...],"seek":"keep"|"committed"|"beginning","group":"..."}` ([`Assign`]); a bare key list
@@ -393,6 +406,31 @@ impl Op {
         }
     }
 
+    /// The plan of a transactional `send` (`extra.txn`); `None` when `extra` has no `txn`. A `txn` that is not a
+    /// string still marks the send transactional (plan `"?"`).
+    pub fn txn_plan(&self) -> Result<Option<String>, HistoryError> {
+        match self.extra_json()? {
+            Some(Json::Object(m)) => match m.get("txn") {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::String(p)) => Ok(Some(p.clone())),
+                Some(_) => Ok(Some("?".to_owned())),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// The payload of a `txn-end` op.
+    pub fn txn_end(&self) -> Result<TxnEnd, HistoryError> {
+        let v = self.value_json()?;
+        TxnEnd::from_json(&v).map_err(|m| self.payload_error(m))
+    }
+
+    /// The payload of a `txn-check` op.
+    pub fn txn_check(&self) -> Result<TxnCheck, HistoryError> {
+        let v = self.value_json()?;
+        TxnCheck::from_json(&v).map_err(|m| self.payload_error(m))
+    }
+
     /// The `next`/`max` offsets of a `poll` (empty when `extra` is absent).
     pub fn poll_extra(&self) -> Result<PollExtra, HistoryError> {
         match self.extra_json()? {
@@ -598,6 +636,63 @@ impl Commit {
     /// The object form (as a `serde_json::Value`).
     pub fn to_json(&self) -> Json {
         serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+/// What an END_TRANSACTION asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxnDecision {
+    /// Make the message visible in its real queue (8).
+    Commit,
+    /// Drop it (12).
+    Rollback,
+}
+
+/// The payload of a `txn-end` op.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnEnd {
+    /// The real queue of the transactional message.
+    pub key: Key,
+    /// Its value.
+    pub value: Value,
+    /// Commit or roll back.
+    pub decision: TxnDecision,
+    /// Sent oneway (its outcome is never observed).
+    #[serde(default)]
+    pub oneway: bool,
+    /// An answer to a check-back.
+    #[serde(default)]
+    pub check: bool,
+}
+
+impl TxnEnd {
+    /// Parses `{"key":k,"value":v,"decision":"commit"|"rollback","oneway":b,"check":b}`.
+    pub fn from_json(j: &Json) -> Result<TxnEnd, String> {
+        serde_json::from_value(j.clone()).map_err(|e| format!("txn-end value {j}: {e}"))
+    }
+
+    /// The object form.
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+/// The payload of a `txn-check` op: the broker asked about a transaction, and what the producer answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnCheck {
+    /// The real queue (from the check-back's message).
+    pub key: Key,
+    /// The value.
+    pub value: Value,
+    /// `commit`, `rollback` or `none` (not answered).
+    pub answer: String,
+}
+
+impl TxnCheck {
+    /// Parses `{"key":k,"value":v,"answer":...}`.
+    pub fn from_json(j: &Json) -> Result<TxnCheck, String> {
+        serde_json::from_value(j.clone()).map_err(|e| format!("txn-check value {j}: {e}"))
     }
 }
 

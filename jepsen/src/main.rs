@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use raftmq_client::ProducerOptions;
 use raftmq_jepsen::checker::{check, CheckOptions, CheckResult};
 use raftmq_jepsen::history::read_history;
 use raftmq_jepsen::nemesis::Family;
@@ -87,6 +88,14 @@ struct RunArgs {
     /// (mostly `TIMER_DELAY_MS`, a quarter `DELAY` levels 1-3), checked for loss, duplicates and early delivery.
     #[arg(long, default_value_t = 0.0)]
     scheduled_share: f64,
+    /// Share of producer operations (0..=1) that are transactional: a half message, then a commit, a rollback
+    /// or a "crash" (no END; check-backs answered commit, rollback, or never, so that the broker parks it).
+    #[arg(long, default_value_t = 0.0)]
+    txn_share: f64,
+    /// The producers' retries: `default` (the client's, which keeps a message's UNIQ_KEY across retries so the
+    /// broker de-duplicates them) or a number (`0`: one attempt per send).
+    #[arg(long, default_value = "default")]
+    producer_retries: String,
 }
 
 fn verdict_line(r: &CheckResult) -> ExitCode {
@@ -142,6 +151,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if !(0.0..=1.0).contains(&a.scheduled_share) {
                 bail!("--scheduled-share must be between 0 and 1, got {}", a.scheduled_share);
             }
+            if !(0.0..=1.0).contains(&a.txn_share) || a.scheduled_share + a.txn_share > 1.0 {
+                bail!("--txn-share must be between 0 and 1, and with --scheduled-share at most 1, got {}", a.txn_share);
+            }
+            let producer_retries = match a.producer_retries.as_str() {
+                "default" => ProducerOptions::new("jepsen").retries,
+                n => n.parse::<u32>().with_context(|| format!("--producer-retries must be `default` or a number, got {n:?}"))?,
+            };
             let (hold, recovery, drain, warmup) = if a.quick {
                 ((Duration::from_secs(2), Duration::from_secs(6)), Duration::from_secs(5), Duration::from_secs(60), Duration::from_secs(3))
             } else {
@@ -171,6 +187,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 consumers: 2,
                 broker_extra: a.broker_extra,
                 scheduled_share: a.scheduled_share,
+                txn_share: a.txn_share,
+                producer_retries,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let outcome = runtime.block_on(run(cfg))?;

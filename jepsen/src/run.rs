@@ -19,7 +19,7 @@ use crate::cluster::{self, namesrv_addr, Cluster, ClusterSpec};
 use crate::history::read_history;
 use crate::nemesis::{self, Family, ScheduleConfig};
 use crate::workload::{self, Progress, Recorder, WorkloadConfig};
-use crate::{clock, net, plot};
+use crate::{clock, net, plot, transactions};
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -60,6 +60,10 @@ pub struct RunConfig {
     pub broker_extra: String,
     /// Share of producer operations that are scheduled sends.
     pub scheduled_share: f64,
+    /// Share of producer operations that are transactional sends.
+    pub txn_share: f64,
+    /// The producers' retries (0: one attempt per send).
+    pub producer_retries: u32,
 }
 
 /// The outcome: the results directory and the check result.
@@ -113,20 +117,20 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome> {
             "name": cfg.name, "seed": cfg.seed, "families": cfg.families.iter().map(|f| f.name()).collect::<Vec<_>>(),
             "time_limit_s": cfg.time_limit.as_secs_f64(), "interval_s": cfg.interval.as_secs_f64(), "rate": cfg.rate,
             "queues": cfg.queues, "producers": cfg.producers, "consumers": cfg.consumers, "broker_extra": cfg.broker_extra,
-            "scheduled_share": cfg.scheduled_share, "bin": cfg.bin,
+            "scheduled_share": cfg.scheduled_share, "txn_share": cfg.txn_share, "producer_retries": cfg.producer_retries,
+            "bin": cfg.bin,
         }))?,
     )?;
     cluster::cleanup();
     cluster::setup_network(3).context("network setup (needs root, iproute2 and nftables)")?;
     let netem = net::netem_available(1);
-    let spec = ClusterSpec {
-        nodes: 3,
-        bin: cfg.bin.clone(),
-        log_dir: dir.clone(),
-        data_dir: data_dir.clone(),
-        faketime_lib,
-        broker_extra: cfg.broker_extra.clone(),
-    };
+    // Transactions: check-backs and parking must happen within the run.
+    let mut broker_extra = cfg.broker_extra.clone();
+    if cfg.txn_share > 0.0 {
+        broker_extra.push('\n');
+        broker_extra.push_str(&transactions::broker_settings(&cfg.broker_extra));
+    }
+    let spec = ClusterSpec { nodes: 3, bin: cfg.bin.clone(), log_dir: dir.clone(), data_dir: data_dir.clone(), faketime_lib, broker_extra };
     let result = run_in_cluster(&cfg, &dir, spec, netem).await;
     cluster::cleanup();
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -151,6 +155,9 @@ async fn run_in_cluster(cfg: &RunConfig, dir: &Path, spec: ClusterSpec, netem: b
         seed: cfg.seed,
         body_bytes: 100,
         scheduled_share: cfg.scheduled_share,
+        txn_share: cfg.txn_share,
+        producer_retries: cfg.producer_retries,
+        brokers: (1..=3).map(cluster::client_addr).collect(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());

@@ -6,8 +6,10 @@
 //! Error mapping is what the checker's soundness rests on: `fail` only where raftmq guarantees nothing was
 //! appended (the client refused it, the connection was refused, or the broker answered a pre-append refusal
 //! such as "not the leader"); everything uncertain (timeouts, broken connections, SYSTEM_ERROR "outcome
-//! unknown") is `info`. The producer makes no retries (`retries = 0`), so every duplicate the checker finds
-//! comes from the system, not from the harness.
+//! unknown") is `info`. Producers use the client's retries (`producer_retries`; the client's default unless the
+//! run says otherwise): the client keeps a message's `UNIQ_KEY` across its retries, and the broker's replicated
+//! de-duplication window must answer a retry of a stored message with the original's result, so a duplicate the
+//! checker finds is the system's, not the harness's. With `producer_retries = 0` every send is one attempt.
 //!
 //! Scheduled sends: with `scheduled_share` > 0, that share of the producers' operations is one message (never
 //! a batch) carrying a delay the seeded generator picks ([`scheduled_delay`]): mostly the 5.x timer property
@@ -18,6 +20,12 @@
 //! every scheduled send is due (+ [`SCHEDULED_TAIL`]); the final drain then also waits, if an acknowledged
 //! scheduled message is still missing, until it must have been delivered (see [`final_drain`]). One watcher per
 //! queue tails it without pause, so deliveries are observed promptly ([`watcher`]).
+//!
+//! Transactional sends: with `txn_share` > 0, that share of the producers' operations is one transactional
+//! message (a half send, then commit, rollback or a "crash"; see [`crate::transactions`]). The watchers run then
+//! too (a half message made visible too early must be seen while it is early), the producers' connections of
+//! the transactional group answer check-backs until the consumers stop, and the consumers keep polling until
+//! [`crate::transactions::TXN_TAIL`] after the last half send.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
@@ -32,6 +40,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+
+use crate::transactions::{self, TxnClient};
 
 /// Workload settings.
 #[derive(Debug, Clone)]
@@ -58,6 +68,12 @@ pub struct WorkloadConfig {
     pub body_bytes: usize,
     /// Share of producer operations that are scheduled sends (0 = none).
     pub scheduled_share: f64,
+    /// Share of producer operations that are transactional sends (0 = none).
+    pub txn_share: f64,
+    /// The producers' `retries` (0: one attempt per send).
+    pub producer_retries: u32,
+    /// Every broker node's client address (transactional producers connect to all of them).
+    pub brokers: Vec<String>,
 }
 
 /// Shortest and longest timer delay of a scheduled send (ms).
@@ -190,6 +206,25 @@ pub struct Progress {
     pub scheduled_due: AtomicU64,
     /// The latest completion time + delay of any acknowledged scheduled send (recorder ns).
     pub scheduled_acked_due: AtomicU64,
+    /// Values of transactional sends whose commit was acknowledged.
+    pub txn_committed: Mutex<BTreeSet<u64>>,
+    /// When the latest of those commits was acknowledged (recorder ns).
+    pub txn_committed_at: AtomicU64,
+    /// When the latest half send was invoked (recorder ns).
+    pub txn_half_at: AtomicU64,
+}
+
+impl Progress {
+    /// A half send was invoked at `now`.
+    pub fn note_txn_half(&self, now: u64) {
+        self.txn_half_at.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// The commit of transactional value `v` was acknowledged at `now`.
+    pub fn note_txn_commit(&self, v: u64, now: u64) {
+        self.txn_committed.lock().unwrap_or_else(|e| e.into_inner()).insert(v);
+        self.txn_committed_at.fetch_max(now, Ordering::AcqRel);
+    }
 }
 
 fn bump(map: &Mutex<BTreeMap<u32, u64>>, k: u32, end: u64) {
@@ -211,7 +246,7 @@ fn client_config(cfg: &WorkloadConfig, instance: String) -> ClientConfig {
 }
 
 /// Values are the decimal body prefix.
-fn parse_value(body: &[u8]) -> Option<u64> {
+pub(crate) fn parse_value(body: &[u8]) -> Option<u64> {
     let digits: Vec<u8> = body.iter().copied().take_while(u8::is_ascii_digit).collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
@@ -222,14 +257,17 @@ fn parse_value(body: &[u8]) -> Option<u64> {
 /// that the lateness of the last scheduled messages is observed by consumers rather than by the drain.
 pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, progress: Arc<Progress>) {
     let counter = Arc::new(AtomicU64::new(1));
-    let watchers = if cfg.scheduled_share > 0.0 { cfg.queues as usize } else { 0 };
-    let workers = cfg.producers + cfg.consumers + watchers;
+    let watchers = if cfg.scheduled_share > 0.0 || cfg.txn_share > 0.0 { cfg.queues as usize } else { 0 };
+    let responders = usize::from(cfg.txn_share > 0.0);
+    let workers = cfg.producers + cfg.consumers + watchers + responders;
+    let txn = (cfg.txn_share > 0.0)
+        .then(|| TxnClient::start(&cfg, rec.clone(), Arc::clone(&progress), cfg.producers + cfg.consumers + watchers, workers));
     let stop_consumers = Arc::new(AtomicBool::new(false));
     let mut producers = Vec::new();
     for w in 0..cfg.producers {
-        let (cfg, rec, stop, progress, counter) =
-            (cfg.clone(), rec.clone(), Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&counter));
-        producers.push(tokio::spawn(async move { producer(w, workers, cfg, rec, stop, progress, counter).await }));
+        let (cfg, rec, stop, progress, counter, txn) =
+            (cfg.clone(), rec.clone(), Arc::clone(&stop), Arc::clone(&progress), Arc::clone(&counter), txn.clone());
+        producers.push(tokio::spawn(async move { producer(w, workers, cfg, rec, stop, progress, counter, txn).await }));
     }
     let mut consumers = Vec::new();
     for c in 0..cfg.consumers {
@@ -254,9 +292,21 @@ pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>, prog
             tokio::time::sleep(Duration::from_nanos(until - now)).await;
         }
     }
+    let half = progress.txn_half_at.load(Ordering::Acquire);
+    if half > 0 {
+        let until = half + transactions::TXN_TAIL.as_nanos() as u64;
+        let now = rec.now();
+        if until > now {
+            eprintln!("consumers keep polling {:.1}s while the last transactions are checked back", (until - now) as f64 / 1e9);
+            tokio::time::sleep(Duration::from_nanos(until - now)).await;
+        }
+    }
     stop_consumers.store(true, Ordering::Release);
     for h in consumers {
         let _ = h.await;
+    }
+    if let Some(t) = txn {
+        t.shutdown().await;
     }
 }
 
@@ -293,6 +343,7 @@ fn pace(rng: &mut ChaCha8Rng, cfg: &WorkloadConfig) -> Duration {
     Duration::from_secs_f64(rng.gen_range(0.0..2.0 * mean))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn producer(
     w: usize,
     workers: usize,
@@ -301,10 +352,11 @@ async fn producer(
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
     counter: Arc<AtomicU64>,
+    txn: Option<Arc<TxnClient>>,
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ ((w as u64 + 1) * 0x9E37_79B9));
     let mut opts = ProducerOptions::new(format!("jepsen-p{w}"));
-    opts.retries = 0;
+    opts.retries = cfg.producer_retries;
     opts.send_timeout = Duration::from_secs(5);
     let Some(producer) = start_until_stopped(&stop, || Producer::start(client_config(&cfg, format!("jepsen-p{w}")), opts.clone())).await
     else {
@@ -318,6 +370,13 @@ async fn producer(
             continue;
         }
         let k = rng.gen_range(0..cfg.queues);
+        // Like the scheduled draw below, skipped without transactional sends (older seeds replay).
+        if let Some(t) = txn.as_ref().filter(|_| rng.gen_bool(cfg.txn_share.min(1.0))) {
+            let v = counter.fetch_add(1, Ordering::Relaxed);
+            transactions::transact(t, &mut rng, &cfg, &rec, &progress, &mut process, workers, w, k, v, opts.retries, opts.send_timeout)
+                .await;
+            continue;
+        }
         // The draw is skipped without scheduled sends, so older seeds replay the same generator.
         let delay =
             if cfg.scheduled_share > 0.0 && rng.gen_bool(cfg.scheduled_share.min(1.0)) { Some(scheduled_delay(&mut rng)) } else { None };
@@ -608,7 +667,9 @@ struct Polled {
 /// *horizon* — the latest acknowledged scheduled send's completion + delay (but not before the drain
 /// started) + `scheduled_late` — by which every acknowledged scheduled message must have been delivered
 /// (the checker's `scheduled-lost` uses the same bound, see `checker::scheduled`). The time limit is
-/// extended to the horizon + 30 s for that.
+/// extended to the horizon + 30 s for that. Values of transactional sends whose commit was acknowledged are
+/// waited for the same way, up to the latest such acknowledgement (but not before the drain started) +
+/// [`crate::checker::TXN_LATE_MARGIN_MS`] (the checker's `txn-committed-lost` horizon).
 pub async fn final_drain(
     cfg: WorkloadConfig,
     rec: Recorder,
@@ -669,17 +730,28 @@ pub async fn final_drain(
         }
     }
     let acked: Vec<u64> = progress.scheduled_acked.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
-    let missing_scheduled = |drained: &Progress| -> usize {
+    let committed: Vec<u64> = progress.txn_committed.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+    let unread = |drained: &Progress, values: &[u64]| -> usize {
         let seen = drained.seen.lock().unwrap_or_else(|e| e.into_inner());
-        acked.iter().filter(|v| !seen.contains(v)).count()
+        values.iter().filter(|v| !seen.contains(v)).count()
     };
+    let missing_scheduled = |drained: &Progress| unread(drained, &acked) + unread(drained, &committed);
     if done && missing_scheduled(&drained) > 0 {
-        let acked_due = progress.scheduled_acked_due.load(Ordering::Acquire);
-        let horizon = acked_due.max(rec.now()) + scheduled_late.as_nanos() as u64;
+        // Transactional values with an acknowledged commit are in their queue already; a member that lags
+        // has them within the checker's margin (`txn-committed-lost`).
+        let now = rec.now();
+        let mut horizon = now;
+        if unread(&drained, &acked) > 0 {
+            horizon = horizon.max(progress.scheduled_acked_due.load(Ordering::Acquire).max(now) + scheduled_late.as_nanos() as u64);
+        }
+        if unread(&drained, &committed) > 0 {
+            let txn_late = Duration::from_millis(crate::checker::TXN_LATE_MARGIN_MS).as_nanos() as u64;
+            horizon = horizon.max(progress.txn_committed_at.load(Ordering::Acquire).max(now) + txn_late);
+        }
         let wait = Duration::from_nanos(horizon.saturating_sub(rec.now()));
         deadline = deadline.max(Instant::now() + wait + Duration::from_secs(30));
         eprintln!(
-            "final drain: {} acknowledged scheduled messages not read yet; polling every queue for up to {:.1}s",
+            "final drain: {} acknowledged scheduled or committed transactional messages not read yet; polling every queue for up to {:.1}s",
             missing_scheduled(&drained),
             wait.as_secs_f64()
         );
@@ -720,7 +792,7 @@ pub async fn final_drain(
             .collect();
         let unread = missing_scheduled(&drained);
         let error = format!(
-            "gave up after {:?}; (polled, target) per key: {missing:?}; acknowledged scheduled messages not read: {unread}",
+            "gave up after {:?}; (polled, target) per key: {missing:?}; acknowledged scheduled or committed transactional messages not read: {unread}",
             deadline.saturating_duration_since(started)
         );
         rec.record(json!({"process": process, "type": "info", "f": "final-drain", "value": {"ends": targets}, "error": error}));

@@ -1,7 +1,10 @@
 //! Checker test vectors: Jepsen's `kafka_test.clj` scenarios re-expressed for raftmq's history format (keys x = 1,
 //! y = 2; values a, b, c, ... = 101, 102, 103, ...), one triggering history and one valid counterpart for every
 //! anomaly, verdict rules, availability, the history round trip, and properties over randomly generated valid
-//! histories (plus mutations that must be caught), also for scheduled sends (lost, duplicated, delivered early).
+//! histories (plus mutations that must be caught), also for scheduled sends (lost, duplicated, delivered early) and
+//! for transactional sends (visible although never committed, visible before the commit was sent, committed twice,
+//! acknowledged commit never read; each with a valid counterpart, and a generated model of runs with one bug
+//! injected).
 //!
 //! Jepsen's transaction vectors (`g0-test`, `g1c-*`, `precommitted-read-test`) have no counterpart: raftmq has no
 //! multi-queue transactions.
@@ -1292,6 +1295,476 @@ fn scheduled_values_still_count_for_plain_checks() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Transactional sends (half message, END_TRANSACTION, check-backs).
+// ---------------------------------------------------------------------------------------------------------------
+
+impl H {
+    /// Invoke + completion of a transactional (half) send of `v` to `k` with plan `plan`; an ok completion
+    /// acknowledges the half-queue offset `half` (recorded as `extra.half_offset` and, to prove it is ignored, as the
+    /// offset).
+    fn txn_send(&mut self, p: u64, ty: OpType, k: u32, v: u64, plan: &str, half: u64) -> &mut Self {
+        self.op(p, OpType::Invoke, "send", sends(k, &[v])).extra = Some(json!({"txn": plan}).into());
+        let (value, extra) = if ty == OpType::Ok {
+            (sends_at(k, &[(half, v)]), json!({"txn": plan, "half_offset": half, "commit_log_offset": 1000 + half}))
+        } else {
+            (sends(k, &[v]), json!({"txn": plan}))
+        };
+        self.op(p, ty, "send", value).extra = Some(extra.into());
+        self
+    }
+    /// An END_TRANSACTION for `v`: invoke, then a completion of type `ty` (`None`: it never completes).
+    fn txn_end(&mut self, p: u64, ty: Option<OpType>, k: u32, v: u64, decision: &str, check: bool) -> &mut Self {
+        let oneway = ty == Some(OpType::Info) && !check;
+        let value = json!({"key": k, "value": v, "decision": decision, "oneway": oneway, "check": check});
+        self.op(p, OpType::Invoke, "txn-end", value.clone());
+        if let Some(ty) = ty {
+            self.op(p, ty, "txn-end", value);
+        }
+        self
+    }
+    /// A check-back for `v` and the producer's answer.
+    fn txn_check(&mut self, p: u64, k: u32, v: u64, answer: &str) -> &mut Self {
+        self.op(p, OpType::Info, "txn-check", json!({"key": k, "value": v, "answer": answer}));
+        self
+    }
+}
+
+/// Plain a at x/0; transactional b committed (END ok) and read at x/1; c rolled back, never read; d never answered
+/// (parked), never read; f (crash-commit) committed by its check-back answer and read at y/0; then a complete drain.
+fn txn_base(h: &mut H) {
+    h.send(0, X, &[(0, A)]);
+    h.txn_send(1, OpType::Ok, X, B, "commit", 0).txn_end(1, Some(OpType::Ok), X, B, "commit", false);
+    h.txn_send(1, OpType::Ok, X, C, "rollback", 1).txn_end(1, Some(OpType::Ok), X, C, "rollback", false);
+    h.txn_send(2, OpType::Ok, Y, D, "crash-silent", 2);
+    h.txn_send(2, OpType::Ok, Y, F, "crash-commit", 3);
+    h.assign(10, OpType::Ok, &[X, Y], Seek::Beginning, None);
+    h.poll(10, &[(X, &[(0, A), (1, B)])]);
+    h.sleep_ms(2000).txn_check(50, Y, D, "none").txn_check(50, Y, F, "commit").txn_end(50, Some(OpType::Ok), Y, F, "commit", true);
+    h.poll(10, &[(Y, &[(0, F)])]);
+}
+
+fn txn_drain(h: &mut H, after_ms: u64, x: &[(u64, u64)], y: &[(u64, u64)]) {
+    h.sleep_ms(after_ms);
+    h.drain(90, &[(X, x), (Y, y)], &[(X, x.len() as u64), (Y, y.len() as u64)]);
+}
+
+const TXN: [&str; 5] = ["txn-aborted-visible", "txn-half-visible", "txn-duplicate", "txn-committed-lost", "txn-commit-pending"];
+
+#[test]
+fn transactional_sends_are_valid_and_their_half_offsets_are_ignored() {
+    let mut h = H::default();
+    txn_base(&mut h);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B)], &[(0, F)]);
+    let r = h.check();
+    assert_eq!(r.validity, Validity::Valid, "{}", r.summary_table());
+    assert!(r.anomalies.iter().all(|a| a.count == 0), "{}", r.summary_table());
+    let t = &r.txn;
+    assert_eq!((t.sends.get("ok"), t.commit_attempted, t.commit_acked, t.values_read), (Some(&4), 2, 2, 2));
+    assert_eq!(t.plans.get("crash-silent"), Some(&1));
+    assert_eq!(t.ends.get("commit ok check"), Some(&1));
+    assert_eq!((t.checks.get("none"), t.checks.get("commit")), (Some(&1), Some(&1)));
+    assert!(r.summary_table().contains("txn           half sends 4"), "{}", r.summary_table());
+    // Half offsets 0-3 collide with real offsets of x and y: without `extra.txn` they are taken for claims about x
+    // and y, and the checker rightly complains.
+    let mut plain = H::default();
+    txn_base(&mut plain);
+    txn_drain(&mut plain, 6000, &[(0, A), (1, B)], &[(0, F)]);
+    for op in &mut plain.ops {
+        if op.f == "send" {
+            op.extra = None;
+        }
+    }
+    let r = plain.check();
+    assert_eq!(r.validity, Validity::Invalid);
+    assert!(r.count("inconsistent-offsets") >= 1 && r.count("unseen") >= 1, "{}", r.summary_table());
+}
+
+#[test]
+fn txn_aborted_visible_vs_never_read_or_uncertain_commit() {
+    // The rolled-back c is read.
+    let mut h = H::default();
+    txn_base(&mut h);
+    h.poll(11, &[(X, &[(2, C)])]);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B), (2, C)], &[(0, F)]);
+    let r = h.check();
+    assert_only_bad(&r, &["txn-aborted-visible"]);
+    assert_eq!(
+        fields(&r, "txn-aborted-visible", &["key", "value", "offset", "plan", "ends"]),
+        vec![json!({"key": X, "value": C, "offset": 2, "plan": "rollback", "ends": ["rollback"]})]
+    );
+    // The parked d (never answered) is read.
+    let mut h = H::default();
+    txn_base(&mut h);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B)], &[(0, F), (1, D)]);
+    assert_only_bad(&h.check(), &["txn-aborted-visible"]);
+    // A failed half send read: txn-aborted-visible, not G1a.
+    let failed = |commit: Option<OpType>| {
+        let mut h = H::default();
+        h.send(0, X, &[(0, A)]);
+        h.txn_send(1, OpType::Fail, Y, G, "commit", 0);
+        if let Some(ty) = commit {
+            h.txn_end(1, Some(ty), Y, G, "commit", false);
+        }
+        h.sleep_ms(100).poll(10, &[(Y, &[(0, G)])]);
+        txn_drain(&mut h, 6000, &[(0, A)], &[(0, G)]);
+        h.check()
+    };
+    assert_only_bad(&failed(None), &["txn-aborted-visible"]);
+    assert_eq!(failed(None).count("G1a"), 0);
+    // Only a certainly refused commit: still no commit attempt.
+    assert_only_bad(&failed(Some(OpType::Fail)), &["txn-aborted-visible"]);
+    // A commit whose outcome is unknown (oneway) may have made it visible.
+    let r = failed(Some(OpType::Info));
+    assert!(r.bad.is_empty(), "{}", r.summary_table());
+    // Valid counterpart: the same runs without the reads.
+    let mut h = H::default();
+    txn_base(&mut h);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B)], &[(0, F)]);
+    assert_eq!(h.check().count("txn-aborted-visible"), 0);
+}
+
+#[test]
+fn txn_half_visible_vs_read_after_the_commit_was_sent() {
+    // g read (poll completed) before its END commit was invoked.
+    let run = |read_first: bool, via_check: bool| {
+        let mut h = H::default();
+        h.send(0, X, &[(0, A)]);
+        h.txn_send(1, OpType::Ok, X, G, if via_check { "crash-commit" } else { "commit" }, 0);
+        h.assign(10, OpType::Ok, &[X], Seek::Beginning, None);
+        if read_first {
+            h.poll(10, &[(X, &[(0, A), (1, G)])]);
+        } else {
+            // The poll is invoked before the END, but completes after the END was invoked: fine.
+            h.poll_inv(10);
+        }
+        if via_check {
+            h.txn_check(50, X, G, "commit");
+        }
+        let p = if via_check { 50 } else { 1 };
+        h.txn_end(p, None, X, G, "commit", via_check);
+        if !read_first {
+            h.poll_done(10, OpType::Ok, &[(X, &[(0, A), (1, G)])]);
+        }
+        h.op(p, OpType::Ok, "txn-end", json!({"key": X, "value": G, "decision": "commit", "oneway": false, "check": via_check}));
+        txn_drain(&mut h, 6000, &[(0, A), (1, G)], &[]);
+        h.check()
+    };
+    for via_check in [false, true] {
+        let r = run(true, via_check);
+        assert_only_bad(&r, &["txn-half-visible"]);
+        assert_eq!(fields(&r, "txn-half-visible", &["key", "value", "offset"]), vec![json!({"key": X, "value": G, "offset": 1})]);
+        assert!(examples(&r, "txn-half-visible")[0]["before-commit-ms"].as_f64().unwrap() > 0.0);
+        let r = run(false, via_check);
+        assert_eq!(r.validity, Validity::Valid, "{}", r.summary_table());
+    }
+}
+
+#[test]
+fn txn_duplicate_vs_one_offset() {
+    let mut h = H::default();
+    txn_base(&mut h);
+    h.poll(10, &[(X, &[(2, B)])]);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B), (2, B)], &[(0, F)]);
+    let r = h.check();
+    assert_only_bad(&r, &["txn-duplicate"]);
+    assert_eq!(fields(&r, "txn-duplicate", &["key", "value", "offsets"]), vec![json!({"key": X, "value": B, "offsets": [1, 2]})]);
+    assert_eq!(r.count("duplicate"), 0, "reported once, as txn-duplicate");
+    // Re-read at the same offset: fine.
+    let mut h = H::default();
+    txn_base(&mut h);
+    h.poll(11, &[(X, &[(1, B)])]);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B)], &[(0, F)]);
+    assert_eq!(h.check().validity, Validity::Valid);
+}
+
+#[test]
+fn txn_committed_lost_pending_and_uncertain_commits() {
+    // b's commit was acknowledged, but no poll ever returns it.
+    let lost = |drain_after_ms: u64, end: Option<OpType>| {
+        let mut h = H::default();
+        h.send(0, X, &[(0, A)]);
+        h.txn_send(1, OpType::Ok, X, B, "commit", 0).txn_end(1, end, X, B, "commit", false);
+        h.poll(10, &[(X, &[(0, A)])]);
+        txn_drain(&mut h, drain_after_ms, &[(0, A)], &[]);
+        h
+    };
+    let r = lost(6000, Some(OpType::Ok)).check();
+    assert_only_bad(&r, &["txn-committed-lost"]);
+    assert_eq!(fields(&r, "txn-committed-lost", &["key", "value"]), vec![json!({"key": X, "value": B})]);
+    // The drain polled before the horizon (commit + 5 s): pending, and the result unknown.
+    let r = lost(1000, Some(OpType::Ok)).check();
+    assert!(r.bad.is_empty(), "{}", r.summary_table());
+    assert_eq!((r.count("txn-commit-pending"), r.validity), (1, Validity::Unknown));
+    assert!(r.unknown_reasons.iter().any(|u| u.contains("transactional")), "{:?}", r.unknown_reasons);
+    // A shorter margin decides it.
+    let r = lost(1000, Some(OpType::Ok)).check_with(CheckOptions { txn_late_margin_ms: 500, ..CheckOptions::default() });
+    assert_only_bad(&r, &["txn-committed-lost"]);
+    // An incomplete drain: info, unknown.
+    let mut h = lost(6000, Some(OpType::Ok));
+    let last = h.ops.len() - 1;
+    h.ops[last].op_type = OpType::Info;
+    let r = h.check();
+    assert!(r.bad.is_empty() && r.validity == Validity::Unknown, "{}", r.summary_table());
+    assert_eq!(r.anomaly("txn-committed-lost").unwrap().verdict, Verdict::Info);
+    // Commits whose outcome is unknown (oneway, no answer) or that were refused may be absent.
+    for end in [Some(OpType::Info), Some(OpType::Fail), None] {
+        let r = lost(6000, end).check();
+        assert_eq!(r.validity, Validity::Valid, "{end:?}: {}", r.summary_table());
+        assert!(TXN.iter().all(|n| r.count(n) == 0), "{}", r.summary_table());
+    }
+    // Valid counterpart: read by the drain.
+    let mut h = H::default();
+    h.send(0, X, &[(0, A)]);
+    h.txn_send(1, OpType::Ok, X, B, "commit", 0).txn_end(1, Some(OpType::Ok), X, B, "commit", false);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B)], &[]);
+    assert_eq!(h.check().validity, Validity::Valid);
+}
+
+#[test]
+fn txn_values_take_part_in_plain_poll_checks() {
+    // The committed b sits at x/1 between plain a and c: a consumer that reads a then c skipped it.
+    let mut h = H::default();
+    h.send(0, X, &[(0, A)]);
+    h.txn_send(1, OpType::Ok, X, B, "commit", 0).txn_end(1, Some(OpType::Ok), X, B, "commit", false);
+    h.send(0, X, &[(2, C)]);
+    h.assign(10, OpType::Ok, &[X], Seek::Beginning, None);
+    h.poll(10, &[(X, &[(0, A)])]).poll(10, &[(X, &[(2, C)])]);
+    txn_drain(&mut h, 6000, &[(0, A), (1, B), (2, C)], &[]);
+    assert_only_bad(&h.check(), &["poll-skip"]);
+    // A value read at a key it was not sent to: wrong-key.
+    let mut h = H::default();
+    h.txn_send(1, OpType::Ok, X, B, "commit", 0).txn_end(1, Some(OpType::Ok), X, B, "commit", false);
+    h.send(0, Y, &[(0, A)]);
+    txn_drain(&mut h, 6000, &[(0, B)], &[(0, A), (1, B)]);
+    assert!(h.check().count("wrong-key") == 1, "{}", h.check().summary_table());
+}
+
+/// What the generated transactional run does wrong with its victim (the `victim`-th transactional send whose plan
+/// the bug needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxnBug {
+    None,
+    /// A committed value is visible (and read) before its END commit was sent.
+    HalfVisible,
+    /// A rolled-back value is visible.
+    AbortedVisible,
+    /// A committed value is stored twice.
+    Duplicate,
+    /// An acknowledged commit stores nothing.
+    CommittedLost,
+}
+
+/// A random run in ticks of 100 ms: each tick, the commits due are appended to their key, then one action: a plain
+/// send, a transactional send (half ok, info or fail; plan commit, rollback, crash-commit, crash-silent; a commit END
+/// 1-3 ticks later that is ok, oneway (stored or not) or refused; a crash-commit check-back answered 20 ticks
+/// later), or a poll of one key to its end. A complete drain follows 11 s after the last action.
+struct TxnModel {
+    ops: Vec<Op>,
+    applied: bool,
+}
+
+fn txn_model(decisions: &[u32], bug: TxnBug, victim: usize) -> TxnModel {
+    const TICK: u64 = 100_000_000;
+    let mut d = Decisions { d: decisions, i: 0 };
+    let mut ops: Vec<Op> = Vec::new();
+    let mut push = |t: u64, p: u64, ty: OpType, f: &str, value: Json, extra: Option<Json>| {
+        let mut op = Op::new(ops.len() as u64, t, Process::Worker(p), ty, f, value);
+        op.extra = extra.map(Into::into);
+        ops.push(op);
+    };
+    let mut logs: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut next = [0u64; 2];
+    // (tick, kind, key, value, decision): kind 0 = an END by producer 1, 1 = a check-back answered by process 50.
+    let mut later: Vec<(u64, u8, u32, u64, bool)> = Vec::new();
+    let (mut value, mut seen, mut applied) = (1u64, 0usize, false);
+    let mut force_poll: Option<u32> = None;
+    let mut victim_bug: Option<(u64, TxnBug)> = None;
+    let poll = |p: u64, t: u64, k: u32, logs: &[Vec<u64>; 2], next: &mut [u64; 2], push: &mut PushOp| {
+        let log = &logs[k as usize];
+        let from = next[k as usize];
+        let pairs: Vec<Json> = (from..log.len() as u64).map(|o| json!([o, log[o as usize]])).collect();
+        next[k as usize] = log.len() as u64;
+        push(t, p, OpType::Invoke, "poll", json!([["poll"]]), None);
+        let extra = json!({"next": [[k, log.len()]], "max": [[k, log.len()]]});
+        push(t + 1, p, OpType::Ok, "poll", json!([["poll", [[k, pairs]]]]), Some(extra));
+    };
+    let mut tick = 0u64;
+    for step in 0..decisions.len() + 40 {
+        if step >= decisions.len() && later.is_empty() && force_poll.is_none() {
+            break;
+        }
+        tick += 1;
+        let t = tick * TICK;
+        later.sort_unstable();
+        let mut sub = 0;
+        while later.first().is_some_and(|e| e.0 <= tick) {
+            let (_, kind, k, v, commit) = later.remove(0);
+            let (p, check) = if kind == 0 { (1, false) } else { (50, true) };
+            let bugged = victim_bug.filter(|(bv, _)| *bv == v).map(|(_, b)| b);
+            let decision = if commit { "commit" } else { "rollback" };
+            sub += 3;
+            if check {
+                push(t + sub, p, OpType::Info, "txn-check", json!({"key": k, "value": v, "answer": decision}), None);
+            }
+            let end = |oneway: bool| json!({"key": k, "value": v, "decision": decision, "oneway": oneway, "check": check});
+            push(t + sub + 1, p, OpType::Invoke, "txn-end", end(false), None);
+            let (ty, stored) = match (bugged, commit) {
+                (Some(TxnBug::CommittedLost), _) => (OpType::Ok, false),
+                (Some(TxnBug::HalfVisible), _) => (OpType::Ok, false),
+                (Some(_), _) => (OpType::Ok, true),
+                (None, _) if check => (OpType::Ok, true),
+                (None, _) => match d.next(4) {
+                    0 => (OpType::Info, d.next(2) == 0),
+                    1 => (OpType::Fail, false),
+                    _ => (OpType::Ok, true),
+                },
+            };
+            if commit && stored {
+                logs[k as usize].push(v);
+                if bugged == Some(TxnBug::Duplicate) {
+                    logs[k as usize].push(v);
+                }
+            }
+            let oneway = ty == OpType::Info && !check;
+            push(t + sub + 2, p, ty, "txn-end", end(oneway), None);
+            // A commit END that failed or was lost is followed by a check-back (answered commit, stored).
+            if commit && !check && !stored && bugged.is_none() {
+                later.push((tick + 20, 1, k, v, true));
+            }
+            continue;
+        }
+        if let Some(k) = force_poll.take() {
+            poll(100, t + 10_000, k, &logs, &mut next, &mut push);
+            continue;
+        }
+        if step >= decisions.len() {
+            continue;
+        }
+        let k = d.next(2);
+        match d.next(4) {
+            0 => {
+                push(t + 10_000, 0, OpType::Invoke, "send", sends(k, &[value]), None);
+                push(t + 10_001, 0, OpType::Ok, "send", sends_at(k, &[(logs[k as usize].len() as u64, value)]), None);
+                logs[k as usize].push(value);
+                value += 1;
+            }
+            1 => {
+                let plan = ["commit", "rollback", "crash-commit", "crash-silent"][d.next(4) as usize];
+                let wants = match bug {
+                    TxnBug::AbortedVisible => plan == "rollback",
+                    TxnBug::None => false,
+                    _ => plan == "commit",
+                };
+                let is_victim = wants && seen == victim;
+                seen += usize::from(wants);
+                let ty = match d.next(6) {
+                    _ if is_victim => OpType::Ok,
+                    0 => OpType::Fail,
+                    1 => OpType::Info,
+                    _ => OpType::Ok,
+                };
+                let extra = json!({"txn": plan});
+                push(t + 10_000, 2, OpType::Invoke, "send", sends(k, &[value]), Some(extra.clone()));
+                let done = if ty == OpType::Ok { json!([["send", k, [null, value]]]) } else { sends(k, &[value]) };
+                push(t + 10_001, 2, ty, "send", done, Some(extra));
+                // An info half may have been stored: its check-backs come then.
+                let stored = ty == OpType::Ok || (ty == OpType::Info && d.next(2) == 0);
+                if is_victim {
+                    applied = true;
+                    victim_bug = Some((value, bug));
+                    match bug {
+                        TxnBug::HalfVisible | TxnBug::AbortedVisible => {
+                            logs[k as usize].push(value);
+                            force_poll = Some(k);
+                        }
+                        _ => {}
+                    }
+                }
+                match plan {
+                    // The END comes after the next tick, where a half message made visible is polled.
+                    "commit" | "rollback" if ty == OpType::Ok => later.push((tick + 2 + d.next(3) as u64, 0, k, value, plan == "commit")),
+                    "commit" | "crash-commit" if stored => later.push((tick + 20, 1, k, value, true)),
+                    "rollback" if stored => later.push((tick + 20, 1, k, value, false)),
+                    _ => {}
+                }
+                value += 1;
+            }
+            _ => poll(100, t + 10_000, k, &logs, &mut next, &mut push),
+        }
+    }
+    let t = (tick + 110) * TICK;
+    push(t, 200, OpType::Invoke, "final-drain", Json::Null, None);
+    let a = Assign { keys: vec![0, 1], seek: Seek::Beginning, group: None };
+    push(t + 1, 200, OpType::Invoke, "assign", a.to_json(), None);
+    push(t + 2, 200, OpType::Ok, "assign", a.to_json(), None);
+    let mut from_zero = [0u64; 2];
+    for k in 0..2 {
+        poll(200, t + 3 + 2 * k as u64, k, &logs, &mut from_zero, &mut push);
+    }
+    push(t + 10, 200, OpType::Ok, "final-drain", Json::Null, None);
+    TxnModel { ops, applied }
+}
+
+#[test]
+fn the_generated_transactional_runs_exercise_every_path() {
+    let mut x: u32 = 777;
+    let decisions: Vec<u32> = (0..2_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        })
+        .collect();
+    let m = txn_model(&decisions, TxnBug::None, 0);
+    let r = check(&m.ops, &CheckOptions::default());
+    assert_eq!(r.validity, Validity::Valid, "{}", r.summary_table());
+    let t = &r.txn;
+    for ty in ["ok", "info", "fail"] {
+        assert!(t.sends.get(ty).copied().unwrap_or(0) > 10, "{ty}: {}", r.summary_table());
+    }
+    for end in ["commit ok", "commit info oneway", "commit fail", "rollback ok", "commit ok check", "rollback ok check"] {
+        assert!(t.ends.get(end).copied().unwrap_or(0) > 0, "{end}: {}", r.summary_table());
+    }
+    assert!(t.commit_acked > 50 && t.values_read >= t.commit_acked, "{}", r.summary_table());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_transactional_runs_are_valid(decisions in prop::collection::vec(any::<u32>(), 10..400)) {
+        let m = txn_model(&decisions, TxnBug::None, 0);
+        let r = check(&m.ops, &CheckOptions::default());
+        prop_assert!(r.bad.is_empty(), "{}", r.summary_table());
+        prop_assert_eq!(r.count("txn-commit-pending"), 0);
+        prop_assert_eq!(r.malformed.count + r.pairing.count, 0, "{}", r.summary_table());
+        if r.stats.ok_sends > 0 {
+            prop_assert_eq!(r.validity, Validity::Valid, "{}", r.summary_table());
+        }
+    }
+
+    #[test]
+    fn transactional_bugs_are_caught(
+        decisions in prop::collection::vec(any::<u32>(), 10..400), victim in 0usize..4,
+        bug in prop_oneof![Just(TxnBug::HalfVisible), Just(TxnBug::AbortedVisible), Just(TxnBug::Duplicate), Just(TxnBug::CommittedLost)],
+    ) {
+        let m = txn_model(&decisions, bug, victim);
+        prop_assume!(m.applied);
+        let r = check(&m.ops, &CheckOptions::default());
+        let name = match bug {
+            TxnBug::HalfVisible => "txn-half-visible",
+            TxnBug::AbortedVisible => "txn-aborted-visible",
+            TxnBug::Duplicate => "txn-duplicate",
+            _ => "txn-committed-lost",
+        };
+        prop_assert_eq!(r.validity, Validity::Invalid);
+        prop_assert_eq!(&r.bad, &vec![name.to_owned()], "{}", r.summary_table());
+        prop_assert_eq!(r.count(name), 1, "{}", r.summary_table());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // History format.
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -1845,6 +2318,9 @@ fn arb_json() -> impl Strategy<Value = Json> {
         (-3i64..0).prop_map(Json::from),
         prop::sample::select(vec!["send", "poll", "keep", "committed", "beginning", "g", "x"]).prop_map(Json::from),
     ];
+    let txn = (0u32..3, prop_oneof![0u64..4, Just(u64::MAX)], prop::sample::select(vec!["commit", "rollback", "none", "x"]))
+        .prop_map(|(k, v, d)| json!({"key": k, "value": v, "decision": d, "answer": d, "oneway": false, "check": true}));
+    let leaf = prop_oneof![4 => leaf, 1 => txn];
     leaf.prop_recursive(4, 32, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
@@ -1872,11 +2348,25 @@ fn arb_op() -> impl Strategy<Value = (Option<u64>, OpType, &'static str, Json, O
     (
         prop_oneof![Just(None), (0u64..3).prop_map(Some)],
         prop::sample::select(vec![OpType::Invoke, OpType::Ok, OpType::Fail, OpType::Info]),
-        prop::sample::select(vec!["send", "poll", "assign", "commit", "crash", "final-drain", "start-partition", "heal", "kill", "start"]),
+        prop::sample::select(vec![
+            "send",
+            "poll",
+            "assign",
+            "commit",
+            "crash",
+            "final-drain",
+            "txn-end",
+            "txn-check",
+            "start-partition",
+            "heal",
+            "kill",
+            "start",
+        ]),
         arb_value(),
         prop::option::of(prop_oneof![
             (0u32..3, prop_oneof![0u64..4, Just(u64::MAX)]).prop_map(|(k, m)| json!({"next": [[k, m]], "max": [[k, m]]})),
             (0u32..3, prop_oneof![0u64..4, Just(u64::MAX)]).prop_map(|(k, c)| json!({"committed": [[k, c]]})),
+            prop::sample::select(vec![json!({"txn": "commit"}), json!({"txn": 7}), json!({"txn": null, "delay_ms": 5})]),
             arb_json(),
         ]),
         prop_oneof![0u64..50, Just(u64::MAX), any::<u64>()],

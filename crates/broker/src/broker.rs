@@ -152,6 +152,11 @@ impl Broker {
                 "UNSAFE: unsafeAckBeforeQuorum is on; acknowledged messages WILL be lost on failover (chaos-checker tests only)"
             );
         }
+        if cfg.unsafe_txn_visible_at_half {
+            tracing::error!(
+                "UNSAFE: unsafeTxnVisibleAtHalf is on; transactional half messages are visible before any commit (chaos-checker tests only)"
+            );
+        }
         let me = cfg.me()?.clone();
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
         nc.segment_bytes = cfg.mapped_file_size_commit_log;

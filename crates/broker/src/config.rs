@@ -106,6 +106,12 @@ pub struct BrokerConfig {
     /// `unsafe-ack-before-quorum` cargo feature accept a non-zero value.
     #[serde(default)]
     pub unsafe_schedule_early_ms: u64,
+    /// **UNSAFE, for testing the chaos checker only**: the leader also stores every transactional half
+    /// message in its real queue as soon as it is stored, so it is visible before (and without) a commit,
+    /// and a commit makes it visible a second time. `raftmq-jepsen` must report `txn-half-visible` /
+    /// `txn-aborted-visible`. Only builds with the `unsafe-ack-before-quorum` cargo feature accept `true`.
+    #[serde(default)]
+    pub unsafe_txn_visible_at_half: bool,
     /// Client connections served at once; one more is accepted and closed at once (raftmq; RocketMQ has
     /// no cap).
     #[serde(default = "default_connections_max")]
@@ -478,6 +484,11 @@ impl BrokerConfig {
                         (cargo feature `unsafe-ack-before-quorum`, built by scripts/jepsen.sh); remove the key"
                 .into());
         }
+        if self.unsafe_txn_visible_at_half && !cfg!(feature = "unsafe-ack-before-quorum") {
+            return bad("unsafeTxnVisibleAtHalf makes uncommitted transactional messages visible and exists only in chaos-test \
+                        builds (cargo feature `unsafe-ack-before-quorum`, built by scripts/jepsen.sh); remove the key"
+                .into());
+        }
         if let Err(e) = self.server_options().validate() {
             return bad(format!("connection limits (connectionsMax, connInflightRequestsMax, connInflightBytesMax, serverInflightBytesMax, connIdleMsMax): {e}"));
         }
@@ -604,6 +615,21 @@ clientAddr = "127.0.0.1:10921"
         }
         let off = BrokerConfig::from_toml(&format!("unsafeAckBeforeQuorum = false\n{SAMPLE}")).unwrap();
         off.validate().unwrap();
+    }
+
+    #[test]
+    fn the_unsafe_txn_switch_exists_only_in_chaos_test_builds() {
+        let c = BrokerConfig::from_toml(&format!("unsafeTxnVisibleAtHalf = true\n{SAMPLE}")).unwrap();
+        assert!(c.unsafe_txn_visible_at_half);
+        if cfg!(feature = "unsafe-ack-before-quorum") {
+            c.validate().unwrap();
+        } else {
+            let e = c.validate().unwrap_err();
+            assert!(e.0.contains("unsafeTxnVisibleAtHalf") && e.0.contains("unsafe-ack-before-quorum"), "{e}");
+        }
+        let off = BrokerConfig::from_toml(&format!("unsafeTxnVisibleAtHalf = false\n{SAMPLE}")).unwrap();
+        off.validate().unwrap();
+        assert!(!BrokerConfig::from_toml(SAMPLE).unwrap().unsafe_txn_visible_at_half, "off by default");
     }
 
     #[test]

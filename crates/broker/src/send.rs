@@ -433,6 +433,14 @@ impl BrokerInner {
                 if positions.iter().any(|p| p.duplicate) {
                     self.duplicates_answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                // UNSAFE, chaos-checker tests only (`unsafeTxnVisibleAtHalf`): the half message is made visible
+                // in its real queue at once, before any commit.
+                #[cfg(feature = "unsafe-ack-before-quorum")]
+                if self.cfg.unsafe_txn_visible_at_half && half_plan.is_some() {
+                    if let Some(p) = positions.first().filter(|p| !p.duplicate) {
+                        self.unsafe_txn_visible_at_half(p.phys_offset).await;
+                    }
+                }
                 self.send_result(req, &positions, store_host, &store_topic, &topic, queue_id, half_plan.as_ref())
             }
             Err(e) => self.put_error_reply(req, e),

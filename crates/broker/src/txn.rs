@@ -257,6 +257,23 @@ impl BrokerInner {
         Ok((tags_code(get_property(&properties, property::TAGS)), Bytes::from(buf)))
     }
 
+    /// `unsafeTxnVisibleAtHalf` (chaos-checker tests only): stores the commit copy of the just-stored half
+    /// message at `half_phys` in its real queue **without** resolving the transaction, so it is visible before
+    /// any commit, stays visible after a rollback or parking, and a commit shows it a second time. Compiled
+    /// only with the `unsafe-ack-before-quorum` feature.
+    #[cfg(feature = "unsafe-ack-before-quorum")]
+    pub(crate) async fn unsafe_txn_visible_at_half(&self, half_phys: u64) {
+        let Some(txn) = self.node.state().with_metadata(|m| m.state.transactions.get(half_phys).cloned()) else { return };
+        match self.txn_message(half_phys, &txn, Copy::Commit) {
+            Ok((tags, copy)) => {
+                if let Err(e) = self.store.put(&txn.half.real_topic, txn.half.real_queue, vec![(tags, copy)]).await {
+                    warn!(half_phys, error = %e, "unsafeTxnVisibleAtHalf: the visible copy was not stored");
+                }
+            }
+            Err(why) => warn!(half_phys, why, "unsafeTxnVisibleAtHalf: no visible copy"),
+        }
+    }
+
     /// When the pending transaction is next checked back (replicated times only).
     fn check_due_ms(&self, t: &PendingTxn) -> i64 {
         let timeout = i64::try_from(self.cfg.transaction_time_out).unwrap_or(i64::MAX);

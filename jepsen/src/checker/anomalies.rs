@@ -10,7 +10,9 @@
 //! Scheduled sends are left out of every check that rests on a send's acknowledged offset or on the order sends
 //! land in (their offset is a staging offset, and they land after their delay): `unseen`, `ack-beyond-end`,
 //! `realtime-send-order`, `nonmonotonic-send` and the in-batch send checks, `stale-read`; a scheduled value read at
-//! two offsets is `scheduled-duplicate`, not `duplicate`. Their own checks are in `scheduled.rs`.
+//! two offsets is `scheduled-duplicate`, not `duplicate`. Their own checks are in `scheduled.rs`. Transactional
+//! (half) sends are left out of the same checks, for the same reasons; a transactional value at two offsets is
+//! `txn-duplicate`, and one read although its half send failed is `txn-aborted-visible`, not `G1a` (`txn.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -59,7 +61,9 @@ pub(crate) fn version_order(ix: &Index, out: &mut Findings) {
         let mut dups: Vec<(usize, Value)> = log
             .first_index
             .iter()
-            .filter(|(v, &fi)| log.last_index.get(v).is_some_and(|&li| li != fi) && !ix.scheduled.contains_key(v))
+            .filter(|(v, &fi)| {
+                log.last_index.get(v).is_some_and(|&li| li != fi) && !ix.scheduled.contains_key(v) && !ix.txn.contains_key(v)
+            })
             .map(|(&v, &fi)| (fi, v))
             .collect();
         if dups.is_empty() {
@@ -104,6 +108,9 @@ pub(crate) fn reads(ix: &Index, out: &mut Findings) {
                             });
                         }
                     }
+                    // A transactional value has its own checks (`txn.rs`): a failed half send read is
+                    // `txn-aborted-visible`.
+                    Some(_) if ix.txn.contains_key(&v) => {}
                     Some(_) => {
                         if p.ty == OpType::Ok {
                             if let Some(&w) = ix.writer_of.get(&(k, v)) {
@@ -300,7 +307,7 @@ pub(crate) fn int_poll(ix: &Index, out: &mut Findings) {
 /// after the last message the process's previous send to k; ok/info assigns forget keys they do not list).
 pub(crate) fn sends(ix: &Index, out: &mut Findings) {
     for p in &ix.ops {
-        if !matches!(p.kind, Kind::Send(_)) || p.is_scheduled() {
+        if !matches!(p.kind, Kind::Send(_)) || p.is_staged() {
             continue;
         }
         for (k, recs) in p.sends_by_key() {
@@ -327,7 +334,7 @@ pub(crate) fn sends(ix: &Index, out: &mut Findings) {
         let mut last: HashMap<Key, (Option<usize>, Value, usize)> = HashMap::new();
         for &id in ids {
             let p = &ix.ops[id];
-            if !matches!(p.ty, OpType::Ok | OpType::Info) || p.is_scheduled() {
+            if !matches!(p.ty, OpType::Ok | OpType::Info) || p.is_staged() {
                 continue;
             }
             match &p.kind {
@@ -362,7 +369,7 @@ pub(crate) fn realtime_send_order(ix: &Index, out: &mut Findings) {
     type Sent = (Offset, Offset, Option<u64>, u64, usize);
     let mut per_key: BTreeMap<Key, Vec<Sent>> = BTreeMap::new();
     for (id, p) in ix.ops.iter().enumerate() {
-        if p.ty != OpType::Ok || !matches!(p.kind, Kind::Send(_)) || p.is_scheduled() {
+        if p.ty != OpType::Ok || !matches!(p.kind, Kind::Send(_)) || p.is_staged() {
             continue;
         }
         let Some(done) = p.op.complete_time() else { continue };

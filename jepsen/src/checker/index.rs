@@ -9,13 +9,17 @@
 //!
 //! Scheduled sends (`extra.delay_ms`, see [`crate::history`]) are marked ([`POp::delay`]): the offset their
 //! acknowledgement carries is one in the broker's staging queue, so it never enters the version order; only the
-//! offsets polls return them at do.
+//! offsets polls return them at do. Transactional sends (`extra.txn`) likewise ([`POp::txn`]): the ok offset is
+//! one in the broker's half queue, and a committed value lands in its queue at a new offset when the commit is
+//! stored.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::history::{pair_ops, Assign, Commit, Key, Mop, Offset, Op, OpType, Operation, PollExtra, Process, Value, FINAL_DRAIN};
+use crate::history::{
+    pair_ops, Assign, Commit, Key, Mop, Offset, Op, OpType, Operation, PollExtra, Process, TxnCheck, TxnEnd, Value, FINAL_DRAIN,
+};
 
 /// One message of a send operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +40,10 @@ pub(crate) enum Kind {
     Assign { assign: Assign, committed: Option<Vec<(Key, Offset)>> },
     /// A consumer group's offset commit.
     Commit(Commit),
+    /// An END_TRANSACTION for one transactional value.
+    TxnEnd(TxnEnd),
+    /// A check-back the producer received, and its answer.
+    TxnCheck(TxnCheck),
     /// A drain worker's wrapper op.
     FinalDrain,
     /// Nemesis, crash, malformed, or anything else.
@@ -49,6 +57,8 @@ pub(crate) struct POp<'a> {
     pub kind: Kind,
     /// For a scheduled send, its delay in ms (0 when `delay_ms` was malformed: scheduled, delay unknown).
     pub delay: Option<u64>,
+    /// For a transactional (half) send, its plan (`extra.txn`; informational).
+    pub txn: Option<String>,
 }
 
 impl<'a> POp<'a> {
@@ -60,6 +70,17 @@ impl<'a> POp<'a> {
     /// Is this a scheduled send?
     pub fn is_scheduled(&self) -> bool {
         self.delay.is_some()
+    }
+
+    /// Is this a transactional (half) send?
+    pub fn is_txn(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Does its acknowledgement carry an offset of another queue than its key (scheduled or transactional), and
+    /// its message land in its key later, if ever?
+    pub fn is_staged(&self) -> bool {
+        self.is_scheduled() || self.is_txn()
     }
 
     /// The messages sent, grouped per key in order of first appearance.
@@ -203,6 +224,8 @@ pub(crate) struct Index<'a> {
     pub attempted: HashMap<Value, Attempt>,
     /// Values of scheduled sends (invocation or completion), with the first such operation.
     pub scheduled: HashMap<Value, usize>,
+    /// Values of transactional sends (invocation or completion), with the first such operation.
+    pub txn: HashMap<Value, usize>,
     /// The completion-side operation that sent (k, v).
     pub writer_of: HashMap<(Key, Value), usize>,
     /// The first ok poll that read (k, v).
@@ -229,6 +252,7 @@ impl<'a> Index<'a> {
         let mut by_process: BTreeMap<Process, Vec<usize>> = BTreeMap::new();
         let mut attempted: HashMap<Value, Attempt> = HashMap::new();
         let mut scheduled: HashMap<Value, usize> = HashMap::new();
+        let mut txn: HashMap<Value, usize> = HashMap::new();
         let mut writer_of = HashMap::new();
         let mut ok_reader = HashMap::new();
         let mut drain = Drain::default();
@@ -264,8 +288,13 @@ impl<'a> Index<'a> {
                         }
                     }
                     if p.is_scheduled() {
-                        for v in values {
+                        for &v in &values {
                             scheduled.entry(v).or_insert(id);
+                        }
+                    }
+                    if p.is_txn() {
+                        for v in values {
+                            txn.entry(v).or_insert(id);
                         }
                     }
                 }
@@ -309,8 +338,8 @@ impl<'a> Index<'a> {
                         entries.extend(pairs.iter().map(|&(o, v)| (*k, o, v)));
                     }
                 }
-                // A scheduled send's acknowledged offset is a staging offset, not one of key k.
-                Kind::Send(sends) if mhc[id] && !p.is_scheduled() => {
+                // A scheduled or transactional send's acknowledged offset is a staging offset, not one of key k.
+                Kind::Send(sends) if mhc[id] && !p.is_staged() => {
                     entries.extend(sends.iter().filter_map(|s| s.offset.map(|o| (s.key, o, s.value))));
                 }
                 _ => {}
@@ -338,7 +367,21 @@ impl<'a> Index<'a> {
             logs.insert(k, log);
         }
 
-        Index { history, ops, by_process, attempted, scheduled, writer_of, ok_reader, mhc, logs, drain, malformed, pairing: pairing_notes }
+        Index {
+            history,
+            ops,
+            by_process,
+            attempted,
+            scheduled,
+            txn,
+            writer_of,
+            ok_reader,
+            mhc,
+            logs,
+            drain,
+            malformed,
+            pairing: pairing_notes,
+        }
     }
 
     /// Is this ok poll part of the final drain (invoked at or after the first `final-drain` invocation)?
@@ -349,9 +392,27 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// The messages of ok sends that are not scheduled, as `(op id, message)` (the offset may be unknown).
+    /// Per key, the latest invocation of an ok drain poll that read from it or reported its high watermark.
+    pub fn last_drain_polls(&self) -> HashMap<Key, u64> {
+        let mut drain_polled: HashMap<Key, u64> = HashMap::new();
+        for p in &self.ops {
+            if p.ty != OpType::Ok || !self.is_drain_op(p) {
+                continue;
+            }
+            let Kind::Poll { reads, extra } = &p.kind else { continue };
+            let Some(t) = p.op.invoke_time() else { continue };
+            for k in reads.iter().map(|(k, _)| *k).chain(extra.max.iter().map(|&(k, _)| k)) {
+                let e = drain_polled.entry(k).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
+        drain_polled
+    }
+
+    /// The messages of ok sends that are neither scheduled nor transactional, as `(op id, message)` (the offset may
+    /// be unknown).
     pub fn ok_send_messages(&self) -> impl Iterator<Item = (usize, SendRec)> + '_ {
-        self.ops.iter().enumerate().filter(|(_, p)| p.ty == OpType::Ok && !p.is_scheduled()).flat_map(|(id, p)| match &p.kind {
+        self.ops.iter().enumerate().filter(|(_, p)| p.ty == OpType::Ok && !p.is_staged()).flat_map(|(id, p)| match &p.kind {
             Kind::Send(sends) => sends.iter().map(move |s| (id, *s)).collect::<Vec<_>>(),
             _ => Vec::new(),
         })
@@ -433,12 +494,38 @@ fn parse_op<'a>(op: Operation<'a>, malformed: &mut Notes) -> POp<'a> {
                     Kind::Other
                 }
             },
+            "txn-end" => match result.txn_end().or_else(|e| op.invoke().map(|i| i.txn_end()).unwrap_or(Err(e))) {
+                Ok(t) => Kind::TxnEnd(t),
+                Err(e) => {
+                    malformed.add(|| e.to_string());
+                    Kind::Other
+                }
+            },
+            "txn-check" => match result.txn_check() {
+                Ok(t) => Kind::TxnCheck(t),
+                Err(e) => {
+                    malformed.add(|| e.to_string());
+                    Kind::Other
+                }
+            },
             FINAL_DRAIN => Kind::FinalDrain,
             _ => Kind::Other,
         }
     };
-    let delay = if matches!(kind, Kind::Send(_)) { send_delay(&op, malformed) } else { None };
-    POp { op, ty, kind, delay }
+    let (delay, txn) = if matches!(kind, Kind::Send(_)) { (send_delay(&op, malformed), send_txn(&op, malformed)) } else { (None, None) };
+    POp { op, ty, kind, delay, txn }
+}
+
+/// The plan of a transactional send: `extra.txn` of the completion, else of the invocation.
+fn send_txn(op: &Operation, malformed: &mut Notes) -> Option<String> {
+    for o in [op.completion(), op.invoke()].into_iter().flatten() {
+        match o.txn_plan() {
+            Ok(Some(p)) => return Some(p),
+            Ok(None) => {}
+            Err(e) => malformed.add(|| e.to_string()),
+        }
+    }
+    None
 }
 
 /// The delay of a scheduled send: `extra.delay_ms` of the completion, else of the invocation. A `delay_ms` that is

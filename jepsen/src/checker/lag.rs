@@ -59,8 +59,8 @@ pub(crate) fn compute(ix: &Index) -> Vec<(LagPoint, bool)> {
         }
         let Some(t) = p.op.complete_time() else { continue };
         match &p.kind {
-            // A scheduled send's offset is in the staging queue: no proof about k.
-            Kind::Send(_) if !p.is_scheduled() => {
+            // A scheduled or transactional send's offset is in a staging queue: no proof about k.
+            Kind::Send(_) if !p.is_staged() => {
                 for (k, recs) in p.sends_by_key() {
                     if let Some(o) = recs.iter().filter_map(|r| r.offset).max() {
                         proofs.entry(k).or_default().push((o, t));

@@ -29,6 +29,11 @@
 //! | `scheduled-pending` | info (makes the result unknown) | the same, but the drain ended before its horizon |
 //! | `scheduled-duplicate` | bad | a scheduled value (ok, info or fail send) read at two or more offsets of its key |
 //! | `scheduled-early` | bad | a scheduled value first observed (poll completion) before its send's invocation + delay − allowance |
+//! | `txn-aborted-visible` | bad | a transactional value read that no commit was ever attempted for (rolled back, parked, half send failed) |
+//! | `txn-half-visible` | bad | a transactional value observed (poll completion) before its earliest commit attempt was invoked |
+//! | `txn-duplicate` | bad | a transactional value read at two or more offsets of its key |
+//! | `txn-committed-lost` | bad after a complete final drain, info otherwise | an acknowledged commit's value no ok poll returned, though a drain poll of its key began after its horizon |
+//! | `txn-commit-pending` | info (makes the result unknown) | the same, but the drain ended before its horizon |
 //!
 //! # Definitions
 //!
@@ -64,6 +69,10 @@
 //!   `unseen` series; a scheduled value at two offsets is `scheduled-duplicate`, not `duplicate`. Their polls take
 //!   part in everything. Due time, observation, the early allowance under clock faults and the horizon are defined
 //!   in [`scheduled`](self::scheduled) (module docs).
+//! * **Transactional sends** (`extra.txn`): their acknowledged offset is one in the broker's half queue and they land
+//!   in their key only when committed, so they are left out of the same checks as scheduled sends; their value at two
+//!   offsets is `txn-duplicate`, and read after a failed half send `txn-aborted-visible` (not `duplicate`, `G1a`).
+//!   Commit attempts, acknowledged commits and the horizon are defined in [`txn`](self::txn) (module docs).
 //! * **Counting.** `phantom-read`, `wrong-key` and `G1a` count distinct (key, value) pairs; `unseen` and `lost-write`
 //!   messages; `realtime-send-order` the later send of each violating pair (one per send); `offset-gap` each
 //!   in-poll gap and each never-polled range; `committed-offset-regression` each (assign, key); the others each
@@ -73,7 +82,7 @@
 //!
 //! [`Validity::Invalid`] iff some anomaly with verdict bad has a non-zero count; otherwise [`Validity::Unknown`] if
 //! there was no `final-drain` op, a `final-drain` op did not end ok, there was no ok send or no ok poll, or some
-//! `scheduled-pending` case; otherwise [`Validity::Valid`].
+//! `scheduled-pending` or `txn-commit-pending` case; otherwise [`Validity::Valid`].
 
 mod anomalies;
 mod availability;
@@ -81,6 +90,7 @@ mod index;
 mod lag;
 mod report;
 mod scheduled;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -91,6 +101,7 @@ pub use index::Notes;
 pub use lag::{realtime_lag, LagPoint, LagSummary};
 pub use report::{AnomalyReport, CheckResult, DrainSummary, ErrorCause, Stats};
 pub use scheduled::{Lateness, ScheduledSummary, SCHEDULE_JITTER_MS, SCHEDULE_LATE_MARGIN_MS};
+pub use txn::{TxnSummary, TXN_LATE_MARGIN_MS};
 
 use crate::history::{Key, Op, OpType, Process, Value};
 use anomalies::Findings;
@@ -121,6 +132,11 @@ pub const ANOMALIES: &[&str] = &[
     "scheduled-pending",
     "scheduled-duplicate",
     "scheduled-early",
+    "txn-aborted-visible",
+    "txn-half-visible",
+    "txn-duplicate",
+    "txn-committed-lost",
+    "txn-commit-pending",
 ];
 
 /// What the broker promises, which decides some verdicts.
@@ -141,6 +157,9 @@ pub struct CheckOptions {
     /// How long past its due time (plus the clock faults' offsets) a scheduled message must have been delivered
     /// (ms, default [`SCHEDULE_LATE_MARGIN_MS`]).
     pub schedule_late_margin_ms: u64,
+    /// How long after an acknowledged commit (or the last heal) a drain poll must begin for the value's absence to be
+    /// `txn-committed-lost` rather than `txn-commit-pending` (ms, default [`TXN_LATE_MARGIN_MS`]).
+    pub txn_late_margin_ms: u64,
 }
 
 impl Default for CheckOptions {
@@ -152,6 +171,7 @@ impl Default for CheckOptions {
             max_examples: 8,
             schedule_jitter_ms: SCHEDULE_JITTER_MS,
             schedule_late_margin_ms: SCHEDULE_LATE_MARGIN_MS,
+            txn_late_margin_ms: TXN_LATE_MARGIN_MS,
         }
     }
 }
@@ -209,8 +229,8 @@ pub enum Verdict {
 /// The verdict of an anomaly under `opts`; `drain_complete` decides `unseen`.
 pub fn verdict_of(name: &str, opts: &CheckOptions, drain_complete: bool) -> Verdict {
     match name {
-        "unseen" | "scheduled-lost" if !drain_complete => Verdict::Info,
-        "scheduled-pending" => Verdict::Info,
+        "unseen" | "scheduled-lost" | "txn-committed-lost" if !drain_complete => Verdict::Info,
+        "scheduled-pending" | "txn-commit-pending" => Verdict::Info,
         "int-send-skip" if !opts.atomic_batches => Verdict::Allowed,
         "offset-gap" if !opts.dense_offsets => Verdict::Info,
         "stale-read" if !opts.linearizable_polls => Verdict::Info,
@@ -237,6 +257,7 @@ pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
     anomalies::committed_regression(&ix, &mut found);
     anomalies::stale_read(&ix, &mut found);
     let scheduled = scheduled::check(&ix, opts, &mut found);
+    let txn = txn::check(&ix, opts, &mut found);
 
     let drain_complete = ix.drain.complete();
     let anomalies: Vec<AnomalyReport> = ANOMALIES
@@ -255,7 +276,9 @@ pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
     let (mut acked, mut polled): (HashSet<(Key, Value)>, u64) = (HashSet::new(), 0);
     for p in &ix.ops {
         *ops.entry(p.op.f().to_owned()).or_default().entry(p.ty.as_str().to_owned()).or_default() += 1;
-        if matches!(p.ty, OpType::Fail | OpType::Info) && p.process() != Process::Nemesis {
+        // Check-backs are events, not failures, and a oneway END is never answered: neither is an error.
+        let event = matches!(&p.kind, Kind::TxnCheck(_)) || matches!(&p.kind, Kind::TxnEnd(e) if e.oneway);
+        if matches!(p.ty, OpType::Fail | OpType::Info) && p.process() != Process::Nemesis && !event {
             let err = match (p.op.error(), p.op.completion()) {
                 (Some(e), _) => e.to_owned(),
                 (None, None) => "never completed".to_owned(),
@@ -299,6 +322,12 @@ pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
         unknown_reasons
             .push(format!("{pending} acknowledged scheduled messages unread, but the final drain ended before they had to be delivered"));
     }
+    let txn_pending = anomalies.iter().find(|a| a.name == "txn-commit-pending").map_or(0, |a| a.count);
+    if txn_pending > 0 {
+        unknown_reasons.push(format!(
+            "{txn_pending} transactional messages with an acknowledged commit unread, but the final drain ended before their horizon"
+        ));
+    }
     let validity = if !bad.is_empty() {
         Validity::Invalid
     } else if !unknown_reasons.is_empty() {
@@ -321,6 +350,7 @@ pub fn check(history: &[Op], opts: &CheckOptions) -> CheckResult {
         availability: availability::compute(&ix),
         lag: lag::summarize(&lags),
         scheduled,
+        txn,
         stats: Stats {
             history_ops: history.len() as u64,
             operations: ix.ops.len() as u64,
@@ -358,8 +388,9 @@ pub fn unseen_series(history: &[Op]) -> Vec<UnseenPoint> {
         }
         let Some(time) = p.op.complete_time() else { continue };
         match &p.kind {
-            // Scheduled sends are not due at once: they would count as unseen until delivered.
-            Kind::Send(_) if p.is_scheduled() => continue,
+            // Scheduled sends are not due at once, transactional ones visible only once committed: they would count
+            // as unseen until delivered.
+            Kind::Send(_) if p.is_staged() => continue,
             Kind::Send(sends) => {
                 for s in sends {
                     counts.entry(s.key).or_insert(0);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{Availability, CheckOptions, LagSummary, Notes, ScheduledSummary, Validity, Verdict};
+use super::{Availability, CheckOptions, LagSummary, Notes, ScheduledSummary, TxnSummary, Validity, Verdict};
 use crate::history::{Key, Offset, OpType};
 
 /// One anomaly's outcome. Every anomaly of [`super::ANOMALIES`] is present, count 0 included.
@@ -96,6 +96,8 @@ pub struct CheckResult {
     pub lag: LagSummary,
     /// Scheduled sends: counts, the early allowance and lateness figures.
     pub scheduled: ScheduledSummary,
+    /// Transactional sends: counts of half sends, ENDs, check-backs and commits.
+    pub txn: TxnSummary,
     /// Sizes.
     pub stats: Stats,
     /// Operations whose payload could not be parsed (skipped by the checks).
@@ -277,6 +279,27 @@ impl CheckResult {
                 let _ = write!(line, "; {} first read by the drain (max {})", group(l.first_seen_by_drain), sdur(l.drain_max.unwrap_or(0)));
             }
             let _ = writeln!(s, "lateness      {line}");
+        }
+        let tx = &self.txn;
+        if !tx.sends.is_empty() {
+            let plans: Vec<String> = tx.plans.iter().map(|(p, n)| format!("{p} {}", group(*n))).collect();
+            let _ = writeln!(
+                s,
+                "txn           half sends {} (plans: {}); commits attempted for {} values, acknowledged for {}; {} values read",
+                types_text(&tx.sends),
+                plans.join(", "),
+                group(tx.commit_attempted),
+                group(tx.commit_acked),
+                group(tx.values_read)
+            );
+            let ends: Vec<String> = tx.ends.iter().map(|(e, n)| format!("{e} {}", group(*n))).collect();
+            let checks: Vec<String> = tx.checks.iter().map(|(a, n)| format!("{a} {}", group(*n))).collect();
+            let _ = writeln!(
+                s,
+                "txn ends      {}; check-backs answered {}",
+                if ends.is_empty() { "none".to_owned() } else { ends.join(", ") },
+                if checks.is_empty() { "none".to_owned() } else { checks.join(", ") }
+            );
         }
         if !self.unknown_reasons.is_empty() {
             let _ = writeln!(s, "unknown       {}", self.unknown_reasons.join("; "));

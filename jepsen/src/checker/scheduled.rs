@@ -66,7 +66,7 @@ use super::anomalies::Findings;
 use super::index::{Index, Kind};
 use super::CheckOptions;
 use crate::clock::SkewBounds;
-use crate::history::{Key, OpType, Process, Value};
+use crate::history::{OpType, Process, Value};
 
 /// Default of [`CheckOptions::schedule_jitter_ms`].
 pub const SCHEDULE_JITTER_MS: u64 = 200;
@@ -248,18 +248,7 @@ pub(crate) fn check(ix: &Index, opts: &CheckOptions, out: &mut Findings) -> Sche
 
     // The last heal, and per key the last invocation of an ok drain poll that read or reported on it.
     let last_heal = ix.history.iter().filter(|o| o.process == Process::Nemesis && o.f == "heal").map(|o| o.time).max().unwrap_or(0);
-    let mut drain_polled: HashMap<Key, u64> = HashMap::new();
-    for p in &ix.ops {
-        if p.ty != OpType::Ok || !ix.is_drain_op(p) {
-            continue;
-        }
-        let Kind::Poll { reads, extra } = &p.kind else { continue };
-        let Some(t) = p.op.invoke_time() else { continue };
-        for k in reads.iter().map(|(k, _)| *k).chain(extra.max.iter().map(|&(k, _)| k)) {
-            let e = drain_polled.entry(k).or_insert(t);
-            *e = (*e).max(t);
-        }
-    }
+    let drain_polled = ix.last_drain_polls();
 
     let mut late: Vec<(i64, Value)> = Vec::new();
     let mut drain_late: Vec<i64> = Vec::new();

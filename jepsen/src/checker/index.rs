@@ -392,6 +392,33 @@ impl<'a> Index<'a> {
         }
     }
 
+    /// When the last `heal` of the nemesis happened (0 without one).
+    pub fn last_heal(&self) -> u64 {
+        self.history.iter().filter(|o| o.process == Process::Nemesis && o.f == "heal").map(|o| o.time).max().unwrap_or(0)
+    }
+
+    /// Values of `sent` (value → its send op) that polls returned at two or more offsets of a key, per key
+    /// in the order of their first read: (key, value, offsets, send op). The version orders hold only polled
+    /// offsets for such values (scheduled and transactional ones), so this is what `*-duplicate` report.
+    pub fn read_twice(&self, sent: &HashMap<Value, usize>) -> Vec<(Key, Value, Vec<u64>, usize)> {
+        let mut out = Vec::new();
+        for (&k, log) in &self.logs {
+            let mut dups: Vec<(usize, Value)> = log
+                .first_index
+                .iter()
+                .filter(|(v, &fi)| sent.contains_key(v) && log.last_index.get(v).is_some_and(|&li| li != fi))
+                .map(|(&v, &fi)| (fi, v))
+                .collect();
+            dups.sort_unstable();
+            for (_, v) in dups {
+                let offsets =
+                    log.values.iter().enumerate().filter(|(_, vs)| vs.binary_search(&v).is_ok()).map(|(i, _)| log.offsets[i]).collect();
+                out.push((k, v, offsets, sent[&v]));
+            }
+        }
+        out
+    }
+
     /// Per key, the latest invocation of an ok drain poll that read from it or reported its high watermark.
     pub fn last_drain_polls(&self) -> HashMap<Key, u64> {
         let mut drain_polled: HashMap<Key, u64> = HashMap::new();

@@ -230,24 +230,13 @@ pub(crate) fn check(ix: &Index, opts: &CheckOptions, out: &mut Findings) -> Sche
     summary.values_read = first.len() as u64;
 
     // scheduled-duplicate: from the version orders (which hold only polled offsets for scheduled values).
-    for (&k, log) in &ix.logs {
-        let mut dups: Vec<(usize, Value)> = log
-            .first_index
-            .iter()
-            .filter(|(v, &fi)| ix.scheduled.contains_key(v) && log.last_index.get(v).is_some_and(|&li| li != fi))
-            .map(|(&v, &fi)| (fi, v))
-            .collect();
-        dups.sort_unstable();
-        for (_, v) in dups {
-            let offsets: Vec<u64> =
-                log.values.iter().enumerate().filter(|(_, vs)| vs.binary_search(&v).is_ok()).map(|(i, _)| log.offsets[i]).collect();
-            let writer = ix.ops[ix.scheduled[&v]].reference();
-            out.add("scheduled-duplicate", || json!({"key": k, "value": v, "count": offsets.len(), "offsets": offsets, "writer": writer}));
-        }
+    for (k, v, offsets, send) in ix.read_twice(&ix.scheduled) {
+        let writer = ix.ops[send].reference();
+        out.add("scheduled-duplicate", || json!({"key": k, "value": v, "count": offsets.len(), "offsets": offsets, "writer": writer}));
     }
 
     // The last heal, and per key the last invocation of an ok drain poll that read or reported on it.
-    let last_heal = ix.history.iter().filter(|o| o.process == Process::Nemesis && o.f == "heal").map(|o| o.time).max().unwrap_or(0);
+    let last_heal = ix.last_heal();
     let drain_polled = ix.last_drain_polls();
 
     let mut late: Vec<(i64, Value)> = Vec::new();

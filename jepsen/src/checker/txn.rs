@@ -42,7 +42,7 @@ use serde_json::json;
 use super::anomalies::Findings;
 use super::index::{Index, Kind};
 use super::CheckOptions;
-use crate::history::{Key, Offset, OpType, Process, TxnDecision, Value};
+use crate::history::{Key, Offset, OpType, TxnDecision, Value};
 
 /// Default of [`CheckOptions::txn_late_margin_ms`]; the harness's drain waits as long for a missing value.
 pub const TXN_LATE_MARGIN_MS: u64 = 5_000;
@@ -179,24 +179,13 @@ pub(crate) fn check(ix: &Index, opts: &CheckOptions, out: &mut Findings) -> TxnS
     }
 
     // txn-duplicate: from the version orders (which hold only polled offsets for transactional values).
-    for (&k, log) in &ix.logs {
-        let mut dups: Vec<(usize, Value)> = log
-            .first_index
-            .iter()
-            .filter(|(v, &fi)| ix.txn.contains_key(v) && log.last_index.get(v).is_some_and(|&li| li != fi))
-            .map(|(&v, &fi)| (fi, v))
-            .collect();
-        dups.sort_unstable();
-        for (_, v) in dups {
-            let offsets: Vec<u64> =
-                log.values.iter().enumerate().filter(|(_, vs)| vs.binary_search(&v).is_ok()).map(|(i, _)| log.offsets[i]).collect();
-            let writer = ix.ops[ix.txn[&v]].reference();
-            out.add("txn-duplicate", || json!({"key": k, "value": v, "count": offsets.len(), "offsets": offsets, "writer": writer}));
-        }
+    for (k, v, offsets, send) in ix.read_twice(&ix.txn) {
+        let writer = ix.ops[send].reference();
+        out.add("txn-duplicate", || json!({"key": k, "value": v, "count": offsets.len(), "offsets": offsets, "writer": writer}));
     }
 
     // txn-committed-lost / txn-commit-pending.
-    let last_heal = ix.history.iter().filter(|o| o.process == Process::Nemesis && o.f == "heal").map(|o| o.time).max().unwrap_or(0);
+    let last_heal = ix.last_heal();
     let drain_polled = ix.last_drain_polls();
     let margin_ns = opts.txn_late_margin_ms.saturating_mul(1_000_000);
     let mut acked: Vec<(u64, Value, usize, Key)> =

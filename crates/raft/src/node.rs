@@ -244,9 +244,40 @@ pub struct RoleState {
     pub leader: Option<NodeId>,
     /// The leader's Raft address.
     pub leader_addr: Option<String>,
-    /// Leader only: true once it applied an entry of its own term, i.e. everything committed before it
-    /// was elected. A broker advertises itself as master only when ready.
+    /// Leader only: true once it applied an entry of its own term and everything its log held when it
+    /// became leader (see [`leader_ready`]). A broker advertises itself as master only when ready.
     pub ready: bool,
+}
+
+/// Whether a leader may serve reads and advertise itself: it has applied every entry its log held when
+/// it became leader of `term`, and one of its own term. `barrier` remembers `(term, log tail)` from the
+/// first time this leadership was observed.
+///
+/// The log tail matters beyond the term check: openraft 0.9 restores a restarted node whose saved vote is
+/// committed for itself straight back to leader of the same term, without a new blank entry. Its last
+/// applied entry is then already of the current term while entries it had committed (and acknowledged)
+/// before the crash still wait to be re-committed and applied; serving reads then would answer from a
+/// state that lacks acknowledged messages.
+pub(crate) fn leader_ready(
+    is_leader: bool,
+    term: u64,
+    last_log_index: Option<u64>,
+    last_applied: Option<(u64, u64)>,
+    barrier: &mut Option<(u64, u64)>,
+) -> bool {
+    if !is_leader {
+        *barrier = None;
+        return false;
+    }
+    let tail = match *barrier {
+        Some((t, tail)) if t == term => tail,
+        _ => {
+            let tail = last_log_index.unwrap_or(0);
+            *barrier = Some((term, tail));
+            tail
+        }
+    };
+    last_applied.is_some_and(|(t, index)| t == term && index >= tail)
 }
 
 /// Progress figures for admin output.
@@ -488,11 +519,18 @@ impl RaftNode {
         let (role_tx, role_rx) = watch::channel(RoleState { role: Role::Learner, term: 0, leader: None, leader_addr: None, ready: false });
         let mut metrics = raft.metrics();
         tokio::spawn(async move {
+            let mut barrier = None;
             loop {
                 let state = {
                     let m = metrics.borrow_and_update();
                     let leader_addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-                    let ready = m.state == ServerState::Leader && m.last_applied.is_some_and(|a| a.leader_id.term == m.current_term);
+                    let ready = leader_ready(
+                        m.state == ServerState::Leader,
+                        m.current_term,
+                        m.last_log_index,
+                        m.last_applied.map(|a| (a.leader_id.term, a.index)),
+                        &mut barrier,
+                    );
                     RoleState { role: role_of(m.state), term: m.current_term, leader: m.current_leader, leader_addr, ready }
                 };
                 role_tx.send_if_modified(|cur| {
@@ -988,6 +1026,24 @@ mod tests {
 
     fn sizes(reqs: &[ProduceRequest]) -> Vec<usize> {
         reqs.iter().map(|r| r.bytes).collect()
+    }
+
+    #[test]
+    fn a_leader_restored_after_restart_waits_for_its_committed_tail() {
+        // Restart as leader of term 5: applied up to 7842 (term 5), log holds 7844 (acked before the crash).
+        let mut barrier = None;
+        assert!(!leader_ready(true, 5, Some(7844), Some((5, 7842)), &mut barrier));
+        // Appends after becoming leader do not move the barrier.
+        assert!(!leader_ready(true, 5, Some(7850), Some((5, 7843)), &mut barrier));
+        assert!(leader_ready(true, 5, Some(7850), Some((5, 7844)), &mut barrier));
+        // Deposed, then elected in term 6 with a blank entry at 7851: the old term's entries do not count.
+        assert!(!leader_ready(false, 6, Some(7850), Some((5, 7850)), &mut barrier));
+        assert_eq!(barrier, None);
+        assert!(!leader_ready(true, 6, Some(7851), Some((5, 7850)), &mut barrier));
+        assert!(leader_ready(true, 6, Some(7851), Some((6, 7851)), &mut barrier));
+        // A fresh cluster: nothing applied yet is never ready.
+        let mut fresh = None;
+        assert!(!leader_ready(true, 1, None, None, &mut fresh));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!
 //! Addresses: bridge `jepbr0` 10.99.0.254/24; node i in namespace `jep-n{i}` at 10.99.0.i (client port
 //! 10911, Raft port 10912); nameserver 10.99.0.254:9876.
+//!
+//! These names are fixed, so two harnesses on one machine would tear down and take over each other's cluster
+//! (a run's clients then read another cluster's queues: thousands of anomalies that are no broker's). A run
+//! and `cleanup` therefore hold [`RunLock`] for their whole duration; a second one waits.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -17,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 /// Where the harness keeps what cleanup needs (PIDs, faketime files).
 pub const STATE_DIR: &str = "/run/raftmq-jepsen";
+/// The lock file of [`RunLock`] (outside [`STATE_DIR`], which cleanup removes).
+pub const LOCK_PATH: &str = "/run/raftmq-jepsen.lock";
 /// The bridge in the root namespace.
 pub const BRIDGE: &str = "jepbr0";
 /// The root namespace's address on the bridge (harness, clients, nameserver).
@@ -27,6 +33,50 @@ pub const CLIENT_PORT: u16 = 10911;
 pub const RAFT_PORT: u16 = 10912;
 /// Nameserver port.
 pub const NAMESRV_PORT: u16 = 9876;
+
+/// An exclusive `flock` on [`LOCK_PATH`], held by a run (or a cleanup) until dropped. The file is opened
+/// close-on-exec, so the brokers a run spawns do not inherit it.
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock, waiting (with a message on stderr) while another harness holds it.
+    pub fn acquire() -> Result<RunLock> {
+        match RunLock::try_at(Path::new(LOCK_PATH))? {
+            Ok(lock) => Ok(lock),
+            Err(file) => {
+                eprintln!("another raftmq-jepsen run or cleanup holds {LOCK_PATH}; waiting for it to finish");
+                use std::os::fd::AsRawFd;
+                // SAFETY: flock(2) on a descriptor we own; blocks until the other holder closes its descriptor.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                    bail!("flock {LOCK_PATH}: {}", std::io::Error::last_os_error());
+                }
+                Ok(RunLock { _file: file })
+            }
+        }
+    }
+
+    /// Tries to take the lock at `path` without waiting: `Ok(Err(file))` when another descriptor holds it.
+    pub fn try_at(path: &Path) -> Result<std::result::Result<RunLock, fs::File>> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                bail!("flock {}: {e}", path.display());
+            }
+            return Ok(Err(file));
+        }
+        Ok(Ok(RunLock { _file: file }))
+    }
+}
 
 /// Runs a command and fails with its stderr when it does not succeed.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
@@ -335,5 +385,20 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_run_lock_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = RunLock::try_at(&path).unwrap().expect("a free lock is taken");
+        assert!(RunLock::try_at(&path).unwrap().is_err(), "a held lock is refused");
+        drop(first);
+        assert!(RunLock::try_at(&path).unwrap().is_ok(), "a released lock is free again");
     }
 }

@@ -122,6 +122,7 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Cleanup => {
+            let _lock = cluster::RunLock::acquire()?;
             cluster::cleanup();
             println!("cleaned up");
             Ok(ExitCode::SUCCESS)
@@ -148,6 +149,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 bail!("raftmq-jepsen run needs root (network namespaces, nftables, tc)");
             }
             let families = Family::parse_list(&a.nemesis)?;
+            // Held until the run has torn its cluster down.
+            let _lock = cluster::RunLock::acquire()?;
             if !(0.0..=1.0).contains(&a.scheduled_share) {
                 bail!("--scheduled-share must be between 0 and 1, got {}", a.scheduled_share);
             }

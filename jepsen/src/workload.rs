@@ -186,7 +186,9 @@ pub fn classify(e: &ClientError) -> &'static str {
     match e {
         ClientError::InvalidMessage(_) | ClientError::State(_) | ClientError::NoRoute(_) | ClientError::NoQueue(_) => "fail",
         ClientError::Broker { .. } | ClientError::Connection { .. } if e.is_definite() => "fail",
-        ClientError::RetriesExhausted { attempts, definite, last, .. } if *attempts <= 1 || *definite => classify(last),
+        // `definite`: every counted attempt was refused for certain. `last` may be a "not the leader" answer
+        // to a hop after an attempt whose outcome is unknown (hops are not attempts), so it says nothing alone.
+        ClientError::RetriesExhausted { definite, last, .. } if *definite => classify(last),
         _ => "info",
     }
 }
@@ -824,7 +826,11 @@ mod tests {
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(classify(&ClientError::Connection { addr: "b".into(), source: reset.into() }), "info");
         assert_eq!(classify(&ClientError::InvalidMessage("x".into())), "fail");
-        assert_eq!(classify(&exhausted(1, false, broker(14))), "fail", "one attempt: its own classification");
+        assert_eq!(classify(&exhausted(1, true, broker(14))), "fail", "one attempt, refused");
+        // One attempt whose outcome is unknown, then (not counted) hops answered "not the leader" until the
+        // budget ran out: the attempt may have stored it.
+        assert_eq!(classify(&exhausted(1, false, broker(14))), "info");
+        assert_eq!(classify(&exhausted(1, false, ClientError::Timeout { addr: "b".into(), timeout: Duration::from_secs(1) })), "info");
         assert_eq!(classify(&exhausted(2, false, broker(14))), "info", "an earlier attempt may have stored it");
         assert_eq!(classify(&exhausted(3, true, broker(14))), "fail");
     }

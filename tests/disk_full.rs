@@ -11,6 +11,10 @@
 //!    every replay too — `crates/raft/tests/disk_full.rs` shows that signal.) After freeing space the
 //!    restarted broker serves that message. Restarted before space is freed, it exits the same way again
 //!    while re-applying that entry.
+//!
+//! (Those run with `diskMaxUsedSpaceRatio` 0.99, so the ENOSPC paths are reached.) And the guard before
+//! them: three nodes on one tmpfs with `diskMaxUsedSpaceRatio` 0.5 — above it the leader refuses sends with
+//! 14 "disk full" and the figures while reads and offset commits work; below 0.45 sends resume.
 
 mod common;
 
@@ -156,4 +160,76 @@ async fn a_broker_whose_disk_fills_exits_with_the_store_failure_status_and_loses
     let c = client(&addr).await.expect("broker reachable after the second restart");
     assert_eq!(pull_all(&c, TOPIC, 1).await, vec![(0, b"needs a new consume-queue file".to_vec())]);
     assert_eq!(pull_all(&c, TOPIC, 0).await.len(), got.len(), "queue 0 intact");
+}
+
+/// Writes a file of `bytes` bytes (zeros; tmpfs allocates the pages).
+fn filler(path: &Path, bytes: u64) {
+    let mut f = std::fs::File::create(path).expect("create filler");
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).expect("write filler");
+        left -= n as u64;
+    }
+}
+
+/// Used fraction of the filesystem holding `path`.
+fn used_ratio(path: &Path) -> f64 {
+    raftmq_commitlog::disk_usage(path).expect("statvfs").used_ratio()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_disk_ratio_the_leader_refuses_sends_with_14_and_keeps_serving_reads_and_commits() {
+    // Three nodes on one 400 MiB tmpfs; sends are refused above half of it.
+    let Some(fs) = Tmpfs::mount("400m") else { return };
+    let cluster = Cluster::start_with(3, Some(fs.path()), "diskMaxUsedSpaceRatio = 0.5\n").await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let c = client(&cluster.node(leader).client_addr).await.expect("leader reachable");
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push((send(&c, TOPIC, 0, &body(i)).await.expect("send before the disk fills"), i));
+    }
+
+    // Push the filesystem to 60 % used.
+    let total = raftmq_commitlog::disk_usage(fs.path()).expect("statvfs").total;
+    let need = ((0.60 - used_ratio(fs.path())) * total as f64).max(0.0) as u64;
+    filler(&fs.path().join("filler"), need);
+    println!("filesystem {:.3} used", used_ratio(fs.path()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (code, remark) = loop {
+        match send(&c, TOPIC, 0, &body(100)).await {
+            Ok(off) => {
+                acked.push((off, 100));
+                assert!(std::time::Instant::now() < deadline, "sends still accepted 10 s after the disk passed the ratio");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    println!("refused: {code} {remark}");
+    assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE.0, "{remark}");
+    assert!(remark.contains("disk is full") && remark.contains("diskMaxUsedSpaceRatio 0.50"), "{remark}");
+    // Reads and offset commits keep working.
+    let got = pull_all(&c, TOPIC, 0).await;
+    for (off, i) in &acked {
+        assert!(got.iter().any(|(o, b)| o == off && *b == body(*i)), "acked message {i} at {off} readable on a full disk");
+    }
+    assert_eq!(commit_offset(&c, "g", TOPIC, 0, 3).await, ResponseCode::SUCCESS.0, "offset commit on a full disk");
+    assert_eq!(query_offset(&c, "g", TOPIC, 0).await, Some(3));
+    let status = node_status(&cluster.node(leader).client_addr).await.expect("status");
+    assert_eq!(status["retention"]["diskFull"], serde_json::json!(true), "{}", status["retention"]);
+
+    // Space back (below 0.45): sends resume.
+    std::fs::remove_file(fs.path().join("filler")).expect("free space");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match send(&c, TOPIC, 0, &body(200)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "sends still refused 10 s after space was freed: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }

@@ -19,7 +19,8 @@ use raftmq_remoting::ResponseCode;
 
 const TOPIC: &str = "TopicRetention";
 const GROUP: &str = "slow-group";
-const EXTRA: &str = "mappedFileSizeCommitLog = 1048576\nentryBytesMax = 262144\nmaxMessageSize = 131072\nfileReservedTimeMs = 3000\ndeleteWhen = \"*\"\n\
+const EXTRA: &str =
+    "mappedFileSizeCommitLog = 1048576\nentryBytesMax = 262144\nmaxMessageSize = 131072\nfileReservedTimeMs = 3000\ndeleteWhen = \"*\"\n\
                      cleanResourceInterval = 300\n";
 
 fn body(i: usize) -> Vec<u8> {
@@ -121,7 +122,11 @@ async fn retention_purges_the_same_prefix_on_every_replica_and_moves_consumers_b
     }
 
     // Same min offset everywhere, above 0, and every acked message at or above it served unchanged.
-    let mins = [min_offset(&cluster.node(1).client_addr).await, min_offset(&cluster.node(2).client_addr).await, min_offset(&cluster.node(3).client_addr).await];
+    let mins = [
+        min_offset(&cluster.node(1).client_addr).await,
+        min_offset(&cluster.node(2).client_addr).await,
+        min_offset(&cluster.node(3).client_addr).await,
+    ];
     assert!(mins[0] > 0 && mins.iter().all(|m| *m == mins[0]), "min offsets {mins:?} (floor index {floor})");
     let min = mins[0];
     let served: std::collections::BTreeMap<i64, Vec<u8>> = {

@@ -119,7 +119,10 @@ impl Cluster {
             );
             // Defaults of the harness unless `extra` sets them: 8 MiB segments, and sends refused only on a
             // disk 99 % full (the default 0.75 would make every test depend on the host's disk).
-            for (key, line) in [("mappedFileSizeCommitLog", "mappedFileSizeCommitLog = 8388608\n"), ("diskMaxUsedSpaceRatio", "diskMaxUsedSpaceRatio = 0.99\n")] {
+            for (key, line) in [
+                ("mappedFileSizeCommitLog", "mappedFileSizeCommitLog = 8388608\n"),
+                ("diskMaxUsedSpaceRatio", "diskMaxUsedSpaceRatio = 0.99\n"),
+            ] {
                 if !extra.contains(key) {
                     toml.push_str(line);
                 }

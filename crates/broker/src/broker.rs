@@ -173,6 +173,7 @@ impl Broker {
         nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
+        crate::retention::wait_for_disk_space(&cfg.store_path_root_dir, cfg.mapped_file_size_commit_log).await;
         let node = Arc::new(RaftNode::start(nc).await?);
         if cfg.bootstrap {
             let members = cfg.peers.iter().map(|p| (p.id, p.raft_addr.clone())).collect();

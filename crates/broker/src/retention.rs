@@ -83,6 +83,39 @@ impl DiskGuard {
     }
 }
 
+/// How often a node waiting for disk space at start-up says so.
+const SPACE_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// At start-up, before the Raft member opens its store: waits while the store's filesystem has less room
+/// than one commitlog segment. A node that exited on `ENOSPC` (status 74) and is restarted by its
+/// supervisor before space is freed would otherwise fail again while re-applying its log; waiting instead,
+/// it rejoins the group as soon as space returns. Logs at warn every [`SPACE_WAIT_LOG_EVERY`].
+pub(crate) async fn wait_for_disk_space(store: &std::path::Path, segment_bytes: u64) {
+    // The nearest existing directory (a first start has no store directory yet).
+    let probe = store.ancestors().find(|p| p.exists()).map(std::path::Path::to_path_buf).unwrap_or_else(|| store.to_path_buf());
+    let mut last_log: Option<std::time::Instant> = None;
+    loop {
+        let p = probe.clone();
+        let Ok(Ok(u)) = tokio::task::spawn_blocking(move || raftmq_commitlog::disk_usage(&p)).await else { return };
+        if u.available >= segment_bytes {
+            if last_log.is_some() {
+                info!(available = u.available, "disk space is back; starting");
+            }
+            return;
+        }
+        if last_log.is_none_or(|t| t.elapsed() >= SPACE_WAIT_LOG_EVERY) {
+            warn!(
+                path = %store.display(),
+                available = u.available,
+                needed = segment_bytes,
+                "waiting for disk space before joining the group: the store's filesystem has less room than one commitlog segment"
+            );
+            last_log = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(DISK_CHECK_INTERVAL).await;
+    }
+}
+
 /// Measures the store's filesystem every [`DISK_CHECK_INTERVAL`].
 pub(crate) async fn disk_loop(inner: Arc<BrokerInner>) {
     let full_ratio = ratio(inner.cfg.disk_max_used_space_ratio);

@@ -118,6 +118,24 @@ impl Cluster {
         Cluster { dir, namesrv, namesrv_child, nodes }
     }
 
+    /// Writes the config of a fresh node for a run-time `raftmq admin node add`/`replace`: the next unused id,
+    /// new ports, `bootstrap = false`, an empty store, and a `[[peers]]` list naming only itself (so what it
+    /// knows of the others' client addresses comes from the Raft membership). Starts it; returns its id.
+    pub fn start_fresh_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let (client, raft) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let toml = format!(
+            "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = false\n[[peers]]\nid = {id}\nraftAddr = \"{raft}\"\nclientAddr = \"{client}\"\n",
+            self.namesrv,
+            self.dir.path().join(format!("n{id}")).display()
+        );
+        let config = self.dir.path().join(format!("n{id}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        self.nodes.push(Node { id, client_addr: client, raft_addr: raft, config, child: None });
+        self.start_node(id);
+        id
+    }
+
     /// The store directory of node `id` (`storePathRootDir`) of a cluster made without `stores`.
     pub fn store_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("n{id}"))

@@ -4,7 +4,8 @@
 //! acknowledgement. Afterwards every acknowledged message is read back, at its acknowledged offset, from the
 //! leader and from both new members. The new nodes' configs list only themselves: the other members' client
 //! addresses (leader hints in refusals) come from the Raft membership, and theirs reach the old members the
-//! same way.
+//! same way. A second test runs two broker groups behind one nameserver: a topic created with `raftmq admin
+//! topic create` is routed on both, plain sends reach both, and one order key's sends stay in one group.
 
 mod common;
 
@@ -202,4 +203,55 @@ async fn add_under_load_replace_a_killed_node_and_remove_the_leader_lose_no_ackn
         assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE.0);
         assert!(remark.contains(&format!("the leader is at {leader_addr}")), "n{id}: {remark}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_groups_share_a_topic_and_producers_reach_both() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.add_group("broker-b", 11, 3).await;
+    let ns = cluster.namesrv.clone();
+    // broker-b's leader registers on election; wait until the nameserver lists both groups.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = admin(&ns, &["status"]).await;
+        if ok && out.contains("broker-a") && out.contains("broker-b") && out.matches("Leader").count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both groups never registered a leader: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out) = admin(&ns, &["topic", "create", "Spread", "--queues", "2"]).await;
+    assert!(ok && out.contains("on broker-a") && out.contains("on broker-b"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let route = loop {
+        if let Ok(Some(r)) = route(&ns, "Spread").await {
+            if r.broker_datas.len() == 2 && r.queue_datas.len() == 2 {
+                break r;
+            }
+        }
+        assert!(Instant::now() < deadline, "the route never listed both groups");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut names: Vec<&str> = route.broker_datas.iter().map(|b| b.broker_name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["broker-a", "broker-b"]);
+
+    let ns2 = ns.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || raftmq(&["produce", "--namesrv", &ns2, "--topic", "Spread", "--count", "8"]))
+        .await
+        .expect("produce");
+    assert!(ok, "{out}");
+    for group in ["broker-a", "broker-b"] {
+        assert_eq!(out.lines().filter(|l| l.starts_with(&format!("SEND_OK {group}"))).count(), 4, "round-robin over 4 queues: {out}");
+    }
+    let ns2 = ns.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        raftmq(&["produce", "--namesrv", &ns2, "--topic", "Spread", "--count", "6", "--order-key", "order-7"])
+    })
+    .await
+    .expect("produce ordered");
+    assert!(ok, "{out}");
+    let groups: std::collections::BTreeSet<&str> =
+        out.lines().filter(|l| l.starts_with("SEND_OK")).filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(groups.len(), 1, "one key's messages stay in one group: {out}");
 }

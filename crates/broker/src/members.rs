@@ -30,6 +30,8 @@ const REMOVE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the old leader keeps offering the removal to a new leader that is not ready yet.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long the removal forwarded to the new leader may take: its quorum probe and the membership change.
+const HANDOVER_REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A member id from an ext field: `4` or `n4`.
 fn node_id(req: &RemotingCommand, field: &str) -> Result<u64, Reply> {
@@ -242,7 +244,7 @@ impl BrokerInner {
                 ResponseCode::SYSTEM_ERROR,
                 format!("handed leadership to n{next_id} at {next_addr}, which did not answer; retry the removal there"),
             );
-            let resp = self.forward_to(req, &next_addr, unreachable).await;
+            let resp = self.forward_to(req, &next_addr, unreachable, HANDOVER_REMOVE_TIMEOUT).await;
             let busy = resp.as_ref().is_some_and(|r| r.cmd.code == ResponseCode::SERVICE_NOT_AVAILABLE.0);
             if !busy || Instant::now() >= deadline {
                 return resp;

@@ -138,12 +138,13 @@ impl BrokerInner {
         let Some(addr) = leader.filter(|a| Some(a.as_str()) != self.cfg.me().ok().map(|p| p.client_addr.as_str())) else {
             return not_leader;
         };
-        self.forward_to(req, &addr, not_leader).await
+        self.forward_to(req, &addr, not_leader, FORWARD_TIMEOUT).await
     }
 
     /// Relays `req` to the member whose client port is `addr` (normally the leader) on the kept leader
-    /// connection, marked as forwarded, and answers with its response; `unreachable` when it cannot be reached.
-    pub(crate) async fn forward_to(&self, req: &RemotingCommand, addr: &str, unreachable: Reply) -> Reply {
+    /// connection, marked as forwarded, and answers with its response (waiting up to `timeout`); `unreachable`
+    /// when it cannot be reached.
+    pub(crate) async fn forward_to(&self, req: &RemotingCommand, addr: &str, unreachable: Reply, timeout: Duration) -> Reply {
         let addr = addr.to_string();
         let not_leader = unreachable;
         let client = {
@@ -171,7 +172,7 @@ impl BrokerInner {
             }
             return None;
         }
-        match client.invoke(fwd, FORWARD_TIMEOUT).await {
+        match client.invoke(fwd, timeout).await {
             Ok(resp) => {
                 let mut out = RemotingCommand::response_to(req, ResponseCode(resp.code), resp.remark);
                 out.ext_fields = resp.ext_fields;

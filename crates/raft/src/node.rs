@@ -173,6 +173,10 @@ pub enum NodeError {
     Membership(String),
 }
 
+/// Most members (voters and learners) a group may have: every member is one more replication stream on the
+/// leader, and a majority of voters must acknowledge every write.
+pub const MEMBERS_MAX: usize = 9;
+
 /// Voters a group keeps unless a removal is forced: three tolerate one failure.
 pub const VOTERS_SAFE_MIN: usize = 3;
 
@@ -920,24 +924,12 @@ impl RaftNode {
     ///
     /// # Errors
     /// [`NodeError::Membership`] when `id` is already a voter, a learner elsewhere, or `addr` is malformed or
-    /// already another member's; [`NodeError::NotLeader`] off the leader.
+    /// already another member's, or the group has [`MEMBERS_MAX`] members; [`NodeError::NotLeader`] off the
+    /// leader.
     pub async fn add_member(&self, id: NodeId, addr: MemberAddr) -> Result<(), NodeError> {
-        addr.validate().map_err(NodeError::Membership)?;
-        if id == 0 {
-            return Err(NodeError::Membership("node id 0 is reserved (brokerId 0 means the leader in routes)".into()));
-        }
         let view = self.leader_members()?;
-        if let Some(m) = view.members.iter().find(|m| m.id == id) {
-            if m.voter {
-                return Err(NodeError::Membership(format!("n{id} is already a voter of this group; node ids are never reused")));
-            }
-            if m.addr.raft != addr.raft {
-                return Err(NodeError::Membership(format!("n{id} is already a learner at {}, not {}", m.addr.raft, addr.raft)));
-            }
+        if !check_add(&view, id, &addr).map_err(NodeError::Membership)? {
             return Ok(());
-        }
-        if let Some(m) = view.members.iter().find(|m| m.addr.raft == addr.raft) {
-            return Err(NodeError::Membership(format!("raft address {} is already member n{}'s", addr.raft, m.id)));
         }
         info!(node = id, addr = %addr, "adding a learner");
         self.add_learner(id, addr.to_string()).await
@@ -1183,6 +1175,31 @@ impl RaftNode {
     }
 }
 
+/// The rules for adding member `id` at `addr` to `view`: `Ok(true)` to add it, `Ok(false)` when it is already a
+/// learner at that address (nothing to do), `Err` naming the rule broken.
+fn check_add(view: &MembershipView, id: NodeId, addr: &MemberAddr) -> Result<bool, String> {
+    addr.validate()?;
+    if id == 0 {
+        return Err("node id 0 is reserved (brokerId 0 means the leader in routes)".into());
+    }
+    if let Some(m) = view.members.iter().find(|m| m.id == id) {
+        if m.voter {
+            return Err(format!("n{id} is already a voter of this group; node ids are never reused"));
+        }
+        if m.addr.raft != addr.raft {
+            return Err(format!("n{id} is already a learner at {}, not {}", m.addr.raft, addr.raft));
+        }
+        return Ok(false);
+    }
+    if let Some(m) = view.members.iter().find(|m| m.addr.raft == addr.raft) {
+        return Err(format!("raft address {} is already member n{}'s", addr.raft, m.id));
+    }
+    if view.members.len() >= MEMBERS_MAX {
+        return Err(format!("the group already has {} members (MEMBERS_MAX {MEMBERS_MAX}); remove one first", view.members.len()));
+    }
+    Ok(true)
+}
+
 /// The requests of one entry: `first`, then whatever is queued, in order, until the entry holds `bytes_target`
 /// or the next request would take it over `bytes_max`; that request is left in `carry` to open the next entry.
 /// The entry's encoded size (`PRODUCE_HEADER_BYTES` + the requests' bytes) is at most `bytes_max` whenever
@@ -1353,6 +1370,38 @@ mod tests {
         let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, 500, 1000);
         assert_eq!(sizes(&e), [300, 300]);
         assert_eq!(rx.try_recv().map(|r| r.bytes).ok(), Some(300), "left queued, not carried");
+    }
+
+    fn view(n: u64) -> MembershipView {
+        let members = (1..=n)
+            .map(|id| MemberInfo {
+                id,
+                addr: MemberAddr::new(format!("127.0.0.1:{}", 10_000 + id), "127.0.0.1:1"),
+                voter: id <= 3,
+                matched: None,
+            })
+            .collect();
+        MembershipView { leader: Some(1), last_log_index: Some(10), joint: false, members }
+    }
+
+    #[test]
+    fn adding_a_member_follows_the_rules_up_to_the_member_limit() {
+        let fresh = |id: u64| MemberAddr::new(format!("127.0.0.1:{}", 20_000 + id), "127.0.0.1:2");
+        let three = view(3);
+        assert_eq!(check_add(&three, 4, &fresh(4)), Ok(true));
+        let e = check_add(&three, 2, &fresh(2)).unwrap_err();
+        assert!(e.contains("already a voter") && e.contains("never reused"), "{e}");
+        let e = check_add(&three, 9, &MemberAddr::new("127.0.0.1:10002", "127.0.0.1:2")).unwrap_err();
+        assert!(e.contains("already member n2's"), "{e}");
+        assert!(check_add(&three, 0, &fresh(0)).unwrap_err().contains("reserved"));
+        // A learner at the same address: resume, nothing to add; elsewhere: refused.
+        let five = view(5);
+        assert_eq!(check_add(&five, 5, &MemberAddr::new("127.0.0.1:10005", "127.0.0.1:1")), Ok(false));
+        assert!(check_add(&five, 5, &fresh(5)).unwrap_err().contains("already a learner"));
+        // The member limit: one below it may add, at it may not.
+        assert_eq!(check_add(&view(MEMBERS_MAX as u64 - 1), 99, &fresh(99)), Ok(true));
+        let e = check_add(&view(MEMBERS_MAX as u64), 99, &fresh(99)).unwrap_err();
+        assert!(e.contains("MEMBERS_MAX"), "{e}");
     }
 
     #[test]

@@ -171,6 +171,14 @@ impl Broker {
         nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
+        if cfg.message_index_enable {
+            nc.message_index = Some(raftmq_raft::message_index::MessageIndexConfig {
+                slots_max: cfg.index_slots_max,
+                units_max: cfg.index_units_max,
+                files_max: cfg.index_files_max,
+                extractor: Arc::new(crate::query::index_keys),
+            });
+        }
         let node = Arc::new(RaftNode::start(nc).await?);
         if cfg.bootstrap {
             let members = cfg.peers.iter().map(|p| (p.id, p.raft_addr.clone())).collect();
@@ -509,6 +517,8 @@ impl RequestHandler for Handler {
                 RequestCode::LOCK_BATCH_MQ => b.lock_batch(&req),
                 RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req),
                 RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
+                RequestCode::QUERY_MESSAGE => b.query_message(&req).await,
+                RequestCode::VIEW_MESSAGE_BY_ID => b.view_message_by_id(&req).await,
                 code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
                 code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(&req).await,
                 code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(&req).await,

@@ -4,6 +4,7 @@
 //! - [`log_store`]: `RaftLogStorage` implemented by the commitlog itself (no second log).
 //! - [`state_machine`]: consume queues (20-byte units pointing into the log), topics, consumer offsets,
 //!   checkpoints and metadata-only snapshots at the retention boundary.
+//! - [`message_index`]: the node-local index of messages by key (QUERY_MESSAGE), tailing applied entries.
 //! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
 //! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching.
 //! - [`error`]: payload errors and [`error::StoreFailure`], the storage failure that stops a node.
@@ -16,6 +17,7 @@
 pub mod consume_queue;
 pub mod error;
 pub mod log_store;
+pub mod message_index;
 pub mod network;
 pub mod node;
 pub mod state_machine;

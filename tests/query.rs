@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use raftmq_client::{Admin, ClientConfig, Message, Producer, ProducerOptions, SendResult};
 use raftmq_remoting::header::{QueryMessageRequestHeader, ViewMessageRequestHeader, UNIQUE_KEY_QUERY_FIELD};
-use raftmq_remoting::message::StoredMessages;
+use raftmq_remoting::message::{decode_offset_msg_id, StoredMessages};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 const TOPIC: &str = "QueryTopic";
@@ -136,9 +136,17 @@ async fn messages_are_found_by_key_msg_id_and_offset_msg_id_across_a_full_restar
     };
     let resp = c.invoke(view(123_456_789), TIMEOUT).await.expect("view");
     assert_eq!((resp.code, resp.remark.as_deref()), (ResponseCode::SYSTEM_ERROR.0, Some("can not find message by the offset, 123456789")));
-    // An offset inside a message (not its start) is no message either.
-    let resp = c.invoke(view(sent[0].0.queue_offset + 1_000_000_000_000), TIMEOUT).await.expect("view");
-    assert_eq!(resp.code, ResponseCode::SYSTEM_ERROR.0);
+    // An offset inside a message (not its start) is no message either; its start is.
+    let start = decode_offset_msg_id(&sent[0].0.offset_msg_id).expect("offsetMsgId").commit_log_offset;
+    let resp = c.invoke(view(start + 1), TIMEOUT).await.expect("view");
+    assert_eq!(
+        (resp.code, resp.remark),
+        (ResponseCode::SYSTEM_ERROR.0, Some(format!("can not find message by the offset, {}", start + 1)))
+    );
+    let resp = c.invoke(view(start), TIMEOUT).await.expect("view");
+    assert_eq!(resp.code, ResponseCode::SUCCESS.0);
+    let viewed: Vec<_> = StoredMessages::new(&resp.body).map(|m| m.expect("stored message").physical_offset).collect();
+    assert_eq!(viewed, vec![start]);
     let err = cli_message(&cluster.namesrv, &["--key", "no-such-key", "--topic", TOPIC]).expect_err("nothing found");
     assert!(err.contains("no message found"), "{err}");
     let err = cli_message(&cluster.namesrv, &["--id", "not-an-id"]).expect_err("bad id");
@@ -153,5 +161,29 @@ async fn messages_are_found_by_key_msg_id_and_offset_msg_id_across_a_full_restar
     }
     cluster.wait_registered_leader(Duration::from_secs(30)).await;
     find_everything(&cluster, &admin, &sent, "after killing and restarting every node").await;
+
+    // At the limit: 70 messages carry `common`, a query returns at most QUERY_MESSAGES_MAX (64) of them.
+    let producer = Producer::start(cfg.clone(), ProducerOptions::new("pg_query")).await.expect("producer");
+    for i in MESSAGES..MESSAGES + 10 {
+        producer.send(Message::new(TOPIC, format!("body-{i}")).with_keys(["common"])).await.expect("send");
+    }
+    producer.shutdown().await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let c = client(&cluster.node(leader).client_addr).await.expect("connect");
+    let mut cmd = query_cmd("common", false);
+    cmd.ext_fields.insert("maxNum".into(), "1000".into());
+    let resp = c.invoke(cmd, TIMEOUT).await.expect("query");
+    assert_eq!(resp.code, ResponseCode::SUCCESS.0, "{:?}", resp.remark);
+    assert_eq!(StoredMessages::new(&resp.body).count(), 64, "maxNum is capped at 64");
+    // Bad input: a missing key, a maxNum below 1.
+    let mut cmd = query_cmd("common", false);
+    cmd.ext_fields.remove("key");
+    let resp = c.invoke(cmd, TIMEOUT).await.expect("query");
+    assert_eq!(resp.code, ResponseCode::SYSTEM_ERROR.0);
+    assert!(resp.remark.unwrap_or_default().contains("key"), "the remark names the missing field");
+    let mut cmd = query_cmd("common", false);
+    cmd.ext_fields.insert("maxNum".into(), "0".into());
+    let resp = c.invoke(cmd, TIMEOUT).await.expect("query");
+    assert_eq!((resp.code, resp.remark.as_deref()), (ResponseCode::SYSTEM_ERROR.0, Some("maxNum 0 must be at least 1")));
     admin.shutdown().await;
 }

@@ -146,7 +146,7 @@ impl Cluster {
         for (id, client, raft) in &peers {
             assert!(self.nodes.iter().all(|x| x.id != *id), "node id {id} is taken");
             let mut toml = format!(
-                "brokerName = \"{broker_name}\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = {}\n",
+                "brokerName = \"{broker_name}\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = {}\n",
                 self.namesrv,
                 self.dir.path().join(format!("n{id}")).display(),
                 *id == first_id
@@ -181,7 +181,7 @@ impl Cluster {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let (client, raft) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let toml = format!(
-            "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = false\n[[peers]]\nid = {id}\nraftAddr = \"{raft}\"\nclientAddr = \"{client}\"\n",
+            "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = false\n[[peers]]\nid = {id}\nraftAddr = \"{raft}\"\nclientAddr = \"{client}\"\n",
             self.namesrv,
             self.dir.path().join(format!("n{id}")).display()
         );

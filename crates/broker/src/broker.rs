@@ -178,6 +178,14 @@ impl Broker {
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
         crate::retention::wait_for_disk_space(&cfg.store_path_root_dir, cfg.mapped_file_size_commit_log).await;
+        if cfg.message_index_enable {
+            nc.message_index = Some(raftmq_raft::message_index::MessageIndexConfig {
+                slots_max: cfg.index_slots_max,
+                units_max: cfg.index_units_max,
+                files_max: cfg.index_files_max,
+                extractor: Arc::new(crate::query::index_keys),
+            });
+        }
         let node = Arc::new(RaftNode::start(nc).await?);
         if cfg.bootstrap {
             // The membership records each member's client address too, so members added later learn it.
@@ -521,6 +529,8 @@ impl RequestHandler for Handler {
                 RequestCode::LOCK_BATCH_MQ => b.lock_batch(&req),
                 RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req),
                 RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
+                RequestCode::QUERY_MESSAGE => b.query_message(&req).await,
+                RequestCode::VIEW_MESSAGE_BY_ID => b.view_message_by_id(&req).await,
                 code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
                 code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(&req).await,
                 code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(&req).await,

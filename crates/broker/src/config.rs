@@ -239,6 +239,18 @@ pub struct BrokerConfig {
     /// Most segments one retention decision deletes (RocketMQ `deleteFileBatchMax`, 10).
     #[serde(default = "default_delete_file_batch_max")]
     pub delete_file_batch_max: u64,
+    /// Keep the node-local message index that answers QUERY_MESSAGE (`messageIndexEnable`, as RocketMQ).
+    #[serde(default = "default_true")]
+    pub message_index_enable: bool,
+    /// Hash slots per index file (`indexSlotsMax`; RocketMQ `maxHashSlotNum`): 4 bytes each.
+    #[serde(default = "default_index_slots_max")]
+    pub index_slots_max: u32,
+    /// Units (keys of messages) per index file (`indexUnitsMax`; RocketMQ `maxIndexNum`): 24 bytes each.
+    #[serde(default = "default_index_units_max")]
+    pub index_units_max: u32,
+    /// Index files kept (`indexFilesMax`); the oldest is deleted beyond it.
+    #[serde(default = "default_index_files_max")]
+    pub index_files_max: usize,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
@@ -330,6 +342,16 @@ pub fn parse_delete_when(s: &str) -> Result<Option<Vec<u32>>, String> {
         return Err("deleteWhen: no hour given (use e.g. \"04\" or \"*\")".into());
     }
     Ok(Some(hours))
+}
+
+fn default_index_slots_max() -> u32 {
+    raftmq_raft::message_index::INDEX_SLOTS_MAX_DEFAULT
+}
+fn default_index_units_max() -> u32 {
+    raftmq_raft::message_index::INDEX_UNITS_MAX_DEFAULT
+}
+fn default_index_files_max() -> usize {
+    raftmq_raft::message_index::INDEX_FILES_MAX_DEFAULT
 }
 
 /// Largest accepted `topicsMax`: a registration of this many topics with 127-byte names encodes to less
@@ -494,6 +516,18 @@ impl BrokerConfig {
         }
         if self.dedup_window_ms > 0 && !(1..=raftmq_raft::types::DEDUP_KEYS_MAX).contains(&self.dedup_keys_max) {
             return bad(format!("dedupKeysMax must be 1..={}", raftmq_raft::types::DEDUP_KEYS_MAX));
+        }
+        {
+            use raftmq_raft::message_index::{INDEX_FILES_LIMIT, INDEX_SLOTS_LIMIT, INDEX_UNITS_LIMIT, INDEX_UNITS_MIN};
+            if !(1..=INDEX_SLOTS_LIMIT).contains(&self.index_slots_max) {
+                return bad(format!("indexSlotsMax must be 1..={INDEX_SLOTS_LIMIT}"));
+            }
+            if !(INDEX_UNITS_MIN..=INDEX_UNITS_LIMIT).contains(&self.index_units_max) {
+                return bad(format!("indexUnitsMax must be {INDEX_UNITS_MIN}..={INDEX_UNITS_LIMIT}"));
+            }
+            if !(1..=INDEX_FILES_LIMIT).contains(&self.index_files_max) {
+                return bad(format!("indexFilesMax must be 1..={INDEX_FILES_LIMIT}"));
+            }
         }
         if self.timer_max_delay_sec == 0 || self.timer_max_delay_sec > TIMER_MAX_DELAY_SEC_LIMIT {
             return bad(format!("timerMaxDelaySec must be 1..={TIMER_MAX_DELAY_SEC_LIMIT} (49 days)"));

@@ -650,6 +650,7 @@ impl BrokerInner {
             "retainedBytes": log.write_pos.saturating_sub(r.floor.pos),
             "heldBy": self.disk.held_by.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             "diskTotal": u.total,
+            "diskUsed": u.used(),
             "diskAvailable": u.available,
             "diskUsedRatio": u.used_ratio(),
             "diskFull": self.disk.is_full(),

@@ -37,6 +37,7 @@ const COMPACT_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct DiskGuard {
     full: AtomicBool,
     total: AtomicU64,
+    free: AtomicU64,
     available: AtomicU64,
     /// Why the last retention decision stopped where it did (for `raftmq admin status`).
     pub(crate) held_by: std::sync::Mutex<String>,
@@ -46,6 +47,7 @@ impl DiskGuard {
     /// Records a measurement; returns the new full flag when it changed.
     pub fn observe(&self, u: DiskUsage, full_ratio: f64) -> Option<bool> {
         self.total.store(u.total, Ordering::Relaxed);
+        self.free.store(u.free, Ordering::Relaxed);
         self.available.store(u.available, Ordering::Relaxed);
         let used = u.used_ratio();
         let was = self.full.load(Ordering::Relaxed);
@@ -56,7 +58,11 @@ impl DiskGuard {
 
     /// The last measurement.
     pub fn usage(&self) -> DiskUsage {
-        DiskUsage { total: self.total.load(Ordering::Relaxed), available: self.available.load(Ordering::Relaxed) }
+        DiskUsage {
+            total: self.total.load(Ordering::Relaxed),
+            free: self.free.load(Ordering::Relaxed),
+            available: self.available.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether sends are refused.
@@ -71,12 +77,12 @@ impl DiskGuard {
         }
         let u = self.usage();
         Some(format!(
-            "service not available now: the broker's disk is full [CL: {:5.2} CQ: {:5.2} INDEX: {:5.2}]: {} of {} bytes used, above diskMaxUsedSpaceRatio {:.2}; sends resume below {:.2} (retention frees space; reads and offset commits still work)",
+            "service not available now: the broker's disk is full [CL: {:5.2} CQ: {:5.2} INDEX: {:5.2}]: {} bytes used, {} available, above diskMaxUsedSpaceRatio {:.2}; sends resume below {:.2} (retention frees space; reads and offset commits still work)",
             u.used_ratio(),
             u.used_ratio(),
             u.used_ratio(),
-            u.total.saturating_sub(u.available),
-            u.total,
+            u.used(),
+            u.available,
             full_ratio,
             full_ratio - DISK_FULL_HYSTERESIS
         ))
@@ -125,8 +131,8 @@ pub(crate) async fn disk_loop(inner: Arc<BrokerInner>) {
         match tokio::task::spawn_blocking(move || raftmq_commitlog::disk_usage(&d)).await {
             Ok(Ok(u)) => match inner.disk.observe(u, full_ratio) {
                 Some(true) => warn!(
-                    used = u.total.saturating_sub(u.available),
-                    total = u.total,
+                    used = u.used(),
+                    available = u.available,
                     ratio = u.used_ratio(),
                     full_ratio,
                     "disk full: refusing sends until usage drops below {:.2}",
@@ -201,7 +207,7 @@ mod tests {
     use super::*;
 
     fn usage(used_pct: u64) -> DiskUsage {
-        DiskUsage { total: 1000, available: 1000 - used_pct * 10 }
+        DiskUsage { total: 1100, free: 1000 - used_pct * 10 + 100, available: 1000 - used_pct * 10 }
     }
 
     #[test]
@@ -210,7 +216,7 @@ mod tests {
         assert_eq!(g.observe(usage(75), 0.75), None, "at the ratio is not above it");
         assert_eq!(g.observe(usage(76), 0.75), Some(true));
         let remark = g.refusal(0.75).expect("full");
-        assert!(remark.contains("disk is full") && remark.contains("760 of 1000 bytes"), "{remark}");
+        assert!(remark.contains("disk is full") && remark.contains("760 bytes used, 240 available"), "{remark}");
         assert_eq!(g.observe(usage(71), 0.75), None, "still within the hysteresis");
         assert!(g.is_full());
         assert_eq!(g.observe(usage(69), 0.75), Some(false));

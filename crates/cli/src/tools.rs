@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use raftmq_client::{
-    Admin, ClientConfig, Message, MessageExt, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, SelectByHash,
+    Admin, ClientConfig, ClientError, Message, MessageExt, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, SelectByHash,
     TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
 };
 
@@ -65,6 +65,27 @@ pub enum AdminCmd {
         /// Topic.
         #[arg(long)]
         topic: String,
+    },
+    /// Find messages by key, by client message id (UNIQ_KEY, with --topic) or by offsetMsgId; one line
+    /// per message.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["id", "key"])))]
+    Message {
+        /// A message id: the client msgId (UNIQ_KEY; needs --topic) or the broker's offsetMsgId (32 or 56 hex
+        /// characters: store host + commitlog offset). With --topic both are tried.
+        #[arg(long)]
+        id: Option<String>,
+        /// A business key (one token of the KEYS property); needs --topic.
+        #[arg(long)]
+        key: Option<String>,
+        /// Topic the message was stored under.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only messages stored since: an RFC 3339 time or a duration ago (`30m`, `2h`, `3d`).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        /// Print the body too (as text, escaped).
+        #[arg(long)]
+        body: bool,
     },
 }
 
@@ -344,6 +365,41 @@ fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
     raftmq_state::schedule::parse_duration_ms(s).map(std::time::Duration::from_millis)
 }
 
+/// `--since`: an RFC 3339 time or a duration before now, as epoch ms.
+fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    let ago = parse_delay(s).map_err(|e| format!("{s:?} is neither an RFC 3339 time nor a duration ({e})"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?;
+    Ok(now.saturating_sub(ago).as_millis() as i64)
+}
+
+/// One line describing a found message (`raftmq admin message`).
+fn message_line(m: &MessageExt, with_body: bool) -> String {
+    let stored = chrono::DateTime::from_timestamp_millis(m.store_timestamp)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| m.store_timestamp.to_string());
+    let props: Vec<String> = m.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut line = format!(
+        "topic={} broker={} queue={} queueOffset={} storeTime={} msgId={} offsetMsgId={} keys={} tags={} properties={{{}}}",
+        m.topic,
+        m.broker_name,
+        m.queue_id,
+        m.queue_offset,
+        stored,
+        m.msg_id,
+        m.offset_msg_id,
+        m.keys().join(","),
+        m.tags().unwrap_or(""),
+        props.join(";")
+    );
+    if with_body {
+        line.push_str(&format!(" body={}", String::from_utf8_lossy(&m.body).escape_debug()));
+    }
+    line
+}
+
 /// An RFC 3339 timestamp.
 fn parse_rfc3339(s: &str) -> Result<std::time::SystemTime, String> {
     let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
@@ -555,6 +611,47 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                     let lost = s["retention"]["lost"][&group][&topic].as_u64().unwrap_or(0);
                     println!("{name}: {lost} messages of {topic} lost to retention before {group} consumed them");
                 }
+            }
+            Ok(())
+        }
+        AdminCmd::Message { id, key, topic, since, body } => {
+            let begin = since.unwrap_or(0);
+            let found: Vec<MessageExt> = match (id, key) {
+                (_, Some(key)) => {
+                    let topic = topic.ok_or_else(|| anyhow!("--key needs --topic: keys are indexed per topic"))?;
+                    admin.query_message_by_key(&topic, &key, raftmq_client::admin::QUERY_MESSAGES_MAX, begin, i64::MAX).await?
+                }
+                (Some(id), None) => {
+                    let mut found = Vec::new();
+                    if let Some(t) = &topic {
+                        found = admin.query_message_by_uniq_key(t, &id).await?;
+                        found.retain(|m| m.store_timestamp >= begin);
+                    }
+                    if found.is_empty() {
+                        match admin.view_message(&id).await {
+                            Ok(m) => {
+                                if m.store_timestamp >= begin && topic.as_ref().is_none_or(|t| *t == m.topic) {
+                                    found.push(m);
+                                }
+                            }
+                            Err(ClientError::InvalidMessage(e)) if topic.is_none() => {
+                                bail!("{id:?} is not an offsetMsgId ({e}); a client msgId (UNIQ_KEY) needs --topic")
+                            }
+                            Err(e) if topic.is_none() => return Err(e.into()),
+                            // With --topic the id was a msgId first; an offsetMsgId reading of it that fails
+                            // means it names no message either way.
+                            Err(_) => {}
+                        }
+                    }
+                    found
+                }
+                (None, None) => bail!("give --id or --key"),
+            };
+            if found.is_empty() {
+                bail!("no message found");
+            }
+            for m in &found {
+                println!("{}", message_line(m, body));
             }
             Ok(())
         }

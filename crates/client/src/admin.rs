@@ -1,19 +1,25 @@
 //! Administration over the remoting protocol: cluster and topic listings, topic creation on every broker
-//! group's leader, per-queue consumer-group progress, and raftmq's node status and membership changes.
+//! group's leader, per-queue consumer-group progress, raftmq's node status and membership changes, and
+//! finding messages by key, by message id (`UNIQ_KEY`) and by offsetMsgId (QUERY_MESSAGE 12,
+//! VIEW_MESSAGE_BY_ID 33).
 
+use bytes::Bytes;
 use raftmq_remoting::body::{decode_json_body, ClusterInfo, TopicRouteData};
 use raftmq_remoting::codes::{
     RAFTMQ_ADD_NODE, RAFTMQ_MEMBERS, RAFTMQ_NODE_STATUS, RAFTMQ_PROMOTE_NODE, RAFTMQ_REMOVE_NODE, RAFTMQ_SET_DELAY_LEVELS,
     RAFTMQ_TRANSFER_LEADER,
 };
-use raftmq_remoting::header::{perm, CreateTopicRequestHeader, DEFAULT_TOPIC};
-use raftmq_remoting::{RemotingCommand, RequestCode};
+use raftmq_remoting::header::{
+    perm, CreateTopicRequestHeader, QueryMessageRequestHeader, ViewMessageRequestHeader, DEFAULT_TOPIC, UNIQUE_KEY_QUERY_FIELD,
+};
+use raftmq_remoting::message::{decode_offset_msg_id, StoredMessages};
+use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 use serde::Deserialize;
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::instance::{check_success, ClientInstance};
-use crate::message::MessageQueue;
+use crate::message::{MessageExt, MessageQueue};
 use crate::pull::{max_offset, query_consumer_offset, readable_queues};
 
 /// A consumer group's position on one queue.
@@ -32,6 +38,30 @@ impl QueueProgress {
     pub fn lag(&self) -> Option<i64> {
         self.consumer_offset.map(|o| (self.broker_offset - o).max(0))
     }
+}
+
+/// Most messages a key query asks each broker group for (brokers cap `maxNum` at 64, as RocketMQ's
+/// `maxMsgsNumBatch`).
+pub const QUERY_MESSAGES_MAX: i32 = 64;
+/// `maxNum` of a message-id query (RocketMQ's `defaultQueryMaxNum`).
+pub const QUERY_BY_ID_MAX: i32 = 32;
+/// Bodies of queried messages are decompressed up to this size.
+const QUERY_BODY_BYTES_MAX: usize = 16 << 20;
+
+/// How a stored message is looked for.
+enum Lookup<'a> {
+    Key(&'a str),
+    UniqKey(&'a str),
+}
+
+/// Decodes a QUERY_MESSAGE or VIEW_MESSAGE_BY_ID body from `broker_name`.
+fn decode_found(body: &Bytes, broker_name: &str) -> Result<Vec<(MessageExt, String)>> {
+    let mut out = Vec::new();
+    for m in StoredMessages::new(body) {
+        let m = m?;
+        out.push((MessageExt::from_decoded(&m, body, broker_name, QUERY_BODY_BYTES_MAX)?, m.topic.to_string()));
+    }
+    Ok(out)
 }
 
 /// The administration client.
@@ -177,6 +207,123 @@ impl Admin {
         let cmd = RemotingCommand::request(RequestCode(RAFTMQ_SET_DELAY_LEVELS), 0).with_ext("levels", levels);
         let resp = self.client.invoke(leader_addr, cmd, self.client.config().request_timeout).await?;
         check_success(leader_addr, resp).map(|_| ())
+    }
+
+    /// Messages of `topic` whose `KEYS` carry `key` (one space-separated token), stored in
+    /// `[begin_ms, end_ms]`: up to `max_num` (capped at [`QUERY_MESSAGES_MAX`]) from each broker group of the
+    /// topic's route, any member answering. Matched exactly again here (brokers that do not filter, like
+    /// RocketMQ's, return hash collisions). Sorted by store time.
+    ///
+    /// # Errors
+    /// [`ClientError::NoRoute`] for an unknown topic; a group's error when no group answered.
+    pub async fn query_message_by_key(&self, topic: &str, key: &str, max_num: i32, begin_ms: i64, end_ms: i64) -> Result<Vec<MessageExt>> {
+        self.query(topic, Lookup::Key(key), max_num.clamp(1, QUERY_MESSAGES_MAX), begin_ms, end_ms).await
+    }
+
+    /// Messages of `topic` whose client message id (`UNIQ_KEY`, the `msgId` a producer's send result
+    /// carries) is `msg_id`, from every broker group of the route. Usually one; a message sent again with the
+    /// same id outside the de-duplication window, or a retry copy, can make more.
+    ///
+    /// # Errors
+    /// As [`Admin::query_message_by_key`].
+    pub async fn query_message_by_uniq_key(&self, topic: &str, msg_id: &str) -> Result<Vec<MessageExt>> {
+        self.query(topic, Lookup::UniqKey(msg_id), QUERY_BY_ID_MAX, 0, i64::MAX).await
+    }
+
+    async fn query(&self, topic: &str, lookup: Lookup<'_>, max_num: i32, begin_ms: i64, end_ms: i64) -> Result<Vec<MessageExt>> {
+        let route = self.client.update_route(topic).await?.ok_or_else(|| ClientError::NoRoute(topic.to_string()))?;
+        let key = match lookup {
+            Lookup::Key(k) | Lookup::UniqKey(k) => k,
+        };
+        let h = QueryMessageRequestHeader {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            max_num,
+            begin_timestamp: begin_ms,
+            end_timestamp: end_ms,
+        };
+        let mut found = Vec::new();
+        let mut answered = false;
+        let mut last_err = None;
+        let groups: std::collections::BTreeSet<&str> = route.broker_datas.iter().map(|b| b.broker_name.as_str()).collect();
+        for name in groups {
+            let mut cmd = RemotingCommand::request(RequestCode::QUERY_MESSAGE, 0).with_header(&h);
+            if matches!(lookup, Lookup::UniqKey(_)) {
+                cmd = cmd.with_ext(UNIQUE_KEY_QUERY_FIELD, "true");
+            }
+            let resp = match self.client.invoke_on_any_member(name, cmd, self.client.config().request_timeout).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            if resp.code == ResponseCode::QUERY_NOT_FOUND.0 {
+                answered = true;
+                continue;
+            }
+            let resp = match check_success(name, resp) {
+                Ok(r) => r,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            answered = true;
+            for (m, stored_topic) in decode_found(&resp.body, name)? {
+                let hit = stored_topic == topic
+                    && (begin_ms..=end_ms).contains(&m.store_timestamp)
+                    && match lookup {
+                        Lookup::Key(k) => m.keys().contains(&k),
+                        Lookup::UniqKey(id) => m.property(raftmq_remoting::message::property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX) == Some(id),
+                    };
+                if hit {
+                    found.push(m);
+                }
+            }
+        }
+        match (answered, last_err) {
+            (false, Some(e)) => Err(e),
+            _ => {
+                found.sort_by_key(|m| (m.store_timestamp, m.commit_log_offset));
+                Ok(found)
+            }
+        }
+    }
+
+    /// The message an offsetMsgId names (store host + commitlog offset), asked of that host first and, when
+    /// it does not answer, of the other members of its broker group (their logs are byte-identical).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidMessage`] for a malformed id; the broker's answer (1 SYSTEM_ERROR `can not find
+    /// message by the offset, …`) when no message starts there.
+    pub async fn view_message(&self, offset_msg_id: &str) -> Result<MessageExt> {
+        let id = decode_offset_msg_id(offset_msg_id).map_err(|e| ClientError::InvalidMessage(e.to_string()))?;
+        let host = id.store_host.to_string();
+        let info = self.cluster_info().await?;
+        let group = info.broker_addr_table.iter().find(|(_, b)| b.broker_addrs.values().any(|a| *a == host));
+        let name = group.map(|(n, _)| n.clone()).unwrap_or_else(|| host.clone());
+        let mut addrs = vec![host.clone()];
+        if let Some((_, b)) = group {
+            addrs.extend(b.broker_addrs.values().filter(|a| **a != host).cloned());
+        }
+        let h = ViewMessageRequestHeader { topic: None, offset: id.commit_log_offset };
+        let mut last = None;
+        for addr in addrs {
+            let cmd = RemotingCommand::request(RequestCode::VIEW_MESSAGE_BY_ID, 0).with_header(&h);
+            match self.client.invoke(&addr, cmd, self.client.config().request_timeout).await {
+                Ok(resp) => {
+                    let resp = check_success(&addr, resp)?;
+                    return decode_found(&resp.body, &name)?
+                        .into_iter()
+                        .next()
+                        .map(|(m, _)| m)
+                        .ok_or_else(|| ClientError::Protocol(format!("{addr} answered VIEW_MESSAGE_BY_ID with no message")));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoRoute(host)))
     }
 
     /// `group`'s committed offset and the broker's end offset of every queue of `topic`.

@@ -173,21 +173,31 @@ pub fn list_numbered(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Size and free space of the filesystem holding a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DiskUsage {
     /// Total bytes.
     pub total: u64,
-    /// Bytes available to an unprivileged writer.
+    /// Free bytes, including those reserved for root.
+    pub free: u64,
+    /// Bytes available to an unprivileged writer (what the broker, running as its own user, can still write).
     pub available: u64,
 }
 
 impl DiskUsage {
-    /// Used fraction as RocketMQ computes it: (total − available) / total; 0 for an empty filesystem.
+    /// Bytes in use: total − free.
+    pub fn used(&self) -> u64 {
+        self.total.saturating_sub(self.free)
+    }
+
+    /// Used fraction as `df` prints it: used / (used + available), so 1.0 means an unprivileged writer gets
+    /// `ENOSPC`. (RocketMQ's used / total ignores the root reserve, which can be large: on one test machine
+    /// 172 of 270 GB, so its ratio said 31 % when writes had 13 GB left.) 0 for an empty filesystem.
     pub fn used_ratio(&self) -> f64 {
-        if self.total == 0 {
+        let denom = self.used().saturating_add(self.available);
+        if denom == 0 {
             0.0
         } else {
-            self.total.saturating_sub(self.available) as f64 / self.total as f64
+            self.used() as f64 / denom as f64
         }
     }
 }
@@ -206,5 +216,9 @@ pub fn disk_usage(path: &Path) -> std::io::Result<DiskUsage> {
     let st = unsafe { st.assume_init() };
     // The field types are u64 on 64-bit Linux (fsblkcnt_t, c_ulong).
     let frsize = st.f_frsize;
-    Ok(DiskUsage { total: st.f_blocks.saturating_mul(frsize), available: st.f_bavail.saturating_mul(frsize) })
+    Ok(DiskUsage {
+        total: st.f_blocks.saturating_mul(frsize),
+        free: st.f_bfree.saturating_mul(frsize),
+        available: st.f_bavail.saturating_mul(frsize),
+    })
 }

@@ -4,6 +4,7 @@
 //! - [`log_store`]: `RaftLogStorage` implemented by the commitlog itself (no second log).
 //! - [`state_machine`]: consume queues (20-byte units pointing into the log), topics, consumer offsets,
 //!   checkpoints and metadata-only snapshots at the retention boundary.
+//! - [`message_index`]: the node-local index of messages by key (QUERY_MESSAGE), tailing applied entries.
 //! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
 //! - [`member`]: a member's Raft and client addresses as the membership records them.
 //! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching.
@@ -18,6 +19,7 @@ pub mod consume_queue;
 pub mod error;
 pub mod log_store;
 pub mod member;
+pub mod message_index;
 pub mod network;
 pub mod node;
 pub mod retention;

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use crate::error::{FailureCell, StoreFailure};
 use crate::log_store::{LogStore, StoreLink};
 use crate::member::MemberAddr;
+use crate::message_index::{MessageIndex, MessageIndexConfig};
 use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
@@ -87,6 +88,8 @@ pub struct NodeConfig {
     /// Produce entries awaiting commit at once. 1 is best on openraft 0.9, whose appends and replication
     /// run serially: a second entry in flight only halves the batches (see docs/benchmarks.md).
     pub batch_inflight_max: usize,
+    /// The message index (`<data_dir>/index`, local to this node); `None` = no index.
+    pub message_index: Option<MessageIndexConfig>,
 }
 
 impl NodeConfig {
@@ -110,6 +113,7 @@ impl NodeConfig {
             batch_bytes_max: 1 << 20,
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
             batch_inflight_max: 1,
+            message_index: None,
         }
     }
 
@@ -119,6 +123,9 @@ impl NodeConfig {
     /// [`NodeError::Config`] naming the rule broken.
     pub fn validate(&self) -> Result<(), NodeError> {
         let bad = |m: String| Err(NodeError::Config(m));
+        if let Some(ix) = &self.message_index {
+            ix.validate().map_err(NodeError::Config)?;
+        }
         if self.entry_bytes_max == 0 || self.entry_bytes_max > ENTRY_BYTES_LIMIT {
             return bad(format!("entry_bytes_max {} must be within 1..={ENTRY_BYTES_LIMIT}", self.entry_bytes_max));
         }
@@ -390,6 +397,9 @@ pub struct RaftNode {
     isolation: Isolation,
     failure: FailureCell,
     failures: Failures,
+    /// The message index and its thread, when configured and opened.
+    index: Option<Arc<MessageIndex>>,
+    index_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -537,6 +547,10 @@ impl RaftNode {
             .map_err(|e| start_err(&e))?
             .map_err(|e| stored_cause(&log, &e))?;
         let shared = sm.shared();
+        let (index, index_thread) = match cfg.message_index.clone() {
+            Some(ic) => open_message_index(cfg.data_dir.join("index"), ic, log.reader(), Arc::clone(&shared)).await,
+            None => (None, None),
+        };
         if let Some(p) = log.reader().state().purged {
             shared.set_snapshot_boundary(p.point.index);
         }
@@ -638,7 +652,14 @@ impl RaftNode {
             isolation,
             failure,
             failures,
+            index,
+            index_thread: std::sync::Mutex::new(index_thread),
         })
+    }
+
+    /// The message index, if configured and opened (derived, node-local data: see [`MessageIndex`]).
+    pub fn message_index(&self) -> Option<&Arc<MessageIndex>> {
+        self.index.as_ref()
     }
 
     /// This member's id.
@@ -1166,6 +1187,17 @@ impl RaftNode {
                 .await
                 .map_err(|e| self.raft_err(e))?
                 .map_err(NodeError::Store)?;
+            // The message index is derived data: its files wholly below the purge point go too (a failure
+            // only leaves files that name purged records, which queries skip).
+            if let Some(ix) = self.index.clone() {
+                let below = mark.next_pos;
+                match tokio::task::spawn_blocking(move || ix.purge_below(below)).await {
+                    Ok(Ok(n)) if n > 0 => info!(files = n, below, "message index files purged"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "message index purge failed"),
+                    Err(e) => warn!(error = %e, "message index purge task failed"),
+                }
+            }
         }
         info!(index = snap, "log compacted");
         Ok(Some(snap))
@@ -1196,6 +1228,13 @@ impl RaftNode {
             warn!(error = %e, "raft shutdown");
         }
         self.server.shutdown();
+        if let Some(ix) = &self.index {
+            ix.stop();
+            let thread = self.index_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(t) = thread {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        }
         if let Err(e) = self.log.flush().await {
             warn!(error = %e, "final commitlog flush");
         }
@@ -1225,6 +1264,35 @@ fn check_add(view: &MembershipView, id: NodeId, addr: &MemberAddr) -> Result<boo
         return Err(format!("the group already has {} members (MEMBERS_MAX {MEMBERS_MAX}); remove one first", view.members.len()));
     }
     Ok(true)
+}
+
+/// Opens the message index and starts its thread. The index is derived data: when it cannot be opened the
+/// node runs without one (queries are then refused), logged at error level.
+async fn open_message_index(
+    dir: PathBuf,
+    cfg: MessageIndexConfig,
+    log: CommitLogReader,
+    sm: Arc<SmShared>,
+) -> (Option<Arc<MessageIndex>>, Option<std::thread::JoinHandle<()>>) {
+    let opened = tokio::task::spawn_blocking(move || MessageIndex::open(dir, cfg)).await;
+    let ix = match opened {
+        Ok(Ok(ix)) => Arc::new(ix),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "message index cannot be opened; this node answers no message queries");
+            return (None, None);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "message index open panicked; this node answers no message queries");
+            return (None, None);
+        }
+    };
+    match ix.start(log, move || sm.last_applied_index()) {
+        Ok(t) => (Some(ix), Some(t)),
+        Err(e) => {
+            tracing::error!(error = %e, "message index thread cannot start; this node answers no message queries");
+            (None, None)
+        }
+    }
 }
 
 /// The requests of one entry: `first`, then whatever is queued, in order, until the entry holds `bytes_target`

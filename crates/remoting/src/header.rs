@@ -809,6 +809,91 @@ impl CommandHeader for GetEarliestMsgStoretimeResponseHeader {
     }
 }
 
+/// Extension field of QUERY_MESSAGE (12) that makes it a message-id (`UNIQ_KEY`) lookup (Java
+/// `MixAll.UNIQUE_MSG_QUERY_FLAG`); value `true`.
+pub const UNIQUE_KEY_QUERY_FIELD: &str = "_UNIQUE_KEY_QUERY";
+
+/// QUERY_MESSAGE (12) request header (reference: rocketmq-scheduled-transactional-ops.md §4.1).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueryMessageRequestHeader {
+    /// `topic`; required.
+    pub topic: String,
+    /// `key`; required: a `KEYS` token, or with [`UNIQUE_KEY_QUERY_FIELD`] a `UNIQ_KEY`.
+    pub key: String,
+    /// `maxNum`; required.
+    pub max_num: i32,
+    /// `beginTimestamp` (store time, ms); required.
+    pub begin_timestamp: i64,
+    /// `endTimestamp` (store time, ms); required.
+    pub end_timestamp: i64,
+}
+
+impl CommandHeader for QueryMessageRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        let f = Fields::new(fields);
+        Ok(QueryMessageRequestHeader {
+            topic: f.string("topic")?,
+            key: f.string("key")?,
+            max_num: f.i32("maxNum")?,
+            begin_timestamp: f.i64("beginTimestamp")?,
+            end_timestamp: f.i64("endTimestamp")?,
+        })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "topic", &self.topic);
+        put(out, "key", &self.key);
+        put(out, "maxNum", self.max_num);
+        put(out, "beginTimestamp", self.begin_timestamp);
+        put(out, "endTimestamp", self.end_timestamp);
+    }
+}
+
+/// QUERY_MESSAGE (12) response header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueryMessageResponseHeader {
+    /// `indexLastUpdateTimestamp`: newest store time indexed (ms); required.
+    pub index_last_update_timestamp: i64,
+    /// `indexLastUpdatePhyoffset`: commitlog position indexed up to; required.
+    pub index_last_update_phyoffset: i64,
+}
+
+impl CommandHeader for QueryMessageResponseHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        let f = Fields::new(fields);
+        Ok(QueryMessageResponseHeader {
+            index_last_update_timestamp: f.i64("indexLastUpdateTimestamp")?,
+            index_last_update_phyoffset: f.i64("indexLastUpdatePhyoffset")?,
+        })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "indexLastUpdateTimestamp", self.index_last_update_timestamp);
+        put(out, "indexLastUpdatePhyoffset", self.index_last_update_phyoffset);
+    }
+}
+
+/// VIEW_MESSAGE_BY_ID (33) request header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ViewMessageRequestHeader {
+    /// `topic` (5.x clients send it; unused by the broker).
+    pub topic: Option<String>,
+    /// `offset`: the commitlog offset decoded from an offsetMsgId; required.
+    pub offset: i64,
+}
+
+impl CommandHeader for ViewMessageRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        let f = Fields::new(fields);
+        Ok(ViewMessageRequestHeader { topic: f.opt_string("topic"), offset: f.i64("offset")? })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put_opt(out, "topic", self.topic.as_ref());
+        put(out, "offset", self.offset);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Nameserver
 // ---------------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@
 //!     | 5 u8 | half_phys u64                                                   check-back round made
 //!   str := len u16 | UTF-8 bytes
 //! tag 7 SetDedupWindow:    bincode(DedupSettings)
+//! tag 9 ResetOffsets:      bincode(OffsetReset)        (group, topic, [(queue id, offset)]: offsets + markers)
+//! tag 10 ClearResetMarkers: bincode(Vec<ResetMarker>)  (markers to end, each only while it holds its offset)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
 //! ```
 //! Versioning: a tag never changes meaning. Tag 1 is what raftmq wrote before time entered the log; it is
@@ -35,6 +37,7 @@ use bytes::{Buf, BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
+pub use crate::offsets::{OffsetReset, ResetMarker};
 
 /// One message of a produce batch: the RocketMQ-encoded message bytes, kept verbatim, plus the tag hash the
 /// consume queue stores.
@@ -305,6 +308,10 @@ pub enum Command {
     SetDelayLevels(Vec<u64>),
     /// Replace the de-duplication window's settings.
     SetDedupWindow(DedupSettings),
+    /// A server-side offset reset: a group's offsets of some queues of a topic, each with a reset marker.
+    ResetOffsets(OffsetReset),
+    /// End reset markers the group has taken (each only while it still holds the named offset).
+    ClearResetMarkers(Vec<ResetMarker>),
 }
 
 /// Where one produced message landed.
@@ -349,6 +356,9 @@ const TAG_PRODUCE_AT: u8 = 4;
 const TAG_SET_DELAY_LEVELS: u8 = 5;
 const TAG_PRODUCE_OPS: u8 = 6;
 const TAG_SET_DEDUP_WINDOW: u8 = 7;
+// Tag 8 belongs to the retention change (`Retain`).
+const TAG_RESET_OFFSETS: u8 = 9;
+const TAG_CLEAR_RESET_MARKERS: u8 = 10;
 
 /// Encoded bytes a produce entry with ops adds to [`PRODUCE_HEADER_BYTES`]: the op count.
 pub const OPS_HEADER_BYTES: usize = 4;
@@ -396,6 +406,8 @@ impl Command {
             Command::UpsertTopic(t) => 1 + 24 + t.name.len(),
             Command::SetDelayLevels(v) => 9 + 8 * v.len(),
             Command::SetDedupWindow(_) => 17,
+            Command::ResetOffsets(r) => 1 + 24 + r.group.len() + r.topic.len() + 12 * r.offsets.len(),
+            Command::ClearResetMarkers(v) => 9 + v.iter().map(|m| 28 + m.group.len() + m.topic.len()).sum::<usize>(),
         }
     }
 
@@ -459,6 +471,14 @@ impl Command {
             Command::SetDedupWindow(d) => {
                 out.put_u8(TAG_SET_DEDUP_WINDOW);
                 bincode::serialize_into(&mut *out, d).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::ResetOffsets(r) => {
+                out.put_u8(TAG_RESET_OFFSETS);
+                bincode::serialize_into(&mut *out, r).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::ClearResetMarkers(v) => {
+                out.put_u8(TAG_CLEAR_RESET_MARKERS);
+                bincode::serialize_into(&mut *out, v).map_err(|e| PayloadError::Bincode(e.to_string()))?;
             }
         }
         Ok(())
@@ -524,6 +544,10 @@ impl Command {
             TAG_UPSERT_TOPIC => Ok(Command::UpsertTopic(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_SET_DELAY_LEVELS => Ok(Command::SetDelayLevels(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_SET_DEDUP_WINDOW => Ok(Command::SetDedupWindow(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
+            TAG_RESET_OFFSETS => Ok(Command::ResetOffsets(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
+            TAG_CLEAR_RESET_MARKERS => {
+                Ok(Command::ClearResetMarkers(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?))
+            }
             other => Err(PayloadError::UnknownTag(other)),
         }
     }
@@ -767,6 +791,8 @@ mod tests {
             Command::UpsertTopic(TopicConfig { name: "x".into(), read_queues: 4, write_queues: 4, perm: 6 }),
             Command::CommitOffsets(vec![OffsetCommit { group: "g".into(), topic: "t".into(), queue_id: 1, offset: 9 }]),
             Command::SetDelayLevels(vec![1000, 5000]),
+            Command::ResetOffsets(OffsetReset { group: "g".into(), topic: "t".into(), offsets: vec![(0, 5), (3, 0)] }),
+            Command::ClearResetMarkers(vec![ResetMarker { group: "g".into(), topic: "t".into(), queue_id: 3, offset: 0 }]),
         ] {
             let mut out = Vec::new();
             cmd.encode(&mut out).unwrap();

@@ -1083,7 +1083,7 @@ async fn a_running_push_consumer_follows_a_reset_by_time() {
     .await;
     // Bad input is refused with the broker's reason.
     let (ok, out) = show(&["admin", "--namesrv", ns, "group", "reset", "--group", "nobody", "--topic", T, "--to-latest"]);
-    assert!(!ok && out.contains("code 26") || out.contains("no offsets and no live consumer"), "{out}");
+    assert!(!ok && out.contains("no offsets and no live consumer"), "{out}");
     let (ok, out) = show(&["admin", "--namesrv", ns, "group", "reset", "--group", "cg_reset", "--topic", T, "--to-time", "yesterday"]);
     assert!(!ok && out.contains("RFC 3339"), "{out}");
     consumer.shutdown().await;

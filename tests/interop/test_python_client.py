@@ -343,6 +343,7 @@ def test_a_running_push_consumer_follows_a_server_side_offset_reset(cluster):
             assert producer.send_sync(msg).status == SendStatus.OK
 
     counts = {}
+    order = []
 
     def text(v):
         return v.decode() if isinstance(v, bytes) else v
@@ -350,6 +351,7 @@ def test_a_running_push_consumer_follows_a_server_side_offset_reset(cluster):
     def on_message(m):
         body = text(m.body)
         counts[body] = counts.get(body, 0) + 1
+        order.append((round(time.time(), 3), body, m.queue_id, m.queue_offset))
 
     def wait(prefix, times, timeout):
         deadline = time.time() + timeout
@@ -380,8 +382,10 @@ def test_a_running_push_consumer_follows_a_server_side_offset_reset(cluster):
         print(r.stdout)
         wait("new", 2, 60)
         time.sleep(2)
-        assert all(c == 1 for b, c in counts.items() if b.startswith("old")), counts
-        assert all(c == 2 for b, c in counts.items() if b.startswith("new")), counts
+        got = sorted((b, c) for b, c in counts.items())
+        print(order)
+        assert all(c == 1 for b, c in got if b.startswith("old")), f"{got}; logs in {cluster.root}"
+        assert all(c == 2 for b, c in got if b.startswith("new")), f"{got}; logs in {cluster.root}"
     finally:
         consumer.shutdown()
         producer.shutdown()

@@ -126,8 +126,6 @@ pub struct BrokerInner {
     pub(crate) clients: ClientManager,
     pub(crate) locks: QueueLocks,
     pub(crate) offsets: OffsetCommitter,
-    /// Proposes the end of offset-reset markers the group has followed.
-    pub(crate) reset_clears: crate::reset::ResetClearer,
     /// Woken when this leader applied an offset reset: long-polled pulls re-check their queue's marker.
     pub(crate) resets_applied: Notify,
     register_now: Notify,
@@ -190,7 +188,6 @@ impl Broker {
         };
         let inner = Arc::new(BrokerInner {
             offsets: OffsetCommitter::start(store.clone()),
-            reset_clears: crate::reset::ResetClearer::start(Arc::clone(&node)),
             resets_applied: Notify::new(),
             clients: ClientManager::new(limits),
             locks: QueueLocks::new(LOCK_TTL, cfg.locks_max),

@@ -10,81 +10,26 @@
 //! A pull on a marked queue at another offset is answered 21 PULL_OFFSET_MOVED with nextBeginOffset = the
 //! reset offset, by the quorum-confirmed leader only (like every answer that moves a consumer; other members
 //! answer "retry" pointing at brokerId 0). A pull AT the reset offset is served normally — the consumer has
-//! followed — and the leader proposes [`Command::ClearResetMarkers`] for that marker ([`ResetClearer`]);
-//! `apply` also ends a marker when the group commits exactly its offset. Markers are replicated, so a new
+//! followed — after the leader has replicated [`Command::ClearResetMarkers`] for that marker (so the
+//! consumer's next pull is not sent back); `apply` also ends a marker when the group commits exactly its
+//! offset. Markers are replicated, so a new
 //! leader keeps answering 21 until the group follows; a lost 21 answer is simply given again.
 //!
 //! Not here: pushing RESET_CONSUMER_CLIENT_OFFSET (220) to consumers — every client follows 21, so it is
 //! not needed (docs/protocol.md).
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-
 use raftmq_net::Response;
-use raftmq_raft::node::{RaftNode, WriteError};
+use raftmq_raft::node::WriteError;
 use raftmq_raft::types::{marker_count, Command, CommandResponse, OffsetReset, ResetMarker, RESET_MARKERS_MAX};
 use raftmq_remoting::body::{MessageQueue, ResetOffsetBody};
 use raftmq_remoting::frame::RemotingCommand;
 use raftmq_remoting::header::{PullMessageResponseHeader, ResetOffsetRequestHeader};
 use raftmq_remoting::ResponseCode;
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::broker::BrokerInner;
 use crate::processor::{header, ok, reply, Reply};
 use crate::topics::validate_group;
-
-/// Marker clears waiting to be proposed; beyond this a clear is dropped (the next pull at the reset offset
-/// asks again).
-pub(crate) const RESET_CLEARS_QUEUED_MAX: usize = 1024;
-
-/// Proposes the end of reset markers the group has followed, in batches, at most one proposal in flight
-/// per marker.
-pub(crate) struct ResetClearer {
-    tx: mpsc::Sender<ResetMarker>,
-    /// Markers queued or being proposed (bounded by [`RESET_CLEARS_QUEUED_MAX`] + one batch).
-    pending: Arc<Mutex<BTreeSet<ResetMarker>>>,
-}
-
-impl ResetClearer {
-    pub(crate) fn start(node: Arc<RaftNode>) -> ResetClearer {
-        let (tx, mut rx) = mpsc::channel::<ResetMarker>(RESET_CLEARS_QUEUED_MAX);
-        let pending: Arc<Mutex<BTreeSet<ResetMarker>>> = Arc::default();
-        let done = Arc::clone(&pending);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < RESET_CLEARS_QUEUED_MAX {
-                    match rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
-                    }
-                }
-                let r = node.write(Command::ClearResetMarkers(batch.clone())).await;
-                match &r {
-                    Ok(_) => info!(markers = batch.len(), "offset reset taken by the group: markers cleared"),
-                    Err(e) => debug!(error = %e, "reset markers not cleared; the next pull at the reset offset asks again"),
-                }
-                let mut p = done.lock().unwrap_or_else(|e| e.into_inner());
-                for m in &batch {
-                    p.remove(m);
-                }
-            }
-        });
-        ResetClearer { tx, pending }
-    }
-
-    /// Asks for `m` to be cleared unless that is already under way.
-    fn clear(&self, m: ResetMarker) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.contains(&m) {
-            return;
-        }
-        if self.tx.try_send(m.clone()).is_ok() {
-            p.insert(m);
-        }
-    }
-}
 
 /// What a pull on a queue must do because of a reset marker.
 pub(crate) enum PullGate {
@@ -124,9 +69,17 @@ impl BrokerInner {
         let Some(reset) = self.reset_marker(group, topic, queue_id) else { return PullGate::Serve };
         let (min, max) = (self.store.min_offset(topic, queue_id), self.store.max_offset(topic, queue_id));
         if offset == reset {
-            // The consumer follows the reset: the leader ends the marker (apply ignores a stale clear).
+            // The consumer follows the reset: the leader ends the marker before it answers, so that the
+            // consumer's next pull (past the reset offset) is not judged on the marker again and sent back.
+            // A clear that arrives after a newer reset ends nothing (apply compares the offset).
             if self.check_leader(req).is_ok() {
-                self.reset_clears.clear(ResetMarker { group: group.into(), topic: topic.into(), queue_id, offset: reset });
+                let m = ResetMarker { group: group.into(), topic: topic.into(), queue_id, offset: reset };
+                match self.node.write(Command::ClearResetMarkers(vec![m])).await {
+                    Ok(_) => info!(group, topic, queue_id, offset = reset, "offset reset taken by the group: marker cleared"),
+                    Err(e) => {
+                        debug!(group, topic, queue_id, error = %e, "reset marker not cleared; the next pull at the reset offset asks again")
+                    }
+                }
             }
             return PullGate::Serve;
         }

@@ -991,3 +991,101 @@ async fn transactions_commit_once_roll_back_never_and_unknown_is_resolved_by_che
     assert_eq!(v["from the cli"], 1);
     pc.shutdown().await;
 }
+
+// ---- 7 ---------------------------------------------------------------------------------------------------
+
+/// How many times each body was delivered.
+fn deliveries_by_body(log: &Deliveries) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for m in log.lock().unwrap().iter() {
+        *n.entry(String::from_utf8_lossy(&m.body).into_owned()).or_insert(0) += 1;
+    }
+    n
+}
+
+/// `raftmq admin group reset --to-time` against a RUNNING push consumer that has consumed everything: it
+/// re-receives exactly the messages stored from that time on, without a restart (the broker answers its next
+/// pull with PULL_OFFSET_MOVED to the reset offset, and its stale commits are ignored). `group show` and the
+/// older `group G --topic T` print the group's progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_push_consumer_follows_a_reset_by_time() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let cluster = Cluster::start(3).await;
+    cluster.wait_registered_leader(Duration::from_secs(30)).await;
+    let _keeper = LogKeeper::new(&cluster, "reset");
+    let logs = cluster.dir.path().to_path_buf();
+    const T: &str = "T_reset";
+    create_topic(&cluster, T, 2).await;
+    let producer = Producer::start(cfg(&cluster, "producer"), ProducerOptions::new("pg_reset")).await.expect("producer");
+    let log: Deliveries = Arc::default();
+    let opts = PushConsumerOptions::new("cg_reset").subscribe(T, "*").with_consume_from(ConsumeFrom::FirstOffset);
+    let consumer = PushConsumer::start_concurrently(cfg(&cluster, "reset"), opts, recorder(&log)).await.expect("consumer");
+    produce(&producer, T, "old", 20).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = now_ms();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    produce(&producer, T, "new", 20).await;
+    let all = |prefix: &'static str, times: usize| {
+        let log = Arc::clone(&log);
+        move || {
+            let n = deliveries_by_body(&log);
+            let short: Vec<String> = (0..20).map(|i| format!("{prefix}-{i}")).filter(|b| n.get(b).copied().unwrap_or(0) < times).collect();
+            std::future::ready(if short.is_empty() { Ok(()) } else { Err(format!("delivered fewer than {times} times: {short:?}")) })
+        }
+    };
+    wait_for("everything consumed once", &logs, Duration::from_secs(30), all("old", 1)).await;
+    wait_for("everything consumed once", &logs, Duration::from_secs(30), all("new", 1)).await;
+    consumer.persist_offsets().await;
+    let ns = cluster.namesrv.as_str();
+    let show = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftmq")).args(args).output().expect("run raftmq");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    for args in [
+        &["admin", "--namesrv", ns, "group", "show", "cg_reset", "--topic", T][..],
+        &["admin", "--namesrv", ns, "group", "cg_reset", "--topic", T],
+    ] {
+        let (ok, out) = show(args);
+        let committed: Vec<i64> = out.lines().skip(1).filter_map(|l| l.split_whitespace().nth(3)?.parse().ok()).collect();
+        assert!(ok && committed.iter().sum::<i64>() == 40, "{args:?}: every message consumed and committed: {out}");
+    }
+    let (ok, out) =
+        show(&["admin", "--namesrv", ns, "group", "reset", "--group", "cg_reset", "--topic", T, "--to-time", &before.to_string()]);
+    assert!(ok, "{out}");
+    // Per queue old -> new: 20 + 20 round-robin over 2 queues, so each queue goes back from 20 to 10.
+    let moves: Vec<(String, String)> = out
+        .lines()
+        .filter(|l| l.contains("->"))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[2].to_string(), w[4].to_string())
+        })
+        .collect();
+    assert_eq!(moves, vec![("20".to_string(), "10".to_string()); 2], "{out}");
+    wait_for("the new messages again, without a restart", &logs, Duration::from_secs(30), all("new", 2)).await;
+    // Nothing from before the reset time comes again, and nothing new comes a third time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = deliveries_by_body(&log);
+    assert!(n.iter().filter(|(b, _)| b.starts_with("old")).all(|(_, c)| *c == 1), "{n:?}");
+    assert!(n.iter().filter(|(b, _)| b.starts_with("new")).all(|(_, c)| *c == 2), "{n:?}");
+    // The consumer's progress after the rewind is committed again (commits count once the group followed).
+    consumer.persist_offsets().await;
+    wait_for("the offsets committed at the end again", &logs, Duration::from_secs(20), || async {
+        let (_, out) = show(&["admin", "--namesrv", ns, "group", "show", "cg_reset", "--topic", T]);
+        let committed: Vec<i64> = out.lines().skip(1).filter_map(|l| l.split_whitespace().nth(3)?.parse().ok()).collect();
+        if committed == [20, 20] {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    // Bad input is refused with the broker's reason.
+    let (ok, out) = show(&["admin", "--namesrv", ns, "group", "reset", "--group", "nobody", "--topic", T, "--to-latest"]);
+    assert!(!ok && out.contains("no offsets and no live consumer"), "{out}");
+    let (ok, out) = show(&["admin", "--namesrv", ns, "group", "reset", "--group", "cg_reset", "--topic", T, "--to-time", "yesterday"]);
+    assert!(!ok && out.contains("RFC 3339"), "{out}");
+    consumer.shutdown().await;
+    producer.shutdown().await;
+}

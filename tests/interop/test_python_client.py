@@ -319,3 +319,73 @@ def test_a_half_message_from_a_client_without_transactions_stays_invisible_and_i
         assert parked == ["half"], f"the undecided half message was not parked once: {parked}; logs in {c.root}\n" + c.diagnostics()
     finally:
         c.stop()
+
+
+def test_a_running_push_consumer_follows_a_server_side_offset_reset(cluster):
+    """`raftmq admin group reset --to-time` while a PyPI push consumer that has consumed everything keeps
+    running: the broker answers its next pull with PULL_OFFSET_MOVED (21) to the reset offset and ignores its
+    stale commits, so it receives the messages stored from that time on again, without a restart (the C++ core
+    parses no 220 push; it needs none)."""
+    from rocketmq.client import Message, Producer, PushConsumer, SendStatus
+
+    topic = "PyResetTopic"
+    r = subprocess.run([BIN, "admin", "--namesrv", cluster.namesrv, "topic", "create", topic, "--queues", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    producer = Producer("PID_reset")
+    producer.set_namesrv_addr(cluster.namesrv)
+    producer.start()
+
+    def send(prefix):
+        for i in range(10):
+            msg = Message(topic)
+            msg.set_body(f"{prefix}-{i}")
+            assert producer.send_sync(msg).status == SendStatus.OK
+
+    counts = {}
+    order = []
+
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else v
+
+    def on_message(m):
+        body = text(m.body)
+        counts[body] = counts.get(body, 0) + 1
+        order.append((round(time.time(), 3), body, m.queue_id, m.queue_offset))
+
+    def wait(prefix, times, timeout):
+        deadline = time.time() + timeout
+        want = [f"{prefix}-{i}" for i in range(10)]
+        while time.time() < deadline:
+            if all(counts.get(b, 0) >= times for b in want):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{prefix}: wanted {times} deliveries each, got {counts}; logs in {cluster.root}")
+
+    consumer = PushConsumer("CID_reset")
+    consumer.set_namesrv_addr(cluster.namesrv)
+    consumer.subscribe(topic, on_message)
+    consumer.start()
+    try:
+        send("old")
+        time.sleep(0.1)
+        before = int(time.time() * 1000)
+        time.sleep(0.1)
+        send("new")
+        wait("old", 1, 60)
+        wait("new", 1, 60)
+        # The C++ client commits its offsets every 5 s.
+        time.sleep(6)
+        r = subprocess.run([BIN, "admin", "--namesrv", cluster.namesrv, "group", "reset", "--group", "CID_reset",
+                            "--topic", topic, "--to-time", str(before)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        print(r.stdout)
+        wait("new", 2, 60)
+        time.sleep(2)
+        got = sorted((b, c) for b, c in counts.items())
+        print(order)
+        assert all(c == 1 for b, c in got if b.startswith("old")), f"{got}; logs in {cluster.root}"
+        assert all(c == 2 for b, c in got if b.startswith("new")), f"{got}; logs in {cluster.root}"
+    finally:
+        consumer.shutdown()
+        producer.shutdown()

@@ -130,6 +130,8 @@ pub struct BrokerInner {
     pub(crate) clients: ClientManager,
     pub(crate) locks: QueueLocks,
     pub(crate) offsets: OffsetCommitter,
+    /// Woken when this leader applied an offset reset: long-polled pulls re-check their queue's marker.
+    pub(crate) resets_applied: Notify,
     register_now: Notify,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
@@ -203,6 +205,7 @@ impl Broker {
         };
         let inner = Arc::new(BrokerInner {
             offsets: OffsetCommitter::start(store.clone()),
+            resets_applied: Notify::new(),
             clients: ClientManager::new(limits),
             locks: QueueLocks::new(LOCK_TTL, cfg.locks_max),
             cfg,
@@ -531,6 +534,7 @@ impl RequestHandler for Handler {
                 RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
                 RequestCode::QUERY_MESSAGE => b.query_message(&req).await,
                 RequestCode::VIEW_MESSAGE_BY_ID => b.view_message_by_id(&req).await,
+                RequestCode::INVOKE_BROKER_TO_RESET_OFFSET => b.reset_offset(&req).await,
                 code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
                 code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(&req).await,
                 code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(&req).await,

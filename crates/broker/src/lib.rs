@@ -9,8 +9,8 @@
 //! - [`broker`]: the running node — startup, nameserver registration, request dispatch; the processors
 //!   live in `processor.rs` (pull, offsets, clients, topics), `send.rs` (sends and send-back), `schedule.rs`
 //!   (delayed and timer delivery), `txn.rs` (transactions and the de-duplication window), `members.rs`
-//!   (membership: node list, add, replace, remove) and [`query`] (finding messages by key, message id or
-//!   offset).
+//!   (membership: node list, add, replace, remove), `reset.rs` (server-side consumer offset resets) and
+//!   [`query`] (finding messages by key, message id or offset).
 //! - [`retention`]: deleting old segments through the log, and refusing sends on a full disk.
 
 // Processors return `Result<_, Reply>` where the error *is* the response to send: built once per failed
@@ -29,6 +29,7 @@ pub mod locks;
 mod members;
 mod processor;
 pub mod query;
+mod reset;
 pub mod retention;
 mod schedule;
 mod send;

@@ -58,7 +58,7 @@ pub(crate) fn ok(req: &RemotingCommand) -> RemotingCommand {
     RemotingCommand::success_to(req)
 }
 
-fn header<H: CommandHeader>(req: &RemotingCommand) -> Result<H, Reply> {
+pub(crate) fn header<H: CommandHeader>(req: &RemotingCommand) -> Result<H, Reply> {
     H::from_ext_fields(&req.ext_fields).map_err(|e| reply(req, ResponseCode::SYSTEM_ERROR, format!("bad request header: {e}")))
 }
 
@@ -257,6 +257,10 @@ impl BrokerInner {
             }
         }
         let offset = h.queue_offset as u64;
+        // A queue whose offsets were reset moves its consumer to the reset offset first.
+        if let crate::reset::PullGate::Answer(r) = self.pull_gate(req, &h.consumer_group, &h.topic, qid, offset).await {
+            return r;
+        }
         let max_nums = h.max_msg_nums.clamp(1, 1024) as usize;
         let max_bytes = h.max_msg_bytes.filter(|b| *b > 0).map(|b| b as usize).unwrap_or(PULL_BYTES_MAX);
         let mut result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
@@ -265,7 +269,16 @@ impl BrokerInner {
             matches!(result.status, GetStatus::OffsetOverflowOne) || (result.status == GetStatus::NoMessageInQueue && offset == 0);
         if may_wait && nothing_yet {
             let hold = Duration::from_millis(h.suspend_timeout_millis as u64).min(self.cfg.long_polling_max());
-            self.store.wait_for_message(&h.topic, qid, offset, hold).await;
+            // A reset while the pull waits answers it at once (the consumer would otherwise learn of it only
+            // when the long poll ends).
+            tokio::select! {
+                _ = self.store.wait_for_message(&h.topic, qid, offset, hold) => {}
+                _ = self.resets_applied.notified() => {
+                    if let crate::reset::PullGate::Answer(r) = self.pull_gate(req, &h.consumer_group, &h.topic, qid, offset).await {
+                        return r;
+                    }
+                }
+            }
             result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
         }
         // PULL_OFFSET_MOVED makes the client jump to nextBeginOffset and commit it: irreversible. Only a leader

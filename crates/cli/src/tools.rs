@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use raftmq_client::{
-    Admin, ClientConfig, ClientError, Message, MessageExt, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, SelectByHash,
-    TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
+    Admin, ClientConfig, ClientError, Message, MessageExt, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, ResetTo,
+    SelectByHash, TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
 };
 
 /// Admin subcommands.
@@ -58,13 +58,18 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
-    /// Consumer-group progress and lag on a topic.
+    /// Consumer groups: progress and lag (`group show G --topic T`; `group G --topic T` is the same) and
+    /// server-side offset resets (`group reset`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Group {
-        /// Consumer group.
-        group: String,
+        #[command(subcommand)]
+        cmd: Option<GroupCmd>,
+        /// Consumer group (the form without `show`).
+        #[arg(required = true)]
+        group: Option<String>,
         /// Topic.
-        #[arg(long)]
-        topic: String,
+        #[arg(long, required = true)]
+        topic: Option<String>,
     },
     /// Find messages by key, by client message id (UNIQ_KEY, with --topic) or by offsetMsgId; one line
     /// per message.
@@ -87,6 +92,51 @@ pub enum AdminCmd {
         #[arg(long)]
         body: bool,
     },
+}
+
+/// Consumer-group subcommands.
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// Progress and lag per queue of a topic.
+    Show {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+    },
+    /// Rewind (or skip) a group's offsets on a topic, on every broker group serving it. Running consumers
+    /// follow at their next pull; prints each queue's old → new offset.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["to_time", "to_earliest", "to_latest"])))]
+    Reset {
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// To the first message stored at or after TIME: RFC 3339 (`2026-05-01T12:00:00Z`) or ms since the epoch.
+        #[arg(long, value_name = "TIME", value_parser = parse_time_ms)]
+        to_time: Option<i64>,
+        /// To the oldest retained message.
+        #[arg(long)]
+        to_earliest: bool,
+        /// To the end of each queue (skip everything stored so far).
+        #[arg(long)]
+        to_latest: bool,
+        /// Move only offsets that go back (RocketMQ's isForce = false).
+        #[arg(long)]
+        only_back: bool,
+    },
+}
+
+/// A time as RFC 3339 or as ms since the epoch.
+fn parse_time_ms(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return if ms >= 0 { Ok(ms) } else { Err(format!("{s}: a time in ms since the epoch is not negative")) };
+    }
+    let t = parse_rfc3339(s).map_err(|e| format!("{e} (or give ms since the epoch)"))?;
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).map_err(|e| e.to_string())
 }
 
 /// `raftmq admin node` subcommands.
@@ -591,7 +641,28 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
-        AdminCmd::Group { group, topic } => {
+        AdminCmd::Group { cmd: Some(GroupCmd::Reset { group, topic, to_time, to_earliest, to_latest: _, only_back }), .. } => {
+            let to = match (to_time, to_earliest) {
+                (Some(ms), _) => ResetTo::Time(ms),
+                (None, true) => ResetTo::Earliest,
+                (None, false) => ResetTo::Latest,
+            };
+            let before: BTreeMap<MessageQueue, Option<i64>> =
+                admin.group_progress(&group, &topic).await?.into_iter().map(|p| (p.queue, p.consumer_offset)).collect();
+            let moved =
+                admin.reset_offset(&group, &topic, to, !only_back).await.with_context(|| format!("reset group {group} on {topic}"))?;
+            println!("{:<12} {:>6} {:>12}    {:<12}", "group", "queue", "old", "new");
+            for (q, new) in &moved {
+                let old = before.get(q).copied().flatten().map(|o| o.to_string()).unwrap_or_else(|| "none".into());
+                println!("{:<12} {:>6} {:>12} -> {:<12}", q.broker_name, q.queue_id, old, new);
+            }
+            if moved.is_empty() {
+                println!("no offset moved");
+            }
+            Ok(())
+        }
+        AdminCmd::Group { cmd: Some(GroupCmd::Show { group, topic }), .. }
+        | AdminCmd::Group { cmd: None, group: Some(group), topic: Some(topic) } => {
             println!("{:<12} {:>6} {:>12} {:>12} {:>10}", "group", "queue", "broker max", "consumer", "lag");
             for p in admin.group_progress(&group, &topic).await? {
                 println!(
@@ -655,6 +726,7 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
             }
             Ok(())
         }
+        AdminCmd::Group { .. } => bail!("usage: raftmq admin group show GROUP --topic T, or group reset --group G --topic T --to-…"),
     }
 }
 

@@ -1,16 +1,17 @@
 //! Administration over the remoting protocol: cluster and topic listings, topic creation on every broker
-//! group's leader, per-queue consumer-group progress, raftmq's node status and membership changes, and
-//! finding messages by key, by message id (`UNIQ_KEY`) and by offsetMsgId (QUERY_MESSAGE 12,
-//! VIEW_MESSAGE_BY_ID 33).
+//! group's leader, per-queue consumer-group progress, server-side offset resets (INVOKE_BROKER_TO_RESET_OFFSET,
+//! 222), raftmq's node status and membership changes, and finding messages by key, by message id
+//! (`UNIQ_KEY`) and by offsetMsgId (QUERY_MESSAGE 12, VIEW_MESSAGE_BY_ID 33).
 
 use bytes::Bytes;
-use raftmq_remoting::body::{decode_json_body, ClusterInfo, TopicRouteData};
+use raftmq_remoting::body::{decode_json_body, ClusterInfo, ResetOffsetBody, TopicRouteData};
 use raftmq_remoting::codes::{
     RAFTMQ_ADD_NODE, RAFTMQ_MEMBERS, RAFTMQ_NODE_STATUS, RAFTMQ_PROMOTE_NODE, RAFTMQ_REMOVE_NODE, RAFTMQ_SET_DELAY_LEVELS,
     RAFTMQ_TRANSFER_LEADER,
 };
 use raftmq_remoting::header::{
-    perm, CreateTopicRequestHeader, QueryMessageRequestHeader, ViewMessageRequestHeader, DEFAULT_TOPIC, UNIQUE_KEY_QUERY_FIELD,
+    perm, CreateTopicRequestHeader, QueryMessageRequestHeader, ResetOffsetRequestHeader, ViewMessageRequestHeader, DEFAULT_TOPIC,
+    UNIQUE_KEY_QUERY_FIELD,
 };
 use raftmq_remoting::message::{decode_offset_msg_id, StoredMessages};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
@@ -62,6 +63,29 @@ fn decode_found(body: &Bytes, broker_name: &str) -> Result<Vec<(MessageExt, Stri
         out.push((MessageExt::from_decoded(&m, body, broker_name, QUERY_BODY_BYTES_MAX)?, m.topic.to_string()));
     }
     Ok(out)
+}
+
+/// Where [`Admin::reset_offset`] moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The first message stored at or after this time (ms since the epoch); the end of a queue whose
+    /// messages are all older.
+    Time(i64),
+    /// The oldest retained message (time 0).
+    Earliest,
+    /// The end of each queue: skip everything stored so far (timestamp −1).
+    Latest,
+}
+
+impl ResetTo {
+    /// The header's `timestamp`.
+    pub fn timestamp(self) -> i64 {
+        match self {
+            ResetTo::Time(ms) => ms,
+            ResetTo::Earliest => 0,
+            ResetTo::Latest => -1,
+        }
+    }
 }
 
 /// The administration client.
@@ -324,6 +348,38 @@ impl Admin {
             }
         }
         Err(last.unwrap_or(ClientError::NoRoute(host)))
+    }
+
+    /// Resets `group`'s offsets on every queue of `topic`, on every broker group serving it, the RocketMQ 5
+    /// server-side way (INVOKE_BROKER_TO_RESET_OFFSET, 222): each group's leader computes the offsets and
+    /// replicates them with a marker, and running consumers are moved there by their next pull
+    /// (PULL_OFFSET_MOVED); stale commits from before the reset are ignored. With `force` false only
+    /// offsets that go back move. Returns the new offset of each queue that moved.
+    ///
+    /// # Errors
+    /// [`ClientError::NoRoute`] for a topic without a route; [`ClientError::Broker`] with the broker's code
+    /// and remark when a group refuses (17 unknown topic, 26 unknown consumer group, 1 a limit).
+    pub async fn reset_offset(&self, group: &str, topic: &str, to: ResetTo, force: bool) -> Result<Vec<(MessageQueue, i64)>> {
+        let route = self.client.update_route(topic).await?.ok_or_else(|| ClientError::NoRoute(topic.to_string()))?;
+        let mut brokers: Vec<String> = route.queue_datas.iter().map(|q| q.broker_name.clone()).collect();
+        brokers.sort();
+        brokers.dedup();
+        let mut out = Vec::new();
+        for broker in brokers {
+            let h = ResetOffsetRequestHeader {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                timestamp: to.timestamp(),
+                is_force: force,
+                queue_id: Some(-1),
+                offset: None,
+            };
+            let cmd = RemotingCommand::request(RequestCode::INVOKE_BROKER_TO_RESET_OFFSET, 0).with_header(&h);
+            let resp = check_success(&broker, self.client.invoke_on_leader(&broker, cmd, self.client.config().request_timeout).await?)?;
+            out.extend(ResetOffsetBody::decode(&resp.body)?.offset_table);
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// `group`'s committed offset and the broker's end offset of every queue of `topic`.

@@ -8,7 +8,7 @@
 //!   orderly listeners, retries through the group's retry topic, offsets committed every 5 s.
 //! - [`TransactionProducer`]: transactional messages — a half message, the local transaction, then commit
 //!   or rollback; answers the broker's check-backs through a [`TransactionListener`].
-//! - [`Admin`]: topics, cluster and consumer-group progress.
+//! - [`Admin`]: topics, cluster, consumer-group progress and offset resets.
 //! - [`blocking`]: the same for code without an async runtime.
 //!
 //! ```no_run
@@ -40,7 +40,7 @@ pub mod push;
 pub mod selector;
 pub mod transaction;
 
-pub use admin::{Admin, QueueProgress};
+pub use admin::{Admin, QueueProgress, ResetTo};
 pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};

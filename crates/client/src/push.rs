@@ -39,7 +39,7 @@ use crate::filter::{Subscription, SUBSCRIBE_ALL};
 use crate::instance::{check_success, ClientInstance, ConsumerHook};
 use crate::message::{MessageExt, MessageQueue};
 use crate::offset_store::{Backend, OffsetStore};
-use crate::pull::{consumer_ids, max_offset, pull_queue, read_queues, search_offset, PullSpec, PullStatus};
+use crate::pull::{consumer_ids, max_offset, pull_queue, query_consumer_offset, read_queues, search_offset, PullSpec, PullStatus};
 
 /// How a group shares messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -871,6 +871,11 @@ impl PushInner {
                             warn!(queue = ?pq.queue, offset, next = r.next_begin_offset, "pull offset illegal; correcting");
                             self.offsets.update(&pq.queue, r.next_begin_offset, false);
                             self.offsets.persist(&self.client, std::slice::from_ref(&pq.queue)).await;
+                            // Messages pulled before the move (a reset may rewind into them, or skip past them)
+                            // must not move the offset again when their listener calls finish: the queue
+                            // starts over from the new offset, as RocketMQ drops its process queue.
+                            self.restart_queue(&pq, r.next_begin_offset);
+                            return;
                         }
                     }
                     offset = r.next_begin_offset;
@@ -883,26 +888,62 @@ impl PushInner {
         }
     }
 
-    /// Whether an OFFSET_MOVED answer may move this queue's offset. Moving forward (messages expired) is
-    /// taken as is; moving backward is only believed when the group leader confirms that `offset` lies past
-    /// the queue's end, because a member that is behind would otherwise rewind the consumer (and its
-    /// committed offset) and replay the queue.
+    /// Whether an OFFSET_MOVED answer may move this queue's offset. Moving forward (messages expired, or a
+    /// reset to a later time) is taken as is; moving backward is only believed when the group leader
+    /// confirms that `offset` lies past the queue's end, or that the group's committed offset there is
+    /// `next` (a server-side offset reset rewound the group), because a member that is behind would
+    /// otherwise rewind the consumer (and its committed offset) and replay the queue.
     async fn offset_really_moved(&self, q: &MessageQueue, offset: i64, next: i64) -> bool {
         if next >= offset {
             return true;
         }
         match max_offset(&self.client, q).await {
-            Ok(max) if max >= offset => {
-                debug!(queue = ?q, offset, next, leader_max = max, "ignoring OFFSET_MOVED from a member that is behind");
-                self.client.refresh_route_soon(&q.topic);
-                false
-            }
+            Ok(max) if max >= offset => match query_consumer_offset(&self.client, &self.opts.group, q).await {
+                Ok(Some(committed)) if committed == next => {
+                    info!(group = %self.opts.group, queue = ?q, offset, next, "the group's offset was reset: rewinding");
+                    true
+                }
+                _ => {
+                    debug!(queue = ?q, offset, next, leader_max = max, "ignoring OFFSET_MOVED from a member that is behind");
+                    self.client.refresh_route_soon(&q.topic);
+                    false
+                }
+            },
             Ok(_) => true,
             Err(e) => {
                 debug!(queue = ?q, error = %e, "cannot confirm OFFSET_MOVED with the leader; keeping the offset");
                 false
             }
         }
+    }
+
+    /// Replaces `old` (still this consumer's) by a fresh process queue for the same queue that pulls from
+    /// `start`; `old` is marked dropped, so its pulled messages no longer move the offset. An orderly
+    /// consumer keeps its lock and starts the new queue's worker once a batch in progress has finished.
+    fn restart_queue(self: &Arc<Self>, old: &Arc<ProcessQueue>, start: i64) {
+        let pq = Arc::new(ProcessQueue::new(old.queue.clone()));
+        pq.locked.store(old.locked.load(Ordering::Acquire), Ordering::Release);
+        *pq.last_locked.lock().unwrap_or_else(|e| e.into_inner()) = *old.last_locked.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            match table.get(&old.queue) {
+                Some(current) if Arc::ptr_eq(current, old) => {}
+                // Released or replaced meanwhile: its new owner starts from the committed offset.
+                _ => return,
+            }
+            table.insert(old.queue.clone(), Arc::clone(&pq));
+        }
+        old.dropped.store(true, Ordering::Release);
+        old.wake.notify_one();
+        *pq.pull_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::spawn(Arc::clone(self).pull_loop(Arc::clone(&pq), start)));
+        if self.is_orderly() {
+            let (inner, old, pq) = (Arc::clone(self), Arc::clone(old), Arc::clone(&pq));
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), old.consume_lock.lock()).await;
+                inner.orderly_worker(pq).await;
+            });
+        }
+        info!(group = %self.opts.group, queue = ?old.queue, offset = start, "queue restarted at the moved offset");
     }
 
     fn dispatch(self: &Arc<Self>, pq: &Arc<ProcessQueue>, msgs: Vec<MessageExt>) {

@@ -91,12 +91,12 @@ pub struct Metadata {
 /// First bytes of a versioned checkpoint or snapshot body. A legacy (version 1) body is the bincode of
 /// [`MetadataV1`] and starts with the tag of an `Option` (0 or 1), never with 0xFF.
 const STATE_MAGIC: [u8; 4] = [0xFF, b'R', b'M', b'S'];
-/// The version this code writes: 4 = [`Metadata`] with [`BrokerState`] including the retention floor;
-/// 3 = without it ([`MetadataV3`]); 2 = also without pending transactions and the de-duplication window
-/// ([`MetadataV2`]).
+/// The version this code writes: 4 = [`Metadata`] with [`BrokerState`] including the retention floor and
+/// the offset-reset markers; 3 = without them ([`MetadataV3`]); 2 = also without pending transactions and the
+/// de-duplication window ([`MetadataV2`]).
 const STATE_VERSION: u8 = 4;
 
-/// The version 3 layout: [`BrokerState`] before retention.
+/// The version 3 layout: [`BrokerState`] before retention and offset-reset markers.
 #[derive(Deserialize)]
 struct MetadataV3 {
     last_applied: Option<LogId>,
@@ -851,5 +851,64 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         Ok(self.shared.current_snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_state::{Command as StateCommand, CqUnit, OffsetReset, TopicConfig};
+
+    struct NoQueues;
+
+    impl QueueStore for NoQueues {
+        type Error = std::convert::Infallible;
+        fn write(&mut self, _: &str, _: u32, _: QueueState, _: u64, _: CqUnit) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn publish(&mut self, _: &str, _: u32, _: u64) {}
+        fn first_at_or_after(&mut self, _: &str, _: u32, _: QueueState, _: u64) -> Result<Option<u64>, Self::Error> {
+            Ok(None)
+        }
+    }
+
+    fn with_reset() -> Metadata {
+        let mut meta = Metadata { log_end_pos: 4096, ..Metadata::default() };
+        let t = TopicConfig { name: "T".into(), read_queues: 4, write_queues: 4, perm: 6 };
+        meta.state.apply(&StateCommand::UpsertTopic(t), &mut NoQueues).expect("topic");
+        let reset = OffsetReset { group: "g".into(), topic: "T".into(), offsets: vec![(0, 3), (2, 9)] };
+        meta.state.apply(&StateCommand::ResetOffsets(reset), &mut NoQueues).expect("reset");
+        meta
+    }
+
+    #[test]
+    fn reset_markers_round_trip_through_a_version_4_checkpoint() {
+        let meta = with_reset();
+        let bytes = meta.encode().expect("encodes");
+        assert_eq!(bytes[..5], [0xFF, b'R', b'M', b'S', 4]);
+        let back = Metadata::decode(&bytes).expect("decodes");
+        assert_eq!(back, meta);
+        assert_eq!((back.state.reset_marker("g", "T", 0), back.state.reset_marker("g", "T", 2)), (Some(3), Some(9)));
+    }
+
+    /// A version-3 body is this version's without its last field (the markers map, empty: an 8-byte
+    /// length of 0). It decodes with no markers and everything else kept.
+    #[test]
+    fn a_version_3_checkpoint_decodes_without_markers() {
+        let mut meta = with_reset();
+        meta.state.reset_markers.clear();
+        let v4 = meta.encode().expect("encodes");
+        let mut v3 = v4[..v4.len() - 8].to_vec();
+        v3[4] = 3;
+        let back = Metadata::decode(&v3).expect("a version-3 body decodes");
+        assert_eq!(back, meta);
+        assert_eq!(back.state.consumer_offsets["g"]["T"][&2], 9);
+        // Version 4 with the field cut off is truncated, not silently read.
+        let mut cut = v3.clone();
+        cut[4] = 4;
+        assert!(Metadata::decode(&cut).is_err());
+        let mut newer = v4;
+        newer[4] = 5;
+        assert!(Metadata::decode(&newer).unwrap_err().contains("newer"));
     }
 }

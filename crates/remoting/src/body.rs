@@ -697,9 +697,218 @@ pub struct KvTable {
     pub table: BTreeMap<String, String>,
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Offset reset
+// ---------------------------------------------------------------------------------------------------------
+
+/// Most queues a [`ResetOffsetBody`] is decoded with: a body naming more is refused (a topic has at most
+/// 1024 queues per broker group; this leaves room for several groups' answers merged by a caller).
+pub const RESET_OFFSET_QUEUES_MAX: usize = 65_536;
+
+/// One queue of the C++ clients' reset body (`ResetOffsetBodyForC`, `MessageQueueForC`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QueueOffsetForC {
+    #[serde(default, deserialize_with = "lenient_string")]
+    topic: String,
+    #[serde(default, deserialize_with = "lenient_string")]
+    broker_name: String,
+    #[serde(default, deserialize_with = "lenient_i32")]
+    queue_id: i32,
+    #[serde(default)]
+    offset: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResetOffsetBodyForC {
+    #[serde(default)]
+    offset_table: Vec<QueueOffsetForC>,
+}
+
+/// INVOKE_BROKER_TO_RESET_OFFSET (222) response body (and RESET_CONSUMER_CLIENT_OFFSET's, 220): the new
+/// offset of each queue. Java's `ResetOffsetBody` is a `Map<MessageQueue, Long>`, which fastjson writes with
+/// the queue **objects as map keys** — `{"offsetTable":{{"brokerName":"b","queueId":0,"topic":"T"}:5}}`,
+/// not standard JSON — and that is what Java's admin tools parse, so [`ResetOffsetBody::encode`] writes it
+/// the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResetOffsetBody {
+    /// `offsetTable`: queue → new offset.
+    pub offset_table: BTreeMap<MessageQueue, i64>,
+}
+
+impl ResetOffsetBody {
+    /// The fastjson form (object keys with fields in fastjson's alphabetical order).
+    ///
+    /// # Errors
+    /// [`RemotingError::Unencodable`] if a name cannot be written as a JSON string (not expected).
+    pub fn encode(&self) -> Result<Bytes> {
+        let text =
+            |s: &str| serde_json::to_string(s).map_err(|e| RemotingError::Unencodable { field: "offsetTable", reason: e.to_string() });
+        let mut out = String::from("{\"offsetTable\":{");
+        for (i, (q, offset)) in self.offset_table.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{{\"brokerName\":{},\"queueId\":{},\"topic\":{}}}:{offset}",
+                text(&q.broker_name)?,
+                q.queue_id,
+                text(&q.topic)?
+            ));
+        }
+        out.push_str("}}");
+        Ok(Bytes::from(out))
+    }
+
+    /// Parses the fastjson form, the same map with string-encoded keys (C++ 3.x), or the C++ clients'
+    /// list form (`{"offsetTable":[{"topic","brokerName","queueId","offset"}]}`).
+    ///
+    /// # Errors
+    /// [`RemotingError::BodyJson`] when the body is none of them, or names more than
+    /// [`RESET_OFFSET_QUEUES_MAX`] queues.
+    pub fn decode(body: &[u8]) -> Result<ResetOffsetBody> {
+        const WHAT: &str = "ResetOffsetBody";
+        let too_many = || RemotingError::BodyJson {
+            what: WHAT,
+            source: serde::de::Error::custom(format!("more than {RESET_OFFSET_QUEUES_MAX} queues (RESET_OFFSET_QUEUES_MAX)")),
+        };
+        if let Some(table) = decode_object_keyed(body) {
+            if table.len() > RESET_OFFSET_QUEUES_MAX {
+                return Err(too_many());
+            }
+            return Ok(ResetOffsetBody { offset_table: table });
+        }
+        if let Ok(c) = serde_json::from_slice::<ResetOffsetBodyForC>(body) {
+            if c.offset_table.len() > RESET_OFFSET_QUEUES_MAX {
+                return Err(too_many());
+            }
+            let offset_table = c
+                .offset_table
+                .into_iter()
+                .map(|q| (MessageQueue { topic: q.topic, broker_name: q.broker_name, queue_id: q.queue_id }, q.offset))
+                .collect();
+            return Ok(ResetOffsetBody { offset_table });
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct StringKeyed {
+            #[serde(default)]
+            offset_table: BTreeMap<String, i64>,
+        }
+        let keyed: StringKeyed = serde_json::from_slice(body).map_err(|source| RemotingError::BodyJson { what: WHAT, source })?;
+        if keyed.offset_table.len() > RESET_OFFSET_QUEUES_MAX {
+            return Err(too_many());
+        }
+        let mut offset_table = BTreeMap::new();
+        for (k, v) in keyed.offset_table {
+            let q: MessageQueue = serde_json::from_str(&k).map_err(|source| RemotingError::BodyJson { what: WHAT, source })?;
+            offset_table.insert(q, v);
+        }
+        Ok(ResetOffsetBody { offset_table })
+    }
+}
+
+/// The fastjson object-keyed form: `{"offsetTable":{<MessageQueue>:<offset>,…}}` (other top-level fields
+/// are skipped); `None` when the body is not in that form.
+fn decode_object_keyed(body: &[u8]) -> Option<BTreeMap<MessageQueue, i64>> {
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+            i += 1;
+        }
+        i
+    }
+    /// One JSON value at `b[i..]`: the value and the index after it.
+    fn value<T: DeserializeOwned>(b: &[u8], i: usize) -> Option<(T, usize)> {
+        let mut it = serde_json::Deserializer::from_slice(b.get(i..)?).into_iter::<T>();
+        let v = it.next()?.ok()?;
+        Some((v, i + it.byte_offset()))
+    }
+    let mut table = None;
+    let mut i = ws(body, 0);
+    (body.get(i) == Some(&b'{')).then_some(())?;
+    i = ws(body, i + 1);
+    while body.get(i) != Some(&b'}') {
+        let (key, j) = value::<String>(body, i)?;
+        i = ws(body, j);
+        (body.get(i) == Some(&b':')).then_some(())?;
+        i = ws(body, i + 1);
+        if key == "offsetTable" && body.get(i) == Some(&b'{') {
+            let mut t = BTreeMap::new();
+            i = ws(body, i + 1);
+            while body.get(i) != Some(&b'}') {
+                // Keys that are strings are the C++ 3.x form: leave it to the string-keyed parser.
+                (body.get(i) == Some(&b'{')).then_some(())?;
+                let (q, j) = value::<MessageQueue>(body, i)?;
+                i = ws(body, j);
+                (body.get(i) == Some(&b':')).then_some(())?;
+                let (offset, j) = value::<i64>(body, ws(body, i + 1))?;
+                t.insert(q, offset);
+                if t.len() > RESET_OFFSET_QUEUES_MAX {
+                    // Reported as too many by the caller; no need to read on.
+                    return Some(t);
+                }
+                i = ws(body, j);
+                match body.get(i) {
+                    Some(b',') => i = ws(body, i + 1),
+                    Some(b'}') => {}
+                    _ => return None,
+                }
+            }
+            table = Some(t);
+            i += 1;
+        } else {
+            let (_, j) = value::<serde::de::IgnoredAny>(body, i)?;
+            i = j;
+        }
+        i = ws(body, i);
+        match body.get(i) {
+            Some(b',') => i = ws(body, i + 1),
+            Some(b'}') => {}
+            _ => return None,
+        }
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mq(topic: &str, queue_id: i32) -> MessageQueue {
+        MessageQueue { topic: topic.into(), broker_name: "broker-a".into(), queue_id }
+    }
+
+    #[test]
+    fn reset_offset_body_is_written_as_fastjson_does_and_read_in_every_form() {
+        let body = ResetOffsetBody { offset_table: [(mq("T", 0), 5), (mq("T", 1), 0)].into_iter().collect() };
+        let bytes = body.encode().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"offsetTable":{{"brokerName":"broker-a","queueId":0,"topic":"T"}:5,{"brokerName":"broker-a","queueId":1,"topic":"T"}:0}}"#
+        );
+        assert_eq!(ResetOffsetBody::decode(&bytes).unwrap(), body);
+        // fastjson's spacing and field order vary; other top-level fields are skipped.
+        let spaced = br#" { "x" : [1,{"a":2}] , "offsetTable" : { {"topic":"T","queueId":1,"brokerName":"broker-a"} : 0 , {"queueId":"0","topic":"T","brokerName":"broker-a"}:5 } } "#;
+        assert_eq!(ResetOffsetBody::decode(spaced).unwrap(), body);
+        let for_c = br#"{"offsetTable":[{"topic":"T","brokerName":"broker-a","queueId":0,"offset":5},{"topic":"T","brokerName":"broker-a","queueId":1,"offset":0}]}"#;
+        assert_eq!(ResetOffsetBody::decode(for_c).unwrap(), body);
+        let string_keyed = br#"{"offsetTable":{"{\"topic\":\"T\",\"brokerName\":\"broker-a\",\"queueId\":0}":5,"{\"topic\":\"T\",\"brokerName\":\"broker-a\",\"queueId\":1}":0}}"#;
+        assert_eq!(ResetOffsetBody::decode(string_keyed).unwrap(), body);
+        assert_eq!(ResetOffsetBody::decode(b"{}").unwrap(), ResetOffsetBody::default());
+        for bad in [&b"{"[..], b"{\"offsetTable\":{{\"topic\":\"T\"}5}}", b"[1]", b""] {
+            assert!(ResetOffsetBody::decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_reset_offset_body_over_the_queue_limit_is_refused() {
+        let at_limit = ResetOffsetBody { offset_table: (0..RESET_OFFSET_QUEUES_MAX as i32).map(|q| (mq("T", q), 1)).collect() };
+        assert_eq!(ResetOffsetBody::decode(&at_limit.encode().unwrap()).unwrap().offset_table.len(), RESET_OFFSET_QUEUES_MAX);
+        let over = ResetOffsetBody { offset_table: (0..=RESET_OFFSET_QUEUES_MAX as i32).map(|q| (mq("T", q), 1)).collect() };
+        let e = ResetOffsetBody::decode(&over.encode().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("RESET_OFFSET_QUEUES_MAX") || format!("{e:?}").contains("RESET_OFFSET_QUEUES_MAX"), "{e:?}");
+    }
 
     #[test]
     fn route_emits_every_field_with_quoted_keys() {

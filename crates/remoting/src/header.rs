@@ -1298,12 +1298,70 @@ impl CommandHeader for CreateTopicRequestHeader {
     }
 }
 
+/// INVOKE_BROKER_TO_RESET_OFFSET (222) request header, and RESET_CONSUMER_CLIENT_OFFSET (220) (reference
+/// §4.3; Java `ResetOffsetRequestHeader`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResetOffsetRequestHeader {
+    /// `group`; required.
+    pub group: String,
+    /// `topic`; required.
+    pub topic: String,
+    /// `timestamp` (ms; −1 = the max offset); required.
+    pub timestamp: i64,
+    /// `isForce`; required by Java, defaulted here to true. False moves only offsets that go back.
+    pub is_force: bool,
+    /// `queueId` (5.x); absent or −1 = every queue.
+    pub queue_id: Option<i32>,
+    /// `offset` (5.x): with a `queueId`, set that queue to this offset instead of searching by time.
+    pub offset: Option<i64>,
+}
+
+impl CommandHeader for ResetOffsetRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        let f = Fields::new(fields);
+        Ok(ResetOffsetRequestHeader {
+            group: f.string("group")?,
+            topic: f.string("topic")?,
+            timestamp: f.i64("timestamp")?,
+            is_force: f.bool_or("isForce", true)?,
+            queue_id: f.opt_i32("queueId")?,
+            offset: f.opt_i64("offset")?,
+        })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "group", &self.group);
+        put(out, "topic", &self.topic);
+        put(out, "timestamp", self.timestamp);
+        put(out, "isForce", self.is_force);
+        put_opt(out, "queueId", self.queue_id);
+        put_opt(out, "offset", self.offset);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ext(pairs: &[(&str, &str)]) -> ExtFields {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn reset_offset_header_round_trips_and_defaults_like_rocketmq() {
+        let h = ResetOffsetRequestHeader::from_ext_fields(&ext(&[("group", "G"), ("topic", "T"), ("timestamp", "-1")])).unwrap();
+        assert_eq!((h.timestamp, h.is_force, h.queue_id, h.offset), (-1, true, None, None));
+        let full = ResetOffsetRequestHeader {
+            group: "G".into(),
+            topic: "T".into(),
+            timestamp: 1_700_000_000_000,
+            is_force: false,
+            queue_id: Some(2),
+            offset: Some(40),
+        };
+        assert_eq!(ResetOffsetRequestHeader::from_ext_fields(&full.to_ext_fields()).unwrap(), full);
+        let e = ResetOffsetRequestHeader::from_ext_fields(&ext(&[("group", "G"), ("topic", "T")])).unwrap_err();
+        assert!(e.to_string().contains("timestamp"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,8 @@
 //!   str := len u16 | UTF-8 bytes
 //! tag 7 SetDedupWindow:    bincode(DedupSettings)
 //! tag 8 Retain:            index u64 | pos u64 | decided_ms i64 | reason u8   (the retention floor)
+//! tag 9 ResetOffsets:      bincode(OffsetReset)        (group, topic, [(queue id, offset)]: offsets + markers)
+//! tag 10 ClearResetMarkers: bincode(Vec<ResetMarker>)  (markers to end, each only while it holds its offset)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
 //! ```
 //! Versioning: a tag never changes meaning. Tag 1 is what raftmq wrote before time entered the log; it is
@@ -36,6 +38,7 @@ use bytes::{Buf, BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
+pub use crate::offsets::{OffsetReset, ResetMarker};
 use crate::retention::{RetainPoint, RETAIN_BYTES};
 
 /// One message of a produce batch: the RocketMQ-encoded message bytes, kept verbatim, plus the tag hash the
@@ -309,6 +312,10 @@ pub enum Command {
     SetDedupWindow(DedupSettings),
     /// Move the retention floor: the log below this point is deleted ([`crate::retention`]).
     Retain(RetainPoint),
+    /// A server-side offset reset: a group's offsets of some queues of a topic, each with a reset marker.
+    ResetOffsets(OffsetReset),
+    /// End reset markers the group has taken (each only while it still holds the named offset).
+    ClearResetMarkers(Vec<ResetMarker>),
 }
 
 /// Where one produced message landed.
@@ -354,6 +361,8 @@ const TAG_SET_DELAY_LEVELS: u8 = 5;
 const TAG_PRODUCE_OPS: u8 = 6;
 const TAG_SET_DEDUP_WINDOW: u8 = 7;
 const TAG_RETAIN: u8 = 8;
+const TAG_RESET_OFFSETS: u8 = 9;
+const TAG_CLEAR_RESET_MARKERS: u8 = 10;
 
 /// Encoded bytes a produce entry with ops adds to [`PRODUCE_HEADER_BYTES`]: the op count.
 pub const OPS_HEADER_BYTES: usize = 4;
@@ -402,6 +411,8 @@ impl Command {
             Command::SetDelayLevels(v) => 9 + 8 * v.len(),
             Command::SetDedupWindow(_) => 17,
             Command::Retain(_) => 1 + RETAIN_BYTES,
+            Command::ResetOffsets(r) => 1 + 24 + r.group.len() + r.topic.len() + 12 * r.offsets.len(),
+            Command::ClearResetMarkers(v) => 9 + v.iter().map(|m| 28 + m.group.len() + m.topic.len()).sum::<usize>(),
         }
     }
 
@@ -472,6 +483,14 @@ impl Command {
                 out.put_u64_le(p.pos);
                 out.put_i64_le(p.decided_ms);
                 out.put_u8(p.reason);
+            }
+            Command::ResetOffsets(r) => {
+                out.put_u8(TAG_RESET_OFFSETS);
+                bincode::serialize_into(&mut *out, r).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::ClearResetMarkers(v) => {
+                out.put_u8(TAG_CLEAR_RESET_MARKERS);
+                bincode::serialize_into(&mut *out, v).map_err(|e| PayloadError::Bincode(e.to_string()))?;
             }
         }
         Ok(())
@@ -544,6 +563,10 @@ impl Command {
                     return Err(PayloadError::Trailing(b.remaining()));
                 }
                 Ok(Command::Retain(p))
+            }
+            TAG_RESET_OFFSETS => Ok(Command::ResetOffsets(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
+            TAG_CLEAR_RESET_MARKERS => {
+                Ok(Command::ClearResetMarkers(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?))
             }
             other => Err(PayloadError::UnknownTag(other)),
         }
@@ -803,6 +826,8 @@ mod tests {
             Command::UpsertTopic(TopicConfig { name: "x".into(), read_queues: 4, write_queues: 4, perm: 6 }),
             Command::CommitOffsets(vec![OffsetCommit { group: "g".into(), topic: "t".into(), queue_id: 1, offset: 9 }]),
             Command::SetDelayLevels(vec![1000, 5000]),
+            Command::ResetOffsets(OffsetReset { group: "g".into(), topic: "t".into(), offsets: vec![(0, 5), (3, 0)] }),
+            Command::ClearResetMarkers(vec![ResetMarker { group: "g".into(), topic: "t".into(), queue_id: 3, offset: 0 }]),
         ] {
             let mut out = Vec::new();
             cmd.encode(&mut out).unwrap();

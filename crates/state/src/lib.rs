@@ -9,7 +9,7 @@
 //!
 //! One module per record kind: [`queues`] (produce), [`topics`], [`offsets`], [`clock`], [`schedule`]
 //! (delay levels and deliveries), [`txn`] (pending transactions), [`dedup`] (the window of recent message
-//! ids), [`retention`] (the purge floor). [`command`] is the versioned log-body codec. Not here: openraft,
+//! ids), [`retention`] (the purge floor); [`offsets`] also holds the markers of server-side offset resets. [`command`] is the versioned log-body codec. Not here: openraft,
 //! checkpoint and snapshot files, consume-queue files (all in `raftmq-raft`), and deciding *when* to
 //! deliver (the leader's broker, which proposes entries).
 
@@ -31,13 +31,13 @@ use serde::{Deserialize, Serialize};
 
 pub use clock::Clock;
 pub use command::{
-    produce_queue_len, Command, CommandResponse, DedupSettings, Delivery, HalfMessage, Message, MessagePosition, OffsetCommit, Op, Produce,
-    QueueAppend, QueueAppendResult, Resolution, TopicConfig, DELIVERY_BYTES, OPS_HEADER_BYTES, OP_DEDUP_BYTES, PRODUCE_HEADER_BYTES,
-    TOPIC_BYTES_MAX,
+    produce_queue_len, Command, CommandResponse, DedupSettings, Delivery, HalfMessage, Message, MessagePosition, OffsetCommit, OffsetReset,
+    Op, Produce, QueueAppend, QueueAppendResult, ResetMarker, Resolution, TopicConfig, DELIVERY_BYTES, OPS_HEADER_BYTES, OP_DEDUP_BYTES,
+    PRODUCE_HEADER_BYTES, TOPIC_BYTES_MAX,
 };
 pub use dedup::{DedupWindow, Seen};
 pub use error::PayloadError;
-pub use offsets::ConsumerOffsets;
+pub use offsets::{ConsumerOffsets, ResetMarkers, RESET_MARKERS_MAX};
 pub use queues::{ApplyError, QueueState, QueueStore};
 pub use retention::{RetainPoint, Retention};
 pub use schedule::{Schedule, SCHEDULE_TOPIC, TIMER_TOPIC};
@@ -79,6 +79,8 @@ pub struct BrokerState {
     pub dedup: DedupWindow,
     /// The retention floor and the messages groups lost to it.
     pub retention: Retention,
+    /// Offset resets the group has not taken yet, by group, topic, queue id (see [`offsets`]).
+    pub reset_markers: ResetMarkers,
 }
 
 impl BrokerState {
@@ -121,7 +123,17 @@ impl BrokerState {
                 CommandResponse::Produced(results)
             }
             Command::CommitOffsets(commits) => {
-                offsets::apply_commits(&mut self.consumer_offsets, commits);
+                offsets::apply_commits(&mut self.consumer_offsets, &mut self.reset_markers, commits);
+                CommandResponse::Done
+            }
+            Command::ResetOffsets(reset) => {
+                match offsets::apply_reset(&mut self.consumer_offsets, &mut self.reset_markers, &self.topics, reset) {
+                    Ok(()) => CommandResponse::Done,
+                    Err(why) => CommandResponse::Refused(why),
+                }
+            }
+            Command::ClearResetMarkers(ends) => {
+                offsets::apply_clear(&mut self.reset_markers, ends);
                 CommandResponse::Done
             }
             Command::UpsertTopic(t) => {
@@ -194,6 +206,13 @@ impl BrokerState {
             }
         }
         self.dedup.check_invariants();
+        offsets::check_invariants(&self.consumer_offsets, &self.reset_markers);
+    }
+
+    /// The reset marker of a group's queue: the offset a server-side reset set, while the group has not
+    /// taken it yet.
+    pub fn reset_marker(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        offsets::marker(&self.reset_markers, group, topic, queue_id)
     }
 }
 
@@ -681,6 +700,118 @@ mod tests {
         assert_eq!(s.queues[TRANS_HALF_TOPIC][&0].next_offset, 1);
     }
 
+    fn commit(s: &mut BrokerState, q: &mut MemQueues, queue_id: u32, offset: u64) {
+        let c = OffsetCommit { group: "g".into(), topic: "T".into(), queue_id, offset };
+        assert_eq!(s.apply(&Command::CommitOffsets(vec![c]), q).unwrap(), CommandResponse::Done);
+    }
+
+    fn committed(s: &BrokerState, queue_id: u32) -> Option<u64> {
+        s.consumer_offsets.get("g").and_then(|t| t.get("T")).and_then(|qs| qs.get(&queue_id)).copied()
+    }
+
+    fn reset(offsets: &[(u32, u64)]) -> Command {
+        Command::ResetOffsets(OffsetReset { group: "g".into(), topic: "T".into(), offsets: offsets.to_vec() })
+    }
+
+    #[test]
+    fn a_reset_sets_offsets_and_markers_and_stale_commits_are_ignored_while_marked() {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        topic(&mut s, &mut q, "T", 2);
+        commit(&mut s, &mut q, 0, 100);
+        commit(&mut s, &mut q, 1, 80);
+        assert_eq!(s.apply(&reset(&[(0, 40)]), &mut q).unwrap(), CommandResponse::Done);
+        assert_eq!((committed(&s, 0), s.reset_marker("g", "T", 0)), (Some(40), Some(40)));
+        assert_eq!(s.reset_marker("g", "T", 1), None, "queue 1 was not named");
+        // The running consumer still commits the position it had before the reset: ignored.
+        commit(&mut s, &mut q, 0, 100);
+        commit(&mut s, &mut q, 0, 41);
+        assert_eq!((committed(&s, 0), s.reset_marker("g", "T", 0)), (Some(40), Some(40)));
+        // Queue 1 is not marked: its commits apply.
+        commit(&mut s, &mut q, 1, 90);
+        assert_eq!(committed(&s, 1), Some(90));
+        // A commit of exactly the reset offset shows the group took it: the marker ends, commits apply again.
+        commit(&mut s, &mut q, 0, 40);
+        assert_eq!(s.reset_marker("g", "T", 0), None);
+        commit(&mut s, &mut q, 0, 45);
+        assert_eq!(committed(&s, 0), Some(45));
+        assert!(s.reset_markers.is_empty(), "no empty maps are left behind");
+    }
+
+    #[test]
+    fn a_clear_ends_only_a_marker_that_still_holds_its_offset() {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        topic(&mut s, &mut q, "T", 2);
+        s.apply(&reset(&[(0, 10), (1, 20)]), &mut q).unwrap();
+        // A second reset of queue 0 before the group took the first.
+        s.apply(&reset(&[(0, 5)]), &mut q).unwrap();
+        let end = |queue_id, offset| ResetMarker { group: "g".into(), topic: "T".into(), queue_id, offset };
+        // The leader's clear for the first reset arrives late: the newer marker stays.
+        s.apply(&Command::ClearResetMarkers(vec![end(0, 10), end(1, 20)]), &mut q).unwrap();
+        assert_eq!((s.reset_marker("g", "T", 0), s.reset_marker("g", "T", 1)), (Some(5), None));
+        assert_eq!(committed(&s, 0), Some(5));
+        s.apply(&Command::ClearResetMarkers(vec![end(0, 5)]), &mut q).unwrap();
+        assert!(s.reset_markers.is_empty());
+        // Clearing again, or a marker that never existed, changes nothing.
+        let before = s.clone();
+        s.apply(&Command::ClearResetMarkers(vec![end(0, 5), end(7, 1)]), &mut q).unwrap();
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_reset_of_a_missing_topic_or_queue_or_a_repeated_queue_is_refused_whole() {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        let r = s.apply(&reset(&[(0, 1)]), &mut q).unwrap();
+        assert!(matches!(&r, CommandResponse::Refused(w) if w.contains("topic T does not exist")), "{r:?}");
+        topic(&mut s, &mut q, "T", 2);
+        for (offsets, why) in [(vec![(0, 1), (2, 1)], "queue 2 of topic T does not exist"), (vec![(1, 1), (1, 2)], "named twice")] {
+            let r = s.apply(&reset(&offsets), &mut q).unwrap();
+            assert!(matches!(&r, CommandResponse::Refused(w) if w.contains(why)), "{r:?}");
+        }
+        assert!(s.reset_markers.is_empty() && s.consumer_offsets.is_empty(), "nothing of a refused reset applies");
+    }
+
+    #[test]
+    fn markers_are_bounded_by_reset_markers_max() {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        let queues = 1024u32;
+        let topics = (RESET_MARKERS_MAX as u32).div_ceil(queues);
+        for t in 0..topics {
+            let name = format!("T{t}");
+            topic(&mut s, &mut q, &name, queues);
+            let offsets = (0..queues).map(|i| (i, 1)).collect();
+            let r = s.apply(&Command::ResetOffsets(OffsetReset { group: "g".into(), topic: name, offsets }), &mut q).unwrap();
+            assert_eq!(r, CommandResponse::Done);
+        }
+        assert_eq!(offsets::marker_count(&s.reset_markers), RESET_MARKERS_MAX, "exactly at the limit");
+        // Re-resetting marked queues adds no marker: allowed at the limit.
+        let r =
+            s.apply(&Command::ResetOffsets(OffsetReset { group: "g".into(), topic: "T0".into(), offsets: vec![(3, 0)] }), &mut q).unwrap();
+        assert_eq!(r, CommandResponse::Done);
+        // One marker more is refused, and names the limit.
+        topic(&mut s, &mut q, "U", 1);
+        let r =
+            s.apply(&Command::ResetOffsets(OffsetReset { group: "g".into(), topic: "U".into(), offsets: vec![(0, 0)] }), &mut q).unwrap();
+        assert!(matches!(&r, CommandResponse::Refused(w) if w.contains("RESET_MARKERS_MAX")), "{r:?}");
+        assert_eq!(s.reset_marker("g", "U", 0), None);
+        // Once a group takes a reset, there is room again.
+        let c = OffsetCommit { group: "g".into(), topic: "T0".into(), queue_id: 0, offset: 1 };
+        s.apply(&Command::CommitOffsets(vec![c]), &mut q).unwrap();
+        let r =
+            s.apply(&Command::ResetOffsets(OffsetReset { group: "g".into(), topic: "U".into(), offsets: vec![(0, 0)] }), &mut q).unwrap();
+        assert_eq!(r, CommandResponse::Done);
+    }
+
+    #[test]
+    fn markers_survive_a_checkpoint_round_trip() {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        topic(&mut s, &mut q, "T", 2);
+        s.apply(&reset(&[(1, 7)]), &mut q).unwrap();
+        let mut back: BrokerState = bincode::deserialize(&bincode::serialize(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        commit(&mut back, &mut q, 1, 100);
+        assert_eq!(committed(&back, 1), Some(7), "the restored replica still ignores stale commits");
+    }
+
     /// Random commands over a few topics, including stamped produces with deliveries of staged messages
     /// (valid, early, repeated, out of order) and level-table changes.
     fn arb_command() -> impl Strategy<Value = Command> {
@@ -727,6 +858,10 @@ mod tests {
             1 => ("[gh]", topic, 0u32..4, 0u64..10).prop_map(|(group, topic, queue_id, offset)| Command::CommitOffsets(vec![OffsetCommit { group, topic, queue_id, offset }])),
             1 => proptest::collection::vec(0u64..5000, 0..4).prop_map(Command::SetDelayLevels),
             1 => (1u64..40, 0u64..400).prop_map(|(index, pos)| Command::Retain(RetainPoint { index, pos, decided_ms: 0, reason: 0 })),
+            1 => ("[gh]", prop_oneof![Just("A".to_string()), Just("B".to_string())], proptest::collection::vec((0u32..4, 0u64..10), 0..3))
+                .prop_map(|(group, topic, offsets)| Command::ResetOffsets(OffsetReset { group, topic, offsets })),
+            1 => ("[gh]", prop_oneof![Just("A".to_string()), Just("B".to_string())], 0u32..4, 0u64..10)
+                .prop_map(|(group, topic, queue_id, offset)| Command::ClearResetMarkers(vec![ResetMarker { group, topic, queue_id, offset }])),
         ]
     }
 

@@ -3,6 +3,7 @@
 
 mod common;
 mod deposed_leader;
+mod reset;
 mod schedule;
 mod send_back;
 mod timestamps;

@@ -35,7 +35,7 @@ if [ "$want_deb" = 1 ]; then
     echo "installing cargo-deb $CARGO_DEB_VERSION from crates.io" >&2
     cargo install --locked --version "$CARGO_DEB_VERSION" cargo-deb
   fi
-  out=$(cargo deb -p raftmq-cli 2>&1 | tee /dev/stderr | tail -n 1)
+  out=$(cargo deb -p raftmq-cli --dbgsym 2>&1 | tee /dev/stderr | grep "\.deb$" | tail -n 1)
   [ -f "$out" ] || die "cargo deb did not name a package file (last line: $out)"
   echo "== $out"
   dpkg-deb -I "$out"
@@ -48,7 +48,9 @@ if [ "$want_image" = 1 ]; then
     if command -v "$e" >/dev/null 2>&1 && "$e" info >/dev/null 2>&1; then engine=$e; break; fi
   done
   if [ -z "$engine" ]; then
-    echo "package.sh: no usable podman or docker (not installed, or no daemon): container image not built" >&2
+    why="no usable podman or docker (not installed, or no daemon): container image not built"
+    [ "$want_deb" = 1 ] || die "$why"
+    echo "package.sh: $why" >&2
   else
     "$engine" build -f cluster/container/Containerfile -t "raftmq:$version" -t raftmq:latest . \
       || die "$engine build failed (its base images come from a container registry: is one reachable?)"

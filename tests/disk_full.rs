@@ -9,8 +9,14 @@
 //!    fails with ENOSPC and the process exits with the same status. (The old code mapped the file sparse
 //!    and acknowledged the message; a later write to a page the disk could not back raised SIGBUS, at
 //!    every replay too — `crates/raft/tests/disk_full.rs` shows that signal.) After freeing space the
-//!    restarted broker serves that message. Restarted before space is freed, it exits the same way again
-//!    while re-applying that entry.
+//!    restarted broker serves that message. Restarted before space is freed, it waits for space (saying
+//!    so) instead of failing again while re-applying that entry, and starts once space is freed.
+//!
+//! (Those run with `diskMaxUsedSpaceRatio` 0.99, so the ENOSPC paths are reached.) And the guard before
+//! them: three nodes on one tmpfs with `diskMaxUsedSpaceRatio` 0.5 — above it the leader refuses sends with
+//! 14 "disk full" and the figures while reads and offset commits work; below 0.45 sends resume. And a
+//! follower whose own disk fills: it exits 74, the other two keep acknowledging, restarted while full it
+//! waits, and given room it catches up with every acknowledged message.
 
 mod common;
 
@@ -144,16 +150,147 @@ async fn a_broker_whose_disk_fills_exits_with_the_store_failure_status_and_loses
         "consume-queue file",
     );
 
-    // Restarted on the still-full disk, re-applying the committed entry fails the same way: a clean exit
-    // again, not a crash loop of SIGBUS.
+    // Restarted (as a supervisor would) on the still-full disk, it waits for space instead of failing again
+    // while re-applying the committed entry: no crash loop.
     cluster.start_node(1);
-    assert_store_failure_exit(cluster.wait_exit(1, Duration::from_secs(30)), &cluster, fs.path(), "fallocate consume queue", "replay");
+    assert_eq!(cluster.wait_exit(1, Duration::from_secs(4)), None, "waits, does not exit\n{}", cluster.log_tails(10));
+    let log = std::fs::read_to_string(cluster.dir.path().join("n1.log")).expect("broker log");
+    assert!(log.lines().last().is_some_and(|l| l.contains("waiting for disk space")), "says why it waits:\n{}", cluster.log_tails(5));
 
-    // Space freed: the committed message is applied on restart.
+    // Space freed: the waiting node starts and applies the committed message.
     std::fs::remove_file(fs.path().join("filler")).expect("free space");
-    cluster.start_node(1);
     cluster.wait_registered_leader(Duration::from_secs(30)).await;
     let c = client(&addr).await.expect("broker reachable after the second restart");
     assert_eq!(pull_all(&c, TOPIC, 1).await, vec![(0, b"needs a new consume-queue file".to_vec())]);
     assert_eq!(pull_all(&c, TOPIC, 0).await.len(), got.len(), "queue 0 intact");
+}
+
+/// Writes a file of `bytes` bytes (zeros; tmpfs allocates the pages).
+fn filler(path: &Path, bytes: u64) {
+    let mut f = std::fs::File::create(path).expect("create filler");
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).expect("write filler");
+        left -= n as u64;
+    }
+}
+
+/// Used fraction of the filesystem holding `path`.
+fn used_ratio(path: &Path) -> f64 {
+    raftmq_commitlog::disk_usage(path).expect("statvfs").used_ratio()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_disk_ratio_the_leader_refuses_sends_with_14_and_keeps_serving_reads_and_commits() {
+    // Three nodes on one 400 MiB tmpfs; sends are refused above half of it.
+    let Some(fs) = Tmpfs::mount("400m") else { return };
+    let cluster = Cluster::start_with(3, Some(fs.path()), "diskMaxUsedSpaceRatio = 0.5\n").await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let c = client(&cluster.node(leader).client_addr).await.expect("leader reachable");
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push((send(&c, TOPIC, 0, &body(i)).await.expect("send before the disk fills"), i));
+    }
+
+    // Push the filesystem to 60 % used.
+    let total = raftmq_commitlog::disk_usage(fs.path()).expect("statvfs").total;
+    let need = ((0.60 - used_ratio(fs.path())) * total as f64).max(0.0) as u64;
+    filler(&fs.path().join("filler"), need);
+    println!("filesystem {:.3} used", used_ratio(fs.path()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (code, remark) = loop {
+        match send(&c, TOPIC, 0, &body(100)).await {
+            Ok(off) => {
+                acked.push((off, 100));
+                assert!(std::time::Instant::now() < deadline, "sends still accepted 10 s after the disk passed the ratio");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    println!("refused: {code} {remark}");
+    assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE.0, "{remark}");
+    assert!(remark.contains("disk is full") && remark.contains("diskMaxUsedSpaceRatio 0.50"), "{remark}");
+    // Reads and offset commits keep working.
+    let got = pull_all(&c, TOPIC, 0).await;
+    for (off, i) in &acked {
+        assert!(got.iter().any(|(o, b)| o == off && *b == body(*i)), "acked message {i} at {off} readable on a full disk");
+    }
+    assert_eq!(commit_offset(&c, "g", TOPIC, 0, 3).await, ResponseCode::SUCCESS.0, "offset commit on a full disk");
+    assert_eq!(query_offset(&c, "g", TOPIC, 0).await, Some(3));
+    let status = node_status(&cluster.node(leader).client_addr).await.expect("status");
+    assert_eq!(status["retention"]["diskFull"], serde_json::json!(true), "{}", status["retention"]);
+
+    // Space back (below 0.45): sends resume.
+    std::fs::remove_file(fs.path().join("filler")).expect("free space");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match send(&c, TOPIC, 0, &body(200)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "sends still refused 10 s after space was freed: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_stops_acknowledging_loses_nothing_and_rejoins_when_space_returns() {
+    // Node 3's store on its own 56 MiB tmpfs (32 MiB dense index + 8 MiB segments + 6 MiB consume-queue
+    // file: its third segment does not fit); nodes 1 and 2 on the ordinary disk.
+    let Some(fs) = Tmpfs::mount("56m") else { return };
+    let mut cluster = Cluster::prepare(3, "");
+    let cfg = cluster.dir.path().join("n3.toml");
+    let text = std::fs::read_to_string(&cfg).expect("n3 config");
+    let old = format!("storePathRootDir = \"{}\"", cluster.store_dir(3).display());
+    assert!(text.contains(&old), "{text}");
+    std::fs::write(&cfg, text.replace(&old, &format!("storePathRootDir = \"{}\"", fs.path().join("n3").display()))).expect("write");
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_registered_leader(Duration::from_secs(30)).await;
+    let mut leader = cluster.leader(Duration::from_secs(20)).await;
+    if leader == 3 {
+        let st = Command::new(env!("CARGO_BIN_EXE_raftmq"))
+            .args(["admin", "--namesrv", &cluster.namesrv, "transfer-leader", "--to", "1"])
+            .status()
+            .expect("transfer");
+        assert!(st.success(), "leadership moved off the node whose disk will fill");
+        leader = cluster.leader(Duration::from_secs(20)).await;
+    }
+    let c = client(&cluster.node(leader).client_addr).await.expect("leader reachable");
+
+    // 400 × 64 KiB: far more than node 3 can hold. Every send is acknowledged by the other two.
+    let mut acked = Vec::new();
+    for i in 0..400 {
+        let off = send(&c, TOPIC, 0, &body(i)).await.unwrap_or_else(|e| panic!("send {i} with one follower's disk full: {e:?}"));
+        acked.push((off, i));
+    }
+    let st = cluster.wait_exit(3, Duration::from_secs(30));
+    let st = st.unwrap_or_else(|| panic!("node 3 did not stop on ENOSPC\n{}", cluster.log_tails(20)));
+    assert_eq!(st.code(), Some(raftmq_broker::EXIT_STORE_FAILED), "node 3 exit status\n{}", cluster.log_tails(20));
+
+    // Restarted while still full, it waits; given room, it catches up and holds every acknowledged message.
+    cluster.start_node(3);
+    assert_eq!(cluster.wait_exit(3, Duration::from_secs(3)), None, "waits for space\n{}", cluster.log_tails(10));
+    fs.resize("256m");
+    let n3 = cluster.node(3).client_addr.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let want = max_offset(&c, TOPIC, 0).await;
+    loop {
+        if let Some(c3) = client(&n3).await {
+            if max_offset(&c3, TOPIC, 0).await == want {
+                let got = pull_all(&c3, TOPIC, 0).await;
+                for (off, i) in &acked {
+                    assert!(got.iter().any(|(o, b)| o == off && *b == body(*i)), "node 3 has acked message {i} at {off}");
+                }
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "node 3 did not catch up\n{}", cluster.log_tails(20));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

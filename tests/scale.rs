@@ -137,7 +137,7 @@ async fn memory_descriptors_and_mappings_with_100k_queues() {
     std::fs::write(
         &config,
         format!(
-            "brokerName = \"broker-a\"\nnodeId = 1\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 67108864\nbootstrap = true\n\
+            "brokerName = \"broker-a\"\nnodeId = 1\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 67108864\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = true\n\
              [[peers]]\nid = 1\nraftAddr = \"127.0.0.1:{}\"\nclientAddr = \"{client_addr}\"\n",
             dir.path().join("data").display(),
             free_port()

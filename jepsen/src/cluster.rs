@@ -232,7 +232,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         for id in 1..=spec.nodes {
             let mut toml = format!(
-                "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nbootstrap = {}\nmappedFileSizeCommitLog = 67108864\n{}\n",
+                "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nbootstrap = {}\nmappedFileSizeCommitLog = 67108864\ndiskMaxUsedSpaceRatio = 0.99\n{}\n",
                 namesrv_addr(),
                 spec.data_dir.join(format!("n{id}")).display(),
                 id == 1,

@@ -80,6 +80,16 @@ impl Cluster {
         c
     }
 
+    /// Like [`Cluster::start_with_stores`], with `extra` TOML lines in every node's config.
+    pub async fn start_with(n: u64, stores: Option<&std::path::Path>, extra: &str) -> Cluster {
+        let mut c = Cluster::prepare_with_stores(n, extra, stores);
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c.wait_registered_leader(Duration::from_secs(30)).await;
+        c
+    }
+
     /// Starts the nameserver and writes the configs of `n` nodes (each with `extra` TOML lines; store in
     /// [`Cluster::store_dir`]), without starting the nodes: for tests that prepare each node's store first.
     pub fn prepare(n: u64, extra: &str) -> Cluster {
@@ -103,10 +113,20 @@ impl Cluster {
         let mut nodes = Vec::new();
         for (id, client, raft) in &peers {
             let mut toml = format!(
-                "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{namesrv}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = {}\n",
+                "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{namesrv}\"\nstorePathRootDir = \"{}\"\nbootstrap = {}\n",
                 store_root.join(format!("n{id}")).display(),
                 *id == 1
             );
+            // Defaults of the harness unless `extra` sets them: 8 MiB segments, and sends refused only on a
+            // disk 99 % full (the default 0.75 would make every test depend on the host's disk).
+            for (key, line) in [
+                ("mappedFileSizeCommitLog", "mappedFileSizeCommitLog = 8388608\n"),
+                ("diskMaxUsedSpaceRatio", "diskMaxUsedSpaceRatio = 0.99\n"),
+            ] {
+                if !extra.contains(key) {
+                    toml.push_str(line);
+                }
+            }
             toml.push_str(extra);
             for (pid, pc, pr) in &peers {
                 toml.push_str(&format!("[[peers]]\nid = {pid}\nraftAddr = \"{pr}\"\nclientAddr = \"{pc}\"\n"));

@@ -40,7 +40,7 @@ class Cluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for node_id, client, _raft in self.peers:
             cfg = (f'brokerName = "broker-a"\nnodeId = {node_id}\nnamesrvAddr = "{self.namesrv}"\n'
-                   f'storePathRootDir = "{root}/n{node_id}"\nmappedFileSizeCommitLog = 8388608\n'
+                   f'storePathRootDir = "{root}/n{node_id}"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\n'
                    f'bootstrap = {"true" if node_id == 1 else "false"}\n' + extra)
             for pid, pclient, praft in self.peers:
                 cfg += f'[[peers]]\nid = {pid}\nraftAddr = "{praft}"\nclientAddr = "{pclient}"\n'

@@ -151,6 +151,8 @@ pub struct BrokerInner {
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
     /// Sends answered from the de-duplication window instead of being stored again.
     pub(crate) duplicates_answered: std::sync::atomic::AtomicU64,
+    /// The store's filesystem: full or not, and where retention stopped.
+    pub(crate) disk: crate::retention::DiskGuard,
     /// `unsafeAckBeforeQuorum` only: the next queue offset to hand out per (topic, queue).
     #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_next_offsets: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
@@ -191,6 +193,7 @@ impl Broker {
         nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
+        crate::retention::wait_for_disk_space(&cfg.store_path_root_dir, cfg.mapped_file_size_commit_log).await;
         let node = Arc::new(RaftNode::start(nc).await?);
         if cfg.bootstrap {
             let members = cfg.peers.iter().map(|p| (p.id, p.raft_addr.clone())).collect();
@@ -214,6 +217,7 @@ impl Broker {
             register_now: Notify::new(),
             leader_link: tokio::sync::Mutex::new(None),
             duplicates_answered: std::sync::atomic::AtomicU64::new(0),
+            disk: crate::retention::DiskGuard::default(),
             #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_next_offsets: std::sync::Mutex::default(),
         });
@@ -226,6 +230,8 @@ impl Broker {
             tokio::spawn(registration_loop(Arc::clone(&inner))),
             tokio::spawn(crate::schedule::delivery_loop(Arc::clone(&inner))),
             tokio::spawn(crate::txn::check_loop(Arc::clone(&inner))),
+            tokio::spawn(crate::retention::disk_loop(Arc::clone(&inner))),
+            tokio::spawn(crate::retention::retention_loop(Arc::clone(&inner))),
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(10));
                 loop {

@@ -209,6 +209,36 @@ pub struct BrokerConfig {
     /// Most message ids the de-duplication window holds (`dedupKeysMax`); the oldest are forgotten first.
     #[serde(default = "default_dedup_keys_max")]
     pub dedup_keys_max: u64,
+    /// Keep messages at least this many hours (RocketMQ `fileReservedTime`, 72): a commitlog segment whose
+    /// newest message is older may be deleted, during `deleteWhen` hours.
+    #[serde(default = "default_file_reserved_time")]
+    pub file_reserved_time: u64,
+    /// The same in ms, overriding `fileReservedTime` when set (short retention for tests and soak runs).
+    #[serde(default)]
+    pub file_reserved_time_ms: Option<u64>,
+    /// Hours of the day (local time, `;`-separated, RocketMQ `deleteWhen`, "04") when expired segments are
+    /// deleted; `*` = any hour. Above `diskMaxUsedSpaceRatio` they are deleted at any hour.
+    #[serde(default = "default_delete_when")]
+    pub delete_when: String,
+    /// Used fraction of the store's filesystem above which the leader refuses sends with 14 "disk full"
+    /// (cleared 0.05 below it) and expired segments go at any hour (`diskMaxUsedSpaceRatio`, 0.75; a value
+    /// above 1 is read as percent, as RocketMQ writes it).
+    #[serde(default = "default_disk_max_used_space_ratio")]
+    pub disk_max_used_space_ratio: f64,
+    /// Used fraction above which the oldest segments are deleted whatever their age
+    /// (`diskSpaceCleanForciblyRatio`, 0.85).
+    #[serde(default = "default_disk_space_clean_forcibly_ratio")]
+    pub disk_space_clean_forcibly_ratio: f64,
+    /// Size cap of the group's retained commitlog in bytes; older segments go whatever their age
+    /// (`retentionBytesMax`; 0 = no cap). Replicas decide through the leader, so one value counts: the leader's.
+    #[serde(default)]
+    pub retention_bytes_max: u64,
+    /// How often retention runs, ms (RocketMQ `cleanResourceInterval`, 10 000).
+    #[serde(default = "default_clean_resource_interval")]
+    pub clean_resource_interval: u64,
+    /// Most segments one retention decision deletes (RocketMQ `deleteFileBatchMax`, 10).
+    #[serde(default = "default_delete_file_batch_max")]
+    pub delete_file_batch_max: u64,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
@@ -254,6 +284,52 @@ fn default_dedup_window_ms() -> u64 {
 }
 fn default_dedup_keys_max() -> u64 {
     1_000_000
+}
+fn default_file_reserved_time() -> u64 {
+    72
+}
+fn default_delete_when() -> String {
+    "04".into()
+}
+fn default_disk_max_used_space_ratio() -> f64 {
+    0.75
+}
+fn default_disk_space_clean_forcibly_ratio() -> f64 {
+    0.85
+}
+fn default_clean_resource_interval() -> u64 {
+    10_000
+}
+fn default_delete_file_batch_max() -> u64 {
+    10
+}
+
+/// A ratio as configured: a fraction, or a percent above 1 (RocketMQ writes `diskMaxUsedSpaceRatio=75`).
+pub fn ratio(v: f64) -> f64 {
+    if v > 1.0 {
+        v / 100.0
+    } else {
+        v
+    }
+}
+
+/// Parses `deleteWhen`: `*`, or hours 0..=23 separated by `;`.
+pub fn parse_delete_when(s: &str) -> Result<Option<Vec<u32>>, String> {
+    let s = s.trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let mut hours = Vec::new();
+    for h in s.split(';').map(str::trim).filter(|h| !h.is_empty()) {
+        match h.parse::<u32>() {
+            Ok(n) if n < 24 => hours.push(n),
+            _ => return Err(format!("deleteWhen: {h:?} is not an hour 0..23 (use e.g. \"04\" or \"04;16\" or \"*\")")),
+        }
+    }
+    if hours.is_empty() {
+        return Err("deleteWhen: no hour given (use e.g. \"04\" or \"*\")".into());
+    }
+    Ok(Some(hours))
 }
 
 /// Largest accepted `topicsMax`: a registration of this many topics with 127-byte names encodes to less
@@ -397,6 +473,18 @@ impl BrokerConfig {
         }
         if self.schedule_deliver_batch_max == 0 || self.schedule_deliver_batch_max > 65_536 {
             return bad("scheduleDeliverBatchMax must be 1..=65536".into());
+        }
+        if let Err(why) = parse_delete_when(&self.delete_when) {
+            return bad(why);
+        }
+        let (full, force) = (ratio(self.disk_max_used_space_ratio), ratio(self.disk_space_clean_forcibly_ratio));
+        if !(0.1..=0.99).contains(&full) || !(0.1..=0.99).contains(&force) {
+            return bad(format!(
+                "diskMaxUsedSpaceRatio ({full}) and diskSpaceCleanForciblyRatio ({force}) must be fractions in 0.10..=0.99 (or percent 10..=99)"
+            ));
+        }
+        if self.clean_resource_interval == 0 || self.delete_file_batch_max == 0 {
+            return bad("cleanResourceInterval and deleteFileBatchMax must be at least 1".into());
         }
         if self.transaction_check_interval == 0 || self.transaction_check_batch_max == 0 {
             return bad("transactionCheckInterval and transactionCheckBatchMax must be at least 1".into());

@@ -9,6 +9,7 @@
 //! - [`broker`]: the running node — startup, nameserver registration, request dispatch; the processors
 //!   live in `processor.rs` (pull, offsets, clients, topics), `send.rs` (sends and send-back), `schedule.rs`
 //!   (delayed and timer delivery) and `txn.rs` (transactions and the de-duplication window).
+//! - [`retention`]: deleting old segments through the log, and refusing sends on a full disk.
 
 // Processors return `Result<_, Reply>` where the error *is* the response to send: built once per failed
 // request, so its size does not matter.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod consumers;
 pub mod locks;
 mod processor;
+pub mod retention;
 mod schedule;
 mod send;
 pub mod store;

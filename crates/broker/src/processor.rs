@@ -625,6 +625,26 @@ impl BrokerInner {
         }
     }
 
+    /// The retention floor, the disk and where retention stopped, for `raftmq admin status`.
+    fn retention_status(&self) -> serde_json::Value {
+        let r = self.node.state().retention();
+        let u = self.disk.usage();
+        let log = self.node.state().commitlog().state();
+        serde_json::json!({
+            "floorIndex": r.floor.index,
+            "floorPos": r.floor.pos,
+            "decidedMs": r.floor.decided_ms,
+            "purges": r.purges,
+            "retainedBytes": log.write_pos.saturating_sub(r.floor.pos),
+            "heldBy": self.disk.held_by.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "diskTotal": u.total,
+            "diskAvailable": u.available,
+            "diskUsedRatio": u.used_ratio(),
+            "diskFull": self.disk.is_full(),
+            "lost": r.lost,
+        })
+    }
+
     pub(crate) fn node_status(&self, req: &RemotingCommand) -> Reply {
         let s = self.node.status();
         let value = serde_json::json!({
@@ -644,6 +664,7 @@ impl BrokerInner {
             "clockJumps": self.store.clock_jumps(),
             "schedule": self.schedule_status(),
             "transactions": self.transaction_status(),
+            "retention": self.retention_status(),
         });
         with_json(req, ok(req), &value)
     }

@@ -178,6 +178,9 @@ impl BrokerInner {
         if let Err(r) = self.check_leader(req) {
             return r;
         }
+        if let Some(remark) = self.disk.refusal(crate::config::ratio(self.cfg.disk_max_used_space_ratio)) {
+            return reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, remark);
+        }
         let mut topic = h.topic.clone();
         let reconsume_times = h.reconsume_times.unwrap_or(0);
         // A retried message that ran out of attempts goes to the group's dead-letter topic instead.

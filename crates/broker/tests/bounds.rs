@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 async fn start(tweak: impl FnOnce(&mut BrokerConfig)) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = format!(
-        "brokerName = \"broker-a\"\nnodeId = 1\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = true\n\
+        "brokerName = \"broker-a\"\nnodeId = 1\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = true\n\
          [[peers]]\nid = 1\nraftAddr = \"127.0.0.1:{}\"\nclientAddr = \"127.0.0.1:{}\"\n",
         dir.path().display(),
         free_port(),

@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn start_broker(dir: &std::path::Path) -> Broker {
     let toml = format!(
-        "brokerName = \"broker-a\"\nnodeId = 1\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 16777216\n\
+        "brokerName = \"broker-a\"\nnodeId = 1\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 16777216\ndiskMaxUsedSpaceRatio = 0.99\n\
          bootstrap = true\n[[peers]]\nid = 1\nraftAddr = \"127.0.0.1:0\"\nclientAddr = \"127.0.0.1:0\"\n",
         dir.display()
     );

@@ -98,7 +98,7 @@ async fn a_broker_whose_store_failed_stops_registering() {
     let ns = Arc::new(StubNamesrv::default());
     let server = RemotingServer::bind("127.0.0.1:0", Arc::new(Handler(Arc::clone(&ns))), ServerOptions::default()).await.expect("stub");
     let toml = format!(
-        "brokerName = \"broker-a\"\nnodeId = 1\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = true\nautoCreateTopicEnable = false\n[[peers]]\nid = 1\nraftAddr = \"127.0.0.1:{}\"\nclientAddr = \"127.0.0.1:{}\"\n",
+        "brokerName = \"broker-a\"\nnodeId = 1\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = true\nautoCreateTopicEnable = false\n[[peers]]\nid = 1\nraftAddr = \"127.0.0.1:{}\"\nclientAddr = \"127.0.0.1:{}\"\n",
         server.local_addr(),
         fs.path().join("n1").display(),
         free_port(),

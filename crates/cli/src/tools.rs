@@ -254,6 +254,29 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                     }
                 }
             }
+            println!();
+            println!(
+                "{:<12} {:<6} {:>10} {:>8} {:>14} {:>7} {:>5}  retention held by",
+                "group", "node", "floor", "purges", "retained", "disk", "full"
+            );
+            for (name, b) in &info.broker_addr_table {
+                for addr in b.broker_addrs.values() {
+                    if let Ok(s) = admin.node_status(addr).await {
+                        let r = &s["retention"];
+                        println!(
+                            "{:<12} {:<6} {:>10} {:>8} {:>14} {:>6.1}% {:>5}  {}",
+                            name,
+                            format!("n{}", s["nodeId"]),
+                            r["floorIndex"].to_string(),
+                            r["purges"].to_string(),
+                            r["retainedBytes"].to_string(),
+                            r["diskUsedRatio"].as_f64().unwrap_or(0.0) * 100.0,
+                            r["diskFull"].to_string(),
+                            r["heldBy"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
             Ok(())
         }
         AdminCmd::Leader { broker } => {
@@ -340,6 +363,15 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                     p.consumer_offset.map(|o| o.to_string()).unwrap_or_else(|| "none".into()),
                     p.lag().map(|l| l.to_string()).unwrap_or_else(|| "-".into())
                 );
+            }
+            // Messages retention deleted before this group consumed them (replicated, per broker group).
+            let info = admin.cluster_info().await.context("cluster info")?;
+            for (name, b) in &info.broker_addr_table {
+                let Some(addr) = b.broker_addrs.get(&0) else { continue };
+                if let Ok(s) = admin.node_status(addr).await {
+                    let lost = s["retention"]["lost"][&group][&topic].as_u64().unwrap_or(0);
+                    println!("{name}: {lost} messages of {topic} lost to retention before {group} consumed them");
+                }
             }
             Ok(())
         }

@@ -171,3 +171,40 @@ pub fn list_numbered(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     out.sort_by_key(|(n, _)| *n);
     Ok(out)
 }
+
+/// Size and free space of the filesystem holding a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Total bytes.
+    pub total: u64,
+    /// Bytes available to an unprivileged writer.
+    pub available: u64,
+}
+
+impl DiskUsage {
+    /// Used fraction as RocketMQ computes it: (total − available) / total; 0 for an empty filesystem.
+    pub fn used_ratio(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.total.saturating_sub(self.available) as f64 / self.total as f64
+        }
+    }
+}
+
+/// `statvfs` of the filesystem holding `path`.
+pub fn disk_usage(path: &Path) -> std::io::Result<DiskUsage> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points at writable memory of the right type.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    // The field types are u64 on 64-bit Linux (fsblkcnt_t, c_ulong).
+    let frsize = st.f_frsize;
+    Ok(DiskUsage { total: st.f_blocks.saturating_mul(frsize), available: st.f_bavail.saturating_mul(frsize) })
+}

@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 
 pub use config::{CommitLogConfig, FlushPolicy};
 pub use error::{CommitLogError, Result};
-pub use fsutil::create_dir_durable;
+pub use fsutil::{create_dir_durable, disk_usage, DiskUsage};
 pub use io::DurableCallback;
 pub use record::{LogPoint, RecordKind, RecordMeta, HEADER_LEN};
 pub use store::{PurgedMark, RecordLocation, RecoveryReport, Stats};

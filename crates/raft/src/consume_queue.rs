@@ -428,6 +428,11 @@ impl ConsumeQueue {
         (from.max(self.min_offset())..end).map_while(|o| self.get(o)).collect()
     }
 
+    /// Raises the first served offset (retention) without touching files ([`Self::advance_min`] deletes).
+    pub(crate) fn raise_min(&self, min: u64) {
+        self.min_offset.fetch_max(min.min(self.max_offset()), Ordering::AcqRel);
+    }
+
     /// Raises the first served offset (retention) and deletes files wholly below it.
     pub(crate) fn advance_min(&self, min: u64) -> Result<(), StoreFailure> {
         self.min_offset.fetch_max(min, Ordering::AcqRel);

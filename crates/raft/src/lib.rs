@@ -18,5 +18,6 @@ pub mod error;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod retention;
 pub mod state_machine;
 pub mod types;

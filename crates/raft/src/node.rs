@@ -166,6 +166,9 @@ pub enum NodeError {
     /// A wait ran out of time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Reading the local log failed (its kind says whether IO or corruption).
+    #[error("read: {0}")]
+    Read(#[from] crate::error::ReadError),
 }
 
 /// Why a write was not committed.
@@ -873,6 +876,9 @@ impl RaftNode {
         let pin = self.sm.retention_pin_index().unwrap_or(u64::MAX);
         let limit = upto.min(applied).min(pin);
         let Some(p) = self.sm.checkpoint_indexes().into_iter().rev().find(|i| *i <= limit) else { return Ok(None) };
+        if self.log.reader().state().purged.is_some_and(|m| m.point.index >= p) {
+            return Ok(None);
+        }
         self.sm.set_snapshot_boundary(p);
         self.raft.trigger().snapshot().await.map_err(|e| self.raft_err(e))?;
         let m = self
@@ -890,13 +896,34 @@ impl RaftNode {
             .map_err(|e| NodeError::Timeout(e.to_string()))?;
         if let Some(mark) = self.log.reader().state().purged {
             let sm = Arc::clone(&self.sm);
-            tokio::task::spawn_blocking(move || sm.advance_min_offsets(mark.next_pos))
+            // The replicated floor may lie above the purge point (the nearest checkpoint below it): files
+            // wholly below the floor's offsets go too.
+            let floor = sm.retention_floor().pos.max(mark.next_pos);
+            tokio::task::spawn_blocking(move || sm.advance_min_offsets(floor))
                 .await
                 .map_err(|e| self.raft_err(e))?
                 .map_err(NodeError::Store)?;
         }
         info!(index = snap, "log compacted");
         Ok(Some(snap))
+    }
+
+    /// Decides the next retention purge point from the local log and applied state (see
+    /// [`crate::retention`]); the leader proposes it with [`RaftNode::write`] of `Command::Retain`.
+    pub async fn plan_retention(&self, policy: crate::retention::RetentionPolicy) -> Result<crate::retention::RetentionPlan, NodeError> {
+        let sm = Arc::clone(&self.sm);
+        let log = self.log.reader();
+        tokio::task::spawn_blocking(move || {
+            let inputs = crate::retention::PlanInputs {
+                floor: sm.retention_floor(),
+                applied: sm.last_applied_index().unwrap_or(0),
+                pin: sm.retention_pin_index(),
+            };
+            crate::retention::plan(&log, inputs, &policy)
+        })
+        .await
+        .map_err(|e| self.raft_err(e))?
+        .map_err(NodeError::Read)
     }
 
     /// Stops openraft and the transport, then waits until everything written is durable. The commitlog's

@@ -91,9 +91,25 @@ pub struct Metadata {
 /// First bytes of a versioned checkpoint or snapshot body. A legacy (version 1) body is the bincode of
 /// [`MetadataV1`] and starts with the tag of an `Option` (0 or 1), never with 0xFF.
 const STATE_MAGIC: [u8; 4] = [0xFF, b'R', b'M', b'S'];
-/// The version this code writes: 3 = [`Metadata`] with [`BrokerState`] including pending transactions and
-/// the de-duplication window; 2 = without them ([`MetadataV2`]).
-const STATE_VERSION: u8 = 3;
+/// The version this code writes: 4 = [`Metadata`] with [`BrokerState`] including the retention floor;
+/// 3 = without it ([`MetadataV3`]); 2 = also without pending transactions and the de-duplication window
+/// ([`MetadataV2`]).
+const STATE_VERSION: u8 = 4;
+
+/// The version 3 layout: [`BrokerState`] before retention.
+#[derive(Deserialize)]
+struct MetadataV3 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, Node>,
+    log_end_pos: u64,
+    topics: BTreeMap<String, raftmq_state::TopicConfig>,
+    queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
+    consumer_offsets: raftmq_state::ConsumerOffsets,
+    clock: raftmq_state::Clock,
+    schedule: raftmq_state::Schedule,
+    transactions: raftmq_state::Transactions,
+    dedup: raftmq_state::DedupWindow,
+}
 
 /// The version 2 layout: [`BrokerState`] before transactions and de-duplication.
 #[derive(Deserialize)]
@@ -135,6 +151,24 @@ impl Metadata {
         if let Some(rest) = bytes.strip_prefix(&STATE_MAGIC[..]) {
             return match rest.split_first() {
                 Some((&STATE_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
+                Some((3, body)) => {
+                    let v3: MetadataV3 = bincode::deserialize(body).map_err(|e| format!("version 3 state: {e}"))?;
+                    Ok(Metadata {
+                        last_applied: v3.last_applied,
+                        membership: v3.membership,
+                        log_end_pos: v3.log_end_pos,
+                        state: BrokerState {
+                            topics: v3.topics,
+                            queues: v3.queues,
+                            consumer_offsets: v3.consumer_offsets,
+                            clock: v3.clock,
+                            schedule: v3.schedule,
+                            transactions: v3.transactions,
+                            dedup: v3.dedup,
+                            ..BrokerState::default()
+                        },
+                    })
+                }
                 Some((2, body)) => {
                     let v2: MetadataV2 = bincode::deserialize(body).map_err(|e| format!("version 2 state: {e}"))?;
                     Ok(Metadata {
@@ -394,6 +428,16 @@ impl SmShared {
     /// The committed offset of a consumer group on a queue.
     pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
         read_lock(&self.meta).state.consumer_offsets.get(group)?.get(topic)?.get(&queue_id).copied()
+    }
+
+    /// The replicated retention floor and what groups lost to it.
+    pub fn retention(&self) -> raftmq_state::Retention {
+        read_lock(&self.meta).state.retention.clone()
+    }
+
+    /// The replicated retention floor.
+    pub fn retention_floor(&self) -> raftmq_state::RetainPoint {
+        read_lock(&self.meta).state.retention.floor
     }
 
     /// Last applied log index.
@@ -658,6 +702,13 @@ impl QueueStore for CqWriter<'_> {
         Ok(())
     }
 
+    fn first_at_or_after(&mut self, topic: &str, queue_id: u32, queue: QueueState, pos: u64) -> Result<Option<u64>, StoreFailure> {
+        if queue.next_offset == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.queue(topic, queue_id, queue)?.first_offset_at_or_after(pos)))
+    }
+
     fn publish(&mut self, topic: &str, queue_id: u32, next_offset: u64) {
         // Always the queue just written (a part publishes after its writes), so never a lookup.
         match &self.last {
@@ -731,10 +782,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(cmd) => {
                     let mut queues = CqWriter { shared: &shared, dirty: &mut self.dirty, last: None };
-                    meta.state.apply(cmd, &mut queues).map_err(|e| match e {
+                    let resp = meta.state.apply(cmd, &mut queues).map_err(|e| match e {
                         ApplyError::Store(f) => shared.fail(ErrorVerb::Write, f),
                         e @ ApplyError::Unlogged => sm_err(ErrorVerb::Write, e),
-                    })?
+                    })?;
+                    if matches!((cmd, &resp), (Command::Retain(_), CommandResponse::Done)) {
+                        // Readers stop serving below the floor now; the files go when this replica compacts.
+                        for (topic, qs) in &meta.state.retention.queue_floor {
+                            for (qid, min) in qs {
+                                if let Some(q) = shared.queue(topic, *qid) {
+                                    q.raise_min(*min);
+                                }
+                            }
+                        }
+                    }
+                    resp
                 }
             };
             meta.last_applied = Some(entry.log_id);

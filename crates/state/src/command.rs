@@ -24,6 +24,7 @@
 //!     | 5 u8 | half_phys u64                                                   check-back round made
 //!   str := len u16 | UTF-8 bytes
 //! tag 7 SetDedupWindow:    bincode(DedupSettings)
+//! tag 8 Retain:            index u64 | pos u64 | decided_ms i64 | reason u8   (the retention floor)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
 //! ```
 //! Versioning: a tag never changes meaning. Tag 1 is what raftmq wrote before time entered the log; it is
@@ -35,6 +36,7 @@ use bytes::{Buf, BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
+use crate::retention::{RetainPoint, RETAIN_BYTES};
 
 /// One message of a produce batch: the RocketMQ-encoded message bytes, kept verbatim, plus the tag hash the
 /// consume queue stores.
@@ -305,6 +307,8 @@ pub enum Command {
     SetDelayLevels(Vec<u64>),
     /// Replace the de-duplication window's settings.
     SetDedupWindow(DedupSettings),
+    /// Move the retention floor: the log below this point is deleted ([`crate::retention`]).
+    Retain(RetainPoint),
 }
 
 /// Where one produced message landed.
@@ -349,6 +353,7 @@ const TAG_PRODUCE_AT: u8 = 4;
 const TAG_SET_DELAY_LEVELS: u8 = 5;
 const TAG_PRODUCE_OPS: u8 = 6;
 const TAG_SET_DEDUP_WINDOW: u8 = 7;
+const TAG_RETAIN: u8 = 8;
 
 /// Encoded bytes a produce entry with ops adds to [`PRODUCE_HEADER_BYTES`]: the op count.
 pub const OPS_HEADER_BYTES: usize = 4;
@@ -396,6 +401,7 @@ impl Command {
             Command::UpsertTopic(t) => 1 + 24 + t.name.len(),
             Command::SetDelayLevels(v) => 9 + 8 * v.len(),
             Command::SetDedupWindow(_) => 17,
+            Command::Retain(_) => 1 + RETAIN_BYTES,
         }
     }
 
@@ -459,6 +465,13 @@ impl Command {
             Command::SetDedupWindow(d) => {
                 out.put_u8(TAG_SET_DEDUP_WINDOW);
                 bincode::serialize_into(&mut *out, d).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::Retain(p) => {
+                out.put_u8(TAG_RETAIN);
+                out.put_u64_le(p.index);
+                out.put_u64_le(p.pos);
+                out.put_i64_le(p.decided_ms);
+                out.put_u8(p.reason);
             }
         }
         Ok(())
@@ -524,6 +537,14 @@ impl Command {
             TAG_UPSERT_TOPIC => Ok(Command::UpsertTopic(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_SET_DELAY_LEVELS => Ok(Command::SetDelayLevels(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_SET_DEDUP_WINDOW => Ok(Command::SetDedupWindow(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
+            TAG_RETAIN => {
+                need(&b, RETAIN_BYTES)?;
+                let p = RetainPoint { index: b.get_u64_le(), pos: b.get_u64_le(), decided_ms: b.get_i64_le(), reason: b.get_u8() };
+                if b.has_remaining() {
+                    return Err(PayloadError::Trailing(b.remaining()));
+                }
+                Ok(Command::Retain(p))
+            }
             other => Err(PayloadError::UnknownTag(other)),
         }
     }
@@ -687,6 +708,21 @@ mod tests {
             queue_id: 3,
             messages: bodies.iter().map(|b| Message { tags_code: 7, data: Bytes::copy_from_slice(b), phys_offset: None }).collect(),
         }
+    }
+
+    #[test]
+    fn a_retain_point_has_a_fixed_layout_and_refuses_trailing_bytes() {
+        let p = RetainPoint { index: 0x0102, pos: 0x0304 << 20, decided_ms: -5, reason: 2 };
+        let mut out = Vec::new();
+        Command::Retain(p).encode(&mut out).unwrap();
+        assert_eq!(out.len(), Command::Retain(p).encoded_len());
+        assert_eq!(out[0], 8);
+        assert_eq!(&out[1..9], &0x0102u64.to_le_bytes());
+        assert_eq!(Command::decode(&Bytes::from(out.clone()), None).unwrap(), Command::Retain(p));
+        out.push(0);
+        assert_eq!(Command::decode(&Bytes::from(out.clone()), None), Err(PayloadError::Trailing(1)));
+        out.truncate(10);
+        assert_eq!(Command::decode(&Bytes::from(out), None), Err(PayloadError::Truncated));
     }
 
     #[test]

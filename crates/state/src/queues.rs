@@ -14,8 +14,8 @@ use crate::unit::CqUnit;
 pub struct QueueState {
     /// Offset of the next message.
     pub next_offset: u64,
-    /// First offset this replica serves. Local: raised by this replica's retention and by a snapshot
-    /// install; never read by `apply`.
+    /// First offset this replica serves. Raised by retention (the replicated floor, see [`crate::retention`])
+    /// and, locally, by a snapshot install (nothing below the snapshot is held); never read by `apply`.
     pub min_offset: u64,
 }
 
@@ -34,6 +34,10 @@ pub trait QueueStore {
     fn write(&mut self, topic: &str, queue_id: u32, queue: QueueState, at: u64, unit: CqUnit) -> Result<(), Self::Error>;
     /// Makes the units below `next_offset` of the topic-queue readable.
     fn publish(&mut self, topic: &str, queue_id: u32, next_offset: u64);
+    /// The first offset of the topic-queue (state `queue`) whose unit points at or after log position `pos`
+    /// (units grow with the log), or `None` when this store holds no unit of the queue. Retention uses it;
+    /// the answer depends only on units, which are the same on every replica at or above any floor.
+    fn first_at_or_after(&mut self, topic: &str, queue_id: u32, queue: QueueState, pos: u64) -> Result<Option<u64>, Self::Error>;
 }
 
 /// What the rest of the state says about each message of a produce entry as it is indexed, in entry order.

@@ -104,7 +104,7 @@ impl Cluster {
         for (id, _, _) in &peers {
             let mut toml = format!(
                 "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{namesrv}\"\nstorePathRootDir = \"{}\"\n\
-                 mappedFileSizeCommitLog = 8388608\nbootstrap = {}\n\
+                 mappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = {}\n\
                  transactionTimeOut = {TXN_TIMEOUT_MS}\ntransactionCheckInterval = {TXN_CHECK_INTERVAL_MS}\n",
                 cluster.path(&format!("n{id}")),
                 *id == 1

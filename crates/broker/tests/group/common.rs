@@ -50,7 +50,7 @@ impl Group {
         for (id, _, _) in &peers {
             let mut toml = format!(
                 "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{ns}\"\nstorePathRootDir = \"{}\"\n\
-                 mappedFileSizeCommitLog = 8388608\ncommitLogPrefillAheadBytes = 0\nbootstrap = {}\n",
+                 mappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\ncommitLogPrefillAheadBytes = 0\nbootstrap = {}\n",
                 dir.path().join(format!("n{id}")).display(),
                 *id == 1
             );

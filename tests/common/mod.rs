@@ -138,6 +138,60 @@ impl Cluster {
         Cluster { dir, namesrv, namesrv_child, nodes }
     }
 
+    /// Starts another broker group `broker_name` of `n` nodes (ids `first_id`.., which must not collide with
+    /// nodes already in the cluster) registering with the same nameserver; waits until it has a ready leader.
+    pub async fn add_group(&mut self, broker_name: &str, first_id: u64, n: u64) {
+        let peers: Vec<(u64, String, String)> =
+            (first_id..first_id + n).map(|id| (id, format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
+        for (id, client, raft) in &peers {
+            assert!(self.nodes.iter().all(|x| x.id != *id), "node id {id} is taken");
+            let mut toml = format!(
+                "brokerName = \"{broker_name}\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = {}\n",
+                self.namesrv,
+                self.dir.path().join(format!("n{id}")).display(),
+                *id == first_id
+            );
+            for (pid, pc, pr) in &peers {
+                toml.push_str(&format!("[[peers]]\nid = {pid}\nraftAddr = \"{pr}\"\nclientAddr = \"{pc}\"\n"));
+            }
+            let config = self.dir.path().join(format!("n{id}.toml"));
+            std::fs::write(&config, toml).expect("write config");
+            self.nodes.push(Node { id: *id, client_addr: client.clone(), raft_addr: raft.clone(), config, child: None });
+            self.start_node(*id);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        'wait: loop {
+            for (id, client, _) in &peers {
+                if let Some(s) = node_status(client).await {
+                    if s["role"] == "Leader" && s["ready"] == true {
+                        let _ = id;
+                        break 'wait;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "group {broker_name} elected no leader\n{}", self.log_tails(30));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes the config of a fresh node for a run-time `raftmq admin node add`/`replace`: the next unused id,
+    /// new ports, `bootstrap = false`, an empty store, and a `[[peers]]` list naming only itself (so what it
+    /// knows of the others' client addresses comes from the Raft membership). Starts it; returns its id.
+    pub fn start_fresh_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let (client, raft) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let toml = format!(
+            "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\nbootstrap = false\n[[peers]]\nid = {id}\nraftAddr = \"{raft}\"\nclientAddr = \"{client}\"\n",
+            self.namesrv,
+            self.dir.path().join(format!("n{id}")).display()
+        );
+        let config = self.dir.path().join(format!("n{id}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        self.nodes.push(Node { id, client_addr: client, raft_addr: raft, config, child: None });
+        self.start_node(id);
+        id
+    }
+
     /// The store directory of node `id` (`storePathRootDir`) of a cluster made without `stores`.
     pub fn store_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("n{id}"))

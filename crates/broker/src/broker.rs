@@ -13,6 +13,7 @@ use raftmq_commitlog::FlushPolicy;
 use raftmq_net::server::HandlerFuture;
 use raftmq_net::{Conn, RemotingClient, RemotingServer, RequestHandler};
 use raftmq_raft::error::StoreFailure;
+use raftmq_raft::member::MemberAddr;
 use raftmq_raft::node::{NodeConfig, NodeError, RaftNode, Role, WriteError};
 use raftmq_raft::types::{OffsetCommit, TopicConfig};
 use raftmq_remoting::body::{encode_json_body, RegisterBrokerBody, TopicConfig as WireTopicConfig, TopicConfigSerializeWrapper};
@@ -25,7 +26,10 @@ use tracing::{debug, info, warn};
 use crate::config::{BrokerConfig, FlushDiskType};
 use crate::consumers::{ClientLimits, ClientManager};
 use crate::locks::QueueLocks;
-use crate::processor::{reply, RAFTMQ_NODE_STATUS, RAFTMQ_SET_DELAY_LEVELS, RAFTMQ_TRANSFER_LEADER};
+use crate::processor::{
+    reply, RAFTMQ_ADD_NODE, RAFTMQ_MEMBERS, RAFTMQ_NODE_STATUS, RAFTMQ_PROMOTE_NODE, RAFTMQ_REMOVE_NODE, RAFTMQ_SET_DELAY_LEVELS,
+    RAFTMQ_TRANSFER_LEADER,
+};
 use crate::store::MessageStore;
 use crate::topics::{validate_group, validate_topic, AUTO_CREATE_TOPIC, PERM_READ_WRITE};
 
@@ -196,7 +200,9 @@ impl Broker {
         crate::retention::wait_for_disk_space(&cfg.store_path_root_dir, cfg.mapped_file_size_commit_log).await;
         let node = Arc::new(RaftNode::start(nc).await?);
         if cfg.bootstrap {
-            let members = cfg.peers.iter().map(|p| (p.id, p.raft_addr.clone())).collect();
+            // The membership records each member's client address too, so members added later learn it.
+            let members =
+                cfg.peers.iter().map(|p| (p.id, MemberAddr::new(p.raft_addr.clone(), p.client_addr.clone()).to_string())).collect();
             node.initialize(members).await?;
         }
         let store = MessageStore::new(Arc::clone(&node), cfg.clock_jump_warn_ms.min(i64::MAX as u64) as i64);
@@ -538,6 +544,10 @@ impl RequestHandler for Handler {
                 code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
                 code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(&req).await,
                 code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(&req).await,
+                code if code.0 == RAFTMQ_MEMBERS => b.members(&req),
+                code if code.0 == RAFTMQ_ADD_NODE => b.add_node(&req).await,
+                code if code.0 == RAFTMQ_PROMOTE_NODE => b.promote_node(&req).await,
+                code if code.0 == RAFTMQ_REMOVE_NODE => b.remove_node(&req).await,
                 code => {
                     reply(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by raftmq", code.0))
                 }

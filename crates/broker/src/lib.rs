@@ -8,7 +8,8 @@
 //! - [`locks`]: queue locks for orderly consumers.
 //! - [`broker`]: the running node — startup, nameserver registration, request dispatch; the processors
 //!   live in `processor.rs` (pull, offsets, clients, topics), `send.rs` (sends and send-back), `schedule.rs`
-//!   (delayed and timer delivery) and `txn.rs` (transactions and the de-duplication window).
+//!   (delayed and timer delivery), `txn.rs` (transactions and the de-duplication window) and `members.rs`
+//!   (membership: node list, add, replace, remove).
 //! - [`retention`]: deleting old segments through the log, and refusing sends on a full disk.
 
 // Processors return `Result<_, Reply>` where the error *is* the response to send: built once per failed
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod config;
 pub mod consumers;
 pub mod locks;
+mod members;
 mod processor;
 pub mod retention;
 mod schedule;

@@ -32,7 +32,10 @@ use crate::store::GetStatus;
 use crate::topics::{retry_topic, validate_group, validate_topic, PERM_READ, PERM_READ_WRITE};
 
 /// raftmq-specific request: this node's Raft status as JSON (admin `status`).
-pub use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_SET_DELAY_LEVELS, RAFTMQ_TRANSFER_LEADER};
+pub use raftmq_remoting::codes::{
+    RAFTMQ_ADD_NODE, RAFTMQ_MEMBERS, RAFTMQ_NODE_STATUS, RAFTMQ_PROMOTE_NODE, RAFTMQ_REMOVE_NODE, RAFTMQ_SET_DELAY_LEVELS,
+    RAFTMQ_TRANSFER_LEADER,
+};
 /// Longest client id a heartbeat or lock request may carry (RocketMQ's are `ip@instance[@unit]`).
 pub(crate) const CLIENT_ID_BYTES_MAX: usize = 1024;
 /// Longest subscription expression a heartbeat may carry.
@@ -107,7 +110,7 @@ impl BrokerInner {
         if role.role == Role::Leader && role.ready {
             return Ok(());
         }
-        let leader = role.leader.and_then(|id| self.cfg.client_addr_of(id)).map(String::from);
+        let leader = role.leader.and_then(|id| self.client_addr_of(id));
         let remark = match (role.role, leader) {
             (Role::Leader, _) => {
                 format!("broker {} is the new Raft leader and still applying earlier entries; retry shortly", self.cfg.broker_name)
@@ -131,10 +134,19 @@ impl BrokerInner {
         if req.ext_fields.contains_key(FORWARDED_FIELD) {
             return not_leader;
         }
-        let leader = self.node.role().borrow().leader.and_then(|id| self.cfg.client_addr_of(id)).map(String::from);
+        let leader = self.node.role().borrow().leader.and_then(|id| self.client_addr_of(id));
         let Some(addr) = leader.filter(|a| Some(a.as_str()) != self.cfg.me().ok().map(|p| p.client_addr.as_str())) else {
             return not_leader;
         };
+        self.forward_to(req, &addr, not_leader, FORWARD_TIMEOUT).await
+    }
+
+    /// Relays `req` to the member whose client port is `addr` (normally the leader) on the kept leader
+    /// connection, marked as forwarded, and answers with its response (waiting up to `timeout`); `unreachable`
+    /// when it cannot be reached.
+    pub(crate) async fn forward_to(&self, req: &RemotingCommand, addr: &str, unreachable: Reply, timeout: Duration) -> Reply {
+        let addr = addr.to_string();
+        let not_leader = unreachable;
         let client = {
             let mut link = self.leader_link.lock().await;
             match link.as_ref() {
@@ -160,7 +172,7 @@ impl BrokerInner {
             }
             return None;
         }
-        match client.invoke(fwd, FORWARD_TIMEOUT).await {
+        match client.invoke(fwd, timeout).await {
             Ok(resp) => {
                 let mut out = RemotingCommand::response_to(req, ResponseCode(resp.code), resp.remark);
                 out.ext_fields = resp.ext_fields;
@@ -582,11 +594,11 @@ impl BrokerInner {
         let Some(target) = req.ext_fields.get("target").and_then(|t| t.trim().trim_start_matches('n').parse::<u64>().ok()) else {
             return reply(req, ResponseCode::SYSTEM_ERROR, "ext field `target` must name a member id (e.g. 2 or n2)");
         };
-        if !self.cfg.peers.iter().any(|p| p.id == target) {
+        if !self.node.members().members.iter().any(|m| m.id == target && m.voter) {
             return reply(
                 req,
                 ResponseCode::SYSTEM_ERROR,
-                format!("node {target} is not a member of broker group {}", self.cfg.broker_name),
+                format!("node {target} is not a member (a voter) of broker group {}", self.cfg.broker_name),
             );
         }
         if let Err(r) = self.check_leader(req) {
@@ -651,6 +663,7 @@ impl BrokerInner {
             "brokerName": self.cfg.broker_name,
             "nodeId": s.id,
             "clientAddr": self.cfg.me().map(|p| p.client_addr.clone()).unwrap_or_default(),
+            "raftAddr": self.node.raft_addr(),
             "role": format!("{:?}", s.role),
             "ready": self.node.role().borrow().ready,
             "term": s.term,

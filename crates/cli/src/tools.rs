@@ -53,6 +53,11 @@ pub enum AdminCmd {
         /// The new table.
         levels: String,
     },
+    /// Group membership: list, add a fresh node, replace a dead one, remove one.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Consumer-group progress and lag on a topic.
     Group {
         /// Consumer group.
@@ -61,6 +66,183 @@ pub enum AdminCmd {
         #[arg(long)]
         topic: String,
     },
+}
+
+/// `raftmq admin node` subcommands.
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Members of a group: id, Raft and client address, voter or learner, matched log index and lag.
+    List {
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Add a fresh node (started with its own config, `bootstrap = false`, an empty store and a node id never
+    /// used in the group): it joins as a learner, catches up (snapshot + log), then becomes a voter.
+    Add {
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+        /// The new node's client address (host:port); the leader asks it for its id and Raft address.
+        #[arg(long)]
+        addr: String,
+        /// Give up waiting for the catch-up after this many seconds (the node stays a learner).
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Replace a dead voter by a fresh node with a new id, in one joint change once the new node caught up.
+    Replace {
+        /// The voter to replace (`2` or `n2`).
+        node: String,
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+        /// The new node's client address (host:port).
+        #[arg(long)]
+        addr: String,
+        /// Give up waiting for the catch-up after this many seconds (the new node stays a learner).
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Remove a member. Removing the leader moves leadership to another voter first.
+    Remove {
+        /// The member to remove (`2` or `n2`).
+        node: String,
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+        /// Remove even below 3 voters, or when the remaining voters may not form a quorum.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// A learner is asked to become a voter once it is at most this many log entries behind the leader (openraft's
+/// `replication_lag_threshold` in raftmq's node config); the leader then waits for the rest.
+const PROMOTE_LAG_MAX: u64 = 1000;
+/// RocketMQ SYSTEM_BUSY: the learner has not caught up yet; keep waiting.
+const CODE_SYSTEM_BUSY: i32 = 2;
+/// RocketMQ SERVICE_NOT_AVAILABLE: the node asked is no longer the (ready) leader; ask again.
+const CODE_SERVICE_NOT_AVAILABLE: i32 = 14;
+
+fn parse_node(s: &str) -> Result<u64> {
+    match s.trim().trim_start_matches('n').parse::<u64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => bail!("{s:?} is not a node id (e.g. 2 or n2)"),
+    }
+}
+
+/// The member `id` in a RAFTMQ_MEMBERS answer.
+fn member_of(members: &serde_json::Value, id: u64) -> Option<&serde_json::Value> {
+    members["members"].as_array()?.iter().find(|m| m["nodeId"].as_u64() == Some(id))
+}
+
+/// Waits for learner `id` of `group` to catch up, printing its matched index against the leader's last index
+/// once a second, then has the leader promote it (or swap it for `replaces`). Follows a change of leader.
+async fn catch_up_and_promote(admin: &Admin, group: &str, id: u64, replaces: Option<u64>, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let mut seen = (None, None);
+    loop {
+        let (_, leader) = registered_leader(admin, Some(group)).await?;
+        match admin.members(&leader).await {
+            Ok(m) => {
+                let member = member_of(&m, id).ok_or_else(|| anyhow!("n{id} is no longer a member of {group}"))?;
+                if member["role"] == "voter" {
+                    return Ok(());
+                }
+                let (matched, last) = (member["matched"].as_u64(), m["lastLogIndex"].as_u64());
+                seen = (matched, last);
+                if last_print.elapsed() >= Duration::from_secs(1) {
+                    let lag = last.unwrap_or(0).saturating_sub(matched.unwrap_or(0));
+                    println!("n{id} catching up: matched {} of {} (lag {lag})", fmt_index(matched), fmt_index(last));
+                    last_print = Instant::now();
+                }
+                let lag = matched.map(|x| last.unwrap_or(0).saturating_sub(x));
+                if lag.is_some_and(|l| l <= PROMOTE_LAG_MAX) {
+                    match admin.promote_node(&leader, id, replaces).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) if e.response_code() == Some(CODE_SYSTEM_BUSY) => {}
+                        Err(e) if e.response_code() == Some(CODE_SERVICE_NOT_AVAILABLE) => {}
+                        Err(e) => return Err(anyhow!(e).context(format!("promote n{id}"))),
+                    }
+                }
+            }
+            // The leader moved or is electing: find the new one.
+            Err(e) => eprintln!("members of {group} from {leader}: {e}"),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "n{id} did not catch up within {} s (matched {} of {}); it stays a learner: run the same command again to keep \
+                 waiting, or `raftmq admin node remove n{id}`",
+                timeout.as_secs(),
+                fmt_index(seen.0),
+                fmt_index(seen.1)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn fmt_index(i: Option<u64>) -> String {
+    i.map(|i| i.to_string()).unwrap_or_else(|| "-".into())
+}
+
+async fn run_node(admin: &Admin, cmd: NodeCmd) -> Result<()> {
+    match cmd {
+        NodeCmd::List { broker } => {
+            let (group, addr) = registered_leader(admin, broker.as_deref()).await?;
+            let m = admin.members(&addr).await.with_context(|| format!("members of {group}"))?;
+            println!(
+                "{:<12} {:<6} {:<22} {:<22} {:<8} {:>10} {:>8}",
+                "group", "node", "raft addr", "client addr", "role", "matched", "lag"
+            );
+            for x in m["members"].as_array().into_iter().flatten() {
+                let leader = x["nodeId"] == m["leader"];
+                println!(
+                    "{:<12} {:<6} {:<22} {:<22} {:<8} {:>10} {:>8}",
+                    group,
+                    format!("n{}", x["nodeId"]),
+                    x["raftAddr"].as_str().unwrap_or("?"),
+                    x["clientAddr"].as_str().unwrap_or("-"),
+                    if leader { "leader" } else { x["role"].as_str().unwrap_or("?") },
+                    fmt_index(x["matched"].as_u64()),
+                    fmt_index(x["lag"].as_u64())
+                );
+            }
+            Ok(())
+        }
+        NodeCmd::Add { broker, addr, timeout_secs } => {
+            let (group, leader) = registered_leader(admin, broker.as_deref()).await?;
+            let added = admin.add_node(&leader, &addr).await.with_context(|| format!("add the node at {addr} to {group}"))?;
+            let id = added["nodeId"].as_u64().ok_or_else(|| anyhow!("the leader did not name the new node"))?;
+            println!("n{id} ({addr}, raft {}) is a learner of {group}", added["raftAddr"].as_str().unwrap_or("?"));
+            catch_up_and_promote(admin, &group, id, None, Duration::from_secs(timeout_secs)).await?;
+            println!("n{id} is a voter of {group}");
+            Ok(())
+        }
+        NodeCmd::Replace { node, broker, addr, timeout_secs } => {
+            let dead = parse_node(&node)?;
+            let (group, leader) = registered_leader(admin, broker.as_deref()).await?;
+            let m = admin.members(&leader).await.with_context(|| format!("members of {group}"))?;
+            if member_of(&m, dead).is_none_or(|x| x["role"] != "voter") {
+                bail!("n{dead} is not a voter of {group}");
+            }
+            let added = admin.add_node(&leader, &addr).await.with_context(|| format!("add the node at {addr} to {group}"))?;
+            let id = added["nodeId"].as_u64().ok_or_else(|| anyhow!("the leader did not name the new node"))?;
+            println!("n{id} ({addr}) is a learner of {group}, to replace n{dead}");
+            catch_up_and_promote(admin, &group, id, Some(dead), Duration::from_secs(timeout_secs)).await?;
+            println!("n{id} replaced n{dead} in {group}");
+            Ok(())
+        }
+        NodeCmd::Remove { node, broker, force } => {
+            let id = parse_node(&node)?;
+            let (group, leader) = registered_leader(admin, broker.as_deref()).await?;
+            admin.remove_node(&leader, id, force).await.with_context(|| format!("remove n{id} from {group}"))?;
+            println!("n{id} removed from {group}");
+            Ok(())
+        }
+    }
 }
 
 /// Topic subcommands.
@@ -335,6 +517,7 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
             println!("n{target}");
             Ok(())
         }
+        AdminCmd::Node { cmd } => run_node(admin, cmd).await,
         AdminCmd::Topic { cmd: TopicCmd::Create { name, queues } } => {
             for group in admin.create_topic(&name, queues).await.context("create topic")? {
                 println!("created {name} with {queues} queues on {group}");

@@ -1,8 +1,11 @@
 //! Administration over the remoting protocol: cluster and topic listings, topic creation on every broker
-//! group's leader, per-queue consumer-group progress, and raftmq's node status.
+//! group's leader, per-queue consumer-group progress, and raftmq's node status and membership changes.
 
 use raftmq_remoting::body::{decode_json_body, ClusterInfo, TopicRouteData};
-use raftmq_remoting::codes::{RAFTMQ_NODE_STATUS, RAFTMQ_SET_DELAY_LEVELS, RAFTMQ_TRANSFER_LEADER};
+use raftmq_remoting::codes::{
+    RAFTMQ_ADD_NODE, RAFTMQ_MEMBERS, RAFTMQ_NODE_STATUS, RAFTMQ_PROMOTE_NODE, RAFTMQ_REMOVE_NODE, RAFTMQ_SET_DELAY_LEVELS,
+    RAFTMQ_TRANSFER_LEADER,
+};
 use raftmq_remoting::header::{perm, CreateTopicRequestHeader, DEFAULT_TOPIC};
 use raftmq_remoting::{RemotingCommand, RequestCode};
 use serde::Deserialize;
@@ -127,6 +130,44 @@ impl Admin {
     pub async fn transfer_leader(&self, leader_addr: &str, target: u64) -> Result<()> {
         let cmd = RemotingCommand::request(RequestCode(RAFTMQ_TRANSFER_LEADER), 0).with_ext("target", target.to_string());
         let resp = self.client.invoke(leader_addr, cmd, std::time::Duration::from_secs(15)).await?;
+        check_success(leader_addr, resp).map(|_| ())
+    }
+
+    /// raftmq only: the group's members as the node at `addr` sees them (JSON: leader, lastLogIndex, and per
+    /// member nodeId, raftAddr, clientAddr, role `voter`/`learner`, matched and lag — those two on the leader
+    /// only).
+    pub async fn members(&self, addr: &str) -> Result<serde_json::Value> {
+        let cmd = RemotingCommand::request(RequestCode(RAFTMQ_MEMBERS), 0);
+        let resp = check_success(addr, self.client.invoke(addr, cmd, self.client.config().request_timeout).await?)?;
+        serde_json::from_slice(&resp.body).map_err(|e| ClientError::Protocol(format!("members from {addr}: {e}")))
+    }
+
+    /// raftmq only: asks the leader at `leader_addr` to add the fresh node answering at client address
+    /// `node_addr` as a learner. Returns its nodeId, raftAddr and clientAddr (JSON).
+    pub async fn add_node(&self, leader_addr: &str, node_addr: &str) -> Result<serde_json::Value> {
+        let cmd = RemotingCommand::request(RequestCode(RAFTMQ_ADD_NODE), 0).with_ext("addr", node_addr);
+        let resp = check_success(leader_addr, self.client.invoke(leader_addr, cmd, std::time::Duration::from_secs(15)).await?)?;
+        serde_json::from_slice(&resp.body).map_err(|e| ClientError::Protocol(format!("add node answer from {leader_addr}: {e}")))
+    }
+
+    /// raftmq only: asks the leader at `leader_addr` to make learner `node` a voter, or, with `replaces`, to
+    /// swap it for that voter. Fails with code 2 (SYSTEM_BUSY) while the learner has not caught up.
+    pub async fn promote_node(&self, leader_addr: &str, node: u64, replaces: Option<u64>) -> Result<()> {
+        let mut cmd = RemotingCommand::request(RequestCode(RAFTMQ_PROMOTE_NODE), 0).with_ext("node", node.to_string());
+        if let Some(dead) = replaces {
+            cmd = cmd.with_ext("replaces", dead.to_string());
+        }
+        let resp = self.client.invoke(leader_addr, cmd, std::time::Duration::from_secs(30)).await?;
+        check_success(leader_addr, resp).map(|_| ())
+    }
+
+    /// raftmq only: asks the leader at `leader_addr` to remove member `node` (`force` skips the safe-size and
+    /// quorum checks). Removing the leader moves leadership first.
+    pub async fn remove_node(&self, leader_addr: &str, node: u64, force: bool) -> Result<()> {
+        let cmd = RemotingCommand::request(RequestCode(RAFTMQ_REMOVE_NODE), 0)
+            .with_ext("node", node.to_string())
+            .with_ext("force", force.to_string());
+        let resp = self.client.invoke(leader_addr, cmd, std::time::Duration::from_secs(40)).await?;
         check_success(leader_addr, resp).map(|_| ())
     }
 

@@ -5,6 +5,7 @@
 //! - [`state_machine`]: consume queues (20-byte units pointing into the log), topics, consumer offsets,
 //!   checkpoints and metadata-only snapshots at the retention boundary.
 //! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
+//! - [`member`]: a member's Raft and client addresses as the membership records them.
 //! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching.
 //! - [`error`]: payload errors and [`error::StoreFailure`], the storage failure that stops a node.
 //!
@@ -16,6 +17,7 @@
 pub mod consume_queue;
 pub mod error;
 pub mod log_store;
+pub mod member;
 pub mod network;
 pub mod node;
 pub mod retention;

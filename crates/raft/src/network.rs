@@ -52,6 +52,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, warn};
 
+use crate::member::MemberAddr;
 use crate::types::{LogId, Node, NodeId, Raft, TypeConfig};
 
 /// Largest frame (kind byte + body) accepted or sent: 64 MiB.
@@ -457,7 +458,7 @@ async fn round_trip_on<Resp: DeserializeOwned>(
 }
 
 impl TcpNetwork {
-    /// A client for node `target` at `node.addr`; connects lazily.
+    /// A client for node `target` at the Raft address in `node.addr` ([`MemberAddr`]); connects lazily.
     pub fn new(target: NodeId, node: Node) -> Self {
         TcpNetwork { target, node, conn: None, transfer: None, isolation: Isolation::default() }
     }
@@ -475,7 +476,7 @@ impl TcpNetwork {
             let cut = io::Error::new(io::ErrorKind::NotConnected, "raft traffic of this node is cut off (fault injection)");
             return Err(CallError::Unreachable(cut.into()));
         }
-        let (resp, conn) = round_trip_on(self.conn.take(), &self.node.addr, kind, frame, connect_timeout).await?;
+        let (resp, conn) = round_trip_on(self.conn.take(), MemberAddr::raft_of(&self.node.addr), kind, frame, connect_timeout).await?;
         self.conn = Some(conn);
         Ok(resp)
     }
@@ -513,7 +514,7 @@ impl TcpNetwork {
     /// Starts a [`Transfer`] of `rpc` (encoded as `frame`) on the idle connection, if any.
     fn start_transfer(&mut self, rpc: &AppendEntriesRequest<TypeConfig>, frame: Vec<u8>, option: &RPCOption) {
         let conn = self.conn.take();
-        let addr = self.node.addr.clone();
+        let addr = MemberAddr::raft_of(&self.node.addr).to_string();
         let connect_timeout = option.soft_ttl();
         let deadline = append_timeout(option.hard_ttl(), frame.len());
         let task = tokio::spawn(async move {

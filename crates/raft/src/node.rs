@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::error::{FailureCell, StoreFailure};
 use crate::log_store::{LogStore, StoreLink};
+use crate::member::MemberAddr;
 use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
@@ -169,6 +170,46 @@ pub enum NodeError {
     /// Reading the local log failed (its kind says whether IO or corruption).
     #[error("read: {0}")]
     Read(#[from] crate::error::ReadError),
+    /// A membership change was refused: the sentence names the rule (ids never reused, a safe group size,
+    /// a quorum that must remain).
+    #[error("{0}")]
+    Membership(String),
+}
+
+/// Most members (voters and learners) a group may have: every member is one more replication stream on the
+/// leader, and a majority of voters must acknowledge every write.
+pub const MEMBERS_MAX: usize = 9;
+
+/// Voters a group keeps unless a removal is forced: three tolerate one failure.
+pub const VOTERS_SAFE_MIN: usize = 3;
+
+/// Longest a membership change waits to commit before it is reported as timed out (it may still commit).
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One member of the group, as [`RaftNode::members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Raft address and, when recorded, client address.
+    pub addr: MemberAddr,
+    /// Voter (else learner).
+    pub voter: bool,
+    /// Leader only: the last log index known replicated to it.
+    pub matched: Option<u64>,
+}
+
+/// The membership as one member sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipView {
+    /// The known leader.
+    pub leader: Option<NodeId>,
+    /// This member's last log index.
+    pub last_log_index: Option<u64>,
+    /// A joint (two-configuration) change is in progress.
+    pub joint: bool,
+    /// Voters and learners, by id.
+    pub members: Vec<MemberInfo>,
 }
 
 /// Why a write was not committed.
@@ -247,6 +288,9 @@ pub struct RoleState {
     pub leader: Option<NodeId>,
     /// The leader's Raft address.
     pub leader_addr: Option<String>,
+    /// The leader's client address, when the membership records it ([`MemberAddr`]; members bootstrapped
+    /// by earlier releases have none, and the broker takes theirs from its static peer list).
+    pub leader_client_addr: Option<String>,
     /// Leader only: true once it applied an entry of its own term and everything its log held when it
     /// became leader (see [`leader_ready`]). A broker advertises itself as master only when ready.
     pub ready: bool,
@@ -383,7 +427,7 @@ impl Failures {
 fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>, failure: &Failures) -> WriteError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
+            WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| MemberAddr::raft_of(&n.addr).to_string()) }
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteError::unknown(e.to_string()),
         RaftError::Fatal(f) => WriteError::Unknown { why: f.to_string(), failure: failure.get() },
@@ -519,14 +563,26 @@ impl RaftNode {
         tokio::spawn(watch_failures(raft.clone(), log.reader(), sm_failure.clone(), failure.clone(), cfg.data_dir.clone()));
         let server = RaftServer::start_with(listener, Arc::new(raft.clone()), Arc::new(RaftControl::new(raft.clone())), isolation.clone());
 
-        let (role_tx, role_rx) = watch::channel(RoleState { role: Role::Learner, term: 0, leader: None, leader_addr: None, ready: false });
+        let (role_tx, role_rx) = watch::channel(RoleState {
+            role: Role::Learner,
+            term: 0,
+            leader: None,
+            leader_addr: None,
+            leader_client_addr: None,
+            ready: false,
+        });
         let mut metrics = raft.metrics();
         tokio::spawn(async move {
             let mut barrier = None;
             loop {
                 let state = {
                     let m = metrics.borrow_and_update();
-                    let leader_addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+                    let leader =
+                        m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| MemberAddr::parse(&n.addr)));
+                    let (leader_addr, leader_client_addr) = match leader {
+                        Some(a) => (Some(a.raft), a.client),
+                        None => (None, None),
+                    };
                     let ready = leader_ready(
                         m.state == ServerState::Leader,
                         m.current_term,
@@ -534,7 +590,14 @@ impl RaftNode {
                         m.last_applied.map(|a| (a.leader_id.term, a.index)),
                         &mut barrier,
                     );
-                    RoleState { role: role_of(m.state), term: m.current_term, leader: m.current_leader, leader_addr, ready }
+                    RoleState {
+                        role: role_of(m.state),
+                        term: m.current_term,
+                        leader: m.current_leader,
+                        leader_addr,
+                        leader_client_addr,
+                        ready,
+                    }
                 };
                 role_tx.send_if_modified(|cur| {
                     if *cur != state {
@@ -720,9 +783,10 @@ impl RaftNode {
         self.fence.check()?;
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(WriteError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) })
-            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.map(|n| MemberAddr::raft_of(&n.addr).to_string()),
+            }),
             Err(e) => Err(WriteError::Unknown { why: e.to_string(), failure: self.failures.get() }),
         }
     }
@@ -810,6 +874,205 @@ impl RaftNode {
         self.raft.change_membership(ChangeMembers::ReplaceAllVoters(next), false).await.map(|_| ()).map_err(|e| self.raft_err(e))
     }
 
+    /// The group's membership with each member's addresses and, on the leader, how far its log is
+    /// replicated there (`matched`; the leader's own is its last log index). On another member `matched`
+    /// is `None`: only the leader tracks replication.
+    pub fn members(&self) -> MembershipView {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let leading = m.state == ServerState::Leader;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = if !leading {
+                    None
+                } else if *id == m.id {
+                    m.last_log_index
+                } else {
+                    m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()).map(|l| l.index)
+                };
+                MemberInfo { id: *id, addr: MemberAddr::parse(&node.addr), voter: voters.contains(id), matched }
+            })
+            .collect();
+        MembershipView {
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            joint: membership.get_joint_config().len() > 1,
+            members,
+        }
+    }
+
+    /// The client address the membership records for member `id` (see [`MemberAddr`]).
+    pub fn member_client_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&id).and_then(|n| MemberAddr::parse(&n.addr).client)
+    }
+
+    /// Leader only: the membership view, or [`NodeError::NotLeader`].
+    fn leader_members(&self) -> Result<MembershipView, NodeError> {
+        let view = self.members();
+        if view.leader != Some(self.id) || self.role_rx.borrow().role != Role::Leader {
+            return Err(NodeError::NotLeader { leader: view.leader });
+        }
+        if view.joint {
+            return Err(NodeError::Membership("a membership change is in progress; retry when it has finished".into()));
+        }
+        Ok(view)
+    }
+
+    /// Adds member `id` at `addr` as a learner; replication (snapshot if needed, then the log) starts at
+    /// once, and [`RaftNode::members`] shows its progress. Adding a learner that is already one at the same
+    /// Raft address is a no-op (an interrupted `node add` resumes).
+    ///
+    /// # Errors
+    /// [`NodeError::Membership`] when `id` is already a voter, a learner elsewhere, or `addr` is malformed or
+    /// already another member's, or the group has [`MEMBERS_MAX`] members; [`NodeError::NotLeader`] off the
+    /// leader.
+    pub async fn add_member(&self, id: NodeId, addr: MemberAddr) -> Result<(), NodeError> {
+        let view = self.leader_members()?;
+        if !check_add(&view, id, &addr).map_err(NodeError::Membership)? {
+            return Ok(());
+        }
+        info!(node = id, addr = %addr, "adding a learner");
+        self.add_learner(id, addr.to_string()).await
+    }
+
+    /// Makes learner `id` a voter once the leader's log (as of the call) is replicated to it.
+    ///
+    /// # Errors
+    /// [`NodeError::Membership`] when `id` is not a learner; [`NodeError::Timeout`] when it does not catch
+    /// up within `timeout`; [`NodeError::NotLeader`] off the leader.
+    pub async fn promote_member(&self, id: NodeId, timeout: Duration) -> Result<(), NodeError> {
+        let view = self.leader_members()?;
+        match view.members.iter().find(|m| m.id == id) {
+            Some(m) if !m.voter => {}
+            Some(_) => return Err(NodeError::Membership(format!("n{id} is already a voter"))),
+            None => return Err(NodeError::Membership(format!("n{id} is not a learner of this group; add it first"))),
+        }
+        self.wait_caught_up(id, timeout).await?;
+        info!(node = id, "promoting a learner");
+        self.change_members(ChangeMembers::AddVoterIds([id].into()), timeout).await
+    }
+
+    /// Replaces voter `dead` by learner `new_id` in one joint change, once the leader's log is replicated
+    /// to the learner. `dead` leaves the membership entirely; its id is never used again.
+    ///
+    /// # Errors
+    /// [`NodeError::Membership`] when `dead` is not a voter or is this leader (transfer leadership first),
+    /// or `new_id` is not a learner; [`NodeError::Timeout`]; [`NodeError::NotLeader`].
+    pub async fn replace_member(&self, dead: NodeId, new_id: NodeId, timeout: Duration) -> Result<(), NodeError> {
+        let view = self.leader_members()?;
+        if dead == self.id {
+            return Err(NodeError::Membership(format!("n{dead} is the leader and alive; transfer leadership first or remove it")));
+        }
+        let voters: BTreeSet<NodeId> = view.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        if !voters.contains(&dead) {
+            return Err(NodeError::Membership(format!("n{dead} is not a voter of this group")));
+        }
+        if !view.members.iter().any(|m| m.id == new_id && !m.voter) {
+            return Err(NodeError::Membership(format!("n{new_id} is not a learner of this group; add it first")));
+        }
+        self.wait_caught_up(new_id, timeout).await?;
+        let mut next = voters;
+        next.remove(&dead);
+        next.insert(new_id);
+        info!(dead, node = new_id, "replacing a voter");
+        self.change_members(ChangeMembers::ReplaceAllVoters(next), timeout).await
+    }
+
+    /// Removes member `id` (a learner, or a voter other than this leader). A voter is removed only if at
+    /// least [`VOTERS_SAFE_MIN`] voters remain and a majority of them acknowledge a fresh entry within
+    /// `probe_timeout` (else the change could not commit); `force` skips both checks, never the rule that one
+    /// voter must remain.
+    ///
+    /// # Errors
+    /// [`NodeError::Membership`] naming the rule; [`NodeError::Timeout`]; [`NodeError::NotLeader`].
+    pub async fn remove_member(&self, id: NodeId, force: bool, probe_timeout: Duration) -> Result<(), NodeError> {
+        let view = self.leader_members()?;
+        let Some(target) = view.members.iter().find(|m| m.id == id) else {
+            return Err(NodeError::Membership(format!("n{id} is not a member of this group")));
+        };
+        if !target.voter {
+            info!(node = id, "removing a learner");
+            return self.change_members(ChangeMembers::RemoveNodes([id].into()), probe_timeout.max(MEMBERSHIP_CHANGE_TIMEOUT)).await;
+        }
+        if id == self.id {
+            return Err(NodeError::Membership(format!("n{id} is the leader; transfer leadership before removing it")));
+        }
+        let remaining: BTreeSet<NodeId> = view.members.iter().filter(|m| m.voter && m.id != id).map(|m| m.id).collect();
+        if remaining.is_empty() {
+            return Err(NodeError::Membership(format!("n{id} is the only voter; a group keeps at least one")));
+        }
+        if !force {
+            if remaining.len() < VOTERS_SAFE_MIN {
+                return Err(NodeError::Membership(format!(
+                    "removing n{id} would leave {} voter(s), below the safe size of {VOTERS_SAFE_MIN} (no failure tolerated); \
+                     replace it instead, or force the removal",
+                    remaining.len()
+                )));
+            }
+            let alive = self.probe_voters(probe_timeout).await?;
+            let up: Vec<NodeId> = remaining.iter().copied().filter(|v| alive.contains(v)).collect();
+            if up.len() <= remaining.len() / 2 {
+                let down: Vec<String> = remaining.iter().filter(|v| !alive.contains(v)).map(|v| format!("n{v}")).collect();
+                return Err(NodeError::Membership(format!(
+                    "after removing n{id} only {} of {} voters answer ({} did not within {probe_timeout:?}): the group would have no quorum",
+                    up.len(),
+                    remaining.len(),
+                    down.join(", ")
+                )));
+            }
+        }
+        info!(node = id, force, "removing a voter");
+        self.change_members(ChangeMembers::RemoveVoters([id].into()), probe_timeout.max(MEMBERSHIP_CHANGE_TIMEOUT)).await
+    }
+
+    /// The voters that replicate a fresh (empty) entry within `timeout`: this leader and the followers whose
+    /// matched index reaches it. A follower can be idle and dead at once; only a new entry tells.
+    async fn probe_voters(&self, timeout: Duration) -> Result<BTreeSet<NodeId>, NodeError> {
+        let started = Instant::now();
+        let index = match tokio::time::timeout(timeout, self.raft.client_write(Command::CommitOffsets(Vec::new()))).await {
+            Ok(Ok(r)) => r.log_id.index,
+            Ok(Err(e)) => return Err(self.raft_err(e)),
+            Err(_) => return Err(NodeError::Timeout(format!("a probe entry did not commit within {timeout:?}: the group has no quorum"))),
+        };
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (voters, reached) = {
+                let m = metrics.borrow_and_update();
+                let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+                let reached: BTreeSet<NodeId> = voters
+                    .iter()
+                    .copied()
+                    .filter(|v| {
+                        *v == self.id || m.replication.as_ref().and_then(|r| r.get(v).copied().flatten()).is_some_and(|l| l.index >= index)
+                    })
+                    .collect();
+                (voters, reached)
+            };
+            let left = timeout.saturating_sub(started.elapsed());
+            if reached.len() == voters.len() || left.is_zero() {
+                return Ok(reached);
+            }
+            if tokio::time::timeout(left, metrics.changed()).await.is_ok_and(|r| r.is_err()) {
+                return Ok(reached);
+            }
+        }
+    }
+
+    /// Proposes a membership change and waits (up to `timeout`) until it is committed.
+    async fn change_members(&self, change: ChangeMembers<NodeId, Node>, timeout: Duration) -> Result<(), NodeError> {
+        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(match e.forward_to_leader() {
+                Some(f) => NodeError::NotLeader { leader: f.leader_id },
+                None => self.raft_err(e),
+            }),
+            Err(_) => Err(NodeError::Timeout(format!("the membership change did not commit within {timeout:?}"))),
+        }
+    }
+
     /// Moves leadership to `target` (openraft 0.9 has no API for it): fence writes here, stop this
     /// leader's heartbeats and every other voter's elections, wait out the leader lease, make the target
     /// campaign, and restore everything afterwards — also when the target does not win within `timeout`.
@@ -826,7 +1089,7 @@ impl RaftNode {
         if !voters.contains(&target) {
             return Err(NodeError::Raft(format!("{target} is not a voter")));
         }
-        let addr_of = |id: NodeId| membership.get_node(&id).map(|n| n.addr.clone());
+        let addr_of = |id: NodeId| membership.get_node(&id).map(|n| MemberAddr::raft_of(&n.addr).to_string());
         let Some(target_addr) = addr_of(target) else { return Err(NodeError::Raft(format!("no address for {target}"))) };
         self.wait_caught_up(target, timeout).await?;
         let rpc_timeout = Duration::from_millis(self.cfg.election_max_ms);
@@ -937,6 +1200,31 @@ impl RaftNode {
             warn!(error = %e, "final commitlog flush");
         }
     }
+}
+
+/// The rules for adding member `id` at `addr` to `view`: `Ok(true)` to add it, `Ok(false)` when it is already a
+/// learner at that address (nothing to do), `Err` naming the rule broken.
+fn check_add(view: &MembershipView, id: NodeId, addr: &MemberAddr) -> Result<bool, String> {
+    addr.validate()?;
+    if id == 0 {
+        return Err("node id 0 is reserved (brokerId 0 means the leader in routes)".into());
+    }
+    if let Some(m) = view.members.iter().find(|m| m.id == id) {
+        if m.voter {
+            return Err(format!("n{id} is already a voter of this group; node ids are never reused"));
+        }
+        if m.addr.raft != addr.raft {
+            return Err(format!("n{id} is already a learner at {}, not {}", m.addr.raft, addr.raft));
+        }
+        return Ok(false);
+    }
+    if let Some(m) = view.members.iter().find(|m| m.addr.raft == addr.raft) {
+        return Err(format!("raft address {} is already member n{}'s", addr.raft, m.id));
+    }
+    if view.members.len() >= MEMBERS_MAX {
+        return Err(format!("the group already has {} members (MEMBERS_MAX {MEMBERS_MAX}); remove one first", view.members.len()));
+    }
+    Ok(true)
 }
 
 /// The requests of one entry: `first`, then whatever is queued, in order, until the entry holds `bytes_target`
@@ -1109,6 +1397,38 @@ mod tests {
         let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, 500, 1000);
         assert_eq!(sizes(&e), [300, 300]);
         assert_eq!(rx.try_recv().map(|r| r.bytes).ok(), Some(300), "left queued, not carried");
+    }
+
+    fn view(n: u64) -> MembershipView {
+        let members = (1..=n)
+            .map(|id| MemberInfo {
+                id,
+                addr: MemberAddr::new(format!("127.0.0.1:{}", 10_000 + id), "127.0.0.1:1"),
+                voter: id <= 3,
+                matched: None,
+            })
+            .collect();
+        MembershipView { leader: Some(1), last_log_index: Some(10), joint: false, members }
+    }
+
+    #[test]
+    fn adding_a_member_follows_the_rules_up_to_the_member_limit() {
+        let fresh = |id: u64| MemberAddr::new(format!("127.0.0.1:{}", 20_000 + id), "127.0.0.1:2");
+        let three = view(3);
+        assert_eq!(check_add(&three, 4, &fresh(4)), Ok(true));
+        let e = check_add(&three, 2, &fresh(2)).unwrap_err();
+        assert!(e.contains("already a voter") && e.contains("never reused"), "{e}");
+        let e = check_add(&three, 9, &MemberAddr::new("127.0.0.1:10002", "127.0.0.1:2")).unwrap_err();
+        assert!(e.contains("already member n2's"), "{e}");
+        assert!(check_add(&three, 0, &fresh(0)).unwrap_err().contains("reserved"));
+        // A learner at the same address: resume, nothing to add; elsewhere: refused.
+        let five = view(5);
+        assert_eq!(check_add(&five, 5, &MemberAddr::new("127.0.0.1:10005", "127.0.0.1:1")), Ok(false));
+        assert!(check_add(&five, 5, &fresh(5)).unwrap_err().contains("already a learner"));
+        // The member limit: one below it may add, at it may not.
+        assert_eq!(check_add(&view(MEMBERS_MAX as u64 - 1), 99, &fresh(99)), Ok(true));
+        let e = check_add(&view(MEMBERS_MAX as u64), 99, &fresh(99)).unwrap_err();
+        assert!(e.contains("MEMBERS_MAX"), "{e}");
     }
 
     #[test]

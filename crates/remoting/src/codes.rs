@@ -477,6 +477,20 @@ pub const RAFTMQ_TRANSFER_LEADER: i32 = 10_901;
 /// `messageDelayLevel` syntax); leader only.
 pub const RAFTMQ_SET_DELAY_LEVELS: i32 = 10_902;
 
+/// raftmq only (membership, `raftmq admin node list`): the group's members as the answering node sees them —
+/// id, Raft and client address, voter or learner, and on the leader each one's matched log index — as JSON.
+pub const RAFTMQ_MEMBERS: i32 = 10_910;
+/// raftmq only (`raftmq admin node add|replace`), leader only: add the node answering at the client address in
+/// ext field `addr` as a learner. The leader asks that node for its id and Raft address and refuses one that
+/// already holds Raft state or whose id is a member. Answers at once; catch-up shows in [`RAFTMQ_MEMBERS`].
+pub const RAFTMQ_ADD_NODE: i32 = 10_911;
+/// raftmq only, leader only: make learner `node` a voter once caught up, or with ext field `replaces`, swap it
+/// for that voter in one joint change.
+pub const RAFTMQ_PROMOTE_NODE: i32 = 10_912;
+/// raftmq only, leader only: remove member `node` (ext field `force=true` skips the safe-size and quorum
+/// checks). Removing the leader hands leadership to the most caught-up other voter first.
+pub const RAFTMQ_REMOVE_NODE: i32 = 10_913;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,15 @@
 //! Multi-process tests of a real cluster (a nameserver and three `raftmq broker` processes on loopback):
 //! produce/consume through the nameserver, kill -9 of the leader under load (every acknowledged message
 //! is then consumable at exactly the offset it was acknowledged with), a killed node restarting and
-//! catching up, and consumer offsets surviving failover.
+//! catching up, consumer offsets surviving failover, and a node with damaged data exiting with
+//! `EXIT_STORE_CORRUPT` (65, which the systemd unit does not restart) rather than `EXIT_STORE_FAILED` (74).
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -221,4 +225,86 @@ async fn consumer_offsets_survive_failover() {
     assert_eq!(query_offset(&f, "g1", TOPIC, 0).await, None, "a follower must not serve committed offsets");
     let (code, _, _) = pull(&f, TOPIC, 0, 0).await;
     assert_eq!(code, ResponseCode::SUCCESS.0, "followers serve committed messages");
+}
+
+/// Flips every bit of the byte at `offset` of `path`; returns the byte it held.
+fn flip_byte(path: &Path, offset: u64) -> u8 {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open for corruption");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read byte");
+    f.write_all_at(&[!b[0]], offset).expect("write byte");
+    f.sync_all().expect("fsync");
+    b[0]
+}
+
+/// Node 1 exited by itself with `EXIT_STORE_CORRUPT`, and its last error line names `path` and says the
+/// data is corrupt.
+fn assert_corrupt_exit(cluster: &mut Cluster, path: &Path, what: &str) {
+    let st = cluster
+        .wait_exit(1, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{what}: the broker did not exit\n{}", cluster.log_tails(30)));
+    assert_eq!(st.signal(), None, "{what}: killed by a signal ({st:?})\n{}", cluster.log_tails(30));
+    assert_eq!(st.code(), Some(raftmq_broker::EXIT_STORE_CORRUPT), "{what}: exit status\n{}", cluster.log_tails(30));
+    let log = std::fs::read_to_string(cluster.dir.path().join("n1.log")).expect("broker log");
+    let line = log.lines().rev().find(|l| l.contains("store failed, exiting")).unwrap_or_else(|| panic!("{what}: no exit line\n{log}"));
+    assert!(line.contains("corrupt=true") && line.contains("exit_code=65"), "{what}: {line}");
+    assert!(line.contains(&format!("path={}", path.display())), "{what}: names the file {}: {line}", path.display());
+    let stderr = std::fs::read_to_string(cluster.dir.path().join("n1.stderr")).unwrap_or_default();
+    assert!(stderr.contains("exiting with status 65"), "{what}: stderr: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_damaged_data_exits_with_the_do_not_restart_status() {
+    let mut cluster = Cluster::start(1).await;
+    let c = client(&cluster.node(1).client_addr).await.expect("broker reachable");
+    // 1200 entries of 8 KiB: the first 8 MiB segment is sealed, and the state machine has checkpointed
+    // (every 1024 entries).
+    let body = |i: usize| {
+        let mut b = format!("damaged-{i:05}-").into_bytes();
+        b.resize(8 << 10, b'z');
+        b
+    };
+    let mut acked = Vec::new();
+    for i in 0..1200 {
+        acked.push((send(&c, TOPIC, 0, &body(i)).await.expect("send"), i));
+    }
+    let store = cluster.store_dir(1);
+    let (segment0, segment1) = (store.join(format!("commitlog/data/{:020}", 0)), store.join(format!("commitlog/data/{:020}", 8u64 << 20)));
+    let checkpoint = store.join("state/checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "the state machine never wrote a checkpoint\n{}", cluster.log_tails(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(segment1.exists(), "the first segment is sealed");
+    cluster.kill(1);
+
+    // 1. A flipped byte inside a sealed segment. Without the commitlog's checkpoint, recovery verifies the
+    //    whole log and finds it: CRC mismatch, exit 65.
+    let at = 4 << 20;
+    let original = flip_byte(&segment0, at);
+    std::fs::remove_file(store.join("commitlog/checkpoint")).expect("remove the commitlog checkpoint");
+    cluster.start_node(1);
+    assert_corrupt_exit(&mut cluster, &segment0, "sealed segment");
+
+    // The same store with the byte put back starts and serves every acknowledged message: the status was
+    // about the damage, not about anything the failed start did.
+    let f = std::fs::OpenOptions::new().write(true).open(&segment0).expect("open segment");
+    f.write_all_at(&[original], at).expect("restore byte");
+    f.sync_all().expect("fsync");
+    cluster.start_node(1);
+    cluster.wait_registered_leader(Duration::from_secs(30)).await;
+    let c = client(&cluster.node(1).client_addr).await.expect("broker reachable after repair");
+    let got = pull_all(&c, TOPIC, 0).await;
+    assert_eq!(got.len(), acked.len(), "every acknowledged message is served");
+    for ((off, i), (got_off, got_body)) in acked.iter().zip(&got) {
+        assert!(off == got_off && *got_body == body(*i), "message {i} at offset {off}");
+    }
+    cluster.kill(1);
+
+    // 2. A flipped byte in the state machine's checkpoint: its frame's CRC fails, exit 65.
+    let len = std::fs::metadata(&checkpoint).expect("checkpoint").len();
+    flip_byte(&checkpoint, len / 2);
+    cluster.start_node(1);
+    assert_corrupt_exit(&mut cluster, &checkpoint, "state checkpoint");
 }

@@ -225,6 +225,16 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM (what `systemctl stop` sends): the broker's clean shutdown runs. Returns the exit status
+    /// and how long the process took to exit, or None if it was still running after `timeout`.
+    pub fn terminate(&mut self, id: u64, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let pid = self.nodes.iter().find(|n| n.id == id).and_then(|n| n.child.as_ref()).expect("node running").id();
+        let started = Instant::now();
+        let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
+        assert!(st.success(), "kill -TERM {pid}");
+        self.wait_exit(id, timeout).map(|st| (st, started.elapsed()))
+    }
+
     /// Waits until node `id`'s process exits by itself and returns its status (None on timeout).
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
         let node = self.nodes.iter_mut().find(|n| n.id == id).expect("node");

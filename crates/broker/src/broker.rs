@@ -3,7 +3,7 @@
 //! leadership a quorum has just confirmed; never again once the Raft core has stopped), batches
 //! consumer-offset commits into Raft entries, expires idle clients, and dispatches requests to the
 //! processors. A storage failure is reported through [`Broker::failed`]; the binary then exits with
-//! [`EXIT_STORE_FAILED`].
+//! [`exit_status`]: [`EXIT_STORE_CORRUPT`] for damaged data, [`EXIT_STORE_FAILED`] otherwise.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,13 +42,33 @@ pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 pub const LEADERSHIP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle client expiry (RocketMQ `channelExpiredTimeout`).
 pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
-/// Exit status of a broker process whose store failed (disk full, a failed write or fsync, unreadable
-/// data, the Raft core stopped on an error): sysexits' `EX_IOERR`. The node cannot recover in place; a
-/// supervisor should restart it once the cause (free space, a broken disk) is dealt with. Documented in
-/// docs/operations.md.
+/// Exit status of a broker process whose store failed in a way a restart can cure (a full disk, a failed
+/// read, write or fsync, the Raft core stopped on an error): sysexits' `EX_IOERR`. The node cannot recover
+/// in place; a supervisor should restart it once the cause (free space, a broken disk) is dealt with.
+/// Documented in docs/operations.md.
 pub const EXIT_STORE_FAILED: i32 = 74;
+/// Exit status of a broker process whose stored data failed verification ([`StoreFailure::is_corrupt`]:
+/// a checksum mismatch in a sealed segment, a checkpoint or snapshot that does not decode): sysexits'
+/// `EX_DATAERR`. Restarting fails the same way, so a supervisor must not restart it (systemd:
+/// `RestartPreventExitStatus=65`); an operator replaces the node's data and node id.
+pub const EXIT_STORE_CORRUPT: i32 = 65;
 /// Longest the binary waits for a clean shutdown after a storage failure before it exits anyway.
 pub const SHUTDOWN_AFTER_FAILURE_MAX: Duration = Duration::from_secs(5);
+/// Longest the binary waits for a clean shutdown after SIGTERM before it exits anyway. Stopping the Raft
+/// core, the final commitlog flush and checkpoint take well under a second; past this something hangs,
+/// and exiting is as safe as a kill -9 (recovery runs at the next start). Supervisors should allow more
+/// (the systemd units' `TimeoutStopSec=30`).
+pub const SHUTDOWN_MAX: Duration = Duration::from_secs(20);
+
+/// The exit status for a broker stopped by `f`: [`EXIT_STORE_CORRUPT`] when stored data failed
+/// verification, else [`EXIT_STORE_FAILED`].
+pub fn exit_status(f: &StoreFailure) -> i32 {
+    if f.is_corrupt() {
+        EXIT_STORE_CORRUPT
+    } else {
+        EXIT_STORE_FAILED
+    }
+}
 /// A queue lock not renewed for this long is free (RocketMQ `rebalance.lockMaxLiveTime`).
 pub const LOCK_TTL: Duration = Duration::from_secs(60);
 
@@ -259,7 +279,7 @@ impl Broker {
     }
 
     /// Resolves with the storage failure that stops this node (see [`RaftNode::failed`]). The process
-    /// should then exit with [`EXIT_STORE_FAILED`]; the registration loop stops by itself at the same moment.
+    /// should then exit with [`exit_status`]; the registration loop stops by itself at the same moment.
     pub async fn failed(&self) -> StoreFailure {
         self.inner.node.failed().await
     }
@@ -572,5 +592,32 @@ mod tests {
         let beyond: Vec<TopicConfig> = (0..TOPICS_MAX_LIMIT * 13 / 10).map(|i| topic(i, TOPIC_BYTES_MAX)).collect();
         let e = registration_body(beyond).unwrap_err();
         assert!(e.contains("the registration of 42598 topics is") && e.contains("frame limit"), "{e}");
+    }
+
+    #[test]
+    fn damaged_data_exits_with_its_own_status_and_io_failures_with_the_restartable_one() {
+        let dir = std::path::Path::new("/data/commitlog");
+        let enospc = StoreFailure::io("commitlog fallocate", dir, &std::io::Error::from_raw_os_error(28) /* ENOSPC */);
+        let eio = StoreFailure::io("commitlog fdatasync", dir, &std::io::Error::from_raw_os_error(5) /* EIO */);
+        let stopped = StoreFailure {
+            op: "raft core stopped".into(),
+            path: dir.into(),
+            kind: std::io::ErrorKind::Other,
+            errno: None,
+            message: "x".into(),
+        };
+        for f in [&enospc, &eio, &stopped] {
+            assert!(!f.is_corrupt(), "{f}");
+            assert_eq!(exit_status(f), EXIT_STORE_FAILED, "{f}");
+        }
+        let crc = raftmq_commitlog::CommitLogError::Corrupt { file: dir.join("data/0"), offset: 40, reason: "crc mismatch".into() };
+        let sealed = StoreFailure::from_commitlog(&crc, dir);
+        // A checkpoint whose frame fails its CRC reads back as an `InvalidData` IO error.
+        let ckpt = StoreFailure::io("read checkpoint", dir, &std::io::Error::new(std::io::ErrorKind::InvalidData, "crc mismatch"));
+        for f in [&sealed, &ckpt, &StoreFailure::corrupt("decode snapshot", dir, "bad tag")] {
+            assert!(f.is_corrupt() && !f.is_disk_full(), "{f}");
+            assert_eq!(exit_status(f), EXIT_STORE_CORRUPT, "{f}");
+        }
+        assert_ne!(EXIT_STORE_CORRUPT, EXIT_STORE_FAILED);
     }
 }

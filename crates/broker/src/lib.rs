@@ -17,7 +17,7 @@
 // request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-pub use broker::{Broker, BrokerError, EXIT_STORE_FAILED, SHUTDOWN_AFTER_FAILURE_MAX};
+pub use broker::{exit_status, Broker, BrokerError, EXIT_STORE_CORRUPT, EXIT_STORE_FAILED, SHUTDOWN_AFTER_FAILURE_MAX, SHUTDOWN_MAX};
 pub use processor::RAFTMQ_NODE_STATUS;
 pub use raftmq_raft::error::StoreFailure;
 pub use raftmq_raft::node::NodeError;

@@ -128,9 +128,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// Ends the process after a storage failure with [`raftmq_broker::EXIT_STORE_FAILED`] and one error line
-/// naming the operation, the file and the OS error.
+/// Ends the process after a storage failure with [`raftmq_broker::exit_status`] (65 for damaged data, which a
+/// restart cannot cure; 74 otherwise) and one error line naming the operation, the file and the OS error.
 fn exit_store_failed(f: &raftmq_broker::StoreFailure, phase: &str) -> ! {
+    let code = raftmq_broker::exit_status(f);
     tracing::error!(
         phase,
         op = %f.op,
@@ -138,11 +139,12 @@ fn exit_store_failed(f: &raftmq_broker::StoreFailure, phase: &str) -> ! {
         errno = f.errno.unwrap_or(0),
         kind = ?f.kind,
         disk_full = f.is_disk_full(),
-        exit_code = raftmq_broker::EXIT_STORE_FAILED,
+        corrupt = f.is_corrupt(),
+        exit_code = code,
         "store failed, exiting: {f}"
     );
-    eprintln!("raftmq broker: store failed: {f}; exiting with status {}", raftmq_broker::EXIT_STORE_FAILED);
-    std::process::exit(raftmq_broker::EXIT_STORE_FAILED)
+    eprintln!("raftmq broker: store failed: {f}; exiting with status {code}");
+    std::process::exit(code)
 }
 
 #[tokio::main]
@@ -176,7 +178,11 @@ async fn main() -> Result<()> {
             tokio::select! {
                 _ = shutdown_signal() => {
                     tracing::info!("broker stopping");
-                    broker.shutdown().await;
+                    if tokio::time::timeout(raftmq_broker::SHUTDOWN_MAX, broker.shutdown()).await.is_err() {
+                        // Safe like a kill -9: acknowledged entries are on a quorum's disks, recovery runs at start.
+                        tracing::warn!(max = ?raftmq_broker::SHUTDOWN_MAX, "shutdown did not finish in time; exiting anyway");
+                    }
+                    tracing::info!("broker stopped");
                     Ok(())
                 }
                 f = broker.failed() => {

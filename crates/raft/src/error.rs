@@ -21,7 +21,9 @@ pub enum ReadError {
 /// A storage failure after which this node cannot go on: the disk refused a write, an allocation or an
 /// fsync (for example `ENOSPC`), or stored data could not be read back. It names the operation, the file
 /// and the OS error, and keeps the [`std::io::ErrorKind`] and errno so callers can tell a full disk
-/// (`StorageFull`, errno 28) from other failures. Cloneable: one value is reported to every waiter.
+/// (`StorageFull`, errno 28) from other failures, and both from stored data that failed verification
+/// ([`StoreFailure::is_corrupt`]: kind `InvalidData`, which no system call produces). Cloneable: one value
+/// is reported to every waiter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{op} {}: {message}", path.display())]
 pub struct StoreFailure {
@@ -48,13 +50,7 @@ impl StoreFailure {
         use raftmq_commitlog::CommitLogError as E;
         match e {
             E::Io { op, path, source } => StoreFailure::io(format!("commitlog {op}"), path.clone(), source),
-            E::Corrupt { file, .. } => StoreFailure {
-                op: "commitlog verify".into(),
-                path: file.clone(),
-                kind: std::io::ErrorKind::InvalidData,
-                errno: None,
-                message: e.to_string(),
-            },
+            E::Corrupt { file, .. } => StoreFailure::corrupt("commitlog verify", file.clone(), e.to_string()),
             other => StoreFailure {
                 op: "commitlog".into(),
                 path: dir.to_path_buf(),
@@ -63,6 +59,19 @@ impl StoreFailure {
                 message: other.to_string(),
             },
         }
+    }
+
+    /// Stored data at `path` failed verification (a checksum mismatch, a file that does not decode, a
+    /// record where none can be): restarting cannot cure it. `message` says what check failed.
+    pub fn corrupt(op: impl Into<String>, path: impl Into<std::path::PathBuf>, message: impl Into<String>) -> Self {
+        StoreFailure { op: op.into(), path: path.into(), kind: std::io::ErrorKind::InvalidData, errno: None, message: message.into() }
+    }
+
+    /// True when stored data failed verification ([`StoreFailure::corrupt`], or an IO error of kind
+    /// `InvalidData`, the kind this crate's decoders give a damaged file). Such a node needs its data
+    /// replaced; a restart fails the same way.
+    pub fn is_corrupt(&self) -> bool {
+        self.kind == std::io::ErrorKind::InvalidData
     }
 
     /// True when the disk is full (`ENOSPC`).

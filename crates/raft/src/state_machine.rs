@@ -258,6 +258,14 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())).into()
 }
 
+/// Records `f`, a failure to restore the stored state at start-up, as the state machine's storage failure
+/// (the node's start-up error then carries it) and turns it into openraft's error.
+fn restore_failed(failure: &FailureCell, f: StoreFailure) -> StorageError<NodeId> {
+    tracing::error!(error = %f, kind = ?f.kind, errno = ?f.errno, corrupt = f.is_corrupt(), "cannot restore the state machine");
+    failure.set(f.clone());
+    sm_err(ErrorVerb::Read, f)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -564,17 +572,25 @@ impl StateMachine {
         // Durably: a `state/` directory whose entry a power cut takes back takes the checkpoint, the
         // installed snapshot and every consume queue with it.
         raftmq_commitlog::create_dir_durable(&cfg.dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let meta: Metadata = match read_framed(&cfg.dir.join(CHECKPOINT_FILE)).map_err(|e| sm_err(ErrorVerb::Read, e))? {
-            Some(b) => Metadata::decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
-            None => Metadata::default(),
-        };
-        let current = match read_framed(&cfg.dir.join(SNAPSHOT_FILE)).map_err(|e| sm_err(ErrorVerb::Read, e))? {
-            Some(b) => {
-                let f: SnapshotFile = bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-                Some(CurrentSnapshot { meta: f.meta, data: f.data })
-            }
-            None => None,
-        };
+        // A checkpoint or snapshot that cannot be read back is recorded as the node's storage failure, so the
+        // start-up error says which file and whether it is damaged (a checksum mismatch, a format that does
+        // not decode) or the disk refused the read.
+        let (ckpt_path, snap_path) = (cfg.dir.join(CHECKPOINT_FILE), cfg.dir.join(SNAPSHOT_FILE));
+        let meta: Metadata =
+            match read_framed(&ckpt_path).map_err(|e| restore_failed(&cfg.failure, StoreFailure::io("read checkpoint", &ckpt_path, &e)))? {
+                Some(b) => Metadata::decode(&b)
+                    .map_err(|e| restore_failed(&cfg.failure, StoreFailure::corrupt("decode checkpoint", &ckpt_path, e)))?,
+                None => Metadata::default(),
+            };
+        let current =
+            match read_framed(&snap_path).map_err(|e| restore_failed(&cfg.failure, StoreFailure::io("read snapshot", &snap_path, &e)))? {
+                Some(b) => {
+                    let f: SnapshotFile = bincode::deserialize(&b)
+                        .map_err(|e| restore_failed(&cfg.failure, StoreFailure::corrupt("decode snapshot", &snap_path, e.to_string())))?;
+                    Some(CurrentSnapshot { meta: f.meta, data: f.data })
+                }
+                None => None,
+            };
         if let Some(l) = meta.last_applied {
             link.set_next_pos(l.index, meta.log_end_pos);
             link.set_durable(l.index);

@@ -82,8 +82,10 @@ fn cli_produce_consume_and_admin(cluster: &Cluster) {
     assert!(!out.contains("tags=B"), "the tag expression filters: {out}");
     let (ok, out) = raftmq(&["admin", "--namesrv", ns, "group", "cli", "--topic", "CliTopic"]);
     assert!(ok, "{out}");
-    let committed: Vec<&str> = out.lines().skip(1).map(|l| l.split_whitespace().nth(3).unwrap_or("")).collect();
+    let (table, lost): (Vec<&str>, Vec<&str>) = out.lines().skip(1).partition(|l| !l.contains("lost to retention"));
+    let committed: Vec<&str> = table.iter().map(|l| l.split_whitespace().nth(3).unwrap_or("")).collect();
     assert_eq!(committed.len(), 2, "{out}");
+    assert_eq!(lost, ["broker-a: 0 messages of CliTopic lost to retention before cli consumed them"], "{out}");
     assert!(committed.iter().all(|c| c.parse::<i64>().is_ok_and(|o| o >= 1)), "every queue has a committed offset: {out}");
     let (ok, out) = raftmq(&["consume", "--namesrv", ns, "--topic", "CliTopic", "--group", "cli-b", "--count", "4", "--expression", "B"]);
     assert!(ok && out.contains("consumed 4 message(s)") && !out.contains("tags=A"), "{out}");

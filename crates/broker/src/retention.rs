@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::Timelike;
 use raftmq_commitlog::DiskUsage;
 use raftmq_raft::retention::{RetentionPolicy, REASON_AGE, REASON_DISK, REASON_SIZE};
+use raftmq_raft::types::{retain_queue_bytes, Retain, RetainPoint};
 use raftmq_raft::types::{Command, CommandResponse};
 use tracing::{info, warn};
 
@@ -31,6 +32,30 @@ pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub const DISK_FULL_HYSTERESIS: f64 = 0.05;
 /// How long one local compaction may take before it is retried at the next pass.
 const COMPACT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most bytes of one retention entry's queue list (also at most half of `entryBytesMax`); a longer list is
+/// split over several entries for the same point, the floor moving with the last.
+pub const RETAIN_ENTRY_BYTES_MAX: usize = 1 << 20;
+
+/// The entries that carry `point` and its queue list, each at most `bytes_max` bytes of queues (at least one
+/// queue per entry), the last marked `last`.
+pub fn retain_entries(point: RetainPoint, queues: Vec<(String, u32, u64)>, bytes_max: usize) -> Vec<Retain> {
+    let mut out: Vec<Retain> = Vec::new();
+    let mut cur = Retain { point, queues: Vec::new(), last: false };
+    let mut bytes = 0;
+    for q in queues {
+        let b = retain_queue_bytes(&q.0);
+        if !cur.queues.is_empty() && bytes + b > bytes_max {
+            out.push(std::mem::replace(&mut cur, Retain { point, queues: Vec::new(), last: false }));
+            bytes = 0;
+        }
+        bytes += b;
+        cur.queues.push(q);
+    }
+    cur.last = true;
+    out.push(cur);
+    out
+}
 
 /// The latest measurement of the store's filesystem and whether sends are refused.
 #[derive(Debug, Default)]
@@ -181,12 +206,29 @@ pub(crate) async fn retention_loop(inner: Arc<BrokerInner>) {
                             REASON_DISK => "disk above the forced-clean ratio",
                             _ => "unknown",
                         };
-                        match inner.node.write(Command::Retain(point)).await {
-                            Ok(CommandResponse::Done) => {
-                                info!(index = point.index, pos = point.pos, reason, "retention: log below this point deleted")
+                        let entries = retain_entries(point, plan.queues, RETAIN_ENTRY_BYTES_MAX.min(inner.cfg.entry_bytes_max / 2));
+                        let n = entries.len();
+                        for (i, r) in entries.into_iter().enumerate() {
+                            match inner.node.write(Command::Retain(r)).await {
+                                Ok(CommandResponse::Done) if i + 1 == n => {
+                                    info!(
+                                        index = point.index,
+                                        pos = point.pos,
+                                        reason,
+                                        entries = n,
+                                        "retention: log below this point deleted"
+                                    )
+                                }
+                                Ok(CommandResponse::Done) => {}
+                                Ok(other) => {
+                                    warn!(?other, "retention point refused");
+                                    break;
+                                }
+                                Err(e) => {
+                                    warn!(error = %e, "retention point not replicated; retrying next pass");
+                                    break;
+                                }
                             }
-                            Ok(other) => warn!(?other, "retention point refused"),
-                            Err(e) => warn!(error = %e, "retention point not replicated; retrying next pass"),
                         }
                     }
                 }
@@ -208,6 +250,22 @@ mod tests {
 
     fn usage(used_pct: u64) -> DiskUsage {
         DiskUsage { total: 1100, free: 1000 - used_pct * 10 + 100, available: 1000 - used_pct * 10 }
+    }
+
+    #[test]
+    fn a_long_queue_list_is_split_and_only_the_last_entry_moves_the_floor() {
+        let point = RetainPoint { index: 9, pos: 1 << 20, decided_ms: 1, reason: 0 };
+        let queues: Vec<(String, u32, u64)> = (0..100).map(|i| (format!("T{i:02}"), 0, i)).collect();
+        // 17 bytes per queue: 3 fit in 51 bytes.
+        let e = retain_entries(point, queues.clone(), 51);
+        assert_eq!(e.len(), 34);
+        assert!(e[..33].iter().all(|r| !r.last && r.queues.len() == 3));
+        assert!(e[33].last && e[33].queues.len() == 1);
+        assert_eq!(e.iter().flat_map(|r| r.queues.clone()).collect::<Vec<_>>(), queues, "every queue once, in order");
+        // A queue longer than the budget still goes, alone; an empty list is one last entry.
+        assert_eq!(retain_entries(point, queues[..2].to_vec(), 1).len(), 2);
+        let one = retain_entries(point, Vec::new(), 51);
+        assert!(one.len() == 1 && one[0].last && one[0].queues.is_empty());
     }
 
     #[test]

@@ -1151,16 +1151,21 @@ impl RaftNode {
         result
     }
 
-    /// Compacts the log up to the newest checkpoint at or below `upto` (and the applied index): builds the
-    /// metadata snapshot there, purges the log through it and raises consume-queue min offsets. Returns
+    /// Compacts the log through `upto` (at most the applied index and the newest checkpoint): builds the
+    /// metadata snapshot at the newest checkpoint, purges the log through `upto` and raises consume-queue
+    /// min offsets. Returns
     /// the purge index, or `None` when no checkpoint is old enough. Never purges an entry holding a
     /// scheduled message that is not delivered yet ([`SmShared::retention_pin_index`]).
     pub async fn compact(&self, upto: u64, timeout: Duration) -> Result<Option<u64>, NodeError> {
         let applied = self.sm.last_applied_index().unwrap_or(0);
         let pin = self.sm.retention_pin_index().unwrap_or(u64::MAX);
         let limit = upto.min(applied).min(pin);
-        let Some(p) = self.sm.checkpoint_indexes().into_iter().rev().find(|i| *i <= limit) else { return Ok(None) };
-        if self.log.reader().state().purged.is_some_and(|m| m.point.index >= p) {
+        // The snapshot is the newest checkpoint (at or below the applied index): it may lie above the purge
+        // point, which only needs to be covered by it. Retention's replicated state does not depend on
+        // what a replica that installs it holds below (see `raftmq_state::retention`).
+        let Some(p) = self.sm.checkpoint_indexes().into_iter().next_back().filter(|i| *i <= applied) else { return Ok(None) };
+        let purge_to = limit.min(p);
+        if purge_to == 0 || self.log.reader().state().purged.is_some_and(|m| m.point.index >= purge_to) {
             return Ok(None);
         }
         self.sm.set_snapshot_boundary(p);
@@ -1171,7 +1176,7 @@ impl RaftNode {
             .metrics(|m| m.snapshot.is_some_and(|s| s.index >= p), "snapshot at boundary")
             .await
             .map_err(|e| NodeError::Timeout(e.to_string()))?;
-        let snap = m.snapshot.map(|s| s.index).unwrap_or(p);
+        let snap = m.snapshot.map(|s| s.index).unwrap_or(p).min(purge_to);
         self.raft.trigger().purge_log(snap).await.map_err(|e| self.raft_err(e))?;
         self.raft
             .wait(Some(timeout))
@@ -1214,7 +1219,11 @@ impl RaftNode {
                 applied: sm.last_applied_index().unwrap_or(0),
                 pin: sm.retention_pin_index(),
             };
-            crate::retention::plan(&log, inputs, &policy)
+            let mut plan = crate::retention::plan(&log, inputs, &policy)?;
+            if let Some(p) = plan.point {
+                plan.queues = sm.queue_firsts_at(p.pos);
+            }
+            Ok(plan)
         })
         .await
         .map_err(|e| self.raft_err(e))?

@@ -1,8 +1,9 @@
 //! Retention planning: which whole commitlog segments the leader may propose to delete, and why.
 //!
 //! Pure reads of the local log and applied state, run by the leader (blocking: call it off the async
-//! workers). The answer is proposed as a [`RetainPoint`] (tag 8), so every replica deletes the same prefix;
-//! see `raftmq_state::retention` for what applying it does and [`crate::RaftNode::compact`] for the files.
+//! workers). The answer, with each queue's first offset at or after it, is proposed as `Retain` (tag 8),
+//! so every replica deletes the same prefix; see `raftmq_state::retention` for what applying it does and
+//! [`crate::RaftNode::compact`] for the files.
 //!
 //! Rules, RocketMQ's where it has them (`CleanCommitLogService`, DLedger's `CleanSpaceService`):
 //! - whole segments only, oldest first, never the segment being written, stopping at the first one that
@@ -51,6 +52,9 @@ pub const REASON_DISK: u8 = 2;
 pub struct RetentionPlan {
     /// The purge point to propose, if any segment may go.
     pub point: Option<RetainPoint>,
+    /// With a point: each queue's first offset at or after it, where that moves the queue's floor
+    /// (filled by [`crate::RaftNode::plan_retention`] from the leader's consume queues).
+    pub queues: Vec<(String, u32, u64)>,
     /// Why the next segment may not go (shown by `raftmq admin status`).
     pub held_by: String,
 }
@@ -98,7 +102,7 @@ fn stamp_at_or_after(log: &CommitLogReader, from: u64, applied: u64) -> Result<O
 pub fn plan(log: &CommitLogReader, inputs: PlanInputs, policy: &RetentionPolicy) -> Result<RetentionPlan, ReadError> {
     let seg = log.segment_bytes();
     let st = log.state();
-    let held = |why: String| Ok(RetentionPlan { point: None, held_by: why });
+    let held = |why: String| Ok(RetentionPlan { point: None, queues: Vec::new(), held_by: why });
     if seg == 0 {
         return held("no segments".into());
     }
@@ -162,7 +166,7 @@ pub fn plan(log: &CommitLogReader, inputs: PlanInputs, policy: &RetentionPolicy)
     if point.is_some() && why.is_empty() {
         why = format!("at most {} segments per pass", policy.segments_per_pass_max);
     }
-    Ok(RetentionPlan { point, held_by: why })
+    Ok(RetentionPlan { point, queues: Vec::new(), held_by: why })
 }
 
 #[cfg(test)]

@@ -435,6 +435,22 @@ impl SmShared {
         read_lock(&self.meta).state.retention.clone()
     }
 
+    /// Retention planning on the leader: every queue's first offset whose unit points at or after log position
+    /// `pos`, where that is above the queue's current retention floor, in (topic, queue) order. Blocking
+    /// (reads consume-queue files).
+    pub fn queue_firsts_at(&self, pos: u64) -> Vec<(String, u32, u64)> {
+        let queues: Vec<((String, u32), Arc<ConsumeQueue>)> =
+            read_lock(&self.queues).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let mut out = Vec::new();
+        for ((topic, qid), q) in queues {
+            let first = q.first_offset_at_or_after(pos);
+            if first > read_lock(&self.meta).state.retention.queue_floor(&topic, qid) {
+                out.push((topic, qid, first));
+            }
+        }
+        out
+    }
+
     /// The replicated retention floor.
     pub fn retention_floor(&self) -> raftmq_state::RetainPoint {
         read_lock(&self.meta).state.retention.floor
@@ -702,13 +718,6 @@ impl QueueStore for CqWriter<'_> {
         Ok(())
     }
 
-    fn first_at_or_after(&mut self, topic: &str, queue_id: u32, queue: QueueState, pos: u64) -> Result<Option<u64>, StoreFailure> {
-        if queue.next_offset == 0 {
-            return Ok(None);
-        }
-        Ok(Some(self.queue(topic, queue_id, queue)?.first_offset_at_or_after(pos)))
-    }
-
     fn publish(&mut self, topic: &str, queue_id: u32, next_offset: u64) {
         // Always the queue just written (a part publishes after its writes), so never a lookup.
         match &self.last {
@@ -786,13 +795,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         ApplyError::Store(f) => shared.fail(ErrorVerb::Write, f),
                         e @ ApplyError::Unlogged => sm_err(ErrorVerb::Write, e),
                     })?;
-                    if matches!((cmd, &resp), (Command::Retain(_), CommandResponse::Done)) {
+                    if let (Command::Retain(r), CommandResponse::Done) = (cmd, &resp) {
                         // Readers stop serving below the floor now; the files go when this replica compacts.
-                        for (topic, qs) in &meta.state.retention.queue_floor {
-                            for (qid, min) in qs {
-                                if let Some(q) = shared.queue(topic, *qid) {
-                                    q.raise_min(*min);
-                                }
+                        for (topic, qid, _) in &r.queues {
+                            if let Some(q) = shared.queue(topic, *qid) {
+                                q.raise_min(meta.state.retention.queue_floor(topic, *qid));
                             }
                         }
                     }
@@ -883,9 +890,6 @@ mod tests {
             Ok(())
         }
         fn publish(&mut self, _: &str, _: u32, _: u64) {}
-        fn first_at_or_after(&mut self, _: &str, _: u32, _: QueueState, _: u64) -> Result<Option<u64>, Self::Error> {
-            Ok(None)
-        }
     }
 
     fn with_reset() -> Metadata {

@@ -6,6 +6,7 @@ use std::io::Cursor;
 pub use raftmq_state::command::*;
 pub use raftmq_state::dedup::{Seen, DEDUP_KEYS_MAX, DEDUP_WINDOW_MS_MAX};
 pub use raftmq_state::offsets::{marker_count, RESET_MARKERS_MAX};
+pub use raftmq_state::retention::{retain_queue_bytes, Retain, RetainPoint};
 pub use raftmq_state::schedule::{
     format_delay_levels, parse_delay_levels, timer_level_delay_ms, timer_level_for, DEFAULT_DELAY_LEVELS, SCHEDULE_TOPIC, TIMER_LEVELS,
     TIMER_TICK_MS, TIMER_TOPIC,

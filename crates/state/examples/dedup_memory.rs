@@ -37,9 +37,6 @@ impl QueueStore for NoQueues {
         Ok(())
     }
     fn publish(&mut self, _: &str, _: u32, _: u64) {}
-    fn first_at_or_after(&mut self, _: &str, _: u32, _: QueueState, _: u64) -> Result<Option<u64>, Self::Error> {
-        Ok(None)
-    }
 }
 
 fn main() {

@@ -24,7 +24,8 @@
 //!     | 5 u8 | half_phys u64                                                   check-back round made
 //!   str := len u16 | UTF-8 bytes
 //! tag 7 SetDedupWindow:    bincode(DedupSettings)
-//! tag 8 Retain:            index u64 | pos u64 | decided_ms i64 | reason u8   (the retention floor)
+//! tag 8 Retain:            index u64 | pos u64 | decided_ms i64 | reason u8 | last u8 | nqueues u32 |
+//!                          { topic_len u16 | topic | queue_id u32 | first_offset u64 }   (the retention floor)
 //! tag 9 ResetOffsets:      bincode(OffsetReset)        (group, topic, [(queue id, offset)]: offsets + markers)
 //! tag 10 ClearResetMarkers: bincode(Vec<ResetMarker>)  (markers to end, each only while it holds its offset)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
@@ -39,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
 pub use crate::offsets::{OffsetReset, ResetMarker};
-use crate::retention::{RetainPoint, RETAIN_BYTES};
+use crate::retention::{retain_queue_bytes, Retain, RetainPoint, RETAIN_HEADER_BYTES};
 
 /// One message of a produce batch: the RocketMQ-encoded message bytes, kept verbatim, plus the tag hash the
 /// consume queue stores.
@@ -311,7 +312,7 @@ pub enum Command {
     /// Replace the de-duplication window's settings.
     SetDedupWindow(DedupSettings),
     /// Move the retention floor: the log below this point is deleted ([`crate::retention`]).
-    Retain(RetainPoint),
+    Retain(Retain),
     /// A server-side offset reset: a group's offsets of some queues of a topic, each with a reset marker.
     ResetOffsets(OffsetReset),
     /// End reset markers the group has taken (each only while it still holds the named offset).
@@ -410,7 +411,7 @@ impl Command {
             Command::UpsertTopic(t) => 1 + 24 + t.name.len(),
             Command::SetDelayLevels(v) => 9 + 8 * v.len(),
             Command::SetDedupWindow(_) => 17,
-            Command::Retain(_) => 1 + RETAIN_BYTES,
+            Command::Retain(r) => 1 + RETAIN_HEADER_BYTES + r.queues.iter().map(|(t, _, _)| retain_queue_bytes(t)).sum::<usize>(),
             Command::ResetOffsets(r) => 1 + 24 + r.group.len() + r.topic.len() + 12 * r.offsets.len(),
             Command::ClearResetMarkers(v) => 9 + v.iter().map(|m| 28 + m.group.len() + m.topic.len()).sum::<usize>(),
         }
@@ -477,12 +478,20 @@ impl Command {
                 out.put_u8(TAG_SET_DEDUP_WINDOW);
                 bincode::serialize_into(&mut *out, d).map_err(|e| PayloadError::Bincode(e.to_string()))?;
             }
-            Command::Retain(p) => {
+            Command::Retain(r) => {
                 out.put_u8(TAG_RETAIN);
-                out.put_u64_le(p.index);
-                out.put_u64_le(p.pos);
-                out.put_i64_le(p.decided_ms);
-                out.put_u8(p.reason);
+                out.put_u64_le(r.point.index);
+                out.put_u64_le(r.point.pos);
+                out.put_i64_le(r.point.decided_ms);
+                out.put_u8(r.point.reason);
+                out.put_u8(u8::from(r.last));
+                out.put_u32_le(len_u32(r.queues.len())?);
+                for (topic, qid, first) in &r.queues {
+                    out.put_u16_le(u16::try_from(topic.len()).map_err(|_| PayloadError::TooLong("topic"))?);
+                    out.put_slice(topic.as_bytes());
+                    out.put_u32_le(*qid);
+                    out.put_u64_le(*first);
+                }
             }
             Command::ResetOffsets(r) => {
                 out.put_u8(TAG_RESET_OFFSETS);
@@ -557,12 +566,27 @@ impl Command {
             TAG_SET_DELAY_LEVELS => Ok(Command::SetDelayLevels(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_SET_DEDUP_WINDOW => Ok(Command::SetDedupWindow(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_RETAIN => {
-                need(&b, RETAIN_BYTES)?;
-                let p = RetainPoint { index: b.get_u64_le(), pos: b.get_u64_le(), decided_ms: b.get_i64_le(), reason: b.get_u8() };
+                need(&b, RETAIN_HEADER_BYTES)?;
+                let point = RetainPoint { index: b.get_u64_le(), pos: b.get_u64_le(), decided_ms: b.get_i64_le(), reason: b.get_u8() };
+                let last = b.get_u8() != 0;
+                let n = b.get_u32_le() as usize;
+                // Each queue takes at least 14 bytes: a count the body cannot hold is refused before allocating.
+                if n > b.remaining() / 14 {
+                    return Err(PayloadError::Truncated);
+                }
+                let mut queues = Vec::with_capacity(n);
+                for _ in 0..n {
+                    need(&b, 2)?;
+                    let tlen = b.get_u16_le() as usize;
+                    need(&b, tlen + 12)?;
+                    let topic = std::str::from_utf8(&b[..tlen]).map_err(|_| PayloadError::BadTopic)?.to_string();
+                    b.advance(tlen);
+                    queues.push((topic, b.get_u32_le(), b.get_u64_le()));
+                }
                 if b.has_remaining() {
                     return Err(PayloadError::Trailing(b.remaining()));
                 }
-                Ok(Command::Retain(p))
+                Ok(Command::Retain(Retain { point, queues, last }))
             }
             TAG_RESET_OFFSETS => Ok(Command::ResetOffsets(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_CLEAR_RESET_MARKERS => {
@@ -734,17 +758,23 @@ mod tests {
     }
 
     #[test]
-    fn a_retain_point_has_a_fixed_layout_and_refuses_trailing_bytes() {
-        let p = RetainPoint { index: 0x0102, pos: 0x0304 << 20, decided_ms: -5, reason: 2 };
+    fn a_retain_entry_round_trips_and_refuses_trailing_or_missing_bytes() {
+        let point = RetainPoint { index: 0x0102, pos: 0x0304 << 20, decided_ms: -5, reason: 2 };
+        let r = Retain { point, queues: vec![("T".into(), 3, 77), ("%RETRY%g".into(), 0, 5)], last: true };
         let mut out = Vec::new();
-        Command::Retain(p).encode(&mut out).unwrap();
-        assert_eq!(out.len(), Command::Retain(p).encoded_len());
+        Command::Retain(r.clone()).encode(&mut out).unwrap();
+        assert_eq!(out.len(), Command::Retain(r.clone()).encoded_len());
         assert_eq!(out[0], 8);
         assert_eq!(&out[1..9], &0x0102u64.to_le_bytes());
-        assert_eq!(Command::decode(&Bytes::from(out.clone()), None).unwrap(), Command::Retain(p));
-        out.push(0);
-        assert_eq!(Command::decode(&Bytes::from(out.clone()), None), Err(PayloadError::Trailing(1)));
-        out.truncate(10);
+        assert_eq!(Command::decode(&Bytes::from(out.clone()), None).unwrap(), Command::Retain(r));
+        let mut longer = out.clone();
+        longer.push(0);
+        assert_eq!(Command::decode(&Bytes::from(longer), None), Err(PayloadError::Trailing(1)));
+        out.truncate(out.len() - 1);
+        assert_eq!(Command::decode(&Bytes::from(out.clone()), None), Err(PayloadError::Truncated));
+        // A queue count the body cannot hold is refused without allocating for it.
+        out.truncate(1 + RETAIN_HEADER_BYTES);
+        out[27..31].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Command::decode(&Bytes::from(out), None), Err(PayloadError::Truncated));
     }
 

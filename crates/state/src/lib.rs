@@ -39,7 +39,7 @@ pub use dedup::{DedupWindow, Seen};
 pub use error::PayloadError;
 pub use offsets::{ConsumerOffsets, ResetMarkers, RESET_MARKERS_MAX};
 pub use queues::{ApplyError, QueueState, QueueStore};
-pub use retention::{RetainPoint, Retention};
+pub use retention::{Retain, RetainPoint, Retention};
 pub use schedule::{Schedule, SCHEDULE_TOPIC, TIMER_TOPIC};
 pub use txn::{PendingTxn, Transactions, TRANS_CHECK_MAX_TIME_TOPIC, TRANS_HALF_TOPIC};
 pub use unit::{CqUnit, CQ_UNIT_LEN};
@@ -148,7 +148,7 @@ impl BrokerState {
                 Ok(()) => CommandResponse::Done,
                 Err(why) => CommandResponse::Refused(why),
             },
-            Command::Retain(p) => match self.retention.apply(p, &mut self.queues, &self.consumer_offsets, store)? {
+            Command::Retain(r) => match self.retention.apply(r, &mut self.queues, &self.consumer_offsets) {
                 Ok(()) => CommandResponse::Done,
                 Err(why) => CommandResponse::Refused(why),
             },
@@ -314,10 +314,6 @@ mod tests {
         fn publish(&mut self, topic: &str, queue_id: u32, next: u64) {
             self.published.insert((topic.to_string(), queue_id), next);
         }
-        fn first_at_or_after(&mut self, topic: &str, queue_id: u32, st: QueueState, pos: u64) -> Result<Option<u64>, Self::Error> {
-            let Some(units) = self.units.get(&(topic.to_string(), queue_id)) else { return Ok(None) };
-            Ok(Some(units.iter().find(|(_, u)| u.phys_offset >= pos).map(|(o, _)| *o).unwrap_or(st.next_offset)))
-        }
     }
 
     /// A produce command as read back from a log: physical offsets assigned from `next_pos`.
@@ -372,7 +368,6 @@ mod tests {
         let mut q = MemQueues::default();
         let mut pos = 0;
         s.apply(&Command::UpsertTopic(TopicConfig { name: "T".into(), read_queues: 2, write_queues: 2, perm: 6 }), &mut q).unwrap();
-        // Queue 0 gets 10 messages of 10 bytes (+1 in `logged`): units at positions 0, 11, 22, …, 99.
         for _ in 0..10 {
             let p = Produce {
                 time_ms: 1,
@@ -386,26 +381,38 @@ mod tests {
         };
         s.apply(&commit("behind", 2), &mut q).unwrap();
         s.apply(&commit("ahead", 8), &mut q).unwrap();
-        let retain = |index, pos| Command::Retain(RetainPoint { index, pos, decided_ms: 5, reason: 0 });
-        // Everything below position 50 goes: offsets 0..=4 (units at 0, 11, 22, 33, 44).
-        assert_eq!(s.apply(&retain(6, 50), &mut q).unwrap(), CommandResponse::Done);
+        let retain = |index, pos, first: u64, last| {
+            Command::Retain(Retain {
+                point: RetainPoint { index, pos, decided_ms: 5, reason: 0 },
+                queues: vec![("T".into(), 0, first), ("Gone".into(), 0, 3)],
+                last,
+            })
+        };
+        // The leader found offset 5 first at or after position 50; a queue of a topic that does not exist is
+        // skipped.
+        assert_eq!(s.apply(&retain(6, 50, 5, false), &mut q).unwrap(), CommandResponse::Done);
         assert_eq!(s.queues["T"][&0].min_offset, 5);
+        assert_eq!(s.retention.floor, RetainPoint::default(), "the floor moves with the last entry only");
+        assert_eq!(s.apply(&retain(6, 50, 5, true), &mut q).unwrap(), CommandResponse::Done, "the same list again is harmless");
+        assert_eq!(s.retention.floor.index, 6);
         assert_eq!(s.retention.queue_floor("T", 0), 5);
-        assert_eq!(s.retention.queue_floor("T", 1), 0, "an empty queue is untouched");
+        assert_eq!(s.retention.queue_floor("T", 1), 0, "a queue not listed is untouched");
         assert_eq!(s.retention.lost("behind", "T"), 3, "offsets 2, 3 and 4 were never consumed");
         assert_eq!(s.retention.lost("ahead", "T"), 0);
         // A floor that does not move forward is refused and changes nothing.
         let before = s.clone();
-        assert!(matches!(s.apply(&retain(6, 50), &mut q).unwrap(), CommandResponse::Refused(w) if w.contains("already at index 6")));
-        assert!(matches!(s.apply(&retain(9, 40), &mut q).unwrap(), CommandResponse::Refused(_)));
+        assert!(
+            matches!(s.apply(&retain(6, 50, 9, true), &mut q).unwrap(), CommandResponse::Refused(w) if w.contains("already at index 6"))
+        );
+        assert!(matches!(s.apply(&retain(9, 40, 9, true), &mut q).unwrap(), CommandResponse::Refused(_)));
         assert_eq!(s, before);
         // The next purge charges only what lies between the old and the new floor.
-        assert_eq!(s.apply(&retain(9, 80), &mut q).unwrap(), CommandResponse::Done);
+        assert_eq!(s.apply(&retain(9, 80, 8, true), &mut q).unwrap(), CommandResponse::Done);
         assert_eq!(s.retention.queue_floor("T", 0), 8);
         assert_eq!(s.retention.lost("behind", "T"), 6, "3 more: offsets 5, 6, 7");
         assert_eq!(s.retention.lost("ahead", "T"), 0);
-        // Past the end: the whole queue is gone, min offset = next offset.
-        assert_eq!(s.apply(&retain(20, 1000), &mut q).unwrap(), CommandResponse::Done);
+        // Never past the end of the queue.
+        assert_eq!(s.apply(&retain(20, 1000, 99, true), &mut q).unwrap(), CommandResponse::Done);
         assert_eq!(s.queues["T"][&0].min_offset, 10);
         assert_eq!(s.retention.lost("ahead", "T"), 2);
         assert_eq!(s.retention.purges, 3);
@@ -857,7 +864,8 @@ mod tests {
             1 => (topic.clone(), 1u32..4, 1u32..4).prop_map(|(name, r, w)| Command::UpsertTopic(TopicConfig { name, read_queues: r, write_queues: w, perm: 6 })),
             1 => ("[gh]", topic, 0u32..4, 0u64..10).prop_map(|(group, topic, queue_id, offset)| Command::CommitOffsets(vec![OffsetCommit { group, topic, queue_id, offset }])),
             1 => proptest::collection::vec(0u64..5000, 0..4).prop_map(Command::SetDelayLevels),
-            1 => (1u64..40, 0u64..400).prop_map(|(index, pos)| Command::Retain(RetainPoint { index, pos, decided_ms: 0, reason: 0 })),
+            1 => (1u64..40, 0u64..400, proptest::collection::vec(("[AB]", 0u32..4, 0u64..10), 0..3), any::<bool>())
+                .prop_map(|(index, pos, queues, last)| Command::Retain(Retain { point: RetainPoint { index, pos, decided_ms: 0, reason: 0 }, queues, last })),
             1 => ("[gh]", prop_oneof![Just("A".to_string()), Just("B".to_string())], proptest::collection::vec((0u32..4, 0u64..10), 0..3))
                 .prop_map(|(group, topic, offsets)| Command::ResetOffsets(OffsetReset { group, topic, offsets })),
             1 => ("[gh]", prop_oneof![Just("A".to_string()), Just("B".to_string())], 0u32..4, 0u64..10)

@@ -34,10 +34,6 @@ pub trait QueueStore {
     fn write(&mut self, topic: &str, queue_id: u32, queue: QueueState, at: u64, unit: CqUnit) -> Result<(), Self::Error>;
     /// Makes the units below `next_offset` of the topic-queue readable.
     fn publish(&mut self, topic: &str, queue_id: u32, next_offset: u64);
-    /// The first offset of the topic-queue (state `queue`) whose unit points at or after log position `pos`
-    /// (units grow with the log), or `None` when this store holds no unit of the queue. Retention uses it;
-    /// the answer depends only on units, which are the same on every replica at or above any floor.
-    fn first_at_or_after(&mut self, topic: &str, queue_id: u32, queue: QueueState, pos: u64) -> Result<Option<u64>, Self::Error>;
 }
 
 /// What the rest of the state says about each message of a produce entry as it is indexed, in entry order.

@@ -81,6 +81,9 @@ config_of() {
       echo "nodeId = $id"
       echo "namesrvAddr = \"$NAMESRV\""
       echo "storePathRootDir = \"$DATA/broker-$l-n$id\""
+      echo "# A local cluster shares the machine's disk: refuse sends above 95 % use (production: 0.75)."
+      echo "diskMaxUsedSpaceRatio = 0.95"
+      echo "diskSpaceCleanForciblyRatio = 0.97"
       echo "bootstrap = $bootstrap"
       echo
       printf '%b' "$peers"

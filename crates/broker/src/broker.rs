@@ -159,9 +159,9 @@ pub struct BrokerInner {
     pub(crate) duplicates_answered: std::sync::atomic::AtomicU64,
     /// The store's filesystem: full or not, and where retention stopped.
     pub(crate) disk: crate::retention::DiskGuard,
-    /// `unsafeAckBeforeQuorum` only: the next queue offset to hand out per (topic, queue).
+    /// `unsafeAckBeforeQuorum` only: offsets handed out and acknowledged writes not yet proposed.
     #[cfg(feature = "unsafe-ack-before-quorum")]
-    pub(crate) unsafe_next_offsets: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
+    pub(crate) unsafe_acks: std::sync::Mutex<crate::send::UnsafeAcks>,
 }
 
 /// A running broker node.
@@ -236,7 +236,7 @@ impl Broker {
             duplicates_answered: std::sync::atomic::AtomicU64::new(0),
             disk: crate::retention::DiskGuard::default(),
             #[cfg(feature = "unsafe-ack-before-quorum")]
-            unsafe_next_offsets: std::sync::Mutex::default(),
+            unsafe_acks: std::sync::Mutex::default(),
         });
         let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), server_options)
             .await
@@ -258,6 +258,14 @@ impl Broker {
                 }
             }),
         ];
+        #[cfg(feature = "unsafe-ack-before-quorum")]
+        let tasks = {
+            let mut tasks = tasks;
+            if inner.cfg.unsafe_ack_before_quorum {
+                tasks.push(tokio::spawn(crate::send::unsafe_ack_drain_loop(Arc::clone(&inner))));
+            }
+            tasks
+        };
         info!(broker = %inner.cfg.broker_name, node = inner.cfg.node_id, client = %server.local_addr(), raft = %me.raft_addr, "broker started");
         Ok(Broker { inner, server, tasks })
     }

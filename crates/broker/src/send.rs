@@ -484,9 +484,12 @@ impl BrokerInner {
         Some(RemotingCommand::success_to(req).with_header(&rh).into())
     }
 
-    /// `unsafeAckBeforeQuorum` (chaos-checker tests only): proposes the write in the background and answers
-    /// at once with the queue offset the message would get if nothing went wrong. Compiled only with the
-    /// `unsafe-ack-before-quorum` feature.
+    /// `unsafeAckBeforeQuorum` (chaos-checker tests only): answers at once with the queue offset the message
+    /// would get if nothing went wrong and holds the write in memory for [`UNSAFE_ACK_HOLD`] before proposing
+    /// it (in arrival order, by [`unsafe_ack_drain_loop`]). Whatever a killed or deposed leader still holds is
+    /// lost although acknowledged, so every leader kill loses the last second of sends: the checker's proof
+    /// does not depend on a kill landing in the few milliseconds a proposal is in flight. Compiled only with
+    /// the `unsafe-ack-before-quorum` feature.
     #[cfg(feature = "unsafe-ack-before-quorum")]
     fn unsafe_ack_before_quorum(
         &self,
@@ -498,18 +501,19 @@ impl BrokerInner {
     ) -> Reply {
         let n = messages.len() as u64;
         let first = {
-            let mut next = self.unsafe_next_offsets.lock().unwrap_or_else(|e| e.into_inner());
-            let e = next.entry((topic.to_string(), queue_id)).or_insert(0);
-            *e = (*e).max(self.store.max_offset(topic, queue_id));
+            let mut acks = self.unsafe_acks.lock().unwrap_or_else(|e| e.into_inner());
+            if acks.pending.len() >= UNSAFE_ACK_PENDING_MAX {
+                return reply(req, ResponseCode::SYSTEM_BUSY, format!("unsafeAckBeforeQuorum: {UNSAFE_ACK_PENDING_MAX} writes held"));
+            }
+            let max = self.store.max_offset(topic, queue_id);
+            let e = acks.next.entry((topic.to_string(), queue_id)).or_insert(0);
+            *e = (*e).max(max);
             let first = *e;
             *e += n;
+            let due = std::time::Instant::now() + UNSAFE_ACK_HOLD;
+            acks.pending.push_back((due, topic.to_string(), queue_id, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()));
             first
         };
-        let store = self.store.clone();
-        let topic = topic.to_string();
-        tokio::spawn(async move {
-            let _ = store.put(&topic, queue_id, messages.into_iter().map(|m| (m.tags_code, m.data)).collect()).await;
-        });
         let msg_id = encode_offset_msg_id(SocketAddr::V4(store_host), 0);
         let rh = SendMessageResponseHeader::new(msg_id, queue_id as i32, first as i64);
         Some(RemotingCommand::success_to(req).with_header(&rh).into())
@@ -619,6 +623,66 @@ impl BrokerInner {
         match put {
             Ok(_) => Some(RemotingCommand::success_to(req).into()),
             Err(e) => self.put_error_reply(req, e),
+        }
+    }
+}
+
+/// `unsafeAckBeforeQuorum` only: how long an acknowledged write waits in memory before it is proposed.
+#[cfg(feature = "unsafe-ack-before-quorum")]
+pub(crate) const UNSAFE_ACK_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+/// `unsafeAckBeforeQuorum` only: acknowledged writes held at most; sends past it get SYSTEM_BUSY.
+#[cfg(feature = "unsafe-ack-before-quorum")]
+pub(crate) const UNSAFE_ACK_PENDING_MAX: usize = 65_536;
+
+/// `unsafeAckBeforeQuorum` only: the next queue offset handed out per (topic, queue) and the acknowledged
+/// writes not yet proposed, oldest first (due time, topic, queue, messages).
+#[cfg(feature = "unsafe-ack-before-quorum")]
+#[derive(Default)]
+pub(crate) struct UnsafeAcks {
+    next: std::collections::HashMap<(String, u32), u64>,
+    #[allow(clippy::type_complexity)]
+    pending: std::collections::VecDeque<(std::time::Instant, String, u32, Vec<(i64, Bytes)>)>,
+}
+
+/// `unsafeAckBeforeQuorum` only: proposes held writes once due, one at a time and in arrival order, so a
+/// healthy leader stores each at the offset it acknowledged. A failed proposal is dropped (the loss the
+/// checker must report).
+#[cfg(feature = "unsafe-ack-before-quorum")]
+pub(crate) async fn unsafe_ack_drain_loop(inner: std::sync::Arc<BrokerInner>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        loop {
+            // Due writes for the same queue that follow each other go as one proposal (up to 256 KiB).
+            let next = {
+                let mut acks = inner.unsafe_acks.lock().unwrap_or_else(|e| e.into_inner());
+                let now = std::time::Instant::now();
+                match acks.pending.pop_front() {
+                    Some((due, topic, queue_id, mut messages)) if due <= now => {
+                        let mut bytes: usize = messages.iter().map(|m| m.1.len()).sum();
+                        while let Some((d, t, q, m)) = acks.pending.front() {
+                            let more: usize = m.iter().map(|m| m.1.len()).sum();
+                            if *d > now || *t != topic || *q != queue_id || bytes + more > 256 * 1024 {
+                                break;
+                            }
+                            bytes += more;
+                            if let Some((.., m)) = acks.pending.pop_front() {
+                                messages.extend(m);
+                            }
+                        }
+                        Some((topic, queue_id, messages))
+                    }
+                    Some(not_due) => {
+                        acks.pending.push_front(not_due);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            let Some((topic, queue_id, messages)) = next else { break };
+            if let Err(e) = inner.store.put(&topic, queue_id, messages).await {
+                warn!(topic, queue_id, error = %e, "unsafeAckBeforeQuorum: an acknowledged write was not stored");
+            }
         }
     }
 }

@@ -141,7 +141,14 @@ impl ClusterSecrets {
 
     /// HMAC-SHA256 with the signing (first) secret over `domain` and `parts`, each length-prefixed.
     pub fn sign(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; TAG_BYTES] {
-        Self::keyed(&self.keys[0], domain, parts).finalize().into_bytes().into()
+        self.sign_with(0, domain, parts)
+    }
+
+    /// Like [`ClusterSecrets::sign`] with secret number `index` (the first one when out of range): for an
+    /// answer under the secret the peer proved itself with ([`ClusterSecrets::verify`]'s result).
+    pub fn sign_with(&self, index: usize, domain: &[u8], parts: &[&[u8]]) -> [u8; TAG_BYTES] {
+        let key = self.keys.get(index).unwrap_or(&self.keys[0]);
+        Self::keyed(key, domain, parts).finalize().into_bytes().into()
     }
 
     /// The index of the secret under which `tag` is the HMAC of `domain` and `parts`, if any. Each

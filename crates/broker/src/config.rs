@@ -667,12 +667,15 @@ impl BrokerConfig {
     }
 }
 
-/// A warning when the secret file at `path` can be read by its group or by others (it should be mode 0600,
-/// owned by the service user); `None` when it cannot, or when the mode cannot be read.
+/// A warning when the secret file at `path` can be read or written by others than its owner and group (it
+/// should be 0600 owned by the service user, or 0640 root:raftmq as packaged); `None` when it cannot, or
+/// when the mode cannot be read.
 pub fn secret_file_mode_warning(path: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| format!("cluster secret file {} has mode {mode:03o}: readable beyond its owner; chmod 600 it", path.display()))
+    (mode & 0o007 != 0 || mode & 0o020 != 0).then(|| {
+        format!("cluster secret file {} has mode {mode:03o}: accessible beyond its owner and group; chmod 600 (or 640) it", path.display())
+    })
 }
 
 #[cfg(test)]
@@ -841,8 +844,13 @@ clientAddr = "127.0.0.1:10921"
         std::fs::write(&file, "file-secret-0123456789\nolder-secret-0123456789\n").unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         assert!(secret_file_mode_warning(&file).unwrap().contains("mode 644"));
+        for ok in [0o600, 0o640, 0o400] {
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(ok)).unwrap();
+            assert_eq!(secret_file_mode_warning(&file), None, "{ok:o}");
+        }
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
+        assert!(secret_file_mode_warning(&file).is_some(), "group-writable");
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        assert_eq!(secret_file_mode_warning(&file), None);
         let from_file = format!("clusterSecretFile = \"{}\"\n{base}", file.display());
         assert_eq!(BrokerConfig::from_toml(&from_file).unwrap().cluster_secrets().unwrap().map(|s| s.len()), Some(2));
         let both = format!("clusterSecret = \"inline-secret-0123456789\"\n{from_file}");

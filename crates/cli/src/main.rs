@@ -56,6 +56,9 @@ enum Cmd {
         /// Log file (default: stderr).
         #[arg(long, env = "RAFTMQ_LOG_FILE")]
         log_file: Option<PathBuf>,
+        /// Overrides `clusterSecretFile` (and `clusterSecret`).
+        #[arg(long, env = "RAFTMQ_CLUSTER_SECRET_FILE")]
+        cluster_secret_file: Option<PathBuf>,
     },
     /// Inspect and administer a cluster.
     Admin {
@@ -194,7 +197,7 @@ async fn main() -> Result<()> {
             tracing::info!("nameserver stopping");
             Ok(())
         }
-        Cmd::Broker { config, store_dir, namesrv, log_file } => {
+        Cmd::Broker { config, store_dir, namesrv, log_file, cluster_secret_file } => {
             init_logging(log_file.as_ref())?;
             let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
             let mut cfg = raftmq_broker::config::BrokerConfig::from_toml(&text).with_context(|| format!("parse {}", config.display()))?;
@@ -203,6 +206,10 @@ async fn main() -> Result<()> {
             }
             if let Some(n) = namesrv {
                 cfg.namesrv_addr = n;
+            }
+            if let Some(f) = cluster_secret_file {
+                cfg.cluster_secret_file = Some(f);
+                cfg.cluster_secret = None;
             }
             let broker = match raftmq_broker::Broker::start(cfg).await {
                 Ok(b) => b,

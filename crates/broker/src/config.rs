@@ -499,8 +499,9 @@ impl BrokerConfig {
         let text = match (&self.cluster_secret_file, &self.cluster_secret) {
             (Some(_), Some(_)) => return Err(ConfigError("set clusterSecretFile or clusterSecret, not both".into())),
             (None, None) => return Ok(None),
-            (Some(path), None) => std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("clusterSecretFile {}: {e}", path.display())))?,
+            (Some(path), None) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigError(format!("clusterSecretFile {}: {e}", path.display())))?
+            }
             (None, Some(s)) => s.expose().to_string(),
         };
         ClusterSecrets::parse(&text).map(Some).map_err(|why| match &self.cluster_secret_file {

@@ -190,9 +190,8 @@ async fn main() -> Result<()> {
             let opts = limits.options();
             opts.validate().context("connection limits")?;
             let secrets = namesrv_secrets(cluster_secret_file.as_deref(), std::env::var("RAFTMQ_CLUSTER_SECRET").ok())?;
-            let _ns = raftmq_namesrv::NameServer::start_secured(&listen, opts, secrets)
-                .await
-                .with_context(|| format!("listen on {listen}"))?;
+            let _ns =
+                raftmq_namesrv::NameServer::start_secured(&listen, opts, secrets).await.with_context(|| format!("listen on {listen}"))?;
             shutdown_signal().await;
             tracing::info!("nameserver stopping");
             Ok(())

@@ -19,7 +19,7 @@ use std::time::Duration;
 use raftmq_net::server::HandlerFuture;
 use raftmq_net::{Conn, RemotingServer, RequestHandler, Response, ServerOptions};
 use raftmq_remoting::body::{decode_json_body, encode_json_body, KvTable, RegisterBrokerBody};
-use raftmq_remoting::cluster_auth::{verify_request, ClusterSecrets};
+use raftmq_remoting::cluster_auth::{verify_request, ClusterSecrets, RequestAuthError};
 use raftmq_remoting::frame::RemotingCommand;
 use raftmq_remoting::header::{
     CommandHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader,
@@ -117,7 +117,10 @@ impl RefusalLog {
     fn allow(&self, now_ms: u64) -> Option<u64> {
         let next = self.next_ms.load(Ordering::Relaxed);
         if now_ms < next
-            || self.next_ms.compare_exchange(next, now_ms + REFUSAL_LOG_INTERVAL.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            || self
+                .next_ms
+                .compare_exchange(next, now_ms + REFUSAL_LOG_INTERVAL.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -141,8 +144,8 @@ fn error(req: &RemotingCommand, code: ResponseCode, remark: String) -> Option<Re
 }
 
 impl Handler {
-    /// `Err(response)` when a secret is configured and `req` is not signed with it.
-    fn authenticate(&self, req: &RemotingCommand, peer: &str) -> Result<(), Option<Response>> {
+    /// `Err(why)` (the remark) when a secret is configured and `req` is not signed with it.
+    fn authenticate(&self, req: &RemotingCommand, peer: &str) -> Result<(), RequestAuthError> {
         let Some(secrets) = &self.secrets else { return Ok(()) };
         let now = now_ms();
         match verify_request(secrets, req.code, &req.ext_fields, &req.body, now) {
@@ -153,7 +156,7 @@ impl Handler {
                 if let Some(suppressed) = self.refusals.allow(now) {
                     warn!(%peer, code = req.code, broker, broker_id = id, error = %e, suppressed, "broker registration refused");
                 }
-                Err(error(req, ResponseCode::NO_PERMISSION, format!("registration refused: {e}")))
+                Err(e)
             }
         }
     }
@@ -161,8 +164,8 @@ impl Handler {
     fn handle_now(&self, req: &RemotingCommand, peer: &str) -> Option<Response> {
         let code = req.request_code();
         if matches!(code, RequestCode::REGISTER_BROKER | RequestCode::UNREGISTER_BROKER) {
-            if let Err(refusal) = self.authenticate(req, peer) {
-                return refusal;
+            if let Err(e) = self.authenticate(req, peer) {
+                return error(req, ResponseCode::NO_PERMISSION, format!("registration refused: {e}"));
             }
         }
         match code {
@@ -271,9 +274,10 @@ mod tests {
             ..Default::default()
         };
         let mut body = RegisterBrokerBody::default();
-        body.topic_config_serialize_wrapper
-            .topic_config_table
-            .insert("T".into(), TopicConfig { topic_name: "T".into(), read_queue_nums: 4, write_queue_nums: 4, perm: 6, ..Default::default() });
+        body.topic_config_serialize_wrapper.topic_config_table.insert(
+            "T".into(),
+            TopicConfig { topic_name: "T".into(), read_queue_nums: 4, write_queue_nums: 4, perm: 6, ..Default::default() },
+        );
         RemotingCommand::request(RequestCode::REGISTER_BROKER, 1).with_header(&h).with_body(encode_json_body(&body).unwrap())
     }
 

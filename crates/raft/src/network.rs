@@ -60,9 +60,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, warn};
 
-use crate::handshake::{
-    client_handshake, server_handshake, HandshakeError, LogLimiter, RaftAuth, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT,
-};
+use crate::handshake::{client_handshake, server_handshake, HandshakeError, LogLimiter, RaftAuth, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT};
 
 use crate::member::MemberAddr;
 use crate::types::{LogId, Node, NodeId, Raft, TypeConfig};

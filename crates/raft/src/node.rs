@@ -30,12 +30,13 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::error::{FailureCell, StoreFailure};
+use crate::handshake::RaftAuth;
 use crate::log_store::{LogStore, StoreLink};
 use crate::member::MemberAddr;
 use crate::message_index::{MessageIndex, MessageIndexConfig};
-use crate::handshake::RaftAuth;
 use crate::network::{
-    control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, ELECTION_PAUSE_MS_MAX, FRAME_BYTES_MAX,
+    control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, ELECTION_PAUSE_MS_MAX,
+    FRAME_BYTES_MAX,
 };
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
@@ -161,7 +162,10 @@ impl NodeConfig {
             return bad("batch_inflight_max must be at least 1".into());
         }
         if self.transfer_interval_min_ms > TRANSFER_INTERVAL_MIN_MS_MAX {
-            return bad(format!("transfer_interval_min_ms {} must be at most {TRANSFER_INTERVAL_MIN_MS_MAX}", self.transfer_interval_min_ms));
+            return bad(format!(
+                "transfer_interval_min_ms {} must be at most {TRANSFER_INTERVAL_MIN_MS_MAX}",
+                self.transfer_interval_min_ms
+            ));
         }
         Ok(())
     }

@@ -91,12 +91,11 @@ fn transfers_are_serialised_and_spaced_on_an_authenticated_group() {
             leader.transfer_leader(others[1], Duration::from_secs(10))
         );
         println!("concurrent transfers: {a:?} / {b:?} after {:?}", t0.elapsed());
-        let (ok, refused, winner) = match (a, b) {
-            (Ok(()), Err(e)) => ((), e, others[0]),
-            (Err(e), Ok(())) => ((), e, others[1]),
+        let (refused, winner) = match (a, b) {
+            (Ok(()), Err(e)) => (e, others[0]),
+            (Err(e), Ok(())) => (e, others[1]),
             other => panic!("exactly one transfer must run: {other:?}"),
         };
-        let _ = ok;
         assert!(matches!(&refused, NodeError::Busy(m) if m.contains("leader transfer to node") && m.contains("in progress")), "{refused}");
         let new_leader = wait_leader(&nodes, Duration::from_secs(5)).await.unwrap();
         assert_eq!(new_leader.id(), winner);

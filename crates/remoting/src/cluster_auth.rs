@@ -197,10 +197,13 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.is_ascii() {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+    s.as_bytes()
+        .chunks(2)
+        .map(|c| if c.len() == 2 { std::str::from_utf8(c).ok().and_then(|x| u8::from_str_radix(x, 16).ok()) } else { None })
+        .collect()
 }
 
 /// Signs a request: sets [`AUTH_TIME_FIELD`] to `now_ms` and [`AUTH_FIELD`] to the HMAC of the request code,
@@ -258,9 +261,9 @@ mod tests {
         assert!(short.contains("15 bytes") && !short.contains("yyyy"), "{short}");
         assert!(ClusterSecrets::parse(&"x".repeat(CLUSTER_SECRET_BYTES_MAX)).is_ok());
         assert!(ClusterSecrets::parse(&"x".repeat(CLUSTER_SECRET_BYTES_MAX + 1)).is_err());
-        let four = vec![A; CLUSTER_SECRETS_MAX].join("\n");
+        let four = [A; CLUSTER_SECRETS_MAX].join("\n");
         assert_eq!(ClusterSecrets::parse(&four).unwrap().len(), CLUSTER_SECRETS_MAX);
-        let five = vec![A; CLUSTER_SECRETS_MAX + 1].join(",");
+        let five = [A; CLUSTER_SECRETS_MAX + 1].join(",");
         assert!(ClusterSecrets::parse(&five).unwrap_err().contains("at most 4"));
     }
 

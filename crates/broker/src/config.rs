@@ -862,6 +862,8 @@ clientAddr = "127.0.0.1:10921"
         assert!(e.0.contains("5 bytes") && !e.0.contains("short"), "{e}");
         let missing = format!("clusterSecretFile = \"{}/none\"\n{base}", dir.path().display());
         assert!(BrokerConfig::from_toml(&missing).unwrap().cluster_secrets().unwrap_err().0.contains("clusterSecretFile"));
+        let at_limit = format!("leaderTransferIntervalMinMs = 3600000\n{base}");
+        BrokerConfig::from_toml(&at_limit).unwrap().validate().expect("at the limit");
         let far = format!("leaderTransferIntervalMinMs = 3600001\n{base}");
         assert!(BrokerConfig::from_toml(&far).unwrap().validate().unwrap_err().0.contains("leaderTransferIntervalMinMs"));
     }

@@ -284,6 +284,11 @@ pub enum ControlRequest {
 /// Longest election pause a [`ControlRequest::PauseElect`] may ask for: 30 s (longer requests are cut to it).
 pub const ELECTION_PAUSE_MS_MAX: u64 = 30_000;
 
+/// `pause`, cut to [`ELECTION_PAUSE_MS_MAX`].
+pub fn clamp_pause(pause: Duration) -> Duration {
+    pause.min(Duration::from_millis(ELECTION_PAUSE_MS_MAX))
+}
+
 /// When this node last took part in a leader transfer (as the leader handing over, or as the target that was
 /// told to campaign): leader transfers out of a node are at least the configured interval apart from it, so a
 /// loop of transfers between nodes cannot fence writes most of the time.
@@ -346,7 +351,7 @@ impl RaftControl {
     /// Switches elections off for `pause` (at most [`ELECTION_PAUSE_MS_MAX`]); they resume afterwards unless
     /// superseded by a later switch.
     pub fn pause_elections(&self, pause: Duration) {
-        let pause = pause.min(Duration::from_millis(ELECTION_PAUSE_MS_MAX));
+        let pause = clamp_pause(pause);
         let generation = self.elect_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.raft.runtime_config().elect(false);
         let (raft, gen_now) = (self.raft.clone(), Arc::clone(&self.elect_gen));
@@ -1540,6 +1545,14 @@ mod tests {
 
     fn net_err<T: std::fmt::Debug, E: std::error::Error>(r: Result<T, RPCError<NodeId, Node, E>>) -> bool {
         matches!(r, Err(RPCError::Unreachable(_)) | Err(RPCError::Network(_)))
+    }
+
+    #[test]
+    fn an_election_pause_is_cut_to_its_limit() {
+        let max = Duration::from_millis(ELECTION_PAUSE_MS_MAX);
+        assert_eq!(clamp_pause(max), max);
+        assert_eq!(clamp_pause(max + Duration::from_millis(1)), max);
+        assert_eq!(clamp_pause(Duration::from_millis(1900)), Duration::from_millis(1900));
     }
 
     #[tokio::test]

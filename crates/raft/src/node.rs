@@ -34,10 +34,7 @@ use crate::handshake::RaftAuth;
 use crate::log_store::{LogStore, StoreLink};
 use crate::member::MemberAddr;
 use crate::message_index::{MessageIndex, MessageIndexConfig};
-use crate::network::{
-    control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, ELECTION_PAUSE_MS_MAX,
-    FRAME_BYTES_MAX,
-};
+use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
     Action, Command, CommandResponse, Delivery, Node, NodeId, Op, Produce, QueueAppend, QueueAppendResult, Raft, OPS_HEADER_BYTES,
@@ -452,15 +449,19 @@ impl Fence {
     }
 }
 
-/// Holds a node's transfer slot; frees it and records the end of the transfer when dropped.
+/// Holds a node's transfer slot; frees it when dropped, and records the end of the transfer if it got as far
+/// as fencing writes (a transfer refused before, e.g. for a lagging target, does not delay the next one).
 struct TransferSlot<'a> {
     slot: &'a std::sync::Mutex<Option<NodeId>>,
     clock: &'a TransferClock,
+    fenced: bool,
 }
 
 impl Drop for TransferSlot<'_> {
     fn drop(&mut self) {
-        self.clock.touch();
+        if self.fenced {
+            self.clock.touch();
+        }
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
@@ -1223,7 +1224,7 @@ impl RaftNode {
         }
         let addr_of = |id: NodeId| membership.get_node(&id).map(|n| MemberAddr::raft_of(&n.addr).to_string());
         let Some(target_addr) = addr_of(target) else { return Err(NodeError::Raft(format!("no address for {target}"))) };
-        let _slot = self.claim_transfer(target)?;
+        let mut slot = self.claim_transfer(target)?;
         self.wait_caught_up(target, timeout).await?;
         let rpc_timeout = Duration::from_millis(self.cfg.election_max_ms);
         let others: Vec<(NodeId, String)> =
@@ -1237,6 +1238,7 @@ impl RaftNode {
             rpc_timeout,
             done: false,
         };
+        slot.fenced = true;
         self.fence.target.store(target, Ordering::Release);
         self.fence.active.store(true, Ordering::Release);
         self.raft.runtime_config().heartbeat(false);
@@ -1268,10 +1270,10 @@ impl RaftNode {
 
     /// How long a leader transfer pauses the other voters' elections: the leader lease it waits out
     /// (`election_max_ms + heartbeat_ms`), the call that makes the target campaign (`election_max_ms` at most)
-    /// and the target's campaign (`election_max_ms`); at most [`ELECTION_PAUSE_MS_MAX`]. 1.9 s by default.
+    /// and the target's campaign (`election_max_ms`); at most [`crate::network::ELECTION_PAUSE_MS_MAX`]. 1.9 s by default.
     pub fn election_pause(&self) -> Duration {
         let ms = 3 * self.cfg.election_max_ms + self.cfg.heartbeat_ms;
-        Duration::from_millis(ms.min(ELECTION_PAUSE_MS_MAX))
+        crate::network::clamp_pause(Duration::from_millis(ms))
     }
 
     /// Takes the single transfer slot, or says why not ([`NodeError::Busy`]).
@@ -1292,7 +1294,7 @@ impl RaftNode {
             )));
         }
         *slot = Some(target);
-        Ok(TransferSlot { slot: &self.transferring, clock: &self.transfers })
+        Ok(TransferSlot { slot: &self.transferring, clock: &self.transfers, fenced: false })
     }
 
     /// Compacts the log through `upto` (at most the applied index and the newest checkpoint): builds the

@@ -14,6 +14,9 @@
 #   scripts/cluster.sh replace NODE      start a fresh node with a new id and replace the dead NODE with it
 #
 # Data and logs go to $RAFTMQ_DATA_DIR (default ./data). $CARGO_TARGET_DIR is honoured for the build.
+# The first start generates a cluster secret, $RAFTMQ_DATA_DIR/cluster-secret (mode 0600); every broker and
+# the nameserver get it (RAFTMQ_CLUSTER_SECRET_FILE), so the Raft ports and nameserver registrations are
+# authenticated (docs/security.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -38,6 +41,15 @@ build() {
 }
 
 pidfile() { echo "$DATA/pids/$1.pid"; }
+
+# The cluster secret file, created once (32 random bytes, base64) with mode 0600.
+SECRET_FILE="$DATA/cluster-secret"
+ensure_secret() {
+  [ -s "$SECRET_FILE" ] && return 0
+  mkdir -p "$DATA"
+  (umask 077 && head -c 32 /dev/urandom | base64 >"$SECRET_FILE.tmp" && mv "$SECRET_FILE.tmp" "$SECRET_FILE")
+  echo "generated the cluster secret $SECRET_FILE"
+}
 
 running() {
   local f; f=$(pidfile "$1")
@@ -96,6 +108,8 @@ start_node() {
   local node=$1
   running "$node" && { echo "$node already running (pid $(cat "$(pidfile "$node")"))"; return; }
   mkdir -p "$DATA/pids" "$DATA/logs"
+  ensure_secret
+  export RAFTMQ_CLUSTER_SECRET_FILE="$SECRET_FILE"
   if [ "$node" = namesrv ]; then
     nohup "$BIN" namesrv --listen "$NAMESRV" --log-file "$DATA/logs/namesrv.log" >"$DATA/logs/namesrv.out" 2>&1 &
   else

@@ -101,8 +101,18 @@ impl Cluster {
         let dir = tempfile::Builder::new().disable_cleanup(std::env::var_os("RAFTMQ_KEEP_TEST_DIRS").is_some()).tempdir().expect("tempdir");
         let store_root = stores.map(PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
         let namesrv = format!("127.0.0.1:{}", free_port());
+        // A cluster whose brokers have a `clusterSecretFile` line in `extra` gets a nameserver with the same file.
+        let secret_file = extra.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "clusterSecretFile").then(|| v.trim().trim_matches('"').to_string())
+        });
+        let mut namesrv_args = vec!["namesrv".to_string(), "--listen".into(), namesrv.clone()];
+        if let Some(f) = secret_file {
+            namesrv_args.extend(["--cluster-secret-file".into(), f]);
+        }
         let namesrv_child = Command::new(bin())
-            .args(["namesrv", "--listen", &namesrv, "--log-file"])
+            .args(&namesrv_args)
+            .arg("--log-file")
             .arg(dir.path().join("namesrv.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -153,6 +153,8 @@ pub struct BrokerInner {
     /// Woken when this leader applied an offset reset: long-polled pulls re-check their queue's marker.
     pub(crate) resets_applied: Notify,
     register_now: Notify,
+    /// Signs registrations with the nameservers; `None`: unsigned.
+    cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
     /// Sends answered from the de-duplication window instead of being stored again.
@@ -186,7 +188,22 @@ impl Broker {
             );
         }
         let me = cfg.me()?.clone();
+        let cluster_secrets = cfg.cluster_secrets()?;
+        match (&cluster_secrets, &cfg.cluster_secret_file) {
+            (None, _) => warn!(
+                "no cluster secret (clusterSecretFile): the Raft port and nameserver registrations are unauthenticated; \
+                 anyone who can reach them can join the Raft protocol or register a fake master (see docs/security.md)"
+            ),
+            (Some(s), file) => {
+                info!(secrets = s.len(), "Raft port and nameserver registrations authenticated with the cluster secret");
+                if let Some(w) = file.as_deref().and_then(crate::config::secret_file_mode_warning) {
+                    warn!("{w}");
+                }
+            }
+        }
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
+        nc.cluster_secrets = cluster_secrets.clone();
+        nc.transfer_interval_min_ms = cfg.leader_transfer_interval_min_ms;
         nc.segment_bytes = cfg.mapped_file_size_commit_log;
         nc.prefill_ahead_bytes = cfg.commit_log_prefill_ahead_bytes;
         nc.flush = match cfg.flush_disk_type {
@@ -232,6 +249,7 @@ impl Broker {
             node,
             store,
             register_now: Notify::new(),
+            cluster_secrets,
             leader_link: tokio::sync::Mutex::new(None),
             duplicates_answered: std::sync::atomic::AtomicU64::new(0),
             disk: crate::retention::DiskGuard::default(),
@@ -405,7 +423,11 @@ impl BrokerInner {
             raft_term: i64::try_from(term).ok(),
         };
         for addr in self.cfg.namesrv_addrs() {
-            let cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
+            let mut cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
+            if let Some(secrets) = &self.cluster_secrets {
+                let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                raftmq_remoting::cluster_auth::sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, now_ms);
+            }
             let r = async {
                 let c = RemotingClient::connect(&addr, Duration::from_secs(3), None).await?;
                 c.invoke(cmd, Duration::from_secs(3)).await

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use raftmq_raft::node::{ENTRY_BYTES_LIMIT, ENTRY_BYTES_MAX_DEFAULT};
 use raftmq_raft::types::{produce_queue_len, PRODUCE_HEADER_BYTES};
+use raftmq_remoting::cluster_auth::{ClusterSecrets, SecretString};
 use raftmq_remoting::message::{PROPERTIES_BYTES_MAX, STORED_MESSAGE_FIXED_LEN, TOPIC_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 
@@ -251,6 +252,21 @@ pub struct BrokerConfig {
     /// Index files kept (`indexFilesMax`); the oldest is deleted beyond it.
     #[serde(default = "default_index_files_max")]
     pub index_files_max: usize,
+    /// File holding the cluster secret (`clusterSecretFile`): one secret per line, the one this node signs with
+    /// first, any one accepted (rotation). It authenticates the Raft port (every peer connection) and this
+    /// broker's registrations with the nameservers. Recommended over `clusterSecret`. Neither set: both are
+    /// unauthenticated (a warning at start-up).
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret inline (`clusterSecret`; several comma-separated); prefer `clusterSecretFile`, which
+    /// keeps the secret out of the config file. Never printed (`Debug` shows `<redacted>`).
+    #[serde(default)]
+    pub cluster_secret: Option<SecretString>,
+    /// Least time between two leader transfers this node takes part in, as leader or as target
+    /// (`leaderTransferIntervalMinMs`); 0 = none. A transfer fences writes for about
+    /// `raftElectionMaxMs + raftHeartbeatMs`.
+    #[serde(default = "default_leader_transfer_interval_min_ms")]
+    pub leader_transfer_interval_min_ms: u64,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
@@ -412,6 +428,10 @@ fn default_heartbeat() -> u64 {
 fn default_election_min() -> u64 {
     300
 }
+fn default_leader_transfer_interval_min_ms() -> u64 {
+    raftmq_raft::node::TRANSFER_INTERVAL_MIN_MS_DEFAULT
+}
+
 fn default_election_max() -> u64 {
     600
 }
@@ -470,6 +490,26 @@ impl BrokerConfig {
         self.peers.iter().find(|p| p.id == id).map(|p| p.client_addr.as_str())
     }
 
+    /// The cluster secrets from `clusterSecretFile` or `clusterSecret`; `None` when neither is set.
+    ///
+    /// # Errors
+    /// Both set, an unreadable file, or secrets that break a rule of [`ClusterSecrets::parse`] (the message
+    /// never holds a secret).
+    pub fn cluster_secrets(&self) -> Result<Option<ClusterSecrets>, ConfigError> {
+        let text = match (&self.cluster_secret_file, &self.cluster_secret) {
+            (Some(_), Some(_)) => return Err(ConfigError("set clusterSecretFile or clusterSecret, not both".into())),
+            (None, None) => return Ok(None),
+            (Some(path), None) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigError(format!("clusterSecretFile {}: {e}", path.display())))?
+            }
+            (None, Some(s)) => s.expose().to_string(),
+        };
+        ClusterSecrets::parse(&text).map(Some).map_err(|why| match &self.cluster_secret_file {
+            Some(path) => ConfigError(format!("clusterSecretFile {}: {why}", path.display())),
+            None => ConfigError(format!("clusterSecret: {why}")),
+        })
+    }
+
     /// Long-poll limit.
     pub fn long_polling_max(&self) -> Duration {
         Duration::from_millis(self.long_polling_max_ms)
@@ -490,6 +530,16 @@ impl BrokerConfig {
     /// Checks cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
+        if self.leader_transfer_interval_min_ms > raftmq_raft::node::TRANSFER_INTERVAL_MIN_MS_MAX {
+            return bad(format!(
+                "leaderTransferIntervalMinMs {} must be at most {}",
+                self.leader_transfer_interval_min_ms,
+                raftmq_raft::node::TRANSFER_INTERVAL_MIN_MS_MAX
+            ));
+        }
+        if self.cluster_secret_file.is_some() && self.cluster_secret.is_some() {
+            return bad("set clusterSecretFile or clusterSecret, not both".into());
+        }
         if let Err(why) = raftmq_raft::types::parse_delay_levels(&self.message_delay_level) {
             return bad(format!("messageDelayLevel: {why}"));
         }
@@ -616,6 +666,17 @@ impl BrokerConfig {
         }
         Ok(())
     }
+}
+
+/// A warning when the secret file at `path` can be read or written by others than its owner and group (it
+/// should be 0600 owned by the service user, or 0640 root:raftmq as packaged); `None` when it cannot, or
+/// when the mode cannot be read.
+pub fn secret_file_mode_warning(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o007 != 0 || mode & 0o020 != 0).then(|| {
+        format!("cluster secret file {} has mode {mode:03o}: accessible beyond its owner and group; chmod 600 (or 640) it", path.display())
+    })
 }
 
 #[cfg(test)]
@@ -767,5 +828,43 @@ clientAddr = "127.0.0.1:10921"
         assert!(c.validate().unwrap_err().0.contains("conn_inflight_bytes_max"));
         let c = BrokerConfig::from_toml(&format!("connectionsMax = 0\n{SAMPLE}")).unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_one_place_and_never_shows() {
+        let base = "brokerName = \"b\"\nnodeId = 1\nstorePathRootDir = \"/tmp/x\"\n[[peers]]\nid = 1\nraftAddr = \"127.0.0.1:1\"\nclientAddr = \"127.0.0.1:2\"\n";
+        let c = BrokerConfig::from_toml(base).unwrap();
+        assert_eq!(c.cluster_secrets().unwrap(), None);
+        assert_eq!(c.leader_transfer_interval_min_ms, 3000);
+        let inline = format!("clusterSecret = \"inline-secret-0123456789\"\n{base}");
+        let c = BrokerConfig::from_toml(&inline).unwrap();
+        assert_eq!(c.cluster_secrets().unwrap().map(|s| s.len()), Some(1));
+        assert!(!format!("{c:?}").contains("inline-secret"), "Debug redacts the secret");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "file-secret-0123456789\nolder-secret-0123456789\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        assert!(secret_file_mode_warning(&file).unwrap().contains("mode 644"));
+        for ok in [0o600, 0o640, 0o400] {
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(ok)).unwrap();
+            assert_eq!(secret_file_mode_warning(&file), None, "{ok:o}");
+        }
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
+        assert!(secret_file_mode_warning(&file).is_some(), "group-writable");
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let from_file = format!("clusterSecretFile = \"{}\"\n{base}", file.display());
+        assert_eq!(BrokerConfig::from_toml(&from_file).unwrap().cluster_secrets().unwrap().map(|s| s.len()), Some(2));
+        let both = format!("clusterSecret = \"inline-secret-0123456789\"\n{from_file}");
+        let c = BrokerConfig::from_toml(&both).unwrap();
+        assert!(c.validate().unwrap_err().0.contains("not both"));
+        std::fs::write(&file, "short\n").unwrap();
+        let e = BrokerConfig::from_toml(&from_file).unwrap().cluster_secrets().unwrap_err();
+        assert!(e.0.contains("5 bytes") && !e.0.contains("short"), "{e}");
+        let missing = format!("clusterSecretFile = \"{}/none\"\n{base}", dir.path().display());
+        assert!(BrokerConfig::from_toml(&missing).unwrap().cluster_secrets().unwrap_err().0.contains("clusterSecretFile"));
+        let at_limit = format!("leaderTransferIntervalMinMs = 3600000\n{base}");
+        BrokerConfig::from_toml(&at_limit).unwrap().validate().expect("at the limit");
+        let far = format!("leaderTransferIntervalMinMs = 3600001\n{base}");
+        assert!(BrokerConfig::from_toml(&far).unwrap().validate().unwrap_err().0.contains("leaderTransferIntervalMinMs"));
     }
 }

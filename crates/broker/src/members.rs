@@ -235,7 +235,11 @@ impl BrokerInner {
         let transferred = self.node.transfer_leader(next_id, TRANSFER_TIMEOUT).await;
         self.registration_now();
         if let Err(e) = transferred {
-            return reply(req, ResponseCode::SYSTEM_ERROR, format!("n{id} was not removed: leader transfer to n{next_id} failed: {e}"));
+            let code = match e {
+                raftmq_raft::node::NodeError::Busy(_) => ResponseCode::SYSTEM_BUSY,
+                _ => ResponseCode::SYSTEM_ERROR,
+            };
+            return reply(req, code, format!("n{id} was not removed: leader transfer to n{next_id} failed: {e}"));
         }
         let deadline = Instant::now() + HANDOVER_WAIT;
         loop {

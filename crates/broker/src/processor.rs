@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftmq_net::{Conn, Response};
-use raftmq_raft::node::{Role, WriteError};
+use raftmq_raft::node::{NodeError, Role, WriteError};
 use raftmq_raft::types::{OffsetCommit, TopicConfig};
 use raftmq_remoting::body::{
     decode_json_body, encode_json_body, GetConsumerListByGroupResponseBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody,
@@ -623,6 +623,7 @@ impl BrokerInner {
         self.registration_now();
         match result {
             Ok(()) => Some(ok(req).into()),
+            Err(e @ NodeError::Busy(_)) => reply(req, ResponseCode::SYSTEM_BUSY, format!("leader transfer to node {target} refused: {e}")),
             Err(e) => reply(req, ResponseCode::SYSTEM_ERROR, format!("leader transfer to node {target} failed: {e}")),
         }
     }

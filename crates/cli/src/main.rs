@@ -35,6 +35,12 @@ enum Cmd {
         log_file: Option<PathBuf>,
         #[command(flatten)]
         limits: NamesrvLimits,
+        /// File holding the cluster secret (one per line, the signing one first; mode 0600): broker
+        /// registrations must then be signed with it. The secret itself may instead be given in the
+        /// environment variable RAFTMQ_CLUSTER_SECRET (never on the command line). Neither: registrations are
+        /// unauthenticated.
+        #[arg(long, env = "RAFTMQ_CLUSTER_SECRET_FILE")]
+        cluster_secret_file: Option<PathBuf>,
     },
     /// Run a broker node.
     Broker {
@@ -50,6 +56,9 @@ enum Cmd {
         /// Log file (default: stderr).
         #[arg(long, env = "RAFTMQ_LOG_FILE")]
         log_file: Option<PathBuf>,
+        /// Overrides `clusterSecretFile` (and `clusterSecret`).
+        #[arg(long, env = "RAFTMQ_CLUSTER_SECRET_FILE")]
+        cluster_secret_file: Option<PathBuf>,
     },
     /// Inspect and administer a cluster.
     Admin {
@@ -147,20 +156,47 @@ fn exit_store_failed(f: &raftmq_broker::StoreFailure, phase: &str) -> ! {
     std::process::exit(code)
 }
 
+/// The nameserver's cluster secrets from `--cluster-secret-file` or `RAFTMQ_CLUSTER_SECRET` (not both); logs
+/// whether registrations are authenticated.
+fn namesrv_secrets(file: Option<&std::path::Path>, env: Option<String>) -> Result<Option<raftmq_remoting::cluster_auth::ClusterSecrets>> {
+    let text = match (file, env) {
+        (Some(_), Some(_)) => anyhow::bail!("give --cluster-secret-file or RAFTMQ_CLUSTER_SECRET, not both"),
+        (None, None) => {
+            tracing::warn!(
+                "no cluster secret (--cluster-secret-file): broker registrations are unauthenticated; anyone who can \
+                 reach this port can register a fake master (see docs/security.md)"
+            );
+            return Ok(None);
+        }
+        (Some(path), None) => {
+            if let Some(w) = raftmq_broker::config::secret_file_mode_warning(path) {
+                tracing::warn!("{w}");
+            }
+            std::fs::read_to_string(path).with_context(|| format!("read the cluster secret file {}", path.display()))?
+        }
+        (None, Some(text)) => text,
+    };
+    let secrets = raftmq_remoting::cluster_auth::ClusterSecrets::parse(&text).map_err(|why| anyhow::anyhow!("cluster secret: {why}"))?;
+    tracing::info!(secrets = secrets.len(), "broker registrations must be signed with the cluster secret");
+    Ok(Some(secrets))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Namesrv { listen, log_file, limits } => {
+        Cmd::Namesrv { listen, log_file, limits, cluster_secret_file } => {
             init_logging(log_file.as_ref())?;
             let opts = limits.options();
             opts.validate().context("connection limits")?;
-            let _ns = raftmq_namesrv::NameServer::start_with(&listen, opts).await.with_context(|| format!("listen on {listen}"))?;
+            let secrets = namesrv_secrets(cluster_secret_file.as_deref(), std::env::var("RAFTMQ_CLUSTER_SECRET").ok())?;
+            let _ns =
+                raftmq_namesrv::NameServer::start_secured(&listen, opts, secrets).await.with_context(|| format!("listen on {listen}"))?;
             shutdown_signal().await;
             tracing::info!("nameserver stopping");
             Ok(())
         }
-        Cmd::Broker { config, store_dir, namesrv, log_file } => {
+        Cmd::Broker { config, store_dir, namesrv, log_file, cluster_secret_file } => {
             init_logging(log_file.as_ref())?;
             let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
             let mut cfg = raftmq_broker::config::BrokerConfig::from_toml(&text).with_context(|| format!("parse {}", config.display()))?;
@@ -169,6 +205,10 @@ async fn main() -> Result<()> {
             }
             if let Some(n) = namesrv {
                 cfg.namesrv_addr = n;
+            }
+            if let Some(f) = cluster_secret_file {
+                cfg.cluster_secret_file = Some(f);
+                cfg.cluster_secret = None;
             }
             let broker = match raftmq_broker::Broker::start(cfg).await {
                 Ok(b) => b,
@@ -215,5 +255,21 @@ mod tests {
         assert_eq!((opts.connections_max, opts.conn_idle_ms_max), (5, 1000));
         assert_eq!(opts.conn_inflight_bytes_max, raftmq_net::server::CONN_INFLIGHT_BYTES_MAX_DEFAULT);
         opts.validate().expect("valid");
+    }
+
+    #[test]
+    fn the_nameserver_secret_comes_from_one_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "namesrv-file-secret-0123456789\n").unwrap();
+        assert_eq!(namesrv_secrets(Some(&file), None).unwrap().map(|s| s.len()), Some(1));
+        assert_eq!(namesrv_secrets(None, Some("env-secret-0123456789,old-secret-0123456789".into())).unwrap().map(|s| s.len()), Some(2));
+        assert!(namesrv_secrets(None, None).unwrap().is_none());
+        assert!(namesrv_secrets(Some(&file), Some("env-secret-0123456789".into())).unwrap_err().to_string().contains("not both"));
+        let e = namesrv_secrets(None, Some("tiny".into())).unwrap_err().to_string();
+        assert!(e.contains("4 bytes") && !e.contains("tiny"), "{e}");
+        let cli = Cli::try_parse_from(["raftmq", "namesrv", "--cluster-secret-file", "/etc/raftmq/cluster-secret"]).expect("parses");
+        let Cmd::Namesrv { cluster_secret_file, .. } = cli.cmd else { panic!("namesrv") };
+        assert_eq!(cluster_secret_file.as_deref(), Some(std::path::Path::new("/etc/raftmq/cluster-secret")));
     }
 }

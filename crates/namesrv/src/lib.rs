@@ -2,17 +2,24 @@
 //! every nameserver (REGISTER_BROKER 103) at start, every 30 s and at once on a Raft role change; the
 //! Raft leader of each group registers as brokerId 0. Clients ask for topic routes (105) and cluster
 //! information (106). Several nameservers may run; they share nothing.
+//!
+//! With a cluster secret ([`NameServer::start_secured`]), REGISTER_BROKER and UNREGISTER_BROKER must be signed
+//! with it ([`raftmq_remoting::cluster_auth::verify_request`], within ±120 s of this clock); anything else is
+//! answered NO_PERMISSION (16) with the reason, and the route table is left as it was. Queries stay open, as in
+//! RocketMQ. Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`].
 
 pub mod routes;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use raftmq_net::server::HandlerFuture;
 use raftmq_net::{Conn, RemotingServer, RequestHandler, Response, ServerOptions};
 use raftmq_remoting::body::{decode_json_body, encode_json_body, KvTable, RegisterBrokerBody};
+use raftmq_remoting::cluster_auth::{verify_request, ClusterSecrets, RequestAuthError};
 use raftmq_remoting::frame::RemotingCommand;
 use raftmq_remoting::header::{
     CommandHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader,
@@ -25,6 +32,9 @@ pub use routes::RouteTable;
 
 /// How often expired brokers are looked for (RocketMQ: 5 s).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Refused registrations are logged at most once per this interval (with the count not logged).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A running nameserver.
 pub struct NameServer {
@@ -44,8 +54,18 @@ impl NameServer {
     /// # Errors
     /// `InvalidInput` for limits that break a rule of [`ServerOptions::validate`]; bind errors.
     pub async fn start_with(listen: &str, opts: ServerOptions) -> std::io::Result<NameServer> {
+        Self::start_secured(listen, opts, None).await
+    }
+
+    /// Like [`NameServer::start_with`]; with `secrets`, broker registrations must be signed with the cluster
+    /// secret (see the module docs), without, anyone may register.
+    ///
+    /// # Errors
+    /// As [`NameServer::start_with`].
+    pub async fn start_secured(listen: &str, opts: ServerOptions, secrets: Option<ClusterSecrets>) -> std::io::Result<NameServer> {
         let routes = Arc::new(RouteTable::default());
-        let server = RemotingServer::bind(listen, Arc::new(Handler { routes: Arc::clone(&routes) }), opts).await?;
+        let handler = Handler { routes: Arc::clone(&routes), secrets, refusals: RefusalLog::default() };
+        let server = RemotingServer::bind(listen, Arc::new(handler), opts).await?;
         let r = Arc::clone(&routes);
         let scanner = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SCAN_INTERVAL);
@@ -80,6 +100,37 @@ impl Drop for NameServer {
 
 struct Handler {
     routes: Arc<RouteTable>,
+    /// `None`: registrations are not authenticated.
+    secrets: Option<ClusterSecrets>,
+    refusals: RefusalLog,
+}
+
+/// Rate limit of the refusal log: one line per [`REFUSAL_LOG_INTERVAL`].
+#[derive(Default)]
+struct RefusalLog {
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RefusalLog {
+    /// `Some(suppressed)` when a line may be logged at `now_ms`.
+    fn allow(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now_ms < next
+            || self
+                .next_ms
+                .compare_exchange(next, now_ms + REFUSAL_LOG_INTERVAL.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Serialize)]
@@ -93,8 +144,30 @@ fn error(req: &RemotingCommand, code: ResponseCode, remark: String) -> Option<Re
 }
 
 impl Handler {
-    fn handle_now(&self, req: &RemotingCommand) -> Option<Response> {
+    /// `Err(why)` (the remark) when a secret is configured and `req` is not signed with it.
+    fn authenticate(&self, req: &RemotingCommand, peer: &str) -> Result<(), RequestAuthError> {
+        let Some(secrets) = &self.secrets else { return Ok(()) };
+        let now = now_ms();
+        match verify_request(secrets, req.code, &req.ext_fields, &req.body, now) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let broker = req.ext_fields.get("brokerAddr").map(String::as_str).unwrap_or("?");
+                let id = req.ext_fields.get("brokerId").map(String::as_str).unwrap_or("?");
+                if let Some(suppressed) = self.refusals.allow(now) {
+                    warn!(%peer, code = req.code, broker, broker_id = id, error = %e, suppressed, "broker registration refused");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn handle_now(&self, req: &RemotingCommand, peer: &str) -> Option<Response> {
         let code = req.request_code();
+        if matches!(code, RequestCode::REGISTER_BROKER | RequestCode::UNREGISTER_BROKER) {
+            if let Err(e) = self.authenticate(req, peer) {
+                return error(req, ResponseCode::NO_PERMISSION, format!("registration refused: {e}"));
+            }
+        }
         match code {
             RequestCode::GET_ROUTEINFO_BY_TOPIC => {
                 let h = match GetRouteInfoRequestHeader::from_ext_fields(&req.ext_fields) {
@@ -167,9 +240,121 @@ impl Handler {
 }
 
 impl RequestHandler for Handler {
-    fn handle(&self, _conn: Conn, req: RemotingCommand) -> HandlerFuture {
-        let resp = self.handle_now(&req);
+    fn handle(&self, conn: Conn, req: RemotingCommand) -> HandlerFuture {
+        let resp = self.handle_now(&req, &conn.peer().to_string());
         let fut: Pin<Box<dyn Future<Output = Option<Response>> + Send>> = Box::pin(async move { resp });
         fut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftmq_remoting::body::TopicConfig;
+    use raftmq_remoting::cluster_auth::{sign_request, AUTH_FIELD, REQUEST_CLOCK_SKEW_MS_MAX};
+
+    use super::*;
+
+    const SECRET: &str = "namesrv-test-cluster-secret-0123";
+
+    fn handler(secret: Option<&str>) -> Handler {
+        Handler {
+            routes: Arc::new(RouteTable::default()),
+            secrets: secret.map(|s| ClusterSecrets::parse(s).unwrap()),
+            refusals: RefusalLog::default(),
+        }
+    }
+
+    fn registration(addr: &str, id: i64) -> RemotingCommand {
+        let h = RegisterBrokerRequestHeader {
+            broker_name: "broker-a".into(),
+            broker_addr: addr.into(),
+            cluster_name: "DefaultCluster".into(),
+            ha_server_addr: String::new(),
+            broker_id: id,
+            ..Default::default()
+        };
+        let mut body = RegisterBrokerBody::default();
+        body.topic_config_serialize_wrapper.topic_config_table.insert(
+            "T".into(),
+            TopicConfig { topic_name: "T".into(), read_queue_nums: 4, write_queue_nums: 4, perm: 6, ..Default::default() },
+        );
+        RemotingCommand::request(RequestCode::REGISTER_BROKER, 1).with_header(&h).with_body(encode_json_body(&body).unwrap())
+    }
+
+    fn signed(mut cmd: RemotingCommand, secret: &str, at_ms: u64) -> RemotingCommand {
+        sign_request(&ClusterSecrets::parse(secret).unwrap(), cmd.code, &mut cmd.ext_fields, &cmd.body, at_ms);
+        cmd
+    }
+
+    fn code_and_remark(r: Option<Response>) -> (i32, String) {
+        let r = r.expect("a response");
+        (r.cmd.code, r.cmd.remark.unwrap_or_default())
+    }
+
+    fn master_of(h: &Handler) -> Option<String> {
+        h.routes.route("T").and_then(|r| r.broker_datas.first().and_then(|b| b.broker_addrs.get(&0).cloned()))
+    }
+
+    #[test]
+    fn with_a_secret_only_signed_fresh_registrations_change_routes() {
+        let h = handler(Some(SECRET));
+        let peer = "10.0.0.9:5555";
+        // The real leader, signed.
+        let (code, _) = code_and_remark(h.handle_now(&signed(registration("10.0.0.1:10911", 0), SECRET, now_ms()), peer));
+        assert_eq!(code, ResponseCode::SUCCESS.0);
+        assert_eq!(master_of(&h).as_deref(), Some("10.0.0.1:10911"));
+        // A spoofed master: unsigned, wrong secret, stale, tampered after signing.
+        let unsigned = registration("10.6.6.6:10911", 0);
+        let wrong = signed(registration("10.6.6.6:10911", 0), "another-secret-entirely-0123456", now_ms());
+        let stale = signed(registration("10.6.6.6:10911", 0), SECRET, now_ms() - REQUEST_CLOCK_SKEW_MS_MAX - 5_000);
+        let mut tampered = signed(registration("10.0.0.1:10911", 0), SECRET, now_ms());
+        tampered.ext_fields.insert("brokerAddr".into(), "10.6.6.6:10911".into());
+        let mut tampered_body = signed(registration("10.0.0.1:10911", 0), SECRET, now_ms());
+        tampered_body.body = bytes::Bytes::from_static(b"{}");
+        for (cmd, why) in [
+            (unsigned, "not signed"),
+            (wrong, "does not match"),
+            (stale, "ms away"),
+            (tampered, "does not match"),
+            (tampered_body, "does not match"),
+        ] {
+            let (code, remark) = code_and_remark(h.handle_now(&cmd, peer));
+            assert_eq!(code, ResponseCode::NO_PERMISSION.0, "{remark}");
+            assert!(remark.starts_with("registration refused") && remark.contains(why), "{remark}");
+            assert!(!remark.contains(SECRET));
+        }
+        assert_eq!(master_of(&h).as_deref(), Some("10.0.0.1:10911"), "the route still names the real leader");
+        // Unregistering needs the secret too; queries stay open.
+        let mut unreg = RemotingCommand::request(RequestCode::UNREGISTER_BROKER, 2);
+        unreg.ext_fields.insert("brokerName".into(), "broker-a".into());
+        unreg.ext_fields.insert("brokerAddr".into(), "10.0.0.1:10911".into());
+        unreg.ext_fields.insert("clusterName".into(), "DefaultCluster".into());
+        unreg.ext_fields.insert("brokerId".into(), "0".into());
+        assert_eq!(code_and_remark(h.handle_now(&unreg, peer)).0, ResponseCode::NO_PERMISSION.0);
+        assert_eq!(master_of(&h).as_deref(), Some("10.0.0.1:10911"));
+        let mut q = RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 3);
+        q.ext_fields.insert("topic".into(), "T".into());
+        assert_eq!(code_and_remark(h.handle_now(&q, peer)).0, ResponseCode::SUCCESS.0);
+        let unreg = signed(unreg, SECRET, now_ms());
+        assert!(unreg.ext_fields.contains_key(AUTH_FIELD));
+        assert_eq!(code_and_remark(h.handle_now(&unreg, peer)).0, ResponseCode::SUCCESS.0);
+        assert_eq!(master_of(&h), None);
+    }
+
+    #[test]
+    fn without_a_secret_registrations_stay_open() {
+        let h = handler(None);
+        let (code, _) = code_and_remark(h.handle_now(&registration("10.0.0.1:10911", 0), "10.0.0.9:1"));
+        assert_eq!(code, ResponseCode::SUCCESS.0);
+        assert_eq!(master_of(&h).as_deref(), Some("10.0.0.1:10911"));
+    }
+
+    #[test]
+    fn the_refusal_log_is_rate_limited() {
+        let l = RefusalLog::default();
+        assert_eq!(l.allow(1_000), Some(0));
+        assert_eq!(l.allow(1_001), None);
+        assert_eq!(l.allow(1_000 + REFUSAL_LOG_INTERVAL.as_millis() as u64 - 1), None);
+        assert_eq!(l.allow(1_000 + REFUSAL_LOG_INTERVAL.as_millis() as u64), Some(2));
     }
 }

@@ -6,6 +6,7 @@
 //!   checkpoints and metadata-only snapshots at the retention boundary.
 //! - [`message_index`]: the node-local index of messages by key (QUERY_MESSAGE), tailing applied entries.
 //! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
+//! - [`handshake`]: the mutual cluster-secret handshake that opens every Raft-port connection.
 //! - [`member`]: a member's Raft and client addresses as the membership records them.
 //! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching.
 //! - [`error`]: payload errors and [`error::StoreFailure`], the storage failure that stops a node.
@@ -17,6 +18,7 @@
 
 pub mod consume_queue;
 pub mod error;
+pub mod handshake;
 pub mod log_store;
 pub mod member;
 pub mod message_index;

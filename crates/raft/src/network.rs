@@ -26,6 +26,13 @@
 //! the bytes again, and first sends the follower the request without its entries, so that the follower keeps
 //! hearing from its leader. Heartbeats (no entries) never wait behind a transfer.
 //!
+//! # Authentication
+//! With a cluster secret ([`RaftAuth`]), every connection, the control RPCs' included, starts with the mutual
+//! handshake of [`crate::handshake`] in [`connect`] and in the server's connection task; the server reads no
+//! frame before it succeeds. Without one, connections are open (as before the secret existed). A client whose
+//! handshake fails reports the peer `Unreachable` (openraft backs off); failures are logged at most once per
+//! [`crate::handshake::AUTH_FAILURE_LOG_INTERVAL`] on each side.
+//!
 //! # Server ([`RaftServer`])
 //! One task per accepted connection, requests handled in order; a malformed frame, an unknown kind or an IO error
 //! closes only that connection. Raft requests go to a [`RaftRpcHandler`] (implemented by [`Raft`]), control
@@ -49,8 +56,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, warn};
+
+use crate::handshake::{client_handshake, server_handshake, HandshakeError, LogLimiter, RaftAuth, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT};
 
 use crate::member::MemberAddr;
 use crate::types::{LogId, Node, NodeId, Raft, TypeConfig};
@@ -126,6 +136,9 @@ pub enum NetworkError {
     /// The call (or its connect) did not finish in time.
     #[error("timed out")]
     Timeout,
+    /// The cluster-secret handshake failed.
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
 }
 
 fn codec_err(e: bincode::Error) -> NetworkError {
@@ -184,10 +197,25 @@ where
     decode(&body)
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<BufReader<TcpStream>, NetworkError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| NetworkError::Timeout)??;
-    stream.set_nodelay(true)?;
-    Ok(BufReader::new(stream))
+/// Client-side handshake failures, logged at most once per [`crate::handshake::AUTH_FAILURE_LOG_INTERVAL`] per process.
+static CLIENT_AUTH_LOG: LogLimiter = LogLimiter::new();
+
+/// Connects to `addr` and, with `auth`, runs the handshake; both within `timeout`.
+async fn connect(addr: &str, timeout: Duration, auth: Option<&RaftAuth>) -> Result<BufReader<TcpStream>, NetworkError> {
+    let open = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        if let Some(auth) = auth {
+            if let Err(e) = client_handshake(&mut stream, auth).await {
+                if let Some(suppressed) = CLIENT_AUTH_LOG.allow() {
+                    warn!(peer = addr, error = %e, suppressed, "raft handshake with a peer failed");
+                }
+                return Err(NetworkError::Handshake(e));
+            }
+        }
+        Ok::<_, NetworkError>(BufReader::new(stream))
+    };
+    tokio::time::timeout(timeout, open).await.map_err(|_| NetworkError::Timeout)?
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -238,12 +266,45 @@ impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
 pub enum ControlRequest {
     /// Switch this node's leader heartbeats on or off.
     SetHeartbeat(bool),
-    /// Switch this node's election timer on or off.
+    /// Switch this node's election timer on or off (on also ends a [`ControlRequest::PauseElect`]).
     SetElect(bool),
     /// Make this node campaign now (works even with elections switched off).
     TriggerElect,
     /// Liveness and identity.
     Ping,
+    /// Switch this node's election timer off for `ms` milliseconds (at most [`ELECTION_PAUSE_MS_MAX`]), after
+    /// which it resumes by itself unless a later pause or `SetElect` superseded this one: a leader that dies
+    /// or is cut off mid-transfer cannot leave the group without elections.
+    PauseElect {
+        /// Length of the pause.
+        ms: u64,
+    },
+}
+
+/// Longest election pause a [`ControlRequest::PauseElect`] may ask for: 30 s (longer requests are cut to it).
+pub const ELECTION_PAUSE_MS_MAX: u64 = 30_000;
+
+/// `pause`, cut to [`ELECTION_PAUSE_MS_MAX`].
+pub fn clamp_pause(pause: Duration) -> Duration {
+    pause.min(Duration::from_millis(ELECTION_PAUSE_MS_MAX))
+}
+
+/// When this node last took part in a leader transfer (as the leader handing over, or as the target that was
+/// told to campaign): leader transfers out of a node are at least the configured interval apart from it, so a
+/// loop of transfers between nodes cannot fence writes most of the time.
+#[derive(Debug, Default)]
+pub struct TransferClock(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl TransferClock {
+    /// Records a transfer now.
+    pub fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Time since the last recorded transfer, if any.
+    pub fn since_last(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
 }
 
 /// Control responses.
@@ -271,12 +332,41 @@ pub trait ControlHandler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct RaftControl {
     raft: Raft,
+    /// Bumped by every election switch: a pause's timer resumes elections only if it is still the latest.
+    elect_gen: Arc<std::sync::atomic::AtomicU64>,
+    transfers: Arc<TransferClock>,
 }
 
 impl RaftControl {
     /// Controls `raft`.
     pub fn new(raft: Raft) -> Self {
-        RaftControl { raft }
+        Self::with_clock(raft, Arc::default())
+    }
+
+    /// Controls `raft`, recording in `transfers` when this node is told to campaign by a transferring leader.
+    pub fn with_clock(raft: Raft, transfers: Arc<TransferClock>) -> Self {
+        RaftControl { raft, elect_gen: Arc::default(), transfers }
+    }
+
+    /// Switches elections off for `pause` (at most [`ELECTION_PAUSE_MS_MAX`]); they resume afterwards unless
+    /// superseded by a later switch.
+    pub fn pause_elections(&self, pause: Duration) {
+        let pause = clamp_pause(pause);
+        let generation = self.elect_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        self.raft.runtime_config().elect(false);
+        let (raft, gen_now) = (self.raft.clone(), Arc::clone(&self.elect_gen));
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            if gen_now.load(Ordering::Acquire) == generation {
+                raft.runtime_config().elect(true);
+                warn!(pause_ms = pause.as_millis() as u64, "election pause of a leader transfer expired; elections resumed");
+            }
+        });
+    }
+
+    fn set_elect(&self, on: bool) {
+        self.elect_gen.fetch_add(1, Ordering::AcqRel);
+        self.raft.runtime_config().elect(on);
     }
 }
 
@@ -285,8 +375,12 @@ impl ControlHandler for RaftControl {
         Box::pin(async move {
             match req {
                 ControlRequest::SetHeartbeat(on) => self.raft.runtime_config().heartbeat(on),
-                ControlRequest::SetElect(on) => self.raft.runtime_config().elect(on),
-                ControlRequest::TriggerElect => self.raft.trigger().elect().await.map_err(|e| e.to_string())?,
+                ControlRequest::SetElect(on) => self.set_elect(on),
+                ControlRequest::PauseElect { ms } => self.pause_elections(Duration::from_millis(ms)),
+                ControlRequest::TriggerElect => {
+                    self.transfers.touch();
+                    self.raft.trigger().elect().await.map_err(|e| e.to_string())?
+                }
                 ControlRequest::Ping => {
                     let id = self.raft.metrics().borrow().id;
                     return Ok(ControlResponse::Pong { id });
@@ -297,13 +391,18 @@ impl ControlHandler for RaftControl {
     }
 }
 
-/// Sends one control request to the Raft port at `addr` on a fresh connection. `timeout` bounds the whole call,
-/// connect included ([`NetworkError::Timeout`]); a refused connect is [`NetworkError::Io`], a handler error
-/// [`NetworkError::Remote`].
-pub async fn control_call(addr: &str, req: ControlRequest, timeout: Duration) -> Result<ControlResponse, NetworkError> {
+/// Sends one control request to the Raft port at `addr` on a fresh connection (authenticated with `auth` when
+/// given). `timeout` bounds the whole call, connect included ([`NetworkError::Timeout`]); a refused connect is
+/// [`NetworkError::Io`], a failed handshake [`NetworkError::Handshake`], a handler error [`NetworkError::Remote`].
+pub async fn control_call(
+    addr: &str,
+    req: ControlRequest,
+    timeout: Duration,
+    auth: Option<&RaftAuth>,
+) -> Result<ControlResponse, NetworkError> {
     let frame = encode_frame(FrameKind::Control, &req)?;
     let call = async {
-        let mut conn = connect(addr, timeout).await?;
+        let mut conn = connect(addr, timeout, auth).await?;
         exchange::<_, Result<ControlResponse, String>>(&mut conn, FrameKind::Control, &frame).await?.map_err(NetworkError::Remote)
     };
     tokio::time::timeout(timeout, call).await.map_err(|_| NetworkError::Timeout)?
@@ -333,12 +432,18 @@ impl Isolation {
 #[derive(Debug, Clone, Default)]
 pub struct TcpNetworkFactory {
     isolation: Isolation,
+    auth: Option<RaftAuth>,
 }
 
 impl TcpNetworkFactory {
     /// A factory whose clients fail every RPC while `isolation` is on.
     pub fn with_isolation(isolation: Isolation) -> Self {
-        TcpNetworkFactory { isolation }
+        TcpNetworkFactory { isolation, auth: None }
+    }
+
+    /// The same factory, its clients authenticating every connection they open with `auth`.
+    pub fn with_auth(self, auth: Option<RaftAuth>) -> Self {
+        TcpNetworkFactory { auth, ..self }
     }
 }
 
@@ -346,7 +451,7 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetworkFactory {
     type Network = TcpNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> TcpNetwork {
-        TcpNetwork { isolation: self.isolation.clone(), ..TcpNetwork::new(target, node.clone()) }
+        TcpNetwork { isolation: self.isolation.clone(), auth: self.auth.clone(), ..TcpNetwork::new(target, node.clone()) }
     }
 }
 
@@ -359,6 +464,8 @@ pub struct TcpNetwork {
     /// The AppendEntries with entries that is (or was) in flight; see [`Transfer`].
     transfer: Option<Transfer>,
     isolation: Isolation,
+    /// Proves this node on every connection it opens (reconnects and transfers included).
+    auth: Option<RaftAuth>,
 }
 
 type Conn = BufReader<TcpStream>;
@@ -448,10 +555,11 @@ async fn round_trip_on<Resp: DeserializeOwned>(
     kind: FrameKind,
     frame: &[u8],
     connect_timeout: Duration,
+    auth: Option<&RaftAuth>,
 ) -> Result<(Resp, Conn), CallError> {
     let mut conn = match conn {
         Some(c) => c,
-        None => connect(addr, connect_timeout).await.map_err(CallError::Unreachable)?,
+        None => connect(addr, connect_timeout, auth).await.map_err(CallError::Unreachable)?,
     };
     let resp = exchange(&mut conn, kind, frame).await.map_err(CallError::Network)?;
     Ok((resp, conn))
@@ -460,7 +568,7 @@ async fn round_trip_on<Resp: DeserializeOwned>(
 impl TcpNetwork {
     /// A client for node `target` at the Raft address in `node.addr` ([`MemberAddr`]); connects lazily.
     pub fn new(target: NodeId, node: Node) -> Self {
-        TcpNetwork { target, node, conn: None, transfer: None, isolation: Isolation::default() }
+        TcpNetwork { target, node, conn: None, transfer: None, isolation: Isolation::default(), auth: None }
     }
 
     /// One round trip. The connection is out of `self` while in flight and comes back only when healthy, so a
@@ -476,7 +584,8 @@ impl TcpNetwork {
             let cut = io::Error::new(io::ErrorKind::NotConnected, "raft traffic of this node is cut off (fault injection)");
             return Err(CallError::Unreachable(cut.into()));
         }
-        let (resp, conn) = round_trip_on(self.conn.take(), MemberAddr::raft_of(&self.node.addr), kind, frame, connect_timeout).await?;
+        let addr = MemberAddr::raft_of(&self.node.addr);
+        let (resp, conn) = round_trip_on(self.conn.take(), addr, kind, frame, connect_timeout, self.auth.as_ref()).await?;
         self.conn = Some(conn);
         Ok(resp)
     }
@@ -517,6 +626,7 @@ impl TcpNetwork {
         let addr = MemberAddr::raft_of(&self.node.addr).to_string();
         let connect_timeout = option.soft_ttl();
         let deadline = append_timeout(option.hard_ttl(), frame.len());
+        let auth = self.auth.clone();
         let task = tokio::spawn(async move {
             let call = round_trip_on::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(
                 conn,
@@ -524,6 +634,7 @@ impl TcpNetwork {
                 FrameKind::AppendEntries,
                 &frame,
                 connect_timeout,
+                auth.as_ref(),
             );
             match tokio::time::timeout(deadline, call).await {
                 Ok(Ok((resp, conn))) => (Ok(resp), Some(conn)),
@@ -687,6 +798,29 @@ struct Handlers {
     rpc: Arc<dyn RaftRpcHandler>,
     control: Arc<dyn ControlHandler>,
     isolation: Isolation,
+    /// `None`: connections are not authenticated.
+    auth: Option<Arc<ServerAuth>>,
+}
+
+/// The server side of the handshake: the node's proof, the bound on connections mid-handshake, how long one
+/// may take, and the rate limit of the failure log.
+struct ServerAuth {
+    auth: RaftAuth,
+    handshakes: Arc<Semaphore>,
+    timeout: Duration,
+    log: LogLimiter,
+}
+
+impl ServerAuth {
+    fn new(auth: RaftAuth, timeout: Duration) -> Self {
+        ServerAuth { auth, handshakes: Arc::new(Semaphore::new(HANDSHAKES_MAX)), timeout, log: LogLimiter::new() }
+    }
+
+    fn refused(&self, peer: SocketAddr, e: &NetworkError) {
+        if let Some(suppressed) = self.log.allow() {
+            warn!(%peer, error = %e, suppressed, "raft connection refused: handshake failed");
+        }
+    }
 }
 
 impl Handlers {
@@ -745,8 +879,25 @@ impl RaftServer {
         control: Arc<dyn ControlHandler>,
         isolation: Isolation,
     ) -> RaftServer {
+        Self::start_authenticated(listener, rpc, control, isolation, None)
+    }
+
+    /// Like [`RaftServer::start_with`]; with `auth`, every connection must pass the cluster-secret handshake
+    /// (within [`HANDSHAKE_TIMEOUT`]) before any frame is read.
+    pub fn start_authenticated(
+        listener: TcpListener,
+        rpc: Arc<dyn RaftRpcHandler>,
+        control: Arc<dyn ControlHandler>,
+        isolation: Isolation,
+        auth: Option<RaftAuth>,
+    ) -> RaftServer {
+        let auth = auth.map(|a| Arc::new(ServerAuth::new(a, HANDSHAKE_TIMEOUT)));
+        Self::start_handlers(listener, Handlers { rpc, control, isolation, auth })
+    }
+
+    fn start_handlers(listener: TcpListener, handlers: Handlers) -> RaftServer {
         let local_addr = listener.local_addr().ok();
-        let accept = tokio::spawn(accept_loop(listener, Handlers { rpc, control, isolation }));
+        let accept = tokio::spawn(accept_loop(listener, handlers));
         RaftServer { accept, local_addr }
     }
 
@@ -781,7 +932,18 @@ async fn accept_loop(listener: TcpListener, handlers: Handlers) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(serve_connection(stream, peer, handlers.clone()));
+                    let permit = match &handlers.auth {
+                        None => None,
+                        Some(a) => match Arc::clone(&a.handshakes).try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                a.refused(peer, &HandshakeError::TooMany.into());
+                                drop(stream);
+                                continue;
+                            }
+                        },
+                    };
+                    conns.spawn(serve_connection(stream, peer, handlers.clone(), permit));
                 }
                 Err(e) => {
                     warn!(error = %e, "raft rpc accept failed");
@@ -799,7 +961,22 @@ async fn accept_loop(listener: TcpListener, handlers: Handlers) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, handlers: Handlers) {
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, handlers: Handlers, permit: Option<OwnedSemaphorePermit>) {
+    if let Some(a) = &handlers.auth {
+        let result = match tokio::time::timeout(a.timeout, server_handshake(&mut stream, &a.auth)).await {
+            Ok(r) => r,
+            Err(_) => Err(HandshakeError::Timeout(a.timeout)),
+        };
+        drop(permit);
+        match result {
+            Ok(node) => debug!(%peer, node, "raft connection authenticated"),
+            Err(e) => {
+                a.refused(peer, &e.into());
+                // Dropping the stream closes the connection: nothing of the peer's bytes is decoded.
+                return;
+            }
+        }
+    }
     match connection_loop(stream, &handlers).await {
         Ok(()) => debug!(%peer, "raft rpc connection closed by peer"),
         Err(NetworkError::Io(e)) => debug!(%peer, error = %e, "raft rpc connection closed on io error"),
@@ -832,6 +1009,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+    use crate::handshake::{HELLO_BYTES, REPLY_BYTES};
     use crate::types::{Command, Entry, Message, QueueAppend};
 
     /// Answers control requests without a Raft node.
@@ -843,7 +1021,9 @@ mod tests {
                 match req {
                     ControlRequest::Ping => Ok(ControlResponse::Pong { id: 7 }),
                     ControlRequest::TriggerElect => Err("not now".to_string()),
-                    ControlRequest::SetHeartbeat(_) | ControlRequest::SetElect(_) => Ok(ControlResponse::Ok),
+                    ControlRequest::SetHeartbeat(_) | ControlRequest::SetElect(_) | ControlRequest::PauseElect { .. } => {
+                        Ok(ControlResponse::Ok)
+                    }
                 }
             })
         }
@@ -1055,7 +1235,7 @@ mod tests {
 
         // The earlier connection and new ones are still served.
         assert_eq!(good.vote(vote_req(2, 3), opt()).await.unwrap().vote, Vote::new(2, 2));
-        assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2)).await.unwrap(), ControlResponse::Pong { id: 7 });
+        assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2), None).await.unwrap(), ControlResponse::Pong { id: 7 });
     }
 
     #[tokio::test]
@@ -1063,12 +1243,12 @@ mod tests {
         let (server, addr, _) = stub_server().await;
         assert_eq!(server.local_addr().map(|a| a.to_string()), Some(addr.clone()));
         let t = Duration::from_secs(2);
-        assert_eq!(control_call(&addr, ControlRequest::Ping, t).await.unwrap(), ControlResponse::Pong { id: 7 });
-        assert_eq!(control_call(&addr, ControlRequest::SetHeartbeat(false), t).await.unwrap(), ControlResponse::Ok);
-        assert_eq!(control_call(&addr, ControlRequest::SetElect(true), t).await.unwrap(), ControlResponse::Ok);
-        assert!(matches!(control_call(&addr, ControlRequest::TriggerElect, t).await, Err(NetworkError::Remote(m)) if m == "not now"));
+        assert_eq!(control_call(&addr, ControlRequest::Ping, t, None).await.unwrap(), ControlResponse::Pong { id: 7 });
+        assert_eq!(control_call(&addr, ControlRequest::SetHeartbeat(false), t, None).await.unwrap(), ControlResponse::Ok);
+        assert_eq!(control_call(&addr, ControlRequest::SetElect(true), t, None).await.unwrap(), ControlResponse::Ok);
+        assert!(matches!(control_call(&addr, ControlRequest::TriggerElect, t, None).await, Err(NetworkError::Remote(m)) if m == "not now"));
         // Nobody listening: refused at once.
-        assert!(matches!(control_call(&closed_addr().await, ControlRequest::Ping, t).await, Err(NetworkError::Io(_))));
+        assert!(matches!(control_call(&closed_addr().await, ControlRequest::Ping, t, None).await, Err(NetworkError::Io(_))));
     }
 
     #[tokio::test]
@@ -1082,7 +1262,7 @@ mod tests {
         cut.set(true);
         // Inbound: the server drops the request and the connection.
         assert!(matches!(net.vote(vote_req(2, 2), opt()).await, Err(RPCError::Network(_))));
-        assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2)).await.unwrap(), ControlResponse::Pong { id: 7 });
+        assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2), None).await.unwrap(), ControlResponse::Pong { id: 7 });
         // Outbound: a client sharing the switch fails before connecting.
         let (_other, other_addr, _) = stub_server().await;
         let mut out = TcpNetworkFactory::with_isolation(cut.clone()).new_client(2, &Node::new(&other_addr)).await;
@@ -1259,5 +1439,141 @@ mod tests {
         assert_eq!(resp.unwrap(), AppendEntriesResponse::Success);
         assert!(net.transfer.is_some(), "the transfer is still running");
         assert_eq!(stub.heartbeats(), 1);
+    }
+
+    // --- cluster-secret handshake -----------------------------------------------------------------------
+
+    const SECRET: &str = "raft-port-test-secret-0123456789";
+    const OTHER: &str = "some-other-secret-9876543210-xyz";
+
+    fn raft_auth(secret: &str, id: NodeId) -> RaftAuth {
+        RaftAuth::new(raftmq_remoting::cluster_auth::ClusterSecrets::parse(secret).unwrap(), id)
+    }
+
+    /// A stub server whose connections must pass the handshake within `timeout`.
+    async fn auth_server(timeout: Duration) -> (RaftServer, String, Arc<StubRaft>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stub = Arc::new(StubRaft::default());
+        let auth = Some(Arc::new(ServerAuth::new(raft_auth(SECRET, 1), timeout)));
+        let handlers = Handlers { rpc: stub.clone(), control: Arc::new(StubControl), isolation: Isolation::default(), auth };
+        (RaftServer::start_handlers(listener, handlers), addr, stub)
+    }
+
+    async fn auth_client(addr: &str, secret: &str) -> TcpNetwork {
+        TcpNetworkFactory::default().with_auth(Some(raft_auth(secret, 2))).new_client(1, &Node::new(addr)).await
+    }
+
+    /// Reads until the peer closes `s` (within `within`); returns the bytes read before, or `None` if it
+    /// stayed open.
+    async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<usize> {
+        let mut buf = [0u8; 256];
+        let mut n = 0;
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(n),
+                Ok(Ok(k)) => n += k,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn one_entry_append() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![produce_entry(1, Bytes::from_static(b"m"))],
+        }
+    }
+
+    #[tokio::test]
+    async fn authenticated_peers_exchange_rpcs_on_every_connection_path() {
+        let (_server, addr, stub) = auth_server(HANDSHAKE_TIMEOUT).await;
+        let mut net = auth_client(&addr, SECRET).await;
+        assert!(net.vote(vote_req(1, 1), opt()).await.unwrap().vote_granted);
+        // A reconnect (the idle connection gone) authenticates again.
+        net.conn = None;
+        assert!(net.vote(vote_req(2, 1), opt()).await.unwrap().vote_granted);
+        // Entries go through a transfer task on a connection of its own.
+        net.conn = None;
+        assert_eq!(net.append_entries(one_entry_append(), opt()).await.unwrap(), AppendEntriesResponse::Success);
+        assert_eq!(stub.appends().len(), 1);
+        // Control calls too.
+        let t = Duration::from_secs(2);
+        let auth = raft_auth(SECRET, 2);
+        assert_eq!(control_call(&addr, ControlRequest::Ping, t, Some(&auth)).await.unwrap(), ControlResponse::Pong { id: 7 });
+        // A client in the middle of a rotation (signing with the shared secret, also accepting a new one).
+        let rolling = raft_auth(&format!("{SECRET}\n{OTHER}"), 3);
+        assert_eq!(control_call(&addr, ControlRequest::Ping, t, Some(&rolling)).await.unwrap(), ControlResponse::Pong { id: 7 });
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_connections_are_closed_before_any_rpc_is_decoded() {
+        let (_server, addr, stub) = auth_server(Duration::from_millis(500)).await;
+        let t = Duration::from_secs(2);
+        // Wrong secret: refused, and the client says so.
+        let wrong = raft_auth(OTHER, 9);
+        let e = control_call(&addr, ControlRequest::SetElect(false), t, Some(&wrong)).await.unwrap_err();
+        assert!(matches!(e, NetworkError::Handshake(HandshakeError::Refused)), "{e:?}");
+        assert!(net_err(auth_client(&addr, OTHER).await.append_entries(one_entry_append(), opt()).await));
+        // No handshake at all: a client without a secret sends a valid AppendEntries frame at once.
+        assert!(net_err(client(&addr).await.append_entries(one_entry_append(), opt()).await));
+        let frame = encode_frame(FrameKind::AppendEntries, &one_entry_append()).unwrap();
+        let mut raw = TcpStream::connect(&addr).await.unwrap();
+        raw.write_all(&frame).await.unwrap();
+        assert_eq!(read_until_closed(&mut raw, t).await, Some(HELLO_BYTES + REPLY_BYTES), "hello, refusal, close");
+        // Garbage, and a truncated proof followed by silence (closed at the handshake timeout).
+        let mut raw = TcpStream::connect(&addr).await.unwrap();
+        raw.write_all(&[0xEE; 200]).await.unwrap();
+        assert!(read_until_closed(&mut raw, t).await.is_some());
+        let mut raw = TcpStream::connect(&addr).await.unwrap();
+        raw.write_all(&[1; 10]).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(read_until_closed(&mut raw, t).await, Some(HELLO_BYTES));
+        assert!(started.elapsed() >= Duration::from_millis(450), "closed at the timeout, not before: {:?}", started.elapsed());
+        // Nothing reached the handler, and the server still serves an authenticated peer.
+        assert!(stub.appends().is_empty());
+        let auth = raft_auth(SECRET, 2);
+        assert_eq!(control_call(&addr, ControlRequest::Ping, t, Some(&auth)).await.unwrap(), ControlResponse::Pong { id: 7 });
+        // A client with a secret facing an open server: the server's answer is no hello.
+        let (_open, open_addr, _) = stub_server().await;
+        let e = control_call(&open_addr, ControlRequest::Ping, t, Some(&auth)).await.unwrap_err();
+        assert!(matches!(e, NetworkError::Timeout | NetworkError::Handshake(_)), "{e:?}");
+    }
+
+    fn net_err<T: std::fmt::Debug, E: std::error::Error>(r: Result<T, RPCError<NodeId, Node, E>>) -> bool {
+        matches!(r, Err(RPCError::Unreachable(_)) | Err(RPCError::Network(_)))
+    }
+
+    #[test]
+    fn an_election_pause_is_cut_to_its_limit() {
+        let max = Duration::from_millis(ELECTION_PAUSE_MS_MAX);
+        assert_eq!(clamp_pause(max), max);
+        assert_eq!(clamp_pause(max + Duration::from_millis(1)), max);
+        assert_eq!(clamp_pause(Duration::from_millis(1900)), Duration::from_millis(1900));
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_handshake_limit_are_closed_at_once() {
+        let (_server, addr, _) = auth_server(Duration::from_millis(1500)).await;
+        let mut silent = Vec::new();
+        for _ in 0..HANDSHAKES_MAX {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            let mut hello = [0u8; HELLO_BYTES];
+            s.read_exact(&mut hello).await.unwrap();
+            silent.push(s);
+        }
+        // One more: no hello, closed at once.
+        let mut extra = TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(read_until_closed(&mut extra, Duration::from_secs(1)).await, Some(0));
+        // Once the silent ones time out, authenticated peers get in again.
+        for s in &mut silent {
+            assert!(read_until_closed(s, Duration::from_secs(3)).await.is_some());
+        }
+        let auth = raft_auth(SECRET, 2);
+        let pong = control_call(&addr, ControlRequest::Ping, Duration::from_secs(2), Some(&auth)).await.unwrap();
+        assert_eq!(pong, ControlResponse::Pong { id: 7 });
     }
 }

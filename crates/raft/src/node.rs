@@ -30,10 +30,11 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::error::{FailureCell, StoreFailure};
+use crate::handshake::RaftAuth;
 use crate::log_store::{LogStore, StoreLink};
 use crate::member::MemberAddr;
 use crate::message_index::{MessageIndex, MessageIndexConfig};
-use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, FRAME_BYTES_MAX};
+use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, FRAME_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
     Action, Command, CommandResponse, Delivery, Node, NodeId, Op, Produce, QueueAppend, QueueAppendResult, Raft, OPS_HEADER_BYTES,
@@ -90,7 +91,21 @@ pub struct NodeConfig {
     pub batch_inflight_max: usize,
     /// The message index (`<data_dir>/index`, local to this node); `None` = no index.
     pub message_index: Option<MessageIndexConfig>,
+    /// The cluster secrets every Raft-port connection is authenticated with ([`crate::handshake`]); `None`:
+    /// the Raft port is open to anyone who can reach it. `Debug` shows no secret.
+    pub cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
+    /// Least time between two leader transfers this node takes part in (as the leader handing over, or as
+    /// the target told to campaign), ms; 0 = no minimum. At most [`TRANSFER_INTERVAL_MIN_MS_MAX`].
+    pub transfer_interval_min_ms: u64,
 }
+
+/// Default [`NodeConfig::transfer_interval_min_ms`]: 3 s. A transfer fences writes for about
+/// `election_max_ms + heartbeat_ms` (0.7 s by default), so a loop of transfers fences at most about a fifth
+/// of the time.
+pub const TRANSFER_INTERVAL_MIN_MS_DEFAULT: u64 = 3_000;
+
+/// Largest [`NodeConfig::transfer_interval_min_ms`]: one hour.
+pub const TRANSFER_INTERVAL_MIN_MS_MAX: u64 = 3_600_000;
 
 impl NodeConfig {
     /// Defaults: 1 GiB segments, sync flush, heartbeat 100 ms, election 300–600 ms, 1 MiB batches, 6 MiB
@@ -114,6 +129,8 @@ impl NodeConfig {
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
             batch_inflight_max: 1,
             message_index: None,
+            cluster_secrets: None,
+            transfer_interval_min_ms: TRANSFER_INTERVAL_MIN_MS_DEFAULT,
         }
     }
 
@@ -140,6 +157,12 @@ impl NodeConfig {
         }
         if self.batch_inflight_max == 0 {
             return bad("batch_inflight_max must be at least 1".into());
+        }
+        if self.transfer_interval_min_ms > TRANSFER_INTERVAL_MIN_MS_MAX {
+            return bad(format!(
+                "transfer_interval_min_ms {} must be at most {TRANSFER_INTERVAL_MIN_MS_MAX}",
+                self.transfer_interval_min_ms
+            ));
         }
         Ok(())
     }
@@ -181,6 +204,9 @@ pub enum NodeError {
     /// a quorum that must remain).
     #[error("{0}")]
     Membership(String),
+    /// Refused for now: another leader transfer is in progress, or the last one was too recent. Retry later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Most members (voters and learners) a group may have: every member is one more replication stream on the
@@ -395,6 +421,12 @@ pub struct RaftNode {
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
     isolation: Isolation,
+    /// This node's proof on control connections it opens (leader transfer).
+    auth: Option<RaftAuth>,
+    /// When this node last took part in a leader transfer.
+    transfers: Arc<TransferClock>,
+    /// The target of the leader transfer in progress on this node, if any: one at a time.
+    transferring: std::sync::Mutex<Option<NodeId>>,
     failure: FailureCell,
     failures: Failures,
     /// The message index and its thread, when configured and opened.
@@ -414,6 +446,72 @@ impl Fence {
             return Err(WriteError::Transferring { target: self.target.load(Ordering::Acquire) });
         }
         Ok(())
+    }
+}
+
+/// Holds a node's transfer slot; frees it when dropped, and records the end of the transfer if it got as far
+/// as fencing writes (a transfer refused before, e.g. for a lagging target, does not delay the next one).
+struct TransferSlot<'a> {
+    slot: &'a std::sync::Mutex<Option<NodeId>>,
+    clock: &'a TransferClock,
+    fenced: bool,
+}
+
+impl Drop for TransferSlot<'_> {
+    fn drop(&mut self) {
+        if self.fenced {
+            self.clock.touch();
+        }
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Asks `others` to resume elections at once (their pause would end by itself).
+async fn resume_elections(others: &[(NodeId, String)], rpc_timeout: Duration, auth: Option<&RaftAuth>) {
+    for (id, addr) in others {
+        if let Err(e) = control_call(addr, ControlRequest::SetElect(true), rpc_timeout, auth).await {
+            warn!(node = id, error = %e, "leader transfer: could not resume elections (they resume when the pause expires)");
+        }
+    }
+}
+
+/// Undoes what a leader transfer switched off: this node's heartbeats, elections and write fence, and the
+/// other voters' election pause. [`TransferRestore::run`] does it in order; dropping the guard without it
+/// (the transfer's future dropped midway) restores this node at once and resumes the others from a task.
+struct TransferRestore<'a> {
+    raft: &'a Raft,
+    fence: &'a Fence,
+    auth: Option<RaftAuth>,
+    others: Vec<(NodeId, String)>,
+    rpc_timeout: Duration,
+    done: bool,
+}
+
+impl TransferRestore<'_> {
+    fn restore_local(&self) {
+        self.raft.runtime_config().heartbeat(true);
+        self.raft.runtime_config().elect(true);
+        self.fence.active.store(false, Ordering::Release);
+    }
+
+    async fn run(mut self) {
+        self.restore_local();
+        resume_elections(&self.others, self.rpc_timeout, self.auth.as_ref()).await;
+        self.done = true;
+    }
+}
+
+impl Drop for TransferRestore<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.restore_local();
+        let (others, timeout, auth) = (std::mem::take(&mut self.others), self.rpc_timeout, self.auth.take());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { resume_elections(&others, timeout, auth.as_ref()).await });
+        }
+        warn!("leader transfer abandoned midway: heartbeats, elections and writes restored here");
     }
 }
 
@@ -569,13 +667,16 @@ impl RaftNode {
         };
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
         let isolation = Isolation::default();
-        let network = TcpNetworkFactory::with_isolation(isolation.clone());
+        let auth = cfg.cluster_secrets.clone().map(|s| RaftAuth::new(s, cfg.id));
+        let network = TcpNetworkFactory::with_isolation(isolation.clone()).with_auth(auth.clone());
         let raft = Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| stored_cause(&log, &e))?;
         let failure = FailureCell::default();
         let failures =
             Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
         tokio::spawn(watch_failures(raft.clone(), log.reader(), sm_failure.clone(), failure.clone(), cfg.data_dir.clone()));
-        let server = RaftServer::start_with(listener, Arc::new(raft.clone()), Arc::new(RaftControl::new(raft.clone())), isolation.clone());
+        let transfers = Arc::new(TransferClock::default());
+        let control = Arc::new(RaftControl::with_clock(raft.clone(), Arc::clone(&transfers)));
+        let server = RaftServer::start_authenticated(listener, Arc::new(raft.clone()), control, isolation.clone(), auth.clone());
 
         let (role_tx, role_rx) = watch::channel(RoleState {
             role: Role::Learner,
@@ -650,6 +751,9 @@ impl RaftNode {
             produce_tx,
             fence: Arc::new(Fence::default()),
             isolation,
+            auth,
+            transfers,
+            transferring: std::sync::Mutex::new(None),
             failure,
             failures,
             index,
@@ -1095,8 +1199,16 @@ impl RaftNode {
     }
 
     /// Moves leadership to `target` (openraft 0.9 has no API for it): fence writes here, stop this
-    /// leader's heartbeats and every other voter's elections, wait out the leader lease, make the target
-    /// campaign, and restore everything afterwards — also when the target does not win within `timeout`.
+    /// leader's heartbeats, pause every other voter's elections for a bounded time ([`Self::election_pause`],
+    /// [`ControlRequest::PauseElect`]), wait out the leader lease, make the target campaign, and restore
+    /// everything afterwards — also when the target does not win within `timeout`, and also when this future
+    /// is dropped midway (a guard restores this node's switches and asks the others to resume). A leader that
+    /// dies or is cut off midway cannot leave elections paused: the other voters resume by themselves when
+    /// their pause expires.
+    ///
+    /// One transfer at a time: another while one runs is refused with [`NodeError::Busy`], and so is a
+    /// transfer within [`NodeConfig::transfer_interval_min_ms`] of the last transfer this node took part in
+    /// (as the old leader or as the target), which bounds how much of the time a loop of transfers fences.
     pub async fn transfer_leader(&self, target: NodeId, timeout: Duration) -> Result<(), NodeError> {
         let m = self.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
@@ -1112,24 +1224,36 @@ impl RaftNode {
         }
         let addr_of = |id: NodeId| membership.get_node(&id).map(|n| MemberAddr::raft_of(&n.addr).to_string());
         let Some(target_addr) = addr_of(target) else { return Err(NodeError::Raft(format!("no address for {target}"))) };
+        let mut slot = self.claim_transfer(target)?;
         self.wait_caught_up(target, timeout).await?;
         let rpc_timeout = Duration::from_millis(self.cfg.election_max_ms);
         let others: Vec<(NodeId, String)> =
             voters.iter().filter(|v| **v != target && **v != self.id).filter_map(|v| addr_of(*v).map(|a| (*v, a))).collect();
 
+        let restore = TransferRestore {
+            raft: &self.raft,
+            fence: &self.fence,
+            auth: self.auth.clone(),
+            others: others.clone(),
+            rpc_timeout,
+            done: false,
+        };
+        slot.fenced = true;
         self.fence.target.store(target, Ordering::Release);
         self.fence.active.store(true, Ordering::Release);
         self.raft.runtime_config().heartbeat(false);
         self.raft.runtime_config().elect(false);
+        let pause = self.election_pause();
         for (id, addr) in &others {
-            if let Err(e) = control_call(addr, ControlRequest::SetElect(false), rpc_timeout).await {
+            let req = ControlRequest::PauseElect { ms: pause.as_millis() as u64 };
+            if let Err(e) = control_call(addr, req, rpc_timeout, self.auth.as_ref()).await {
                 warn!(node = id, error = %e, "leader transfer: could not pause elections");
             }
         }
         let started = Instant::now();
         // Voters honour the old leader's lease for election_timeout_max after its last heartbeat.
         tokio::time::sleep(Duration::from_millis(self.cfg.election_max_ms + self.cfg.heartbeat_ms)).await;
-        let result = match control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout).await {
+        let result = match control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout, self.auth.as_ref()).await {
             Ok(_) => self
                 .raft
                 .wait(Some(timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100))))
@@ -1139,16 +1263,38 @@ impl RaftNode {
                 .map_err(|e| NodeError::Timeout(e.to_string())),
             Err(e) => Err(NodeError::Raft(format!("trigger election on {target}: {e}"))),
         };
-        self.raft.runtime_config().heartbeat(true);
-        self.raft.runtime_config().elect(true);
-        for (id, addr) in &others {
-            if let Err(e) = control_call(addr, ControlRequest::SetElect(true), rpc_timeout).await {
-                warn!(node = id, error = %e, "leader transfer: could not resume elections");
-            }
-        }
-        self.fence.active.store(false, Ordering::Release);
+        restore.run().await;
         info!(target, ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "leader transfer");
         result
+    }
+
+    /// How long a leader transfer pauses the other voters' elections: the leader lease it waits out
+    /// (`election_max_ms + heartbeat_ms`), the call that makes the target campaign (`election_max_ms` at most)
+    /// and the target's campaign (`election_max_ms`); at most [`crate::network::ELECTION_PAUSE_MS_MAX`]. 1.9 s by default.
+    pub fn election_pause(&self) -> Duration {
+        let ms = 3 * self.cfg.election_max_ms + self.cfg.heartbeat_ms;
+        crate::network::clamp_pause(Duration::from_millis(ms))
+    }
+
+    /// Takes the single transfer slot, or says why not ([`NodeError::Busy`]).
+    fn claim_transfer(&self, target: NodeId) -> Result<TransferSlot<'_>, NodeError> {
+        let mut slot = self.transferring.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = *slot {
+            return Err(NodeError::Busy(format!("a leader transfer to node {t} is in progress; retry when it has finished")));
+        }
+        let min = Duration::from_millis(self.cfg.transfer_interval_min_ms);
+        if let Some(since) = self.transfers.since_last().filter(|d| *d < min) {
+            return Err(NodeError::Busy(format!(
+                "node {} took part in a leader transfer {} ms ago; transfers are at least {} ms apart \
+                 (leaderTransferIntervalMinMs): retry in {} ms",
+                self.id,
+                since.as_millis(),
+                min.as_millis(),
+                (min - since).as_millis().max(1)
+            )));
+        }
+        *slot = Some(target);
+        Ok(TransferSlot { slot: &self.transferring, clock: &self.transfers, fenced: false })
     }
 
     /// Compacts the log through `upto` (at most the applied index and the newest checkpoint): builds the

@@ -14,6 +14,7 @@
 //! - [`message`]: the stored-message layout served by PULL, SEND_BATCH bodies, properties, tag hashes,
 //!   offsetMsgId and UNIQ_KEY.
 //! - [`error`]: [`RemotingError`] and [`MessageError`].
+//! - [`cluster_auth`]: the cluster secret and signed nameserver registrations.
 //!
 //! A broker's read loop, in outline:
 //!
@@ -49,6 +50,7 @@
 #![deny(missing_docs)]
 
 pub mod body;
+pub mod cluster_auth;
 pub mod codes;
 pub mod error;
 pub mod frame;

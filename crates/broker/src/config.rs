@@ -251,6 +251,13 @@ pub struct BrokerConfig {
     /// Index files kept (`indexFilesMax`); the oldest is deleted beyond it.
     #[serde(default = "default_index_files_max")]
     pub index_files_max: usize,
+    /// Check every client request against the ACL in `aclFile` (RocketMQ `aclEnable`; see docs/security.md).
+    #[serde(default)]
+    pub acl_enable: bool,
+    /// The ACL file (TOML form of RocketMQ's `plain_acl.yml`); required with `aclEnable`, re-read when it
+    /// changes. Relative paths are relative to the broker's working directory.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
@@ -490,6 +497,9 @@ impl BrokerConfig {
     /// Checks cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
+        if self.acl_enable && self.acl_file.is_none() {
+            return bad("aclEnable needs aclFile, the ACL file's path".into());
+        }
         if let Err(why) = raftmq_raft::types::parse_delay_levels(&self.message_delay_level) {
             return bad(format!("messageDelayLevel: {why}"));
         }

@@ -21,6 +21,40 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    auth: Auth,
+}
+
+/// ACL credentials of the client commands (admin, produce, consume, bench): every request they send is
+/// signed with them (RocketMQ plain ACL); `namesrv` and `broker` ignore them. The environment values are
+/// never shown in `--help`.
+#[derive(clap::Args)]
+struct Auth {
+    /// ACL access key (account) to sign client requests with; needs --secret-key.
+    #[arg(long, global = true, env = "RAFTMQ_ACCESS_KEY", hide_env_values = true)]
+    access_key: Option<String>,
+    /// ACL secret key of --access-key.
+    #[arg(long, global = true, env = "RAFTMQ_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+}
+
+/// The credentials client commands sign with, set once in `main`.
+static CREDENTIALS: std::sync::OnceLock<Option<raftmq_client::Credentials>> = std::sync::OnceLock::new();
+
+/// The ACL credentials given on the command line or in the environment, if any.
+pub(crate) fn credentials() -> Option<raftmq_client::Credentials> {
+    CREDENTIALS.get().cloned().flatten()
+}
+
+impl Auth {
+    fn credentials(self) -> Result<Option<raftmq_client::Credentials>> {
+        match (self.access_key, self.secret_key) {
+            (Some(ak), Some(sk)) => Ok(Some(raftmq_client::Credentials::new(ak, sk))),
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!("--access-key needs --secret-key (or RAFTMQ_SECRET_KEY)"),
+            (None, Some(_)) => anyhow::bail!("--secret-key needs --access-key (or RAFTMQ_ACCESS_KEY)"),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -47,6 +81,9 @@ enum Cmd {
         /// Overrides `namesrvAddr` (`;`-separated).
         #[arg(long, env = "RAFTMQ_NAMESRV_ADDR")]
         namesrv: Option<String>,
+        /// Turns ACL on with this ACL file (sets `aclEnable = true` and `aclFile`).
+        #[arg(long, env = "RAFTMQ_ACL_FILE")]
+        acl_file: Option<PathBuf>,
         /// Log file (default: stderr).
         #[arg(long, env = "RAFTMQ_LOG_FILE")]
         log_file: Option<PathBuf>,
@@ -150,6 +187,11 @@ fn exit_store_failed(f: &raftmq_broker::StoreFailure, phase: &str) -> ! {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Server roles ignore the credentials (a broker's ACL is its aclFile): a shell that exports
+    // RAFTMQ_ACCESS_KEY for its client commands can still start nodes.
+    if !matches!(cli.cmd, Cmd::Namesrv { .. } | Cmd::Broker { .. }) {
+        let _ = CREDENTIALS.set(cli.auth.credentials()?);
+    }
     match cli.cmd {
         Cmd::Namesrv { listen, log_file, limits } => {
             init_logging(log_file.as_ref())?;
@@ -160,7 +202,7 @@ async fn main() -> Result<()> {
             tracing::info!("nameserver stopping");
             Ok(())
         }
-        Cmd::Broker { config, store_dir, namesrv, log_file } => {
+        Cmd::Broker { config, store_dir, namesrv, acl_file, log_file } => {
             init_logging(log_file.as_ref())?;
             let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
             let mut cfg = raftmq_broker::config::BrokerConfig::from_toml(&text).with_context(|| format!("parse {}", config.display()))?;
@@ -169,6 +211,10 @@ async fn main() -> Result<()> {
             }
             if let Some(n) = namesrv {
                 cfg.namesrv_addr = n;
+            }
+            if let Some(f) = acl_file {
+                cfg.acl_enable = true;
+                cfg.acl_file = Some(f);
             }
             let broker = match raftmq_broker::Broker::start(cfg).await {
                 Ok(b) => b,
@@ -215,5 +261,22 @@ mod tests {
         assert_eq!((opts.connections_max, opts.conn_idle_ms_max), (5, 1000));
         assert_eq!(opts.conn_inflight_bytes_max, raftmq_net::server::CONN_INFLIGHT_BYTES_MAX_DEFAULT);
         opts.validate().expect("valid");
+    }
+
+    #[test]
+    fn every_client_command_takes_the_credentials_flags() {
+        for args in [
+            &["raftmq", "admin", "--access-key", "RocketMQ", "--secret-key", "12345678", "status"][..],
+            &["raftmq", "produce", "--topic", "t", "--access-key", "RocketMQ", "--secret-key", "12345678"],
+            &["raftmq", "consume", "--topic", "t", "--group", "g", "--access-key", "RocketMQ", "--secret-key", "12345678"],
+            &["raftmq", "bench", "produce", "--topic", "t", "--access-key", "RocketMQ", "--secret-key", "12345678"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let c = cli.auth.credentials().expect("both given").expect("credentials");
+            assert_eq!((c.access_key.as_str(), c.secret_key.as_str()), ("RocketMQ", "12345678"));
+        }
+        let cli = Cli::try_parse_from(["raftmq", "produce", "--topic", "t", "--access-key", "RocketMQ"]).expect("parses");
+        let e = cli.auth.credentials().unwrap_err().to_string();
+        assert!(e.contains("--access-key needs --secret-key"), "{e}");
     }
 }

@@ -9,7 +9,8 @@
 //!   refused for `RocketMQ` and served for the admin `rocketmq2`; the CLI produces and consumes with the
 //!   flags (and the environment variables) and fails with a wrong secret; a changed ACL file takes effect
 //!   without a restart and a broken one keeps the previous ACL; refusals are logged and no log holds a
-//!   secret.
+//!   secret; a follower checks a CONSUMER_SEND_MSG_BACK before forwarding it and the leader verifies the
+//!   client's signature on the forwarded request.
 
 mod common;
 
@@ -18,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use raftmq_remoting::acl::Credentials;
-use raftmq_remoting::header::{CreateTopicRequestHeader, PullMessageRequestHeader};
+use raftmq_remoting::header::{
+    ConsumerSendMsgBackRequestHeader, CreateTopicRequestHeader, PullMessageRequestHeader, SendMessageResponseHeader,
+};
 use raftmq_remoting::{RemotingCommand, RequestCode};
 
 const SECRET: &str = "Sekr1t-acl-test";
@@ -76,7 +79,8 @@ fn pull_request(topic: &str, group: &str) -> RemotingCommand {
 
 async fn max_offset_as_admin(c: &raftmq_net::RemotingClient, topic: &str) -> i64 {
     let h = raftmq_remoting::header::GetMaxOffsetRequestHeader { topic: topic.into(), queue_id: 0, ..Default::default() };
-    let r = c.invoke(signed(RemotingCommand::request(RequestCode::GET_MAX_OFFSET, 0).with_header(&h), &admin()), TIMEOUT).await.expect("max");
+    let r =
+        c.invoke(signed(RemotingCommand::request(RequestCode::GET_MAX_OFFSET, 0).with_header(&h), &admin()), TIMEOUT).await.expect("max");
     assert_eq!(r.code, 0, "{:?}", r.remark);
     r.decode_header::<raftmq_remoting::header::OffsetResponseHeader>().expect("offset").offset
 }
@@ -145,9 +149,40 @@ async fn acl_permits_refuses_and_reloads() {
     let (code, remark) = invoke(&c, signed(pull_request("topicB", "groupA"), &user())).await;
     assert_eq!((code, remark.as_str()), (NO_PERMISSION, "accessKey=RocketMQ has no SUB permission on group:groupA (it holds DENY)"));
 
+    // A follower forwards CONSUMER_SEND_MSG_BACK to the leader after checking it; the leader verifies the
+    // client's signature without the follower's forwarding mark. A refused one is not forwarded.
+    let r = c.invoke(signed(send_request("topicB", 0, b"back me", None), &user()), TIMEOUT).await.expect("send");
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    let h: SendMessageResponseHeader = r.decode_header().expect("send header");
+    let phys = i64::from_str_radix(&h.msg_id[h.msg_id.len() - 16..], 16).expect("offsetMsgId");
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).expect("follower").client_addr.clone();
+    let fc = client(&follower).await.expect("connect follower");
+    let back = |group: &str| {
+        let h = ConsumerSendMsgBackRequestHeader {
+            offset: phys,
+            group: group.into(),
+            delay_level: -1,
+            origin_topic: Some("topicB".into()),
+            ..Default::default()
+        };
+        RemotingCommand::request(RequestCode::CONSUMER_SEND_MSG_BACK, 0).with_header(&h)
+    };
+    let leader_log = || std::fs::read_to_string(cluster.dir.path().join(format!("n{leader}.log"))).expect("log");
+    let leader_refusals = leader_log().matches("ACL refused a request").count();
+    let (code, remark) = invoke(&fc, signed(back("groupA"), &user())).await;
+    assert_eq!((code, remark.as_str()), (NO_PERMISSION, "accessKey=RocketMQ has no SUB permission on group:groupA (it holds DENY)"));
+    let (code, remark) = invoke(&fc, signed(back("groupB"), &user())).await;
+    assert_eq!(code, 0, "forwarded send-back: {remark}");
+    assert_eq!(max_offset_as_admin(&c, "%DLQ%groupB").await, 1, "the forwarded send-back was stored by the leader");
+    let follower_id = cluster.nodes.iter().find(|n| n.client_addr == follower).expect("node").id;
+    let follower_log = std::fs::read_to_string(cluster.dir.path().join(format!("n{follower_id}.log"))).expect("log");
+    assert!(follower_log.contains("group:groupA"), "the follower logged its refusal");
+    assert_eq!(leader_log().matches("ACL refused a request").count(), leader_refusals, "logged once, by the node that refused");
+
     // The CLI signs with --access-key/--secret-key or the environment.
     let ns = cluster.namesrv.clone();
-    let (ok, out) = cli(&["produce", "--namesrv", &ns, "--topic", "topicB", "--count", "3", "--access-key", "RocketMQ", "--secret-key", SECRET], &[]);
+    let (ok, out) =
+        cli(&["produce", "--namesrv", &ns, "--topic", "topicB", "--count", "3", "--access-key", "RocketMQ", "--secret-key", SECRET], &[]);
     assert!(ok, "{out}");
     assert_eq!(out.matches("SEND_OK").count(), 3, "{out}");
     let (ok, out) = cli(
@@ -155,14 +190,15 @@ async fn acl_permits_refuses_and_reloads() {
         &[("RAFTMQ_ACCESS_KEY", "RocketMQ"), ("RAFTMQ_SECRET_KEY", SECRET)],
     );
     assert!(ok && out.contains("consumed 4 message(s)"), "{out}");
-    let (ok, out) = cli(&["produce", "--namesrv", &ns, "--topic", "topicB", "--access-key", "RocketMQ", "--secret-key", "wrong-secret"], &[]);
+    let (ok, out) =
+        cli(&["produce", "--namesrv", &ns, "--topic", "topicB", "--access-key", "RocketMQ", "--secret-key", "wrong-secret"], &[]);
     assert!(!ok && out.contains("check signature failed for accessKey=RocketMQ"), "{out}");
     let (ok, out) = cli(&["produce", "--namesrv", &ns, "--topic", "topicA", "--access-key", "RocketMQ", "--secret-key", SECRET], &[]);
     assert!(!ok && out.contains("no PUB permission on topic:topicA"), "{out}");
     let (ok, out) = cli(&["admin", "--namesrv", &ns, "--access-key", "rocketmq2", "--secret-key", SECRET, "status"], &[]);
     assert!(ok, "{out}");
     assert_eq!(max_offset_as_admin(&c, "topicA").await, 0, "refused CLI sends stored nothing");
-    assert_eq!(max_offset_as_admin(&c, "topicB").await, 4);
+    assert_eq!(max_offset_as_admin(&c, "topicB").await, 5);
 
     // Reload: topicC becomes PUB|SUB without a restart, on every node.
     std::fs::write(&acl_path, acl_text().replace("\"topicC=SUB\"", "\"topicC=PUB|SUB\"")).expect("rewrite acl");

@@ -561,7 +561,11 @@ impl RequestHandler for Handler {
             // The ACL rule table is the gate: a code without a rule is not served, ACL on or off.
             if crate::acl::rule(req.request_code()).is_none() {
                 let code = req.request_code();
-                return reply(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by raftmq", code.0));
+                return reply(
+                    &req,
+                    ResponseCode::REQUEST_CODE_NOT_SUPPORTED,
+                    format!("request code {} is not supported by raftmq", code.0),
+                );
             }
             if let Some(holder) = &b.acl {
                 if let Err(remark) = holder.acl().check(&req, conn.peer().ip()) {

@@ -264,10 +264,7 @@ async fn probe_status(addr: &str, creds: Option<&raftmq_remoting::acl::Credentia
     if let Some(creds) = creds {
         creds.sign(&mut probe);
     }
-    let resp = c
-        .invoke(probe, PROBE_TIMEOUT)
-        .await
-        .map_err(|e| format!("its status request failed ({e})"))?;
+    let resp = c.invoke(probe, PROBE_TIMEOUT).await.map_err(|e| format!("its status request failed ({e})"))?;
     if resp.code != ResponseCode::SUCCESS.0 {
         return Err(format!("its status request was refused ({}: {})", resp.code, resp.remark.unwrap_or_default()));
     }

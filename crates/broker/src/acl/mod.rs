@@ -243,7 +243,9 @@ impl Acl {
             }
             let n = a.topic_perms.len() + a.group_perms.len();
             if n > ACL_PERMS_PER_ACCOUNT_MAX {
-                return Err(format!("account {ak}: {n} permission entries, more than {ACL_PERMS_PER_ACCOUNT_MAX} (ACL_PERMS_PER_ACCOUNT_MAX)"));
+                return Err(format!(
+                    "account {ak}: {n} permission entries, more than {ACL_PERMS_PER_ACCOUNT_MAX} (ACL_PERMS_PER_ACCOUNT_MAX)"
+                ));
             }
             let perm = |s: &Option<String>, what: &str| match s {
                 None => Ok(Perm::DENY),
@@ -316,7 +318,9 @@ impl Acl {
             return Err(format!("request {code} for accessKey={shown} carries no Signature"));
         };
         if !verify(&req.ext_fields, &req.body, &account.secret_key, sig, &[FORWARDED_FIELD]) {
-            return Err(format!("check signature failed for accessKey={shown}: wrong secret key, or the request was changed after signing"));
+            return Err(format!(
+                "check signature failed for accessKey={shown}: wrong secret key, or the request was changed after signing"
+            ));
         }
         match rule {
             Rule::Signed => Ok(()),
@@ -329,11 +333,11 @@ impl Acl {
                 }
                 for (resource, perm) in needed {
                     let group = resource.strip_prefix(RETRY_PREFIX);
-                    let owned = account
-                        .perms
-                        .get(&resource)
-                        .copied()
-                        .unwrap_or(if group.is_some() { account.default_group } else { account.default_topic });
+                    let owned = account.perms.get(&resource).copied().unwrap_or(if group.is_some() {
+                        account.default_group
+                    } else {
+                        account.default_topic
+                    });
                     if !owned.grants(perm) {
                         let what = match group {
                             Some(g) => format!("group:{}", shorten(g)),
@@ -383,8 +387,7 @@ fn read_file(path: &Path) -> Result<(String, Fingerprint), AclError> {
         return Err(AclError::TooLarge { path: path.into(), bytes: bytes.len() as u64 });
     }
     let hash = xxhash_rust::xxh3::xxh3_128(&bytes);
-    let text = String::from_utf8(bytes)
-        .map_err(|_| AclError::Invalid { path: path.into(), why: "the file is not UTF-8".into() })?;
+    let text = String::from_utf8(bytes).map_err(|_| AclError::Invalid { path: path.into(), why: "the file is not UTF-8".into() })?;
     Ok((text, Fingerprint { modified: meta.modified().ok(), len: meta.len(), hash }))
 }
 

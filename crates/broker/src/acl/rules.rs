@@ -49,8 +49,13 @@ pub fn rule(code: RequestCode) -> Option<Rule> {
         RequestCode::VIEW_MESSAGE_BY_ID => Signed,
         RequestCode::UPDATE_AND_CREATE_TOPIC | RequestCode::INVOKE_BROKER_TO_RESET_OFFSET => Admin,
         RequestCode(
-            RAFTMQ_NODE_STATUS | RAFTMQ_SET_DELAY_LEVELS | RAFTMQ_TRANSFER_LEADER | RAFTMQ_MEMBERS | RAFTMQ_ADD_NODE
-            | RAFTMQ_PROMOTE_NODE | RAFTMQ_REMOVE_NODE,
+            RAFTMQ_NODE_STATUS
+            | RAFTMQ_SET_DELAY_LEVELS
+            | RAFTMQ_TRANSFER_LEADER
+            | RAFTMQ_MEMBERS
+            | RAFTMQ_ADD_NODE
+            | RAFTMQ_PROMOTE_NODE
+            | RAFTMQ_REMOVE_NODE,
         ) => Admin,
         _ => return None,
     })
@@ -85,7 +90,8 @@ pub fn resources(req: &RemotingCommand) -> Result<Vec<(String, Perm)>, String> {
         | RequestCode::GET_EARLIEST_MSG_STORETIME
         | RequestCode::QUERY_MESSAGE => out.push((field(req, "topic")?.to_string(), Perm::SUB)),
         RequestCode::HEART_BEAT => {
-            let hb: HeartbeatData = decode_json_body("heartbeat", &req.body).map_err(|e| format!("the heartbeat body does not parse: {e}"))?;
+            let hb: HeartbeatData =
+                decode_json_body("heartbeat", &req.body).map_err(|e| format!("the heartbeat body does not parse: {e}"))?;
             for c in &hb.consumer_data_set {
                 sub_group(&mut out, &c.group_name);
                 for s in &c.subscription_data_set {
@@ -175,7 +181,11 @@ mod tests {
             (req(RequestCode::SEND_MESSAGE_V2, &[("b", "T"), ("a", "pg")]), Rule::Resources, s(&[("T", P::PUB)])),
             (req(RequestCode::SEND_BATCH_MESSAGE, &[("b", "T")]), Rule::Resources, s(&[("T", P::PUB)])),
             (req(RequestCode::SEND_MESSAGE_V2, &[("b", "%RETRY%G")]), Rule::Resources, s(&[("%RETRY%G", P::SUB)])),
-            (req(RequestCode::CONSUMER_SEND_MSG_BACK, &[("group", "G"), ("originTopic", "T")]), Rule::Resources, s(&[("%RETRY%G", P::SUB)])),
+            (
+                req(RequestCode::CONSUMER_SEND_MSG_BACK, &[("group", "G"), ("originTopic", "T")]),
+                Rule::Resources,
+                s(&[("%RETRY%G", P::SUB)]),
+            ),
             (req(RequestCode::END_TRANSACTION, &[("producerGroup", "pg")]), Rule::Signed, vec![]),
             (
                 req(RequestCode::PULL_MESSAGE, &[("topic", "T"), ("consumerGroup", "G")]),

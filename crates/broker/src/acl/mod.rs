@@ -395,7 +395,13 @@ fn read_file(path: &Path) -> Result<(String, Fingerprint), AclError> {
 pub struct AclHolder {
     path: PathBuf,
     current: RwLock<(Arc<Acl>, Fingerprint)>,
+    /// The identity (modification time and size, `None` for a missing file) of the last version that
+    /// failed to load, so that it is reported once, not at every poll.
+    failed: std::sync::Mutex<Option<FileIdentity>>,
 }
+
+/// A file version's modification time and size; `None` when the file is missing.
+type FileIdentity = Option<(Option<SystemTime>, u64)>;
 
 impl std::fmt::Debug for AclHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -409,7 +415,7 @@ impl AclHolder {
         let (text, fp) = read_file(path)?;
         let acl = Acl::parse(&text, path)?;
         info!(file = %path.display(), accounts = acl.accounts(), "ACL loaded");
-        Ok(AclHolder { path: path.into(), current: RwLock::new((Arc::new(acl), fp)) })
+        Ok(AclHolder { path: path.into(), current: RwLock::new((Arc::new(acl), fp)), failed: std::sync::Mutex::new(None) })
     }
 
     /// The ACL in force.
@@ -422,28 +428,31 @@ impl AclHolder {
     /// the ACL in force and logs why (never a secret).
     pub fn reload_if_changed(&self) -> bool {
         let old = self.current.read().unwrap_or_else(|e| e.into_inner()).1;
-        let meta = std::fs::metadata(&self.path).ok();
-        if meta.as_ref().is_some_and(|m| Some(m.modified().ok()) == Some(old.modified) && m.len() == old.len) {
+        let ident: FileIdentity = std::fs::metadata(&self.path).ok().map(|m| (m.modified().ok(), m.len()));
+        if ident == Some((old.modified, old.len)) {
+            return false;
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if *failed == Some(ident) {
+            // The version that already failed to load: reported once.
             return false;
         }
         let loaded = read_file(&self.path).and_then(|(text, fp)| Ok((Acl::parse(&text, &self.path)?, fp)));
         match loaded {
             Ok((_, fp)) if fp.hash == old.hash => {
+                *failed = None;
                 self.current.write().unwrap_or_else(|e| e.into_inner()).1 = fp;
                 false
             }
             Ok((acl, fp)) => {
+                *failed = None;
                 info!(file = %self.path.display(), accounts = acl.accounts(), "ACL file changed: new ACL in force");
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(acl), fp);
                 true
             }
             Err(e) => {
                 error!(error = %e, "ACL file not reloaded; the previous ACL stays in force");
-                // Do not log the same broken version every interval: remember its identity.
-                if let Some(m) = meta {
-                    let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
-                    cur.1 = Fingerprint { modified: m.modified().ok(), len: m.len(), hash: cur.1.hash };
-                }
+                *failed = Some(ident);
                 false
             }
         }

@@ -176,7 +176,8 @@ mod tests {
     fn each_code_maps_to_its_resources_and_permissions() {
         use Perm as P;
         let s = |v: &[(&str, Perm)]| v.iter().map(|(r, p)| (r.to_string(), *p)).collect::<Vec<_>>();
-        let cases: Vec<(RemotingCommand, Rule, Vec<(String, Perm)>)> = vec![
+        type Case = (RemotingCommand, Rule, Vec<(String, Perm)>);
+        let cases: Vec<Case> = vec![
             (req(RequestCode::SEND_MESSAGE, &[("topic", "T")]), Rule::Resources, s(&[("T", P::PUB)])),
             (req(RequestCode::SEND_MESSAGE_V2, &[("b", "T"), ("a", "pg")]), Rule::Resources, s(&[("T", P::PUB)])),
             (req(RequestCode::SEND_BATCH_MESSAGE, &[("b", "T")]), Rule::Resources, s(&[("T", P::PUB)])),

@@ -215,10 +215,12 @@ fn reload_swaps_in_a_changed_file_and_keeps_the_old_acl_on_a_broken_one() {
     std::fs::write(&path, SAMPLE.replace("topicC=SUB", "topicC=PUB")).unwrap();
     assert!(h.reload_if_changed());
     assert_eq!(h.acl().check(&req(), local()), Ok(()));
-    // A broken version keeps the ACL in force.
+    // A broken version keeps the ACL in force, and is read once.
     std::fs::write(&path, "[[accounts]\nsecretKey = \"x").unwrap();
     assert!(!h.reload_if_changed());
     assert_eq!(h.acl().check(&req(), local()), Ok(()));
+    assert_eq!(*h.failed.lock().unwrap(), Some(std::fs::metadata(&path).ok().map(|m| (m.modified().ok(), m.len()))));
+    assert!(!h.reload_if_changed());
     // Rewritten with identical content: no swap.
     std::fs::write(&path, SAMPLE.replace("topicC=SUB", "topicC=PUB")).unwrap();
     assert!(!h.reload_if_changed());

@@ -4,7 +4,11 @@
 # broker-b, broker-c, … (group g's node k: client port 10911 + 100·g + 10·(k-1), Raft port one above; configs
 # generated under $RAFTMQ_DATA_DIR/conf). Nodes are named n1, n2, … in broker-a and b-n1, c-n2, … elsewhere.
 #
-#   scripts/cluster.sh up [--groups N]   build (release) if needed, start everything, wait for each group's leader
+#   scripts/cluster.sh up [--groups N] [--acl]
+#                                        build (release) if needed, start everything, wait for each group's leader;
+#                                        --acl: brokers check RocketMQ plain ACL from cluster/local/acl.toml
+#                                        (RocketMQ's sample accounts; kept for later start/add-node until an up
+#                                        without --acl); the script's own admin calls sign as rocketmq2
 #   scripts/cluster.sh down              stop everything (SIGTERM, then SIGKILL)
 #   scripts/cluster.sh status            processes, and each node's Raft role, term, commit and applied index
 #   scripts/cluster.sh kill NODE         kill -9 a node (n1, b-n2, … or namesrv)
@@ -29,6 +33,14 @@ LETTERS=(a b c d e f g h i)
 NODE_ID_MAX=9
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+# ACL mode (`up --acl`) is remembered in $DATA/acl-on so that start, add-node and replace keep it.
+ACL_FILE=$ROOT/cluster/local/acl.toml
+acl_on() { [ -e "$DATA/acl-on" ]; }
+# The script's admin calls (status, leader, node add) use the sample admin account when ACL is on.
+acl_env() {
+  if acl_on; then export RAFTMQ_ACCESS_KEY=rocketmq2 RAFTMQ_SECRET_KEY=12345678; fi
+}
 
 build() {
   if ! command -v cargo >/dev/null 2>&1; then die "cargo not found: install a Rust toolchain (rustup) first"; fi
@@ -115,7 +127,9 @@ start_node() {
   else
     parse_node "$node"
     local cfg; cfg=$(config_of "$G" "$L" "$ID")
-    nohup "$BIN" broker --config "$cfg" --store-dir "$DATA/$GROUP-n$ID" \
+    local acl=()
+    if acl_on; then acl=(--acl-file "$ACL_FILE"); fi
+    nohup "$BIN" broker --config "$cfg" --store-dir "$DATA/$GROUP-n$ID" "${acl[@]}" \
       --log-file "$DATA/logs/$GROUP-n$ID.log" >"$DATA/logs/$GROUP-n$ID.out" 2>&1 &
   fi
   echo $! >"$(pidfile "$node")"
@@ -191,12 +205,22 @@ fresh_node() {
   echo "$id"
 }
 
+acl_env
 case "${1:-}" in
   up)
-    n=1
-    [ "${2:-}" = --groups ] && { n=${3:-}; [[ $n =~ ^[1-9]$ ]] || die "--groups takes 1..9"; }
+    n=1 acl=
+    shift
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --groups) n=${2:-}; [[ $n =~ ^[1-9]$ ]] || die "--groups takes 1..9"; shift 2 ;;
+        --acl) acl=1; shift ;;
+        *) die "up takes [--groups N] [--acl], not $1" ;;
+      esac
+    done
     build
     mkdir -p "$DATA"
+    if [ -n "$acl" ]; then touch "$DATA/acl-on"; else rm -f "$DATA/acl-on"; fi
+    acl_env
     start_node namesrv
     for ((g = 0; g < n; g++)); do
       for k in 1 2 3; do start_node "$(node_name "${LETTERS[$g]}" "$k")"; done
@@ -213,9 +237,17 @@ case "${1:-}" in
     "$BIN" admin --namesrv "$NAMESRV" status
     echo
     echo "Try:"
-    echo "  $BIN admin --namesrv $NAMESRV topic create TopicTest"
-    echo "  $BIN produce --namesrv $NAMESRV --topic TopicTest --count 10"
-    echo "  $BIN consume --namesrv $NAMESRV --topic TopicTest --group demo --count 10"
+    if acl_on; then
+      echo "  (ACL on, accounts in $ACL_FILE: RocketMQ may PUB|SUB topicB with groupB; rocketmq2 is admin)"
+      echo "  $BIN admin --namesrv $NAMESRV --access-key rocketmq2 --secret-key 12345678 topic create topicB"
+      echo "  $BIN produce --namesrv $NAMESRV --access-key RocketMQ --secret-key 12345678 --topic topicB --count 10"
+      echo "  $BIN consume --namesrv $NAMESRV --access-key RocketMQ --secret-key 12345678 --topic topicB --group groupB --count 10"
+      echo "  (refused with NO_PERMISSION: --topic topicA, or a wrong --secret-key)"
+    else
+      echo "  $BIN admin --namesrv $NAMESRV topic create TopicTest"
+      echo "  $BIN produce --namesrv $NAMESRV --topic TopicTest --count 10"
+      echo "  $BIN consume --namesrv $NAMESRV --topic TopicTest --group demo --count 10"
+    fi
     ;;
   down)
     for n in $(known_nodes) namesrv; do stop_node "$n"; done
@@ -259,7 +291,7 @@ case "${1:-}" in
     echo "$2 is no longer a member; its data directory $DATA/$GROUP-n$ID can be deleted"
     ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

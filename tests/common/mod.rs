@@ -345,9 +345,17 @@ pub async fn client(addr: &str) -> Option<RemotingClient> {
     RemotingClient::connect(addr, Duration::from_secs(1), None).await.ok()
 }
 
+/// ACL credentials the harness signs its own admin requests (node status) with: set by tests whose brokers
+/// run with `aclEnable` (node status is admin-only then).
+pub static HARNESS_CREDENTIALS: std::sync::OnceLock<raftmq_remoting::acl::Credentials> = std::sync::OnceLock::new();
+
 pub async fn node_status(addr: &str) -> Option<serde_json::Value> {
     let c = client(addr).await?;
-    let r = c.invoke(RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0), Duration::from_secs(1)).await.ok()?;
+    let mut req = RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0);
+    if let Some(creds) = HARNESS_CREDENTIALS.get() {
+        creds.sign(&mut req);
+    }
+    let r = c.invoke(req, Duration::from_secs(1)).await.ok()?;
     serde_json::from_slice(&r.body).ok()
 }
 

@@ -78,6 +78,9 @@ pub enum BrokerError {
     /// Configuration rule broken.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// `aclEnable` is on and the ACL file did not load.
+    #[error(transparent)]
+    Acl(#[from] crate::acl::AclError),
     /// The Raft member could not start (a storage cause is [`NodeError::Store`]).
     #[error("raft: {0}")]
     Node(#[from] NodeError),
@@ -161,6 +164,8 @@ pub struct BrokerInner {
     pub(crate) duplicates_answered: std::sync::atomic::AtomicU64,
     /// The store's filesystem: full or not, and where retention stopped.
     pub(crate) disk: crate::retention::DiskGuard,
+    /// The ACL in force when `aclEnable` is on.
+    pub(crate) acl: Option<Arc<crate::acl::AclHolder>>,
     /// `unsafeAckBeforeQuorum` only: offsets handed out and acknowledged writes not yet proposed.
     #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_acks: std::sync::Mutex<crate::send::UnsafeAcks>,
@@ -201,6 +206,10 @@ impl Broker {
                 }
             }
         }
+        let acl = match (&cfg.acl_enable, &cfg.acl_file) {
+            (true, Some(path)) => Some(Arc::new(crate::acl::AclHolder::load(path)?)),
+            _ => None,
+        };
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
         nc.cluster_secrets = cluster_secrets.clone();
         nc.transfer_interval_min_ms = cfg.leader_transfer_interval_min_ms;
@@ -253,6 +262,7 @@ impl Broker {
             leader_link: tokio::sync::Mutex::new(None),
             duplicates_answered: std::sync::atomic::AtomicU64::new(0),
             disk: crate::retention::DiskGuard::default(),
+            acl,
             #[cfg(feature = "unsafe-ack-before-quorum")]
             unsafe_acks: std::sync::Mutex::default(),
         });
@@ -276,6 +286,13 @@ impl Broker {
                 }
             }),
         ];
+        let tasks = {
+            let mut tasks = tasks;
+            if let Some(h) = &inner.acl {
+                tasks.push(tokio::spawn(crate::acl::reload_loop(Arc::clone(h))));
+            }
+            tasks
+        };
         #[cfg(feature = "unsafe-ack-before-quorum")]
         let tasks = {
             let mut tasks = tasks;
@@ -563,6 +580,21 @@ impl RequestHandler for Handler {
         let inner = Arc::clone(&self.0);
         Box::pin(async move {
             let b = &inner;
+            // The ACL rule table is the gate: a code without a rule is not served, ACL on or off.
+            if crate::acl::rule(req.request_code()).is_none() {
+                let code = req.request_code();
+                return reply(
+                    &req,
+                    ResponseCode::REQUEST_CODE_NOT_SUPPORTED,
+                    format!("request code {} is not supported by raftmq", code.0),
+                );
+            }
+            if let Some(holder) = &b.acl {
+                if let Err(remark) = holder.acl().check(&req, conn.peer().ip()) {
+                    warn!(peer = %conn.peer(), code = %req.request_code(), refusal = %remark, "ACL refused a request");
+                    return reply(&req, ResponseCode::NO_PERMISSION, remark);
+                }
+            }
             match req.request_code() {
                 RequestCode::SEND_MESSAGE | RequestCode::SEND_MESSAGE_V2 | RequestCode::SEND_BATCH_MESSAGE => {
                     b.send(conn.peer(), &req).await

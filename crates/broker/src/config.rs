@@ -267,6 +267,13 @@ pub struct BrokerConfig {
     /// `raftElectionMaxMs + raftHeartbeatMs`.
     #[serde(default = "default_leader_transfer_interval_min_ms")]
     pub leader_transfer_interval_min_ms: u64,
+    /// Check every client request against the ACL in `aclFile` (RocketMQ `aclEnable`; see docs/security.md).
+    #[serde(default)]
+    pub acl_enable: bool,
+    /// The ACL file (TOML form of RocketMQ's `plain_acl.yml`); required with `aclEnable`, re-read when it
+    /// changes. Relative paths are relative to the broker's working directory.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
 }
@@ -539,6 +546,9 @@ impl BrokerConfig {
         }
         if self.cluster_secret_file.is_some() && self.cluster_secret.is_some() {
             return bad("set clusterSecretFile or clusterSecret, not both".into());
+        }
+        if self.acl_enable && self.acl_file.is_none() {
+            return bad("aclEnable needs aclFile, the ACL file's path".into());
         }
         if let Err(why) = raftmq_raft::types::parse_delay_levels(&self.message_delay_level) {
             return bad(format!("messageDelayLevel: {why}"));

@@ -2,6 +2,7 @@
 //! client port.
 //!
 //! - [`config`]: the node's TOML configuration.
+//! - [`acl`]: RocketMQ plain ACL on the client port (accounts, permissions, white lists, reload).
 //! - [`store`]: RocketMQ message-store semantics (put, get, offsets, long polling) over the Raft member.
 //! - [`topics`]: topic validation and reserved names.
 //! - [`consumers`]: consumer and producer groups from heartbeats, subscriptions, expiry.
@@ -22,6 +23,7 @@ pub use processor::RAFTMQ_NODE_STATUS;
 pub use raftmq_raft::error::StoreFailure;
 pub use raftmq_raft::node::NodeError;
 
+pub mod acl;
 pub mod broker;
 pub mod config;
 pub mod consumers;

@@ -102,7 +102,10 @@ impl BrokerInner {
         if let Err(r) = self.check_leader(req) {
             return r;
         }
-        let status = match probe_status(&addr).await {
+        // With ACL on, the fresh node checks the probe too: sign it as the account that asked for the add
+        // (this request passed the ACL, so that account exists and is admin).
+        let creds = self.acl.as_ref().and_then(|h| h.acl().credentials_for(req));
+        let status = match probe_status(&addr, creds.as_ref()).await {
             Ok(s) => s,
             Err(why) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("cannot add the node at {addr}: {why}")),
         };
@@ -259,12 +262,13 @@ impl BrokerInner {
 }
 
 /// The node status (RAFTMQ_NODE_STATUS) of the node answering at `addr`.
-async fn probe_status(addr: &str) -> Result<serde_json::Value, String> {
+async fn probe_status(addr: &str, creds: Option<&raftmq_remoting::acl::Credentials>) -> Result<serde_json::Value, String> {
     let c = RemotingClient::connect(addr, PROBE_TIMEOUT, None).await.map_err(|e| format!("it does not answer ({e})"))?;
-    let resp = c
-        .invoke(RemotingCommand::request(RequestCode(RAFTMQ_NODE_STATUS), 0), PROBE_TIMEOUT)
-        .await
-        .map_err(|e| format!("its status request failed ({e})"))?;
+    let mut probe = RemotingCommand::request(RequestCode(RAFTMQ_NODE_STATUS), 0);
+    if let Some(creds) = creds {
+        creds.sign(&mut probe);
+    }
+    let resp = c.invoke(probe, PROBE_TIMEOUT).await.map_err(|e| format!("its status request failed ({e})"))?;
     if resp.code != ResponseCode::SUCCESS.0 {
         return Err(format!("its status request was refused ({}: {})", resp.code, resp.remark.unwrap_or_default()));
     }

@@ -142,7 +142,11 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 fn config(namesrv: &str, name: String) -> ClientConfig {
-    ClientConfig::new(namesrv).with_instance_name(name)
+    let c = ClientConfig::new(namesrv).with_instance_name(name);
+    match crate::credentials() {
+        Some(creds) => c.with_credentials(creds),
+        None => c,
+    }
 }
 
 fn progress(quiet: bool) -> ProgressBar {

@@ -21,6 +21,40 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    auth: Auth,
+}
+
+/// ACL credentials of the client commands (admin, produce, consume, bench): every request they send is
+/// signed with them (RocketMQ plain ACL); `namesrv` and `broker` ignore them. The environment values are
+/// never shown in `--help`.
+#[derive(clap::Args)]
+struct Auth {
+    /// ACL access key (account) to sign client requests with; needs --secret-key.
+    #[arg(long, global = true, env = "RAFTMQ_ACCESS_KEY", hide_env_values = true)]
+    access_key: Option<String>,
+    /// ACL secret key of --access-key.
+    #[arg(long, global = true, env = "RAFTMQ_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+}
+
+/// The credentials client commands sign with, set once in `main`.
+static CREDENTIALS: std::sync::OnceLock<Option<raftmq_client::Credentials>> = std::sync::OnceLock::new();
+
+/// The ACL credentials given on the command line or in the environment, if any.
+pub(crate) fn credentials() -> Option<raftmq_client::Credentials> {
+    CREDENTIALS.get().cloned().flatten()
+}
+
+impl Auth {
+    fn credentials(self) -> Result<Option<raftmq_client::Credentials>> {
+        match (self.access_key, self.secret_key) {
+            (Some(ak), Some(sk)) => Ok(Some(raftmq_client::Credentials::new(ak, sk))),
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!("--access-key needs --secret-key (or RAFTMQ_SECRET_KEY)"),
+            (None, Some(_)) => anyhow::bail!("--secret-key needs --access-key (or RAFTMQ_ACCESS_KEY)"),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -53,6 +87,9 @@ enum Cmd {
         /// Overrides `namesrvAddr` (`;`-separated).
         #[arg(long, env = "RAFTMQ_NAMESRV_ADDR")]
         namesrv: Option<String>,
+        /// Turns ACL on with this ACL file (sets `aclEnable = true` and `aclFile`).
+        #[arg(long, env = "RAFTMQ_ACL_FILE")]
+        acl_file: Option<PathBuf>,
         /// Log file (default: stderr).
         #[arg(long, env = "RAFTMQ_LOG_FILE")]
         log_file: Option<PathBuf>,
@@ -184,6 +221,11 @@ fn namesrv_secrets(file: Option<&std::path::Path>, env: Option<String>) -> Resul
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Server roles ignore the credentials (a broker's ACL is its aclFile): a shell that exports
+    // RAFTMQ_ACCESS_KEY for its client commands can still start nodes.
+    if !matches!(cli.cmd, Cmd::Namesrv { .. } | Cmd::Broker { .. }) {
+        let _ = CREDENTIALS.set(cli.auth.credentials()?);
+    }
     match cli.cmd {
         Cmd::Namesrv { listen, log_file, limits, cluster_secret_file } => {
             init_logging(log_file.as_ref())?;
@@ -196,7 +238,7 @@ async fn main() -> Result<()> {
             tracing::info!("nameserver stopping");
             Ok(())
         }
-        Cmd::Broker { config, store_dir, namesrv, log_file, cluster_secret_file } => {
+        Cmd::Broker { config, store_dir, namesrv, acl_file, log_file, cluster_secret_file } => {
             init_logging(log_file.as_ref())?;
             let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
             let mut cfg = raftmq_broker::config::BrokerConfig::from_toml(&text).with_context(|| format!("parse {}", config.display()))?;
@@ -209,6 +251,10 @@ async fn main() -> Result<()> {
             if let Some(f) = cluster_secret_file {
                 cfg.cluster_secret_file = Some(f);
                 cfg.cluster_secret = None;
+            }
+            if let Some(f) = acl_file {
+                cfg.acl_enable = true;
+                cfg.acl_file = Some(f);
             }
             let broker = match raftmq_broker::Broker::start(cfg).await {
                 Ok(b) => b,
@@ -271,5 +317,22 @@ mod tests {
         let cli = Cli::try_parse_from(["raftmq", "namesrv", "--cluster-secret-file", "/etc/raftmq/cluster-secret"]).expect("parses");
         let Cmd::Namesrv { cluster_secret_file, .. } = cli.cmd else { panic!("namesrv") };
         assert_eq!(cluster_secret_file.as_deref(), Some(std::path::Path::new("/etc/raftmq/cluster-secret")));
+    }
+
+    #[test]
+    fn every_client_command_takes_the_credentials_flags() {
+        for args in [
+            &["raftmq", "admin", "--access-key", "RocketMQ", "--secret-key", "12345678", "status"][..],
+            &["raftmq", "produce", "--topic", "t", "--access-key", "RocketMQ", "--secret-key", "12345678"],
+            &["raftmq", "consume", "--topic", "t", "--group", "g", "--access-key", "RocketMQ", "--secret-key", "12345678"],
+            &["raftmq", "bench", "produce", "--topic", "t", "--access-key", "RocketMQ", "--secret-key", "12345678"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let c = cli.auth.credentials().expect("both given").expect("credentials");
+            assert_eq!((c.access_key.as_str(), c.secret_key.as_str()), ("RocketMQ", "12345678"));
+        }
+        let cli = Cli::try_parse_from(["raftmq", "produce", "--topic", "t", "--access-key", "RocketMQ"]).expect("parses");
+        let e = cli.auth.credentials().unwrap_err().to_string();
+        assert!(e.contains("--access-key needs --secret-key"), "{e}");
     }
 }

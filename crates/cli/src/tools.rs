@@ -481,7 +481,11 @@ pub struct ConsumeArgs {
 }
 
 fn config(namesrv: &str) -> ClientConfig {
-    ClientConfig::new(namesrv).with_instance_name(format!("raftmq-cli-{}", std::process::id()))
+    let c = ClientConfig::new(namesrv).with_instance_name(format!("raftmq-cli-{}", std::process::id()));
+    match crate::credentials() {
+        Some(creds) => c.with_credentials(creds),
+        None => c,
+    }
 }
 
 /// Runs an admin command.

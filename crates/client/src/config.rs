@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
+pub use raftmq_remoting::acl::Credentials;
+
 /// Client instance settings. Producers and consumers with the same nameservers and instance name share one
 /// instance (one connection per broker, one heartbeat and route-refresh task).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,9 @@ pub struct ClientConfig {
     pub poll_name_server_interval: Duration,
     /// How often every broker gets a heartbeat (`heartbeatBrokerInterval`, 30 s).
     pub heartbeat_broker_interval: Duration,
+    /// ACL account: when set, every request (to brokers and nameservers) is signed as RocketMQ's
+    /// `AclClientRPCHook` signs it. `Debug` never shows the secret.
+    pub credentials: Option<Credentials>,
 }
 
 impl ClientConfig {
@@ -35,7 +40,14 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             poll_name_server_interval: Duration::from_secs(30),
             heartbeat_broker_interval: Duration::from_secs(30),
+            credentials: None,
         }
+    }
+
+    /// Signs every request with `credentials` (RocketMQ plain ACL).
+    pub fn with_credentials(mut self, credentials: Credentials) -> ClientConfig {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Sets the instance name.

@@ -206,7 +206,8 @@ impl ClientInstance {
     }
 
     /// Sends a request to `addr` and waits for the response (any response code).
-    pub(crate) async fn invoke(&self, addr: &str, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+    pub(crate) async fn invoke(&self, addr: &str, mut cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+        self.sign(&mut cmd);
         let c = self.connection(addr).await?;
         match c.invoke(cmd, timeout).await {
             Ok(resp) => Ok(resp),
@@ -217,6 +218,14 @@ impl ClientInstance {
                 Err(ClientError::net(addr, e))
             }
             Err(e) => Err(ClientError::net(addr, e)),
+        }
+    }
+
+    /// Signs `cmd` with the configured ACL credentials (the last change before it is sent: the signature
+    /// covers every ext field and the body). A request retried on another address is signed afresh.
+    fn sign(&self, cmd: &mut RemotingCommand) {
+        if let Some(c) = &self.inner.config.credentials {
+            c.sign(cmd);
         }
     }
 
@@ -236,7 +245,8 @@ impl ClientInstance {
     }
 
     /// Sends a oneway request to `addr`.
-    pub(crate) async fn invoke_oneway(&self, addr: &str, cmd: RemotingCommand) -> Result<()> {
+    pub(crate) async fn invoke_oneway(&self, addr: &str, mut cmd: RemotingCommand) -> Result<()> {
+        self.sign(&mut cmd);
         let c = self.connection(addr).await?;
         c.invoke_oneway(cmd).await.map_err(|e| ClientError::net(addr, e))
     }

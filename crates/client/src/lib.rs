@@ -42,7 +42,7 @@ pub mod transaction;
 
 pub use admin::{Admin, QueueProgress, ResetTo};
 pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
-pub use config::ClientConfig;
+pub use config::{ClientConfig, Credentials};
 pub use error::{ClientError, Result};
 pub use filter::Subscription;
 pub use instance::ClientInstance;

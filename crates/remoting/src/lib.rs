@@ -13,6 +13,7 @@
 //! - [`body`]: JSON bodies — heartbeats, queue locks, routes, cluster info, registration.
 //! - [`message`]: the stored-message layout served by PULL, SEND_BATCH bodies, properties, tag hashes,
 //!   offsetMsgId and UNIQ_KEY.
+//! - [`acl`]: plain-ACL request signatures (field names, signed content, HmacSHA1 signature).
 //! - [`error`]: [`RemotingError`] and [`MessageError`].
 //! - [`cluster_auth`]: the cluster secret and signed nameserver registrations.
 //!
@@ -49,6 +50,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod body;
 pub mod cluster_auth;
 pub mod codes;

@@ -81,6 +81,9 @@ pub enum BrokerError {
     /// The Raft member could not start (a storage cause is [`NodeError::Store`]).
     #[error("raft: {0}")]
     Node(#[from] NodeError),
+    /// TLS certificate, key or trust files that do not load.
+    #[error("tls: {0}")]
+    Tls(#[from] raftmq_net::TlsError),
     /// The client port could not be bound.
     #[error("listen {addr}: {source}")]
     Listen {
@@ -155,6 +158,8 @@ pub struct BrokerInner {
     register_now: Notify,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
+    /// TLS for this broker's own client connections (`tlsClientEnable`).
+    pub(crate) client_tls: Option<raftmq_net::ClientTls>,
     /// Sends answered from the de-duplication window instead of being stored again.
     pub(crate) duplicates_answered: std::sync::atomic::AtomicU64,
     /// The store's filesystem: full or not, and where retention stopped.
@@ -186,6 +191,12 @@ impl Broker {
             );
         }
         let me = cfg.me()?.clone();
+        // Certificate files are checked before the Raft member starts: a bad file is a start-up error.
+        let client_tls = cfg.client_tls()?;
+        let server_options = cfg.server_options();
+        if server_options.tls.mode != raftmq_net::TlsMode::Disabled {
+            raftmq_net::tls::ServerTls::load(&server_options.tls)?;
+        }
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
         nc.segment_bytes = cfg.mapped_file_size_commit_log;
         nc.prefill_ahead_bytes = cfg.commit_log_prefill_ahead_bytes;
@@ -216,7 +227,6 @@ impl Broker {
             node.initialize(members).await?;
         }
         let store = MessageStore::new(Arc::clone(&node), cfg.clock_jump_warn_ms.min(i64::MAX as u64) as i64);
-        let server_options = cfg.server_options();
         let limits = ClientLimits {
             consumer_groups_max: cfg.consumer_groups_max,
             producer_groups_max: cfg.producer_groups_max,
@@ -233,6 +243,7 @@ impl Broker {
             store,
             register_now: Notify::new(),
             leader_link: tokio::sync::Mutex::new(None),
+            client_tls,
             duplicates_answered: std::sync::atomic::AtomicU64::new(0),
             disk: crate::retention::DiskGuard::default(),
             #[cfg(feature = "unsafe-ack-before-quorum")]
@@ -407,7 +418,7 @@ impl BrokerInner {
         for addr in self.cfg.namesrv_addrs() {
             let cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
             let r = async {
-                let c = RemotingClient::connect(&addr, Duration::from_secs(3), None).await?;
+                let c = RemotingClient::connect_with(&addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
                 c.invoke(cmd, Duration::from_secs(3)).await
             }
             .await;

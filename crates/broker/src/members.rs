@@ -102,7 +102,7 @@ impl BrokerInner {
         if let Err(r) = self.check_leader(req) {
             return r;
         }
-        let status = match probe_status(&addr).await {
+        let status = match probe_status(&addr, self.client_tls.as_ref()).await {
             Ok(s) => s,
             Err(why) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("cannot add the node at {addr}: {why}")),
         };
@@ -255,8 +255,8 @@ impl BrokerInner {
 }
 
 /// The node status (RAFTMQ_NODE_STATUS) of the node answering at `addr`.
-async fn probe_status(addr: &str) -> Result<serde_json::Value, String> {
-    let c = RemotingClient::connect(addr, PROBE_TIMEOUT, None).await.map_err(|e| format!("it does not answer ({e})"))?;
+async fn probe_status(addr: &str, tls: Option<&raftmq_net::ClientTls>) -> Result<serde_json::Value, String> {
+    let c = RemotingClient::connect_with(addr, PROBE_TIMEOUT, None, tls).await.map_err(|e| format!("it does not answer ({e})"))?;
     let resp = c
         .invoke(RemotingCommand::request(RequestCode(RAFTMQ_NODE_STATUS), 0), PROBE_TIMEOUT)
         .await

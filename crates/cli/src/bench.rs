@@ -142,7 +142,7 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 fn config(namesrv: &str, name: String) -> ClientConfig {
-    ClientConfig::new(namesrv).with_instance_name(name)
+    crate::client_config(namesrv).with_instance_name(name)
 }
 
 fn progress(quiet: bool) -> ProgressBar {

@@ -481,7 +481,7 @@ pub struct ConsumeArgs {
 }
 
 fn config(namesrv: &str) -> ClientConfig {
-    ClientConfig::new(namesrv).with_instance_name(format!("raftmq-cli-{}", std::process::id()))
+    crate::client_config(namesrv).with_instance_name(format!("raftmq-cli-{}", std::process::id()))
 }
 
 /// Runs an admin command.

@@ -21,6 +21,9 @@ pub struct ClientConfig {
     pub poll_name_server_interval: Duration,
     /// How often every broker gets a heartbeat (`heartbeatBrokerInterval`, 30 s).
     pub heartbeat_broker_interval: Duration,
+    /// TLS for every connection, to nameservers and brokers (RocketMQ's `tls.enable` with
+    /// `tls.client.trustCertPath`); plain when `None`. Build it with [`raftmq_net::ClientTls::load`].
+    pub tls: Option<raftmq_net::ClientTls>,
 }
 
 impl ClientConfig {
@@ -35,12 +38,19 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             poll_name_server_interval: Duration::from_secs(30),
             heartbeat_broker_interval: Duration::from_secs(30),
+            tls: None,
         }
     }
 
     /// Sets the instance name.
     pub fn with_instance_name(mut self, name: impl Into<String>) -> ClientConfig {
         self.instance_name = name.into();
+        self
+    }
+
+    /// Connects over TLS with `tls`.
+    pub fn with_tls(mut self, tls: raftmq_net::ClientTls) -> ClientConfig {
+        self.tls = Some(tls);
         self
     }
 

@@ -93,7 +93,10 @@ fn raftmq(args: &[&str]) -> (bool, String) {
 async fn route_code(addr: &str, tls: Option<&ClientTls>, topic: &str) -> Result<i32, String> {
     let c = RemotingClient::connect_with(addr, TIMEOUT, None, tls).await.map_err(|e| e.to_string())?;
     let h = GetRouteInfoRequestHeader { topic: topic.into(), ..Default::default() };
-    let r = c.invoke(RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 0).with_header(&h), TIMEOUT).await.map_err(|e| e.to_string())?;
+    let r = c
+        .invoke(RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 0).with_header(&h), TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(r.code)
 }
 
@@ -132,7 +135,8 @@ async fn an_enforcing_cluster_serves_the_cli_over_tls_and_closes_plain_clients()
     let (ok, out) = raftmq(&[&["produce", "--namesrv", &ns, "--topic", "TlsTopic", "--count", "5"][..], &tls_args].concat());
     assert!(ok, "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with("SEND_OK broker-a")).count(), 5, "{out}");
-    let (ok, out) = raftmq(&[&["consume", "--namesrv", &ns, "--topic", "TlsTopic", "--group", "g", "--count", "5"][..], &tls_args].concat());
+    let (ok, out) =
+        raftmq(&[&["consume", "--namesrv", &ns, "--topic", "TlsTopic", "--group", "g", "--count", "5"][..], &tls_args].concat());
     assert!(ok && out.contains("consumed 5 message(s)"), "{out}");
     // The environment variables do the same as the flags.
     let out = Command::new(env!("CARGO_BIN_EXE_raftmq"))
@@ -168,7 +172,8 @@ async fn permissive_ports_serve_plain_and_tls_clients() {
     assert!(ok, "plain: {out}");
     let (ok, out) = raftmq(&["produce", "--namesrv", &ns, "--topic", "Both", "--count", "3", "--tls", "--tls-ca-file", &ca]);
     assert!(ok, "tls: {out}");
-    let (ok, out) = raftmq(&["consume", "--namesrv", &ns, "--topic", "Both", "--group", "g", "--count", "6", "--tls", "--tls-ca-file", &ca]);
+    let (ok, out) =
+        raftmq(&["consume", "--namesrv", &ns, "--topic", "Both", "--group", "g", "--count", "6", "--tls", "--tls-ca-file", &ca]);
     assert!(ok && out.contains("consumed 6 message(s)"), "{out}");
 }
 
@@ -220,7 +225,9 @@ async fn a_replaced_certificate_is_served_to_new_connections_without_a_restart()
     }
     assert!(route_code(&ns.addr, Some(&first), "T").await.is_err(), "new connections no longer get the old certificate");
     let h = GetRouteInfoRequestHeader { topic: "T".into(), ..Default::default() };
-    open.invoke(RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 0).with_header(&h), TIMEOUT).await.expect("an open connection stays");
+    open.invoke(RemotingCommand::request(RequestCode::GET_ROUTEINFO_BY_TOPIC, 0).with_header(&h), TIMEOUT)
+        .await
+        .expect("an open connection stays");
     let log = std::fs::read_to_string(&ns.log).unwrap_or_default();
     assert!(log.contains("TLS certificate files changed"), "{log}");
 }

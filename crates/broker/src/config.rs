@@ -813,7 +813,8 @@ clientAddr = "127.0.0.1:10921"
         assert!(complaint("tlsServerMode = \"permissive\"").contains("certificate path"));
         assert!(complaint("tlsClientEnable = true").contains("tlsClientTrustCertPath"));
         assert!(complaint("tlsClientCertPath = \"/c.pem\"").contains("go together"));
-        let c = BrokerConfig::from_toml(&format!("tlsClientEnable = true\ntlsClientTrustCertPath = \"/nonexistent/ca.pem\"\n{SAMPLE}")).unwrap();
+        let c = BrokerConfig::from_toml(&format!("tlsClientEnable = true\ntlsClientTrustCertPath = \"/nonexistent/ca.pem\"\n{SAMPLE}"))
+            .unwrap();
         c.validate().unwrap();
         assert!(c.client_tls().unwrap_err().to_string().contains("/nonexistent/ca.pem"), "a missing trust file is named");
     }

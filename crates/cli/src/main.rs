@@ -55,7 +55,9 @@ impl ClientTlsArgs {
         if !self.tls {
             return Ok(None);
         }
-        let Some(ca) = &self.tls_ca_file else { anyhow::bail!("--tls needs --tls-ca-file (the CA certificates that sign the servers' certificates)") };
+        let Some(ca) = &self.tls_ca_file else {
+            anyhow::bail!("--tls needs --tls-ca-file (the CA certificates that sign the servers' certificates)")
+        };
         let opts = raftmq_net::ClientTlsOptions {
             trust_cert_path: Some(ca.clone()),
             server_name: self.tls_server_name.clone(),
@@ -343,7 +345,10 @@ mod tests {
         .expect("parses");
         let Cmd::Namesrv { tls, .. } = cli.cmd else { panic!("namesrv") };
         let t = tls.options();
-        assert_eq!((t.mode, t.cert_path.clone(), t.handshakes_inflight_max), (raftmq_net::TlsMode::Enforcing, Some(PathBuf::from("/s.pem")), 7));
+        assert_eq!(
+            (t.mode, t.cert_path.clone(), t.handshakes_inflight_max),
+            (raftmq_net::TlsMode::Enforcing, Some(PathBuf::from("/s.pem")), 7)
+        );
         t.validate().expect("valid");
         assert!(Cli::try_parse_from(["raftmq", "namesrv", "--tls-server-mode", "strict"]).is_err());
         // Global: accepted after the subcommand too.

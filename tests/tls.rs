@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use raftmq_net::{ClientTls, ClientTlsOptions, RemotingClient};
-use raftmq_remoting::header::GetRouteInfoRequestHeader;
+use raftmq_remoting::header::{ConsumerSendMsgBackRequestHeader, GetRouteInfoRequestHeader};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -121,12 +121,21 @@ async fn an_enforcing_cluster_serves_the_cli_over_tls_and_closes_plain_clients()
         assert!(start.elapsed() < DEADLINE, "no registration over TLS\n{}", cluster.log_tails(30));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut leaders = 0;
+    let mut followers = Vec::new();
     for n in &cluster.nodes {
         let s = status_tls(&n.client_addr, &tls).await.expect("every node answers over TLS");
-        leaders += usize::from(s["role"] == "Leader");
+        if s["role"] != "Leader" {
+            followers.push(n.client_addr.clone());
+        }
     }
-    assert_eq!(leaders, 1);
+    assert_eq!(followers.len(), 2);
+    // A follower forwards CONSUMER_SEND_MSG_BACK to the leader over TLS: the answer is the leader's (no
+    // message at that offset), not the follower's own "not the Raft leader" refusal that a failed forward gives.
+    let c = RemotingClient::connect_with(&followers[0], TIMEOUT, None, Some(&tls)).await.expect("follower over TLS");
+    let h = ConsumerSendMsgBackRequestHeader { offset: 1 << 40, group: "g".into(), delay_level: 0, ..Default::default() };
+    let r = c.invoke(RemotingCommand::request(RequestCode::CONSUMER_SEND_MSG_BACK, 0).with_header(&h), TIMEOUT).await.expect("answer");
+    let remark = r.remark.unwrap_or_default();
+    assert!(remark.contains("look message by offset failed"), "forwarded to the leader: {remark}");
 
     let ca = pki.text("ca.pem");
     let tls_args = ["--tls", "--tls-ca-file", ca.as_str()];

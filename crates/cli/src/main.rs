@@ -259,7 +259,10 @@ fn exit_store_failed(f: &raftmq_broker::StoreFailure, phase: &str) -> ! {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let _ = CLIENT_TLS.set(cli.tls.load()?);
+    if !matches!(cli.cmd, Cmd::Namesrv { .. } | Cmd::Broker { .. }) {
+        // Client subcommands only: servers take their TLS from their own flags and keys.
+        let _ = CLIENT_TLS.set(cli.tls.load()?);
+    }
     match cli.cmd {
         Cmd::Namesrv { listen, log_file, limits, tls } => {
             init_logging(log_file.as_ref())?;

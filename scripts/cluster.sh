@@ -4,11 +4,15 @@
 # broker-b, broker-c, … (group g's node k: client port 10911 + 100·g + 10·(k-1), Raft port one above; configs
 # generated under $RAFTMQ_DATA_DIR/conf). Nodes are named n1, n2, … in broker-a and b-n1, c-n2, … elsewhere.
 #
-#   scripts/cluster.sh up [--groups N] [--acl]
+#   scripts/cluster.sh up [--groups N] [--acl] [--tls]
 #                                        build (release) if needed, start everything, wait for each group's leader;
 #                                        --acl: brokers check RocketMQ plain ACL from cluster/local/acl.toml
 #                                        (RocketMQ's sample accounts; kept for later start/add-node until an up
 #                                        without --acl); the script's own admin calls sign as rocketmq2
+#                                        --tls: a local CA and a server certificate for 127.0.0.1/localhost
+#                                        (openssl, under $RAFTMQ_DATA_DIR/tls), every client port in `enforcing`
+#                                        mode, the brokers' own connections over TLS; later commands keep TLS
+#                                        until the next `up` without --tls
 #   scripts/cluster.sh down              stop everything (SIGTERM, then SIGKILL)
 #   scripts/cluster.sh status            processes, and each node's Raft role, term, commit and applied index
 #   scripts/cluster.sh kill NODE         kill -9 a node (n1, b-n2, … or namesrv)
@@ -61,6 +65,63 @@ ensure_secret() {
   mkdir -p "$DATA"
   (umask 077 && head -c 32 /dev/urandom | base64 >"$SECRET_FILE.tmp" && mv "$SECRET_FILE.tmp" "$SECRET_FILE")
   echo "generated the cluster secret $SECRET_FILE"
+}
+
+TLS_DIR="$DATA/tls"
+CLI_TLS=()
+NAMESRV_TLS=()
+
+# Makes a local CA and a server certificate for 127.0.0.1 and localhost (kept across runs), and marks the
+# cluster as TLS.
+make_tls() {
+  if ! command -v openssl >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl;
+    else die "openssl is needed for --tls: apt-get install openssl"; fi
+  fi
+  mkdir -p "$TLS_DIR"
+  if [ ! -f "$TLS_DIR/server.pem" ]; then
+    (
+      cd "$TLS_DIR"
+      openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "/CN=raftmq local CA" \
+        -keyout ca.key -out ca.pem 2>/dev/null
+      openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+      printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+        "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth,clientAuth" >server.ext
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 -sha256 \
+        -extfile server.ext -out server.pem 2>/dev/null
+      chmod 600 ca.key server.key
+      rm -f server.csr server.ext
+    ) || die "openssl could not make the certificates in $TLS_DIR"
+    echo "made a local CA ($TLS_DIR/ca.pem) and a server certificate for 127.0.0.1/localhost"
+  fi
+  touch "$TLS_DIR/enabled"
+}
+
+# TLS flags of the CLI and the nameserver when the cluster was started with --tls.
+load_tls() {
+  [ -f "$TLS_DIR/enabled" ] || return 0
+  CLI_TLS=(--tls --tls-ca-file "$TLS_DIR/ca.pem")
+  NAMESRV_TLS=(--tls-server-mode enforcing --tls-server-cert-path "$TLS_DIR/server.pem" --tls-server-key-path "$TLS_DIR/server.key")
+}
+
+# The config to start a broker with: $1 itself, or with TLS a copy of it with the TLS keys added.
+with_tls_keys() {
+  local cfg=$1
+  [ -f "$TLS_DIR/enabled" ] || { echo "$cfg"; return; }
+  local out; out="$DATA/conf/tls-$(basename "$cfg")"
+  mkdir -p "$DATA/conf"
+  {
+    # The TLS keys go first: they must come before the [[peers]] tables of the copied file.
+    echo "# Added by scripts/cluster.sh up --tls (see docs/security.md, TLS)."
+    echo "tlsServerMode = \"enforcing\""
+    echo "tlsServerCertPath = \"$TLS_DIR/server.pem\""
+    echo "tlsServerKeyPath = \"$TLS_DIR/server.key\""
+    echo "tlsClientEnable = true"
+    echo "tlsClientTrustCertPath = \"$TLS_DIR/ca.pem\""
+    echo
+    cat "$cfg"
+  } >"$out"
+  echo "$out"
 }
 
 running() {
@@ -123,12 +184,14 @@ start_node() {
   ensure_secret
   export RAFTMQ_CLUSTER_SECRET_FILE="$SECRET_FILE"
   if [ "$node" = namesrv ]; then
-    nohup "$BIN" namesrv --listen "$NAMESRV" --log-file "$DATA/logs/namesrv.log" >"$DATA/logs/namesrv.out" 2>&1 &
+    nohup "$BIN" namesrv --listen "$NAMESRV" --log-file "$DATA/logs/namesrv.log" ${NAMESRV_TLS[@]+"${NAMESRV_TLS[@]}"} \
+      >"$DATA/logs/namesrv.out" 2>&1 &
   else
     parse_node "$node"
     local cfg; cfg=$(config_of "$G" "$L" "$ID")
     local acl=()
     if acl_on; then acl=(--acl-file "$ACL_FILE"); fi
+    cfg=$(with_tls_keys "$cfg")
     nohup "$BIN" broker --config "$cfg" --store-dir "$DATA/$GROUP-n$ID" "${acl[@]}" \
       --log-file "$DATA/logs/$GROUP-n$ID.log" >"$DATA/logs/$GROUP-n$ID.out" 2>&1 &
   fi
@@ -163,7 +226,7 @@ known_nodes() {
   done
 }
 
-leader() { "$BIN" admin --namesrv "$NAMESRV" leader --broker "${1:-broker-a}" 2>/dev/null; }
+leader() { "$BIN" admin ${CLI_TLS[@]+"${CLI_TLS[@]}"} --namesrv "$NAMESRV" leader --broker "${1:-broker-a}" 2>/dev/null; }
 
 # The name of a group's leader in this script's naming.
 leader_node() {
@@ -206,21 +269,27 @@ fresh_node() {
 }
 
 acl_env
+# Every command but `up` (which decides it) keeps the TLS of the last `up`.
+[ "${1:-}" = up ] || load_tls
+
 case "${1:-}" in
   up)
-    n=1 acl=
+    n=1 acl= tls=
     shift
     while [ $# -gt 0 ]; do
       case "$1" in
         --groups) n=${2:-}; [[ $n =~ ^[1-9]$ ]] || die "--groups takes 1..9"; shift 2 ;;
         --acl) acl=1; shift ;;
-        *) die "up takes [--groups N] [--acl], not $1" ;;
+        --tls) tls=1; shift ;;
+        *) die "up takes [--groups N] [--acl] [--tls], not $1" ;;
       esac
     done
     build
     mkdir -p "$DATA"
     if [ -n "$acl" ]; then touch "$DATA/acl-on"; else rm -f "$DATA/acl-on"; fi
     acl_env
+    if [ -n "$tls" ]; then make_tls; else rm -f "$TLS_DIR/enabled"; fi
+    load_tls
     start_node namesrv
     for ((g = 0; g < n; g++)); do
       for k in 1 2 3; do start_node "$(node_name "${LETTERS[$g]}" "$k")"; done
@@ -234,19 +303,21 @@ case "${1:-}" in
       done
       [ -n "$ok" ] || die "no leader of broker-${LETTERS[$g]} registered after 30 s; see $DATA/logs"
     done
-    "$BIN" admin --namesrv "$NAMESRV" status
+    "$BIN" admin ${CLI_TLS[@]+"${CLI_TLS[@]}"} --namesrv "$NAMESRV" status
     echo
+    t=${CLI_TLS[*]+" ${CLI_TLS[*]}"}
+    [ -n "$tls" ] && echo "TLS (enforcing) on every client port; clients need$t (or RAFTMQ_TLS=1 RAFTMQ_TLS_CA_FILE=$TLS_DIR/ca.pem)"
     echo "Try:"
     if acl_on; then
       echo "  (ACL on, accounts in $ACL_FILE: RocketMQ may PUB|SUB topicB with groupB; rocketmq2 is admin)"
-      echo "  $BIN admin --namesrv $NAMESRV --access-key rocketmq2 --secret-key 12345678 topic create topicB"
-      echo "  $BIN produce --namesrv $NAMESRV --access-key RocketMQ --secret-key 12345678 --topic topicB --count 10"
-      echo "  $BIN consume --namesrv $NAMESRV --access-key RocketMQ --secret-key 12345678 --topic topicB --group groupB --count 10"
+      echo "  $BIN admin$t --namesrv $NAMESRV --access-key rocketmq2 --secret-key 12345678 topic create topicB"
+      echo "  $BIN produce$t --namesrv $NAMESRV --access-key RocketMQ --secret-key 12345678 --topic topicB --count 10"
+      echo "  $BIN consume$t --namesrv $NAMESRV --access-key RocketMQ --secret-key 12345678 --topic topicB --group groupB --count 10"
       echo "  (refused with NO_PERMISSION: --topic topicA, or a wrong --secret-key)"
     else
-      echo "  $BIN admin --namesrv $NAMESRV topic create TopicTest"
-      echo "  $BIN produce --namesrv $NAMESRV --topic TopicTest --count 10"
-      echo "  $BIN consume --namesrv $NAMESRV --topic TopicTest --group demo --count 10"
+      echo "  $BIN admin$t --namesrv $NAMESRV topic create TopicTest"
+      echo "  $BIN produce$t --namesrv $NAMESRV --topic TopicTest --count 10"
+      echo "  $BIN consume$t --namesrv $NAMESRV --topic TopicTest --group demo --count 10"
     fi
     ;;
   down)
@@ -257,7 +328,7 @@ case "${1:-}" in
     for n in namesrv $(known_nodes); do
       if running "$n"; then echo "$n: running (pid $(cat "$(pidfile "$n")"))"; else echo "$n: stopped"; fi
     done
-    [ -x "$BIN" ] && "$BIN" admin --namesrv "$NAMESRV" status || true
+    [ -x "$BIN" ] && "$BIN" admin ${CLI_TLS[@]+"${CLI_TLS[@]}"} --namesrv "$NAMESRV" status || true
     ;;
   kill)
     [ -n "${2:-}" ] || die "usage: cluster.sh kill NODE"
@@ -279,7 +350,7 @@ case "${1:-}" in
     [ -x "$BIN" ] || build
     id=$(fresh_node "$l")
     g=0; while [ "${LETTERS[$g]}" != "$l" ]; do g=$((g + 1)); done
-    "$BIN" admin --namesrv "$NAMESRV" node add --broker "$group" --addr "127.0.0.1:$(client_port "$g" "$id")"
+    "$BIN" admin ${CLI_TLS[@]+"${CLI_TLS[@]}"} --namesrv "$NAMESRV" node add --broker "$group" --addr "127.0.0.1:$(client_port "$g" "$id")"
     ;;
   replace)
     [ -n "${2:-}" ] || die "usage: cluster.sh replace NODE"
@@ -287,11 +358,11 @@ case "${1:-}" in
     running "$2" && die "$2 is running: replace is for a dead node (kill it first, or use raftmq admin node remove)"
     [ -x "$BIN" ] || build
     id=$(fresh_node "$L")
-    "$BIN" admin --namesrv "$NAMESRV" node replace "n$ID" --broker "$GROUP" --addr "127.0.0.1:$(client_port "$G" "$id")"
+    "$BIN" admin ${CLI_TLS[@]+"${CLI_TLS[@]}"} --namesrv "$NAMESRV" node replace "n$ID" --broker "$GROUP" --addr "127.0.0.1:$(client_port "$G" "$id")"
     echo "$2 is no longer a member; its data directory $DATA/$GROUP-n$ID can be deleted"
     ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -31,7 +31,7 @@ const PORTS_COUNT: u32 = 12_000;
 /// connections) may take it as its source port before the child binds it; the child then fails to start
 /// and the group has no quorum. Ports come from a fixed range outside it instead, from a start that
 /// differs per process, each checked by binding it, and none is handed out twice by this process.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let start = std::process::id().wrapping_mul(7919);
     for _ in 0..PORTS_COUNT {
@@ -97,6 +97,12 @@ impl Cluster {
     }
 
     fn prepare_with_stores(n: u64, extra: &str, stores: Option<&std::path::Path>) -> Cluster {
+        Cluster::prepare_with_namesrv_args(n, extra, stores, &[])
+    }
+
+    /// Like [`Cluster::prepare`], with `namesrv_args` added to the nameserver's command line (e.g. its TLS
+    /// flags); tests/tls.rs.
+    pub fn prepare_with_namesrv_args(n: u64, extra: &str, stores: Option<&std::path::Path>, namesrv_args: &[String]) -> Cluster {
         // RAFTMQ_KEEP_TEST_DIRS=1 keeps every cluster's directory (logs, stores) for a post-mortem.
         let dir = tempfile::Builder::new().disable_cleanup(std::env::var_os("RAFTMQ_KEEP_TEST_DIRS").is_some()).tempdir().expect("tempdir");
         let store_root = stores.map(PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
@@ -106,14 +112,15 @@ impl Cluster {
             let (k, v) = l.split_once('=')?;
             (k.trim() == "clusterSecretFile").then(|| v.trim().trim_matches('"').to_string())
         });
-        let mut namesrv_args = vec!["namesrv".to_string(), "--listen".into(), namesrv.clone()];
+        let mut namesrv_cmd = vec!["namesrv".to_string(), "--listen".into(), namesrv.clone()];
         if let Some(f) = secret_file {
-            namesrv_args.extend(["--cluster-secret-file".into(), f]);
+            namesrv_cmd.extend(["--cluster-secret-file".into(), f]);
         }
         let namesrv_child = Command::new(bin())
-            .args(&namesrv_args)
+            .args(&namesrv_cmd)
             .arg("--log-file")
             .arg(dir.path().join("namesrv.log"))
+            .args(namesrv_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

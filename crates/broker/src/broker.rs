@@ -84,6 +84,9 @@ pub enum BrokerError {
     /// The Raft member could not start (a storage cause is [`NodeError::Store`]).
     #[error("raft: {0}")]
     Node(#[from] NodeError),
+    /// TLS certificate, key or trust files that do not load.
+    #[error("tls: {0}")]
+    Tls(#[from] raftmq_net::TlsError),
     /// The client port could not be bound.
     #[error("listen {addr}: {source}")]
     Listen {
@@ -160,6 +163,8 @@ pub struct BrokerInner {
     cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
+    /// TLS for this broker's own client connections (`tlsClientEnable`).
+    pub(crate) client_tls: Option<raftmq_net::ClientTls>,
     /// Sends answered from the de-duplication window instead of being stored again.
     pub(crate) duplicates_answered: std::sync::atomic::AtomicU64,
     /// The store's filesystem: full or not, and where retention stopped.
@@ -210,6 +215,12 @@ impl Broker {
             (true, Some(path)) => Some(Arc::new(crate::acl::AclHolder::load(path)?)),
             _ => None,
         };
+        // Certificate files are checked before the Raft member starts: a bad file is a start-up error.
+        let client_tls = cfg.client_tls()?;
+        let server_options = cfg.server_options();
+        if server_options.tls.mode != raftmq_net::TlsMode::Disabled {
+            raftmq_net::tls::ServerTls::load(&server_options.tls)?;
+        }
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
         nc.cluster_secrets = cluster_secrets.clone();
         nc.transfer_interval_min_ms = cfg.leader_transfer_interval_min_ms;
@@ -242,7 +253,6 @@ impl Broker {
             node.initialize(members).await?;
         }
         let store = MessageStore::new(Arc::clone(&node), cfg.clock_jump_warn_ms.min(i64::MAX as u64) as i64);
-        let server_options = cfg.server_options();
         let limits = ClientLimits {
             consumer_groups_max: cfg.consumer_groups_max,
             producer_groups_max: cfg.producer_groups_max,
@@ -260,6 +270,7 @@ impl Broker {
             register_now: Notify::new(),
             cluster_secrets,
             leader_link: tokio::sync::Mutex::new(None),
+            client_tls,
             duplicates_answered: std::sync::atomic::AtomicU64::new(0),
             disk: crate::retention::DiskGuard::default(),
             acl,
@@ -446,7 +457,7 @@ impl BrokerInner {
                 raftmq_remoting::cluster_auth::sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, now_ms);
             }
             let r = async {
-                let c = RemotingClient::connect(&addr, Duration::from_secs(3), None).await?;
+                let c = RemotingClient::connect_with(&addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
                 c.invoke(cmd, Duration::from_secs(3)).await
             }
             .await;

@@ -132,6 +132,50 @@ pub struct BrokerConfig {
     /// (RocketMQ `serverChannelMaxIdleTimeSeconds` × 1000; clients heartbeat every 30 s).
     #[serde(default = "default_conn_idle_ms_max")]
     pub conn_idle_ms_max: u64,
+    /// TLS on the client port (RocketMQ `tls.server.mode`): `disabled` (plain only), `permissive` (TLS and
+    /// plain on the one port, told apart by the first byte) or `enforcing` (TLS only).
+    #[serde(default = "default_tls_server_mode")]
+    pub tls_server_mode: String,
+    /// PEM certificate chain of the client port, leaf first (`tls.server.certPath`); required unless
+    /// `tlsServerMode` is `disabled`. Re-read every `tlsReloadIntervalMs`.
+    #[serde(default)]
+    pub tls_server_cert_path: Option<PathBuf>,
+    /// PEM private key of that certificate (`tls.server.keyPath`; PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[serde(default)]
+    pub tls_server_key_path: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates (`tls.server.trustCertPath`).
+    #[serde(default)]
+    pub tls_server_trust_cert_path: Option<PathBuf>,
+    /// Clients must present a certificate signed by `tlsServerTrustCertPath` (`tls.server.need.client.auth`
+    /// = `require`; `false` is `optional` when a trust file is set, `none` otherwise).
+    #[serde(default)]
+    pub tls_server_need_client_auth: bool,
+    /// A TLS handshake on the client port not finished within this is abandoned.
+    #[serde(default = "default_tls_handshake_timeout_ms")]
+    pub tls_handshake_timeout_ms: u64,
+    /// TLS handshakes running at once on the client port; a connection past it is closed at once.
+    #[serde(default = "default_tls_handshakes_inflight_max")]
+    pub tls_handshakes_inflight_max: usize,
+    /// Largest certificate, key or trust file read (server and client side).
+    #[serde(default = "default_tls_cert_file_bytes_max")]
+    pub tls_cert_file_bytes_max: u64,
+    /// How often the server's certificate files are re-read; a changed set serves new connections (0: never).
+    #[serde(default = "default_tls_reload_interval_ms")]
+    pub tls_reload_interval_ms: u64,
+    /// This broker's own client connections — registration with the nameservers, requests forwarded to the
+    /// Raft leader, membership probes — use TLS (RocketMQ `tls.enable`). Needed when those ports enforce TLS.
+    #[serde(default)]
+    pub tls_client_enable: bool,
+    /// PEM CA certificates this broker trusts as a TLS client (`tls.client.trustCertPath`); required with
+    /// `tlsClientEnable`. The name checked is the host of the address connected to.
+    #[serde(default)]
+    pub tls_client_trust_cert_path: Option<PathBuf>,
+    /// Client certificate chain presented to ports that require one (`tls.client.certPath`).
+    #[serde(default)]
+    pub tls_client_cert_path: Option<PathBuf>,
+    /// Its private key (`tls.client.keyPath`).
+    #[serde(default)]
+    pub tls_client_key_path: Option<PathBuf>,
     /// Most topics, retry and dead-letter topics included (checked before a topic is proposed; at most
     /// [`TOPICS_MAX_LIMIT`], so that the nameserver registration carrying the whole topic table stays
     /// within the 16 MiB frame limit).
@@ -465,6 +509,21 @@ fn default_server_inflight_bytes_max() -> usize {
 fn default_conn_idle_ms_max() -> u64 {
     raftmq_net::server::CONN_IDLE_MS_MAX_DEFAULT
 }
+fn default_tls_server_mode() -> String {
+    raftmq_net::TlsMode::Disabled.name().to_string()
+}
+fn default_tls_handshake_timeout_ms() -> u64 {
+    raftmq_net::tls::TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT
+}
+fn default_tls_handshakes_inflight_max() -> usize {
+    raftmq_net::tls::TLS_HANDSHAKES_INFLIGHT_MAX_DEFAULT
+}
+fn default_tls_cert_file_bytes_max() -> u64 {
+    raftmq_net::tls::TLS_CERT_FILE_BYTES_MAX_DEFAULT
+}
+fn default_tls_reload_interval_ms() -> u64 {
+    raftmq_net::tls::TLS_RELOAD_INTERVAL_MS_DEFAULT
+}
 
 /// A configuration that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -530,8 +589,38 @@ impl BrokerConfig {
             conn_inflight_bytes_max: self.conn_inflight_bytes_max,
             server_inflight_bytes_max: self.server_inflight_bytes_max,
             conn_idle_ms_max: self.conn_idle_ms_max,
+            tls: raftmq_net::ServerTlsOptions {
+                // An unknown mode is refused by `validate`; here it stays `disabled`.
+                mode: self.tls_server_mode.parse().unwrap_or_default(),
+                cert_path: self.tls_server_cert_path.clone(),
+                key_path: self.tls_server_key_path.clone(),
+                trust_cert_path: self.tls_server_trust_cert_path.clone(),
+                need_client_auth: self.tls_server_need_client_auth,
+                handshake_timeout_ms: self.tls_handshake_timeout_ms,
+                handshakes_inflight_max: self.tls_handshakes_inflight_max,
+                cert_file_bytes_max: self.tls_cert_file_bytes_max,
+                reload_interval_ms: self.tls_reload_interval_ms,
+            },
             ..raftmq_net::ServerOptions::default()
         }
+    }
+
+    /// The TLS settings of this broker's own client connections, loaded from their files; `None` unless
+    /// `tlsClientEnable`.
+    ///
+    /// # Errors
+    /// [`raftmq_net::TlsError`] naming the file and what is wrong with it.
+    pub fn client_tls(&self) -> Result<Option<raftmq_net::ClientTls>, raftmq_net::TlsError> {
+        if !self.tls_client_enable {
+            return Ok(None);
+        }
+        raftmq_net::ClientTls::load(&raftmq_net::ClientTlsOptions {
+            trust_cert_path: self.tls_client_trust_cert_path.clone(),
+            server_name: None,
+            cert_path: self.tls_client_cert_path.clone(),
+            key_path: self.tls_client_key_path.clone(),
+        })
+        .map(Some)
     }
 
     /// Checks cross-field rules.
@@ -671,6 +760,18 @@ impl BrokerConfig {
                         builds (cargo feature `unsafe-ack-before-quorum`, built by scripts/jepsen.sh); remove the key"
                 .into());
         }
+        if let Err(e) = self.tls_server_mode.parse::<raftmq_net::TlsMode>() {
+            return bad(format!("tlsServerMode: {e}"));
+        }
+        if self.tls_client_enable && self.tls_client_trust_cert_path.is_none() {
+            return bad("tlsClientEnable needs tlsClientTrustCertPath (the CA certificates that sign the servers' certificates)".into());
+        }
+        if self.tls_client_cert_path.is_some() != self.tls_client_key_path.is_some() {
+            return bad("tlsClientCertPath and tlsClientKeyPath go together".into());
+        }
+        if let Err(e) = self.server_options().tls.validate() {
+            return bad(format!("TLS (tlsServerMode, tlsServerCertPath, tlsServerKeyPath, tlsServerTrustCertPath, tlsServerNeedClientAuth, tlsHandshakeTimeoutMs, tlsHandshakesInflightMax, tlsCertFileBytesMax): {e}"));
+        }
         if let Err(e) = self.server_options().validate() {
             return bad(format!("connection limits (connectionsMax, connInflightRequestsMax, connInflightBytesMax, serverInflightBytesMax, connIdleMsMax): {e}"));
         }
@@ -759,6 +860,34 @@ clientAddr = "127.0.0.1:10921"
         c.validate().unwrap();
         c.timer_max_delay_sec = TIMER_MAX_DELAY_SEC_LIMIT + 1;
         assert!(c.validate().unwrap_err().0.contains("timerMaxDelaySec"));
+    }
+
+    #[test]
+    fn tls_keys_map_to_the_server_options_and_are_checked() {
+        let c = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.server_options().tls, raftmq_net::ServerTlsOptions::default(), "disabled by default");
+        assert!(c.client_tls().unwrap().is_none());
+        let c = BrokerConfig::from_toml(&format!(
+            "tlsServerMode = \"enforcing\"\ntlsServerCertPath = \"/etc/s.pem\"\ntlsServerKeyPath = \"/etc/s.key\"\n\
+             tlsServerTrustCertPath = \"/etc/ca.pem\"\ntlsServerNeedClientAuth = true\ntlsHandshakeTimeoutMs = 500\n\
+             tlsHandshakesInflightMax = 3\ntlsCertFileBytesMax = 4096\ntlsReloadIntervalMs = 0\n{SAMPLE}"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let t = c.server_options().tls;
+        assert_eq!(t.mode, raftmq_net::TlsMode::Enforcing);
+        assert_eq!((t.cert_path.unwrap(), t.key_path.unwrap()), (PathBuf::from("/etc/s.pem"), PathBuf::from("/etc/s.key")));
+        assert_eq!((t.trust_cert_path.unwrap(), t.need_client_auth), (PathBuf::from("/etc/ca.pem"), true));
+        assert_eq!((t.handshake_timeout_ms, t.handshakes_inflight_max, t.cert_file_bytes_max, t.reload_interval_ms), (500, 3, 4096, 0));
+        let complaint = |text: &str| BrokerConfig::from_toml(&format!("{text}\n{SAMPLE}")).unwrap().validate().unwrap_err().0;
+        assert!(complaint("tlsServerMode = \"strict\"").contains("tlsServerMode"));
+        assert!(complaint("tlsServerMode = \"permissive\"").contains("certificate path"));
+        assert!(complaint("tlsClientEnable = true").contains("tlsClientTrustCertPath"));
+        assert!(complaint("tlsClientCertPath = \"/c.pem\"").contains("go together"));
+        let c = BrokerConfig::from_toml(&format!("tlsClientEnable = true\ntlsClientTrustCertPath = \"/nonexistent/ca.pem\"\n{SAMPLE}"))
+            .unwrap();
+        c.validate().unwrap();
+        assert!(c.client_tls().unwrap_err().to_string().contains("/nonexistent/ca.pem"), "a missing trust file is named");
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl BrokerInner {
             let mut link = self.leader_link.lock().await;
             match link.as_ref() {
                 Some((a, c)) if *a == addr && !c.is_closed() => c.clone(),
-                _ => match raftmq_net::RemotingClient::connect(&addr, FORWARD_TIMEOUT, None).await {
+                _ => match raftmq_net::RemotingClient::connect_with(&addr, FORWARD_TIMEOUT, None, self.client_tls.as_ref()).await {
                     Ok(c) => {
                         *link = Some((addr.clone(), c.clone()));
                         c

@@ -142,11 +142,7 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 fn config(namesrv: &str, name: String) -> ClientConfig {
-    let c = ClientConfig::new(namesrv).with_instance_name(name);
-    match crate::credentials() {
-        Some(creds) => c.with_credentials(creds),
-        None => c,
-    }
+    crate::client_config(namesrv).with_instance_name(name)
 }
 
 fn progress(quiet: bool) -> ProgressBar {

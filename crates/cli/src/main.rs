@@ -3,11 +3,16 @@
 //! `raftmq namesrv`, `raftmq broker --config FILE`, `raftmq admin …` (cluster status, leader, topics),
 //! `raftmq produce`, `raftmq consume` and `raftmq bench produce|consume|e2e`. Logic lives in the library crates; this file parses arguments,
 //! sets up logging and runs.
+//!
+//! TLS: the client subcommands (admin, produce, consume, bench) connect over TLS with the global `--tls`
+//! and `--tls-ca-file` (`RAFTMQ_TLS`, `RAFTMQ_TLS_CA_FILE`); `raftmq namesrv --tls-server-mode …` serves TLS;
+//! brokers take the `tls*` keys of their TOML file.
 
 mod bench;
 mod tools;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -23,6 +28,8 @@ struct Cli {
     cmd: Cmd,
     #[command(flatten)]
     auth: Auth,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 /// ACL credentials of the client commands (admin, produce, consume, bench): every request they send is
@@ -39,7 +46,7 @@ struct Auth {
 }
 
 /// The credentials client commands sign with, set once in `main`.
-static CREDENTIALS: std::sync::OnceLock<Option<raftmq_client::Credentials>> = std::sync::OnceLock::new();
+static CREDENTIALS: OnceLock<Option<raftmq_client::Credentials>> = OnceLock::new();
 
 /// The ACL credentials given on the command line or in the environment, if any.
 pub(crate) fn credentials() -> Option<raftmq_client::Credentials> {
@@ -55,6 +62,55 @@ impl Auth {
             (None, Some(_)) => anyhow::bail!("--secret-key needs --access-key (or RAFTMQ_ACCESS_KEY)"),
         }
     }
+}
+
+/// TLS of the client subcommands' connections (to nameservers and brokers).
+#[derive(clap::Args)]
+struct ClientTlsArgs {
+    /// Connect over TLS (RocketMQ `tls.enable`); needs `--tls-ca-file`.
+    #[arg(long, global = true, env = "RAFTMQ_TLS")]
+    tls: bool,
+    /// PEM CA certificates that sign the servers' certificates (`tls.client.trustCertPath`).
+    #[arg(long, global = true, env = "RAFTMQ_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// Name checked against the server certificates (default: the host of each address).
+    #[arg(long, global = true, env = "RAFTMQ_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+    /// Client certificate chain, for servers that require one (`tls.client.certPath`).
+    #[arg(long, global = true, env = "RAFTMQ_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (`tls.client.keyPath`).
+    #[arg(long, global = true, env = "RAFTMQ_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn load(&self) -> Result<Option<raftmq_net::ClientTls>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let Some(ca) = &self.tls_ca_file else {
+            anyhow::bail!("--tls needs --tls-ca-file (the CA certificates that sign the servers' certificates)")
+        };
+        let opts = raftmq_net::ClientTlsOptions {
+            trust_cert_path: Some(ca.clone()),
+            server_name: self.tls_server_name.clone(),
+            cert_path: self.tls_cert_file.clone(),
+            key_path: self.tls_key_file.clone(),
+        };
+        Ok(Some(raftmq_net::ClientTls::load(&opts).context("TLS client settings")?))
+    }
+}
+
+/// The client subcommands' TLS, set once from the command line before they run.
+static CLIENT_TLS: OnceLock<Option<raftmq_net::ClientTls>> = OnceLock::new();
+
+/// Client settings for `namesrv` with the command line's TLS and ACL credentials.
+pub(crate) fn client_config(namesrv: &str) -> raftmq_client::ClientConfig {
+    let mut c = raftmq_client::ClientConfig::new(namesrv);
+    c.tls = CLIENT_TLS.get().cloned().flatten();
+    c.credentials = credentials();
+    c
 }
 
 #[derive(Subcommand)]
@@ -75,6 +131,8 @@ enum Cmd {
         /// unauthenticated.
         #[arg(long, env = "RAFTMQ_CLUSTER_SECRET_FILE")]
         cluster_secret_file: Option<PathBuf>,
+        #[command(flatten)]
+        tls: NamesrvTls,
     },
     /// Run a broker node.
     Broker {
@@ -134,6 +192,58 @@ struct NamesrvLimits {
     /// A connection idle this long (no frame, nothing in flight) is closed, ms.
     #[arg(long, env = "RAFTMQ_NAMESRV_CONN_IDLE_MS_MAX", default_value_t = raftmq_net::server::CONN_IDLE_MS_MAX_DEFAULT)]
     conn_idle_ms_max: u64,
+}
+
+/// The nameserver's TLS (the broker's are keys of its TOML file), RocketMQ's `tls.server.*` settings.
+#[derive(clap::Args)]
+struct NamesrvTls {
+    /// `disabled` (plain only), `permissive` (TLS and plain on one port) or `enforcing` (TLS only).
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_SERVER_MODE", default_value = "disabled", value_parser = parse_tls_mode)]
+    tls_server_mode: raftmq_net::TlsMode,
+    /// PEM certificate chain, leaf first (`tls.server.certPath`).
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_SERVER_CERT_PATH")]
+    tls_server_cert_path: Option<PathBuf>,
+    /// PEM private key (`tls.server.keyPath`).
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_SERVER_KEY_PATH")]
+    tls_server_key_path: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates (`tls.server.trustCertPath`).
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_SERVER_TRUST_CERT_PATH")]
+    tls_server_trust_cert_path: Option<PathBuf>,
+    /// Clients must present a certificate signed by the trust file (`tls.server.need.client.auth`).
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_SERVER_NEED_CLIENT_AUTH")]
+    tls_server_need_client_auth: bool,
+    /// A TLS handshake not finished within this is abandoned, ms.
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = raftmq_net::tls::TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT)]
+    tls_handshake_timeout_ms: u64,
+    /// TLS handshakes running at once; a connection past it is closed at once.
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_HANDSHAKES_INFLIGHT_MAX", default_value_t = raftmq_net::tls::TLS_HANDSHAKES_INFLIGHT_MAX_DEFAULT)]
+    tls_handshakes_inflight_max: usize,
+    /// Largest certificate, key or trust file read, bytes.
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_CERT_FILE_BYTES_MAX", default_value_t = raftmq_net::tls::TLS_CERT_FILE_BYTES_MAX_DEFAULT)]
+    tls_cert_file_bytes_max: u64,
+    /// How often the certificate files are re-read for changes, ms (0: never).
+    #[arg(long, env = "RAFTMQ_NAMESRV_TLS_RELOAD_INTERVAL_MS", default_value_t = raftmq_net::tls::TLS_RELOAD_INTERVAL_MS_DEFAULT)]
+    tls_reload_interval_ms: u64,
+}
+
+fn parse_tls_mode(s: &str) -> Result<raftmq_net::TlsMode, String> {
+    s.parse().map_err(|e: raftmq_net::TlsError| e.to_string())
+}
+
+impl NamesrvTls {
+    fn options(&self) -> raftmq_net::ServerTlsOptions {
+        raftmq_net::ServerTlsOptions {
+            mode: self.tls_server_mode,
+            cert_path: self.tls_server_cert_path.clone(),
+            key_path: self.tls_server_key_path.clone(),
+            trust_cert_path: self.tls_server_trust_cert_path.clone(),
+            need_client_auth: self.tls_server_need_client_auth,
+            handshake_timeout_ms: self.tls_handshake_timeout_ms,
+            handshakes_inflight_max: self.tls_handshakes_inflight_max,
+            cert_file_bytes_max: self.tls_cert_file_bytes_max,
+            reload_interval_ms: self.tls_reload_interval_ms,
+        }
+    }
 }
 
 impl NamesrvLimits {
@@ -221,16 +331,18 @@ fn namesrv_secrets(file: Option<&std::path::Path>, env: Option<String>) -> Resul
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    // Server roles ignore the credentials (a broker's ACL is its aclFile): a shell that exports
-    // RAFTMQ_ACCESS_KEY for its client commands can still start nodes.
+    // Server roles ignore the credentials (a broker's ACL is its aclFile) and the client TLS flags (servers take
+    // their TLS from their own flags and keys): a shell that exports RAFTMQ_ACCESS_KEY or RAFTMQ_TLS for its client
+    // commands can still start nodes.
     if !matches!(cli.cmd, Cmd::Namesrv { .. } | Cmd::Broker { .. }) {
         let _ = CREDENTIALS.set(cli.auth.credentials()?);
+        let _ = CLIENT_TLS.set(cli.tls.load()?);
     }
     match cli.cmd {
-        Cmd::Namesrv { listen, log_file, limits, cluster_secret_file } => {
+        Cmd::Namesrv { listen, log_file, limits, cluster_secret_file, tls } => {
             init_logging(log_file.as_ref())?;
-            let opts = limits.options();
-            opts.validate().context("connection limits")?;
+            let opts = raftmq_net::ServerOptions { tls: tls.options(), ..limits.options() };
+            opts.validate().context("connection limits and TLS settings")?;
             let secrets = namesrv_secrets(cluster_secret_file.as_deref(), std::env::var("RAFTMQ_CLUSTER_SECRET").ok())?;
             let _ns =
                 raftmq_namesrv::NameServer::start_secured(&listen, opts, secrets).await.with_context(|| format!("listen on {listen}"))?;
@@ -296,11 +408,46 @@ mod tests {
     fn the_command_line_is_well_formed_and_the_nameserver_takes_its_limits() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["raftmq", "namesrv", "--connections-max", "5", "--conn-idle-ms-max", "1000"]).expect("parses");
-        let Cmd::Namesrv { limits, .. } = cli.cmd else { panic!("namesrv") };
+        let Cmd::Namesrv { limits, tls, .. } = cli.cmd else { panic!("namesrv") };
         let opts = limits.options();
         assert_eq!((opts.connections_max, opts.conn_idle_ms_max), (5, 1000));
         assert_eq!(opts.conn_inflight_bytes_max, raftmq_net::server::CONN_INFLIGHT_BYTES_MAX_DEFAULT);
         opts.validate().expect("valid");
+        assert_eq!(tls.options(), raftmq_net::ServerTlsOptions::default());
+    }
+
+    #[test]
+    fn the_nameserver_takes_its_tls_settings_and_clients_take_global_tls_flags() {
+        let cli = Cli::try_parse_from([
+            "raftmq",
+            "namesrv",
+            "--tls-server-mode",
+            "enforcing",
+            "--tls-server-cert-path",
+            "/s.pem",
+            "--tls-server-key-path",
+            "/s.key",
+            "--tls-handshakes-inflight-max",
+            "7",
+        ])
+        .expect("parses");
+        let Cmd::Namesrv { tls, .. } = cli.cmd else { panic!("namesrv") };
+        let t = tls.options();
+        assert_eq!(
+            (t.mode, t.cert_path.clone(), t.handshakes_inflight_max),
+            (raftmq_net::TlsMode::Enforcing, Some(PathBuf::from("/s.pem")), 7)
+        );
+        t.validate().expect("valid");
+        assert!(Cli::try_parse_from(["raftmq", "namesrv", "--tls-server-mode", "strict"]).is_err());
+        // Global: accepted after the subcommand too.
+        let cli = Cli::try_parse_from(["raftmq", "admin", "status", "--tls", "--tls-ca-file", "/ca.pem"]).expect("parses");
+        assert!(cli.tls.tls);
+        let err = cli.tls.load().unwrap_err();
+        assert!(format!("{err:#}").contains("/ca.pem"), "a missing CA file is named: {err:#}");
+        let cli = Cli::try_parse_from(["raftmq", "admin", "status", "--tls"]).expect("parses");
+        assert!(cli.tls.load().unwrap_err().to_string().contains("--tls-ca-file"));
+        let cli = Cli::try_parse_from(["raftmq", "admin", "status"]).expect("parses");
+        assert!(cli.tls.load().expect("plain").is_none());
     }
 
     #[test]

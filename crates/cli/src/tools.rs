@@ -481,11 +481,7 @@ pub struct ConsumeArgs {
 }
 
 fn config(namesrv: &str) -> ClientConfig {
-    let c = ClientConfig::new(namesrv).with_instance_name(format!("raftmq-cli-{}", std::process::id()));
-    match crate::credentials() {
-        Some(creds) => c.with_credentials(creds),
-        None => c,
-    }
+    crate::client_config(namesrv).with_instance_name(format!("raftmq-cli-{}", std::process::id()))
 }
 
 /// Runs an admin command.

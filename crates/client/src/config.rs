@@ -26,6 +26,9 @@ pub struct ClientConfig {
     /// ACL account: when set, every request (to brokers and nameservers) is signed as RocketMQ's
     /// `AclClientRPCHook` signs it. `Debug` never shows the secret.
     pub credentials: Option<Credentials>,
+    /// TLS for every connection, to nameservers and brokers (RocketMQ's `tls.enable` with
+    /// `tls.client.trustCertPath`); plain when `None`. Build it with [`raftmq_net::ClientTls::load`].
+    pub tls: Option<raftmq_net::ClientTls>,
 }
 
 impl ClientConfig {
@@ -41,6 +44,7 @@ impl ClientConfig {
             poll_name_server_interval: Duration::from_secs(30),
             heartbeat_broker_interval: Duration::from_secs(30),
             credentials: None,
+            tls: None,
         }
     }
 
@@ -53,6 +57,12 @@ impl ClientConfig {
     /// Sets the instance name.
     pub fn with_instance_name(mut self, name: impl Into<String>) -> ClientConfig {
         self.instance_name = name.into();
+        self
+    }
+
+    /// Connects over TLS with `tls`.
+    pub fn with_tls(mut self, tls: raftmq_net::ClientTls) -> ClientConfig {
+        self.tls = Some(tls);
         self
     }
 

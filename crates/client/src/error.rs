@@ -85,6 +85,9 @@ impl ClientError {
             NetError::Codec(s) => NetError::Codec(s.clone()),
             NetError::Timeout(d) => NetError::Timeout(*d),
             NetError::Closed => NetError::Closed,
+            // A connection only fails with a server name error; keep that kind.
+            NetError::Tls(raftmq_net::TlsError::ServerName(n)) => NetError::Tls(raftmq_net::TlsError::ServerName(n.clone())),
+            NetError::Tls(e) => NetError::Tls(raftmq_net::TlsError::Config(e.to_string())),
         };
         match self {
             ClientError::Broker { addr, code, remark } => ClientError::Broker { addr: addr.clone(), code: *code, remark: remark.clone() },

@@ -191,7 +191,7 @@ impl ClientInstance {
                 ClientInstance { inner }.on_server_request(&from, cmd);
             }
         });
-        let c = RemotingClient::connect(addr, self.inner.config.connect_timeout, Some(on_request))
+        let c = RemotingClient::connect_with(addr, self.inner.config.connect_timeout, Some(on_request), self.inner.config.tls.as_ref())
             .await
             .map_err(|e| ClientError::net(addr, e))?;
         let mut conns = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,5 +1,6 @@
 //! A client connection: requests are multiplexed by `opaque` and matched to their responses; requests the
-//! server initiates (e.g. NOTIFY_CONSUMER_IDS_CHANGED) go to an optional callback.
+//! server initiates (e.g. NOTIFY_CONSUMER_IDS_CHANGED) go to an optional callback. With a [`ClientTls`] the
+//! connection speaks TLS; without, it uses the socket halves directly.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -8,11 +9,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use raftmq_remoting::frame::{RemotingCodec, RemotingCommand};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::debug;
 
+use crate::tls::ClientTls;
 use crate::{write_queued, NetError, Response};
 
 /// Called with each request the server sends on this connection.
@@ -34,11 +37,45 @@ pub struct RemotingClient {
 const FRAME_BYTES_MAX: usize = 16 << 20;
 
 impl RemotingClient {
-    /// Connects to `addr` within `timeout`.
+    /// Connects to `addr` within `timeout`, plain.
     pub async fn connect(addr: &str, timeout: Duration, on_request: Option<ServerRequestCallback>) -> Result<RemotingClient, NetError> {
+        Self::connect_with(addr, timeout, on_request, None).await
+    }
+
+    /// Connects to `addr` within `timeout` (TCP connect and TLS handshake each), over TLS when `tls` is given.
+    ///
+    /// # Errors
+    /// [`NetError::Timeout`]; [`NetError::Io`] for connect and handshake failures (an untrusted certificate
+    /// is `InvalidData`); [`NetError::Tls`] when the address's host is no valid server name.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        on_request: Option<ServerRequestCallback>,
+        tls: Option<&ClientTls>,
+    ) -> Result<RemotingClient, NetError> {
+        let server_name = tls.map(|t| t.server_name_for(addr)).transpose()?;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| NetError::Timeout(timeout))??;
         stream.set_nodelay(true)?;
-        let (rd, mut wr) = stream.into_split();
+        match (tls, server_name) {
+            (Some(tls), Some(name)) => {
+                let stream = tokio::time::timeout(timeout, tls.connector().connect(name, stream))
+                    .await
+                    .map_err(|_| NetError::Timeout(timeout))??;
+                let (rd, wr) = tokio::io::split(stream);
+                Ok(Self::start(addr, rd, wr, on_request))
+            }
+            _ => {
+                let (rd, wr) = stream.into_split();
+                Ok(Self::start(addr, rd, wr, on_request))
+            }
+        }
+    }
+
+    fn start<R, W>(addr: &str, rd: R, mut wr: W, on_request: Option<ServerRequestCallback>) -> RemotingClient
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::channel::<Response>(1024);
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
@@ -76,7 +113,7 @@ impl RemotingClient {
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
         let tasks = Arc::new(Mutex::new(vec![writer.abort_handle(), reader.abort_handle()]));
-        Ok(RemotingClient { addr: addr.to_string(), tx, pending, next_opaque: Arc::new(AtomicI32::new(1)), closed, tasks })
+        RemotingClient { addr: addr.to_string(), tx, pending, next_opaque: Arc::new(AtomicI32::new(1)), closed, tasks }
     }
 
     /// The server address.

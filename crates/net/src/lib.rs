@@ -9,9 +9,13 @@
 //!
 //! The server bounds what a peer can make it hold: connections, requests and request bytes in flight per
 //! connection and in total (reads pause past a cap), idle time; see [`server`] and [`ServerOptions`].
+//!
+//! Both ends can speak TLS (rustls): the server in RocketMQ's `disabled`, `permissive` or `enforcing` mode
+//! with certificates reloaded when their files change, the client with a trust file; see [`tls`].
 
 pub mod client;
 pub mod server;
+pub mod tls;
 
 use std::io::{self, IoSlice};
 
@@ -21,6 +25,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use client::RemotingClient;
 pub use server::{Conn, OptionsError, RemotingServer, RequestHandler, ServerOptions, ServerStats};
+pub use tls::{ClientTls, ClientTlsOptions, ServerTlsOptions, TlsError, TlsMode};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,9 @@ pub enum NetError {
     /// The connection is closed.
     #[error("connection closed")]
     Closed,
+    /// TLS could not be set up (e.g. an address whose host is no valid server name).
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A response (or a server-initiated request) and optional extra body parts.

@@ -12,7 +12,11 @@
 //! - idleness: a connection with no frame received and no request in flight for `conn_idle_ms_max` is
 //!   closed (RocketMQ's `serverChannelMaxIdleTimeSeconds`, 120 s; clients heartbeat every 30 s);
 //! - a partial frame's read buffer grows with the bytes that arrive (`raftmq-remoting`'s decoder), so an
-//!   announced length costs nothing until its bytes come.
+//!   announced length costs nothing until its bytes come;
+//! - TLS ([`crate::tls`]): the first byte of a connection picks TLS or plain as the mode allows; handshakes
+//!   in flight (`tls.handshakes_inflight_max`, past it a connection is closed at once) and their duration
+//!   (`tls.handshake_timeout_ms`) are bounded, and TLS connections count against every limit above. The
+//!   plain path reads and writes the socket halves directly, as without TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +29,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use raftmq_remoting::frame::{RemotingCodec, RemotingCommand};
 use raftmq_remoting::RemotingError;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -32,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
+use crate::tls::{ServerTls, ServerTlsOptions, TlsMode, TLS_HANDSHAKE_FIRST_BYTE};
 use crate::{write_queued, Response};
 
 /// Boxed handler future.
@@ -77,6 +83,8 @@ pub struct ServerOptions {
     pub conn_idle_ms_max: u64,
     /// Frames queued for writing per connection.
     pub outbound_queue_max: usize,
+    /// TLS mode, certificate files and handshake limits.
+    pub tls: ServerTlsOptions,
 }
 
 impl Default for ServerOptions {
@@ -89,6 +97,7 @@ impl Default for ServerOptions {
             server_inflight_bytes_max: SERVER_INFLIGHT_BYTES_MAX_DEFAULT,
             conn_idle_ms_max: CONN_IDLE_MS_MAX_DEFAULT,
             outbound_queue_max: 4096,
+            tls: ServerTlsOptions::default(),
         }
     }
 }
@@ -133,6 +142,7 @@ impl ServerOptions {
         if self.server_inflight_bytes_max > Semaphore::MAX_PERMITS || self.conn_inflight_requests_max > Semaphore::MAX_PERMITS {
             return bad(format!("in-flight limits must be at most {}", Semaphore::MAX_PERMITS));
         }
+        self.tls.validate().map_err(|e| OptionsError(e.to_string()))?;
         Ok(())
     }
 
@@ -156,6 +166,11 @@ pub struct ServerStats {
     connections_idle_closed_total: AtomicU64,
     reads_stalled_total: AtomicU64,
     inflight_bytes: AtomicUsize,
+    tls_handshakes_total: AtomicU64,
+    tls_handshake_failures_total: AtomicU64,
+    tls_handshakes_refused_total: AtomicU64,
+    tls_mode_refused_total: AtomicU64,
+    tls_reloads_total: AtomicU64,
 }
 
 impl ServerStats {
@@ -183,6 +198,26 @@ impl ServerStats {
     pub fn inflight_bytes(&self) -> usize {
         self.inflight_bytes.load(Ordering::Relaxed)
     }
+    /// TLS handshakes completed.
+    pub fn tls_handshakes_total(&self) -> u64 {
+        self.tls_handshakes_total.load(Ordering::Relaxed)
+    }
+    /// TLS handshakes that failed or timed out.
+    pub fn tls_handshake_failures_total(&self) -> u64 {
+        self.tls_handshake_failures_total.load(Ordering::Relaxed)
+    }
+    /// TLS connections closed at once because `tls.handshakes_inflight_max` handshakes were running.
+    pub fn tls_handshakes_refused_total(&self) -> u64 {
+        self.tls_handshakes_refused_total.load(Ordering::Relaxed)
+    }
+    /// Connections closed because the mode does not serve them: TLS when disabled, plain when enforcing.
+    pub fn tls_mode_refused_total(&self) -> u64 {
+        self.tls_mode_refused_total.load(Ordering::Relaxed)
+    }
+    /// New TLS configurations installed after the certificate files changed.
+    pub fn tls_reloads_total(&self) -> u64 {
+        self.tls_reloads_total.load(Ordering::Relaxed)
+    }
 }
 
 /// What every connection of one server shares.
@@ -190,6 +225,9 @@ struct Shared {
     opts: ServerOptions,
     stats: Arc<ServerStats>,
     inflight_bytes: Arc<Semaphore>,
+    /// Present unless the mode is `disabled`.
+    tls: Option<Arc<ServerTls>>,
+    tls_handshakes: Arc<Semaphore>,
 }
 
 /// Counts a connection as open for as long as it lives.
@@ -284,14 +322,31 @@ impl RemotingServer {
     /// Binds `addr` and serves `handler`.
     ///
     /// # Errors
-    /// `InvalidInput` for options that break a rule of [`ServerOptions::validate`]; bind errors.
+    /// `InvalidInput` for options that break a rule of [`ServerOptions::validate`]; TLS certificate files
+    /// that do not load (`InvalidData`, or the read error's kind, the text naming the file); bind errors.
     pub async fn bind(addr: &str, handler: Arc<dyn RequestHandler>, opts: ServerOptions) -> std::io::Result<RemotingServer> {
-        opts.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        use std::io::{Error, ErrorKind};
+        opts.validate().map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+        let tls = match opts.tls.mode {
+            TlsMode::Disabled => None,
+            _ => Some(Arc::new(ServerTls::load(&opts.tls).map_err(|e| {
+                let kind = match &e {
+                    crate::tls::TlsError::Read { source, .. } => source.kind(),
+                    _ => ErrorKind::InvalidData,
+                };
+                Error::new(kind, e)
+            })?)),
+        };
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let stats = Arc::new(ServerStats::default());
-        let shared =
-            Arc::new(Shared { inflight_bytes: Arc::new(Semaphore::new(opts.server_inflight_bytes_max)), opts, stats: Arc::clone(&stats) });
+        let shared = Arc::new(Shared {
+            inflight_bytes: Arc::new(Semaphore::new(opts.server_inflight_bytes_max)),
+            tls_handshakes: Arc::new(Semaphore::new(opts.tls.handshakes_inflight_max)),
+            tls,
+            opts,
+            stats: Arc::clone(&stats),
+        });
         let task = tokio::spawn(accept_loop(listener, handler, shared));
         Ok(RemotingServer { local_addr, stats, task })
     }
@@ -324,8 +379,23 @@ async fn accept_loop(listener: TcpListener, handler: Arc<dyn RequestHandler>, sh
     // While refusing: the refusal count when this burst began (one warning per burst, not per connection).
     let mut burst_began_at: Option<u64> = None;
     let stats = Arc::clone(&shared.stats);
+    let reload_ms = shared.opts.tls.reload_interval_ms;
+    let mut reload = (shared.tls.is_some() && reload_ms > 0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_millis(reload_ms));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut reload_error = None;
     loop {
         tokio::select! {
+            _ = async { match reload.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
+                if let Some(tls) = shared.tls.as_ref() {
+                    // Reading a few small files: done inline, the accept loop waits no longer than a disk read.
+                    if tls.reload_logged(&mut reload_error) {
+                        stats.tls_reloads_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let open = stats.connections_open();
@@ -356,11 +426,91 @@ async fn accept_loop(listener: TcpListener, handler: Arc<dyn RequestHandler>, sh
     }
 }
 
+/// What the first byte of a connection asks for.
+enum Opening {
+    Plain,
+    Tls,
+    /// Closed, idle or refused: nothing to serve.
+    Nothing,
+}
+
+/// Waits for the first byte (without consuming it) and decides by the mode, as RocketMQ's `TlsModeHandler`.
+async fn opening(stream: &TcpStream, peer: SocketAddr, shared: &Shared) -> Opening {
+    let mut first = [0u8; 1];
+    let n = match tokio::time::timeout(shared.opts.conn_idle_max(), stream.peek(&mut first)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection failed before its first byte");
+            return Opening::Nothing;
+        }
+        Err(_) => {
+            shared.stats.connections_idle_closed_total.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, idle_ms = shared.opts.conn_idle_ms_max, "closing a connection that sent nothing");
+            return Opening::Nothing;
+        }
+    };
+    if n == 0 {
+        return Opening::Nothing;
+    }
+    let tls = first[0] == TLS_HANDSHAKE_FIRST_BYTE;
+    match (shared.opts.tls.mode, tls) {
+        (TlsMode::Disabled, false) | (TlsMode::Permissive, false) => Opening::Plain,
+        (TlsMode::Permissive, true) | (TlsMode::Enforcing, true) => Opening::Tls,
+        (mode, _) => {
+            shared.stats.tls_mode_refused_total.fetch_add(1, Ordering::Relaxed);
+            let what = if tls { "a TLS" } else { "a plain" };
+            warn!(%peer, %mode, "closing {what} connection: the TLS mode does not serve it");
+            Opening::Nothing
+        }
+    }
+}
+
 async fn serve_conn(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn RequestHandler>, open: OpenConn) {
+    let _ = stream.set_nodelay(true);
+    let shared = Arc::clone(&open.0);
+    match opening(&stream, peer, &shared).await {
+        Opening::Nothing => {}
+        Opening::Plain => {
+            let (rd, wr) = stream.into_split();
+            serve_frames(rd, wr, peer, handler, open).await;
+        }
+        Opening::Tls => {
+            let Some(tls) = shared.tls.as_ref() else { return };
+            let Ok(permit) = Arc::clone(&shared.tls_handshakes).try_acquire_owned() else {
+                shared.stats.tls_handshakes_refused_total.fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, handshakes_inflight_max = shared.opts.tls.handshakes_inflight_max, "TLS handshake limit reached; closing the connection");
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let timeout = Duration::from_millis(shared.opts.tls.handshake_timeout_ms);
+            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    shared.stats.tls_handshake_failures_total.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, error = %e, "TLS handshake failed; closing the connection");
+                    return;
+                }
+                Err(_) => {
+                    shared.stats.tls_handshake_failures_total.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, timeout_ms = shared.opts.tls.handshake_timeout_ms, "TLS handshake timed out; closing the connection");
+                    return;
+                }
+            };
+            shared.stats.tls_handshakes_total.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            let (rd, wr) = tokio::io::split(stream);
+            serve_frames(rd, wr, peer, handler, open).await;
+        }
+    }
+}
+
+async fn serve_frames<R, W>(rd: R, mut wr: W, peer: SocketAddr, handler: Arc<dyn RequestHandler>, open: OpenConn)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let shared = Arc::clone(&open.0);
     let opts = &shared.opts;
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Response>(opts.outbound_queue_max);
     let conn =
         Conn { inner: Arc::new(ConnInner { id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed), peer, tx, closed: AtomicBool::new(false) }) };

@@ -12,6 +12,8 @@ BIN="$CARGO_TARGET_DIR/release/raftmq"
 export RAFTMQ_DATA_DIR=$(mktemp -d /var/tmp/raftmq-recovery.XXXXXX)
 trap 'scripts/cluster.sh down >/dev/null 2>&1 || true; rm -rf "$RAFTMQ_DATA_DIR"' EXIT
 scripts/cluster.sh up >/dev/null
+# `admin status` below is a control request: signed with the cluster secret cluster.sh generated.
+export RAFTMQ_CLUSTER_SECRET_FILE="$RAFTMQ_DATA_DIR/cluster-secret"
 count=$(( gib * 1024 * 1024 * 1024 / 1024 ))
 echo "filling: $count messages of 1 KiB"
 "$BIN" bench produce --topic Recovery --producers 4 --inflight 256 --size 1024 --count "$count" --duration 3600 --quiet

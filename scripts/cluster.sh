@@ -66,6 +66,8 @@ ensure_secret() {
   (umask 077 && head -c 32 /dev/urandom | base64 >"$SECRET_FILE.tmp" && mv "$SECRET_FILE.tmp" "$SECRET_FILE")
   echo "generated the cluster secret $SECRET_FILE"
 }
+# The CLI signs raftmq's control requests (status, leader, node …) with it: the nodes refuse them unsigned.
+if [ -s "$SECRET_FILE" ]; then export RAFTMQ_CLUSTER_SECRET_FILE="$SECRET_FILE"; fi
 
 TLS_DIR="$DATA/tls"
 CLI_TLS=()
@@ -307,6 +309,8 @@ case "${1:-}" in
     echo
     t=${CLI_TLS[*]+" ${CLI_TLS[*]}"}
     [ -n "$tls" ] && echo "TLS (enforcing) on every client port; clients need$t (or RAFTMQ_TLS=1 RAFTMQ_TLS_CA_FILE=$TLS_DIR/ca.pem)"
+    echo "Control commands (admin status, leader, transfer-leader, node …) need the cluster secret:"
+    echo "  export RAFTMQ_CLUSTER_SECRET_FILE=$SECRET_FILE"
     echo "Try:"
     if acl_on; then
       echo "  (ACL on, accounts in $ACL_FILE: RocketMQ may PUB|SUB topicB with groupB; rocketmq2 is admin)"

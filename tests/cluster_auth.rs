@@ -178,8 +178,48 @@ async fn the_cluster_secret_keeps_hostile_peers_out_of_raft_and_the_nameserver()
     assert!(!route.broker_datas[0].broker_addrs.values().any(|a| a == "127.0.0.1:1"));
     assert!(!route.broker_datas[0].broker_addrs.contains_key(&3), "node 3's registrations are refused too");
 
-    // Node 3: not in the group (it never applies what the others commit) and its log says why.
-    let status = node_status(&cluster.node(3).client_addr).await.expect("node 3 answers its status");
+    // raftmq's control codes need the cluster secret too: unsigned or wrongly signed, node status is refused.
+    let leader_client = client(&cluster.node(leader).client_addr).await.expect("leader reachable");
+    let status_req = || RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0);
+    let mut wrongly_signed = status_req();
+    raftmq_remoting::cluster_auth::sign_request(&wrong_secrets, wrongly_signed.code, &mut wrongly_signed.ext_fields, &[], now);
+    for cmd in [status_req(), wrongly_signed] {
+        let r = leader_client.invoke(cmd, Duration::from_secs(3)).await.expect("answered");
+        assert_eq!(r.code, ResponseCode::NO_PERMISSION.0, "{:?}", r.remark);
+        let remark = r.remark.unwrap_or_default();
+        assert!(remark.contains("raftmq control request") && remark.contains("RAFTMQ_CLUSTER_SECRET_FILE"), "{remark}");
+        assert!(!remark.contains(SECRET) && !remark.contains(WRONG), "{remark}");
+    }
+    // Signed with the secret (as the harness signs its own status calls): served.
+    assert_eq!(node_status(&cluster.node(leader).client_addr).await.expect("signed status")["role"], "Leader");
+    // The CLI signs control requests with the file RAFTMQ_CLUSTER_SECRET_FILE names; without it they are refused.
+    let cli = |secret: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(bin());
+        c.args(["admin", "--namesrv", &cluster.namesrv, "leader"]).env_remove("RAFTMQ_CLUSTER_SECRET_FILE");
+        if let Some(f) = secret {
+            c.env("RAFTMQ_CLUSTER_SECRET_FILE", f);
+        }
+        c.output().expect("run raftmq admin leader")
+    };
+    let signed = cli(Some(&good));
+    assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+    assert_eq!(String::from_utf8_lossy(&signed.stdout).trim(), format!("n{leader}"));
+    let unsigned = cli(None);
+    let err = String::from_utf8_lossy(&unsigned.stderr).to_string();
+    assert!(
+        !unsigned.status.success() && err.contains("cluster secret"),
+        "stdout {} stderr {err}",
+        String::from_utf8_lossy(&unsigned.stdout)
+    );
+
+    // Node 3: not in the group (it never applies what the others commit) and its log says why. It holds the
+    // wrong secret, so its status is asked under that one.
+    let c3 = client(&cluster.node(3).client_addr).await.expect("node 3 reachable");
+    let mut n3_status = status_req();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    raftmq_remoting::cluster_auth::sign_request(&wrong_secrets, n3_status.code, &mut n3_status.ext_fields, &[], now);
+    let r = c3.invoke(n3_status, Duration::from_secs(3)).await.expect("node 3 answers its status");
+    let status: serde_json::Value = serde_json::from_slice(&r.body).expect("status body");
     assert_ne!(status["role"], "Leader");
     let n3 = log_of(&cluster, "n3");
     assert!(n3.contains("handshake"), "node 3's log shows the refusal:\n{}", cluster.log_tails(20));
@@ -191,7 +231,6 @@ async fn the_cluster_secret_keeps_hostile_peers_out_of_raft_and_the_nameserver()
     for (name, text) in [("n3", &n3), ("namesrv", &ns_log), ("leader", &leader_log)] {
         assert!(!text.contains(SECRET) && !text.contains(WRONG), "{name}'s log holds a secret");
     }
-    let c3 = client(&cluster.node(3).client_addr).await.expect("node 3 reachable");
     assert_eq!(max_offset(&c3, TOPIC, 0).await.max(0), 0, "node 3 holds none of the group's messages");
     println!("silent raft connection closed after {silent_closed_after:?}");
 }

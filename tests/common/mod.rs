@@ -59,7 +59,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
 }
 
-fn bin() -> &'static str {
+pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_raftmq")
 }
 
@@ -114,6 +114,11 @@ impl Cluster {
         });
         let mut namesrv_cmd = vec!["namesrv".to_string(), "--listen".into(), namesrv.clone()];
         if let Some(f) = secret_file {
+            // The harness's own control requests (node status) are signed with it: the brokers refuse them unsigned.
+            if let Ok(text) = std::fs::read_to_string(&f) {
+                let _ =
+                    HARNESS_CLUSTER_SECRETS.set(raftmq_remoting::cluster_auth::ClusterSecrets::parse(&text).expect("cluster secret file"));
+            }
             namesrv_cmd.extend(["--cluster-secret-file".into(), f]);
         }
         let namesrv_child = Command::new(bin())
@@ -356,10 +361,17 @@ pub async fn client(addr: &str) -> Option<RemotingClient> {
 /// run with `aclEnable` (node status is admin-only then).
 pub static HARNESS_CREDENTIALS: std::sync::OnceLock<raftmq_remoting::acl::Credentials> = std::sync::OnceLock::new();
 
+/// The cluster secret the harness signs its control requests with: set by the first cluster prepared with a
+/// `clusterSecretFile` (brokers with a secret refuse unsigned control requests).
+pub static HARNESS_CLUSTER_SECRETS: std::sync::OnceLock<raftmq_remoting::cluster_auth::ClusterSecrets> = std::sync::OnceLock::new();
+
 pub async fn node_status(addr: &str) -> Option<serde_json::Value> {
     let c = client(addr).await?;
     let mut req = RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0);
-    if let Some(creds) = HARNESS_CREDENTIALS.get() {
+    if let Some(secrets) = HARNESS_CLUSTER_SECRETS.get() {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        raftmq_remoting::cluster_auth::sign_request(secrets, req.code, &mut req.ext_fields, &req.body, now_ms);
+    } else if let Some(creds) = HARNESS_CREDENTIALS.get() {
         creds.sign(&mut req);
     }
     let r = c.invoke(req, Duration::from_secs(1)).await.ok()?;

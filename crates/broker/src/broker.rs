@@ -160,7 +160,7 @@ pub struct BrokerInner {
     pub(crate) resets_applied: Notify,
     register_now: Notify,
     /// Signs registrations with the nameservers; `None`: unsigned.
-    cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
+    pub(crate) cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
     /// TLS for this broker's own client connections (`tlsClientEnable`).
@@ -453,8 +453,7 @@ impl BrokerInner {
         for addr in self.cfg.namesrv_addrs() {
             let mut cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
             if let Some(secrets) = &self.cluster_secrets {
-                let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                raftmq_remoting::cluster_auth::sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, now_ms);
+                raftmq_remoting::cluster_auth::sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, unix_ms());
             }
             let r = async {
                 let c = RemotingClient::connect_with(&addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
@@ -584,6 +583,12 @@ async fn role_watch(inner: Arc<BrokerInner>) {
     }
 }
 
+/// This node's clock in ms since the epoch: the time cluster-secret signatures are made at and checked against
+/// (never used by the state machine).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 struct Handler(Arc<BrokerInner>);
 
 impl RequestHandler for Handler {
@@ -600,7 +605,30 @@ impl RequestHandler for Handler {
                     format!("request code {} is not supported by raftmq", code.0),
                 );
             }
-            if let Some(holder) = &b.acl {
+            // raftmq's control codes: with a cluster secret, a request signed with it is authorised (nodes and
+            // operators holding the secret); otherwise only an ACL admin account (ACL on) gets through.
+            let cluster_signed = match &b.cluster_secrets {
+                Some(secrets) if raftmq_remoting::codes::is_raftmq_admin(req.code) => {
+                    match raftmq_remoting::cluster_auth::verify_request(secrets, req.code, &req.ext_fields, &req.body, unix_ms()) {
+                        Ok(_) => true,
+                        Err(e) if b.acl.is_none() => {
+                            warn!(peer = %conn.peer(), code = req.code, refusal = %e, "a control request without a valid cluster-secret signature was refused");
+                            return reply(
+                                &req,
+                                ResponseCode::NO_PERMISSION,
+                                format!(
+                                    "request code {} is a raftmq control request and this cluster has a cluster secret: {e} \
+                                     (the CLI signs with the secret file named by RAFTMQ_CLUSTER_SECRET_FILE)",
+                                    req.code
+                                ),
+                            );
+                        }
+                        Err(_) => false,
+                    }
+                }
+                _ => false,
+            };
+            if let Some(holder) = b.acl.as_ref().filter(|_| !cluster_signed) {
                 if let Err(remark) = holder.acl().check(&req, conn.peer().ip()) {
                     warn!(peer = %conn.peer(), code = %req.request_code(), refusal = %remark, "ACL refused a request");
                     return reply(&req, ResponseCode::NO_PERMISSION, remark);

@@ -105,7 +105,7 @@ impl BrokerInner {
         // With ACL on, the fresh node checks the probe too: sign it as the account that asked for the add
         // (this request passed the ACL, so that account exists and is admin).
         let creds = self.acl.as_ref().and_then(|h| h.acl().credentials_for(req));
-        let status = match probe_status(&addr, creds.as_ref(), self.client_tls.as_ref()).await {
+        let status = match probe_status(&addr, self.cluster_secrets.as_ref(), creds.as_ref(), self.client_tls.as_ref()).await {
             Ok(s) => s,
             Err(why) => return reply(req, ResponseCode::SYSTEM_ERROR, format!("cannot add the node at {addr}: {why}")),
         };
@@ -261,15 +261,19 @@ impl BrokerInner {
     }
 }
 
-/// The node status (RAFTMQ_NODE_STATUS) of the node answering at `addr`.
+/// The node status (RAFTMQ_NODE_STATUS) of the node answering at `addr`: the request is signed with the cluster secret when there is one (the control codes
+/// accept it with or without ACL), else with the ACL account that asked for the add.
 async fn probe_status(
     addr: &str,
+    secrets: Option<&raftmq_remoting::cluster_auth::ClusterSecrets>,
     creds: Option<&raftmq_remoting::acl::Credentials>,
     tls: Option<&raftmq_net::ClientTls>,
 ) -> Result<serde_json::Value, String> {
     let c = RemotingClient::connect_with(addr, PROBE_TIMEOUT, None, tls).await.map_err(|e| format!("it does not answer ({e})"))?;
     let mut probe = RemotingCommand::request(RequestCode(RAFTMQ_NODE_STATUS), 0);
-    if let Some(creds) = creds {
+    if let Some(secrets) = secrets {
+        raftmq_remoting::cluster_auth::sign_request(secrets, probe.code, &mut probe.ext_fields, &probe.body, crate::broker::unix_ms());
+    } else if let Some(creds) = creds {
         creds.sign(&mut probe);
     }
     let resp = c.invoke(probe, PROBE_TIMEOUT).await.map_err(|e| format!("its status request failed ({e})"))?;

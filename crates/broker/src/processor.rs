@@ -165,6 +165,13 @@ impl BrokerInner {
         };
         let mut fwd = req.clone();
         fwd.ext_fields.insert(FORWARDED_FIELD.into(), self.cfg.node_id.to_string());
+        // A control request this node accepted under the cluster secret is signed afresh, the forwarding mark
+        // included (the secret's signature covers every ext field).
+        if let Some(secrets) =
+            self.cluster_secrets.as_ref().filter(|_| fwd.ext_fields.contains_key(raftmq_remoting::cluster_auth::AUTH_FIELD))
+        {
+            raftmq_remoting::cluster_auth::sign_request(secrets, fwd.code, &mut fwd.ext_fields, &fwd.body, crate::broker::unix_ms());
+        }
         if req.is_oneway() {
             // Nobody waits for an answer (END_TRANSACTION is oneway): pass it on and return.
             if let Err(e) = client.invoke_oneway(fwd).await {

@@ -102,6 +102,19 @@ impl ClientTlsArgs {
     }
 }
 
+/// The cluster secret client subcommands sign raftmq's control requests with, from the file named by
+/// `RAFTMQ_CLUSTER_SECRET_FILE` (the variable the nodes read too), set once before they run.
+static CLUSTER_SECRETS: OnceLock<Option<raftmq_remoting::cluster_auth::ClusterSecrets>> = OnceLock::new();
+
+/// Reads the cluster secret file for the client subcommands; none when `file` is `None`.
+fn client_cluster_secrets(file: Option<&std::path::Path>) -> Result<Option<raftmq_remoting::cluster_auth::ClusterSecrets>> {
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file).with_context(|| format!("RAFTMQ_CLUSTER_SECRET_FILE {}", file.display()))?;
+    raftmq_remoting::cluster_auth::ClusterSecrets::parse(&text)
+        .map(Some)
+        .map_err(|why| anyhow::anyhow!("RAFTMQ_CLUSTER_SECRET_FILE {}: {why}", file.display()))
+}
+
 /// The client subcommands' TLS, set once from the command line before they run.
 static CLIENT_TLS: OnceLock<Option<raftmq_net::ClientTls>> = OnceLock::new();
 
@@ -110,6 +123,7 @@ pub(crate) fn client_config(namesrv: &str) -> raftmq_client::ClientConfig {
     let mut c = raftmq_client::ClientConfig::new(namesrv);
     c.tls = CLIENT_TLS.get().cloned().flatten();
     c.credentials = credentials();
+    c.cluster_secrets = CLUSTER_SECRETS.get().cloned().flatten();
     c
 }
 
@@ -337,6 +351,7 @@ async fn main() -> Result<()> {
     if !matches!(cli.cmd, Cmd::Namesrv { .. } | Cmd::Broker { .. }) {
         let _ = CREDENTIALS.set(cli.auth.credentials()?);
         let _ = CLIENT_TLS.set(cli.tls.load()?);
+        let _ = CLUSTER_SECRETS.set(client_cluster_secrets(std::env::var_os("RAFTMQ_CLUSTER_SECRET_FILE").map(PathBuf::from).as_deref())?);
     }
     match cli.cmd {
         Cmd::Namesrv { listen, log_file, limits, cluster_secret_file, tls } => {

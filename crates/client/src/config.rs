@@ -29,6 +29,10 @@ pub struct ClientConfig {
     /// TLS for every connection, to nameservers and brokers (RocketMQ's `tls.enable` with
     /// `tls.client.trustCertPath`); plain when `None`. Build it with [`raftmq_net::ClientTls::load`].
     pub tls: Option<raftmq_net::ClientTls>,
+    /// The cluster secret (an operator's copy of the brokers' `clusterSecretFile`): raftmq's own control
+    /// requests (node status, leader transfer, delay levels, membership) are signed with it instead of the ACL
+    /// account. `Debug` never shows it.
+    pub cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
 }
 
 impl ClientConfig {
@@ -45,6 +49,7 @@ impl ClientConfig {
             heartbeat_broker_interval: Duration::from_secs(30),
             credentials: None,
             tls: None,
+            cluster_secrets: None,
         }
     }
 

@@ -223,9 +223,19 @@ impl ClientInstance {
 
     /// Signs `cmd` with the configured ACL credentials (the last change before it is sent: the signature
     /// covers every ext field and the body). A request retried on another address is signed afresh.
+    /// raftmq's control requests are signed with the cluster secret instead when the config has it.
     fn sign(&self, cmd: &mut RemotingCommand) {
-        if let Some(c) = &self.inner.config.credentials {
-            c.sign(cmd);
+        let config = &self.inner.config;
+        match &config.cluster_secrets {
+            Some(secrets) if raftmq_remoting::codes::is_raftmq_admin(cmd.code) => {
+                let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                raftmq_remoting::cluster_auth::sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, now_ms);
+            }
+            _ => {
+                if let Some(c) = &config.credentials {
+                    c.sign(cmd);
+                }
+            }
         }
     }
 

@@ -491,6 +491,22 @@ pub const RAFTMQ_PROMOTE_NODE: i32 = 10_912;
 /// checks). Removing the leader hands leadership to the most caught-up other voter first.
 pub const RAFTMQ_REMOVE_NODE: i32 = 10_913;
 
+/// True for raftmq's own control codes (node status, leader transfer, delay levels, membership). With a
+/// cluster secret they must be signed with it ([`crate::cluster_auth::sign_request`]) or, with ACL on, come from
+/// an admin account.
+pub fn is_raftmq_admin(code: i32) -> bool {
+    matches!(
+        code,
+        RAFTMQ_NODE_STATUS
+            | RAFTMQ_TRANSFER_LEADER
+            | RAFTMQ_SET_DELAY_LEVELS
+            | RAFTMQ_MEMBERS
+            | RAFTMQ_ADD_NODE
+            | RAFTMQ_PROMOTE_NODE
+            | RAFTMQ_REMOVE_NODE
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,5 +555,24 @@ mod tests {
         assert_eq!(LanguageCode::from_name("NODE"), LanguageCode::Other("NODE".into()));
         assert_eq!(LanguageCode::from_code(99).code(), 99);
         assert_eq!(LanguageCode::Other("NODE".into()).code(), 7);
+    }
+
+    #[test]
+    fn the_control_codes_are_exactly_raftmqs_own() {
+        for c in [
+            RAFTMQ_NODE_STATUS,
+            RAFTMQ_TRANSFER_LEADER,
+            RAFTMQ_SET_DELAY_LEVELS,
+            RAFTMQ_MEMBERS,
+            RAFTMQ_ADD_NODE,
+            RAFTMQ_PROMOTE_NODE,
+            RAFTMQ_REMOVE_NODE,
+        ] {
+            assert!(is_raftmq_admin(c), "{c}");
+        }
+        // RocketMQ's codes (sends, pulls, registration, topic creation, RocketMQ admin codes) are not.
+        for c in [10, 11, 17, 103, 222, 310, 320, 10_903, 10_909, 10_914] {
+            assert!(!is_raftmq_admin(c), "{c}");
+        }
     }
 }

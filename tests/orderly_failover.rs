@@ -8,6 +8,9 @@
 //!   records (queue, start, end) of every message it processes (each takes 60 ms). No two consumers'
 //!   intervals on one queue may overlap — with leader-local locks B was granted A's queues by the new
 //!   leader at once, while A was still processing them — and every key's messages are processed in order.
+//!   Right after the failover, LOCK_BATCH_MQ by another client of the group gets none of A's queues, from
+//!   the new leader and through a follower (which forwards 41/42 to the leader); a client of another group
+//!   gets them through a follower and releases them with UNLOCK_BATCH_MQ.
 
 mod common;
 
@@ -22,6 +25,8 @@ use raftmq_client::{
     ClientConfig, ConsumeContext, ConsumeFrom, ConsumeOrderlyStatus, Message, MessageExt, Producer, ProducerOptions, PushConsumer,
     PushConsumerOptions, SelectByHash,
 };
+use raftmq_remoting::body::{decode_json_body, encode_json_body, LockBatchRequestBody, LockBatchResponseBody, MessageQueue};
+use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 /// What one consumer did with one message.
 #[derive(Debug, Clone)]
@@ -61,6 +66,25 @@ async fn start_consumer(namesrv: &str, name: &'static str, topic: &str, log: &Lo
         }
     };
     PushConsumer::start_orderly(ClientConfig::new(namesrv).with_instance_name(name), opts, listener).await.expect("orderly consumer")
+}
+
+/// Sends 41 (or 42 with `unlock`) for queues 0..4 of `topic` to the broker at `addr`; the queue ids it
+/// answered as locked (none for an unlock).
+async fn lock_call(addr: &str, unlock: bool, group: &str, client_id: &str, topic: &str) -> Vec<i32> {
+    let mq_set = (0..4).map(|q| MessageQueue { topic: topic.into(), broker_name: "broker-a".into(), queue_id: q }).collect();
+    let b = LockBatchRequestBody { consumer_group: group.into(), client_id: client_id.into(), mq_set, ..Default::default() };
+    let code = if unlock { RequestCode::UNLOCK_BATCH_MQ } else { RequestCode::LOCK_BATCH_MQ };
+    let c = client(addr).await.expect("connect");
+    let r = c.invoke(RemotingCommand::request(code, 0).with_body(encode_json_body(&b).expect("body")), Duration::from_secs(10)).await;
+    let r = r.expect("answered");
+    assert_eq!(r.code, ResponseCode::SUCCESS.0, "{code:?} at {addr}: {:?}", r.remark);
+    if unlock {
+        return Vec::new();
+    }
+    let body: LockBatchResponseBody = decode_json_body("lock", &r.body).expect("lock body");
+    let mut ids: Vec<i32> = body.lock_ok_mq_set.iter().map(|q| q.queue_id).collect();
+    ids.sort_unstable();
+    ids
 }
 
 async fn wait_for(what: &str, logs: &Path, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
@@ -136,6 +160,16 @@ async fn two_orderly_consumers_never_process_one_queue_at_once_across_a_leader_k
     cluster.kill(old);
     let new = cluster.leader(Duration::from_secs(20)).await;
     assert_ne!(new, old);
+    // The new leader knows A's leases at once: another client of the group gets none of A's queues, asked
+    // directly or through the follower (forwarded), while a client of another group gets them all.
+    let follower = (1..=3).find(|id| *id != old && *id != new).expect("a follower");
+    let (leader_addr, follower_addr) = (cluster.node(new).client_addr.clone(), cluster.node(follower).client_addr.clone());
+    assert_eq!(lock_call(&leader_addr, false, "cg_orderly_failover", "intruder", T).await, Vec::<i32>::new(), "A's leases survive");
+    assert_eq!(lock_call(&follower_addr, false, "cg_orderly_failover", "intruder", T).await, Vec::<i32>::new(), "also via a follower");
+    assert_eq!(lock_call(&follower_addr, false, "cg_other", "other", T).await, vec![0, 1, 2, 3], "other groups are independent");
+    lock_call(&follower_addr, true, "cg_other", "other", T).await;
+    assert_eq!(lock_call(&leader_addr, false, "cg_other", "second", T).await, vec![0, 1, 2, 3], "released by the unlock");
+    lock_call(&leader_addr, true, "cg_other", "second", T).await;
     eprintln!("killed leader node {old}; node {new} leads; starting consumer B");
     let joined_us = epoch.elapsed().as_micros();
     let b = start_consumer(&namesrv, "B", T, &log, epoch).await;

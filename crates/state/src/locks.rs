@@ -98,15 +98,6 @@ impl QueueLocks {
         self.lease(group, queue).filter(|l| now_ms < l.expires_ms).map(|l| l.client_id.as_str())
     }
 
-    /// Every live lease at `now_ms`, by group and queue (for `raftmq admin`).
-    pub fn leases_at(&self, now_ms: i64) -> Vec<(&str, &QueueKey, &Lease)> {
-        self.groups
-            .iter()
-            .flat_map(|(g, qs)| qs.iter().map(move |(q, l)| (g.as_str(), q, l)))
-            .filter(|(_, _, l)| now_ms < l.expires_ms)
-            .collect()
-    }
-
     /// Drops every lease that has ended at `now_ms` (oldest first).
     pub(crate) fn expire(&mut self, now_ms: i64) {
         while let Some(first) = self.expiry.first() {

@@ -616,6 +616,9 @@ impl BrokerInner {
                 .err()
                 .flatten()
                 .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("{what} not accepted: {e}"))),
+            e @ WriteError::EntryTooLarge { .. } => {
+                reply(req, ResponseCode::SYSTEM_ERROR, format!("{what} refused (name fewer queues): {e}"))
+            }
             e => reply(req, ResponseCode::SYSTEM_ERROR, format!("{what} outcome unknown: {e}")),
         }
     }

@@ -25,7 +25,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::{BrokerConfig, FlushDiskType};
 use crate::consumers::{ClientLimits, ClientManager};
-use crate::locks::QueueLocks;
 use crate::processor::{
     reply, RAFTMQ_ADD_NODE, RAFTMQ_MEMBERS, RAFTMQ_NODE_STATUS, RAFTMQ_PROMOTE_NODE, RAFTMQ_REMOVE_NODE, RAFTMQ_SET_DELAY_LEVELS,
     RAFTMQ_TRANSFER_LEADER,
@@ -69,9 +68,6 @@ pub fn exit_status(f: &StoreFailure) -> i32 {
         EXIT_STORE_FAILED
     }
 }
-/// A queue lock not renewed for this long is free (RocketMQ `rebalance.lockMaxLiveTime`).
-pub const LOCK_TTL: Duration = Duration::from_secs(60);
-
 /// Broker start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -154,7 +150,6 @@ pub struct BrokerInner {
     pub(crate) node: Arc<RaftNode>,
     pub(crate) store: MessageStore,
     pub(crate) clients: ClientManager,
-    pub(crate) locks: QueueLocks,
     pub(crate) offsets: OffsetCommitter,
     /// Woken when this leader applied an offset reset: long-polled pulls re-check their queue's marker.
     pub(crate) resets_applied: Notify,
@@ -263,7 +258,6 @@ impl Broker {
             offsets: OffsetCommitter::start(store.clone()),
             resets_applied: Notify::new(),
             clients: ClientManager::new(limits),
-            locks: QueueLocks::new(LOCK_TTL, cfg.locks_max),
             cfg,
             node,
             store,
@@ -293,7 +287,6 @@ impl Broker {
                 loop {
                     tick.tick().await;
                     i.clients.expire(CLIENT_EXPIRY);
-                    i.locks.sweep();
                 }
             }),
         ];
@@ -650,8 +643,8 @@ impl RequestHandler for Handler {
                 RequestCode::HEART_BEAT => b.heartbeat(&conn, &req).await,
                 RequestCode::UNREGISTER_CLIENT => b.unregister_client(&req),
                 RequestCode::GET_CONSUMER_LIST_BY_GROUP => b.consumer_list(&req),
-                RequestCode::LOCK_BATCH_MQ => b.lock_batch(&req),
-                RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req),
+                RequestCode::LOCK_BATCH_MQ => b.lock_batch(&req).await,
+                RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req).await,
                 RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
                 RequestCode::QUERY_MESSAGE => b.query_message(&req).await,
                 RequestCode::VIEW_MESSAGE_BY_ID => b.view_message_by_id(&req).await,

@@ -196,9 +196,14 @@ pub struct BrokerConfig {
     /// Most subscribed topics per consumer group.
     #[serde(default = "default_per_group_max")]
     pub subscriptions_per_group_max: usize,
-    /// Most queue locks held at once (orderly consumers), over all groups.
+    /// Most queue locks held at once (orderly consumers), over all groups; replicated state, enforced at
+    /// apply with the value the leader puts into each lock entry.
     #[serde(default = "default_locks_max")]
     pub locks_max: usize,
+    /// Lease of a queue lock from its grant or last renewal, by the replicated clock (ms; RocketMQ's
+    /// `rocketmq.broker.rebalance.lockMaxLiveTime`, 60 s). Clients renew every 20 s.
+    #[serde(default = "default_lock_ttl_ms")]
+    pub lock_ttl_ms: u64,
     /// Most consume-queue files mapped at once; colder ones are unmapped and mapped again on use.
     #[serde(default = "default_mapped_files_max")]
     pub mapped_files_max: usize,
@@ -467,6 +472,13 @@ fn default_per_group_max() -> usize {
 fn default_locks_max() -> usize {
     100_000
 }
+fn default_lock_ttl_ms() -> u64 {
+    60_000
+}
+
+/// Range of `lockTtlMs`: at least one client renewal period (20 s) is needed for a holder to keep its
+/// queues; the lower bound only refuses nonsense, the upper bounds how long a dead client blocks a queue.
+pub const LOCK_TTL_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=600_000;
 fn default_mapped_files_max() -> usize {
     4_096
 }
@@ -742,6 +754,13 @@ impl BrokerConfig {
                 return bad(format!("{key} must be positive"));
             }
         }
+        if !LOCK_TTL_MS_RANGE.contains(&self.lock_ttl_ms) {
+            return bad(format!(
+                "lockTtlMs must be within {}..={} (clients renew locks every 20000 ms)",
+                LOCK_TTL_MS_RANGE.start(),
+                LOCK_TTL_MS_RANGE.end()
+            ));
+        }
         if self.flush_disk_type == FlushDiskType::AsyncFlush && self.flush_interval_commit_log == 0 {
             return bad("flushIntervalCommitLog must be positive".into());
         }
@@ -840,6 +859,12 @@ clientAddr = "127.0.0.1:10921"
         let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
         c.locks_max = 0;
         assert!(c.validate().unwrap_err().0.contains("locksMax must be positive"));
+        c.locks_max = 1;
+        assert_eq!(c.lock_ttl_ms, 60_000);
+        c.lock_ttl_ms = 999;
+        assert!(c.validate().unwrap_err().0.contains("lockTtlMs must be within 1000..=600000"));
+        c.lock_ttl_ms = 600_000;
+        assert!(c.validate().is_ok());
         // Scheduling: the level table and the delivery batch, at and past their limits.
         let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
         assert_eq!((c.schedule_deliver_batch_max, c.clock_jump_warn_ms), (1024, 60_000));

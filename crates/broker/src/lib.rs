@@ -6,7 +6,6 @@
 //! - [`store`]: RocketMQ message-store semantics (put, get, offsets, long polling) over the Raft member.
 //! - [`topics`]: topic validation and reserved names.
 //! - [`consumers`]: consumer and producer groups from heartbeats, subscriptions, expiry.
-//! - [`locks`]: queue locks for orderly consumers.
 //! - [`broker`]: the running node — startup, nameserver registration, request dispatch; the processors
 //!   live in `processor.rs` (pull, offsets, clients, topics), `send.rs` (sends and send-back), `schedule.rs`
 //!   (delayed and timer delivery), `txn.rs` (transactions and the de-duplication window), `members.rs`
@@ -27,7 +26,6 @@ pub mod acl;
 pub mod broker;
 pub mod config;
 pub mod consumers;
-pub mod locks;
 mod members;
 mod processor;
 pub mod query;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raftmq_net::{Conn, Response};
 use raftmq_raft::node::{NodeError, Role, WriteError};
-use raftmq_raft::types::{OffsetCommit, TopicConfig};
+use raftmq_raft::types::{Command, CommandResponse, LockRequest, OffsetCommit, QueueKey, TopicConfig, UnlockRequest};
 use raftmq_remoting::body::{
     decode_json_body, encode_json_body, GetConsumerListByGroupResponseBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody,
     MessageModel as WireMessageModel, MessageQueue,
@@ -27,7 +27,6 @@ use tracing::debug;
 
 use crate::broker::BrokerInner;
 use crate::consumers::{ClientLink, ConsumerHeartbeat, MessageModel, Subscription};
-use crate::locks::QueueKey;
 use crate::store::GetStatus;
 use crate::topics::{retry_topic, validate_group, validate_topic, PERM_READ, PERM_READ_WRITE};
 
@@ -549,7 +548,10 @@ impl BrokerInner {
         keys
     }
 
-    pub(crate) fn lock_batch(&self, req: &RemotingCommand) -> Reply {
+    /// LOCK_BATCH_MQ (41): one replicated lock entry stamped with the store clock; the queues the state
+    /// left held by the client are the answer. A follower forwards the request to the leader (its own
+    /// answer would not be replicated); without a reachable leader it answers 14 naming the leader.
+    pub(crate) async fn lock_batch(&self, req: &RemotingCommand) -> Reply {
         let b: LockBatchRequestBody = match json_body(req, "LockBatchRequestBody") {
             Ok(b) => b,
             Err(r) => return r,
@@ -560,19 +562,65 @@ impl BrokerInner {
         if b.client_id.is_empty() || b.client_id.len() > CLIENT_ID_BYTES_MAX {
             return reply(req, ResponseCode::SYSTEM_ERROR, format!("clientId must be 1..={CLIENT_ID_BYTES_MAX} bytes"));
         }
-        let locked = self.locks.lock(&b.consumer_group, &b.client_id, &self.existing_queue_keys(&b.mq_set));
-        let set =
-            locked.into_iter().map(|k| MessageQueue { topic: k.topic, broker_name: k.broker_name, queue_id: k.queue_id as i32 }).collect();
-        with_json(req, ok(req), &LockBatchResponseBody { lock_ok_mq_set: set })
+        if let Err(not_leader) = self.check_leader(req) {
+            return self.forward_to_leader(req, not_leader).await;
+        }
+        let queues = self.existing_queue_keys(&b.mq_set);
+        if queues.is_empty() {
+            return with_json(req, ok(req), &LockBatchResponseBody { lock_ok_mq_set: Vec::new() });
+        }
+        let (ttl_ms, locks_max) = (self.cfg.lock_ttl_ms as i64, self.cfg.locks_max as u64);
+        let (group, client_id) = (b.consumer_group, b.client_id);
+        let result =
+            self.store.write_stamped(|stamp_ms| Command::Lock(LockRequest { group, client_id, queues, stamp_ms, ttl_ms, locks_max })).await;
+        match result {
+            Ok(CommandResponse::Locked(locked)) => {
+                let set = locked
+                    .into_iter()
+                    .map(|k| MessageQueue { topic: k.topic, broker_name: k.broker_name, queue_id: k.queue_id as i32 })
+                    .collect();
+                with_json(req, ok(req), &LockBatchResponseBody { lock_ok_mq_set: set })
+            }
+            Ok(other) => reply(req, ResponseCode::SYSTEM_ERROR, format!("queue lock not applied: {other:?}")),
+            Err(e) => self.lock_write_error(req, "queue lock", e),
+        }
     }
 
-    pub(crate) fn unlock_batch(&self, req: &RemotingCommand) -> Reply {
+    /// UNLOCK_BATCH_MQ (42): one replicated unlock entry; only the client's own locks end. Forwarded by a
+    /// follower like 41.
+    pub(crate) async fn unlock_batch(&self, req: &RemotingCommand) -> Reply {
         let b: LockBatchRequestBody = match json_body(req, "UnlockBatchRequestBody") {
             Ok(b) => b,
             Err(r) => return r,
         };
-        self.locks.unlock(&b.consumer_group, &b.client_id, &Self::queue_keys(&b.mq_set));
-        Some(ok(req).into())
+        if let Err(not_leader) = self.check_leader(req) {
+            return self.forward_to_leader(req, not_leader).await;
+        }
+        let queues = Self::queue_keys(&b.mq_set);
+        if queues.is_empty() {
+            return Some(ok(req).into());
+        }
+        let (group, client_id) = (b.consumer_group, b.client_id);
+        match self.store.write_stamped(|stamp_ms| Command::Unlock(UnlockRequest { group, client_id, queues, stamp_ms })).await {
+            Ok(_) => Some(ok(req).into()),
+            Err(e) => self.lock_write_error(req, "queue unlock", e),
+        }
+    }
+
+    /// The answer to a lock or unlock entry that did not apply: 14 naming the leader when this node lost
+    /// leadership, else 1 with the reason (the client treats both as "not locked" and retries).
+    fn lock_write_error(&self, req: &RemotingCommand, what: &str, e: WriteError) -> Reply {
+        match e {
+            e @ (WriteError::NotLeader { .. } | WriteError::Transferring { .. } | WriteError::Stopped { .. }) => self
+                .check_leader(req)
+                .err()
+                .flatten()
+                .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, format!("{what} not accepted: {e}"))),
+            e @ WriteError::EntryTooLarge { .. } => {
+                reply(req, ResponseCode::SYSTEM_ERROR, format!("{what} refused (name fewer queues): {e}"))
+            }
+            e => reply(req, ResponseCode::SYSTEM_ERROR, format!("{what} outcome unknown: {e}")),
+        }
     }
 
     pub(crate) async fn create_topic(&self, req: &RemotingCommand) -> Reply {
@@ -697,6 +745,7 @@ impl BrokerInner {
             "voters": s.voters,
             "clockMs": self.store.replicated_now_ms(),
             "clockJumps": self.store.clock_jumps(),
+            "locksHeld": self.node.state().with_metadata(|m| m.state.locks.len()),
             "schedule": self.schedule_status(),
             "transactions": self.transaction_status(),
             "retention": self.retention_status(),

@@ -237,6 +237,31 @@ impl MessageStore {
     pub async fn put_stamped(&self, build: impl FnOnce(i64) -> Produce) -> Result<Vec<QueueAppendResult>, PutError> {
         let ticket = {
             let mut clock = self.clock.lock().await;
+            let ts = self.next_stamp(&mut clock);
+            let p = build(ts);
+            // Submitted under the lock: log order is stamp order.
+            self.node.submit_produce_at(ts, p.queues, p.deliveries, p.ops).await?
+        };
+        Ok(ticket.await?)
+    }
+
+    /// Proposes the command `build` makes from the store clock's next stamp as its own entry (queue locks)
+    /// and waits until it is applied. Unlike [`MessageStore::put_stamped`] the entry is submitted after the
+    /// clock's lock is released (a lock entry does not hold up produce batching): it may land in the log
+    /// after a produce entry stamped later, which is harmless because apply never moves the replicated
+    /// clock back and decides at the clock, not at the entry's own stamp.
+    pub async fn write_stamped(&self, build: impl FnOnce(i64) -> Command) -> Result<raftmq_raft::types::CommandResponse, WriteError> {
+        let ts = {
+            let mut clock = self.clock.lock().await;
+            self.next_stamp(&mut clock)
+        };
+        self.node.write(build(ts)).await
+    }
+
+    /// The store clock's next stamp: the wall clock, never below the last stamp; a new ready leader first
+    /// floors it at the newest committed time.
+    fn next_stamp(&self, clock: &mut StoreClock) -> i64 {
+        {
             let (term, ready_leader) = {
                 let rx = self.node.role();
                 let r = rx.borrow();
@@ -266,11 +291,8 @@ impl MessageStore {
             }
             let ts = wall_ms().max(clock.last);
             clock.last = ts;
-            let p = build(ts);
-            // Submitted under the lock: log order is stamp order.
-            self.node.submit_produce_at(ts, p.queues, p.deliveries, p.ops).await?
-        };
-        Ok(ticket.await?)
+            ts
+        }
     }
 
     /// Where the first sends with de-duplication keys `keys` landed, when the window remembers every one

@@ -91,10 +91,27 @@ pub struct Metadata {
 /// First bytes of a versioned checkpoint or snapshot body. A legacy (version 1) body is the bincode of
 /// [`MetadataV1`] and starts with the tag of an `Option` (0 or 1), never with 0xFF.
 const STATE_MAGIC: [u8; 4] = [0xFF, b'R', b'M', b'S'];
-/// The version this code writes: 4 = [`Metadata`] with [`BrokerState`] including the retention floor and
-/// the offset-reset markers; 3 = without them ([`MetadataV3`]); 2 = also without pending transactions and the
-/// de-duplication window ([`MetadataV2`]).
-const STATE_VERSION: u8 = 4;
+/// The version this code writes: 5 = [`Metadata`] with [`BrokerState`] including the queue locks; 4 =
+/// without them ([`MetadataV4`]); 3 = also without the retention floor and the offset-reset markers
+/// ([`MetadataV3`]); 2 = also without pending transactions and the de-duplication window ([`MetadataV2`]).
+const STATE_VERSION: u8 = 5;
+
+/// The version 4 layout: [`BrokerState`] before queue locks.
+#[derive(Deserialize)]
+struct MetadataV4 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, Node>,
+    log_end_pos: u64,
+    topics: BTreeMap<String, raftmq_state::TopicConfig>,
+    queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
+    consumer_offsets: raftmq_state::ConsumerOffsets,
+    clock: raftmq_state::Clock,
+    schedule: raftmq_state::Schedule,
+    transactions: raftmq_state::Transactions,
+    dedup: raftmq_state::DedupWindow,
+    retention: raftmq_state::Retention,
+    reset_markers: raftmq_state::ResetMarkers,
+}
 
 /// The version 3 layout: [`BrokerState`] before retention and offset-reset markers.
 #[derive(Deserialize)]
@@ -151,6 +168,26 @@ impl Metadata {
         if let Some(rest) = bytes.strip_prefix(&STATE_MAGIC[..]) {
             return match rest.split_first() {
                 Some((&STATE_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
+                Some((4, body)) => {
+                    let v4: MetadataV4 = bincode::deserialize(body).map_err(|e| format!("version 4 state: {e}"))?;
+                    Ok(Metadata {
+                        last_applied: v4.last_applied,
+                        membership: v4.membership,
+                        log_end_pos: v4.log_end_pos,
+                        state: BrokerState {
+                            topics: v4.topics,
+                            queues: v4.queues,
+                            consumer_offsets: v4.consumer_offsets,
+                            clock: v4.clock,
+                            schedule: v4.schedule,
+                            transactions: v4.transactions,
+                            dedup: v4.dedup,
+                            retention: v4.retention,
+                            reset_markers: v4.reset_markers,
+                            ..BrokerState::default()
+                        },
+                    })
+                }
                 Some((3, body)) => {
                     let v3: MetadataV3 = bincode::deserialize(body).map_err(|e| format!("version 3 state: {e}"))?;
                     Ok(Metadata {
@@ -901,34 +938,69 @@ mod tests {
         meta
     }
 
+    fn lock_key(queue_id: u32) -> raftmq_state::QueueKey {
+        raftmq_state::QueueKey { topic: "T".into(), broker_name: "broker-a".into(), queue_id }
+    }
+
+    /// Reset markers and a queue lock held by c1 (granted at replicated time 1000, lease until 61 000).
+    fn with_reset_and_lock() -> Metadata {
+        let mut meta = with_reset();
+        let lock = raftmq_state::LockRequest {
+            group: "g".into(),
+            client_id: "c1".into(),
+            queues: vec![lock_key(1)],
+            stamp_ms: 1000,
+            ttl_ms: 60_000,
+            locks_max: 10,
+        };
+        meta.state.apply(&StateCommand::Lock(lock), &mut NoQueues).expect("lock");
+        meta
+    }
+
     #[test]
-    fn reset_markers_round_trip_through_a_version_4_checkpoint() {
-        let meta = with_reset();
+    fn markers_and_locks_round_trip_through_a_version_5_checkpoint() {
+        let meta = with_reset_and_lock();
         let bytes = meta.encode().expect("encodes");
-        assert_eq!(bytes[..5], [0xFF, b'R', b'M', b'S', 4]);
+        assert_eq!(bytes[..5], [0xFF, b'R', b'M', b'S', 5]);
         let back = Metadata::decode(&bytes).expect("decodes");
         assert_eq!(back, meta);
         assert_eq!((back.state.reset_marker("g", "T", 0), back.state.reset_marker("g", "T", 2)), (Some(3), Some(9)));
+        assert_eq!(back.state.locks.holder_at("g", &lock_key(1), 60_999), Some("c1"), "the lease continues after a restore");
+        assert_eq!(back.state.locks.holder_at("g", &lock_key(1), 61_000), None);
     }
 
-    /// A version-3 body is this version's without its last field (the markers map, empty: an 8-byte
-    /// length of 0). It decodes with no markers and everything else kept.
+    /// A version-4 body is this version's without its last field (the lock table, empty: two maps, each an
+    /// 8-byte length of 0). It decodes with no locks and everything else kept.
+    #[test]
+    fn a_version_4_checkpoint_decodes_without_locks() {
+        let mut meta = with_reset_and_lock();
+        meta.state.locks = raftmq_state::QueueLocks::default();
+        let v5 = meta.encode().expect("encodes");
+        let mut v4 = v5[..v5.len() - 16].to_vec();
+        v4[4] = 4;
+        let back = Metadata::decode(&v4).expect("a version-4 body decodes");
+        assert_eq!(back, meta);
+        assert_eq!(back.state.reset_marker("g", "T", 2), Some(9));
+        // Version 5 with the field cut off is truncated, not silently read.
+        let mut cut = v4.clone();
+        cut[4] = 5;
+        assert!(Metadata::decode(&cut).is_err());
+    }
+
+    /// A version-3 body is version 4's without its last field (the markers map, empty: an 8-byte length of
+    /// 0). It decodes with no markers and everything else kept.
     #[test]
     fn a_version_3_checkpoint_decodes_without_markers() {
         let mut meta = with_reset();
         meta.state.reset_markers.clear();
-        let v4 = meta.encode().expect("encodes");
-        let mut v3 = v4[..v4.len() - 8].to_vec();
+        let v5 = meta.encode().expect("encodes");
+        let mut v3 = v5[..v5.len() - 16 - 8].to_vec();
         v3[4] = 3;
         let back = Metadata::decode(&v3).expect("a version-3 body decodes");
         assert_eq!(back, meta);
         assert_eq!(back.state.consumer_offsets["g"]["T"][&2], 9);
-        // Version 4 with the field cut off is truncated, not silently read.
-        let mut cut = v3.clone();
-        cut[4] = 4;
-        assert!(Metadata::decode(&cut).is_err());
-        let mut newer = v4;
-        newer[4] = 5;
+        let mut newer = v5;
+        newer[4] = 6;
         assert!(Metadata::decode(&newer).unwrap_err().contains("newer"));
     }
 }

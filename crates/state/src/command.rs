@@ -28,6 +28,8 @@
 //!                          { topic_len u16 | topic | queue_id u32 | first_offset u64 }   (the retention floor)
 //! tag 9 ResetOffsets:      bincode(OffsetReset)        (group, topic, [(queue id, offset)]: offsets + markers)
 //! tag 10 ClearResetMarkers: bincode(Vec<ResetMarker>)  (markers to end, each only while it holds its offset)
+//! tag 11 Lock:             bincode(LockRequest)        (group, client, queues, stamp, lease ttl, locksMax)
+//! tag 12 Unlock:           bincode(UnlockRequest)      (group, client, queues, stamp)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
 //! ```
 //! Versioning: a tag never changes meaning. Tag 1 is what raftmq wrote before time entered the log; it is
@@ -39,6 +41,7 @@ use bytes::{Buf, BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
+pub use crate::locks::{LockRequest, QueueKey, UnlockRequest};
 pub use crate::offsets::{OffsetReset, ResetMarker};
 use crate::retention::{retain_queue_bytes, Retain, RetainPoint, RETAIN_HEADER_BYTES};
 
@@ -317,6 +320,10 @@ pub enum Command {
     ResetOffsets(OffsetReset),
     /// End reset markers the group has taken (each only while it still holds the named offset).
     ClearResetMarkers(Vec<ResetMarker>),
+    /// Lock or renew queues for an orderly consumer, stamped with the leader's clock ([`crate::locks`]).
+    Lock(LockRequest),
+    /// Release a client's own queue locks, stamped with the leader's clock.
+    Unlock(UnlockRequest),
 }
 
 /// Where one produced message landed.
@@ -352,6 +359,8 @@ pub enum CommandResponse {
     Produced(Vec<QueueAppendResult>),
     /// A command the state refused as a whole (for example an invalid delay-level table); the reason.
     Refused(String),
+    /// The queues a [`Command::Lock`] left held by its client (granted or renewed), in request order.
+    Locked(Vec<QueueKey>),
 }
 
 const TAG_PRODUCE: u8 = 1;
@@ -364,6 +373,8 @@ const TAG_SET_DEDUP_WINDOW: u8 = 7;
 const TAG_RETAIN: u8 = 8;
 const TAG_RESET_OFFSETS: u8 = 9;
 const TAG_CLEAR_RESET_MARKERS: u8 = 10;
+const TAG_LOCK: u8 = 11;
+const TAG_UNLOCK: u8 = 12;
 
 /// Encoded bytes a produce entry with ops adds to [`PRODUCE_HEADER_BYTES`]: the op count.
 pub const OPS_HEADER_BYTES: usize = 4;
@@ -414,6 +425,8 @@ impl Command {
             Command::Retain(r) => 1 + RETAIN_HEADER_BYTES + r.queues.iter().map(|(t, _, _)| retain_queue_bytes(t)).sum::<usize>(),
             Command::ResetOffsets(r) => 1 + 24 + r.group.len() + r.topic.len() + 12 * r.offsets.len(),
             Command::ClearResetMarkers(v) => 9 + v.iter().map(|m| 28 + m.group.len() + m.topic.len()).sum::<usize>(),
+            Command::Lock(r) => 1 + 48 + r.group.len() + r.client_id.len() + lock_queues_len(&r.queues),
+            Command::Unlock(r) => 1 + 32 + r.group.len() + r.client_id.len() + lock_queues_len(&r.queues),
         }
     }
 
@@ -500,6 +513,14 @@ impl Command {
             Command::ClearResetMarkers(v) => {
                 out.put_u8(TAG_CLEAR_RESET_MARKERS);
                 bincode::serialize_into(&mut *out, v).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::Lock(r) => {
+                out.put_u8(TAG_LOCK);
+                bincode::serialize_into(&mut *out, r).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::Unlock(r) => {
+                out.put_u8(TAG_UNLOCK);
+                bincode::serialize_into(&mut *out, r).map_err(|e| PayloadError::Bincode(e.to_string()))?;
             }
         }
         Ok(())
@@ -592,6 +613,8 @@ impl Command {
             TAG_CLEAR_RESET_MARKERS => {
                 Ok(Command::ClearResetMarkers(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?))
             }
+            TAG_LOCK => Ok(Command::Lock(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
+            TAG_UNLOCK => Ok(Command::Unlock(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             other => Err(PayloadError::UnknownTag(other)),
         }
     }
@@ -604,6 +627,12 @@ impl Command {
             _ => &[],
         }
     }
+}
+
+/// Bytes a list of queues takes in a lock or unlock entry (bincode: a length, then per queue two strings
+/// with their lengths and the queue id).
+fn lock_queues_len(queues: &[QueueKey]) -> usize {
+    8 + queues.iter().map(|q| 20 + q.topic.len() + q.broker_name.len()).sum::<usize>()
 }
 
 fn encode_op(op: &Op, out: &mut Vec<u8>) -> Result<(), PayloadError> {
@@ -858,10 +887,20 @@ mod tests {
             Command::SetDelayLevels(vec![1000, 5000]),
             Command::ResetOffsets(OffsetReset { group: "g".into(), topic: "t".into(), offsets: vec![(0, 5), (3, 0)] }),
             Command::ClearResetMarkers(vec![ResetMarker { group: "g".into(), topic: "t".into(), queue_id: 3, offset: 0 }]),
+            Command::Lock(LockRequest {
+                group: "g".into(),
+                client_id: "10.0.0.1@1".into(),
+                queues: vec![QueueKey { topic: "t".into(), broker_name: "broker-a".into(), queue_id: 2 }],
+                stamp_ms: 1_700_000_000_000,
+                ttl_ms: 60_000,
+                locks_max: 100_000,
+            }),
+            Command::Unlock(UnlockRequest { group: "g".into(), client_id: "c".into(), queues: vec![], stamp_ms: -1 }),
         ] {
             let mut out = Vec::new();
             cmd.encode(&mut out).unwrap();
             assert!(out.len() <= cmd.encoded_len() + 16);
+            assert!(out.len() + 16 >= cmd.encoded_len(), "{cmd:?}: {} vs {}", out.len(), cmd.encoded_len());
             assert_eq!(Command::decode(&Bytes::from(out), None).unwrap(), cmd);
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! One module per record kind: [`queues`] (produce), [`topics`], [`offsets`], [`clock`], [`schedule`]
 //! (delay levels and deliveries), [`txn`] (pending transactions), [`dedup`] (the window of recent message
-//! ids), [`retention`] (the purge floor); [`offsets`] also holds the markers of server-side offset resets. [`command`] is the versioned log-body codec. Not here: openraft,
+//! ids), [`retention`] (the purge floor), [`locks`] (orderly consumers' queue leases); [`offsets`] also holds the markers of server-side offset resets. [`command`] is the versioned log-body codec. Not here: openraft,
 //! checkpoint and snapshot files, consume-queue files (all in `raftmq-raft`), and deciding *when* to
 //! deliver (the leader's broker, which proposes entries).
 
@@ -17,6 +17,7 @@ pub mod clock;
 pub mod command;
 pub mod dedup;
 pub mod error;
+pub mod locks;
 pub mod offsets;
 pub mod queues;
 pub mod retention;
@@ -37,6 +38,7 @@ pub use command::{
 };
 pub use dedup::{DedupWindow, Seen};
 pub use error::PayloadError;
+pub use locks::{Lease, LockRequest, QueueKey, QueueLocks, UnlockRequest};
 pub use offsets::{ConsumerOffsets, ResetMarkers, RESET_MARKERS_MAX};
 pub use queues::{ApplyError, QueueState, QueueStore};
 pub use retention::{Retain, RetainPoint, Retention};
@@ -81,6 +83,8 @@ pub struct BrokerState {
     pub retention: Retention,
     /// Offset resets the group has not taken yet, by group, topic, queue id (see [`offsets`]).
     pub reset_markers: ResetMarkers,
+    /// Orderly consumers' queue leases (see [`locks`]).
+    pub locks: QueueLocks,
 }
 
 impl BrokerState {
@@ -152,6 +156,15 @@ impl BrokerState {
                 Ok(()) => CommandResponse::Done,
                 Err(why) => CommandResponse::Refused(why),
             },
+            Command::Lock(r) => {
+                self.clock.advance(r.stamp_ms);
+                CommandResponse::Locked(self.locks.lock(r, self.clock.now_ms))
+            }
+            Command::Unlock(r) => {
+                self.clock.advance(r.stamp_ms);
+                self.locks.unlock(r, self.clock.now_ms);
+                CommandResponse::Done
+            }
         };
         #[cfg(debug_assertions)]
         self.check_invariants();
@@ -206,6 +219,7 @@ impl BrokerState {
             }
         }
         self.dedup.check_invariants();
+        self.locks.check_invariants();
         offsets::check_invariants(&self.consumer_offsets, &self.reset_markers);
     }
 
@@ -819,6 +833,47 @@ mod tests {
         assert_eq!(committed(&back, 1), Some(7), "the restored replica still ignores stale commits");
     }
 
+    fn lock_key(queue_id: u32) -> QueueKey {
+        QueueKey { topic: "A".into(), broker_name: "broker-a".into(), queue_id }
+    }
+
+    fn lock_cmd(group: &str, client: &str, ids: &[u32], stamp_ms: i64, locks_max: u64) -> Command {
+        let queues = ids.iter().map(|i| lock_key(*i)).collect();
+        Command::Lock(LockRequest { group: group.into(), client_id: client.into(), queues, stamp_ms, ttl_ms: 60_000, locks_max })
+    }
+
+    fn locked(r: CommandResponse) -> Vec<u32> {
+        let CommandResponse::Locked(v) = r else { panic!("{r:?}") };
+        v.into_iter().map(|k| k.queue_id).collect()
+    }
+
+    #[test]
+    fn locks_are_decided_by_the_replicated_clock_and_survive_a_checkpoint() {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        assert_eq!(locked(s.apply(&lock_cmd("g", "c1", &[0, 1], 10_000, 100), &mut q).unwrap()), vec![0, 1]);
+        assert_eq!(s.clock.now_ms, 10_000, "a lock entry moves the replicated clock");
+        // A produce entry moves time forward: c1's lease (until 70 000) is still live at 69 999.
+        s.apply(&Command::ProduceAt(Produce { time_ms: 69_999, ..Produce::default() }), &mut q).unwrap();
+        // A new leader whose wall clock is behind stamps an older time: the clock does not go back, and the
+        // decision is made at the replicated time.
+        assert!(locked(s.apply(&lock_cmd("g", "c2", &[0], 5_000, 100), &mut q).unwrap()).is_empty());
+        assert_eq!(s.clock.now_ms, 69_999);
+        // Restored from a checkpoint (a restarted node or a new leader), the table and its leases are the same.
+        let mut back: BrokerState = bincode::deserialize(&bincode::serialize(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.locks.holder_at("g", &lock_key(1), back.clock.now_ms), Some("c1"));
+        assert!(locked(back.apply(&lock_cmd("g", "c2", &[1], 69_999, 100), &mut q).unwrap()).is_empty(), "c1 keeps its lease");
+        assert_eq!(locked(back.apply(&lock_cmd("g", "c2", &[1], 70_000, 100), &mut q).unwrap()), vec![1], "and loses it by the log's time");
+        // Unlock ends only the caller's own leases.
+        let unlock = |client: &str| {
+            Command::Unlock(UnlockRequest { group: "g".into(), client_id: client.into(), queues: vec![lock_key(1)], stamp_ms: 70_001 })
+        };
+        assert_eq!(back.apply(&unlock("c1"), &mut q).unwrap(), CommandResponse::Done);
+        assert_eq!(back.locks.holder_at("g", &lock_key(1), 70_001), Some("c2"));
+        back.apply(&unlock("c2"), &mut q).unwrap();
+        assert!(back.locks.is_empty(), "q0's lease expired at 70 000 and was dropped; q1 was unlocked");
+    }
+
     /// Random commands over a few topics, including stamped produces with deliveries of staged messages
     /// (valid, early, repeated, out of order) and level-table changes.
     fn arb_command() -> impl Strategy<Value = Command> {
@@ -870,6 +925,14 @@ mod tests {
                 .prop_map(|(group, topic, offsets)| Command::ResetOffsets(OffsetReset { group, topic, offsets })),
             1 => ("[gh]", prop_oneof![Just("A".to_string()), Just("B".to_string())], 0u32..4, 0u64..10)
                 .prop_map(|(group, topic, queue_id, offset)| Command::ClearResetMarkers(vec![ResetMarker { group, topic, queue_id, offset }])),
+            // Locks and unlocks by a few clients of two groups at stamps around the produce entries' (expiry,
+            // renewal, a full table at a small locksMax, stamps below the clock).
+            2 => ("[gh]", "c[12]", proptest::collection::vec(0u32..4, 0..4), 0i64..3000, 1i64..1500, 0u64..5)
+                .prop_map(|(group, client_id, ids, stamp_ms, ttl_ms, locks_max)| Command::Lock(LockRequest {
+                    group, client_id, queues: ids.into_iter().map(lock_key).collect(), stamp_ms, ttl_ms, locks_max })),
+            1 => ("[gh]", "c[12]", proptest::collection::vec(0u32..4, 0..3), 0i64..3000)
+                .prop_map(|(group, client_id, ids, stamp_ms)| Command::Unlock(UnlockRequest {
+                    group, client_id, queues: ids.into_iter().map(lock_key).collect(), stamp_ms })),
         ]
     }
 

@@ -96,19 +96,14 @@ const STATE_MAGIC: [u8; 4] = [0xFF, b'R', b'M', b'S'];
 /// ([`MetadataV3`]); 2 = also without pending transactions and the de-duplication window ([`MetadataV2`]).
 const STATE_VERSION: u8 = 5;
 
+// Each earlier layout is the one before it plus the fields its version added: bincode writes a nested struct
+// as its fields in order, so `MetadataV4 { v3, retention, reset_markers }` reads exactly the bytes version 4
+// wrote. Decoding converts outward, each version filling what it added (`From` below).
+
 /// The version 4 layout: [`BrokerState`] before queue locks.
 #[derive(Deserialize)]
 struct MetadataV4 {
-    last_applied: Option<LogId>,
-    membership: StoredMembership<NodeId, Node>,
-    log_end_pos: u64,
-    topics: BTreeMap<String, raftmq_state::TopicConfig>,
-    queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
-    consumer_offsets: raftmq_state::ConsumerOffsets,
-    clock: raftmq_state::Clock,
-    schedule: raftmq_state::Schedule,
-    transactions: raftmq_state::Transactions,
-    dedup: raftmq_state::DedupWindow,
+    v3: MetadataV3,
     retention: raftmq_state::Retention,
     reset_markers: raftmq_state::ResetMarkers,
 }
@@ -116,14 +111,7 @@ struct MetadataV4 {
 /// The version 3 layout: [`BrokerState`] before retention and offset-reset markers.
 #[derive(Deserialize)]
 struct MetadataV3 {
-    last_applied: Option<LogId>,
-    membership: StoredMembership<NodeId, Node>,
-    log_end_pos: u64,
-    topics: BTreeMap<String, raftmq_state::TopicConfig>,
-    queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
-    consumer_offsets: raftmq_state::ConsumerOffsets,
-    clock: raftmq_state::Clock,
-    schedule: raftmq_state::Schedule,
+    v2: MetadataV2,
     transactions: raftmq_state::Transactions,
     dedup: raftmq_state::DedupWindow,
 }
@@ -131,12 +119,7 @@ struct MetadataV3 {
 /// The version 2 layout: [`BrokerState`] before transactions and de-duplication.
 #[derive(Deserialize)]
 struct MetadataV2 {
-    last_applied: Option<LogId>,
-    membership: StoredMembership<NodeId, Node>,
-    log_end_pos: u64,
-    topics: BTreeMap<String, raftmq_state::TopicConfig>,
-    queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
-    consumer_offsets: raftmq_state::ConsumerOffsets,
+    v1: MetadataV1,
     clock: raftmq_state::Clock,
     schedule: raftmq_state::Schedule,
 }
@@ -151,6 +134,44 @@ struct MetadataV1 {
     topics: BTreeMap<String, raftmq_state::TopicConfig>,
     queues: BTreeMap<String, BTreeMap<u32, QueueState>>,
     consumer_offsets: raftmq_state::ConsumerOffsets,
+}
+
+impl From<MetadataV1> for Metadata {
+    fn from(v1: MetadataV1) -> Metadata {
+        Metadata {
+            last_applied: v1.last_applied,
+            membership: v1.membership,
+            log_end_pos: v1.log_end_pos,
+            state: BrokerState { topics: v1.topics, queues: v1.queues, consumer_offsets: v1.consumer_offsets, ..BrokerState::default() },
+        }
+    }
+}
+
+impl From<MetadataV2> for Metadata {
+    fn from(v2: MetadataV2) -> Metadata {
+        let mut m = Metadata::from(v2.v1);
+        m.state.clock = v2.clock;
+        m.state.schedule = v2.schedule;
+        m
+    }
+}
+
+impl From<MetadataV3> for Metadata {
+    fn from(v3: MetadataV3) -> Metadata {
+        let mut m = Metadata::from(v3.v2);
+        m.state.transactions = v3.transactions;
+        m.state.dedup = v3.dedup;
+        m
+    }
+}
+
+impl From<MetadataV4> for Metadata {
+    fn from(v4: MetadataV4) -> Metadata {
+        let mut m = Metadata::from(v4.v3);
+        m.state.retention = v4.retention;
+        m.state.reset_markers = v4.reset_markers;
+        m
+    }
 }
 
 impl Metadata {
@@ -169,70 +190,19 @@ impl Metadata {
             return match rest.split_first() {
                 Some((&STATE_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
                 Some((4, body)) => {
-                    let v4: MetadataV4 = bincode::deserialize(body).map_err(|e| format!("version 4 state: {e}"))?;
-                    Ok(Metadata {
-                        last_applied: v4.last_applied,
-                        membership: v4.membership,
-                        log_end_pos: v4.log_end_pos,
-                        state: BrokerState {
-                            topics: v4.topics,
-                            queues: v4.queues,
-                            consumer_offsets: v4.consumer_offsets,
-                            clock: v4.clock,
-                            schedule: v4.schedule,
-                            transactions: v4.transactions,
-                            dedup: v4.dedup,
-                            retention: v4.retention,
-                            reset_markers: v4.reset_markers,
-                            ..BrokerState::default()
-                        },
-                    })
+                    bincode::deserialize::<MetadataV4>(body).map(Metadata::from).map_err(|e| format!("version 4 state: {e}"))
                 }
                 Some((3, body)) => {
-                    let v3: MetadataV3 = bincode::deserialize(body).map_err(|e| format!("version 3 state: {e}"))?;
-                    Ok(Metadata {
-                        last_applied: v3.last_applied,
-                        membership: v3.membership,
-                        log_end_pos: v3.log_end_pos,
-                        state: BrokerState {
-                            topics: v3.topics,
-                            queues: v3.queues,
-                            consumer_offsets: v3.consumer_offsets,
-                            clock: v3.clock,
-                            schedule: v3.schedule,
-                            transactions: v3.transactions,
-                            dedup: v3.dedup,
-                            ..BrokerState::default()
-                        },
-                    })
+                    bincode::deserialize::<MetadataV3>(body).map(Metadata::from).map_err(|e| format!("version 3 state: {e}"))
                 }
                 Some((2, body)) => {
-                    let v2: MetadataV2 = bincode::deserialize(body).map_err(|e| format!("version 2 state: {e}"))?;
-                    Ok(Metadata {
-                        last_applied: v2.last_applied,
-                        membership: v2.membership,
-                        log_end_pos: v2.log_end_pos,
-                        state: BrokerState {
-                            topics: v2.topics,
-                            queues: v2.queues,
-                            consumer_offsets: v2.consumer_offsets,
-                            clock: v2.clock,
-                            schedule: v2.schedule,
-                            ..BrokerState::default()
-                        },
-                    })
+                    bincode::deserialize::<MetadataV2>(body).map(Metadata::from).map_err(|e| format!("version 2 state: {e}"))
                 }
                 Some((v, _)) => Err(format!("state version {v} is newer than this raftmq understands ({STATE_VERSION})")),
                 None => Err("state body truncated after its magic".into()),
             };
         }
-        let v1: MetadataV1 = bincode::deserialize(bytes).map_err(|e| format!("legacy state: {e}"))?;
-        Ok(Metadata {
-            last_applied: v1.last_applied,
-            membership: v1.membership,
-            log_end_pos: v1.log_end_pos,
-            state: BrokerState { topics: v1.topics, queues: v1.queues, consumer_offsets: v1.consumer_offsets, ..BrokerState::default() },
-        })
+        bincode::deserialize::<MetadataV1>(bytes).map(Metadata::from).map_err(|e| format!("legacy state: {e}"))
     }
 }
 

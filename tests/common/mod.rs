@@ -369,8 +369,7 @@ pub async fn node_status(addr: &str) -> Option<serde_json::Value> {
     let c = client(addr).await?;
     let mut req = RemotingCommand::request(RequestCode(raftmq_broker::RAFTMQ_NODE_STATUS), 0);
     if let Some(secrets) = HARNESS_CLUSTER_SECRETS.get() {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        raftmq_remoting::cluster_auth::sign_request(secrets, req.code, &mut req.ext_fields, &req.body, now_ms);
+        raftmq_remoting::cluster_auth::sign_command(secrets, &mut req);
     } else if let Some(creds) = HARNESS_CREDENTIALS.get() {
         creds.sign(&mut req);
     }

@@ -446,7 +446,7 @@ impl BrokerInner {
         for addr in self.cfg.namesrv_addrs() {
             let mut cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
             if let Some(secrets) = &self.cluster_secrets {
-                raftmq_remoting::cluster_auth::sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, unix_ms());
+                raftmq_remoting::cluster_auth::sign_command(secrets, &mut cmd);
             }
             let r = async {
                 let c = RemotingClient::connect_with(&addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
@@ -576,12 +576,6 @@ async fn role_watch(inner: Arc<BrokerInner>) {
     }
 }
 
-/// This node's clock in ms since the epoch: the time cluster-secret signatures are made at and checked against
-/// (never used by the state machine).
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 struct Handler(Arc<BrokerInner>);
 
 impl RequestHandler for Handler {
@@ -602,7 +596,13 @@ impl RequestHandler for Handler {
             // operators holding the secret); otherwise only an ACL admin account (ACL on) gets through.
             let cluster_signed = match &b.cluster_secrets {
                 Some(secrets) if raftmq_remoting::codes::is_raftmq_admin(req.code) => {
-                    match raftmq_remoting::cluster_auth::verify_request(secrets, req.code, &req.ext_fields, &req.body, unix_ms()) {
+                    match raftmq_remoting::cluster_auth::verify_request(
+                        secrets,
+                        req.code,
+                        &req.ext_fields,
+                        &req.body,
+                        raftmq_remoting::cluster_auth::unix_ms(),
+                    ) {
                         Ok(_) => true,
                         Err(e) if b.acl.is_none() => {
                             warn!(peer = %conn.peer(), code = req.code, refusal = %e, "a control request without a valid cluster-secret signature was refused");

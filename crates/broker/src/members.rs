@@ -272,7 +272,7 @@ async fn probe_status(
     let c = RemotingClient::connect_with(addr, PROBE_TIMEOUT, None, tls).await.map_err(|e| format!("it does not answer ({e})"))?;
     let mut probe = RemotingCommand::request(RequestCode(RAFTMQ_NODE_STATUS), 0);
     if let Some(secrets) = secrets {
-        raftmq_remoting::cluster_auth::sign_request(secrets, probe.code, &mut probe.ext_fields, &probe.body, crate::broker::unix_ms());
+        raftmq_remoting::cluster_auth::sign_command(secrets, &mut probe);
     } else if let Some(creds) = creds {
         creds.sign(&mut probe);
     }

@@ -169,7 +169,7 @@ impl BrokerInner {
         if let Some(secrets) =
             self.cluster_secrets.as_ref().filter(|_| fwd.ext_fields.contains_key(raftmq_remoting::cluster_auth::AUTH_FIELD))
         {
-            raftmq_remoting::cluster_auth::sign_request(secrets, fwd.code, &mut fwd.ext_fields, &fwd.body, crate::broker::unix_ms());
+            raftmq_remoting::cluster_auth::sign_command(secrets, &mut fwd);
         }
         if req.is_oneway() {
             // Nobody waits for an answer (END_TRANSACTION is oneway): pass it on and return.

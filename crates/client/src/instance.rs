@@ -228,8 +228,7 @@ impl ClientInstance {
         let config = &self.inner.config;
         match &config.cluster_secrets {
             Some(secrets) if raftmq_remoting::codes::is_raftmq_admin(cmd.code) => {
-                let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                raftmq_remoting::cluster_auth::sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, now_ms);
+                raftmq_remoting::cluster_auth::sign_command(secrets, cmd);
             }
             _ => {
                 if let Some(c) = &config.credentials {

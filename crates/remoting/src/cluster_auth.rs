@@ -215,6 +215,16 @@ pub fn sign_request(secrets: &ClusterSecrets, code: i32, ext: &mut ExtFields, bo
     ext.insert(AUTH_FIELD.to_string(), hex(&tag));
 }
 
+/// This machine's clock in ms since the epoch: the time signatures are made at and checked against.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// [`sign_request`] on a whole command, at this machine's time ([`unix_ms`]).
+pub fn sign_command(secrets: &ClusterSecrets, cmd: &mut crate::frame::RemotingCommand) {
+    sign_request(secrets, cmd.code, &mut cmd.ext_fields, &cmd.body, unix_ms());
+}
+
 /// Checks a request signed by [`sign_request`] at a time within [`REQUEST_CLOCK_SKEW_MS_MAX`] of `now_ms`.
 /// Returns the index of the secret that matched.
 ///

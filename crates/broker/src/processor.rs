@@ -1,9 +1,9 @@
 //! Request processors: RocketMQ remoting requests in, store and registry calls, responses out.
 //!
 //! Every failure is answered with the RocketMQ response code clients act on and a remark that says what
-//! was wrong; nothing about one bad request affects other clients or stored data. Writes are accepted only
-//! by the group's ready Raft leader: other members answer SERVICE_NOT_AVAILABLE (14), which producers
-//! retry on another broker, with the leader's client address in the remark.
+//! was wrong; nothing about one bad request affects other clients or stored data. Writes are applied only
+//! by the group's ready Raft leader: other members forward them to it (forward.rs) and answer
+//! SERVICE_NOT_AVAILABLE (14), with the leader's client address in the remark, only when they cannot.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -50,6 +50,11 @@ pub(crate) const LOCAL_ATTEMPTS_MAX: u32 = 4;
 /// when the role channel stays quiet (a transfer that failed lifts the fence without a role change).
 const RECHECK: Duration = Duration::from_millis(50);
 
+/// Longest wait for the connection to the leader (its TLS handshake included).
+const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
+/// How long after a failed connect to the leader no request tries that address again.
+const CONNECT_RETRY: Duration = Duration::from_millis(200);
+
 /// True for the 14 a member answers because it is not the ready leader (ext field `raftmqNotLeader`):
 /// the request was certainly not applied.
 pub(crate) fn is_leadership_refusal(r: &Reply) -> bool {
@@ -99,6 +104,9 @@ pub(crate) struct Forwarding {
     pub(crate) waited_ms: AtomicU64,
     /// Writes that waited `leaderWaitMs` and still found no leader (answered 14).
     pub(crate) wait_expired: AtomicU64,
+    /// The leader address a connect last failed to, and when: requests in that window are not sent there
+    /// again (a host that does not answer would otherwise hold every waiting write in its connect in turn).
+    connect_failed: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 /// One forwarding slot; released when dropped.
@@ -127,6 +135,7 @@ impl Forwarding {
             waits: AtomicU64::new(0),
             waited_ms: AtomicU64::new(0),
             wait_expired: AtomicU64::new(0),
+            connect_failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -302,16 +311,29 @@ impl BrokerInner {
                 }));
             }
         };
+        let recently_failed = |addr: &str| {
+            let failed = self.forwarding.connect_failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.as_ref().is_some_and(|(a, at)| a == addr && at.elapsed() < CONNECT_RETRY)
+        };
+        if recently_failed(addr) {
+            return Forwarded::NotSent(refused);
+        }
         let client = {
             let mut link = self.leader_link.lock().await;
             match link.as_ref() {
                 Some((a, c)) if a == addr && !c.is_closed() => c.clone(),
-                _ => match raftmq_net::RemotingClient::connect_with(addr, timeout, None, self.client_tls.as_ref()).await {
+                // Another request may have just failed to connect while this one waited for the lock.
+                _ if recently_failed(addr) => return Forwarded::NotSent(refused),
+                _ => match raftmq_net::RemotingClient::connect_with(addr, timeout.min(CONNECT_TIMEOUT_MAX), None, self.client_tls.as_ref())
+                    .await
+                {
                     Ok(c) => {
                         *link = Some((addr.to_string(), c.clone()));
                         c
                     }
                     Err(e) => {
+                        *self.forwarding.connect_failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((addr.to_string(), Instant::now()));
                         tracing::warn!(leader = %addr, error = %e, "cannot reach the leader to forward a request");
                         return Forwarded::NotSent(refused);
                     }

@@ -104,6 +104,12 @@ async fn a_stale_route_to_the_old_leader_keeps_working_through_a_leader_transfer
     let f = forwarding_status(&old_addr).await;
     println!("old leader's forwarding counters: {f}");
     assert!(f["forwarded"].as_u64().unwrap_or(0) >= 50, "the old leader forwarded the later writes: {f}");
+    // `raftmq admin status` shows the same counter.
+    let out = std::process::Command::new(bin()).args(["admin", "--namesrv", &cluster.namesrv, "status"]).output().expect("run raftmq");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let table = out.split("forwarded").nth(1).unwrap_or_else(|| panic!("no forwarding table: {out}"));
+    let row = table.lines().find(|l| l.split_whitespace().nth(1) == Some(&format!("n{old}"))).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(row.split_whitespace().nth(2), Some(f["forwarded"].to_string().as_str()), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -193,13 +193,17 @@ async fn add_under_load_replace_a_killed_node_and_remove_the_leader_lose_no_ackn
         assert_has_every_ack(id, &cluster.node(id).client_addr.clone(), &acked).await;
     }
 
-    // Every follower names the leader's client address in its refusal — the new nodes know only themselves
-    // from their config, the old ones never had n4 or n5 in theirs.
+    // Every follower knows the leader's client address — the new nodes know only themselves from their config,
+    // the old ones never had n4 or n5 in theirs: it forwards sends there, and names it in its refusal of a
+    // send that was already forwarded (one hop).
     let leader_addr = cluster.node(leader).client_addr.clone();
     let followers: Vec<u64> = [1, 2, 3, n4, n5].into_iter().filter(|id| ![leader, dead, old_leader].contains(id)).collect();
     for id in followers {
         let c = client(&cluster.node(id).client_addr).await.expect("follower");
-        let (code, remark) = send(&c, TOPIC, 0, b"to a follower").await.expect_err("a follower refuses sends");
+        send(&c, TOPIC, 0, b"to a follower").await.unwrap_or_else(|e| panic!("n{id} forwards a send to the leader: {e:?}"));
+        let mut marked = send_request(TOPIC, 0, b"already forwarded", None);
+        marked.ext_fields.insert("raftmqForwardedBy".into(), "9".into());
+        let (code, remark) = send_cmd(&c, marked).await.expect_err("a forwarded send is not forwarded again");
         assert_eq!(code, ResponseCode::SERVICE_NOT_AVAILABLE.0);
         assert!(remark.contains(&format!("the leader is at {leader_addr}")), "n{id}: {remark}");
     }

@@ -389,3 +389,43 @@ def test_a_running_push_consumer_follows_a_server_side_offset_reset(cluster):
     finally:
         consumer.shutdown()
         producer.shutdown()
+
+
+def test_send_sync_to_a_stale_route_across_leader_transfers_fails_nothing(cluster):
+    """Planned leader transfers cost an unmodified client nothing: the C++ client keeps sending to brokerId 0
+    of its cached route (refreshed every 30 s), the member that no longer leads forwards each send to the
+    leader (docs/protocol.md, Forwarding and the election wait), and every send_sync returns OK."""
+    from rocketmq.client import Message, Producer, SendStatus
+
+    producer = Producer("PID_transfer")
+    producer.set_namesrv_addr(cluster.namesrv)
+    producer.set_timeout(3000)
+    producer.start()
+    total, acked, errors, transfers = 400, 0, {}, []
+    for i in range(total):
+        if i in (100, 300):
+            old = cluster.leader()
+            target = 2 if old == 1 else 1
+            t = time.time()
+            r = subprocess.run([BIN, "admin", "--namesrv", cluster.namesrv, "transfer-leader", "--to", f"n{target}"],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, f"transfer n{old} -> n{target}: {r.stdout}{r.stderr[:600]}"
+            transfers.append((old, target, round(time.time() - t, 2)))
+        msg = Message(TOPIC)
+        msg.set_keys(f"t-{i}")
+        msg.set_body(f"transfer-{i}")
+        try:
+            r = producer.send_sync(msg)
+            if r.status == SendStatus.OK:
+                acked += 1
+            else:
+                errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+        except Exception as e:
+            errors[str(e)[:160]] = errors.get(str(e)[:160], 0) + 1
+        # 200 sends between the transfers take over leaderTransferIntervalMinMs (3 s).
+        time.sleep(0.02)
+    producer.shutdown()
+    print(f"{total} send_sync across transfers {transfers}: {acked} OK, failures {errors}")
+    assert acked == total and not errors, (
+        f"{total - acked} of {total} sends failed across transfers {transfers}: {errors}; logs in {cluster.root}\n"
+        + cluster.diagnostics())

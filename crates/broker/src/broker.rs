@@ -158,6 +158,8 @@ pub struct BrokerInner {
     pub(crate) cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
+    /// Forwarding bounds and counters (`forwardInflightMax`, `forwardInflightBytesMax`; forward.rs).
+    pub(crate) forwarding: crate::forward::Forwarding,
     /// TLS for this broker's own client connections (`tlsClientEnable`).
     pub(crate) client_tls: Option<raftmq_net::ClientTls>,
     /// Sends answered from the de-duplication window instead of being stored again.
@@ -258,6 +260,7 @@ impl Broker {
             offsets: OffsetCommitter::start(store.clone()),
             resets_applied: Notify::new(),
             clients: ClientManager::new(limits),
+            forwarding: crate::forward::Forwarding::new(cfg.forward_inflight_max, cfg.forward_inflight_bytes_max),
             cfg,
             node,
             store,
@@ -627,40 +630,63 @@ impl RequestHandler for Handler {
                     return reply(&req, ResponseCode::NO_PERMISSION, remark);
                 }
             }
-            match req.request_code() {
-                RequestCode::SEND_MESSAGE | RequestCode::SEND_MESSAGE_V2 | RequestCode::SEND_BATCH_MESSAGE => {
-                    b.send(conn.peer(), &req).await
+            // Writes reaching a member that is not the ready leader are forwarded to the leader, or wait
+            // (`leaderWaitMs`) for one (forward.rs). A write this member took as leader and then refused
+            // because leadership moved meanwhile (nothing applied) is routed again, within the same wait.
+            if !crate::forward::is_routed_write(req.request_code()) {
+                return dispatch(b, &conn, &req).await;
+            }
+            let started = std::time::Instant::now();
+            let mut attempts = 0;
+            loop {
+                if let Err(answer) = b.route_write(conn.peer(), &req, started).await {
+                    return answer;
                 }
-                RequestCode::CONSUMER_SEND_MSG_BACK => b.send_back(&req).await,
-                RequestCode::END_TRANSACTION => b.end_transaction(&req).await,
-                RequestCode::PULL_MESSAGE => b.pull(&req).await,
-                RequestCode::QUERY_CONSUMER_OFFSET => b.query_consumer_offset(&req).await,
-                RequestCode::UPDATE_CONSUMER_OFFSET => b.update_consumer_offset(&req).await,
-                RequestCode::GET_MAX_OFFSET => b.max_offset(&req),
-                RequestCode::GET_MIN_OFFSET => b.min_offset(&req),
-                RequestCode::SEARCH_OFFSET_BY_TIMESTAMP => b.search_offset(&req),
-                RequestCode::GET_EARLIEST_MSG_STORETIME => b.earliest_store_time(&req),
-                RequestCode::HEART_BEAT => b.heartbeat(&conn, &req).await,
-                RequestCode::UNREGISTER_CLIENT => b.unregister_client(&req),
-                RequestCode::GET_CONSUMER_LIST_BY_GROUP => b.consumer_list(&req),
-                RequestCode::LOCK_BATCH_MQ => b.lock_batch(&req).await,
-                RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(&req).await,
-                RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(&req).await,
-                RequestCode::QUERY_MESSAGE => b.query_message(&req).await,
-                RequestCode::VIEW_MESSAGE_BY_ID => b.view_message_by_id(&req).await,
-                RequestCode::INVOKE_BROKER_TO_RESET_OFFSET => b.reset_offset(&req).await,
-                code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(&req),
-                code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(&req).await,
-                code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(&req).await,
-                code if code.0 == RAFTMQ_MEMBERS => b.members(&req),
-                code if code.0 == RAFTMQ_ADD_NODE => b.add_node(&req).await,
-                code if code.0 == RAFTMQ_PROMOTE_NODE => b.promote_node(&req).await,
-                code if code.0 == RAFTMQ_REMOVE_NODE => b.remove_node(&req).await,
-                code => {
-                    reply(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by raftmq", code.0))
+                let answer = dispatch(b, &conn, &req).await;
+                attempts += 1;
+                let again = crate::forward::is_leadership_refusal(&answer)
+                    && attempts < crate::forward::LOCAL_ATTEMPTS_MAX
+                    && started.elapsed() < Duration::from_millis(b.cfg.leader_wait_ms);
+                if !again {
+                    return answer;
                 }
             }
         })
+    }
+}
+
+/// Serves one request this member accepted (after the ACL, and routing for writes).
+async fn dispatch(b: &Arc<BrokerInner>, conn: &Conn, req: &RemotingCommand) -> crate::processor::Reply {
+    match req.request_code() {
+        RequestCode::SEND_MESSAGE | RequestCode::SEND_MESSAGE_V2 | RequestCode::SEND_BATCH_MESSAGE => {
+            b.send(crate::forward::born_host(conn.peer(), req), req).await
+        }
+        RequestCode::CONSUMER_SEND_MSG_BACK => b.send_back(req).await,
+        RequestCode::END_TRANSACTION => b.end_transaction(req).await,
+        RequestCode::PULL_MESSAGE => b.pull(req).await,
+        RequestCode::QUERY_CONSUMER_OFFSET => b.query_consumer_offset(req).await,
+        RequestCode::UPDATE_CONSUMER_OFFSET => b.update_consumer_offset(req).await,
+        RequestCode::GET_MAX_OFFSET => b.max_offset(req),
+        RequestCode::GET_MIN_OFFSET => b.min_offset(req),
+        RequestCode::SEARCH_OFFSET_BY_TIMESTAMP => b.search_offset(req),
+        RequestCode::GET_EARLIEST_MSG_STORETIME => b.earliest_store_time(req),
+        RequestCode::HEART_BEAT => b.heartbeat(conn, req).await,
+        RequestCode::UNREGISTER_CLIENT => b.unregister_client(req),
+        RequestCode::GET_CONSUMER_LIST_BY_GROUP => b.consumer_list(req),
+        RequestCode::LOCK_BATCH_MQ => b.lock_batch(req).await,
+        RequestCode::UNLOCK_BATCH_MQ => b.unlock_batch(req).await,
+        RequestCode::UPDATE_AND_CREATE_TOPIC => b.create_topic(req).await,
+        RequestCode::QUERY_MESSAGE => b.query_message(req).await,
+        RequestCode::VIEW_MESSAGE_BY_ID => b.view_message_by_id(req).await,
+        RequestCode::INVOKE_BROKER_TO_RESET_OFFSET => b.reset_offset(req).await,
+        code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(req),
+        code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(req).await,
+        code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(req).await,
+        code if code.0 == RAFTMQ_MEMBERS => b.members(req),
+        code if code.0 == RAFTMQ_ADD_NODE => b.add_node(req).await,
+        code if code.0 == RAFTMQ_PROMOTE_NODE => b.promote_node(req).await,
+        code if code.0 == RAFTMQ_REMOVE_NODE => b.remove_node(req).await,
+        code => reply(req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, format!("request code {} is not supported by raftmq", code.0)),
     }
 }
 

@@ -256,6 +256,22 @@ pub struct BrokerConfig {
     /// group's differs, so set the same value on every node.
     #[serde(default = "default_dedup_window_ms")]
     pub dedup_window_ms: u64,
+    /// Most requests a member that is not the leader forwards to the leader at once (`forwardInflightMax`,
+    /// 1..=65536); one more gets 14 SERVICE_NOT_AVAILABLE naming the leader, as without forwarding.
+    #[serde(default = "default_forward_inflight_max")]
+    pub forward_inflight_max: usize,
+    /// Most bytes (bodies and ext fields) of requests being forwarded at once (`forwardInflightBytesMax`,
+    /// 1..=1 GiB); a request over it gets 14 naming the leader.
+    #[serde(default = "default_forward_inflight_bytes_max")]
+    pub forward_inflight_bytes_max: usize,
+    /// How long a forwarded request waits for the leader's connection and answer, ms (`forwardTimeoutMs`,
+    /// 1..=60000); a lost answer is 1 SYSTEM_ERROR "outcome unknown".
+    #[serde(default = "default_forward_timeout_ms")]
+    pub forward_timeout_ms: u64,
+    /// How long a write waits for a leader while none is known (an election) or this member is a leader still
+    /// applying earlier entries, ms (`leaderWaitMs`, 0..=60000; 0: answer 14 at once).
+    #[serde(default = "default_leader_wait_ms")]
+    pub leader_wait_ms: u64,
     /// Most message ids the de-duplication window holds (`dedupKeysMax`); the oldest are forgotten first.
     #[serde(default = "default_dedup_keys_max")]
     pub dedup_keys_max: u64,
@@ -365,6 +381,18 @@ fn default_transaction_check_batch_max() -> usize {
 }
 fn default_dedup_window_ms() -> u64 {
     120_000
+}
+fn default_forward_inflight_max() -> usize {
+    1024
+}
+fn default_forward_inflight_bytes_max() -> usize {
+    64 << 20
+}
+fn default_forward_timeout_ms() -> u64 {
+    5_000
+}
+fn default_leader_wait_ms() -> u64 {
+    3_000
 }
 fn default_dedup_keys_max() -> u64 {
     1_000_000
@@ -589,6 +617,11 @@ impl BrokerConfig {
     }
 
     /// Long-poll limit.
+    /// `forwardTimeoutMs` as a duration.
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms)
+    }
+
     pub fn long_polling_max(&self) -> Duration {
         Duration::from_millis(self.long_polling_max_ms)
     }
@@ -671,6 +704,21 @@ impl BrokerConfig {
         }
         if self.transaction_check_interval == 0 || self.transaction_check_batch_max == 0 {
             return bad("transactionCheckInterval and transactionCheckBatchMax must be at least 1".into());
+        }
+        {
+            use crate::forward::{FORWARD_INFLIGHT_BYTES_MAX_LIMIT, FORWARD_INFLIGHT_MAX_LIMIT, FORWARD_WAIT_MS_MAX};
+            if !(1..=FORWARD_INFLIGHT_MAX_LIMIT).contains(&self.forward_inflight_max) {
+                return bad(format!("forwardInflightMax must be 1..={FORWARD_INFLIGHT_MAX_LIMIT}"));
+            }
+            if !(1..=FORWARD_INFLIGHT_BYTES_MAX_LIMIT).contains(&self.forward_inflight_bytes_max) {
+                return bad(format!("forwardInflightBytesMax must be 1..={FORWARD_INFLIGHT_BYTES_MAX_LIMIT}"));
+            }
+            if !(1..=FORWARD_WAIT_MS_MAX).contains(&self.forward_timeout_ms) {
+                return bad(format!("forwardTimeoutMs must be 1..={FORWARD_WAIT_MS_MAX}"));
+            }
+            if self.leader_wait_ms > FORWARD_WAIT_MS_MAX {
+                return bad(format!("leaderWaitMs must be at most {FORWARD_WAIT_MS_MAX}"));
+            }
         }
         if self.dedup_window_ms > raftmq_raft::types::DEDUP_WINDOW_MS_MAX as u64 {
             return bad(format!("dedupWindowMs must be at most {} (one day)", raftmq_raft::types::DEDUP_WINDOW_MS_MAX));
@@ -865,6 +913,35 @@ clientAddr = "127.0.0.1:10921"
         assert!(c.validate().unwrap_err().0.contains("lockTtlMs must be within 1000..=600000"));
         c.lock_ttl_ms = 600_000;
         assert!(c.validate().is_ok());
+        // Forwarding and the election wait: defaults, and each bound at and past its limit.
+        {
+            use crate::forward::{FORWARD_INFLIGHT_BYTES_MAX_LIMIT, FORWARD_INFLIGHT_MAX_LIMIT, FORWARD_WAIT_MS_MAX};
+            let d = BrokerConfig::from_toml(SAMPLE).unwrap();
+            assert_eq!(
+                (d.forward_inflight_max, d.forward_inflight_bytes_max, d.forward_timeout_ms, d.leader_wait_ms),
+                (1024, 64 << 20, 5_000, 3_000)
+            );
+            let mut c = d.clone();
+            (c.forward_inflight_max, c.forward_inflight_bytes_max, c.forward_timeout_ms, c.leader_wait_ms) =
+                (FORWARD_INFLIGHT_MAX_LIMIT, FORWARD_INFLIGHT_BYTES_MAX_LIMIT, FORWARD_WAIT_MS_MAX, FORWARD_WAIT_MS_MAX);
+            c.validate().unwrap();
+            c.leader_wait_ms = 0;
+            c.validate().expect("leaderWaitMs 0 turns the wait off");
+            type Edit = fn(&mut BrokerConfig);
+            let cases: [(Edit, &str); 6] = [
+                (|c| c.forward_inflight_max = FORWARD_INFLIGHT_MAX_LIMIT + 1, "forwardInflightMax"),
+                (|c| c.forward_inflight_max = 0, "forwardInflightMax"),
+                (|c| c.forward_inflight_bytes_max = FORWARD_INFLIGHT_BYTES_MAX_LIMIT + 1, "forwardInflightBytesMax"),
+                (|c| c.forward_timeout_ms = 0, "forwardTimeoutMs"),
+                (|c| c.forward_timeout_ms = FORWARD_WAIT_MS_MAX + 1, "forwardTimeoutMs"),
+                (|c| c.leader_wait_ms = FORWARD_WAIT_MS_MAX + 1, "leaderWaitMs"),
+            ];
+            for (edit, key) in cases {
+                let mut c = d.clone();
+                edit(&mut c);
+                assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+            }
+        }
         // Scheduling: the level table and the delivery batch, at and past their limits.
         let mut c = BrokerConfig::from_toml(SAMPLE).unwrap();
         assert_eq!((c.schedule_deliver_batch_max, c.clock_jump_warn_ms), (1024, 60_000));

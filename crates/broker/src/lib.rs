@@ -11,6 +11,7 @@
 //!   (delayed and timer delivery), `txn.rs` (transactions and the de-duplication window), `members.rs`
 //!   (membership: node list, add, replace, remove), `reset.rs` (server-side consumer offset resets) and
 //!   [`query`] (finding messages by key, message id or offset).
+//! - `forward.rs`: members that are not the leader forward writes to it and wait out elections.
 //! - [`retention`]: deleting old segments through the log, and refusing sends on a full disk.
 
 // Processors return `Result<_, Reply>` where the error *is* the response to send: built once per failed
@@ -26,6 +27,7 @@ pub mod acl;
 pub mod broker;
 pub mod config;
 pub mod consumers;
+mod forward;
 mod members;
 mod processor;
 pub mod query;

@@ -1,16 +1,16 @@
 //! Request processors: RocketMQ remoting requests in, store and registry calls, responses out.
 //!
 //! Every failure is answered with the RocketMQ response code clients act on and a remark that says what
-//! was wrong; nothing about one bad request affects other clients or stored data. Writes are accepted only
-//! by the group's ready Raft leader: other members answer SERVICE_NOT_AVAILABLE (14), which producers
-//! retry on another broker, with the leader's client address in the remark.
+//! was wrong; nothing about one bad request affects other clients or stored data. Writes are applied only
+//! by the group's ready Raft leader: other members forward them to it (forward.rs) and answer
+//! SERVICE_NOT_AVAILABLE (14), with the leader's client address in the remark, only when they cannot.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use raftmq_net::{Conn, Response};
-use raftmq_raft::node::{NodeError, Role, WriteError};
+use raftmq_raft::node::{NodeError, Role, RoleState, WriteError};
 use raftmq_raft::types::{Command, CommandResponse, LockRequest, OffsetCommit, QueueKey, TopicConfig, UnlockRequest};
 use raftmq_remoting::body::{
     decode_json_body, encode_json_body, GetConsumerListByGroupResponseBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody,
@@ -27,6 +27,7 @@ use tracing::debug;
 
 use crate::broker::BrokerInner;
 use crate::consumers::{ClientLink, ConsumerHeartbeat, MessageModel, Subscription};
+use crate::forward::Forwarded;
 use crate::store::GetStatus;
 use crate::topics::{retry_topic, validate_group, validate_topic, PERM_READ, PERM_READ_WRITE};
 
@@ -46,8 +47,8 @@ pub(crate) type Reply = Option<Response>;
 
 /// Extension field a follower adds to a request it forwards to the leader (its node id).
 pub(crate) const FORWARDED_FIELD: &str = "raftmqForwardedBy";
-/// How long a forwarded request may take (connect, then answer).
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Ext field of a 14 answered because this member is not the ready leader (its node id): nothing was applied.
+pub(crate) const NOT_LEADER_FIELD: &str = "raftmqNotLeader";
 
 pub(crate) fn reply(req: &RemotingCommand, code: ResponseCode, remark: impl Into<String>) -> Reply {
     Some(RemotingCommand::response_to(req, code, Some(remark.into())).into())
@@ -106,11 +107,24 @@ impl BrokerInner {
     /// Ok when this node may accept writes; otherwise the reply naming the leader.
     pub(crate) fn check_leader(&self, req: &RemotingCommand) -> Result<(), Reply> {
         let role = self.node.role().borrow().clone();
-        if role.role == Role::Leader && role.ready {
+        if role.role == Role::Leader && role.ready && self.node.transferring_to().is_none() {
             return Ok(());
         }
+        Err(self.refusal(&role, req))
+    }
+
+    /// The 14 SERVICE_NOT_AVAILABLE of a member that is not the ready leader in `role`, naming the leader's
+    /// client address when one is known. Marked with ext field [`NOT_LEADER_FIELD`]: the request was certainly
+    /// not applied, so a forwarding member may route it again.
+    pub(crate) fn refusal(&self, role: &RoleState, req: &RemotingCommand) -> Reply {
         let leader = role.leader.and_then(|id| self.client_addr_of(id));
         let remark = match (role.role, leader) {
+            (Role::Leader, _) if self.node.transferring_to().is_some() => format!(
+                "broker {} node {} is handing leadership to node {}; retry shortly",
+                self.cfg.broker_name,
+                self.cfg.node_id,
+                self.node.transferring_to().unwrap_or_default()
+            ),
             (Role::Leader, _) => {
                 format!("broker {} is the new Raft leader and still applying earlier entries; retry shortly", self.cfg.broker_name)
             }
@@ -122,13 +136,16 @@ impl BrokerInner {
                 self.cfg.broker_name, self.cfg.node_id
             ),
         };
-        Err(reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, remark))
+        let mut r = RemotingCommand::response_to(req, ResponseCode::SERVICE_NOT_AVAILABLE, Some(remark));
+        r.ext_fields.insert(NOT_LEADER_FIELD.into(), self.cfg.node_id.to_string());
+        Some(r.into())
     }
 
     /// Relays a request this follower cannot serve to the leader and answers with the leader's response
     /// (one hop: a request that was already forwarded gets `not_leader`, this node's own refusal). Used for
     /// CONSUMER_SEND_MSG_BACK, which the C++ clients (PyPI `rocketmq`) send to the message's store host —
-    /// any replica — and whose failure makes them drop the message.
+    /// any replica — and whose failure makes them drop the message, and for END_TRANSACTION. Within the
+    /// forwarding bounds (`forwardInflightMax`, `forwardInflightBytesMax`, `forwardTimeoutMs`; see forward.rs).
     pub(crate) async fn forward_to_leader(&self, req: &RemotingCommand, not_leader: Reply) -> Reply {
         if req.ext_fields.contains_key(FORWARDED_FIELD) {
             return not_leader;
@@ -137,59 +154,15 @@ impl BrokerInner {
         let Some(addr) = leader.filter(|a| Some(a.as_str()) != self.cfg.me().ok().map(|p| p.client_addr.as_str())) else {
             return not_leader;
         };
-        self.forward_to(req, &addr, not_leader, FORWARD_TIMEOUT).await
+        self.forward_to(req, &addr, not_leader, self.cfg.forward_timeout()).await
     }
 
     /// Relays `req` to the member whose client port is `addr` (normally the leader) on the kept leader
     /// connection, marked as forwarded, and answers with its response (waiting up to `timeout`); `unreachable`
-    /// when it cannot be reached.
+    /// when it cannot be reached or a forwarding bound is reached.
     pub(crate) async fn forward_to(&self, req: &RemotingCommand, addr: &str, unreachable: Reply, timeout: Duration) -> Reply {
-        let addr = addr.to_string();
-        let not_leader = unreachable;
-        let client = {
-            let mut link = self.leader_link.lock().await;
-            match link.as_ref() {
-                Some((a, c)) if *a == addr && !c.is_closed() => c.clone(),
-                _ => match raftmq_net::RemotingClient::connect_with(&addr, FORWARD_TIMEOUT, None, self.client_tls.as_ref()).await {
-                    Ok(c) => {
-                        *link = Some((addr.clone(), c.clone()));
-                        c
-                    }
-                    Err(e) => {
-                        tracing::warn!(leader = %addr, error = %e, "cannot reach the leader to forward a request");
-                        return not_leader;
-                    }
-                },
-            }
-        };
-        let mut fwd = req.clone();
-        fwd.ext_fields.insert(FORWARDED_FIELD.into(), self.cfg.node_id.to_string());
-        // A control request this node accepted under the cluster secret is signed afresh, the forwarding mark
-        // included (the secret's signature covers every ext field).
-        if let Some(secrets) =
-            self.cluster_secrets.as_ref().filter(|_| fwd.ext_fields.contains_key(raftmq_remoting::cluster_auth::AUTH_FIELD))
-        {
-            raftmq_remoting::cluster_auth::sign_command(secrets, &mut fwd);
-        }
-        if req.is_oneway() {
-            // Nobody waits for an answer (END_TRANSACTION is oneway): pass it on and return.
-            if let Err(e) = client.invoke_oneway(fwd).await {
-                tracing::warn!(leader = %addr, error = %e, "could not forward a oneway request to the leader");
-            }
-            return None;
-        }
-        match client.invoke(fwd, timeout).await {
-            Ok(resp) => {
-                let mut out = RemotingCommand::response_to(req, ResponseCode(resp.code), resp.remark);
-                out.ext_fields = resp.ext_fields;
-                out.body = resp.body;
-                Some(out.into())
-            }
-            Err(e) => reply(
-                req,
-                ResponseCode::SYSTEM_ERROR,
-                format!("forwarded to the leader at {addr}, whose answer did not arrive ({e}); the outcome is unknown"),
-            ),
+        match self.forward_once(req, req.clone(), addr, unreachable, timeout).await {
+            Forwarded::Answer(r) | Forwarded::NotSent(r) => r,
         }
     }
 
@@ -749,6 +722,7 @@ impl BrokerInner {
             "schedule": self.schedule_status(),
             "transactions": self.transaction_status(),
             "retention": self.retention_status(),
+            "forwarding": self.forwarding.status(),
         });
         with_json(req, ok(req), &value)
     }

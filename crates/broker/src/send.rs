@@ -123,11 +123,9 @@ impl BrokerInner {
 
     pub(crate) fn put_error_reply(&self, req: &RemotingCommand, e: PutError) -> Reply {
         match e {
-            PutError::Write(WriteError::NotLeader { .. }) | PutError::Write(WriteError::Transferring { .. }) => self
-                .check_leader(req)
-                .err()
-                .flatten()
-                .or_else(|| reply(req, ResponseCode::SERVICE_NOT_AVAILABLE, "leadership moved; retry")),
+            PutError::Write(WriteError::NotLeader { .. }) | PutError::Write(WriteError::Transferring { .. }) => {
+                self.check_leader(req).err().flatten().or_else(|| self.not_leader_reply(req))
+            }
             e => {
                 let (code, remark) = put_error_code(e);
                 reply(req, code, remark)

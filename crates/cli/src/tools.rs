@@ -565,6 +565,31 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                     }
                 }
             }
+            // Writes this member forwarded to the group's leader, and writes that waited for one (elections,
+            // transfers): docs/protocol.md, Forwarding and the election wait.
+            println!();
+            println!(
+                "{:<12} {:<6} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8}",
+                "group", "node", "forwarded", "refused", "unanswered", "waits", "waitedMs", "expired"
+            );
+            for (name, b) in &info.broker_addr_table {
+                for addr in b.broker_addrs.values() {
+                    if let Ok(s) = admin.node_status(addr).await {
+                        let f = &s["forwarding"];
+                        println!(
+                            "{:<12} {:<6} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8}",
+                            name,
+                            format!("n{}", s["nodeId"]),
+                            f["forwarded"].as_u64().unwrap_or(0),
+                            f["refused"].as_u64().unwrap_or(0),
+                            f["unanswered"].as_u64().unwrap_or(0),
+                            f["leaderWaits"].as_u64().unwrap_or(0),
+                            f["leaderWaitedMs"].as_u64().unwrap_or(0),
+                            f["leaderWaitsExpired"].as_u64().unwrap_or(0)
+                        );
+                    }
+                }
+            }
             Ok(())
         }
         AdminCmd::Leader { broker } => {

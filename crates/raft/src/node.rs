@@ -796,6 +796,12 @@ impl RaftNode {
         self.log.reader()
     }
 
+    /// The member leadership is being transferred to while a transfer fences this leader's writes
+    /// ([`Self::transfer_leader`]); `None` when writes are not fenced.
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        self.fence.active.load(Ordering::Acquire).then(|| self.fence.target.load(Ordering::Acquire))
+    }
+
     /// Watch of role, term, leader and readiness.
     pub fn role(&self) -> watch::Receiver<RoleState> {
         self.role_rx.clone()

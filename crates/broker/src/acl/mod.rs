@@ -317,7 +317,7 @@ impl Acl {
         let Some(sig) = req.ext_fields.get(SIGNATURE) else {
             return Err(format!("request {code} for accessKey={shown} carries no Signature"));
         };
-        if !verify(&req.ext_fields, &req.body, &account.secret_key, sig, &[FORWARDED_FIELD]) {
+        if !verify(&req.ext_fields, &req.body, &account.secret_key, sig, &[FORWARDED_FIELD, crate::forward::BORN_HOST_FIELD]) {
             return Err(format!(
                 "check signature failed for accessKey={shown}: wrong secret key, or the request was changed after signing"
             ));

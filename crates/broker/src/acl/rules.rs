@@ -128,7 +128,7 @@ mod tests {
     /// dispatched without a rule here (and the dispatch refuses codes without a rule at run time).
     fn dispatched_codes() -> Vec<RequestCode> {
         let src = include_str!("../broker.rs");
-        let start = src.find("impl RequestHandler for Handler").expect("dispatch");
+        let start = src.find("async fn dispatch(").expect("dispatch");
         let body = &src[start..start + src[start..].find("\n}\n").expect("end of impl")];
         let mut codes = Vec::new();
         for (i, _) in body.match_indices("RequestCode::") {

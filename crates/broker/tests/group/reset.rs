@@ -91,8 +91,19 @@ fn a_reset_moves_consumers_to_the_time_across_a_failover_and_ignores_stale_commi
         assert_eq!(r.code, ResponseCode::TOPIC_NOT_EXIST.0, "{:?}", r.remark);
         let r = reset(&c, GROUP, TOPIC, mid, Some((9, 0))).await;
         assert!(r.code == ResponseCode::SYSTEM_ERROR.0 && r.remark.as_deref().unwrap_or("").contains("queueId[9] is illegal"), "{r:?}");
+        // A follower forwards 222 to the leader; one already forwarded (one hop) it refuses, naming the leader.
         let follower = (leader + 1) % 3;
-        let r = reset(&g.client(follower).await, GROUP, TOPIC, mid, None).await;
+        let h = ResetOffsetRequestHeader {
+            group: GROUP.into(),
+            topic: TOPIC.into(),
+            timestamp: mid,
+            is_force: true,
+            queue_id: None,
+            offset: None,
+        };
+        let mut marked = RemotingCommand::request(RequestCode::INVOKE_BROKER_TO_RESET_OFFSET, 0).with_header(&h);
+        marked.ext_fields.insert("raftmqForwardedBy".into(), "9".into());
+        let r = g.client(follower).await.invoke(marked, TIMEOUT).await.expect("reset");
         assert_eq!(r.code, ResponseCode::SERVICE_NOT_AVAILABLE.0);
         assert!(r.remark.as_deref().unwrap_or("").contains(&format!("the leader is at {}", g.addr(leader))), "{:?}", r.remark);
 

@@ -87,29 +87,8 @@ async fn a_rolling_restart_of_the_local_cluster_fails_no_send() {
     let producer = Producer::start(ClientConfig::new(NAMESRV).with_instance_name("rolling"), opts).await.expect("producer");
     producer.send(Message::new(TOPIC, "create")).await.expect("the first send creates the topic");
 
-    /// An acknowledged send: queue, offset, body, when the acknowledgement arrived.
-    type Ack = (i32, i64, String, Instant);
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (producer, stop) = (producer.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut acks: Vec<Ack> = Vec::new();
-            let mut failures: Vec<String> = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                seq += 1;
-                let body = format!("rolling-{seq}");
-                match producer.send(Message::new(TOPIC, body.clone())).await {
-                    Ok(r) => acks.push((r.queue.queue_id, r.queue_offset, body, Instant::now())),
-                    Err(e) => failures.push(format!("{body}: {e}")),
-                }
-            }
-            (acks, failures)
-        })
-    };
+    let sender = steady_sender(producer.clone(), TOPIC, "rolling", Arc::clone(&stop));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let data2 = data.clone();

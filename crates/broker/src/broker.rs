@@ -491,6 +491,21 @@ pub const REGISTRATION_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX_DEFAULT - (64 << 
 /// table that still outgrows it (topics created concurrently at the limit) is an error, not a frame the
 /// nameserver would drop.
 fn registration_body(topics: Vec<TopicConfig>) -> Result<bytes::Bytes, String> {
+    let wrapper = topic_config_wrapper(topics);
+    let n = wrapper.topic_config_table.len();
+    let body = encode_json_body(&RegisterBrokerBody { topic_config_serialize_wrapper: wrapper, filter_server_list: Vec::new() })
+        .map_err(|e| e.to_string())?;
+    if body.len() > REGISTRATION_BODY_BYTES_MAX {
+        return Err(format!(
+            "the registration of {n} topics is {} bytes, more than {REGISTRATION_BODY_BYTES_MAX} (the remoting frame limit)",
+            body.len()
+        ));
+    }
+    Ok(body)
+}
+
+/// The topic table in the wire form registrations and GET_ALL_TOPIC_CONFIG (21) carry.
+pub(crate) fn topic_config_wrapper(topics: Vec<TopicConfig>) -> TopicConfigSerializeWrapper {
     let mut wrapper = TopicConfigSerializeWrapper::default();
     for t in topics {
         wrapper.topic_config_table.insert(
@@ -505,16 +520,7 @@ fn registration_body(topics: Vec<TopicConfig>) -> Result<bytes::Bytes, String> {
             },
         );
     }
-    let n = wrapper.topic_config_table.len();
-    let body = encode_json_body(&RegisterBrokerBody { topic_config_serialize_wrapper: wrapper, filter_server_list: Vec::new() })
-        .map_err(|e| e.to_string())?;
-    if body.len() > REGISTRATION_BODY_BYTES_MAX {
-        return Err(format!(
-            "the registration of {n} topics is {} bytes, more than {REGISTRATION_BODY_BYTES_MAX} (the remoting frame limit)",
-            body.len()
-        ));
-    }
-    Ok(body)
+    wrapper
 }
 
 fn crc32(b: &[u8]) -> i32 {
@@ -706,6 +712,10 @@ async fn dispatch(b: &Arc<BrokerInner>, conn: &Conn, req: &RemotingCommand) -> c
         RequestCode::QUERY_MESSAGE => b.query_message(req).await,
         RequestCode::VIEW_MESSAGE_BY_ID => b.view_message_by_id(req).await,
         RequestCode::INVOKE_BROKER_TO_RESET_OFFSET => b.reset_offset(req).await,
+        RequestCode::GET_TOPIC_STATS_INFO => b.topic_stats(req),
+        RequestCode::GET_CONSUME_STATS => b.consume_stats(req),
+        RequestCode::GET_BROKER_RUNTIME_INFO => b.broker_runtime_info(req),
+        RequestCode::GET_ALL_TOPIC_CONFIG => b.all_topic_config(req),
         code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(req),
         code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(req).await,
         code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(req).await,

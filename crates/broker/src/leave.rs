@@ -64,6 +64,11 @@ impl Activity {
         self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// How long this broker has run.
+    pub(crate) fn uptime(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     /// How long no client request arrived.
     pub(crate) fn quiet_for(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;

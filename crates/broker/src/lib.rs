@@ -24,6 +24,7 @@ pub use raftmq_raft::error::StoreFailure;
 pub use raftmq_raft::node::NodeError;
 
 pub mod acl;
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod consumers;

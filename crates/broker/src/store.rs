@@ -527,6 +527,18 @@ impl MessageStore {
         }
     }
 
+    /// Store timestamp of the message at `offset` of a queue, if it is retained.
+    pub fn store_time_at(&self, topic: &str, queue_id: u32, offset: u64) -> Option<i64> {
+        let q = self.queue(topic, queue_id)?;
+        let u = q.get(offset)?;
+        store_timestamp_of(&self.node.commitlog().read_at(u.phys_offset, u.size as usize)?)
+    }
+
+    /// The topics `group` has committed offsets on, by name.
+    pub fn group_topics(&self, group: &str) -> Vec<String> {
+        self.node.state().with_metadata(|m| m.state.consumer_offsets.get(group).map(|t| t.keys().cloned().collect()).unwrap_or_default())
+    }
+
     /// Store timestamp of the first retained message of a queue.
     pub fn earliest_store_time(&self, topic: &str, queue_id: u32) -> Option<i64> {
         let q = self.queue(topic, queue_id)?;

@@ -697,6 +697,115 @@ pub struct KvTable {
     pub table: BTreeMap<String, String>,
 }
 
+/// Writes `{"<field>":{<MessageQueue>:<value>,…}<tail>}` as fastjson does for a `Map<MessageQueue, V>`: the
+/// queue **objects as map keys**, fields in fastjson's alphabetical order (`brokerName`, `queueId`, `topic`).
+/// `tail` is appended inside the outer object (e.g. `,"consumeTps":0.0`).
+///
+/// # Errors
+/// [`RemotingError::Unencodable`] if a name or value cannot be written as JSON (not expected).
+pub fn encode_queue_map<'a, V: Serialize + 'a>(
+    field: &'static str,
+    entries: impl Iterator<Item = (&'a MessageQueue, &'a V)>,
+    tail: &str,
+) -> Result<String> {
+    let json = |v: &dyn erased::Json| v.to_json().map_err(|e| RemotingError::Unencodable { field, reason: e.to_string() });
+    let mut out = format!("{{\"{field}\":{{");
+    for (i, (q, value)) in entries.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"brokerName\":{},\"queueId\":{},\"topic\":{}}}:{}",
+            json(&q.broker_name)?,
+            q.queue_id,
+            json(&q.topic)?,
+            json(value)?
+        ));
+    }
+    out.push('}');
+    out.push_str(tail);
+    out.push('}');
+    Ok(out)
+}
+
+mod erased {
+    /// Object-safe JSON writing, so that [`super::encode_queue_map`] takes names and values alike.
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Result<String> {
+            serde_json::to_string(self)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Admin statistics (GET_TOPIC_STATS_INFO 202, GET_CONSUME_STATS 208)
+// ---------------------------------------------------------------------------------------------------------
+
+/// One queue of a `TopicStatsTable` (Java `TopicOffset`; fields in fastjson's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicOffset {
+    /// `lastUpdateTimestamp`: store time of the newest message, 0 when the queue is empty.
+    pub last_update_timestamp: i64,
+    /// `maxOffset`: the next offset to be assigned.
+    pub max_offset: i64,
+    /// `minOffset`: the oldest retained offset.
+    pub min_offset: i64,
+}
+
+/// GET_TOPIC_STATS_INFO (202) response body: Java `TopicStatsTable`, a `Map<MessageQueue, TopicOffset>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicStatsTable {
+    /// `offsetTable`.
+    pub offset_table: BTreeMap<MessageQueue, TopicOffset>,
+}
+
+impl TopicStatsTable {
+    /// The fastjson form (see [`encode_queue_map`]).
+    ///
+    /// # Errors
+    /// [`RemotingError::Unencodable`] (not expected).
+    pub fn encode(&self) -> Result<Bytes> {
+        encode_queue_map("offsetTable", self.offset_table.iter(), "").map(Bytes::from)
+    }
+}
+
+/// One queue of a `ConsumeStats` (Java `OffsetWrapper`; fields in fastjson's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetWrapper {
+    /// `brokerOffset`: the queue's max offset.
+    pub broker_offset: i64,
+    /// `consumerOffset`: the group's committed offset (0 when it has none).
+    pub consumer_offset: i64,
+    /// `lastTimestamp`: store time of the last consumed message (at `consumerOffset - 1`), 0 when none.
+    pub last_timestamp: i64,
+}
+
+/// GET_CONSUME_STATS (208) response body: Java `ConsumeStats`, a `Map<MessageQueue, OffsetWrapper>` and the
+/// group's consume rate.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConsumeStats {
+    /// `offsetTable`.
+    pub offset_table: BTreeMap<MessageQueue, OffsetWrapper>,
+    /// `consumeTps`: messages per second (raftmq: committed-offset progress over the last minute, 0 unknown).
+    pub consume_tps: f64,
+}
+
+impl ConsumeStats {
+    /// The fastjson form (see [`encode_queue_map`]), `consumeTps` after the table.
+    ///
+    /// # Errors
+    /// [`RemotingError::Unencodable`] (not expected).
+    pub fn encode(&self) -> Result<Bytes> {
+        let tps = if self.consume_tps.is_finite() { self.consume_tps } else { 0.0 };
+        encode_queue_map("offsetTable", self.offset_table.iter(), &format!(",\"consumeTps\":{tps:?}")).map(Bytes::from)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Offset reset
 // ---------------------------------------------------------------------------------------------------------
@@ -743,22 +852,7 @@ impl ResetOffsetBody {
     /// # Errors
     /// [`RemotingError::Unencodable`] if a name cannot be written as a JSON string (not expected).
     pub fn encode(&self) -> Result<Bytes> {
-        let text =
-            |s: &str| serde_json::to_string(s).map_err(|e| RemotingError::Unencodable { field: "offsetTable", reason: e.to_string() });
-        let mut out = String::from("{\"offsetTable\":{");
-        for (i, (q, offset)) in self.offset_table.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&format!(
-                "{{\"brokerName\":{},\"queueId\":{},\"topic\":{}}}:{offset}",
-                text(&q.broker_name)?,
-                q.queue_id,
-                text(&q.topic)?
-            ));
-        }
-        out.push_str("}}");
-        Ok(Bytes::from(out))
+        encode_queue_map("offsetTable", self.offset_table.iter(), "").map(Bytes::from)
     }
 
     /// Parses the fastjson form, the same map with string-encoded keys (C++ 3.x), or the C++ clients'
@@ -877,6 +971,29 @@ mod tests {
 
     fn mq(topic: &str, queue_id: i32) -> MessageQueue {
         MessageQueue { topic: topic.into(), broker_name: "broker-a".into(), queue_id }
+    }
+
+    #[test]
+    fn admin_statistics_are_written_as_fastjson_writes_them() {
+        let q = |i: i32| MessageQueue { topic: "T".into(), broker_name: "broker-a".into(), queue_id: i };
+        let mut t = TopicStatsTable::default();
+        t.offset_table.insert(q(1), TopicOffset { last_update_timestamp: 7, max_offset: 3, min_offset: 1 });
+        t.offset_table.insert(q(0), TopicOffset::default());
+        assert_eq!(
+            std::str::from_utf8(&t.encode().unwrap()).unwrap(),
+            r#"{"offsetTable":{{"brokerName":"broker-a","queueId":0,"topic":"T"}:{"lastUpdateTimestamp":0,"maxOffset":0,"minOffset":0},{"brokerName":"broker-a","queueId":1,"topic":"T"}:{"lastUpdateTimestamp":7,"maxOffset":3,"minOffset":1}}}"#
+        );
+        let mut c = ConsumeStats::default();
+        c.offset_table.insert(q(0), OffsetWrapper { broker_offset: 9, consumer_offset: 4, last_timestamp: 5 });
+        assert_eq!(
+            std::str::from_utf8(&c.encode().unwrap()).unwrap(),
+            r#"{"offsetTable":{{"brokerName":"broker-a","queueId":0,"topic":"T"}:{"brokerOffset":9,"consumerOffset":4,"lastTimestamp":5}},"consumeTps":0.0}"#
+        );
+        // Names are JSON strings (escaped), and an empty table is an empty object.
+        let mut odd = ConsumeStats { consume_tps: f64::NAN, ..Default::default() };
+        assert_eq!(std::str::from_utf8(&odd.encode().unwrap()).unwrap(), r#"{"offsetTable":{},"consumeTps":0.0}"#);
+        odd.offset_table.insert(MessageQueue { topic: "a\"b".into(), broker_name: "b".into(), queue_id: 0 }, OffsetWrapper::default());
+        assert!(std::str::from_utf8(&odd.encode().unwrap()).unwrap().contains(r#""topic":"a\"b"}"#));
     }
 
     #[test]

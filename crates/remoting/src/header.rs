@@ -1058,6 +1058,48 @@ impl CommandHeader for ConsumerGroupHeader {
     }
 }
 
+/// GET_TOPIC_STATS_INFO (202) request header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GetTopicStatsInfoRequestHeader {
+    /// `topic`; required.
+    pub topic: String,
+}
+
+impl CommandHeader for GetTopicStatsInfoRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        Ok(GetTopicStatsInfoRequestHeader { topic: Fields::new(fields).string("topic")? })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "topic", &self.topic);
+    }
+}
+
+/// GET_CONSUME_STATS (208) request header: `consumerGroup` required, `topic` optional (every topic the group
+/// has offsets on when absent or empty).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GetConsumeStatsRequestHeader {
+    /// `consumerGroup`.
+    pub consumer_group: String,
+    /// `topic`.
+    pub topic: Option<String>,
+}
+
+impl CommandHeader for GetConsumeStatsRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        let f = Fields::new(fields);
+        Ok(GetConsumeStatsRequestHeader {
+            consumer_group: f.string("consumerGroup")?,
+            topic: f.opt_string("topic").filter(|t| !t.is_empty()),
+        })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "consumerGroup", &self.consumer_group);
+        put_opt(out, "topic", self.topic.as_deref());
+    }
+}
+
 /// UNREGISTER_CLIENT (35) request header. Java marks `clientID` required; the others are optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UnregisterClientRequestHeader {

@@ -48,6 +48,11 @@ pub fn rule(code: RequestCode) -> Option<Rule> {
         // Only an offset travels; the topic is known after the read. RocketMQ maps no resource either.
         RequestCode::VIEW_MESSAGE_BY_ID => Signed,
         RequestCode::UPDATE_AND_CREATE_TOPIC | RequestCode::INVOKE_BROKER_TO_RESET_OFFSET => Admin,
+        // Read-only statistics for mqadmin and the Dashboard (admin.rs); RocketMQ maps no resource for them.
+        RequestCode::GET_TOPIC_STATS_INFO
+        | RequestCode::GET_CONSUME_STATS
+        | RequestCode::GET_BROKER_RUNTIME_INFO
+        | RequestCode::GET_ALL_TOPIC_CONFIG => Signed,
         RequestCode(
             RAFTMQ_NODE_STATUS
             | RAFTMQ_SET_DELAY_LEVELS

@@ -227,6 +227,7 @@ impl Broker {
         let mut nc = NodeConfig::new(cfg.node_id, me.raft_addr.clone(), cfg.store_path_root_dir.clone());
         nc.cluster_secrets = cluster_secrets.clone();
         nc.transfer_interval_min_ms = cfg.leader_transfer_interval_min_ms;
+        nc.stall_handoff_ms = cfg.leader_stall_handoff_ms;
         nc.segment_bytes = cfg.mapped_file_size_commit_log;
         nc.prefill_ahead_bytes = cfg.commit_log_prefill_ahead_bytes;
         nc.flush = match cfg.flush_disk_type {

@@ -345,6 +345,18 @@ pub struct BrokerConfig {
     /// `raftElectionMaxMs + raftHeartbeatMs`.
     #[serde(default = "default_leader_transfer_interval_min_ms")]
     pub leader_transfer_interval_min_ms: u64,
+    /// A leader that cannot replicate — entries waiting while the index a quorum has matched stands still for
+    /// this long — hands leadership to its most caught-up follower (`leaderStallHandoffMs`); 0 = never. 0 or
+    /// within `2 × raftElectionMaxMs ..= 600000`. Hand-offs share `leaderTransferIntervalMinMs` with transfers.
+    #[serde(default = "default_leader_stall_handoff_ms")]
+    pub leader_stall_handoff_ms: u64,
+    /// A member that is not the leader and has more than this many committed log entries still to apply
+    /// (`followerReadLagMaxEntries`) answers a pull it has nothing for with PULL_RETRY_IMMEDIATELY,
+    /// `suggestWhichBrokerId` 0 and the same offset at once, instead of holding it, so the consumer pulls from
+    /// the leader (or another member) rather than wait on a member that is far behind; 0 = never. At most
+    /// [`FOLLOWER_READ_LAG_MAX_ENTRIES_MAX`].
+    #[serde(default = "default_follower_read_lag_max_entries")]
+    pub follower_read_lag_max_entries: u64,
     /// Check every client request against the ACL in `aclFile` (RocketMQ `aclEnable`; see docs/security.md).
     #[serde(default)]
     pub acl_enable: bool,
@@ -544,6 +556,21 @@ fn default_election_min() -> u64 {
 fn default_leader_transfer_interval_min_ms() -> u64 {
     raftmq_raft::node::TRANSFER_INTERVAL_MIN_MS_DEFAULT
 }
+fn default_leader_stall_handoff_ms() -> u64 {
+    raftmq_raft::node::STALL_HANDOFF_MS_DEFAULT
+}
+
+/// Default `followerReadLagMaxEntries`: 64 entries. A healthy follower applies within an entry or two of the
+/// leader's commit (one produce entry is in flight at a time); 64 is far behind, yet small against a backlog
+/// that takes seconds to replicate.
+pub const FOLLOWER_READ_LAG_MAX_ENTRIES_DEFAULT: u64 = 64;
+
+/// Largest `followerReadLagMaxEntries`: 2^32.
+pub const FOLLOWER_READ_LAG_MAX_ENTRIES_MAX: u64 = 1 << 32;
+
+fn default_follower_read_lag_max_entries() -> u64 {
+    FOLLOWER_READ_LAG_MAX_ENTRIES_DEFAULT
+}
 
 fn default_election_max() -> u64 {
     600
@@ -698,6 +725,22 @@ impl BrokerConfig {
                 "leaderTransferIntervalMinMs {} must be at most {}",
                 self.leader_transfer_interval_min_ms,
                 raftmq_raft::node::TRANSFER_INTERVAL_MIN_MS_MAX
+            ));
+        }
+        let stall_min = 2 * self.raft_election_max_ms;
+        if self.leader_stall_handoff_ms != 0
+            && !(stall_min..=raftmq_raft::node::STALL_HANDOFF_MS_MAX).contains(&self.leader_stall_handoff_ms)
+        {
+            return bad(format!(
+                "leaderStallHandoffMs {} must be 0 (never) or within {stall_min}..={} (at least twice raftElectionMaxMs)",
+                self.leader_stall_handoff_ms,
+                raftmq_raft::node::STALL_HANDOFF_MS_MAX
+            ));
+        }
+        if self.follower_read_lag_max_entries > FOLLOWER_READ_LAG_MAX_ENTRIES_MAX {
+            return bad(format!(
+                "followerReadLagMaxEntries {} must be at most {FOLLOWER_READ_LAG_MAX_ENTRIES_MAX} (0 = never redirect)",
+                self.follower_read_lag_max_entries
             ));
         }
         if self.cluster_secret_file.is_some() && self.cluster_secret.is_some() {
@@ -1174,5 +1217,29 @@ clientAddr = "127.0.0.1:10921"
         BrokerConfig::from_toml(&at_limit).unwrap().validate().expect("at the limit");
         let far = format!("leaderTransferIntervalMinMs = 3600001\n{base}");
         assert!(BrokerConfig::from_toml(&far).unwrap().validate().unwrap_err().0.contains("leaderTransferIntervalMinMs"));
+    }
+
+    #[test]
+    fn gray_failure_bounds_default_and_are_checked_at_their_limits() {
+        let base = "brokerName = \"b\"\nnodeId = 1\nstorePathRootDir = \"/tmp/x\"\n[[peers]]\nid = 1\nraftAddr = \"127.0.0.1:1\"\nclientAddr = \"127.0.0.1:2\"\n";
+        let c = BrokerConfig::from_toml(base).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.leader_stall_handoff_ms, 2000);
+        assert_eq!(c.follower_read_lag_max_entries, FOLLOWER_READ_LAG_MAX_ENTRIES_DEFAULT);
+        let check = |extra: &str| BrokerConfig::from_toml(&format!("{extra}\n{base}")).unwrap().validate();
+        // leaderStallHandoffMs: 0 (off), or 2 × raftElectionMaxMs (1200 by default) ..= 600000.
+        check("leaderStallHandoffMs = 0").expect("off");
+        check("leaderStallHandoffMs = 1200").expect("at the lower limit");
+        check("leaderStallHandoffMs = 600000").expect("at the upper limit");
+        for bad in ["leaderStallHandoffMs = 1199", "leaderStallHandoffMs = 600001", "leaderStallHandoffMs = 1"] {
+            assert!(check(bad).unwrap_err().0.contains("leaderStallHandoffMs"), "{bad}");
+        }
+        // The lower limit follows the election timeout.
+        check("leaderStallHandoffMs = 1600\nraftElectionMaxMs = 800").expect("2 × 800");
+        assert!(check("leaderStallHandoffMs = 1599\nraftElectionMaxMs = 800").unwrap_err().0.contains("leaderStallHandoffMs"));
+        // followerReadLagMaxEntries: 0 (off) ..= 2^32.
+        check("followerReadLagMaxEntries = 0").expect("off");
+        check("followerReadLagMaxEntries = 4294967296").expect("at the limit");
+        assert!(check("followerReadLagMaxEntries = 4294967297").unwrap_err().0.contains("followerReadLagMaxEntries"));
     }
 }

@@ -82,6 +82,13 @@ fn moves_consumer(status: GetStatus, offset: u64) -> bool {
     }
 }
 
+/// True when a member with `lag` committed log entries still to apply ([`raftmq_raft::node::RaftNode::leader_commit_lag`];
+/// `None` on the leader or before it heard a leader's commit index) is too far behind to keep a consumer that it
+/// has nothing for: more than `max` (`followerReadLagMaxEntries`; 0 = never).
+pub(crate) fn lags_for_reads(lag: Option<u64>, max: u64) -> bool {
+    max > 0 && lag.is_some_and(|l| l > max)
+}
+
 /// The connection of a client, as the consumer registry sees it.
 pub(crate) struct ConnLink(pub Conn);
 
@@ -246,6 +253,29 @@ impl BrokerInner {
         let may_wait = h.sys_flag & pull_sys_flag::SUSPEND != 0 && h.suspend_timeout_millis > 0;
         let nothing_yet =
             matches!(result.status, GetStatus::OffsetOverflowOne) || (result.status == GetStatus::NoMessageInQueue && offset == 0);
+        // A member far behind the leader's commit has nothing for this consumer that the leader may well have:
+        // holding the pull (or answering "no new message") would leave the consumer as far behind as this member.
+        // Send it to the leader at once, at the same offset.
+        if nothing_yet {
+            if let Some(lag) = self.node.leader_commit_lag().filter(|l| lags_for_reads(Some(*l), self.cfg.follower_read_lag_max_entries)) {
+                let leader = self.node.role().borrow().leader.and_then(|id| self.client_addr_of(id));
+                let rh = PullMessageResponseHeader {
+                    suggest_which_broker_id: 0,
+                    next_begin_offset: offset as i64,
+                    min_offset: result.min_offset as i64,
+                    max_offset: result.max_offset as i64,
+                    ..Default::default()
+                };
+                let remark = format!(
+                    "node {} has {lag} committed log entries still to apply (followerReadLagMaxEntries {}); retry at brokerId 0{}",
+                    self.cfg.node_id,
+                    self.cfg.follower_read_lag_max_entries,
+                    leader.map(|a| format!(", the leader is at {a}")).unwrap_or_default()
+                );
+                let cmd = RemotingCommand::response_to(req, ResponseCode::PULL_RETRY_IMMEDIATELY, Some(remark)).with_header(&rh);
+                return Some(Response { cmd, body_parts: Vec::new() });
+            }
+        }
         if may_wait && nothing_yet {
             let hold = Duration::from_millis(h.suspend_timeout_millis as u64).min(self.cfg.long_polling_max());
             // A reset while the pull waits answers it at once (the consumer would otherwise learn of it only
@@ -725,5 +755,20 @@ impl BrokerInner {
             "forwarding": self.forwarding.status(),
         });
         with_json(req, ok(req), &value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lags_for_reads;
+
+    #[test]
+    fn only_a_member_beyond_the_bound_sends_consumers_away() {
+        assert!(!lags_for_reads(Some(64), 64), "at the bound: still serves");
+        assert!(lags_for_reads(Some(65), 64), "beyond it: redirects");
+        assert!(!lags_for_reads(None, 64), "the leader, or no leader commit heard yet");
+        assert!(!lags_for_reads(Some(u64::MAX), 0), "0 switches it off");
+        assert!(lags_for_reads(Some(2), 1), "the smallest bound");
+        assert!(!lags_for_reads(Some(1 << 32), 1 << 32), "at the largest bound");
     }
 }

@@ -322,6 +322,20 @@ impl ClientInstance {
     /// Sends a read request any member can serve (pulls, offsets, consumer lists): the leader first, then the
     /// other members when a member cannot be reached.
     pub(crate) async fn invoke_on_any_member(&self, broker_name: &str, cmd: RemotingCommand, timeout: Duration) -> Result<RemotingCommand> {
+        self.invoke_on_any_member_unless(broker_name, cmd, timeout, |_| false).await
+    }
+
+    /// Like [`ClientInstance::invoke_on_any_member`], but an answer for which `elsewhere` is true — a member
+    /// sending the client on, as one far behind the leader answers a pull it has nothing for — makes it try the
+    /// next member too (remembering a leader the answer names); that answer is returned only when no other
+    /// member gives a better one.
+    pub(crate) async fn invoke_on_any_member_unless(
+        &self,
+        broker_name: &str,
+        cmd: RemotingCommand,
+        timeout: Duration,
+        elsewhere: impl Fn(&RemotingCommand) -> bool,
+    ) -> Result<RemotingCommand> {
         let mut addrs: Vec<String> = self.leader_addr(broker_name).into_iter().collect();
         for (_, a) in self.member_addrs(broker_name) {
             if !addrs.contains(&a) {
@@ -329,9 +343,16 @@ impl ClientInstance {
             }
         }
         let mut last = None;
+        let mut sent_on = None;
         for addr in addrs {
             // Reads are idempotent, so a broken or silent member is simply skipped.
             match self.invoke(&addr, cmd.clone(), timeout).await {
+                Ok(resp) if elsewhere(&resp) => {
+                    if let Some(remark) = resp.remark.as_deref() {
+                        self.note_leader_hint(broker_name, remark);
+                    }
+                    sent_on = Some(resp);
+                }
                 Ok(resp) => return Ok(resp),
                 Err(e @ (ClientError::Connection { .. } | ClientError::Timeout { .. })) => {
                     // The presumed leader is gone: forget what named it, so the next request asks the others.
@@ -341,6 +362,9 @@ impl ClientInstance {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(resp) = sent_on {
+            return Ok(resp);
         }
         Err(last.unwrap_or_else(|| ClientError::NoRoute(broker_name.into())))
     }

@@ -87,7 +87,15 @@ pub(crate) async fn pull_queue(client: &ClientInstance, spec: &PullSpec<'_>, tim
         ..Default::default()
     };
     let cmd = RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h);
-    let resp = client.invoke_on_any_member(&spec.queue.broker_name, cmd, timeout).await?;
+    // A member that cannot serve this offset yet — far behind the leader (`followerReadLagMaxEntries`), or not
+    // the confirmed leader for an offset outside its queue — answers PULL_RETRY_IMMEDIATELY at the same offset
+    // with suggestWhichBrokerId 0: another member is asked instead.
+    let offset = spec.offset;
+    let elsewhere = |r: &RemotingCommand| {
+        r.code == ResponseCode::PULL_RETRY_IMMEDIATELY.0
+            && r.decode_header::<PullMessageResponseHeader>().is_ok_and(|h| h.suggest_which_broker_id == 0 && h.next_begin_offset == offset)
+    };
+    let resp = client.invoke_on_any_member_unless(&spec.queue.broker_name, cmd, timeout, elsewhere).await?;
     let status = match ResponseCode(resp.code) {
         ResponseCode::SUCCESS => PullStatus::Found,
         ResponseCode::PULL_NOT_FOUND => PullStatus::NoNewMsg,

@@ -1,4 +1,4 @@
-//! The producer's retry and failover rules against scripted brokers: in-process remoting servers that
+//! The producer's retry and failover rules (and the pull's choice of member) against scripted brokers: in-process remoting servers that
 //! answer as a nameserver, a Raft leader, a follower with a leader hint, a node in an election, a node that
 //! never answers, or one that refuses. Each test counts the requests every server received, so the rules
 //! ("a hint is followed without using a retry", "an illegal message is not retried", "every retry carries
@@ -19,7 +19,9 @@ use raftmq_client::{
 use raftmq_net::server::HandlerFuture;
 use raftmq_net::{Conn, RemotingServer, RequestHandler, Response, ServerOptions};
 use raftmq_remoting::body::{decode_json_body, encode_json_body, BrokerData, HeartbeatData, QueueData, TopicRouteData};
-use raftmq_remoting::header::{CommandHeader, EndTransactionRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader};
+use raftmq_remoting::header::{
+    CommandHeader, EndTransactionRequestHeader, PullMessageResponseHeader, SendMessageRequestHeader, SendMessageResponseHeader,
+};
 use raftmq_remoting::message::{
     encode_offset_msg_id, encode_stored_message, get_property, property, sys_flag, BatchMessages, MessageToStore,
 };
@@ -680,4 +682,95 @@ async fn a_check_back_is_answered_with_the_check_local_state_and_the_checks_offs
     assert_eq!((counts.received, counts.answered, counts.dropped), (2, 2, 0), "{counts:?}");
     p.send_in_transaction(Message::new("T", "next"), &Some(TxnState::Commit)).await.expect("still sending");
     p.shutdown().await;
+}
+
+/// A pull answer: `code` with `next_begin_offset` and `suggest_which_broker_id`, and `body` (stored messages).
+fn pull_answer(code: ResponseCode, next: i64, suggest: i64, remark: &str, body: Vec<u8>) -> Option<RemotingCommand> {
+    let rh = PullMessageResponseHeader {
+        suggest_which_broker_id: suggest,
+        next_begin_offset: next,
+        min_offset: 0,
+        max_offset: 9,
+        ..Default::default()
+    };
+    Some(RemotingCommand::response(code, Some(remark.to_string())).with_header(&rh).with_body(body))
+}
+
+fn pulled_offset(req: &RemotingCommand) -> i64 {
+    req.ext_fields.get("queueOffset").and_then(|v| v.parse().ok()).expect("queueOffset")
+}
+
+#[tokio::test]
+async fn a_pull_a_lagging_member_sends_on_is_asked_of_the_next_member() {
+    // The up-to-date member has the message at the polled offset.
+    let fresh = serve(|req, _| match RequestCode(req.code) {
+        RequestCode::PULL_MESSAGE => {
+            let o = pulled_offset(req);
+            pull_answer(ResponseCode::SUCCESS, o + 1, 0, "", stored_half(""))
+        }
+        _ => Some(RemotingCommand::response(ResponseCode::SUCCESS, None)),
+    })
+    .await;
+    let hint = fresh.addr.clone();
+    // The member the route names first is far behind the leader's commit: "retry at brokerId 0", same offset.
+    let lagging = serve(move |req, _| match RequestCode(req.code) {
+        RequestCode::PULL_MESSAGE => pull_answer(
+            ResponseCode::PULL_RETRY_IMMEDIATELY,
+            pulled_offset(req),
+            0,
+            &format!("node 1 has 900 committed log entries still to apply (followerReadLagMaxEntries 64); retry at brokerId 0, the leader is at {hint}"),
+            Vec::new(),
+        ),
+        _ => Some(RemotingCommand::response(ResponseCode::SUCCESS, None)),
+    })
+    .await;
+    let ns = namesrv(vec![(0, lagging.addr.clone()), (2, fresh.addr.clone())]).await;
+    let pc = raftmq_client::PullConsumer::start(ClientConfig::new(&ns.addr).with_instance_name("lagging"), "g").await.expect("start");
+    let q = raftmq_client::MessageQueue { topic: "T".into(), broker_name: "broker-a".into(), queue_id: 3 };
+    let r = pc.pull(&q, "*", 5, 32).await.expect("pull");
+    assert_eq!(r.status, raftmq_client::PullStatus::Found, "served by the next member");
+    assert_eq!((r.messages.len(), r.next_begin_offset), (1, 6));
+    assert_eq!(lagging.requests_with(RequestCode::PULL_MESSAGE).len(), 1);
+    assert_eq!(fresh.requests_with(RequestCode::PULL_MESSAGE).len(), 1);
+    // The leader the remark named is asked first from now on.
+    pc.pull(&q, "*", 6, 32).await.expect("second pull");
+    assert_eq!(lagging.requests_with(RequestCode::PULL_MESSAGE).len(), 1, "the lagging member is not asked again");
+    assert_eq!(fresh.requests_with(RequestCode::PULL_MESSAGE).len(), 2);
+    pc.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_a_retry_at_the_same_offset_sends_a_pull_on() {
+    // A leader whose answer skips unmatched messages (PULL_RETRY_IMMEDIATELY with a later offset) is the answer,
+    // as is a retry at the same offset that suggests another member than brokerId 0.
+    for (next_delta, suggest, asked_next) in [(4, 0, 0), (0, 2, 0), (0, 0, 1)] {
+        let other = serve(|req, _| match RequestCode(req.code) {
+            RequestCode::PULL_MESSAGE => pull_answer(ResponseCode::PULL_NOT_FOUND, pulled_offset(req), 0, "no new message", Vec::new()),
+            _ => Some(RemotingCommand::response(ResponseCode::SUCCESS, None)),
+        })
+        .await;
+        let first = serve(move |req, _| match RequestCode(req.code) {
+            RequestCode::PULL_MESSAGE => {
+                pull_answer(ResponseCode::PULL_RETRY_IMMEDIATELY, pulled_offset(req) + next_delta, suggest, "retry", Vec::new())
+            }
+            _ => Some(RemotingCommand::response(ResponseCode::SUCCESS, None)),
+        })
+        .await;
+        let ns = namesrv(vec![(0, first.addr.clone()), (2, other.addr.clone())]).await;
+        let pc =
+            raftmq_client::PullConsumer::start(ClientConfig::new(&ns.addr).with_instance_name(format!("same-{next_delta}-{suggest}")), "g")
+                .await
+                .expect("start");
+        let q = raftmq_client::MessageQueue { topic: "T".into(), broker_name: "broker-a".into(), queue_id: 3 };
+        let r = pc.pull(&q, "*", 5, 32).await.expect("pull");
+        assert_eq!(other.requests_with(RequestCode::PULL_MESSAGE).len(), asked_next, "next {next_delta}, suggest {suggest}");
+        let expect = if asked_next == 1 {
+            // Nobody better: the other member's own answer.
+            raftmq_client::PullStatus::NoNewMsg
+        } else {
+            raftmq_client::PullStatus::NoMatchedMsg
+        };
+        assert_eq!(r.status, expect);
+        pc.shutdown().await;
+    }
 }

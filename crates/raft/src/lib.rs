@@ -8,7 +8,9 @@
 //! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
 //! - [`handshake`]: the mutual cluster-secret handshake that opens every Raft-port connection.
 //! - [`member`]: a member's Raft and client addresses as the membership records them.
-//! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching.
+//! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching, the
+//!   hand-off of a leader that cannot replicate.
+//! - `stall`: when a leader counts as stalled, and which follower it hands off to.
 //! - [`error`]: payload errors and [`error::StoreFailure`], the storage failure that stops a node.
 //!
 //! openraft types stay behind this crate: the broker uses [`node::RaftNode`] and the types re-exported here.
@@ -25,5 +27,6 @@ pub mod message_index;
 pub mod network;
 pub mod node;
 pub mod retention;
+mod stall;
 pub mod state_machine;
 pub mod types;

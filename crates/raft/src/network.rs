@@ -42,7 +42,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,6 +205,10 @@ async fn connect(addr: &str, timeout: Duration, auth: Option<&RaftAuth>) -> Resu
     let open = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        // A connection is dropped only after a complete exchange or to abandon one (openraft's timeout, a transfer
+        // given up, a muted leader): a reset then discards what is still queued, so an abandoned AppendEntries
+        // never reaches the follower late (where it would still count as word from its leader).
+        stream.set_zero_linger()?;
         if let Some(auth) = auth {
             if let Err(e) = client_handshake(&mut stream, auth).await {
                 if let Some(suppressed) = CLIENT_AUTH_LOG.allow() {
@@ -412,9 +416,10 @@ pub async fn control_call(
 // Client
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Fault injection: cuts a node's Raft traffic (both directions) while on. See the module docs.
+/// Fault injection: cuts a node's Raft traffic (both directions) while on. See the module docs. Also carries the
+/// node's [`LinkWatch`], which the same clients and server share.
 #[derive(Debug, Clone, Default)]
-pub struct Isolation(Arc<AtomicBool>);
+pub struct Isolation(Arc<AtomicBool>, Arc<LinkWatch>);
 
 impl Isolation {
     /// Switches the partition on or off.
@@ -425,6 +430,67 @@ impl Isolation {
     /// True while the node is cut off.
     pub fn is_on(&self) -> bool {
         self.0.load(Ordering::Acquire)
+    }
+
+    /// The node's link switches and observations.
+    pub fn link(&self) -> &Arc<LinkWatch> {
+        &self.1
+    }
+
+    /// True while this node's outgoing Raft RPCs fail at once: cut off, or muted.
+    fn sends_cut(&self) -> bool {
+        self.is_on() || self.1.is_muted()
+    }
+}
+
+/// What a node's transport observes, and the switch a stalled leader hands off with:
+///
+/// - **muted**: while on, every Raft RPC this node *sends* (AppendEntries, heartbeats, votes, snapshots) fails at
+///   once and a running [`Transfer`] is dropped (its connection closed with a reset, so that nothing of it still
+///   queued in the kernel reaches the follower); Raft RPCs it *receives* are served, and control RPCs pass both
+///   ways. A leader that cannot replicate mutes itself so that its followers stop hearing from it and elect
+///   another leader, whose first AppendEntries it still receives (see `RaftNode`'s stall hand-off).
+/// - **leader commit**: the highest commit index an AppendEntries received from a leader carried, so a member
+///   knows how far behind the leader it is ([`LinkWatch::leader_commit`]).
+/// - **entries stalled** (fault injection for tests): AppendEntries requests carrying entries are held and never
+///   delivered, while requests without entries (heartbeats, keep-alives) pass — a link too slow for the entries
+///   but not for the small frames, as a throttled egress is.
+#[derive(Debug, Default)]
+pub struct LinkWatch {
+    muted: AtomicBool,
+    /// 1 + the highest leader commit index seen; 0: none seen.
+    leader_commit: AtomicU64,
+    entries_stalled: AtomicBool,
+}
+
+impl LinkWatch {
+    /// Mutes or unmutes this node's outgoing Raft RPCs.
+    pub fn set_muted(&self, on: bool) {
+        self.muted.store(on, Ordering::Release);
+    }
+
+    /// True while muted.
+    pub fn is_muted(&self) -> bool {
+        self.muted.load(Ordering::Acquire)
+    }
+
+    /// The highest commit index a leader's AppendEntries told this node since it started, if any.
+    pub fn leader_commit(&self) -> Option<u64> {
+        self.leader_commit.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Records a leader's commit index (the highest one is kept: committed entries stay committed).
+    fn note_leader_commit(&self, index: u64) {
+        self.leader_commit.fetch_max(index.saturating_add(1), Ordering::AcqRel);
+    }
+
+    /// Fault injection for tests: holds every AppendEntries with entries this node sends while on.
+    pub fn set_entries_stalled(&self, on: bool) {
+        self.entries_stalled.store(on, Ordering::Release);
+    }
+
+    fn entries_stalled(&self) -> bool {
+        self.entries_stalled.load(Ordering::Acquire)
     }
 }
 
@@ -579,10 +645,14 @@ impl TcpNetwork {
         frame: &[u8],
         connect_timeout: Duration,
     ) -> Result<Resp, CallError> {
-        if self.isolation.is_on() {
+        if self.isolation.sends_cut() {
             self.conn = None;
-            let cut = io::Error::new(io::ErrorKind::NotConnected, "raft traffic of this node is cut off (fault injection)");
-            return Err(CallError::Unreachable(cut.into()));
+            let why = if self.isolation.is_on() {
+                "raft traffic of this node is cut off (fault injection)"
+            } else {
+                "this node's raft sends are muted (a stalled leader handing off)"
+            };
+            return Err(CallError::Unreachable(io::Error::new(io::ErrorKind::NotConnected, why).into()));
         }
         let addr = MemberAddr::raft_of(&self.node.addr);
         let (resp, conn) = round_trip_on(self.conn.take(), addr, kind, frame, connect_timeout, self.auth.as_ref()).await?;
@@ -627,15 +697,22 @@ impl TcpNetwork {
         let connect_timeout = option.soft_ttl();
         let deadline = append_timeout(option.hard_ttl(), frame.len());
         let auth = self.auth.clone();
+        let link = Arc::clone(self.isolation.link());
         let task = tokio::spawn(async move {
-            let call = round_trip_on::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(
-                conn,
-                &addr,
-                FrameKind::AppendEntries,
-                &frame,
-                connect_timeout,
-                auth.as_ref(),
-            );
+            let call = async {
+                while link.entries_stalled() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                round_trip_on::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(
+                    conn,
+                    &addr,
+                    FrameKind::AppendEntries,
+                    &frame,
+                    connect_timeout,
+                    auth.as_ref(),
+                )
+                .await
+            };
             match tokio::time::timeout(deadline, call).await {
                 Ok(Ok((resp, conn))) => (Ok(resp), Some(conn)),
                 Ok(Err(e)) => (Err(e), None),
@@ -686,10 +763,10 @@ impl RaftNetwork<TypeConfig> for TcpNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        if rpc.entries.is_empty() || self.isolation.is_on() {
-            // A heartbeat: sent at once on its own connection, never queued behind a transfer. (An isolated
-            // node's calls all fail in `call`, transfers included.)
-            self.transfer = self.transfer.take().filter(|_| !self.isolation.is_on());
+        if rpc.entries.is_empty() || self.isolation.sends_cut() {
+            // A heartbeat: sent at once on its own connection, never queued behind a transfer. (An isolated or
+            // muted node's calls all fail in `call`, transfers included: a running one is dropped here.)
+            self.transfer = self.transfer.take().filter(|_| !self.isolation.sends_cut());
             let frame = encode_frame(FrameKind::AppendEntries, &rpc).map_err(local_encode_err)?;
             return self.call(FrameKind::AppendEntries, &frame, &option).await;
         }
@@ -835,9 +912,15 @@ impl Handlers {
         // Each arm frees the request frame before the handler runs: it may hold up to 64 MiB.
         match kind {
             FrameKind::AppendEntries => {
-                let req = decode(&body)?;
+                let req: AppendEntriesRequest<TypeConfig> = decode(&body)?;
                 drop(body);
-                encode_frame(kind, &self.rpc.append_entries(req).await)
+                let commit = req.leader_commit.map(|c| c.index);
+                let resp = self.rpc.append_entries(req).await;
+                // Only a request Raft accepted (from the current leader) tells how far the group has committed.
+                if let (Some(c), Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))) = (commit, &resp) {
+                    self.isolation.link().note_leader_commit(c);
+                }
+                encode_frame(kind, &resp)
             }
             FrameKind::Vote => {
                 let req = decode(&body)?;
@@ -1270,6 +1353,64 @@ mod tests {
         cut.set(false);
         assert!(out.vote(vote_req(3, 3), opt()).await.unwrap().vote_granted);
         assert!(net.vote(vote_req(4, 4), opt()).await.unwrap().vote_granted);
+    }
+
+    #[tokio::test]
+    async fn muting_stops_outbound_raft_rpcs_but_not_inbound_ones_nor_control() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let me = Isolation::default();
+        let _server = RaftServer::start_with(listener, Arc::new(StubRaft::default()), Arc::new(StubControl), me.clone());
+        let (_other, other_addr, peer) = stub_server().await;
+        let mut out = TcpNetworkFactory::with_isolation(me.clone()).new_client(2, &Node::new(&other_addr)).await;
+        me.link().set_muted(true);
+        // Outbound: votes and appends (with entries or without) fail before anything is sent.
+        assert!(matches!(out.vote(vote_req(1, 1), opt()).await, Err(RPCError::Unreachable(_))));
+        let hb =
+            AppendEntriesRequest::<TypeConfig> { vote: Vote::new_committed(1, 1), prev_log_id: None, leader_commit: None, entries: vec![] };
+        assert!(matches!(out.append_entries(hb.clone(), opt()).await, Err(RPCError::Unreachable(_))));
+        assert!(matches!(out.append_entries(append_req(None, 1..=1), opt()).await, Err(RPCError::Unreachable(_))));
+        assert!(peer.appends().is_empty() && peer.heartbeats() == 0, "nothing reached the peer");
+        // Inbound Raft RPCs and control calls are served.
+        let mut inbound = client(&addr).await;
+        assert!(inbound.vote(vote_req(2, 2), opt()).await.unwrap().vote_granted);
+        assert_eq!(
+            control_call(&other_addr, ControlRequest::Ping, Duration::from_secs(2), None).await.unwrap(),
+            ControlResponse::Pong { id: 7 }
+        );
+        me.link().set_muted(false);
+        assert!(out.vote(vote_req(3, 3), opt()).await.unwrap().vote_granted);
+    }
+
+    #[tokio::test]
+    async fn a_member_learns_the_leaders_commit_from_accepted_appends_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let iso = Isolation::default();
+        let stub = Arc::new(StubRaft::default());
+        let _server = RaftServer::start_with(listener, stub.clone(), Arc::new(StubControl), iso.clone());
+        let mut net = client(&addr).await;
+        assert_eq!(iso.link().leader_commit(), None, "none heard yet");
+        let hb = |commit: u64| AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: Some(log_id(commit)),
+            entries: vec![],
+        };
+        // Refused (a remote error, or a higher vote: a stale leader's request): nothing learnt.
+        assert!(net.append_entries(hb(9), opt()).await.is_err());
+        *stub.heartbeat_reply.lock().unwrap() = Some(AppendEntriesResponse::HigherVote(Vote::new(5, 2)));
+        net.append_entries(hb(9), opt()).await.unwrap();
+        assert_eq!(iso.link().leader_commit(), None);
+        *stub.heartbeat_reply.lock().unwrap() = Some(AppendEntriesResponse::Success);
+        net.append_entries(hb(7), opt()).await.unwrap();
+        assert_eq!(iso.link().leader_commit(), Some(7));
+        // The highest is kept: a commit index never goes back.
+        net.append_entries(hb(5), opt()).await.unwrap();
+        assert_eq!(iso.link().leader_commit(), Some(7));
+        net.append_entries(hb(0), opt()).await.unwrap();
+        net.append_entries(hb(12), opt()).await.unwrap();
+        assert_eq!(iso.link().leader_commit(), Some(12));
     }
 
     #[tokio::test]

@@ -34,7 +34,10 @@ use crate::handshake::RaftAuth;
 use crate::log_store::{LogStore, StoreLink};
 use crate::member::MemberAddr;
 use crate::message_index::{MessageIndex, MessageIndexConfig};
-use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, FRAME_BYTES_MAX};
+use crate::network::{
+    control_call, ControlRequest, Isolation, LinkWatch, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, FRAME_BYTES_MAX,
+};
+use crate::stall::{Progress, StallDetector};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
     Action, Command, CommandResponse, Delivery, Node, NodeId, Op, Produce, QueueAppend, QueueAppendResult, Raft, OPS_HEADER_BYTES,
@@ -97,7 +100,20 @@ pub struct NodeConfig {
     /// Least time between two leader transfers this node takes part in (as the leader handing over, or as
     /// the target told to campaign), ms; 0 = no minimum. At most [`TRANSFER_INTERVAL_MIN_MS_MAX`].
     pub transfer_interval_min_ms: u64,
+    /// A leader whose quorum match index has not moved for this long while entries wait above it hands
+    /// leadership to its most caught-up follower (see [`RaftNode::start`], "stalled leader"), ms; 0 = never.
+    /// Either 0 or within `2 × election_max_ms ..=` [`STALL_HANDOFF_MS_MAX`].
+    pub stall_handoff_ms: u64,
 }
+
+/// Default [`NodeConfig::stall_handoff_ms`]: 2 s — more than three election timeouts (600 ms by default), and
+/// more than the largest frame of the default 6 MiB entries (about 12 MiB on the wire) takes at the transport's
+/// assumed 8 MiB/s, so that a busy but healthy leader is not mistaken for a stalled one. Groups with larger
+/// entries on slower links should raise it.
+pub const STALL_HANDOFF_MS_DEFAULT: u64 = 2_000;
+
+/// Largest [`NodeConfig::stall_handoff_ms`]: ten minutes.
+pub const STALL_HANDOFF_MS_MAX: u64 = 600_000;
 
 /// Default [`NodeConfig::transfer_interval_min_ms`]: 3 s. A transfer fences writes for about
 /// `election_max_ms + heartbeat_ms` (0.7 s by default), so a loop of transfers fences at most about a fifth
@@ -131,6 +147,7 @@ impl NodeConfig {
             message_index: None,
             cluster_secrets: None,
             transfer_interval_min_ms: TRANSFER_INTERVAL_MIN_MS_DEFAULT,
+            stall_handoff_ms: STALL_HANDOFF_MS_DEFAULT,
         }
     }
 
@@ -162,6 +179,14 @@ impl NodeConfig {
             return bad(format!(
                 "transfer_interval_min_ms {} must be at most {TRANSFER_INTERVAL_MIN_MS_MAX}",
                 self.transfer_interval_min_ms
+            ));
+        }
+        let stall_min = 2 * self.election_max_ms;
+        if self.stall_handoff_ms != 0 && !(stall_min..=STALL_HANDOFF_MS_MAX).contains(&self.stall_handoff_ms) {
+            return bad(format!(
+                "stall_handoff_ms {} must be 0 (never hand off) or within {stall_min}..={STALL_HANDOFF_MS_MAX} \
+                 (at least twice election_max_ms)",
+                self.stall_handoff_ms
             ));
         }
         Ok(())
@@ -425,8 +450,9 @@ pub struct RaftNode {
     auth: Option<RaftAuth>,
     /// When this node last took part in a leader transfer.
     transfers: Arc<TransferClock>,
-    /// The target of the leader transfer in progress on this node, if any: one at a time.
-    transferring: std::sync::Mutex<Option<NodeId>>,
+    /// The target of the leader transfer (or stalled-leader hand-off) in progress on this node, if any: one at a
+    /// time.
+    transferring: Arc<std::sync::Mutex<Option<NodeId>>>,
     failure: FailureCell,
     failures: Failures,
     /// The message index and its thread, when configured and opened.
@@ -464,6 +490,32 @@ impl Drop for TransferSlot<'_> {
         }
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+}
+
+/// Takes a node's single transfer slot (shared by leader transfers and stalled-leader hand-offs), or says why
+/// not ([`NodeError::Busy`]): another one runs, or this node took part in one less than `min` ago.
+fn claim_transfer<'a>(
+    slot: &'a std::sync::Mutex<Option<NodeId>>,
+    clock: &'a TransferClock,
+    min: Duration,
+    me: NodeId,
+    target: NodeId,
+) -> Result<TransferSlot<'a>, NodeError> {
+    let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = *held {
+        return Err(NodeError::Busy(format!("a leader transfer to node {t} is in progress; retry when it has finished")));
+    }
+    if let Some(since) = clock.since_last().filter(|d| *d < min) {
+        return Err(NodeError::Busy(format!(
+            "node {me} took part in a leader transfer {} ms ago; transfers are at least {} ms apart \
+             (leaderTransferIntervalMinMs): retry in {} ms",
+            since.as_millis(),
+            min.as_millis(),
+            (min - since).as_millis().max(1)
+        )));
+    }
+    *held = Some(target);
+    Ok(TransferSlot { slot, clock, fenced: false })
 }
 
 /// Asks `others` to resume elections at once (their pause would end by itself).
@@ -589,6 +641,146 @@ async fn watch_failures(raft: Raft, log: CommitLogReader, sm: FailureCell, node:
                 return;
             },
         }
+    }
+}
+
+/// How long a stalled leader that handed off stays muted waiting for the new leader's first AppendEntries, in
+/// election timeouts (`election_max_ms`) after the target was told to campaign: the followers' lease and
+/// election timeout, the longer timeout of a candidate that saw a longer log, and what a throttled link still
+/// had queued from this leader.
+const HANDOFF_HOLD_ELECTIONS: u64 = 6;
+
+/// What the stall monitor of a leader needs from its node (shared with [`RaftNode`]).
+struct Handoff {
+    id: NodeId,
+    raft: Raft,
+    fence: Arc<Fence>,
+    link: Arc<LinkWatch>,
+    transferring: Arc<std::sync::Mutex<Option<NodeId>>>,
+    transfers: Arc<TransferClock>,
+    auth: Option<RaftAuth>,
+    stall: Duration,
+    heartbeat: Duration,
+    election_max: Duration,
+    transfer_interval_min: Duration,
+}
+
+/// Restores a muted, fenced leader (also when the hand-off's future is dropped midway).
+struct HandoffRestore<'a>(&'a Handoff);
+
+impl Drop for HandoffRestore<'_> {
+    fn drop(&mut self) {
+        let h = self.0;
+        h.link.set_muted(false);
+        h.raft.runtime_config().heartbeat(true);
+        h.raft.runtime_config().elect(true);
+        h.fence.active.store(false, Ordering::Release);
+    }
+}
+
+/// One tick's figures: the detector's input, the voters and each voter's matched index (the leader's own is
+/// its last log index). `None` once the node has stopped.
+fn stall_figures(m: &openraft::RaftMetrics<NodeId, Node>) -> Option<(Progress, Vec<NodeId>, BTreeMap<NodeId, u64>)> {
+    if m.state == ServerState::Shutdown || m.running_state.is_err() {
+        return None;
+    }
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let mut matched: BTreeMap<NodeId, u64> = BTreeMap::new();
+    if let Some(rep) = &m.replication {
+        for (id, l) in rep.iter() {
+            matched.insert(*id, l.map(|l| l.index).unwrap_or(0));
+        }
+    }
+    let last_log = m.last_log_index.unwrap_or(0);
+    matched.insert(m.id, last_log);
+    let leading = m.state == ServerState::Leader && m.replication.is_some() && membership.get_joint_config().len() <= 1;
+    let quorum = crate::stall::quorum_matched(&voters, &matched).unwrap_or(0);
+    Some((Progress { leading, last_log, quorum_matched: quorum }, voters, matched))
+}
+
+/// Watches this node's replication while it leads: when the quorum match index stands still for
+/// `stall_handoff_ms` while entries wait ([`StallDetector`]), hands leadership to the most caught-up follower
+/// ([`Handoff::run`]). Ends when the node stops.
+async fn stall_monitor(h: Handoff) {
+    let mut metrics = h.raft.metrics();
+    let mut detector = StallDetector::new(h.stall);
+    let mut tick = tokio::time::interval(h.heartbeat.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if metrics.has_changed().is_err() {
+            return;
+        }
+        let Some((progress, voters, matched)) = stall_figures(&metrics.borrow_and_update()) else { return };
+        if !detector.observe(Instant::now(), progress) {
+            continue;
+        }
+        if let Some(target) = crate::stall::handoff_target(h.id, &voters, &matched) {
+            warn!(
+                target,
+                last_log = progress.last_log,
+                quorum_matched = progress.quorum_matched,
+                stalled_ms = h.stall.as_millis() as u64,
+                "this leader cannot replicate: entries wait while the quorum's match index stands still; handing leadership off"
+            );
+            h.run(target).await;
+        }
+        detector.reset();
+    }
+}
+
+impl Handoff {
+    /// Hands leadership to `target` from a leader that cannot replicate. Unlike [`RaftNode::transfer_leader`]
+    /// it cannot wait for the target to catch up (that is what does not happen): it fences writes, switches off
+    /// its heartbeats and elections and mutes its outgoing Raft RPCs ([`LinkWatch::set_muted`]), so the
+    /// followers stop hearing from it and their lease runs out. The target must answer a ping within
+    /// `stall_handoff_ms` — a follower that does not may be down, and with a quorum down nobody can lead: this
+    /// leader then resumes at once. It is then told to campaign; Raft's vote rule keeps the election safe (a
+    /// candidate lacking committed entries cannot win), and if it fails the followers' own timers elect one.
+    /// This node keeps receiving Raft RPCs, so the new leader's first AppendEntries makes it a follower, which
+    /// ends the wait; after [`HANDOFF_HOLD_ELECTIONS`] election timeouts without one it resumes as leader.
+    /// Shares the transfer slot and `transfer_interval_min_ms` with leader transfers.
+    async fn run(&self, target: NodeId) {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let Some(target_addr) = membership.membership().get_node(&target).map(|n| MemberAddr::raft_of(&n.addr).to_string()) else {
+            return;
+        };
+        let mut slot = match claim_transfer(&self.transferring, &self.transfers, self.transfer_interval_min, self.id, target) {
+            Ok(s) => s,
+            Err(e) => {
+                info!(target, error = %e, "stalled leader: no hand-off now");
+                return;
+            }
+        };
+        let started = Instant::now();
+        slot.fenced = true;
+        self.fence.target.store(target, Ordering::Release);
+        self.fence.active.store(true, Ordering::Release);
+        self.raft.runtime_config().heartbeat(false);
+        self.raft.runtime_config().elect(false);
+        self.link.set_muted(true);
+        let _restore = HandoffRestore(self);
+        if let Err(e) = control_call(&target_addr, ControlRequest::Ping, self.stall, self.auth.as_ref()).await {
+            warn!(target, error = %e, "stalled leader: the hand-off target does not answer (a quorum may be down); leading on");
+            return;
+        }
+        // Followers honour this leader's lease for election_max after the last frame they had from it.
+        tokio::time::sleep_until((started + self.election_max + self.heartbeat).into()).await;
+        let rpc_timeout = 2 * self.election_max;
+        if let Err(e) = control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout, self.auth.as_ref()).await {
+            warn!(target, error = %e, "stalled leader: could not make the target campaign; the followers' election timers will");
+        }
+        let hold = self.election_max * HANDOFF_HOLD_ELECTIONS as u32 + self.heartbeat;
+        let outcome = self.raft.wait(Some(hold)).metrics(|m| m.state != ServerState::Leader, "another leader").await;
+        let leader = outcome.as_ref().ok().and_then(|m| m.current_leader);
+        info!(
+            target,
+            stepped_down = outcome.is_ok(),
+            new_leader = ?leader,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "stalled leader hand-off"
+        );
     }
 }
 
@@ -730,8 +922,24 @@ impl RaftNode {
             }
         });
 
-        let (produce_tx, produce_rx) = mpsc::channel(4096);
         let fence = Arc::new(Fence::default());
+        let transferring = Arc::new(std::sync::Mutex::new(None));
+        if cfg.stall_handoff_ms > 0 {
+            tokio::spawn(stall_monitor(Handoff {
+                id: cfg.id,
+                raft: raft.clone(),
+                fence: Arc::clone(&fence),
+                link: Arc::clone(isolation.link()),
+                transferring: Arc::clone(&transferring),
+                transfers: Arc::clone(&transfers),
+                auth: auth.clone(),
+                stall: Duration::from_millis(cfg.stall_handoff_ms),
+                heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+                election_max: Duration::from_millis(cfg.election_max_ms),
+                transfer_interval_min: Duration::from_millis(cfg.transfer_interval_min_ms),
+            }));
+        }
+        let (produce_tx, produce_rx) = mpsc::channel(4096);
         tokio::spawn(produce_batcher(
             raft.clone(),
             produce_rx,
@@ -755,7 +963,7 @@ impl RaftNode {
             isolation,
             auth,
             transfers,
-            transferring: std::sync::Mutex::new(None),
+            transferring,
             failure,
             failures,
             index,
@@ -930,6 +1138,26 @@ impl RaftNode {
     pub fn set_isolated(&self, on: bool) {
         warn!(node = self.id, isolated = on, "raft isolation switched (fault injection)");
         self.isolation.set(on);
+    }
+
+    /// Fault injection for tests: while `on`, AppendEntries carrying entries that this member sends are held and
+    /// never delivered, while heartbeats pass — a leader that keeps its followers from electing but cannot
+    /// replicate, as a throttled egress does ([`LinkWatch::set_entries_stalled`]).
+    pub fn set_entries_stalled(&self, on: bool) {
+        warn!(node = self.id, stalled = on, "raft entry sends stalled (fault injection)");
+        self.isolation.link().set_entries_stalled(on);
+    }
+
+    /// How many log entries this member has still to apply of what the leader has committed: the highest
+    /// commit index a leader's AppendEntries told it, less its applied index. `None` on the leader itself and
+    /// before any leader's commit index reached it (a member cut off from its leader learns nothing new: its
+    /// lag is then the one it last knew).
+    pub fn leader_commit_lag(&self) -> Option<u64> {
+        if self.role_rx.borrow().role == Role::Leader {
+            return None;
+        }
+        let commit = self.isolation.link().leader_commit()?;
+        Some(commit.saturating_sub(self.sm.last_applied_index().unwrap_or(0)))
     }
 
     /// Current status figures.
@@ -1347,23 +1575,7 @@ impl RaftNode {
 
     /// Takes the single transfer slot, or says why not ([`NodeError::Busy`]).
     fn claim_transfer(&self, target: NodeId) -> Result<TransferSlot<'_>, NodeError> {
-        let mut slot = self.transferring.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = *slot {
-            return Err(NodeError::Busy(format!("a leader transfer to node {t} is in progress; retry when it has finished")));
-        }
-        let min = Duration::from_millis(self.cfg.transfer_interval_min_ms);
-        if let Some(since) = self.transfers.since_last().filter(|d| *d < min) {
-            return Err(NodeError::Busy(format!(
-                "node {} took part in a leader transfer {} ms ago; transfers are at least {} ms apart \
-                 (leaderTransferIntervalMinMs): retry in {} ms",
-                self.id,
-                since.as_millis(),
-                min.as_millis(),
-                (min - since).as_millis().max(1)
-            )));
-        }
-        *slot = Some(target);
-        Ok(TransferSlot { slot: &self.transferring, clock: &self.transfers, fenced: false })
+        claim_transfer(&self.transferring, &self.transfers, Duration::from_millis(self.cfg.transfer_interval_min_ms), self.id, target)
     }
 
     /// Compacts the log through `upto` (at most the applied index and the newest checkpoint): builds the
@@ -1750,6 +1962,14 @@ mod tests {
         broken(&|c| c.segment_bytes = c.entry_bytes_max as u64, "segment");
         broken(&|c| c.batch_bytes_max = c.entry_bytes_max + 1, "batch_bytes_max");
         broken(&|c| c.batch_inflight_max = 0, "batch_inflight_max");
+        // The stall hand-off: 0 (off) or 2 × election_max_ms ..= STALL_HANDOFF_MS_MAX.
+        broken(&|c| c.stall_handoff_ms = 2 * c.election_max_ms - 1, "stall_handoff_ms");
+        broken(&|c| c.stall_handoff_ms = STALL_HANDOFF_MS_MAX + 1, "stall_handoff_ms");
+        for ok in [0, 2 * base.election_max_ms, STALL_HANDOFF_MS_MAX] {
+            let mut c = base.clone();
+            c.stall_handoff_ms = ok;
+            c.validate().unwrap_or_else(|e| panic!("stall_handoff_ms {ok}: {e}"));
+        }
         // At the limits.
         let mut c = base.clone();
         c.entry_bytes_max = ENTRY_BYTES_LIMIT;

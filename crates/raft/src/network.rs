@@ -63,6 +63,7 @@ use tracing::{debug, warn};
 use crate::handshake::{client_handshake, server_handshake, HandshakeError, LogLimiter, RaftAuth, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT};
 
 use crate::member::MemberAddr;
+use crate::prevote::{PreVote, PreVoteRequest};
 use crate::types::{LogId, Node, NodeId, Raft, TypeConfig};
 
 /// Largest frame (kind byte + body) accepted or sent: 64 MiB.
@@ -279,6 +280,10 @@ pub enum ControlRequest {
         /// Length of the pause.
         ms: u64,
     },
+    /// Would this node vote for the candidate now ([`crate::prevote`])? Answered with
+    /// [`ControlResponse::PreVote`]; changes nothing on the receiver. Refused like a Raft RPC while the
+    /// receiver is cut off ([`Isolation`]).
+    PreVote(PreVoteRequest),
 }
 
 /// Longest election pause a [`ControlRequest::PauseElect`] may ask for: 30 s (longer requests are cut to it).
@@ -317,6 +322,11 @@ pub enum ControlResponse {
         /// The answering node's id.
         id: NodeId,
     },
+    /// Answer to [`ControlRequest::PreVote`].
+    PreVote {
+        /// True when the node would grant the vote.
+        granted: bool,
+    },
 }
 
 /// A boxed, sendable future (the handler traits return these to stay object safe).
@@ -335,6 +345,9 @@ pub struct RaftControl {
     /// Bumped by every election switch: a pause's timer resumes elections only if it is still the latest.
     elect_gen: Arc<std::sync::atomic::AtomicU64>,
     transfers: Arc<TransferClock>,
+    /// The node's pre-vote: its election timer is the one the election switches act on, and it answers
+    /// [`ControlRequest::PreVote`]. `None`: openraft's own timer is switched, pre-votes are refused.
+    pre_vote: Option<Arc<PreVote>>,
 }
 
 impl RaftControl {
@@ -345,7 +358,20 @@ impl RaftControl {
 
     /// Controls `raft`, recording in `transfers` when this node is told to campaign by a transferring leader.
     pub fn with_clock(raft: Raft, transfers: Arc<TransferClock>) -> Self {
-        RaftControl { raft, elect_gen: Arc::default(), transfers }
+        RaftControl { raft, elect_gen: Arc::default(), transfers, pre_vote: None }
+    }
+
+    /// The same control, with elections driven by `pre_vote`'s timer (openraft's own timer is off).
+    pub fn with_pre_vote(self, pre_vote: Arc<PreVote>) -> Self {
+        RaftControl { pre_vote: Some(pre_vote), ..self }
+    }
+
+    /// Switches the election timer: the pre-vote's when there is one, else openraft's.
+    fn switch_elect(&self, on: bool) {
+        match &self.pre_vote {
+            Some(p) => p.set_elect(on),
+            None => self.raft.runtime_config().elect(on),
+        }
     }
 
     /// Switches elections off for `pause` (at most [`ELECTION_PAUSE_MS_MAX`]); they resume afterwards unless
@@ -353,12 +379,12 @@ impl RaftControl {
     pub fn pause_elections(&self, pause: Duration) {
         let pause = clamp_pause(pause);
         let generation = self.elect_gen.fetch_add(1, Ordering::AcqRel) + 1;
-        self.raft.runtime_config().elect(false);
-        let (raft, gen_now) = (self.raft.clone(), Arc::clone(&self.elect_gen));
+        self.switch_elect(false);
+        let (control, gen_now) = (self.clone(), Arc::clone(&self.elect_gen));
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
             if gen_now.load(Ordering::Acquire) == generation {
-                raft.runtime_config().elect(true);
+                control.switch_elect(true);
                 warn!(pause_ms = pause.as_millis() as u64, "election pause of a leader transfer expired; elections resumed");
             }
         });
@@ -366,7 +392,7 @@ impl RaftControl {
 
     fn set_elect(&self, on: bool) {
         self.elect_gen.fetch_add(1, Ordering::AcqRel);
-        self.raft.runtime_config().elect(on);
+        self.switch_elect(on);
     }
 }
 
@@ -384,6 +410,10 @@ impl ControlHandler for RaftControl {
                 ControlRequest::Ping => {
                     let id = self.raft.metrics().borrow().id;
                     return Ok(ControlResponse::Pong { id });
+                }
+                ControlRequest::PreVote(req) => {
+                    let Some(p) = &self.pre_vote else { return Err("this node does not answer pre-votes".into()) };
+                    return Ok(ControlResponse::PreVote { granted: p.answer(&req).await });
                 }
             }
             Ok(ControlResponse::Ok)
@@ -850,8 +880,11 @@ impl Handlers {
                 encode_frame(kind, &self.rpc.install_snapshot(req.into()).await)
             }
             FrameKind::Control => {
-                let req = decode(&body)?;
+                let req: ControlRequest = decode(&body)?;
                 drop(body);
+                if matches!(req, ControlRequest::PreVote(_)) && self.isolation.is_on() {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "raft traffic of this node is cut off (fault injection)").into());
+                }
                 encode_frame(kind, &self.control.handle(req).await)
             }
         }

@@ -35,6 +35,7 @@ use crate::log_store::{LogStore, StoreLink};
 use crate::member::MemberAddr;
 use crate::message_index::{MessageIndex, MessageIndexConfig};
 use crate::network::{control_call, ControlRequest, Isolation, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, FRAME_BYTES_MAX};
+use crate::prevote::{ElectionTiming, PreVote};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
     Action, Command, CommandResponse, Delivery, Node, NodeId, Op, Produce, QueueAppend, QueueAppendResult, Raft, OPS_HEADER_BYTES,
@@ -421,6 +422,8 @@ pub struct RaftNode {
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
     isolation: Isolation,
+    /// The election timer (with its pre-vote round) and the switch leader transfers act on.
+    pre_vote: Arc<PreVote>,
     /// This node's proof on control connections it opens (leader transfer).
     auth: Option<RaftAuth>,
     /// When this node last took part in a leader transfer.
@@ -480,6 +483,7 @@ async fn resume_elections(others: &[(NodeId, String)], rpc_timeout: Duration, au
 /// (the transfer's future dropped midway) restores this node at once and resumes the others from a task.
 struct TransferRestore<'a> {
     raft: &'a Raft,
+    pre_vote: &'a PreVote,
     fence: &'a Fence,
     auth: Option<RaftAuth>,
     others: Vec<(NodeId, String)>,
@@ -490,7 +494,7 @@ struct TransferRestore<'a> {
 impl TransferRestore<'_> {
     fn restore_local(&self) {
         self.raft.runtime_config().heartbeat(true);
-        self.raft.runtime_config().elect(true);
+        self.pre_vote.set_elect(true);
         self.fence.active.store(false, Ordering::Release);
     }
 
@@ -663,6 +667,8 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             purge_batch_size: 1,
+            // The election timer is raftmq's, with a pre-vote round first (crate::prevote).
+            enable_elect: false,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
@@ -675,7 +681,10 @@ impl RaftNode {
             Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
         tokio::spawn(watch_failures(raft.clone(), log.reader(), sm_failure.clone(), failure.clone(), cfg.data_dir.clone()));
         let transfers = Arc::new(TransferClock::default());
-        let control = Arc::new(RaftControl::with_clock(raft.clone(), Arc::clone(&transfers)));
+        let timing = ElectionTiming { min: Duration::from_millis(cfg.election_min_ms), max: Duration::from_millis(cfg.election_max_ms) };
+        let pre_vote = PreVote::new(cfg.id, raft.clone(), log.reader(), auth.clone(), isolation.clone(), timing);
+        pre_vote.spawn();
+        let control = Arc::new(RaftControl::with_clock(raft.clone(), Arc::clone(&transfers)).with_pre_vote(Arc::clone(&pre_vote)));
         let server = RaftServer::start_authenticated(listener, Arc::new(raft.clone()), control, isolation.clone(), auth.clone());
 
         let (role_tx, role_rx) = watch::channel(RoleState {
@@ -753,6 +762,7 @@ impl RaftNode {
             isolation,
             auth,
             transfers,
+            pre_vote,
             transferring: std::sync::Mutex::new(None),
             failure,
             failures,
@@ -1238,6 +1248,7 @@ impl RaftNode {
 
         let restore = TransferRestore {
             raft: &self.raft,
+            pre_vote: &self.pre_vote,
             fence: &self.fence,
             auth: self.auth.clone(),
             others: others.clone(),
@@ -1248,7 +1259,7 @@ impl RaftNode {
         self.fence.target.store(target, Ordering::Release);
         self.fence.active.store(true, Ordering::Release);
         self.raft.runtime_config().heartbeat(false);
-        self.raft.runtime_config().elect(false);
+        self.pre_vote.set_elect(false);
         let pause = self.election_pause();
         for (id, addr) in &others {
             let req = ControlRequest::PauseElect { ms: pause.as_millis() as u64 };

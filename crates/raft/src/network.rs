@@ -1,5 +1,5 @@
 //! Raft RPCs over plain TCP, on their own port, plus the small control RPCs that leader transfer needs on
-//! openraft 0.9 (which has no transfer API).
+//! openraft 0.9 (which has no transfer API) and the pre-vote ([`crate::prevote`]).
 //!
 //! # Wire format
 //! ```text
@@ -1057,6 +1057,7 @@ mod tests {
                     ControlRequest::SetHeartbeat(_) | ControlRequest::SetElect(_) | ControlRequest::PauseElect { .. } => {
                         Ok(ControlResponse::Ok)
                     }
+                    ControlRequest::PreVote(r) => Ok(ControlResponse::PreVote { granted: r.term > 5 }),
                 }
             })
         }
@@ -1296,6 +1297,9 @@ mod tests {
         // Inbound: the server drops the request and the connection.
         assert!(matches!(net.vote(vote_req(2, 2), opt()).await, Err(RPCError::Network(_))));
         assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2), None).await.unwrap(), ControlResponse::Pong { id: 7 });
+        // A pre-vote is election traffic: cut like a Raft RPC although it travels as a control request.
+        let pre_vote = |term| ControlRequest::PreVote(crate::prevote::PreVoteRequest { candidate: 2, term, last_log_id: None });
+        assert!(control_call(&addr, pre_vote(6), Duration::from_secs(2), None).await.is_err());
         // Outbound: a client sharing the switch fails before connecting.
         let (_other, other_addr, _) = stub_server().await;
         let mut out = TcpNetworkFactory::with_isolation(cut.clone()).new_client(2, &Node::new(&other_addr)).await;
@@ -1303,6 +1307,8 @@ mod tests {
         cut.set(false);
         assert!(out.vote(vote_req(3, 3), opt()).await.unwrap().vote_granted);
         assert!(net.vote(vote_req(4, 4), opt()).await.unwrap().vote_granted);
+        assert_eq!(control_call(&addr, pre_vote(6), Duration::from_secs(2), None).await.unwrap(), ControlResponse::PreVote { granted: true });
+        assert_eq!(control_call(&addr, pre_vote(5), Duration::from_secs(2), None).await.unwrap(), ControlResponse::PreVote { granted: false });
     }
 
     #[tokio::test]

@@ -541,17 +541,18 @@ async fn registration_loop(inner: Arc<BrokerInner>) {
             info!("raft core stopped: no longer registering with the nameservers");
             return;
         }
-        let wait = if inner.register_everywhere().await.complete {
+        let complete = inner.register_everywhere().await.complete;
+        if complete {
             retry = RETRY_MIN;
-            REGISTER_INTERVAL
-        } else {
-            let w = retry;
-            retry = (retry * 2).min(REGISTER_INTERVAL);
-            w
-        };
+        }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = inner.register_now.notified() => {}
+            _ = tokio::time::sleep(if complete { REGISTER_INTERVAL } else { retry }) => {
+                // Only retries on the timer back off; an event (role change, new topic) starts afresh.
+                if !complete {
+                    retry = (retry * 2).min(REGISTER_INTERVAL);
+                }
+            }
+            _ = inner.register_now.notified() => retry = RETRY_MIN,
             _ = inner.node.failed() => {}
         }
     }
@@ -615,10 +616,14 @@ async fn role_watch(inner: Arc<BrokerInner>) {
         inner.registration_now();
         if missing {
             tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(retry) => {}
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    retry = RETRY_MIN;
+                }
+                _ = tokio::time::sleep(retry) => retry = (retry * 2).min(REGISTER_INTERVAL),
             }
-            retry = (retry * 2).min(REGISTER_INTERVAL);
         } else {
             retry = RETRY_MIN;
             if rx.changed().await.is_err() {

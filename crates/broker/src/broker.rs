@@ -464,7 +464,7 @@ impl BrokerInner {
                 raftmq_remoting::cluster_auth::sign_command(secrets, &mut cmd);
             }
             let r = async {
-                let c = RemotingClient::connect_with(&addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
+                let c = RemotingClient::connect_with(addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
                 c.invoke(cmd, Duration::from_secs(3)).await
             }
             .await;

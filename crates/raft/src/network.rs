@@ -883,7 +883,9 @@ impl Handlers {
                 let req: ControlRequest = decode(&body)?;
                 drop(body);
                 if matches!(req, ControlRequest::PreVote(_)) && self.isolation.is_on() {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "raft traffic of this node is cut off (fault injection)").into());
+                    return Err(
+                        io::Error::new(io::ErrorKind::ConnectionAborted, "raft traffic of this node is cut off (fault injection)").into()
+                    );
                 }
                 encode_frame(kind, &self.control.handle(req).await)
             }
@@ -1307,8 +1309,14 @@ mod tests {
         cut.set(false);
         assert!(out.vote(vote_req(3, 3), opt()).await.unwrap().vote_granted);
         assert!(net.vote(vote_req(4, 4), opt()).await.unwrap().vote_granted);
-        assert_eq!(control_call(&addr, pre_vote(6), Duration::from_secs(2), None).await.unwrap(), ControlResponse::PreVote { granted: true });
-        assert_eq!(control_call(&addr, pre_vote(5), Duration::from_secs(2), None).await.unwrap(), ControlResponse::PreVote { granted: false });
+        assert_eq!(
+            control_call(&addr, pre_vote(6), Duration::from_secs(2), None).await.unwrap(),
+            ControlResponse::PreVote { granted: true }
+        );
+        assert_eq!(
+            control_call(&addr, pre_vote(5), Duration::from_secs(2), None).await.unwrap(),
+            ControlResponse::PreVote { granted: false }
+        );
     }
 
     #[tokio::test]

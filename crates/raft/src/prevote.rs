@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::{ServerState, Vote};
-use rand::Rng;
 use raftmq_commitlog::CommitLogReader;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};

@@ -13,15 +13,22 @@
 #                                        (openssl, under $RAFTMQ_DATA_DIR/tls), every client port in `enforcing`
 #                                        mode, the brokers' own connections over TLS; later commands keep TLS
 #                                        until the next `up` without --tls
-#   scripts/cluster.sh down              stop everything (SIGTERM, then SIGKILL)
+#   scripts/cluster.sh down              stop everything at once (SIGINT: a clean stop without hand-off; SIGKILL
+#                                        after 10 s)
+#   scripts/cluster.sh stop NODE         stop one node gracefully (SIGTERM: a leader hands leadership over, the
+#                                        node leaves the routes and drains stale-route clients; up to 2 minutes)
 #   scripts/cluster.sh status            processes, and each node's Raft role, term, commit and applied index
 #   scripts/cluster.sh kill NODE         kill -9 a node (n1, b-n2, … or namesrv)
 #   scripts/cluster.sh start NODE        start one node again
 #   scripts/cluster.sh leader [GROUP]    print the group's leader node (n1, n2, …; default broker-a)
+#   scripts/cluster.sh nodes [GROUP]     print the group's nodes that have a pid file (default broker-a)
+#   scripts/cluster.sh wait NODE         wait until NODE holds and applied what its group had committed
+#   (scripts/rolling-restart.sh restarts a group node by node with stop, start and wait)
 #   scripts/cluster.sh add-node [GROUP]  start a fresh node with the next id and add it (raftmq admin node add)
 #   scripts/cluster.sh replace NODE      start a fresh node with a new id and replace the dead NODE with it
 #
-# Data and logs go to $RAFTMQ_DATA_DIR (default ./data). $CARGO_TARGET_DIR is honoured for the build.
+# Data and logs go to $RAFTMQ_DATA_DIR (default ./data). $CARGO_TARGET_DIR is honoured for the build;
+# $RAFTMQ_BIN names a raftmq binary to use instead of building one (the test suite passes its debug build).
 # The first start generates a cluster secret, $RAFTMQ_DATA_DIR/cluster-secret (mode 0600); every broker and
 # the nameserver get it (RAFTMQ_CLUSTER_SECRET_FILE), so the Raft ports and nameserver registrations are
 # authenticated (docs/security.md).
@@ -30,7 +37,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DATA=${RAFTMQ_DATA_DIR:-$ROOT/data}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/raftmq-target}"
-BIN="$CARGO_TARGET_DIR/release/raftmq"
+BIN="${RAFTMQ_BIN:-$CARGO_TARGET_DIR/release/raftmq}"
 NAMESRV=127.0.0.1:9876
 LETTERS=(a b c d e f g h i)
 # Node ids per group stay below 10 so that the port scheme above never collides with the next group.
@@ -47,6 +54,7 @@ acl_env() {
 }
 
 build() {
+  if [ -n "${RAFTMQ_BIN:-}" ]; then [ -x "$RAFTMQ_BIN" ] || die "RAFTMQ_BIN=$RAFTMQ_BIN is not executable"; return 0; fi
   if ! command -v cargo >/dev/null 2>&1; then die "cargo not found: install a Rust toolchain (rustup) first"; fi
   if ! command -v cc >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential;
@@ -201,16 +209,21 @@ start_node() {
   echo "started $node (pid $!)"
 }
 
+# stop_node NODE [SIGNAL [SECONDS]]: sends SIGNAL (default INT), waits up to SECONDS (default 10) for the exit,
+# then SIGKILL.
 stop_node() {
-  local node=$1 sig=${2:-TERM}
+  local node=$1 sig=${2:-INT} wait=${3:-10}
   local f; f=$(pidfile "$node")
   [ -f "$f" ] || return 0
   local pid; pid=$(cat "$f")
   if kill -0 "$pid" 2>/dev/null; then
     kill "-$sig" "$pid" 2>/dev/null || true
-    if [ "$sig" = TERM ]; then
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    if [ "$sig" != KILL ]; then
+      for _ in $(seq $((wait * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "$node did not stop within $wait s after SIG$sig; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
     fi
     # Until it is gone: a `start` right after a `kill` must not find the node's ports still bound.
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -334,6 +347,14 @@ case "${1:-}" in
     done
     [ -x "$BIN" ] && "$BIN" admin ${CLI_TLS[@]+"${CLI_TLS[@]}"} --namesrv "$NAMESRV" status || true
     ;;
+  stop)
+    [ -n "${2:-}" ] || die "usage: cluster.sh stop NODE"
+    running "$2" || die "$2 is not running"
+    t0=$(date +%s%N)
+    # Hand-off (10 s at most) + route switch (5 s) + drain (35 s at most) + shutdown (20 s at most).
+    stop_node "$2" TERM 120
+    echo "stopped $2 in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    ;;
   kill)
     [ -n "${2:-}" ] || die "usage: cluster.sh kill NODE"
     stop_node "$2" KILL
@@ -343,6 +364,20 @@ case "${1:-}" in
     [ -n "${2:-}" ] || die "usage: cluster.sh start NODE"
     [ -x "$BIN" ] || build
     start_node "$2"
+    ;;
+  nodes)
+    group=${2:-broker-a}
+    [[ $group =~ ^broker-([a-i])$ ]] || die "usage: cluster.sh nodes [broker-a|broker-b|…]"
+    letter=${BASH_REMATCH[1]}
+    for n in $(known_nodes); do
+      parse_node "$n"
+      [ "$L" = "$letter" ] && echo "$n"
+    done
+    ;;
+  wait)
+    [ -n "${2:-}" ] || die "usage: cluster.sh wait NODE"
+    parse_node "$2"
+    "$BIN" admin ${CLI_TLS[@]+"${CLI_TLS[@]}"} --namesrv "$NAMESRV" node wait "n$ID" --broker "$GROUP" --timeout-secs 120
     ;;
   leader)
     leader_node "${2:-broker-a}" || die "no leader of ${2:-broker-a} known to the nameserver"
@@ -366,7 +401,7 @@ case "${1:-}" in
     echo "$2 is no longer a member; its data directory $DATA/$GROUP-n$ID can be deleted"
     ;;
   *)
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

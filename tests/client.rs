@@ -709,29 +709,8 @@ async fn steady_producer_loses_no_acknowledged_message_across_a_leader_kill() {
     producer.send(Message::new(T, "create")).await.expect("create topic");
     wait_routed(&cluster, T).await;
 
-    /// An acknowledged send: queue, offset, body, when the acknowledgement arrived.
-    type Ack = (i32, i64, String, Instant);
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (producer, stop) = (producer.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut acks: Vec<Ack> = Vec::new();
-            let mut failures: Vec<String> = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                seq += 1;
-                let body = format!("steady-{seq}");
-                match producer.send(Message::new(T, body.clone())).await {
-                    Ok(r) => acks.push((r.queue.queue_id, r.queue_offset, body, Instant::now())),
-                    Err(e) => failures.push(e.to_string()),
-                }
-            }
-            (acks, failures)
-        })
-    };
+    let sender = steady_sender(producer.clone(), T, "steady", Arc::clone(&stop));
     let started = Instant::now();
     tokio::time::sleep(KILL_AFTER).await;
     let old = cluster.wait_registered_leader(Duration::from_secs(10)).await;

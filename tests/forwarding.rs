@@ -85,7 +85,7 @@ async fn a_stale_route_to_the_old_leader_keeps_working_through_a_leader_transfer
     let c = client(&old_addr).await.expect("connect");
     let t = Instant::now();
     let r = c.invoke(transfer, Duration::from_secs(15)).await.expect("transfer");
-    assert_eq!(r.code, 0, "transfer: {:?}", r.remark);
+    assert_eq!(r.code, 0, "transfer: {:?}\n{}", r.remark, cluster.log_tails(60));
     let at = sent.load(Ordering::Acquire);
     println!("leader transfer n{old} -> n{target} took {} ms, during sends {at}..", t.elapsed().as_millis());
     assert!(at < N - 50, "the transfer ended before the last 50 sends ({at} of {N} sent): the test would not show forwarding");

@@ -316,6 +316,17 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM: the broker leaves the group gracefully (a leader hands leadership over, the node drains
+    /// stale-route clients; crates/broker/src/leave.rs) and exits by itself. Returns the process to wait for
+    /// (outside the cluster lock); the node counts as down from now on.
+    pub fn terminate(&mut self, id: u8) -> Option<std::process::Child> {
+        let n = self.nodes.iter_mut().find(|n| n.id == id)?;
+        let c = n.child.take()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        Some(c)
+    }
+
     /// SIGSTOP.
     pub fn pause(&self, id: u8) {
         if let Some(pid) = self.pid(id) {

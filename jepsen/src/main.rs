@@ -54,7 +54,8 @@ struct RunArgs {
     /// The `raftmq` binary.
     #[arg(long, env = "RAFTMQ_BIN")]
     bin: PathBuf,
-    /// Nemesis families, comma-separated, `all` or `none`: partition, kill, pause, clock, loss, slow, transfer.
+    /// Nemesis families, comma-separated, `all` or `none`: partition, kill, pause, clock, loss, slow, transfer;
+    /// also `restart` (a graceful rolling restart; not part of `all`).
     #[arg(long, default_value = "partition,kill,pause,clock")]
     nemesis: String,
     /// Seed of the fault schedule and the workload generator.

@@ -40,6 +40,9 @@ pub enum Family {
     Slow,
     /// Leader transfer through the admin request.
     Transfer,
+    /// A graceful rolling restart of every node (SIGTERM, followers first, the leader last; each node back
+    /// and caught up before the next): planned operations must fail no send. Not part of `all`.
+    Restart,
 }
 
 impl FromStr for Family {
@@ -54,7 +57,8 @@ impl FromStr for Family {
             "loss" => Family::Loss,
             "slow" => Family::Slow,
             "transfer" => Family::Transfer,
-            other => bail!("unknown nemesis {other:?} (partition, kill, pause, clock, loss, slow, transfer, all, none)"),
+            "restart" => Family::Restart,
+            other => bail!("unknown nemesis {other:?} (partition, kill, pause, clock, loss, slow, transfer, restart, all, none)"),
         })
     }
 }
@@ -74,6 +78,7 @@ impl Family {
             Family::Loss => "loss",
             Family::Slow => "slow",
             Family::Transfer => "transfer",
+            Family::Restart => "restart",
         }
     }
 
@@ -284,6 +289,18 @@ async fn start(
             rec.nemesis("start-slow", json!({"node": victim, "qdisc": how}));
             Ok(Active::Slow(victim))
         }
+        Family::Restart => {
+            let leader = find_leader(&ids).await;
+            let mut order: Vec<u8> = ids.iter().copied().filter(|i| Some(*i) != leader).collect();
+            order.extend(leader);
+            rec.nemesis("start-rolling-restart", json!({"leader": leader, "order": order}));
+            let mut steps = Vec::new();
+            for n in order {
+                steps.push(restart_gracefully(cluster, &ids, n).await?);
+            }
+            rec.nemesis("rolling-restart", json!({"leader": leader, "steps": steps}));
+            Ok(Active::None)
+        }
         Family::Transfer => {
             let Some(leader) = find_leader(&ids).await else {
                 rec.nemesis("transfer-leader", json!({"error": "no leader to transfer from"}));
@@ -304,6 +321,67 @@ async fn start(
             Ok(Active::None)
         }
     }
+}
+
+/// Longest a node may take to leave and stop after SIGTERM (hand-off, route, drain, shutdown) before it is killed.
+const RESTART_STOP_MAX: Duration = Duration::from_secs(90);
+/// Longest a restarted node may take to catch up before the rolling restart is reported as failed.
+const RESTART_CATCH_UP_MAX: Duration = Duration::from_secs(60);
+
+/// One step of a rolling restart: SIGTERM node `n`, wait for its exit, start it, and wait until it has applied
+/// what the group had committed when it stopped. Returns the step's figures for the history.
+async fn restart_gracefully(cluster: &SharedCluster, ids: &[u8], n: u8) -> Result<Value> {
+    let commit_goal = {
+        let mut cfg = ClientConfig::new(&namesrv_addr()).with_instance_name(format!("jepsen-restart-{}", std::process::id()));
+        cfg.request_timeout = Duration::from_secs(2);
+        let admin = Admin::start(cfg).await?;
+        let mut goal = 0;
+        for id in ids {
+            if let Ok(s) = admin.node_status(&client_addr(*id)).await {
+                goal = goal.max(s["commitIndex"].as_u64().unwrap_or(0));
+            }
+        }
+        admin.shutdown().await;
+        goal
+    };
+    let started = std::time::Instant::now();
+    let child = cluster.lock().await.terminate(n);
+    let exit = match child {
+        Some(mut c) => tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + RESTART_STOP_MAX;
+            loop {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return st.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into());
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return "killed after the stop limit".into();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap_or_else(|e| e.to_string()),
+        None => "was not running".into(),
+    };
+    let stop_ms = started.elapsed().as_millis() as u64;
+    cluster.lock().await.start_node(n)?;
+    let back = std::time::Instant::now();
+    let caught_up = crate::cluster::wait_until(RESTART_CATCH_UP_MAX, || async move {
+        let mut cfg = ClientConfig::new(&namesrv_addr()).with_instance_name(format!("jepsen-restart-{}", std::process::id()));
+        cfg.request_timeout = Duration::from_millis(700);
+        cfg.connect_timeout = Duration::from_millis(500);
+        let Ok(admin) = Admin::start(cfg).await else { return false };
+        let applied = admin.node_status(&client_addr(n)).await.ok().and_then(|s| s["appliedIndex"].as_u64());
+        admin.shutdown().await;
+        applied.is_some_and(|a| a >= commit_goal)
+    })
+    .await;
+    if !caught_up {
+        bail!("node {n} did not catch up to index {commit_goal} within {RESTART_CATCH_UP_MAX:?} after its restart");
+    }
+    Ok(json!({"node": n, "exit": exit, "stop_ms": stop_ms, "catch_up_ms": back.elapsed().as_millis() as u64}))
 }
 
 /// Stops a fault; records it.

@@ -527,3 +527,33 @@ pub async fn query_offset(c: &RemotingClient, group: &str, topic: &str, queue_id
 pub fn addr_of(c: &Cluster, id: u64) -> SocketAddr {
     c.node(id).client_addr.parse().expect("addr")
 }
+
+/// An acknowledged send of [`steady_sender`]: queue, offset, body, when the acknowledgement arrived.
+pub type Ack = (i32, i64, String, Instant);
+
+/// Sends `<prefix>-<n>` to `topic` with `producer`, one message at a time every 5 ms, until `stop` is set;
+/// returns the acknowledged sends and the failures (body and error).
+pub fn steady_sender(
+    producer: raftmq_client::Producer,
+    topic: &'static str,
+    prefix: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<Ack>, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut acks: Vec<Ack> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            seq += 1;
+            let body = format!("{prefix}-{seq}");
+            match producer.send(raftmq_client::Message::new(topic, body.clone())).await {
+                Ok(r) => acks.push((r.queue.queue_id, r.queue_offset, body, Instant::now())),
+                Err(e) => failures.push(format!("{body}: {e}")),
+            }
+        }
+        (acks, failures)
+    })
+}

@@ -157,6 +157,12 @@ pub struct BrokerInner {
     /// Woken when this leader applied an offset reset: long-polled pulls re-check their queue's marker.
     pub(crate) resets_applied: Notify,
     register_now: Notify,
+    /// Held while registering; set `leaving` and take it to end the registration loop (leave.rs).
+    pub(crate) registration_lock: tokio::sync::Mutex<()>,
+    /// Set once this node is leaving the group (SIGTERM): it registers no more.
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
+    /// When the last client request arrived (the drain on leaving waits for quiet).
+    pub(crate) activity: crate::leave::Activity,
     /// Signs registrations with the nameservers; `None`: unsigned.
     pub(crate) cluster_secrets: Option<raftmq_remoting::cluster_auth::ClusterSecrets>,
     /// The connection requests are forwarded to the leader on (followers only), by leader address.
@@ -268,6 +274,9 @@ impl Broker {
             node,
             store,
             register_now: Notify::new(),
+            registration_lock: tokio::sync::Mutex::new(()),
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            activity: crate::leave::Activity::default(),
             cluster_secrets,
             leader_link: tokio::sync::Mutex::new(None),
             client_tls,
@@ -335,6 +344,14 @@ impl Broker {
     /// should then exit with [`exit_status`]; the registration loop stops by itself at the same moment.
     pub async fn failed(&self) -> StoreFailure {
         self.inner.node.failed().await
+    }
+
+    /// Leaves the group gracefully before [`Broker::shutdown`] (SIGTERM): hands leadership to a follower,
+    /// waits for the nameservers to route to it, unregisters this node and drains clients that still hold the
+    /// old route (their writes are forwarded). See leave.rs; bounded by `shutdownHandoffTimeoutMs` + 5 s +
+    /// `shutdownDrainMaxMs`.
+    pub async fn leave(&self) -> crate::leave::LeaveReport {
+        self.inner.leave().await
     }
 
     /// Stops serving and shuts the Raft member down.
@@ -541,7 +558,14 @@ async fn registration_loop(inner: Arc<BrokerInner>) {
             info!("raft core stopped: no longer registering with the nameservers");
             return;
         }
-        let complete = inner.register_everywhere().await.complete;
+        let complete = {
+            let _registering = inner.registration_lock.lock().await;
+            if inner.leaving.load(std::sync::atomic::Ordering::Acquire) {
+                info!("leaving the group: no longer registering with the nameservers");
+                return;
+            }
+            inner.register_everywhere().await.complete
+        };
         if complete {
             retry = RETRY_MIN;
         }
@@ -683,6 +707,9 @@ impl RequestHandler for Handler {
                     warn!(peer = %conn.peer(), code = %req.request_code(), refusal = %remark, "ACL refused a request");
                     return reply(&req, ResponseCode::NO_PERMISSION, remark);
                 }
+            }
+            if crate::leave::is_client_activity(req.code) {
+                b.activity.touch();
             }
             // Writes reaching a member that is not the ready leader are forwarded to the leader, or wait
             // (`leaderWaitMs`) for one (forward.rs). A write this member took as leader and then refused

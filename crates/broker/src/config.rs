@@ -272,6 +272,19 @@ pub struct BrokerConfig {
     /// applying earlier entries, ms (`leaderWaitMs`, 0..=60000; 0: answer 14 at once).
     #[serde(default = "default_leader_wait_ms")]
     pub leader_wait_ms: u64,
+    /// On SIGTERM, how long the leader tries to hand leadership to a follower before it stops as leader anyway,
+    /// ms (`shutdownHandoffTimeoutMs`, 1000..=60000). See leave.rs.
+    #[serde(default = "default_shutdown_handoff_timeout_ms")]
+    pub shutdown_handoff_timeout_ms: u64,
+    /// On SIGTERM, after the hand-off: the drain ends once no client request (heartbeats aside) arrived for
+    /// this long and no forwarded request is in flight, ms (`shutdownDrainQuietMs`, 0..=60000).
+    #[serde(default = "default_shutdown_drain_quiet_ms")]
+    pub shutdown_drain_quiet_ms: u64,
+    /// On SIGTERM: the longest drain, ms (`shutdownDrainMaxMs`, 0..=300000; 0: no drain). Clients with a stale
+    /// route keep sending here until they poll the nameserver (RocketMQ clients every 30 s), and are forwarded
+    /// meanwhile; the default 35000 outlasts one poll.
+    #[serde(default = "default_shutdown_drain_max_ms")]
+    pub shutdown_drain_max_ms: u64,
     /// Most message ids the de-duplication window holds (`dedupKeysMax`); the oldest are forgotten first.
     #[serde(default = "default_dedup_keys_max")]
     pub dedup_keys_max: u64,
@@ -393,6 +406,15 @@ fn default_forward_timeout_ms() -> u64 {
 }
 fn default_leader_wait_ms() -> u64 {
     3_000
+}
+fn default_shutdown_handoff_timeout_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_drain_quiet_ms() -> u64 {
+    2_000
+}
+fn default_shutdown_drain_max_ms() -> u64 {
+    35_000
 }
 fn default_dedup_keys_max() -> u64 {
     1_000_000
@@ -720,6 +742,22 @@ impl BrokerConfig {
                 return bad(format!("leaderWaitMs must be at most {FORWARD_WAIT_MS_MAX}"));
             }
         }
+        {
+            use crate::leave::{DRAIN_MAX_MS_LIMIT, DRAIN_QUIET_MS_LIMIT, HANDOFF_TIMEOUT_MS_LIMITS};
+            if !HANDOFF_TIMEOUT_MS_LIMITS.contains(&self.shutdown_handoff_timeout_ms) {
+                return bad(format!(
+                    "shutdownHandoffTimeoutMs must be {}..={}",
+                    HANDOFF_TIMEOUT_MS_LIMITS.start(),
+                    HANDOFF_TIMEOUT_MS_LIMITS.end()
+                ));
+            }
+            if self.shutdown_drain_quiet_ms > DRAIN_QUIET_MS_LIMIT {
+                return bad(format!("shutdownDrainQuietMs must be at most {DRAIN_QUIET_MS_LIMIT}"));
+            }
+            if self.shutdown_drain_max_ms > DRAIN_MAX_MS_LIMIT {
+                return bad(format!("shutdownDrainMaxMs must be at most {DRAIN_MAX_MS_LIMIT}"));
+            }
+        }
         if self.dedup_window_ms > raftmq_raft::types::DEDUP_WINDOW_MS_MAX as u64 {
             return bad(format!("dedupWindowMs must be at most {} (one day)", raftmq_raft::types::DEDUP_WINDOW_MS_MAX));
         }
@@ -913,6 +951,35 @@ clientAddr = "127.0.0.1:10921"
         assert!(c.validate().unwrap_err().0.contains("lockTtlMs must be within 1000..=600000"));
         c.lock_ttl_ms = 600_000;
         assert!(c.validate().is_ok());
+        // The SIGTERM hand-off and drain: defaults, and each bound at and past its limit.
+        {
+            use crate::leave::{DRAIN_MAX_MS_LIMIT, DRAIN_QUIET_MS_LIMIT, HANDOFF_TIMEOUT_MS_LIMITS};
+            let d = BrokerConfig::from_toml(SAMPLE).unwrap();
+            assert_eq!((d.shutdown_handoff_timeout_ms, d.shutdown_drain_quiet_ms, d.shutdown_drain_max_ms), (10_000, 2_000, 35_000));
+            assert_eq!(
+                crate::leave::LEAVE_MAX_DEFAULT,
+                Duration::from_millis(d.shutdown_handoff_timeout_ms + d.shutdown_drain_max_ms) + crate::leave::ROUTE_SWITCH_WAIT
+            );
+            let mut c = d.clone();
+            (c.shutdown_handoff_timeout_ms, c.shutdown_drain_quiet_ms, c.shutdown_drain_max_ms) =
+                (*HANDOFF_TIMEOUT_MS_LIMITS.end(), DRAIN_QUIET_MS_LIMIT, DRAIN_MAX_MS_LIMIT);
+            c.validate().unwrap();
+            (c.shutdown_handoff_timeout_ms, c.shutdown_drain_quiet_ms, c.shutdown_drain_max_ms) =
+                (*HANDOFF_TIMEOUT_MS_LIMITS.start(), 0, 0);
+            c.validate().expect("no drain");
+            type Edit = fn(&mut BrokerConfig);
+            let cases: [(Edit, &str); 4] = [
+                (|c| c.shutdown_handoff_timeout_ms = HANDOFF_TIMEOUT_MS_LIMITS.end() + 1, "shutdownHandoffTimeoutMs"),
+                (|c| c.shutdown_handoff_timeout_ms = HANDOFF_TIMEOUT_MS_LIMITS.start() - 1, "shutdownHandoffTimeoutMs"),
+                (|c| c.shutdown_drain_quiet_ms = DRAIN_QUIET_MS_LIMIT + 1, "shutdownDrainQuietMs"),
+                (|c| c.shutdown_drain_max_ms = DRAIN_MAX_MS_LIMIT + 1, "shutdownDrainMaxMs"),
+            ];
+            for (edit, key) in cases {
+                let mut c = d.clone();
+                edit(&mut c);
+                assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+            }
+        }
         // Forwarding and the election wait: defaults, and each bound at and past its limit.
         {
             use crate::forward::{FORWARD_INFLIGHT_BYTES_MAX_LIMIT, FORWARD_INFLIGHT_MAX_LIMIT, FORWARD_WAIT_MS_MAX};

@@ -123,6 +123,11 @@ impl Drop for Slot<'_> {
 }
 
 impl Forwarding {
+    /// Requests being forwarded now.
+    pub(crate) fn inflight_now(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
     pub(crate) fn new(inflight_max: usize, bytes_max: usize) -> Forwarding {
         Forwarding {
             inflight_max,

@@ -28,6 +28,7 @@ pub mod broker;
 pub mod config;
 pub mod consumers;
 mod forward;
+pub mod leave;
 mod members;
 mod processor;
 pub mod query;

@@ -290,6 +290,23 @@ fn init_logging(file: Option<&PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The signal that asked the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// SIGTERM (systemd, `scripts/rolling-restart.sh`): a broker leaves the group gracefully first.
+    Term,
+    /// SIGINT (Ctrl-C, `scripts/cluster.sh down`): stop at once, cleanly.
+    Int,
+}
+
+async fn stop_signal() -> StopSignal {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => StopSignal::Int,
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => StopSignal::Term,
+    }
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
@@ -389,7 +406,16 @@ async fn main() -> Result<()> {
                 Err(e) => return Err(e.into()),
             };
             tokio::select! {
-                _ = shutdown_signal() => {
+                sig = stop_signal() => {
+                    if sig == StopSignal::Term {
+                        // Hand leadership over, move the route, drain stale-route clients (leave.rs). The signal
+                        // handler stays installed, so a second signal ends this part early.
+                        tracing::info!("SIGTERM: leaving the group before stopping (a second SIGTERM or a SIGINT stops at once)");
+                        tokio::select! {
+                            _ = broker.leave() => {}
+                            _ = stop_signal() => tracing::warn!("second stop signal: stopping without finishing the hand-off and drain"),
+                        }
+                    }
                     tracing::info!("broker stopping");
                     if tokio::time::timeout(raftmq_broker::SHUTDOWN_MAX, broker.shutdown()).await.is_err() {
                         // Safe like a kill -9: acknowledged entries are on a quorum's disks, recovery runs at start.

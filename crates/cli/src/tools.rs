@@ -175,6 +175,18 @@ pub enum NodeCmd {
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
     },
+    /// Wait until a member (e.g. one just restarted) holds and has applied everything the group had committed
+    /// when the wait began; exits non-zero on timeout. `scripts/rolling-restart.sh` calls it between nodes.
+    Wait {
+        /// The member (`2` or `n2`).
+        node: String,
+        /// Broker group (default: the only or first one).
+        #[arg(long)]
+        broker: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Remove a member. Removing the leader moves leadership to another voter first.
     Remove {
         /// The member to remove (`2` or `n2`).
@@ -206,6 +218,44 @@ fn parse_node(s: &str) -> Result<u64> {
 /// The member `id` in a RAFTMQ_MEMBERS answer.
 fn member_of(members: &serde_json::Value, id: u64) -> Option<&serde_json::Value> {
     members["members"].as_array()?.iter().find(|m| m["nodeId"].as_u64() == Some(id))
+}
+
+/// Waits until member `id` answers, the leader has replicated to it everything committed when the wait
+/// began (its matched index), and it applied that much itself. Follows a change of leader. Returns the
+/// group and when the wait began.
+async fn wait_caught_up(admin: &Admin, broker: Option<&str>, id: u64, timeout: Duration) -> Result<(String, Instant)> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut goal: Option<u64> = None;
+    let mut last_print = Instant::now();
+    let mut seen = String::from("no answer yet");
+    loop {
+        if let Ok((group, leader)) = registered_leader(admin, broker).await {
+            if goal.is_none() {
+                goal = admin.node_status(&leader).await.ok().and_then(|s| s["commitIndex"].as_u64());
+            }
+            if let (Some(goal), Ok(m)) = (goal, admin.members(&leader).await) {
+                let member = member_of(&m, id).ok_or_else(|| anyhow!("n{id} is not a member of {group}"))?;
+                let matched = member["matched"].as_u64().unwrap_or(0);
+                let applied = match member["clientAddr"].as_str() {
+                    Some(addr) => admin.node_status(addr).await.ok().and_then(|s| s["appliedIndex"].as_u64()),
+                    None => None,
+                };
+                seen = format!("matched {matched}, applied {}, goal {goal}", fmt_index(applied));
+                if matched >= goal && applied.is_some_and(|a| a >= goal) {
+                    return Ok((group, started));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("n{id} did not catch up within {timeout:?} ({seen})");
+        }
+        if last_print.elapsed() >= Duration::from_secs(2) {
+            println!("n{id}: {seen}");
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits for learner `id` of `group` to catch up, printing its matched index against the leader's last index
@@ -304,6 +354,12 @@ async fn run_node(admin: &Admin, cmd: NodeCmd) -> Result<()> {
             println!("n{id} ({addr}) is a learner of {group}, to replace n{dead}");
             catch_up_and_promote(admin, &group, id, Some(dead), Duration::from_secs(timeout_secs)).await?;
             println!("n{id} replaced n{dead} in {group}");
+            Ok(())
+        }
+        NodeCmd::Wait { node, broker, timeout_secs } => {
+            let id = parse_node(&node)?;
+            let (group, started) = wait_caught_up(admin, broker.as_deref(), id, Duration::from_secs(timeout_secs)).await?;
+            println!("n{id} of {group} caught up in {} ms", started.elapsed().as_millis());
             Ok(())
         }
         NodeCmd::Remove { node, broker, force } => {

@@ -740,6 +740,7 @@ impl RaftNode {
         });
 
         let (produce_tx, produce_rx) = mpsc::channel(4096);
+        let fence = Arc::new(Fence::default());
         tokio::spawn(produce_batcher(
             raft.clone(),
             produce_rx,
@@ -747,6 +748,7 @@ impl RaftNode {
             cfg.entry_bytes_max,
             cfg.batch_inflight_max,
             failures.clone(),
+            Arc::clone(&fence),
         ));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
         Ok(RaftNode {
@@ -758,7 +760,7 @@ impl RaftNode {
             server,
             role_rx,
             produce_tx,
-            fence: Arc::new(Fence::default()),
+            fence,
             isolation,
             auth,
             transfers,
@@ -994,6 +996,27 @@ impl RaftNode {
             .map_err(|e| NodeError::Timeout(e.to_string()))
     }
 
+    /// Waits until member `id` holds this leader's whole log and the log stopped growing: the target of a
+    /// leader transfer must pass every voter's log check, and writes admitted just before the fence can still
+    /// reach the log for a few milliseconds (the produce batcher checks the fence again before proposing).
+    async fn wait_log_held_by(&self, id: NodeId, timeout: Duration) -> Result<(), NodeError> {
+        const SETTLE: Duration = Duration::from_millis(20);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.raft.metrics().borrow().last_log_index;
+            self.wait_caught_up(id, deadline.saturating_duration_since(Instant::now())).await?;
+            tokio::time::sleep(SETTLE).await;
+            let now = self.raft.metrics().borrow().clone();
+            let matched = now.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
+            if now.last_log_index == last && matched >= last {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Timeout(format!("node {id} did not catch up with a log that kept growing")));
+            }
+        }
+    }
+
     /// Makes learner `id` a voter.
     pub async fn promote(&self, id: NodeId) -> Result<(), NodeError> {
         let ids: BTreeSet<NodeId> = [id].into();
@@ -1214,9 +1237,11 @@ impl RaftNode {
         }
     }
 
-    /// Moves leadership to `target` (openraft 0.9 has no API for it): fence writes here, stop this
-    /// leader's heartbeats, pause every other voter's elections for a bounded time ([`Self::election_pause`],
-    /// [`ControlRequest::PauseElect`]), wait out the leader lease, make the target campaign, and restore
+    /// Moves leadership to `target` (openraft 0.9 has no API for it): fence writes here, wait until the
+    /// target holds the whole log, stop this leader's heartbeats, pause every other voter's elections for a
+    /// bounded time ([`Self::election_pause`], [`ControlRequest::PauseElect`]), make the target campaign at
+    /// once (this leader grants it; when that is not enough, wait out the leader lease the other voters keep
+    /// and make it campaign again), and restore
     /// everything afterwards — also when the target does not win within `timeout`, and also when this future
     /// is dropped midway (a guard restores this node's switches and asks the others to resume). A leader that
     /// dies or is cut off midway cannot leave elections paused: the other voters resume by themselves when
@@ -1241,7 +1266,6 @@ impl RaftNode {
         let addr_of = |id: NodeId| membership.get_node(&id).map(|n| MemberAddr::raft_of(&n.addr).to_string());
         let Some(target_addr) = addr_of(target) else { return Err(NodeError::Raft(format!("no address for {target}"))) };
         let mut slot = self.claim_transfer(target)?;
-        self.wait_caught_up(target, timeout).await?;
         let rpc_timeout = Duration::from_millis(self.cfg.election_max_ms);
         let others: Vec<(NodeId, String)> =
             voters.iter().filter(|v| **v != target && **v != self.id).filter_map(|v| addr_of(*v).map(|a| (*v, a))).collect();
@@ -1255,9 +1279,16 @@ impl RaftNode {
             rpc_timeout,
             done: false,
         };
+        let started = Instant::now();
+        // Fence writes first, so that the log stops growing, then wait until the target holds all of it: its
+        // campaign then passes every voter's log check, this node's included.
         slot.fenced = true;
         self.fence.target.store(target, Ordering::Release);
         self.fence.active.store(true, Ordering::Release);
+        if let Err(e) = self.wait_log_held_by(target, timeout).await {
+            restore.run().await;
+            return Err(e);
+        }
         self.raft.runtime_config().heartbeat(false);
         self.pre_vote.set_elect(false);
         let pause = self.election_pause();
@@ -1267,22 +1298,54 @@ impl RaftNode {
                 warn!(node = id, error = %e, "leader transfer: could not pause elections");
             }
         }
-        let started = Instant::now();
-        // Voters honour the old leader's lease for election_timeout_max after its last heartbeat.
-        tokio::time::sleep(Duration::from_millis(self.cfg.election_max_ms + self.cfg.heartbeat_ms)).await;
-        let result = match control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout, self.auth.as_ref()).await {
-            Ok(_) => self
-                .raft
-                .wait(Some(timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100))))
-                .metrics(|m| m.current_leader == Some(target) && m.state != ServerState::Leader, "target leads")
-                .await
-                .map(|_| ())
-                .map_err(|e| NodeError::Timeout(e.to_string())),
+        let quiet_since = Instant::now();
+        // Fast path: campaign at once. This leader's own vote is granted as soon as it has led for longer than
+        // the lease (openraft 0.9 keeps the lease on the time the vote last changed, and a leader's does not
+        // change while it leads), so in a group of three the target wins without waiting; the other voters
+        // still honour this leader's lease. Slow path (a leader younger than its lease, larger groups): wait out
+        // the lease every voter keeps from this leader's last heartbeat, and campaign again.
+        let leads = |wait: Duration| async move {
+            self.raft.wait(Some(wait)).metrics(|m| m.current_leader == Some(target) && m.state != ServerState::Leader, "target leads").await
+        };
+        let mut result = match control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout, self.auth.as_ref()).await {
+            Ok(_) => {
+                leads(Duration::from_millis(self.cfg.election_max_ms)).await.map(|_| ()).map_err(|e| NodeError::Timeout(e.to_string()))
+            }
             Err(e) => Err(NodeError::Raft(format!("trigger election on {target}: {e}"))),
         };
+        let mut path = "fast";
+        let target_leads = |m: &openraft::RaftMetrics<NodeId, Node>| m.current_leader == Some(target) && m.state != ServerState::Leader;
+        if result.is_err() && !target_leads(&self.raft.metrics().borrow()) {
+            path = "after the lease";
+            // Voters honour the old leader's lease for election_timeout_max after its last heartbeat.
+            let lease = Duration::from_millis(self.cfg.election_max_ms + self.cfg.heartbeat_ms);
+            tokio::time::sleep(lease.saturating_sub(quiet_since.elapsed())).await;
+            result = match control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout, self.auth.as_ref()).await {
+                Ok(_) => leads(timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100)))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| NodeError::Timeout(e.to_string())),
+                Err(e) => Err(NodeError::Raft(format!("trigger election on {target}: {e}"))),
+            };
+        }
         restore.run().await;
-        info!(target, ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "leader transfer");
+        info!(target, ok = result.is_ok(), path, elapsed_ms = started.elapsed().as_millis() as u64, "leader transfer");
         result
+    }
+
+    /// The voters this leader could hand leadership to, most caught-up first (highest matched log index, then
+    /// the lower id): every voter but this node that has acknowledged at least one entry. Empty on a
+    /// non-leader and in a group of one.
+    pub fn transfer_candidates(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Vec::new();
+        }
+        let matched = |id: &NodeId| m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()).map(|l| l.index);
+        let mut c: Vec<(u64, NodeId)> =
+            m.membership_config.membership().voter_ids().filter(|v| *v != self.id).filter_map(|v| matched(&v).map(|i| (i, v))).collect();
+        c.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        c.into_iter().map(|(_, v)| v).collect()
     }
 
     /// How long a leader transfer pauses the other voters' elections: the leader lease it waits out
@@ -1502,6 +1565,7 @@ async fn produce_batcher(
     bytes_max: usize,
     inflight_max: usize,
     failure: Failures,
+    fence: Arc<Fence>,
 ) {
     let permits = Arc::new(Semaphore::new(inflight_max));
     let mut carry = None;
@@ -1527,6 +1591,15 @@ async fn produce_batcher(
             entry.ops.extend(r.ops.into_iter().map(|op| op.rebased(base)));
             waiters.push((r.queues.len(), r.reply));
             entry.queues.extend(r.queues);
+        }
+        // Requests admitted before a leader transfer fenced writes may still be queued here: they are refused
+        // unproposed, so the log stops growing once the fence is up (the transfer waits for the target to hold
+        // all of it).
+        if let Err(e) = fence.check() {
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(e.clone()));
+            }
+            continue;
         }
         match raft.client_write_ff(Command::ProduceAt(entry)).await {
             Ok(resp) => {

@@ -121,14 +121,20 @@ fn an_abandoned_transfer_restores_the_leader() {
         let dir = tempfile::tempdir().unwrap();
         let nodes = start_group(dir.path(), 3).await;
         let leader = wait_leader(&nodes, Duration::from_secs(5)).await.unwrap();
-        let target = nodes.iter().find(|n| n.id() != leader.id()).unwrap().id();
+        let target_node = nodes.iter().find(|n| n.id() != leader.id()).unwrap();
+        let target = target_node.id();
+        // A target cut off from Raft traffic misses the next entry, so the transfer stays fenced waiting for it
+        // to hold the whole log (the transfer itself is otherwise over in tens of milliseconds).
+        target_node.set_isolated(true);
+        produce(&leader, 0).await.expect("a write the target misses");
         let l = Arc::clone(&leader);
         let task = tokio::spawn(async move { l.transfer_leader(target, Duration::from_secs(10)).await });
-        // Inside the lease wait: writes are fenced.
+        // While the transfer waits: writes are fenced.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(matches!(produce(&leader, 0).await, Err(WriteError::Transferring { .. })));
         task.abort();
         let _ = task.await;
+        target_node.set_isolated(false);
         // The guard lifted the fence and switched heartbeats back on: the leader keeps leading and writing.
         produce(&leader, 1).await.expect("write after the abandoned transfer");
         tokio::time::sleep(Duration::from_secs(2)).await;

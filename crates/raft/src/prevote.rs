@@ -18,9 +18,9 @@
 //! as a follower and the leader keeps leading.
 //!
 //! A leader transfer bypasses the pre-vote: the target is told to campaign directly
-//! ([`crate::network::ControlRequest::TriggerElect`]) after the leader stopped its heartbeats and waited out
-//! the lease, so the other voters grant that real vote as before. The transfer's election pauses switch this
-//! timer ([`PreVote::set_elect`]), not openraft's.
+//! ([`crate::network::ControlRequest::TriggerElect`]) once the leader stopped its heartbeats, and the voters
+//! judge that real vote by openraft's rules as before. The transfer's election pauses switch this timer
+//! ([`PreVote::set_elect`]), not openraft's.
 //!
 //! A pre-vote is refused by a member that is cut off by fault injection ([`crate::network::Isolation`]) like
 //! any Raft RPC, and counts as a no when a peer does not answer within `election_min_ms` — also when the peer

@@ -34,6 +34,9 @@ use crate::topics::{validate_group, validate_topic, AUTO_CREATE_TOPIC, PERM_READ
 
 /// Registration period (RocketMQ `registerNameServerPeriod`).
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(30);
+/// First delay before a failed registration or template-topic creation is tried again; it doubles up to
+/// [`REGISTER_INTERVAL`].
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// How long a nameserver keeps a silent broker (sent with every registration).
 pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a registration waits for a quorum to confirm this node's leadership before it registers as a
@@ -423,33 +426,40 @@ impl BrokerInner {
     /// The brokerId and Raft term to register with. openraft 0.9 does not step down a leader that lost its
     /// quorum, so "I am the ready leader" is confirmed by a read barrier (a heartbeat round a quorum must
     /// answer) before claiming brokerId 0; a deposed leader registers as a slave under its node id.
-    async fn registration_identity(&self) -> (i64, u64) {
+    /// The third value is false when this node is the ready leader but registers as a slave because its
+    /// leadership was not confirmed.
+    async fn registration_identity(&self) -> (i64, u64, bool) {
         let r = self.node.role().borrow().clone();
         let slave = (self.cfg.node_id as i64, r.term);
         if r.role != Role::Leader || !r.ready {
-            return slave;
+            return (slave.0, slave.1, true);
         }
         match tokio::time::timeout(LEADERSHIP_CONFIRM_TIMEOUT, self.node.read_barrier()).await {
-            Ok(Ok(())) => (0, r.term),
+            Ok(Ok(())) => (0, r.term, true),
             Ok(Err(e)) => {
                 warn!(term = r.term, error = %e, "leadership not confirmed by a quorum; registering as a slave");
-                slave
+                (slave.0, slave.1, false)
             }
             Err(_) => {
                 warn!(term = r.term, "leadership confirmation timed out; registering as a slave");
-                slave
+                (slave.0, slave.1, false)
             }
         }
     }
 
     async fn register_all(&self) -> i64 {
-        let (broker_id, term) = self.registration_identity().await;
-        let Ok(me) = self.cfg.me() else { return broker_id };
+        self.register_everywhere().await.broker_id
+    }
+
+    async fn register_everywhere(&self) -> Registration {
+        let (broker_id, term, confirmed) = self.registration_identity().await;
+        let mut done = Registration { broker_id, complete: false };
+        let Ok(me) = self.cfg.me() else { return done };
         let body = match registration_body(self.store.topics()) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot register with the nameservers: lower the topic count");
-                return broker_id;
+                return done;
             }
         };
         let h = RegisterBrokerRequestHeader {
@@ -464,24 +474,38 @@ impl BrokerInner {
             body_crc32: crc32(&body),
             raft_term: i64::try_from(term).ok(),
         };
-        for addr in self.cfg.namesrv_addrs() {
+        let mut accepted = 0;
+        let addrs = self.cfg.namesrv_addrs();
+        for addr in &addrs {
             let mut cmd = RemotingCommand::request(RequestCode::REGISTER_BROKER, 0).with_header(&h).with_body(body.clone());
             if let Some(secrets) = &self.cluster_secrets {
                 raftmq_remoting::cluster_auth::sign_command(secrets, &mut cmd);
             }
             let r = async {
-                let c = RemotingClient::connect_with(&addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
+                let c = RemotingClient::connect_with(addr, Duration::from_secs(3), None, self.client_tls.as_ref()).await?;
                 c.invoke(cmd, Duration::from_secs(3)).await
             }
             .await;
             match r {
-                Ok(resp) if resp.code == ResponseCode::SUCCESS.0 => debug!(namesrv = %addr, broker_id = h.broker_id, "registered"),
+                Ok(resp) if resp.code == ResponseCode::SUCCESS.0 => {
+                    accepted += 1;
+                    debug!(namesrv = %addr, broker_id = h.broker_id, "registered")
+                }
                 Ok(resp) => warn!(namesrv = %addr, code = resp.code, remark = ?resp.remark, "registration refused"),
                 Err(e) => warn!(namesrv = %addr, error = %e, "registration failed"),
             }
         }
-        broker_id
+        done.complete = confirmed && accepted == addrs.len();
+        done
     }
+}
+
+/// What one round of registrations achieved.
+struct Registration {
+    /// The brokerId registered as.
+    broker_id: i64,
+    /// Every nameserver accepted it, and a ready leader registered as the master.
+    complete: bool,
 }
 
 /// Largest registration body sent: the 16 MiB remoting frame limit less room for the header.
@@ -529,25 +553,37 @@ fn crc32(b: &[u8]) -> i32 {
 }
 
 /// Registers every `REGISTER_INTERVAL` and on request, until the Raft core stops: a node whose store
-/// failed must not be advertised (the nameserver then drops it after `REGISTRATION_TIMEOUT`).
+/// failed must not be advertised (the nameserver then drops it after `REGISTRATION_TIMEOUT`). A registration
+/// that did not fully succeed — a nameserver did not accept it, or this ready leader could not get its
+/// leadership confirmed in time and registered as a slave — is repeated after [`RETRY_MIN`], doubling up to
+/// `REGISTER_INTERVAL`, instead of leaving the group without a master route for a whole period.
 async fn registration_loop(inner: Arc<BrokerInner>) {
     let stopped = |inner: &BrokerInner| inner.node.role().borrow().role == Role::Shutdown || inner.node.failure().is_some();
+    let mut retry = RETRY_MIN;
     loop {
         if stopped(&inner) {
             info!("raft core stopped: no longer registering with the nameservers");
             return;
         }
-        {
+        let complete = {
             let _registering = inner.registration_lock.lock().await;
             if inner.leaving.load(std::sync::atomic::Ordering::Acquire) {
                 info!("leaving the group: no longer registering with the nameservers");
                 return;
             }
-            inner.register_all().await;
+            inner.register_everywhere().await.complete
+        };
+        if complete {
+            retry = RETRY_MIN;
         }
         tokio::select! {
-            _ = tokio::time::sleep(REGISTER_INTERVAL) => {}
-            _ = inner.register_now.notified() => {}
+            _ = tokio::time::sleep(if complete { REGISTER_INTERVAL } else { retry }) => {
+                // Only retries on the timer back off; an event (role change, new topic) starts afresh.
+                if !complete {
+                    retry = (retry * 2).min(REGISTER_INTERVAL);
+                }
+            }
+            _ = inner.register_now.notified() => retry = RETRY_MIN,
             _ = inner.node.failed() => {}
         }
     }
@@ -593,19 +629,37 @@ impl LeaderWatch {
 /// On every role change: re-register at once; a newly ready leader creates the TBW102 template topic.
 async fn role_watch(inner: Arc<BrokerInner>) {
     let mut rx = inner.node.role();
-    let mut was_ready_leader = false;
+    let mut retry = RETRY_MIN;
     loop {
         let r = rx.borrow_and_update().clone();
         let ready_leader = r.role == Role::Leader && r.ready;
-        if ready_leader && !was_ready_leader && inner.cfg.auto_create_topic_enable {
+        // Whenever this node is the ready leader and the template topic is missing — not only on the first
+        // sight of leadership: a creation that failed because leadership moved away and came back while it
+        // ran (the watch then never shows this node as anything but leader) is tried again, and so is any
+        // failed creation, while this node leads.
+        let mut missing = false;
+        if ready_leader && inner.cfg.auto_create_topic_enable {
             if let Err((_, why)) = inner.ensure_topic(AUTO_CREATE_TOPIC, inner.cfg.default_topic_queue_nums.max(8)).await {
-                warn!(topic = AUTO_CREATE_TOPIC, why, "template topic not created");
+                warn!(topic = AUTO_CREATE_TOPIC, why, retry_ms = retry.as_millis() as u64, "template topic not created; retrying");
+                missing = true;
             }
         }
-        was_ready_leader = ready_leader;
         inner.registration_now();
-        if rx.changed().await.is_err() {
-            return;
+        if missing {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    retry = RETRY_MIN;
+                }
+                _ = tokio::time::sleep(retry) => retry = (retry * 2).min(REGISTER_INTERVAL),
+            }
+        } else {
+            retry = RETRY_MIN;
+            if rx.changed().await.is_err() {
+                return;
+            }
         }
     }
 }

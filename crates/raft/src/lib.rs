@@ -6,6 +6,7 @@
 //!   checkpoints and metadata-only snapshots at the retention boundary.
 //! - [`message_index`]: the node-local index of messages by key (QUERY_MESSAGE), tailing applied entries.
 //! - [`network`]: Raft RPCs over TCP with bincode frames, plus control RPCs for leader transfer.
+//! - [`prevote`]: the election timer with a pre-vote round (openraft 0.9 has no PreVote).
 //! - [`handshake`]: the mutual cluster-secret handshake that opens every Raft-port connection.
 //! - [`member`]: a member's Raft and client addresses as the membership records them.
 //! - [`node`]: starting a member, membership changes, leader transfer, the role watch, write batching, the
@@ -26,6 +27,7 @@ pub mod member;
 pub mod message_index;
 pub mod network;
 pub mod node;
+pub mod prevote;
 pub mod retention;
 mod stall;
 pub mod state_machine;

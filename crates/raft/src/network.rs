@@ -1,5 +1,5 @@
 //! Raft RPCs over plain TCP, on their own port, plus the small control RPCs that leader transfer needs on
-//! openraft 0.9 (which has no transfer API).
+//! openraft 0.9 (which has no transfer API) and the pre-vote ([`crate::prevote`]).
 //!
 //! # Wire format
 //! ```text
@@ -63,6 +63,7 @@ use tracing::{debug, warn};
 use crate::handshake::{client_handshake, server_handshake, HandshakeError, LogLimiter, RaftAuth, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT};
 
 use crate::member::MemberAddr;
+use crate::prevote::{PreVote, PreVoteRequest};
 use crate::types::{LogId, Node, NodeId, Raft, TypeConfig};
 
 /// Largest frame (kind byte + body) accepted or sent: 64 MiB.
@@ -283,6 +284,10 @@ pub enum ControlRequest {
         /// Length of the pause.
         ms: u64,
     },
+    /// Would this node vote for the candidate now ([`crate::prevote`])? Answered with
+    /// [`ControlResponse::PreVote`]; changes nothing on the receiver. Refused like a Raft RPC while the
+    /// receiver is cut off ([`Isolation`]).
+    PreVote(PreVoteRequest),
 }
 
 /// Longest election pause a [`ControlRequest::PauseElect`] may ask for: 30 s (longer requests are cut to it).
@@ -321,6 +326,11 @@ pub enum ControlResponse {
         /// The answering node's id.
         id: NodeId,
     },
+    /// Answer to [`ControlRequest::PreVote`].
+    PreVote {
+        /// True when the node would grant the vote.
+        granted: bool,
+    },
 }
 
 /// A boxed, sendable future (the handler traits return these to stay object safe).
@@ -339,6 +349,9 @@ pub struct RaftControl {
     /// Bumped by every election switch: a pause's timer resumes elections only if it is still the latest.
     elect_gen: Arc<std::sync::atomic::AtomicU64>,
     transfers: Arc<TransferClock>,
+    /// The node's pre-vote: its election timer is the one the election switches act on, and it answers
+    /// [`ControlRequest::PreVote`]. `None`: openraft's own timer is switched, pre-votes are refused.
+    pre_vote: Option<Arc<PreVote>>,
 }
 
 impl RaftControl {
@@ -349,7 +362,20 @@ impl RaftControl {
 
     /// Controls `raft`, recording in `transfers` when this node is told to campaign by a transferring leader.
     pub fn with_clock(raft: Raft, transfers: Arc<TransferClock>) -> Self {
-        RaftControl { raft, elect_gen: Arc::default(), transfers }
+        RaftControl { raft, elect_gen: Arc::default(), transfers, pre_vote: None }
+    }
+
+    /// The same control, with elections driven by `pre_vote`'s timer (openraft's own timer is off).
+    pub fn with_pre_vote(self, pre_vote: Arc<PreVote>) -> Self {
+        RaftControl { pre_vote: Some(pre_vote), ..self }
+    }
+
+    /// Switches the election timer: the pre-vote's when there is one, else openraft's.
+    fn switch_elect(&self, on: bool) {
+        match &self.pre_vote {
+            Some(p) => p.set_elect(on),
+            None => self.raft.runtime_config().elect(on),
+        }
     }
 
     /// Switches elections off for `pause` (at most [`ELECTION_PAUSE_MS_MAX`]); they resume afterwards unless
@@ -357,12 +383,12 @@ impl RaftControl {
     pub fn pause_elections(&self, pause: Duration) {
         let pause = clamp_pause(pause);
         let generation = self.elect_gen.fetch_add(1, Ordering::AcqRel) + 1;
-        self.raft.runtime_config().elect(false);
-        let (raft, gen_now) = (self.raft.clone(), Arc::clone(&self.elect_gen));
+        self.switch_elect(false);
+        let (control, gen_now) = (self.clone(), Arc::clone(&self.elect_gen));
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
             if gen_now.load(Ordering::Acquire) == generation {
-                raft.runtime_config().elect(true);
+                control.switch_elect(true);
                 warn!(pause_ms = pause.as_millis() as u64, "election pause of a leader transfer expired; elections resumed");
             }
         });
@@ -370,7 +396,7 @@ impl RaftControl {
 
     fn set_elect(&self, on: bool) {
         self.elect_gen.fetch_add(1, Ordering::AcqRel);
-        self.raft.runtime_config().elect(on);
+        self.switch_elect(on);
     }
 }
 
@@ -388,6 +414,10 @@ impl ControlHandler for RaftControl {
                 ControlRequest::Ping => {
                     let id = self.raft.metrics().borrow().id;
                     return Ok(ControlResponse::Pong { id });
+                }
+                ControlRequest::PreVote(req) => {
+                    let Some(p) = &self.pre_vote else { return Err("this node does not answer pre-votes".into()) };
+                    return Ok(ControlResponse::PreVote { granted: p.answer(&req).await });
                 }
             }
             Ok(ControlResponse::Ok)
@@ -933,8 +963,13 @@ impl Handlers {
                 encode_frame(kind, &self.rpc.install_snapshot(req.into()).await)
             }
             FrameKind::Control => {
-                let req = decode(&body)?;
+                let req: ControlRequest = decode(&body)?;
                 drop(body);
+                if matches!(req, ControlRequest::PreVote(_)) && self.isolation.is_on() {
+                    return Err(
+                        io::Error::new(io::ErrorKind::ConnectionAborted, "raft traffic of this node is cut off (fault injection)").into()
+                    );
+                }
                 encode_frame(kind, &self.control.handle(req).await)
             }
         }
@@ -1107,6 +1142,7 @@ mod tests {
                     ControlRequest::SetHeartbeat(_) | ControlRequest::SetElect(_) | ControlRequest::PauseElect { .. } => {
                         Ok(ControlResponse::Ok)
                     }
+                    ControlRequest::PreVote(r) => Ok(ControlResponse::PreVote { granted: r.term > 5 }),
                 }
             })
         }
@@ -1346,6 +1382,9 @@ mod tests {
         // Inbound: the server drops the request and the connection.
         assert!(matches!(net.vote(vote_req(2, 2), opt()).await, Err(RPCError::Network(_))));
         assert_eq!(control_call(&addr, ControlRequest::Ping, Duration::from_secs(2), None).await.unwrap(), ControlResponse::Pong { id: 7 });
+        // A pre-vote is election traffic: cut like a Raft RPC although it travels as a control request.
+        let pre_vote = |term| ControlRequest::PreVote(crate::prevote::PreVoteRequest { candidate: 2, term, last_log_id: None });
+        assert!(control_call(&addr, pre_vote(6), Duration::from_secs(2), None).await.is_err());
         // Outbound: a client sharing the switch fails before connecting.
         let (_other, other_addr, _) = stub_server().await;
         let mut out = TcpNetworkFactory::with_isolation(cut.clone()).new_client(2, &Node::new(&other_addr)).await;
@@ -1353,6 +1392,14 @@ mod tests {
         cut.set(false);
         assert!(out.vote(vote_req(3, 3), opt()).await.unwrap().vote_granted);
         assert!(net.vote(vote_req(4, 4), opt()).await.unwrap().vote_granted);
+        assert_eq!(
+            control_call(&addr, pre_vote(6), Duration::from_secs(2), None).await.unwrap(),
+            ControlResponse::PreVote { granted: true }
+        );
+        assert_eq!(
+            control_call(&addr, pre_vote(5), Duration::from_secs(2), None).await.unwrap(),
+            ControlResponse::PreVote { granted: false }
+        );
     }
 
     #[tokio::test]

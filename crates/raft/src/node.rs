@@ -37,6 +37,7 @@ use crate::message_index::{MessageIndex, MessageIndexConfig};
 use crate::network::{
     control_call, ControlRequest, Isolation, LinkWatch, RaftControl, RaftServer, TcpNetworkFactory, TransferClock, FRAME_BYTES_MAX,
 };
+use crate::prevote::{ElectionTiming, PreVote};
 use crate::stall::{Progress, StallDetector};
 use crate::state_machine::{SmShared, StateMachine, StateMachineConfig};
 use crate::types::{
@@ -446,6 +447,8 @@ pub struct RaftNode {
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
     isolation: Isolation,
+    /// The election timer (with its pre-vote round) and the switch leader transfers act on.
+    pre_vote: Arc<PreVote>,
     /// This node's proof on control connections it opens (leader transfer).
     auth: Option<RaftAuth>,
     /// When this node last took part in a leader transfer.
@@ -532,6 +535,7 @@ async fn resume_elections(others: &[(NodeId, String)], rpc_timeout: Duration, au
 /// (the transfer's future dropped midway) restores this node at once and resumes the others from a task.
 struct TransferRestore<'a> {
     raft: &'a Raft,
+    pre_vote: &'a PreVote,
     fence: &'a Fence,
     auth: Option<RaftAuth>,
     others: Vec<(NodeId, String)>,
@@ -542,7 +546,7 @@ struct TransferRestore<'a> {
 impl TransferRestore<'_> {
     fn restore_local(&self) {
         self.raft.runtime_config().heartbeat(true);
-        self.raft.runtime_config().elect(true);
+        self.pre_vote.set_elect(true);
         self.fence.active.store(false, Ordering::Release);
     }
 
@@ -656,6 +660,8 @@ struct Handoff {
     raft: Raft,
     fence: Arc<Fence>,
     link: Arc<LinkWatch>,
+    /// The election switch (pre-vote's timer: openraft's own stays off, see prevote.rs).
+    pre_vote: Arc<PreVote>,
     transferring: Arc<std::sync::Mutex<Option<NodeId>>>,
     transfers: Arc<TransferClock>,
     auth: Option<RaftAuth>,
@@ -673,7 +679,7 @@ impl Drop for HandoffRestore<'_> {
         let h = self.0;
         h.link.set_muted(false);
         h.raft.runtime_config().heartbeat(true);
-        h.raft.runtime_config().elect(true);
+        h.pre_vote.set_elect(true);
         h.fence.active.store(false, Ordering::Release);
     }
 }
@@ -758,7 +764,7 @@ impl Handoff {
         self.fence.target.store(target, Ordering::Release);
         self.fence.active.store(true, Ordering::Release);
         self.raft.runtime_config().heartbeat(false);
-        self.raft.runtime_config().elect(false);
+        self.pre_vote.set_elect(false);
         self.link.set_muted(true);
         let _restore = HandoffRestore(self);
         if let Err(e) = control_call(&target_addr, ControlRequest::Ping, self.stall, self.auth.as_ref()).await {
@@ -855,6 +861,8 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             purge_batch_size: 1,
+            // The election timer is raftmq's, with a pre-vote round first (crate::prevote).
+            enable_elect: false,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| start_err(&e))?);
@@ -867,7 +875,10 @@ impl RaftNode {
             Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
         tokio::spawn(watch_failures(raft.clone(), log.reader(), sm_failure.clone(), failure.clone(), cfg.data_dir.clone()));
         let transfers = Arc::new(TransferClock::default());
-        let control = Arc::new(RaftControl::with_clock(raft.clone(), Arc::clone(&transfers)));
+        let timing = ElectionTiming { min: Duration::from_millis(cfg.election_min_ms), max: Duration::from_millis(cfg.election_max_ms) };
+        let pre_vote = PreVote::new(cfg.id, raft.clone(), log.reader(), auth.clone(), isolation.clone(), timing);
+        pre_vote.spawn();
+        let control = Arc::new(RaftControl::with_clock(raft.clone(), Arc::clone(&transfers)).with_pre_vote(Arc::clone(&pre_vote)));
         let server = RaftServer::start_authenticated(listener, Arc::new(raft.clone()), control, isolation.clone(), auth.clone());
 
         let (role_tx, role_rx) = watch::channel(RoleState {
@@ -930,6 +941,7 @@ impl RaftNode {
                 raft: raft.clone(),
                 fence: Arc::clone(&fence),
                 link: Arc::clone(isolation.link()),
+                pre_vote: Arc::clone(&pre_vote),
                 transferring: Arc::clone(&transferring),
                 transfers: Arc::clone(&transfers),
                 auth: auth.clone(),
@@ -963,6 +975,7 @@ impl RaftNode {
             isolation,
             auth,
             transfers,
+            pre_vote,
             transferring,
             failure,
             failures,
@@ -1490,6 +1503,7 @@ impl RaftNode {
 
         let restore = TransferRestore {
             raft: &self.raft,
+            pre_vote: &self.pre_vote,
             fence: &self.fence,
             auth: self.auth.clone(),
             others: others.clone(),
@@ -1507,7 +1521,7 @@ impl RaftNode {
             return Err(e);
         }
         self.raft.runtime_config().heartbeat(false);
-        self.raft.runtime_config().elect(false);
+        self.pre_vote.set_elect(false);
         let pause = self.election_pause();
         for (id, addr) in &others {
             let req = ControlRequest::PauseElect { ms: pause.as_millis() as u64 };

@@ -18,7 +18,7 @@ use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub const TOPIC: &str = "TopicTest";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
@@ -43,27 +43,17 @@ impl Group {
     pub async fn start_with(extra: &str) -> Group {
         let dir = tempfile::tempdir().expect("tempdir");
         let namesrv = NameServer::start("127.0.0.1:0").await.expect("namesrv");
-        let ns = namesrv.local_addr().to_string();
-        let peers: Vec<(u64, String, String)> =
-            (1..=3).map(|id| (id, format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
-        let mut brokers = Vec::new();
-        for (id, _, _) in &peers {
-            let mut toml = format!(
-                "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{ns}\"\nstorePathRootDir = \"{}\"\n\
-                 mappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\ncommitLogPrefillAheadBytes = 0\nbootstrap = {}\n",
-                dir.path().join(format!("n{id}")).display(),
-                *id == 1
-            );
-            toml.push_str(extra);
-            for (pid, pc, pr) in &peers {
-                toml.push_str(&format!("[[peers]]\nid = {pid}\nraftAddr = \"{pr}\"\nclientAddr = \"{pc}\"\n"));
-            }
-            let cfg = BrokerConfig::from_toml(&toml).expect("config");
-            brokers.push(Arc::new(Broker::start(cfg).await.expect("start broker")));
-        }
+        let brokers = start_brokers(&dir, &namesrv.local_addr().to_string(), extra).await;
         let g = Group { _dir: dir, namesrv, brokers };
         g.wait_leader(None, Duration::from_secs(20)).await;
         g
+    }
+
+    /// A group whose nameserver starts only now, at `ns`, after its `brokers` (started by [`start_brokers`]
+    /// with that address and `dir`).
+    pub async fn with_late_namesrv(dir: tempfile::TempDir, ns: &str, brokers: Vec<Arc<Broker>>) -> Group {
+        let namesrv = NameServer::start(ns).await.expect("namesrv");
+        Group { _dir: dir, namesrv, brokers }
     }
 
     /// The index of a ready leader other than `not`.
@@ -94,6 +84,29 @@ impl Group {
             b.shutdown().await;
         }
     }
+}
+
+/// Starts three brokers (node 1 bootstraps) registering with the nameserver at `ns` (which need not be up
+/// yet), data under `dir`, with `extra` TOML lines in every node's configuration.
+pub async fn start_brokers(dir: &tempfile::TempDir, ns: &str, extra: &str) -> Vec<Arc<Broker>> {
+    let peers: Vec<(u64, String, String)> =
+        (1..=3).map(|id| (id, format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
+    let mut brokers = Vec::new();
+    for (id, _, _) in &peers {
+        let mut toml = format!(
+            "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{ns}\"\nstorePathRootDir = \"{}\"\n\
+             mappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\ncommitLogPrefillAheadBytes = 0\nbootstrap = {}\n",
+            dir.path().join(format!("n{id}")).display(),
+            *id == 1
+        );
+        toml.push_str(extra);
+        for (pid, pc, pr) in &peers {
+            toml.push_str(&format!("[[peers]]\nid = {pid}\nraftAddr = \"{pr}\"\nclientAddr = \"{pc}\"\n"));
+        }
+        let cfg = BrokerConfig::from_toml(&toml).expect("config");
+        brokers.push(Arc::new(Broker::start(cfg).await.expect("start broker")));
+    }
+    brokers
 }
 
 /// A SEND_MESSAGE_V2 request with the given extra properties and sysFlag.

@@ -3,6 +3,7 @@
 
 mod common;
 mod deposed_leader;
+mod late_namesrv;
 mod reset;
 mod schedule;
 mod send_back;

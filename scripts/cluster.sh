@@ -3,6 +3,8 @@
 # 10911/10921/10931, Raft ports 10912/10922/10932, configured by cluster/local/*.toml) and, with --groups N,
 # broker-b, broker-c, … (group g's node k: client port 10911 + 100·g + 10·(k-1), Raft port one above; configs
 # generated under $RAFTMQ_DATA_DIR/conf). Nodes are named n1, n2, … in broker-a and b-n1, c-n2, … elsewhere.
+# Every node serves Prometheus metrics at http://127.0.0.1:PORT/metrics, PORT = its client port + 2 (10913,
+# 10923, 10933 for broker-a), the nameserver at 127.0.0.1:9877 (cluster/monitoring/prometheus.yml scrapes them).
 #
 #   scripts/cluster.sh up [--groups N] [--acl] [--tls]
 #                                        build (release) if needed, start everything, wait for each group's leader;
@@ -32,6 +34,7 @@ DATA=${RAFTMQ_DATA_DIR:-$ROOT/data}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/raftmq-target}"
 BIN="$CARGO_TARGET_DIR/release/raftmq"
 NAMESRV=127.0.0.1:9876
+NAMESRV_METRICS=127.0.0.1:9877
 LETTERS=(a b c d e f g h i)
 # Node ids per group stay below 10 so that the port scheme above never collides with the next group.
 NODE_ID_MAX=9
@@ -144,6 +147,7 @@ parse_node() {
 
 node_name() { if [ "$1" = a ]; then echo "n$2"; else echo "$1-n$2"; fi; }
 client_port() { echo $((10911 + 100 * $1 + 10 * ($2 - 1))); }
+metrics_port() { echo $(( $(client_port "$1" "$2") + 2 )); }
 
 # Config of group index $1 (letter $2) node $3. broker-a's first three use cluster/local; others are generated:
 # the first three of a group list each other and node 1 bootstraps; a node added later lists only itself
@@ -171,6 +175,8 @@ config_of() {
       echo "# A local cluster shares the machine's disk: refuse sends above 95 % use (production: 0.75)."
       echo "diskMaxUsedSpaceRatio = 0.95"
       echo "diskSpaceCleanForciblyRatio = 0.97"
+      echo "# Prometheus metrics (docs/operations.md, Watching a cluster): client port + 2."
+      echo "metricsListen = \"127.0.0.1:$(metrics_port "$g" "$id")\""
       echo "bootstrap = $bootstrap"
       echo
       printf '%b' "$peers"
@@ -186,7 +192,7 @@ start_node() {
   ensure_secret
   export RAFTMQ_CLUSTER_SECRET_FILE="$SECRET_FILE"
   if [ "$node" = namesrv ]; then
-    nohup "$BIN" namesrv --listen "$NAMESRV" --log-file "$DATA/logs/namesrv.log" ${NAMESRV_TLS[@]+"${NAMESRV_TLS[@]}"} \
+    nohup "$BIN" namesrv --listen "$NAMESRV" --metrics-listen "$NAMESRV_METRICS" --log-file "$DATA/logs/namesrv.log" ${NAMESRV_TLS[@]+"${NAMESRV_TLS[@]}"} \
       >"$DATA/logs/namesrv.out" 2>&1 &
   else
     parse_node "$node"
@@ -309,6 +315,8 @@ case "${1:-}" in
     echo
     t=${CLI_TLS[*]+" ${CLI_TLS[*]}"}
     [ -n "$tls" ] && echo "TLS (enforcing) on every client port; clients need$t (or RAFTMQ_TLS=1 RAFTMQ_TLS_CA_FILE=$TLS_DIR/ca.pem)"
+    echo "Metrics: http://127.0.0.1:10913/metrics (n1; n2 :10923, n3 :10933; group g node k: client port + 2),"
+    echo "  nameserver http://$NAMESRV_METRICS/metrics; Prometheus: cluster/monitoring/prometheus.yml"
     echo "Control commands (admin status, leader, transfer-leader, node …) need the cluster secret:"
     echo "  export RAFTMQ_CLUSTER_SECRET_FILE=$SECRET_FILE"
     echo "Try:"

@@ -48,10 +48,9 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
     )
 }
 
-/// A running metrics server.
+/// A running metrics server; stopped by [`MetricsServer::stop`] or when dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,18 +59,14 @@ impl MetricsServer {
     pub async fn start(listen: &str, router: Router) -> io::Result<MetricsServer> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let bounded = Bounded { inner: listener, slots: Arc::new(Semaphore::new(METRICS_HTTP_CONNECTIONS_MAX)) };
         let task = tokio::spawn(async move {
-            let serve = axum::serve(bounded, router).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
+            if let Err(e) = axum::serve(bounded, router).await {
                 tracing::warn!(error = %e, "metrics server stopped");
             }
         });
         tracing::info!(%addr, "metrics served at http://{addr}/metrics");
-        Ok(MetricsServer { addr, stop: Some(stop), task })
+        Ok(MetricsServer { addr, task })
     }
 
     /// The bound address.
@@ -79,18 +74,16 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops accepting and closes the server.
-    pub fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    /// Stops accepting (the port is closed at once); connections already open end within
+    /// [`METRICS_HTTP_CONN_LIFETIME`].
+    pub fn stop(&self) {
         self.task.abort();
     }
 }
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.shutdown();
+        self.stop();
     }
 }
 

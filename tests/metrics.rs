@@ -68,7 +68,12 @@ async fn metrics_move_with_traffic_lag_and_failover() {
     }
     assert_eq!(leaders, vec![leader]);
     let before = scrape(&cluster.node(leader).metrics_addr).await;
-    let sends_ok = |t: &str| value(t, "raftmq_requests_total{request=\"SEND_MESSAGE\",response=\"SUCCESS\"}").unwrap_or(0.0);
+    let sends_ok = |t: &str| {
+        ["SEND_MESSAGE", "SEND_MESSAGE_V2", "SEND_BATCH_MESSAGE"]
+            .iter()
+            .map(|code| value(t, &format!("raftmq_requests_total{{request=\"{code}\",response=\"SUCCESS\"}}")).unwrap_or(0.0))
+            .sum::<f64>()
+    };
     let sent_before = sends_ok(&before);
 
     // Traffic: 30 sends to two queues, all counted.
@@ -96,7 +101,7 @@ async fn metrics_move_with_traffic_lag_and_failover() {
         assert_eq!(pull_all(&c, TOPIC, q).await.len(), 15);
         assert_eq!(commit_offset(&c, GROUP, TOPIC, q, 5).await, ResponseCode::SUCCESS.0);
     }
-    let lag = |q: u32| format!("raftmq_consumer_lag{{group=\"{GROUP}\",queue=\"{q}\",topic=\"{TOPIC}\"}}");
+    let lag = |q: u32| format!("raftmq_consumer_lag{{group=\"{GROUP}\",topic=\"{TOPIC}\",queue=\"{q}\"}}");
     let mid = scrape(&cluster.node(leader).metrics_addr).await;
     assert_eq!(value(&mid, &lag(0)), Some(10.0), "{mid}");
     assert_eq!(value(&mid, &format!("raftmq_consumer_group_lag{{group=\"{GROUP}\"}}")), Some(20.0), "{mid}");

@@ -5,6 +5,7 @@
 # generated under $RAFTMQ_DATA_DIR/conf). Nodes are named n1, n2, … in broker-a and b-n1, c-n2, … elsewhere.
 # Every node serves Prometheus metrics at http://127.0.0.1:PORT/metrics, PORT = its client port + 2 (10913,
 # 10923, 10933 for broker-a), the nameserver at 127.0.0.1:9877 (cluster/monitoring/prometheus.yml scrapes them).
+# RAFTMQ_METRICS=off starts nodes without metrics (no metrics port, nothing counted; scripts/bench-metrics.sh).
 #
 #   scripts/cluster.sh up [--groups N] [--acl] [--tls]
 #                                        build (release) if needed, start everything, wait for each group's leader;
@@ -129,6 +130,16 @@ with_tls_keys() {
   echo "$out"
 }
 
+# With RAFTMQ_METRICS=off: a copy of config $1 without its metricsListen line.
+without_metrics() {
+  local cfg=$1
+  [ "${RAFTMQ_METRICS:-on}" = off ] || { echo "$cfg"; return; }
+  local out; out="$DATA/conf/nometrics-$(basename "$cfg")"
+  mkdir -p "$DATA/conf"
+  grep -v '^metricsListen' "$cfg" >"$out"
+  echo "$out"
+}
+
 running() {
   local f; f=$(pidfile "$1")
   [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
@@ -192,7 +203,9 @@ start_node() {
   ensure_secret
   export RAFTMQ_CLUSTER_SECRET_FILE="$SECRET_FILE"
   if [ "$node" = namesrv ]; then
-    nohup "$BIN" namesrv --listen "$NAMESRV" --metrics-listen "$NAMESRV_METRICS" --log-file "$DATA/logs/namesrv.log" ${NAMESRV_TLS[@]+"${NAMESRV_TLS[@]}"} \
+    local metrics=(--metrics-listen "$NAMESRV_METRICS")
+    [ "${RAFTMQ_METRICS:-on}" = off ] && metrics=()
+    nohup "$BIN" namesrv --listen "$NAMESRV" ${metrics[@]+"${metrics[@]}"} --log-file "$DATA/logs/namesrv.log" ${NAMESRV_TLS[@]+"${NAMESRV_TLS[@]}"} \
       >"$DATA/logs/namesrv.out" 2>&1 &
   else
     parse_node "$node"
@@ -200,6 +213,7 @@ start_node() {
     local acl=()
     if acl_on; then acl=(--acl-file "$ACL_FILE"); fi
     cfg=$(with_tls_keys "$cfg")
+    cfg=$(without_metrics "$cfg")
     nohup "$BIN" broker --config "$cfg" --store-dir "$DATA/$GROUP-n$ID" "${acl[@]}" \
       --log-file "$DATA/logs/$GROUP-n$ID.log" >"$DATA/logs/$GROUP-n$ID.out" 2>&1 &
   fi

@@ -168,8 +168,9 @@ pub struct BrokerInner {
     pub(crate) disk: crate::retention::DiskGuard,
     /// The ACL in force when `aclEnable` is on.
     pub(crate) acl: Option<Arc<crate::acl::AclHolder>>,
-    /// Request counters, latency histograms and per-topic traffic (metrics.rs).
-    pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
+    /// Request counters, latency histograms and per-topic traffic (metrics.rs); `None` without
+    /// `metricsListen`, so a node without metrics does not count either.
+    pub(crate) metrics: Option<Arc<crate::metrics::BrokerMetrics>>,
     /// `unsafeAckBeforeQuorum` only: offsets handed out and acknowledged writes not yet proposed.
     #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_acks: std::sync::Mutex<crate::send::UnsafeAcks>,
@@ -261,7 +262,7 @@ impl Broker {
             subscriptions_per_group_max: cfg.subscriptions_per_group_max,
         };
         let inner = Arc::new(BrokerInner {
-            metrics: Arc::new(crate::metrics::BrokerMetrics::new(cfg.metrics_topics_max, cfg.metrics_lag_series_max)),
+            metrics: crate::metrics::BrokerMetrics::for_config(&cfg),
             offsets: OffsetCommitter::start(store.clone()),
             resets_applied: Notify::new(),
             clients: ClientManager::new(limits),
@@ -598,7 +599,7 @@ struct Handler(Arc<BrokerInner>);
 impl RequestHandler for Handler {
     fn handle(&self, conn: Conn, req: RemotingCommand) -> HandlerFuture {
         let inner = Arc::clone(&self.0);
-        let timer = crate::metrics::RequestTimer::start(&inner.metrics, req.code);
+        let timer = inner.metrics.as_ref().map(|m| crate::metrics::RequestTimer::start(m, req.code));
         let served = Box::pin(async move {
             let b = &inner;
             // The ACL rule table is the gate: a code without a rule is not served, ACL on or off.
@@ -667,7 +668,10 @@ impl RequestHandler for Handler {
                 }
             }
         });
-        Box::pin(timer.wrap(served))
+        match timer {
+            Some(t) => Box::pin(t.wrap(served)),
+            None => served,
+        }
     }
 }
 

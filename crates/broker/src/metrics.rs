@@ -2,7 +2,7 @@
 //! that reads everything else (Raft, disk, sizes, lag, pending messages, connections) when `/metrics` is
 //! fetched. See docs/operations.md, "Watching a cluster", for the list.
 //!
-//! Hot-path cost: one [`RequestTimer`] per request (an `Arc` clone, two atomic adds for the in-flight
+//! Without `metricsListen` nothing is counted (the hooks find no counters). Hot-path cost with it: one [`RequestTimer`] per request (an `Arc` clone, two atomic adds for the in-flight
 //! gauge, and on completion a binary search in the code matrix, one atomic add and a histogram
 //! observation); per stored or pulled batch one read-locked lookup in the bounded topic table.
 
@@ -87,6 +87,14 @@ impl BrokerMetrics {
         }
     }
 
+    /// The counters of a node with `metricsListen` set; `None` otherwise.
+    pub(crate) fn for_config(cfg: &crate::config::BrokerConfig) -> Option<Arc<BrokerMetrics>> {
+        cfg.metrics_listen
+            .as_deref()
+            .filter(|l| !l.is_empty())
+            .map(|_| Arc::new(BrokerMetrics::new(cfg.metrics_topics_max, cfg.metrics_lag_series_max)))
+    }
+
     fn histogram(&self, op: Op) -> &Histogram {
         match op {
             Op::Send => &self.send,
@@ -154,8 +162,10 @@ pub(crate) async fn serve(
     inner: &Arc<BrokerInner>,
     server: &Arc<ServerStats>,
 ) -> Result<Option<raftmq_metrics::server::MetricsServer>, crate::broker::BrokerError> {
-    let Some(listen) = inner.cfg.metrics_listen.as_deref().filter(|l| !l.is_empty()) else { return Ok(None) };
-    let source = BrokerSource { inner: Arc::clone(inner), server: Arc::clone(server) };
+    let (Some(listen), Some(metrics)) = (inner.cfg.metrics_listen.as_deref().filter(|l| !l.is_empty()), &inner.metrics) else {
+        return Ok(None);
+    };
+    let source = BrokerSource { inner: Arc::clone(inner), metrics: Arc::clone(metrics), server: Arc::clone(server) };
     let metrics = Arc::new(raftmq_metrics::export::Metrics::new([Arc::new(source) as Arc<dyn Source>]));
     raftmq_metrics::server::MetricsServer::start(listen, raftmq_metrics::server::router(metrics))
         .await
@@ -180,6 +190,7 @@ fn role_name(r: Role) -> &'static str {
 /// What a scrape of a broker reads.
 struct BrokerSource {
     inner: Arc<BrokerInner>,
+    metrics: Arc<BrokerMetrics>,
     server: Arc<ServerStats>,
 }
 
@@ -198,56 +209,57 @@ struct StateFigures {
 }
 
 fn state_figures(inner: &BrokerInner, lag_series_max: usize) -> StateFigures {
+    inner.node.state().with_metadata(|m| figures_of(&m.state, lag_series_max))
+}
+
+fn figures_of(s: &raftmq_state::BrokerState, lag_series_max: usize) -> StateFigures {
     use raftmq_raft::types::{SCHEDULE_TOPIC, TIMER_TOPIC};
-    inner.node.state().with_metadata(|m| {
-        let s = &m.state;
-        let mut f = StateFigures {
-            queues: 0,
-            units: 0,
-            schedule_pending: 0,
-            timer_pending: 0,
-            transactions_pending: s.transactions.len() as u64,
-            lag: Vec::new(),
-            lag_dropped: 0,
-            group_lag: Vec::new(),
-        };
-        for qs in s.queues.values() {
-            for q in qs.values() {
-                f.queues += 1;
-                f.units += q.next_offset.saturating_sub(q.min_offset);
-            }
+    let mut f = StateFigures {
+        queues: 0,
+        units: 0,
+        schedule_pending: 0,
+        timer_pending: 0,
+        transactions_pending: s.transactions.len() as u64,
+        lag: Vec::new(),
+        lag_dropped: 0,
+        group_lag: Vec::new(),
+    };
+    for qs in s.queues.values() {
+        for q in qs.values() {
+            f.queues += 1;
+            f.units += q.next_offset.saturating_sub(q.min_offset);
         }
-        let pending = |topic: &str, cursor: &dyn Fn(u32) -> u64| {
-            s.queues.get(topic).map_or(0, |qs| qs.iter().map(|(id, q)| q.next_offset.saturating_sub(cursor(*id))).sum::<u64>())
-        };
-        f.schedule_pending = pending(SCHEDULE_TOPIC, &|q| s.schedule.cursor(q));
-        f.timer_pending = pending(TIMER_TOPIC, &|q| s.schedule.timer_cursor(q));
-        for (group, topics) in &s.consumer_offsets {
-            let mut total = 0u64;
-            for (topic, queues) in topics {
-                for (qid, committed) in queues {
-                    let next = s.queues.get(topic).and_then(|qs| qs.get(qid)).map_or(0, |q| q.next_offset);
-                    let lag = next.saturating_sub(*committed);
-                    total += lag;
-                    if f.lag.len() < lag_series_max {
-                        f.lag.push((group.clone(), topic.clone(), *qid, lag));
-                    } else {
-                        f.lag_dropped += 1;
-                    }
+    }
+    let pending = |topic: &str, cursor: &dyn Fn(u32) -> u64| {
+        s.queues.get(topic).map_or(0, |qs| qs.iter().map(|(id, q)| q.next_offset.saturating_sub(cursor(*id))).sum::<u64>())
+    };
+    f.schedule_pending = pending(SCHEDULE_TOPIC, &|q| s.schedule.cursor(q));
+    f.timer_pending = pending(TIMER_TOPIC, &|q| s.schedule.timer_cursor(q));
+    for (group, topics) in &s.consumer_offsets {
+        let mut total = 0u64;
+        for (topic, queues) in topics {
+            for (qid, committed) in queues {
+                let next = s.queues.get(topic).and_then(|qs| qs.get(qid)).map_or(0, |q| q.next_offset);
+                let lag = next.saturating_sub(*committed);
+                total += lag;
+                if f.lag.len() < lag_series_max {
+                    f.lag.push((group.clone(), topic.clone(), *qid, lag));
+                } else {
+                    f.lag_dropped += 1;
                 }
             }
-            if f.group_lag.len() < lag_series_max {
-                f.group_lag.push((group.clone(), total));
-            }
         }
-        f
-    })
+        if f.group_lag.len() < lag_series_max {
+            f.group_lag.push((group.clone(), total));
+        }
+    }
+    f
 }
 
 impl Source for BrokerSource {
     fn collect(&self, out: &mut Scrape<'_>) -> fmt::Result {
         let b = &self.inner;
-        let m = &b.metrics;
+        let m = &self.metrics;
         // Requests.
         out.counters(
             "requests",
@@ -334,6 +346,31 @@ mod tests {
         let mut s = m.snapshot();
         s.sort();
         assert_eq!(s, vec![("OTHER", "OTHER", 1), ("RAFTMQ_NODE_STATUS", "SYSTEM_ERROR", 1), ("SEND_MESSAGE", "SUCCESS", 1)]);
+    }
+
+    #[test]
+    fn lag_is_next_offset_minus_committed_and_series_stop_at_the_limit() {
+        let mut s = raftmq_state::BrokerState::default();
+        let q = |next_offset| raftmq_state::QueueState { next_offset, min_offset: 0 };
+        s.queues.insert("t".into(), [(0, q(10)), (1, q(4)), (2, q(7))].into_iter().collect());
+        s.queues.insert(raftmq_raft::types::SCHEDULE_TOPIC.into(), [(0, q(5))].into_iter().collect());
+        s.schedule.cursors.insert(0, 2);
+        for g in ["g1", "g2"] {
+            s.consumer_offsets.entry(g.into()).or_default().insert("t".into(), [(0, 3), (1, 4), (2, 9)].into_iter().collect());
+        }
+        // Under the limit: every series, a committed offset past the end counts 0.
+        let f = figures_of(&s, 10);
+        assert_eq!((f.queues, f.units, f.schedule_pending), (4, 26, 3));
+        assert_eq!(f.lag.iter().map(|x| x.3).collect::<Vec<_>>(), vec![7, 0, 0, 7, 0, 0]);
+        assert_eq!(f.group_lag, vec![("g1".to_string(), 7), ("g2".to_string(), 7)]);
+        assert_eq!(f.lag_dropped, 0);
+        // At the limit: the first series are kept, the rest counted as dropped; group totals stay whole.
+        let f = figures_of(&s, 4);
+        assert_eq!(f.lag.len(), 4);
+        assert_eq!(f.lag_dropped, 2);
+        assert_eq!(f.group_lag, vec![("g1".to_string(), 7), ("g2".to_string(), 7)]);
+        let f = figures_of(&s, 1);
+        assert_eq!((f.lag.len(), f.lag_dropped, f.group_lag.len()), (1, 5, 1));
     }
 
     #[tokio::test]

@@ -432,7 +432,9 @@ impl BrokerInner {
         };
         match put {
             Ok(positions) => {
-                self.metrics.stored(&topic, stored_messages, stored_bytes);
+                if let Some(m) = &self.metrics {
+                    m.stored(&topic, stored_messages, stored_bytes);
+                }
                 if positions.iter().any(|p| p.duplicate) {
                     self.duplicates_answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }

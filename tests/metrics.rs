@@ -17,7 +17,8 @@ const GROUP: &str = "metrics-group";
 
 /// The body of `GET /metrics` from `addr`.
 async fn scrape(addr: &str) -> String {
-    let (status, body) = raftmq_metrics::server::http_get(addr, "/metrics", 16 << 20).await.unwrap_or_else(|e| panic!("scrape {addr}: {e}"));
+    let (status, body) =
+        raftmq_metrics::server::http_get(addr, "/metrics", 16 << 20).await.unwrap_or_else(|e| panic!("scrape {addr}: {e}"));
     assert_eq!(status, 200, "scrape {addr}: {body}");
     assert!(body.trim_end().ends_with("# EOF"), "{addr}: not OpenMetrics text: {body}");
     body

@@ -117,7 +117,8 @@ impl Cluster {
             (k.trim() == "clusterSecretFile").then(|| v.trim().trim_matches('"').to_string())
         });
         let namesrv_metrics = format!("127.0.0.1:{}", free_port());
-        let mut namesrv_cmd = vec!["namesrv".to_string(), "--listen".into(), namesrv.clone(), "--metrics-listen".into(), namesrv_metrics.clone()];
+        let mut namesrv_cmd =
+            vec!["namesrv".to_string(), "--listen".into(), namesrv.clone(), "--metrics-listen".into(), namesrv_metrics.clone()];
         if let Some(f) = secret_file {
             // The harness's own control requests (node status) are signed with it: the brokers refuse them unsigned.
             if let Ok(text) = std::fs::read_to_string(&f) {

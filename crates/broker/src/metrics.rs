@@ -274,8 +274,16 @@ impl Source for BrokerSource {
         out.gauge("requests_inflight", "Requests received and not yet answered.", m.inflight.load(Ordering::Relaxed) as f64)?;
         out.gauge("connections", "Open client connections.", self.server.connections_open() as f64)?;
         out.counter("connections_accepted", "Client connections accepted.", self.server.connections_accepted_total())?;
-        out.counter("connections_refused", "Client connections closed at once at connectionsMax.", self.server.connections_refused_total())?;
-        out.gauge("requests_inflight_bytes", "Frame bytes of requests received and not yet answered.", self.server.inflight_bytes() as f64)?;
+        out.counter(
+            "connections_refused",
+            "Client connections closed at once at connectionsMax.",
+            self.server.connections_refused_total(),
+        )?;
+        out.gauge(
+            "requests_inflight_bytes",
+            "Frame bytes of requests received and not yet answered.",
+            self.server.inflight_bytes() as f64,
+        )?;
         // Topics.
         let topics = m.topics.snapshot();
         let per = |i: usize| topics.iter().map(move |(t, v)| (l(&[("topic", t)]), v[i]));
@@ -294,26 +302,46 @@ impl Source for BrokerSource {
         )?;
         out.gauge("raft_leader_id", "Node id of the known leader (-1: none).", st.leader.map_or(-1.0, |id| id as f64))?;
         out.gauge("raft_last_log_index", "Index of the last Raft log entry.", st.last_log_index.unwrap_or(0) as f64)?;
-        out.gauge("raft_commit_index", "Committed index as this member knows it (leader: quorum-acknowledged).", st.commit_index.unwrap_or(0) as f64)?;
+        out.gauge(
+            "raft_commit_index",
+            "Committed index as this member knows it (leader: quorum-acknowledged).",
+            st.commit_index.unwrap_or(0) as f64,
+        )?;
         out.gauge("raft_applied_index", "Last applied index.", st.applied_index.unwrap_or(0) as f64)?;
         out.gauge("raft_purged_index", "Index up to which the log was purged by retention.", st.purged_index.unwrap_or(0) as f64)?;
         out.gauge("raft_voters", "Voters of the group.", st.voters.len() as f64)?;
         let batch = b.node.batch_stats();
-        out.histogram("raft_entry_requests", "Produce requests coalesced into each Raft entry this member proposed (batching).", &batch.requests_per_entry)?;
+        out.histogram(
+            "raft_entry_requests",
+            "Produce requests coalesced into each Raft entry this member proposed (batching).",
+            &batch.requests_per_entry,
+        )?;
         out.histogram("raft_entry_bytes", "Encoded bytes of each produce entry this member proposed.", &batch.bytes_per_entry)?;
         // Storage.
         let log = b.node.commitlog();
-        out.histogram("fsync_latency_seconds", "Latency of each commitlog segment fdatasync of a group flush.", &log.stats().fsync_latency)?;
+        out.histogram(
+            "fsync_latency_seconds",
+            "Latency of each commitlog segment fdatasync of a group flush.",
+            &log.stats().fsync_latency,
+        )?;
         let ls = log.state();
         let base = ls.purged.map_or(0, |p| p.next_pos);
-        out.gauge("commitlog_bytes", "Commitlog bytes between the purge point and the write position.", ls.write_pos.saturating_sub(base) as f64)?;
+        out.gauge(
+            "commitlog_bytes",
+            "Commitlog bytes between the purge point and the write position.",
+            ls.write_pos.saturating_sub(base) as f64,
+        )?;
         out.gauge("commitlog_write_position_bytes", "Byte position of the next commitlog record.", ls.write_pos as f64)?;
         let du = b.disk.usage();
         out.gauge("disk_total_bytes", "Size of the store's filesystem (last measurement).", du.total as f64)?;
         out.gauge("disk_free_bytes", "Free bytes of the store's filesystem.", du.free as f64)?;
         let ratio = if du.total == 0 { 0.0 } else { du.free as f64 / du.total as f64 };
         out.gauge("disk_free_ratio", "Free fraction of the store's filesystem.", ratio)?;
-        out.gauge("disk_used_ratio", "Used fraction of the store's filesystem (sends stop above diskMaxUsedSpaceRatio).", if du.total == 0 { 0.0 } else { 1.0 - ratio })?;
+        out.gauge(
+            "disk_used_ratio",
+            "Used fraction of the store's filesystem (sends stop above diskMaxUsedSpaceRatio).",
+            if du.total == 0 { 0.0 } else { 1.0 - ratio },
+        )?;
         out.gauge("disk_full", "1 while sends are refused because the disk is full.", f64::from(u8::from(b.disk.is_full())))?;
         // Replicated state.
         let f = state_figures(b, m.lag_series_max);
@@ -327,7 +355,11 @@ impl Source for BrokerSource {
             "Messages of a queue after the group's committed offset (series past metricsLagSeriesMax are dropped).",
             f.lag.iter().map(|(g, t, q, lag)| (l(&[("group", g), ("topic", t), ("queue", &q.to_string())]), *lag as f64)),
         )?;
-        out.gauges("consumer_group_lag", "Messages after the group's committed offsets, over all its queues.", f.group_lag.iter().map(|(g, lag)| (l(&[("group", g)]), *lag as f64)))?;
+        out.gauges(
+            "consumer_group_lag",
+            "Messages after the group's committed offsets, over all its queues.",
+            f.group_lag.iter().map(|(g, lag)| (l(&[("group", g)]), *lag as f64)),
+        )?;
         out.gauge("consumer_lag_series_dropped", "consumer_lag series left out at metricsLagSeriesMax.", f.lag_dropped as f64)?;
         Ok(())
     }

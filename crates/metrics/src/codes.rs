@@ -23,7 +23,10 @@ fn index_of(list: &[(i32, &'static str)], code: i32) -> usize {
 
 impl CodeMatrix {
     /// A matrix over the given request and response codes (duplicates are dropped).
-    pub fn new(requests: impl IntoIterator<Item = (i32, &'static str)>, responses: impl IntoIterator<Item = (i32, &'static str)>) -> CodeMatrix {
+    pub fn new(
+        requests: impl IntoIterator<Item = (i32, &'static str)>,
+        responses: impl IntoIterator<Item = (i32, &'static str)>,
+    ) -> CodeMatrix {
         let sorted = |it: &mut dyn Iterator<Item = (i32, &'static str)>| {
             let mut v: Vec<(i32, &'static str)> = it.collect();
             v.sort_unstable_by_key(|(c, _)| *c);

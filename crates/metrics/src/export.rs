@@ -209,7 +209,9 @@ mod tests {
     fn the_process_source_reads_proc_self() {
         let text = Metrics::new([]).encode().unwrap();
         let value = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or_else(|| panic!("{name} in\n{text}"))
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+                .unwrap_or_else(|| panic!("{name} in\n{text}"))
         };
         assert!(value("raftmq_process_resident_memory_bytes ") > 1e6);
         assert!(value("raftmq_process_threads ") >= 1.0);

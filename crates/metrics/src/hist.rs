@@ -5,8 +5,7 @@ use std::time::Duration;
 
 /// Latency bucket bounds in microseconds: 50 µs to 10 s (exported in seconds).
 pub const LATENCY_BOUNDS_US: &[u64] = &[
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-    10_000_000,
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// Size bucket bounds in bytes: 256 B to 16 MiB, powers of four.

@@ -182,9 +182,18 @@ pub async fn http_get(addr: &str, path: &str, bytes_max: usize) -> io::Result<(u
     }
     let text = String::from_utf8(raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no header end"))?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status"))?;
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked { dechunk(body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad chunked body"))? } else { body.to_string() };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status"))?;
+    let chunked =
+        head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad chunked body"))?
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 

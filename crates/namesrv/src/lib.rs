@@ -287,6 +287,7 @@ mod tests {
             routes: Arc::new(RouteTable::default()),
             secrets: secret.map(|s| ClusterSecrets::parse(s).unwrap()),
             refusals: RefusalLog::default(),
+            metrics: Arc::default(),
         }
     }
 

@@ -76,7 +76,11 @@ impl Source for NamesrvSource {
         out.gauge("requests_inflight", "Requests received and not yet answered.", m.inflight.load(Ordering::Relaxed) as f64)?;
         out.gauge("connections", "Open client connections.", self.server.connections_open() as f64)?;
         out.counter("connections_accepted", "Client connections accepted.", self.server.connections_accepted_total())?;
-        out.counter("connections_refused", "Client connections closed at once at connectionsMax.", self.server.connections_refused_total())?;
+        out.counter(
+            "connections_refused",
+            "Client connections closed at once at connectionsMax.",
+            self.server.connections_refused_total(),
+        )?;
         let info = self.routes.cluster_info();
         let brokers: usize = info.broker_addr_table.values().map(|b| b.broker_addrs.len()).sum();
         let mastered = info.broker_addr_table.values().filter(|b| b.broker_addrs.contains_key(&0)).count();

@@ -3,6 +3,9 @@
 # 10911/10921/10931, Raft ports 10912/10922/10932, configured by cluster/local/*.toml) and, with --groups N,
 # broker-b, broker-c, … (group g's node k: client port 10911 + 100·g + 10·(k-1), Raft port one above; configs
 # generated under $RAFTMQ_DATA_DIR/conf). Nodes are named n1, n2, … in broker-a and b-n1, c-n2, … elsewhere.
+# Every node serves Prometheus metrics at http://127.0.0.1:PORT/metrics, PORT = its client port + 2 (10913,
+# 10923, 10933 for broker-a), the nameserver at 127.0.0.1:9877 (cluster/monitoring/prometheus.yml scrapes them).
+# RAFTMQ_METRICS=off starts nodes without metrics (no metrics port, nothing counted; scripts/bench-metrics.sh).
 #
 #   scripts/cluster.sh up [--groups N] [--acl] [--tls]
 #                                        build (release) if needed, start everything, wait for each group's leader;
@@ -39,6 +42,7 @@ DATA=${RAFTMQ_DATA_DIR:-$ROOT/data}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/raftmq-target}"
 BIN="${RAFTMQ_BIN:-$CARGO_TARGET_DIR/release/raftmq}"
 NAMESRV=127.0.0.1:9876
+NAMESRV_METRICS=127.0.0.1:9877
 LETTERS=(a b c d e f g h i)
 # Node ids per group stay below 10 so that the port scheme above never collides with the next group.
 NODE_ID_MAX=9
@@ -134,6 +138,16 @@ with_tls_keys() {
   echo "$out"
 }
 
+# With RAFTMQ_METRICS=off: a copy of config $1 without its metricsListen line.
+without_metrics() {
+  local cfg=$1
+  [ "${RAFTMQ_METRICS:-on}" = off ] || { echo "$cfg"; return; }
+  local out; out="$DATA/conf/nometrics-$(basename "$cfg")"
+  mkdir -p "$DATA/conf"
+  grep -v '^metricsListen' "$cfg" >"$out"
+  echo "$out"
+}
+
 running() {
   local f; f=$(pidfile "$1")
   [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
@@ -152,6 +166,7 @@ parse_node() {
 
 node_name() { if [ "$1" = a ]; then echo "n$2"; else echo "$1-n$2"; fi; }
 client_port() { echo $((10911 + 100 * $1 + 10 * ($2 - 1))); }
+metrics_port() { echo $(( $(client_port "$1" "$2") + 2 )); }
 
 # Config of group index $1 (letter $2) node $3. broker-a's first three use cluster/local; others are generated:
 # the first three of a group list each other and node 1 bootstraps; a node added later lists only itself
@@ -179,6 +194,8 @@ config_of() {
       echo "# A local cluster shares the machine's disk: refuse sends above 95 % use (production: 0.75)."
       echo "diskMaxUsedSpaceRatio = 0.95"
       echo "diskSpaceCleanForciblyRatio = 0.97"
+      echo "# Prometheus metrics (docs/operations.md, Watching a cluster): client port + 2."
+      echo "metricsListen = \"127.0.0.1:$(metrics_port "$g" "$id")\""
       echo "bootstrap = $bootstrap"
       echo
       printf '%b' "$peers"
@@ -194,7 +211,9 @@ start_node() {
   ensure_secret
   export RAFTMQ_CLUSTER_SECRET_FILE="$SECRET_FILE"
   if [ "$node" = namesrv ]; then
-    nohup "$BIN" namesrv --listen "$NAMESRV" --log-file "$DATA/logs/namesrv.log" ${NAMESRV_TLS[@]+"${NAMESRV_TLS[@]}"} \
+    local metrics=(--metrics-listen "$NAMESRV_METRICS")
+    [ "${RAFTMQ_METRICS:-on}" = off ] && metrics=()
+    nohup "$BIN" namesrv --listen "$NAMESRV" ${metrics[@]+"${metrics[@]}"} --log-file "$DATA/logs/namesrv.log" ${NAMESRV_TLS[@]+"${NAMESRV_TLS[@]}"} \
       >"$DATA/logs/namesrv.out" 2>&1 &
   else
     parse_node "$node"
@@ -202,6 +221,7 @@ start_node() {
     local acl=()
     if acl_on; then acl=(--acl-file "$ACL_FILE"); fi
     cfg=$(with_tls_keys "$cfg")
+    cfg=$(without_metrics "$cfg")
     nohup "$BIN" broker --config "$cfg" --store-dir "$DATA/$GROUP-n$ID" "${acl[@]}" \
       --log-file "$DATA/logs/$GROUP-n$ID.log" >"$DATA/logs/$GROUP-n$ID.out" 2>&1 &
   fi
@@ -322,6 +342,8 @@ case "${1:-}" in
     echo
     t=${CLI_TLS[*]+" ${CLI_TLS[*]}"}
     [ -n "$tls" ] && echo "TLS (enforcing) on every client port; clients need$t (or RAFTMQ_TLS=1 RAFTMQ_TLS_CA_FILE=$TLS_DIR/ca.pem)"
+    echo "Metrics: http://127.0.0.1:10913/metrics (n1; n2 :10923, n3 :10933; group g node k: client port + 2),"
+    echo "  nameserver http://$NAMESRV_METRICS/metrics; Prometheus: cluster/monitoring/prometheus.yml"
     echo "Control commands (admin status, leader, transfer-leader, node …) need the cluster secret:"
     echo "  export RAFTMQ_CLUSTER_SECRET_FILE=$SECRET_FILE"
     echo "Try:"

@@ -19,8 +19,8 @@ use common::*;
 use raftmq_client::{ClientConfig, Message, Producer, ProducerOptions};
 
 const NAMESRV: &str = "127.0.0.1:9876";
-/// The nameserver and broker-a's client and Raft ports of scripts/cluster.sh.
-const PORTS: [u16; 7] = [9876, 10911, 10912, 10921, 10922, 10931, 10932];
+/// The nameserver and broker-a ports of scripts/cluster.sh (client, Raft, metrics).
+const PORTS: [u16; 11] = [9876, 9877, 10911, 10912, 10913, 10921, 10922, 10923, 10931, 10932, 10933];
 const TOPIC: &str = "TopicRolling";
 
 fn repo() -> PathBuf {

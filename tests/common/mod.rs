@@ -48,6 +48,8 @@ pub struct Node {
     pub id: u64,
     pub client_addr: String,
     pub raft_addr: String,
+    /// Where the node serves `/metrics` (`metricsListen`; every harness node has its own port).
+    pub metrics_addr: String,
     config: PathBuf,
     child: Option<Child>,
 }
@@ -55,6 +57,8 @@ pub struct Node {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub namesrv: String,
+    /// Where the nameserver serves `/metrics` (`--metrics-listen`).
+    pub namesrv_metrics: String,
     namesrv_child: Child,
     pub nodes: Vec<Node>,
 }
@@ -112,7 +116,9 @@ impl Cluster {
             let (k, v) = l.split_once('=')?;
             (k.trim() == "clusterSecretFile").then(|| v.trim().trim_matches('"').to_string())
         });
-        let mut namesrv_cmd = vec!["namesrv".to_string(), "--listen".into(), namesrv.clone()];
+        let namesrv_metrics = format!("127.0.0.1:{}", free_port());
+        let mut namesrv_cmd =
+            vec!["namesrv".to_string(), "--listen".into(), namesrv.clone(), "--metrics-listen".into(), namesrv_metrics.clone()];
         if let Some(f) = secret_file {
             // The harness's own control requests (node status) are signed with it: the brokers refuse them unsigned.
             if let Ok(text) = std::fs::read_to_string(&f) {
@@ -141,9 +147,12 @@ impl Cluster {
             );
             // Defaults of the harness unless `extra` sets them: 8 MiB segments, and sends refused only on a
             // disk 99 % full (the default 0.75 would make every test depend on the host's disk).
+            let metrics_addr = format!("127.0.0.1:{}", free_port());
+            let metrics_line = format!("metricsListen = \"{metrics_addr}\"\n");
             for (key, line) in [
                 ("mappedFileSizeCommitLog", "mappedFileSizeCommitLog = 8388608\n"),
                 ("diskMaxUsedSpaceRatio", "diskMaxUsedSpaceRatio = 0.99\n"),
+                ("metricsListen", metrics_line.as_str()),
             ] {
                 if !extra.contains(key) {
                     toml.push_str(line);
@@ -155,9 +164,9 @@ impl Cluster {
             }
             let config = dir.path().join(format!("n{id}.toml"));
             std::fs::write(&config, toml).expect("write config");
-            nodes.push(Node { id: *id, client_addr: client.clone(), raft_addr: raft.clone(), config, child: None });
+            nodes.push(Node { id: *id, client_addr: client.clone(), raft_addr: raft.clone(), metrics_addr, config, child: None });
         }
-        Cluster { dir, namesrv, namesrv_child, nodes }
+        Cluster { dir, namesrv, namesrv_metrics, namesrv_child, nodes }
     }
 
     /// Starts another broker group `broker_name` of `n` nodes (ids `first_id`.., which must not collide with
@@ -167,8 +176,9 @@ impl Cluster {
             (first_id..first_id + n).map(|id| (id, format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
         for (id, client, raft) in &peers {
             assert!(self.nodes.iter().all(|x| x.id != *id), "node id {id} is taken");
+            let metrics_addr = format!("127.0.0.1:{}", free_port());
             let mut toml = format!(
-                "brokerName = \"{broker_name}\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = {}\n",
+                "brokerName = \"{broker_name}\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nmetricsListen = \"{metrics_addr}\"\nbootstrap = {}\n",
                 self.namesrv,
                 self.dir.path().join(format!("n{id}")).display(),
                 *id == first_id
@@ -178,7 +188,7 @@ impl Cluster {
             }
             let config = self.dir.path().join(format!("n{id}.toml"));
             std::fs::write(&config, toml).expect("write config");
-            self.nodes.push(Node { id: *id, client_addr: client.clone(), raft_addr: raft.clone(), config, child: None });
+            self.nodes.push(Node { id: *id, client_addr: client.clone(), raft_addr: raft.clone(), metrics_addr, config, child: None });
             self.start_node(*id);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -202,14 +212,15 @@ impl Cluster {
     pub fn start_fresh_node(&mut self) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let (client, raft) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let toml = format!(
-            "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nbootstrap = false\n[[peers]]\nid = {id}\nraftAddr = \"{raft}\"\nclientAddr = \"{client}\"\n",
+            "brokerName = \"broker-a\"\nnodeId = {id}\nnamesrvAddr = \"{}\"\nstorePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 8388608\ndiskMaxUsedSpaceRatio = 0.99\nmetricsListen = \"{metrics_addr}\"\nbootstrap = false\n[[peers]]\nid = {id}\nraftAddr = \"{raft}\"\nclientAddr = \"{client}\"\n",
             self.namesrv,
             self.dir.path().join(format!("n{id}")).display()
         );
         let config = self.dir.path().join(format!("n{id}.toml"));
         std::fs::write(&config, toml).expect("write config");
-        self.nodes.push(Node { id, client_addr: client, raft_addr: raft, config, child: None });
+        self.nodes.push(Node { id, client_addr: client, raft_addr: raft, metrics_addr, config, child: None });
         self.start_node(id);
         id
     }

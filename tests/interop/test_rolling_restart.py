@@ -9,6 +9,7 @@ Skipped, with the reason, when the local cluster's ports are taken (a developer'
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ import pytest
 
 BIN = os.environ.get("RAFTMQ_BIN", "")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PORTS = (9876, 10911, 10912, 10921, 10922, 10931, 10932)
+PORTS = (9876, 9877, 10911, 10912, 10913, 10921, 10922, 10923, 10931, 10932, 10933)
 NAMESRV = "127.0.0.1:9876"
 TOPIC = "PyRollingTopic"
 
@@ -113,3 +114,5 @@ def test_send_sync_through_a_full_rolling_restart_fails_nothing():
         print(f"all {len(acked)} acknowledged messages stored once")
     finally:
         run(data, "scripts/cluster.sh", "down", check=False)
+        # The local cluster's configs preallocate large commitlog segments: do not leave them behind.
+        shutil.rmtree(root, ignore_errors=True)

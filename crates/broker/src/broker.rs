@@ -177,6 +177,9 @@ pub struct BrokerInner {
     pub(crate) disk: crate::retention::DiskGuard,
     /// The ACL in force when `aclEnable` is on.
     pub(crate) acl: Option<Arc<crate::acl::AclHolder>>,
+    /// Request counters, latency histograms and per-topic traffic (metrics.rs); `None` without
+    /// `metricsListen`, so a node without metrics does not count either.
+    pub(crate) metrics: Option<Arc<crate::metrics::BrokerMetrics>>,
     /// `unsafeAckBeforeQuorum` only: offsets handed out and acknowledged writes not yet proposed.
     #[cfg(feature = "unsafe-ack-before-quorum")]
     pub(crate) unsafe_acks: std::sync::Mutex<crate::send::UnsafeAcks>,
@@ -186,6 +189,8 @@ pub struct BrokerInner {
 pub struct Broker {
     inner: Arc<BrokerInner>,
     server: RemotingServer,
+    /// The `/metrics` server (`metricsListen`).
+    metrics_server: Option<raftmq_metrics::server::MetricsServer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -267,6 +272,7 @@ impl Broker {
             subscriptions_per_group_max: cfg.subscriptions_per_group_max,
         };
         let inner = Arc::new(BrokerInner {
+            metrics: crate::metrics::BrokerMetrics::for_config(&cfg),
             offsets: OffsetCommitter::start(store.clone()),
             resets_applied: Notify::new(),
             clients: ClientManager::new(limits),
@@ -290,6 +296,7 @@ impl Broker {
         let server = RemotingServer::bind(&me.client_addr, Arc::new(Handler(Arc::clone(&inner))), server_options)
             .await
             .map_err(|source| BrokerError::Listen { addr: me.client_addr.clone(), source })?;
+        let metrics_server = crate::metrics::serve(&inner, server.stats()).await?;
         let i = Arc::clone(&inner);
         let tasks = vec![
             tokio::spawn(role_watch(Arc::clone(&inner))),
@@ -322,7 +329,7 @@ impl Broker {
             tasks
         };
         info!(broker = %inner.cfg.broker_name, node = inner.cfg.node_id, client = %server.local_addr(), raft = %me.raft_addr, "broker started");
-        Ok(Broker { inner, server, tasks })
+        Ok(Broker { inner, server, metrics_server, tasks })
     }
 
     /// The Raft member.
@@ -333,6 +340,11 @@ impl Broker {
     /// The client address.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The address `/metrics` is served on, when `metricsListen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|s| s.local_addr())
     }
 
     /// Registers with every nameserver now and waits for the answers (the broker also does this every 30 s
@@ -359,6 +371,9 @@ impl Broker {
     pub async fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(m) = &self.metrics_server {
+            m.stop();
         }
         self.server.shutdown();
         self.inner.node.shutdown().await;
@@ -669,7 +684,8 @@ struct Handler(Arc<BrokerInner>);
 impl RequestHandler for Handler {
     fn handle(&self, conn: Conn, req: RemotingCommand) -> HandlerFuture {
         let inner = Arc::clone(&self.0);
-        Box::pin(async move {
+        let timer = inner.metrics.as_ref().map(|m| crate::metrics::RequestTimer::start(m, req.code));
+        let served = Box::pin(async move {
             let b = &inner;
             // The ACL rule table is the gate: a code without a rule is not served, ACL on or off.
             if crate::acl::rule(req.request_code()).is_none() {
@@ -739,7 +755,11 @@ impl RequestHandler for Handler {
                     return answer;
                 }
             }
-        })
+        });
+        match timer {
+            Some(t) => Box::pin(t.wrap(served)),
+            None => served,
+        }
     }
 }
 

@@ -364,8 +364,27 @@ pub struct BrokerConfig {
     /// changes. Relative paths are relative to the broker's working directory.
     #[serde(default)]
     pub acl_file: Option<PathBuf>,
+    /// Where `/metrics` is served over HTTP, `host:port` (`metricsListen`); absent or empty: no metrics
+    /// server (see docs/operations.md, "Watching a cluster").
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Topics with their own `topic` label in the per-topic metrics (`metricsTopicsMax`, 1..=100000); the
+    /// rest are counted under `topic="_other"`.
+    #[serde(default = "default_metrics_topics_max")]
+    pub metrics_topics_max: usize,
+    /// Most `consumer_lag` (group, topic, queue) and `consumer_group_lag` series one scrape exports
+    /// (`metricsLagSeriesMax`, 1..=1000000); the rest are counted in `consumer_lag_series_dropped`.
+    #[serde(default = "default_metrics_lag_series_max")]
+    pub metrics_lag_series_max: usize,
     /// Members of the Raft group.
     pub peers: Vec<Peer>,
+}
+
+fn default_metrics_topics_max() -> usize {
+    crate::metrics::METRICS_TOPICS_MAX_DEFAULT
+}
+fn default_metrics_lag_series_max() -> usize {
+    crate::metrics::METRICS_LAG_SERIES_MAX_DEFAULT
 }
 
 /// Largest accepted `timerMaxDelaySec`: 49 days.
@@ -923,6 +942,15 @@ impl BrokerConfig {
         if let Err(e) = self.server_options().validate() {
             return bad(format!("connection limits (connectionsMax, connInflightRequestsMax, connInflightBytesMax, serverInflightBytesMax, connIdleMsMax): {e}"));
         }
+        {
+            use crate::metrics::{METRICS_LAG_SERIES_MAX_LIMIT, METRICS_TOPICS_MAX_LIMIT};
+            if !(1..=METRICS_TOPICS_MAX_LIMIT).contains(&self.metrics_topics_max) {
+                return bad(format!("metricsTopicsMax must be 1..={METRICS_TOPICS_MAX_LIMIT}"));
+            }
+            if !(1..=METRICS_LAG_SERIES_MAX_LIMIT).contains(&self.metrics_lag_series_max) {
+                return bad(format!("metricsLagSeriesMax must be 1..={METRICS_LAG_SERIES_MAX_LIMIT}"));
+            }
+        }
         Ok(())
     }
 }
@@ -967,6 +995,28 @@ clientAddr = "127.0.0.1:10921"
         assert_eq!(c.namesrv_addrs(), vec!["127.0.0.1:9876", "127.0.0.1:9877"]);
         assert_eq!(c.me().unwrap().client_addr, "127.0.0.1:10921");
         assert_eq!(c.client_addr_of_raft("127.0.0.1:10912"), Some("127.0.0.1:10911"));
+    }
+
+    #[test]
+    fn metrics_keys_default_off_and_their_limits_are_checked() {
+        use crate::metrics::{METRICS_LAG_SERIES_MAX_LIMIT, METRICS_TOPICS_MAX_LIMIT};
+        let d = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!((d.metrics_listen.as_deref(), d.metrics_topics_max, d.metrics_lag_series_max), (None, 1_000, 10_000));
+        let c = BrokerConfig::from_toml(&format!("metricsListen = \"127.0.0.1:10913\"\n{SAMPLE}")).unwrap();
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:10913"));
+        let mut c = d.clone();
+        (c.metrics_topics_max, c.metrics_lag_series_max) = (METRICS_TOPICS_MAX_LIMIT, METRICS_LAG_SERIES_MAX_LIMIT);
+        c.validate().expect("at the limits");
+        for (topics, lag, key) in [
+            (METRICS_TOPICS_MAX_LIMIT + 1, 1, "metricsTopicsMax"),
+            (0, 1, "metricsTopicsMax"),
+            (1, METRICS_LAG_SERIES_MAX_LIMIT + 1, "metricsLagSeriesMax"),
+            (1, 0, "metricsLagSeriesMax"),
+        ] {
+            let mut c = d.clone();
+            (c.metrics_topics_max, c.metrics_lag_series_max) = (topics, lag);
+            assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   [`query`] (finding messages by key, message id or offset).
 //! - `forward.rs`: members that are not the leader forward writes to it and wait out elections.
 //! - [`retention`]: deleting old segments through the log, and refusing sends on a full disk.
+//! - [`metrics`]: Prometheus metrics on `metricsListen` (request counters, latency, per-topic traffic, Raft,
+//!   disk, lag), read at scrape time where they cost nothing on the request path.
 
 // Processors return `Result<_, Reply>` where the error *is* the response to send: built once per failed
 // request, so its size does not matter.
@@ -31,6 +33,7 @@ pub mod consumers;
 mod forward;
 pub mod leave;
 mod members;
+pub mod metrics;
 mod processor;
 pub mod query;
 mod reset;

@@ -336,6 +336,9 @@ impl BrokerInner {
             _ => Some("no new message".to_string()),
         };
         let cmd = RemotingCommand::response_to(req, code, remark).with_header(&rh);
+        if let Some(m) = &self.metrics {
+            m.pulled(&h.topic, result.messages.len(), result.messages.iter().flat_map(|m| &m.parts).map(|p| p.len() as u64).sum());
+        }
         let body_parts: Vec<Bytes> = result.messages.into_iter().flat_map(|m| m.parts).collect();
         Some(Response { cmd, body_parts })
     }

@@ -417,6 +417,7 @@ impl BrokerInner {
         if let Some(p) = &half_plan {
             ops.push(p.op());
         }
+        let (stored_messages, stored_bytes) = (messages.len(), messages.iter().map(|m| m.data.len() as u64).sum::<u64>());
         let put = match (staging, timer) {
             _ if half_plan.is_some() => {
                 self.store.put_ops(&store_topic, store_queue, messages.into_iter().map(|m| (m.tags_code, m.data)).collect(), ops).await
@@ -431,6 +432,9 @@ impl BrokerInner {
         };
         match put {
             Ok(positions) => {
+                if let Some(m) = &self.metrics {
+                    m.stored(&topic, stored_messages, stored_bytes);
+                }
                 if positions.iter().any(|p| p.duplicate) {
                     self.duplicates_answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }

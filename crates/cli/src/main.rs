@@ -147,6 +147,9 @@ enum Cmd {
         cluster_secret_file: Option<PathBuf>,
         #[command(flatten)]
         tls: NamesrvTls,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9877); absent or empty: off.
+        #[arg(long, env = "RAFTMQ_NAMESRV_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
     },
     /// Run a broker node.
     Broker {
@@ -371,13 +374,16 @@ async fn main() -> Result<()> {
         let _ = CLUSTER_SECRETS.set(client_cluster_secrets(std::env::var_os("RAFTMQ_CLUSTER_SECRET_FILE").map(PathBuf::from).as_deref())?);
     }
     match cli.cmd {
-        Cmd::Namesrv { listen, log_file, limits, cluster_secret_file, tls } => {
+        Cmd::Namesrv { listen, log_file, limits, cluster_secret_file, tls, metrics_listen } => {
             init_logging(log_file.as_ref())?;
             let opts = raftmq_net::ServerOptions { tls: tls.options(), ..limits.options() };
             opts.validate().context("connection limits and TLS settings")?;
             let secrets = namesrv_secrets(cluster_secret_file.as_deref(), std::env::var("RAFTMQ_CLUSTER_SECRET").ok())?;
-            let _ns =
+            let mut ns =
                 raftmq_namesrv::NameServer::start_secured(&listen, opts, secrets).await.with_context(|| format!("listen on {listen}"))?;
+            if let Some(m) = metrics_listen.as_deref().filter(|m| !m.is_empty()) {
+                ns.serve_metrics(m).await.with_context(|| format!("metrics listen on {m}"))?;
+            }
             shutdown_signal().await;
             tracing::info!("nameserver stopping");
             Ok(())

@@ -66,6 +66,9 @@ pub struct Stats {
     pub scrub_done: AtomicBool,
     /// Zero bytes written (and fdatasynced) ahead of the write position while the IO thread was idle.
     pub prefilled_bytes: AtomicU64,
+    /// Latency of each segment fdatasync of a group flush (the sync that acknowledgements wait for), in
+    /// microseconds; its count is the number of those fdatasyncs.
+    pub fsync_latency: raftmq_metrics::Histogram,
 }
 
 /// The newest index whose record, and every record before it, is durable on this node's disk
@@ -753,7 +756,9 @@ impl Store {
         let mut synced = false;
         while let Some(base) = self.dirty.pop_first() {
             if let Some(f) = self.view.segments.get(&base) {
+                let started = std::time::Instant::now();
                 f.sync_data()?;
+                self.stats.fsync_latency.observe_duration(started.elapsed());
                 synced = true;
             }
         }

@@ -8,6 +8,7 @@
 //! answered NO_PERMISSION (16) with the reason, and the route table is left as it was. Queries stay open, as in
 //! RocketMQ. Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`].
 
+pub mod metrics;
 pub mod routes;
 
 use std::future::Future;
@@ -41,6 +42,9 @@ pub struct NameServer {
     routes: Arc<RouteTable>,
     server: RemotingServer,
     scanner: tokio::task::JoinHandle<()>,
+    metrics: Arc<metrics::NamesrvMetrics>,
+    /// The `/metrics` server, once [`NameServer::serve_metrics`] started it.
+    metrics_server: Option<raftmq_metrics::server::MetricsServer>,
 }
 
 impl NameServer {
@@ -64,7 +68,8 @@ impl NameServer {
     /// As [`NameServer::start_with`].
     pub async fn start_secured(listen: &str, opts: ServerOptions, secrets: Option<ClusterSecrets>) -> std::io::Result<NameServer> {
         let routes = Arc::new(RouteTable::default());
-        let handler = Handler { routes: Arc::clone(&routes), secrets, refusals: RefusalLog::default() };
+        let metrics = Arc::new(metrics::NamesrvMetrics::default());
+        let handler = Handler { routes: Arc::clone(&routes), secrets, refusals: RefusalLog::default(), metrics: Arc::clone(&metrics) };
         let server = RemotingServer::bind(listen, Arc::new(handler), opts).await?;
         let r = Arc::clone(&routes);
         let scanner = tokio::spawn(async move {
@@ -77,7 +82,7 @@ impl NameServer {
             }
         });
         info!(addr = %server.local_addr(), "nameserver listening");
-        Ok(NameServer { routes, server, scanner })
+        Ok(NameServer { routes, server, scanner, metrics, metrics_server: None })
     }
 
     /// The bound address.
@@ -88,6 +93,24 @@ impl NameServer {
     /// The route table.
     pub fn routes(&self) -> &Arc<RouteTable> {
         &self.routes
+    }
+
+    /// Serves `GET /metrics` on `listen` (`host:port`) until the nameserver is dropped; returns the bound
+    /// address.
+    ///
+    /// # Errors
+    /// Bind errors.
+    pub async fn serve_metrics(&mut self, listen: &str) -> std::io::Result<std::net::SocketAddr> {
+        let source = metrics::NamesrvSource {
+            metrics: Arc::clone(&self.metrics),
+            server: Arc::clone(self.server.stats()),
+            routes: Arc::clone(&self.routes),
+        };
+        let m = Arc::new(raftmq_metrics::export::Metrics::new([Arc::new(source) as Arc<dyn raftmq_metrics::export::Source>]));
+        let server = raftmq_metrics::server::MetricsServer::start(listen, raftmq_metrics::server::router(m)).await?;
+        let addr = server.local_addr();
+        self.metrics_server = Some(server);
+        Ok(addr)
     }
 }
 
@@ -103,6 +126,7 @@ struct Handler {
     /// `None`: registrations are not authenticated.
     secrets: Option<ClusterSecrets>,
     refusals: RefusalLog,
+    metrics: Arc<metrics::NamesrvMetrics>,
 }
 
 /// Rate limit of the refusal log: one line per [`REFUSAL_LOG_INTERVAL`].
@@ -241,7 +265,9 @@ impl Handler {
 
 impl RequestHandler for Handler {
     fn handle(&self, conn: Conn, req: RemotingCommand) -> HandlerFuture {
+        let (started, _in_flight) = (std::time::Instant::now(), self.metrics.in_flight());
         let resp = self.handle_now(&req, &conn.peer().to_string());
+        self.metrics.served(req.code, resp.as_ref().map(|r| r.cmd.code), started);
         let fut: Pin<Box<dyn Future<Output = Option<Response>> + Send>> = Box::pin(async move { resp });
         fut
     }
@@ -261,6 +287,7 @@ mod tests {
             routes: Arc::new(RouteTable::default()),
             secrets: secret.map(|s| ClusterSecrets::parse(s).unwrap()),
             refusals: RefusalLog::default(),
+            metrics: Arc::default(),
         }
     }
 

@@ -461,6 +461,34 @@ pub struct RaftNode {
     /// The message index and its thread, when configured and opened.
     index: Option<Arc<MessageIndex>>,
     index_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// What the produce batcher packed into each entry it proposed.
+    batch_stats: Arc<BatchStats>,
+}
+
+/// Batching efficiency of the produce batcher: per proposed entry, the produce requests it coalesced and
+/// their encoded bytes (exported by the broker's metrics; the count of either is the entries proposed).
+#[derive(Debug)]
+pub struct BatchStats {
+    /// Produce requests per entry.
+    pub requests_per_entry: raftmq_metrics::Histogram,
+    /// Encoded bytes per entry.
+    pub bytes_per_entry: raftmq_metrics::Histogram,
+}
+
+impl Default for BatchStats {
+    fn default() -> Self {
+        BatchStats {
+            requests_per_entry: raftmq_metrics::Histogram::new(raftmq_metrics::BATCH_BOUNDS, 1.0),
+            bytes_per_entry: raftmq_metrics::Histogram::new(raftmq_metrics::BYTES_BOUNDS, 1.0),
+        }
+    }
+}
+
+impl BatchStats {
+    fn record(&self, reqs: &[ProduceRequest]) {
+        self.requests_per_entry.observe(reqs.len() as u64);
+        self.bytes_per_entry.observe(reqs.iter().map(|r| r.bytes as u64).sum());
+    }
 }
 
 #[derive(Default)]
@@ -952,14 +980,12 @@ impl RaftNode {
             }));
         }
         let (produce_tx, produce_rx) = mpsc::channel(4096);
+        let batch_stats = Arc::new(BatchStats::default());
         tokio::spawn(produce_batcher(
             raft.clone(),
             produce_rx,
-            cfg.batch_bytes_max,
-            cfg.entry_bytes_max,
-            cfg.batch_inflight_max,
-            failures.clone(),
-            Arc::clone(&fence),
+            BatchLimits { bytes_target: cfg.batch_bytes_max, bytes_max: cfg.entry_bytes_max, inflight_max: cfg.batch_inflight_max },
+            BatcherShared { stats: Arc::clone(&batch_stats), failure: failures.clone(), fence: Arc::clone(&fence) },
         ));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
         Ok(RaftNode {
@@ -981,7 +1007,13 @@ impl RaftNode {
             failures,
             index,
             index_thread: std::sync::Mutex::new(index_thread),
+            batch_stats,
         })
+    }
+
+    /// What the produce batcher packed into each Raft entry (requests, bytes).
+    pub fn batch_stats(&self) -> &BatchStats {
+        &self.batch_stats
     }
 
     /// The message index, if configured and opened (derived, node-local data: see [`MessageIndex`]).
@@ -1771,17 +1803,25 @@ fn fill_entry(
     reqs
 }
 
-/// Coalesces produce requests into entries: waits for a request, drains what is queued ([`fill_entry`]),
-/// proposes one entry, and answers each request from its slice of the result.
-async fn produce_batcher(
-    raft: Raft,
-    mut rx: mpsc::Receiver<ProduceRequest>,
+/// The produce batcher's size limits (`batch_bytes_max`, `entry_bytes_max`, `batch_inflight_max`).
+struct BatchLimits {
     bytes_target: usize,
     bytes_max: usize,
     inflight_max: usize,
+}
+
+/// What the produce batcher shares with its node: batching figures, storage failures, the transfer fence.
+struct BatcherShared {
+    stats: Arc<BatchStats>,
     failure: Failures,
     fence: Arc<Fence>,
-) {
+}
+
+/// Coalesces produce requests into entries: waits for a request, drains what is queued ([`fill_entry`]),
+/// proposes one entry, and answers each request from its slice of the result.
+async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, limits: BatchLimits, shared: BatcherShared) {
+    let BatchLimits { bytes_target, bytes_max, inflight_max } = limits;
+    let BatcherShared { stats, failure, fence } = shared;
     let permits = Arc::new(Semaphore::new(inflight_max));
     let mut carry = None;
     loop {
@@ -1794,6 +1834,7 @@ async fn produce_batcher(
             },
         };
         let reqs = fill_entry(first, &mut rx, &mut carry, bytes_target, bytes_max);
+        stats.record(&reqs);
         let mut entry = Produce::default();
         let mut waiters = Vec::with_capacity(reqs.len());
         for r in reqs {

@@ -7,21 +7,19 @@
 //!
 //! The figures (term bumps, leader changes, longest gap between acknowledged writes) are printed.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::{runtime, small_node_cfg, start_group_with, wait_leader};
 use raftmq_raft::node::{NodeConfig, RaftNode, Role};
-use raftmq_raft::types::{Command, Message, QueueAppend, TopicConfig};
 
 fn node_cfg(root: &Path, id: u64) -> NodeConfig {
-    let mut c = NodeConfig::new(id, "127.0.0.1:0", root.join(format!("n{id}")));
+    let mut c = small_node_cfg(root, id);
     c.segment_bytes = 256 * 1024;
-    c.entry_bytes_max = 32 * 1024;
-    c.batch_bytes_max = 32 * 1024;
     c.index_slots_per_file = 4096;
     c.checkpoint_every = 256;
     c.cq_units_per_file = 4096;
@@ -29,44 +27,12 @@ fn node_cfg(root: &Path, id: u64) -> NodeConfig {
 }
 
 async fn start_group(root: &Path) -> Vec<Arc<RaftNode>> {
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(Arc::new(RaftNode::start(node_cfg(root, id)).await.expect("start node")));
-    }
-    let members: BTreeMap<u64, String> = nodes.iter().map(|n| (n.id(), n.raft_addr().to_string())).collect();
-    nodes[0].initialize(members).await.expect("initialize");
-    let leader = wait_leader(&nodes, Duration::from_secs(10)).await.expect("a leader");
-    leader
-        .write(Command::UpsertTopic(TopicConfig { name: "T".into(), read_queues: 1, write_queues: 1, perm: 6 }))
-        .await
-        .expect("create topic");
-    nodes
+    start_group_with(3, |id| node_cfg(root, id)).await
 }
 
-async fn wait_leader(nodes: &[Arc<RaftNode>], timeout: Duration) -> Option<Arc<RaftNode>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(n) = nodes.iter().find(|n| {
-            let r = n.role().borrow().clone();
-            r.role == Role::Leader && r.ready
-        }) {
-            return Some(Arc::clone(n));
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
+/// Whether a one-message produce at `node` succeeds within 2 s.
 async fn produce(node: &RaftNode, i: u64) -> bool {
-    let msg = Message { tags_code: 0, data: Bytes::from(format!("m{i}")), phys_offset: None };
-    let w = node.produce(vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg] }]);
-    matches!(tokio::time::timeout(Duration::from_secs(2), w).await, Ok(Ok(_)))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
+    matches!(tokio::time::timeout(Duration::from_secs(2), common::produce(node, i)).await, Ok(Ok(())))
 }
 
 /// What a writer producing at whichever node leads saw: acknowledged writes and the longest gap between two.
@@ -82,7 +48,7 @@ fn spawn_writer(nodes: Vec<Arc<RaftNode>>, stop: Arc<AtomicBool>, seen: Arc<Mute
     tokio::spawn(async move {
         let mut i = 0;
         while !stop.load(Ordering::Acquire) {
-            let Some(leader) = wait_leader(&nodes, Duration::from_millis(100)).await else { continue };
+            let Some(leader) = wait_leader(&nodes, None, Duration::from_millis(100)).await else { continue };
             i += 1;
             if produce(&leader, i).await {
                 let now = Instant::now();
@@ -121,7 +87,7 @@ fn a_partitioned_follower_rejoining_does_not_disturb_the_leader() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let nodes = start_group(dir.path()).await;
-        let leader = wait_leader(&nodes, Duration::from_secs(5)).await.unwrap();
+        let leader = wait_leader(&nodes, None, Duration::from_secs(5)).await.unwrap();
         let term0 = leader.role().borrow().term;
         let cut = nodes.iter().find(|n| n.id() != leader.id()).cloned().unwrap();
         let healthy: Vec<Arc<RaftNode>> = nodes.iter().filter(|n| n.id() != cut.id()).cloned().collect();
@@ -141,7 +107,7 @@ fn a_partitioned_follower_rejoining_does_not_disturb_the_leader() {
         // Rejoined: the cut-off node follows the leader again and catches up.
         let deadline = healed + Duration::from_secs(10);
         loop {
-            let target = wait_leader(&nodes, Duration::from_secs(5)).await.expect("a leader after the heal");
+            let target = wait_leader(&nodes, None, Duration::from_secs(5)).await.expect("a leader after the heal");
             let r = cut.role().borrow().clone();
             if r.role == Role::Follower
                 && r.leader == Some(target.id())
@@ -157,7 +123,7 @@ fn a_partitioned_follower_rejoining_does_not_disturb_the_leader() {
         stop.store(true, Ordering::Release);
         writer.await.unwrap();
         let leaders = watch.await.unwrap();
-        let after = wait_leader(&nodes, Duration::from_secs(5)).await.unwrap();
+        let after = wait_leader(&nodes, None, Duration::from_secs(5)).await.unwrap();
         let term1 = after.role().borrow().term;
         let (acked, longest_gap) = {
             let w = writes.lock().unwrap();
@@ -186,14 +152,14 @@ fn a_dead_leader_is_replaced_and_a_transfer_still_works() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let nodes = start_group(dir.path()).await;
-        let leader = wait_leader(&nodes, Duration::from_secs(5)).await.unwrap();
+        let leader = wait_leader(&nodes, None, Duration::from_secs(5)).await.unwrap();
         let term0 = leader.role().borrow().term;
         assert!(produce(&leader, 0).await);
 
         // A transfer: the target's votes are granted although the voters heard the leader moments before.
         let target = nodes.iter().find(|n| n.id() != leader.id()).cloned().unwrap();
         leader.transfer_leader(target.id(), Duration::from_secs(10)).await.expect("transfer");
-        let new = wait_leader(&nodes, Duration::from_secs(5)).await.unwrap();
+        let new = wait_leader(&nodes, None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(new.id(), target.id());
         assert!(new.role().borrow().term > term0);
         assert!(produce(&new, 1).await, "writes at the transfer's target");
@@ -202,7 +168,7 @@ fn a_dead_leader_is_replaced_and_a_transfer_still_works() {
         let t0 = Instant::now();
         new.shutdown().await;
         let survivors: Vec<Arc<RaftNode>> = nodes.iter().filter(|n| n.id() != new.id()).cloned().collect();
-        let third = wait_leader(&survivors, Duration::from_secs(10)).await.expect("a leader after the crash");
+        let third = wait_leader(&survivors, None, Duration::from_secs(10)).await.expect("a leader after the crash");
         println!("leader n{} died; n{} leads after {:?}", new.id(), third.id(), t0.elapsed());
         assert!(produce(&third, 2).await, "writes at the survivors' leader");
         for n in survivors {

@@ -3,69 +3,26 @@
 //! the gray failure of a throttled egress. With `stall_handoff_ms` the leader hands leadership to a follower and
 //! writes flow again through the new leader; without it the group stays stuck behind the stalled leader.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use raftmq_raft::node::{NodeConfig, RaftNode, Role, WriteError};
-use raftmq_raft::types::{Command, Message, QueueAppend, TopicConfig};
+use common::{produce, runtime, small_node_cfg, start_group_with, wait_leader};
+use raftmq_raft::node::{NodeConfig, RaftNode, Role};
 
 const STALL_MS: u64 = 1_200;
 
 fn node_cfg(root: &Path, id: u64, stall_handoff_ms: u64) -> NodeConfig {
-    let mut c = NodeConfig::new(id, "127.0.0.1:0", root.join(format!("n{id}")));
-    c.segment_bytes = 64 * 1024;
-    c.entry_bytes_max = 32 * 1024;
-    c.batch_bytes_max = 32 * 1024;
-    c.index_slots_per_file = 256;
-    c.checkpoint_every = 16;
-    c.cq_units_per_file = 128;
+    let mut c = small_node_cfg(root, id);
     c.transfer_interval_min_ms = 500;
     c.stall_handoff_ms = stall_handoff_ms;
     c
 }
 
 async fn start_group(root: &Path, stall_handoff_ms: u64) -> Vec<Arc<RaftNode>> {
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(Arc::new(RaftNode::start(node_cfg(root, id, stall_handoff_ms)).await.expect("start node")));
-    }
-    let members: BTreeMap<u64, String> = nodes.iter().map(|n| (n.id(), n.raft_addr().to_string())).collect();
-    nodes[0].initialize(members).await.expect("initialize");
-    let leader = wait_leader(&nodes, None, Duration::from_secs(10)).await.expect("a leader");
-    leader
-        .write(Command::UpsertTopic(TopicConfig { name: "T".into(), read_queues: 1, write_queues: 1, perm: 6 }))
-        .await
-        .expect("create topic");
-    nodes
-}
-
-/// The ready leader, other than `not` when given.
-async fn wait_leader(nodes: &[Arc<RaftNode>], not: Option<u64>, timeout: Duration) -> Option<Arc<RaftNode>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(n) = nodes.iter().find(|n| {
-            let r = n.role().borrow().clone();
-            r.role == Role::Leader && r.ready && Some(n.id()) != not
-        }) {
-            return Some(Arc::clone(n));
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn produce(node: &RaftNode, i: u64) -> Result<(), WriteError> {
-    let msg = Message { tags_code: 0, data: Bytes::from(format!("m{i}")), phys_offset: None };
-    node.produce(vec![QueueAppend { topic: "T".into(), queue_id: 0, messages: vec![msg] }]).await.map(|_| ())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
+    start_group_with(3, |id| node_cfg(root, id, stall_handoff_ms)).await
 }
 
 /// Stalls the leader's entry sends and starts a write on it; returns the stalled leader.

@@ -5,6 +5,8 @@
 //! "Killing" a node here is `shutdown` (openraft stopped, sockets closed); kill -9 of real processes is in
 //! the broker's multi-process tests. Timings are printed, never asserted.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +22,8 @@ const TOPIC: &str = "TopicTest";
 const QUEUES: u32 = 4;
 
 fn node_cfg(root: &Path, id: u64, addr: &str) -> NodeConfig {
-    let mut c = NodeConfig::new(id, addr, root.join(format!("n{id}")));
-    c.segment_bytes = 64 * 1024;
-    // Entries must fit a segment.
-    c.entry_bytes_max = 32 * 1024;
-    c.batch_bytes_max = 32 * 1024;
-    c.index_slots_per_file = 256;
-    c.checkpoint_every = 16;
-    c.cq_units_per_file = 128;
+    let mut c = common::small_node_cfg(root, id);
+    c.raft_addr = addr.to_string();
     c
 }
 

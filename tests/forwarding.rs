@@ -184,6 +184,11 @@ async fn a_write_to_a_follower_waits_out_the_election() {
 
     // No quorum: the survivor waits leaderWaitMs for a leader, then answers 14.
     let new_leader = cluster.leader(Duration::from_secs(10)).await;
+    // Whether the send met the kept connection to the killed leader still open (then its answer was lost and
+    // it was routed again under its UNIQ_KEY) or already closed, it is stored once.
+    let ids = stored_ids(&cluster.node(new_leader).client_addr, topic).await;
+    assert_eq!(ids.get("E1"), Some(&1), "{ids:?} (resent: {})", f["resent"]);
+    assert_eq!(ids.get("E0"), Some(&1), "{ids:?}");
     let survivor = followers.iter().copied().find(|id| *id != new_leader).expect("survivor");
     cluster.kill(new_leader);
     let c = client(&cluster.node(survivor).client_addr).await.expect("connect");
@@ -196,6 +201,43 @@ async fn a_write_to_a_follower_waits_out_the_election() {
     assert!(waited >= Duration::from_millis(2900) && waited < Duration::from_millis(4500), "waited leaderWaitMs: {waited:?}");
     let f = forwarding_status(&cluster.node(survivor).client_addr).await;
     assert!(f["leaderWaitsExpired"].as_u64().unwrap_or(0) >= 1, "{f}");
+}
+
+/// A leader that stops answering (SIGSTOP) with forwarded sends on its socket: the forwarded sends time out
+/// (`forwardTimeoutMs`) with their outcome unknown. One carrying UNIQ_KEY is routed again to the next leader
+/// and succeeds; one without it reports the unknown outcome (code 1). When the old leader resumes and reads
+/// the stale copies, the replicated window keeps the message stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_whose_forwarded_answer_is_lost_is_routed_again_and_stored_once() {
+    let cluster = Cluster::start_with(3, None, "forwardTimeoutMs = 1000\nleaderWaitMs = 8000\n").await;
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let topic = "FwdLost";
+    create_topic(&cluster.node(leader).client_addr, topic).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let f_addr = cluster.node(follower).client_addr.clone();
+    let c = client(&f_addr).await.expect("connect");
+    send_cmd(&c, send_with_id(topic, b"before", "L0")).await.expect("forwarded while the leader answers");
+
+    cluster.signal(leader, "STOP");
+    let t = Instant::now();
+    let (with_id, without_id) =
+        tokio::join!(send_cmd(&c, send_with_id(topic, b"with id", "L1")), send_cmd(&c, send_request(topic, 0, b"without id", None)));
+    println!("with UNIQ_KEY: {with_id:?}, without: {without_id:?}, after {} ms", t.elapsed().as_millis());
+    let f = forwarding_status(&f_addr).await;
+    cluster.signal(leader, "CONT");
+    assert!(with_id.is_ok(), "routed again to the next leader: {with_id:?}\n{f}\n{}", cluster.log_tails(20));
+    let (code, remark) = without_id.expect_err("no client id: the outcome stays unknown");
+    assert!(code == 1 && remark.contains("outcome is unknown"), "{code} {remark}");
+    assert!(f["unanswered"].as_u64().unwrap_or(0) >= 2 && f["resent"].as_u64().unwrap_or(0) >= 1, "{f}");
+
+    // The old leader resumes, reads the copies queued on its socket and steps down; the group settles.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.leader(Duration::from_secs(10)).await;
+    for id in 1..=3 {
+        let ids = stored_ids(&cluster.node(id).client_addr, topic).await;
+        assert_eq!(ids.get("L1"), Some(&1), "n{id}: {ids:?}");
+        assert_eq!(ids.get("L0"), Some(&1), "n{id}: {ids:?}");
+    }
 }
 
 const RAFTMQ_TRANSFER_LEADER: i32 = raftmq_remoting::codes::RAFTMQ_TRANSFER_LEADER;

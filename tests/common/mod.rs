@@ -258,6 +258,13 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let pid = self.node(id).child.as_ref().expect("node running").id();
+        let st = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().expect("run kill");
+        assert!(st.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGTERM (what `systemctl stop` sends): the broker's clean shutdown runs. Returns the exit status
     /// and how long the process took to exit, or None if it was still running after `timeout`.
     pub fn terminate(&mut self, id: u64, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {

@@ -14,6 +14,12 @@
 //!   answer is lost gets 1 SYSTEM_ERROR "outcome unknown", exactly like a leader whose Raft write timed out;
 //!   a client retry of a message carrying UNIQ_KEY is then answered from the replicated de-duplication
 //!   window, one without UNIQ_KEY is at-least-once, as it is without forwarding.
+//! - The one exception, a send that cannot be stored twice: when every message of a send carries UNIQ_KEY and
+//!   de-duplication is on, a forwarded send whose answer was lost (the leader was killed with the request on
+//!   the wire, a timeout) is routed again, within `leaderWaitMs`, to the leader then known. Should the first
+//!   copy have been stored after all, the replicated window answers the second with the first's msgId, queue
+//!   and offset (before proposing, or in `apply` when the two race), so the client gets one success and the
+//!   topic holds the message once.
 //! - Election wait: while no leader is known (or this member is a leader still applying earlier entries) a
 //!   write waits up to `leaderWaitMs` for the Raft role to change (watching the role channel, no polling),
 //!   then is served here, forwarded, or answered 14.
@@ -99,6 +105,9 @@ pub(crate) struct Forwarding {
     pub(crate) refused: AtomicU64,
     /// Forwarded requests whose answer did not arrive in time (or whose connection broke): outcome unknown.
     pub(crate) unanswered: AtomicU64,
+    /// Of those, sends routed again (served here or forwarded to the next leader) because the de-duplication
+    /// window makes a second copy harmless.
+    pub(crate) resent: AtomicU64,
     /// Writes that waited for a leader, and for how long in total (ms).
     pub(crate) waits: AtomicU64,
     pub(crate) waited_ms: AtomicU64,
@@ -137,6 +146,7 @@ impl Forwarding {
             forwarded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             waited_ms: AtomicU64::new(0),
             wait_expired: AtomicU64::new(0),
@@ -171,6 +181,7 @@ impl Forwarding {
             "forwarded": self.forwarded.load(Ordering::Relaxed),
             "refused": self.refused.load(Ordering::Relaxed),
             "unanswered": self.unanswered.load(Ordering::Relaxed),
+            "resent": self.resent.load(Ordering::Relaxed),
             "leaderWaits": self.waits.load(Ordering::Relaxed),
             "leaderWaitedMs": self.waited_ms.load(Ordering::Relaxed),
             "leaderWaitsExpired": self.wait_expired.load(Ordering::Relaxed),
@@ -184,6 +195,28 @@ pub(crate) enum Forwarded {
     Answer(Reply),
     /// Nothing was sent (the leader could not be reached): the caller may try again.
     NotSent(Reply),
+    /// The request was sent but its answer did not arrive (connection closed, timeout): the outcome is
+    /// unknown. The reply says so; only a request that cannot be applied twice may be sent again.
+    Lost(Reply),
+}
+
+/// True when sending `req` again cannot store anything twice: a send (10, 310, 320) all of whose messages
+/// carry a client id (UNIQ_KEY) while the replicated de-duplication window is on (`dedup_on`).
+pub(crate) fn is_idempotent_send(req: &RemotingCommand, dedup_on: bool) -> bool {
+    use raftmq_remoting::header::SendMessageRequestHeader;
+    use raftmq_remoting::message::{decode_batch, get_property, property};
+    let has_id = |props: &str| get_property(props, property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX).is_some_and(|k| !k.is_empty());
+    let code = req.request_code();
+    if !dedup_on || !matches!(code, RequestCode::SEND_MESSAGE | RequestCode::SEND_MESSAGE_V2 | RequestCode::SEND_BATCH_MESSAGE) {
+        return false;
+    }
+    if code == RequestCode::SEND_BATCH_MESSAGE {
+        return match decode_batch(&req.body, crate::send::BATCH_MESSAGES_MAX) {
+            Ok(b) => !b.is_empty() && b.iter().all(|m| has_id(m.properties)),
+            Err(_) => false,
+        };
+    }
+    SendMessageRequestHeader::decode_for(code, &req.ext_fields).is_ok_and(|h| has_id(h.properties.as_deref().unwrap_or("")))
 }
 
 /// Where a write goes, from the role as this member sees it.
@@ -222,6 +255,10 @@ impl BrokerInner {
         let mut rx = self.node.role();
         let deadline = started + Duration::from_millis(self.cfg.leader_wait_ms);
         let mut waited = false;
+        // The leader a resendable send's answer was lost from, and that answer ("outcome unknown", what the
+        // client gets if no later leader answers in time): the send is not sent there again (a stopped or
+        // overloaded leader would only queue more copies), only to the next leader.
+        let mut lost: Option<(u64, Reply)> = None;
         let done = |waited: bool| {
             if waited {
                 let ms = started.elapsed().as_millis() as u64;
@@ -241,6 +278,7 @@ impl BrokerInner {
                 }
                 // One hop: a request another member forwarded is not passed on again.
                 Route::Leader(_) if forwarded => return Err(self.refusal(&role, req)),
+                Route::Leader(id) if lost.as_ref().is_some_and(|(at, _)| *at == id) => {}
                 Route::Leader(id) => {
                     if let Some(addr) = self.client_addr_of(id) {
                         match self.forward_write(peer, req, &addr).await {
@@ -248,6 +286,16 @@ impl BrokerInner {
                             // nothing was applied; route again once the role changes.
                             Forwarded::Answer(r) if is_leadership_refusal(&r) && Instant::now() < deadline => last = Some(r),
                             Forwarded::Answer(r) => {
+                                done(waited);
+                                return Err(r);
+                            }
+                            // Sent, answer lost: a send the window de-duplicates is routed again (see the
+                            // module comment); anything else reports the unknown outcome.
+                            Forwarded::Lost(r) if Instant::now() < deadline && is_idempotent_send(req, self.cfg.dedup_window_ms > 0) => {
+                                self.forwarding.resent.fetch_add(1, Ordering::Relaxed);
+                                lost = Some((id, r));
+                            }
+                            Forwarded::Lost(r) => {
                                 done(waited);
                                 return Err(r);
                             }
@@ -264,7 +312,8 @@ impl BrokerInner {
                 if self.cfg.leader_wait_ms > 0 {
                     self.forwarding.wait_expired.fetch_add(1, Ordering::Relaxed);
                 }
-                return Err(last.unwrap_or_else(|| self.refusal(&role, req)));
+                // A send whose first copy may be stored keeps its "outcome unknown".
+                return Err(lost.map(|(_, r)| r).or(last).unwrap_or_else(|| self.refusal(&role, req)));
             }
             waited = true;
             // A fence (or a leader that refused) may end without a role change (a failed transfer): look again
@@ -370,7 +419,7 @@ impl BrokerInner {
             }
             Err(e) => {
                 self.forwarding.unanswered.fetch_add(1, Ordering::Relaxed);
-                Forwarded::Answer(reply(
+                Forwarded::Lost(reply(
                     req,
                     ResponseCode::SYSTEM_ERROR,
                     format!("forwarded to the leader at {addr}, whose answer did not arrive ({e}); the outcome is unknown"),
@@ -436,6 +485,45 @@ mod tests {
         assert_eq!(born_host(peer, &req), "192.168.1.7:40000".parse::<SocketAddr>().unwrap());
         req.ext_fields.insert(BORN_HOST_FIELD.into(), "garbage".into());
         assert_eq!(born_host(peer, &req), peer, "an unreadable address is ignored");
+    }
+
+    fn send_with(props: &[(&str, &str)]) -> RemotingCommand {
+        use raftmq_remoting::header::SendMessageRequestHeader;
+        let mut encoded = String::new();
+        raftmq_remoting::message::encode_properties(props.iter().copied(), &mut encoded).unwrap();
+        let h = SendMessageRequestHeader { producer_group: "p".into(), topic: "T".into(), properties: Some(encoded), ..Default::default() };
+        let mut cmd = RemotingCommand::request(RequestCode::SEND_MESSAGE_V2, 0).with_body(b"x".to_vec());
+        h.write_ext_fields_v2(&mut cmd.ext_fields);
+        cmd
+    }
+
+    fn batch_of(ids: &[Option<&str>]) -> RemotingCommand {
+        use raftmq_remoting::message::{encode_batch_message, encode_properties, property, BatchMessage};
+        let mut body = Vec::new();
+        for id in ids {
+            let mut props = String::new();
+            encode_properties(id.map(|k| (property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX, k)), &mut props).unwrap();
+            encode_batch_message(&BatchMessage { flag: 0, body: b"m", properties: &props }, &mut body).unwrap();
+        }
+        let mut cmd = send_with(&[]);
+        cmd.code = RequestCode::SEND_BATCH_MESSAGE.0;
+        cmd.body = body.into();
+        cmd
+    }
+
+    #[test]
+    fn only_sends_the_window_de_duplicates_are_idempotent() {
+        use raftmq_remoting::message::property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX as UNIQ;
+        assert!(is_idempotent_send(&send_with(&[(UNIQ, "A1")]), true));
+        assert!(!is_idempotent_send(&send_with(&[(UNIQ, "A1")]), false), "de-duplication off");
+        assert!(!is_idempotent_send(&send_with(&[]), true), "no client id");
+        assert!(!is_idempotent_send(&send_with(&[(UNIQ, "")]), true), "an empty client id is not de-duplicated");
+        assert!(is_idempotent_send(&batch_of(&[Some("B1"), Some("B2")]), true));
+        assert!(!is_idempotent_send(&batch_of(&[Some("B1"), None]), true), "one message without an id");
+        assert!(!is_idempotent_send(&batch_of(&[]), true), "an empty batch");
+        let mut offsets = send_with(&[(UNIQ, "A1")]);
+        offsets.code = RequestCode::UPDATE_CONSUMER_OFFSET.0;
+        assert!(!is_idempotent_send(&offsets, true), "only sends");
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl BrokerInner {
     /// when it cannot be reached or a forwarding bound is reached.
     pub(crate) async fn forward_to(&self, req: &RemotingCommand, addr: &str, unreachable: Reply, timeout: Duration) -> Reply {
         match self.forward_once(req, req.clone(), addr, unreachable, timeout).await {
-            Forwarded::Answer(r) | Forwarded::NotSent(r) => r,
+            Forwarded::Answer(r) | Forwarded::NotSent(r) | Forwarded::Lost(r) => r,
         }
     }
 

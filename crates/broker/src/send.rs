@@ -43,7 +43,7 @@ use raftmq_raft::types::{SCHEDULE_TOPIC, TIMER_TOPIC, TRANS_HALF_TOPIC};
 use tracing::warn;
 
 /// Messages one SEND_BATCH_MESSAGE may carry.
-const BATCH_MESSAGES_MAX: usize = 10_000;
+pub(crate) const BATCH_MESSAGES_MAX: usize = 10_000;
 /// RocketMQ's default `maxReconsumeTimes`.
 const MAX_RECONSUME_TIMES_DEFAULT: i32 = 16;
 

@@ -1,18 +1,27 @@
 //! The read-only admin requests RocketMQ's tools send to a broker (`mqadmin topicStatus`, `consumerProgress`,
-//! `brokerStatus`, `topicList -c` and the Dashboard's views of the same): GET_TOPIC_STATS_INFO (202),
-//! GET_CONSUME_STATS (208), GET_BROKER_RUNTIME_INFO (28) and GET_ALL_TOPIC_CONFIG (21). Each answers from
-//! this member's applied state (any member answers; the leader's figures are the newest), with bodies in the
-//! form Java's tools parse (fastjson's object-keyed maps, `raftmq_remoting::body::encode_queue_map`).
+//! `brokerStatus`, `topicList -c`, `consumerConnection`, `producerConnection` and the Dashboard's views of the
+//! same): GET_TOPIC_STATS_INFO (202), GET_CONSUME_STATS (208), GET_BROKER_RUNTIME_INFO (28),
+//! GET_ALL_TOPIC_CONFIG (21), GET_CONSUMER_CONNECTION_LIST (203) and GET_PRODUCER_CONNECTION_LIST (204).
+//! Statistics answer from this member's applied state (any member answers; the leader's figures are the
+//! newest), with bodies in the form Java's tools parse (fastjson's object-keyed maps,
+//! `raftmq_remoting::body::encode_queue_map`). Connection lists answer from this member's client registry:
+//! the clients whose heartbeats reached this member (RocketMQ clients heartbeat to every member of a group).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftmq_remoting::body::{encode_json_body, ConsumeStats, KvTable, MessageQueue, OffsetWrapper, TopicOffset, TopicStatsTable};
+use raftmq_remoting::body::{
+    encode_json_body, Connection, ConsumeStats, ConsumerConnection, KvTable, MessageModel as WireMessageModel, MessageQueue, OffsetWrapper,
+    ProducerConnection, SubscriptionData, TopicOffset, TopicStatsTable,
+};
 use raftmq_remoting::frame::RemotingCommand;
-use raftmq_remoting::header::{GetConsumeStatsRequestHeader, GetTopicStatsInfoRequestHeader};
+use raftmq_remoting::header::{
+    ConsumerGroupHeader, GetConsumeStatsRequestHeader, GetProducerConnectionListRequestHeader, GetTopicStatsInfoRequestHeader,
+};
 use raftmq_remoting::ResponseCode;
 
 use crate::broker::BrokerInner;
+use crate::consumers::{ClientInfo, MessageModel, Subscription};
 use crate::processor::{header, ok, reply, Reply};
 use crate::topics::validate_group;
 
@@ -139,11 +148,70 @@ impl BrokerInner {
         MessageQueue { topic: topic.to_string(), broker_name: self.cfg.broker_name.clone(), queue_id: queue_id as i32 }
     }
 
+    /// GET_CONSUMER_CONNECTION_LIST: the group's live clients (id, address, language, version), its
+    /// subscriptions and settings; 206 CONSUMER_NOT_ONLINE when no client of it is connected here.
+    pub(crate) fn consumer_connections(&self, req: &RemotingCommand) -> Reply {
+        let h: ConsumerGroupHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        let Some(v) = self.clients.consumer_group_view(&h.consumer_group) else {
+            return reply(req, ResponseCode::CONSUMER_NOT_ONLINE, format!("the consumer group[{}] not online", h.consumer_group));
+        };
+        let body = ConsumerConnection {
+            connection_set: v.clients.into_iter().map(connection).collect(),
+            subscription_table: v.subscriptions.into_iter().map(|(topic, s)| (topic.clone(), subscription_data(topic, &s))).collect(),
+            consume_type: v.consume_type,
+            message_model: match v.model {
+                MessageModel::Broadcasting => WireMessageModel::Broadcasting,
+                MessageModel::Clustering => WireMessageModel::Clustering,
+            },
+            consume_from_where: v.consume_from_where,
+        };
+        self.encoded(req, encode_json_body(&body))
+    }
+
+    /// GET_PRODUCER_CONNECTION_LIST: the group's live clients; 1 SYSTEM_ERROR when none is connected here
+    /// (RocketMQ's answer).
+    pub(crate) fn producer_connections(&self, req: &RemotingCommand) -> Reply {
+        let h: GetProducerConnectionListRequestHeader = match header(req) {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        let clients = self.clients.producer_group_view(&h.producer_group);
+        if clients.is_empty() {
+            return reply(req, ResponseCode::SYSTEM_ERROR, format!("the producer group[{}] not exist", h.producer_group));
+        }
+        self.encoded(req, encode_json_body(&ProducerConnection { connection_set: clients.into_iter().map(connection).collect() }))
+    }
+
     fn encoded(&self, req: &RemotingCommand, body: raftmq_remoting::Result<bytes::Bytes>) -> Reply {
         match body {
             Ok(b) => Some(ok(req).with_body(b).into()),
             Err(e) => reply(req, ResponseCode::SYSTEM_ERROR, format!("could not encode the answer: {e}")),
         }
+    }
+}
+
+/// A registry client as RocketMQ's `Connection`.
+fn connection((client_id, info): (String, ClientInfo)) -> Connection {
+    Connection { client_id, client_addr: info.addr, language: info.language, version: i64::from(info.version) }
+}
+
+/// A parsed tag subscription as RocketMQ's `SubscriptionData` (what `FilterAPI.build` makes of the expression).
+fn subscription_data(topic: String, s: &Subscription) -> SubscriptionData {
+    let tags: Vec<String> = match s.codes {
+        None => Vec::new(),
+        Some(_) => s.expression.split("||").map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+    };
+    SubscriptionData {
+        class_filter_mode: false,
+        code_set: tags.iter().map(|t| raftmq_remoting::message::java_string_hash(t)).collect(),
+        tags_set: tags,
+        sub_string: s.expression.clone(),
+        sub_version: s.version,
+        expression_type: raftmq_remoting::body::EXPRESSION_TYPE_TAG.to_string(),
+        topic,
     }
 }
 

@@ -791,6 +791,8 @@ async fn dispatch(b: &Arc<BrokerInner>, conn: &Conn, req: &RemotingCommand) -> c
         RequestCode::GET_CONSUME_STATS => b.consume_stats(req),
         RequestCode::GET_BROKER_RUNTIME_INFO => b.broker_runtime_info(req),
         RequestCode::GET_ALL_TOPIC_CONFIG => b.all_topic_config(req),
+        RequestCode::GET_CONSUMER_CONNECTION_LIST => b.consumer_connections(req),
+        RequestCode::GET_PRODUCER_CONNECTION_LIST => b.producer_connections(req),
         code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(req),
         code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(req).await,
         code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(req).await,

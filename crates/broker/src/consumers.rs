@@ -19,6 +19,36 @@ pub trait ClientLink: Send + Sync {
     fn send_oneway(&self, cmd: raftmq_remoting::frame::RemotingCommand) -> bool;
     /// True once the connection is gone.
     fn is_closed(&self) -> bool;
+    /// Where the client connects from and what it said it is, for the connection lists (203, 204).
+    fn info(&self) -> ClientInfo {
+        ClientInfo::default()
+    }
+}
+
+/// A client connection as GET_CONSUMER_CONNECTION_LIST and GET_PRODUCER_CONNECTION_LIST report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// `ip:port` the client connects from.
+    pub addr: String,
+    /// Its `LanguageCode` name (from its heartbeat).
+    pub language: String,
+    /// Its `MQVersion` ordinal (from its heartbeat).
+    pub version: i32,
+}
+
+/// A consumer group's live clients and what they registered, for GET_CONSUMER_CONNECTION_LIST.
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupView {
+    /// Clustering or broadcasting.
+    pub model: MessageModel,
+    /// Push or pull, as the last heartbeat said.
+    pub consume_type: raftmq_remoting::body::ConsumeType,
+    /// Where a new consumer starts, as the last heartbeat said.
+    pub consume_from_where: raftmq_remoting::body::ConsumeFromWhere,
+    /// Client id and connection of each live client, by client id.
+    pub clients: Vec<(String, ClientInfo)>,
+    /// Topic → subscription, by topic.
+    pub subscriptions: Vec<(String, Subscription)>,
 }
 
 /// RocketMQ's Java `String.hashCode` of a tag: the consume queue's `tagsCode`.
@@ -74,6 +104,8 @@ struct ClientEntry {
 
 struct GroupEntry {
     model: MessageModel,
+    consume_type: raftmq_remoting::body::ConsumeType,
+    consume_from_where: raftmq_remoting::body::ConsumeFromWhere,
     clients: BTreeMap<String, ClientEntry>,
     subscriptions: HashMap<String, Subscription>,
 }
@@ -87,6 +119,10 @@ pub struct ConsumerHeartbeat {
     pub model: MessageModel,
     /// Topic → subscription.
     pub subscriptions: Vec<(String, Subscription)>,
+    /// Push or pull (reported by GET_CONSUMER_CONNECTION_LIST).
+    pub consume_type: raftmq_remoting::body::ConsumeType,
+    /// Where a new consumer starts (reported by GET_CONSUMER_CONNECTION_LIST).
+    pub consume_from_where: raftmq_remoting::body::ConsumeFromWhere,
 }
 
 /// Bounds of the client registry (broker config keys in parentheses).
@@ -167,10 +203,14 @@ impl ClientManager {
             }
             let g = groups.entry(hb.group.clone()).or_insert_with(|| GroupEntry {
                 model: hb.model,
+                consume_type: hb.consume_type.clone(),
+                consume_from_where: hb.consume_from_where.clone(),
                 clients: BTreeMap::new(),
                 subscriptions: HashMap::new(),
             });
             g.model = hb.model;
+            g.consume_type = hb.consume_type;
+            g.consume_from_where = hb.consume_from_where;
             g.clients.insert(client_id.to_string(), ClientEntry { link, last_seen: Instant::now() });
             g.subscriptions = subscriptions;
             if is_new {
@@ -213,6 +253,34 @@ impl ClientManager {
         }
         let i = self.next_producer.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % live.len();
         Some(Arc::clone(&live[i].link))
+    }
+
+    /// The live clients of consumer group `group` and what they registered; `None` when none is live.
+    pub fn consumer_group_view(&self, group: &str) -> Option<ConsumerGroupView> {
+        let groups = self.lock_consumers();
+        let g = groups.get(group)?;
+        let clients: Vec<(String, ClientInfo)> =
+            g.clients.iter().filter(|(_, c)| !c.link.is_closed()).map(|(id, c)| (id.clone(), c.link.info())).collect();
+        if clients.is_empty() {
+            return None;
+        }
+        let mut subscriptions: Vec<(String, Subscription)> = g.subscriptions.iter().map(|(t, s)| (t.clone(), s.clone())).collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(ConsumerGroupView {
+            model: g.model,
+            consume_type: g.consume_type.clone(),
+            consume_from_where: g.consume_from_where.clone(),
+            clients,
+            subscriptions,
+        })
+    }
+
+    /// The live clients of producer group `group`, by client id (empty when none is live).
+    pub fn producer_group_view(&self, group: &str) -> Vec<(String, ClientInfo)> {
+        let p = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        p.get(group)
+            .map(|g| g.iter().filter(|(_, c)| !c.link.is_closed()).map(|(id, c)| (id.clone(), c.link.info())).collect())
+            .unwrap_or_default()
     }
 
     /// Producer groups currently known.
@@ -347,7 +415,53 @@ mod tests {
             group: group.into(),
             model: MessageModel::Clustering,
             subscriptions: vec![("T".into(), Subscription::parse("a || b", 1))],
+            consume_type: Default::default(),
+            consume_from_where: Default::default(),
         }
+    }
+
+    struct Described(ClientInfo);
+    impl ClientLink for Described {
+        fn notify_consumer_ids_changed(&self, _group: &str) {}
+        fn is_closed(&self) -> bool {
+            self.0.version < 0
+        }
+        fn send_oneway(&self, _cmd: raftmq_remoting::frame::RemotingCommand) -> bool {
+            true
+        }
+        fn info(&self) -> ClientInfo {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn connection_views_list_live_clients_with_what_they_registered() {
+        use raftmq_remoting::body::{ConsumeFromWhere, ConsumeType};
+        let m = ClientManager::default();
+        let info = |addr: &str, version: i32| ClientInfo { addr: addr.into(), language: "JAVA".into(), version };
+        assert!(m.consumer_group_view("cg").is_none(), "no such group");
+        let mut h = hb("cg");
+        h.consume_type = ConsumeType::ConsumeActively;
+        h.consume_from_where = ConsumeFromWhere::ConsumeFromFirstOffset;
+        h.subscriptions.push(("A".into(), Subscription::parse("*", 2)));
+        m.consumer_heartbeat("c2", Arc::new(Described(info("10.0.0.2:2", 453))), h.clone()).unwrap();
+        m.consumer_heartbeat("c1", Arc::new(Described(info("10.0.0.1:1", 453))), h).unwrap();
+        m.consumer_heartbeat("gone", Arc::new(Described(info("10.0.0.3:3", -1))), hb("cg")).unwrap();
+        let v = m.consumer_group_view("cg").expect("live clients");
+        let ids: Vec<&str> = v.clients.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["c1", "c2"], "sorted, closed connections left out");
+        assert_eq!(v.clients[0].1, info("10.0.0.1:1", 453));
+        assert_eq!(
+            (v.consume_type, v.consume_from_where),
+            (ConsumeType::ConsumePassively, ConsumeFromWhere::ConsumeFromLastOffset),
+            "the last heartbeat's settings"
+        );
+        assert_eq!(v.subscriptions.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["T"], "the last heartbeat's subscriptions");
+
+        assert!(m.producer_group_view("pg").is_empty());
+        m.producer_heartbeat("p1", "pg", Arc::new(Described(info("10.0.0.9:9", 400)))).unwrap();
+        m.producer_heartbeat("p0", "pg", Arc::new(Described(info("10.0.0.9:8", -1)))).unwrap();
+        assert_eq!(m.producer_group_view("pg"), vec![("p1".to_string(), info("10.0.0.9:9", 400))]);
     }
 
     #[test]

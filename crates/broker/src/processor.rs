@@ -26,7 +26,7 @@ use raftmq_remoting::{RequestCode, ResponseCode};
 use tracing::debug;
 
 use crate::broker::BrokerInner;
-use crate::consumers::{ClientLink, ConsumerHeartbeat, MessageModel, Subscription};
+use crate::consumers::{ClientInfo, ClientLink, ConsumerHeartbeat, MessageModel, Subscription};
 use crate::forward::Forwarded;
 use crate::store::GetStatus;
 use crate::topics::{retry_topic, validate_group, validate_topic, PERM_READ, PERM_READ_WRITE};
@@ -90,7 +90,8 @@ pub(crate) fn lags_for_reads(lag: Option<u64>, max: u64) -> bool {
 }
 
 /// The connection of a client, as the consumer registry sees it.
-pub(crate) struct ConnLink(pub Conn);
+/// A client's connection, with where it connects from and the language and version its heartbeat named.
+pub(crate) struct ConnLink(pub Conn, pub ClientInfo);
 
 impl ClientLink for ConnLink {
     fn notify_consumer_ids_changed(&self, group: &str) {
@@ -107,6 +108,10 @@ impl ClientLink for ConnLink {
 
     fn send_oneway(&self, cmd: RemotingCommand) -> bool {
         self.0.send(cmd.mark_oneway().into())
+    }
+
+    fn info(&self) -> ClientInfo {
+        self.1.clone()
     }
 }
 
@@ -475,7 +480,8 @@ impl BrokerInner {
             }
         }
         let mut refused = Vec::new();
-        let link: Arc<dyn ClientLink> = Arc::new(ConnLink(conn.clone()));
+        let info = ClientInfo { addr: conn.peer().to_string(), language: req.language.name().to_string(), version: req.version };
+        let link: Arc<dyn ClientLink> = Arc::new(ConnLink(conn.clone(), info));
         for p in &hb.producer_data_set {
             if let Err(why) = self.clients.producer_heartbeat(&hb.client_id, &p.group_name, Arc::clone(&link)) {
                 refused.push(why);
@@ -491,7 +497,13 @@ impl BrokerInner {
             let recorded = self.clients.consumer_heartbeat(
                 &hb.client_id,
                 Arc::clone(&link),
-                ConsumerHeartbeat { group: c.group_name.clone(), model, subscriptions },
+                ConsumerHeartbeat {
+                    group: c.group_name.clone(),
+                    model,
+                    subscriptions,
+                    consume_type: c.consume_type.clone(),
+                    consume_from_where: c.consume_from_where.clone(),
+                },
             );
             if let Err(why) = recorded {
                 refused.push(why);

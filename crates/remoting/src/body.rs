@@ -481,6 +481,58 @@ pub struct SubscriptionData {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Connection lists (GET_CONSUMER_CONNECTION_LIST 203, GET_PRODUCER_CONNECTION_LIST 204)
+// ---------------------------------------------------------------------------------------------------------
+
+/// One client connection as RocketMQ's `Connection` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    /// `clientId`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub client_id: String,
+    /// `clientAddr`: `ip:port` the client connects from.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub client_addr: String,
+    /// `language`: the client's `LanguageCode` name.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub language: String,
+    /// `version`: the client's `MQVersion` ordinal.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub version: i64,
+}
+
+/// GET_CONSUMER_CONNECTION_LIST (203) response body: Java `ConsumerConnection`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerConnection {
+    /// `connectionSet`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub connection_set: Vec<Connection>,
+    /// `subscriptionTable`: topic → subscription.
+    #[serde(default)]
+    pub subscription_table: BTreeMap<String, SubscriptionData>,
+    /// `consumeType`.
+    #[serde(default)]
+    pub consume_type: ConsumeType,
+    /// `messageModel`.
+    #[serde(default)]
+    pub message_model: MessageModel,
+    /// `consumeFromWhere`.
+    #[serde(default)]
+    pub consume_from_where: ConsumeFromWhere,
+}
+
+/// GET_PRODUCER_CONNECTION_LIST (204) response body: Java `ProducerConnection`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerConnection {
+    /// `connectionSet`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub connection_set: Vec<Connection>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Queues, locks, consumer lists
 // ---------------------------------------------------------------------------------------------------------
 

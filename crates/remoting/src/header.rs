@@ -1058,6 +1058,23 @@ impl CommandHeader for ConsumerGroupHeader {
     }
 }
 
+/// GET_PRODUCER_CONNECTION_LIST (204) request header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GetProducerConnectionListRequestHeader {
+    /// `producerGroup`; required.
+    pub producer_group: String,
+}
+
+impl CommandHeader for GetProducerConnectionListRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        Ok(GetProducerConnectionListRequestHeader { producer_group: Fields::new(fields).string("producerGroup")? })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "producerGroup", &self.producer_group);
+    }
+}
+
 /// GET_TOPIC_STATS_INFO (202) request header.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GetTopicStatsInfoRequestHeader {

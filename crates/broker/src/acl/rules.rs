@@ -52,7 +52,9 @@ pub fn rule(code: RequestCode) -> Option<Rule> {
         RequestCode::GET_TOPIC_STATS_INFO
         | RequestCode::GET_CONSUME_STATS
         | RequestCode::GET_BROKER_RUNTIME_INFO
-        | RequestCode::GET_ALL_TOPIC_CONFIG => Signed,
+        | RequestCode::GET_ALL_TOPIC_CONFIG
+        | RequestCode::GET_CONSUMER_CONNECTION_LIST
+        | RequestCode::GET_PRODUCER_CONNECTION_LIST => Signed,
         RequestCode(
             RAFTMQ_NODE_STATUS
             | RAFTMQ_SET_DELAY_LEVELS

@@ -49,7 +49,7 @@ function renderCluster(c) {
         n.reachable
           ? el("tr", { "data-addr": n.addr, "data-node": n.nodeId, "data-role": n.role },
               td(n.nodeId), td(n.addr), td(n.role, n.role), td(n.term), td(n.lastLogIndex), td(n.commitIndex), td(n.appliedIndex),
-              td(n.ready ? "ready" : "not ready"), td(n.diskFull ? "disk full" : ""))
+              td(n.role === "Leader" ? (n.ready ? "ready" : "not ready yet") : ""), td(n.diskFull ? "disk full" : ""))
           : el("tr", { "data-addr": n.addr, "data-role": "unreachable" },
               td(n.registeredId), td(n.addr), td("unreachable", "down"), el("td", { colspan: 6, class: "down" }, n.error)));
       out.push(table(["node", "address", "role", "term", "last", "commit", "applied", "state", ""], rows));
@@ -61,20 +61,25 @@ function renderCluster(c) {
 }
 
 function renderTopics(t) {
+  // One row per topic and broker group; below it only the queues that hold or held messages.
   const rows = [];
   for (const topic of t.topics) {
     for (const g of topic.groups) {
       if (g.error) {
-        rows.push(el("tr", { "data-topic": topic.name }, td(topic.name), td(g.brokerName), el("td", { colspan: 4, class: "down" }, g.error)));
+        rows.push(el("tr", { "data-topic": topic.name }, el("td", {}, el("b", {}, topic.name)), td(g.brokerName), el("td", { colspan: 4, class: "down" }, g.error)));
         continue;
       }
-      for (const q of g.queues || []) {
-        rows.push(el("tr", { "data-topic": topic.name }, td(topic.name), td(g.brokerName), td(q.queueId), td(q.minOffset), td(q.maxOffset),
-          td(q.lastUpdateTimestamp ? new Date(q.lastUpdateTimestamp).toISOString() : "")));
+      const queues = g.queues || [];
+      rows.push(el("tr", { "data-topic": topic.name }, el("td", {}, el("b", {}, topic.name)), td(g.brokerName),
+        td(queues.length + " queues"), td(""), td(g.messages), td(g.config ? "perm " + g.config.perm : "")));
+      for (const q of queues) {
+        if (q.maxOffset === 0) continue;
+        rows.push(el("tr", { "data-topic": topic.name, "data-queue": q.queueId }, td(""), td(""), td(q.queueId), td(q.minOffset), td(q.maxOffset),
+          td(q.lastUpdateTimestamp ? new Date(q.lastUpdateTimestamp).toISOString().replace("T", " ").slice(0, 19) : "")));
       }
     }
   }
-  const out = [table(["topic", "group", "queue", "min", "max", "newest"], rows)];
+  const out = [table(["topic", "group", "queue", "min", "max / messages", "newest"], rows)];
   if (t.topicsOmitted) out.push(el("p", { class: "note" }, t.topicsOmitted + " more topics not shown (at most " + t.topicsMax + ")."));
   if (t.queueRowsOmitted) out.push(el("p", { class: "note" }, t.queueRowsOmitted + " more queues not shown."));
   replace("topics-body", ...out);

@@ -286,7 +286,10 @@ async fn topics_view(routes: &RouteTable, info: &ClusterInfo, calls: &mut Calls<
                 configs.insert(group.clone(), c);
             }
             let config = match configs.get(&group) {
-                Some(Ok(w)) => w.topic_config_table.get(topic).map(|c| json!({"readQueues": c.read_queue_nums, "writeQueues": c.write_queue_nums, "perm": c.perm})),
+                Some(Ok(w)) => w
+                    .topic_config_table
+                    .get(topic)
+                    .map(|c| json!({"readQueues": c.read_queue_nums, "writeQueues": c.write_queue_nums, "perm": c.perm})),
                 _ => None,
             };
             let h = GetTopicStatsInfoRequestHeader { topic: topic.clone() };
@@ -416,7 +419,10 @@ async fn groups_view(info: &ClusterInfo, named: Option<&str>, calls: &mut Calls<
 
 /// The `consumeTps` field at the end of a ConsumeStats body (0 when absent).
 fn consume_tps(text: &str) -> f64 {
-    text.rsplit_once("\"consumeTps\":").and_then(|(_, t)| t.trim_end_matches('}').trim().parse::<f64>().ok()).filter(|v| v.is_finite()).unwrap_or(0.0)
+    text.rsplit_once("\"consumeTps\":")
+        .and_then(|(_, t)| t.trim_end_matches('}').trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0)
 }
 
 fn int(v: &Value, k: &str) -> i64 {
@@ -491,11 +497,7 @@ impl Sample {
         let committed = groups
             .get("groups")
             .and_then(Value::as_array)
-            .map(|gs| {
-                gs.iter()
-                    .filter_map(|g| Some((g.get("name")?.as_str()?.to_string(), g.get("committed")?.as_i64()?)))
-                    .collect()
-            })
+            .map(|gs| gs.iter().filter_map(|g| Some((g.get("name")?.as_str()?.to_string(), g.get("committed")?.as_i64()?))).collect())
             .unwrap_or_default();
         Sample { at, stored, bytes, committed }
     }
@@ -691,7 +693,8 @@ async fn lookup(routes: &RouteTable, info: &ClusterInfo, p: &BTreeMap<String, St
             None if groups.len() == 1 => groups.into_iter().next().unwrap_or_default(),
             None => return Err(bad(format!("topic {t} is served by {} broker groups: name one with broker=", groups.len()))),
         };
-        let addr = group_addr(info, &group).ok_or_else(|| (StatusCode::NOT_FOUND, format!("broker group {group} has no registered member")))?;
+        let addr =
+            group_addr(info, &group).ok_or_else(|| (StatusCode::NOT_FOUND, format!("broker group {group} has no registered member")))?;
         let h = PullMessageRequestHeader {
             consumer_group: CONSOLE_PULL_GROUP.into(),
             topic: t.to_string(),
@@ -759,7 +762,14 @@ async fn query_key(
             Ok(resp) if resp.code == ResponseCode::SUCCESS.0 => collect(
                 &resp.body,
                 &group,
-                |m| m.topic == topic && if uniq { m.uniq_key() == Some(key) } else { m.property(property::KEYS).is_some_and(|ks| ks.split(' ').any(|k| k == key)) },
+                |m| {
+                    m.topic == topic
+                        && if uniq {
+                            m.uniq_key() == Some(key)
+                        } else {
+                            m.property(property::KEYS).is_some_and(|ks| ks.split(' ').any(|k| k == key))
+                        }
+                },
                 found,
                 notes,
             ),
@@ -1050,7 +1060,8 @@ mod tests {
         let v = console.cluster().await;
         assert!(started.elapsed() < CONSOLE_CALL_TIMEOUT * 2, "{:?}", started.elapsed());
         assert_eq!(v["nodesOmitted"], 1);
-        let listed: Vec<&Value> = v["clusters"][0]["groups"].as_array().unwrap().iter().flat_map(|g| g["nodes"].as_array().unwrap()).collect();
+        let listed: Vec<&Value> =
+            v["clusters"][0]["groups"].as_array().unwrap().iter().flat_map(|g| g["nodes"].as_array().unwrap()).collect();
         assert_eq!(listed.len(), CONSOLE_NODES_MAX);
         assert!(listed.iter().all(|n| n["reachable"] == false && n["error"].as_str().unwrap().contains("unreachable")));
     }

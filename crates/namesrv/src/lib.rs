@@ -72,7 +72,12 @@ impl NameServer {
     pub async fn start_secured(listen: &str, opts: ServerOptions, secrets: Option<ClusterSecrets>) -> std::io::Result<NameServer> {
         let routes = Arc::new(RouteTable::default());
         let metrics = Arc::new(metrics::NamesrvMetrics::default());
-        let handler = Handler { routes: Arc::clone(&routes), secrets: secrets.clone(), refusals: RefusalLog::default(), metrics: Arc::clone(&metrics) };
+        let handler = Handler {
+            routes: Arc::clone(&routes),
+            secrets: secrets.clone(),
+            refusals: RefusalLog::default(),
+            metrics: Arc::clone(&metrics),
+        };
         let server = RemotingServer::bind(listen, Arc::new(handler), opts).await?;
         let r = Arc::clone(&routes);
         let scanner = tokio::spawn(async move {

@@ -344,12 +344,13 @@ async fn groups_view(info: &ClusterInfo, named: Option<&str>, calls: &mut Calls<
         let Some(addr) = group_addr(info, group) else { continue };
         match calls.call_raw(&addr, RemotingCommand::request(RequestCode::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, 0)).await {
             Ok(resp) if resp.code == ResponseCode::SUCCESS.0 => match serde_json::from_slice::<Value>(&resp.body) {
-                Ok(v) => {
-                    listed = true;
-                    if let Some(t) = v.get("subscriptionGroupTable").and_then(Value::as_object) {
+                Ok(v) => match v.get("subscriptionGroupTable").and_then(Value::as_object) {
+                    Some(t) => {
+                        listed = true;
                         names.extend(t.keys().cloned());
                     }
-                }
+                    None => notes.push(format!("{group}: subscription groups answer without a subscriptionGroupTable map")),
+                },
                 Err(e) => notes.push(format!("{group}: undecodable subscription groups: {e}")),
             },
             Ok(resp) if resp.code == ResponseCode::REQUEST_CODE_NOT_SUPPORTED.0 => {
@@ -1084,6 +1085,68 @@ mod tests {
         let r = console.message(&[("id".to_string(), "7F0000010000A1B2C3D4E5F600000001".to_string())].into()).await.unwrap();
         assert_eq!(r["messages"], json!([]));
         assert!(r["notes"][0].as_str().unwrap().contains("unreachable"), "{r:#}");
+    }
+
+    /// A broker stand-in: lists `groups` on 201 (or answers 3 when `None`), and on 208 one queue of topic T
+    /// with max offset 10 and the group's committed offset 4.
+    struct FakeBroker {
+        name: &'static str,
+        groups: Option<Vec<String>>,
+    }
+
+    impl raftmq_net::RequestHandler for FakeBroker {
+        fn handle(&self, _conn: raftmq_net::Conn, req: RemotingCommand) -> raftmq_net::server::HandlerFuture {
+            let resp = match (req.request_code(), &self.groups) {
+                (RequestCode::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, Some(gs)) => {
+                    let table: serde_json::Map<String, Value> = gs.iter().map(|g| (g.clone(), json!({"groupName": g}))).collect();
+                    RemotingCommand::success_to(&req).with_body(json!({"subscriptionGroupTable": table}).to_string())
+                }
+                (RequestCode::GET_CONSUME_STATS, _) => {
+                    let body = format!(
+                        r#"{{"offsetTable":{{{{"brokerName":"{}","queueId":0,"topic":"T"}}:{{"brokerOffset":10,"consumerOffset":4,"lastTimestamp":1}}}},"consumeTps":0.0}}"#,
+                        self.name
+                    );
+                    RemotingCommand::success_to(&req).with_body(body)
+                }
+                _ => RemotingCommand::response_to(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, Some("not supported".into())),
+            };
+            Box::pin(async move { Some(resp.into()) })
+        }
+    }
+
+    async fn fake(name: &'static str, groups: Option<Vec<String>>) -> raftmq_net::RemotingServer {
+        let h = Arc::new(FakeBroker { name, groups });
+        raftmq_net::RemotingServer::bind("127.0.0.1:0", h, raftmq_net::ServerOptions::default()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn groups_are_listed_where_brokers_list_them_and_bounded() {
+        let routes = Arc::new(RouteTable::default());
+        let listing = fake("broker-a", Some((0..=CONSOLE_GROUPS_MAX).map(|i| format!("g{i:03}")).collect())).await;
+        let silent = fake("broker-b", None).await;
+        register(&routes, "broker-a", &listing.local_addr().to_string(), []);
+        register(&routes, "broker-b", &silent.local_addr().to_string(), []);
+        let console = Console::new(Arc::clone(&routes), None);
+        let v = console.groups(Some("named")).await;
+        assert_eq!(v["listed"], true, "{v:#}");
+        assert_eq!(v["groupsOmitted"], 2, "65 listed + the named one, 64 shown: {v:#}");
+        let groups = v["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), CONSOLE_GROUPS_MAX);
+        assert_eq!(groups[0]["name"], "named", "the named group comes first");
+        assert_eq!(groups[1]["name"], "g000");
+        // Each group's lag over both broker groups: 6 on each.
+        assert_eq!(groups[1]["lag"], 12, "{:#}", groups[1]);
+        assert_eq!(groups[1]["committed"], 8);
+        assert_eq!(groups[1]["queues"].as_array().unwrap().len(), 2);
+        let notes = v["notes"].to_string();
+        assert!(notes.contains("broker-b does not list consumer groups"), "{notes}");
+        // Only brokers that answer 3: nothing listed, the named group still shown.
+        let routes = Arc::new(RouteTable::default());
+        register(&routes, "broker-b", &silent.local_addr().to_string(), []);
+        let v = Console::new(routes, None).groups(Some("named")).await;
+        assert_eq!(v["listed"], false);
+        assert_eq!(v["groups"].as_array().unwrap().len(), 1);
+        assert_eq!(v["groups"][0]["lag"], 6);
     }
 
     #[tokio::test]

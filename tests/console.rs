@@ -217,6 +217,25 @@ async fn the_json_api_shows_the_leader_offsets_lag_and_messages() {
     assert_eq!(dead["reachable"], false, "{view:#}");
     assert!(dead["error"].as_str().unwrap().contains("unreachable"), "{dead:#}");
     assert_eq!(ns.iter().filter(|n| n["reachable"] == true).count(), 2, "{view:#}");
+
+    // A stopped node (SIGSTOP: connections accepted by the kernel, never answered) costs one call timeout, not a hang.
+    let stopped = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader && *id != follower).unwrap();
+    let stopped_addr = cluster.node(stopped).client_addr.clone();
+    cluster.signal(stopped, "STOP");
+    let started = Instant::now();
+    let view = get_json(&http, "/api/cluster").await;
+    let took = started.elapsed();
+    cluster.signal(stopped, "CONT");
+    println!("/api/cluster with a stopped follower answered in {took:?}");
+    assert!(
+        took >= raftmq_namesrv::console::CONSOLE_CALL_TIMEOUT && took < raftmq_namesrv::console::CONSOLE_CALL_TIMEOUT * 2,
+        "took {took:?}"
+    );
+    let ns = nodes(&view);
+    let s = ns.iter().find(|n| n["addr"] == stopped_addr.as_str()).expect("the stopped node");
+    assert_eq!(s["reachable"], false, "{view:#}");
+    assert!(s["error"].as_str().unwrap().contains("unreachable"), "{s:#}");
+    assert!(ns.iter().any(|n| n["addr"] == leader_addr.as_str() && n["role"] == "Leader"), "the leader still shown: {view:#}");
 }
 
 /// The Chromium binary, if one is installed.

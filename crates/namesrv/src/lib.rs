@@ -7,6 +7,10 @@
 //! with it ([`raftmq_remoting::cluster_auth::verify_request`], within ±120 s of this clock); anything else is
 //! answered NO_PERMISSION (16) with the reason, and the route table is left as it was. Queries stay open, as in
 //! RocketMQ. Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`].
+//!
+//! [`NameServer::serve_metrics`] serves `/metrics` and the web console ([`console`]) on one HTTP port; the
+//! console asks the registered brokers for their status and figures, signing its control requests with the
+//! cluster secret when there is one.
 
 pub mod console;
 pub mod metrics;

@@ -1108,6 +1108,19 @@ mod tests {
                     );
                     RemotingCommand::success_to(&req).with_body(body)
                 }
+                (RequestCode::GET_ALL_TOPIC_CONFIG, _) => RemotingCommand::success_to(&req).with_body(r#"{"topicConfigTable":{}}"#),
+                (RequestCode::GET_TOPIC_STATS_INFO, _) => {
+                    // One message in each of one more queues than a topics answer lists.
+                    let entries: Vec<String> = (0..=CONSOLE_QUEUE_ROWS_MAX)
+                        .map(|q| {
+                            format!(
+                                r#"{{"brokerName":"{}","queueId":{q},"topic":"T"}}:{{"lastUpdateTimestamp":1,"maxOffset":1,"minOffset":0}}"#,
+                                self.name
+                            )
+                        })
+                        .collect();
+                    RemotingCommand::success_to(&req).with_body(format!(r#"{{"offsetTable":{{{}}}}}"#, entries.join(",")))
+                }
                 _ => RemotingCommand::response_to(&req, ResponseCode::REQUEST_CODE_NOT_SUPPORTED, Some("not supported".into())),
             };
             Box::pin(async move { Some(resp.into()) })
@@ -1147,6 +1160,23 @@ mod tests {
         assert_eq!(v["listed"], false);
         assert_eq!(v["groups"].as_array().unwrap().len(), 1);
         assert_eq!(v["groups"][0]["lag"], 6);
+    }
+
+    #[tokio::test]
+    async fn at_most_the_queue_row_limit_is_listed_and_totals_count_all() {
+        let routes = Arc::new(RouteTable::default());
+        let broker = fake("broker-a", None).await;
+        register(&routes, "broker-a", &broker.local_addr().to_string(), ["T".to_string()]);
+        let v = Console::new(routes, None).topics().await;
+        let t = v["topics"].as_array().unwrap().iter().find(|t| t["name"] == "T").expect("topic T");
+        assert_eq!(t["groups"][0]["queues"].as_array().unwrap().len(), CONSOLE_QUEUE_ROWS_MAX, "{:#}", t["groups"][0]["error"]);
+        assert_eq!(t["groups"][0]["messages"], CONSOLE_QUEUE_ROWS_MAX + 1);
+        // Every routed topic gets the same answer from the stand-in: the rows past the limit are counted, and the
+        // group's total covers them all.
+        let topics = v["topics"].as_array().unwrap().len();
+        let all = topics * (CONSOLE_QUEUE_ROWS_MAX + 1);
+        assert_eq!(v["queueRowsOmitted"].as_u64().unwrap() as usize, all - CONSOLE_QUEUE_ROWS_MAX, "{topics} topics");
+        assert_eq!(v["storedByGroup"]["broker-a"].as_u64().unwrap() as usize, all);
     }
 
     #[tokio::test]

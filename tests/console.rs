@@ -326,6 +326,10 @@ async fn headless_chromium_renders_the_leader_and_the_looked_up_message() {
     assert!(dom.contains(&q1), "no row of queue 1 with offsets 0..5:\n{dom}");
     assert!(dom.contains(&format!(r#"<tr data-group="{GROUP}" class="group">"#)) && dom.contains("lag 4"), "{dom}");
 
+    // The rates, against the sample taken above: a rate per broker group, not the "first sample" note.
+    assert!(dom.contains("<td>broker group broker-a</td><td>messages stored</td><td>0.0/s</td>"), "{dom}");
+    assert!(dom.contains("over the last "), "{dom}");
+
     // The <script> message rendered as text: escaped in the DOM, never executed (the title is untouched).
     let xss_url = format!("{base}#id={XSS_ID}&topic={TOPIC}");
     let dom = tokio::task::block_in_place(|| run_chromium(&bin, profile.path(), &[budget.clone(), "--dump-dom".into()], &xss_url));

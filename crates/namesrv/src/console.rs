@@ -454,11 +454,7 @@ fn parse_queue_map(body: &[u8]) -> Result<Vec<(QueueKey, Value)>, String> {
         let used = it.byte_offset();
         Ok((v, rest[used..].trim_start()))
     }
-    loop {
-        if let Some(r) = rest.strip_prefix('}') {
-            let _ = r;
-            break;
-        }
+    while !rest.starts_with('}') {
         let (key, r) = one(rest)?;
         let r = r.strip_prefix(':').ok_or("no ':' after a queue key")?.trim_start();
         let (value, r) = one(r)?;

@@ -5,6 +5,7 @@
 # generated under $RAFTMQ_DATA_DIR/conf). Nodes are named n1, n2, … in broker-a and b-n1, c-n2, … elsewhere.
 # Every node serves Prometheus metrics at http://127.0.0.1:PORT/metrics, PORT = its client port + 2 (10913,
 # 10923, 10933 for broker-a), the nameserver at 127.0.0.1:9877 (cluster/monitoring/prometheus.yml scrapes them).
+# The nameserver's port also serves the web console: http://127.0.0.1:9877/ (docs/operations.md, Web console).
 # RAFTMQ_METRICS=off starts nodes without metrics (no metrics port, nothing counted; scripts/bench-metrics.sh).
 #
 #   scripts/cluster.sh up [--groups N] [--acl] [--tls]

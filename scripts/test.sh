@@ -15,6 +15,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # fusermount3 for the power-cut tests (crates/powerfail); they skip, saying why, where FUSE is unavailable.
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# Headless Chromium for the web console test (tests/console.rs); it skips, saying why, without one.
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need_apt+=(chromium)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -265,6 +265,27 @@ impl Cluster {
         assert!(st.success(), "kill -{signal} {pid}");
     }
 
+    /// Waits until every thread of node `id`'s process is stopped (after `signal(id, "STOP")`: the kernel
+    /// stops a multi-threaded process thread by thread, and one still running can answer a request meanwhile).
+    pub fn wait_stopped(&self, id: u64, timeout: Duration) {
+        let pid = self.node(id).child.as_ref().expect("node running").id();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let states: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| {
+                    d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                        .filter_map(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !states.is_empty() && states.iter().all(|s| matches!(s, 'T' | 't')) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} (pid {pid}) not stopped: thread states {states:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM (what `systemctl stop` sends): the broker's clean shutdown runs. Returns the exit status
     /// and how long the process took to exit, or None if it was still running after `timeout`.
     pub fn terminate(&mut self, id: u64, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {

@@ -147,7 +147,8 @@ enum Cmd {
         cluster_secret_file: Option<PathBuf>,
         #[command(flatten)]
         tls: NamesrvTls,
-        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9877); absent or empty: off.
+        /// Serve Prometheus metrics at http://ADDR/metrics and the web console at http://ADDR/ (e.g.
+        /// 127.0.0.1:9877); absent or empty: off.
         #[arg(long, env = "RAFTMQ_NAMESRV_METRICS_LISTEN")]
         metrics_listen: Option<String>,
     },

@@ -3,8 +3,8 @@
 //! Bounded like every other listener: at most [`METRICS_HTTP_CONNECTIONS_MAX`] connections are served at
 //! once (one more is accepted and closed at once), and a connection is closed
 //! [`METRICS_HTTP_CONN_LIFETIME`] after it was accepted, whether or not it is idle, so slow or silent
-//! clients cannot hold the slots. Scrapers reconnect. The router is public so that a later HTTP feature of
-//! the same port (the nameserver's console) can merge its routes.
+//! clients cannot hold the slots. Scrapers reconnect. The router is public so that other HTTP features of
+//! the same port can merge their routes (the nameserver's web console, `raftmq_namesrv::console`).
 
 use std::io;
 use std::net::SocketAddr;

@@ -7,7 +7,12 @@
 //! with it ([`raftmq_remoting::cluster_auth::verify_request`], within ±120 s of this clock); anything else is
 //! answered NO_PERMISSION (16) with the reason, and the route table is left as it was. Queries stay open, as in
 //! RocketMQ. Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`].
+//!
+//! [`NameServer::serve_metrics`] serves `/metrics` and the web console ([`console`]) on one HTTP port; the
+//! console asks the registered brokers for their status and figures, signing its control requests with the
+//! cluster secret when there is one.
 
+pub mod console;
 pub mod metrics;
 pub mod routes;
 
@@ -45,6 +50,8 @@ pub struct NameServer {
     metrics: Arc<metrics::NamesrvMetrics>,
     /// The `/metrics` server, once [`NameServer::serve_metrics`] started it.
     metrics_server: Option<raftmq_metrics::server::MetricsServer>,
+    /// The cluster secrets the console signs its control requests with.
+    secrets: Option<ClusterSecrets>,
 }
 
 impl NameServer {
@@ -69,7 +76,12 @@ impl NameServer {
     pub async fn start_secured(listen: &str, opts: ServerOptions, secrets: Option<ClusterSecrets>) -> std::io::Result<NameServer> {
         let routes = Arc::new(RouteTable::default());
         let metrics = Arc::new(metrics::NamesrvMetrics::default());
-        let handler = Handler { routes: Arc::clone(&routes), secrets, refusals: RefusalLog::default(), metrics: Arc::clone(&metrics) };
+        let handler = Handler {
+            routes: Arc::clone(&routes),
+            secrets: secrets.clone(),
+            refusals: RefusalLog::default(),
+            metrics: Arc::clone(&metrics),
+        };
         let server = RemotingServer::bind(listen, Arc::new(handler), opts).await?;
         let r = Arc::clone(&routes);
         let scanner = tokio::spawn(async move {
@@ -82,7 +94,7 @@ impl NameServer {
             }
         });
         info!(addr = %server.local_addr(), "nameserver listening");
-        Ok(NameServer { routes, server, scanner, metrics, metrics_server: None })
+        Ok(NameServer { routes, server, scanner, metrics, metrics_server: None, secrets })
     }
 
     /// The bound address.
@@ -95,8 +107,8 @@ impl NameServer {
         &self.routes
     }
 
-    /// Serves `GET /metrics` on `listen` (`host:port`) until the nameserver is dropped; returns the bound
-    /// address.
+    /// Serves `GET /metrics` and the web console ([`console`]: `GET /`, `/api/…`) on `listen` (`host:port`)
+    /// until the nameserver is dropped; returns the bound address.
     ///
     /// # Errors
     /// Bind errors.
@@ -107,7 +119,9 @@ impl NameServer {
             routes: Arc::clone(&self.routes),
         };
         let m = Arc::new(raftmq_metrics::export::Metrics::new([Arc::new(source) as Arc<dyn raftmq_metrics::export::Source>]));
-        let server = raftmq_metrics::server::MetricsServer::start(listen, raftmq_metrics::server::router(m)).await?;
+        let console = Arc::new(console::Console::new(Arc::clone(&self.routes), self.secrets.clone()));
+        let router = raftmq_metrics::server::router(m).merge(console::router(console));
+        let server = raftmq_metrics::server::MetricsServer::start(listen, router).await?;
         let addr = server.local_addr();
         self.metrics_server = Some(server);
         Ok(addr)

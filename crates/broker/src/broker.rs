@@ -246,6 +246,9 @@ impl Broker {
         nc.heartbeat_ms = cfg.raft_heartbeat_ms;
         nc.entry_bytes_max = cfg.entry_bytes_max;
         nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
+        nc.send_queue_max = cfg.send_queue_max;
+        nc.send_queue_bytes_max = cfg.send_queue_bytes_max;
+        nc.send_queue_wait_ms_max = cfg.wait_time_mills_in_send_queue;
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
         crate::retention::wait_for_disk_space(&cfg.store_path_root_dir, cfg.mapped_file_size_commit_log).await;

@@ -26,7 +26,7 @@ use crate::{locks::QueueLocks, TopicConfig};
 
 /// Most subscription groups the replicated table holds. An upsert of a new group beyond it is refused;
 /// changing an existing group is always allowed.
-pub const SUBSCRIPTION_GROUPS_MAX: usize = 65_536;
+pub const SUBSCRIPTION_GROUPS_MAX: usize = 16_384;
 
 /// Longest group name the table accepts (RocketMQ's `CHARACTER_MAX_LENGTH`); the broker checks the
 /// stricter rules (`validate_group`) before proposing.
@@ -203,7 +203,7 @@ mod tests {
         }
         assert_eq!(groups.len(), SUBSCRIPTION_GROUPS_MAX, "exactly at the limit");
         let e = apply_upsert(&mut groups, &SubscriptionGroupConfig::new("one-more")).unwrap_err();
-        assert!(e.contains("SUBSCRIPTION_GROUPS_MAX 65536") && e.contains("one-more"), "{e}");
+        assert!(e.contains("SUBSCRIPTION_GROUPS_MAX 16384") && e.contains("one-more"), "{e}");
         assert!(!groups.contains_key("one-more"));
         let mut changed = SubscriptionGroupConfig::new("g7");
         changed.consume_enable = false;

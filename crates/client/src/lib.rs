@@ -41,6 +41,7 @@ pub mod selector;
 pub mod transaction;
 
 pub use admin::{Admin, QueueProgress, ResetTo};
+pub use raftmq_remoting::body::{SubscriptionGroupConfig, SubscriptionGroupWrapper};
 pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
 pub use config::{ClientConfig, Credentials};
 pub use error::{ClientError, Result};

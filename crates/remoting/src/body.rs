@@ -796,6 +796,22 @@ pub struct ConsumeStats {
 }
 
 impl ConsumeStats {
+    /// Parses the fastjson form [`ConsumeStats::encode`] writes (what admin tools read); `consumeTps` is not
+    /// read (0).
+    ///
+    /// # Errors
+    /// [`RemotingError::BodyJson`] when the body is not in that form or names more than
+    /// [`RESET_OFFSET_QUEUES_MAX`] queues (the decoder's bound on object-keyed maps).
+    pub fn decode(body: &[u8]) -> Result<ConsumeStats> {
+        let bad = |why: String| RemotingError::BodyJson { what: "ConsumeStats", source: serde::de::Error::custom(why) };
+        let table: BTreeMap<MessageQueue, OffsetWrapper> =
+            decode_object_keyed(body).ok_or_else(|| bad("not a fastjson offsetTable of queue objects".into()))?;
+        if table.len() > RESET_OFFSET_QUEUES_MAX {
+            return Err(bad(format!("more than {RESET_OFFSET_QUEUES_MAX} queues (RESET_OFFSET_QUEUES_MAX)")));
+        }
+        Ok(ConsumeStats { offset_table: table, consume_tps: 0.0 })
+    }
+
     /// The fastjson form (see [`encode_queue_map`]), `consumeTps` after the table.
     ///
     /// # Errors
@@ -1018,9 +1034,9 @@ impl ResetOffsetBody {
     }
 }
 
-/// The fastjson object-keyed form: `{"offsetTable":{<MessageQueue>:<offset>,…}}` (other top-level fields
+/// The fastjson object-keyed form: `{"offsetTable":{<MessageQueue>:<value>,…}}` (other top-level fields
 /// are skipped); `None` when the body is not in that form.
-fn decode_object_keyed(body: &[u8]) -> Option<BTreeMap<MessageQueue, i64>> {
+fn decode_object_keyed<V: DeserializeOwned>(body: &[u8]) -> Option<BTreeMap<MessageQueue, V>> {
     fn ws(b: &[u8], mut i: usize) -> usize {
         while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
             i += 1;
@@ -1051,7 +1067,7 @@ fn decode_object_keyed(body: &[u8]) -> Option<BTreeMap<MessageQueue, i64>> {
                 let (q, j) = value::<MessageQueue>(body, i)?;
                 i = ws(body, j);
                 (body.get(i) == Some(&b':')).then_some(())?;
-                let (offset, j) = value::<i64>(body, ws(body, i + 1))?;
+                let (offset, j) = value::<V>(body, ws(body, i + 1))?;
                 t.insert(q, offset);
                 if t.len() > RESET_OFFSET_QUEUES_MAX {
                     // Reported as too many by the caller; no need to read on.
@@ -1083,6 +1099,17 @@ fn decode_object_keyed(body: &[u8]) -> Option<BTreeMap<MessageQueue, i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consume_stats_read_back_what_they_write() {
+        let mut c = ConsumeStats { consume_tps: 2.5, ..Default::default() };
+        let q = |topic: &str, id| MessageQueue { topic: topic.into(), broker_name: "b".into(), queue_id: id };
+        c.offset_table.insert(q("T", 0), OffsetWrapper { broker_offset: 10, consumer_offset: 4, last_timestamp: 7 });
+        c.offset_table.insert(q("%RETRY%g", 1), OffsetWrapper { broker_offset: 1, consumer_offset: 0, last_timestamp: 0 });
+        let back = ConsumeStats::decode(&c.encode().unwrap()).unwrap();
+        assert_eq!(back.offset_table, c.offset_table);
+        assert!(ConsumeStats::decode(b"{\"offsetTable\":[1]}").is_err());
+    }
 
     /// The 201 body, byte for byte as fastjson writes RocketMQ 4.9's `SubscriptionGroupWrapper` (fields in
     /// alphabetical order), plus the RocketMQ 5 field `consumeTimeoutMinute`; an implicit group carries

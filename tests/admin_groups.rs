@@ -13,11 +13,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use raftmq_remoting::body::{decode_json_body, encode_json_body, ConsumeStats, SubscriptionGroupConfig, SubscriptionGroupWrapper, TopicConfigSerializeWrapper};
+use raftmq_net::RemotingClient;
+use raftmq_remoting::body::{
+    decode_json_body, encode_json_body, ConsumeStats, SubscriptionGroupConfig, SubscriptionGroupWrapper, TopicConfigSerializeWrapper,
+};
 use raftmq_remoting::header::{
     DeleteSubscriptionGroupRequestHeader, DeleteTopicRequestHeader, GetConsumeStatsRequestHeader, GetTopicStatsInfoRequestHeader,
 };
-use raftmq_net::RemotingClient;
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 fn raftmq(args: &[&str]) -> (bool, String) {
@@ -90,10 +92,17 @@ async fn deleted_everywhere(cluster: &Cluster, within: Duration) {
                 // the leader): TKeep's stay, TDel's and TRe's went with the topics.
                 let c = client(&addr).await.ok_or("connect")?;
                 let h = GetConsumeStatsRequestHeader { consumer_group: "g_del".into(), topic: None };
-                let r = c.invoke(RemotingCommand::request(RequestCode::GET_CONSUME_STATS, 0).with_header(&h), TIMEOUT).await.map_err(|e| e.to_string())?;
+                let r = c
+                    .invoke(RemotingCommand::request(RequestCode::GET_CONSUME_STATS, 0).with_header(&h), TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let stats = ConsumeStats::decode(&r.body).map_err(|e| e.to_string())?;
-                let offsets: Vec<(String, i32, i64)> =
-                    stats.offset_table.iter().filter(|(_, o)| o.consumer_offset > 0).map(|(q, o)| (q.topic.clone(), q.queue_id, o.consumer_offset)).collect();
+                let offsets: Vec<(String, i32, i64)> = stats
+                    .offset_table
+                    .iter()
+                    .filter(|(_, o)| o.consumer_offset > 0)
+                    .map(|(q, o)| (q.topic.clone(), q.queue_id, o.consumer_offset))
+                    .collect();
                 if offsets != vec![("TKeep".to_string(), 0, 2)] {
                     return Err(format!("g_del's offsets: {offsets:?}"));
                 }
@@ -242,6 +251,10 @@ async fn groups_and_topic_deletion_are_replicated_and_survive_restarts() {
     let (ok, out) = raftmq(&["admin", "--namesrv", &nsa, "topic", "delete", "--topic", "SCHEDULE_TOPIC_XXXX"]);
     assert!(!ok && out.contains("conflict with system topic"), "{out}");
 
+    // A configured group the restarts below must keep.
+    let kept = SubscriptionGroupConfig { consume_enable: false, retry_max_times: 7, ..SubscriptionGroupConfig::new("kept_group") };
+    assert_eq!(upsert_group(&fc, &kept).await.code, 0);
+
     // --- kill -9 a follower and restart it: it replays the log (no checkpoint covers the deletion yet).
     cluster.kill(follower);
     cluster.start_node(follower);
@@ -261,6 +274,8 @@ async fn groups_and_topic_deletion_are_replicated_and_survive_restarts() {
     deleted_everywhere(&cluster, Duration::from_secs(30)).await;
     for n in &cluster.nodes {
         let w = groups_at(&n.client_addr).await.expect("201 after the restart");
-        assert!(!w.subscription_group_table.get("cli_group").is_some_and(|g| !g.raftmq_implicit), "node {}", n.id);
+        assert!(!w.subscription_group_table.contains_key("cli_group"), "node {}: the deleted group came back", n.id);
+        let kept = w.subscription_group_table.get("kept_group");
+        assert!(kept.is_some_and(|g| !g.raftmq_implicit && !g.consume_enable && g.retry_max_times == 7), "node {}: {kept:?}", n.id);
     }
 }

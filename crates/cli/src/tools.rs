@@ -771,7 +771,8 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
             Ok(())
         }
         AdminCmd::Topic { cmd: TopicCmd::Delete { topic, cluster } } => {
-            let (groups, namesrvs) = admin.delete_topic(&topic, cluster.as_deref()).await.with_context(|| format!("delete topic {topic}"))?;
+            let (groups, namesrvs) =
+                admin.delete_topic(&topic, cluster.as_deref()).await.with_context(|| format!("delete topic {topic}"))?;
             for g in groups {
                 println!("deleted {topic} on {g}");
             }
@@ -781,7 +782,10 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
             Ok(())
         }
         AdminCmd::Group { cmd: Some(GroupCmd::List), .. } => {
-            println!("{:<12} {:<32} {:>8} {:>6} {:>8} {:>7} {:>7} {:>10}", "broker", "group", "consume", "retry", "implicit", "topics", "queues", "lag");
+            println!(
+                "{:<12} {:<32} {:>8} {:>6} {:>8} {:>7} {:>7} {:>10}",
+                "broker", "group", "consume", "retry", "implicit", "topics", "queues", "lag"
+            );
             for (broker, w) in admin.all_subscription_groups().await? {
                 for (name, g) in &w.subscription_group_table {
                     let stats = admin.consume_stats(&broker, name, None).await.ok();
@@ -804,7 +808,8 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
                     Some(g) => println!("{broker}: {}", serde_json::to_string(g)?),
                     None => println!("{broker}: group {group} has no config and no offsets or consumers here"),
                 }
-                let stats = admin.consume_stats(&broker, &group, None).await.with_context(|| format!("consume stats of {group} on {broker}"))?;
+                let stats =
+                    admin.consume_stats(&broker, &group, None).await.with_context(|| format!("consume stats of {group} on {broker}"))?;
                 println!("{:<12} {:<32} {:>6} {:>12} {:>12} {:>10}", "broker", "topic", "queue", "broker max", "consumer", "lag");
                 for (q, o) in &stats.offset_table {
                     println!(
@@ -831,7 +836,11 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
             Ok(())
         }
         AdminCmd::Group { cmd: Some(GroupCmd::Delete { group, cluster, clean_offset }), .. } => {
-            for b in admin.delete_subscription_group(&group, clean_offset, cluster.as_deref()).await.with_context(|| format!("delete group {group}"))? {
+            for b in admin
+                .delete_subscription_group(&group, clean_offset, cluster.as_deref())
+                .await
+                .with_context(|| format!("delete group {group}"))?
+            {
                 println!("deleted subscription group {group} on {b}{}", if clean_offset { " with its offsets" } else { "" });
             }
             Ok(())

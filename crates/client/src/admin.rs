@@ -15,8 +15,7 @@ use raftmq_remoting::codes::{
 };
 use raftmq_remoting::header::{
     perm, CreateTopicRequestHeader, DeleteSubscriptionGroupRequestHeader, DeleteTopicRequestHeader, GetConsumeStatsRequestHeader,
-    QueryMessageRequestHeader, ResetOffsetRequestHeader, ViewMessageRequestHeader, DEFAULT_TOPIC,
-    UNIQUE_KEY_QUERY_FIELD,
+    QueryMessageRequestHeader, ResetOffsetRequestHeader, ViewMessageRequestHeader, DEFAULT_TOPIC, UNIQUE_KEY_QUERY_FIELD,
 };
 use raftmq_remoting::message::{decode_offset_msg_id, StoredMessages};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};

@@ -41,7 +41,6 @@ pub mod selector;
 pub mod transaction;
 
 pub use admin::{Admin, QueueProgress, ResetTo};
-pub use raftmq_remoting::body::{SubscriptionGroupConfig, SubscriptionGroupWrapper};
 pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
 pub use config::{ClientConfig, Credentials};
 pub use error::{ClientError, Result};
@@ -54,5 +53,6 @@ pub use push::{
     ConcurrentListener, ConsumeConcurrentlyStatus, ConsumeContext, ConsumeFrom, ConsumeOrderlyStatus, MessageModel, OrderlyListener,
     PushConsumer, PushConsumerOptions,
 };
+pub use raftmq_remoting::body::{SubscriptionGroupConfig, SubscriptionGroupWrapper};
 pub use selector::{MessageQueueSelector, SelectByHash, SelectByRandom};
 pub use transaction::{CheckCounts, TransactionListener, TransactionProducer, TransactionProducerOptions, TransactionSendResult, TxnState};

@@ -25,7 +25,8 @@ use raftmq_remoting::body::{decode_json_body, encode_json_body, KvTable, Registe
 use raftmq_remoting::cluster_auth::{verify_request, ClusterSecrets, RequestAuthError};
 use raftmq_remoting::frame::RemotingCommand;
 use raftmq_remoting::header::{
-    CommandHeader, DeleteTopicRequestHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader,
+    CommandHeader, DeleteTopicRequestHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader,
+    UnregisterBrokerRequestHeader,
 };
 use raftmq_remoting::{RequestCode, ResponseCode};
 use serde::Serialize;

@@ -1116,7 +1116,8 @@ mod tests {
     /// `raftmqImplicit`.
     #[test]
     fn the_subscription_group_wrapper_is_written_as_rocketmq_writes_it() {
-        let mut w = SubscriptionGroupWrapper { data_version: DataVersion { counter: 7, timestamp: 1_700_000_000_000 }, ..Default::default() };
+        let mut w =
+            SubscriptionGroupWrapper { data_version: DataVersion { counter: 7, timestamp: 1_700_000_000_000 }, ..Default::default() };
         w.subscription_group_table.insert("g1".into(), SubscriptionGroupConfig::new("g1"));
         let mut auto = SubscriptionGroupConfig::new("g2");
         auto.raftmq_implicit = true;

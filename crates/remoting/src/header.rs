@@ -1117,7 +1117,7 @@ impl CommandHeader for DeleteSubscriptionGroupRequestHeader {
 
     fn write_ext_fields(&self, out: &mut ExtFields) {
         put(out, "groupName", &self.group_name);
-        put(out, "cleanOffset", &self.clean_offset);
+        put(out, "cleanOffset", self.clean_offset);
     }
 }
 

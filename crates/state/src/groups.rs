@@ -133,7 +133,12 @@ pub(crate) fn apply_upsert(groups: &mut SubscriptionGroups, g: &SubscriptionGrou
 /// Applies a group deletion: the config goes (if any), and with `clean_offset` the group's offsets and
 /// reset markers. Deleting a group that does not exist changes nothing else and is not an error (tools
 /// retry, and delete on every broker group).
-pub(crate) fn apply_delete_group(groups: &mut SubscriptionGroups, offsets: &mut ConsumerOffsets, markers: &mut ResetMarkers, d: &DeleteGroup) {
+pub(crate) fn apply_delete_group(
+    groups: &mut SubscriptionGroups,
+    offsets: &mut ConsumerOffsets,
+    markers: &mut ResetMarkers,
+    d: &DeleteGroup,
+) {
     groups.remove(&d.group);
     if d.clean_offset {
         offsets.remove(&d.group);

@@ -900,7 +900,9 @@ mod tests {
             s.apply(&logged(p, pos), q).unwrap()
         };
         let r = send(&mut s, &mut q, &mut pos);
-        assert!(matches!(&r, CommandResponse::Produced(v) if matches!(&v[0], QueueAppendResult::Rejected(w) if w.contains("does not exist"))));
+        assert!(
+            matches!(&r, CommandResponse::Produced(v) if matches!(&v[0], QueueAppendResult::Rejected(w) if w.contains("does not exist")))
+        );
         // Deleting it again changes nothing.
         let before = s.clone();
         assert_eq!(s.apply(&Command::DeleteTopic("A".into()), &mut q).unwrap(), CommandResponse::Done);

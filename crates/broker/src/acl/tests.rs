@@ -125,7 +125,9 @@ fn unserved_codes_and_unparseable_bodies_are_refused() {
     let e = a.check(&signed(RemotingCommand::request(RequestCode::UPDATE_BROKER_CONFIG, 1), "rocketmq2", "12345678"), local());
     assert!(e.unwrap_err().contains("has no ACL rule"));
     // Deleting a topic or a group, or changing a group, is for admin accounts only (RocketMQ's ADMIN_CODE).
-    for code in [RequestCode::DELETE_TOPIC_IN_BROKER, RequestCode::DELETE_SUBSCRIPTIONGROUP, RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP] {
+    for code in
+        [RequestCode::DELETE_TOPIC_IN_BROKER, RequestCode::DELETE_SUBSCRIPTIONGROUP, RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP]
+    {
         let r = RemotingCommand::request(code, 1).with_ext("topic", "topicA").with_ext("groupName", "groupA");
         let e = a.check(&signed(r.clone(), "RocketMQ", "12345678"), local()).unwrap_err();
         assert!(e.contains("needs an admin account"), "{code}: {e}");

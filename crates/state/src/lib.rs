@@ -132,7 +132,7 @@ impl BrokerState {
                 CommandResponse::Produced(results)
             }
             Command::CommitOffsets(commits) => {
-                offsets::apply_commits(&mut self.consumer_offsets, &mut self.reset_markers, commits);
+                offsets::apply_commits(&mut self.consumer_offsets, &mut self.reset_markers, &self.topics, commits);
                 CommandResponse::Done
             }
             Command::ResetOffsets(reset) => {
@@ -903,6 +903,11 @@ mod tests {
         assert!(
             matches!(&r, CommandResponse::Produced(v) if matches!(&v[0], QueueAppendResult::Rejected(w) if w.contains("does not exist")))
         );
+        // A commit the leader proposed before the deletion and that is applied after it does not bring the
+        // group's offset back.
+        let late = OffsetCommit { group: "g".into(), topic: "A".into(), queue_id: 1, offset: 2 };
+        s.apply(&Command::CommitOffsets(vec![late]), &mut q).unwrap();
+        assert!(s.consumer_offsets.get("g").is_some_and(|t| !t.contains_key("A")));
         // Deleting it again changes nothing.
         let before = s.clone();
         assert_eq!(s.apply(&Command::DeleteTopic("A".into()), &mut q).unwrap(), CommandResponse::Done);

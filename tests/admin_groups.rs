@@ -285,3 +285,47 @@ async fn groups_and_topic_deletion_are_replicated_and_survive_restarts() {
         assert!(kept.is_some_and(|g| !g.raftmq_implicit && !g.consume_enable && g.retry_max_times == 7), "node {}: {kept:?}", n.id);
     }
 }
+
+/// With a cluster secret the nameserver takes DELETE_TOPIC_IN_NAMESRV only signed with it; `raftmq admin
+/// topic delete` signs it with the file RAFTMQ_CLUSTER_SECRET_FILE names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_secret_only_a_signed_216_deletes_a_route() {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("cluster-secret");
+    std::fs::write(&secret, "admin-groups-cluster-secret-0123456789\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cluster = Cluster::prepare(1, &format!("clusterSecretFile = \"{}\"\n", secret.display()));
+    cluster.start_node(1);
+    cluster.wait_registered_leader(Duration::from_secs(30)).await;
+    let c = client(&cluster.node(1).client_addr).await.expect("connect");
+    send(&c, "TSecret", 0, b"s").await.expect("send");
+    eventually(Duration::from_secs(10), "TSecret routed", || async {
+        route(&cluster.namesrv, "TSecret").await?.map(|_| ()).ok_or_else(|| "no route yet".to_string())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Unsigned: refused, the route stays.
+    let ns = client(&cluster.namesrv).await.expect("connect to the nameserver");
+    let h = DeleteTopicRequestHeader { topic: "TSecret".into(), cluster_name: None };
+    let r = invoke(&ns, RemotingCommand::request(RequestCode::DELETE_TOPIC_IN_NAMESRV, 0).with_header(&h)).await;
+    assert_eq!(r.code, ResponseCode::NO_PERMISSION.0);
+    assert!(r.remark.unwrap_or_default().starts_with("topic deletion refused"));
+    assert!(route(&cluster.namesrv, "TSecret").await.expect("route").is_some());
+    // The CLI without the secret file: 215 succeeds (a broker without ACL takes it), 216 is refused and said so.
+    let cli = |with_secret: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_raftmq"));
+        cmd.args(["admin", "--namesrv", &cluster.namesrv, "topic", "delete", "--topic", "TSecret"])
+            .env_remove("RAFTMQ_CLUSTER_SECRET_FILE");
+        if with_secret {
+            cmd.env("RAFTMQ_CLUSTER_SECRET_FILE", &secret);
+        }
+        let out = cmd.output().expect("run raftmq");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, out) = cli(false);
+    assert!(!ok && out.contains("deleted on broker groups [\"broker-a\"]") && out.contains("topic deletion refused"), "{out}");
+    let (ok, out) = cli(true);
+    assert!(ok && out.contains("deleted the route of TSecret on nameserver"), "{out}");
+    assert!(route(&cluster.namesrv, "TSecret").await.expect("route").is_none());
+}

@@ -227,6 +227,9 @@ impl BrokerInner {
             Ok(q) => q,
             Err(r) => return r,
         };
+        if let Some(r) = self.consume_disabled(req, &h.consumer_group) {
+            return r;
+        }
         if h.queue_offset < 0 {
             return reply(req, ResponseCode::SYSTEM_ERROR, format!("queueOffset {} is negative", h.queue_offset));
         }

@@ -4,6 +4,7 @@
 //! silently slowing the generator down (coordinated omission). A progress line is printed every second and
 //! `--json FILE` writes the result.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,6 +120,11 @@ pub struct ProduceBench {
     /// be equal — an acknowledged message missing, or a refused one stored, shows as a difference.
     #[arg(long)]
     pub verify_stored: bool,
+    /// With `--rate`: a send whose time comes while all `--inflight` slots of its producer are taken is not
+    /// made (counted as shed) instead of made late — the load generator's own bounded queue, so that what is
+    /// measured is the cluster, not a backlog in the generator.
+    #[arg(long)]
+    pub shed: bool,
 }
 
 /// `bench consume` options.
@@ -177,13 +183,31 @@ struct SendStats {
     errors: AtomicU64,
     /// Of the errors, those whose message may have been stored (outcome unknown, e.g. a timeout).
     errors_unknown: AtomicU64,
+    /// Sends not made because the generator's window was full at their time (`--shed`).
+    shed: AtomicU64,
+    /// Failed sends by the error's first words (bounded: at most `ERROR_KINDS_MAX` kinds).
+    error_kinds: Mutex<BTreeMap<String, u64>>,
     hist: Mutex<Option<Histogram<u64>>>,
     /// (time of the last acknowledgement, longest gap between two consecutive acknowledgements): with a
     /// steady `--rate`, the longest gap is how long sends stalled (e.g. across a leader failover).
     gaps: Mutex<(Option<Instant>, Duration)>,
 }
 
+/// Error kinds [`SendStats::count_error`] keeps apart; the rest are counted under "other".
+const ERROR_KINDS_MAX: usize = 32;
+
 impl SendStats {
+    /// Counts `n` failed sends under the first words of `e` (numbers and addresses vary; the words do not).
+    fn count_error(&self, e: &raftmq_client::ClientError, n: u64) {
+        let text = e.to_string();
+        // Digits (counts, addresses, offsets) replaced so that one kind stays one key.
+        let kind: String = text.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).take(160).collect();
+        let mut k = self.error_kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let len = k.len();
+        let key = if k.contains_key(&kind) || len < ERROR_KINDS_MAX { kind } else { "other".to_string() };
+        *k.entry(key).or_insert(0) += n;
+    }
+
     fn acked_now(&self) {
         let now = Instant::now();
         let mut g = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,7 +277,27 @@ async fn produce_load(
                     tokio::time::sleep_until(at.into()).await;
                 }
                 i += n;
-                let Ok(permit) = Arc::clone(&window).acquire_owned().await else { break };
+                let permit = if b.shed && scheduled.is_some() {
+                    match Arc::clone(&window).try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(tokio::sync::TryAcquireError::NoPermits) => {
+                            // Shed this send and every one that falls due before a slot frees (without a
+                            // timer per shed send: the generator's CPU is the cluster's on a small machine).
+                            let Ok(slot) = Arc::clone(&window).acquire_owned().await else { break };
+                            drop(slot);
+                            let due = (start.elapsed().as_secs_f64() * per_producer_rate) as u64;
+                            let skipped = due.saturating_sub(i);
+                            i += skipped;
+                            issued.fetch_add(skipped, Ordering::Relaxed);
+                            stats.shed.fetch_add(n + skipped, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(tokio::sync::TryAcquireError::Closed) => break,
+                    }
+                } else {
+                    let Ok(p) = Arc::clone(&window).acquire_owned().await else { break };
+                    p
+                };
                 let intended = scheduled.unwrap_or_else(Instant::now);
                 let body = |k: u64| {
                     let mut v = filler.clone();
@@ -287,6 +331,7 @@ async fn produce_load(
                             if !e.is_definite() {
                                 stats.errors_unknown.fetch_add(n, Ordering::Relaxed);
                             }
+                            stats.count_error(&e, n);
                         }
                     }
                     drop(permit);
@@ -331,7 +376,8 @@ pub async fn produce(b: ProduceBench) -> Result<()> {
     let mut result = json!({
         "mode": "produce", "topic": b.common.topic, "producers": b.producers, "inflight": b.inflight, "size": b.size, "auto_batch": !b.no_auto_batch,
         "batch": b.batch, "rate": b.rate, "elapsed_s": elapsed, "acked": acked, "errors": stats.errors.load(Ordering::Relaxed),
-        "errors_unknown_outcome": errors_unknown,
+        "errors_unknown_outcome": errors_unknown, "shed": stats.shed.load(Ordering::Relaxed),
+        "error_kinds": stats.error_kinds.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "msgs_per_s": acked as f64 / elapsed, "mb_per_s": acked as f64 * b.size as f64 / elapsed / 1e6,
         "latency": percentiles(&h), "longest_ack_gap_ms": stats.longest_gap().as_secs_f64() * 1000.0,
     });

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use raftmq_client::{ClientConfig, ConsumeConcurrentlyStatus, ConsumeFrom, MessageExt, MessageSelector, PushConsumer, PushConsumerOptions};
+use raftmq_net::RemotingClient;
 use raftmq_remoting::body::{encode_json_body, CheckClientRequestBody, ConsumerData, HeartbeatData, SubscriptionData};
 use raftmq_remoting::header::{pull_sys_flag, PullMessageRequestHeader, PullMessageResponseHeader};
 use raftmq_remoting::message::StoredMessages;
-use raftmq_net::RemotingClient;
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -157,13 +157,19 @@ async fn sql92_pulls_carry_only_matching_messages() {
     const N: i64 = 200;
     let tag = |i: i64| if i % 2 == 0 { "a" } else { "b" };
     let region = |i: i64| if i % 3 == 0 { "east" } else { "west" };
-    fill(&c, T, N, |i| format!("m{i}"), |i| {
-        let mut p = props(&[("TAGS", tag(i).to_string()), ("region", region(i).to_string())]);
-        if i % 10 != 0 {
-            p.push(("n".into(), i.to_string()));
-        }
-        p
-    })
+    fill(
+        &c,
+        T,
+        N,
+        |i| format!("m{i}"),
+        |i| {
+            let mut p = props(&[("TAGS", tag(i).to_string()), ("region", region(i).to_string())]);
+            if i % 10 != 0 {
+                p.push(("n".into(), i.to_string()));
+            }
+            p
+        },
+    )
     .await;
 
     // The broker's selection is exactly a direct predicate's, and only those messages' bytes travel.
@@ -184,10 +190,7 @@ async fn sql92_pulls_carry_only_matching_messages() {
     assert_eq!(all.iter().map(|m| m.2).sum::<usize>(), all_bytes);
     let want_bytes: usize = all.iter().filter(|m| want.contains(&m.0)).map(|m| m.2).sum();
     assert_eq!(got_bytes, want_bytes, "bytes of the SQL92 pulls");
-    println!(
-        "SQL92 pulls: {} of {N} messages in {pulls} pulls, {got_bytes} body bytes (all messages: {all_bytes})",
-        want.len()
-    );
+    println!("SQL92 pulls: {} of {N} messages in {pulls} pulls, {got_bytes} body bytes (all messages: {all_bytes})", want.len());
 
     // No match among the first pullFilterScanMax (64) messages examined: PULL_RETRY_IMMEDIATELY past them.
     let p = pull(&c, "g_none", T, 0, Some(("n > 100000", "SQL92"))).await;
@@ -243,18 +246,33 @@ async fn native_consumers_and_the_cli_select_by_sql() {
     let cluster = Cluster::start(1).await;
     const T: &str = "SQL_CLI";
     let ns = cluster.namesrv.as_str();
-    let (ok, out) =
-        raftmq(&["produce", "--namesrv", ns, "--topic", T, "--count", "20", "--tag", "x", "--property", "n={i}", "--property", "kind=k{i}"])
-            .await;
+    let (ok, out) = raftmq(&[
+        "produce",
+        "--namesrv",
+        ns,
+        "--topic",
+        T,
+        "--count",
+        "20",
+        "--tag",
+        "x",
+        "--property",
+        "n={i}",
+        "--property",
+        "kind=k{i}",
+    ])
+    .await;
     assert!(ok, "{out}");
     // `n >= 15` selects messages 15..=19 wherever they went.
-    let (ok, out) = raftmq(&["consume", "--namesrv", ns, "--topic", T, "--group", "cli_sql", "--sql", "n >= 15 AND TAGS = 'x'", "--count", "5"]).await;
+    let (ok, out) =
+        raftmq(&["consume", "--namesrv", ns, "--topic", T, "--group", "cli_sql", "--sql", "n >= 15 AND TAGS = 'x'", "--count", "5"]).await;
     assert!(ok, "{out}");
     let mut bodies: Vec<String> = out.lines().filter_map(|l| l.split("body=").nth(1)).map(String::from).collect();
     bodies.sort();
     assert_eq!(bodies, (15..20).map(|i| format!("message {i}")).collect::<Vec<_>>(), "{out}");
     // A bad expression is refused by the client with its position, before anything is sent.
-    let (ok, out) = raftmq(&["consume", "--namesrv", ns, "--topic", T, "--group", "cli_bad", "--sql", "n >= ", "--timeout-secs", "2"]).await;
+    let (ok, out) =
+        raftmq(&["consume", "--namesrv", ns, "--topic", T, "--group", "cli_bad", "--sql", "n >= ", "--timeout-secs", "2"]).await;
     assert!(!ok && out.contains("at byte 5"), "{out}");
 
     // A push consumer with a SQL92 selector gets exactly kind IN ('k3', 'k7') OR n BETWEEN 10 AND 11.
@@ -270,7 +288,8 @@ async fn native_consumers_and_the_cli_select_by_sql() {
             ConsumeConcurrentlyStatus::ConsumeSuccess
         }
     };
-    let consumer = PushConsumer::start_concurrently(ClientConfig::new(ns).with_instance_name("push_sql"), opts, listener).await.expect("push");
+    let consumer =
+        PushConsumer::start_concurrently(ClientConfig::new(ns).with_instance_name("push_sql"), opts, listener).await.expect("push");
     let deadline = Instant::now() + Duration::from_secs(20);
     while got.lock().unwrap().len() < 4 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -302,7 +321,13 @@ async fn rare_messages_on_a_busy_queue_cost_only_their_own_bytes() {
     const N: i64 = 1000;
     let rare = |i: i64| i % 100 == 37;
     let body = |i: i64| format!("{i:06}{}", "x".repeat(1018));
-    fill(&c, T, N, body, |i| props(&[("TAGS", if rare(i) { "rare" } else { "common" }.to_string()), ("kind", if rare(i) { "rare" } else { "common" }.to_string())])).await;
+    fill(&c, T, N, body, |i| {
+        props(&[
+            ("TAGS", if rare(i) { "rare" } else { "common" }.to_string()),
+            ("kind", if rare(i) { "rare" } else { "common" }.to_string()),
+        ])
+    })
+    .await;
     let delivered = (0..N).filter(|i| rare(*i)).count();
 
     let mut rows = Vec::new();

@@ -205,7 +205,8 @@ fn subscription_data(topic: String, s: &Subscription) -> SubscriptionData {
         None => Vec::new(),
         Some(_) => s.expression.split("||").map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
     };
-    let expression_type = if s.is_sql() { raftmq_remoting::body::EXPRESSION_TYPE_SQL92 } else { raftmq_remoting::body::EXPRESSION_TYPE_TAG };
+    let expression_type =
+        if s.is_sql() { raftmq_remoting::body::EXPRESSION_TYPE_SQL92 } else { raftmq_remoting::body::EXPRESSION_TYPE_TAG };
     SubscriptionData {
         class_filter_mode: false,
         code_set: tags.iter().map(|t| raftmq_remoting::message::java_string_hash(t)).collect(),

@@ -242,8 +242,8 @@ impl BrokerInner {
             Err((code, why)) => return reply(req, code, why),
         };
         let by_message = |data: &[u8]| selector.as_deref().is_none_or(|s| crate::sql_filter::message_matches(s, data));
-        let by_message: Option<(&(dyn Fn(&[u8]) -> bool + Sync), usize)> =
-            selector.is_some().then_some((&by_message as &(dyn Fn(&[u8]) -> bool + Sync), self.cfg.pull_filter_scan_max));
+        let by_message: Option<(&crate::store::MessageFilter<'_>, usize)> =
+            selector.is_some().then_some((&by_message as &crate::store::MessageFilter<'_>, self.cfg.pull_filter_scan_max));
         if let Some(off) = h.carried_commit_offset().filter(|o| *o >= 0) {
             // A piggybacked commit is best effort: one the offset table cannot take is dropped silently.
             if self.check_leader(req).is_ok() && self.check_offset_commit(&h.consumer_group, &h.topic, h.queue_id).is_ok() {

@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(pull_selector(&bad, false).unwrap_err().0, ResponseCode::SUBSCRIPTION_PARSE_FAILED);
         let good = Subscription::parse_typed("a > 1", Some("SQL92"), 1);
         let (code, remark) = pull_selector(&good, false).unwrap_err();
-        assert_eq!((code, remark.as_str()), (ResponseCode::SYSTEM_ERROR, "The broker does not support consumer to filter message by SQL92"));
+        assert_eq!(
+            (code, remark.as_str()),
+            (ResponseCode::SYSTEM_ERROR, "The broker does not support consumer to filter message by SQL92")
+        );
         assert!(pull_selector(&good, true).unwrap().is_some());
         assert!(pull_selector(&Subscription::parse_typed("*", Some("SQL92"), 1), true).unwrap().is_none());
         assert!(pull_selector(&Subscription::parse_typed("a || b", Some("TAG"), 1), false).unwrap().is_none(), "tags need no switch");

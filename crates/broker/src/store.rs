@@ -75,6 +75,9 @@ impl GotMessage {
     }
 }
 
+/// A test on a stored message's bytes (a SQL92 selector over its properties), for [`MessageStore::get_filtered`].
+pub type MessageFilter<'a> = dyn Fn(&[u8]) -> bool + Sync + 'a;
+
 /// Result of a get.
 #[derive(Debug, Clone)]
 pub struct GetResult {
@@ -428,7 +431,7 @@ impl MessageStore {
         max_nums: usize,
         max_bytes: usize,
         filter: impl Fn(i64) -> bool,
-        by_message: Option<(&(dyn Fn(&[u8]) -> bool + Sync), usize)>,
+        by_message: Option<(&MessageFilter<'_>, usize)>,
     ) -> GetResult {
         let Some(q) = self.queue(topic, queue_id) else {
             return GetResult {

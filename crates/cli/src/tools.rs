@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use raftmq_client::{
-    Admin, ClientConfig, ClientError, Message, MessageExt, MessageSelector, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, ResetTo,
-    SelectByHash, TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
+    Admin, ClientConfig, ClientError, Message, MessageExt, MessageQueue, MessageSelector, Producer, ProducerOptions, PullConsumer,
+    PullStatus, ResetTo, SelectByHash, TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
 };
 
 /// Admin subcommands.

@@ -203,10 +203,7 @@ fn eval<'a>(e: &'a Expr, get: &dyn Fn(&str) -> Option<&'a str>) -> R<Option<V<'a
                 CmpOp::Le => ord.is_le(),
             }))
         }
-        Expr::In { prop, list, not } => match get(prop) {
-            None => None,
-            Some(v) => Some(V::Bool(list.binary_search_by(|x| x.as_str().cmp(v)).is_ok() != *not)),
-        },
+        Expr::In { prop, list, not } => get(prop).map(|v| V::Bool(list.binary_search_by(|x| x.as_str().cmp(v)).is_ok() != *not)),
         Expr::Text { op, not, left, search } => {
             if search.is_empty() {
                 return Ok(Some(V::Bool(false)));

@@ -102,8 +102,7 @@ fn exponent<'i>(i: &mut &'i str) -> ModalResult<&'i str> {
 
 /// `5.5`, `5.`, `5.5E10`, `.5`, `.5E10`, `5E10`.
 fn float<'i>(i: &mut &'i str) -> ModalResult<&'i str> {
-    alt(((digit1, '.', opt(digit1), opt(exponent)).take(), ('.', digit1, opt(exponent)).take(), (digit1, exponent).take()))
-        .parse_next(i)
+    alt(((digit1, '.', opt(digit1), opt(exponent)).take(), ('.', digit1, opt(exponent)).take(), (digit1, exponent).take())).parse_next(i)
 }
 
 /// `0`, or `[1-9][0-9]*` with an optional `l`/`L`.
@@ -118,9 +117,7 @@ fn decimal(i: &mut &str) -> ModalResult<String> {
 }
 
 fn string_literal(i: &mut &str) -> ModalResult<String> {
-    let body: &str = ('\'', repeat::<_, _, (), _, _>(0.., alt(("''", take_while(1.., |c: char| c != '\'')))), '\'')
-        .take()
-        .parse_next(i)?;
+    let body: &str = ('\'', repeat::<_, _, (), _, _>(0.., alt(("''", take_while(1.., |c: char| c != '\'')))), '\'').take().parse_next(i)?;
     Ok(body[1..body.len() - 1].replace("''", "'"))
 }
 
@@ -192,23 +189,23 @@ mod tests {
     #[test]
     fn longest_match_and_keywords() {
         assert_eq!(toks("note not NoT"), vec![Tok::Ident("note".into()), Tok::Kw(Kw::Not), Tok::Kw(Kw::Not)]);
-        assert_eq!(toks("a<>b<=c"), vec![
-            Tok::Ident("a".into()),
-            Tok::Sym("<>"),
-            Tok::Ident("b".into()),
-            Tok::Sym("<="),
-            Tok::Ident("c".into())
-        ]);
-        assert_eq!(toks("12L 0L 5. .5 5E3 1.5e"), vec![
-            Tok::Decimal("12".into()),
-            Tok::Decimal("0".into()),
-            Tok::Ident("L".into()),
-            Tok::Float("5.".into()),
-            Tok::Float(".5".into()),
-            Tok::Float("5E3".into()),
-            Tok::Float("1.5".into()),
-            Tok::Ident("e".into())
-        ]);
+        assert_eq!(
+            toks("a<>b<=c"),
+            vec![Tok::Ident("a".into()), Tok::Sym("<>"), Tok::Ident("b".into()), Tok::Sym("<="), Tok::Ident("c".into())]
+        );
+        assert_eq!(
+            toks("12L 0L 5. .5 5E3 1.5e"),
+            vec![
+                Tok::Decimal("12".into()),
+                Tok::Decimal("0".into()),
+                Tok::Ident("L".into()),
+                Tok::Float("5.".into()),
+                Tok::Float(".5".into()),
+                Tok::Float("5E3".into()),
+                Tok::Float("1.5".into()),
+                Tok::Ident("e".into())
+            ]
+        );
         assert_eq!(toks("007"), vec![Tok::Decimal("0".into()), Tok::Decimal("0".into()), Tok::Decimal("7".into())]);
         assert_eq!(toks("$a_1"), vec![Tok::Ident("$a_1".into())]);
     }
@@ -217,13 +214,10 @@ mod tests {
     fn strings_comments_and_positions() {
         assert_eq!(toks("'it''s' ''"), vec![Tok::Str("it's".into()), Tok::Str(String::new())]);
         assert_eq!(toks("/* x */ a -- c\n b"), vec![Tok::Ident("a".into()), Tok::Ident("b".into())]);
-        assert_eq!(toks("a -- no newline"), vec![
-            Tok::Ident("a".into()),
-            Tok::Sym("-"),
-            Tok::Sym("-"),
-            Tok::Ident("no".into()),
-            Tok::Ident("newline".into())
-        ]);
+        assert_eq!(
+            toks("a -- no newline"),
+            vec![Tok::Ident("a".into()), Tok::Sym("-"), Tok::Sym("-"), Tok::Ident("no".into()), Tok::Ident("newline".into())]
+        );
         let t = tokenize("  a = 'x'").unwrap();
         assert_eq!(t.iter().map(|s| s.pos).collect::<Vec<_>>(), vec![2, 4, 6]);
         assert_eq!(tokenize("a = 'x").unwrap_err(), ParseError { position: 4, message: "unterminated string literal".into() });

@@ -43,9 +43,18 @@ pub(crate) enum Expr {
     Eq(Box<Expr>, Box<Expr>),
     Cmp(CmpOp, Box<Expr>, Box<Expr>),
     /// `[NOT] IN (…)` on a property.
-    In { prop: String, list: Vec<String>, not: bool },
+    In {
+        prop: String,
+        list: Vec<String>,
+        not: bool,
+    },
     /// `[NOT] CONTAINS|STARTSWITH|ENDSWITH 'search'`.
-    Text { op: TextOp, not: bool, left: Box<Expr>, search: String },
+    Text {
+        op: TextOp,
+        not: bool,
+        left: Box<Expr>,
+        search: String,
+    },
 }
 
 impl Expr {
@@ -251,10 +260,7 @@ impl Parser<'_> {
                 continue;
             }
             let not = matches!(t.tok, Tok::Kw(Kw::Not))
-                && matches!(
-                    self.peek2(),
-                    Some(Tok::Kw(Kw::Between | Kw::In | Kw::Contains | Kw::StartsWith | Kw::EndsWith))
-                );
+                && matches!(self.peek2(), Some(Tok::Kw(Kw::Between | Kw::In | Kw::Contains | Kw::StartsWith | Kw::EndsWith)));
             if not {
                 self.at += 1;
             }

@@ -5,14 +5,62 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use raftmq_filter::{Selector, SQL_EXPRESSION_BYTES_MAX};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use raftmq_filter::{Selector, SQL_EXPRESSION_BYTES_MAX};
 
 const VOCAB: &[&str] = &[
-    "a", "b", "TAGS", "NOT", "AND", "OR", "BETWEEN", "IN", "IS", "NULL", "TRUE", "FALSE", "CONTAINS", "STARTSWITH", "ENDSWITH",
-    "(", ")", "(", ")", ",", "=", "<>", ">", ">=", "<", "<=", "+", "-", "0", "1", "7L", "2147483648", "9223372036854775808", "1.5",
-    ".5", "5.", "1E3", "0.0", "1E400", "'x'", "'it''s'", "''", "'", "--", "\n", "/*", "*/", "$x", "é", "!", "\u{0}",
+    "a",
+    "b",
+    "TAGS",
+    "NOT",
+    "AND",
+    "OR",
+    "BETWEEN",
+    "IN",
+    "IS",
+    "NULL",
+    "TRUE",
+    "FALSE",
+    "CONTAINS",
+    "STARTSWITH",
+    "ENDSWITH",
+    "(",
+    ")",
+    "(",
+    ")",
+    ",",
+    "=",
+    "<>",
+    ">",
+    ">=",
+    "<",
+    "<=",
+    "+",
+    "-",
+    "0",
+    "1",
+    "7L",
+    "2147483648",
+    "9223372036854775808",
+    "1.5",
+    ".5",
+    "5.",
+    "1E3",
+    "0.0",
+    "1E400",
+    "'x'",
+    "'it''s'",
+    "''",
+    "'",
+    "--",
+    "\n",
+    "/*",
+    "*/",
+    "$x",
+    "é",
+    "!",
+    "\u{0}",
 ];
 
 fn maps() -> Vec<HashMap<&'static str, &'static str>> {

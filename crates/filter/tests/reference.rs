@@ -36,12 +36,9 @@ fn render(r: &Ref) -> String {
         Ref::Lit(b) => if *b { "TRUE" } else { "false" }.to_string(),
         Ref::Cmp(p, op, k) => format!("{} {op} {k}", PROPS[*p]),
         Ref::StrEq(p, w, neg) => format!("{} {} {}", PROPS[*p], if *neg { "<>" } else { "=" }, quote(w)),
-        Ref::In(p, list, not) => format!(
-            "{}{} IN ({})",
-            PROPS[*p],
-            if *not { " NOT" } else { "" },
-            list.iter().map(|w| quote(w)).collect::<Vec<_>>().join(", ")
-        ),
+        Ref::In(p, list, not) => {
+            format!("{}{} IN ({})", PROPS[*p], if *not { " NOT" } else { "" }, list.iter().map(|w| quote(w)).collect::<Vec<_>>().join(", "))
+        }
         Ref::IsNull(p, not) => format!("{} IS {}NULL", PROPS[*p], if *not { "NOT " } else { "" }),
         Ref::Between(p, lo, hi, not) => format!("{}{} BETWEEN {lo} AND {hi}", PROPS[*p], if *not { " NOT" } else { "" }),
         Ref::Text(p, op, s, not) => format!("{}{} {op} {}", PROPS[*p], if *not { " NOT" } else { "" }, quote(s)),

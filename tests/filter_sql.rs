@@ -6,7 +6,7 @@
 //!   than a `*` pull's); a pull that finds no match within `pullFilterScanMax` answers
 //!   PULL_RETRY_IMMEDIATELY past the examined messages; a bad expression gets SUBSCRIPTION_PARSE_FAILED (23)
 //!   with its byte position on pulls, heartbeats and CHECK_CLIENT_CONFIG; a heartbeat's SQL92 subscription
-//!   filters pulls that carry none.
+//!   filters pulls that carry none, and GET_CONSUMER_CONNECTION_LIST reports it as SQL92.
 //! - `property_filter_off_refuses_sql92_as_rocketmq`: `enablePropertyFilter = false` answers SQL92 pulls and
 //!   CHECK_CLIENT_CONFIG with RocketMQ's SYSTEM_ERROR remark; tag pulls still work.
 //! - `native_consumers_and_the_cli_select_by_sql`: `raftmq produce --property`, `raftmq consume --sql`, and a
@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use raftmq_client::{ClientConfig, ConsumeConcurrentlyStatus, ConsumeFrom, MessageExt, MessageSelector, PushConsumer, PushConsumerOptions};
 use raftmq_net::RemotingClient;
-use raftmq_remoting::body::{encode_json_body, CheckClientRequestBody, ConsumerData, HeartbeatData, SubscriptionData};
-use raftmq_remoting::header::{pull_sys_flag, PullMessageRequestHeader, PullMessageResponseHeader};
+use raftmq_remoting::body::{
+    decode_json_body, encode_json_body, CheckClientRequestBody, ConsumerConnection, ConsumerData, HeartbeatData, SubscriptionData,
+};
+use raftmq_remoting::header::{pull_sys_flag, ConsumerGroupHeader, PullMessageRequestHeader, PullMessageResponseHeader};
 use raftmq_remoting::message::StoredMessages;
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
@@ -217,6 +219,15 @@ async fn sql92_pulls_carry_only_matching_messages() {
     assert_eq!(heartbeat(&c, "g_hb", T, "region = 'east' AND n < 30", "SQL92").await.0, ResponseCode::SUCCESS.0);
     let (got, _, _) = pull_through(&c, "g_hb", T, N, None).await;
     assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), vec![3, 6, 9, 12, 15, 18, 21, 24, 27]);
+    // GET_CONSUMER_CONNECTION_LIST reports it as SQL92, without tags.
+    let ask = RemotingCommand::request(RequestCode::GET_CONSUMER_CONNECTION_LIST, 0)
+        .with_header(&ConsumerGroupHeader { consumer_group: "g_hb".into() });
+    let r = c.invoke(ask, TIMEOUT).await.expect("203");
+    assert_eq!(r.code, ResponseCode::SUCCESS.0, "{:?}", r.remark);
+    let conn: ConsumerConnection = decode_json_body("ConsumerConnection", &r.body).expect("body");
+    let sub = &conn.subscription_table[T];
+    assert_eq!((sub.expression_type.as_str(), sub.sub_string.as_str()), ("SQL92", "region = 'east' AND n < 30"));
+    assert!(sub.tags_set.is_empty() && sub.code_set.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

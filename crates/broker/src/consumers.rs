@@ -103,7 +103,7 @@ impl Subscription {
             Some(raftmq_filter::EXPRESSION_TYPE_SQL92) if e.is_empty() || e == "*" => Ok(None),
             Some(raftmq_filter::EXPRESSION_TYPE_SQL92) => raftmq_filter::Selector::parse(expression)
                 .map(|s| Some(Arc::new(s)))
-                .map_err(|err| SqlRefusal(format!("SQL92 expression {expression:?} is invalid {err}"))),
+                .map_err(|err| SqlRefusal(format!("SQL92 expression {} is invalid {err}", quoted_prefix(expression)))),
             other => Err(SqlRefusal(format!("unknown expression type {:?} (TAG or SQL92)", other.unwrap_or_default()))),
         };
         Subscription { expression: e.to_string(), codes: None, version, sql: Some(sql) }
@@ -119,6 +119,22 @@ impl Subscription {
     pub fn matches(&self, code: i64) -> bool {
         self.codes.as_ref().is_none_or(|c| c.binary_search(&code).is_ok())
     }
+}
+
+/// Bytes of an expression quoted in a refusal's remark (the rest is elided): remarks stay small whatever a
+/// client sends.
+pub const REMARK_EXPRESSION_BYTES_MAX: usize = 256;
+
+/// `expression` quoted, cut to at most [`REMARK_EXPRESSION_BYTES_MAX`] bytes (at a character boundary).
+fn quoted_prefix(expression: &str) -> String {
+    if expression.len() <= REMARK_EXPRESSION_BYTES_MAX {
+        return format!("{expression:?}");
+    }
+    let mut end = REMARK_EXPRESSION_BYTES_MAX;
+    while !expression.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &expression[..end], expression.len())
 }
 
 /// How a consumer group consumes.
@@ -503,6 +519,23 @@ mod tests {
         assert_eq!(tag_hash("TagA"), 2598919);
         assert_eq!(tag_hash("hello world"), 1794106052);
         assert_eq!(tag_hash("€"), 8364);
+    }
+
+    #[test]
+    fn sql92_refusals_quote_at_most_a_prefix_of_the_expression() {
+        let long = format!("a = '{}", "é".repeat(10_000));
+        let Some(Err(why)) = Subscription::parse_typed(&long, Some("SQL92"), 1).sql else { panic!("refused") };
+        assert!(why.0.len() < REMARK_EXPRESSION_BYTES_MAX + 200, "{} bytes", why.0.len());
+        assert!(why.0.contains("(20005 bytes)") && why.0.contains("at byte 4096"), "{}", why.0);
+        let Some(Err(why)) = Subscription::parse_typed("a >", Some("SQL92"), 1).sql else { panic!("refused") };
+        assert_eq!(
+            why.0,
+            "SQL92 expression \"a >\" is invalid at byte 3: unexpected end of expression, expected a literal, a property or '('"
+        );
+        assert_eq!(
+            Subscription::parse_typed("a > 1", Some("SQL92"), 7).sql.map(|r| r.map(|s| s.map(|s| s.source().to_string()))),
+            Some(Ok(Some("a > 1".into())))
+        );
     }
 
     #[test]

@@ -1041,6 +1041,21 @@ clientAddr = "127.0.0.1:10921"
     }
 
     #[test]
+    fn property_filter_defaults_on_and_the_scan_limit_is_checked() {
+        let d = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!((d.enable_property_filter, d.pull_filter_scan_max), (true, PULL_FILTER_SCAN_MAX_DEFAULT));
+        let c = BrokerConfig::from_toml(&format!("enablePropertyFilter = false\npullFilterScanMax = 64\n{SAMPLE}")).unwrap();
+        assert_eq!((c.enable_property_filter, c.pull_filter_scan_max), (false, 64));
+        let mut c = d.clone();
+        c.pull_filter_scan_max = PULL_FILTER_SCAN_MAX_LIMIT;
+        c.validate().expect("at the limit");
+        for v in [0, PULL_FILTER_SCAN_MAX_LIMIT + 1] {
+            c.pull_filter_scan_max = v;
+            assert!(c.validate().unwrap_err().0.contains("pullFilterScanMax must be within 1..=65536"), "{v}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_configs_with_a_reason() {
         assert!(BrokerConfig::from_toml(&SAMPLE.replace("nodeId = 2", "nodeId = 3"))
             .unwrap()

@@ -6,22 +6,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use raftmq_remoting::header::CreateTopicRequestHeader;
 use raftmq_remoting::message::property;
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
-
-async fn create_topic(addr: &str, topic: &str) {
-    let c = client(addr).await.expect("connect to the leader");
-    let h = CreateTopicRequestHeader { topic: topic.into(), read_queue_nums: 1, write_queue_nums: 1, perm: 6, ..Default::default() };
-    let r = c.invoke(RemotingCommand::request(RequestCode::UPDATE_AND_CREATE_TOPIC, 0).with_header(&h), TIMEOUT).await.expect("create");
-    assert_eq!(r.code, 0, "create topic: {:?}", r.remark);
-}
 
 fn send_with_id(topic: &str, body: &[u8], id: &str) -> RemotingCommand {
     send_request_with(topic, 0, body, &[(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX, id)])
@@ -31,16 +22,6 @@ async fn forwarding_status(addr: &str) -> serde_json::Value {
     node_status(addr).await.expect("node status")["forwarding"].clone()
 }
 
-/// Every message of `topic` queue 0 as read from `addr`, by UNIQ_KEY, with how often each is stored.
-async fn stored_ids(addr: &str, topic: &str) -> BTreeMap<String, usize> {
-    let c = client(addr).await.expect("connect");
-    let mut ids = BTreeMap::new();
-    for m in pull_all_messages(&c, topic, 0).await {
-        *ids.entry(m.properties.get(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX).cloned().unwrap_or_default()).or_insert(0) += 1;
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_route_to_the_old_leader_keeps_working_through_a_leader_transfer() {
     let cluster = Cluster::start(3).await;
@@ -48,7 +29,7 @@ async fn a_stale_route_to_the_old_leader_keeps_working_through_a_leader_transfer
     let old_addr = cluster.node(old).client_addr.clone();
     let target = if old == 1 { 2 } else { 1 };
     let topic = "FwdTransfer";
-    create_topic(&old_addr, topic).await;
+    create_one_queue_topic(&old_addr, topic).await;
 
     const N: usize = 300;
     let sent = Arc::new(AtomicUsize::new(0));
@@ -120,7 +101,7 @@ async fn forwarding_is_bounded_and_the_excess_gets_14_naming_the_leader() {
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let follower_addr = cluster.node(follower).client_addr.clone();
     let topic = "FwdBound";
-    create_topic(&leader_addr, topic).await;
+    create_one_queue_topic(&leader_addr, topic).await;
 
     // 16 clients send 256 KiB each to the follower at once: one is forwarded at a time.
     let gate = Arc::new(tokio::sync::Barrier::new(16));
@@ -166,7 +147,7 @@ async fn a_write_to_a_follower_waits_out_the_election() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let topic = "FwdElection";
-    create_topic(&cluster.node(leader).client_addr, topic).await;
+    create_one_queue_topic(&cluster.node(leader).client_addr, topic).await;
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let f_addr = cluster.node(followers[0]).client_addr.clone();
     let c = client(&f_addr).await.expect("connect");
@@ -212,7 +193,7 @@ async fn a_send_whose_forwarded_answer_is_lost_is_routed_again_and_stored_once()
     let cluster = Cluster::start_with(3, None, "forwardTimeoutMs = 1000\nleaderWaitMs = 8000\n").await;
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let topic = "FwdLost";
-    create_topic(&cluster.node(leader).client_addr, topic).await;
+    create_one_queue_topic(&cluster.node(leader).client_addr, topic).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let f_addr = cluster.node(follower).client_addr.clone();
     let c = client(&f_addr).await.expect("connect");

@@ -596,3 +596,28 @@ pub fn steady_sender(
         (acks, failures)
     })
 }
+
+/// Creates `topic` with one read and one write queue through the member at `addr` (the leader, or a member
+/// that forwards it).
+pub async fn create_one_queue_topic(addr: &str, topic: &str) {
+    let c = client(addr).await.expect("connect");
+    let h = raftmq_remoting::header::CreateTopicRequestHeader {
+        topic: topic.into(),
+        read_queue_nums: 1,
+        write_queue_nums: 1,
+        perm: 6,
+        ..Default::default()
+    };
+    let r = c.invoke(RemotingCommand::request(RequestCode::UPDATE_AND_CREATE_TOPIC, 0).with_header(&h), TIMEOUT).await.expect("create");
+    assert_eq!(r.code, 0, "create topic: {:?}", r.remark);
+}
+
+/// Every message of `topic` queue 0 as read from `addr`, by UNIQ_KEY, with how often each is stored.
+pub async fn stored_ids(addr: &str, topic: &str) -> BTreeMap<String, usize> {
+    let c = client(addr).await.expect("connect");
+    let mut ids = BTreeMap::new();
+    for m in pull_all_messages(&c, topic, 0).await {
+        *ids.entry(m.properties.get(property::UNIQ_CLIENT_MESSAGE_ID_KEYIDX).cloned().unwrap_or_default()).or_insert(0) += 1;
+    }
+    ids
+}

@@ -246,6 +246,9 @@ impl Broker {
         nc.heartbeat_ms = cfg.raft_heartbeat_ms;
         nc.entry_bytes_max = cfg.entry_bytes_max;
         nc.batch_bytes_max = nc.batch_bytes_max.min(cfg.entry_bytes_max);
+        nc.send_queue_max = cfg.send_queue_max;
+        nc.send_queue_bytes_max = cfg.send_queue_bytes_max;
+        nc.send_queue_wait_ms_max = cfg.wait_time_mills_in_send_queue;
         nc.election_min_ms = cfg.raft_election_min_ms;
         nc.election_max_ms = cfg.raft_election_max_ms;
         crate::retention::wait_for_disk_space(&cfg.store_path_root_dir, cfg.mapped_file_size_commit_log).await;
@@ -794,6 +797,10 @@ async fn dispatch(b: &Arc<BrokerInner>, conn: &Conn, req: &RemotingCommand) -> c
         RequestCode::GET_ALL_TOPIC_CONFIG => b.all_topic_config(req),
         RequestCode::GET_CONSUMER_CONNECTION_LIST => b.consumer_connections(req),
         RequestCode::GET_PRODUCER_CONNECTION_LIST => b.producer_connections(req),
+        RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP => b.update_subscription_group(req).await,
+        RequestCode::GET_ALL_SUBSCRIPTIONGROUP_CONFIG => b.all_subscription_groups(req),
+        RequestCode::DELETE_SUBSCRIPTIONGROUP => b.delete_subscription_group(req).await,
+        RequestCode::DELETE_TOPIC_IN_BROKER => b.delete_topic(req).await,
         code if code.0 == RAFTMQ_NODE_STATUS => b.node_status(req),
         code if code.0 == RAFTMQ_SET_DELAY_LEVELS => b.set_delay_levels(req).await,
         code if code.0 == RAFTMQ_TRANSFER_LEADER => b.transfer_leader(req).await,

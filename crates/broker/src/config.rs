@@ -267,6 +267,19 @@ pub struct BrokerConfig {
     /// group's differs, so set the same value on every node.
     #[serde(default = "default_dedup_window_ms")]
     pub dedup_window_ms: u64,
+    /// Flow control: most produce requests waiting for the leader's Raft log at once (`sendQueueMax`,
+    /// 1..=1048576); a send past it gets 2 SYSTEM_BUSY `[OVERLOAD]` at once.
+    #[serde(default = "default_send_queue_max")]
+    pub send_queue_max: usize,
+    /// Flow control: most encoded bytes of those requests (`sendQueueBytesMax`, entryBytesMax..=4 GiB); a send
+    /// past it gets 2 SYSTEM_BUSY `[OVERLOAD]` at once.
+    #[serde(default = "default_send_queue_bytes_max")]
+    pub send_queue_bytes_max: usize,
+    /// Flow control: a send that waited longer than this for the Raft log is answered 2 SYSTEM_BUSY
+    /// `[TIMEOUT_CLEAN_QUEUE]` unproposed, ms (`waitTimeMillsInSendQueue`, RocketMQ's key and default 200;
+    /// 1..=60000).
+    #[serde(default = "default_wait_time_mills_in_send_queue")]
+    pub wait_time_mills_in_send_queue: u64,
     /// Most requests a member that is not the leader forwards to the leader at once (`forwardInflightMax`,
     /// 1..=65536); one more gets 14 SERVICE_NOT_AVAILABLE naming the leader, as without forwarding.
     #[serde(default = "default_forward_inflight_max")]
@@ -436,6 +449,15 @@ fn default_transaction_check_batch_max() -> usize {
 }
 fn default_dedup_window_ms() -> u64 {
     120_000
+}
+fn default_send_queue_max() -> usize {
+    raftmq_raft::node::SEND_QUEUE_MAX_DEFAULT
+}
+fn default_send_queue_bytes_max() -> usize {
+    raftmq_raft::node::SEND_QUEUE_BYTES_MAX_DEFAULT
+}
+fn default_wait_time_mills_in_send_queue() -> u64 {
+    raftmq_raft::node::SEND_QUEUE_WAIT_MS_DEFAULT
 }
 fn default_forward_inflight_max() -> usize {
     1024
@@ -808,6 +830,18 @@ impl BrokerConfig {
             return bad("transactionCheckInterval and transactionCheckBatchMax must be at least 1".into());
         }
         {
+            use raftmq_raft::node::{SEND_QUEUE_BYTES_MAX_LIMIT, SEND_QUEUE_MAX_LIMIT, SEND_QUEUE_WAIT_MS_MAX_LIMIT};
+            if !(1..=SEND_QUEUE_MAX_LIMIT).contains(&self.send_queue_max) {
+                return bad(format!("sendQueueMax must be 1..={SEND_QUEUE_MAX_LIMIT}"));
+            }
+            if !(self.entry_bytes_max..=SEND_QUEUE_BYTES_MAX_LIMIT).contains(&self.send_queue_bytes_max) {
+                return bad(format!("sendQueueBytesMax must be entryBytesMax ({})..={SEND_QUEUE_BYTES_MAX_LIMIT}", self.entry_bytes_max));
+            }
+            if !(1..=SEND_QUEUE_WAIT_MS_MAX_LIMIT).contains(&self.wait_time_mills_in_send_queue) {
+                return bad(format!("waitTimeMillsInSendQueue must be 1..={SEND_QUEUE_WAIT_MS_MAX_LIMIT}"));
+            }
+        }
+        {
             use crate::forward::{FORWARD_INFLIGHT_BYTES_MAX_LIMIT, FORWARD_INFLIGHT_MAX_LIMIT, FORWARD_WAIT_MS_MAX};
             if !(1..=FORWARD_INFLIGHT_MAX_LIMIT).contains(&self.forward_inflight_max) {
                 return bad(format!("forwardInflightMax must be 1..={FORWARD_INFLIGHT_MAX_LIMIT}"));
@@ -1102,6 +1136,32 @@ clientAddr = "127.0.0.1:10921"
                 (|c| c.shutdown_handoff_timeout_ms = HANDOFF_TIMEOUT_MS_LIMITS.start() - 1, "shutdownHandoffTimeoutMs"),
                 (|c| c.shutdown_drain_quiet_ms = DRAIN_QUIET_MS_LIMIT + 1, "shutdownDrainQuietMs"),
                 (|c| c.shutdown_drain_max_ms = DRAIN_MAX_MS_LIMIT + 1, "shutdownDrainMaxMs"),
+            ];
+            for (edit, key) in cases {
+                let mut c = d.clone();
+                edit(&mut c);
+                assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+            }
+        }
+        // Flow control: defaults, and each bound at and past its limit.
+        {
+            use raftmq_raft::node::{SEND_QUEUE_BYTES_MAX_LIMIT, SEND_QUEUE_MAX_LIMIT, SEND_QUEUE_WAIT_MS_MAX_LIMIT};
+            let d = BrokerConfig::from_toml(SAMPLE).unwrap();
+            assert_eq!((d.send_queue_max, d.send_queue_bytes_max, d.wait_time_mills_in_send_queue), (4096, 64 << 20, 200));
+            let mut c = d.clone();
+            (c.send_queue_max, c.send_queue_bytes_max, c.wait_time_mills_in_send_queue) =
+                (SEND_QUEUE_MAX_LIMIT, SEND_QUEUE_BYTES_MAX_LIMIT, SEND_QUEUE_WAIT_MS_MAX_LIMIT);
+            c.validate().unwrap();
+            c.send_queue_bytes_max = c.entry_bytes_max;
+            c.validate().expect("room for one largest entry");
+            type Edit = fn(&mut BrokerConfig);
+            let cases: [(Edit, &str); 6] = [
+                (|c| c.send_queue_max = 0, "sendQueueMax"),
+                (|c| c.send_queue_max = SEND_QUEUE_MAX_LIMIT + 1, "sendQueueMax"),
+                (|c| c.send_queue_bytes_max = c.entry_bytes_max - 1, "sendQueueBytesMax"),
+                (|c| c.send_queue_bytes_max = SEND_QUEUE_BYTES_MAX_LIMIT + 1, "sendQueueBytesMax"),
+                (|c| c.wait_time_mills_in_send_queue = 0, "waitTimeMillsInSendQueue"),
+                (|c| c.wait_time_mills_in_send_queue = SEND_QUEUE_WAIT_MS_MAX_LIMIT + 1, "waitTimeMillsInSendQueue"),
             ];
             for (edit, key) in cases {
                 let mut c = d.clone();

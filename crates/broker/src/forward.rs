@@ -85,6 +85,9 @@ pub(crate) fn is_routed_write(code: RequestCode) -> bool {
             | RequestCode::UPDATE_CONSUMER_OFFSET
             | RequestCode::UPDATE_AND_CREATE_TOPIC
             | RequestCode::INVOKE_BROKER_TO_RESET_OFFSET
+            | RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP
+            | RequestCode::DELETE_SUBSCRIPTIONGROUP
+            | RequestCode::DELETE_TOPIC_IN_BROKER
     )
 }
 

@@ -13,6 +13,7 @@
 //!   (membership: node list, add, replace, remove), `reset.rs` (server-side consumer offset resets) and
 //!   [`query`] (finding messages by key, message id or offset).
 //! - `forward.rs`: members that are not the leader forward writes to it and wait out elections.
+//! - [`groups`]: subscription groups (200, 201, 207); `deletion.rs`: topic deletion (215).
 //! - [`retention`]: deleting old segments through the log, and refusing sends on a full disk.
 //! - [`metrics`]: Prometheus metrics on `metricsListen` (request counters, latency, per-topic traffic, Raft,
 //!   disk, lag), read at scrape time where they cost nothing on the request path.
@@ -31,7 +32,9 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod consumers;
+mod deletion;
 mod forward;
+pub mod groups;
 pub mod leave;
 mod members;
 pub mod metrics;

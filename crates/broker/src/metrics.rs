@@ -317,6 +317,17 @@ impl Source for BrokerSource {
             &batch.requests_per_entry,
         )?;
         out.histogram("raft_entry_bytes", "Encoded bytes of each produce entry this member proposed.", &batch.bytes_per_entry)?;
+        let q = b.node.send_queue();
+        out.gauge("send_queue_requests", "Produce requests waiting for the Raft log (flow control: sendQueueMax).", q.requests() as f64)?;
+        out.gauge("send_queue_bytes", "Encoded bytes of those requests (flow control: sendQueueBytesMax).", q.bytes() as f64)?;
+        out.counters(
+            "send_queue_refused",
+            "Sends answered 2 SYSTEM_BUSY by flow control: queue full (overload) or waited too long (expired).",
+            [
+                (l(&[("reason", "overload")]), q.refused_overload.load(std::sync::atomic::Ordering::Relaxed)),
+                (l(&[("reason", "expired")]), q.refused_expired.load(std::sync::atomic::Ordering::Relaxed)),
+            ],
+        )?;
         // Storage.
         let log = b.node.commitlog();
         out.histogram(

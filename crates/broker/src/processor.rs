@@ -227,6 +227,9 @@ impl BrokerInner {
             Ok(q) => q,
             Err(r) => return r,
         };
+        if let Some(r) = self.consume_disabled(req, &h.consumer_group) {
+            return r;
+        }
         if h.queue_offset < 0 {
             return reply(req, ResponseCode::SYSTEM_ERROR, format!("queueOffset {} is negative", h.queue_offset));
         }
@@ -790,6 +793,12 @@ impl BrokerInner {
             "transactions": self.transaction_status(),
             "retention": self.retention_status(),
             "forwarding": self.forwarding.status(),
+            "sendQueue": {
+                "requests": self.node.send_queue().requests(),
+                "bytes": self.node.send_queue().bytes(),
+                "refusedOverload": self.node.send_queue().refused_overload.load(std::sync::atomic::Ordering::Relaxed),
+                "refusedExpired": self.node.send_queue().refused_expired.load(std::sync::atomic::Ordering::Relaxed),
+            },
         });
         with_json(req, ok(req), &value)
     }

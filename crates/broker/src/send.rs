@@ -37,7 +37,7 @@ use crate::topics::{
     dlq_topic, group_of_retry_or_dlq, retry_topic, validate_group, validate_topic, NOT_ALLOWED_SEND, PERM_WRITE, RETRY_PREFIX,
 };
 use crate::txn::HalfPlan;
-use raftmq_raft::node::WriteError;
+use raftmq_raft::node::{BusyKind, WriteError};
 use raftmq_raft::types::{produce_queue_len, MessagePosition, Op, OPS_HEADER_BYTES, OP_DEDUP_BYTES, PRODUCE_HEADER_BYTES};
 use raftmq_raft::types::{SCHEDULE_TOPIC, TIMER_TOPIC, TRANS_HALF_TOPIC};
 use tracing::warn;
@@ -96,6 +96,22 @@ fn put_error_code(e: PutError) -> (ResponseCode, String) {
         PutError::Write(e @ (WriteError::Stopped { .. } | WriteError::NotLeader { .. } | WriteError::Transferring { .. })) => {
             (ResponseCode::SERVICE_NOT_AVAILABLE, e.to_string())
         }
+        // Flow control, refused unproposed: RocketMQ's broker fast-failure answers, which producers retry
+        // (after a pause, or on another broker group).
+        PutError::Write(WriteError::Busy { kind: BusyKind::Overload, queued, queued_bytes, .. }) => (
+            ResponseCode::SYSTEM_BUSY,
+            format!(
+                "[OVERLOAD]system busy, start flow control for a while (not stored: {queued} requests, {queued_bytes} bytes wait \
+                 for the Raft log; sendQueueMax/sendQueueBytesMax)"
+            ),
+        ),
+        PutError::Write(WriteError::Busy { kind: BusyKind::Expired, queued, waited_ms, .. }) => (
+            ResponseCode::SYSTEM_BUSY,
+            format!(
+                "[TIMEOUT_CLEAN_QUEUE]broker busy, start flow control for a while, period in queue: {waited_ms}ms, size of queue: \
+                 {queued} (not stored; waitTimeMillsInSendQueue)"
+            ),
+        ),
         PutError::Rejected(why) => (ResponseCode::SERVICE_NOT_AVAILABLE, format!("not stored: the store rejected the message: {why}")),
     }
 }

@@ -359,6 +359,11 @@ impl MessageStore {
         self.node.state().with_metadata(|m| (m.state.consumer_offsets.len(), m.state.consumer_offsets.contains_key(group)))
     }
 
+    /// Number of subscription groups with a config, and whether `group` is one of them.
+    pub fn subscription_group_room(&self, group: &str) -> (usize, bool) {
+        self.node.state().with_metadata(|m| (m.state.subscription_groups.len(), m.state.subscription_groups.contains_key(group)))
+    }
+
     /// All topics.
     pub fn topics(&self) -> Vec<TopicConfig> {
         self.node.state().with_metadata(|m| m.state.topics.values().cloned().collect())

@@ -114,6 +114,11 @@ pub struct ProduceBench {
     /// Consumer group of `e2e`.
     #[arg(long, default_value = "bench_e2e")]
     pub group: String,
+    /// After the run, count the messages the topic holds (the sum of its queues' next offsets; use a fresh
+    /// topic) and report them beside the acknowledged ones: with no failure of unknown outcome the two must
+    /// be equal — an acknowledged message missing, or a refused one stored, shows as a difference.
+    #[arg(long)]
+    pub verify_stored: bool,
 }
 
 /// `bench consume` options.
@@ -170,6 +175,8 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
 struct SendStats {
     acked: AtomicU64,
     errors: AtomicU64,
+    /// Of the errors, those whose message may have been stored (outcome unknown, e.g. a timeout).
+    errors_unknown: AtomicU64,
     hist: Mutex<Option<Histogram<u64>>>,
     /// (time of the last acknowledgement, longest gap between two consecutive acknowledgements): with a
     /// steady `--rate`, the longest gap is how long sends stalled (e.g. across a leader failover).
@@ -275,8 +282,11 @@ async fn produce_load(
                             let us = intended.elapsed().as_micros().max(1) as u64;
                             let _ = local.lock().unwrap_or_else(|e| e.into_inner()).record(us);
                         }
-                        Err(_) => {
+                        Err(e) => {
                             stats.errors.fetch_add(n, Ordering::Relaxed);
+                            if !e.is_definite() {
+                                stats.errors_unknown.fetch_add(n, Ordering::Relaxed);
+                            }
                         }
                     }
                     drop(permit);
@@ -317,12 +327,29 @@ pub async fn produce(b: ProduceBench) -> Result<()> {
     pb.finish_and_clear();
     let acked = stats.acked.load(Ordering::Relaxed);
     let h = stats.hist.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(histogram);
-    let result = json!({
+    let errors_unknown = stats.errors_unknown.load(Ordering::Relaxed);
+    let mut result = json!({
         "mode": "produce", "topic": b.common.topic, "producers": b.producers, "inflight": b.inflight, "size": b.size, "auto_batch": !b.no_auto_batch,
         "batch": b.batch, "rate": b.rate, "elapsed_s": elapsed, "acked": acked, "errors": stats.errors.load(Ordering::Relaxed),
+        "errors_unknown_outcome": errors_unknown,
         "msgs_per_s": acked as f64 / elapsed, "mb_per_s": acked as f64 * b.size as f64 / elapsed / 1e6,
         "latency": percentiles(&h), "longest_ack_gap_ms": stats.longest_gap().as_secs_f64() * 1000.0,
     });
+    if b.verify_stored {
+        let admin = raftmq_client::admin::Admin::start(config(&b.common.namesrv, format!("bench-verify-{}", std::process::id()))).await?;
+        let progress = admin.group_progress("bench_verify_stored", &b.common.topic).await;
+        admin.shutdown().await;
+        let stored: i64 = progress?.iter().map(|q| q.broker_offset).sum();
+        let missing = (acked as i64 - stored).max(0);
+        let extra = (stored - acked as i64).max(0);
+        println!(
+            "verify: the topic holds {stored} messages, {acked} acknowledged: {missing} acknowledged missing, {extra} more stored \
+             ({errors_unknown} sends failed with an unknown outcome and may account for those)"
+        );
+        result["stored"] = json!(stored);
+        result["acked_missing"] = json!(missing);
+        result["stored_unacknowledged"] = json!(extra);
+    }
     println!(
         "produce: {acked} msgs in {elapsed:.1} s = {:.0} msg/s, {:.2} MB/s; latency p50 {} µs p99 {} µs p99.9 {} µs max {} µs; errors {}; longest gap between acks {:.0} ms",
         result["msgs_per_s"].as_f64().unwrap_or(0.0),

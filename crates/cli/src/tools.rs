@@ -58,8 +58,9 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
-    /// Consumer groups: progress and lag (`group show G --topic T`; `group G --topic T` is the same) and
-    /// server-side offset resets (`group reset`).
+    /// Consumer groups: progress and lag (`group show G --topic T`; `group G --topic T` is the same),
+    /// server-side offset resets (`group reset`), and subscription groups (`group list`, `describe`,
+    /// `create`, `delete`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Group {
         #[command(subcommand)]
@@ -97,6 +98,47 @@ pub enum AdminCmd {
 /// Consumer-group subcommands.
 #[derive(Subcommand)]
 pub enum GroupCmd {
+    /// Every broker group's subscription groups (GET_ALL_SUBSCRIPTIONGROUP_CONFIG), with each group's topics,
+    /// queues and lag there; `implicit` marks a group known from offsets or consumers but never created.
+    List,
+    /// A group's config and, per topic and queue, the broker offset, the group's offset and the lag
+    /// (GET_CONSUME_STATS), on every broker group.
+    Describe {
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+    },
+    /// Create or change a subscription group on every broker group (RocketMQ's defaults for what is not
+    /// given).
+    Create {
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+        /// Only on this cluster's broker groups.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Refuse the group's pulls (consumeEnable = false).
+        #[arg(long)]
+        disable_consume: bool,
+        /// Deliveries of a failed message before it goes to the dead-letter topic (retryMaxTimes).
+        #[arg(long, default_value_t = 16)]
+        retry_max_times: i32,
+        /// Not only broadcast-allowed (consumeBroadcastEnable = false).
+        #[arg(long)]
+        no_broadcast: bool,
+    },
+    /// Delete a subscription group on every broker group.
+    Delete {
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+        /// Only on this cluster's broker groups.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Also delete the group's committed offsets (cleanOffset).
+        #[arg(long)]
+        clean_offset: bool,
+    },
     /// Progress and lag per queue of a topic.
     Show {
         /// Consumer group.
@@ -389,6 +431,17 @@ pub enum TopicCmd {
     Route {
         /// Topic name.
         name: String,
+    },
+    /// Delete a topic: on every broker group's leader (its config, queues and every group's offsets on it;
+    /// replicated), then its route on every nameserver. Its messages stay in the commitlog until retention
+    /// deletes their segments. System topics are refused.
+    Delete {
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// Only this cluster's broker groups.
+        #[arg(long)]
+        cluster: Option<String>,
     },
 }
 
@@ -722,6 +775,81 @@ async fn run_admin(admin: &Admin, cmd: AdminCmd) -> Result<()> {
         AdminCmd::Topic { cmd: TopicCmd::List } => {
             for t in admin.topic_list().await? {
                 println!("{t}");
+            }
+            Ok(())
+        }
+        AdminCmd::Topic { cmd: TopicCmd::Delete { topic, cluster } } => {
+            let (groups, namesrvs) =
+                admin.delete_topic(&topic, cluster.as_deref()).await.with_context(|| format!("delete topic {topic}"))?;
+            for g in groups {
+                println!("deleted {topic} on {g}");
+            }
+            for n in namesrvs {
+                println!("deleted the route of {topic} on nameserver {n}");
+            }
+            Ok(())
+        }
+        AdminCmd::Group { cmd: Some(GroupCmd::List), .. } => {
+            println!(
+                "{:<12} {:<32} {:>8} {:>6} {:>8} {:>7} {:>7} {:>10}",
+                "broker", "group", "consume", "retry", "implicit", "topics", "queues", "lag"
+            );
+            for (broker, w) in admin.all_subscription_groups().await? {
+                for (name, g) in &w.subscription_group_table {
+                    let stats = admin.consume_stats(&broker, name, None).await.ok();
+                    let (topics, queues, lag) = stats.map_or((0, 0, 0), |s| {
+                        let topics: BTreeSet<&str> = s.offset_table.keys().map(|q| q.topic.as_str()).collect();
+                        let lag: i64 = s.offset_table.values().map(|o| (o.broker_offset - o.consumer_offset).max(0)).sum();
+                        (topics.len(), s.offset_table.len(), lag)
+                    });
+                    println!(
+                        "{:<12} {:<32} {:>8} {:>6} {:>8} {:>7} {:>7} {:>10}",
+                        broker, name, g.consume_enable, g.retry_max_times, g.raftmq_implicit, topics, queues, lag
+                    );
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Group { cmd: Some(GroupCmd::Describe { group }), .. } => {
+            for (broker, w) in admin.all_subscription_groups().await? {
+                match w.subscription_group_table.get(&group) {
+                    Some(g) => println!("{broker}: {}", serde_json::to_string(g)?),
+                    None => println!("{broker}: group {group} has no config and no offsets or consumers here"),
+                }
+                let stats =
+                    admin.consume_stats(&broker, &group, None).await.with_context(|| format!("consume stats of {group} on {broker}"))?;
+                println!("{:<12} {:<32} {:>6} {:>12} {:>12} {:>10}", "broker", "topic", "queue", "broker max", "consumer", "lag");
+                for (q, o) in &stats.offset_table {
+                    println!(
+                        "{:<12} {:<32} {:>6} {:>12} {:>12} {:>10}",
+                        broker,
+                        q.topic,
+                        q.queue_id,
+                        o.broker_offset,
+                        o.consumer_offset,
+                        (o.broker_offset - o.consumer_offset).max(0)
+                    );
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Group { cmd: Some(GroupCmd::Create { group, cluster, disable_consume, retry_max_times, no_broadcast }), .. } => {
+            let mut c = raftmq_client::SubscriptionGroupConfig::new(group.clone());
+            c.consume_enable = !disable_consume;
+            c.retry_max_times = retry_max_times;
+            c.consume_broadcast_enable = !no_broadcast;
+            for b in admin.create_subscription_group(&c, cluster.as_deref()).await.with_context(|| format!("create group {group}"))? {
+                println!("stored subscription group {group} on {b}");
+            }
+            Ok(())
+        }
+        AdminCmd::Group { cmd: Some(GroupCmd::Delete { group, cluster, clean_offset }), .. } => {
+            for b in admin
+                .delete_subscription_group(&group, clean_offset, cluster.as_deref())
+                .await
+                .with_context(|| format!("delete group {group}"))?
+            {
+                println!("deleted subscription group {group} on {b}{}", if clean_offset { " with its offsets" } else { "" });
             }
             Ok(())
         }

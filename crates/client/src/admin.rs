@@ -1,17 +1,21 @@
 //! Administration over the remoting protocol: cluster and topic listings, topic creation on every broker
 //! group's leader, per-queue consumer-group progress, server-side offset resets (INVOKE_BROKER_TO_RESET_OFFSET,
 //! 222), raftmq's node status and membership changes, and finding messages by key, by message id
-//! (`UNIQ_KEY`) and by offsetMsgId (QUERY_MESSAGE 12, VIEW_MESSAGE_BY_ID 33).
+//! (`UNIQ_KEY`) and by offsetMsgId (QUERY_MESSAGE 12, VIEW_MESSAGE_BY_ID 33), subscription groups (200, 201,
+//! 207), consume statistics (208) and topic deletion (215 on every broker group, then 216 on every nameserver).
 
 use bytes::Bytes;
-use raftmq_remoting::body::{decode_json_body, ClusterInfo, ResetOffsetBody, TopicRouteData};
+use raftmq_remoting::body::{
+    decode_json_body, encode_json_body, ClusterInfo, ConsumeStats, ResetOffsetBody, SubscriptionGroupConfig, SubscriptionGroupWrapper,
+    TopicRouteData,
+};
 use raftmq_remoting::codes::{
     RAFTMQ_ADD_NODE, RAFTMQ_MEMBERS, RAFTMQ_NODE_STATUS, RAFTMQ_PROMOTE_NODE, RAFTMQ_REMOVE_NODE, RAFTMQ_SET_DELAY_LEVELS,
     RAFTMQ_TRANSFER_LEADER,
 };
 use raftmq_remoting::header::{
-    perm, CreateTopicRequestHeader, QueryMessageRequestHeader, ResetOffsetRequestHeader, ViewMessageRequestHeader, DEFAULT_TOPIC,
-    UNIQUE_KEY_QUERY_FIELD,
+    perm, CreateTopicRequestHeader, DeleteSubscriptionGroupRequestHeader, DeleteTopicRequestHeader, GetConsumeStatsRequestHeader,
+    QueryMessageRequestHeader, ResetOffsetRequestHeader, ViewMessageRequestHeader, DEFAULT_TOPIC, UNIQUE_KEY_QUERY_FIELD,
 };
 use raftmq_remoting::message::{decode_offset_msg_id, StoredMessages};
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
@@ -380,6 +384,126 @@ impl Admin {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Broker groups in `cluster` (every registered group when `None`), with the nameserver's view of each;
+    /// the template topic's route is refreshed so that leader lookups know every group.
+    async fn broker_groups(&self, cluster: Option<&str>) -> Result<Vec<(String, raftmq_remoting::body::BrokerData)>> {
+        let info = self.cluster_info().await?;
+        let groups: Vec<_> = info
+            .broker_addr_table
+            .into_iter()
+            .filter(|(name, _)| cluster.is_none_or(|c| info.cluster_addr_table.get(c).is_some_and(|names| names.contains(name))))
+            .collect();
+        if groups.is_empty() {
+            return Err(ClientError::State(match cluster {
+                Some(c) => format!("no broker group of cluster {c} is registered with the nameserver"),
+                None => "no broker group is registered with the nameserver".into(),
+            }));
+        }
+        self.client.update_route(DEFAULT_TOPIC).await?;
+        Ok(groups)
+    }
+
+    /// Sends a write to the leader of group `name` (its registered master when the route cache has none).
+    async fn on_leader(&self, name: &str, b: &raftmq_remoting::body::BrokerData, cmd: RemotingCommand) -> Result<RemotingCommand> {
+        let resp = match self.client.leader_addr(name) {
+            Some(_) => self.client.invoke_on_leader(name, cmd, self.client.config().request_timeout).await?,
+            None => {
+                let addr = b.master_addr().ok_or_else(|| ClientError::State(format!("broker group {name} has no leader")))?;
+                self.client.invoke(addr, cmd, self.client.config().request_timeout).await?
+            }
+        };
+        check_success(name, resp)
+    }
+
+    /// Deletes `topic` from every broker group (of `cluster`, if given) through each leader
+    /// (DELETE_TOPIC_IN_BROKER), then from every configured nameserver (DELETE_TOPIC_IN_NAMESRV). Returns the
+    /// broker groups and the nameservers it was deleted from. Stops at the first broker group that refuses
+    /// (nothing is sent to the nameservers then); a nameserver that cannot be reached is reported after
+    /// the others were tried (the brokers' next registrations drop the topic there too).
+    pub async fn delete_topic(&self, topic: &str, cluster: Option<&str>) -> Result<(Vec<String>, Vec<String>)> {
+        crate::producer::validate_topic(topic)?;
+        let mut groups = Vec::new();
+        for (name, b) in self.broker_groups(cluster).await? {
+            let h = DeleteTopicRequestHeader { topic: topic.to_string(), cluster_name: None };
+            self.on_leader(&name, &b, RemotingCommand::request(RequestCode::DELETE_TOPIC_IN_BROKER, 0).with_header(&h)).await?;
+            groups.push(name);
+        }
+        let h = DeleteTopicRequestHeader { topic: topic.to_string(), cluster_name: cluster.map(String::from) };
+        let (mut namesrvs, mut failed) = (Vec::new(), Vec::new());
+        for addr in self.client.config().namesrv_addrs.clone() {
+            let cmd = RemotingCommand::request(RequestCode::DELETE_TOPIC_IN_NAMESRV, 0).with_header(&h);
+            match self.client.invoke(&addr, cmd, self.client.config().request_timeout).await.and_then(|r| check_success(&addr, r)) {
+                Ok(_) => namesrvs.push(addr),
+                Err(e) => failed.push(format!("{addr}: {e}")),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(ClientError::State(format!(
+                "topic {topic} deleted on broker groups {groups:?} and nameservers {namesrvs:?}, but not on {}",
+                failed.join("; ")
+            )));
+        }
+        Ok((groups, namesrvs))
+    }
+
+    /// Creates or replaces a subscription group's config on every broker group (of `cluster`, if given);
+    /// returns the groups it was stored on.
+    pub async fn create_subscription_group(&self, config: &SubscriptionGroupConfig, cluster: Option<&str>) -> Result<Vec<String>> {
+        let body = encode_json_body(config)?;
+        let mut done = Vec::new();
+        for (name, b) in self.broker_groups(cluster).await? {
+            let cmd = RemotingCommand::request(RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, 0).with_body(body.clone());
+            self.on_leader(&name, &b, cmd).await?;
+            done.push(name);
+        }
+        Ok(done)
+    }
+
+    /// Deletes a subscription group (with `clean_offset`, also its committed offsets) on every broker group
+    /// (of `cluster`, if given); returns the groups it was deleted on.
+    pub async fn delete_subscription_group(&self, group: &str, clean_offset: bool, cluster: Option<&str>) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for (name, b) in self.broker_groups(cluster).await? {
+            let h = DeleteSubscriptionGroupRequestHeader { group_name: group.to_string(), clean_offset };
+            self.on_leader(&name, &b, RemotingCommand::request(RequestCode::DELETE_SUBSCRIPTIONGROUP, 0).with_header(&h)).await?;
+            done.push(name);
+        }
+        Ok(done)
+    }
+
+    /// The subscription groups of broker group `name` (GET_ALL_SUBSCRIPTIONGROUP_CONFIG), from any member.
+    pub async fn subscription_groups(&self, name: &str) -> Result<SubscriptionGroupWrapper> {
+        let cmd = RemotingCommand::request(RequestCode::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, 0);
+        let resp = check_success(name, self.client.invoke_on_any_member(name, cmd, self.client.config().request_timeout).await?)?;
+        Ok(decode_json_body("SubscriptionGroupWrapper", &resp.body)?)
+    }
+
+    /// The subscription groups of the member at `addr` (GET_ALL_SUBSCRIPTIONGROUP_CONFIG).
+    pub async fn subscription_groups_at(&self, addr: &str) -> Result<SubscriptionGroupWrapper> {
+        let cmd = RemotingCommand::request(RequestCode::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, 0);
+        let resp = self.client.invoke_ok(addr, cmd, self.client.config().request_timeout).await?;
+        Ok(decode_json_body("SubscriptionGroupWrapper", &resp.body)?)
+    }
+
+    /// Every registered broker group's subscription groups, by broker group.
+    pub async fn all_subscription_groups(&self) -> Result<Vec<(String, SubscriptionGroupWrapper)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.broker_groups(None).await? {
+            let w = self.subscription_groups(&name).await?;
+            out.push((name, w));
+        }
+        Ok(out)
+    }
+
+    /// GET_CONSUME_STATS of `group` on broker group `name` (every topic the group has offsets on when
+    /// `topic` is `None`), from any member.
+    pub async fn consume_stats(&self, name: &str, group: &str, topic: Option<&str>) -> Result<ConsumeStats> {
+        let h = GetConsumeStatsRequestHeader { consumer_group: group.to_string(), topic: topic.map(String::from) };
+        let cmd = RemotingCommand::request(RequestCode::GET_CONSUME_STATS, 0).with_header(&h);
+        let resp = check_success(name, self.client.invoke_on_any_member(name, cmd, self.client.config().request_timeout).await?)?;
+        Ok(ConsumeStats::decode(&resp.body)?)
     }
 
     /// `group`'s committed offset and the broker's end offset of every queue of `topic`.

@@ -227,7 +227,8 @@ impl ClientInstance {
     fn sign(&self, cmd: &mut RemotingCommand) {
         let config = &self.inner.config;
         match &config.cluster_secrets {
-            Some(secrets) if raftmq_remoting::codes::is_raftmq_admin(cmd.code) => {
+            // DELETE_TOPIC_IN_NAMESRV is signed like a registration: nameservers with a secret require it.
+            Some(secrets) if raftmq_remoting::codes::is_raftmq_admin(cmd.code) || cmd.code == RequestCode::DELETE_TOPIC_IN_NAMESRV.0 => {
                 raftmq_remoting::cluster_auth::sign_command(secrets, cmd);
             }
             _ => {

@@ -53,5 +53,6 @@ pub use push::{
     ConcurrentListener, ConsumeConcurrentlyStatus, ConsumeContext, ConsumeFrom, ConsumeOrderlyStatus, MessageModel, OrderlyListener,
     PushConsumer, PushConsumerOptions,
 };
+pub use raftmq_remoting::body::{SubscriptionGroupConfig, SubscriptionGroupWrapper};
 pub use selector::{MessageQueueSelector, SelectByHash, SelectByRandom};
 pub use transaction::{CheckCounts, TransactionListener, TransactionProducer, TransactionProducerOptions, TransactionSendResult, TxnState};

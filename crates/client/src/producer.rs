@@ -48,6 +48,18 @@ pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 const ELECTION_BACKOFF_MIN: Duration = Duration::from_millis(25);
 const ELECTION_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
+/// First pause after a broker answered 2 SYSTEM_BUSY (flow control); doubles per busy answer of the same send
+/// up to [`BUSY_BACKOFF_MAX`], each pause drawn at random from half to all of it so that producers refused
+/// together do not come back together. RocketMQ's Java producer retries at once on another broker group; with
+/// one group (or all busy) that only adds load to a broker that said it has too much.
+const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// The pause after the `n`-th (1-based) SYSTEM_BUSY answer of one send, before jitter.
+fn busy_backoff(n: u32) -> Duration {
+    BUSY_BACKOFF_MIN.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(BUSY_BACKOFF_MAX)
+}
+
 /// Producer settings (RocketMQ's `DefaultMQProducer` fields of the same meaning).
 #[derive(Debug, Clone)]
 pub struct ProducerOptions {
@@ -672,6 +684,7 @@ impl ProducerInner {
         let mut avoid: Option<String> = None;
         let mut redirect: Option<String> = None;
         let mut backoff = ELECTION_BACKOFF_MIN;
+        let mut busy = 0u32;
         let mut hops = 0usize;
         // Addresses that could not be reached during this send: a hint naming one of them is stale (the
         // followers have not noticed the leader's death yet), so it is treated as "election in progress".
@@ -736,6 +749,13 @@ impl ProducerInner {
                     self.faults.record(&queue.broker_name, t0.elapsed(), true);
                     avoid = Some(queue.broker_name.clone());
                     self.client.refresh_route_soon(&p.topic);
+                    // Flow control: nothing was stored; give the broker room before the next attempt.
+                    if *code == ResponseCode::SYSTEM_BUSY.0 && attempts_left > 0 {
+                        busy += 1;
+                        let full = busy_backoff(busy);
+                        let pause = full.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0));
+                        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+                    }
                 }
                 ClientError::Broker { .. } | ClientError::InvalidMessage(_) | ClientError::Protocol(_) | ClientError::State(_) => {
                     return Err(err);
@@ -916,5 +936,9 @@ mod tests {
         assert_eq!(send_status(10), Some(SendStatus::FlushDiskTimeout));
         assert_eq!(send_status(14), None);
         assert!(retryable_code(17) && retryable_code(1) && !retryable_code(13));
+        assert!(retryable_code(2), "SYSTEM_BUSY: flow control, nothing stored");
+        let pauses: Vec<u128> = (1..=7).map(|n| busy_backoff(n).as_millis()).collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 320, 500, 500], "doubling up to the cap");
+        assert_eq!(busy_backoff(u32::MAX), BUSY_BACKOFF_MAX, "no overflow");
     }
 }

@@ -3,7 +3,9 @@
 //! Raft leader of each group registers as brokerId 0. Clients ask for topic routes (105) and cluster
 //! information (106). Several nameservers may run; they share nothing.
 //!
-//! With a cluster secret ([`NameServer::start_secured`]), REGISTER_BROKER and UNREGISTER_BROKER must be signed
+//! DELETE_TOPIC_IN_NAMESRV (216, header `topic`, optional `clusterName`) drops a topic's route.
+//!
+//! With a cluster secret ([`NameServer::start_secured`]), REGISTER_BROKER, UNREGISTER_BROKER and DELETE_TOPIC_IN_NAMESRV must be signed
 //! with it ([`raftmq_remoting::cluster_auth::verify_request`], within ±120 s of this clock); anything else is
 //! answered NO_PERMISSION (16) with the reason, and the route table is left as it was. Queries stay open, as in
 //! RocketMQ. Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`].
@@ -28,7 +30,8 @@ use raftmq_remoting::body::{decode_json_body, encode_json_body, KvTable, Registe
 use raftmq_remoting::cluster_auth::{verify_request, ClusterSecrets, RequestAuthError};
 use raftmq_remoting::frame::RemotingCommand;
 use raftmq_remoting::header::{
-    CommandHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader,
+    CommandHeader, DeleteTopicRequestHeader, GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader,
+    UnregisterBrokerRequestHeader,
 };
 use raftmq_remoting::{RequestCode, ResponseCode};
 use serde::Serialize;
@@ -206,6 +209,12 @@ impl Handler {
                 return error(req, ResponseCode::NO_PERMISSION, format!("registration refused: {e}"));
             }
         }
+        // Deleting a route is as destructive as a forged registration: with a secret it must be signed too.
+        if code == RequestCode::DELETE_TOPIC_IN_NAMESRV {
+            if let Err(e) = self.authenticate(req, peer) {
+                return error(req, ResponseCode::NO_PERMISSION, format!("topic deletion refused: {e}"));
+            }
+        }
         match code {
             RequestCode::GET_ROUTEINFO_BY_TOPIC => {
                 let h = match GetRouteInfoRequestHeader::from_ext_fields(&req.ext_fields) {
@@ -256,6 +265,14 @@ impl Handler {
             RequestCode::UNREGISTER_BROKER => match UnregisterBrokerRequestHeader::from_ext_fields(&req.ext_fields) {
                 Ok(h) => {
                     self.routes.unregister(&h.broker_name, &h.broker_addr);
+                    Some(RemotingCommand::success_to(req).into())
+                }
+                Err(e) => error(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
+            },
+            RequestCode::DELETE_TOPIC_IN_NAMESRV => match DeleteTopicRequestHeader::from_ext_fields(&req.ext_fields) {
+                Ok(h) => {
+                    let removed = self.routes.delete_topic(&h.topic, h.cluster_name.as_deref());
+                    tracing::info!(topic = %h.topic, cluster = ?h.cluster_name, groups = ?removed, "topic route deleted");
                     Some(RemotingCommand::success_to(req).into())
                 }
                 Err(e) => error(req, ResponseCode::SYSTEM_ERROR, e.to_string()),
@@ -380,6 +397,43 @@ mod tests {
         assert!(unreg.ext_fields.contains_key(AUTH_FIELD));
         assert_eq!(code_and_remark(h.handle_now(&unreg, peer)).0, ResponseCode::SUCCESS.0);
         assert_eq!(master_of(&h), None);
+    }
+
+    fn delete_topic(cluster: Option<&str>) -> RemotingCommand {
+        let mut d = RemotingCommand::request(RequestCode::DELETE_TOPIC_IN_NAMESRV, 4);
+        d.ext_fields.insert("topic".into(), "T".into());
+        if let Some(c) = cluster {
+            d.ext_fields.insert("clusterName".into(), c.into());
+        }
+        d
+    }
+
+    #[test]
+    fn with_a_secret_only_a_signed_delete_removes_a_route() {
+        let h = handler(Some(SECRET));
+        let peer = "10.0.0.9:5555";
+        h.handle_now(&signed(registration("10.0.0.1:10911", 0), SECRET, now_ms()), peer);
+        let (code, remark) = code_and_remark(h.handle_now(&delete_topic(None), peer));
+        assert_eq!(code, ResponseCode::NO_PERMISSION.0, "{remark}");
+        assert!(remark.starts_with("topic deletion refused") && remark.contains("not signed"), "{remark}");
+        assert!(h.routes.route("T").is_some(), "an unsigned delete changes nothing");
+        let wrong = signed(delete_topic(None), "another-secret-entirely-0123456", now_ms());
+        assert_eq!(code_and_remark(h.handle_now(&wrong, peer)).0, ResponseCode::NO_PERMISSION.0);
+        assert_eq!(code_and_remark(h.handle_now(&signed(delete_topic(None), SECRET, now_ms()), peer)).0, ResponseCode::SUCCESS.0);
+        assert!(h.routes.route("T").is_none());
+    }
+
+    #[test]
+    fn without_a_secret_a_delete_of_another_cluster_keeps_the_route() {
+        let h = handler(None);
+        h.handle_now(&registration("10.0.0.1:10911", 0), "p");
+        assert_eq!(code_and_remark(h.handle_now(&delete_topic(Some("OtherCluster")), "p")).0, ResponseCode::SUCCESS.0);
+        assert!(h.routes.route("T").is_some());
+        assert_eq!(code_and_remark(h.handle_now(&delete_topic(Some("DefaultCluster")), "p")).0, ResponseCode::SUCCESS.0);
+        assert!(h.routes.route("T").is_none());
+        let (code, remark) = code_and_remark(h.handle_now(&RemotingCommand::request(RequestCode::DELETE_TOPIC_IN_NAMESRV, 5), "p"));
+        assert_eq!(code, ResponseCode::SYSTEM_ERROR.0);
+        assert!(remark.contains("topic"), "{remark}");
     }
 
     #[test]

@@ -204,6 +204,28 @@ impl RouteTable {
         ClusterInfo { broker_addr_table: t.brokers.clone(), cluster_addr_table: t.clusters.clone() }
     }
 
+    /// DELETE_TOPIC_IN_NAMESRV: forgets `topic`'s route — of every broker group, or with `cluster` only of
+    /// that cluster's groups. Returns the groups it was removed from. A leader that still lists the topic
+    /// brings it back with its next registration (delete it in the brokers first, 215).
+    pub fn delete_topic(&self, topic: &str, cluster: Option<&str>) -> Vec<String> {
+        let mut t = self.write();
+        let in_cluster: Option<BTreeSet<String>> = cluster.map(|c| t.clusters.get(c).cloned().unwrap_or_default());
+        let mut removed = Vec::new();
+        if let Some(qs) = t.topics.get_mut(topic) {
+            qs.retain(|broker, _| {
+                let hit = in_cluster.as_ref().is_none_or(|names| names.contains(broker));
+                if hit {
+                    removed.push(broker.clone());
+                }
+                !hit
+            });
+            if qs.is_empty() {
+                t.topics.remove(topic);
+            }
+        }
+        removed
+    }
+
     /// Every topic some live group serves.
     pub fn topics(&self) -> Vec<String> {
         self.read().topics.keys().cloned().collect()
@@ -344,6 +366,29 @@ mod tests {
         r.register(&header("127.0.0.1:10911", 0), &body(&["U"])).unwrap();
         assert!(r.route("T").is_none());
         assert!(r.route("U").is_some());
+    }
+
+    #[test]
+    fn a_deleted_topic_loses_its_route_of_every_group_or_of_one_cluster() {
+        let r = RouteTable::default();
+        r.register(&header("10.0.0.1:10911", 0), &body(&["T", "U"])).unwrap();
+        let mut other = header("10.0.0.9:10911", 0);
+        other.broker_name = "broker-b".into();
+        other.cluster_name = "c2".into();
+        r.register(&other, &body(&["T"])).unwrap();
+        assert_eq!(r.route("T").map(|x| x.queue_datas.len()), Some(2));
+        // Only cluster c2's group loses it.
+        assert_eq!(r.delete_topic("T", Some("c2")), vec!["broker-b".to_string()]);
+        assert_eq!(r.route("T").map(|x| x.queue_datas.iter().map(|q| q.broker_name.clone()).collect::<Vec<_>>()), Some(vec![h_name()]));
+        assert_eq!(r.delete_topic("T", Some("no-such-cluster")), Vec::<String>::new());
+        assert_eq!(r.delete_topic("T", None).len(), 1);
+        assert!(r.route("T").is_none() && !r.topics().contains(&"T".to_string()));
+        assert!(r.route("U").is_some(), "other topics keep their routes");
+        assert!(r.delete_topic("T", None).is_empty(), "deleting again is a no-op");
+    }
+
+    fn h_name() -> String {
+        header("x", 0).broker_name
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! entry, with at most `batch_inflight_max` entries awaiting commit (default 1). Batches grow with load;
 //! no linger timer.
 //!
+//! Flow control (RocketMQ's "broker fast failure"): the requests waiting for the batcher are bounded by
+//! `send_queue_max` (count) and `send_queue_bytes_max` (encoded bytes); a write past either bound is refused at
+//! once ([`WriteError::Busy`], [`BusyKind::Overload`]) rather than waiting, and a request that waited in the
+//! queue longer than `send_queue_wait_ms_max` when the batcher reaches it is refused unproposed
+//! ([`BusyKind::Expired`]). Both are certainly not appended, so a client may retry anywhere; memory stays
+//! bounded and acknowledged latency stays near the queue's wait bound whatever load is offered.
+//!
 //! Every entry is at most `entry_bytes_max` encoded bytes: a write that alone would be larger is refused
 //! ([`WriteError::EntryTooLarge`]) before anything is proposed, and the batcher leaves a request that would
 //! push its entry over the limit for the next entry. The limit keeps an entry inside one commitlog segment
@@ -19,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,6 +100,14 @@ pub struct NodeConfig {
     /// Produce entries awaiting commit at once. 1 is best on openraft 0.9, whose appends and replication
     /// run serially: a second entry in flight only halves the batches (see docs/benchmarks.md).
     pub batch_inflight_max: usize,
+    /// Produce requests waiting for the batcher at most (flow control); 1..=[`SEND_QUEUE_MAX_LIMIT`].
+    pub send_queue_max: usize,
+    /// Encoded bytes of the produce requests waiting for the batcher at most (flow control); at least
+    /// `entry_bytes_max` (any admissible request fits an empty queue), at most [`SEND_QUEUE_BYTES_MAX_LIMIT`].
+    pub send_queue_bytes_max: usize,
+    /// Longest a produce request may wait for the batcher before it is refused unproposed (RocketMQ's
+    /// `waitTimeMillsInSendQueue`), ms; 1..=[`SEND_QUEUE_WAIT_MS_MAX_LIMIT`].
+    pub send_queue_wait_ms_max: u64,
     /// The message index (`<data_dir>/index`, local to this node); `None` = no index.
     pub message_index: Option<MessageIndexConfig>,
     /// The cluster secrets every Raft-port connection is authenticated with ([`crate::handshake`]); `None`:
@@ -106,6 +121,19 @@ pub struct NodeConfig {
     /// Either 0 or within `2 × election_max_ms ..=` [`STALL_HANDOFF_MS_MAX`].
     pub stall_handoff_ms: u64,
 }
+
+/// Default [`NodeConfig::send_queue_max`].
+pub const SEND_QUEUE_MAX_DEFAULT: usize = 4096;
+/// Largest [`NodeConfig::send_queue_max`].
+pub const SEND_QUEUE_MAX_LIMIT: usize = 1 << 20;
+/// Default [`NodeConfig::send_queue_bytes_max`]: 64 MiB.
+pub const SEND_QUEUE_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// Largest [`NodeConfig::send_queue_bytes_max`]: 4 GiB.
+pub const SEND_QUEUE_BYTES_MAX_LIMIT: usize = 4 << 30;
+/// Default [`NodeConfig::send_queue_wait_ms_max`]: 200 ms, RocketMQ's `waitTimeMillsInSendQueue`.
+pub const SEND_QUEUE_WAIT_MS_DEFAULT: u64 = 200;
+/// Largest [`NodeConfig::send_queue_wait_ms_max`]: one minute.
+pub const SEND_QUEUE_WAIT_MS_MAX_LIMIT: u64 = 60_000;
 
 /// Default [`NodeConfig::stall_handoff_ms`]: 2 s — more than three election timeouts (600 ms by default), and
 /// more than the largest frame of the default 6 MiB entries (about 12 MiB on the wire) takes at the transport's
@@ -145,6 +173,9 @@ impl NodeConfig {
             batch_bytes_max: 1 << 20,
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
             batch_inflight_max: 1,
+            send_queue_max: SEND_QUEUE_MAX_DEFAULT,
+            send_queue_bytes_max: SEND_QUEUE_BYTES_MAX_DEFAULT,
+            send_queue_wait_ms_max: SEND_QUEUE_WAIT_MS_DEFAULT,
             message_index: None,
             cluster_secrets: None,
             transfer_interval_min_ms: TRANSFER_INTERVAL_MIN_MS_DEFAULT,
@@ -172,6 +203,21 @@ impl NodeConfig {
         }
         if self.batch_bytes_max == 0 || self.batch_bytes_max > self.entry_bytes_max {
             return bad(format!("batch_bytes_max {} must be within 1..=entry_bytes_max ({})", self.batch_bytes_max, self.entry_bytes_max));
+        }
+        if !(1..=SEND_QUEUE_MAX_LIMIT).contains(&self.send_queue_max) {
+            return bad(format!("send_queue_max {} must be within 1..={SEND_QUEUE_MAX_LIMIT}", self.send_queue_max));
+        }
+        if !(self.entry_bytes_max..=SEND_QUEUE_BYTES_MAX_LIMIT).contains(&self.send_queue_bytes_max) {
+            return bad(format!(
+                "send_queue_bytes_max {} must be within entry_bytes_max ({})..={SEND_QUEUE_BYTES_MAX_LIMIT}",
+                self.send_queue_bytes_max, self.entry_bytes_max
+            ));
+        }
+        if !(1..=SEND_QUEUE_WAIT_MS_MAX_LIMIT).contains(&self.send_queue_wait_ms_max) {
+            return bad(format!(
+                "send_queue_wait_ms_max {} must be within 1..={SEND_QUEUE_WAIT_MS_MAX_LIMIT}",
+                self.send_queue_wait_ms_max
+            ));
         }
         if self.batch_inflight_max == 0 {
             return bad("batch_inflight_max must be at least 1".into());
@@ -304,6 +350,22 @@ pub enum WriteError {
         /// The storage failure that stopped it, if that was the reason.
         failure: Option<StoreFailure>,
     },
+    /// The leader's send queue is over a bound (flow control): refused before it was proposed; nothing was
+    /// appended, so a retry (here after a pause, or on another broker group) cannot duplicate it.
+    #[error("{}", match kind {
+        BusyKind::Overload => format!("send queue full: {queued} requests ({queued_bytes} bytes) wait for the Raft log"),
+        BusyKind::Expired => format!("waited {waited_ms} ms in the send queue (longer than its limit); {queued} requests wait"),
+    })]
+    Busy {
+        /// Which bound.
+        kind: BusyKind,
+        /// Requests waiting when it was refused.
+        queued: usize,
+        /// Their encoded bytes.
+        queued_bytes: usize,
+        /// How long this request waited (0 for [`BusyKind::Overload`]).
+        waited_ms: u64,
+    },
     /// The outcome is unknown (the node stopped or leadership changed while the entry was in flight).
     #[error("write outcome unknown: {why}{}", failure.as_ref().map(|f| format!(" (storage failed: {f})")).unwrap_or_default())]
     Unknown {
@@ -312,6 +374,15 @@ pub enum WriteError {
         /// The storage failure that stopped this node meanwhile, if any.
         failure: Option<StoreFailure>,
     },
+}
+
+/// Which flow-control bound refused a write ([`WriteError::Busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyKind {
+    /// The queue holds `send_queue_max` requests or the write would take it over `send_queue_bytes_max`.
+    Overload,
+    /// The request waited longer than `send_queue_wait_ms_max` before the batcher reached it.
+    Expired,
 }
 
 impl WriteError {
@@ -432,7 +503,70 @@ struct ProduceRequest {
     ops: Vec<Op>,
     /// Encoded bytes of the queues, deliveries and ops (with the op count when there are ops).
     bytes: usize,
+    /// When it entered the send queue.
+    queued_at: Instant,
     reply: oneshot::Sender<Result<Vec<QueueAppendResult>, WriteError>>,
+}
+
+/// What waits for the produce batcher (flow control): requests and their bytes, reserved by
+/// [`RaftNode::submit_produce_at`] before a request enters the channel and released when the batcher takes
+/// it out.
+#[derive(Debug, Default)]
+pub struct SendQueue {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+    /// Writes refused because the queue was full ([`BusyKind::Overload`]).
+    pub refused_overload: AtomicU64,
+    /// Writes refused unproposed because they waited too long ([`BusyKind::Expired`]).
+    pub refused_expired: AtomicU64,
+}
+
+impl SendQueue {
+    /// Requests waiting now.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Their encoded bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Reserves room for one request of `bytes`, or the refusal when a bound is reached.
+    fn reserve(&self, bytes: usize, count_max: usize, bytes_max: usize) -> Result<(), WriteError> {
+        let n = self.requests.fetch_add(1, Ordering::AcqRel);
+        let b = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if n >= count_max || b.saturating_add(bytes) > bytes_max {
+            self.release(bytes);
+            self.refused_overload.fetch_add(1, Ordering::Relaxed);
+            return Err(WriteError::Busy { kind: BusyKind::Overload, queued: n, queued_bytes: b, waited_ms: 0 });
+        }
+        Ok(())
+    }
+
+    fn release(&self, bytes: usize) {
+        let n = self.requests.fetch_sub(1, Ordering::AcqRel);
+        let b = self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(n >= 1 && b >= bytes, "released more than was reserved: {n} requests, {b} bytes, releasing {bytes}");
+    }
+
+    /// Takes `r` out of the queue's accounting; `Some(r)` to propose, `None` when it waited longer than
+    /// `wait_max` (then it has been answered [`BusyKind::Expired`]).
+    fn take(&self, r: ProduceRequest, wait_max: Duration) -> Option<ProduceRequest> {
+        self.release(r.bytes);
+        let waited = r.queued_at.elapsed();
+        if waited <= wait_max {
+            return Some(r);
+        }
+        self.refused_expired.fetch_add(1, Ordering::Relaxed);
+        let _ = r.reply.send(Err(WriteError::Busy {
+            kind: BusyKind::Expired,
+            queued: self.requests(),
+            queued_bytes: self.bytes(),
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+        }));
+        None
+    }
 }
 
 /// A running group member.
@@ -463,6 +597,7 @@ pub struct RaftNode {
     index_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// What the produce batcher packed into each entry it proposed.
     batch_stats: Arc<BatchStats>,
+    send_queue: Arc<SendQueue>,
 }
 
 /// Batching efficiency of the produce batcher: per proposed entry, the produce requests it coalesced and
@@ -979,13 +1114,24 @@ impl RaftNode {
                 transfer_interval_min: Duration::from_millis(cfg.transfer_interval_min_ms),
             }));
         }
-        let (produce_tx, produce_rx) = mpsc::channel(4096);
+        let (produce_tx, produce_rx) = mpsc::channel(cfg.send_queue_max);
         let batch_stats = Arc::new(BatchStats::default());
+        let send_queue = Arc::new(SendQueue::default());
         tokio::spawn(produce_batcher(
             raft.clone(),
             produce_rx,
-            BatchLimits { bytes_target: cfg.batch_bytes_max, bytes_max: cfg.entry_bytes_max, inflight_max: cfg.batch_inflight_max },
-            BatcherShared { stats: Arc::clone(&batch_stats), failure: failures.clone(), fence: Arc::clone(&fence) },
+            BatchLimits {
+                bytes_target: cfg.batch_bytes_max,
+                bytes_max: cfg.entry_bytes_max,
+                inflight_max: cfg.batch_inflight_max,
+                wait_max: Duration::from_millis(cfg.send_queue_wait_ms_max),
+            },
+            BatcherShared {
+                stats: Arc::clone(&batch_stats),
+                failure: failures.clone(),
+                fence: Arc::clone(&fence),
+                queue: Arc::clone(&send_queue),
+            },
         ));
         info!(id = cfg.id, addr = %cfg.raft_addr, "raft node started");
         Ok(RaftNode {
@@ -1008,12 +1154,18 @@ impl RaftNode {
             index,
             index_thread: std::sync::Mutex::new(index_thread),
             batch_stats,
+            send_queue,
         })
     }
 
     /// What the produce batcher packed into each Raft entry (requests, bytes).
     pub fn batch_stats(&self) -> &BatchStats {
         &self.batch_stats
+    }
+
+    /// The produce requests waiting for the batcher, and the flow-control refusals so far.
+    pub fn send_queue(&self) -> &SendQueue {
+        &self.send_queue
     }
 
     /// The message index, if configured and opened (derived, node-local data: see [`MessageIndex`]).
@@ -1139,11 +1291,23 @@ impl RaftNode {
         if entry_bytes > self.cfg.entry_bytes_max {
             return Err(WriteError::EntryTooLarge { bytes: entry_bytes, max: self.cfg.entry_bytes_max });
         }
+        self.send_queue.reserve(bytes, self.cfg.send_queue_max, self.cfg.send_queue_bytes_max)?;
         let (reply, rx) = oneshot::channel();
-        self.produce_tx
-            .send(ProduceRequest { time_ms, queues, deliveries, ops, bytes, reply })
-            .await
-            .map_err(|_| WriteError::Stopped { failure: self.failures.get() })?;
+        // The reservation keeps the channel (capacity send_queue_max) below full: try_send fails only when the
+        // batcher has stopped.
+        let queued_at = Instant::now();
+        if let Err(e) = self.produce_tx.try_send(ProduceRequest { time_ms, queues, deliveries, ops, bytes, queued_at, reply }) {
+            self.send_queue.release(bytes);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => WriteError::Busy {
+                    kind: BusyKind::Overload,
+                    queued: self.send_queue.requests(),
+                    queued_bytes: self.send_queue.bytes(),
+                    waited_ms: 0,
+                },
+                mpsc::error::TrySendError::Closed(_) => WriteError::Stopped { failure: self.failures.get() },
+            });
+        }
         Ok(ProduceTicket(rx, self.failures.clone()))
     }
 
@@ -1781,18 +1945,21 @@ async fn open_message_index(
 /// or the next request would take it over `bytes_max`; that request is left in `carry` to open the next entry.
 /// The entry's encoded size (`PRODUCE_HEADER_BYTES` + the requests' bytes) is at most `bytes_max` whenever
 /// `first` alone fits, which [`RaftNode::produce`] ensures.
+/// Requests that waited longer than the limit's `wait_max` are answered busy and left out.
 fn fill_entry(
     first: ProduceRequest,
     rx: &mut mpsc::Receiver<ProduceRequest>,
     carry: &mut Option<ProduceRequest>,
-    bytes_target: usize,
-    bytes_max: usize,
+    limits: &BatchLimits,
+    queue: &SendQueue,
 ) -> Vec<ProduceRequest> {
+    let (bytes_target, bytes_max) = (limits.bytes_target, limits.bytes_max);
     let mut bytes = PRODUCE_HEADER_BYTES + first.bytes;
     debug_assert!(bytes <= bytes_max, "produce() admitted a request of {bytes} bytes over the entry limit {bytes_max}");
     let mut reqs = vec![first];
     while bytes < bytes_target {
         let Ok(r) = rx.try_recv() else { break };
+        let Some(r) = queue.take(r, limits.wait_max) else { continue };
         if bytes + r.bytes > bytes_max {
             *carry = Some(r);
             break;
@@ -1803,37 +1970,46 @@ fn fill_entry(
     reqs
 }
 
-/// The produce batcher's size limits (`batch_bytes_max`, `entry_bytes_max`, `batch_inflight_max`).
+/// The produce batcher's limits (`batch_bytes_max`, `entry_bytes_max`, `batch_inflight_max`,
+/// `send_queue_wait_ms_max`).
 struct BatchLimits {
     bytes_target: usize,
     bytes_max: usize,
     inflight_max: usize,
+    wait_max: Duration,
 }
 
-/// What the produce batcher shares with its node: batching figures, storage failures, the transfer fence.
+/// What the produce batcher shares with its node: batching figures, storage failures, the transfer fence,
+/// the send queue's accounting.
 struct BatcherShared {
     stats: Arc<BatchStats>,
     failure: Failures,
     fence: Arc<Fence>,
+    queue: Arc<SendQueue>,
 }
 
 /// Coalesces produce requests into entries: waits for a request, drains what is queued ([`fill_entry`]),
 /// proposes one entry, and answers each request from its slice of the result.
 async fn produce_batcher(raft: Raft, mut rx: mpsc::Receiver<ProduceRequest>, limits: BatchLimits, shared: BatcherShared) {
-    let BatchLimits { bytes_target, bytes_max, inflight_max } = limits;
-    let BatcherShared { stats, failure, fence } = shared;
-    let permits = Arc::new(Semaphore::new(inflight_max));
+    let BatcherShared { stats, failure, fence, queue } = shared;
+    let permits = Arc::new(Semaphore::new(limits.inflight_max));
     let mut carry = None;
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+        // The carried request was taken out of the queue (and judged) already.
         let first = match carry.take() {
             Some(r) => r,
-            None => match rx.recv().await {
-                Some(r) => r,
-                None => break,
+            None => loop {
+                match rx.recv().await {
+                    Some(r) => match queue.take(r, limits.wait_max) {
+                        Some(r) => break r,
+                        None => continue,
+                    },
+                    None => return,
+                }
             },
         };
-        let reqs = fill_entry(first, &mut rx, &mut carry, bytes_target, bytes_max);
+        let reqs = fill_entry(first, &mut rx, &mut carry, &limits, &queue);
         stats.record(&reqs);
         let mut entry = Produce::default();
         let mut waiters = Vec::with_capacity(reqs.len());
@@ -1905,7 +2081,63 @@ mod tests {
 
     /// A queued request of `bytes` encoded bytes (its content does not matter to batching).
     fn req(bytes: usize) -> ProduceRequest {
-        ProduceRequest { time_ms: 0, queues: Vec::new(), deliveries: Vec::new(), ops: Vec::new(), bytes, reply: oneshot::channel().0 }
+        req_queued(bytes, Instant::now()).0
+    }
+
+    /// A request of `bytes` that entered the queue at `queued_at`, and where its answer arrives.
+    fn req_queued(bytes: usize, queued_at: Instant) -> (ProduceRequest, oneshot::Receiver<Result<Vec<QueueAppendResult>, WriteError>>) {
+        let (reply, rx) = oneshot::channel();
+        (ProduceRequest { time_ms: 0, queues: Vec::new(), deliveries: Vec::new(), ops: Vec::new(), bytes, queued_at, reply }, rx)
+    }
+
+    /// A queue whose accounting holds more than the tests take out of it.
+    fn busy_queue() -> SendQueue {
+        SendQueue { requests: AtomicUsize::new(1 << 20), bytes: AtomicUsize::new(1 << 30), ..SendQueue::default() }
+    }
+
+    fn limits(bytes_target: usize, bytes_max: usize) -> BatchLimits {
+        BatchLimits { bytes_target, bytes_max, inflight_max: 1, wait_max: Duration::from_secs(60) }
+    }
+
+    #[test]
+    fn the_send_queue_refuses_past_its_count_and_byte_bounds_and_frees_what_is_taken() {
+        let q = SendQueue::default();
+        q.reserve(100, 2, 1000).expect("first");
+        q.reserve(900, 2, 1000).expect("second: exactly at both bounds");
+        let e = q.reserve(1, 2, 10_000).expect_err("a third request is over the count bound");
+        assert_eq!(e, WriteError::Busy { kind: BusyKind::Overload, queued: 2, queued_bytes: 1000, waited_ms: 0 });
+        let e = q.reserve(1, 3, 1000).expect_err("one byte over the byte bound");
+        assert!(matches!(e, WriteError::Busy { kind: BusyKind::Overload, .. }), "{e:?}");
+        assert_eq!((q.requests(), q.bytes(), q.refused_overload.load(Ordering::Relaxed)), (2, 1000, 2), "refusals reserve nothing");
+        let taken = q.take(req(900), Duration::from_secs(1));
+        assert!(taken.is_some(), "a fresh request is proposed");
+        assert_eq!((q.requests(), q.bytes()), (1, 100));
+        q.reserve(900, 2, 1000).expect("room again");
+    }
+
+    #[test]
+    fn a_request_that_waited_too_long_is_answered_busy_and_never_proposed() {
+        let q = SendQueue::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        let old = Instant::now().checked_sub(Duration::from_millis(300)).expect("a past instant");
+        let mut answers = Vec::new();
+        for (bytes, at) in [(100, Instant::now()), (200, old), (300, Instant::now())] {
+            q.reserve(bytes, 16, 1 << 20).unwrap();
+            let (r, a) = req_queued(bytes, at);
+            tx.try_send(r).unwrap();
+            answers.push(a);
+        }
+        let first = q.take(rx.try_recv().unwrap(), Duration::from_millis(200)).expect("fresh");
+        let mut carry = None;
+        let lim = BatchLimits { wait_max: Duration::from_millis(200), ..limits(10_000, 10_000) };
+        let e = fill_entry(first, &mut rx, &mut carry, &lim, &q);
+        assert_eq!(sizes(&e), [100, 300], "the stale request is left out");
+        assert_eq!((q.requests(), q.bytes(), q.refused_expired.load(Ordering::Relaxed)), (0, 0, 1));
+        match answers[1].try_recv() {
+            Ok(Err(WriteError::Busy { kind: BusyKind::Expired, waited_ms, .. })) => assert!(waited_ms >= 300, "{waited_ms}"),
+            other => panic!("the stale request is answered busy: {other:?}"),
+        }
+        assert!(answers[0].try_recv().is_err() && answers[2].try_recv().is_err(), "the others wait for their entry");
     }
 
     fn sizes(reqs: &[ProduceRequest]) -> Vec<usize> {
@@ -1939,10 +2171,10 @@ mod tests {
         let mut carry = None;
         // Target 1000, limit 1000: the third 400 would make 17 + 1200 bytes.
         let first = rx.try_recv().unwrap();
-        let e1 = fill_entry(first, &mut rx, &mut carry, 1000, 1000);
+        let e1 = fill_entry(first, &mut rx, &mut carry, &limits(1000, 1000), &busy_queue());
         assert_eq!(sizes(&e1), [400, 400]);
         assert_eq!(carry.as_ref().map(|r| r.bytes), Some(400), "the request that did not fit waits, first in line");
-        let e2 = fill_entry(carry.take().unwrap(), &mut rx, &mut carry, 1000, 1000);
+        let e2 = fill_entry(carry.take().unwrap(), &mut rx, &mut carry, &limits(1000, 1000), &busy_queue());
         assert_eq!(sizes(&e2), [400, 95], "17 + 495 bytes");
         assert!(carry.is_none());
     }
@@ -1955,7 +2187,7 @@ mod tests {
             tx.try_send(req(b)).unwrap();
         }
         let mut carry = None;
-        let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, 2000, 1000);
+        let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, &limits(2000, 1000), &busy_queue());
         assert_eq!(sizes(&e), [500, 483], "17 + 983 = the limit");
         assert_eq!(carry.as_ref().map(|r| r.bytes), Some(1));
         // The target stops draining even where the limit would allow more.
@@ -1963,7 +2195,7 @@ mod tests {
         for b in [300, 300, 300] {
             tx.try_send(req(b)).unwrap();
         }
-        let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, 500, 1000);
+        let e = fill_entry(rx.try_recv().unwrap(), &mut rx, &mut carry, &limits(500, 1000), &busy_queue());
         assert_eq!(sizes(&e), [300, 300]);
         assert_eq!(rx.try_recv().map(|r| r.bytes).ok(), Some(300), "left queued, not carried");
     }

@@ -91,14 +91,22 @@ pub struct Metadata {
 /// First bytes of a versioned checkpoint or snapshot body. A legacy (version 1) body is the bincode of
 /// [`MetadataV1`] and starts with the tag of an `Option` (0 or 1), never with 0xFF.
 const STATE_MAGIC: [u8; 4] = [0xFF, b'R', b'M', b'S'];
-/// The version this code writes: 5 = [`Metadata`] with [`BrokerState`] including the queue locks; 4 =
+/// The version this code writes: 6 = [`Metadata`] with [`BrokerState`] including the subscription groups;
+/// 5 = without them ([`MetadataV5`]); 4 =
 /// without them ([`MetadataV4`]); 3 = also without the retention floor and the offset-reset markers
 /// ([`MetadataV3`]); 2 = also without pending transactions and the de-duplication window ([`MetadataV2`]).
-const STATE_VERSION: u8 = 5;
+const STATE_VERSION: u8 = 6;
 
 // Each earlier layout is the one before it plus the fields its version added: bincode writes a nested struct
 // as its fields in order, so `MetadataV4 { v3, retention, reset_markers }` reads exactly the bytes version 4
 // wrote. Decoding converts outward, each version filling what it added (`From` below).
+
+/// The version 5 layout: [`BrokerState`] before subscription groups.
+#[derive(Deserialize)]
+struct MetadataV5 {
+    v4: MetadataV4,
+    locks: raftmq_state::QueueLocks,
+}
 
 /// The version 4 layout: [`BrokerState`] before queue locks.
 #[derive(Deserialize)]
@@ -174,6 +182,14 @@ impl From<MetadataV4> for Metadata {
     }
 }
 
+impl From<MetadataV5> for Metadata {
+    fn from(v5: MetadataV5) -> Metadata {
+        let mut m = Metadata::from(v5.v4);
+        m.state.locks = v5.locks;
+        m
+    }
+}
+
 impl Metadata {
     /// The versioned encoding of checkpoints and snapshots.
     pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
@@ -189,6 +205,9 @@ impl Metadata {
         if let Some(rest) = bytes.strip_prefix(&STATE_MAGIC[..]) {
             return match rest.split_first() {
                 Some((&STATE_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
+                Some((5, body)) => {
+                    bincode::deserialize::<MetadataV5>(body).map(Metadata::from).map_err(|e| format!("version 5 state: {e}"))
+                }
                 Some((4, body)) => {
                     bincode::deserialize::<MetadataV4>(body).map(Metadata::from).map_err(|e| format!("version 4 state: {e}"))
                 }
@@ -396,6 +415,29 @@ impl SmShared {
         write_lock(&self.queues).insert((topic.to_string(), queue_id), Arc::clone(&q));
         self.queue_created.notify_waiters();
         Ok(q)
+    }
+
+    /// After a topic deletion was applied: forgets the topic's consume queues and deletes their files, so a
+    /// topic created again under the same name starts with fresh, empty queues at offset 0. Readers holding
+    /// a queue keep their mapping until they drop it. Crash-safe without a journal: a restart restores a
+    /// checkpoint from before the deletion (the flush thread writes a checkpoint only after the apply that
+    /// made it returned) and re-applies the deletion, which deletes the files again; units of the deleted
+    /// topic a restored checkpoint still counts may read as missing until then.
+    ///
+    /// # Errors
+    /// The directory could not be removed (the state machine stops; a restart re-applies).
+    fn drop_topic_queues(&self, topic: &str) -> Result<(), StoreFailure> {
+        write_lock(&self.queues).retain(|(t, _), _| t != topic);
+        let dir = self.cfg.dir.join("consumequeue").join(topic_dir_name(topic));
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreFailure::io("remove consume queues of a deleted topic", &dir, &e)),
+        }
+        let parent = self.cfg.dir.join("consumequeue");
+        fs::File::open(&parent).and_then(|d| d.sync_all()).map_err(|e| StoreFailure::io("fsync consume-queue dir", &parent, &e))?;
+        info!(topic, "consume queues of the deleted topic removed");
+        Ok(())
     }
 
     /// Records a storage failure (the first one wins) and turns it into openraft's error, which stops
@@ -802,6 +844,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         ApplyError::Store(f) => shared.fail(ErrorVerb::Write, f),
                         e @ ApplyError::Unlogged => sm_err(ErrorVerb::Write, e),
                     })?;
+                    if let (Command::DeleteTopic(topic), CommandResponse::Done) = (cmd, &resp) {
+                        shared.drop_topic_queues(topic).map_err(|f| shared.fail(ErrorVerb::Write, f))?;
+                    }
                     if let (Command::Retain(r), CommandResponse::Done) = (cmd, &resp) {
                         // Readers stop serving below the floor now; the files go when this replica compacts.
                         for (topic, qid, _) in &r.queues {
@@ -928,15 +973,34 @@ mod tests {
     }
 
     #[test]
-    fn markers_and_locks_round_trip_through_a_version_5_checkpoint() {
-        let meta = with_reset_and_lock();
+    fn markers_and_locks_round_trip_through_a_version_6_checkpoint() {
+        let mut meta = with_reset_and_lock();
+        let g = raftmq_state::SubscriptionGroupConfig::new("grp");
+        meta.state.apply(&StateCommand::UpsertSubscriptionGroup(g.clone()), &mut NoQueues).expect("group");
         let bytes = meta.encode().expect("encodes");
-        assert_eq!(bytes[..5], [0xFF, b'R', b'M', b'S', 5]);
+        assert_eq!(bytes[..5], [0xFF, b'R', b'M', b'S', 6]);
         let back = Metadata::decode(&bytes).expect("decodes");
         assert_eq!(back, meta);
         assert_eq!((back.state.reset_marker("g", "T", 0), back.state.reset_marker("g", "T", 2)), (Some(3), Some(9)));
         assert_eq!(back.state.locks.holder_at("g", &lock_key(1), 60_999), Some("c1"), "the lease continues after a restore");
         assert_eq!(back.state.locks.holder_at("g", &lock_key(1), 61_000), None);
+        assert_eq!(back.state.subscription_groups.get("grp"), Some(&g));
+    }
+
+    /// A version-5 body is this version's without its last field (the group table, empty: an 8-byte length
+    /// of 0). It decodes with no groups and everything else kept (locks included).
+    #[test]
+    fn a_version_5_checkpoint_decodes_without_subscription_groups() {
+        let meta = with_reset_and_lock();
+        let v6 = meta.encode().expect("encodes");
+        let mut v5 = v6[..v6.len() - 8].to_vec();
+        v5[4] = 5;
+        let back = Metadata::decode(&v5).expect("a version-5 body decodes");
+        assert_eq!(back, meta);
+        assert_eq!(back.state.locks.holder_at("g", &lock_key(1), 60_999), Some("c1"));
+        let mut cut = v5.clone();
+        cut[4] = 6;
+        assert!(Metadata::decode(&cut).is_err(), "version 6 with the field cut off is truncated, not silently read");
     }
 
     /// A version-4 body is this version's without its last field (the lock table, empty: two maps, each an
@@ -945,15 +1009,15 @@ mod tests {
     fn a_version_4_checkpoint_decodes_without_locks() {
         let mut meta = with_reset_and_lock();
         meta.state.locks = raftmq_state::QueueLocks::default();
-        let v5 = meta.encode().expect("encodes");
-        let mut v4 = v5[..v5.len() - 16].to_vec();
+        let v6 = meta.encode().expect("encodes");
+        let mut v4 = v6[..v6.len() - 8 - 16].to_vec();
         v4[4] = 4;
         let back = Metadata::decode(&v4).expect("a version-4 body decodes");
         assert_eq!(back, meta);
         assert_eq!(back.state.reset_marker("g", "T", 2), Some(9));
         // Version 5 with the field cut off is truncated, not silently read.
         let mut cut = v4.clone();
-        cut[4] = 5;
+        cut[4] = 6;
         assert!(Metadata::decode(&cut).is_err());
     }
 
@@ -963,14 +1027,14 @@ mod tests {
     fn a_version_3_checkpoint_decodes_without_markers() {
         let mut meta = with_reset();
         meta.state.reset_markers.clear();
-        let v5 = meta.encode().expect("encodes");
-        let mut v3 = v5[..v5.len() - 16 - 8].to_vec();
+        let v6 = meta.encode().expect("encodes");
+        let mut v3 = v6[..v6.len() - 8 - 16 - 8].to_vec();
         v3[4] = 3;
         let back = Metadata::decode(&v3).expect("a version-3 body decodes");
         assert_eq!(back, meta);
         assert_eq!(back.state.consumer_offsets["g"]["T"][&2], 9);
-        let mut newer = v5;
-        newer[4] = 6;
+        let mut newer = v6;
+        newer[4] = 7;
         assert!(Metadata::decode(&newer).unwrap_err().contains("newer"));
     }
 }

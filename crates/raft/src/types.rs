@@ -5,6 +5,7 @@ use std::io::Cursor;
 
 pub use raftmq_state::command::*;
 pub use raftmq_state::dedup::{Seen, DEDUP_KEYS_MAX, DEDUP_WINDOW_MS_MAX};
+pub use raftmq_state::groups::{is_undeletable_topic, SubscriptionGroups, GROUP_NAME_BYTES_MAX, SUBSCRIPTION_GROUPS_MAX};
 pub use raftmq_state::offsets::{marker_count, RESET_MARKERS_MAX};
 pub use raftmq_state::retention::{retain_queue_bytes, Retain, RetainPoint};
 pub use raftmq_state::schedule::{

@@ -872,6 +872,22 @@ pub struct ConsumeStats {
 }
 
 impl ConsumeStats {
+    /// Parses the fastjson form [`ConsumeStats::encode`] writes (what admin tools read); `consumeTps` is not
+    /// read (0).
+    ///
+    /// # Errors
+    /// [`RemotingError::BodyJson`] when the body is not in that form or names more than
+    /// [`RESET_OFFSET_QUEUES_MAX`] queues (the decoder's bound on object-keyed maps).
+    pub fn decode(body: &[u8]) -> Result<ConsumeStats> {
+        let bad = |why: String| RemotingError::BodyJson { what: "ConsumeStats", source: serde::de::Error::custom(why) };
+        let table: BTreeMap<MessageQueue, OffsetWrapper> =
+            decode_object_keyed(body).ok_or_else(|| bad("not a fastjson offsetTable of queue objects".into()))?;
+        if table.len() > RESET_OFFSET_QUEUES_MAX {
+            return Err(bad(format!("more than {RESET_OFFSET_QUEUES_MAX} queues (RESET_OFFSET_QUEUES_MAX)")));
+        }
+        Ok(ConsumeStats { offset_table: table, consume_tps: 0.0 })
+    }
+
     /// The fastjson form (see [`encode_queue_map`]), `consumeTps` after the table.
     ///
     /// # Errors
@@ -880,6 +896,121 @@ impl ConsumeStats {
         let tps = if self.consume_tps.is_finite() { self.consume_tps } else { 0.0 };
         encode_queue_map("offsetTable", self.offset_table.iter(), &format!(",\"consumeTps\":{tps:?}")).map(Bytes::from)
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Subscription groups (UPDATE_AND_CREATE_SUBSCRIPTIONGROUP 200, GET_ALL_SUBSCRIPTIONGROUP_CONFIG 201)
+// ---------------------------------------------------------------------------------------------------------
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn sixteen() -> i32 {
+    16
+}
+
+fn fifteen() -> i32 {
+    15
+}
+
+fn one_i64() -> i64 {
+    1
+}
+
+/// Java `SubscriptionGroupConfig`, the body of UPDATE_AND_CREATE_SUBSCRIPTIONGROUP (200) and the values of
+/// GET_ALL_SUBSCRIPTIONGROUP_CONFIG (201). Fields in fastjson's (alphabetical) order; absent fields take
+/// RocketMQ's defaults; fields of other versions (`attributes`, `groupRetryPolicy`, `subscriptionDataSet`,
+/// `consumeMessageOrderly`) are ignored on reading and not written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionGroupConfig {
+    /// `brokerId`.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub broker_id: i64,
+    /// `consumeBroadcastEnable`.
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    pub consume_broadcast_enable: bool,
+    /// `consumeEnable`.
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    pub consume_enable: bool,
+    /// `consumeFromMinEnable`.
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    pub consume_from_min_enable: bool,
+    /// `consumeTimeoutMinute` (RocketMQ 5; 4.x tools ignore it).
+    #[serde(default = "fifteen", deserialize_with = "lenient_i32")]
+    pub consume_timeout_minute: i32,
+    /// `groupName`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub group_name: String,
+    /// `groupSysFlag`.
+    #[serde(default, deserialize_with = "lenient_i32")]
+    pub group_sys_flag: i32,
+    /// `notifyConsumerIdsChangedEnable`.
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    pub notify_consumer_ids_changed_enable: bool,
+    /// raftmq only: true for a group listed because it has committed offsets or registered consumers but was
+    /// never created with 200 (RocketMQ would have auto-created it); not written when false. Java's fastjson
+    /// ignores the unknown field.
+    #[serde(default, rename = "raftmqImplicit", skip_serializing_if = "std::ops::Not::not")]
+    pub raftmq_implicit: bool,
+    /// `retryMaxTimes`.
+    #[serde(default = "sixteen", deserialize_with = "lenient_i32")]
+    pub retry_max_times: i32,
+    /// `retryQueueNums`.
+    #[serde(default = "one", deserialize_with = "lenient_i32")]
+    pub retry_queue_nums: i32,
+    /// `whichBrokerWhenConsumeSlowly`.
+    #[serde(default = "one_i64", deserialize_with = "lenient_i64")]
+    pub which_broker_when_consume_slowly: i64,
+}
+
+impl SubscriptionGroupConfig {
+    /// RocketMQ's defaults for a group named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        SubscriptionGroupConfig {
+            broker_id: 0,
+            consume_broadcast_enable: true,
+            consume_enable: true,
+            consume_from_min_enable: true,
+            consume_timeout_minute: 15,
+            group_name: name.into(),
+            group_sys_flag: 0,
+            notify_consumer_ids_changed_enable: true,
+            raftmq_implicit: false,
+            retry_max_times: 16,
+            retry_queue_nums: 1,
+            which_broker_when_consume_slowly: 1,
+        }
+    }
+}
+
+/// Java `DataVersion` (`{"counter":…,"timestamp":…}`; fastjson's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DataVersion {
+    /// `counter`.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub counter: i64,
+    /// `timestamp`.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub timestamp: i64,
+}
+
+/// GET_ALL_SUBSCRIPTIONGROUP_CONFIG (201) response body: Java `SubscriptionGroupWrapper`, a
+/// `subscriptionGroupTable` keyed by group name and its `dataVersion` (fastjson's order: `dataVersion` first).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionGroupWrapper {
+    /// `dataVersion`.
+    #[serde(default)]
+    pub data_version: DataVersion,
+    /// `subscriptionGroupTable`: group name → config.
+    #[serde(default, deserialize_with = "null_as_empty_map")]
+    pub subscription_group_table: BTreeMap<String, SubscriptionGroupConfig>,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -979,9 +1110,9 @@ impl ResetOffsetBody {
     }
 }
 
-/// The fastjson object-keyed form: `{"offsetTable":{<MessageQueue>:<offset>,…}}` (other top-level fields
+/// The fastjson object-keyed form: `{"offsetTable":{<MessageQueue>:<value>,…}}` (other top-level fields
 /// are skipped); `None` when the body is not in that form.
-fn decode_object_keyed(body: &[u8]) -> Option<BTreeMap<MessageQueue, i64>> {
+fn decode_object_keyed<V: DeserializeOwned>(body: &[u8]) -> Option<BTreeMap<MessageQueue, V>> {
     fn ws(b: &[u8], mut i: usize) -> usize {
         while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
             i += 1;
@@ -1012,7 +1143,7 @@ fn decode_object_keyed(body: &[u8]) -> Option<BTreeMap<MessageQueue, i64>> {
                 let (q, j) = value::<MessageQueue>(body, i)?;
                 i = ws(body, j);
                 (body.get(i) == Some(&b':')).then_some(())?;
-                let (offset, j) = value::<i64>(body, ws(body, i + 1))?;
+                let (offset, j) = value::<V>(body, ws(body, i + 1))?;
                 t.insert(q, offset);
                 if t.len() > RESET_OFFSET_QUEUES_MAX {
                     // Reported as too many by the caller; no need to read on.
@@ -1044,6 +1175,59 @@ fn decode_object_keyed(body: &[u8]) -> Option<BTreeMap<MessageQueue, i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consume_stats_read_back_what_they_write() {
+        let mut c = ConsumeStats { consume_tps: 2.5, ..Default::default() };
+        let q = |topic: &str, id| MessageQueue { topic: topic.into(), broker_name: "b".into(), queue_id: id };
+        c.offset_table.insert(q("T", 0), OffsetWrapper { broker_offset: 10, consumer_offset: 4, last_timestamp: 7 });
+        c.offset_table.insert(q("%RETRY%g", 1), OffsetWrapper { broker_offset: 1, consumer_offset: 0, last_timestamp: 0 });
+        let back = ConsumeStats::decode(&c.encode().unwrap()).unwrap();
+        assert_eq!(back.offset_table, c.offset_table);
+        assert!(ConsumeStats::decode(b"{\"offsetTable\":[1]}").is_err());
+    }
+
+    /// The 201 body, byte for byte as fastjson writes RocketMQ 4.9's `SubscriptionGroupWrapper` (fields in
+    /// alphabetical order), plus the RocketMQ 5 field `consumeTimeoutMinute`; an implicit group carries
+    /// `raftmqImplicit`.
+    #[test]
+    fn the_subscription_group_wrapper_is_written_as_rocketmq_writes_it() {
+        let mut w =
+            SubscriptionGroupWrapper { data_version: DataVersion { counter: 7, timestamp: 1_700_000_000_000 }, ..Default::default() };
+        w.subscription_group_table.insert("g1".into(), SubscriptionGroupConfig::new("g1"));
+        let mut auto = SubscriptionGroupConfig::new("g2");
+        auto.raftmq_implicit = true;
+        w.subscription_group_table.insert("g2".into(), auto);
+        let json = String::from_utf8(encode_json_body(&w).unwrap().to_vec()).unwrap();
+        let g = |name: &str, tail: &str| {
+            format!(
+                "{{\"brokerId\":0,\"consumeBroadcastEnable\":true,\"consumeEnable\":true,\"consumeFromMinEnable\":true,\
+                 \"consumeTimeoutMinute\":15,\"groupName\":\"{name}\",\"groupSysFlag\":0,\"notifyConsumerIdsChangedEnable\":true,{tail}\
+                 \"retryMaxTimes\":16,\"retryQueueNums\":1,\"whichBrokerWhenConsumeSlowly\":1}}"
+            )
+        };
+        let expect = format!(
+            "{{\"dataVersion\":{{\"counter\":7,\"timestamp\":1700000000000}},\"subscriptionGroupTable\":{{\"g1\":{},\"g2\":{}}}}}",
+            g("g1", ""),
+            g("g2", "\"raftmqImplicit\":true,")
+        );
+        assert_eq!(json, expect);
+        assert_eq!(decode_json_body::<SubscriptionGroupWrapper>("w", json.as_bytes()).unwrap(), w);
+    }
+
+    /// What `mqadmin updateSubGroup` sends (RocketMQ 5: extra fields, numbers as strings from some tools);
+    /// absent fields take RocketMQ's defaults.
+    #[test]
+    fn a_subscription_group_body_reads_leniently_with_rocketmq_defaults() {
+        let body = br#"{"attributes":{},"brokerId":0,"consumeBroadcastEnable":false,"consumeEnable":"false","groupName":"G",
+            "groupRetryPolicy":{"type":"CUSTOMIZED"},"retryMaxTimes":"3","subscriptionDataSet":null}"#;
+        let c: SubscriptionGroupConfig = decode_json_body("group", body).unwrap();
+        let mut expect = SubscriptionGroupConfig::new("G");
+        expect.consume_broadcast_enable = false;
+        expect.consume_enable = false;
+        expect.retry_max_times = 3;
+        assert_eq!(c, expect);
+    }
 
     fn mq(topic: &str, queue_id: i32) -> MessageQueue {
         MessageQueue { topic: topic.into(), broker_name: "broker-a".into(), queue_id }

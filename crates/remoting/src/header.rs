@@ -1117,6 +1117,49 @@ impl CommandHeader for GetConsumeStatsRequestHeader {
     }
 }
 
+/// DELETE_SUBSCRIPTIONGROUP (207) request header: `groupName` required, `cleanOffset` optional (false).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeleteSubscriptionGroupRequestHeader {
+    /// `groupName`.
+    pub group_name: String,
+    /// `cleanOffset`: also delete the group's committed offsets.
+    pub clean_offset: bool,
+}
+
+impl CommandHeader for DeleteSubscriptionGroupRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        let f = Fields::new(fields);
+        Ok(DeleteSubscriptionGroupRequestHeader { group_name: f.string("groupName")?, clean_offset: f.bool_or("cleanOffset", false)? })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "groupName", &self.group_name);
+        put(out, "cleanOffset", self.clean_offset);
+    }
+}
+
+/// DELETE_TOPIC_IN_BROKER (215) and DELETE_TOPIC_IN_NAMESRV (216) request header: `topic` required;
+/// `clusterName` (216, RocketMQ 5) optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeleteTopicRequestHeader {
+    /// `topic`.
+    pub topic: String,
+    /// `clusterName`: only this cluster's brokers lose the topic (216).
+    pub cluster_name: Option<String>,
+}
+
+impl CommandHeader for DeleteTopicRequestHeader {
+    fn from_ext_fields(fields: &ExtFields) -> Result<Self> {
+        let f = Fields::new(fields);
+        Ok(DeleteTopicRequestHeader { topic: f.string("topic")?, cluster_name: f.opt_string("clusterName").filter(|c| !c.is_empty()) })
+    }
+
+    fn write_ext_fields(&self, out: &mut ExtFields) {
+        put(out, "topic", &self.topic);
+        put_opt(out, "clusterName", self.cluster_name.as_deref());
+    }
+}
+
 /// UNREGISTER_CLIENT (35) request header. Java marks `clientID` required; the others are optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UnregisterClientRequestHeader {

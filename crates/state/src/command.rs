@@ -30,6 +30,9 @@
 //! tag 10 ClearResetMarkers: bincode(Vec<ResetMarker>)  (markers to end, each only while it holds its offset)
 //! tag 11 Lock:             bincode(LockRequest)        (group, client, queues, stamp, lease ttl, locksMax)
 //! tag 12 Unlock:           bincode(UnlockRequest)      (group, client, queues, stamp)
+//! tag 13 UpsertSubscriptionGroup: bincode(SubscriptionGroupConfig)
+//! tag 14 DeleteSubscriptionGroup: bincode(DeleteGroup)  (group, clean_offset)
+//! tag 15 DeleteTopic:      bincode(String)             (the topic)
 //! parts := nqueues u32 | { topic_len u16 | topic | queue_id u32 | nmsgs u32 | { tags_code i64 | len u32 | bytes } }
 //! ```
 //! Versioning: a tag never changes meaning. Tag 1 is what raftmq wrote before time entered the log; it is
@@ -41,6 +44,7 @@ use bytes::{Buf, BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
+pub use crate::groups::{DeleteGroup, SubscriptionGroupConfig};
 pub use crate::locks::{LockRequest, QueueKey, UnlockRequest};
 pub use crate::offsets::{OffsetReset, ResetMarker};
 use crate::retention::{retain_queue_bytes, Retain, RetainPoint, RETAIN_HEADER_BYTES};
@@ -324,6 +328,12 @@ pub enum Command {
     Lock(LockRequest),
     /// Release a client's own queue locks, stamped with the leader's clock.
     Unlock(UnlockRequest),
+    /// Create or change a subscription group ([`crate::groups`]).
+    UpsertSubscriptionGroup(SubscriptionGroupConfig),
+    /// Delete a subscription group, optionally with its committed offsets.
+    DeleteSubscriptionGroup(DeleteGroup),
+    /// Delete a topic: its config, queue states, offsets, markers, floors and leases ([`crate::groups`]).
+    DeleteTopic(String),
 }
 
 /// Where one produced message landed.
@@ -375,6 +385,9 @@ const TAG_RESET_OFFSETS: u8 = 9;
 const TAG_CLEAR_RESET_MARKERS: u8 = 10;
 const TAG_LOCK: u8 = 11;
 const TAG_UNLOCK: u8 = 12;
+const TAG_UPSERT_SUBSCRIPTION_GROUP: u8 = 13;
+const TAG_DELETE_SUBSCRIPTION_GROUP: u8 = 14;
+const TAG_DELETE_TOPIC: u8 = 15;
 
 /// Encoded bytes a produce entry with ops adds to [`PRODUCE_HEADER_BYTES`]: the op count.
 pub const OPS_HEADER_BYTES: usize = 4;
@@ -427,6 +440,9 @@ impl Command {
             Command::ClearResetMarkers(v) => 9 + v.iter().map(|m| 28 + m.group.len() + m.topic.len()).sum::<usize>(),
             Command::Lock(r) => 1 + 48 + r.group.len() + r.client_id.len() + lock_queues_len(&r.queues),
             Command::Unlock(r) => 1 + 32 + r.group.len() + r.client_id.len() + lock_queues_len(&r.queues),
+            Command::UpsertSubscriptionGroup(g) => 1 + 8 + g.group_name.len() + 40,
+            Command::DeleteSubscriptionGroup(d) => 1 + 8 + d.group.len() + 1,
+            Command::DeleteTopic(t) => 1 + 8 + t.len(),
         }
     }
 
@@ -522,6 +538,18 @@ impl Command {
                 out.put_u8(TAG_UNLOCK);
                 bincode::serialize_into(&mut *out, r).map_err(|e| PayloadError::Bincode(e.to_string()))?;
             }
+            Command::UpsertSubscriptionGroup(g) => {
+                out.put_u8(TAG_UPSERT_SUBSCRIPTION_GROUP);
+                bincode::serialize_into(&mut *out, g).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::DeleteSubscriptionGroup(d) => {
+                out.put_u8(TAG_DELETE_SUBSCRIPTION_GROUP);
+                bincode::serialize_into(&mut *out, d).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
+            Command::DeleteTopic(t) => {
+                out.put_u8(TAG_DELETE_TOPIC);
+                bincode::serialize_into(&mut *out, t).map_err(|e| PayloadError::Bincode(e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -615,6 +643,13 @@ impl Command {
             }
             TAG_LOCK => Ok(Command::Lock(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             TAG_UNLOCK => Ok(Command::Unlock(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
+            TAG_UPSERT_SUBSCRIPTION_GROUP => {
+                Ok(Command::UpsertSubscriptionGroup(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?))
+            }
+            TAG_DELETE_SUBSCRIPTION_GROUP => {
+                Ok(Command::DeleteSubscriptionGroup(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?))
+            }
+            TAG_DELETE_TOPIC => Ok(Command::DeleteTopic(bincode::deserialize(b).map_err(|e| PayloadError::Bincode(e.to_string()))?)),
             other => Err(PayloadError::UnknownTag(other)),
         }
     }
@@ -896,6 +931,9 @@ mod tests {
                 locks_max: 100_000,
             }),
             Command::Unlock(UnlockRequest { group: "g".into(), client_id: "c".into(), queues: vec![], stamp_ms: -1 }),
+            Command::UpsertSubscriptionGroup(SubscriptionGroupConfig { retry_max_times: -1, ..SubscriptionGroupConfig::new("grp") }),
+            Command::DeleteSubscriptionGroup(DeleteGroup { group: "grp".into(), clean_offset: true }),
+            Command::DeleteTopic("T".into()),
         ] {
             let mut out = Vec::new();
             cmd.encode(&mut out).unwrap();
@@ -943,6 +981,30 @@ mod tests {
         let mut out = Vec::new();
         set.encode(&mut out).unwrap();
         assert_eq!(Command::decode(&Bytes::from(out), None).unwrap(), set);
+    }
+
+    /// The new record kinds take new tags; the bytes of each are pinned (bincode: strings as a u64 length
+    /// and bytes, bools as one byte), so a later version still reads what this one wrote.
+    #[test]
+    fn group_and_topic_deletion_entries_have_their_own_tags_and_pinned_bytes() {
+        let mut out = Vec::new();
+        Command::DeleteTopic("Tq".into()).encode(&mut out).unwrap();
+        assert_eq!(out, [15, 2, 0, 0, 0, 0, 0, 0, 0, b'T', b'q']);
+        let mut out = Vec::new();
+        Command::DeleteSubscriptionGroup(DeleteGroup { group: "g".into(), clean_offset: true }).encode(&mut out).unwrap();
+        assert_eq!(out, [14, 1, 0, 0, 0, 0, 0, 0, 0, b'g', 1]);
+        let g = SubscriptionGroupConfig::new("g");
+        let mut out = Vec::new();
+        Command::UpsertSubscriptionGroup(g.clone()).encode(&mut out).unwrap();
+        assert_eq!(out[0], 13);
+        assert_eq!(out.len(), 1 + 8 + 1 + 3 + 2 * 4 + 2 * 8 + 1 + 4 + 4, "name, 3 bools, 2 i32, 2 i64, bool, 2 i32");
+        assert_eq!(Command::decode(&Bytes::from(out.clone()), None).unwrap(), Command::UpsertSubscriptionGroup(g));
+        // Cut anywhere, it is an error, never a panic or a silent read.
+        for cut in 1..out.len() {
+            assert!(Command::decode(&Bytes::copy_from_slice(&out[..cut]), None).is_err(), "cut at {cut}");
+        }
+        // A tag this version does not know stays an error (an older binary reading a newer log).
+        assert_eq!(Command::decode(&Bytes::from_static(&[16, 0]), None), Err(PayloadError::UnknownTag(16)));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!
 //! One module per record kind: [`queues`] (produce), [`topics`], [`offsets`], [`clock`], [`schedule`]
 //! (delay levels and deliveries), [`txn`] (pending transactions), [`dedup`] (the window of recent message
-//! ids), [`retention`] (the purge floor), [`locks`] (orderly consumers' queue leases); [`offsets`] also holds the markers of server-side offset resets. [`command`] is the versioned log-body codec. Not here: openraft,
+//! ids), [`retention`] (the purge floor), [`locks`] (orderly consumers' queue leases), [`groups`] (subscription groups and topic deletion); [`offsets`] also holds the markers of server-side offset resets. [`command`] is the versioned log-body codec. Not here: openraft,
 //! checkpoint and snapshot files, consume-queue files (all in `raftmq-raft`), and deciding *when* to
 //! deliver (the leader's broker, which proposes entries).
 
@@ -17,6 +17,7 @@ pub mod clock;
 pub mod command;
 pub mod dedup;
 pub mod error;
+pub mod groups;
 pub mod locks;
 pub mod offsets;
 pub mod queues;
@@ -38,6 +39,7 @@ pub use command::{
 };
 pub use dedup::{DedupWindow, Seen};
 pub use error::PayloadError;
+pub use groups::{is_undeletable_topic, DeleteGroup, SubscriptionGroupConfig, SubscriptionGroups, SUBSCRIPTION_GROUPS_MAX};
 pub use locks::{Lease, LockRequest, QueueKey, QueueLocks, UnlockRequest};
 pub use offsets::{ConsumerOffsets, ResetMarkers, RESET_MARKERS_MAX};
 pub use queues::{ApplyError, QueueState, QueueStore};
@@ -85,6 +87,9 @@ pub struct BrokerState {
     pub reset_markers: ResetMarkers,
     /// Orderly consumers' queue leases (see [`locks`]).
     pub locks: QueueLocks,
+    /// Subscription groups created by admin requests (see [`groups`]); last, so that checkpoint version 5
+    /// is this layout without it.
+    pub subscription_groups: SubscriptionGroups,
 }
 
 impl BrokerState {
@@ -127,7 +132,7 @@ impl BrokerState {
                 CommandResponse::Produced(results)
             }
             Command::CommitOffsets(commits) => {
-                offsets::apply_commits(&mut self.consumer_offsets, &mut self.reset_markers, commits);
+                offsets::apply_commits(&mut self.consumer_offsets, &mut self.reset_markers, &self.topics, commits);
                 CommandResponse::Done
             }
             Command::ResetOffsets(reset) => {
@@ -164,6 +169,28 @@ impl BrokerState {
                 self.clock.advance(r.stamp_ms);
                 self.locks.unlock(r, self.clock.now_ms);
                 CommandResponse::Done
+            }
+            Command::UpsertSubscriptionGroup(g) => match groups::apply_upsert(&mut self.subscription_groups, g) {
+                Ok(()) => CommandResponse::Done,
+                Err(why) => CommandResponse::Refused(why),
+            },
+            Command::DeleteSubscriptionGroup(d) => {
+                groups::apply_delete_group(&mut self.subscription_groups, &mut self.consumer_offsets, &mut self.reset_markers, d);
+                CommandResponse::Done
+            }
+            Command::DeleteTopic(topic) => {
+                let tables = groups::TopicTables {
+                    topics: &mut self.topics,
+                    queues: &mut self.queues,
+                    offsets: &mut self.consumer_offsets,
+                    markers: &mut self.reset_markers,
+                    retention: &mut self.retention,
+                    locks: &mut self.locks,
+                };
+                match groups::apply_delete_topic(tables, topic) {
+                    Ok(()) => CommandResponse::Done,
+                    Err(why) => CommandResponse::Refused(why),
+                }
             }
         };
         #[cfg(debug_assertions)]
@@ -833,6 +860,99 @@ mod tests {
         assert_eq!(committed(&back, 1), Some(7), "the restored replica still ignores stale commits");
     }
 
+    /// Topic A with messages, offsets of two groups on A and B, a reset marker and a lease on A.
+    fn with_a_consumed_topic() -> (BrokerState, MemQueues) {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        topic(&mut s, &mut q, "A", 2);
+        topic(&mut s, &mut q, "B", 1);
+        let mut pos = 0;
+        let produce = Command::ProduceAt(Produce {
+            time_ms: 10,
+            queues: vec![QueueAppend { topic: "A".into(), queue_id: 1, messages: vec![msg(1, 3), msg(2, 3)] }],
+            ..Produce::default()
+        });
+        s.apply(&logged(produce, &mut pos), &mut q).unwrap();
+        let c = |group: &str, topic: &str, offset| OffsetCommit { group: group.into(), topic: topic.into(), queue_id: 0, offset };
+        s.apply(&Command::CommitOffsets(vec![c("g", "A", 1), c("g", "B", 4), c("h", "A", 2)]), &mut q).unwrap();
+        s.apply(&Command::ResetOffsets(OffsetReset { group: "h".into(), topic: "A".into(), offsets: vec![(1, 0)] }), &mut q).unwrap();
+        s.apply(&lock_cmd("g", "c1", &[0], 10, 100), &mut q).unwrap();
+        (s, q)
+    }
+
+    #[test]
+    fn deleting_a_topic_removes_its_config_queues_offsets_markers_and_leases_and_a_new_one_starts_at_zero() {
+        let (mut s, mut q) = with_a_consumed_topic();
+        assert_eq!(s.queues["A"][&1].next_offset, 2);
+        assert_eq!(s.locks.len(), 1);
+        assert_eq!(s.apply(&Command::DeleteTopic("A".into()), &mut q).unwrap(), CommandResponse::Done);
+        assert!(!s.topics.contains_key("A") && !s.queues.contains_key("A"));
+        assert_eq!(s.consumer_offsets.get("g").map(|t| t.keys().cloned().collect::<Vec<_>>()), Some(vec!["B".to_string()]));
+        assert!(!s.consumer_offsets.contains_key("h"), "a group left with no offsets is gone");
+        assert!(s.reset_markers.is_empty() && s.locks.is_empty());
+        // A send to it now is refused like one to a topic never created.
+        let mut pos = 100;
+        let send = |s: &mut BrokerState, q: &mut MemQueues, pos: &mut u64| {
+            let p = Command::ProduceAt(Produce {
+                time_ms: 20,
+                queues: vec![QueueAppend { topic: "A".into(), queue_id: 1, messages: vec![msg(3, 3)] }],
+                ..Produce::default()
+            });
+            s.apply(&logged(p, pos), q).unwrap()
+        };
+        let r = send(&mut s, &mut q, &mut pos);
+        assert!(
+            matches!(&r, CommandResponse::Produced(v) if matches!(&v[0], QueueAppendResult::Rejected(w) if w.contains("does not exist")))
+        );
+        // A commit the leader proposed before the deletion and that is applied after it does not bring the
+        // group's offset back.
+        let late = OffsetCommit { group: "g".into(), topic: "A".into(), queue_id: 1, offset: 2 };
+        s.apply(&Command::CommitOffsets(vec![late]), &mut q).unwrap();
+        assert!(s.consumer_offsets.get("g").is_some_and(|t| !t.contains_key("A")));
+        // Deleting it again changes nothing.
+        let before = s.clone();
+        assert_eq!(s.apply(&Command::DeleteTopic("A".into()), &mut q).unwrap(), CommandResponse::Done);
+        assert_eq!(s, before);
+        // Created again under the same name, its queues start at offset 0.
+        topic(&mut s, &mut q, "A", 2);
+        let CommandResponse::Produced(v) = send(&mut s, &mut q, &mut pos) else { panic!() };
+        let QueueAppendResult::Stored(at) = &v[0] else { panic!("{v:?}") };
+        assert_eq!(at[0].queue_offset, 0);
+    }
+
+    #[test]
+    fn system_topics_are_not_deleted() {
+        let (mut s, mut q) = (BrokerState::default(), MemQueues::default());
+        for t in [SCHEDULE_TOPIC, TIMER_TOPIC, TRANS_HALF_TOPIC, "TBW102"] {
+            topic(&mut s, &mut q, t, 1);
+            let before = s.clone();
+            let r = s.apply(&Command::DeleteTopic(t.into()), &mut q).unwrap();
+            assert_eq!(r, CommandResponse::Refused(format!("The topic[{t}] is conflict with system topic.")));
+            assert_eq!(s, before);
+        }
+    }
+
+    #[test]
+    fn groups_are_created_changed_and_deleted_with_or_without_their_offsets() {
+        let (mut s, mut q) = with_a_consumed_topic();
+        let mut g = SubscriptionGroupConfig::new("g");
+        assert_eq!(s.apply(&Command::UpsertSubscriptionGroup(g.clone()), &mut q).unwrap(), CommandResponse::Done);
+        g.consume_enable = false;
+        s.apply(&Command::UpsertSubscriptionGroup(g.clone()), &mut q).unwrap();
+        assert_eq!(s.subscription_groups.get("g"), Some(&g));
+        let del = |group: &str, clean_offset| Command::DeleteSubscriptionGroup(DeleteGroup { group: group.into(), clean_offset });
+        s.apply(&del("g", false), &mut q).unwrap();
+        assert!(s.subscription_groups.is_empty());
+        assert!(s.consumer_offsets.contains_key("g"), "without cleanOffset the offsets stay");
+        // cleanOffset drops the offsets and reset markers of a group, also one that has no config.
+        s.apply(&del("h", true), &mut q).unwrap();
+        assert!(!s.consumer_offsets.contains_key("h") && s.reset_markers.is_empty());
+        assert!(s.consumer_offsets.contains_key("g"));
+        // Survives a checkpoint round trip.
+        s.apply(&Command::UpsertSubscriptionGroup(g.clone()), &mut q).unwrap();
+        let back: BrokerState = bincode::deserialize(&bincode::serialize(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
     fn lock_key(queue_id: u32) -> QueueKey {
         QueueKey { topic: "A".into(), broker_name: "broker-a".into(), queue_id }
     }
@@ -917,7 +1037,7 @@ mod tests {
             1 => (0i64..2000, 1u64..6).prop_map(|(window_ms, keys_max)| Command::SetDedupWindow(DedupSettings { window_ms, keys_max })),
             1 => proptest::collection::vec(part, 0..2).prop_map(Command::Produce),
             1 => (topic.clone(), 1u32..4, 1u32..4).prop_map(|(name, r, w)| Command::UpsertTopic(TopicConfig { name, read_queues: r, write_queues: w, perm: 6 })),
-            1 => ("[gh]", topic, 0u32..4, 0u64..10).prop_map(|(group, topic, queue_id, offset)| Command::CommitOffsets(vec![OffsetCommit { group, topic, queue_id, offset }])),
+            1 => ("[gh]", topic.clone(), 0u32..4, 0u64..10).prop_map(|(group, topic, queue_id, offset)| Command::CommitOffsets(vec![OffsetCommit { group, topic, queue_id, offset }])),
             1 => proptest::collection::vec(0u64..5000, 0..4).prop_map(Command::SetDelayLevels),
             1 => (1u64..40, 0u64..400, proptest::collection::vec(("[AB]", 0u32..4, 0u64..10), 0..3), any::<bool>())
                 .prop_map(|(index, pos, queues, last)| Command::Retain(Retain { point: RetainPoint { index, pos, decided_ms: 0, reason: 0 }, queues, last })),
@@ -933,6 +1053,11 @@ mod tests {
             1 => ("[gh]", "c[12]", proptest::collection::vec(0u32..4, 0..3), 0i64..3000)
                 .prop_map(|(group, client_id, ids, stamp_ms)| Command::Unlock(UnlockRequest {
                     group, client_id, queues: ids.into_iter().map(lock_key).collect(), stamp_ms })),
+            // Topic deletion (system topics are refused), recreation by a later upsert, and groups.
+            1 => topic.clone().prop_map(Command::DeleteTopic),
+            1 => ("[gh]", any::<bool>()).prop_map(|(group, consume_enable)| Command::UpsertSubscriptionGroup(
+                SubscriptionGroupConfig { consume_enable, ..SubscriptionGroupConfig::new(group) })),
+            1 => ("[gh]", any::<bool>()).prop_map(|(group, clean_offset)| Command::DeleteSubscriptionGroup(DeleteGroup { group, clean_offset })),
         ]
     }
 

@@ -172,6 +172,15 @@ impl QueueLocks {
         ended
     }
 
+    /// Ends every lease on a queue of `topic` (the topic was deleted).
+    pub(crate) fn drop_topic(&mut self, topic: &str) {
+        self.expiry.retain(|(_, _, q)| q.topic != topic);
+        for qs in self.groups.values_mut() {
+            qs.retain(|q, _| q.topic != topic);
+        }
+        self.groups.retain(|_, qs| !qs.is_empty());
+    }
+
     /// Structural checks (debug builds, after every apply).
     ///
     /// # Panics

@@ -79,9 +79,21 @@ fn remove_marker(markers: &mut ResetMarkers, group: &str, topic: &str, queue_id:
 }
 
 /// Applies offset commits in order; a commit for a marked queue is ignored, and one of exactly the marked
-/// offset ends the marker.
-pub(crate) fn apply_commits(offsets: &mut ConsumerOffsets, markers: &mut ResetMarkers, commits: &[OffsetCommit]) {
+/// offset ends the marker. A commit for a topic that does not exist is ignored: the leader proposes commits
+/// only for existing topics, so that happens only when a topic deletion was applied between the proposal and
+/// this entry — the group's offset on the deleted topic must not come back (and apply to a topic created again
+/// under the same name). Before topics could be deleted no committed commit named a missing topic, so older
+/// logs apply as before.
+pub(crate) fn apply_commits(
+    offsets: &mut ConsumerOffsets,
+    markers: &mut ResetMarkers,
+    topics: &BTreeMap<String, TopicConfig>,
+    commits: &[OffsetCommit],
+) {
     for c in commits {
+        if !topics.contains_key(&c.topic) {
+            continue;
+        }
         if let Some(reset) = marker(markers, &c.group, &c.topic, c.queue_id) {
             if c.offset == reset {
                 remove_marker(markers, &c.group, &c.topic, c.queue_id);

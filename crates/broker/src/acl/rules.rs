@@ -50,13 +50,18 @@ pub fn rule(code: RequestCode) -> Option<Rule> {
         // Only an offset travels; the topic is known after the read. RocketMQ maps no resource either.
         RequestCode::VIEW_MESSAGE_BY_ID => Signed,
         RequestCode::UPDATE_AND_CREATE_TOPIC | RequestCode::INVOKE_BROKER_TO_RESET_OFFSET => Admin,
+        // RocketMQ's `Permission.ADMIN_CODE` holds these three (and 17): admin accounts only.
+        RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP | RequestCode::DELETE_SUBSCRIPTIONGROUP | RequestCode::DELETE_TOPIC_IN_BROKER => {
+            Admin
+        }
         // Read-only statistics for mqadmin and the Dashboard (admin.rs); RocketMQ maps no resource for them.
         RequestCode::GET_TOPIC_STATS_INFO
         | RequestCode::GET_CONSUME_STATS
         | RequestCode::GET_BROKER_RUNTIME_INFO
         | RequestCode::GET_ALL_TOPIC_CONFIG
         | RequestCode::GET_CONSUMER_CONNECTION_LIST
-        | RequestCode::GET_PRODUCER_CONNECTION_LIST => Signed,
+        | RequestCode::GET_PRODUCER_CONNECTION_LIST
+        | RequestCode::GET_ALL_SUBSCRIPTIONGROUP_CONFIG => Signed,
         RequestCode(
             RAFTMQ_NODE_STATUS
             | RAFTMQ_SET_DELAY_LEVELS
@@ -223,6 +228,10 @@ mod tests {
             (req(RequestCode::VIEW_MESSAGE_BY_ID, &[("offset", "0")]), Rule::Signed, vec![]),
             (req(RequestCode::UPDATE_AND_CREATE_TOPIC, &[("topic", "T")]), Rule::Admin, vec![]),
             (req(RequestCode::INVOKE_BROKER_TO_RESET_OFFSET, &[("topic", "T"), ("group", "G")]), Rule::Admin, vec![]),
+            (req(RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, &[]), Rule::Admin, vec![]),
+            (req(RequestCode::DELETE_SUBSCRIPTIONGROUP, &[("groupName", "G")]), Rule::Admin, vec![]),
+            (req(RequestCode::DELETE_TOPIC_IN_BROKER, &[("topic", "T")]), Rule::Admin, vec![]),
+            (req(RequestCode::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, &[]), Rule::Signed, vec![]),
         ];
         for (r, want_rule, want) in cases {
             assert_eq!(rule(r.request_code()), Some(want_rule), "{}", r.request_code());
@@ -240,7 +249,7 @@ mod tests {
             assert_eq!(rule(RequestCode(code)), Some(Rule::Admin), "{code}");
         }
         // Codes the broker does not serve have no rule (and are refused as unsupported).
-        for c in [RequestCode::DELETE_TOPIC_IN_BROKER, RequestCode::UPDATE_BROKER_CONFIG, RequestCode::GET_ROUTEINFO_BY_TOPIC] {
+        for c in [RequestCode::UPDATE_BROKER_CONFIG, RequestCode::GET_ROUTEINFO_BY_TOPIC] {
             assert_eq!(rule(c), None, "{c}");
         }
     }

@@ -122,8 +122,17 @@ fn cpp_client_requests_with_ons_channel_verify() {
 #[test]
 fn unserved_codes_and_unparseable_bodies_are_refused() {
     let a = acl(SAMPLE);
-    let e = a.check(&signed(RemotingCommand::request(RequestCode::DELETE_TOPIC_IN_BROKER, 1), "rocketmq2", "12345678"), local());
+    let e = a.check(&signed(RemotingCommand::request(RequestCode::UPDATE_BROKER_CONFIG, 1), "rocketmq2", "12345678"), local());
     assert!(e.unwrap_err().contains("has no ACL rule"));
+    // Deleting a topic or a group, or changing a group, is for admin accounts only (RocketMQ's ADMIN_CODE).
+    for code in
+        [RequestCode::DELETE_TOPIC_IN_BROKER, RequestCode::DELETE_SUBSCRIPTIONGROUP, RequestCode::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP]
+    {
+        let r = RemotingCommand::request(code, 1).with_ext("topic", "topicA").with_ext("groupName", "groupA");
+        let e = a.check(&signed(r.clone(), "RocketMQ", "12345678"), local()).unwrap_err();
+        assert!(e.contains("needs an admin account"), "{code}: {e}");
+        assert_eq!(a.check(&signed(r, "rocketmq2", "12345678"), local()), Ok(()), "{code} by the admin account");
+    }
     let hb = RemotingCommand::request(RequestCode::HEART_BEAT, 1).with_body(&b"{"[..]);
     let e = a.check(&signed(hb, "RocketMQ", "12345678"), local()).unwrap_err();
     assert!(e.contains("cannot authorise HEART_BEAT(34) for accessKey=RocketMQ: the heartbeat body does not parse"), "{e}");

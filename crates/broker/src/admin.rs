@@ -198,19 +198,22 @@ fn connection((client_id, info): (String, ClientInfo)) -> Connection {
     Connection { client_id, client_addr: info.addr, language: info.language, version: i64::from(info.version) }
 }
 
-/// A parsed tag subscription as RocketMQ's `SubscriptionData` (what `FilterAPI.build` makes of the expression).
+/// A parsed subscription as RocketMQ's `SubscriptionData` (what `FilterAPI.build` makes of the expression;
+/// SQL92 subscriptions have no tags).
 fn subscription_data(topic: String, s: &Subscription) -> SubscriptionData {
     let tags: Vec<String> = match s.codes {
         None => Vec::new(),
         Some(_) => s.expression.split("||").map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
     };
+    let expression_type =
+        if s.is_sql() { raftmq_remoting::body::EXPRESSION_TYPE_SQL92 } else { raftmq_remoting::body::EXPRESSION_TYPE_TAG };
     SubscriptionData {
         class_filter_mode: false,
         code_set: tags.iter().map(|t| raftmq_remoting::message::java_string_hash(t)).collect(),
         tags_set: tags,
         sub_string: s.expression.clone(),
         sub_version: s.version,
-        expression_type: raftmq_remoting::body::EXPRESSION_TYPE_TAG.to_string(),
+        expression_type: expression_type.to_string(),
         topic,
     }
 }

@@ -782,6 +782,7 @@ async fn dispatch(b: &Arc<BrokerInner>, conn: &Conn, req: &RemotingCommand) -> c
         RequestCode::SEARCH_OFFSET_BY_TIMESTAMP => b.search_offset(req),
         RequestCode::GET_EARLIEST_MSG_STORETIME => b.earliest_store_time(req),
         RequestCode::HEART_BEAT => b.heartbeat(conn, req).await,
+        RequestCode::CHECK_CLIENT_CONFIG => b.check_client_config(req),
         RequestCode::UNREGISTER_CLIENT => b.unregister_client(req),
         RequestCode::GET_CONSUMER_LIST_BY_GROUP => b.consumer_list(req),
         RequestCode::LOCK_BATCH_MQ => b.lock_batch(req).await,

@@ -196,6 +196,17 @@ pub struct BrokerConfig {
     /// Most subscribed topics per consumer group.
     #[serde(default = "default_per_group_max")]
     pub subscriptions_per_group_max: usize,
+    /// Serve SQL92 property filters (`MessageSelector.bySql`) to consumers (RocketMQ
+    /// `enablePropertyFilter`, whose default is false). Default true: raftmq evaluates a selector only at
+    /// pull time, only for SQL92 subscriptions, within bounded expressions and [`BrokerConfig::pull_filter_scan_max`],
+    /// so it costs nothing to other consumers. When false, SQL92 pulls and CHECK_CLIENT_CONFIG are refused
+    /// with RocketMQ's SYSTEM_ERROR "The broker does not support consumer to filter message by SQL92".
+    #[serde(default = "default_true")]
+    pub enable_property_filter: bool,
+    /// Most messages one SQL92-filtered pull reads and evaluates (`pullFilterScanMax`); a pull that finds
+    /// no match among them answers PULL_RETRY_IMMEDIATELY with `nextBeginOffset` past them.
+    #[serde(default = "default_pull_filter_scan_max")]
+    pub pull_filter_scan_max: usize,
     /// Most queue locks held at once (orderly consumers), over all groups; replicated state, enforced at
     /// apply with the value the leader puts into each lock entry.
     #[serde(default = "default_locks_max")]
@@ -556,6 +567,13 @@ fn default_entry_bytes_max() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+/// Default of `pullFilterScanMax`.
+pub const PULL_FILTER_SCAN_MAX_DEFAULT: usize = 1024;
+/// Largest `pullFilterScanMax` accepted.
+pub const PULL_FILTER_SCAN_MAX_LIMIT: usize = 65_536;
+fn default_pull_filter_scan_max() -> usize {
+    PULL_FILTER_SCAN_MAX_DEFAULT
 }
 fn default_queue_nums() -> u32 {
     4
@@ -936,6 +954,9 @@ impl BrokerConfig {
                 return bad(format!("{key} must be positive"));
             }
         }
+        if self.pull_filter_scan_max == 0 || self.pull_filter_scan_max > PULL_FILTER_SCAN_MAX_LIMIT {
+            return bad(format!("pullFilterScanMax must be within 1..={PULL_FILTER_SCAN_MAX_LIMIT}"));
+        }
         if !LOCK_TTL_MS_RANGE.contains(&self.lock_ttl_ms) {
             return bad(format!(
                 "lockTtlMs must be within {}..={} (clients renew locks every 20000 ms)",
@@ -1050,6 +1071,21 @@ clientAddr = "127.0.0.1:10921"
             let mut c = d.clone();
             (c.metrics_topics_max, c.metrics_lag_series_max) = (topics, lag);
             assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn property_filter_defaults_on_and_the_scan_limit_is_checked() {
+        let d = BrokerConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!((d.enable_property_filter, d.pull_filter_scan_max), (true, PULL_FILTER_SCAN_MAX_DEFAULT));
+        let c = BrokerConfig::from_toml(&format!("enablePropertyFilter = false\npullFilterScanMax = 64\n{SAMPLE}")).unwrap();
+        assert_eq!((c.enable_property_filter, c.pull_filter_scan_max), (false, 64));
+        let mut c = d.clone();
+        c.pull_filter_scan_max = PULL_FILTER_SCAN_MAX_LIMIT;
+        c.validate().expect("at the limit");
+        for v in [0, PULL_FILTER_SCAN_MAX_LIMIT + 1] {
+            c.pull_filter_scan_max = v;
+            assert!(c.validate().unwrap_err().0.contains("pullFilterScanMax must be within 1..=65536"), "{v}");
         }
     }
 

@@ -56,16 +56,26 @@ pub fn tag_hash(tag: &str) -> i64 {
     i64::from(raftmq_remoting::message::java_string_hash(tag))
 }
 
-/// A parsed subscription expression (`*`, or tags joined by `||`).
+/// A parsed subscription expression: a TAG expression (`*`, or tags joined by `||`) or a SQL92 selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     /// The expression as sent.
     pub expression: String,
-    /// Tag hashes accepted; `None` means every message.
+    /// Tag hashes accepted; `None` means every message (also for SQL92, whose filter is [`Subscription::sql`]).
     pub codes: Option<Vec<i64>>,
     /// Subscription version sent by the client.
     pub version: i64,
+    /// For a non-TAG expression type: its compiled SQL92 selector, or why it was refused. `Ok(None)` for a
+    /// SQL92 subscription to everything (`*` or empty, as the Rust client sends for `by_sql("*")`).
+    pub sql: Option<SqlFilter>,
 }
+
+/// A SQL92 subscription: the compiled selector (`None`: every message) or why it could not be compiled.
+pub type SqlFilter = Result<Option<Arc<raftmq_filter::Selector>>, SqlRefusal>;
+
+/// Why a non-TAG subscription cannot be used; answered with SUBSCRIPTION_PARSE_FAILED (23).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlRefusal(pub String);
 
 impl Subscription {
     /// Parses a TAG expression. Empty or `*` matches everything.
@@ -79,13 +89,52 @@ impl Subscription {
             c.dedup();
             Some(c)
         };
-        Subscription { expression: e.to_string(), codes, version }
+        Subscription { expression: e.to_string(), codes, version, sql: None }
     }
 
-    /// True when a message with tag hash `code` matches.
+    /// Parses an expression of `expression_type` (none, empty or `TAG`: a tag expression; `SQL92`: a
+    /// selector). A SQL92 expression that does not compile, or another type, is kept with its refusal.
+    pub fn parse_typed(expression: &str, expression_type: Option<&str>, version: i64) -> Subscription {
+        if raftmq_remoting::body::is_tag_type(expression_type) {
+            return Subscription::parse(expression, version);
+        }
+        let e = expression.trim();
+        let sql = match expression_type {
+            Some(raftmq_filter::EXPRESSION_TYPE_SQL92) if e.is_empty() || e == "*" => Ok(None),
+            Some(raftmq_filter::EXPRESSION_TYPE_SQL92) => raftmq_filter::Selector::parse(expression)
+                .map(|s| Some(Arc::new(s)))
+                .map_err(|err| SqlRefusal(format!("SQL92 expression {} is invalid {err}", quoted_prefix(expression)))),
+            other => Err(SqlRefusal(format!("unknown expression type {:?} (TAG or SQL92)", other.unwrap_or_default()))),
+        };
+        Subscription { expression: e.to_string(), codes: None, version, sql: Some(sql) }
+    }
+
+    /// True for a non-TAG (SQL92) subscription.
+    pub fn is_sql(&self) -> bool {
+        self.sql.is_some()
+    }
+
+    /// True when a message with tag hash `code` matches (SQL92 subscriptions pass every hash: their
+    /// filter needs the message's properties).
     pub fn matches(&self, code: i64) -> bool {
         self.codes.as_ref().is_none_or(|c| c.binary_search(&code).is_ok())
     }
+}
+
+/// Bytes of an expression quoted in a refusal's remark (the rest is elided): remarks stay small whatever a
+/// client sends.
+pub const REMARK_EXPRESSION_BYTES_MAX: usize = 256;
+
+/// `expression` quoted, cut to at most [`REMARK_EXPRESSION_BYTES_MAX`] bytes (at a character boundary).
+fn quoted_prefix(expression: &str) -> String {
+    if expression.len() <= REMARK_EXPRESSION_BYTES_MAX {
+        return format!("{expression:?}");
+    }
+    let mut end = REMARK_EXPRESSION_BYTES_MAX;
+    while !expression.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &expression[..end], expression.len())
 }
 
 /// How a consumer group consumes.
@@ -470,6 +519,23 @@ mod tests {
         assert_eq!(tag_hash("TagA"), 2598919);
         assert_eq!(tag_hash("hello world"), 1794106052);
         assert_eq!(tag_hash("€"), 8364);
+    }
+
+    #[test]
+    fn sql92_refusals_quote_at_most_a_prefix_of_the_expression() {
+        let long = format!("a = '{}", "é".repeat(10_000));
+        let Some(Err(why)) = Subscription::parse_typed(&long, Some("SQL92"), 1).sql else { panic!("refused") };
+        assert!(why.0.len() < REMARK_EXPRESSION_BYTES_MAX + 200, "{} bytes", why.0.len());
+        assert!(why.0.contains("(20005 bytes)") && why.0.contains("at byte 4096"), "{}", why.0);
+        let Some(Err(why)) = Subscription::parse_typed("a >", Some("SQL92"), 1).sql else { panic!("refused") };
+        assert_eq!(
+            why.0,
+            "SQL92 expression \"a >\" is invalid at byte 3: unexpected end of expression, expected a literal, a property or '('"
+        );
+        assert_eq!(
+            Subscription::parse_typed("a > 1", Some("SQL92"), 7).sql.map(|r| r.map(|s| s.map(|s| s.source().to_string()))),
+            Some(Ok(Some("a > 1".into())))
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`store`]: RocketMQ message-store semantics (put, get, offsets, long polling) over the Raft member.
 //! - [`topics`]: topic validation and reserved names.
 //! - [`consumers`]: consumer and producer groups from heartbeats, subscriptions, expiry.
+//! - `sql_filter.rs`: SQL92 property filters at pull time (`raftmq_filter` selectors), CHECK_CLIENT_CONFIG.
 //! - [`broker`]: the running node — startup, nameserver registration, request dispatch; the processors
 //!   live in `processor.rs` (pull, offsets, clients, topics), `send.rs` (sends and send-back), `schedule.rs`
 //!   (delayed and timer delivery), `txn.rs` (transactions and the de-duplication window), `members.rs`
@@ -43,6 +44,7 @@ mod reset;
 pub mod retention;
 mod schedule;
 mod send;
+mod sql_filter;
 pub mod store;
 pub mod topics;
 mod txn;

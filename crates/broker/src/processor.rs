@@ -236,9 +236,17 @@ impl BrokerInner {
         // The subscription carried by the pull, else the one remembered from heartbeats (some clients send
         // none), else everything; clients filter again by tag string.
         let sub = match h.carried_subscription() {
-            Some(expr) => Subscription::parse(expr, h.sub_version),
+            Some(expr) => Subscription::parse_typed(expr, h.expression_type.as_deref(), h.sub_version),
             None => self.clients.subscription(&h.consumer_group, &h.topic).unwrap_or_else(|| Subscription::parse("*", 0)),
         };
+        // A SQL92 selector is tested on each candidate's stored properties; unmatched messages stay here.
+        let selector = match crate::sql_filter::pull_selector(&sub, self.cfg.enable_property_filter) {
+            Ok(s) => s,
+            Err((code, why)) => return reply(req, code, why),
+        };
+        let by_message = |data: &[u8]| selector.as_deref().is_none_or(|s| crate::sql_filter::message_matches(s, data));
+        let by_message: Option<(&crate::store::MessageFilter<'_>, usize)> =
+            selector.is_some().then_some((&by_message as &crate::store::MessageFilter<'_>, self.cfg.pull_filter_scan_max));
         if let Some(off) = h.carried_commit_offset().filter(|o| *o >= 0) {
             // A piggybacked commit is best effort: one the offset table cannot take is dropped silently.
             if self.check_leader(req).is_ok() && self.check_offset_commit(&h.consumer_group, &h.topic, h.queue_id).is_ok() {
@@ -257,7 +265,7 @@ impl BrokerInner {
         }
         let max_nums = h.max_msg_nums.clamp(1, 1024) as usize;
         let max_bytes = h.max_msg_bytes.filter(|b| *b > 0).map(|b| b as usize).unwrap_or(PULL_BYTES_MAX);
-        let mut result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
+        let mut result = self.store.get_filtered(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c), by_message);
         let may_wait = h.sys_flag & pull_sys_flag::SUSPEND != 0 && h.suspend_timeout_millis > 0;
         let nothing_yet =
             matches!(result.status, GetStatus::OffsetOverflowOne) || (result.status == GetStatus::NoMessageInQueue && offset == 0);
@@ -296,7 +304,7 @@ impl BrokerInner {
                     }
                 }
             }
-            result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
+            result = self.store.get_filtered(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c), by_message);
         }
         // PULL_OFFSET_MOVED makes the client jump to nextBeginOffset and commit it: irreversible. Only a leader
         // whose leadership a quorum confirms right now may say so (openraft 0.9 keeps a deposed leader in the
@@ -304,7 +312,7 @@ impl BrokerInner {
         let mut confirmed = false;
         if moves_consumer(result.status, offset) && self.check_leader(req).is_ok() && self.node.read_barrier().await.is_ok() {
             confirmed = true;
-            result = self.store.get(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c));
+            result = self.store.get_filtered(&h.topic, qid, offset, max_nums, max_bytes, |c| sub.matches(c), by_message);
         }
         let mut next_begin_offset = result.next_begin_offset as i64;
         let mut unconfirmed = false;
@@ -483,6 +491,7 @@ impl BrokerInner {
             }
         }
         let mut refused = Vec::new();
+        let mut unparsable = Vec::new();
         let info = ClientInfo { addr: conn.peer().to_string(), language: req.language.name().to_string(), version: req.version };
         let link: Arc<dyn ClientLink> = Arc::new(ConnLink(conn.clone(), info));
         for p in &hb.producer_data_set {
@@ -495,8 +504,18 @@ impl BrokerInner {
                 WireMessageModel::Broadcasting => MessageModel::Broadcasting,
                 _ => MessageModel::Clustering,
             };
-            let subscriptions =
-                c.subscription_data_set.iter().map(|s| (s.topic.clone(), Subscription::parse(&s.sub_string, s.sub_version))).collect();
+            let subscriptions: Vec<(String, Subscription)> = c
+                .subscription_data_set
+                .iter()
+                .map(|s| (s.topic.clone(), Subscription::parse_typed(&s.sub_string, Some(s.expression_type.as_str()), s.sub_version)))
+                .collect();
+            // A SQL92 expression that does not compile is kept as refused (pulls relying on it get 23 with
+            // the reason) and the heartbeat is answered 23 after everything else of it was recorded.
+            for (topic, sub) in &subscriptions {
+                if let Some(Err(why)) = &sub.sql {
+                    unparsable.push(format!("group {} topic {topic}: {}", c.group_name, why.0));
+                }
+            }
             let recorded = self.clients.consumer_heartbeat(
                 &hb.client_id,
                 Arc::clone(&link),
@@ -522,6 +541,9 @@ impl BrokerInner {
         }
         if !refused.is_empty() {
             return reply(req, ResponseCode::SYSTEM_ERROR, refused.join("; "));
+        }
+        if !unparsable.is_empty() {
+            return reply(req, ResponseCode::SUBSCRIPTION_PARSE_FAILED, unparsable.join("; "));
         }
         Some(ok(req).into())
     }

@@ -75,6 +75,9 @@ impl GotMessage {
     }
 }
 
+/// A test on a stored message's bytes (a SQL92 selector over its properties), for [`MessageStore::get_filtered`].
+pub type MessageFilter<'a> = dyn Fn(&[u8]) -> bool + Sync + 'a;
+
 /// Result of a get.
 #[derive(Debug, Clone)]
 pub struct GetResult {
@@ -388,6 +391,10 @@ impl MessageStore {
 
     fn message_at(&self, unit: &CqUnit, queue_offset: u64) -> Option<GotMessage> {
         let data = self.node.commitlog().read_at(unit.phys_offset, unit.size as usize)?;
+        Self::got_message(unit, queue_offset, data)
+    }
+
+    fn got_message(unit: &CqUnit, queue_offset: u64, data: Bytes) -> Option<GotMessage> {
         if data.len() < PHYSICAL_OFFSET_AT + 8 {
             return None;
         }
@@ -413,6 +420,23 @@ impl MessageStore {
         max_nums: usize,
         max_bytes: usize,
         filter: impl Fn(i64) -> bool,
+    ) -> GetResult {
+        self.get_filtered(topic, queue_id, offset, max_nums, max_bytes, filter, None)
+    }
+
+    /// [`MessageStore::get`] with a second filter on the stored message bytes (a SQL92 selector over its
+    /// properties) for the units the tag-hash filter passes, reading and testing at most `scan_max` of them:
+    /// the pull then ends with `nextBeginOffset` past the last unit examined, matched or not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_filtered(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_nums: usize,
+        max_bytes: usize,
+        filter: impl Fn(i64) -> bool,
+        by_message: Option<(&MessageFilter<'_>, usize)>,
     ) -> GetResult {
         let Some(q) = self.queue(topic, queue_id) else {
             return GetResult {
@@ -444,8 +468,12 @@ impl MessageStore {
         let mut messages = Vec::with_capacity(max_nums.min((scan_end - offset) as usize));
         let mut bytes = 0usize;
         let mut next = offset;
+        let mut examined = 0usize;
         for o in offset..scan_end {
             if messages.len() >= max_nums || (bytes >= max_bytes && !messages.is_empty()) {
+                break;
+            }
+            if by_message.is_some_and(|(_, scan_max)| examined >= scan_max) {
                 break;
             }
             let Some(unit) = q.get(o) else { break };
@@ -453,7 +481,18 @@ impl MessageStore {
             if !filter(unit.tags_code) {
                 continue;
             }
-            match self.message_at(&unit, o) {
+            let got = match by_message {
+                None => self.message_at(&unit, o),
+                Some((matches, _)) => {
+                    examined += 1;
+                    match self.node.commitlog().read_at(unit.phys_offset, unit.size as usize) {
+                        Some(data) if !matches(&data) => continue,
+                        Some(data) => Self::got_message(&unit, o, data),
+                        None => None,
+                    }
+                }
+            };
+            match got {
                 Some(m) => {
                     bytes += m.len();
                     messages.push(m);

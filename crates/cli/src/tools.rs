@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use raftmq_client::{
-    Admin, ClientConfig, ClientError, Message, MessageExt, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus, ResetTo,
-    SelectByHash, TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
+    Admin, ClientConfig, ClientError, Message, MessageExt, MessageQueue, MessageSelector, Producer, ProducerOptions, PullConsumer,
+    PullStatus, ResetTo, SelectByHash, TransactionListener, TransactionProducer, TransactionProducerOptions, TxnState,
 };
 
 /// Admin subcommands.
@@ -466,6 +466,10 @@ pub struct ProduceArgs {
     /// Keys (space-separated).
     #[arg(long)]
     keys: Option<String>,
+    /// A user property `KEY=VALUE` (repeatable); `{i}` in the value is replaced by the message's number
+    /// (0, 1, …), e.g. `--property n={i}`. SQL92 consumers (`raftmq consume --sql`) select on properties.
+    #[arg(long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    properties: Vec<(String, String)>,
     /// Producer group.
     #[arg(long, default_value = "raftmq_cli_producer")]
     group: String,
@@ -587,6 +591,10 @@ pub struct ConsumeArgs {
     /// Tag expression (`*` or `TagA || TagB`).
     #[arg(long, default_value = "*")]
     expression: String,
+    /// Select by a SQL92 expression over message properties and TAGS instead of a tag expression, e.g.
+    /// `--sql "n > 5 AND TAGS IN ('a')"` (evaluated on the broker; needs `enablePropertyFilter`).
+    #[arg(long, conflicts_with = "expression")]
+    sql: Option<String>,
 }
 
 fn config(namesrv: &str) -> ClientConfig {
@@ -949,7 +957,18 @@ fn cli_message(a: &ProduceArgs, i: u64) -> Message {
     if let Some(k) = &a.keys {
         m = m.with_keys(k.split(' '));
     }
+    for (k, v) in &a.properties {
+        m = m.with_property(k.clone(), v.replace("{i}", &i.to_string()));
+    }
     m
+}
+
+/// `KEY=VALUE` of `--property`.
+fn parse_property(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE with a non-empty KEY")),
+    }
 }
 
 /// Sends `count` messages (round-robin over the queues, or by `--order-key`, or in `--batch`es, or as
@@ -1154,7 +1173,11 @@ async fn pull_until(consumer: &PullConsumer, a: &ConsumeArgs) -> Result<()> {
     while got < a.count && Instant::now() < deadline {
         let mut progressed = false;
         for q in &queues {
-            let r = consumer.pull(q, &a.expression, next[q], 32).await.with_context(|| format!("pull {q:?}"))?;
+            let selector = match &a.sql {
+                Some(sql) => MessageSelector::sql(sql.clone()),
+                None => MessageSelector::tag(a.expression.clone()),
+            };
+            let r = consumer.pull(q, selector, next[q], 32).await.with_context(|| format!("pull {q:?}"))?;
             if r.status == PullStatus::Found {
                 for m in &r.messages {
                     println!(
@@ -1206,6 +1229,9 @@ mod tests {
         let t = parse_rfc3339("2026-12-24T18:00:00+01:00").unwrap();
         assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(), 1_798_131_600_000);
         assert!(parse_rfc3339("tomorrow").unwrap_err().contains("RFC 3339"));
+        assert_eq!(parse_property("n=5=6").unwrap(), ("n".to_string(), "5=6".to_string()));
+        assert_eq!(parse_property("n=").unwrap(), ("n".to_string(), String::new()));
+        assert!(parse_property("=5").is_err() && parse_property("n").is_err());
     }
 
     #[derive(clap::Parser)]

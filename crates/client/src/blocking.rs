@@ -90,11 +90,19 @@ impl PullConsumer {
     }
 
     /// Pulls up to `max_nums` messages from `offset`, waiting up to `wait` for new ones.
-    pub fn pull(&self, queue: &MessageQueue, expression: &str, offset: i64, max_nums: i32, wait: Duration) -> Result<PullResult> {
+    pub fn pull(
+        &self,
+        queue: &MessageQueue,
+        selector: impl Into<crate::MessageSelector>,
+        offset: i64,
+        max_nums: i32,
+        wait: Duration,
+    ) -> Result<PullResult> {
+        let selector = selector.into();
         if wait.is_zero() {
-            block_on(self.inner.pull(queue, expression, offset, max_nums))?
+            block_on(self.inner.pull(queue, selector, offset, max_nums))?
         } else {
-            block_on(self.inner.pull_blocking(queue, expression, offset, max_nums, wait))?
+            block_on(self.inner.pull_blocking(queue, selector, offset, max_nums, wait))?
         }
     }
 

@@ -44,7 +44,7 @@ pub use admin::{Admin, QueueProgress, ResetTo};
 pub use allocate::{AllocateStrategy, Averagely, AveragelyByCircle, ByConfig, ByMachineRoom, ConsistentHash};
 pub use config::{ClientConfig, Credentials};
 pub use error::{ClientError, Result};
-pub use filter::Subscription;
+pub use filter::{MessageSelector, Subscription};
 pub use instance::ClientInstance;
 pub use message::{Message, MessageExt, MessageQueue, SendResult, SendStatus};
 pub use producer::{Producer, ProducerOptions, SendFuture};

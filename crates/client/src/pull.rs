@@ -16,7 +16,7 @@ use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
-use crate::filter::Subscription;
+use crate::filter::{MessageSelector, Subscription};
 use crate::instance::{check_success, ClientInstance};
 use crate::message::{MessageExt, MessageQueue};
 use crate::producer::MESSAGE_BYTES_MAX_DEFAULT;
@@ -83,7 +83,7 @@ pub(crate) async fn pull_queue(client: &ClientInstance, spec: &PullSpec<'_>, tim
         suspend_timeout_millis: spec.suspend.map_or(0, |d| d.as_millis() as i64),
         subscription: Some(spec.subscription.expression.clone()),
         sub_version: spec.subscription.version,
-        expression_type: Some("TAG".into()),
+        expression_type: Some(spec.subscription.expression_type().into()),
         ..Default::default()
     };
     let cmd = RemotingCommand::request(RequestCode::PULL_MESSAGE, 0).with_header(&h);
@@ -252,21 +252,22 @@ impl PullConsumer {
         read_queues(&self.client, topic).await
     }
 
-    /// Pulls up to `max_nums` messages matching `expression` (`*` or `A || B`) from `offset`; returns at once.
-    pub async fn pull(&self, queue: &MessageQueue, expression: &str, offset: i64, max_nums: i32) -> Result<PullResult> {
-        self.pull_inner(queue, expression, offset, max_nums, None).await
+    /// Pulls up to `max_nums` messages matching `selector` from `offset`; returns at once. A `&str` is a
+    /// tag expression (`*` or `A || B`); [`MessageSelector::sql`] selects by properties on the broker.
+    pub async fn pull(&self, queue: &MessageQueue, selector: impl Into<MessageSelector>, offset: i64, max_nums: i32) -> Result<PullResult> {
+        self.pull_inner(queue, &selector.into(), offset, max_nums, None).await
     }
 
     /// Like [`PullConsumer::pull`], but the broker holds the request up to `wait` until a message arrives.
     pub async fn pull_blocking(
         &self,
         queue: &MessageQueue,
-        expression: &str,
+        selector: impl Into<MessageSelector>,
         offset: i64,
         max_nums: i32,
         wait: Duration,
     ) -> Result<PullResult> {
-        self.pull_inner(queue, expression, offset, max_nums, Some(wait)).await
+        self.pull_inner(queue, &selector.into(), offset, max_nums, Some(wait)).await
     }
 
     /// Checks the consumer runs and the queue's route is cached (leader lookups need it).
@@ -281,13 +282,13 @@ impl PullConsumer {
     async fn pull_inner(
         &self,
         queue: &MessageQueue,
-        expression: &str,
+        selector: &MessageSelector,
         offset: i64,
         max_nums: i32,
         wait: Option<Duration>,
     ) -> Result<PullResult> {
         self.ready_for(queue).await?;
-        let sub = Subscription::parse(&queue.topic, expression)?;
+        let sub = Subscription::with_selector(&queue.topic, selector)?;
         let spec = PullSpec {
             group: &self.group,
             queue,

@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 use crate::allocate::{AllocateStrategy, Averagely};
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
-use crate::filter::{Subscription, SUBSCRIBE_ALL};
+use crate::filter::{MessageSelector, Subscription, SUBSCRIBE_ALL};
 use crate::instance::{check_success, ClientInstance, ConsumerHook};
 use crate::message::{MessageExt, MessageQueue};
 use crate::offset_store::{Backend, OffsetStore};
@@ -130,8 +130,8 @@ where
 pub struct PushConsumerOptions {
     /// Consumer group.
     pub group: String,
-    /// (topic, tag expression) pairs.
-    pub subscriptions: Vec<(String, String)>,
+    /// (topic, selector) pairs.
+    pub subscriptions: Vec<(String, MessageSelector)>,
     /// Clustering (default) or broadcasting.
     pub model: MessageModel,
     /// Where a group without an offset starts.
@@ -195,9 +195,10 @@ impl PushConsumerOptions {
         }
     }
 
-    /// Adds a subscription: `topic` with `expression` (`*` or `TagA || TagB`).
-    pub fn subscribe(mut self, topic: impl Into<String>, expression: impl Into<String>) -> PushConsumerOptions {
-        self.subscriptions.push((topic.into(), expression.into()));
+    /// Adds a subscription: `topic` with a tag expression (`*` or `TagA || TagB`, as a string) or a
+    /// [`MessageSelector`] (e.g. `MessageSelector::sql("a > 5 AND TAGS IN ('x')")`).
+    pub fn subscribe(mut self, topic: impl Into<String>, selector: impl Into<MessageSelector>) -> PushConsumerOptions {
+        self.subscriptions.push((topic.into(), selector.into()));
         self
     }
 
@@ -448,7 +449,7 @@ impl PushConsumer {
         let mut subscriptions = Vec::new();
         for (topic, expr) in &opts.subscriptions {
             crate::producer::validate_topic(topic)?;
-            subscriptions.push(Subscription::parse(topic, expr)?);
+            subscriptions.push(Subscription::with_selector(topic, expr)?);
         }
         if opts.model == MessageModel::Clustering {
             subscriptions.push(Subscription::parse(&retry_topic(&opts.group), SUBSCRIBE_ALL)?);

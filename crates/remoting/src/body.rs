@@ -480,6 +480,30 @@ pub struct SubscriptionData {
     pub expression_type: String,
 }
 
+/// The expression type of SQL92 property selectors (`MessageSelector.bySql`).
+pub const EXPRESSION_TYPE_SQL92: &str = "SQL92";
+
+/// True for the expression types RocketMQ's `ExpressionType.isTagType` accepts: none, empty or `TAG`.
+pub fn is_tag_type(expression_type: Option<&str>) -> bool {
+    expression_type.is_none_or(|t| t.is_empty() || t == EXPRESSION_TYPE_TAG)
+}
+
+/// CHECK_CLIENT_CONFIG (46) request body: a consumer asks whether the broker accepts a subscription
+/// before it starts (Java and Rust clients send it for each non-TAG subscription).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckClientRequestBody {
+    /// `clientId`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub client_id: String,
+    /// `group`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub group: String,
+    /// `subscriptionData`.
+    #[serde(default)]
+    pub subscription_data: Option<SubscriptionData>,
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Connection lists (GET_CONSUMER_CONNECTION_LIST 203, GET_PRODUCER_CONNECTION_LIST 204)
 // ---------------------------------------------------------------------------------------------------------

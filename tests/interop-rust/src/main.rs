@@ -6,6 +6,9 @@
 //! receives them with its `DefaultMQPushConsumer` (clustering, subscription "*") and checks bodies, tags and
 //! keys. Every child process is killed by a Drop guard (and by a watchdog if the whole run hangs).
 //!
+//! Then a second push consumer group with `MessageSelector::by_sql("TAGS = 'TagA'")` must get exactly the
+//! TagA messages: the broker evaluates the SQL92 selector on the TAGS property at pull time.
+//!
 //! Then transactions, with the client's `TransactionMQProducer` and a `TransactionListener` as an application
 //! would use them, on a second topic with one queue (auto-created with the producer's `defaultTopicQueueNums`
 //! of 1) read by a second push consumer: a transaction committed by `execute_local_transaction` is delivered
@@ -31,8 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rocketmq_client_rust::{
     ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQProducer,
-    DefaultMQPushConsumer, LocalTransactionState, MQPushConsumer, MessageListenerConcurrently, SendStatus, TransactionListener,
-    TransactionMQProducer,
+    DefaultMQPushConsumer, LocalTransactionState, MQPushConsumer, MessageListenerConcurrently, MessageSelector, SendStatus,
+    TransactionListener, TransactionMQProducer,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
@@ -425,7 +428,7 @@ async fn exercise(namesrv: &str, client_runtime: Arc<ClientRuntime>, report: &mu
 
     // --- push consumer
     let received = Arc::new(Mutex::new(Received::default()));
-    let mut consumer = DefaultMQPushConsumer::builder(client_runtime)
+    let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
         .consumer_group(format!("CID_rust_interop_{run_id}"))
         .name_server_addr(namesrv.to_string())
         .message_model(MessageModel::Clustering)
@@ -496,6 +499,58 @@ async fn exercise(namesrv: &str, client_runtime: Arc<ClientRuntime>, report: &mu
     }
     if tokio::time::timeout(Duration::from_secs(15), consumer.shutdown()).await.is_err() {
         eprintln!("# note: consumer shutdown did not finish within 15s");
+    }
+    exercise_sql(namesrv, client_runtime, &topic, &expected, run_id, report).await;
+}
+
+// --- SQL92 selector
+
+/// A second push consumer group subscribes to the same topic with `MessageSelector::by_sql("TAGS = 'TagA'")`
+/// (heartbeat subscription with expressionType SQL92; the client sends CHECK_CLIENT_CONFIG first): it must
+/// receive every TagA message and no TagB message, the broker having filtered on the TAGS property.
+async fn exercise_sql(namesrv: &str, client_runtime: Arc<ClientRuntime>, topic: &str, expected: &Expected, run_id: u128, report: &mut Report) {
+    let wanted: BTreeSet<&String> = expected.iter().filter(|(_, (tags, _))| tags == "TagA").map(|(b, _)| b).collect();
+    let received = Arc::new(Mutex::new(Received::default()));
+    let mut consumer = DefaultMQPushConsumer::builder(client_runtime)
+        .consumer_group(format!("CID_rust_interop_sql_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        .message_model(MessageModel::Clustering)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .build();
+    let started = async {
+        consumer.subscribe_with_selector(topic, Some(MessageSelector::by_sql("TAGS = 'TagA'"))).await?;
+        consumer.register_message_listener_concurrently(Listener { received: received.clone() });
+        consumer.start().await
+    };
+    let started = match tokio::time::timeout(Duration::from_secs(30), started).await {
+        Ok(Ok(())) => Ok(String::new()),
+        Ok(Err(e)) => Err(format!("subscribe/start: {e}")),
+        Err(_) => Err("subscribe/start did not finish within 30s".into()),
+    };
+    if report.check("push consumer starts with MessageSelector::by_sql(\"TAGS = 'TagA'\")", started) {
+        let deadline = Instant::now() + RECEIVE_DEADLINE;
+        loop {
+            let have = received.lock().unwrap_or_else(|e| e.into_inner()).by_body.keys().filter(|b| wanted.contains(b)).count();
+            if have == wanted.len() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A little longer, so that a TagB message the broker let through would show.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = received.lock().unwrap_or_else(|e| e.into_inner());
+        let got: BTreeSet<&String> = r.by_body.keys().collect();
+        let outcome = if got == wanted {
+            Ok(format!("{} TagA messages, none of the {} TagB", wanted.len(), expected.len() - wanted.len()))
+        } else {
+            let missing = wanted.difference(&got).count();
+            let extra: Vec<&&String> = got.difference(&wanted).collect();
+            Err(format!("{missing} TagA messages missing; {} unexpected, e.g. {:?}", extra.len(), &extra[..extra.len().min(3)]))
+        };
+        report.check("SQL92 consumer receives exactly the TagA messages", outcome);
+    }
+    if tokio::time::timeout(Duration::from_secs(15), consumer.shutdown()).await.is_err() {
+        eprintln!("# note: SQL92 consumer shutdown did not finish within 15s");
     }
 }
 

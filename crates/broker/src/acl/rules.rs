@@ -42,6 +42,8 @@ pub fn rule(code: RequestCode) -> Option<Rule> {
         | RequestCode::SEARCH_OFFSET_BY_TIMESTAMP
         | RequestCode::GET_EARLIEST_MSG_STORETIME => Resources,
         RequestCode::HEART_BEAT | RequestCode::UNREGISTER_CLIENT | RequestCode::GET_CONSUMER_LIST_BY_GROUP => Resources,
+        // Only compiles the subscription it carries; nothing is read or recorded. RocketMQ maps no resource.
+        RequestCode::CHECK_CLIENT_CONFIG => Signed,
         // RocketMQ maps no resource; raftmq asks for SUB on the group.
         RequestCode::LOCK_BATCH_MQ | RequestCode::UNLOCK_BATCH_MQ => Resources,
         RequestCode::QUERY_MESSAGE => Resources,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Overload benchmark of flow control (docs/benchmarks.md, "Overload"): on a fresh local 3-node cluster of
 # scripts/cluster.sh (release build, SYNC_FLUSH, loopback),
-#   1. the unloaded maximum: `raftmq bench produce`, closed loop (PRODUCERS × 64 in flight), MAX_SECS seconds;
+#   1. the unloaded maximum: `raftmq bench produce`, closed loop with the same window (PRODUCERS × WINDOW
+#      sends in flight), MAX_SECS seconds;
 #   2. overload: open loop at FACTOR × that maximum for OVER_SECS seconds on a fresh topic, each producer with
 #      a window of WINDOW sends; a send whose time comes while its producer's window is full is shed by the
 #      generator (`--shed`: counted, not made late), so latency is that of the cluster, not of a backlog in the
@@ -50,8 +51,8 @@ sample_rss() {
   done
 }
 
-echo "== unloaded maximum: closed loop, $producers producers x 64 in flight, ${size} B, ${max_secs} s"
-"$BIN" bench produce --namesrv "$NAMESRV" --topic OverloadMax --producers "$producers" --inflight 64 "${nobatch[@]}" \
+echo "== unloaded maximum: closed loop, $producers producers x $window in flight, ${size} B, ${max_secs} s"
+"$BIN" bench produce --namesrv "$NAMESRV" --topic OverloadMax --producers "$producers" --inflight "$window" "${nobatch[@]}" \
   --size "$size" --duration "$max_secs" --quiet --json "$base/max.json"
 max=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['msgs_per_s'])" "$base/max.json")
 rate=$(python3 -c "import sys; print(round(float(sys.argv[1]) * float(sys.argv[2])))" "$max" "$factor")

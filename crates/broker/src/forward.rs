@@ -9,12 +9,13 @@
 //! - Bounded: at most `forwardInflightMax` requests and `forwardInflightBytesMax` bytes are being forwarded
 //!   at once, each waits at most `forwardTimeoutMs` for the leader's answer. A request over a bound gets the
 //!   14 naming the leader, as without forwarding.
-//! - No duplicates from forwarding: a forwarded request is sent to the leader once and never re-sent by the
-//!   forwarding member (a failed connect is retried only because nothing was sent). A forwarded request whose
-//!   answer is lost gets 1 SYSTEM_ERROR "outcome unknown", exactly like a leader whose Raft write timed out;
-//!   a client retry of a message carrying UNIQ_KEY is then answered from the replicated de-duplication
-//!   window, one without UNIQ_KEY is at-least-once, as it is without forwarding.
-//! - The one exception, a send that cannot be stored twice: when every message of a send carries UNIQ_KEY and
+//! - No duplicates from forwarding: a forwarded request is sent to the leader again only when that cannot
+//!   store it twice — a failed connect (nothing was sent), or a leader's own not-leader 14 (nothing was
+//!   applied) — with the one exception below, which the de-duplication window makes safe. Any other forwarded
+//!   request whose answer is lost gets 1 SYSTEM_ERROR "outcome unknown", exactly like a leader whose Raft write
+//!   timed out; a client retry of a message carrying UNIQ_KEY is then answered from the replicated
+//!   de-duplication window, one without UNIQ_KEY is at-least-once, as it is without forwarding.
+//! - The exception, a send that cannot be stored twice: when every message of a send carries UNIQ_KEY and
 //!   de-duplication is on, a forwarded send whose answer was lost (the leader was killed with the request on
 //!   the wire, a timeout) is routed again, within `leaderWaitMs`, to the leader then known. Should the first
 //!   copy have been stored after all, the replicated window answers the second with the first's msgId, queue

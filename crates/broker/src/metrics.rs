@@ -323,10 +323,7 @@ impl Source for BrokerSource {
         out.counters(
             "send_queue_refused",
             "Sends answered 2 SYSTEM_BUSY by flow control: queue full (overload) or waited too long (expired).",
-            [
-                (l(&[("reason", "overload")]), q.refused_overload.load(std::sync::atomic::Ordering::Relaxed)),
-                (l(&[("reason", "expired")]), q.refused_expired.load(std::sync::atomic::Ordering::Relaxed)),
-            ],
+            [(l(&[("reason", "overload")]), q.refused_overload()), (l(&[("reason", "expired")]), q.refused_expired())],
         )?;
         // Storage.
         let log = b.node.commitlog();

@@ -793,12 +793,7 @@ impl BrokerInner {
             "transactions": self.transaction_status(),
             "retention": self.retention_status(),
             "forwarding": self.forwarding.status(),
-            "sendQueue": {
-                "requests": self.node.send_queue().requests(),
-                "bytes": self.node.send_queue().bytes(),
-                "refusedOverload": self.node.send_queue().refused_overload.load(std::sync::atomic::Ordering::Relaxed),
-                "refusedExpired": self.node.send_queue().refused_expired.load(std::sync::atomic::Ordering::Relaxed),
-            },
+            "sendQueue": self.node.send_queue().status(),
         });
         with_json(req, ok(req), &value)
     }

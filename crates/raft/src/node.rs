@@ -516,9 +516,9 @@ pub struct SendQueue {
     requests: AtomicUsize,
     bytes: AtomicUsize,
     /// Writes refused because the queue was full ([`BusyKind::Overload`]).
-    pub refused_overload: AtomicU64,
+    refused_overload: AtomicU64,
     /// Writes refused unproposed because they waited too long ([`BusyKind::Expired`]).
-    pub refused_expired: AtomicU64,
+    refused_expired: AtomicU64,
 }
 
 impl SendQueue {
@@ -530,6 +530,26 @@ impl SendQueue {
     /// Their encoded bytes.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Writes refused so far because the queue was full ([`BusyKind::Overload`]).
+    pub fn refused_overload(&self) -> u64 {
+        self.refused_overload.load(Ordering::Relaxed)
+    }
+
+    /// Writes refused so far unproposed because they waited too long ([`BusyKind::Expired`]).
+    pub fn refused_expired(&self) -> u64 {
+        self.refused_expired.load(Ordering::Relaxed)
+    }
+
+    /// The figures for `raftmq admin status` (`sendQueue`).
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requests": self.requests(),
+            "bytes": self.bytes(),
+            "refusedOverload": self.refused_overload(),
+            "refusedExpired": self.refused_expired(),
+        })
     }
 
     /// Reserves room for one request of `bytes`, or the refusal when a bound is reached.
@@ -2108,7 +2128,7 @@ mod tests {
         assert_eq!(e, WriteError::Busy { kind: BusyKind::Overload, queued: 2, queued_bytes: 1000, waited_ms: 0 });
         let e = q.reserve(1, 3, 1000).expect_err("one byte over the byte bound");
         assert!(matches!(e, WriteError::Busy { kind: BusyKind::Overload, .. }), "{e:?}");
-        assert_eq!((q.requests(), q.bytes(), q.refused_overload.load(Ordering::Relaxed)), (2, 1000, 2), "refusals reserve nothing");
+        assert_eq!((q.requests(), q.bytes(), q.refused_overload()), (2, 1000, 2), "refusals reserve nothing");
         let taken = q.take(req(900), Duration::from_secs(1));
         assert!(taken.is_some(), "a fresh request is proposed");
         assert_eq!((q.requests(), q.bytes()), (1, 100));
@@ -2132,7 +2152,7 @@ mod tests {
         let lim = BatchLimits { wait_max: Duration::from_millis(200), ..limits(10_000, 10_000) };
         let e = fill_entry(first, &mut rx, &mut carry, &lim, &q);
         assert_eq!(sizes(&e), [100, 300], "the stale request is left out");
-        assert_eq!((q.requests(), q.bytes(), q.refused_expired.load(Ordering::Relaxed)), (0, 0, 1));
+        assert_eq!((q.requests(), q.bytes(), q.refused_expired()), (0, 0, 1));
         match answers[1].try_recv() {
             Ok(Err(WriteError::Busy { kind: BusyKind::Expired, waited_ms, .. })) => assert!(waited_ms >= 300, "{waited_ms}"),
             other => panic!("the stale request is answered busy: {other:?}"),

@@ -193,7 +193,10 @@ impl From<MetadataV5> for Metadata {
 impl Metadata {
     /// The versioned encoding of checkpoints and snapshots.
     pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
-        let mut out = Vec::with_capacity(256);
+        // Sized exactly first: a checkpoint with a full de-duplication window is tens of MB, and growing
+        // the buffer by doubling would hold up to twice that.
+        let size = usize::try_from(bincode::serialized_size(self)?).unwrap_or(usize::MAX);
+        let mut out = Vec::with_capacity(STATE_MAGIC.len() + 1 + size);
         out.extend_from_slice(&STATE_MAGIC);
         out.push(STATE_VERSION);
         bincode::serialize_into(&mut out, self)?;
@@ -307,13 +310,15 @@ fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut framed = Vec::with_capacity(bytes.len() + 8);
-    framed.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
-    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    framed.extend_from_slice(bytes);
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "state over 4 GiB"))?;
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    header[4..].copy_from_slice(&len.to_le_bytes());
     {
+        // Header and body written separately: no framed copy of a large state.
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(&framed)?;
+        f.write_all(&header)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, dir.join(name))?;
@@ -863,8 +868,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if let Some(end) = shared.end_pos_of(entry.log_id.index)? {
                     meta.log_end_pos = end;
                 }
-                let snapshot = Arc::new(meta.clone());
-                self.checkpoint(snapshot);
+                let mut copy = meta.clone();
+                // The copy is only serialized: compacting its newest de-duplication bucket unshares the live
+                // one, whose next insert would otherwise copy it (once per checkpoint kept).
+                copy.state.dedup.compact_newest();
+                self.checkpoint(Arc::new(copy));
             }
             out.push(resp);
         }

@@ -11,6 +11,12 @@
 //! unless `keys_max` forces the oldest bucket out first. Buckets are shared (`Arc`): a checkpoint's copy of
 //! the state costs one bucket's copy at most, not the whole window.
 //!
+//! Memory: only the newest bucket is a hash map (inserts). A sealed bucket is stored as a sorted slice of
+//! exactly its keys (40 bytes each, found by binary search after its filter), not as a map whose table is
+//! up to twice as large. A checkpoint's copy calls [`DedupWindow::compact_newest`], which stores *its*
+//! newest bucket the same way, so the live window's map is no longer shared and its next insert does not
+//! copy the map. The representation never changes an answer, an equality or the serialized form (a map).
+//!
 //! Most lookups are misses (a new message). A sealed bucket (every one but the newest) never changes and
 //! carries a Bloom filter of its keys — one 64-byte block per key probe, about 1 byte per key, so all the
 //! filters of a 1 M-key window stay in cache — and only a filter hit looks into the bucket's map. Filters are
@@ -69,13 +75,108 @@ impl Hasher for DigestHasher {
     }
 }
 
-type Keys = HashMap<u128, Seen, BuildHasherDefault<DigestHasher>>;
+type KeyMap = HashMap<u128, Seen, BuildHasherDefault<DigestHasher>>;
+
+/// A bucket's keys: a map while it takes inserts, a sorted slice once sealed (or in a checkpoint's copy).
+#[derive(Debug, Clone)]
+enum Keys {
+    Map(Arc<KeyMap>),
+    Sorted(Arc<[(u128, Seen)]>),
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::Map(Arc::default())
+    }
+}
+
+impl Keys {
+    fn len(&self) -> usize {
+        match self {
+            Keys::Map(m) => m.len(),
+            Keys::Sorted(s) => s.len(),
+        }
+    }
+
+    fn get(&self, key: u128) -> Option<Seen> {
+        match self {
+            Keys::Map(m) => m.get(&key).copied(),
+            Keys::Sorted(s) => s.binary_search_by_key(&key, |(k, _)| *k).ok().map(|i| s[i].1),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = (u128, Seen)> + '_> {
+        match self {
+            Keys::Map(m) => Box::new(m.iter().map(|(k, v)| (*k, *v))),
+            Keys::Sorted(s) => Box::new(s.iter().copied()),
+        }
+    }
+
+    /// The keys as a sorted slice of exactly their size.
+    fn sorted(&self) -> Keys {
+        match self {
+            Keys::Map(m) => {
+                let mut v: Vec<(u128, Seen)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+                v.sort_unstable_by_key(|(k, _)| *k);
+                Keys::Sorted(v.into())
+            }
+            Keys::Sorted(s) => Keys::Sorted(Arc::clone(s)),
+        }
+    }
+
+    /// The map to insert into (a sorted bucket becomes a map again; only a copy's newest ever is).
+    fn map_mut(&mut self) -> &mut KeyMap {
+        if let Keys::Sorted(s) = self {
+            let mut m = KeyMap::with_capacity_and_hasher(s.len(), BuildHasherDefault::default());
+            m.extend(s.iter().copied());
+            *self = Keys::Map(Arc::new(m));
+        }
+        match self {
+            Keys::Map(m) => Arc::make_mut(m),
+            Keys::Sorted(_) => unreachable!("converted above"),
+        }
+    }
+
+    #[cfg(test)]
+    fn same_allocation(&self, other: &Keys) -> bool {
+        match (self, other) {
+            (Keys::Map(a), Keys::Map(b)) => Arc::ptr_eq(a, b),
+            (Keys::Sorted(a), Keys::Sorted(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for Keys {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Keys::Map(a), Keys::Map(b)) => a == b,
+            (Keys::Sorted(a), Keys::Sorted(b)) => a == b,
+            _ => self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v)),
+        }
+    }
+}
+
+impl Eq for Keys {}
+
+/// Always serialized as a map (the form of every earlier version), whatever the representation.
+impl Serialize for Keys {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        KeyMap::deserialize(d).map(|m| Keys::Map(Arc::new(m)))
+    }
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Bucket {
     /// Stamp of its first key.
     start_ms: i64,
-    keys: Arc<Keys>,
+    keys: Keys,
     /// Bloom filter of `keys` once the bucket is sealed.
     #[serde(skip)]
     filter: Option<Arc<Filter>>,
@@ -94,7 +195,7 @@ impl Bucket {
         if self.filter.as_ref().is_some_and(|f| !f.may_contain(key)) {
             return None;
         }
-        self.keys.get(&key).copied()
+        self.keys.get(key)
     }
 }
 
@@ -109,8 +210,8 @@ impl Filter {
     fn of(keys: &Keys) -> Filter {
         let n = (keys.len() * 16).div_ceil(512).max(1).next_power_of_two();
         let mut f = Filter { blocks: vec![[0; 8]; n] };
-        for k in keys.keys() {
-            let (b, bits) = f.locate(*k);
+        for (k, _) in keys.iter() {
+            let (b, bits) = f.locate(k);
             for (w, bit) in f.blocks[b].iter_mut().zip(bits) {
                 *w |= bit;
             }
@@ -215,18 +316,31 @@ impl DedupWindow {
         let (span, cap) = (self.span_ms(), self.bucket_keys_max());
         let roll = self.buckets.back().is_none_or(|b| now_ms >= b.start_ms.saturating_add(span) || b.keys.len() as u64 >= cap);
         if roll {
-            // The newest bucket is sealed; a restored window seals its old ones here too.
+            // The newest bucket is sealed (filter, and its keys as an exact-size sorted slice); a restored
+            // window seals its old ones here too.
             for b in self.buckets.iter_mut().rev().take_while(|b| b.filter.is_none()) {
                 b.filter = Some(Arc::new(Filter::of(&b.keys)));
+                b.keys = b.keys.sorted();
             }
-            self.buckets.push_back(Bucket { start_ms: now_ms, keys: Arc::default(), filter: None });
+            self.buckets.push_back(Bucket { start_ms: now_ms, keys: Keys::default(), filter: None });
         }
         if let Some(b) = self.buckets.back_mut() {
-            if Arc::make_mut(&mut b.keys).insert(key, seen).is_none() {
+            if b.keys.map_mut().insert(key, seen).is_none() {
                 self.len += 1;
             }
         }
         self.trim();
+    }
+
+    /// For a copy that is only read or serialized (a checkpoint): stores its newest bucket as a sorted
+    /// slice too, so that it no longer shares the live window's map — whose next insert would otherwise
+    /// copy the whole map, once per checkpoint. Answers, equality and encoding are unchanged.
+    pub fn compact_newest(&mut self) {
+        if let Some(b) = self.buckets.back_mut() {
+            if matches!(b.keys, Keys::Map(_)) {
+                b.keys = b.keys.sorted();
+            }
+        }
     }
 
     /// Drops the oldest buckets while more than `keys_max` keys are held.
@@ -337,6 +451,56 @@ mod tests {
     }
 
     #[test]
+    fn sealed_and_compacted_buckets_answer_compare_and_encode_as_maps() {
+        let key = |i: u128| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        let mut w = window(16_000, 1_000_000);
+        for i in 0..5_000u128 {
+            w.insert((i * 10) as i64, key(i), seen(i as u64));
+        }
+        let sealed = w.buckets.iter().filter(|b| matches!(b.keys, Keys::Sorted(_))).count();
+        assert!(sealed >= 2 && matches!(w.buckets.back().map(|b| &b.keys), Some(Keys::Map(_))), "sealed buckets are sorted slices");
+        // The same keys held only in maps (a restored window) compare equal and encode to the same bytes.
+        let restored: DedupWindow = bincode::deserialize(&bincode::serialize(&w).unwrap()).unwrap();
+        assert!(restored.buckets.iter().all(|b| matches!(b.keys, Keys::Map(_))));
+        assert_eq!(restored, w);
+        assert_eq!(bincode::serialized_size(&restored).unwrap(), bincode::serialized_size(&w).unwrap());
+        // A compacted copy answers the same, stops sharing the live map, and takes inserts again if it must.
+        let mut copy = w.clone();
+        copy.compact_newest();
+        assert_eq!(copy, w);
+        assert!(!copy.buckets.back().unwrap().keys.same_allocation(&w.buckets.back().unwrap().keys));
+        for i in (0..5_000u128).step_by(7) {
+            assert_eq!(copy.get(key(i)), Some(seen(i as u64)));
+        }
+        assert_eq!(copy.get(key(10_000)), None);
+        copy.insert(49_990, key(10_000), seen(1));
+        assert_eq!(copy.get(key(10_000)), Some(seen(1)));
+        copy.check_invariants();
+        // Unequal content is unequal across representations too.
+        let mut other = restored.clone();
+        other.insert(49_990, key(10_001), seen(2));
+        assert_ne!(other, copy);
+    }
+
+    #[test]
+    fn a_compacted_checkpoint_copy_leaves_the_live_map_unshared() {
+        let mut w = window(16_000, 1_000_000);
+        w.insert(0, 1, seen(1));
+        let live = match &w.buckets.back().unwrap().keys {
+            Keys::Map(m) => Arc::as_ptr(m),
+            Keys::Sorted(_) => unreachable!(),
+        };
+        let mut copy = w.clone();
+        copy.compact_newest();
+        w.insert(1, 2, seen(2));
+        match &w.buckets.back().unwrap().keys {
+            Keys::Map(m) => assert_eq!(Arc::as_ptr(m), live, "the insert after a compacted copy did not copy the map"),
+            Keys::Sorted(_) => unreachable!(),
+        }
+        assert_eq!((copy.get(1), copy.get(2)), (Some(seen(1)), None));
+    }
+
+    #[test]
     fn a_copy_shares_all_buckets_but_the_one_written_next() {
         let mut w = window(16_000, 1_000_000);
         for k in 0..1000u128 {
@@ -345,7 +509,7 @@ mod tests {
         let copy = w.clone();
         w.insert(100_000, 5000, seen(5000));
         // Every bucket but the newest is still the same allocation.
-        let shared = w.buckets.iter().zip(copy.buckets.iter()).filter(|(a, b)| Arc::ptr_eq(&a.keys, &b.keys)).count();
+        let shared = w.buckets.iter().zip(copy.buckets.iter()).filter(|(a, b)| a.keys.same_allocation(&b.keys)).count();
         assert!(shared + 1 >= copy.buckets.len(), "{shared} of {} shared", copy.buckets.len());
         assert_eq!(copy.get(5000), None);
         assert_eq!(w.get(5000), Some(seen(5000)));

@@ -169,6 +169,8 @@ pub struct BrokerInner {
     pub(crate) leader_link: tokio::sync::Mutex<Option<(String, raftmq_net::RemotingClient)>>,
     /// Forwarding bounds and counters (`forwardInflightMax`, `forwardInflightBytesMax`; forward.rs).
     pub(crate) forwarding: crate::forward::Forwarding,
+    /// Long-polled pulls parked now, per connection and in total (`pullParkedPerConnMax`, `pullParkedMax`).
+    pub(crate) parked_pulls: crate::parked::ParkedPulls,
     /// TLS for this broker's own client connections (`tlsClientEnable`).
     pub(crate) client_tls: Option<raftmq_net::ClientTls>,
     /// Sends answered from the de-duplication window instead of being stored again.
@@ -280,6 +282,7 @@ impl Broker {
             resets_applied: Notify::new(),
             clients: ClientManager::new(limits),
             forwarding: crate::forward::Forwarding::new(cfg.forward_inflight_max, cfg.forward_inflight_bytes_max),
+            parked_pulls: crate::parked::ParkedPulls::new(cfg.pull_parked_per_conn_max, cfg.pull_parked_max),
             cfg,
             node,
             store,
@@ -774,7 +777,7 @@ async fn dispatch(b: &Arc<BrokerInner>, conn: &Conn, req: &RemotingCommand) -> c
         }
         RequestCode::CONSUMER_SEND_MSG_BACK => b.send_back(req).await,
         RequestCode::END_TRANSACTION => b.end_transaction(req).await,
-        RequestCode::PULL_MESSAGE => b.pull(req).await,
+        RequestCode::PULL_MESSAGE => b.pull(conn, req).await,
         RequestCode::QUERY_CONSUMER_OFFSET => b.query_consumer_offset(req).await,
         RequestCode::UPDATE_CONSUMER_OFFSET => b.update_consumer_offset(req).await,
         RequestCode::GET_MAX_OFFSET => b.max_offset(req),

@@ -11,9 +11,10 @@ use raftmq_remoting::cluster_auth::{ClusterSecrets, SecretString};
 use raftmq_remoting::message::{PROPERTIES_BYTES_MAX, STORED_MESSAGE_FIXED_LEN, TOPIC_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 
-/// One member of the broker group's Raft group.
+/// One member of the broker group's Raft group. Unknown keys are refused, as in [`BrokerConfig`]: a broker
+/// key written after the last `[[peers]]` table belongs to that table in TOML, and must not be ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Peer {
     /// Raft node id; never reused for a wiped node.
     pub id: u64,
@@ -82,6 +83,14 @@ pub struct BrokerConfig {
     /// Longest a pull may be held, ms (RocketMQ clients ask for 15000).
     #[serde(default = "default_suspend")]
     pub long_polling_max_ms: u64,
+    /// Long-polled pulls one client connection may have parked at once (`pullParkedPerConnMax`, 1..
+    /// `connInflightRequestsMax`, so a connection always has slots left for its sends); one more is answered
+    /// 2 SYSTEM_BUSY `[PARKED_PULLS]` at once instead of waiting (parked.rs).
+    #[serde(default = "default_pull_parked_per_conn_max")]
+    pub pull_parked_per_conn_max: usize,
+    /// Long-polled pulls parked at once over all connections (`pullParkedMax`, 1..=1048576).
+    #[serde(default = "default_pull_parked_max")]
+    pub pull_parked_max: usize,
     /// Raft heartbeat interval, ms.
     #[serde(default = "default_heartbeat")]
     pub raft_heartbeat_ms: u64,
@@ -581,6 +590,12 @@ fn default_queue_nums() -> u32 {
 fn default_suspend() -> u64 {
     15_000
 }
+fn default_pull_parked_per_conn_max() -> usize {
+    crate::parked::PULL_PARKED_PER_CONN_MAX_DEFAULT
+}
+fn default_pull_parked_max() -> usize {
+    crate::parked::PULL_PARKED_MAX_DEFAULT
+}
 fn default_topics_max() -> usize {
     TOPICS_MAX_LIMIT
 }
@@ -994,6 +1009,15 @@ impl BrokerConfig {
         if let Err(e) = self.server_options().tls.validate() {
             return bad(format!("TLS (tlsServerMode, tlsServerCertPath, tlsServerKeyPath, tlsServerTrustCertPath, tlsServerNeedClientAuth, tlsHandshakeTimeoutMs, tlsHandshakesInflightMax, tlsCertFileBytesMax): {e}"));
         }
+        if !(1..self.conn_inflight_requests_max).contains(&self.pull_parked_per_conn_max) {
+            return bad(format!(
+                "pullParkedPerConnMax must be 1..connInflightRequestsMax ({}), so a connection keeps slots for its sends",
+                self.conn_inflight_requests_max
+            ));
+        }
+        if !(1..=crate::parked::PULL_PARKED_MAX_LIMIT).contains(&self.pull_parked_max) {
+            return bad(format!("pullParkedMax must be 1..={}", crate::parked::PULL_PARKED_MAX_LIMIT));
+        }
         if let Err(e) = self.server_options().validate() {
             return bad(format!("connection limits (connectionsMax, connInflightRequestsMax, connInflightBytesMax, serverInflightBytesMax, connIdleMsMax): {e}"));
         }
@@ -1039,6 +1063,16 @@ id = 2
 raftAddr = "127.0.0.1:10922"
 clientAddr = "127.0.0.1:10921"
 "#;
+
+    #[test]
+    fn a_key_after_the_last_peers_table_is_refused_not_ignored() {
+        // In TOML the line belongs to the last [[peers]] table; silently dropping it turned a setting off
+        // without a word (found with `dedupWindowMs = 0` appended to cluster/local/*.toml).
+        let e = BrokerConfig::from_toml(&format!("{SAMPLE}\ndedupWindowMs = 0\n")).unwrap_err();
+        assert!(e.0.contains("unknown field `dedupWindowMs`"), "{}", e.0);
+        let top = SAMPLE.replacen("brokerName", "dedupWindowMs = 0\nbrokerName", 1);
+        assert_eq!(BrokerConfig::from_toml(&top).unwrap().dedup_window_ms, 0);
+    }
 
     #[test]
     fn parses_with_rocketmq_defaults() {
@@ -1162,6 +1196,27 @@ clientAddr = "127.0.0.1:10921"
                 (|c| c.send_queue_bytes_max = SEND_QUEUE_BYTES_MAX_LIMIT + 1, "sendQueueBytesMax"),
                 (|c| c.wait_time_mills_in_send_queue = 0, "waitTimeMillsInSendQueue"),
                 (|c| c.wait_time_mills_in_send_queue = SEND_QUEUE_WAIT_MS_MAX_LIMIT + 1, "waitTimeMillsInSendQueue"),
+            ];
+            for (edit, key) in cases {
+                let mut c = d.clone();
+                edit(&mut c);
+                assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+            }
+        }
+        // Parked pulls: defaults, and each bound at and past its limit.
+        {
+            use crate::parked::PULL_PARKED_MAX_LIMIT;
+            let d = BrokerConfig::from_toml(SAMPLE).unwrap();
+            assert_eq!((d.pull_parked_per_conn_max, d.pull_parked_max), (512, 65_536));
+            let mut c = d.clone();
+            (c.pull_parked_per_conn_max, c.pull_parked_max) = (c.conn_inflight_requests_max - 1, PULL_PARKED_MAX_LIMIT);
+            c.validate().unwrap();
+            type Edit = fn(&mut BrokerConfig);
+            let cases: [(Edit, &str); 4] = [
+                (|c| c.pull_parked_per_conn_max = 0, "pullParkedPerConnMax"),
+                (|c| c.pull_parked_per_conn_max = c.conn_inflight_requests_max, "pullParkedPerConnMax"),
+                (|c| c.pull_parked_max = 0, "pullParkedMax"),
+                (|c| c.pull_parked_max = PULL_PARKED_MAX_LIMIT + 1, "pullParkedMax"),
             ];
             for (edit, key) in cases {
                 let mut c = d.clone();

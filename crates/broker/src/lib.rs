@@ -12,6 +12,7 @@
 //!   (delayed and timer delivery), `txn.rs` (transactions and the de-duplication window), `members.rs`
 //!   (membership: node list, add, replace, remove), `reset.rs` (server-side consumer offset resets) and
 //!   [`query`] (finding messages by key, message id or offset).
+//! - `parked.rs`: bounds on long-polled pulls held per connection and per broker.
 //! - `forward.rs`: members that are not the leader forward writes to it and wait out elections.
 //! - [`groups`]: subscription groups (200, 201, 207); `deletion.rs`: topic deletion (215).
 //! - [`retention`]: deleting old segments through the log, and refusing sends on a full disk.
@@ -38,6 +39,7 @@ pub mod groups;
 pub mod leave;
 mod members;
 pub mod metrics;
+mod parked;
 mod processor;
 pub mod query;
 mod reset;

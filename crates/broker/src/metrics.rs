@@ -325,6 +325,16 @@ impl Source for BrokerSource {
             "Sends answered 2 SYSTEM_BUSY by flow control: queue full (overload) or waited too long (expired).",
             [(l(&[("reason", "overload")]), q.refused_overload()), (l(&[("reason", "expired")]), q.refused_expired())],
         )?;
+        out.gauge(
+            "pull_parked",
+            "Long-polled pulls held for new messages now (pullParkedMax, pullParkedPerConnMax).",
+            b.parked_pulls.parked() as f64,
+        )?;
+        out.counter(
+            "pull_parked_refused",
+            "Pulls answered 2 SYSTEM_BUSY [PARKED_PULLS] instead of being held: their connection or the broker held the most.",
+            b.parked_pulls.refused(),
+        )?;
         // Storage.
         let log = b.node.commitlog();
         out.histogram(

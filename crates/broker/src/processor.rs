@@ -218,7 +218,7 @@ impl BrokerInner {
         Ok(queue_id as u32)
     }
 
-    pub(crate) async fn pull(&self, req: &RemotingCommand) -> Reply {
+    pub(crate) async fn pull(&self, conn: &Conn, req: &RemotingCommand) -> Reply {
         let h: PullMessageRequestHeader = match header(req) {
             Ok(h) => h,
             Err(r) => return r,
@@ -293,6 +293,12 @@ impl BrokerInner {
             }
         }
         if may_wait && nothing_yet {
+            // Waiting is bounded per connection and per broker: past a bound the pull is answered at once
+            // (2 SYSTEM_BUSY; clients pull again later), never parked.
+            let _parking = match self.parked_pulls.park(conn.id()) {
+                Ok(p) => p,
+                Err(refused) => return reply(req, ResponseCode::SYSTEM_BUSY, refused.remark()),
+            };
             let hold = Duration::from_millis(h.suspend_timeout_millis as u64).min(self.cfg.long_polling_max());
             // A reset while the pull waits answers it at once (the consumer would otherwise learn of it only
             // when the long poll ends).
@@ -794,6 +800,12 @@ impl BrokerInner {
             "retention": self.retention_status(),
             "forwarding": self.forwarding.status(),
             "sendQueue": self.node.send_queue().status(),
+            "pullParked": {
+                "parked": self.parked_pulls.parked(),
+                "refused": self.parked_pulls.refused(),
+                "perConnMax": self.cfg.pull_parked_per_conn_max,
+                "max": self.cfg.pull_parked_max,
+            },
         });
         with_json(req, ok(req), &value)
     }

@@ -14,14 +14,16 @@
 # and whether anything acknowledged is missing.
 #
 #   scripts/bench-overload.sh [FACTOR] [OVER_SECS] [SIZE] [PRODUCERS] [MAX_SECS] [WINDOW] [BATCHING]
-#   defaults: 3 60 1024 4 20 1024 on (BATCHING off: --no-auto-batch, every send its own request)
+#   defaults: 3 60 1024 4 OVER_SECS 1024 on (BATCHING off: --no-auto-batch, every send its own request).
+#   The maximum runs as long as the overload by default: both then fill the de-duplication window
+#   (dedupKeysMax, reached after ~15 s at these rates) and grow the log alike, so the ratio compares like with like.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 factor=${1:-3}
 over_secs=${2:-60}
 size=${3:-1024}
 producers=${4:-4}
-max_secs=${5:-20}
+max_secs=${5:-$over_secs}
 window=${6:-1024}
 batching=${7:-on}
 nobatch=()

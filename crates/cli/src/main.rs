@@ -18,6 +18,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc unless built with `--features system-alloc` (glibc malloc, for heap profilers such as heaptrack
+// that interpose malloc; docs/benchmarks.md, "Overload").
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -354,14 +354,53 @@ fn read_framed(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 /// The first failure is recorded in `failure` and is final: a failed msync may have marked pages clean
 /// that never reached the disk, so no later checkpoint could vouch for the units before it. Later jobs
 /// fail with the same error; the state machine stops applying.
+///
+/// Checkpoints queued while one is written are coalesced: of consecutive checkpoints derived from the log
+/// only the newest is written (the others' consume-queue files are flushed with it), since it makes every
+/// older one redundant. Without that, a flush thread slower than apply (a checkpoint with a full
+/// de-duplication window is tens of MB) let the queue — each job holding its own copy of the state — grow
+/// without bound. Snapshot installs (`done`) are never skipped.
 fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, failure: FailureCell, log: CommitLogReader) {
     let mut carried: Vec<Arc<CqFile>> = Vec::new();
-    while let Ok(job) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        jobs.extend(rx.try_iter());
+        let superseded = superseded_checkpoints(&jobs);
+        for (i, job) in jobs.into_iter().enumerate() {
+            flush_job(job, superseded[i], &dir, &link, &failure, &log, &mut carried);
+        }
+    }
+}
+
+/// Which of a run of queued jobs need not be written: a checkpoint from the log followed by a newer one
+/// from the log.
+fn superseded_checkpoints(jobs: &[FlushJob]) -> Vec<bool> {
+    let plain = |j: &FlushJob| matches!(j, FlushJob::Checkpoint { from_log: true, done: None, .. });
+    let last = jobs.iter().rposition(plain);
+    jobs.iter().enumerate().map(|(i, j)| plain(j) && Some(i) != last).collect()
+}
+
+/// Writes one checkpoint (or, when `superseded`, only carries its consume-queue files to the next).
+fn flush_job(
+    job: FlushJob,
+    superseded: bool,
+    dir: &Path,
+    link: &StoreLink,
+    failure: &FailureCell,
+    log: &CommitLogReader,
+    carried: &mut Vec<Arc<CqFile>>,
+) {
+    {
         match job {
             FlushJob::Checkpoint { mut files, meta, from_log, done } => {
+                if superseded {
+                    debug_assert!(done.is_none());
+                    carried.append(&mut files);
+                    return;
+                }
                 if !carried.is_empty() {
                     carried.append(&mut files);
-                    files = std::mem::take(&mut carried);
+                    files = std::mem::take(carried);
                 }
                 let behind = match meta.last_applied {
                     Some(l) if from_log && failure.get().is_none() && !log.wait_durable(l.index, CHECKPOINT_LOG_WAIT) => Some(l.index),
@@ -370,8 +409,8 @@ fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, fai
                 if let Some(index) = behind {
                     tracing::warn!(index, durable = ?log.durable_index(), "checkpoint put off: the commitlog is not durable that far");
                     debug_assert!(done.is_none(), "only snapshot installs wait for a checkpoint, and they are not from the log");
-                    carried = files;
-                    continue;
+                    *carried = files;
+                    return;
                 }
                 let r = failure.get().map_or_else(
                     || {
@@ -382,7 +421,7 @@ fn flush_thread(dir: PathBuf, rx: mpsc::Receiver<FlushJob>, link: StoreLink, fai
                         let bytes = meta
                             .encode()
                             .map_err(|e| StoreFailure::io("encode checkpoint", &path, &std::io::Error::other(e.to_string())))?;
-                        write_atomic(&dir, CHECKPOINT_FILE, &bytes).map_err(|e| StoreFailure::io("write checkpoint", &path, &e))
+                        write_atomic(dir, CHECKPOINT_FILE, &bytes).map_err(|e| StoreFailure::io("write checkpoint", &path, &e))
                     },
                     Err,
                 );
@@ -950,6 +989,21 @@ mod tests {
             Ok(())
         }
         fn publish(&mut self, _: &str, _: u32, _: u64) {}
+    }
+
+    #[test]
+    fn only_a_log_checkpoint_followed_by_a_newer_one_is_superseded() {
+        let job = |from_log: bool, install: bool| FlushJob::Checkpoint {
+            files: Vec::new(),
+            meta: Arc::new(Metadata::default()),
+            from_log,
+            done: install.then(|| oneshot::channel().0),
+        };
+        // log, log, install, log, log: the last log checkpoint and the install are written.
+        let jobs = [job(true, false), job(true, false), job(false, true), job(true, false), job(true, false)];
+        assert_eq!(superseded_checkpoints(&jobs), [true, true, false, true, false]);
+        assert_eq!(superseded_checkpoints(&[job(true, false)]), [false], "a lone checkpoint is written");
+        assert_eq!(superseded_checkpoints(&[job(true, false), job(false, true)]), [false, false], "nothing newer from the log");
     }
 
     fn with_reset() -> Metadata {

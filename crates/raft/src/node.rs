@@ -601,6 +601,8 @@ pub struct RaftNode {
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
     isolation: Isolation,
+    /// Holds back this node's flush notices to openraft (fault injection for tests).
+    flush_hold: crate::log_store::FlushHold,
     /// The election timer (with its pre-vote round) and the switch leader transfers act on.
     pre_vote: Arc<PreVote>,
     /// This node's proof on control connections it opens (leader transfer).
@@ -1052,7 +1054,9 @@ impl RaftNode {
         let isolation = Isolation::default();
         let auth = cfg.cluster_secrets.clone().map(|s| RaftAuth::new(s, cfg.id));
         let network = TcpNetworkFactory::with_isolation(isolation.clone()).with_auth(auth.clone());
-        let raft = Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| stored_cause(&log, &e))?;
+        let log_store = LogStore::new(log.clone(), link);
+        let flush_hold = log_store.flush_hold();
+        let raft = Raft::new(cfg.id, config, network, log_store, sm).await.map_err(|e| stored_cause(&log, &e))?;
         let failure = FailureCell::default();
         let failures =
             Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
@@ -1165,6 +1169,7 @@ impl RaftNode {
             produce_tx,
             fence,
             isolation,
+            flush_hold,
             auth,
             transfers,
             pre_vote,
@@ -1375,6 +1380,14 @@ impl RaftNode {
     pub fn set_entries_stalled(&self, on: bool) {
         warn!(node = self.id, stalled = on, "raft entry sends stalled (fault injection)");
         self.isolation.link().set_entries_stalled(on);
+    }
+
+    /// Fault injection for tests: while `on`, openraft hears of none of this member's log flushes (fdatasync
+    /// completions); they are delivered, in order, when switched off — as if this node's disk took that long
+    /// to sync. The commitlog itself keeps syncing ([`crate::log_store::FlushHold`]).
+    pub fn set_local_flush_held(&self, on: bool) {
+        warn!(node = self.id, held = on, "local log flush notices held (fault injection)");
+        self.flush_hold.set(on);
     }
 
     /// How many log entries this member has still to apply of what the leader has committed: the highest

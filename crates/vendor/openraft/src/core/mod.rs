@@ -8,6 +8,9 @@ pub(crate) mod balancer;
 pub(crate) mod command_state;
 pub(crate) mod notify;
 mod raft_core;
+// raftmq patch: unit tests of the leader-flush overlap (`PendingFlushes`, notifying `LogFlushed`).
+#[cfg(test)]
+mod leader_flush_test;
 pub(crate) mod raft_msg;
 mod replication_state;
 mod server_state;
@@ -16,6 +19,11 @@ mod tick;
 
 pub(crate) use raft_core::ApplyResult;
 pub(crate) use raft_core::ApplyingEntry;
+// raftmq patch: for the unit tests of the leader-flush overlap.
+#[cfg(test)]
+pub(crate) use raft_core::PendingFlush;
+#[cfg(test)]
+pub(crate) use raft_core::PendingFlushes;
 pub use raft_core::RaftCore;
 pub(crate) use replication_state::replication_lag;
 pub use server_state::ServerState;

@@ -1,5 +1,8 @@
+use std::io;
+
 use crate::core::sm;
 use crate::raft::VoteResponse;
+use crate::raft_state::LogIOId;
 use crate::replication;
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
@@ -41,6 +44,15 @@ where C: RaftTypeConfig
 
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
+
+    // raftmq patch: the leader's own log flush, reported by the storage's `LogFlushed` callback, since
+    // RaftCore no longer waits for it (see `RaftCore::append_to_log_leading`).
+    /// A log append made while leading under `vote` was flushed (or failed) up to `log_io_id`.
+    LocalLogFlushed {
+        vote: Vote<C::NodeId>,
+        log_io_id: LogIOId<C::NodeId>,
+        result: Result<(), io::Error>,
+    },
 
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
@@ -87,6 +99,14 @@ where C: RaftTypeConfig
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)
+            }
+            // raftmq patch: see `Notify::LocalLogFlushed`.
+            Self::LocalLogFlushed {
+                vote,
+                log_io_id,
+                result,
+            } => {
+                format!("LocalLogFlushed: vote: {}, {}, result: {:?}", vote, log_io_id, result)
             }
         }
     }

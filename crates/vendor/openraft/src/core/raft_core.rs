@@ -89,6 +89,7 @@ use crate::storage::RaftLogReaderExt;
 use crate::storage::RaftLogStorage;
 use crate::storage::RaftStateMachine;
 use crate::type_config::alias::InstantOf;
+use crate::type_config::alias::OneshotReceiverOf;
 use crate::type_config::alias::ResponderOf;
 use crate::type_config::TypeConfigExt;
 use crate::AsyncRuntime;
@@ -143,12 +144,74 @@ impl<C: RaftTypeConfig> Debug for ApplyResult<C> {
 pub(crate) struct LeaderData<C: RaftTypeConfig> {
     /// The time to send next heartbeat.
     pub(crate) next_heartbeat: <C::AsyncRuntime as AsyncRuntime>::Instant,
+
+    // raftmq patch: the leader's appends whose flush RaftCore did not wait for, in submission order.
+    /// Leader log appends whose flush has not been counted yet, oldest first.
+    pub(crate) pending_flushes: PendingFlushes<C>,
 }
 
 impl<C: RaftTypeConfig> LeaderData<C> {
     pub(crate) fn new() -> Self {
         Self {
             next_heartbeat: C::now(),
+            pending_flushes: PendingFlushes::default(),
+        }
+    }
+}
+
+// raftmq patch: the bookkeeping that lets the leader replicate before its own flush completes (Raft thesis
+// 10.2.1) and count itself toward the commit quorum only once that flush is reported.
+/// A leader append whose flush has not been counted: the vote it was made under, its last log id, the
+/// receiver its `LogFlushed` callback also completes, and whether the flush notice arrived.
+pub(crate) struct PendingFlush<C: RaftTypeConfig> {
+    pub(crate) vote: Vote<C::NodeId>,
+    pub(crate) log_id: LogId<C::NodeId>,
+    pub(crate) rx: OneshotReceiverOf<C, Result<LogIOId<C::NodeId>, std::io::Error>>,
+    pub(crate) flushed: bool,
+}
+
+/// The leader's appends whose flush has not been counted yet, in submission order (one per
+/// `Command::AppendInputEntries`; flushes are counted in order, so the queue holds only those whose flush is
+/// still running, plus any completed behind one that is).
+pub(crate) struct PendingFlushes<C: RaftTypeConfig> {
+    pub(crate) queue: std::collections::VecDeque<PendingFlush<C>>,
+}
+
+impl<C: RaftTypeConfig> Default for PendingFlushes<C> {
+    fn default() -> Self {
+        Self {
+            queue: Default::default(),
+        }
+    }
+}
+
+impl<C: RaftTypeConfig> PendingFlushes<C> {
+    /// Marks the append ending at `log_id` under `vote` flushed, removes the appends now flushed together
+    /// with every append before them, and returns how far the leader may count its own log: the newest of
+    /// those, only if it was made under `leading` (the vote this node leads under now, `None` when it does
+    /// not lead). A notice from an earlier leadership never counts (the log may have been truncated since),
+    /// and a storage that reports flushes out of order is never trusted past an earlier append still being
+    /// flushed.
+    pub(crate) fn flushed(
+        &mut self,
+        vote: &Vote<C::NodeId>,
+        log_id: &Option<LogId<C::NodeId>>,
+        leading: Option<&Vote<C::NodeId>>,
+    ) -> Option<LogId<C::NodeId>> {
+        if let Some(p) = self.queue.iter_mut().find(|p| &p.vote == vote && Some(&p.log_id) == log_id.as_ref()) {
+            p.flushed = true;
+        }
+        let mut upto = None;
+        while self.queue.front().is_some_and(|p| p.flushed) {
+            if let Some(p) = self.queue.pop_front() {
+                upto = Some((p.vote, p.log_id));
+            }
+        }
+        let (v, log_id) = upto?;
+        if leading == Some(&v) {
+            Some(log_id)
+        } else {
+            None
         }
     }
 }
@@ -702,6 +765,51 @@ where
         let leader_id = leader_id?;
 
         self.engine.state.membership_state.effective().get_node(&leader_id).cloned()
+    }
+
+    // raftmq patch: the leader's append: submitted without waiting for the flush, which the storage reports
+    // through `Notify::LocalLogFlushed`; the leader counts its own log only then (`handle_notify`). Raft
+    // allows the leader to send entries before they are durable locally (Raft thesis 10.2.1) as long as it
+    // counts itself toward the commit quorum only once they are.
+    /// Submit a leader's append under `vote` without awaiting its flush; see `PendingFlushes`.
+    pub(crate) async fn append_to_log_leading<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new_notifying(log_io_id, tx, self.tx_notify.clone(), vote.clone());
+        if let Some(ld) = &mut self.leader_data {
+            ld.pending_flushes.queue.push_back(PendingFlush {
+                vote,
+                log_id: last_log_id,
+                rx,
+                flushed: false,
+            });
+        }
+        self.log_store.append(entries, callback).await?;
+        Ok(())
+    }
+
+    // raftmq patch: before this node acts as anything but the leader (QuitLeader), every flush it did not
+    // wait for while leading must be complete: as a follower it may acknowledge entries it already holds
+    // without appending (and flushing) again, and such an acknowledgement counts toward a new leader's quorum.
+    /// Wait for every leader append still being flushed; a flush error fails like `append_to_log`.
+    pub(crate) async fn wait_leader_flushes(&mut self) -> Result<(), StorageError<C::NodeId>> {
+        let Some(ld) = &mut self.leader_data else { return Ok(()) };
+        let pending = std::mem::take(&mut ld.pending_flushes.queue);
+        for p in pending {
+            p.rx.await
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        }
+        Ok(())
     }
 
     /// A temp wrapper to make non-blocking `append_to_log` a blocking.
@@ -1278,6 +1386,31 @@ where
                 }
             }
 
+            // raftmq patch: the leader's own flush (see `append_to_log_leading`). An error stops RaftCore, as
+            // a failed `append_to_log` does. Otherwise the leader counts its log up to the newest append
+            // flushed together with all before it, and only if it still leads under the vote those appends
+            // were made under: a notice from an earlier leadership must never raise matching, the log may
+            // have been truncated since.
+            Notify::LocalLogFlushed {
+                vote,
+                log_io_id,
+                result,
+            } => {
+                if let Err(e) = result {
+                    tracing::error!("leader log flush failed upto {}: {}", log_io_id, e);
+                    let err: StorageError<C::NodeId> = StorageIOError::write_logs(AnyError::error(e)).into();
+                    return Err(Fatal::from(err));
+                }
+                let leading = self.engine.leader.as_ref().map(|l| l.vote.clone()).filter(|v| v.is_committed());
+                let Some(ld) = &mut self.leader_data else { return Ok(()) };
+                let Some(upto) = ld.pending_flushes.flushed(&vote, &log_io_id.log_id, leading.as_ref()) else {
+                    return Ok(());
+                };
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    lh.replication_handler().update_local_progress(Some(upto));
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1631,11 +1764,24 @@ where
                 self.leader_data = Some(LeaderData::new());
             }
             Command::QuitLeader => {
+                // raftmq patch: no longer the leader: wait for the flushes leading did not wait for.
+                self.wait_leader_flushes().await?;
                 self.leader_data = None;
             }
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // raftmq patch: a leader appending under its own vote does not wait for the flush; the
+                // flush notice counts its log later (`Notify::LocalLogFlushed`). `leader_data` is set until
+                // `Command::QuitLeader` runs, which waits for these flushes. Every other append (a follower
+                // or learner, or a leader step-down already decided) waits for the flush, as upstream.
+                let leading_with_vote = self.leader_data.is_some()
+                    && self.engine.leader.as_ref().is_some_and(|l| l.vote == vote && l.vote.is_committed());
+                if leading_with_vote {
+                    self.append_to_log_leading(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 

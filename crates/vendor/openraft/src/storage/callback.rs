@@ -2,21 +2,28 @@
 
 use std::io;
 
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::async_runtime::AsyncOneshotSendExt;
+use crate::core::notify::Notify;
 use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::type_config::alias::OneshotSenderOf;
 use crate::LogId;
 use crate::RaftTypeConfig;
 use crate::StorageIOError;
+use crate::Vote;
 
 /// A oneshot callback for completion of log io operation.
 pub struct LogFlushed<C>
 where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
-    tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    // raftmq patch: `Option`s so that `Drop` can tell a callback that was never called (see `Drop` below).
+    tx: Option<OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>>,
+    // raftmq patch: a leader's append also reports its flush to RaftCore's notify channel (with the vote it
+    // was made under), because RaftCore no longer waits for it; see `Notify::LocalLogFlushed`.
+    notify: Option<(mpsc::UnboundedSender<Notify<C>>, Vote<C::NodeId>)>,
 }
 
 impl<C> LogFlushed<C>
@@ -26,22 +33,75 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx: Some(tx),
+            notify: None,
+        }
+    }
+
+    // raftmq patch: the callback of a leader's append, which RaftCore does not wait for: the completion is
+    // also sent as `Notify::LocalLogFlushed { vote, .. }` through `tx_notify`.
+    pub(crate) fn new_notifying(
+        log_io_id: LogIOId<C::NodeId>,
+        tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+        tx_notify: mpsc::UnboundedSender<Notify<C>>,
+        vote: Vote<C::NodeId>,
+    ) -> Self {
+        Self {
+            log_io_id,
+            tx: Some(tx),
+            notify: Some((tx_notify, vote)),
+        }
     }
 
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
-    pub fn log_io_completed(self, result: Result<(), io::Error>) {
+    pub fn log_io_completed(mut self, result: Result<(), io::Error>) {
+        self.complete(result);
+    }
+
+    // raftmq patch: the body of `log_io_completed`, shared with `Drop`; also sends the notify message.
+    fn complete(&mut self, result: Result<(), io::Error>) {
+        let Some(tx) = self.tx.take() else { return };
+        if let Some((tx_notify, vote)) = self.notify.take() {
+            let res = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_io_id: self.log_io_id.clone(),
+                result: res,
+            });
+        }
+
         let res = if let Err(e) = result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
-            self.tx.send(Err(e))
+            tx.send(Err(e))
         } else {
-            self.tx.send(Ok(self.log_io_id))
+            tx.send(Ok(self.log_io_id.clone()))
         };
 
         if let Err(e) = res {
             tracing::error!("failed to send log io completion event: {:?}", e);
+        }
+    }
+}
+
+// raftmq patch: a leader's append is not awaited by RaftCore, so a callback the storage drops without calling
+// it must still be reported, as an error (upstream, the awaiting `rx` fails the same way). Only the
+// notifying callbacks do this; the others keep upstream's behaviour (the dropped sender fails `rx`).
+impl<C> Drop for LogFlushed<C>
+where C: RaftTypeConfig
+{
+    fn drop(&mut self) {
+        if self.notify.is_some() {
+            self.complete(Err(io::Error::other(format!(
+                "LogFlushed callback dropped without being called, flushing upto {}",
+                self.log_io_id
+            ))));
         }
     }
 }

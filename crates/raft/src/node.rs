@@ -2,7 +2,8 @@
 //! transport, and offers what the broker layer needs — batched produce writes, metadata writes, a role
 //! watch, membership changes, leader transfer and log compaction at the retention boundary.
 //!
-//! openraft 0.9 fsyncs every entry serially and turns each `client_write` into one entry, so produce
+//! openraft 0.9 turns each `client_write` into one entry (and fsyncs each one; raftmq's patched openraft
+//! overlaps the leader's fsync with replication, docs/architecture.md), so produce
 //! requests are coalesced here: a batcher drains whatever is queued (up to `batch_bytes_max`) into one
 //! entry, with at most `batch_inflight_max` entries awaiting commit (default 1). Batches grow with load;
 //! no linger timer.
@@ -97,8 +98,9 @@ pub struct NodeConfig {
     /// [`WriteError::EntryTooLarge`], and batches never exceed it. Must fit a commitlog segment with its record
     /// header, and be at most [`ENTRY_BYTES_LIMIT`].
     pub entry_bytes_max: usize,
-    /// Produce entries awaiting commit at once. 1 is best on openraft 0.9, whose appends and replication
-    /// run serially: a second entry in flight only halves the batches (see docs/benchmarks.md).
+    /// Produce entries awaiting commit at once. 1 was best on unpatched openraft 0.9, whose leader appends
+    /// and replication ran serially: a second entry in flight only halved the batches (see docs/benchmarks.md,
+    /// also for figures with the leader-fsync patch).
     pub batch_inflight_max: usize,
     /// Produce requests waiting for the batcher at most (flow control); 1..=[`SEND_QUEUE_MAX_LIMIT`].
     pub send_queue_max: usize,

@@ -114,6 +114,48 @@ impl StoreLink {
     }
 }
 
+/// Fault injection for tests: while held, the flush notices of this log store's appends (openraft's
+/// `LogFlushed` callbacks) are kept back, in order, and delivered when released — to openraft, this node's
+/// fdatasync takes as long as the hold. The commitlog itself still syncs as usual. Never held in production
+/// (only `RaftNode::set_local_flush_held` holds it); the notices held are one per append openraft issues
+/// meanwhile, so a test holds it only around a few writes.
+#[derive(Clone, Default)]
+pub struct FlushHold {
+    inner: Arc<Mutex<FlushHoldState>>,
+}
+
+type HeldNotice = (LogFlushed<TypeConfig>, Result<(), std::io::Error>);
+
+#[derive(Default)]
+struct FlushHoldState {
+    held: bool,
+    notices: Vec<HeldNotice>,
+}
+
+impl FlushHold {
+    /// Holds (`true`) or releases (`false`, delivering every notice held, oldest first) the flush notices.
+    pub fn set(&self, held: bool) {
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        st.held = held;
+        if !held {
+            // Delivered under the lock so that a notice arriving meanwhile cannot overtake these (delivery only
+            // sends on channels).
+            for (cb, r) in st.notices.drain(..) {
+                cb.log_io_completed(r);
+            }
+        }
+    }
+
+    fn deliver(&self, cb: LogFlushed<TypeConfig>, r: Result<(), std::io::Error>) {
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if st.held {
+            st.notices.push((cb, r));
+        } else {
+            cb.log_io_completed(r);
+        }
+    }
+}
+
 /// The Raft log store over a [`CommitLog`].
 #[derive(Clone)]
 pub struct LogStore {
@@ -121,6 +163,7 @@ pub struct LogStore {
     reader: LogReader,
     link: StoreLink,
     committed_saved_at: Option<std::time::Instant>,
+    flush_hold: FlushHold,
 }
 
 /// `committed` is advisory (it only bounds the re-apply at start-up), and openraft saves it before every
@@ -190,7 +233,12 @@ impl LogStore {
     /// Wraps an opened commitlog. `hint` is shared with the state machine.
     pub fn new(log: CommitLog, link: StoreLink) -> Self {
         let reader = LogReader { reader: log.reader() };
-        LogStore { log, reader, link, committed_saved_at: None }
+        LogStore { log, reader, link, committed_saved_at: None, flush_hold: FlushHold::default() }
+    }
+
+    /// This store's flush-notice hold (fault injection for tests, see [`FlushHold`]).
+    pub fn flush_hold(&self) -> FlushHold {
+        self.flush_hold.clone()
     }
 
     /// The commitlog reader, for serving message bodies by physical offset.
@@ -345,7 +393,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         self.log
-            .append(batch, Box::new(move |r| callback.log_io_completed(r.map_err(|e| e.into_io()))))
+            .append(batch, {
+                let hold = self.flush_hold.clone();
+                Box::new(move |r| hold.deliver(callback, r.map_err(|e| e.into_io())))
+            })
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         Ok(())

@@ -2,7 +2,8 @@
 //! transport, and offers what the broker layer needs — batched produce writes, metadata writes, a role
 //! watch, membership changes, leader transfer and log compaction at the retention boundary.
 //!
-//! openraft 0.9 fsyncs every entry serially and turns each `client_write` into one entry, so produce
+//! openraft 0.9 turns each `client_write` into one entry (and fsyncs each one; raftmq's patched openraft
+//! overlaps the leader's fsync with replication, docs/architecture.md), so produce
 //! requests are coalesced here: a batcher drains whatever is queued (up to `batch_bytes_max`) into one
 //! entry, with at most `batch_inflight_max` entries awaiting commit (default 1). Batches grow with load;
 //! no linger timer.
@@ -97,8 +98,9 @@ pub struct NodeConfig {
     /// [`WriteError::EntryTooLarge`], and batches never exceed it. Must fit a commitlog segment with its record
     /// header, and be at most [`ENTRY_BYTES_LIMIT`].
     pub entry_bytes_max: usize,
-    /// Produce entries awaiting commit at once. 1 is best on openraft 0.9, whose appends and replication
-    /// run serially: a second entry in flight only halves the batches (see docs/benchmarks.md).
+    /// Produce entries awaiting commit at once. 1 was best on unpatched openraft 0.9, whose leader appends
+    /// and replication ran serially: a second entry in flight only halved the batches (see docs/benchmarks.md,
+    /// also for figures with the leader-fsync patch).
     pub batch_inflight_max: usize,
     /// Produce requests waiting for the batcher at most (flow control); 1..=[`SEND_QUEUE_MAX_LIMIT`].
     pub send_queue_max: usize,
@@ -601,6 +603,8 @@ pub struct RaftNode {
     produce_tx: mpsc::Sender<ProduceRequest>,
     fence: Arc<Fence>,
     isolation: Isolation,
+    /// Holds back this node's flush notices to openraft (fault injection for tests).
+    flush_hold: crate::log_store::FlushHold,
     /// The election timer (with its pre-vote round) and the switch leader transfers act on.
     pre_vote: Arc<PreVote>,
     /// This node's proof on control connections it opens (leader transfer).
@@ -1052,7 +1056,9 @@ impl RaftNode {
         let isolation = Isolation::default();
         let auth = cfg.cluster_secrets.clone().map(|s| RaftAuth::new(s, cfg.id));
         let network = TcpNetworkFactory::with_isolation(isolation.clone()).with_auth(auth.clone());
-        let raft = Raft::new(cfg.id, config, network, LogStore::new(log.clone(), link), sm).await.map_err(|e| stored_cause(&log, &e))?;
+        let log_store = LogStore::new(log.clone(), link);
+        let flush_hold = log_store.flush_hold();
+        let raft = Raft::new(cfg.id, config, network, log_store, sm).await.map_err(|e| stored_cause(&log, &e))?;
         let failure = FailureCell::default();
         let failures =
             Failures { node: failure.clone(), log: log.reader(), log_dir: cfg.data_dir.join("commitlog"), sm: sm_failure.clone() };
@@ -1165,6 +1171,7 @@ impl RaftNode {
             produce_tx,
             fence,
             isolation,
+            flush_hold,
             auth,
             transfers,
             pre_vote,
@@ -1375,6 +1382,14 @@ impl RaftNode {
     pub fn set_entries_stalled(&self, on: bool) {
         warn!(node = self.id, stalled = on, "raft entry sends stalled (fault injection)");
         self.isolation.link().set_entries_stalled(on);
+    }
+
+    /// Fault injection for tests: while `on`, openraft hears of none of this member's log flushes (fdatasync
+    /// completions); they are delivered, in order, when switched off — as if this node's disk took that long
+    /// to sync. The commitlog itself keeps syncing ([`crate::log_store::FlushHold`]).
+    pub fn set_local_flush_held(&self, on: bool) {
+        warn!(node = self.id, held = on, "local log flush notices held (fault injection)");
+        self.flush_hold.set(on);
     }
 
     /// How many log entries this member has still to apply of what the leader has committed: the highest

@@ -129,6 +129,15 @@ pub fn render(rows: &[Row]) -> String {
     );
     let _ = writeln!(out, "  the case, per message acknowledged (produce), read (consume) or received (e2e); - when not measured.");
     let _ = writeln!(out, "lost/dup (e2e rows): acknowledged messages never received / messages received twice.");
+    for r in rows {
+        if let Some(e) = r.e2e.as_ref().filter(|e| e.sent < e.planned) {
+            let _ = writeln!(
+                out,
+                "  {} {}: sent {} of {} planned messages — the system fell behind the rate and sending stopped at twice the duration",
+                r.system, r.case, e.sent, e.planned
+            );
+        }
+    }
     let _ = writeln!(out, "fsync@ack: whether the message was fsynced before the ack —");
     for (s, fsync) in systems {
         let _ = writeln!(out, "  {}", durability_note(s, fsync));
@@ -242,8 +251,13 @@ mod tests {
             received_unacknowledged: 0,
             send_p99_us: Some(900),
         });
-        let t = render(&[r]);
+        let t = render(&[r.clone()]);
         let line = t.lines().find(|l| l.contains("e2e 1000/s")).unwrap();
         assert!(line.contains(" 2/5 "), "{line}");
+        assert!(!t.contains("fell behind"), "{t}");
+        if let Some(e) = r.e2e.as_mut() {
+            e.sent = 2500;
+        }
+        assert!(render(&[r]).contains("raftmq-sync e2e 1000/s: sent 2500 of 3000 planned"));
     }
 }

@@ -615,7 +615,16 @@ pub async fn e2e(e: E2eBench) -> Result<()> {
     warm.send(Message::new(b.common.topic.clone(), vec![0u8; 8])).await.context("creating the topic")?;
     warm.shutdown().await;
     let pc = Arc::new(pc);
-    let queues = pc.fetch_subscribe_queues(&b.common.topic).await?;
+    // The broker registers an auto-created topic with the nameserver shortly after its first message.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let queues = loop {
+        match pc.fetch_subscribe_queues(&b.common.topic).await {
+            Ok(q) if !q.is_empty() => break q,
+            Ok(_) | Err(_) if Instant::now() < give_up => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) => bail!("topic {} has no queues in its route after 30 s", b.common.topic),
+            Err(e) => return Err(e).with_context(|| format!("no route for topic {} after 30 s", b.common.topic)),
+        }
+    };
     let mut starts = Vec::new();
     for q in &queues {
         starts.push(pc.max_offset(q).await?);

@@ -618,7 +618,8 @@ impl Report {
         let received = tracker.received.len();
         let cpu = cpu.finish(received);
         let acked_set = p.acked.lock().unwrap_or_else(|e| e.into_inner());
-        let (acked, lost, unacked) = (acked_set.len(), acked_set.missing_from(&tracker.received), tracker.received.missing_from(&acked_set));
+        let (acked, lost, unacked) =
+            (acked_set.len(), acked_set.missing_from(&tracker.received), tracker.received.missing_from(&acked_set));
         let secs = tracker.last_new.map_or(0.0, |l| l.saturating_duration_since(p.start).as_secs_f64()).max(1e-9);
         let h = &tracker.hist;
         let some = |q: f64| (received > 0).then(|| h.value_at_quantile(q));

@@ -173,7 +173,13 @@ async fn consume(o: &Opts, js: &Context, stream_name: &str) -> Result<Consumed> 
 }
 
 /// Reads the end-to-end stream until `stop`.
-async fn e2e_reader(consumer: PullConsumer, ack_all: bool, batch: usize, tracker: Arc<Mutex<E2eTracker>>, stop: Arc<AtomicBool>) -> Result<()> {
+async fn e2e_reader(
+    consumer: PullConsumer,
+    ack_all: bool,
+    batch: usize,
+    tracker: Arc<Mutex<E2eTracker>>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     let mut messages =
         consumer.stream().max_messages_per_batch(batch.max(1)).messages().await.map_err(|e| anyhow!("starting the pull stream: {e}"))?;
     let mut n = 0u64;

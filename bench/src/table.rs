@@ -121,7 +121,8 @@ pub fn render(rows: &[Row]) -> String {
         out.push('\n');
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "size: message body bytes; µs: send-to-ack latency (e2e rows: produce-to-consume, from each message's due time);");
+    let _ =
+        writeln!(out, "size: message body bytes; µs: send-to-ack latency (e2e rows: produce-to-consume, from each message's due time);");
     let _ = writeln!(out, "vs PEER: raftmq msgs/s ÷ PEER msgs/s, same case and size (e2e rows: messages received per second).");
     let _ = writeln!(
         out,

@@ -156,7 +156,13 @@ impl CpuMeter {
         }
         let server_cpu_s = (!self.pids.is_empty() && unreadable.is_empty()).then(|| server.as_secs_f64());
         let per = |s: f64| (msgs > 0).then(|| s * 1e6 / msgs as f64);
-        CpuUse { server_cpu_s, client_cpu_s: client, server_us_per_msg: server_cpu_s.and_then(per), client_us_per_msg: per(client), unreadable }
+        CpuUse {
+            server_cpu_s,
+            client_cpu_s: client,
+            server_us_per_msg: server_cpu_s.and_then(per),
+            client_us_per_msg: per(client),
+            unreadable,
+        }
     }
 }
 
@@ -214,11 +220,7 @@ impl SeqSet {
 
     /// Elements of `self` missing from `other`.
     pub fn missing_from(&self, other: &SeqSet) -> u64 {
-        self.words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| u64::from((w & !other.words.get(i).copied().unwrap_or(0)).count_ones()))
-            .sum()
+        self.words.iter().enumerate().map(|(i, w)| u64::from((w & !other.words.get(i).copied().unwrap_or(0)).count_ones())).sum()
     }
 }
 

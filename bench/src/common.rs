@@ -723,10 +723,11 @@ mod tests {
         assert!(p.start.elapsed() >= Duration::from_millis(199));
         assert_eq!(p.sent, 400);
         assert_eq!(p.acked.lock().unwrap().len(), 400);
-        let t = seen.lock().unwrap();
-        assert_eq!((t.received.len(), t.duplicates, t.foreign), (400, 0, 0));
+        {
+            let t = seen.lock().unwrap();
+            assert_eq!((t.received.len(), t.duplicates, t.foreign), (400, 0, 0));
+        }
         assert_eq!(p.send_hist.len(), 400);
-        drop(t);
         // Everything acknowledged was received: the drain ends at once and stops the consumer.
         let stop = AtomicBool::new(false);
         let t0 = Instant::now();

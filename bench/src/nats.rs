@@ -191,7 +191,7 @@ async fn e2e_reader(
         };
         tracker.lock().unwrap_or_else(|e| e.into_inner()).on_body(&m.payload, benchkit::now_ns());
         n += 1;
-        if ack_all && n % (batch.max(1) as u64) == 0 {
+        if ack_all && n.is_multiple_of(batch.max(1) as u64) {
             m.ack_with(AckKind::Ack).await.map_err(|e| anyhow!("ack: {e}"))?;
         }
     }

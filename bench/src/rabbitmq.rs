@@ -156,7 +156,7 @@ async fn e2e_reader(ch: Channel, queue: String, prefetch: u16, tracker: Arc<Mute
         };
         tracker.lock().unwrap_or_else(|e| e.into_inner()).on_body(&delivery.data, benchkit::now_ns());
         n += 1;
-        if n % ack_every == 0 {
+        if n.is_multiple_of(ack_every) {
             delivery.ack(BasicAckOptions { multiple: true }).await.context("basic_ack")?;
         }
     }

@@ -154,7 +154,7 @@ impl CpuMeter {
                 (_, Err(e)) => unreadable.push((*pid, format!("at the end: {e}"))),
             }
         }
-        let server_cpu_s = (!self.pids.is_empty() && unreadable.is_empty()).then(|| server.as_secs_f64());
+        let server_cpu_s = (!self.pids.is_empty() && unreadable.is_empty()).then_some(server.as_secs_f64());
         let per = |s: f64| (msgs > 0).then(|| s * 1e6 / msgs as f64);
         CpuUse {
             server_cpu_s,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # raftmq side by side with NATS JetStream and RabbitMQ on this machine, in one run.
 #
-#   scripts/bench-peers.sh [--json FILE] [--duration S] [--systems LIST] [--no-build] [--install-only]
-#                          [-- EXTRA bench-peers OPTIONS]
+#   scripts/bench-peers.sh [--json FILE] [--duration S] [--systems LIST] [--e2e-rates LIST] [--no-build]
+#                          [--install-only] [-- EXTRA bench-peers OPTIONS]
 #
 # Starts each system fresh in its own temporary directory, one at a time, drives the same workloads from
 # the Rust bench crate in bench/ (binary bench-peers), stops it and deletes its data:
@@ -12,11 +12,22 @@
 #   nats          3 nats-server -js processes (Debian nats-server), R3 file stream
 #   rabbitmq      3 RabbitMQ nodes (Debian rabbitmq-server) joined into one cluster, quorum queue, confirms
 # Cases per system (--duration seconds each): sync send 1 producer 128 B; pipelined send 4 producers x 256
-# in flight, 128 B and 1 KiB; then consume everything back. Prints one table (msgs/s, MB/s, p50/p99 ack
-# latency, fsync before ack, raftmq's ratio to each peer); --json FILE also writes it as a JSON list.
+# in flight, 128 B and 1 KiB; then consume everything back; then one end-to-end case per --e2e-rates rate
+# (1 producer sends 128 B messages at that rate, open loop, while a consumer reads them: produce-to-consume
+# latency from each message's due time, acknowledged messages never received, duplicates). Prints one table
+# (msgs/s, MB/s, p50/p99/p99.9 latency, server and client CPU per message, lost/dup, fsync before ack,
+# raftmq's ratio to each peer); --json FILE also writes it as a JSON list.
+# CPU per message: user + system time over the case of the three server processes (raftmq: the three
+# brokers, nameserver excluded; NATS: the three nats-server; RabbitMQ: the three beam.smp, epmd and the
+# Erlang helper processes excluded), from /proc/PID/stat, and of bench-peers itself (getrusage), divided by
+# the messages acknowledged (produce), read (consume) or received (e2e). On a busy machine msgs/s depends on
+# the neighbours; CPU per message much less.
 #
 #   --systems LIST  comma-separated subset of raftmq-sync,raftmq-sync-unbatched,raftmq-async,nats,rabbitmq
 #                   (default: all five)
+#   --e2e-rates LIST  comma-separated end-to-end rates in msgs/s (default 1000,10000,50000; "none": no
+#                   end-to-end cases); each runs --duration seconds, then reads on until every
+#                   acknowledged message arrived (at most 10 s without a new one)
 #   --no-build      use the existing raftmq and bench-peers binaries
 #   --install-only  install the missing Debian packages and exit
 #   -- ARGS         passed to every `bench-peers raftmq|nats|rabbitmq` (e.g. -- --producers 8 --inflight 64)
@@ -36,6 +47,7 @@ ROOT=$(pwd)
 JSON=""
 DURATION=10
 SYSTEMS="raftmq-sync,raftmq-sync-unbatched,raftmq-async,nats,rabbitmq"
+E2E_RATES="1000,10000,50000"
 BUILD=1
 INSTALL_ONLY=0
 EXTRA=()
@@ -47,14 +59,23 @@ while [ $# -gt 0 ]; do
     --duration=*) DURATION=${1#*=}; shift ;;
     --systems) SYSTEMS=$2; shift 2 ;;
     --systems=*) SYSTEMS=${1#*=}; shift ;;
+    --e2e-rates) E2E_RATES=$2; shift 2 ;;
+    --e2e-rates=*) E2E_RATES=${1#*=}; shift ;;
     --no-build) BUILD=0; shift ;;
     --install-only) INSTALL_ONLY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "bench-peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$DURATION" in ''|*[!0-9]*) echo "bench-peers.sh: --duration takes whole seconds" >&2; exit 2 ;; esac
+[ "$DURATION" -ge 1 ] || { echo "bench-peers.sh: --duration must be at least 1" >&2; exit 2; }
+E2E_ARGS=()
+case "$E2E_RATES" in
+  none|"") ;;
+  *[!0-9,]*|,*|*,|*,,*) echo "bench-peers.sh: --e2e-rates takes comma-separated whole msgs/s, e.g. 1000,10000, or none" >&2; exit 2 ;;
+  *) E2E_ARGS=(--e2e-rates "$E2E_RATES") ;;  # bench-peers checks the bounds (1..1000000 msgs/s, at most 8 rates)
+esac
 if [ -n "$JSON" ]; then
   case "$JSON" in /*) ;; *) JSON="$CALLER_PWD/$JSON" ;; esac
 fi
@@ -94,6 +115,7 @@ stop_all() {
     wait "$pid" 2>/dev/null || true
   done
   : >"$TMP/pids"
+  : >"$TMP/names"
 }
 
 restore_policy() {
@@ -119,6 +141,7 @@ spawn() {
   shift 2
   setsid "$@" >"$logfile" 2>&1 </dev/null &
   echo "$!" >>"$TMP/pids"
+  echo "$name $!" >>"$TMP/names"
   echo "  started $name (pid $!)" >&2
 }
 
@@ -234,7 +257,8 @@ start_raftmq() {
 bench_raftmq() {
   local flags=()
   [ "$1" = raftmq-sync-unbatched ] && flags+=(--no-auto-batch)
-  "$BENCH_BIN" raftmq --namesrv "$RAFTMQ_NAMESRV" --label "$1" --duration "$DURATION" --out "$2" "${flags[@]}" "${EXTRA[@]}"
+  "$BENCH_BIN" raftmq --namesrv "$RAFTMQ_NAMESRV" --label "$1" --duration "$DURATION" --out "$2" --server-pids "$3" \
+    ${E2E_ARGS[@]+"${E2E_ARGS[@]}"} ${flags[@]+"${flags[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
 # --- NATS -----------------------------------------------------------------------------------------------------
@@ -265,7 +289,10 @@ start_nats() {
   for i in 0 1 2; do port_busy $((4222 + i)) || die "nats server $((i + 1)) does not listen on $((4222 + i))"; done
 }
 
-bench_nats() { "$BENCH_BIN" nats --urls "$NATS_URLS" --label "$1" --duration "$DURATION" --out "$2" "${EXTRA[@]}"; }
+bench_nats() {
+  "$BENCH_BIN" nats --urls "$NATS_URLS" --label "$1" --duration "$DURATION" --out "$2" --server-pids "$3" \
+    ${E2E_ARGS[@]+"${E2E_ARGS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+}
 
 # --- RabbitMQ -------------------------------------------------------------------------------------------------
 RABBIT_URIS=amqp://guest:guest@127.0.0.1:5672/%2f,amqp://guest:guest@127.0.0.1:5673/%2f,amqp://guest:guest@127.0.0.1:5674/%2f
@@ -325,7 +352,32 @@ start_rabbitmq() {
     "$(rabbit_running_nodes | sort | tr '\n' ' ')" >&2
 }
 
-bench_rabbitmq() { "$BENCH_BIN" rabbitmq --uris "$RABBIT_URIS" --label "$1" --duration "$DURATION" --out "$2" "${EXTRA[@]}"; }
+bench_rabbitmq() {
+  "$BENCH_BIN" rabbitmq --uris "$RABBIT_URIS" --label "$1" --duration "$DURATION" --out "$2" --server-pids "$3" \
+    ${E2E_ARGS[@]+"${E2E_ARGS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+}
+
+# --- server processes whose CPU is measured ------------------------------------------------------------------
+# server_pids SYSTEM: the comma-separated pids of the system's three server processes. Each was spawned as
+# the leader of its own process group; the server is the process named COMM in that group (the group leader
+# itself for raftmq and nats-server; for RabbitMQ the Erlang VM, beam.smp, under the rabbitmq-server script).
+server_pids() {
+  local prefix comm name pgid pid out=()
+  case "$1" in
+    raftmq-*) prefix=raftmq-n; comm=raftmq ;;
+    nats) prefix=nats-n; comm=nats-server ;;
+    rabbitmq) prefix=rabbit; comm=beam.smp ;;
+    *) die "server_pids: unknown system $1" ;;
+  esac
+  while read -r name pgid; do
+    case "$name" in "$prefix"[0-9]) ;; *) continue ;; esac
+    pid=$(pgrep -g "$pgid" -x "$comm" || true)
+    [ "$(printf '%s\n' "$pid" | grep -c .)" = 1 ] || die "$name: expected one $comm process in process group $pgid, found: ${pid:-none}"
+    out+=("$pid")
+  done <"$TMP/names"
+  [ ${#out[@]} = 3 ] || die "$1: found ${#out[@]} server processes instead of 3"
+  (IFS=,; echo "${out[*]}")
+}
 
 # --- one system at a time -------------------------------------------------------------------------------------
 show_logs() {
@@ -339,7 +391,7 @@ show_logs() {
 # run_system NAME: start the system fresh, run the cases, stop it, delete its data. A failure is reported and
 # the run goes on with the next system. (Steps run in subshells with errexit on; `cmd || x` would disable it.)
 run_system() {
-  local sys=$1 dir="$TMP/$1" out="$TMP/$1.json" t0 setup_s bench_s=0 stop_s rc
+  local sys=$1 dir="$TMP/$1" out="$TMP/$1.json" t0 setup_s bench_s=0 stop_s rc pids=""
   mkdir -p "$dir"
   log "$sys: starting"
   t0=$(now)
@@ -357,13 +409,16 @@ run_system() {
   set -e
   setup_s=$(since "$t0")
   if [ "$rc" = 0 ]; then
-    log "$sys: ready after ${setup_s}s; running the cases (${DURATION}s each), then consuming"
+    pids=$(server_pids "$sys") || rc=1
+  fi
+  if [ "$rc" = 0 ]; then
+    log "$sys: ready after ${setup_s}s (server pids $pids); running the cases (${DURATION}s each), consuming, end-to-end"
     t0=$(now)
     set +e
     case "$sys" in
-      raftmq-*) bench_raftmq "$sys" "$out" ;;
-      nats) bench_nats "$sys" "$out" ;;
-      rabbitmq) bench_rabbitmq "$sys" "$out" ;;
+      raftmq-*) bench_raftmq "$sys" "$out" "$pids" ;;
+      nats) bench_nats "$sys" "$out" "$pids" ;;
+      rabbitmq) bench_rabbitmq "$sys" "$out" "$pids" ;;
     esac
     rc=$?
     set -e

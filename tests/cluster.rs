@@ -111,6 +111,25 @@ fn cli_produce_consume_and_admin(cluster: &Cluster) {
     assert!(r["latency"]["p99_us"].as_u64().unwrap_or(0) >= r["latency"]["p50_us"].as_u64().unwrap_or(u64::MAX), "{r}");
     let (ok, out) = raftmq(&["bench", "consume", "--namesrv", ns, "--topic", "BenchT", "--duration", "20", "--quiet"]);
     assert!(ok && out.contains("consume: 300 msgs"), "{out}");
+    // CPU per message: the brokers' (given by pid) and the generator's own, both positive for 300 messages.
+    let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
+    let args = ["bench", "produce", "--namesrv", ns, "--topic", "BenchCpu", "--inflight", "4", "--count", "300", "--quiet"];
+    let (ok, out) = raftmq(&[&args[..], &["--server-pids", &pids.join(","), "--json", json.to_str().unwrap_or_default()]].concat());
+    assert!(ok && out.contains("cpu per acknowledged message: server "), "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("bench json")).expect("json");
+    assert_eq!(r["cpu"]["server_pids"].as_array().map(Vec::len), Some(3), "{r}");
+    assert!(r["cpu"]["server_us_per_msg"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    assert!(r["cpu"]["client_us_per_msg"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    // End to end at a fixed rate: every acknowledged message received once, with latencies.
+    let args = ["bench", "e2e", "--namesrv", ns, "--topic", "BenchE2e", "--rate", "200", "--duration", "2", "--inflight", "16", "--quiet"];
+    let (ok, out) = raftmq(&[&args[..], &["--json", json.to_str().unwrap_or_default()]].concat());
+    assert!(ok, "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("bench json")).expect("json");
+    assert_eq!((r["acked"].as_u64(), r["received"].as_u64()), (Some(400), Some(400)), "{r}");
+    assert_eq!((r["lost"].as_u64(), r["duplicates"].as_u64(), r["foreign"].as_u64()), (Some(0), Some(0), Some(0)), "{r}");
+    assert!(r["latency"]["p50_us"].as_u64().is_some_and(|v| v > 0), "{r}");
+    let (ok, out) = raftmq(&["bench", "e2e", "--namesrv", ns, "--topic", "BenchE2e", "--duration", "2"]);
+    assert!(!ok && out.contains("e2e needs --rate"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,8 +10,16 @@
 //!
 //! Each system subcommand runs, for `--duration` seconds each: sync send (1 producer, 1 in flight, 128 B),
 //! pipelined send (`--producers` × `--inflight`, 128 B and 1 KiB), then consumes back everything the run
-//! produced, and writes its rows to `--out`.
+//! produced, and writes its rows to `--out`. With `--e2e-rates R1,R2,…` it then runs one end-to-end case per
+//! rate (open-loop produce at the rate while a consumer reads; produce-to-consume latency, lost and duplicated
+//! messages). With `--server-pids` every row also has the server processes' CPU per message; the load
+//! generator's own CPU per message is always there.
 
+// CPU per message and the end-to-end body header, shared with `raftmq bench` (crates/cli) so that both read
+// /proc and stamp messages the same way; some of its items only `raftmq bench` uses.
+#[allow(dead_code)]
+#[path = "../../crates/cli/src/benchkit.rs"]
+mod benchkit;
 mod common;
 mod nats;
 mod rabbitmq;

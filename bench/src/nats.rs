@@ -2,23 +2,28 @@
 //! (R3); sends are `jetstream.publish(...)` followed by awaiting the publish-ack future (pipelined = up to
 //! `inflight` outstanding ack futures per producer); every producer is its own connection, producer `i`
 //! preferring server `i mod n`; consume with a pull consumer fetching batches from the start of the stream.
+//! End-to-end cases: a fresh stream per rate, read while it is written by a pull consumer's continuous
+//! `messages()` stream (batches of `--batch`, the next pull requested before the current batch runs out).
 //!
 //! Durability at ack: the stream leader acknowledges once a quorum of replicas has the message in memory /
 //! the OS page cache. The file store fsyncs every `sync_interval` (2 min by default; the option exists since
 //! 2.10, Debian's 2.9.10 has only the lazy default), so `fsync_before_ack` defaults to false; pass
 //! `--fsync-before-ack true` for a server configured with `sync_interval: always`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::ContextBuilder;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{AckKind, Context};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::common::{self, Consumed, Report, Workload, SIZES};
+use crate::benchkit::{self, E2eTracker};
+use crate::common::{self, Consumed, E2ePlan, Report, Workload, SIZES};
 
 /// `bench-peers nats` options.
 #[derive(clap::Args, Debug)]
@@ -100,37 +105,41 @@ async fn publish(js: Context, subject: String, body: Bytes) -> Result<()> {
     Ok(())
 }
 
-async fn consume(o: &Opts, js: &Context, stream_name: &str) -> Result<Consumed> {
-    let mut stream = js.get_stream(stream_name).await.map_err(|e| anyhow!("stream {stream_name}: {e}"))?;
-    let expected = stream.info().await.map_err(|e| anyhow!("stream info: {e}"))?.state.messages;
+/// A durable pull consumer reading `stream` from its start; `true` when it had to use `AckPolicy::All`.
+async fn pull_consumer(stream: &mut stream::Stream, name: &str, batch: usize) -> Result<(PullConsumer, bool)> {
     // Read-only bench: no acks (as raftmq's pull consumer, which commits nothing). Servers that insist on
     // acks for pull consumers get AckAll, acknowledged once per batch.
-    let mut ack_all = false;
-    let consumer = match stream
+    match stream
         .create_consumer(pull::Config {
-            durable_name: Some("bench".into()),
+            durable_name: Some(name.into()),
             ack_policy: AckPolicy::None,
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
         .await
     {
-        Ok(c) => c,
+        Ok(c) => Ok((c, false)),
         Err(e) => {
             eprintln!("  pull consumer with AckPolicy::None refused ({e}); using AckPolicy::All");
-            ack_all = true;
-            stream
+            let c = stream
                 .create_consumer(pull::Config {
-                    durable_name: Some("bench_ackall".into()),
+                    durable_name: Some(format!("{name}_ackall")),
                     ack_policy: AckPolicy::All,
                     deliver_policy: DeliverPolicy::All,
-                    max_ack_pending: (o.batch as i64) * 4,
+                    max_ack_pending: (batch as i64) * 4,
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| anyhow!("creating the pull consumer: {e}"))?
+                .map_err(|e| anyhow!("creating the pull consumer: {e}"))?;
+            Ok((c, true))
         }
-    };
+    }
+}
+
+async fn consume(o: &Opts, js: &Context, stream_name: &str) -> Result<Consumed> {
+    let mut stream = js.get_stream(stream_name).await.map_err(|e| anyhow!("stream {stream_name}: {e}"))?;
+    let expected = stream.info().await.map_err(|e| anyhow!("stream info: {e}"))?.state.messages;
+    let (consumer, ack_all) = pull_consumer(&mut stream, "bench", o.batch).await?;
     let (limit, idle) = o.work.consume_limits();
     let start = Instant::now();
     let mut messages =
@@ -163,9 +172,62 @@ async fn consume(o: &Opts, js: &Context, stream_name: &str) -> Result<Consumed> 
     Ok(Consumed { msgs, bytes, elapsed })
 }
 
-/// Runs the three cases and the consume against a NATS JetStream cluster.
+/// Reads the end-to-end stream until `stop`.
+async fn e2e_reader(
+    consumer: PullConsumer,
+    ack_all: bool,
+    batch: usize,
+    tracker: Arc<Mutex<E2eTracker>>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let mut messages =
+        consumer.stream().max_messages_per_batch(batch.max(1)).messages().await.map_err(|e| anyhow!("starting the pull stream: {e}"))?;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let m = match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
+            Ok(Some(m)) => m.map_err(|e| anyhow!("pull: {e}"))?,
+            Ok(None) => break,
+            Err(_) => continue,
+        };
+        tracker.lock().unwrap_or_else(|e| e.into_inner()).on_body(&m.payload, benchkit::now_ns());
+        n += 1;
+        if ack_all && n.is_multiple_of(batch.max(1) as u64) {
+            m.ack_with(AckKind::Ack).await.map_err(|e| anyhow!("ack: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One end-to-end case on a fresh stream.
+async fn e2e_case(o: &Opts, admin: &Context, report: &mut Report, plan: &E2ePlan, name: &str, subject: &str) -> Result<()> {
+    create_stream(admin, name, subject, o.replicas, Duration::from_secs(o.ready_timeout)).await?;
+    let mut stream = admin.get_stream(name).await.map_err(|e| anyhow!("stream {name}: {e}"))?;
+    let (consumer, ack_all) = pull_consumer(&mut stream, "bench_e2e", o.batch).await?;
+    let tracker = Arc::new(Mutex::new(E2eTracker::new(plan.messages)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..plan.producers {
+        producers.push(connect(o, p, plan.inflight).await?);
+    }
+    let cpu = report.cpu_start();
+    let reader = tokio::spawn(e2e_reader(consumer, ack_all, o.batch, Arc::clone(&tracker), Arc::clone(&stop)));
+    let subject = subject.to_string();
+    let send = move |js: &Context, body: Bytes| publish(js.clone(), subject.clone(), body);
+    let produced = common::e2e_produce(producers, plan, o.work.case_duration() * 2, send).await?;
+    common::e2e_drain(&tracker, &produced, o.work.consume_limits().1, &stop).await;
+    let read = reader.await.context("e2e reader panicked")?;
+    report.e2e(plan, &produced, &tracker.lock().unwrap_or_else(|e| e.into_inner()), cpu);
+    read?;
+    if let Err(e) = admin.delete_stream(name).await {
+        eprintln!("  deleting stream {name}: {e}");
+    }
+    Ok(())
+}
+
+/// Runs the three cases, the consume and the end-to-end cases against a NATS JetStream cluster.
 pub async fn run(o: Opts) -> Result<()> {
-    let mut report = Report::new(&o.label, o.fsync_before_ack);
+    let e2e = o.work.e2e_cases()?;
+    let mut report = Report::new(&o.label, o.fsync_before_ack, o.work.server_pids());
     let id = common::run_id();
     let names: Vec<(String, String)> = SIZES.iter().map(|s| (format!("BENCH_{id}_{s}"), format!("bench.{id}.{s}"))).collect();
 
@@ -192,18 +254,23 @@ pub async fn run(o: Opts) -> Result<()> {
             producers.push(connect(&o, p, case.inflight).await?);
         }
         let send = move |js: &Context, body: Bytes| publish(js.clone(), subject.clone(), body);
+        let cpu = report.cpu_start();
         let produced = common::produce(producers, case.inflight, case.size, o.work.case_duration(), send).await?;
-        report.produced(&case, &produced);
+        report.produced(&case, &produced, cpu);
     }
 
     for ((name, _), size) in names.iter().zip(SIZES) {
+        let cpu = report.cpu_start();
         let c = consume(&o, &admin, name).await?;
-        report.consumed(size, &c);
+        report.consumed(size, &c, cpu);
     }
     for (name, _) in &names {
         if let Err(e) = admin.delete_stream(name).await {
             eprintln!("  deleting stream {name}: {e}");
         }
+    }
+    for plan in &e2e {
+        e2e_case(&o, &admin, &mut report, plan, &format!("BENCH_{id}_E2E{}", plan.rate), &format!("bench.{id}.e2e{}", plan.rate)).await?;
     }
     report.finish(o.work.out.as_deref())
 }

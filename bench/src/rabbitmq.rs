@@ -3,12 +3,14 @@
 //! with one channel in confirm mode (`confirm_select`); a send is a persistent `basic_publish` plus waiting
 //! for its publisher confirm (pipelined = up to `inflight` unconfirmed publishes per channel); consume with
 //! `basic_consume`, manual acknowledgements (`multiple`, every `prefetch / 4` deliveries) and `basic_qos`
-//! prefetch.
+//! prefetch. End-to-end cases: a fresh quorum queue per rate, read while it is written by a `basic_consume`
+//! consumer (prefetch `--prefetch`, `multiple` acks every prefetch / 4 deliveries).
 //!
 //! Durability at ack: a quorum queue confirms once a quorum of its replicas has written the message to the
 //! Raft WAL and fsynced it, so `fsync_before_ack` defaults to true.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,7 +23,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::common::{self, Consumed, Report, Workload, SIZES};
+use crate::benchkit::{self, E2eTracker};
+use crate::common::{self, Consumed, E2ePlan, Report, Workload, SIZES};
 
 /// How long a publish waits for its confirm before it counts as failed.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,12 +142,65 @@ async fn consume(o: &Opts, queue: &str) -> Result<Consumed> {
     Ok(Consumed { msgs, bytes, elapsed })
 }
 
-/// Runs the three cases and the consume against a RabbitMQ cluster.
+/// Reads the end-to-end queue until `stop`.
+async fn e2e_reader(ch: Channel, queue: String, prefetch: u16, tracker: Arc<Mutex<E2eTracker>>, stop: Arc<AtomicBool>) -> Result<()> {
+    ch.basic_qos(prefetch.max(1), BasicQosOptions::default()).await?;
+    let mut consumer = ch.basic_consume(&queue, "bench_e2e", BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let ack_every = u64::from((prefetch / 4).max(1));
+    let mut n = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let delivery = match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+            Ok(Some(d)) => d.map_err(|e| anyhow!("delivery: {e}"))?,
+            Ok(None) => break,
+            Err(_) => continue,
+        };
+        tracker.lock().unwrap_or_else(|e| e.into_inner()).on_body(&delivery.data, benchkit::now_ns());
+        n += 1;
+        if n.is_multiple_of(ack_every) {
+            delivery.ack(BasicAckOptions { multiple: true }).await.context("basic_ack")?;
+        }
+    }
+    ch.basic_cancel("bench_e2e", BasicCancelOptions::default()).await?;
+    Ok(())
+}
+
+/// One end-to-end case on a fresh quorum queue.
+async fn e2e_case(o: &Opts, admin: &Prod, report: &mut Report, plan: &E2ePlan, queue: &str) -> Result<()> {
+    declare_quorum_queue(&admin.ch, queue, o.replicas).await?;
+    let conn = connect(o, 0).await?;
+    let ch = conn.create_channel().await?;
+    let tracker = Arc::new(Mutex::new(E2eTracker::new(plan.messages)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..plan.producers {
+        producers.push(producer(o, p).await?);
+    }
+    let cpu = report.cpu_start();
+    let reader = tokio::spawn(e2e_reader(ch, queue.to_string(), o.prefetch, Arc::clone(&tracker), Arc::clone(&stop)));
+    let q = queue.to_string();
+    let send = move |p: &Arc<Prod>, body: Bytes| publish(p.ch.clone(), q.clone(), body);
+    let produced = common::e2e_produce(producers.clone(), plan, o.work.case_duration() * 2, send).await?;
+    common::e2e_drain(&tracker, &produced, o.work.consume_limits().1, &stop).await;
+    let read = reader.await.context("e2e reader panicked")?;
+    report.e2e(plan, &produced, &tracker.lock().unwrap_or_else(|e| e.into_inner()), cpu);
+    for p in &producers {
+        close(&p.conn).await;
+    }
+    close(&conn).await;
+    read?;
+    if let Err(e) = admin.ch.queue_delete(queue, QueueDeleteOptions::default()).await {
+        eprintln!("  deleting queue {queue}: {e}");
+    }
+    Ok(())
+}
+
+/// Runs the three cases, the consume and the end-to-end cases against a RabbitMQ cluster.
 pub async fn run(o: Opts) -> Result<()> {
     if o.uris.is_empty() {
         bail!("no --uris");
     }
-    let mut report = Report::new(&o.label, o.fsync_before_ack);
+    let e2e = o.work.e2e_cases()?;
+    let mut report = Report::new(&o.label, o.fsync_before_ack, o.work.server_pids());
     let id = common::run_id();
     let queues: Vec<String> = SIZES.iter().map(|s| format!("bench_{id}_{s}")).collect();
 
@@ -165,21 +221,26 @@ pub async fn run(o: Opts) -> Result<()> {
             producers.push(producer(&o, p).await?);
         }
         let send = move |p: &Arc<Prod>, body: Bytes| publish(p.ch.clone(), queue.clone(), body);
+        let cpu = report.cpu_start();
         let produced = common::produce(producers.clone(), case.inflight, case.size, o.work.case_duration(), send).await?;
+        report.produced(&case, &produced, cpu);
         for p in &producers {
             close(&p.conn).await;
         }
-        report.produced(&case, &produced);
     }
 
     for (q, size) in queues.iter().zip(SIZES) {
+        let cpu = report.cpu_start();
         let c = consume(&o, q).await?;
-        report.consumed(size, &c);
+        report.consumed(size, &c, cpu);
     }
     for q in &queues {
         if let Err(e) = admin.ch.queue_delete(q, QueueDeleteOptions::default()).await {
             eprintln!("  deleting queue {q}: {e}");
         }
+    }
+    for plan in &e2e {
+        e2e_case(&o, &admin, &mut report, plan, &format!("bench_{id}_e2e{}", plan.rate)).await?;
     }
     close(&admin.conn).await;
     report.finish(o.work.out.as_deref())

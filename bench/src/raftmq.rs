@@ -1,16 +1,20 @@
 //! raftmq through its own client (`raftmq-client`): one fresh topic per size, created on the broker group's
 //! leader with `--queues` queues; sync sends with `Producer::send`, pipelined sends with `Producer::send_async`
 //! (one `Producer`, i.e. one client instance and connection, per logical producer); consume with a
-//! `PullConsumer` reading every queue from offset 0 to its end, one pull in flight per queue.
+//! `PullConsumer` reading every queue from offset 0 to its end, one pull in flight per queue. End-to-end
+//! cases send with `Producer::send_async` to a fresh topic per rate while a `PullConsumer` keeps one
+//! long-polling pull (`pull_blocking`) in flight per queue, the way a push consumer reads.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use raftmq_client::{Admin, ClientConfig, Message, MessageQueue, Producer, ProducerOptions, PullConsumer, PullStatus};
 
-use crate::common::{self, Consumed, Report, Workload, SIZES};
+use crate::benchkit::{self, E2eTracker};
+use crate::common::{self, Consumed, E2ePlan, Report, Workload, SIZES};
 
 /// `bench-peers raftmq` options.
 #[derive(clap::Args, Debug)]
@@ -139,10 +143,80 @@ async fn consume(o: &Opts, topic: &str) -> Result<Consumed> {
     Ok(Consumed { msgs, bytes, elapsed })
 }
 
-/// Runs the three cases and the consume against a raftmq cluster.
+/// Reads one queue from `start` with long-polling pulls until `stop`; returns the failed pulls.
+async fn e2e_reader(pc: Arc<PullConsumer>, q: MessageQueue, batch: i32, tracker: Arc<Mutex<E2eTracker>>, stop: Arc<AtomicBool>) -> u64 {
+    let (mut next, mut failures) = (0i64, 0u64);
+    while !stop.load(Ordering::Acquire) {
+        match pc.pull_blocking(&q, "*", next, batch, Duration::from_millis(500)).await {
+            Ok(r) => {
+                let now = benchkit::now_ns();
+                let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+                for m in &r.messages {
+                    t.on_body(&m.body, now);
+                }
+                drop(t);
+                next = next.max(r.next_begin_offset);
+            }
+            Err(_) => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    failures
+}
+
+/// One end-to-end case on a fresh topic.
+async fn e2e_case(o: &Opts, report: &mut Report, plan: &E2ePlan, topic: &str) -> Result<()> {
+    let admin = Admin::start(config(&o.namesrv, format!("bench-{}-e2e-admin-{}", o.label, std::process::id()))).await?;
+    create_topic(&admin, topic, o.queues).await?;
+    admin.shutdown().await;
+    let pc = Arc::new(
+        PullConsumer::start(config(&o.namesrv, format!("bench-{}-e2e-consumer-{}", o.label, std::process::id())), "bench_e2e")
+            .await
+            .context("starting the e2e consumer")?,
+    );
+    let queues = pc.fetch_subscribe_queues(topic).await?;
+    let tracker = Arc::new(Mutex::new(E2eTracker::new(plan.messages)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..plan.producers {
+        producers.push(start_producer(o, &format!("e{p}"), plan.inflight).await?);
+    }
+    let cpu = report.cpu_start();
+    let readers: Vec<_> = queues
+        .into_iter()
+        .map(|q| tokio::spawn(e2e_reader(Arc::clone(&pc), q, o.pull_batch, Arc::clone(&tracker), Arc::clone(&stop))))
+        .collect();
+    let t = topic.to_string();
+    let send = move |p: &Producer, body: Bytes| {
+        let (p, msg) = (p.clone(), Message::new(t.clone(), body));
+        async move { p.send_async(msg).await.map(|_| ()).map_err(anyhow::Error::from) }
+    };
+    let produced = common::e2e_produce(producers.clone(), plan, o.work.case_duration() * 2, send).await?;
+    common::e2e_drain(&tracker, &produced, o.work.consume_limits().1, &stop).await;
+    let mut failures = 0;
+    for r in readers {
+        failures += r.await.context("e2e reader panicked")?;
+    }
+    report.e2e(plan, &produced, &tracker.lock().unwrap_or_else(|e| e.into_inner()), cpu);
+    if failures > 0 {
+        eprintln!("[{}]   {failures} failed pulls (retried)", o.label);
+    }
+    for p in producers {
+        p.shutdown().await;
+    }
+    if let Ok(pc) = Arc::try_unwrap(pc) {
+        pc.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Runs the three cases, the consume and the end-to-end cases against a raftmq cluster.
 pub async fn run(o: Opts) -> Result<()> {
+    let e2e = o.work.e2e_cases()?;
     let fsync = o.fsync_before_ack.unwrap_or(!o.label.contains("async"));
-    let mut report = Report::new(&o.label, fsync);
+    let mut report = Report::new(&o.label, fsync, o.work.server_pids());
     let id = common::run_id();
     let label: String = o.label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     let topics: Vec<String> = SIZES.iter().map(|s| format!("bench_{label}_{id}_{s}")).collect();
@@ -180,16 +254,21 @@ pub async fn run(o: Opts) -> Result<()> {
                 r.map(|_| ()).map_err(anyhow::Error::from)
             }
         };
+        let cpu = report.cpu_start();
         let produced = common::produce(producers.clone(), case.inflight, case.size, o.work.case_duration(), send).await?;
+        report.produced(&case, &produced, cpu);
         for p in producers {
             p.shutdown().await;
         }
-        report.produced(&case, &produced);
     }
 
     for (t, size) in topics.iter().zip(SIZES) {
+        let cpu = report.cpu_start();
         let c = consume(&o, t).await?;
-        report.consumed(size, &c);
+        report.consumed(size, &c, cpu);
+    }
+    for plan in &e2e {
+        e2e_case(&o, &mut report, plan, &format!("bench_{label}_{id}_e2e{}", plan.rate)).await?;
     }
     report.finish(o.work.out.as_deref())
 }

@@ -258,6 +258,12 @@ impl Cluster {
         }
     }
 
+    /// The process ids of the running nodes (for `raftmq bench --server-pids`).
+    #[allow(dead_code)]
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect()
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, ...) to node `id`'s process.
     pub fn signal(&self, id: u64, signal: &str) {
         let pid = self.node(id).child.as_ref().expect("node running").id();

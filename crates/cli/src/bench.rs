@@ -3,12 +3,18 @@
 //! measured from the message's *intended* send time, so a stall shows up in the percentiles instead of
 //! silently slowing the generator down (coordinated omission). A progress line is printed every second and
 //! `--json FILE` writes the result.
+//!
+//! CPU per message: `produce`, `consume` and `e2e` report the user + system CPU time the broker processes
+//! (`--server-pids`, or the pid files of `scripts/cluster.sh` under `--data-dir` / `$RAFTMQ_DATA_DIR`, the
+//! nameserver excluded) and the load generator itself used over the run, divided by the messages acknowledged
+//! (produce), read (consume) or received (e2e), in µs ([`crate::benchkit`]). On a busy machine msgs/s varies
+//! with the neighbours; CPU per message hardly does.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -18,6 +24,8 @@ use raftmq_client::{ClientConfig, Message, MessageQueue, Producer, ProducerOptio
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::benchkit::{self, CpuMeter, CpuUse, E2eTracker, SeqSet, E2E_HEADER};
+
 /// Bench subcommands.
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -25,8 +33,8 @@ pub enum BenchCmd {
     Produce(ProduceBench),
     /// Read a topic from the start as fast as possible.
     Consume(ConsumeBench),
-    /// Produce at a fixed rate while consuming; measure produce-to-consume latency.
-    E2e(ProduceBench),
+    /// Produce at a fixed rate while consuming; measure produce-to-consume latency, losses and duplicates.
+    E2e(E2eBench),
     /// Plain sends, then the same number of timer sends due over a window (scheduling throughput next to
     /// plain sends in one run), the brokers' RSS with everything pending, then delivery lateness.
     Schedule(ScheduleBench),
@@ -87,6 +95,71 @@ pub struct Common {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Broker process ids (comma-separated) whose CPU time per message is reported. Default: the running
+    /// processes of the pid files in `--data-dir`.
+    #[arg(long, value_parser = parse_pid_list)]
+    pub server_pids: Option<PidList>,
+    /// A `scripts/cluster.sh` data directory: without `--server-pids`, the brokers are the processes of its
+    /// `pids/*.pid` files except `namesrv.pid` (the nameserver is not counted).
+    #[arg(long, env = "RAFTMQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A checked list of process ids (`--server-pids`).
+#[derive(Clone, Debug)]
+pub struct PidList(pub Vec<u32>);
+
+fn parse_pid_list(s: &str) -> Result<PidList, String> {
+    benchkit::parse_pids(s).map(PidList)
+}
+
+/// The broker processes to measure, and where they came from (for the output).
+fn server_pids(c: &Common) -> (Vec<u32>, String) {
+    if let Some(PidList(pids)) = &c.server_pids {
+        return (pids.clone(), "--server-pids".into());
+    }
+    let Some(dir) = &c.data_dir else {
+        return (Vec::new(), "none (give --server-pids or --data-dir)".into());
+    };
+    // Not fatal: `$RAFTMQ_DATA_DIR` may be set for another cluster than the one measured; the run goes on
+    // with the client's CPU only, and says why.
+    let found = match benchkit::broker_pids_in(dir) {
+        Ok(found) if !found.is_empty() => found,
+        Ok(_) => {
+            eprintln!("warning: no running broker process in the pid files of {}/pids; server CPU not measured", dir.display());
+            return (Vec::new(), format!("none (no running broker in {}/pids)", dir.display()));
+        }
+        Err(e) => {
+            eprintln!("warning: reading broker pid files in {}/pids: {e}; server CPU not measured", dir.display());
+            return (Vec::new(), format!("none ({}/pids unreadable)", dir.display()));
+        }
+    };
+    let names: Vec<String> = found.iter().map(|(n, p)| format!("{n}={p}")).collect();
+    (found.into_iter().map(|(_, p)| p).collect(), format!("{}/pids ({}; nameserver excluded)", dir.display(), names.join(" ")))
+}
+
+/// The `cpu` object of the JSON output.
+fn cpu_json(u: &CpuUse, pids: &[u32], source: &str) -> serde_json::Value {
+    json!({
+        "server_pids": pids, "server_pids_from": source, "server_cpu_s": u.server_cpu_s,
+        "server_us_per_msg": u.server_us_per_msg, "client_cpu_s": u.client_cpu_s, "client_us_per_msg": u.client_us_per_msg,
+        "unreadable": u.unreadable.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>(),
+    })
+}
+
+/// The printed CPU line.
+fn cpu_line(u: &CpuUse, pids: &[u32], source: &str, per: &str) -> String {
+    let f = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    let mut line = format!(
+        "cpu per {per}: server {} µs ({} broker processes from {source}), client {} µs (this process)",
+        f(u.server_us_per_msg),
+        pids.len(),
+        f(u.client_us_per_msg)
+    );
+    for (pid, e) in &u.unreadable {
+        line.push_str(&format!("; pid {pid} unreadable: {e}"));
+    }
+    line
 }
 
 /// `bench produce` / `bench e2e` options.
@@ -127,6 +200,20 @@ pub struct ProduceBench {
     pub shed: bool,
 }
 
+/// `bench e2e` options.
+#[derive(Args, Clone)]
+pub struct E2eBench {
+    #[command(flatten)]
+    pub produce: ProduceBench,
+    /// After the producers stop, keep reading until every acknowledged message arrived or none arrived for
+    /// this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub drain_timeout: u64,
+    /// Messages per pull (one long-polling pull in flight per queue).
+    #[arg(long, default_value_t = 256)]
+    pub pull_batch: i32,
+}
+
 /// `bench consume` options.
 #[derive(Args, Clone)]
 pub struct ConsumeBench {
@@ -163,10 +250,6 @@ fn progress(quiet: bool) -> ProgressBar {
     let pb = ProgressBar::new_spinner();
     pb.set_style(ProgressStyle::with_template("{elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
     pb
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
@@ -240,11 +323,12 @@ async fn produce_load(
     b: &ProduceBench,
     stop: Arc<AtomicBool>,
     stats: Arc<SendStats>,
-    e2e_stamp: bool,
+    e2e_acked: Option<Arc<Mutex<SeqSet>>>,
     decorate: Option<Decorate>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    if b.size < 8 && e2e_stamp {
-        bail!("--size must be at least 8 for e2e (the body carries the send time)");
+    let e2e_stamp = e2e_acked.is_some();
+    if b.size < E2E_HEADER && e2e_stamp {
+        bail!("--size must be at least {E2E_HEADER} for e2e (the body carries a sequence number and the send time)");
     }
     let per_producer_rate = if b.rate > 0.0 { b.rate / b.producers as f64 } else { 0.0 };
     let limit = if b.common.count > 0 { b.common.count } else { u64::MAX };
@@ -257,11 +341,13 @@ async fn produce_load(
         opts.auto_batch = !b.no_auto_batch;
         let producer = Producer::start(config(&b.common.namesrv, format!("bench-p{p}-{}", std::process::id())), opts).await?;
         let queues = producer.fetch_publish_queues(&b.common.topic).await?;
-        let (b, stop, stats, issued, decorate) = (b.clone(), Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&issued), decorate.clone());
+        let (b, stop, stats, issued, decorate, e2e_acked) =
+            (b.clone(), Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&issued), decorate.clone(), e2e_acked.clone());
         tasks.push(tokio::spawn(async move {
             let window = Arc::new(Semaphore::new(b.inflight.max(1)));
             let local = Arc::new(Mutex::new(histogram()));
             let start = Instant::now();
+            let start_ns = benchkit::now_ns();
             let mut i: u64 = 0;
             let filler = vec![b'x'; b.size];
             while !stop.load(Ordering::Acquire) {
@@ -302,7 +388,9 @@ async fn produce_load(
                 let body = |k: u64| {
                     let mut v = filler.clone();
                     if e2e_stamp {
-                        v[..8].copy_from_slice(&now_ns().to_be_bytes());
+                        // The intended send time: a send the generator made late is measured from when it was due.
+                        let due_ns = start_ns + intended.saturating_duration_since(start).as_nanos() as u64;
+                        benchkit::e2e_stamp(&mut v, seq + k, due_ns);
                     }
                     let m = Message::new(b.common.topic.clone(), v).with_wait_store_msg_ok(true);
                     match &decorate {
@@ -311,7 +399,7 @@ async fn produce_load(
                     }
                 };
                 let q: MessageQueue = queues[(i as usize) % queues.len()].clone();
-                let (producer, stats, local) = (producer.clone(), Arc::clone(&stats), Arc::clone(&local));
+                let (producer, stats, local, e2e_acked) = (producer.clone(), Arc::clone(&stats), Arc::clone(&local), e2e_acked.clone());
                 let msgs: Vec<Message> = (0..n).map(body).collect();
                 tokio::spawn(async move {
                     let r = if n == 1 {
@@ -321,6 +409,12 @@ async fn produce_load(
                     };
                     match r {
                         Ok(_) => {
+                            if let Some(set) = &e2e_acked {
+                                let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+                                for k in 0..n {
+                                    set.insert(seq + k);
+                                }
+                            }
                             stats.acked.fetch_add(n, Ordering::Relaxed);
                             stats.acked_now();
                             let us = intended.elapsed().as_micros().max(1) as u64;
@@ -350,7 +444,9 @@ async fn produce_load(
 pub async fn produce(b: ProduceBench) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(SendStats::default());
-    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), false, None).await?;
+    let (pids, pids_from) = server_pids(&b.common);
+    let meter = CpuMeter::start(&pids);
+    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), None, None).await?;
     let started = Instant::now();
     let pb = progress(b.common.quiet);
     let deadline = started + Duration::from_secs(b.common.duration);
@@ -371,6 +467,7 @@ pub async fn produce(b: ProduceBench) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let acked = stats.acked.load(Ordering::Relaxed);
+    let cpu = meter.finish(acked);
     let h = stats.hist.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(histogram);
     let errors_unknown = stats.errors_unknown.load(Ordering::Relaxed);
     let mut result = json!({
@@ -380,6 +477,7 @@ pub async fn produce(b: ProduceBench) -> Result<()> {
         "error_kinds": stats.error_kinds.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "msgs_per_s": acked as f64 / elapsed, "mb_per_s": acked as f64 * b.size as f64 / elapsed / 1e6,
         "latency": percentiles(&h), "longest_ack_gap_ms": stats.longest_gap().as_secs_f64() * 1000.0,
+        "cpu": cpu_json(&cpu, &pids, &pids_from),
     });
     if b.verify_stored {
         let admin = raftmq_client::admin::Admin::start(config(&b.common.namesrv, format!("bench-verify-{}", std::process::id()))).await?;
@@ -407,6 +505,7 @@ pub async fn produce(b: ProduceBench) -> Result<()> {
         result["errors"],
         stats.longest_gap().as_secs_f64() * 1000.0
     );
+    println!("{}", cpu_line(&cpu, &pids, &pids_from, "acknowledged message"));
     write_json(&b.common.json, &result)
 }
 
@@ -455,6 +554,8 @@ pub async fn consume(b: ConsumeBench) -> Result<()> {
     probe.shutdown().await;
     let limit = Arc::new(AtomicU64::new(if b.common.count > 0 { b.common.count } else { u64::MAX }));
     let deadline = Instant::now() + Duration::from_secs(b.common.duration);
+    let (pids, pids_from) = server_pids(&b.common);
+    let meter = CpuMeter::start(&pids);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..b.consumers.max(1) {
@@ -475,78 +576,169 @@ pub async fn consume(b: ConsumeBench) -> Result<()> {
         bytes += by;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = meter.finish(msgs);
     let result = json!({
         "mode": "consume", "topic": b.common.topic, "consumers": b.consumers, "elapsed_s": elapsed, "msgs": msgs,
         "msgs_per_s": msgs as f64 / elapsed, "mb_per_s": bytes as f64 / elapsed / 1e6,
+        "cpu": cpu_json(&cpu, &pids, &pids_from),
     });
     println!("consume: {msgs} msgs in {elapsed:.2} s = {:.0} msg/s, {:.2} MB/s", msgs as f64 / elapsed, bytes as f64 / elapsed / 1e6);
+    println!("{}", cpu_line(&cpu, &pids, &pids_from, "message read"));
     write_json(&b.common.json, &result)
 }
 
-/// `raftmq bench e2e`: produce (stamping the send time into the body) while a consumer reads the topic;
-/// latency is receive time minus send time (same host, same clock).
-pub async fn e2e(b: ProduceBench) -> Result<()> {
+/// `raftmq bench e2e`: produce at `--rate` (open loop) while one long-polling pull per queue reads the topic;
+/// every body carries a sequence number and its intended send time, and the consumer records receive time
+/// minus that (same host, same clock), so that a stall of the generator counts too. After the producers
+/// stop, the consumer keeps reading until every acknowledged message arrived or `--drain-timeout` passed
+/// without a new one. Reports latency percentiles, msgs/s received, acknowledged messages never received
+/// (lost), duplicates, and CPU per received message.
+pub async fn e2e(e: E2eBench) -> Result<()> {
+    let mut b = e.produce;
+    if b.rate.is_nan() || b.rate < 1.0 || b.rate > benchkit::E2E_RATE_MAX as f64 {
+        bail!("e2e needs --rate between 1 and {} messages per second (it is an open-loop measurement)", benchkit::E2E_RATE_MAX);
+    }
+    if b.size < E2E_HEADER {
+        bail!("--size must be at least {E2E_HEADER} for e2e (the body carries a sequence number and the send time)");
+    }
+    if b.common.duration == 0 {
+        bail!("--duration must be at least 1 second");
+    }
+    if e.pull_batch < 1 || e.pull_batch > 1024 {
+        bail!("--pull-batch must be between 1 and 1024 (the broker caps a pull at 1024 messages)");
+    }
+    let planned = (b.rate * b.common.duration as f64).ceil() as u64;
+    let messages = if b.common.count > 0 { b.common.count.min(planned) } else { planned };
+    if messages > benchkit::E2E_MESSAGES_MAX {
+        bail!("--rate × --duration is {messages} messages; at most {} per e2e run", benchkit::E2E_MESSAGES_MAX);
+    }
+    b.common.count = messages;
+    let (pids, pids_from) = server_pids(&b.common);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(SendStats::default());
-    // Consumer first, positioned at the current end of every queue.
+    // Consumer first, positioned at the current end of every queue (the topic is created by one message).
     let pc = PullConsumer::start(config(&b.common.namesrv, format!("bench-e2e-c-{}", std::process::id())), b.group.clone()).await?;
     let warm =
         Producer::start(config(&b.common.namesrv, format!("bench-e2e-w-{}", std::process::id())), ProducerOptions::new("bench_e2e_warm"))
             .await?;
     warm.send(Message::new(b.common.topic.clone(), vec![0u8; 8])).await.context("creating the topic")?;
     warm.shutdown().await;
-    let queues = pc.fetch_subscribe_queues(&b.common.topic).await?;
-    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), true, None).await?;
-    let hist = Arc::new(Mutex::new(histogram()));
-    let deadline = Instant::now() + Duration::from_secs(b.common.duration);
-    let limit = AtomicU64::new(u64::MAX);
+    let pc = Arc::new(pc);
+    // The broker registers an auto-created topic with the nameserver shortly after its first message.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let queues = loop {
+        match pc.fetch_subscribe_queues(&b.common.topic).await {
+            Ok(q) if !q.is_empty() => break q,
+            Ok(_) | Err(_) if Instant::now() < give_up => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) => bail!("topic {} has no queues in its route after 30 s", b.common.topic),
+            Err(e) => return Err(e).with_context(|| format!("no route for topic {} after 30 s", b.common.topic)),
+        }
+    };
     let mut starts = Vec::new();
     for q in &queues {
         starts.push(pc.max_offset(q).await?);
     }
+    let tracker = Arc::new(Mutex::new(E2eTracker::new(messages)));
+    let acked_seqs = Arc::new(Mutex::new(SeqSet::new(messages)));
+    let consumer_stop = Arc::new(AtomicBool::new(false));
+    let meter = CpuMeter::start(&pids);
     let started = Instant::now();
-    let consumer = {
-        let (pc, queues, hist) = (pc, queues.clone(), Arc::clone(&hist));
-        tokio::spawn(async move {
-            // Skip what was there before the run, then read until the deadline.
-            let mut next = starts;
-            while Instant::now() < deadline && limit.load(Ordering::Relaxed) > 0 {
-                for (i, q) in queues.iter().enumerate() {
-                    if let Ok(r) = pc.pull_blocking(q, "*", next[i], 32, Duration::from_millis(100)).await {
-                        let now = now_ns();
+    let mut readers = Vec::new();
+    for (q, start) in queues.into_iter().zip(starts) {
+        let (pc, tracker, consumer_stop, batch) = (Arc::clone(&pc), Arc::clone(&tracker), Arc::clone(&consumer_stop), e.pull_batch);
+        readers.push(tokio::spawn(async move {
+            let mut next = start;
+            let mut failures = 0u64;
+            while !consumer_stop.load(Ordering::Acquire) {
+                match pc.pull_blocking(&q, "*", next, batch, Duration::from_millis(500)).await {
+                    Ok(r) => {
+                        let now = benchkit::now_ns();
+                        let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
                         for m in &r.messages {
-                            if let Some(stamp) = m.body.get(..8) {
-                                let sent = u64::from_be_bytes(stamp.try_into().unwrap_or([0; 8]));
-                                let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).record((now.saturating_sub(sent) / 1000).max(1));
-                            }
+                            t.on_body(&m.body, now);
                         }
-                        next[i] = r.next_begin_offset;
+                        drop(t);
+                        next = next.max(r.next_begin_offset);
+                    }
+                    Err(_) => {
+                        failures += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
-            pc.shutdown().await;
-        })
-    };
-    tokio::time::sleep_until(deadline.into()).await;
+            failures
+        }));
+    }
+    let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), Some(Arc::clone(&acked_seqs)), None).await?;
+    let pb = progress(b.common.quiet);
+    // The producers stop by themselves after `messages` sends; the deadline only bounds a cluster that
+    // cannot keep up (twice the planned duration).
+    let deadline = started + Duration::from_secs(b.common.duration.saturating_mul(2));
+    while Instant::now() < deadline && !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let received = tracker.lock().unwrap_or_else(|e| e.into_inner()).received.len();
+        pb.set_message(format!("acked {}  received {received}", stats.acked.load(Ordering::Relaxed)));
+    }
     stop.store(true, Ordering::Release);
     for t in tasks {
         let _ = t.await;
     }
-    let _ = consumer.await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let produced_at = Instant::now();
+    // Drain: until every acknowledged message arrived, or no new one for --drain-timeout.
+    let idle = Duration::from_secs(e.drain_timeout);
+    loop {
+        let (missing, last_new) = {
+            let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+            let acked = acked_seqs.lock().unwrap_or_else(|e| e.into_inner());
+            (acked.missing_from(&t.received), t.last_new)
+        };
+        if missing == 0 || last_new.unwrap_or(produced_at).max(produced_at).elapsed() > idle {
+            break;
+        }
+        pb.set_message(format!("draining: {missing} acknowledged messages not received yet"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer_stop.store(true, Ordering::Release);
+    let mut pull_failures = 0;
+    for r in readers {
+        pull_failures += r.await.unwrap_or(0);
+    }
+    pb.finish_and_clear();
+    if let Ok(pc) = Arc::try_unwrap(pc) {
+        pc.shutdown().await;
+    }
+    let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+    let acked_set = acked_seqs.lock().unwrap_or_else(|e| e.into_inner());
+    let received = t.received.len();
+    let cpu = meter.finish(received);
+    let lost = acked_set.missing_from(&t.received);
+    let received_unacked = t.received.missing_from(&acked_set);
+    let secs = t.last_new.map_or(0.0, |l| l.saturating_duration_since(started).as_secs_f64()).max(1e-9);
+    let h = &t.hist;
+    let send_h = stats.hist.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(histogram);
+    let acked = stats.acked.load(Ordering::Relaxed);
     let result = json!({
-        "mode": "e2e", "topic": b.common.topic, "producers": b.producers, "rate": b.rate, "size": b.size, "elapsed_s": elapsed,
-        "acked": stats.acked.load(Ordering::Relaxed), "received": h.len(), "latency": percentiles(&h),
+        "mode": "e2e", "topic": b.common.topic, "producers": b.producers, "inflight": b.inflight, "rate": b.rate, "size": b.size,
+        "planned": messages, "acked": acked, "errors": stats.errors.load(Ordering::Relaxed), "received": received,
+        "lost": lost, "received_unacknowledged": received_unacked, "duplicates": t.duplicates, "foreign": t.foreign,
+        "pull_failures": pull_failures, "elapsed_s": secs, "msgs_per_s": received as f64 / secs,
+        "latency": percentiles(h), "send_latency": percentiles(&send_h),
+        "cpu": cpu_json(&cpu, &pids, &pids_from),
     });
     println!(
-        "e2e: {} received; produce-to-consume latency p50 {} µs p99 {} µs p99.9 {} µs max {} µs",
-        h.len(),
+        "e2e: rate {} msg/s, {acked} of {messages} acked, {received} received in {secs:.1} s = {:.0} msg/s; lost {lost} (acked, never \
+         received), duplicates {}, received unacknowledged {received_unacked}; produce-to-consume latency p50 {} µs p99 {} µs \
+         p99.9 {} µs max {} µs; send-to-ack p99 {} µs",
+        b.rate,
+        received as f64 / secs,
+        t.duplicates,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
-        h.max()
+        h.max(),
+        send_h.value_at_quantile(0.99),
     );
+    println!("{}", cpu_line(&cpu, &pids, &pids_from, "received message"));
     write_json(&b.common.json, &result)
 }
 
@@ -555,7 +747,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Produce(b) => produce(b).await,
         BenchCmd::Consume(b) => consume(b).await,
-        BenchCmd::E2e(b) => e2e(b).await,
+        BenchCmd::E2e(e) => e2e(e).await,
         BenchCmd::Schedule(b) => schedule(b).await,
         BenchCmd::Dedup(b) => dedup(b).await,
     }
@@ -617,7 +809,7 @@ pub async fn dedup(b: DedupBench) -> Result<()> {
 }
 
 fn now_ms() -> i64 {
-    (now_ns() / 1_000_000) as i64
+    (benchkit::now_ns() / 1_000_000) as i64
 }
 
 /// (VmRSS, RssAnon) of a process in KiB (Linux `/proc`), if readable. RssAnon is the process's own memory;
@@ -634,7 +826,7 @@ async fn send_phase(b: &ProduceBench, decorate: Option<Decorate>, quiet: bool, w
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(SendStats::default());
     let started = Instant::now();
-    let tasks = produce_load(b, Arc::clone(&stop), Arc::clone(&stats), false, decorate).await?;
+    let tasks = produce_load(b, Arc::clone(&stop), Arc::clone(&stats), None, decorate).await?;
     let pb = progress(quiet);
     let deadline = started + Duration::from_secs(b.common.duration);
     while Instant::now() < deadline && !tasks.iter().all(|t| t.is_finished()) {

@@ -9,6 +9,7 @@
 //! brokers take the `tls*` keys of their TOML file.
 
 mod bench;
+mod benchkit;
 mod tools;
 
 use std::path::PathBuf;

@@ -11,7 +11,6 @@
 //! (`SCALE …` lines) before the assertions, which check that mappings and descriptors stay bounded by
 //! `mappedFilesMax` rather than growing with the number of queues.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,9 +24,9 @@ use tokio::sync::Semaphore;
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MAPPED_FILES_MAX: usize = 4096;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+#[path = "../crates/broker/tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 fn bin() -> String {
     std::env::var("RAFTMQ_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_raftmq").to_string())

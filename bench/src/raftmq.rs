@@ -5,7 +5,7 @@
 //! cases send with `Producer::send_async` to a fresh topic per rate while a `PullConsumer` keeps one
 //! long-polling pull (`pull_blocking`) in flight per queue, the way a push consumer reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -143,29 +143,6 @@ async fn consume(o: &Opts, topic: &str) -> Result<Consumed> {
     Ok(Consumed { msgs, bytes, elapsed })
 }
 
-/// Reads one queue from `start` with long-polling pulls until `stop`; returns the failed pulls.
-async fn e2e_reader(pc: Arc<PullConsumer>, q: MessageQueue, batch: i32, tracker: Arc<Mutex<E2eTracker>>, stop: Arc<AtomicBool>) -> u64 {
-    let (mut next, mut failures) = (0i64, 0u64);
-    while !stop.load(Ordering::Acquire) {
-        match pc.pull_blocking(&q, "*", next, batch, Duration::from_millis(500)).await {
-            Ok(r) => {
-                let now = benchkit::now_ns();
-                let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-                for m in &r.messages {
-                    t.on_body(&m.body, now);
-                }
-                drop(t);
-                next = next.max(r.next_begin_offset);
-            }
-            Err(_) => {
-                failures += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    failures
-}
-
 /// One end-to-end case on a fresh topic.
 async fn e2e_case(o: &Opts, report: &mut Report, plan: &E2ePlan, topic: &str) -> Result<()> {
     let admin = Admin::start(config(&o.namesrv, format!("bench-{}-e2e-admin-{}", o.label, std::process::id()))).await?;
@@ -186,7 +163,7 @@ async fn e2e_case(o: &Opts, report: &mut Report, plan: &E2ePlan, topic: &str) ->
     let cpu = report.cpu_start();
     let readers: Vec<_> = queues
         .into_iter()
-        .map(|q| tokio::spawn(e2e_reader(Arc::clone(&pc), q, o.pull_batch, Arc::clone(&tracker), Arc::clone(&stop))))
+        .map(|q| tokio::spawn(benchkit::e2e_reader(Arc::clone(&pc), q, 0, o.pull_batch, Arc::clone(&tracker), Arc::clone(&stop))))
         .collect();
     let t = topic.to_string();
     let send = move |p: &Producer, body: Bytes| {

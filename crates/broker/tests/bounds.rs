@@ -26,9 +26,9 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// A bootstrapped single-node broker group, ready to accept writes, with `tweak` applied to its config.
 async fn start(tweak: impl FnOnce(&mut BrokerConfig)) -> Node {

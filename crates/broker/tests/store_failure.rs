@@ -87,9 +87,9 @@ impl RequestHandler for Handler {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_whose_store_failed_stops_registering() {

@@ -646,28 +646,7 @@ pub async fn e2e(e: E2eBench) -> Result<()> {
     let mut readers = Vec::new();
     for (q, start) in queues.into_iter().zip(starts) {
         let (pc, tracker, consumer_stop, batch) = (Arc::clone(&pc), Arc::clone(&tracker), Arc::clone(&consumer_stop), e.pull_batch);
-        readers.push(tokio::spawn(async move {
-            let mut next = start;
-            let mut failures = 0u64;
-            while !consumer_stop.load(Ordering::Acquire) {
-                match pc.pull_blocking(&q, "*", next, batch, Duration::from_millis(500)).await {
-                    Ok(r) => {
-                        let now = benchkit::now_ns();
-                        let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-                        for m in &r.messages {
-                            t.on_body(&m.body, now);
-                        }
-                        drop(t);
-                        next = next.max(r.next_begin_offset);
-                    }
-                    Err(_) => {
-                        failures += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            failures
-        }));
+        readers.push(tokio::spawn(benchkit::e2e_reader(pc, q, start, batch, tracker, consumer_stop)));
     }
     let tasks = produce_load(&b, Arc::clone(&stop), Arc::clone(&stats), Some(Arc::clone(&acked_seqs)), None).await?;
     let pb = progress(b.common.quiet);

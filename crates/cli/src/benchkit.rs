@@ -267,6 +267,38 @@ impl E2eTracker {
     }
 }
 
+/// Reads one queue from `start` with long-polling pulls until `stop`, handing every message to `tracker`;
+/// returns the failed pulls (each followed by a 50 ms pause). The e2e consumer of `raftmq bench e2e` and of
+/// `bench-peers`.
+pub async fn e2e_reader(
+    pc: std::sync::Arc<raftmq_client::PullConsumer>,
+    q: raftmq_client::MessageQueue,
+    start: i64,
+    batch: i32,
+    tracker: std::sync::Arc<std::sync::Mutex<E2eTracker>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let (mut next, mut failures) = (start, 0u64);
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        match pc.pull_blocking(&q, "*", next, batch, Duration::from_millis(500)).await {
+            Ok(r) => {
+                let now = now_ns();
+                let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+                for m in &r.messages {
+                    t.on_body(&m.body, now);
+                }
+                drop(t);
+                next = next.max(r.next_begin_offset);
+            }
+            Err(_) => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    failures
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 //! one tokio runtime, plus the raw remoting calls (send, pull, send-back) tests use to observe exactly
 //! what a client sees. Raft faults come from `RaftNode::set_isolated`, which cuts one member's Raft port.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,9 +17,9 @@ use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub const TOPIC: &str = "TopicTest";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+#[path = "../support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -121,7 +121,10 @@ fn random_bytes_and_token_soups_never_panic_and_finish_quickly() {
         slowest = slowest.max(exercise(&src, &maps));
     }
     assert!(parsed > 0, "some soups parse ({parsed} of {total})");
-    assert!(slowest < Duration::from_millis(200), "slowest expression took {slowest:?}");
+    // A hang detector, not a speed goal (those live in benchmarks): an exponential blow-up in the parser or
+    // evaluator takes far longer than this; a debug build on a loaded 2-core CI machine took 221 ms once
+    // against an earlier 200 ms bound.
+    assert!(slowest < Duration::from_secs(5), "slowest expression took {slowest:?}");
 }
 
 #[test]

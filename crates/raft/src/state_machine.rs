@@ -390,55 +390,48 @@ fn flush_job(
     log: &CommitLogReader,
     carried: &mut Vec<Arc<CqFile>>,
 ) {
-    {
-        match job {
-            FlushJob::Checkpoint { mut files, meta, from_log, done } => {
-                if superseded {
-                    debug_assert!(done.is_none());
-                    carried.append(&mut files);
-                    return;
-                }
-                if !carried.is_empty() {
-                    carried.append(&mut files);
-                    files = std::mem::take(carried);
-                }
-                let behind = match meta.last_applied {
-                    Some(l) if from_log && failure.get().is_none() && !log.wait_durable(l.index, CHECKPOINT_LOG_WAIT) => Some(l.index),
-                    _ => None,
-                };
-                if let Some(index) = behind {
-                    tracing::warn!(index, durable = ?log.durable_index(), "checkpoint put off: the commitlog is not durable that far");
-                    debug_assert!(done.is_none(), "only snapshot installs wait for a checkpoint, and they are not from the log");
-                    *carried = files;
-                    return;
-                }
-                let r = failure.get().map_or_else(
-                    || {
-                        for f in &files {
-                            f.flush()?;
-                        }
-                        let path = dir.join(CHECKPOINT_FILE);
-                        let bytes = meta
-                            .encode()
-                            .map_err(|e| StoreFailure::io("encode checkpoint", &path, &std::io::Error::other(e.to_string())))?;
-                        write_atomic(dir, CHECKPOINT_FILE, &bytes).map_err(|e| StoreFailure::io("write checkpoint", &path, &e))
-                    },
-                    Err,
-                );
-                match (&r, meta.last_applied) {
-                    (Err(e), _) => {
-                        if failure.set(e.clone()) {
-                            tracing::error!(error = %e, kind = ?e.kind, errno = ?e.errno, "checkpoint failed; the state machine stops");
-                        }
-                    }
-                    (Ok(()), Some(l)) => link.set_durable(l.index),
-                    (Ok(()), None) => {}
-                }
-                if let Some(done) = done {
-                    let _ = done.send(r);
-                }
+    let FlushJob::Checkpoint { mut files, meta, from_log, done } = job;
+    if superseded {
+        debug_assert!(done.is_none());
+        carried.append(&mut files);
+        return;
+    }
+    if !carried.is_empty() {
+        carried.append(&mut files);
+        files = std::mem::take(carried);
+    }
+    let behind = match meta.last_applied {
+        Some(l) if from_log && failure.get().is_none() && !log.wait_durable(l.index, CHECKPOINT_LOG_WAIT) => Some(l.index),
+        _ => None,
+    };
+    if let Some(index) = behind {
+        tracing::warn!(index, durable = ?log.durable_index(), "checkpoint put off: the commitlog is not durable that far");
+        debug_assert!(done.is_none(), "only snapshot installs wait for a checkpoint, and they are not from the log");
+        *carried = files;
+        return;
+    }
+    let r = failure.get().map_or_else(
+        || {
+            for f in &files {
+                f.flush()?;
+            }
+            let path = dir.join(CHECKPOINT_FILE);
+            let bytes = meta.encode().map_err(|e| StoreFailure::io("encode checkpoint", &path, &std::io::Error::other(e.to_string())))?;
+            write_atomic(dir, CHECKPOINT_FILE, &bytes).map_err(|e| StoreFailure::io("write checkpoint", &path, &e))
+        },
+        Err,
+    );
+    match (&r, meta.last_applied) {
+        (Err(e), _) => {
+            if failure.set(e.clone()) {
+                tracing::error!(error = %e, kind = ?e.kind, errno = ?e.errno, "checkpoint failed; the state machine stops");
             }
         }
+        (Ok(()), Some(l)) => link.set_durable(l.index),
+        (Ok(()), None) => {}
+    }
+    if let Some(done) = done {
+        let _ = done.send(r);
     }
 }
 

@@ -124,16 +124,18 @@ impl Keys {
         }
     }
 
-    /// The map to insert into (a sorted bucket becomes a map again; only a copy's newest ever is).
-    fn map_mut(&mut self) -> &mut KeyMap {
-        if let Keys::Sorted(s) = self {
-            let mut m = KeyMap::with_capacity_and_hasher(s.len(), BuildHasherDefault::default());
-            m.extend(s.iter().copied());
-            *self = Keys::Map(Arc::new(m));
-        }
+    /// Inserts `key`; true when it was new. A sorted bucket becomes a map again first (only a copy's newest
+    /// ever is).
+    fn insert(&mut self, key: u128, seen: Seen) -> bool {
         match self {
-            Keys::Map(m) => Arc::make_mut(m),
-            Keys::Sorted(_) => unreachable!("converted above"),
+            Keys::Map(m) => Arc::make_mut(m).insert(key, seen).is_none(),
+            Keys::Sorted(s) => {
+                let mut m = KeyMap::with_capacity_and_hasher(s.len() + 1, BuildHasherDefault::default());
+                m.extend(s.iter().copied());
+                let new = m.insert(key, seen).is_none();
+                *self = Keys::Map(Arc::new(m));
+                new
+            }
         }
     }
 
@@ -325,7 +327,7 @@ impl DedupWindow {
             self.buckets.push_back(Bucket { start_ms: now_ms, keys: Keys::default(), filter: None });
         }
         if let Some(b) = self.buckets.back_mut() {
-            if b.keys.map_mut().insert(key, seen).is_none() {
+            if b.keys.insert(key, seen) {
                 self.len += 1;
             }
         }

@@ -51,7 +51,8 @@ pub struct StateMachineConfig {
     pub cq_units_per_file: u64,
     /// Checkpoint every this many log indexes. Must be the same on every replica.
     pub checkpoint_every: u64,
-    /// In-memory checkpoints kept for building snapshots at a retention boundary.
+    /// In-memory checkpoints kept for building snapshots at a retention boundary (besides the one a pending
+    /// snapshot needs, see [`evict_checkpoints`]). Each can hold a whole de-duplication window alive.
     pub checkpoints_kept: usize,
     /// Where the state machine records a storage failure (a consume-queue file that cannot be allocated,
     /// a failed msync or checkpoint write). After one, it applies nothing more and takes no checkpoint.
@@ -67,7 +68,7 @@ impl StateMachineConfig {
             dir: dir.into(),
             cq_units_per_file: 300_000,
             checkpoint_every: 1024,
-            checkpoints_kept: 16,
+            checkpoints_kept: 2,
             failure: FailureCell::default(),
             mapped_files_max: 4096,
         }
@@ -575,6 +576,16 @@ impl SmShared {
         self.boundary.store(index, Ordering::Release);
     }
 
+    /// The snapshot boundary while no snapshot at or above it exists yet: the checkpoint at it must stay.
+    fn pending_boundary(&self) -> Option<u64> {
+        let b = self.boundary.load(Ordering::Acquire);
+        if b == u64::MAX {
+            return None;
+        }
+        let built = lock(&self.current).as_ref().and_then(|c| c.meta.last_log_id).is_some_and(|l| l.index >= b);
+        (!built).then_some(b)
+    }
+
     /// The newest log index retention may purge through without taking a message the state still needs:
     /// one below the entry holding the oldest staged (delay-level or timer) message not yet delivered (its
     /// bytes are copied at delivery, and a node that joins from a snapshot must replay its staging).
@@ -747,12 +758,11 @@ impl StateMachine {
     /// Keeps `snapshot` for snapshot building and queues it for persisting: one copy of the metadata
     /// serves both.
     fn checkpoint(&mut self, snapshot: Arc<Metadata>) {
+        let pin = self.shared.pending_boundary();
         {
             let mut cps = lock(&self.shared.checkpoints);
             cps.push_back(Arc::clone(&snapshot));
-            while cps.len() > self.shared.cfg.checkpoints_kept.max(1) {
-                cps.pop_front();
-            }
+            evict_checkpoints(&mut cps, self.shared.cfg.checkpoints_kept, pin);
         }
         let job = FlushJob::Checkpoint { files: std::mem::take(&mut self.dirty), meta: snapshot, from_log: true, done: None };
         let _ = lock(&self.shared.flush_tx).send(job);
@@ -766,6 +776,28 @@ impl StateMachine {
         lock(&self.shared.flush_tx).send(job).map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?;
         rx.await.map_err(|_| sm_err(ErrorVerb::Write, "flush thread stopped"))?.map_err(|e| self.shared.fail(ErrorVerb::Write, e))
     }
+}
+
+/// Drops the oldest in-memory checkpoints beyond the newest `kept`, except the one a snapshot still has to
+/// be built from: the newest at or below `pin` (the boundary [`Node::compact`](crate::Node) chose, while no
+/// snapshot at it exists yet). Every copy keeps alive the de-duplication buckets it held when taken, which the
+/// live window may have dropped since, so each kept copy can cost up to a whole window (`dedupKeysMax` ids):
+/// the bound is in copies, not in log entries.
+fn evict_checkpoints(cps: &mut VecDeque<Arc<Metadata>>, kept: usize, pin: Option<u64>) {
+    let kept = kept.max(1);
+    if cps.len() <= kept {
+        return;
+    }
+    let index = |c: &Metadata| c.last_applied.map_or(0, |l| l.index);
+    // Position (among those beyond the newest `kept`) of the checkpoint a pending snapshot needs.
+    let old = cps.len() - kept;
+    let pinned = pin.and_then(|p| (0..cps.len()).rev().find(|&i| index(&cps[i]) <= p)).filter(|&i| i < old);
+    let mut i = 0;
+    cps.retain(|_| {
+        let keep = i >= old || Some(i) == pinned;
+        i += 1;
+        keep
+    });
 }
 
 /// The consume-queue files as `apply` sees them: opens a queue on first use and collects the files written
@@ -997,6 +1029,44 @@ mod tests {
         assert_eq!(superseded_checkpoints(&jobs), [true, true, false, true, false]);
         assert_eq!(superseded_checkpoints(&[job(true, false)]), [false], "a lone checkpoint is written");
         assert_eq!(superseded_checkpoints(&[job(true, false), job(false, true)]), [false, false], "nothing newer from the log");
+    }
+
+    fn kept_after(indexes: &[u64], kept: usize, pin: Option<u64>) -> Vec<u64> {
+        let mut cps: VecDeque<Arc<Metadata>> = indexes
+            .iter()
+            .map(|&i| {
+                Arc::new(Metadata {
+                    last_applied: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i)),
+                    ..Metadata::default()
+                })
+            })
+            .collect();
+        evict_checkpoints(&mut cps, kept, pin);
+        cps.iter().map(|c| c.last_applied.map_or(0, |l| l.index)).collect()
+    }
+
+    #[test]
+    fn eviction_keeps_the_newest_and_the_checkpoint_a_pending_snapshot_needs() {
+        let all = [1024, 2048, 3072, 4096, 5120];
+        assert_eq!(kept_after(&all, 2, None), [4096, 5120], "only the newest two");
+        assert_eq!(kept_after(&all, 0, None), [5120], "at least one is kept");
+        assert_eq!(kept_after(&all, 9, None), all, "fewer than the bound: nothing goes");
+        assert_eq!(kept_after(&all, 2, Some(2048)), [2048, 4096, 5120], "the boundary's checkpoint stays");
+        assert_eq!(kept_after(&all, 2, Some(3000)), [2048, 4096, 5120], "the newest at or below the boundary");
+        assert_eq!(kept_after(&all, 2, Some(4096)), [4096, 5120], "a pinned checkpoint among the newest costs nothing more");
+        assert_eq!(kept_after(&all, 2, Some(100)), [4096, 5120], "none old enough: nothing extra is kept");
+        // Pushed one at a time, as apply does: the pinned copy survives any number of newer ones.
+        let mut cps = VecDeque::new();
+        for i in 1..=40u64 {
+            cps.push_back(Arc::new(Metadata {
+                last_applied: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i * 1024)),
+                ..Metadata::default()
+            }));
+            evict_checkpoints(&mut cps, 2, Some(3 * 1024));
+            assert!(cps.len() <= 3, "bounded: {} copies", cps.len());
+        }
+        let idx: Vec<u64> = cps.iter().map(|c| c.last_applied.map_or(0, |l| l.index)).collect();
+        assert_eq!(idx, [3 * 1024, 39 * 1024, 40 * 1024]);
     }
 
     fn with_reset() -> Metadata {

@@ -23,7 +23,7 @@ for i in $(seq "$runs"); do
   scripts/cluster.sh kill "$leader" >/dev/null
   wait "$bench"
   gap=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['longest_ack_gap_ms']))" "$work/run$i.json")
-  echo "run $i: killed $leader; longest gap between acknowledged sends ${gap} ms ($(tail -1 "$work/run$i.out" | sed 's/.*= //; s/;.*//'))"
+  echo "run $i: killed $leader; longest gap between acknowledged sends ${gap} ms ($(grep '^produce:' "$work/run$i.out" | sed 's/.*= //; s/;.*//'))"
   gaps+=("$gap")
   scripts/cluster.sh down >/dev/null
   # Each run preallocates a 1 GiB segment per node: free it before the next run.

@@ -88,6 +88,9 @@ if rss:
         fmt = lambda r: "/".join(f"{r[c] // 1024}" for c in cols)
         print(f"  broker {name} MiB (n1/n2/n3): start {fmt(rss[0])}, middle {fmt(mid)}, end {fmt(rss[-1])}; "
               f"max {'/'.join(str(max(r[c] for r in rss) // 1024) for c in cols)}")
+    # The series, every 10 s: flat or not is read off this, not off three points.
+    for i in range(n):
+        print(f"  n{i + 1} RssAnon MiB every 10 s: " + " ".join(str(r[1 + 2 * i] // 1024) for r in rss[::10]))
 PY
 echo "== SYSTEM_BUSY refusals by flow control (each broker's /metrics; the leader's count)"
 for port in 10913 10923 10933; do

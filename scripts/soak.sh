@@ -7,7 +7,9 @@
 # Own ports (31000+) and data under $SOAK_DIR (default /var/tmp/raftmq-soak, wiped at start). Retention:
 # 64 MiB segments, fileReservedTimeMs 120000, deleteWhen "*", cleanResourceInterval 5000. Every SLICE seconds
 # (default 300) one `raftmq bench e2e` run ends and reports its throughput; samples every 30 s.
-# Output: $SOAK_DIR/samples.csv, $SOAK_DIR/slices.csv, $SOAK_DIR/report.md (tables) and $SOAK_DIR/soak.svg.
+# Output: $SOAK_DIR/samples.csv, $SOAK_DIR/slices.csv, $SOAK_DIR/report.md (tables, and the Raft terms: with no
+# faults injected every node's term must stay what it was at the first sample — no election) and
+# $SOAK_DIR/soak.svg. The nodes' logs are $SOAK_DIR/n*.log ("pre-vote won" marks each campaign).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOURS=${1:?usage: scripts/soak.sh HOURS [RATE]}
@@ -52,7 +54,7 @@ for _ in $(seq 1 60); do
 done
 "$BIN" admin --namesrv "$NAMESRV" topic create SoakTopic --queues 8 >/dev/null
 
-echo "t_s,node,store_bytes,rss_kb,floor_index" > "$DIR/samples.csv"
+echo "t_s,node,store_bytes,rss_kb,floor_index,term" > "$DIR/samples.csv"
 echo "slice,start_s,sent,received,send_rate,recv_rate,p99_us" > "$DIR/slices.csv"
 start=$(date +%s)
 sampler() {
@@ -60,11 +62,15 @@ sampler() {
     local t=$(( $(date +%s) - start ))
     for id in 1 2 3; do
       local pid; pid=$(eval echo "\$pid_n$id")
-      local bytes rss floor
+      local bytes rss floor term status
       bytes=$(du -sb "$DIR/n$id" 2>/dev/null | cut -f1)
       rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-      floor=$("$BIN" admin --namesrv "$NAMESRV" status 2>/dev/null | awk -v n="n$id" '$2 == n && NF >= 7 && $3 ~ /^[0-9]+$/ {print $3; exit}')
-      echo "$t,n$id,${bytes:-0},${rss:-0},${floor:-0}" >> "$DIR/samples.csv"
+      status=$("$BIN" admin --namesrv "$NAMESRV" status 2>/dev/null || true)
+      floor=$(awk -v n="n$id" '$2 == n && NF >= 7 && $3 ~ /^[0-9]+$/ {print $3; exit}' <<<"$status")
+      # The Raft term (first table: group node address role ready term ...): any election during the soak
+      # raises it; with no faults it must not move.
+      term=$(awk -v n="n$id" '$2 == n && $3 ~ /:/ && $6 ~ /^[0-9]+$/ {print $6; exit}' <<<"$status")
+      echo "$t,n$id,${bytes:-0},${rss:-0},${floor:-0},${term:-}" >> "$DIR/samples.csv"
     done
     sleep 30
   done

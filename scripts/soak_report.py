@@ -40,6 +40,17 @@ def report(d):
             cells.append(f"{pt[1] / 2**20:.1f} | {pt[2] / 1024:.1f}" if pt else "– | –")
         print(f"| {t / 60:.1f} | " + " | ".join(cells) + " |")
     print()
+    # Elections: each node's Raft term at the first and last sample where it answered (the group is led from
+    # before the first sample, so any rise is an election during the soak).
+    terms = defaultdict(list)
+    for r in samples:
+        if r.get("term", "").strip().isdigit():
+            terms[r["node"]].append(int(r["term"]))
+    if terms:
+        cells = [f"{n} {ts[0]} → {ts[-1]}" for n, ts in sorted(terms.items())]
+        rises = max(ts[-1] - ts[0] for ts in terms.values())
+        print(f"Raft term, first → last sample: {', '.join(cells)}; elections during the soak: {rises}")
+        print()
     print("| slice | start (min) | acked | received | acked msg/s | received msg/s | e2e p99 (ms) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for s in slices:

@@ -137,7 +137,7 @@ pub const SEND_QUEUE_WAIT_MS_DEFAULT: u64 = 200;
 /// Largest [`NodeConfig::send_queue_wait_ms_max`]: one minute.
 pub const SEND_QUEUE_WAIT_MS_MAX_LIMIT: u64 = 60_000;
 
-/// Default [`NodeConfig::stall_handoff_ms`]: 2 s — more than three election timeouts (600 ms by default), and
+/// Default [`NodeConfig::stall_handoff_ms`]: 2 s — four election timeouts (500 ms by default), and
 /// more than the largest frame of the default 6 MiB entries (about 12 MiB on the wire) takes at the transport's
 /// assumed 8 MiB/s, so that a busy but healthy leader is not mistaken for a stalled one. Groups with larger
 /// entries on slower links should raise it.
@@ -146,8 +146,8 @@ pub const STALL_HANDOFF_MS_DEFAULT: u64 = 2_000;
 /// Largest [`NodeConfig::stall_handoff_ms`]: ten minutes.
 pub const STALL_HANDOFF_MS_MAX: u64 = 600_000;
 
-/// Default [`NodeConfig::transfer_interval_min_ms`]: 3 s. A transfer fences writes for about
-/// `election_max_ms + heartbeat_ms` (0.7 s by default), so a loop of transfers fences at most about a fifth
+/// Default [`NodeConfig::transfer_interval_min_ms`]: 3 s. A transfer fences writes for at most about
+/// `election_min_ms + heartbeat_ms` (the lease, 0.35 s by default) plus the target's campaign, so a loop of transfers fences at most about a fifth
 /// of the time.
 pub const TRANSFER_INTERVAL_MIN_MS_DEFAULT: u64 = 3_000;
 
@@ -155,7 +155,7 @@ pub const TRANSFER_INTERVAL_MIN_MS_DEFAULT: u64 = 3_000;
 pub const TRANSFER_INTERVAL_MIN_MS_MAX: u64 = 3_600_000;
 
 impl NodeConfig {
-    /// Defaults: 1 GiB segments, sync flush, heartbeat 100 ms, election 300–600 ms, 1 MiB batches, 6 MiB
+    /// Defaults: 1 GiB segments, sync flush, heartbeat 100 ms, election 250–500 ms, 1 MiB batches, 6 MiB
     /// entries at most.
     pub fn new(id: NodeId, raft_addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         NodeConfig {
@@ -170,8 +170,8 @@ impl NodeConfig {
             cq_units_per_file: 300_000,
             mapped_files_max: 4096,
             heartbeat_ms: 100,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            election_min_ms: 250,
+            election_max_ms: 500,
             batch_bytes_max: 1 << 20,
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
             batch_inflight_max: 1,
@@ -854,6 +854,8 @@ struct Handoff {
     auth: Option<RaftAuth>,
     stall: Duration,
     heartbeat: Duration,
+    /// The lease voters keep from a leader's last frame: `election_min_ms` (prevote.rs).
+    lease: Duration,
     election_max: Duration,
     transfer_interval_min: Duration,
 }
@@ -958,8 +960,8 @@ impl Handoff {
             warn!(target, error = %e, "stalled leader: the hand-off target does not answer (a quorum may be down); leading on");
             return;
         }
-        // Followers honour this leader's lease for election_max after the last frame they had from it.
-        tokio::time::sleep_until((started + self.election_max + self.heartbeat).into()).await;
+        // Followers honour this leader's lease (election_min) after the last frame they had from it.
+        tokio::time::sleep_until((started + self.lease + self.heartbeat).into()).await;
         let rpc_timeout = 2 * self.election_max;
         if let Err(e) = control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout, self.auth.as_ref()).await {
             warn!(target, error = %e, "stalled leader: could not make the target campaign; the followers' election timers will");
@@ -1040,8 +1042,12 @@ impl RaftNode {
         let config = Config {
             cluster_name: "raftmq".into(),
             heartbeat_interval: cfg.heartbeat_ms,
+            // openraft's election timer is off (prevote.rs runs raftmq's, with the full min..max range); its
+            // `election_timeout_max` then only sets the leader lease a voter honours before it grants a vote
+            // (openraft's engine_config.rs). The lease is the minimum election timeout (Raft thesis §4.2.3,
+            // prevote.rs), hence min + 1.
             election_timeout_min: cfg.election_min_ms,
-            election_timeout_max: cfg.election_max_ms,
+            election_timeout_max: cfg.election_min_ms + 1,
             install_snapshot_timeout: 2000,
             max_payload_entries: 256,
             replication_lag_threshold: 1000,
@@ -1136,6 +1142,7 @@ impl RaftNode {
                 auth: auth.clone(),
                 stall: Duration::from_millis(cfg.stall_handoff_ms),
                 heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+                lease: Duration::from_millis(cfg.election_min_ms),
                 election_max: Duration::from_millis(cfg.election_max_ms),
                 transfer_interval_min: Duration::from_millis(cfg.transfer_interval_min_ms),
             }));
@@ -1779,8 +1786,8 @@ impl RaftNode {
         let target_leads = |m: &openraft::RaftMetrics<NodeId, Node>| m.current_leader == Some(target) && m.state != ServerState::Leader;
         if result.is_err() && !target_leads(&self.raft.metrics().borrow()) {
             path = "after the lease";
-            // Voters honour the old leader's lease for election_timeout_max after its last heartbeat.
-            let lease = Duration::from_millis(self.cfg.election_max_ms + self.cfg.heartbeat_ms);
+            // Voters honour the old leader's lease (election_min_ms, prevote.rs) after its last heartbeat.
+            let lease = Duration::from_millis(self.cfg.election_min_ms + self.cfg.heartbeat_ms);
             tokio::time::sleep(lease.saturating_sub(quiet_since.elapsed())).await;
             result = match control_call(&target_addr, ControlRequest::TriggerElect, rpc_timeout, self.auth.as_ref()).await {
                 Ok(_) => leads(timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100)))
@@ -1811,10 +1818,10 @@ impl RaftNode {
     }
 
     /// How long a leader transfer pauses the other voters' elections: the leader lease it waits out
-    /// (`election_max_ms + heartbeat_ms`), the call that makes the target campaign (`election_max_ms` at most)
-    /// and the target's campaign (`election_max_ms`); at most [`crate::network::ELECTION_PAUSE_MS_MAX`]. 1.9 s by default.
+    /// (`election_min_ms + heartbeat_ms`), the call that makes the target campaign (`election_max_ms` at most)
+    /// and the target's campaign (`election_max_ms`); at most [`crate::network::ELECTION_PAUSE_MS_MAX`]. 1.35 s by default.
     pub fn election_pause(&self) -> Duration {
-        let ms = 3 * self.cfg.election_max_ms + self.cfg.heartbeat_ms;
+        let ms = self.cfg.election_min_ms + self.cfg.heartbeat_ms + 2 * self.cfg.election_max_ms;
         crate::network::clamp_pause(Duration::from_millis(ms))
     }
 

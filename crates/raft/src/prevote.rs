@@ -7,12 +7,19 @@
 //! term has been raised all the same, and the leader steps down when it sees it.
 //!
 //! So raftmq runs the election timer itself (openraft's is switched off, `Config::enable_elect = false`):
-//! when a voter has not heard from a leader for openraft's timeout (the leader lease, `election_max_ms`, plus
-//! a random `election_min_ms..=election_max_ms`; without a leader only the random part), it first asks
+//! when a voter has not heard from a leader for a random `election_min_ms..=election_max_ms`, it first asks
 //! every other voter whether it would vote, without changing any term ([`PreVoteRequest`], a control RPC).
 //! A voter answers yes only when it is not the leader, has not heard from a leader within the lease (the
 //! same rule openraft applies to real vote requests), and the candidate's log is at least as up to date as
-//! its own and its next term above the voter's. Only with a yes from a quorum (of each configuration of a
+//! its own and its next term above the voter's.
+//!
+//! The lease is the *minimum* election timeout, `election_min_ms` (Raft thesis §4.2.3: a server that heard
+//! from a current leader within the minimum election timeout neither grants a vote nor raises its term). No
+//! voter can time out sooner, so a longer lease only delays failover: openraft 0.9 uses `election_timeout_max`
+//! and, before raftmq 2026-12-08, a follower waited out that lease *and then* its random timeout (about
+//! 1.1 s to fail over with 300/600 ms). The node hands openraft `election_timeout_max = election_min_ms + 1`
+//! for this reason (see `RaftNode::start`); safety does not rest on the lease — linearizable reads confirm
+//! leadership with a heartbeat round (`ensure_linearizable`), not with a lease. Only with a yes from a quorum (of each configuration of a
 //! joint membership) does the node start openraft's election, which raises its term. A node that no quorum
 //! answers — one cut off, or one the others still hear a leader over — never raises its term, so it rejoins
 //! as a follower and the leader keeps leading.
@@ -59,14 +66,17 @@ pub struct PreVoteRequest {
 /// Election timing (the node's `election_min_ms`, `election_max_ms`).
 #[derive(Debug, Clone, Copy)]
 pub struct ElectionTiming {
-    /// Lower bound of the random election timeout; also the pre-vote RPC timeout.
+    /// Lower bound of the random election timeout; also the leader lease (a voter that heard from a leader
+    /// within it grants no vote) and the pre-vote RPC timeout.
     pub min: Duration,
-    /// Upper bound of the random election timeout; also openraft's leader lease.
+    /// Upper bound of the random election timeout.
     pub max: Duration,
 }
 
 impl ElectionTiming {
-    /// How often the timer looks at the node's state: a tenth of `min`, within 5..=50 ms.
+    /// How often, at most, the timer looks at the node's state while no timeout is near: a tenth of `min`,
+    /// within 5..=50 ms. It sleeps exactly to a deadline that is nearer, so that two followers' timeouts are
+    /// not rounded to the same tick (which would split their votes).
     fn tick(&self) -> Duration {
         (self.min / 10).clamp(Duration::from_millis(5), Duration::from_millis(50))
     }
@@ -153,7 +163,7 @@ impl PreVote {
     pub async fn answer(&self, req: &PreVoteRequest) -> bool {
         let Some(s) = self.seen().await else { return false };
         let mine = self.last_log_id();
-        let leader_heard = s.state == ServerState::Leader || (s.vote.committed && s.vote_age.is_some_and(|a| a <= self.timing.max));
+        let leader_heard = s.state == ServerState::Leader || (s.vote.committed && s.vote_age.is_some_and(|a| a <= self.timing.min));
         let log_ok = req.last_log_id >= mine;
         let term_ok = req.term > s.vote.leader_id.term
             || (req.term == s.vote.leader_id.term && !s.vote.committed && s.vote.leader_id.node_id == req.candidate);
@@ -171,8 +181,10 @@ impl PreVote {
     async fn run(&self) {
         let mut timeout = self.timing.random_timeout();
         let mut last_round: Option<Instant> = None;
+        let mut nap = self.timing.tick();
         loop {
-            tokio::time::sleep(self.timing.tick()).await;
+            tokio::time::sleep(nap).await;
+            nap = self.timing.tick();
             let Some(s) = self.seen().await else {
                 debug!("raft stopped: election timer ends");
                 return;
@@ -181,10 +193,13 @@ impl PreVote {
             if !self.elect_on() || s.state == ServerState::Leader || !voter {
                 continue;
             }
-            // openraft's timeout: a follower of a leader first waits out the lease.
-            let wait = if s.vote.committed { self.timing.max + timeout } else { timeout };
+            // Quiet for the random timeout since the leader (or this node's own vote) was last heard, and a
+            // timeout since this node's last round.
             let quiet = s.vote_age.unwrap_or_else(|| self.started.elapsed());
-            if quiet < wait || last_round.is_some_and(|t| t.elapsed() < timeout) {
+            let since_round = last_round.map_or(Duration::MAX, |t| t.elapsed());
+            let left = timeout.saturating_sub(quiet).max(timeout.saturating_sub(since_round));
+            if !left.is_zero() {
+                nap = nap.min(left);
                 continue;
             }
             last_round = Some(Instant::now());

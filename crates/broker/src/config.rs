@@ -1431,9 +1431,9 @@ clientAddr = "127.0.0.1:10921"
         let check = |extra: &str| BrokerConfig::from_toml(&format!("{extra}\n{base}")).unwrap().validate();
         // leaderStallHandoffMs: 0 (off), or 2 × raftElectionMaxMs (1000 by default) ..= 600000.
         check("leaderStallHandoffMs = 0").expect("off");
-        check("leaderStallHandoffMs = 1200").expect("at the lower limit");
+        check("leaderStallHandoffMs = 1000").expect("at the lower limit");
         check("leaderStallHandoffMs = 600000").expect("at the upper limit");
-        for bad in ["leaderStallHandoffMs = 1199", "leaderStallHandoffMs = 600001", "leaderStallHandoffMs = 1"] {
+        for bad in ["leaderStallHandoffMs = 999", "leaderStallHandoffMs = 600001", "leaderStallHandoffMs = 1"] {
             assert!(check(bad).unwrap_err().0.contains("leaderStallHandoffMs"), "{bad}");
         }
         // The lower limit follows the election timeout.

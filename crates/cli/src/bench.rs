@@ -401,12 +401,7 @@ async fn produce_load(
                 let q: MessageQueue = queues[(i as usize) % queues.len()].clone();
                 let (producer, stats, local, e2e_acked) = (producer.clone(), Arc::clone(&stats), Arc::clone(&local), e2e_acked.clone());
                 let msgs: Vec<Message> = (0..n).map(body).collect();
-                tokio::spawn(async move {
-                    let r = if n == 1 {
-                        producer.send_to_queue(msgs.into_iter().next().unwrap_or_else(|| Message::new("", "")), q).await
-                    } else {
-                        producer.send_batch_to_queue(msgs, q).await
-                    };
+                let done = move |r: raftmq_client::Result<raftmq_client::SendResult>| {
                     match r {
                         Ok(_) => {
                             if let Some(set) = &e2e_acked {
@@ -429,7 +424,14 @@ async fn produce_load(
                         }
                     }
                     drop(permit);
-                });
+                };
+                if n == 1 {
+                    // No task per send: the outcome comes back on the task sending its lane's request.
+                    let m = msgs.into_iter().next().unwrap_or_else(|| Message::new("", ""));
+                    producer.send_to_queue_with_callback(m, q, done);
+                } else {
+                    tokio::spawn(async move { done(producer.send_batch_to_queue(msgs, q).await) });
+                }
             }
             // Wait for the window to drain, then merge this producer's histogram.
             let _ = window.acquire_many(b.inflight.max(1) as u32).await;

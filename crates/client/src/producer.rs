@@ -29,7 +29,7 @@ use raftmq_remoting::message::{
     BATCH_RECORD_FIXED_LEN, ZLIB_LEVEL_DEFAULT,
 };
 use raftmq_remoting::{RemotingCommand, RequestCode, ResponseCode};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::accumulator::{LaneKey, LaneLimits, Lanes};
@@ -170,7 +170,34 @@ struct Waiting {
     prepared: Prepared,
     /// When its own send timeout runs out, counted from when it was submitted.
     deadline: Instant,
-    done: oneshot::Sender<Result<SendResult>>,
+    done: Done,
+    /// An async send's place among `max_async_in_flight`, held until its outcome is delivered.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a send's outcome goes.
+enum Done {
+    /// To the future that awaits it (a sync send, or [`Producer::send_async`]'s [`SendFuture`]).
+    Wait(oneshot::Sender<Result<SendResult>>),
+    /// To [`Producer::send_with_callback`]'s callback, called on the task that sent the request.
+    Call(Box<dyn FnOnce(Result<SendResult>) + Send>),
+}
+
+impl Done {
+    fn send(self, r: Result<SendResult>) {
+        match self {
+            Done::Wait(tx) => {
+                let _ = tx.send(r);
+            }
+            Done::Call(f) => {
+                // The callback runs on a lane's task: a panic in it must not end the task, which still owns
+                // a request slot and the sends waiting for it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r))).is_err() {
+                    tracing::error!("a send callback panicked; the producer carries on");
+                }
+            }
+        }
+    }
 }
 
 /// Where a send may go.
@@ -180,6 +207,16 @@ enum Target {
     Any,
     /// This queue only (ordered sends and explicit queues).
     Queue(MessageQueue),
+}
+
+impl Target {
+    /// The auto-batch lane's queue part: one lane per explicit queue, one for "any queue".
+    fn lane(&self) -> Option<(String, i32)> {
+        match self {
+            Target::Any => None,
+            Target::Queue(q) => Some((q.broker_name.clone(), q.queue_id)),
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -324,29 +361,84 @@ impl Producer {
 
     /// Starts a send in the background and returns its future at once; the send proceeds even if the future
     /// is dropped. Fails fast (in the future) when `max_async_in_flight` sends are already running.
+    ///
+    /// With auto-batching no task is spawned per send: the send joins its lane, and the task sending the
+    /// lane's requests (one per request, started when a slot frees up) delivers its outcome.
     pub fn send_async(&self, msg: Message) -> SendFuture {
-        let permit = match Arc::clone(&self.inner.async_permits).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let n = self.inner.opts.max_async_in_flight;
-                return SendFuture::ready(Err(ClientError::State(format!("{n} async sends already in flight"))));
-            }
-        };
-        let inner = Arc::clone(&self.inner);
-        SendFuture::spawn(async move {
-            let _permit = permit;
-            let prepared = inner.prepare(msg)?;
-            inner.send_laned(prepared, Target::Any).await
-        })
+        let (tx, rx) = oneshot::channel();
+        match self.start_async(msg, Target::Any, Done::Wait(tx)) {
+            Ok(()) => SendFuture { state: SendFutureState::Waiting(rx) },
+            Err((e, _)) => SendFuture::ready(Err(e)),
+        }
     }
 
-    /// Like [`Producer::send_async`], calling `callback` with the outcome on a runtime worker.
+    /// Like [`Producer::send_async`], calling `callback` with the outcome on a runtime worker: the task that
+    /// sent the request (no task of its own per send). A callback should not block; one that panics is
+    /// logged and the producer carries on.
     pub fn send_with_callback<F>(&self, msg: Message, callback: F)
     where
         F: FnOnce(Result<SendResult>) + Send + 'static,
     {
-        let fut = self.send_async(msg);
-        tokio::spawn(async move { callback(fut.await) });
+        self.callback_async(msg, Target::Any, callback);
+    }
+
+    /// Like [`Producer::send_with_callback`], to `queue` only (retries stay on it), as
+    /// [`Producer::send_to_queue`] does.
+    pub fn send_to_queue_with_callback<F>(&self, msg: Message, queue: MessageQueue, callback: F)
+    where
+        F: FnOnce(Result<SendResult>) + Send + 'static,
+    {
+        if queue.topic != msg.topic {
+            let e = ClientError::InvalidMessage(format!("queue of topic {} for a message of topic {}", queue.topic, msg.topic));
+            tokio::spawn(async move { callback(Err(e)) });
+            return;
+        }
+        self.callback_async(msg, Target::Queue(queue), callback);
+    }
+
+    fn callback_async<F>(&self, msg: Message, target: Target, callback: F)
+    where
+        F: FnOnce(Result<SendResult>) + Send + 'static,
+    {
+        if let Err((e, done)) = self.start_async(msg, target, Done::Call(Box::new(callback))) {
+            // Refused before it started (too many in flight, or an invalid message): still on a worker, never
+            // inside this call, which may hold the caller's locks.
+            tokio::spawn(async move { done.send(Err(e)) });
+        }
+    }
+
+    /// Starts an async send whose outcome goes to `done`; gives `done` back with the error when the send is
+    /// refused before it starts.
+    fn start_async(&self, msg: Message, target: Target, done: Done) -> std::result::Result<(), (ClientError, Done)> {
+        let permit = match Arc::clone(&self.inner.async_permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let n = self.inner.opts.max_async_in_flight;
+                return Err((ClientError::State(format!("{n} async sends already in flight")), done));
+            }
+        };
+        let prepared = match self.inner.prepare(msg) {
+            Ok(p) => p,
+            Err(e) => return Err((e, done)),
+        };
+        let inner = Arc::clone(&self.inner);
+        let deadline = Instant::now() + inner.opts.send_timeout;
+        if inner.opts.auto_batch && prepared.batchable {
+            let key = LaneKey { topic: prepared.topic.clone(), queue: target.lane() };
+            let bytes = prepared.batch_record_len();
+            let w = Waiting { prepared, deadline, done, _permit: Some(permit) };
+            if let Err(own) = inner.lanes.admit(&key, w, bytes) {
+                // A free slot, now this send's: a task sends it, then whatever queued behind it meanwhile.
+                tokio::spawn(run_lane(inner, key, target, vec![own]));
+            }
+        } else {
+            tokio::spawn(async move {
+                let r = inner.send_until(&prepared, &target, deadline).await;
+                done.send(r);
+                drop(permit);
+            });
+        }
+        Ok(())
     }
 
     /// Sends without waiting for (or receiving) an answer; no retries. Returns once the request is queued on
@@ -589,16 +681,10 @@ impl ProducerInner {
         if !self.opts.auto_batch || !p.batchable {
             return self.send_until(&p, &target, deadline).await;
         }
-        let key = LaneKey {
-            topic: p.topic.clone(),
-            queue: match &target {
-                Target::Any => None,
-                Target::Queue(q) => Some((q.broker_name.clone(), q.queue_id)),
-            },
-        };
+        let key = LaneKey { topic: p.topic.clone(), queue: target.lane() };
         let bytes = p.batch_record_len();
         let (done, outcome) = oneshot::channel();
-        match self.lanes.admit(&key, Waiting { prepared: p, deadline, done }, bytes) {
+        match self.lanes.admit(&key, Waiting { prepared: p, deadline, done: Done::Wait(done), _permit: None }, bytes) {
             Ok(()) => outcome.await.unwrap_or_else(|_| Err(ClientError::State("the send was dropped before it completed".into()))),
             Err(own) => {
                 // A free slot: send alone now. The guard hands the slot to whatever queued meanwhile, even if
@@ -616,7 +702,7 @@ impl ProducerInner {
         if batch.len() == 1 {
             if let Some(w) = batch.pop() {
                 let r = self.send_until(&w.prepared, target, w.deadline).await;
-                let _ = w.done.send(r);
+                w.done.send(r);
             }
             return;
         }
@@ -625,7 +711,7 @@ impl ProducerInner {
             Ok(p) => p,
             Err(e) => {
                 for w in batch {
-                    let _ = w.done.send(Err(e.duplicate()));
+                    w.done.send(Err(e.duplicate()));
                 }
                 return;
             }
@@ -636,7 +722,7 @@ impl ProducerInner {
                 let whole = offset_ids.len() != batch.len();
                 for (i, w) in batch.into_iter().enumerate() {
                     let offset_msg_id = if whole { res.offset_msg_id.clone() } else { offset_ids[i].to_string() };
-                    let _ = w.done.send(Ok(SendResult {
+                    w.done.send(Ok(SendResult {
                         status: res.status,
                         msg_id: w.prepared.msg_id,
                         offset_msg_id,
@@ -652,12 +738,12 @@ impl ProducerInner {
                 debug!(topic = %combined.topic, error = %e, n = batch.len(), "automatic batch refused; sending its messages one by one");
                 for w in batch {
                     let r = self.send_until(&w.prepared, target, w.deadline).await;
-                    let _ = w.done.send(r);
+                    w.done.send(r);
                 }
             }
             Err(e) => {
                 for w in batch {
-                    let _ = w.done.send(Err(e.duplicate()));
+                    w.done.send(Err(e.duplicate()));
                 }
             }
         }
@@ -836,7 +922,7 @@ impl Drop for LaneSlot {
             Err(_) => {
                 // No runtime left to send with (the application is shutting down): fail what waited.
                 for w in batch.into_iter().chain(self.inner.lanes.drain_all()) {
-                    let _ = w.done.send(Err(ClientError::State("no runtime left to send with".into())));
+                    w.done.send(Err(ClientError::State("no runtime left to send with".into())));
                 }
             }
         }
@@ -862,16 +948,13 @@ pub struct SendFuture {
 
 enum SendFutureState {
     Ready(Option<Result<SendResult>>),
-    Running(tokio::task::JoinHandle<Result<SendResult>>),
+    /// Delivered by whichever task sends the request carrying it.
+    Waiting(oneshot::Receiver<Result<SendResult>>),
 }
 
 impl SendFuture {
     fn ready(r: Result<SendResult>) -> SendFuture {
         SendFuture { state: SendFutureState::Ready(Some(r)) }
-    }
-
-    fn spawn(f: impl Future<Output = Result<SendResult>> + Send + 'static) -> SendFuture {
-        SendFuture { state: SendFutureState::Running(tokio::spawn(f)) }
     }
 }
 
@@ -883,10 +966,9 @@ impl Future for SendFuture {
             SendFutureState::Ready(r) => {
                 Poll::Ready(r.take().unwrap_or_else(|| Err(ClientError::State("send future polled after completion".into()))))
             }
-            SendFutureState::Running(h) => Pin::new(h).poll(cx).map(|r| match r {
-                Ok(r) => r,
-                Err(e) => Err(ClientError::State(format!("send task failed: {e}"))),
-            }),
+            SendFutureState::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(ClientError::State("the send was dropped before it completed".into())))),
         }
     }
 }

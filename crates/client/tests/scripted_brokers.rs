@@ -434,6 +434,45 @@ async fn a_refused_batch_is_resent_one_by_one_so_only_the_offending_message_fail
 }
 
 #[tokio::test]
+async fn callbacks_get_every_outcome_and_a_panicking_one_does_not_stall_the_lane() {
+    let leader = serve(accept_numbered).await;
+    let ns = namesrv(vec![(0, leader.addr.clone())]).await;
+    let p = producer(&ns, "callbacks", |o| {
+        o.auto_batch_in_flight_max = 1;
+        o.max_async_in_flight = 40;
+    })
+    .await;
+    p.send(Message::new("T", "warm")).await.expect("warm-up");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..40 {
+        let tx = tx.clone();
+        p.send_with_callback(Message::new("T", format!("m{i}")), move |r| {
+            let _ = tx.send((i, r.map(|s| s.queue_offset)));
+            // Outcomes are delivered on the task sending the lane's requests: this must not end it.
+            assert!(i % 7 != 3, "a callback that panics");
+        });
+    }
+    // Past max_async_in_flight: refused, and the callback still hears of it (never inside the call).
+    let refused = p.send_async(Message::new("T", "over"));
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some(x) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("every callback in time") {
+        got.push(x);
+    }
+    got.sort_by_key(|(i, _)| *i);
+    assert_eq!(got.len(), 40, "every callback ran once");
+    assert!(got.iter().all(|(_, r)| r.is_ok()), "{got:?}");
+    let offsets: std::collections::BTreeSet<i64> = got.iter().map(|(_, r)| *r.as_ref().unwrap()).collect();
+    assert_eq!(offsets.len(), 40, "each send its own queue offset");
+    let err = refused.await.expect_err("the 41st async send is over the bound");
+    assert!(err.to_string().contains("40 async sends already in flight"), "{err}");
+    // The lane still works after the panics.
+    p.send_async(Message::new("T", "after")).await.expect("a send after panicking callbacks");
+    assert!(leader.seen.lock().unwrap().iter().any(|r| r.code == RequestCode::SEND_BATCH_MESSAGE.0), "nothing was batched");
+    p.shutdown().await;
+}
+
+#[tokio::test]
 async fn with_auto_batch_off_every_send_is_its_own_request() {
     let leader = serve(accept_numbered).await;
     let ns = namesrv(vec![(0, leader.addr.clone())]).await;

@@ -297,7 +297,10 @@ impl IoThread {
                 let r = self
                     .check()
                     .and_then(|_| fsutil::write_atomic(&self.store.cfg.dir, name, &fsutil::encode_meta_file(&payload), durable));
-                let _ = done.send(r);
+                // Nobody waits for a detached save (`CommitLog::save_meta_detached`): its failure is logged here.
+                if let Err(Err(e)) = done.send(r) {
+                    error!(file = name, error = %e, "saving a metadata file failed");
+                }
             }
         }
     }

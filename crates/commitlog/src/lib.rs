@@ -454,6 +454,14 @@ impl CommitLog {
         self.call(|done| Job::SaveMeta { name, payload, durable, done }).await
     }
 
+    /// Like [`CommitLog::save_meta`] (not durable) without waiting for it: the IO thread writes the file in
+    /// its turn — after syncing every record queued before it — and logs a failure. For advisory files whose
+    /// writer must not stall on that sync. Fails only when the IO thread is gone.
+    pub fn save_meta_detached(&self, name: &'static str, payload: Vec<u8>) -> Result<()> {
+        let (done, _) = oneshot::channel();
+        self.send(Job::SaveMeta { name, payload, durable: false, done })
+    }
+
     /// Reads a metadata file saved with [`CommitLog::save_meta`]; `Ok(None)` if it was never saved.
     pub fn read_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         fsutil::read_meta_file(&self.dir.join(name))

@@ -68,3 +68,30 @@ async fn async_acknowledges_before_fsync_and_flushes_on_the_interval() {
     assert!(log.reader().read(0).unwrap().is_some(), "close flushes everything");
     log.close();
 }
+
+#[tokio::test]
+async fn a_detached_save_is_written_only_after_everything_queued_before_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1 << 20, 1024);
+    // No interval flush within the test: only the save's own ordering can make the records durable.
+    cfg.flush = FlushPolicy::Async { interval: Duration::from_secs(3600) };
+    let log = open(&cfg);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let reader = log.reader();
+    for i in 0..16u64 {
+        let mut batch = RecordBatch::new();
+        batch.push(meta(i, 1), &body(i, 0, 100));
+        log.append_durable(batch).await.unwrap();
+    }
+    assert!(reader.durable_index().is_none_or(|d| d < 15), "premise: the appends are not durable yet");
+    // Returns at once; the IO thread syncs the 16 records, then writes the file.
+    log.save_meta_detached("committed", b"15".to_vec()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.read_meta("committed").unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the detached save was never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(reader.durable_index(), Some(15), "the file was written before the records it follows were durable");
+    assert_eq!(log.read_meta("committed").unwrap().as_deref(), Some(&b"15"[..]));
+    log.close();
+}

@@ -325,20 +325,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Never ahead of what this node's log holds durably: after a power cut openraft re-applies up to
         // `committed` from the local log, and an entry missing there would stop the node from starting.
-        // The save job fdatasyncs the log before it writes (IO-thread order), so this normally holds; it
-        // is checked here, where the promise is made.
-        let Some(c) = committed else { return Ok(()) };
-        let durable = self.reader.reader.durable_index();
-        if durable.is_none_or(|d| c.index > d) {
-            self.log.flush().await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-            if self.reader.reader.durable_index().is_none_or(|d| c.index > d) {
-                tracing::warn!(committed = c.index, durable = ?self.reader.reader.durable_index(), "committed index not saved: the local log is not durable that far");
-                return Ok(());
-            }
+        // Every entry up to `committed` was queued on the log's IO thread before this save (openraft commits
+        // only entries this node appended), and the IO thread syncs everything queued before it writes the
+        // file, so the file can only name durable entries (a failed log write fails the save, which writes
+        // nothing). The save is not awaited: waiting for that sync here stalled openraft's core about every
+        // `COMMITTED_SAVE_INTERVAL` — on the leader, whose own write of the newest entries overlaps their
+        // replication and may still be syncing when a quorum of followers has committed them.
+        if committed.is_none() {
+            return Ok(());
         }
         self.committed_saved_at = Some(std::time::Instant::now());
         let bytes = bincode::serialize(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.log.save_meta(COMMITTED_FILE, bytes, false).await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        self.log.save_meta_detached(COMMITTED_FILE, bytes).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {

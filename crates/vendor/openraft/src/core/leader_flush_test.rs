@@ -136,6 +136,39 @@ async fn a_dropped_notifying_callback_is_reported_as_an_error() {
     }
 }
 
+// RaftCore drops a leader append's receiver as soon as it has handled the notice, so the waiter must already
+// be answered when the notice can be seen (else the answer fails and a spurious error is logged). The callback
+// runs on another thread, as the log's IO thread does; each round checks the waiter the moment the notice
+// arrives (with the order reversed this fails within a few hundred rounds).
+#[test]
+fn the_waiter_is_answered_before_the_notice_is_sent() {
+    for round in 0..2000 {
+        let (cb, mut rx, mut rx_notify, _id) = notifying();
+        let t = std::thread::spawn(move || cb.log_io_completed(Ok(())));
+        match rx_notify.blocking_recv() {
+            Some(Notify::LocalLogFlushed { result, .. }) => assert!(result.is_ok()),
+            _ => panic!("expected LocalLogFlushed"),
+        }
+        assert!(rx.try_recv().is_ok(), "round {round}: the notice arrived before the waiter's answer");
+        t.join().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_notifying_callback_whose_waiter_is_gone_still_reports_the_flush() {
+    let (cb, rx, mut rx_notify, id) = notifying();
+    // RaftCore stopped waiting (its leadership ended, or it handled an earlier notice for this append).
+    drop(rx);
+    cb.log_io_completed(Ok(()));
+    match rx_notify.try_recv() {
+        Ok(Notify::LocalLogFlushed { log_io_id, result, .. }) => {
+            assert_eq!(log_io_id, id);
+            assert!(result.is_ok());
+        }
+        _ => panic!("expected LocalLogFlushed"),
+    }
+}
+
 #[tokio::test]
 async fn a_plain_callback_keeps_upstream_behaviour() {
     let id = LogIOId::new(Vote::new_committed(2, 1), Some(log_id(2, 1, 5)));

@@ -63,19 +63,20 @@ where C: RaftTypeConfig
     }
 
     // raftmq patch: the body of `log_io_completed`, shared with `Drop`; also sends the notify message.
+    //
+    // The waiter (`tx`) is answered before the notice is sent: RaftCore drops a leader append's receiver once
+    // it has handled the notice (`PendingFlushes::flushed`), so answering it after the notice failed whenever
+    // RaftCore was quicker, and logged a spurious error for a flush that succeeded (thousands a minute on a
+    // loaded leader). A notifying callback's receiver is also dropped when leadership ends; a failed send is
+    // expected there and not an error.
     fn complete(&mut self, result: Result<(), io::Error>) {
         let Some(tx) = self.tx.take() else { return };
-        if let Some((tx_notify, vote)) = self.notify.take() {
-            let res = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            let _ = tx_notify.send(Notify::LocalLogFlushed {
-                vote,
-                log_io_id: self.log_io_id.clone(),
-                result: res,
-            });
-        }
+        let notify = self.notify.take();
+        let notice = match (&notify, &result) {
+            (None, _) => None,
+            (Some(_), Ok(())) => Some(Ok(())),
+            (Some(_), Err(e)) => Some(Err(io::Error::new(e.kind(), e.to_string()))),
+        };
 
         let res = if let Err(e) = result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
@@ -84,8 +85,22 @@ where C: RaftTypeConfig
             tx.send(Ok(self.log_io_id.clone()))
         };
 
-        if let Err(e) = res {
-            tracing::error!("failed to send log io completion event: {:?}", e);
+        match (notify, notice) {
+            (Some((tx_notify, vote)), Some(result)) => {
+                if res.is_err() {
+                    tracing::debug!("leader log flush upto {} completed after RaftCore stopped waiting for it", self.log_io_id);
+                }
+                let _ = tx_notify.send(Notify::LocalLogFlushed {
+                    vote,
+                    log_io_id: self.log_io_id.clone(),
+                    result,
+                });
+            }
+            _ => {
+                if let Err(e) = res {
+                    tracing::error!("failed to send log io completion event: {:?}", e);
+                }
+            }
         }
     }
 }

@@ -47,4 +47,19 @@ for who in leader client; do
   inferno-flamegraph --title "raftmq $who, bench produce 4x256 in flight, ${size} B, ${secs} s at ${freq} Hz" \
     < "$work/$who.folded" > "$out/flame-$who.svg"
   echo "$out/flame-$who.svg: $(wc -l < "$work/$who.folded") distinct stacks"
+  # Shares by thread (the stack's first frame) and the heaviest leaf functions (self time).
+  python3 - "$work/$who.folded" <<'PY'
+import collections, sys
+threads, leaves, total = collections.Counter(), collections.Counter(), 0
+for line in open(sys.argv[1]):
+    stack, _, n = line.rstrip().rpartition(" ")
+    n = int(n); total += n
+    frames = stack.split(";")
+    threads[frames[0]] += n
+    leaves[frames[-1]] += n
+print("  threads: " + ", ".join(f"{t} {100 * c / total:.1f}%" for t, c in threads.most_common(8)))
+print("  heaviest leaf functions (self time):")
+for f, c in leaves.most_common(15):
+    print(f"    {100 * c / total:5.1f}%  {f[:120]}")
+PY
 done

@@ -399,7 +399,7 @@ async fn produce_load(
                     }
                 };
                 let q: MessageQueue = queues[(i as usize) % queues.len()].clone();
-                let (producer, stats, local, e2e_acked) = (producer.clone(), Arc::clone(&stats), Arc::clone(&local), e2e_acked.clone());
+                let (stats, local, e2e_acked) = (Arc::clone(&stats), Arc::clone(&local), e2e_acked.clone());
                 let msgs: Vec<Message> = (0..n).map(body).collect();
                 let done = move |r: raftmq_client::Result<raftmq_client::SendResult>| {
                     match r {
@@ -430,6 +430,7 @@ async fn produce_load(
                     let m = msgs.into_iter().next().unwrap_or_else(|| Message::new("", ""));
                     producer.send_to_queue_with_callback(m, q, done);
                 } else {
+                    let producer = producer.clone();
                     tokio::spawn(async move { done(producer.send_batch_to_queue(msgs, q).await) });
                 }
             }

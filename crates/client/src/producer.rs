@@ -165,6 +165,14 @@ impl Prepared {
     }
 }
 
+/// Refuses a send to `queue` of a message of another topic.
+fn check_queue_topic(queue: &MessageQueue, msg: &Message) -> Result<()> {
+    if queue.topic != msg.topic {
+        return Err(ClientError::InvalidMessage(format!("queue of topic {} for a message of topic {}", queue.topic, msg.topic)));
+    }
+    Ok(())
+}
+
 /// A send waiting in an auto-batch lane for a request slot.
 struct Waiting {
     prepared: Prepared,
@@ -334,9 +342,7 @@ impl Producer {
 
     /// Sends to one queue; retries stay on that queue.
     pub async fn send_to_queue(&self, msg: Message, queue: MessageQueue) -> Result<SendResult> {
-        if queue.topic != msg.topic {
-            return Err(ClientError::InvalidMessage(format!("queue of topic {} for a message of topic {}", queue.topic, msg.topic)));
-        }
+        check_queue_topic(&queue, &msg)?;
         let prepared = self.inner.prepare(msg)?;
         self.inner.send_laned(prepared, Target::Queue(queue)).await
     }
@@ -388,11 +394,6 @@ impl Producer {
     where
         F: FnOnce(Result<SendResult>) + Send + 'static,
     {
-        if queue.topic != msg.topic {
-            let e = ClientError::InvalidMessage(format!("queue of topic {} for a message of topic {}", queue.topic, msg.topic));
-            tokio::spawn(async move { callback(Err(e)) });
-            return;
-        }
         self.callback_async(msg, Target::Queue(queue), callback);
     }
 
@@ -410,6 +411,11 @@ impl Producer {
     /// Starts an async send whose outcome goes to `done`; gives `done` back with the error when the send is
     /// refused before it starts.
     fn start_async(&self, msg: Message, target: Target, done: Done) -> std::result::Result<(), (ClientError, Done)> {
+        if let Target::Queue(q) = &target {
+            if let Err(e) = check_queue_topic(q, &msg) {
+                return Err((e, done));
+            }
+        }
         let permit = match Arc::clone(&self.inner.async_permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {

@@ -11,7 +11,10 @@
 //! every other voter whether it would vote, without changing any term ([`PreVoteRequest`], a control RPC).
 //! A voter answers yes only when it is not the leader, has not heard from a leader within the lease (the
 //! same rule openraft applies to real vote requests), and the candidate's log is at least as up to date as
-//! its own and its next term above the voter's.
+//! its own and its next term above the voter's. Only with a yes from a quorum (of each configuration of a
+//! joint membership) does the node start openraft's election, which raises its term. A node that no quorum
+//! answers — one cut off, or one the others still hear a leader over — never raises its term, so it rejoins
+//! as a follower and the leader keeps leading.
 //!
 //! The lease is the *minimum* election timeout, `election_min_ms` (Raft thesis §4.2.3: a server that heard
 //! from a current leader within the minimum election timeout neither grants a vote nor raises its term). No
@@ -19,10 +22,7 @@
 //! and, before raftmq 2026-12-08, a follower waited out that lease *and then* its random timeout (about
 //! 1.1 s to fail over with 300/600 ms). The node hands openraft `election_timeout_max = election_min_ms + 1`
 //! for this reason (see `RaftNode::start`); safety does not rest on the lease — linearizable reads confirm
-//! leadership with a heartbeat round (`ensure_linearizable`), not with a lease. Only with a yes from a quorum (of each configuration of a
-//! joint membership) does the node start openraft's election, which raises its term. A node that no quorum
-//! answers — one cut off, or one the others still hear a leader over — never raises its term, so it rejoins
-//! as a follower and the leader keeps leading.
+//! leadership with a heartbeat round (`ensure_linearizable`), not with a lease.
 //!
 //! A leader transfer bypasses the pre-vote: the target is told to campaign directly
 //! ([`crate::network::ControlRequest::TriggerElect`]) once the leader stopped its heartbeats, and the voters
